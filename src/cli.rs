@@ -1,0 +1,207 @@
+//! The command line (SPEC §5): clap definitions only. What each command does
+//! lives in [`crate::commands`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::job::JobState;
+
+/// jobd: a background job worker daemon on a SQLite queue.
+#[derive(Debug, Parser)]
+#[command(name = "jobd", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The config file [default: ./config.toml].
+    #[arg(long, global = true, value_name = "PATH", env = "JOBD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (what systemd starts).
+    Run,
+    /// Add a job (or many with --file) and print its id.
+    Enqueue(EnqueueArgs),
+    /// Show a table of jobs, newest first.
+    List(ListArgs),
+    /// Show one job with its payload, result and attempt history.
+    Show(ShowArgs),
+    /// Per-queue counts, lag and durations, and the live daemons.
+    Stats(StatsArgs),
+    /// Follow attempts as they finish, one line each.
+    Tail(TailArgs),
+    /// Put dead or cancelled jobs back to queued.
+    Retry(RetryArgs),
+    /// Cancel jobs: queued ones at once, running ones by request.
+    Cancel(CancelArgs),
+    /// Delete finished jobs older than the retention (what the daemon does in the background).
+    Prune(PruneArgs),
+    /// Stop claiming from queues (running jobs finish; enqueueing still works).
+    Pause(QueueNames),
+    /// Start claiming from paused queues again.
+    Resume(QueueNames),
+    /// Create or upgrade the database schema and exit.
+    Migrate,
+    /// Load and validate the config, print the effective values.
+    CheckConfig,
+}
+
+/// `jobd enqueue`
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The job kind: email, http, file, noop, checksum, compress or exec.
+    #[arg(required_unless_present = "file")]
+    pub kind: Option<String>,
+
+    /// The payload, a JSON object; `-` reads it from stdin [default: {}].
+    pub payload: Option<String>,
+
+    /// Import many jobs from a JSON-lines file (`-` for stdin), one object per line:
+    /// {"kind": "noop", "payload": {...}, "queue": "...", "priority": 0, "run_at": MS,
+    /// "max_attempts": N, "timeout_ms": N, "unique_key": "..."}.
+    #[arg(long, value_name = "JSONL", conflicts_with_all = ["kind", "payload", "queue", "priority", "delay", "at", "max_attempts", "timeout", "unique_key", "wait"])]
+    pub file: Option<PathBuf>,
+
+    /// The queue.
+    #[arg(long, short)]
+    pub queue: Option<String>,
+
+    /// Higher runs first within a queue.
+    #[arg(long, short, allow_negative_numbers = true)]
+    pub priority: Option<i64>,
+
+    /// Run no sooner than this from now (e.g. 30s, 5m, 2h).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "at")]
+    pub delay: Option<Duration>,
+
+    /// Run no sooner than this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub at: Option<i64>,
+
+    /// Attempts before the job is dead [default: retry.max_attempts].
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_attempts: Option<i64>,
+
+    /// The job's deadline (e.g. 30s) [default: the kind's, from [timeouts]].
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// At most one queued or running job with this key; a duplicate prints the existing id.
+    #[arg(long)]
+    pub unique_key: Option<String>,
+
+    /// Follow the job to its end; exit 0 only if it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// `jobd list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only jobs in this state.
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<JobState>,
+    /// Only jobs of this queue.
+    #[arg(long, short)]
+    pub queue: Option<String>,
+    /// Only jobs of this kind.
+    #[arg(long, short)]
+    pub kind: Option<String>,
+    /// At most this many.
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub limit: usize,
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `jobd show`
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The job's id.
+    pub id: i64,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `jobd stats`
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every second until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// `jobd tail`
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Only attempts of this queue.
+    #[arg(long, short)]
+    pub queue: Option<String>,
+    /// Only attempts of this kind.
+    #[arg(long, short)]
+    pub kind: Option<String>,
+}
+
+/// `jobd retry`
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The jobs to retry.
+    #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+    pub ids: Vec<i64>,
+    /// Retry every dead job (of --queue, if given).
+    #[arg(long)]
+    pub dead: bool,
+    /// With --dead: only this queue.
+    #[arg(long, short, requires = "dead")]
+    pub queue: Option<String>,
+}
+
+/// `jobd cancel`
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The jobs to cancel.
+    #[arg(required = true)]
+    pub ids: Vec<i64>,
+}
+
+/// `jobd prune`
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete finished jobs older than this (e.g. 7d) [default: the [retention] settings].
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+}
+
+/// `jobd pause` / `jobd resume`
+#[derive(Debug, Args)]
+pub struct QueueNames {
+    /// The queues.
+    #[arg(required = true)]
+    pub queues: Vec<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::duration_str::parse(s)
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("must be an RFC 3339 time like 2026-12-01T09:00:00Z ({e})"))
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    s.parse()
+        .map_err(|e: crate::job::UnknownState| e.to_string())
+}

@@ -1,0 +1,168 @@
+//! The commands that change things: `retry`, `cancel`, `prune`, `pause`,
+//! `resume`, `migrate`, and `check-config`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::{open_or_create, stdout_error};
+use crate::cli::{CancelArgs, PruneArgs, QueueNames, RetryArgs};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::job::now_ms;
+use crate::store::{CancelResult, PruneCutoffs, RetryResult, Store, SCHEMA_VERSION};
+
+/// Jobs deleted per prune transaction: each batch is a short write, so a
+/// large prune never holds the lock for long.
+pub const PRUNE_BATCH: usize = 500;
+
+/// Turns a list of per-id failures into the command's error (exit 1), after
+/// the successes were printed.
+fn failures(failed: Vec<String>) -> Result<()> {
+    match failed.len() {
+        0 => Ok(()),
+        _ => Err(Error::Failed(failed.join("; "))),
+    }
+}
+
+/// Runs `jobd retry`.
+pub fn retry(store: &mut dyn Store, args: RetryArgs, out: &mut dyn Write) -> Result<()> {
+    let now = now_ms();
+    if args.dead {
+        let done = store.retry_dead(args.queue.as_deref(), now)?;
+        let scope = args
+            .queue
+            .map(|q| format!(" of queue {q}"))
+            .unwrap_or_default();
+        writeln!(out, "queued {} dead jobs{scope} again", done.queued).map_err(stdout_error)?;
+        if done.skipped_unique > 0 {
+            writeln!(
+                out,
+                "left {} dead: another queued or running job holds their unique_key",
+                done.skipped_unique
+            )
+            .map_err(stdout_error)?;
+        }
+        return Ok(());
+    }
+    let results = store.retry(&args.ids, now)?;
+    let mut failed = Vec::new();
+    for (id, result) in args.ids.iter().zip(results) {
+        match result {
+            RetryResult::Queued => writeln!(out, "job {id} queued again").map_err(stdout_error)?,
+            RetryResult::WrongState(state) => failed.push(format!(
+                "job {id} is {state}; only dead or cancelled jobs can be retried"
+            )),
+            RetryResult::UniqueKeyTaken(other) => failed.push(format!(
+                "job {id} cannot be retried: job {other} holds its unique_key"
+            )),
+            RetryResult::NotFound => failed.push(format!("job {id} does not exist")),
+        }
+    }
+    failures(failed)
+}
+
+/// Runs `jobd cancel`.
+pub fn cancel(store: &mut dyn Store, args: CancelArgs, out: &mut dyn Write) -> Result<()> {
+    let results = store.cancel(&args.ids, now_ms())?;
+    let mut failed = Vec::new();
+    for (id, result) in args.ids.iter().zip(results) {
+        match result {
+            CancelResult::Cancelled => writeln!(out, "job {id} cancelled").map_err(stdout_error)?,
+            CancelResult::Requested => writeln!(
+                out,
+                "job {id} is running; cancel requested, its daemon will stop it"
+            )
+            .map_err(stdout_error)?,
+            CancelResult::AlreadyFinal(state) => {
+                failed.push(format!("job {id} already {state}; nothing to cancel"))
+            }
+            CancelResult::NotFound => failed.push(format!("job {id} does not exist")),
+        }
+    }
+    failures(failed)
+}
+
+/// The prune cut-offs from the config's retention, as of `now`.
+pub fn retention_cutoffs(config: &Config, now: i64) -> PruneCutoffs {
+    let before = |d: Duration| Some(now - d.as_millis() as i64);
+    PruneCutoffs {
+        succeeded: before(config.retention.succeeded),
+        dead: before(config.retention.dead),
+        cancelled: before(config.retention.cancelled),
+    }
+}
+
+/// Runs `jobd prune`.
+pub fn prune(
+    config: &Config,
+    store: &mut dyn Store,
+    args: PruneArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let now = now_ms();
+    let cutoffs = match args.older_than {
+        Some(age) => {
+            let cutoff = Some(now - age.as_millis() as i64);
+            PruneCutoffs {
+                succeeded: cutoff,
+                dead: cutoff,
+                cancelled: cutoff,
+            }
+        }
+        None => retention_cutoffs(config, now),
+    };
+    let (mut jobs, mut runs) = (0, 0);
+    loop {
+        let pruned = store.prune_batch(&cutoffs, PRUNE_BATCH)?;
+        jobs += pruned.jobs;
+        runs += pruned.runs;
+        if pruned.jobs < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    writeln!(out, "pruned {jobs} jobs and {runs} attempt records").map_err(stdout_error)
+}
+
+/// Runs `jobd pause` (`paused = true`) or `jobd resume`.
+pub fn set_paused(
+    store: &mut dyn Store,
+    args: QueueNames,
+    paused: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if let Some(q) = args.queues.iter().find(|q| q.trim().is_empty()) {
+        return Err(Error::Usage(format!("queue name {q:?} is empty")));
+    }
+    store.set_paused(&args.queues, paused, now_ms())?;
+    let verb = if paused { "paused" } else { "resumed" };
+    for q in &args.queues {
+        writeln!(out, "{verb} queue {q}").map_err(stdout_error)?;
+    }
+    Ok(())
+}
+
+/// Runs `jobd migrate`.
+pub fn migrate(config: &Config, out: &mut dyn Write) -> Result<()> {
+    let (_, (before, after)) = open_or_create(config)?;
+    let path = config.database.path.display();
+    if before == after {
+        writeln!(out, "database {path} is at schema version {SCHEMA_VERSION}")
+    } else {
+        writeln!(
+            out,
+            "database {path} migrated from schema version {before} to {after}"
+        )
+    }
+    .map_err(stdout_error)
+}
+
+/// Runs `jobd check-config`.
+pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
+    writeln!(
+        out,
+        "# {} is valid; effective values:",
+        config.source.display()
+    )
+    .map_err(stdout_error)?;
+    write!(out, "{}", config.to_toml()).map_err(stdout_error)
+}

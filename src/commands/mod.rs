@@ -1,0 +1,81 @@
+//! What each CLI command does, on top of the [`Store`] trait and the
+//! [`Config`]. `main` parses the arguments, and [`run`] loads the config,
+//! opens the store in the mode the command needs and calls one function here.
+//!
+//! Commands print their answers to the writer they are given (stdout in the
+//! binary) and return typed errors; only `main` turns an error into a
+//! sentence on stderr and an exit status.
+
+mod admin;
+mod enqueue;
+mod inspect;
+mod output;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, ConfigSource, DEFAULT_CONFIG_PATH};
+use crate::error::{Error, Result};
+use crate::store::{OpenMode, SqliteStore, Store};
+
+/// Runs one command to its end, writing its answer to `out`.
+pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Result<()> {
+    let explicit = cli.config.is_some();
+    let path = cli
+        .config
+        .unwrap_or_else(|| Path::new(DEFAULT_CONFIG_PATH).to_path_buf());
+    let config = Config::load(&ConfigSource {
+        path: &path,
+        explicit,
+        env,
+    })?;
+    match cli.command {
+        Command::Run => Err(Error::Failed(
+            "the daemon (`jobd run`) is not built yet; it arrives with the daemon issue".into(),
+        )),
+        Command::CheckConfig => admin::check_config(&config, out),
+        Command::Migrate => admin::migrate(&config, out),
+        Command::Enqueue(args) => enqueue::enqueue(&config, args, out),
+        Command::List(args) => inspect::list(&mut open(&config)?, args, out),
+        Command::Show(args) => inspect::show(&config, &mut open(&config)?, args, out),
+        Command::Stats(args) => inspect::stats(&mut open(&config)?, args, out),
+        Command::Tail(args) => inspect::tail(&mut open(&config)?, args, out),
+        Command::Retry(args) => admin::retry(&mut open(&config)?, args, out),
+        Command::Cancel(args) => admin::cancel(&mut open(&config)?, args, out),
+        Command::Prune(args) => admin::prune(&config, &mut open(&config)?, args, out),
+        Command::Pause(args) => admin::set_paused(&mut open(&config)?, args, true, out),
+        Command::Resume(args) => admin::set_paused(&mut open(&config)?, args, false, out),
+    }
+}
+
+/// Opens an existing, current database: commands that only read or adjust
+/// jobs never create a file in the wrong place or upgrade a schema.
+fn open(config: &Config) -> Result<SqliteStore> {
+    Ok(SqliteStore::open(
+        &config.database.path,
+        config.database.busy_timeout,
+        OpenMode::Existing,
+    )?)
+}
+
+/// Opens the database, creating it if needed, and returns it with the
+/// schema versions before and after migrating it.
+fn open_or_create(config: &Config) -> Result<(SqliteStore, (i64, i64))> {
+    let mut store = SqliteStore::open(
+        &config.database.path,
+        config.database.busy_timeout,
+        OpenMode::Create,
+    )?;
+    let versions = store.migrate()?;
+    Ok((store, versions))
+}
+
+/// Maps a failed write to the output.
+fn stdout_error(source: std::io::Error) -> Error {
+    Error::Io {
+        what: "cannot write the output".to_string(),
+        source,
+    }
+}

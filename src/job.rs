@@ -1,0 +1,507 @@
+//! A job and its lifecycle: the five states, who moves a job out of each,
+//! what one attempt can end in, and the transitions the store may apply.
+//!
+//! ```text
+//! queued ──claim──▶ running ──ok──────────────────▶ succeeded
+//!   │                 │ ────transient error, attempts left──▶ queued (run_at = backoff)
+//!   │                 │ ────permanent error / no attempts left──▶ dead
+//!   │                 │ ────lease expired / holder gone──▶ queued (or dead if no attempts left)
+//!   │                 │ ────shutdown drain ran out──▶ queued (attempt not counted)
+//!   │                 └───cancel_requested──▶ cancelled
+//!   └──cancel──▶ cancelled
+//! dead / cancelled ──jobd retry──▶ queued (attempts reset to 0)
+//! ```
+//!
+//! This module owns no SQL: the store applies [`Completion`]s, each built by a
+//! named constructor that sets the run outcome and the next state together, so
+//! a caller cannot ask for an incoherent pair (a `retry` run that ends `dead`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The state of a job. Only the store changes it, and every change checks the
+/// current state in the same statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to run at or after `run_at`. Left by a daemon's claim
+    /// (→ running) or by `jobd cancel` (→ cancelled).
+    Queued,
+    /// Held by one daemon under a lease. Left by that daemon's completer
+    /// (→ succeeded / queued / dead / cancelled) or by any daemon's rescue when
+    /// the lease runs out (→ queued / dead).
+    Running,
+    /// Finished. Left only by the pruner, which deletes it.
+    Succeeded,
+    /// Failed for good. Left by `jobd retry` (→ queued) or the pruner.
+    Dead,
+    /// Cancelled by an operator. Left by `jobd retry` (→ queued) or the pruner.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
+
+    /// The name stored in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// True for the states a job never leaves by itself.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for a state name that is not one of the five.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown job state {0:?} (expected queued, running, succeeded, dead or cancelled)")]
+pub struct UnknownState(pub String);
+
+impl FromStr for JobState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_string()))
+    }
+}
+
+/// A job as stored, every column of the `jobs` table.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Job {
+    /// The job's id.
+    pub id: i64,
+    /// Named queue; limits and rates are per queue.
+    pub queue: String,
+    /// Which handler runs it (`noop`, `http`, …).
+    pub kind: String,
+    /// The kind's arguments as JSON text, as the user wrote it.
+    pub payload: String,
+    /// Higher runs first within a queue.
+    pub priority: i64,
+    /// Not before this time (epoch ms).
+    pub run_at: i64,
+    /// NULL: the config's `retry.max_attempts`.
+    pub max_attempts: Option<i64>,
+    /// NULL: the kind's default timeout.
+    pub timeout_ms: Option<i64>,
+    /// At most one queued or running job per key.
+    pub unique_key: Option<String>,
+    /// Where the job is in its lifecycle.
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: i64,
+    /// When it was inserted (epoch ms).
+    pub created_at: i64,
+    /// When the latest attempt started (epoch ms).
+    pub started_at: Option<i64>,
+    /// When the latest attempt ended (epoch ms).
+    pub finished_at: Option<i64>,
+    /// While running: the holder must renew before this (epoch ms).
+    pub lease_until: Option<i64>,
+    /// The daemon that holds or last held it.
+    pub worker: Option<String>,
+    /// One readable sentence: what failed and why.
+    pub last_error: Option<String>,
+    /// What the job produced, as JSON text.
+    pub result: Option<String>,
+    /// Set by `jobd cancel` on a running job.
+    pub cancel_requested: bool,
+}
+
+impl Job {
+    /// The attempt limit in force: the job's own, else the configured default.
+    pub fn effective_max_attempts(&self, default: u32) -> i64 {
+        self.max_attempts.unwrap_or(i64::from(default))
+    }
+}
+
+/// A job to insert. Everything but `kind` has the schema's default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    /// Which handler runs it.
+    pub kind: String,
+    /// The kind's arguments: JSON text of an object.
+    #[serde(default = "empty_object", deserialize_with = "payload_text")]
+    pub payload: String,
+    /// Named queue.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Higher runs first within a queue.
+    #[serde(default)]
+    pub priority: i64,
+    /// Not before this time (epoch ms); None: now.
+    #[serde(default)]
+    pub run_at: Option<i64>,
+    /// None: the configured default.
+    #[serde(default)]
+    pub max_attempts: Option<i64>,
+    /// None: the kind's default.
+    #[serde(default)]
+    pub timeout_ms: Option<i64>,
+    /// De-duplication key.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+}
+
+/// The queue a job goes to when none is named.
+pub const DEFAULT_QUEUE: &str = "default";
+
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_string()
+}
+
+fn empty_object() -> String {
+    "{}".to_string()
+}
+
+/// Accepts a payload given as a JSON object and keeps it as compact text, so
+/// bulk import stores exactly what the line said without a second parse.
+fn payload_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let raw: Box<serde_json::value::RawValue> = Deserialize::deserialize(d)?;
+    let text = raw.get();
+    if !text.starts_with('{') {
+        return Err(serde::de::Error::custom(format!(
+            "payload must be a JSON object, got {}",
+            json_type_name(text)
+        )));
+    }
+    Ok(text.to_string())
+}
+
+/// A short name for the JSON type of `text`, for error messages.
+pub fn json_type_name(text: &str) -> &'static str {
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't') | Some(b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+impl NewJob {
+    /// A job of `kind` with an empty payload and every default.
+    pub fn new(kind: impl Into<String>) -> NewJob {
+        NewJob {
+            kind: kind.into(),
+            payload: empty_object(),
+            queue: default_queue(),
+            priority: 0,
+            run_at: None,
+            max_attempts: None,
+            timeout_ms: None,
+            unique_key: None,
+        }
+    }
+
+    /// Checks what the database's CHECK rules would reject, so the CLI can
+    /// name the field before touching the database.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.kind.is_empty() {
+            return Err("kind must not be empty".into());
+        }
+        if self.queue.is_empty() {
+            return Err("queue must not be empty".into());
+        }
+        match serde_json::from_str::<serde_json::Value>(&self.payload) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(_) => {
+                return Err(format!(
+                    "payload must be a JSON object, got {}",
+                    json_type_name(&self.payload)
+                ))
+            }
+            Err(e) => return Err(format!("payload is not valid JSON: {e}")),
+        }
+        if let Some(n) = self.max_attempts {
+            if n < 1 {
+                return Err(format!("max_attempts must be at least 1 (got {n})"));
+            }
+        }
+        if let Some(n) = self.timeout_ms {
+            if n < 1 {
+                return Err(format!("timeout_ms must be at least 1 (got {n})"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one attempt ended in, as written to `job_runs.outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcome {
+    /// The job did its work.
+    Succeeded,
+    /// A transient error; the job was queued again.
+    Retry,
+    /// A permanent error, or no attempts left.
+    Dead,
+    /// The deadline passed.
+    Timeout,
+    /// The lease ran out or the holder died; another daemon took it back.
+    Rescued,
+    /// The daemon shut down before it finished; the attempt does not count.
+    Interrupted,
+    /// An operator cancelled it while it ran.
+    Cancelled,
+}
+
+impl RunOutcome {
+    /// Every outcome.
+    pub const ALL: [RunOutcome; 7] = [
+        RunOutcome::Succeeded,
+        RunOutcome::Retry,
+        RunOutcome::Dead,
+        RunOutcome::Timeout,
+        RunOutcome::Rescued,
+        RunOutcome::Interrupted,
+        RunOutcome::Cancelled,
+    ];
+
+    /// The name stored in `job_runs.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Retry => "retry",
+            RunOutcome::Dead => "dead",
+            RunOutcome::Timeout => "timeout",
+            RunOutcome::Rescued => "rescued",
+            RunOutcome::Interrupted => "interrupted",
+            RunOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunOutcome {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunOutcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown run outcome {s:?}"))
+    }
+}
+
+/// Where a running job goes when its attempt is written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transition {
+    /// → succeeded, with the job's result (JSON text).
+    Succeed {
+        /// JSON text, or None when the kind produced nothing.
+        result: Option<String>,
+    },
+    /// → queued at `run_at`; the attempt counts.
+    Requeue {
+        /// When to try again (epoch ms).
+        run_at: i64,
+    },
+    /// → queued now; the attempt does not count (`attempts - 1`).
+    Release,
+    /// → dead.
+    Dead,
+    /// → cancelled.
+    Cancel,
+}
+
+/// The outcome of one attempt, fenced by worker and attempt number: the store
+/// applies it only while the job is still `running` under that worker and
+/// that attempt, so a late writer changes nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// The job.
+    pub id: i64,
+    /// The daemon that ran the attempt.
+    pub worker: String,
+    /// The attempt number (the job's `attempts` when it was claimed).
+    pub attempt: i64,
+    /// When the attempt started (epoch ms).
+    pub started_at: i64,
+    /// When it ended (epoch ms).
+    pub finished_at: i64,
+    /// What goes into `job_runs.outcome`.
+    pub outcome: RunOutcome,
+    /// The job's next state.
+    pub transition: Transition,
+    /// One readable sentence, for failures.
+    pub error: Option<String>,
+}
+
+/// Who ran an attempt and when: the common part of every [`Completion`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    /// The job.
+    pub id: i64,
+    /// The daemon that ran it.
+    pub worker: String,
+    /// The attempt number.
+    pub attempt: i64,
+    /// When it started (epoch ms).
+    pub started_at: i64,
+    /// When it ended (epoch ms).
+    pub finished_at: i64,
+}
+
+impl Attempt {
+    fn complete(
+        self,
+        outcome: RunOutcome,
+        transition: Transition,
+        error: Option<String>,
+    ) -> Completion {
+        Completion {
+            id: self.id,
+            worker: self.worker,
+            attempt: self.attempt,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            outcome,
+            transition,
+            error,
+        }
+    }
+
+    /// The job did its work.
+    pub fn succeeded(self, result: Option<String>) -> Completion {
+        self.complete(RunOutcome::Succeeded, Transition::Succeed { result }, None)
+    }
+
+    /// A transient error with attempts left: queued again at `run_at`.
+    pub fn retry(self, error: String, run_at: i64) -> Completion {
+        self.complete(
+            RunOutcome::Retry,
+            Transition::Requeue { run_at },
+            Some(error),
+        )
+    }
+
+    /// A permanent error, or a transient one with no attempts left.
+    pub fn dead(self, error: String) -> Completion {
+        self.complete(RunOutcome::Dead, Transition::Dead, Some(error))
+    }
+
+    /// The deadline passed: queued again at `run_at`, or dead when `run_at`
+    /// is None (no attempts left).
+    pub fn timed_out(self, error: String, run_at: Option<i64>) -> Completion {
+        let transition = match run_at {
+            Some(run_at) => Transition::Requeue { run_at },
+            None => Transition::Dead,
+        };
+        self.complete(RunOutcome::Timeout, transition, Some(error))
+    }
+
+    /// An operator cancelled the running job.
+    pub fn cancelled(self) -> Completion {
+        self.complete(
+            RunOutcome::Cancelled,
+            Transition::Cancel,
+            Some("cancelled by an operator while running".to_string()),
+        )
+    }
+
+    /// Shutdown ran out of grace: back to queued, the attempt not counted.
+    pub fn interrupted(self) -> Completion {
+        self.complete(
+            RunOutcome::Interrupted,
+            Transition::Release,
+            Some("interrupted by daemon shutdown; will run again".to_string()),
+        )
+    }
+}
+
+/// The current time as epoch milliseconds.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<JobState>().unwrap(), state);
+        }
+        let err = "done".parse::<JobState>().unwrap_err().to_string();
+        assert!(err.contains("\"done\""), "{err}");
+    }
+
+    #[test]
+    fn new_job_from_a_line_keeps_the_payload_text() {
+        let job: NewJob =
+            serde_json::from_str(r#"{"kind":"noop","payload":{"sleep_ms": 5},"priority":3}"#)
+                .unwrap();
+        assert_eq!(job.payload, r#"{"sleep_ms": 5}"#);
+        assert_eq!(job.priority, 3);
+        assert_eq!(job.queue, "default");
+        let err = serde_json::from_str::<NewJob>(r#"{"kind":"noop","payload":[1]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("payload must be a JSON object, got an array"),
+            "{err}"
+        );
+        let err = serde_json::from_str::<NewJob>(r#"{"kind":"noop","prio":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `prio`"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_field_at_fault() {
+        let mut job = NewJob::new("noop");
+        assert!(job.validate().is_ok());
+        job.max_attempts = Some(0);
+        assert!(job.validate().unwrap_err().contains("max_attempts"));
+        job.max_attempts = None;
+        job.timeout_ms = Some(-5);
+        assert!(job.validate().unwrap_err().contains("timeout_ms"));
+        job.timeout_ms = None;
+        job.payload = "[]".into();
+        assert!(job.validate().unwrap_err().contains("payload"));
+        job.payload = "{}".into();
+        job.kind = String::new();
+        assert!(job.validate().unwrap_err().contains("kind"));
+    }
+}

@@ -1,0 +1,31 @@
+//! jobd: a background job worker daemon on a SQLite job queue.
+//!
+//! # Layout
+//!
+//! A job is a row in the `jobs` table ([`job`] holds its states and the
+//! transitions between them). Anyone inserts it — the `sqlite3` shell, a
+//! script, or `jobd enqueue` ([`commands`]) — and the [`store`] is the only
+//! code that speaks SQL: enqueue, claim, complete, rescue, prune, each one
+//! short transaction behind the [`store::Store`] trait, so a PostgreSQL
+//! backend can sit beside [`store::SqliteStore`]. Settings come from
+//! `config.toml` and `JOBD_SECTION__KEY` variables, validated once into a
+//! [`config::Config`] that is handed to whatever needs it. Log lines are
+//! named events written by [`event!`] in logfmt or JSON ([`logging`]).
+//!
+//! The binary (`src/main.rs`) only parses the command line ([`cli`]), calls
+//! [`commands::run`] and turns an [`error::Error`] into one sentence and an
+//! exit status.
+//!
+//! The life of a job: inserted `queued` → claimed by a daemon (`running`,
+//! under a lease) → its attempt ends → the outcome is written, fenced by
+//! worker and attempt → `succeeded`, back to `queued` for a retry, or `dead`.
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod job;
+pub mod logging;
+pub mod store;

@@ -1,0 +1,447 @@
+//! The queue store: the only place that speaks SQL.
+//!
+//! [`Store`] is the narrow interface every other part of jobd uses: the CLI
+//! commands, the dispatcher, the completer and maintenance. [`SqliteStore`] is
+//! the embedded implementation; a PostgreSQL one (SPEC §9) sits behind the same
+//! trait, which is why the trait speaks only in plain values (epoch
+//! milliseconds, ids, JSON text) and never hands out a connection.
+//!
+//! Every state change names the state it expects in its `WHERE` clause; a
+//! change that touches no row lost a race and is reported as such (for example
+//! [`Applied::Stale`]), never as an error.
+
+mod schema;
+mod sqlite;
+
+pub use schema::SCHEMA_VERSION;
+pub use sqlite::{OpenMode, SqliteStore};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::job::{Completion, Job, JobState, NewJob, RunOutcome};
+
+/// What went wrong in the store, with the database and operation it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A command that reads needs a database that exists.
+    #[error("database {} does not exist (run `jobd migrate` to create it)", path.display())]
+    Missing {
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// `database.path` names a folder.
+    #[error("database path {} is a directory, not a SQLite file", path.display())]
+    IsDirectory {
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// The file exists but is not SQLite.
+    #[error("{} is not a SQLite database", path.display())]
+    NotADatabase {
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// The file (or its folder, for the WAL files) cannot be written.
+    #[error("database {} is read-only for this user: {detail}", path.display())]
+    ReadOnly {
+        /// The configured path.
+        path: PathBuf,
+        /// What SQLite said.
+        detail: String,
+    },
+    /// The file was made by a newer jobd.
+    #[error("database {} has schema version {found}, newer than this jobd knows ({supported}); upgrade jobd", path.display())]
+    TooNew {
+        /// The configured path.
+        path: PathBuf,
+        /// `PRAGMA user_version` of the file.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The file needs `jobd migrate` before this command can use it.
+    #[error("database {} has schema version {found} but this jobd needs {supported}; run `jobd migrate`", path.display())]
+    TooOld {
+        /// The configured path.
+        path: PathBuf,
+        /// `PRAGMA user_version` of the file.
+        found: i64,
+        /// The version this build needs.
+        supported: i64,
+    },
+    /// Another connection held the write lock for longer than the busy timeout.
+    #[error("database {} stayed locked by another connection during {op} for more than {}", path.display(), humantime::format_duration(*waited))]
+    Busy {
+        /// The configured path.
+        path: PathBuf,
+        /// What jobd was doing.
+        op: &'static str,
+        /// The busy timeout that ran out.
+        waited: Duration,
+    },
+    /// The disk (or quota) is full.
+    #[error("database {} cannot grow during {op}: the disk is full", path.display())]
+    Full {
+        /// The configured path.
+        path: PathBuf,
+        /// What jobd was doing.
+        op: &'static str,
+    },
+    /// Any other SQLite failure.
+    #[error("database {} failed during {op}: {source}", path.display())]
+    Sqlite {
+        /// The configured path.
+        path: PathBuf,
+        /// What jobd was doing.
+        op: &'static str,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// True when waiting and trying again is the right answer (locked, busy).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Busy { .. })
+    }
+
+    /// True when the failure is worth retrying later (busy, disk full, I/O).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Busy { .. } | StoreError::Full { .. } | StoreError::Sqlite { .. }
+        )
+    }
+}
+
+/// The store's result type.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The outcome of inserting one job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "id", rename_all = "lowercase")]
+pub enum Enqueued {
+    /// A new row with this id.
+    Inserted(i64),
+    /// Its `unique_key` is held by this queued or running job; nothing inserted.
+    Duplicate(i64),
+}
+
+impl Enqueued {
+    /// The id of the job that now stands for the request.
+    pub fn id(self) -> i64 {
+        match self {
+            Enqueued::Inserted(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+}
+
+/// How many jobs to claim from one queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// The queue.
+    pub queue: String,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// A claim: which daemon takes jobs, when, and for how long.
+#[derive(Clone, Debug)]
+pub struct Claim<'a> {
+    /// The daemon's worker id.
+    pub worker: &'a str,
+    /// The claim's clock (epoch ms): jobs with `run_at <= now` are ready.
+    pub now: i64,
+    /// The lease's end (epoch ms).
+    pub lease_until: i64,
+    /// Per-queue limits, in the order to serve them.
+    pub requests: &'a [ClaimRequest],
+}
+
+/// Whether a fenced write took effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The job was still running under this worker and attempt.
+    Done,
+    /// Someone else moved the job first (rescue, another daemon): nothing changed.
+    Stale,
+}
+
+/// Which running jobs to take back.
+#[derive(Clone, Debug)]
+pub enum RescueScope<'a> {
+    /// Jobs whose lease ended before `now`.
+    ExpiredLeases,
+    /// Every running job of these workers (known to be gone).
+    Workers(&'a [String]),
+}
+
+/// A running job taken back from a lost holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rescued {
+    /// The job.
+    pub id: i64,
+    /// The job's kind.
+    pub kind: String,
+    /// The job's queue.
+    pub queue: String,
+    /// The attempt that was lost.
+    pub attempt: i64,
+    /// The lost holder.
+    pub worker: String,
+    /// `queued` or `dead` (no attempts left).
+    pub state: JobState,
+}
+
+/// What `cancel` did to one job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelResult {
+    /// It was queued and is now cancelled.
+    Cancelled,
+    /// It is running; its daemon will stop it.
+    Requested,
+    /// It had already finished in this state.
+    AlreadyFinal(JobState),
+    /// No such job.
+    NotFound,
+}
+
+/// What `retry` did to one job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryResult {
+    /// It is queued again.
+    Queued,
+    /// It is not dead or cancelled.
+    WrongState(JobState),
+    /// Its unique_key is held by this queued or running job.
+    UniqueKeyTaken(i64),
+    /// No such job.
+    NotFound,
+}
+
+/// What `retry --dead` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BulkRetry {
+    /// Jobs queued again.
+    pub queued: u64,
+    /// Dead jobs left dead because another active job holds their unique_key.
+    pub skipped_unique: u64,
+}
+
+/// Cut-off times (epoch ms) for pruning: final jobs that finished before
+/// them go. None keeps that state forever.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PruneCutoffs {
+    /// For succeeded jobs.
+    pub succeeded: Option<i64>,
+    /// For dead jobs.
+    pub dead: Option<i64>,
+    /// For cancelled jobs.
+    pub cancelled: Option<i64>,
+}
+
+/// How many rows one prune pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// Rows from `jobs`.
+    pub jobs: u64,
+    /// Rows from `job_runs`.
+    pub runs: u64,
+}
+
+/// A filter for `list`.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// One row of `job_runs`: an attempt that ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobRun {
+    /// The row's id, increasing in the order rows were written.
+    pub id: i64,
+    /// The job.
+    pub job_id: i64,
+    /// The job's queue.
+    pub queue: String,
+    /// The job's kind.
+    pub kind: String,
+    /// The attempt number.
+    pub attempt: i64,
+    /// The daemon that ran it.
+    pub worker: String,
+    /// When it started (epoch ms).
+    pub started_at: i64,
+    /// When it ended (epoch ms).
+    pub finished_at: i64,
+    /// What it ended in.
+    pub outcome: RunOutcome,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// `finished_at - started_at`.
+    pub duration_ms: i64,
+}
+
+/// One queue's figures for `jobd stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct QueueStats {
+    /// The queue.
+    pub queue: String,
+    /// Paused in the `queues` table.
+    pub paused: bool,
+    /// Queued with `run_at <= now`.
+    pub ready: u64,
+    /// Queued with `run_at > now`.
+    pub scheduled: u64,
+    /// Running.
+    pub running: u64,
+    /// Succeeded in the last minute.
+    pub succeeded_1m: u64,
+    /// Succeeded in the last hour.
+    pub succeeded_1h: u64,
+    /// Went dead in the last minute.
+    pub dead_1m: u64,
+    /// Went dead in the last hour.
+    pub dead_1h: u64,
+    /// `now - oldest ready run_at`, 0 when nothing is ready.
+    pub lag_ms: i64,
+    /// Median attempt duration over the last hour.
+    pub p50_ms: Option<i64>,
+    /// 95th percentile attempt duration over the last hour.
+    pub p95_ms: Option<i64>,
+}
+
+/// A running daemon, from the `workers` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkerInfo {
+    /// `host:pid:start`.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: i64,
+    /// jobd version.
+    pub version: String,
+    /// When it started (epoch ms).
+    pub started_at: i64,
+    /// Its latest heartbeat (epoch ms).
+    pub heartbeat_at: i64,
+    /// The queues it serves, comma-separated.
+    pub queues: String,
+    /// Jobs it was running at its latest heartbeat.
+    pub running: i64,
+}
+
+/// Everything `jobd stats` shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// When the figures were taken (epoch ms).
+    pub now: i64,
+    /// One entry per queue that has jobs, recent runs or a `queues` row.
+    pub queues: Vec<QueueStats>,
+    /// The live daemons.
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// The queue store. Every method is one short transaction or one read.
+pub trait Store {
+    /// Creates or upgrades the schema; returns the version before and after.
+    fn migrate(&mut self) -> Result<(i64, i64)>;
+
+    /// Inserts jobs in one transaction. A job whose `unique_key` is held by a
+    /// queued or running job is not inserted and reports that job's id.
+    fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>>;
+
+    /// Atomically takes up to `limit` ready jobs from each requested queue
+    /// (highest priority, then oldest `run_at`, then lowest id), skipping
+    /// paused queues, and marks them running under `worker`.
+    fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Job>>;
+
+    /// Writes a batch of attempt outcomes in one transaction, each fenced by
+    /// state, worker and attempt, with a `job_runs` row for each that applied.
+    fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>>;
+
+    /// Extends the leases of `ids` held by `worker`; returns how many were.
+    fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize>;
+
+    /// The running jobs of `worker` that an operator asked to cancel.
+    fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>>;
+
+    /// Takes back running jobs from lost holders: to `queued`, or to `dead`
+    /// when they have no attempts left (`default_max_attempts` stands in for a
+    /// NULL `max_attempts`). Writes a `rescued` run for each.
+    fn rescue(
+        &mut self,
+        scope: RescueScope<'_>,
+        now: i64,
+        default_max_attempts: u32,
+    ) -> Result<Vec<Rescued>>;
+
+    /// Cancels queued jobs at once and flags running ones.
+    fn cancel(&mut self, ids: &[i64], now: i64) -> Result<Vec<CancelResult>>;
+
+    /// Puts dead or cancelled jobs back to `queued` with attempts reset.
+    fn retry(&mut self, ids: &[i64], now: i64) -> Result<Vec<RetryResult>>;
+
+    /// Puts every dead job (of one queue, or all) back to `queued`.
+    fn retry_dead(&mut self, queue: Option<&str>, now: i64) -> Result<BulkRetry>;
+
+    /// Deletes at most `batch` final jobs older than the cut-offs, with their
+    /// runs, in one short transaction. Call until it returns fewer than `batch`.
+    fn prune_batch(&mut self, cutoffs: &PruneCutoffs, batch: usize) -> Result<Pruned>;
+
+    /// Pauses or resumes queues.
+    fn set_paused(&mut self, queues: &[String], paused: bool, now: i64) -> Result<()>;
+
+    /// The queues that are paused now.
+    fn paused_queues(&mut self) -> Result<Vec<String>>;
+
+    /// The distinct queues that hold queued jobs (ready or scheduled).
+    fn queued_queues(&mut self) -> Result<Vec<String>>;
+
+    /// The earliest `run_at` of a queued job in these queues (all when None).
+    fn next_run_at(&mut self, queues: Option<&[String]>) -> Result<Option<i64>>;
+
+    /// One job.
+    fn job(&mut self, id: i64) -> Result<Option<Job>>;
+
+    /// A job's attempts, oldest first.
+    fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>>;
+
+    /// Jobs matching the filter, newest first.
+    fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>>;
+
+    /// The id of the newest `job_runs` row (0 when none).
+    fn last_run_id(&mut self) -> Result<i64>;
+
+    /// At most `limit` runs written after `after_id`, oldest first.
+    fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>>;
+
+    /// Per-queue figures and the live daemons.
+    fn stats(&mut self, now: i64) -> Result<Stats>;
+
+    /// Records a daemon in `workers` (replacing a row with the same id).
+    fn register_worker(&mut self, worker: &WorkerInfo) -> Result<()>;
+
+    /// Refreshes a daemon's heartbeat and running count.
+    fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<()>;
+
+    /// Removes a daemon's row.
+    fn deregister_worker(&mut self, worker: &str) -> Result<()>;
+
+    /// Every row of `workers`.
+    fn workers(&mut self) -> Result<Vec<WorkerInfo>>;
+}

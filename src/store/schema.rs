@@ -1,0 +1,119 @@
+//! The SQLite schema and its migrations, one entry per `PRAGMA user_version`.
+//!
+//! A migration is appended, never edited: a file made by an older jobd is
+//! upgraded in place by running the entries past its version, each in its own
+//! `BEGIN IMMEDIATE` transaction so two daemons starting together do not both
+//! apply it. The SQL must run in Debian 12's `sqlite3` 3.40 (no
+//! `unixepoch('subsec')`), because users insert with that shell.
+
+/// The migrations in order; entry `i` takes a file from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[V1_TABLES, V2_OPERATIONS];
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Version 1: the job table, its attempt history and the insert guards.
+const V1_TABLES: &str = "
+CREATE TABLE jobs (
+    id               INTEGER PRIMARY KEY,
+    queue            TEXT    NOT NULL DEFAULT 'default' CONSTRAINT queue_not_empty CHECK (queue <> ''),
+    kind             TEXT    NOT NULL CONSTRAINT kind_not_empty CHECK (kind <> ''),
+    payload          TEXT    NOT NULL DEFAULT '{}' CONSTRAINT payload_is_json CHECK (json_valid(payload)),
+    priority         INTEGER NOT NULL DEFAULT 0,
+    run_at           INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+    max_attempts     INTEGER NULL CONSTRAINT max_attempts_at_least_1 CHECK (max_attempts >= 1),
+    timeout_ms       INTEGER NULL CONSTRAINT timeout_ms_positive CHECK (timeout_ms > 0),
+    unique_key       TEXT    NULL,
+    state            TEXT    NOT NULL DEFAULT 'queued'
+                     CONSTRAINT state_known CHECK (state IN ('queued', 'running', 'succeeded', 'dead', 'cancelled')),
+    attempts         INTEGER NOT NULL DEFAULT 0 CONSTRAINT attempts_not_negative CHECK (attempts >= 0),
+    created_at       INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+    started_at       INTEGER NULL,
+    finished_at      INTEGER NULL,
+    lease_until      INTEGER NULL,
+    worker           TEXT    NULL,
+    last_error       TEXT    NULL,
+    result           TEXT    NULL CONSTRAINT result_is_json CHECK (result IS NULL OR json_valid(result)),
+    cancel_requested INTEGER NOT NULL DEFAULT 0 CONSTRAINT cancel_requested_bool CHECK (cancel_requested IN (0, 1))
+) STRICT;
+
+-- The claim: ready jobs of one queue, priority DESC, run_at, id. A range scan
+-- at any queue size; the partial index holds only queued rows.
+CREATE INDEX jobs_ready ON jobs (queue, priority DESC, run_at, id) WHERE state = 'queued';
+
+-- At most one queued or running job per key; INSERT OR IGNORE de-duplicates.
+CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
+
+-- INSERT OR IGNORE skips a row that breaks a CHECK instead of failing, which
+-- would drop a bad job silently. These guards abort the statement whatever
+-- its conflict clause, with the same words as the CHECK they stand for.
+CREATE TRIGGER jobs_guard_payload BEFORE INSERT ON jobs
+    WHEN NEW.payload IS NOT NULL AND NOT json_valid(NEW.payload)
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: payload_is_json'); END;
+CREATE TRIGGER jobs_guard_kind BEFORE INSERT ON jobs
+    WHEN NEW.kind = ''
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: kind_not_empty'); END;
+CREATE TRIGGER jobs_guard_max_attempts BEFORE INSERT ON jobs
+    WHEN NEW.max_attempts < 1
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: max_attempts_at_least_1'); END;
+CREATE TRIGGER jobs_guard_timeout BEFORE INSERT ON jobs
+    WHEN NEW.timeout_ms <= 0
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: timeout_ms_positive'); END;
+
+-- One row per attempt, append-only. queue and kind are copied from the job so
+-- stats, tail and metrics read this table alone.
+CREATE TABLE job_runs (
+    id          INTEGER PRIMARY KEY,
+    job_id      INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    worker      TEXT    NOT NULL,
+    queue       TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    outcome     TEXT    NOT NULL CONSTRAINT outcome_known CHECK (outcome IN
+                ('succeeded', 'retry', 'dead', 'timeout', 'rescued', 'interrupted', 'cancelled')),
+    error       TEXT    NULL,
+    duration_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX job_runs_job ON job_runs (job_id, attempt);
+";
+
+/// Version 2: the daemons, queue switches, cron slots, and the indexes that
+/// keep leases, pruning and stats off full scans.
+const V2_OPERATIONS: &str = "
+CREATE TABLE workers (
+    id           TEXT    PRIMARY KEY,
+    host         TEXT    NOT NULL,
+    pid          INTEGER NOT NULL,
+    version      TEXT    NOT NULL,
+    started_at   INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL,
+    queues       TEXT    NOT NULL,
+    running      INTEGER NOT NULL DEFAULT 0
+) STRICT;
+
+CREATE TABLE queues (
+    name       TEXT    PRIMARY KEY,
+    paused     INTEGER NOT NULL DEFAULT 0 CONSTRAINT paused_bool CHECK (paused IN (0, 1)),
+    updated_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
+) STRICT;
+
+CREATE TABLE cron (
+    name        TEXT PRIMARY KEY,
+    last_slot   INTEGER NULL,
+    last_job_id INTEGER NULL
+) STRICT;
+
+-- Lease expiry and cancel requests look only at running rows.
+CREATE INDEX jobs_running ON jobs (lease_until) WHERE state = 'running';
+-- Pruning and the finished counts of stats: one covering index per final
+-- state, so queries name the state as a literal and SQLite can prove the
+-- partial index applies; claims and leases never touch them.
+CREATE INDEX jobs_succeeded ON jobs (finished_at, queue) WHERE state = 'succeeded';
+CREATE INDEX jobs_dead ON jobs (finished_at, queue) WHERE state = 'dead';
+CREATE INDEX jobs_cancelled ON jobs (finished_at, queue) WHERE state = 'cancelled';
+-- Stats over the last hour of attempts.
+CREATE INDEX job_runs_finished ON job_runs (finished_at);
+";

@@ -1,0 +1,1069 @@
+//! [`Store`] on one SQLite file in WAL mode.
+//!
+//! jobd's own connections use `synchronous = NORMAL`: in WAL mode a power cut
+//! can then undo only jobd's latest claims and completions, which at-least-once
+//! delivery already covers; clients keep whatever setting they choose for
+//! their inserts. Every write is one short `BEGIN IMMEDIATE` transaction so a
+//! client with a busy timeout of a second never sees `database is locked`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{
+    params, params_from_iter, Connection, ErrorCode, OpenFlags, OptionalExtension, Row,
+};
+
+use super::schema::{MIGRATIONS, SCHEMA_VERSION};
+use super::{
+    Applied, BulkRetry, CancelResult, Claim, Enqueued, JobRun, ListFilter, PruneCutoffs, Pruned,
+    QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store, StoreError, WorkerInfo,
+};
+use crate::job::{Completion, Job, JobState, NewJob, RunOutcome, Transition};
+
+/// Prepared statements kept per connection; enough for every named query.
+const STATEMENT_CACHE: usize = 64;
+
+/// Rows per `retry --dead` transaction: keeps each write short.
+const BULK_RETRY_BATCH: usize = 1_000;
+
+/// Attempt durations sampled for p50/p95 per stats call: the most recent ones
+/// of the last hour, so stats stays fast when the hour held millions of runs.
+const PERCENTILE_SAMPLE: usize = 100_000;
+
+/// How the store may treat a missing file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file if needed; the caller migrates (daemon, enqueue, migrate).
+    Create,
+    /// The file must exist with the current schema (read and admin commands).
+    Existing,
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+const JOB_COLUMNS: &str = "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
+     unique_key, state, attempts, created_at, started_at, finished_at, lease_until, worker, \
+     last_error, result, cancel_requested";
+
+const RUN_COLUMNS: &str =
+    "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
+
+impl SqliteStore {
+    /// Opens the database at `path`: creating the file if needed with
+    /// [`OpenMode::Create`] (call [`Store::migrate`] next), or checking that it
+    /// exists with the current schema with [`OpenMode::Existing`]. A file from
+    /// a newer jobd is refused either way and left untouched.
+    pub fn open(path: &Path, busy_timeout: Duration, mode: OpenMode) -> Result<SqliteStore> {
+        let path = path.to_path_buf();
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => return Err(StoreError::IsDirectory { path }),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if mode == OpenMode::Existing {
+                    return Err(StoreError::Missing { path });
+                }
+            }
+            Err(e) => {
+                return Err(StoreError::ReadOnly {
+                    path,
+                    detail: e.to_string(),
+                })
+            }
+        }
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        if mode == OpenMode::Create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn =
+            Connection::open_with_flags(&path, flags).map_err(|e| classify(&path, "open", e))?;
+        let mut store = SqliteStore {
+            conn,
+            path,
+            busy_timeout,
+        };
+        store.configure()?;
+        let version = store.user_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: store.path,
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if mode == OpenMode::Existing && version < SCHEMA_VERSION {
+            return Err(StoreError::TooOld {
+                path: store.path,
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `PRAGMA data_version`: changes whenever another connection commits.
+    /// Cheap (no disk read), so a dispatcher can ask it often.
+    pub fn data_version(&mut self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| self.err("data_version", e))
+    }
+
+    /// The schema version recorded in the file.
+    pub fn user_version(&mut self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err("read schema version", e))
+    }
+
+    /// Applies the first `version` migrations only. For tests of upgrades
+    /// from older files; the daemon always uses [`Store::migrate`].
+    pub fn migrate_to(&mut self, version: i64) -> Result<(i64, i64)> {
+        let target = version.clamp(0, SCHEMA_VERSION);
+        let before = self.user_version()?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().take(target as usize) {
+            let step = i as i64 + 1;
+            self.write("migrate", |tx| {
+                let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                if current >= step {
+                    return Ok(());
+                }
+                tx.execute_batch(sql)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {step}"))?;
+                Ok(())
+            })?;
+        }
+        Ok((before, self.user_version()?))
+    }
+
+    /// A direct handle for tests and benchmarks that must inspect the file.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    fn configure(&mut self) -> Result<()> {
+        let timeout = self.busy_timeout;
+        self.conn
+            .busy_timeout(timeout)
+            .map_err(|e| self.err("configure", e))?;
+        self.conn
+            .set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // WAL is persistent in the file, so every other client uses it too.
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| self.err("enable WAL", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+                detail: format!("journal_mode stayed {mode:?}, WAL is required"),
+            });
+        }
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;")
+            .map_err(|e| self.err("configure", e))
+    }
+
+    fn err(&self, op: &'static str, e: rusqlite::Error) -> StoreError {
+        match classify(&self.path, op, e) {
+            StoreError::Busy { path, op, .. } => StoreError::Busy {
+                path,
+                op,
+                waited: self.busy_timeout,
+            },
+            other => other,
+        }
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits it.
+    fn write<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let result: rusqlite::Result<T> = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        result.map_err(|e| self.err(op, e))
+    }
+}
+
+/// Turns a rusqlite error into the store error an operator can act on.
+fn classify(path: &Path, op: &'static str, e: rusqlite::Error) -> StoreError {
+    let path = path.to_path_buf();
+    if let rusqlite::Error::SqliteFailure(ref f, ref msg) = e {
+        match f.code {
+            ErrorCode::NotADatabase => return StoreError::NotADatabase { path },
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                return StoreError::Busy {
+                    path,
+                    op,
+                    waited: Duration::ZERO,
+                }
+            }
+            ErrorCode::DiskFull => return StoreError::Full { path, op },
+            ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied => {
+                return StoreError::ReadOnly {
+                    path,
+                    detail: msg.clone().unwrap_or_else(|| f.to_string()),
+                }
+            }
+            _ => {}
+        }
+    }
+    StoreError::Sqlite {
+        path,
+        op,
+        source: e,
+    }
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let state: String = row.get(9)?;
+    Ok(Job {
+        id: row.get(0)?,
+        queue: row.get(1)?,
+        kind: row.get(2)?,
+        payload: row.get(3)?,
+        priority: row.get(4)?,
+        run_at: row.get(5)?,
+        max_attempts: row.get(6)?,
+        timeout_ms: row.get(7)?,
+        unique_key: row.get(8)?,
+        state: state.parse().map_err(|e: crate::job::UnknownState| {
+            rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        attempts: row.get(10)?,
+        created_at: row.get(11)?,
+        started_at: row.get(12)?,
+        finished_at: row.get(13)?,
+        lease_until: row.get(14)?,
+        worker: row.get(15)?,
+        last_error: row.get(16)?,
+        result: row.get(17)?,
+        cancel_requested: row.get::<_, i64>(18)? != 0,
+    })
+}
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<JobRun> {
+    let outcome: String = row.get(8)?;
+    Ok(JobRun {
+        id: row.get(0)?,
+        job_id: row.get(1)?,
+        queue: row.get(2)?,
+        kind: row.get(3)?,
+        attempt: row.get(4)?,
+        worker: row.get(5)?,
+        started_at: row.get(6)?,
+        finished_at: row.get(7)?,
+        outcome: outcome.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, e.into())
+        })?,
+        error: row.get(9)?,
+        duration_ms: row.get(10)?,
+    })
+}
+
+fn worker_from_row(row: &Row<'_>) -> rusqlite::Result<WorkerInfo> {
+    Ok(WorkerInfo {
+        id: row.get(0)?,
+        host: row.get(1)?,
+        pid: row.get(2)?,
+        version: row.get(3)?,
+        started_at: row.get(4)?,
+        heartbeat_at: row.get(5)?,
+        queues: row.get(6)?,
+        running: row.get(7)?,
+    })
+}
+
+fn state_of(tx: &rusqlite::Transaction<'_>, id: i64) -> rusqlite::Result<Option<JobState>> {
+    let state: Option<String> = tx
+        .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    Ok(state.and_then(|s| s.parse().ok()))
+}
+
+/// One `job_runs` row to write.
+struct RunRow<'a> {
+    job_id: i64,
+    attempt: i64,
+    worker: &'a str,
+    queue: &'a str,
+    kind: &'a str,
+    started_at: i64,
+    finished_at: i64,
+    outcome: RunOutcome,
+    error: Option<&'a str>,
+}
+
+fn insert_run(tx: &rusqlite::Transaction<'_>, run: RunRow<'_>) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
+         outcome, error, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        run.job_id,
+        run.attempt,
+        run.worker,
+        run.queue,
+        run.kind,
+        run.started_at,
+        run.finished_at,
+        run.outcome.as_str(),
+        run.error,
+        (run.finished_at - run.started_at).max(0),
+    ])?;
+    Ok(())
+}
+
+/// The value at quantile `q` of sorted `values`.
+fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    Some(sorted[rank.min(sorted.len() - 1)])
+}
+
+impl Store for SqliteStore {
+    fn migrate(&mut self) -> Result<(i64, i64)> {
+        self.migrate_to(SCHEMA_VERSION)
+    }
+
+    fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>> {
+        self.write("enqueue", |tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, \
+                 timeout_ms, unique_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT DO NOTHING RETURNING id",
+            )?;
+            let mut existing = tx.prepare_cached(
+                "SELECT id FROM jobs WHERE unique_key = ?1 AND state IN ('queued', 'running')",
+            )?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let id: Option<i64> = insert
+                    .query_row(
+                        params![
+                            job.queue,
+                            job.kind,
+                            job.payload,
+                            job.priority,
+                            job.run_at.unwrap_or(now),
+                            job.max_attempts,
+                            job.timeout_ms,
+                            job.unique_key,
+                            now,
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                out.push(match id {
+                    Some(id) => Enqueued::Inserted(id),
+                    None => {
+                        // Only the unique_key index can make DO NOTHING skip a row.
+                        Enqueued::Duplicate(existing.query_row([&job.unique_key], |r| r.get(0))?)
+                    }
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Job>> {
+        if claim.requests.iter().all(|r| r.limit == 0) {
+            return Ok(Vec::new());
+        }
+        self.write("claim", |tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
+                 finished_at = NULL, lease_until = ?2, worker = ?3 \
+                 WHERE state = 'queued' AND id IN ( \
+                     SELECT id FROM jobs \
+                     WHERE state = 'queued' AND queue = ?4 AND run_at <= ?1 \
+                       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
+                     ORDER BY priority DESC, run_at, id LIMIT ?5) \
+                 RETURNING {JOB_COLUMNS}"
+            ))?;
+            let mut jobs = Vec::new();
+            for request in claim.requests.iter().filter(|r| r.limit > 0) {
+                let rows = stmt.query_map(
+                    params![
+                        claim.now,
+                        claim.lease_until,
+                        claim.worker,
+                        request.queue,
+                        request.limit as i64
+                    ],
+                    job_from_row,
+                )?;
+                let start = jobs.len();
+                for job in rows {
+                    jobs.push(job?);
+                }
+                // RETURNING gives no order; hand jobs out in claim order.
+                jobs[start..].sort_by(|a, b| {
+                    b.priority
+                        .cmp(&a.priority)
+                        .then(a.run_at.cmp(&b.run_at))
+                        .then(a.id.cmp(&b.id))
+                });
+            }
+            Ok(jobs)
+        })
+    }
+
+    fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write("complete", |tx| {
+            let mut out = Vec::with_capacity(completions.len());
+            for c in completions {
+                // Each transition is fenced by state, worker and attempt: a
+                // late writer (its lease lapsed, someone rescued the job)
+                // matches no row and changes nothing.
+                let fence = "WHERE id = ?1 AND state = 'running' AND worker = ?2 AND attempts = ?3 \
+                             RETURNING queue, kind";
+                let query = |sql: &str, extra: &[&dyn rusqlite::ToSql]| {
+                    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&c.id, &c.worker, &c.attempt];
+                    args.extend_from_slice(extra);
+                    tx.prepare_cached(&format!("{sql} {fence}"))?
+                        .query_row(args.as_slice(), |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                        })
+                        .optional()
+                };
+                let moved = match &c.transition {
+                    Transition::Succeed { result } => query(
+                        "UPDATE jobs SET state = 'succeeded', finished_at = ?4, lease_until = NULL, \
+                         result = ?5, last_error = NULL",
+                        &[&c.finished_at, result],
+                    )?,
+                    Transition::Requeue { run_at } => query(
+                        "UPDATE jobs SET state = 'queued', finished_at = ?4, lease_until = NULL, \
+                         run_at = ?5, last_error = ?6",
+                        &[&c.finished_at, run_at, &c.error],
+                    )?,
+                    Transition::Release => query(
+                        "UPDATE jobs SET state = 'queued', attempts = attempts - 1, \
+                         lease_until = NULL",
+                        &[],
+                    )?,
+                    Transition::Dead => query(
+                        "UPDATE jobs SET state = 'dead', finished_at = ?4, lease_until = NULL, \
+                         last_error = ?5",
+                        &[&c.finished_at, &c.error],
+                    )?,
+                    Transition::Cancel => query(
+                        "UPDATE jobs SET state = 'cancelled', finished_at = ?4, lease_until = NULL, \
+                         last_error = ?5",
+                        &[&c.finished_at, &c.error],
+                    )?,
+                };
+                out.push(match moved {
+                    Some((queue, kind)) => {
+                        insert_run(
+                            tx,
+                            RunRow {
+                                job_id: c.id,
+                                attempt: c.attempt,
+                                worker: &c.worker,
+                                queue: &queue,
+                                kind: &kind,
+                                started_at: c.started_at,
+                                finished_at: c.finished_at,
+                                outcome: c.outcome,
+                                error: c.error.as_deref(),
+                            },
+                        )?;
+                        Applied::Done
+                    }
+                    None => Applied::Stale,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.write("renew leases", |tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET lease_until = ?1 WHERE id = ?2 AND state = 'running' AND worker = ?3",
+            )?;
+            let mut renewed = 0;
+            for id in ids {
+                renewed += stmt.execute(params![lease_until, id, worker])?;
+            }
+            Ok(renewed)
+        })
+    }
+
+    fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM jobs INDEXED BY jobs_running \
+                 WHERE state = 'running' AND worker = ?1 AND cancel_requested = 1",
+            )
+            .map_err(|e| self.err("read cancel requests", e))?;
+        let ids = stmt
+            .query_map([worker], |r| r.get(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<i64>>>());
+        drop(stmt);
+        ids.map_err(|e| self.err("read cancel requests", e))
+    }
+
+    fn rescue(
+        &mut self,
+        scope: RescueScope<'_>,
+        now: i64,
+        default_max_attempts: u32,
+    ) -> Result<Vec<Rescued>> {
+        self.write("rescue", |tx| {
+            let (filter, args): (String, Vec<rusqlite::types::Value>) = match scope {
+                RescueScope::ExpiredLeases => (
+                    "lease_until < ?3".to_string(),
+                    vec![rusqlite::types::Value::Integer(now)],
+                ),
+                RescueScope::Workers([]) => return Ok(Vec::new()),
+                RescueScope::Workers(workers) => (
+                    format!(
+                        "worker IN ({})",
+                        (0..workers.len())
+                            .map(|i| format!("?{}", i + 3))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    workers
+                        .iter()
+                        .map(|w| rusqlite::types::Value::Text(w.clone()))
+                        .collect(),
+                ),
+            };
+            let reason = match scope {
+                RescueScope::ExpiredLeases => "stopped renewing its lease",
+                RescueScope::Workers(_) => "is gone (its process no longer runs)",
+            };
+            let sql = format!(
+                "UPDATE jobs SET \
+                   state = CASE WHEN attempts >= COALESCE(max_attempts, ?2) THEN 'dead' ELSE 'queued' END, \
+                   finished_at = ?1, lease_until = NULL, \
+                   last_error = 'attempt ' || attempts || ' was lost: worker ' || worker || ' {reason}' \
+                 WHERE state = 'running' AND {filter} \
+                 RETURNING id, kind, queue, attempts, worker, state, started_at"
+            );
+            let mut all: Vec<rusqlite::types::Value> = vec![
+                rusqlite::types::Value::Integer(now),
+                rusqlite::types::Value::Integer(i64::from(default_max_attempts)),
+            ];
+            all.extend(args);
+            let mut rescued = Vec::new();
+            let mut lost = Vec::new();
+            {
+                let mut stmt = tx.prepare(&sql)?;
+                let mut rows = stmt.query(params_from_iter(all.iter()))?;
+                while let Some(row) = rows.next()? {
+                    let state: String = row.get(5)?;
+                    let job = Rescued {
+                        id: row.get(0)?,
+                        kind: row.get(1)?,
+                        queue: row.get(2)?,
+                        attempt: row.get(3)?,
+                        worker: row.get(4)?,
+                        state: if state == "dead" {
+                            JobState::Dead
+                        } else {
+                            JobState::Queued
+                        },
+                    };
+                    let started: Option<i64> = row.get(6)?;
+                    lost.push(started.unwrap_or(now));
+                    rescued.push(job);
+                }
+            }
+            for (job, started_at) in rescued.iter().zip(lost) {
+                let error = format!(
+                    "attempt {} was lost: worker {} {reason}",
+                    job.attempt, job.worker
+                );
+                insert_run(
+                    tx,
+                    RunRow {
+                        job_id: job.id,
+                        attempt: job.attempt,
+                        worker: &job.worker,
+                        queue: &job.queue,
+                        kind: &job.kind,
+                        started_at,
+                        finished_at: now,
+                        outcome: RunOutcome::Rescued,
+                        error: Some(&error),
+                    },
+                )?;
+            }
+            Ok(rescued)
+        })
+    }
+
+    fn cancel(&mut self, ids: &[i64], now: i64) -> Result<Vec<CancelResult>> {
+        self.write("cancel", |tx| {
+            let mut out = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let queued = tx
+                    .prepare_cached(
+                        "UPDATE jobs SET state = 'cancelled', finished_at = ?2, \
+                         last_error = 'cancelled by an operator before it ran' \
+                         WHERE id = ?1 AND state = 'queued'",
+                    )?
+                    .execute(params![id, now])?;
+                if queued == 1 {
+                    out.push(CancelResult::Cancelled);
+                    continue;
+                }
+                let running = tx
+                    .prepare_cached(
+                        "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 'running'",
+                    )?
+                    .execute([id])?;
+                if running == 1 {
+                    out.push(CancelResult::Requested);
+                    continue;
+                }
+                out.push(match state_of(tx, id)? {
+                    Some(state) => CancelResult::AlreadyFinal(state),
+                    None => CancelResult::NotFound,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn retry(&mut self, ids: &[i64], now: i64) -> Result<Vec<RetryResult>> {
+        self.write("retry", |tx| {
+            let mut out = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let state = match state_of(tx, id)? {
+                    None => {
+                        out.push(RetryResult::NotFound);
+                        continue;
+                    }
+                    Some(state) => state,
+                };
+                if !matches!(state, JobState::Dead | JobState::Cancelled) {
+                    out.push(RetryResult::WrongState(state));
+                    continue;
+                }
+                let holder: Option<i64> = tx
+                    .query_row(
+                        "SELECT other.id FROM jobs AS this JOIN jobs AS other \
+                         ON other.unique_key = this.unique_key \
+                         WHERE this.id = ?1 AND other.state IN ('queued', 'running')",
+                        [id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(holder) = holder {
+                    out.push(RetryResult::UniqueKeyTaken(holder));
+                    continue;
+                }
+                tx.prepare_cached(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, started_at = NULL, \
+                     finished_at = NULL, lease_until = NULL, cancel_requested = 0 \
+                     WHERE id = ?1 AND state IN ('dead', 'cancelled')",
+                )?
+                .execute(params![id, now])?;
+                out.push(RetryResult::Queued);
+            }
+            Ok(out)
+        })
+    }
+
+    fn retry_dead(&mut self, queue: Option<&str>, now: i64) -> Result<BulkRetry> {
+        let mut total = BulkRetry::default();
+        let mut after = 0i64;
+        loop {
+            let (ids, queued) = self.write("retry dead jobs", |tx| {
+                let ids: Vec<i64> = tx
+                    .prepare_cached(
+                        "SELECT id FROM jobs WHERE state = 'dead' AND id > ?1 \
+                         AND (?2 IS NULL OR queue = ?2) ORDER BY id LIMIT ?3",
+                    )?
+                    .query_map(params![after, queue, BULK_RETRY_BATCH as i64], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                // OR IGNORE leaves a job dead when its unique_key is taken.
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE OR IGNORE jobs SET state = 'queued', attempts = 0, run_at = ?2, \
+                     started_at = NULL, finished_at = NULL, lease_until = NULL, cancel_requested = 0 \
+                     WHERE id = ?1 AND state = 'dead'",
+                )?;
+                let mut queued = 0u64;
+                for id in &ids {
+                    queued += stmt.execute(params![id, now])? as u64;
+                }
+                Ok((ids, queued))
+            })?;
+            total.queued += queued;
+            total.skipped_unique += ids.len() as u64 - queued;
+            match ids.last() {
+                Some(&last) if ids.len() == BULK_RETRY_BATCH => after = last,
+                _ => return Ok(total),
+            }
+        }
+    }
+
+    fn prune_batch(&mut self, cutoffs: &PruneCutoffs, batch: usize) -> Result<Pruned> {
+        self.write("prune", |tx| {
+            let mut pruned = Pruned::default();
+            let mut left = batch as i64;
+            for (state, cutoff) in [
+                ("succeeded", cutoffs.succeeded),
+                ("dead", cutoffs.dead),
+                ("cancelled", cutoffs.cancelled),
+            ] {
+                let Some(cutoff) = cutoff else { continue };
+                if left <= 0 {
+                    break;
+                }
+                // The state is a literal so the query planner can use its
+                // partial index (a bound parameter would not prove it).
+                let ids: Vec<i64> = tx
+                    .prepare_cached(&format!(
+                        "SELECT id FROM jobs INDEXED BY jobs_{state} \
+                         WHERE state = '{state}' AND finished_at < ?1 LIMIT ?2"
+                    ))?
+                    .query_map(params![cutoff, left], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut runs = tx.prepare_cached("DELETE FROM job_runs WHERE job_id = ?1")?;
+                let mut jobs =
+                    tx.prepare_cached("DELETE FROM jobs WHERE id = ?1 AND state = ?2")?;
+                for id in &ids {
+                    pruned.runs += runs.execute([id])? as u64;
+                    pruned.jobs += jobs.execute(params![id, state])? as u64;
+                }
+                left -= ids.len() as i64;
+            }
+            Ok(pruned)
+        })
+    }
+
+    fn set_paused(&mut self, queues: &[String], paused: bool, now: i64) -> Result<()> {
+        self.write("pause", |tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO queues (name, paused, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, \
+                 updated_at = excluded.updated_at",
+            )?;
+            for queue in queues {
+                stmt.execute(params![queue, paused as i64, now])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn paused_queues(&mut self) -> Result<Vec<String>> {
+        let result: rusqlite::Result<Vec<String>> = (|| {
+            self.conn
+                .prepare_cached("SELECT name FROM queues WHERE paused = 1 ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read paused queues", e))
+    }
+
+    fn queued_queues(&mut self) -> Result<Vec<String>> {
+        // A loose index scan: one index seek per distinct queue, so the cost
+        // does not grow with the number of queued jobs.
+        let result: rusqlite::Result<Vec<String>> = (|| {
+            self.conn
+                .prepare_cached(
+                    "WITH RECURSIVE q(name) AS ( \
+                       SELECT (SELECT min(queue) FROM jobs WHERE state = 'queued') \
+                       UNION ALL \
+                       SELECT (SELECT min(queue) FROM jobs WHERE state = 'queued' AND queue > q.name) \
+                       FROM q WHERE q.name IS NOT NULL) \
+                     SELECT name FROM q WHERE name IS NOT NULL",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read queues", e))
+    }
+
+    fn next_run_at(&mut self, queues: Option<&[String]>) -> Result<Option<i64>> {
+        let queues = match queues {
+            Some(q) => q.to_vec(),
+            None => self.queued_queues()?,
+        };
+        let mut next: Option<i64> = None;
+        for queue in &queues {
+            let at: Option<i64> = self
+                .conn
+                .prepare_cached(
+                    "SELECT min(run_at) FROM jobs WHERE state = 'queued' AND queue = ?1",
+                )
+                .and_then(|mut s| s.query_row([queue], |r| r.get(0)))
+                .map_err(|e| self.err("read next run_at", e))?;
+            next = match (next, at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(next)
+    }
+
+    fn job(&mut self, id: i64) -> Result<Option<Job>> {
+        let result = self
+            .conn
+            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+            .and_then(|mut s| s.query_row([id], job_from_row).optional());
+        result.map_err(|e| self.err("read job", e))
+    }
+
+    fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>> {
+        let result: rusqlite::Result<Vec<JobRun>> = (|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE job_id = ?1 ORDER BY attempt, id"
+                ))?
+                .query_map([job_id], run_from_row)?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>> {
+        let result: rusqlite::Result<Vec<Job>> = (|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs \
+                     WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR queue = ?2) \
+                       AND (?3 IS NULL OR kind = ?3) \
+                     ORDER BY id DESC LIMIT ?4"
+                ))?
+                .query_map(
+                    params![
+                        filter.state.map(|s| s.as_str()),
+                        filter.queue,
+                        filter.kind,
+                        filter.limit as i64
+                    ],
+                    job_from_row,
+                )?
+                .collect()
+        })();
+        result.map_err(|e| self.err("list jobs", e))
+    }
+
+    fn last_run_id(&mut self) -> Result<i64> {
+        let result = self
+            .conn
+            .query_row("SELECT COALESCE(max(id), 0) FROM job_runs", [], |r| {
+                r.get(0)
+            });
+        result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
+        let result: rusqlite::Result<Vec<JobRun>> = (|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE id > ?1 ORDER BY id LIMIT ?2"
+                ))?
+                .query_map(params![after_id, limit as i64], run_from_row)?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn stats(&mut self, now: i64) -> Result<Stats> {
+        use std::collections::BTreeMap;
+        const MINUTE: i64 = 60_000;
+        const HOUR: i64 = 3_600_000;
+        let result: rusqlite::Result<Stats> = (|| {
+            let tx = self.conn.transaction()?;
+            let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();
+            let entry = |name: String| QueueStats {
+                queue: name,
+                ..QueueStats::default()
+            };
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT queue, \
+                       sum(run_at <= ?1), sum(run_at > ?1), min(CASE WHEN run_at <= ?1 THEN run_at END) \
+                     FROM jobs WHERE state = 'queued' GROUP BY queue",
+                )?;
+                let mut rows = stmt.query([now])?;
+                while let Some(r) = rows.next()? {
+                    let name: String = r.get(0)?;
+                    let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+                    q.ready = r.get::<_, i64>(1)? as u64;
+                    q.scheduled = r.get::<_, i64>(2)? as u64;
+                    q.lag_ms = r
+                        .get::<_, Option<i64>>(3)?
+                        .map_or(0, |oldest| (now - oldest).max(0));
+                }
+            }
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT queue, count(*) FROM jobs INDEXED BY jobs_running \
+                     WHERE state = 'running' GROUP BY queue",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let name: String = r.get(0)?;
+                    queues
+                        .entry(name.clone())
+                        .or_insert_with(|| entry(name))
+                        .running = r.get::<_, i64>(1)? as u64;
+                }
+            }
+            for state in ["succeeded", "dead"] {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT queue, sum(finished_at >= ?2), count(*) FROM jobs \
+                     INDEXED BY jobs_{state} \
+                     WHERE state = '{state}' AND finished_at >= ?1 GROUP BY queue"
+                ))?;
+                let mut rows = stmt.query([now - HOUR, now - MINUTE])?;
+                while let Some(r) = rows.next()? {
+                    let name: String = r.get(0)?;
+                    let minute = r.get::<_, i64>(1)? as u64;
+                    let hour = r.get::<_, i64>(2)? as u64;
+                    let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+                    if state == "succeeded" {
+                        q.succeeded_1m = minute;
+                        q.succeeded_1h = hour;
+                    } else {
+                        q.dead_1m = minute;
+                        q.dead_1h = hour;
+                    }
+                }
+            }
+            {
+                let mut durations: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+                let mut stmt = tx.prepare_cached(
+                    "SELECT queue, duration_ms FROM job_runs WHERE finished_at >= ?1 \
+                     ORDER BY finished_at DESC LIMIT ?2",
+                )?;
+                let mut rows = stmt.query(params![now - HOUR, PERCENTILE_SAMPLE as i64])?;
+                while let Some(r) = rows.next()? {
+                    durations.entry(r.get(0)?).or_default().push(r.get(1)?);
+                }
+                for (name, mut values) in durations {
+                    values.sort_unstable();
+                    let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+                    q.p50_ms = percentile(&values, 0.50);
+                    q.p95_ms = percentile(&values, 0.95);
+                }
+            }
+            {
+                let mut stmt = tx.prepare_cached("SELECT name, paused FROM queues")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let name: String = r.get(0)?;
+                    queues
+                        .entry(name.clone())
+                        .or_insert_with(|| entry(name))
+                        .paused = r.get::<_, i64>(1)? != 0;
+                }
+            }
+            let workers = tx
+                .prepare_cached(
+                    "SELECT id, host, pid, version, started_at, heartbeat_at, queues, running \
+                     FROM workers ORDER BY id",
+                )?
+                .query_map([], worker_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            tx.commit()?;
+            Ok(Stats {
+                now,
+                queues: queues.into_values().collect(),
+                workers,
+            })
+        })();
+        result.map_err(|e| self.err("read stats", e))
+    }
+
+    fn register_worker(&mut self, w: &WorkerInfo) -> Result<()> {
+        self.write("register worker", |tx| {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO workers (id, host, pid, version, started_at, heartbeat_at, \
+                 queues, running) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                w.id,
+                w.host,
+                w.pid,
+                w.version,
+                w.started_at,
+                w.heartbeat_at,
+                w.queues,
+                w.running
+            ])?;
+            Ok(())
+        })
+    }
+
+    fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<()> {
+        self.write("heartbeat", |tx| {
+            tx.prepare_cached("UPDATE workers SET heartbeat_at = ?2, running = ?3 WHERE id = ?1")?
+                .execute(params![worker, now, running])?;
+            Ok(())
+        })
+    }
+
+    fn deregister_worker(&mut self, worker: &str) -> Result<()> {
+        self.write("deregister worker", |tx| {
+            tx.prepare_cached("DELETE FROM workers WHERE id = ?1")?
+                .execute([worker])?;
+            Ok(())
+        })
+    }
+
+    fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
+        let result: rusqlite::Result<Vec<WorkerInfo>> = (|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT id, host, pid, version, started_at, heartbeat_at, queues, running \
+                     FROM workers ORDER BY id",
+                )?
+                .query_map([], worker_from_row)?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read workers", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentile_picks_the_nearest_rank() {
+        assert_eq!(percentile(&[], 0.5), None);
+        assert_eq!(percentile(&[7], 0.95), Some(7));
+        let values: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&values, 0.5), Some(51));
+        assert_eq!(percentile(&values, 0.95), Some(95));
+    }
+}
