@@ -88,7 +88,12 @@ impl SqliteStore {
             path,
             busy_timeout,
         };
-        store.configure()?;
+        // Read the version before anything writes: a file from a newer jobd
+        // is left exactly as it was.
+        store
+            .conn
+            .busy_timeout(busy_timeout)
+            .map_err(|e| store.err("configure", e))?;
         let version = store.user_version()?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
@@ -97,6 +102,7 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
+        store.configure()?;
         if mode == OpenMode::Existing && version < SCHEMA_VERSION {
             return Err(StoreError::TooOld {
                 path: store.path,
@@ -153,10 +159,6 @@ impl SqliteStore {
     }
 
     fn configure(&mut self) -> Result<()> {
-        let timeout = self.busy_timeout;
-        self.conn
-            .busy_timeout(timeout)
-            .map_err(|e| self.err("configure", e))?;
         self.conn
             .set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // WAL is persistent in the file, so every other client uses it too.
@@ -333,13 +335,14 @@ fn insert_run(tx: &rusqlite::Transaction<'_>, run: RunRow<'_>) -> rusqlite::Resu
     Ok(())
 }
 
-/// The value at quantile `q` of sorted `values`.
+/// The value at quantile `q` of sorted `values`, by the nearest-rank method
+/// (always a value that occurred).
 fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
     if sorted.is_empty() {
         return None;
     }
-    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    Some(sorted[rank.min(sorted.len() - 1)])
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 impl Store for SqliteStore {
@@ -1063,7 +1066,7 @@ mod tests {
         assert_eq!(percentile(&[], 0.5), None);
         assert_eq!(percentile(&[7], 0.95), Some(7));
         let values: Vec<i64> = (1..=100).collect();
-        assert_eq!(percentile(&values, 0.5), Some(51));
+        assert_eq!(percentile(&values, 0.5), Some(50));
         assert_eq!(percentile(&values, 0.95), Some(95));
     }
 }

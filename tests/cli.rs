@@ -1,0 +1,580 @@
+//! The command line, driven as a user would: the real binary, a real
+//! database file, exit statuses and one-sentence errors.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{wait_for, Home};
+use jobd::job::Attempt;
+use jobd::store::{Claim, ClaimRequest, Store};
+
+fn id_of(out: &str) -> i64 {
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not an id: {out:?}"))
+}
+
+/// Claims every ready job of the default queue as worker `w` and completes
+/// them with `f`, standing in for the daemon of the next issue.
+fn work(home: &Home, f: impl Fn(Attempt) -> jobd::job::Completion) {
+    let mut s = home.store();
+    let now = jobd::job::now_ms();
+    let jobs = s
+        .claim(&Claim {
+            worker: "test:1:1",
+            now,
+            lease_until: now + 30_000,
+            requests: &[ClaimRequest {
+                queue: "default".into(),
+                limit: 100,
+            }],
+        })
+        .unwrap();
+    let done: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            f(Attempt {
+                id: j.id,
+                worker: "test:1:1".into(),
+                attempt: j.attempts,
+                started_at: now,
+                finished_at: now + 3,
+            })
+        })
+        .collect();
+    s.complete(&done).unwrap();
+}
+
+#[test]
+fn enqueue_prints_the_id_and_stores_every_option() {
+    let home = Home::new();
+    let id = id_of(&home.ok(&[
+        "enqueue",
+        "noop",
+        r#"{"sleep_ms": 5}"#,
+        "--queue",
+        "mail",
+        "--priority",
+        "-3",
+        "--delay",
+        "5m",
+        "--max-attempts",
+        "4",
+        "--timeout",
+        "1500ms",
+        "--unique-key",
+        "u1",
+    ]));
+    let mut s = home.store();
+    let job = s.job(id).unwrap().unwrap();
+    assert_eq!(job.payload, r#"{"sleep_ms": 5}"#);
+    assert_eq!((job.queue.as_str(), job.priority), ("mail", -3));
+    assert_eq!((job.max_attempts, job.timeout_ms), (Some(4), Some(1500)));
+    assert_eq!(job.unique_key.as_deref(), Some("u1"));
+    let ahead = job.run_at - job.created_at;
+    assert!((299_000..=301_000).contains(&ahead), "{ahead}");
+
+    // De-duplicated: the existing id, and a note on stderr.
+    let run = home.jobd(&["enqueue", "noop", "--unique-key", "u1"]);
+    assert_eq!(run.code(), 0);
+    assert_eq!(id_of(&run.stdout()), id);
+    assert!(
+        run.stderr().contains("already queued or running"),
+        "{}",
+        run.stderr()
+    );
+
+    let at = id_of(&home.ok(&["enqueue", "noop", "--at", "2030-01-01T00:00:00+01:00"]));
+    assert_eq!(s.job(at).unwrap().unwrap().run_at, 1_893_452_400_000);
+}
+
+#[test]
+fn enqueue_reads_the_payload_from_stdin() {
+    let home = Home::new();
+    let mut child = home
+        .cmd(&["enqueue", "noop", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"sleep_ms\": 1}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let id = id_of(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        home.store().job(id).unwrap().unwrap().payload,
+        "{\"sleep_ms\": 1}"
+    );
+}
+
+#[test]
+fn enqueue_bad_inputs_are_usage_errors_and_write_nothing() {
+    let home = Home::with_config("[limits]\nmax_payload_bytes = 64");
+    home.migrate();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["enqueue", "noop", "[1, 2]"],
+            "payload must be a JSON object, got an array",
+        ),
+        (&["enqueue", "noop", "{oops"], "payload is not valid JSON"),
+        (&["enqueue", "nop"], "unknown kind \"nop\""),
+        (&["enqueue", "noop", "--delay", "soon"], "--delay"),
+        (&["enqueue", "noop", "--at", "tomorrow"], "RFC 3339"),
+        (
+            &["enqueue", "noop", "--max-attempts", "0"],
+            "--max-attempts",
+        ),
+        (
+            &["enqueue", "noop", "--queue", ""],
+            "queue must not be empty",
+        ),
+        (
+            &[
+                "enqueue",
+                "noop",
+                "--delay",
+                "1s",
+                "--at",
+                "2030-01-01T00:00:00Z",
+            ],
+            "cannot be used with",
+        ),
+        (&["enqueue"], "required"),
+    ];
+    for (args, needle) in cases {
+        let err = home.jobd(args).fails(2, needle);
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(100));
+    home.jobd(&["enqueue", "noop", &big])
+        .fails(2, "limits.max_payload_bytes (64)");
+    assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 0);
+}
+
+#[test]
+fn enqueue_wait_follows_the_job_to_its_end() {
+    let home = Home::new();
+    home.migrate();
+    let child = home
+        .cmd(&["enqueue", "noop", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The job appears; finish it as a daemon would.
+    wait_for(Duration::from_secs(10), || {
+        (home.query_i64("SELECT count(*) FROM jobs") == 1).then_some(())
+    })
+    .expect("the job was enqueued");
+    work(&home, |a| a.succeeded(Some("{\"answer\":42}".into())));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("{\"answer\":42}"));
+
+    let child = home
+        .cmd(&["enqueue", "noop", "--wait"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (home.query_i64("SELECT count(*) FROM jobs WHERE state = 'queued'") == 1).then_some(())
+    })
+    .expect("the second job was enqueued");
+    work(&home, |a| {
+        a.dead("payload field sleep_ms: expected an integer".into())
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ended dead: payload field sleep_ms"), "{err}");
+}
+
+#[test]
+fn bulk_import_of_100_000_lines() {
+    let home = Home::new();
+    let path = home.path().join("jobs.jsonl");
+    let mut text = String::new();
+    for i in 0..100_000 {
+        text.push_str(&format!(
+            "{{\"kind\":\"noop\",\"payload\":{{\"n\":{i}}},\"priority\":{}}}\n",
+            i % 3
+        ));
+    }
+    text.push_str("{\"kind\":\"noop\",\"unique_key\":\"once\"}\n\n{\"kind\":\"noop\",\"unique_key\":\"once\"}\n");
+    std::fs::write(&path, text).unwrap();
+    let out = home.ok(&["enqueue", "--file", path.to_str().unwrap()]);
+    assert!(
+        out.contains("enqueued 100001 jobs (1 duplicates skipped)"),
+        "{out}"
+    );
+    assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 100_001);
+    assert_eq!(
+        home.query_i64("SELECT json_extract(payload, '$.n') FROM jobs WHERE id = 100000"),
+        99_999
+    );
+    assert_eq!(
+        home.query_i64("SELECT count(*) FROM jobs WHERE priority = 2"),
+        33_333
+    );
+}
+
+#[test]
+fn bulk_import_with_a_bad_line_imports_nothing_and_names_the_line() {
+    let home = Home::new();
+    home.migrate();
+    let path = home.path().join("jobs.jsonl");
+    std::fs::write(
+        &path,
+        "{\"kind\":\"noop\"}\n{\"kind\":\"noop\",\"payload\":\"x\"}\n{\"kind\":\"noop\",\"prio\":1}\nnot json\n{\"kind\":\"nope\"}\n",
+    )
+    .unwrap();
+    let err = home
+        .jobd(&["enqueue", "--file", path.to_str().unwrap()])
+        .fails(1, "has 4 bad line(s), nothing was imported");
+    assert!(
+        err.contains("line 2: payload must be a JSON object, got a string"),
+        "{err}"
+    );
+    assert!(err.contains("line 3: unknown field `prio`"), "{err}");
+    assert!(err.contains("line 4:"), "{err}");
+    assert!(err.contains("line 5: unknown kind \"nope\""), "{err}");
+    assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 0);
+    home.jobd(&["enqueue", "--file", "/nonexistent/jobs.jsonl"])
+        .fails(1, "cannot open /nonexistent/jobs.jsonl");
+}
+
+#[test]
+fn list_filters_and_prints_json() {
+    let home = Home::new();
+    home.ok(&["enqueue", "noop"]);
+    home.ok(&[
+        "enqueue",
+        "http",
+        r#"{"url":"http://127.0.0.1/"}"#,
+        "--queue",
+        "hooks",
+    ]);
+    home.ok(&["enqueue", "noop"]);
+    work(&home, |a| a.dead("boom\nsecond line".into()));
+    let table = home.ok(&["list"]);
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.lines().next().unwrap().starts_with("ID"));
+    assert!(
+        table.contains("boom second line"),
+        "errors stay on one line: {table}"
+    );
+    let hooks = home.ok(&["list", "--queue", "hooks"]);
+    assert_eq!(hooks.lines().count(), 2, "{hooks}");
+    let json: serde_json::Value =
+        serde_json::from_str(&home.ok(&["list", "--state", "dead", "--json"])).unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["state"], "dead");
+    assert!(rows[0]["payload"].is_object(), "payload is embedded JSON");
+    assert_eq!(
+        home.ok(&["list", "--kind", "http", "--limit", "1", "--json"])
+            .matches("\"kind\"")
+            .count(),
+        1
+    );
+    home.jobd(&["list", "--state", "done"])
+        .fails(2, "unknown job state \"done\"");
+}
+
+#[test]
+fn show_prints_payload_result_and_history() {
+    let home = Home::new();
+    let id = id_of(&home.ok(&["enqueue", "noop", r#"{"sleep_ms":7}"#]));
+    work(&home, |a| a.retry("connection refused".into(), 0));
+    work(&home, |a| a.succeeded(Some(r#"{"status":200}"#.into())));
+    let text = home.ok(&["show", &id.to_string()]);
+    for needle in [
+        "state            succeeded",
+        "\"sleep_ms\": 7",
+        "\"status\": 200",
+        "retry",
+        "connection refused",
+        "test:1:1",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&home.ok(&["show", &id.to_string(), "--json"])).unwrap();
+    assert_eq!(json["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(json["runs"][0]["outcome"], "retry");
+    assert_eq!(json["result"]["status"], 200);
+    home.jobd(&["show", "424242"])
+        .fails(1, "job 424242 does not exist");
+    home.jobd(&["show", "abc"]).fails(2, "invalid value 'abc'");
+}
+
+#[test]
+fn stats_reports_queues_and_json() {
+    let home = Home::new();
+    home.ok(&["enqueue", "noop"]);
+    home.ok(&["enqueue", "noop", "--delay", "1h"]);
+    home.ok(&["pause", "mail"]);
+    let text = home.ok(&["stats"]);
+    assert!(
+        text.contains("QUEUE") && text.contains("mail (paused)"),
+        "{text}"
+    );
+    assert!(text.contains("no daemons running"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&home.ok(&["stats", "--json"])).unwrap();
+    let default = &json["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "default")
+        .unwrap();
+    assert_eq!(
+        (default["ready"].as_u64(), default["scheduled"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn tail_follows_attempts_as_they_finish() {
+    let home = Home::new();
+    home.ok(&["enqueue", "noop"]);
+    let mut child = home
+        .cmd(&["tail", "--kind", "noop"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // tail starts from "now": give it a moment by finishing jobs until a line shows.
+    let line = wait_for(Duration::from_secs(10), || {
+        home.ok(&["enqueue", "noop"]);
+        work(&home, |a| a.succeeded(None));
+        rx.recv_timeout(Duration::from_millis(300)).ok()
+    })
+    .expect("tail printed an attempt");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        line.contains("succeeded job=")
+            && line.contains("kind=noop")
+            && line.contains("duration_ms=3"),
+        "{line}"
+    );
+}
+
+#[test]
+fn cancel_retry_pause_resume_and_prune() {
+    let home = Home::new();
+    let a = id_of(&home.ok(&["enqueue", "noop"]));
+    let out = home.ok(&["cancel", &a.to_string()]);
+    assert!(out.contains(&format!("job {a} cancelled")), "{out}");
+    let err = home
+        .jobd(&["cancel", &a.to_string(), "777"])
+        .fails(1, "already cancelled");
+    assert!(err.contains("job 777 does not exist"), "{err}");
+    assert!(home.ok(&["retry", &a.to_string()]).contains("queued again"));
+    home.jobd(&["retry", &a.to_string()])
+        .fails(1, "is queued; only dead or cancelled jobs can be retried");
+    home.jobd(&["retry"]).fails(2, "required");
+    home.jobd(&["retry", "--queue", "x"]).fails(2, "--dead");
+
+    work(&home, |at| at.dead("boom".into()));
+    assert!(home
+        .ok(&["retry", "--dead"])
+        .contains("queued 1 dead jobs again"));
+
+    assert!(home
+        .ok(&["pause", "mail", "default"])
+        .contains("paused queue default"));
+    assert_eq!(
+        home.query_i64("SELECT count(*) FROM queues WHERE paused = 1"),
+        2
+    );
+    assert!(home
+        .ok(&["resume", "default"])
+        .contains("resumed queue default"));
+    assert_eq!(
+        home.query_i64("SELECT paused FROM queues WHERE name = 'default'"),
+        0
+    );
+    home.jobd(&["pause"]).fails(2, "required");
+
+    work(&home, |at| at.succeeded(None));
+    assert!(
+        home.ok(&["prune"]).contains("pruned 0 jobs"),
+        "retention keeps a fresh job"
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(home
+        .ok(&["prune", "--older-than", "1ms"])
+        .contains("pruned 1 jobs and 2 attempt records"));
+    assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 0);
+    home.jobd(&["prune", "--older-than", "a while"])
+        .fails(2, "--older-than");
+}
+
+#[test]
+fn config_errors_name_the_key_and_exit_1() {
+    let home = Home::with_config("[pool]\nthreads = 0");
+    home.jobd(&["check-config"])
+        .fails(1, "pool.threads must be at least 1 (got 0)");
+    home.write_config("[pool]\nthraeds = 4");
+    home.jobd(&["list"]).fails(1, "unknown key pool.thraeds");
+    home.write_config("[pool]\nthreads = \"many\"");
+    home.jobd(&["check-config"])
+        .fails(1, "pool.threads is invalid: invalid type: string \"many\"");
+    home.write_config("[queues.mail]\nrate = \"abc\"");
+    home.jobd(&["check-config"])
+        .fails(1, "queues.mail.rate must be a rate like \"10/s\"");
+    home.write_config("[daemon]\npoll_interval = 10");
+    home.jobd(&["check-config"])
+        .fails(1, "daemon.poll_interval must be a duration string");
+    home.write_config("[pool\nthreads = 1");
+    home.jobd(&["check-config"]).fails(1, "is not valid TOML");
+
+    // The environment overrides the file, and its errors name the variable.
+    home.write_config("[pool]\nthreads = 4");
+    let run = home
+        .cmd(&["check-config"])
+        .env("JOBD_POOL__THREADS", "32")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&run.stdout).contains("threads = 32"));
+    let run = common::Run(
+        home.cmd(&["check-config"])
+            .env("JOBD_POOL__THREADS", "0")
+            .output()
+            .unwrap(),
+    );
+    run.fails(
+        1,
+        "JOBD_POOL__THREADS: pool.threads must be at least 1 (got 0)",
+    );
+
+    // An explicit config path must exist.
+    common::Run(
+        home.bare(&["--config", "/nonexistent/jobd.toml", "check-config"])
+            .output()
+            .unwrap(),
+    )
+    .fails(1, "config file /nonexistent/jobd.toml does not exist");
+}
+
+#[test]
+fn check_config_prints_effective_values_without_secrets() {
+    let home = Home::with_config("[email.smtp]\npassword_env = \"TEST_SMTP_PASSWORD\"");
+    let run = home
+        .cmd(&["check-config"])
+        .env("TEST_SMTP_PASSWORD", "s3cret-value")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        out.contains("threads = 16") && out.contains("poll_interval = \"10ms\""),
+        "{out}"
+    );
+    assert!(out.contains("password = \"(set, redacted)\""), "{out}");
+    assert!(!out.contains("s3cret-value"), "the secret leaked: {out}");
+}
+
+#[test]
+fn the_shipped_config_toml_is_valid_and_matches_the_defaults() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    let home = Home::new();
+    let ours = home
+        .bare(&["--config", shipped, "check-config"])
+        .output()
+        .unwrap();
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    let empty = home.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let defaults = home
+        .bare(&["--config", empty.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let strip = |out: &[u8]| {
+        String::from_utf8_lossy(out)
+            .lines()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip(&ours.stdout),
+        strip(&defaults.stdout),
+        "config.toml drifted from the built-in defaults"
+    );
+}
+
+#[test]
+fn concurrent_enqueuers_never_see_database_is_locked() {
+    let home = Home::new();
+    home.migrate();
+    let file = home.path().join("bulk.jsonl");
+    std::fs::write(&file, "{\"kind\":\"noop\"}\n".repeat(20_000)).unwrap();
+    let file = file.to_str().unwrap();
+    // A bulk import, two CLI enqueuers and the sqlite3 shell, all at once.
+    std::thread::scope(|scope| {
+        let bulk = scope.spawn(|| home.jobd(&["enqueue", "--file", file]));
+        let singles: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..40)
+                        .map(|_| home.jobd(&["enqueue", "noop"]))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let shell = scope.spawn(|| {
+            (0..40)
+                .map(|i| {
+                    home.sqlite3(&format!(
+                        "INSERT INTO jobs(kind, payload) VALUES ('noop', '{{\"i\":{i}}}');"
+                    ))
+                })
+                .collect::<Vec<_>>()
+        });
+        let bulk = bulk.join().unwrap();
+        assert_eq!(bulk.code(), 0, "{}", bulk.stderr());
+        for run in singles.into_iter().flat_map(|h| h.join().unwrap()) {
+            assert_eq!(run.code(), 0, "enqueue failed: {}", run.stderr());
+        }
+        for run in shell.join().unwrap() {
+            assert_eq!(run.code(), 0, "sqlite3 failed: {}", run.stderr());
+        }
+    });
+    assert_eq!(
+        home.query_i64("SELECT count(*) FROM jobs WHERE state = 'queued'"),
+        20_000 + 80 + 40
+    );
+}

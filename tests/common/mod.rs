@@ -1,0 +1,182 @@
+//! Shared helpers for the integration tests: a temporary jobd home with a
+//! config file and a database, the real `jobd` binary, the real `sqlite3`
+//! shell, and waiting with a deadline instead of fixed sleeps.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use jobd::store::{OpenMode, SqliteStore};
+
+/// The jobd binary cargo built for these tests.
+pub const JOBD: &str = env!("CARGO_BIN_EXE_jobd");
+
+/// A temporary folder holding `config.toml` and `jobd.db`.
+pub struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    /// A home with the default config plus `extra` TOML appended.
+    pub fn with_config(extra: &str) -> Home {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let home = Home { dir };
+        home.write_config(extra);
+        home
+    }
+
+    /// A home with the default config.
+    pub fn new() -> Home {
+        Home::with_config("")
+    }
+
+    /// Replaces the config file.
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            "[database]\npath = \"{}\"\nbusy_timeout = \"5s\"\n{extra}\n",
+            self.db().display()
+        );
+        std::fs::write(self.config(), text).expect("write config");
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// The database file.
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("jobd.db")
+    }
+
+    /// A `jobd` command with `--config` set, run in the home folder with no
+    /// `JOBD_*` variables inherited.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.bare(&["--config", self.config().to_str().expect("UTF-8 temp path")]);
+        cmd.args(args);
+        cmd
+    }
+
+    /// A `jobd` command without `--config`, run in the home folder with no
+    /// `JOBD_*` variables inherited.
+    pub fn bare(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(JOBD);
+        cmd.current_dir(self.path()).args(args);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("JOBD_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `jobd ARGS` to its end.
+    pub fn jobd(&self, args: &[&str]) -> Run {
+        Run(self.cmd(args).output().expect("run jobd"))
+    }
+
+    /// Runs `jobd ARGS` and expects success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.jobd(args);
+        assert_eq!(run.code(), 0, "jobd {args:?} failed: {}", run.stderr());
+        run.stdout()
+    }
+
+    /// Runs `jobd migrate` so the database exists.
+    pub fn migrate(&self) {
+        self.ok(&["migrate"]);
+    }
+
+    /// Runs SQL through the real `sqlite3` shell with a 5 s busy timeout.
+    pub fn sqlite3(&self, sql: &str) -> Run {
+        sqlite3(&self.db(), sql)
+    }
+
+    /// Opens the database through the library.
+    pub fn store(&self) -> SqliteStore {
+        SqliteStore::open(&self.db(), Duration::from_secs(5), OpenMode::Existing)
+            .expect("open store")
+    }
+
+    /// One integer from a query (through the library's connection).
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        let mut store = self.store();
+        store
+            .connection()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+/// Runs SQL through the real `sqlite3` shell.
+pub fn sqlite3(db: &Path, sql: &str) -> Run {
+    let out = Command::new(sqlite3_bin())
+        .args(["-bail", "-cmd", ".timeout 5000"])
+        .arg(db)
+        .arg(sql)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the sqlite3 shell must be installed (.ci/run installs it)");
+    Run(out)
+}
+
+/// The `sqlite3` shell: `SQLITE3` if set, else from PATH.
+pub fn sqlite3_bin() -> String {
+    std::env::var("SQLITE3").unwrap_or_else(|_| "sqlite3".to_string())
+}
+
+/// A finished process.
+pub struct Run(pub Output);
+
+impl Run {
+    /// Exit status (-1 for a signal).
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+
+    /// Stdout as text.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+
+    /// Stderr as text.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+
+    /// Asserts a failure with this exit status whose stderr contains `needle`
+    /// on a single line, and returns stderr.
+    pub fn fails(&self, code: i32, needle: &str) -> String {
+        let err = self.stderr();
+        assert_eq!(
+            self.code(),
+            code,
+            "expected exit {code}; stdout: {} stderr: {err}",
+            self.stdout()
+        );
+        assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
+        err
+    }
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,224 @@
+//! The schema as SQL clients see it: inserts from the real `sqlite3` shell,
+//! CHECK rules, de-duplication, the claim index, migrations and bad files.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{sqlite3, Home};
+use jobd::store::{OpenMode, SqliteStore, StoreError, SCHEMA_VERSION};
+
+#[test]
+fn spec_inserts_from_the_sqlite3_shell_work() {
+    let home = Home::new();
+    home.migrate();
+    let run = home.sqlite3(
+        "INSERT INTO jobs(kind, payload) VALUES ('http', '{\"url\":\"http://127.0.0.1:8080/hook\",\"method\":\"POST\",\"json\":{\"order\":42}}');
+         INSERT INTO jobs(kind, payload, run_at) VALUES ('noop', '{}', unixepoch('now','+5 minutes') * 1000);
+         INSERT OR IGNORE INTO jobs(kind, payload, unique_key) VALUES ('email', '{\"to\":\"a@x\"}', 'welcome:user:42');
+         SELECT count(*), sum(state = 'queued'), sum(attempts) FROM jobs;",
+    );
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert_eq!(run.stdout().trim(), "3|3|0");
+    // Defaults are epoch milliseconds, near now, in the formula SQLite 3.40 understands.
+    let skew = home.query_i64(
+        "SELECT abs(created_at - CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)) FROM jobs WHERE id = 1",
+    );
+    assert!(skew < 60_000, "created_at is {skew} ms from now");
+    let ahead = home.query_i64("SELECT run_at - created_at FROM jobs WHERE id = 2");
+    assert!(
+        (295_000..=305_000).contains(&ahead),
+        "run_at is {ahead} ms ahead"
+    );
+}
+
+#[test]
+fn each_check_rule_fails_in_the_shell_at_once() {
+    let home = Home::new();
+    home.migrate();
+    let cases = [
+        (
+            "INSERT INTO jobs(kind, payload) VALUES ('noop', '{not json');",
+            "payload_is_json",
+        ),
+        (
+            "INSERT INTO jobs(kind, payload) VALUES ('', '{}');",
+            "kind_not_empty",
+        ),
+        (
+            "INSERT INTO jobs(kind, max_attempts) VALUES ('noop', 0);",
+            "max_attempts_at_least_1",
+        ),
+        (
+            "INSERT INTO jobs(kind, timeout_ms) VALUES ('noop', -5);",
+            "timeout_ms_positive",
+        ),
+        (
+            "INSERT INTO jobs(kind, state) VALUES ('noop', 'done');",
+            "state_known",
+        ),
+        (
+            "INSERT INTO jobs(payload) VALUES ('{}');",
+            "NOT NULL constraint failed: jobs.kind",
+        ),
+        // INSERT OR IGNORE must not turn a broken row into a silent drop.
+        (
+            "INSERT OR IGNORE INTO jobs(kind, payload) VALUES ('noop', '{');",
+            "payload_is_json",
+        ),
+        (
+            "INSERT OR IGNORE INTO jobs(kind) VALUES ('');",
+            "kind_not_empty",
+        ),
+        (
+            "INSERT OR IGNORE INTO jobs(kind, max_attempts) VALUES ('noop', 0);",
+            "max_attempts_at_least_1",
+        ),
+        (
+            "INSERT OR IGNORE INTO jobs(kind, timeout_ms) VALUES ('noop', 0);",
+            "timeout_ms_positive",
+        ),
+    ];
+    for (sql, needle) in cases {
+        let run = home.sqlite3(sql);
+        assert_ne!(run.code(), 0, "{sql} was accepted");
+        let err = run.stderr();
+        assert!(err.contains(needle), "{sql}: {err}");
+        if needle.contains('_') && !needle.contains(' ') {
+            assert!(err.contains("CHECK constraint failed"), "{sql}: {err}");
+        }
+    }
+    assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 0);
+}
+
+#[test]
+fn insert_or_ignore_deduplicates_on_unique_key_while_active() {
+    let home = Home::new();
+    home.migrate();
+    let insert = "INSERT OR IGNORE INTO jobs(kind, unique_key) VALUES ('noop', 'k');";
+    for _ in 0..3 {
+        assert_eq!(home.sqlite3(insert).code(), 0);
+    }
+    assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 1);
+    // A finished job frees its key.
+    home.sqlite3("UPDATE jobs SET state = 'succeeded', finished_at = 1 WHERE unique_key = 'k';");
+    assert_eq!(home.sqlite3(insert).code(), 0);
+    assert_eq!(
+        home.query_i64("SELECT count(*) FROM jobs WHERE unique_key = 'k'"),
+        2
+    );
+    // A plain INSERT of a duplicate is an error, not a second job.
+    let run = home.sqlite3("INSERT INTO jobs(kind, unique_key) VALUES ('noop', 'k');");
+    assert!(
+        run.stderr().contains("UNIQUE constraint failed"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn the_claim_query_is_an_index_range_scan() {
+    let home = Home::new();
+    home.migrate();
+    let plan = home.sqlite3(
+        "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state = 'queued' AND queue = 'default' \
+         AND run_at <= 1 ORDER BY priority DESC, run_at, id LIMIT 64;",
+    );
+    let plan = plan.stdout();
+    assert!(
+        plan.contains("USING INDEX jobs_ready (queue=?)")
+            || plan.contains("USING COVERING INDEX jobs_ready (queue=?)"),
+        "{plan}"
+    );
+    assert!(!plan.contains("TEMP B-TREE"), "the claim sorts: {plan}");
+    assert!(!plan.contains("SCAN jobs"), "the claim scans: {plan}");
+}
+
+#[test]
+fn a_file_from_the_previous_schema_version_is_upgraded_in_place() {
+    let home = Home::new();
+    {
+        let mut old =
+            SqliteStore::open(&home.db(), Duration::from_secs(5), OpenMode::Create).unwrap();
+        assert_eq!(
+            old.migrate_to(SCHEMA_VERSION - 1).unwrap(),
+            (0, SCHEMA_VERSION - 1)
+        );
+    }
+    let run = sqlite3(
+        &home.db(),
+        "INSERT INTO jobs(kind, payload) VALUES ('noop', '{\"sleep_ms\":1}');",
+    );
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    // Read commands refuse the old file and say what to do.
+    home.jobd(&["list"]).fails(1, "run `jobd migrate`");
+    let out = home.ok(&["migrate"]);
+    assert!(
+        out.contains(&format!(
+            "from schema version {} to {SCHEMA_VERSION}",
+            SCHEMA_VERSION - 1
+        )),
+        "{out}"
+    );
+    assert_eq!(home.query_i64("PRAGMA user_version"), SCHEMA_VERSION);
+    assert_eq!(
+        home.query_i64("SELECT count(*) FROM jobs WHERE kind = 'noop'"),
+        1
+    );
+    let out = home.ok(&["list"]);
+    assert!(out.contains("noop"), "{out}");
+    assert!(home.ok(&["migrate"]).contains("is at schema version"));
+}
+
+#[test]
+fn journal_mode_is_wal_for_every_client() {
+    let home = Home::new();
+    home.migrate();
+    assert_eq!(home.sqlite3("PRAGMA journal_mode;").stdout().trim(), "wal");
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_untouched() {
+    let home = Home::new();
+    home.migrate();
+    home.sqlite3("PRAGMA user_version = 99;");
+    let before = std::fs::read(home.db()).unwrap();
+    for args in [&["list"][..], &["migrate"], &["enqueue", "noop"]] {
+        home.jobd(args).fails(1, "newer than this jobd knows");
+    }
+    assert_eq!(std::fs::read(home.db()).unwrap(), before);
+}
+
+#[test]
+fn bad_database_paths_get_their_own_messages() {
+    let home = Home::new();
+    home.jobd(&["list"])
+        .fails(1, "does not exist (run `jobd migrate` to create it)");
+    assert!(!home.db().exists(), "a read command created the file");
+
+    std::fs::create_dir(home.db()).unwrap();
+    home.jobd(&["list"])
+        .fails(1, "is a directory, not a SQLite file");
+    home.jobd(&["migrate"])
+        .fails(1, "is a directory, not a SQLite file");
+    std::fs::remove_dir(home.db()).unwrap();
+
+    std::fs::write(
+        home.db(),
+        b"this is not a database, just some text that is long enough to be a header ....",
+    )
+    .unwrap();
+    let err = home.jobd(&["list"]).fails(1, "is not a SQLite database");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    home.jobd(&["enqueue", "noop"])
+        .fails(1, "is not a SQLite database");
+}
+
+#[test]
+fn store_errors_are_typed() {
+    let home = Home::new();
+    let err = SqliteStore::open(&home.db(), Duration::from_secs(1), OpenMode::Existing)
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+}

@@ -1,0 +1,520 @@
+//! The store conformance suite: every behaviour the daemon and the CLI rely
+//! on, written against the `Store` trait so each backend runs the same
+//! checks. Today: SQLite. The PostgreSQL store joins `backends()`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use jobd::job::{Attempt, Job, JobState, NewJob, RunOutcome};
+use jobd::store::{
+    Applied, CancelResult, Claim, ClaimRequest, Enqueued, ListFilter, OpenMode, PruneCutoffs,
+    RescueScope, RetryResult, SqliteStore, Store, WorkerInfo,
+};
+
+/// A fresh, migrated store per backend, and what keeps it alive.
+fn backends() -> Vec<(&'static str, Box<dyn Store>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sqlite = SqliteStore::open(
+        &dir.path().join("jobd.db"),
+        Duration::from_secs(5),
+        OpenMode::Create,
+    )
+    .unwrap();
+    sqlite.migrate().unwrap();
+    vec![("sqlite", Box::new(sqlite), dir)]
+}
+
+/// Runs `test` once per backend.
+fn each(test: impl Fn(&mut dyn Store)) {
+    for (name, mut store, _dir) in backends() {
+        eprintln!("backend: {name}");
+        test(store.as_mut());
+    }
+}
+
+const NOW: i64 = 1_800_000_000_000;
+const W1: &str = "host:1:1";
+const W2: &str = "host:2:2";
+
+fn job(kind: &str) -> NewJob {
+    NewJob::new(kind)
+}
+
+fn claim(store: &mut dyn Store, worker: &str, now: i64, queue: &str, limit: usize) -> Vec<Job> {
+    store
+        .claim(&Claim {
+            worker,
+            now,
+            lease_until: now + 30_000,
+            requests: &[ClaimRequest {
+                queue: queue.to_string(),
+                limit,
+            }],
+        })
+        .unwrap()
+}
+
+fn attempt(job: &Job, worker: &str, finished_at: i64) -> Attempt {
+    Attempt {
+        id: job.id,
+        worker: worker.to_string(),
+        attempt: job.attempts,
+        started_at: job.started_at.unwrap(),
+        finished_at,
+    }
+}
+
+fn ids(jobs: &[Job]) -> Vec<i64> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+fn inserted(store: &mut dyn Store, jobs: &[NewJob]) -> Vec<i64> {
+    store
+        .enqueue(jobs, NOW)
+        .unwrap()
+        .into_iter()
+        .map(|e| match e {
+            Enqueued::Inserted(id) => id,
+            other => panic!("expected an insert, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn claim_takes_ready_jobs_by_priority_then_run_at_then_id() {
+    each(|s| {
+        let mut jobs = Vec::new();
+        for (priority, run_at) in [
+            (0, NOW - 10),
+            (5, NOW - 1),
+            (0, NOW - 20),
+            (5, NOW - 5),
+            (9, NOW + 1_000),
+        ] {
+            let mut j = job("noop");
+            j.priority = priority;
+            j.run_at = Some(run_at);
+            jobs.push(j);
+        }
+        let ids_in = inserted(s, &jobs);
+        let got = claim(s, W1, NOW, "default", 10);
+        // The scheduled job (run_at in the future) waits, whatever its priority.
+        assert_eq!(ids(&got), vec![ids_in[3], ids_in[1], ids_in[2], ids_in[0]]);
+        for j in &got {
+            assert_eq!(j.state, JobState::Running);
+            assert_eq!(j.attempts, 1);
+            assert_eq!(j.worker.as_deref(), Some(W1));
+            assert_eq!(j.lease_until, Some(NOW + 30_000));
+            assert_eq!(j.started_at, Some(NOW));
+        }
+        assert!(claim(s, W1, NOW, "default", 10).is_empty());
+        let later = claim(s, W1, NOW + 1_000, "default", 10);
+        assert_eq!(ids(&later), vec![ids_in[4]]);
+    });
+}
+
+#[test]
+fn claim_respects_limits_queues_and_pauses() {
+    each(|s| {
+        let mut jobs: Vec<NewJob> = (0..5).map(|_| job("noop")).collect();
+        for j in jobs.iter_mut().take(2) {
+            j.queue = "mail".into();
+        }
+        inserted(s, &jobs);
+        assert_eq!(claim(s, W1, NOW, "default", 2).len(), 2);
+        s.set_paused(&["mail".to_string()], true, NOW).unwrap();
+        assert_eq!(s.paused_queues().unwrap(), vec!["mail"]);
+        assert!(
+            claim(s, W1, NOW, "mail", 5).is_empty(),
+            "a paused queue was claimed"
+        );
+        s.set_paused(&["mail".to_string()], false, NOW).unwrap();
+        assert!(s.paused_queues().unwrap().is_empty());
+        let both = s
+            .claim(&Claim {
+                worker: W1,
+                now: NOW,
+                lease_until: NOW + 1,
+                requests: &[
+                    ClaimRequest {
+                        queue: "mail".into(),
+                        limit: 5,
+                    },
+                    ClaimRequest {
+                        queue: "default".into(),
+                        limit: 0,
+                    },
+                ],
+            })
+            .unwrap();
+        assert_eq!(both.len(), 2);
+        assert!(both.iter().all(|j| j.queue == "mail"));
+        assert_eq!(s.queued_queues().unwrap(), vec!["default"]);
+    });
+}
+
+#[test]
+fn two_claimers_never_take_the_same_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobd.db");
+    let mut store = SqliteStore::open(&path, Duration::from_secs(5), OpenMode::Create).unwrap();
+    store.migrate().unwrap();
+    let jobs: Vec<NewJob> = (0..4_000).map(|_| job("noop")).collect();
+    store.enqueue(&jobs, NOW).unwrap();
+    let handles: Vec<_> = [W1, W2]
+        .into_iter()
+        .map(|worker| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut s =
+                    SqliteStore::open(&path, Duration::from_secs(5), OpenMode::Existing).unwrap();
+                let mut mine = Vec::new();
+                loop {
+                    let got = claim(&mut s, worker, NOW, "default", 7);
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(ids(&got));
+                }
+            })
+        })
+        .collect();
+    let all: Vec<i64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 4_000);
+    assert_eq!(unique.len(), 4_000, "a job was claimed twice");
+}
+
+#[test]
+fn completions_are_fenced_by_state_worker_and_attempt() {
+    each(|s| {
+        inserted(s, &[job("noop"), job("noop")]);
+        let got = claim(s, W1, NOW, "default", 2);
+        let (a, b) = (&got[0], &got[1]);
+        let mut stranger = attempt(a, W2, NOW + 5);
+        stranger.worker = W2.into();
+        let mut old = attempt(b, W1, NOW + 5);
+        old.attempt = 0;
+        let applied = s
+            .complete(&[
+                stranger.succeeded(None),
+                old.succeeded(None),
+                attempt(a, W1, NOW + 7).succeeded(Some("{\"ok\":true}".into())),
+            ])
+            .unwrap();
+        assert_eq!(applied, vec![Applied::Stale, Applied::Stale, Applied::Done]);
+        // A second outcome for the same attempt changes nothing.
+        let again = s
+            .complete(&[attempt(a, W1, NOW + 9).dead("late".into())])
+            .unwrap();
+        assert_eq!(again, vec![Applied::Stale]);
+        let done = s.job(a.id).unwrap().unwrap();
+        assert_eq!(done.state, JobState::Succeeded);
+        assert_eq!(done.result.as_deref(), Some("{\"ok\":true}"));
+        assert_eq!(done.finished_at, Some(NOW + 7));
+        assert_eq!(done.lease_until, None);
+        let runs = s.runs(a.id).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].outcome, RunOutcome::Succeeded);
+        assert_eq!(runs[0].duration_ms, 7);
+        assert_eq!(runs[0].queue, "default");
+        assert_eq!(runs[0].kind, "noop");
+        assert!(s.runs(b.id).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn every_transition_lands_in_its_state() {
+    each(|s| {
+        let id = inserted(
+            s,
+            &[
+                job("noop"),
+                job("noop"),
+                job("noop"),
+                job("noop"),
+                job("noop"),
+            ],
+        );
+        let got = claim(s, W1, NOW, "default", 5);
+        let outcomes = s
+            .complete(&[
+                attempt(&got[0], W1, NOW + 1).retry("connection refused".into(), NOW + 4_000),
+                attempt(&got[1], W1, NOW + 1).dead("404 Not Found".into()),
+                attempt(&got[2], W1, NOW + 1).timed_out("timed out after 1 ms".into(), None),
+                attempt(&got[3], W1, NOW + 1).cancelled(),
+                attempt(&got[4], W1, NOW + 1).interrupted(),
+            ])
+            .unwrap();
+        assert!(outcomes.iter().all(|a| *a == Applied::Done));
+        let j = s.job(id[0]).unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.run_at, j.attempts),
+            (JobState::Queued, NOW + 4_000, 1)
+        );
+        assert_eq!(j.last_error.as_deref(), Some("connection refused"));
+        assert_eq!(s.job(id[1]).unwrap().unwrap().state, JobState::Dead);
+        let t = s.job(id[2]).unwrap().unwrap();
+        assert_eq!(t.state, JobState::Dead);
+        assert_eq!(s.runs(id[2]).unwrap()[0].outcome, RunOutcome::Timeout);
+        assert_eq!(s.job(id[3]).unwrap().unwrap().state, JobState::Cancelled);
+        let r = s.job(id[4]).unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.attempts),
+            (JobState::Queued, 0),
+            "interrupted attempt counted"
+        );
+        assert_eq!(s.runs(id[4]).unwrap()[0].outcome, RunOutcome::Interrupted);
+    });
+}
+
+#[test]
+fn rescue_takes_back_expired_and_orphaned_jobs() {
+    each(|s| {
+        let mut last = job("noop");
+        last.max_attempts = Some(1);
+        let id = inserted(s, &[job("noop"), last, job("noop")]);
+        let mut got = claim(s, W1, NOW, "default", 2);
+        got.extend(claim(s, W2, NOW, "default", 1));
+        // Nothing has expired yet.
+        assert!(s
+            .rescue(RescueScope::ExpiredLeases, NOW + 1_000, 20)
+            .unwrap()
+            .is_empty());
+        assert_eq!(s.renew_leases(W1, &[id[0]], NOW + 60_000).unwrap(), 1);
+        assert_eq!(
+            s.renew_leases(W2, &[id[0]], NOW + 60_000).unwrap(),
+            0,
+            "renewed another's job"
+        );
+        let rescued = s
+            .rescue(RescueScope::ExpiredLeases, NOW + 31_000, 20)
+            .unwrap();
+        let by_id: Vec<(i64, JobState)> = rescued.iter().map(|r| (r.id, r.state)).collect();
+        assert_eq!(by_id.len(), 2, "{rescued:?}");
+        assert!(
+            by_id.contains(&(id[1], JobState::Dead)),
+            "no attempts left must be dead"
+        );
+        assert!(by_id.contains(&(id[2], JobState::Queued)));
+        let j = s.job(id[2]).unwrap().unwrap();
+        assert!(
+            j.last_error.unwrap().contains(W2),
+            "last_error must name the lost worker"
+        );
+        assert_eq!(s.runs(id[2]).unwrap()[0].outcome, RunOutcome::Rescued);
+        // The late holder's outcome is stale now.
+        let late = s
+            .complete(&[attempt(&got[2], W2, NOW + 32_000).succeeded(None)])
+            .unwrap();
+        assert_eq!(late, vec![Applied::Stale]);
+        // A worker known to be gone loses its jobs at once, lease or not.
+        let gone = s
+            .rescue(RescueScope::Workers(&[W1.to_string()]), NOW + 32_000, 20)
+            .unwrap();
+        assert_eq!(gone.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id[0]]);
+        assert_eq!(s.job(id[0]).unwrap().unwrap().state, JobState::Queued);
+    });
+}
+
+#[test]
+fn cancel_and_retry_follow_the_state_machine() {
+    each(|s| {
+        let mut keyed = job("noop");
+        keyed.unique_key = Some("k".into());
+        let id = inserted(s, &[job("noop"), job("noop"), keyed]);
+        claim(s, W1, NOW, "default", 1); // id[0] runs
+        let results = s.cancel(&[id[0], id[1], 999], NOW).unwrap();
+        assert_eq!(
+            results,
+            vec![
+                CancelResult::Requested,
+                CancelResult::Cancelled,
+                CancelResult::NotFound
+            ]
+        );
+        assert_eq!(s.cancel_requests(W1).unwrap(), vec![id[0]]);
+        assert!(s.cancel_requests(W2).unwrap().is_empty());
+        assert_eq!(
+            s.cancel(&[id[1]], NOW).unwrap(),
+            vec![CancelResult::AlreadyFinal(JobState::Cancelled)]
+        );
+
+        // Retry: only dead or cancelled, attempts reset.
+        assert_eq!(
+            s.retry(&[id[2]], NOW).unwrap(),
+            vec![RetryResult::WrongState(JobState::Queued)]
+        );
+        assert_eq!(
+            s.retry(&[id[1], 999], NOW + 5).unwrap(),
+            vec![RetryResult::Queued, RetryResult::NotFound]
+        );
+        let j = s.job(id[1]).unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.attempts, j.run_at),
+            (JobState::Queued, 0, NOW + 5)
+        );
+
+        // A dead job whose key is held by an active one stays dead.
+        s.cancel(&[id[2]], NOW).unwrap();
+        let mut again = job("noop");
+        again.unique_key = Some("k".into());
+        let holder = inserted(s, &[again])[0];
+        assert_eq!(
+            s.retry(&[id[2]], NOW).unwrap(),
+            vec![RetryResult::UniqueKeyTaken(holder)]
+        );
+    });
+}
+
+#[test]
+fn retry_dead_requeues_in_bulk_by_queue() {
+    each(|s| {
+        let mut jobs: Vec<NewJob> = (0..6).map(|_| job("noop")).collect();
+        jobs[0].queue = "mail".into();
+        inserted(s, &jobs);
+        let mut got = claim(s, W1, NOW, "default", 10);
+        got.extend(claim(s, W1, NOW, "mail", 10));
+        let deaths: Vec<_> = got
+            .iter()
+            .map(|j| attempt(j, W1, NOW + 1).dead("boom".into()))
+            .collect();
+        s.complete(&deaths).unwrap();
+        let mail = s.retry_dead(Some("mail"), NOW).unwrap();
+        assert_eq!((mail.queued, mail.skipped_unique), (1, 0));
+        let rest = s.retry_dead(None, NOW).unwrap();
+        assert_eq!(rest.queued, 5);
+        let dead = s
+            .list(&ListFilter {
+                state: Some(JobState::Dead),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(dead.is_empty());
+    });
+}
+
+#[test]
+fn enqueue_with_a_taken_unique_key_reports_the_holder() {
+    each(|s| {
+        let mut a = job("noop");
+        a.unique_key = Some("welcome:42".into());
+        let results = s
+            .enqueue(&[a.clone(), a.clone(), job("noop")], NOW)
+            .unwrap();
+        let first = results[0].id();
+        assert_eq!(results[1], Enqueued::Duplicate(first));
+        assert!(matches!(results[2], Enqueued::Inserted(_)));
+    });
+}
+
+#[test]
+fn prune_deletes_old_final_jobs_and_their_runs_in_batches() {
+    each(|s| {
+        let id = inserted(s, &(0..7).map(|_| job("noop")).collect::<Vec<_>>());
+        let got = claim(s, W1, NOW, "default", 6);
+        let done: Vec<_> = got
+            .iter()
+            .map(|j| attempt(j, W1, NOW + 1).succeeded(None))
+            .collect();
+        s.complete(&done).unwrap();
+        let cut = PruneCutoffs {
+            succeeded: Some(NOW + 2),
+            dead: Some(NOW + 2),
+            cancelled: None,
+        };
+        let first = s.prune_batch(&cut, 4).unwrap();
+        assert_eq!((first.jobs, first.runs), (4, 4));
+        let second = s.prune_batch(&cut, 4).unwrap();
+        assert_eq!(second.jobs, 2);
+        assert_eq!(s.prune_batch(&cut, 4).unwrap().jobs, 0);
+        // The queued job is never pruned; recent ones stay.
+        assert_eq!(s.job(id[6]).unwrap().unwrap().state, JobState::Queued);
+        let none = PruneCutoffs {
+            succeeded: Some(NOW),
+            dead: None,
+            cancelled: None,
+        };
+        assert_eq!(s.prune_batch(&none, 10).unwrap().jobs, 0);
+    });
+}
+
+#[test]
+fn stats_count_ready_scheduled_running_finished_and_lag() {
+    each(|s| {
+        let mut jobs: Vec<NewJob> = (0..5).map(|_| job("noop")).collect();
+        jobs[0].run_at = Some(NOW - 2_000);
+        jobs[1].run_at = Some(NOW + 60_000);
+        inserted(s, &jobs);
+        let got = claim(s, W1, NOW - 1_000, "default", 1); // the oldest
+        assert_eq!(got[0].run_at, NOW - 2_000);
+        let two = claim(s, W1, NOW, "default", 2);
+        s.complete(&[
+            attempt(&two[0], W1, NOW + 100).succeeded(None),
+            attempt(&two[1], W1, NOW + 300).dead("x".into()),
+        ])
+        .unwrap();
+        let stats = s.stats(NOW + 1_000).unwrap();
+        let q = &stats.queues[0];
+        assert_eq!(q.queue, "default");
+        assert_eq!((q.ready, q.scheduled, q.running), (1, 1, 1));
+        assert_eq!(
+            (q.succeeded_1m, q.dead_1m, q.succeeded_1h, q.dead_1h),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(q.lag_ms, 1_000);
+        assert_eq!(q.p50_ms, Some(100));
+        assert_eq!(q.p95_ms, Some(300));
+        assert_eq!(s.next_run_at(None).unwrap(), Some(NOW));
+        assert_eq!(s.next_run_at(Some(&["mail".to_string()])).unwrap(), None);
+    });
+}
+
+#[test]
+fn workers_register_heartbeat_and_leave() {
+    each(|s| {
+        let w = WorkerInfo {
+            id: W1.into(),
+            host: "host".into(),
+            pid: 1,
+            version: "0.1.0".into(),
+            started_at: NOW,
+            heartbeat_at: NOW,
+            queues: "*".into(),
+            running: 0,
+        };
+        s.register_worker(&w).unwrap();
+        s.heartbeat(W1, NOW + 5_000, 3).unwrap();
+        let all = s.workers().unwrap();
+        assert_eq!((all[0].heartbeat_at, all[0].running), (NOW + 5_000, 3));
+        s.deregister_worker(W1).unwrap();
+        assert!(s.workers().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn tail_reads_runs_in_write_order() {
+    each(|s| {
+        inserted(s, &[job("noop"), job("http")]);
+        assert_eq!(s.last_run_id().unwrap(), 0);
+        let got = claim(s, W1, NOW, "default", 2);
+        s.complete(&[attempt(&got[0], W1, NOW + 1).succeeded(None)])
+            .unwrap();
+        let cursor = s.last_run_id().unwrap();
+        s.complete(&[attempt(&got[1], W1, NOW + 2).retry("503".into(), NOW + 10)])
+            .unwrap();
+        let runs = s.runs_after(cursor, 10).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(
+            (runs[0].kind.as_str(), runs[0].outcome),
+            ("http", RunOutcome::Retry)
+        );
+        assert_eq!(s.runs_after(0, 10).unwrap().len(), 2);
+    });
+}
