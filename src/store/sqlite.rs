@@ -6,6 +6,7 @@
 //! their inserts. Every write is one short `BEGIN IMMEDIATE` transaction so a
 //! client with a busy timeout of a second never sees `database is locked`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use super::{
 use crate::job::{Completion, Job, JobState, NewJob, RunOutcome, Transition};
 
 /// Prepared statements kept per connection; enough for every named query.
-const STATEMENT_CACHE: usize = 64;
+const STATEMENT_CACHE: usize = 128;
 
 /// Rows per `retry --dead` transaction: keeps each write short.
 const BULK_RETRY_BATCH: usize = 1_000;
@@ -302,13 +303,114 @@ fn state_of(tx: &rusqlite::Transaction<'_>, id: i64) -> rusqlite::Result<Option<
     Ok(state.and_then(|s| s.parse().ok()))
 }
 
-/// One `job_runs` row to write.
+/// Largest number of rows one batched statement carries. Batches are cut
+/// into power-of-two chunks up to this size, so at most eight statement
+/// shapes exist per operation and each stays in the statement cache.
+const CHUNK_MAX: usize = 64;
+
+/// Splits `items` into chunks of 64, 32, …, 1 items.
+fn chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let size = CHUNK_MAX.min(1 << rest.len().ilog2());
+        let (head, tail) = rest.split_at(size);
+        rest = tail;
+        Some(head)
+    })
+}
+
+/// `(?, ?, …), (?, …)` for `rows` rows of `columns` parameters.
+fn values_list(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
+}
+
+/// One statement completes a whole chunk: every row is fenced by state,
+/// worker and attempt, so a late writer (its lease lapsed, someone rescued
+/// the job) matches nothing, and RETURNING says which rows moved. One
+/// statement per chunk instead of per job: statement set-up and tear-down
+/// were half the cost of a completion.
+fn complete_sql(rows: usize) -> String {
+    format!(
+        "WITH c(id, worker, attempt, state, finished_at, run_at, result, last_error, release) AS \
+         (VALUES {}) \
+         UPDATE jobs SET state = c.state, \
+           finished_at = CASE WHEN c.release THEN jobs.finished_at ELSE c.finished_at END, \
+           lease_until = NULL, \
+           run_at = COALESCE(c.run_at, jobs.run_at), \
+           result = CASE WHEN c.state = 'succeeded' THEN c.result ELSE jobs.result END, \
+           last_error = CASE WHEN c.release THEN jobs.last_error ELSE c.last_error END, \
+           attempts = jobs.attempts - c.release \
+         FROM c WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.worker = c.worker \
+           AND jobs.attempts = c.attempt \
+         RETURNING jobs.id, jobs.worker, jobs.attempts, jobs.queue, jobs.kind",
+        values_list(rows, 9)
+    )
+}
+
+/// The nine values of one row of [`complete_sql`].
+fn completion_values(c: &Completion) -> [rusqlite::types::Value; 9] {
+    use rusqlite::types::Value;
+    let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
+    let (state, run_at, result, release) = match &c.transition {
+        Transition::Succeed { result } => ("succeeded", None, result.as_deref(), 0),
+        Transition::Requeue { run_at } => ("queued", Some(*run_at), None, 0),
+        Transition::Release => ("queued", None, None, 1),
+        Transition::Dead => ("dead", None, None, 0),
+        Transition::Cancel => ("cancelled", None, None, 0),
+    };
+    let error = match c.transition {
+        Transition::Succeed { .. } => None,
+        _ => c.error.as_deref(),
+    };
+    [
+        Value::Integer(c.id),
+        Value::Text(c.worker.clone()),
+        Value::Integer(c.attempt),
+        Value::Text(state.to_string()),
+        Value::Integer(c.finished_at),
+        run_at.map_or(Value::Null, Value::Integer),
+        text(result),
+        text(error),
+        Value::Integer(release),
+    ]
+}
+
+/// A multi-row insert of `rows` attempt records.
+fn insert_runs_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
+         outcome, error, duration_ms) VALUES {}",
+        values_list(rows, 10)
+    )
+}
+
+/// The ten values of one row of [`insert_runs_sql`].
+fn run_values(run: &RunRow<'_>, queue: &str, kind: &str) -> [rusqlite::types::Value; 10] {
+    use rusqlite::types::Value;
+    [
+        Value::Integer(run.job_id),
+        Value::Integer(run.attempt),
+        Value::Text(run.worker.to_string()),
+        Value::Text(queue.to_string()),
+        Value::Text(kind.to_string()),
+        Value::Integer(run.started_at),
+        Value::Integer(run.finished_at),
+        Value::Text(run.outcome.as_str().to_string()),
+        run.error
+            .map_or(Value::Null, |e| Value::Text(e.to_string())),
+        Value::Integer((run.finished_at - run.started_at).max(0)),
+    ]
+}
+
+/// One `job_runs` row to write; queue and kind are copied from the job.
 struct RunRow<'a> {
     job_id: i64,
     attempt: i64,
     worker: &'a str,
-    queue: &'a str,
-    kind: &'a str,
     started_at: i64,
     finished_at: i64,
     outcome: RunOutcome,
@@ -318,14 +420,13 @@ struct RunRow<'a> {
 fn insert_run(tx: &rusqlite::Transaction<'_>, run: RunRow<'_>) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
-         outcome, error, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         outcome, error, duration_ms) \
+         SELECT ?1, ?2, ?3, queue, kind, ?4, ?5, ?6, ?7, ?8 FROM jobs WHERE id = ?1",
     )?
     .execute(params![
         run.job_id,
         run.attempt,
         run.worker,
-        run.queue,
-        run.kind,
         run.started_at,
         run.finished_at,
         run.outcome.as_str(),
@@ -358,7 +459,8 @@ impl Store for SqliteStore {
                  ON CONFLICT DO NOTHING RETURNING id",
             )?;
             let mut existing = tx.prepare_cached(
-                "SELECT id FROM jobs WHERE unique_key = ?1 AND state IN ('queued', 'running')",
+                "SELECT id FROM jobs WHERE unique_key = ?1 \
+                 AND (state = 'queued' OR state = 'running')",
             )?;
             let mut out = Vec::with_capacity(jobs.len());
             for job in jobs {
@@ -438,69 +540,60 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         self.write("complete", |tx| {
+            // The jobs the fenced update moved: id → (worker, attempts now, queue, kind).
+            let mut moved: HashMap<i64, (String, i64, String, String)> =
+                HashMap::with_capacity(completions.len());
+            for chunk in chunks(completions) {
+                let mut stmt = tx.prepare_cached(&complete_sql(chunk.len()))?;
+                let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 9);
+                for c in chunk {
+                    args.extend(completion_values(c));
+                }
+                let mut rows = stmt.query(params_from_iter(args))?;
+                while let Some(row) = rows.next()? {
+                    moved.insert(
+                        row.get(0)?,
+                        (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?),
+                    );
+                }
+            }
+            // A completion applied if its job moved under its worker and
+            // attempt (a released attempt is no longer counted); a second
+            // one for the same attempt in the same batch is stale.
             let mut out = Vec::with_capacity(completions.len());
+            let mut runs = Vec::with_capacity(completions.len());
             for c in completions {
-                // Each transition is fenced by state, worker and attempt: a
-                // late writer (its lease lapsed, someone rescued the job)
-                // matches no row and changes nothing.
-                let fence = "WHERE id = ?1 AND state = 'running' AND worker = ?2 AND attempts = ?3 \
-                             RETURNING queue, kind";
-                let query = |sql: &str, extra: &[&dyn rusqlite::ToSql]| {
-                    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&c.id, &c.worker, &c.attempt];
-                    args.extend_from_slice(extra);
-                    tx.prepare_cached(&format!("{sql} {fence}"))?
-                        .query_row(args.as_slice(), |r| {
-                            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                        })
-                        .optional()
-                };
-                let moved = match &c.transition {
-                    Transition::Succeed { result } => query(
-                        "UPDATE jobs SET state = 'succeeded', finished_at = ?4, lease_until = NULL, \
-                         result = ?5, last_error = NULL",
-                        &[&c.finished_at, result],
-                    )?,
-                    Transition::Requeue { run_at } => query(
-                        "UPDATE jobs SET state = 'queued', finished_at = ?4, lease_until = NULL, \
-                         run_at = ?5, last_error = ?6",
-                        &[&c.finished_at, run_at, &c.error],
-                    )?,
-                    Transition::Release => query(
-                        "UPDATE jobs SET state = 'queued', attempts = attempts - 1, \
-                         lease_until = NULL",
-                        &[],
-                    )?,
-                    Transition::Dead => query(
-                        "UPDATE jobs SET state = 'dead', finished_at = ?4, lease_until = NULL, \
-                         last_error = ?5",
-                        &[&c.finished_at, &c.error],
-                    )?,
-                    Transition::Cancel => query(
-                        "UPDATE jobs SET state = 'cancelled', finished_at = ?4, lease_until = NULL, \
-                         last_error = ?5",
-                        &[&c.finished_at, &c.error],
-                    )?,
-                };
-                out.push(match moved {
-                    Some((queue, kind)) => {
-                        insert_run(
-                            tx,
-                            RunRow {
-                                job_id: c.id,
-                                attempt: c.attempt,
-                                worker: &c.worker,
-                                queue: &queue,
-                                kind: &kind,
-                                started_at: c.started_at,
-                                finished_at: c.finished_at,
-                                outcome: c.outcome,
-                                error: c.error.as_deref(),
-                            },
-                        )?;
-                        Applied::Done
-                    }
-                    None => Applied::Stale,
+                let counted = i64::from(c.transition == Transition::Release);
+                let applied = moved.get(&c.id).is_some_and(|(worker, attempts, _, _)| {
+                    *worker == c.worker && *attempts + counted == c.attempt
                 });
+                match applied.then(|| moved.remove(&c.id)).flatten() {
+                    Some((_, _, queue, kind)) => {
+                        runs.push((c, queue, kind));
+                        out.push(Applied::Done);
+                    }
+                    None => out.push(Applied::Stale),
+                }
+            }
+            for chunk in chunks(&runs) {
+                let mut stmt = tx.prepare_cached(&insert_runs_sql(chunk.len()))?;
+                let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 10);
+                for (c, queue, kind) in chunk {
+                    args.extend(run_values(
+                        &RunRow {
+                            job_id: c.id,
+                            attempt: c.attempt,
+                            worker: &c.worker,
+                            started_at: c.started_at,
+                            finished_at: c.finished_at,
+                            outcome: c.outcome,
+                            error: c.error.as_deref(),
+                        },
+                        queue,
+                        kind,
+                    ));
+                }
+                stmt.execute(params_from_iter(args))?;
             }
             Ok(out)
         })
@@ -616,8 +709,6 @@ impl Store for SqliteStore {
                         job_id: job.id,
                         attempt: job.attempt,
                         worker: &job.worker,
-                        queue: &job.queue,
-                        kind: &job.kind,
                         started_at,
                         finished_at: now,
                         outcome: RunOutcome::Rescued,
@@ -681,7 +772,7 @@ impl Store for SqliteStore {
                     .query_row(
                         "SELECT other.id FROM jobs AS this JOIN jobs AS other \
                          ON other.unique_key = this.unique_key \
-                         WHERE this.id = ?1 AND other.state IN ('queued', 'running')",
+                         WHERE this.id = ?1 AND (other.state = 'queued' OR other.state = 'running')",
                         [id],
                         |r| r.get(0),
                     )
@@ -693,7 +784,7 @@ impl Store for SqliteStore {
                 tx.prepare_cached(
                     "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, started_at = NULL, \
                      finished_at = NULL, lease_until = NULL, cancel_requested = 0 \
-                     WHERE id = ?1 AND state IN ('dead', 'cancelled')",
+                     WHERE id = ?1 AND (state = 'dead' OR state = 'cancelled')",
                 )?
                 .execute(params![id, now])?;
                 out.push(RetryResult::Queued);
