@@ -159,16 +159,18 @@ fn enqueue_bad_inputs_are_usage_errors_and_write_nothing() {
     assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 0);
 }
 
+fn spawn_piped(mut cmd: std::process::Command) -> std::process::Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn enqueue_wait_follows_the_job_to_its_end() {
     let home = Home::new();
     home.migrate();
-    let child = home
-        .cmd(&["enqueue", "noop", "--wait"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(home.cmd(&["enqueue", "noop", "--wait"]));
     // The job appears; finish it as a daemon would.
     wait_for(Duration::from_secs(10), || {
         (home.query_i64("SELECT count(*) FROM jobs") == 1).then_some(())
@@ -183,12 +185,7 @@ fn enqueue_wait_follows_the_job_to_its_end() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("{\"answer\":42}"));
 
-    let child = home
-        .cmd(&["enqueue", "noop", "--wait"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(home.cmd(&["enqueue", "noop", "--wait"]));
     wait_for(Duration::from_secs(10), || {
         (home.query_i64("SELECT count(*) FROM jobs WHERE state = 'queued'") == 1).then_some(())
     })
