@@ -88,7 +88,7 @@ pub struct EnqueueArgs {
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_attempts: Option<i64>,
 
-    /// The job's deadline (e.g. 30s) [default: the kind's, from [timeouts]].
+    /// The job's deadline (e.g. 30s) [default: the kind's, from the timeouts section].
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 
@@ -178,7 +178,7 @@ pub struct CancelArgs {
 /// `jobd prune`
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// Delete finished jobs older than this (e.g. 7d) [default: the [retention] settings].
+    /// Delete finished jobs older than this (e.g. 7d) [default: the retention section].
     #[arg(long, value_parser = parse_duration)]
     pub older_than: Option<Duration>,
 }
