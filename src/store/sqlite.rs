@@ -388,51 +388,43 @@ fn insert_runs_sql(rows: usize) -> String {
     )
 }
 
-/// The ten values of one row of [`insert_runs_sql`].
-fn run_values(run: &RunRow<'_>, queue: &str, kind: &str) -> [rusqlite::types::Value; 10] {
-    use rusqlite::types::Value;
-    [
-        Value::Integer(run.job_id),
-        Value::Integer(run.attempt),
-        Value::Text(run.worker.to_string()),
-        Value::Text(queue.to_string()),
-        Value::Text(kind.to_string()),
-        Value::Integer(run.started_at),
-        Value::Integer(run.finished_at),
-        Value::Text(run.outcome.as_str().to_string()),
-        run.error
-            .map_or(Value::Null, |e| Value::Text(e.to_string())),
-        Value::Integer((run.finished_at - run.started_at).max(0)),
-    ]
-}
-
-/// One `job_runs` row to write; queue and kind are copied from the job.
+/// One `job_runs` row to write.
 struct RunRow<'a> {
     job_id: i64,
     attempt: i64,
     worker: &'a str,
+    queue: &'a str,
+    kind: &'a str,
     started_at: i64,
     finished_at: i64,
     outcome: RunOutcome,
     error: Option<&'a str>,
 }
 
-fn insert_run(tx: &rusqlite::Transaction<'_>, run: RunRow<'_>) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
-         outcome, error, duration_ms) \
-         SELECT ?1, ?2, ?3, queue, kind, ?4, ?5, ?6, ?7, ?8 FROM jobs WHERE id = ?1",
-    )?
-    .execute(params![
-        run.job_id,
-        run.attempt,
-        run.worker,
-        run.started_at,
-        run.finished_at,
-        run.outcome.as_str(),
-        run.error,
-        (run.finished_at - run.started_at).max(0),
-    ])?;
+/// Writes attempt records with one multi-row insert per chunk; the single
+/// way jobd appends to `job_runs` (completions and rescues alike).
+fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite::Result<()> {
+    use rusqlite::types::Value;
+    for chunk in chunks(runs) {
+        let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 10);
+        for run in chunk {
+            args.extend([
+                Value::Integer(run.job_id),
+                Value::Integer(run.attempt),
+                Value::Text(run.worker.to_string()),
+                Value::Text(run.queue.to_string()),
+                Value::Text(run.kind.to_string()),
+                Value::Integer(run.started_at),
+                Value::Integer(run.finished_at),
+                Value::Text(run.outcome.as_str().to_string()),
+                run.error
+                    .map_or(Value::Null, |e| Value::Text(e.to_string())),
+                Value::Integer((run.finished_at - run.started_at).max(0)),
+            ]);
+        }
+        tx.prepare_cached(&insert_runs_sql(chunk.len()))?
+            .execute(params_from_iter(args))?;
+    }
     Ok(())
 }
 
@@ -575,26 +567,21 @@ impl Store for SqliteStore {
                     None => out.push(Applied::Stale),
                 }
             }
-            for chunk in chunks(&runs) {
-                let mut stmt = tx.prepare_cached(&insert_runs_sql(chunk.len()))?;
-                let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 10);
-                for (c, queue, kind) in chunk {
-                    args.extend(run_values(
-                        &RunRow {
-                            job_id: c.id,
-                            attempt: c.attempt,
-                            worker: &c.worker,
-                            started_at: c.started_at,
-                            finished_at: c.finished_at,
-                            outcome: c.outcome,
-                            error: c.error.as_deref(),
-                        },
-                        queue,
-                        kind,
-                    ));
-                }
-                stmt.execute(params_from_iter(args))?;
-            }
+            let runs: Vec<RunRow<'_>> = runs
+                .iter()
+                .map(|(c, queue, kind)| RunRow {
+                    job_id: c.id,
+                    attempt: c.attempt,
+                    worker: &c.worker,
+                    queue,
+                    kind,
+                    started_at: c.started_at,
+                    finished_at: c.finished_at,
+                    outcome: c.outcome,
+                    error: c.error.as_deref(),
+                })
+                .collect();
+            insert_runs(tx, &runs)?;
             Ok(out)
         })
     }
@@ -698,24 +685,27 @@ impl Store for SqliteStore {
                     rescued.push(job);
                 }
             }
-            for (job, started_at) in rescued.iter().zip(lost) {
-                let error = format!(
-                    "attempt {} was lost: worker {} {reason}",
-                    job.attempt, job.worker
-                );
-                insert_run(
-                    tx,
-                    RunRow {
-                        job_id: job.id,
-                        attempt: job.attempt,
-                        worker: &job.worker,
-                        started_at,
-                        finished_at: now,
-                        outcome: RunOutcome::Rescued,
-                        error: Some(&error),
-                    },
-                )?;
-            }
+            let errors: Vec<String> = rescued
+                .iter()
+                .map(|job| format!("attempt {} was lost: worker {} {reason}", job.attempt, job.worker))
+                .collect();
+            let runs: Vec<RunRow<'_>> = rescued
+                .iter()
+                .zip(&lost)
+                .zip(&errors)
+                .map(|((job, &started_at), error)| RunRow {
+                    job_id: job.id,
+                    attempt: job.attempt,
+                    worker: &job.worker,
+                    queue: &job.queue,
+                    kind: &job.kind,
+                    started_at,
+                    finished_at: now,
+                    outcome: RunOutcome::Rescued,
+                    error: Some(error),
+                })
+                .collect();
+            insert_runs(tx, &runs)?;
             Ok(rescued)
         })
     }

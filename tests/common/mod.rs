@@ -85,9 +85,7 @@ impl Home {
 
     /// Runs `jobd ARGS` and expects success.
     pub fn ok(&self, args: &[&str]) -> String {
-        let run = self.jobd(args);
-        assert_eq!(run.code(), 0, "jobd {args:?} failed: {}", run.stderr());
-        run.stdout()
+        self.jobd(args).succeeds()
     }
 
     /// Runs `jobd migrate` so the database exists.
@@ -150,6 +148,17 @@ impl Run {
     /// Stderr as text.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+
+    /// Asserts success and returns stdout.
+    pub fn succeeds(&self) -> String {
+        assert_eq!(
+            self.code(),
+            0,
+            "expected success; stderr: {}",
+            self.stderr()
+        );
+        self.stdout()
     }
 
     /// Asserts a failure with this exit status whose stderr contains `needle`
