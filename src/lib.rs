@@ -24,8 +24,20 @@
 
 pub mod cli;
 pub mod commands;
+pub mod completer;
 pub mod config;
+pub mod daemon;
+pub mod dispatcher;
 pub mod error;
+pub mod executor;
 pub mod job;
+pub mod kinds;
+pub mod limits;
 pub mod logging;
+pub mod maintenance;
+pub mod pickup;
+pub mod pool;
+pub mod procfs;
+pub mod retry;
+pub mod signals;
 pub mod store;

@@ -41,6 +41,47 @@ macro_rules! event {
     };
 }
 
+/// Logs trouble with the database (`db.busy` or `db.error`) with the
+/// operation that failed and what jobd does about it.
+pub fn log_db_trouble(name: &str, op: &str, error: &crate::store::StoreError, action: &str) {
+    let name = if error.is_busy() { "db.busy" } else { name };
+    log::log!(
+        target: TARGET,
+        log::Level::Warn,
+        op = op,
+        error:% = error,
+        action = action;
+        "{}", name
+    );
+}
+
+/// Routes panic messages into the log as `panic` events, so a job that
+/// panics leaves one well-formed line instead of free text on stderr.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = info.payload().downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "a non-text panic value".to_string()
+        };
+        let thread = std::thread::current();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        log::log!(
+            target: TARGET,
+            log::Level::Error,
+            thread = thread.name().unwrap_or("unnamed"),
+            message = message.as_str(),
+            location = location.as_str();
+            "panic"
+        );
+    }));
+}
+
 /// A problem opening the log file.
 #[derive(Debug, thiserror::Error)]
 #[error("log.file {}: cannot open for appending: {source}", path.display())]

@@ -471,8 +471,14 @@ fn stats_count_ready_scheduled_running_finished_and_lag() {
         assert_eq!(q.lag_ms, 1_000);
         assert_eq!(q.p50_ms, Some(100));
         assert_eq!(q.p95_ms, Some(300));
-        assert_eq!(s.next_run_at(None).unwrap(), Some(NOW));
-        assert_eq!(s.next_run_at(Some(&["mail".to_string()])).unwrap(), None);
+        // Left queued: one at NOW and one at NOW + 60 s.
+        assert_eq!(s.next_run_at(None, NOW - 1).unwrap(), Some(NOW));
+        assert_eq!(s.next_run_at(None, NOW).unwrap(), Some(NOW + 60_000));
+        assert_eq!(s.next_run_at(None, NOW + 60_000).unwrap(), None);
+        assert_eq!(s.next_run_at(Some(&["mail".to_string()]), 0).unwrap(), None);
+        let backlog = s.backlog(None, NOW + 1_000).unwrap();
+        assert_eq!(backlog.ready, 1);
+        assert_eq!(backlog.lag_ms(NOW + 1_000), 1_000);
     });
 }
 

@@ -11,9 +11,6 @@ use crate::error::{Error, Result};
 use crate::job::now_ms;
 use crate::store::{CancelResult, PruneCutoffs, RetryResult, Store, SCHEMA_VERSION};
 
-/// Jobs deleted per prune transaction: each batch is a short write, so a
-/// large prune never holds the lock for long.
-pub const PRUNE_BATCH: usize = 500;
 
 /// Turns a list of per-id failures into the command's error (exit 1), after
 /// the successes were printed.
@@ -82,16 +79,6 @@ pub fn cancel(store: &mut dyn Store, args: CancelArgs, out: &mut dyn Write) -> R
     failures(failed)
 }
 
-/// The prune cut-offs from the config's retention, as of `now`.
-pub fn retention_cutoffs(config: &Config, now: i64) -> PruneCutoffs {
-    let before = |d: Duration| Some(now - d.as_millis() as i64);
-    PruneCutoffs {
-        succeeded: before(config.retention.succeeded),
-        dead: before(config.retention.dead),
-        cancelled: before(config.retention.cancelled),
-    }
-}
-
 /// Runs `jobd prune`.
 pub fn prune(
     config: &Config,
@@ -109,17 +96,11 @@ pub fn prune(
                 cancelled: cutoff,
             }
         }
-        None => retention_cutoffs(config, now),
+        None => crate::maintenance::retention_cutoffs(config, now),
     };
-    let (mut jobs, mut runs) = (0, 0);
-    loop {
-        let pruned = store.prune_batch(&cutoffs, PRUNE_BATCH)?;
-        jobs += pruned.jobs;
-        runs += pruned.runs;
-        if pruned.jobs < PRUNE_BATCH as u64 {
-            break;
-        }
-    }
+    // Batches back to back: an operator asked for it now.
+    let pruned = crate::maintenance::prune_all(store, &cutoffs, Duration::ZERO)?;
+    let (jobs, runs) = (pruned.jobs, pruned.runs);
     writeln!(out, "pruned {jobs} jobs and {runs} attempt records").map_err(stdout_error)
 }
 

@@ -32,9 +32,7 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         env,
     })?;
     match cli.command {
-        Command::Run => Err(Error::Failed(
-            "the daemon (`jobd run`) is not built yet; it arrives with the daemon issue".into(),
-        )),
+        Command::Run => run_daemon(config, &path, explicit, env),
         Command::CheckConfig => admin::check_config(&config, out),
         Command::Migrate => admin::migrate(&config, out),
         Command::Enqueue(args) => enqueue::enqueue(&config, args, out),
@@ -48,6 +46,38 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         Command::Pause(args) => admin::set_paused(&mut open(&config)?, args, true, out),
         Command::Resume(args) => admin::set_paused(&mut open(&config)?, args, false, out),
     }
+}
+
+/// Runs `jobd run`: logging, signals, a reload that re-reads the same file
+/// and environment, then the daemon until it is told to stop.
+fn run_daemon(
+    config: Config,
+    path: &Path,
+    explicit: bool,
+    env: &HashMap<String, String>,
+) -> Result<()> {
+    // journald stamps every line itself.
+    let timestamps = !env.contains_key("JOURNAL_STREAM");
+    let log = crate::logging::init(&config.log, timestamps)?;
+    crate::logging::log_panics();
+    let requests = crate::signals::listen().map_err(|source| Error::Io {
+        what: "cannot install the signal handlers".into(),
+        source,
+    })?;
+    let path = path.to_path_buf();
+    let env = env.clone();
+    let reload: crate::dispatcher::Reload = Box::new(move || {
+        let config = Config::load(&ConfigSource {
+            path: &path,
+            explicit,
+            env: &env,
+        })
+        .map_err(|e| e.to_string())?;
+        log.reload(&config.log).map_err(|e| e.to_string())?;
+        Ok(config)
+    });
+    crate::daemon::run(config, crate::kinds::Registry::builtin(), requests, reload)?;
+    Ok(())
 }
 
 /// Opens an existing, current database: commands that only read or adjust

@@ -345,6 +345,22 @@ pub struct WorkerInfo {
     pub running: i64,
 }
 
+/// What waits to run, for the daemon's `stats` line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    /// Queued jobs with `run_at <= now`.
+    pub ready: u64,
+    /// The oldest ready `run_at` (epoch ms).
+    pub oldest_ready: Option<i64>,
+}
+
+impl Backlog {
+    /// `now - oldest ready run_at`, 0 when nothing is ready.
+    pub fn lag_ms(&self, now: i64) -> i64 {
+        self.oldest_ready.map_or(0, |t| (now - t).max(0))
+    }
+}
+
 /// Everything `jobd stats` shows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Stats {
@@ -373,6 +389,31 @@ pub trait Store {
     /// Writes a batch of attempt outcomes in one transaction, each fenced by
     /// state, worker and attempt, with a `job_runs` row for each that applied.
     fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>>;
+
+    /// Writes outcomes and then claims, as one transaction where the backend
+    /// can: the daemon's group commit, so each turn of its loop costs one
+    /// write lock instead of two. Either part may be empty.
+    fn complete_and_claim(
+        &mut self,
+        completions: &[Completion],
+        claim: &Claim<'_>,
+    ) -> Result<(Vec<Applied>, Vec<Job>)> {
+        let applied = self.complete(completions)?;
+        let jobs = self.claim(claim)?;
+        Ok((applied, jobs))
+    }
+
+    /// A number that changes whenever another connection commits (SQLite's
+    /// `PRAGMA data_version`): cheap enough to ask every poll interval.
+    fn change_counter(&mut self) -> Result<i64>;
+
+    /// A file that is written on every commit, for a watcher to wake on
+    /// (SQLite's `-wal` file); None when the backend has no such file.
+    fn commit_file(&self) -> Option<PathBuf>;
+
+    /// Ready jobs and the oldest ready `run_at` in these queues (all when
+    /// None), for the daemon's `stats` line.
+    fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog>;
 
     /// Extends the leases of `ids` held by `worker`; returns how many were.
     fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize>;
@@ -412,8 +453,9 @@ pub trait Store {
     /// The distinct queues that hold queued jobs (ready or scheduled).
     fn queued_queues(&mut self) -> Result<Vec<String>>;
 
-    /// The earliest `run_at` of a queued job in these queues (all when None).
-    fn next_run_at(&mut self, queues: Option<&[String]>) -> Result<Option<i64>>;
+    /// The earliest `run_at` later than `after` of a queued job in these
+    /// queues (all when None): when a daemon with nothing ready wakes next.
+    fn next_run_at(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>>;
 
     /// One job.
     fn job(&mut self, id: i64) -> Result<Option<Job>>;

@@ -16,8 +16,9 @@ use rusqlite::{
 
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
 use super::{
-    Applied, BulkRetry, CancelResult, Claim, Enqueued, JobRun, ListFilter, PruneCutoffs, Pruned,
-    QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store, StoreError, WorkerInfo,
+    Applied, Backlog, BulkRetry, CancelResult, Claim, Enqueued, JobRun, ListFilter, PruneCutoffs,
+    Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store, StoreError,
+    WorkerInfo,
 };
 use crate::job::{Completion, Job, JobState, NewJob, RunOutcome, Transition};
 
@@ -428,6 +429,106 @@ fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite:
     Ok(())
 }
 
+/// Claims inside an open transaction (see [`Store::claim`]).
+fn claim_in(tx: &rusqlite::Transaction<'_>, claim: &Claim<'_>) -> rusqlite::Result<Vec<Job>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
+             finished_at = NULL, lease_until = ?2, worker = ?3 \
+             WHERE state = 'queued' AND id IN ( \
+                 SELECT id FROM jobs \
+                 WHERE state = 'queued' AND queue = ?4 AND run_at <= ?1 \
+                   AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
+                 ORDER BY priority DESC, run_at, id LIMIT ?5) \
+             RETURNING {JOB_COLUMNS}"
+    ))?;
+    let mut jobs = Vec::new();
+    for request in claim.requests.iter().filter(|r| r.limit > 0) {
+        let rows = stmt.query_map(
+            params![
+                claim.now,
+                claim.lease_until,
+                claim.worker,
+                request.queue,
+                request.limit as i64
+            ],
+            job_from_row,
+        )?;
+        let start = jobs.len();
+        for job in rows {
+            jobs.push(job?);
+        }
+        // RETURNING gives no order; hand jobs out in claim order.
+        jobs[start..].sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.run_at.cmp(&b.run_at))
+                .then(a.id.cmp(&b.id))
+        });
+    }
+    Ok(jobs)
+}
+
+/// Writes outcomes inside an open transaction (see [`Store::complete`]).
+fn complete_in(
+    tx: &rusqlite::Transaction<'_>,
+    completions: &[Completion],
+) -> rusqlite::Result<Vec<Applied>> {
+    if completions.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The jobs the fenced update moved: id → (worker, attempts now, queue, kind).
+    let mut moved: HashMap<i64, (String, i64, String, String)> =
+        HashMap::with_capacity(completions.len());
+    for chunk in chunks(completions) {
+        let mut stmt = tx.prepare_cached(&complete_sql(chunk.len()))?;
+        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 9);
+        for c in chunk {
+            args.extend(completion_values(c));
+        }
+        let mut rows = stmt.query(params_from_iter(args))?;
+        while let Some(row) = rows.next()? {
+            moved.insert(
+                row.get(0)?,
+                (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?),
+            );
+        }
+    }
+    // A completion applied if its job moved under its worker and
+    // attempt (a released attempt is no longer counted); a second
+    // one for the same attempt in the same batch is stale.
+    let mut out = Vec::with_capacity(completions.len());
+    let mut runs = Vec::with_capacity(completions.len());
+    for c in completions {
+        let counted = i64::from(c.transition == Transition::Release);
+        let applied = moved.get(&c.id).is_some_and(|(worker, attempts, _, _)| {
+            *worker == c.worker && *attempts + counted == c.attempt
+        });
+        match applied.then(|| moved.remove(&c.id)).flatten() {
+            Some((_, _, queue, kind)) => {
+                runs.push((c, queue, kind));
+                out.push(Applied::Done);
+            }
+            None => out.push(Applied::Stale),
+        }
+    }
+    let runs: Vec<RunRow<'_>> = runs
+        .iter()
+        .map(|(c, queue, kind)| RunRow {
+            job_id: c.id,
+            attempt: c.attempt,
+            worker: &c.worker,
+            queue,
+            kind,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+            outcome: c.outcome,
+            error: c.error.as_deref(),
+        })
+        .collect();
+    insert_runs(tx, &runs)?;
+    Ok(out)
+}
+
 /// The value at quantile `q` of sorted `values`, by the nearest-rank method
 /// (always a value that occurred).
 fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
@@ -488,101 +589,33 @@ impl Store for SqliteStore {
         if claim.requests.iter().all(|r| r.limit == 0) {
             return Ok(Vec::new());
         }
-        self.write("claim", |tx| {
-            let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
-                 finished_at = NULL, lease_until = ?2, worker = ?3 \
-                 WHERE state = 'queued' AND id IN ( \
-                     SELECT id FROM jobs \
-                     WHERE state = 'queued' AND queue = ?4 AND run_at <= ?1 \
-                       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
-                     ORDER BY priority DESC, run_at, id LIMIT ?5) \
-                 RETURNING {JOB_COLUMNS}"
-            ))?;
-            let mut jobs = Vec::new();
-            for request in claim.requests.iter().filter(|r| r.limit > 0) {
-                let rows = stmt.query_map(
-                    params![
-                        claim.now,
-                        claim.lease_until,
-                        claim.worker,
-                        request.queue,
-                        request.limit as i64
-                    ],
-                    job_from_row,
-                )?;
-                let start = jobs.len();
-                for job in rows {
-                    jobs.push(job?);
-                }
-                // RETURNING gives no order; hand jobs out in claim order.
-                jobs[start..].sort_by(|a, b| {
-                    b.priority
-                        .cmp(&a.priority)
-                        .then(a.run_at.cmp(&b.run_at))
-                        .then(a.id.cmp(&b.id))
-                });
-            }
-            Ok(jobs)
-        })
+        self.write("claim", |tx| claim_in(tx, claim))
     }
 
     fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>> {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        self.write("complete", |tx| {
-            // The jobs the fenced update moved: id → (worker, attempts now, queue, kind).
-            let mut moved: HashMap<i64, (String, i64, String, String)> =
-                HashMap::with_capacity(completions.len());
-            for chunk in chunks(completions) {
-                let mut stmt = tx.prepare_cached(&complete_sql(chunk.len()))?;
-                let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 9);
-                for c in chunk {
-                    args.extend(completion_values(c));
-                }
-                let mut rows = stmt.query(params_from_iter(args))?;
-                while let Some(row) = rows.next()? {
-                    moved.insert(
-                        row.get(0)?,
-                        (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?),
-                    );
-                }
-            }
-            // A completion applied if its job moved under its worker and
-            // attempt (a released attempt is no longer counted); a second
-            // one for the same attempt in the same batch is stale.
-            let mut out = Vec::with_capacity(completions.len());
-            let mut runs = Vec::with_capacity(completions.len());
-            for c in completions {
-                let counted = i64::from(c.transition == Transition::Release);
-                let applied = moved.get(&c.id).is_some_and(|(worker, attempts, _, _)| {
-                    *worker == c.worker && *attempts + counted == c.attempt
-                });
-                match applied.then(|| moved.remove(&c.id)).flatten() {
-                    Some((_, _, queue, kind)) => {
-                        runs.push((c, queue, kind));
-                        out.push(Applied::Done);
-                    }
-                    None => out.push(Applied::Stale),
-                }
-            }
-            let runs: Vec<RunRow<'_>> = runs
-                .iter()
-                .map(|(c, queue, kind)| RunRow {
-                    job_id: c.id,
-                    attempt: c.attempt,
-                    worker: &c.worker,
-                    queue,
-                    kind,
-                    started_at: c.started_at,
-                    finished_at: c.finished_at,
-                    outcome: c.outcome,
-                    error: c.error.as_deref(),
-                })
-                .collect();
-            insert_runs(tx, &runs)?;
-            Ok(out)
+        self.write("complete", |tx| complete_in(tx, completions))
+    }
+
+    fn complete_and_claim(
+        &mut self,
+        completions: &[Completion],
+        claim: &Claim<'_>,
+    ) -> Result<(Vec<Applied>, Vec<Job>)> {
+        let claiming = claim.requests.iter().any(|r| r.limit > 0);
+        if completions.is_empty() && !claiming {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        self.write("complete and claim", |tx| {
+            let applied = complete_in(tx, completions)?;
+            let jobs = if claiming {
+                claim_in(tx, claim)?
+            } else {
+                Vec::new()
+            };
+            Ok((applied, jobs))
         })
     }
 
@@ -894,19 +927,30 @@ impl Store for SqliteStore {
         result.map_err(|e| self.err("read queues", e))
     }
 
-    fn next_run_at(&mut self, queues: Option<&[String]>) -> Result<Option<i64>> {
+    fn next_run_at(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>> {
         let queues = match queues {
             Some(q) => q.to_vec(),
             None => self.queued_queues()?,
         };
+        // Per queue, a loose scan over its distinct priorities and one index
+        // seek each: the ready index orders run_at within a priority, so
+        // the cost does not grow with the number of queued jobs.
         let mut next: Option<i64> = None;
         for queue in &queues {
             let at: Option<i64> = self
                 .conn
                 .prepare_cached(
-                    "SELECT min(run_at) FROM jobs WHERE state = 'queued' AND queue = ?1",
+                    "WITH RECURSIVE p(pr) AS ( \
+                       SELECT (SELECT max(priority) FROM jobs WHERE state = 'queued' AND queue = ?1) \
+                       UNION ALL \
+                       SELECT (SELECT max(priority) FROM jobs \
+                               WHERE state = 'queued' AND queue = ?1 AND priority < p.pr) \
+                       FROM p WHERE p.pr IS NOT NULL) \
+                     SELECT min((SELECT min(run_at) FROM jobs \
+                                 WHERE state = 'queued' AND queue = ?1 AND priority = p.pr AND run_at > ?2)) \
+                     FROM p WHERE p.pr IS NOT NULL",
                 )
-                .and_then(|mut s| s.query_row([queue], |r| r.get(0)))
+                .and_then(|mut s| s.query_row(params![queue, after], |r| r.get(0)))
                 .map_err(|e| self.err("read next run_at", e))?;
             next = match (next, at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -914,6 +958,38 @@ impl Store for SqliteStore {
             };
         }
         Ok(next)
+    }
+
+    fn change_counter(&mut self) -> Result<i64> {
+        self.data_version()
+    }
+
+    fn commit_file(&self) -> Option<PathBuf> {
+        Some(crate::pickup::wal_path(&self.path))
+    }
+
+    fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog> {
+        let queues = match queues {
+            Some(q) => q.to_vec(),
+            None => self.queued_queues()?,
+        };
+        let mut backlog = Backlog::default();
+        for queue in &queues {
+            let (ready, oldest): (i64, Option<i64>) = self
+                .conn
+                .prepare_cached(
+                    "SELECT count(*), min(run_at) FROM jobs INDEXED BY jobs_ready \
+                     WHERE state = 'queued' AND queue = ?1 AND run_at <= ?2",
+                )
+                .and_then(|mut s| s.query_row(params![queue, now], |r| Ok((r.get(0)?, r.get(1)?))))
+                .map_err(|e| self.err("read backlog", e))?;
+            backlog.ready += ready as u64;
+            backlog.oldest_ready = match (backlog.oldest_ready, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(backlog)
     }
 
     fn job(&mut self, id: i64) -> Result<Option<Job>> {

@@ -1,0 +1,236 @@
+//! Writes attempt outcomes in batches (group commit) and says what happened
+//! in the log.
+//!
+//! Outcomes that arrive while the dispatcher is busy wait here and are
+//! written together in its next write (one short transaction, shared with
+//! the next claim). The backlog is bounded by the pool size, because a slot
+//! is reused only after its outcome is written — that is the back-pressure.
+//! When a write fails (locked for longer than the busy timeout, disk full)
+//! the outcomes stay, `db.busy` / `db.error` says so and what jobd does next,
+//! and the write is tried again after [`WRITE_RETRY`]; the fence decides,
+//! once it lands, whether each outcome still holds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::event;
+use crate::job::{Completion, RunOutcome, Transition};
+use crate::pool::threads::Finished;
+use crate::store::{Applied, StoreError};
+
+/// The pause between attempts to write outcomes after a failed write: long
+/// enough for a stuck writer elsewhere to finish, short against the lease.
+pub const WRITE_RETRY: Duration = Duration::from_millis(250);
+
+/// Counts kept for the `stats` line and the heartbeat.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Attempts that succeeded since the last `stats` line.
+    pub done: AtomicU64,
+    /// Attempts that failed (retry, timeout, dead) since the last `stats` line.
+    pub failed: AtomicU64,
+}
+
+/// The outcomes waiting to be written.
+#[derive(Debug, Default)]
+pub struct Completer {
+    pending: Vec<Completion>,
+    /// (queue, kind) of each pending outcome, for the log and the limits.
+    meta: Vec<(String, String)>,
+    failing_since: Option<Instant>,
+    retry_at: Option<Instant>,
+}
+
+/// An outcome that was written (or found stale).
+#[derive(Debug)]
+pub struct Written {
+    /// The job.
+    pub id: i64,
+    /// Its queue.
+    pub queue: String,
+    /// Whether the fence held.
+    pub applied: Applied,
+}
+
+impl Completer {
+    /// Queues an outcome for the next write.
+    pub fn push(&mut self, finished: Finished) {
+        self.pending.push(finished.completion);
+        self.meta.push((finished.queue, finished.kind));
+    }
+
+    /// Outcomes waiting.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// True when there is something to write and no back-off holds it.
+    pub fn ready(&self, now: Instant) -> bool {
+        !self.pending.is_empty() && self.retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// When a held-back write should be tried again.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at.filter(|_| !self.pending.is_empty())
+    }
+
+    /// The outcomes to write now.
+    pub fn batch(&self, now: Instant) -> &[Completion] {
+        if self.ready(now) {
+            &self.pending
+        } else {
+            &[]
+        }
+    }
+
+    /// Records that the batch was written with these results, logs each
+    /// job's event and empties the batch.
+    pub fn written(&mut self, applied: &[Applied], counters: &Counters) -> Vec<Written> {
+        if let Some(since) = self.failing_since.take() {
+            event!(
+                Info,
+                "db.recovered",
+                outcomes = applied.len(),
+                failing_for_ms = since.elapsed().as_millis() as u64
+            );
+        }
+        self.retry_at = None;
+        let mut out = Vec::with_capacity(applied.len());
+        for ((completion, (queue, kind)), &applied) in
+            self.pending.drain(..).zip(self.meta.drain(..)).zip(applied)
+        {
+            match applied {
+                Applied::Done => log_outcome(&completion, &queue, &kind, counters),
+                Applied::Stale => event!(
+                    Warn,
+                    "job.stale",
+                    id = completion.id,
+                    kind = kind.as_str(),
+                    queue = queue.as_str(),
+                    attempt = completion.attempt,
+                    outcome = completion.outcome.as_str(),
+                    detail = "outcome discarded: the job was taken back from this daemon before it was written"
+                ),
+            }
+            out.push(Written {
+                id: completion.id,
+                queue,
+                applied,
+            });
+        }
+        out
+    }
+
+    /// Records a failed write: the outcomes stay and are tried again.
+    pub fn failed(&mut self, error: &StoreError, now: Instant) {
+        let first = self.failing_since.is_none();
+        self.failing_since.get_or_insert(now);
+        self.retry_at = Some(now + WRITE_RETRY);
+        // One line when trouble starts, then one per retry only at debug,
+        // so a locked database does not flood the journal.
+        let level = if first {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        };
+        let name = if error.is_busy() {
+            "db.busy"
+        } else {
+            "db.error"
+        };
+        log::log!(
+            target: crate::logging::TARGET,
+            level,
+            op = "write outcomes",
+            error:% = error,
+            outcomes = self.pending.len(),
+            action = "keeping the outcomes and trying again every 250ms until written or the leases lapse";
+            "{}", name
+        );
+    }
+}
+
+fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
+    let duration_ms = c.finished_at - c.started_at;
+    let error = c.error.as_deref().unwrap_or("");
+    let next_run_in = |run_at: i64| {
+        humantime::format_duration(Duration::from_millis((run_at - c.finished_at).max(0) as u64))
+            .to_string()
+    };
+    match (&c.outcome, &c.transition) {
+        (RunOutcome::Succeeded, _) => {
+            counters.done.fetch_add(1, Ordering::Relaxed);
+            event!(
+                Info,
+                "job.succeeded",
+                id = c.id,
+                kind = kind,
+                queue = queue,
+                attempt = c.attempt,
+                duration_ms = duration_ms
+            );
+        }
+        (RunOutcome::Retry, Transition::Requeue { run_at }) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            event!(
+                Warn,
+                "job.retry",
+                id = c.id,
+                kind = kind,
+                queue = queue,
+                attempt = c.attempt,
+                error = error,
+                next_run_in = next_run_in(*run_at)
+            );
+        }
+        (RunOutcome::Timeout, Transition::Requeue { run_at }) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            event!(
+                Warn,
+                "job.timeout",
+                id = c.id,
+                kind = kind,
+                queue = queue,
+                attempt = c.attempt,
+                error = error,
+                next_run_in = next_run_in(*run_at)
+            );
+        }
+        (RunOutcome::Cancelled, _) => event!(
+            Info,
+            "job.cancelled",
+            id = c.id,
+            kind = kind,
+            queue = queue,
+            attempt = c.attempt,
+            duration_ms = duration_ms
+        ),
+        (RunOutcome::Interrupted, _) => event!(
+            Info,
+            "job.interrupted",
+            id = c.id,
+            kind = kind,
+            queue = queue,
+            attempt = c.attempt,
+            detail = "back to queued; the attempt does not count"
+        ),
+        _ => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            event!(
+                Error,
+                "job.dead",
+                id = c.id,
+                kind = kind,
+                queue = queue,
+                attempt = c.attempt,
+                outcome = c.outcome.as_str(),
+                error = error
+            );
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `jobd run`: opens the database, registers this daemon, rescues the jobs
+//! of same-host daemons that died, starts the pickup watcher, the
+//! maintenance thread and the dispatcher (with its thread pool), and on a
+//! stop request drains, deregisters and says goodbye in the log.
+//!
+//! Everything the daemon needs from the outside comes in as values — the
+//! configuration, a way to reload it, the kinds, the channel that carries
+//! stop and reload requests — so a test can run a daemon in-process and stop
+//! it without signals.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+
+use crate::config::Config;
+use crate::dispatcher::{Dispatcher, Parts, Reload, Shared, Summary};
+use crate::error::{Error, Result};
+use crate::event;
+use crate::job::now_ms;
+use crate::kinds::Registry;
+use crate::maintenance::{self, Maintenance};
+use crate::pickup;
+use crate::procfs;
+use crate::signals::Request;
+use crate::store::{OpenMode, RescueScope, SqliteStore, Store, WorkerInfo};
+
+/// Runs the daemon until a stop request is honoured.
+pub fn run(
+    config: Config,
+    registry: Registry,
+    requests: Receiver<Request>,
+    reload: Reload,
+) -> Result<Summary> {
+    let began = Instant::now();
+    let db = &config.database;
+    let mut store = SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Create)?;
+    let (before, after) = store.migrate()?;
+    if before != after {
+        event!(Info, "db.migrated", from = before, to = after, database:% = db.path.display());
+    }
+
+    let host = procfs::host_name();
+    let pid = i64::from(std::process::id());
+    let started_at = now_ms();
+    let worker: Arc<str> = Arc::from(format!("{host}:{pid}:{started_at}"));
+    let queues = config.daemon.queues.join(",");
+    store.register_worker(&WorkerInfo {
+        id: worker.to_string(),
+        host: host.clone(),
+        pid,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at,
+        heartbeat_at: started_at,
+        queues: queues.clone(),
+        running: 0,
+    })?;
+    let max_attempts = config.retry.max_attempts;
+    let rescued = maintenance::rescue_dead_neighbours(&mut store, &host, &worker, max_attempts)?;
+    maintenance::log_rescued(&rescued);
+    let expired = store.rescue(RescueScope::ExpiredLeases, now_ms(), max_attempts)?;
+    maintenance::log_rescued(&expired);
+
+    let wake = match store.commit_file() {
+        Some(file) => match pickup::watch(&file) {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                event!(
+                    Warn,
+                    "pickup.fallback",
+                    file:% = file.display(),
+                    error:% = e,
+                    detail = "cannot watch for commits; new work is noticed by polling"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+
+    let shared = Arc::new(Shared::default());
+    let (stop_maintenance, maintenance_stop) = crossbeam_channel::bounded::<()>(1);
+    let maintenance = Maintenance {
+        store: SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Existing)?,
+        config: config.clone(),
+        worker: Arc::clone(&worker),
+        shared: Arc::clone(&shared),
+        stop: maintenance_stop,
+    };
+    let maintenance = std::thread::Builder::new()
+        .name("jobd-maintenance".into())
+        .spawn(move || maintenance.run())
+        .map_err(|source| Error::Io {
+            what: "cannot start the maintenance thread".into(),
+            source,
+        })?;
+
+    let threads = config.pool.threads;
+    let database = db.path.display().to_string();
+    let mut dispatcher = Dispatcher::new(Parts {
+        store,
+        config,
+        worker: Arc::clone(&worker),
+        registry,
+        requests,
+        wake,
+        reload,
+        shared,
+    })
+    .map_err(|source| Error::Io {
+        what: "cannot start the thread pool".into(),
+        source,
+    })?;
+    event!(
+        Info,
+        "daemon.started",
+        version = env!("CARGO_PKG_VERSION"),
+        database = database.as_str(),
+        worker = &*worker,
+        threads = threads,
+        cpu_workers = 0,
+        queues = queues.as_str(),
+        rescued = rescued.len() + expired.len()
+    );
+    let summary = dispatcher.run();
+
+    drop(stop_maintenance);
+    let _ = maintenance.join();
+    let mut store = dispatcher.into_store();
+    if let Err(e) = store.deregister_worker(&worker) {
+        crate::logging::log_db_trouble(
+            "db.error",
+            "deregister",
+            &e,
+            "the row is forgotten once its heartbeat is old",
+        );
+    }
+    event!(
+        Info,
+        "daemon.stopped",
+        requeued = summary.requeued,
+        unwritten = summary.unwritten,
+        uptime_s = began.elapsed().as_secs()
+    );
+    Ok(summary)
+}

@@ -1,0 +1,765 @@
+//! The dispatcher: the one loop that owns the daemon's database connection.
+//!
+//! Each turn it collects finished attempts from the pool, writes them and
+//! claims new work in one short transaction ([`Store::complete_and_claim`],
+//! the group commit), and hands the claimed jobs to the pool. It claims no
+//! more than there are free slots, split fairly across the queues it serves
+//! and capped by their `concurrency` and `rate` ([`QueueLimits`]). A slot is
+//! free again only once its outcome is written, which bounds the backlog of
+//! unwritten outcomes by the pool size.
+//!
+//! Between turns it sleeps until something happens: an attempt finishes, a
+//! signal arrives, another process commits (inotify on the `-wal` file, see
+//! [`crate::pickup`]), the poll interval passes, a scheduled `run_at` or a
+//! rate token comes due, a lease needs renewing, or a job overruns.
+//!
+//! It never runs a job or does a job's IO itself; its only blocking calls are
+//! its own short transactions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver};
+
+use crate::completer::{Completer, Counters};
+use crate::config::{Config, RetryConfig};
+use crate::event;
+use crate::executor::{self, Control, Task};
+use crate::job::{now_ms, Attempt, Job};
+use crate::kinds::{PoolKind, Registry};
+use crate::limits::QueueLimits;
+use crate::pickup::{CONFIRM_STEP, CONFIRM_WINDOW};
+use crate::pool::threads::{Finished, ThreadPool};
+use crate::signals::Request;
+use crate::store::{Claim, Store, StoreError};
+
+/// How long past its deadline a job may run before the dispatcher gives up
+/// on it, writes `timed out` and replaces its thread. IO kinds stop at their
+/// deadline by themselves; this catches one that does not.
+pub const OVERRUN_GRACE: Duration = Duration::from_secs(1);
+
+/// A wake-up this soon after the dispatcher's own commit is taken for the
+/// echo of that commit, not for another writer (the poll interval still
+/// catches a writer that committed in the same moment).
+const ECHO_WINDOW: Duration = Duration::from_millis(2);
+
+/// How long to wait before claiming again after a claim failed.
+const CLAIM_RETRY: Duration = Duration::from_millis(250);
+
+/// How long to keep trying to write the last outcomes when stopping.
+const FINAL_FLUSH: Duration = Duration::from_secs(10);
+
+/// Shared with the maintenance thread for the heartbeat and `stats` line.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Outcome counts.
+    pub counters: Counters,
+    /// Jobs held by this daemon now (running or outcome not yet written).
+    pub running: AtomicU64,
+    /// When the loop last turned (epoch ms), for health checks.
+    pub last_turn: AtomicU64,
+}
+
+/// Re-reads the configuration on SIGHUP and applies what the dispatcher does
+/// not own (the log settings); an error is one readable sentence.
+pub type Reload = Box<dyn FnMut() -> Result<Config, String> + Send>;
+
+/// What the dispatcher needs from the outside.
+pub struct Parts<S> {
+    /// Its own connection.
+    pub store: S,
+    /// The validated configuration.
+    pub config: Config,
+    /// This daemon's worker id.
+    pub worker: Arc<str>,
+    /// The kinds it runs.
+    pub registry: Registry,
+    /// Operator requests (signals in the daemon; a test sends its own).
+    pub requests: Receiver<Request>,
+    /// Commit wake-ups, when a watcher could be set up.
+    pub wake: Option<Receiver<()>>,
+    /// How to re-read the configuration.
+    pub reload: Reload,
+    /// Counters shared with maintenance.
+    pub shared: Arc<Shared>,
+}
+
+/// A job this daemon holds until its outcome is written.
+struct InFlight {
+    queue: String,
+    kind: String,
+    attempt: i64,
+    started_at: i64,
+    deadline: Instant,
+    timeout: Duration,
+    max_attempts: i64,
+    control: Arc<Control>,
+    /// The outcome is with the completer (or the job never reached a thread).
+    reported: bool,
+}
+
+impl InFlight {
+    fn attempt(&self, id: i64, worker: &str, finished_at: i64) -> Attempt {
+        Attempt {
+            id,
+            worker: worker.to_string(),
+            attempt: self.attempt,
+            started_at: self.started_at,
+            finished_at: finished_at.max(self.started_at),
+        }
+    }
+
+    fn finished(&self, completion: crate::job::Completion) -> Finished {
+        Finished {
+            completion,
+            queue: self.queue.clone(),
+            kind: self.kind.clone(),
+        }
+    }
+}
+
+/// How the dispatcher's run ended.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Jobs that were interrupted and put back to `queued`.
+    pub requeued: usize,
+    /// Jobs whose outcome could not be written before exit (left running for
+    /// the next start's rescue).
+    pub unwritten: usize,
+}
+
+/// The loop's state.
+pub struct Dispatcher<S: Store> {
+    store: S,
+    config: Config,
+    worker: Arc<str>,
+    registry: Registry,
+    retry: Arc<RetryConfig>,
+    pool: ThreadPool,
+    done: Receiver<Finished>,
+    requests: Receiver<Request>,
+    wake: Receiver<()>,
+    reload: Reload,
+    shared: Arc<Shared>,
+    in_flight: HashMap<i64, InFlight>,
+    completer: Completer,
+    limits: QueueLimits,
+    /// The store's change counter when last read.
+    data_version: i64,
+    /// There may be ready jobs a claim would find.
+    maybe_ready: bool,
+    /// The earliest future `run_at` known (epoch ms).
+    next_due: Option<i64>,
+    /// When a rate-limited queue gets its next token.
+    next_token: Option<Instant>,
+    /// Operators may have flagged running jobs for cancellation.
+    check_cancels: bool,
+    last_write: Instant,
+    next_poll: Instant,
+    next_renew: Instant,
+    claim_retry_at: Option<Instant>,
+    /// Set by the first stop request: the drain deadline.
+    draining: Option<Instant>,
+    stop_now: bool,
+}
+
+impl<S: Store> Dispatcher<S> {
+    /// Builds the dispatcher and starts its thread pool.
+    pub fn new(parts: Parts<S>) -> std::io::Result<Dispatcher<S>> {
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let pool = ThreadPool::new(parts.config.pool.threads, done_tx)?;
+        let now = Instant::now();
+        let limits = QueueLimits::new(&parts.config.queues, now);
+        Ok(Dispatcher {
+            retry: Arc::new(parts.config.retry.clone()),
+            store: parts.store,
+            worker: parts.worker,
+            registry: parts.registry,
+            pool,
+            done,
+            requests: parts.requests,
+            wake: parts.wake.unwrap_or_else(crossbeam_channel::never),
+            reload: parts.reload,
+            shared: parts.shared,
+            in_flight: HashMap::new(),
+            completer: Completer::default(),
+            limits,
+            data_version: 0,
+            maybe_ready: true,
+            next_due: None,
+            next_token: None,
+            check_cancels: true,
+            last_write: now,
+            next_poll: now,
+            next_renew: now + parts.config.daemon.lease / 3,
+            claim_retry_at: None,
+            draining: None,
+            stop_now: false,
+            config: parts.config,
+        })
+    }
+
+    /// Runs until a stop request has been honoured; returns what was left.
+    pub fn run(&mut self) -> Summary {
+        self.data_version = self.store.change_counter().unwrap_or(0);
+        loop {
+            self.shared
+                .last_turn
+                .store(now_ms().max(0) as u64, Ordering::Relaxed);
+            self.collect();
+            let now = Instant::now();
+            self.check_overruns(now);
+            if self.check_cancels {
+                self.apply_cancels();
+            }
+            if now >= self.next_renew {
+                self.renew_leases(now);
+            }
+            if let Some(until) = self.draining {
+                if self.in_flight.is_empty() {
+                    return Summary::default();
+                }
+                if self.stop_now || now >= until {
+                    return self.interrupt();
+                }
+            }
+            self.write_step(now);
+            self.shared
+                .running
+                .store(self.in_flight.len() as u64, Ordering::Relaxed);
+            self.wait();
+        }
+    }
+
+    /// Gives the connection back (the daemon deregisters with it).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    fn free_slots(&self) -> usize {
+        let busy = self.in_flight.len();
+        self.pool.size().saturating_sub(busy)
+    }
+
+    fn can_claim(&self, now: Instant) -> bool {
+        self.draining.is_none()
+            && self.free_slots() > 0
+            && self.claim_retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// Moves every finished attempt into the completer.
+    fn collect(&mut self) {
+        while let Ok(finished) = self.done.try_recv() {
+            self.on_finished(finished);
+        }
+    }
+
+    fn on_finished(&mut self, finished: Finished) {
+        if let Some(entry) = self.in_flight.get_mut(&finished.completion.id) {
+            entry.reported = true;
+        }
+        self.completer.push(finished);
+    }
+
+    /// The queues to claim from now.
+    fn queues_to_serve(&mut self) -> Result<Vec<String>, StoreError> {
+        if self.config.daemon.all_queues() {
+            self.store.queued_queues()
+        } else {
+            Ok(self.config.daemon.queues.clone())
+        }
+    }
+
+    /// One transaction: write the waiting outcomes and claim for the free
+    /// slots, then hand the claimed jobs out.
+    fn write_step(&mut self, now_i: Instant) {
+        let due = self.next_due.is_some_and(|t| now_ms() >= t)
+            || self.next_token.is_some_and(|t| now_i >= t);
+        if due {
+            self.maybe_ready = true;
+            self.next_due = None;
+            self.next_token = None;
+        }
+        let claiming = self.maybe_ready && self.can_claim(now_i);
+        let mut queues = Vec::new();
+        let mut requests = Vec::new();
+        if claiming {
+            match self.queues_to_serve() {
+                Ok(q) => queues = q,
+                Err(e) => return self.claim_failed(&e, now_i),
+            }
+            requests = self.limits.plan(self.free_slots(), &queues, now_i);
+        }
+        if !self.completer.ready(now_i) && requests.is_empty() {
+            if claiming {
+                self.maybe_ready = false;
+                self.next_token = self.limits.next_token(&queues, now_i);
+                self.refresh_next_due(&queues);
+            }
+            return;
+        }
+        let now = now_ms();
+        let lease = self.config.daemon.lease.as_millis() as i64;
+        let claim = Claim {
+            worker: &self.worker,
+            now,
+            lease_until: now + lease,
+            requests: &requests,
+        };
+        let result = self
+            .store
+            .complete_and_claim(self.completer.batch(now_i), &claim);
+        match result {
+            Ok((applied, jobs)) => {
+                self.last_write = Instant::now();
+                self.claim_retry_at = None;
+                if !applied.is_empty() {
+                    for written in self.completer.written(&applied, &self.shared.counters) {
+                        self.in_flight.remove(&written.id);
+                        self.limits.finished(&written.queue);
+                    }
+                    // Slots came free; a queue capped by concurrency may run again.
+                    self.maybe_ready = true;
+                }
+                if !requests.is_empty() {
+                    let mut got: HashMap<&str, usize> = HashMap::new();
+                    for job in &jobs {
+                        *got.entry(job.queue.as_str()).or_default() += 1;
+                    }
+                    let full = requests
+                        .iter()
+                        .any(|r| got.get(r.queue.as_str()).copied().unwrap_or(0) >= r.limit);
+                    self.maybe_ready = full || !applied.is_empty();
+                    for job in jobs {
+                        self.dispatch(job, now, now_i);
+                    }
+                    if !full {
+                        self.next_token = self.limits.next_token(&queues, now_i);
+                        self.refresh_next_due(&queues);
+                    }
+                }
+            }
+            Err(e) => {
+                if self.completer.ready(now_i) {
+                    self.completer.failed(&e, now_i);
+                }
+                if !requests.is_empty() {
+                    self.claim_failed(&e, now_i);
+                }
+            }
+        }
+    }
+
+    fn claim_failed(&mut self, e: &StoreError, now: Instant) {
+        self.claim_retry_at = Some(now + CLAIM_RETRY);
+        let name = if e.is_busy() { "db.busy" } else { "db.error" };
+        crate::logging::log_db_trouble(
+            name,
+            "claim",
+            e,
+            "claiming again in 250ms; running jobs go on",
+        );
+    }
+
+    fn refresh_next_due(&mut self, queues: &[String]) {
+        match self.store.next_run_at(Some(queues), now_ms()) {
+            Ok(next) => self.next_due = next,
+            Err(e) => {
+                crate::logging::log_db_trouble(
+                    "db.error",
+                    "read next run_at",
+                    &e,
+                    "falling back to the poll interval",
+                );
+                self.next_due = None;
+            }
+        }
+    }
+
+    /// Starts one claimed job, or settles it at once when it cannot run.
+    fn dispatch(&mut self, job: Job, now: i64, now_i: Instant) {
+        self.limits.started(&job.queue, 1, now_i);
+        let started_at = job.started_at.unwrap_or(now);
+        let control = Control::new();
+        let reject = |reason: String| Finished {
+            completion: Attempt {
+                id: job.id,
+                worker: self.worker.to_string(),
+                attempt: job.attempts,
+                started_at,
+                finished_at: now,
+            }
+            .dead(reason),
+            queue: job.queue.clone(),
+            kind: job.kind.clone(),
+        };
+        let kind = match self.registry.get(&job.kind) {
+            Some(kind) if kind.pool() == PoolKind::Threads => Arc::clone(kind),
+            Some(_) => {
+                let finished = reject(format!(
+                    "kind {:?} runs on the CPU worker pool, which this build does not have yet",
+                    job.kind
+                ));
+                return self.settled(job, control, finished);
+            }
+            None => {
+                let finished = reject(format!(
+                    "unknown kind {:?} (this jobd runs: {})",
+                    job.kind,
+                    self.registry.names().join(", ")
+                ));
+                return self.settled(job, control, finished);
+            }
+        };
+        let max_bytes = self.config.limits.max_payload_bytes;
+        if job.payload.len() as u64 > max_bytes {
+            let finished = reject(format!(
+                "payload is {} bytes, over limits.max_payload_bytes ({max_bytes})",
+                job.payload.len()
+            ));
+            return self.settled(job, control, finished);
+        }
+        let timeout = match job.timeout_ms {
+            Some(ms) => Duration::from_millis(ms.max(1) as u64),
+            None => self
+                .config
+                .timeouts
+                .for_kind(&job.kind)
+                .unwrap_or(self.config.timeouts.noop),
+        };
+        let deadline = now_i + timeout;
+        let max_attempts = job.effective_max_attempts(self.config.retry.max_attempts);
+        self.in_flight.insert(
+            job.id,
+            InFlight {
+                queue: job.queue.clone(),
+                kind: job.kind.clone(),
+                attempt: job.attempts,
+                started_at,
+                deadline,
+                timeout,
+                max_attempts,
+                control: Arc::clone(&control),
+                reported: false,
+            },
+        );
+        let task = Task {
+            kind,
+            worker: Arc::clone(&self.worker),
+            started_at,
+            deadline,
+            timeout,
+            max_attempts,
+            retry: Arc::clone(&self.retry),
+            control,
+            job,
+        };
+        self.pool.submit(task);
+    }
+
+    fn settled(&mut self, job: Job, control: Arc<Control>, finished: Finished) {
+        self.in_flight.insert(
+            job.id,
+            InFlight {
+                queue: job.queue,
+                kind: job.kind,
+                attempt: job.attempts,
+                started_at: finished.completion.started_at,
+                deadline: Instant::now(),
+                timeout: Duration::ZERO,
+                max_attempts: 0,
+                control,
+                reported: true,
+            },
+        );
+        self.completer.push(finished);
+    }
+
+    /// Gives up on jobs that ran well past their deadline: `timed out`, and a
+    /// fresh thread in place of the stuck one.
+    fn check_overruns(&mut self, now: Instant) {
+        let mut replaced = 0;
+        for (&id, entry) in self.in_flight.iter_mut() {
+            if entry.reported || now < entry.deadline + OVERRUN_GRACE {
+                continue;
+            }
+            if !entry.control.abandon() {
+                // It finished in this very moment; its outcome is on the way.
+                continue;
+            }
+            entry.reported = true;
+            event!(
+                Warn,
+                "job.overrun",
+                id = id,
+                kind = entry.kind.as_str(),
+                queue = entry.queue.as_str(),
+                attempt = entry.attempt,
+                detail = "still running past its deadline; its thread is given up and replaced"
+            );
+            let completion = executor::timed_out(
+                entry.attempt(id, &self.worker, now_ms()),
+                entry.timeout,
+                entry.max_attempts,
+                &self.retry,
+            );
+            self.completer.push(entry.finished(completion));
+            replaced += 1;
+        }
+        for _ in 0..replaced {
+            if let Err(e) = self.pool.replace_stuck() {
+                event!(Error, "pool.error", error:% = e, action = "running with one thread fewer");
+            }
+        }
+    }
+
+    fn apply_cancels(&mut self) {
+        self.check_cancels = false;
+        if self.in_flight.values().all(|e| e.reported) {
+            return;
+        }
+        match self.store.cancel_requests(&self.worker) {
+            Ok(ids) => {
+                for id in ids {
+                    if let Some(entry) = self.in_flight.get(&id) {
+                        entry.control.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => crate::logging::log_db_trouble(
+                "db.error",
+                "read cancel requests",
+                &e,
+                "looking again at the next change",
+            ),
+        }
+    }
+
+    fn renew_leases(&mut self, now: Instant) {
+        let lease = self.config.daemon.lease;
+        self.next_renew = now + lease / 3;
+        // A fresh look at cancel requests too, in case a change went unseen.
+        self.check_cancels = true;
+        let ids: Vec<i64> = self.in_flight.keys().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let until = now_ms() + lease.as_millis() as i64;
+        match self.store.renew_leases(&self.worker, &ids, until) {
+            Ok(renewed) if renewed < ids.len() => event!(
+                Warn,
+                "lease.lost",
+                held = ids.len(),
+                renewed = renewed,
+                detail =
+                    "some jobs were taken back from this daemon; their outcomes will be discarded"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                self.next_renew = now + CLAIM_RETRY;
+                crate::logging::log_db_trouble(
+                    "db.busy",
+                    "renew leases",
+                    &e,
+                    "trying again in 250ms",
+                );
+            }
+        }
+    }
+
+    /// Reads the change counter; true (and work to look for) when another
+    /// connection committed.
+    fn changed(&mut self) -> bool {
+        match self.store.change_counter() {
+            Ok(v) if v != self.data_version => {
+                self.data_version = v;
+                self.maybe_ready = true;
+                self.check_cancels = true;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                crate::logging::log_db_trouble(
+                    "db.error",
+                    "read data_version",
+                    &e,
+                    "looking again at the next poll",
+                );
+                false
+            }
+        }
+    }
+
+    /// A commit file changed: confirm the commit, which becomes visible a
+    /// little after the write that woke us.
+    fn on_wake(&mut self) {
+        if self.changed() || self.last_write.elapsed() < ECHO_WINDOW {
+            return;
+        }
+        let until = Instant::now() + CONFIRM_WINDOW;
+        while Instant::now() < until {
+            if !self.done.is_empty() || !self.requests.is_empty() {
+                return;
+            }
+            std::thread::sleep(CONFIRM_STEP);
+            if self.changed() {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps until the next thing to do.
+    fn wait(&mut self) {
+        let now = Instant::now();
+        if (self.maybe_ready && self.can_claim(now)) || self.completer.ready(now) {
+            return;
+        }
+        if now >= self.next_poll {
+            self.next_poll = now + self.config.daemon.poll_interval;
+            if self.changed() {
+                return;
+            }
+        }
+        let mut until = self.next_poll.min(self.next_renew);
+        if self.draining.is_none() && self.free_slots() > 0 {
+            if let Some(due) = self.next_due {
+                let ms = (due - now_ms()).max(0) as u64;
+                until = until.min(now + Duration::from_millis(ms));
+            }
+            if let Some(token) = self.next_token {
+                until = until.min(token);
+            }
+        }
+        for entry in self.in_flight.values().filter(|e| !e.reported) {
+            until = until.min(entry.deadline + OVERRUN_GRACE);
+        }
+        for t in [
+            self.completer.retry_at(),
+            self.claim_retry_at,
+            self.draining,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            until = until.min(t);
+        }
+        let timeout = until.saturating_duration_since(now);
+        select! {
+            recv(self.done) -> finished => {
+                if let Ok(finished) = finished {
+                    self.on_finished(finished);
+                }
+            }
+            recv(self.requests) -> request => match request {
+                Ok(request) => self.on_request(request),
+                // Nobody can ask any more: treat as a stop request.
+                Err(_) => {
+                    self.requests = crossbeam_channel::never();
+                    self.on_request(Request::Stop);
+                }
+            },
+            recv(self.wake) -> woke => match woke {
+                Ok(()) => self.on_wake(),
+                Err(_) => self.wake = crossbeam_channel::never(),
+            },
+            default(timeout) => {}
+        }
+    }
+
+    fn on_request(&mut self, request: Request) {
+        match request {
+            Request::Stop if self.draining.is_none() => {
+                let grace = self.config.daemon.shutdown_grace;
+                self.draining = Some(Instant::now() + grace);
+                event!(
+                    Info,
+                    "daemon.draining",
+                    running = self.in_flight.len(),
+                    grace:% = humantime::format_duration(grace),
+                    detail = "no new claims; a second signal stops at once"
+                );
+            }
+            Request::Stop => self.stop_now = true,
+            Request::Reload => match (self.reload)() {
+                Ok(config) => self.apply(config),
+                Err(error) => event!(
+                    Error,
+                    "config.invalid",
+                    error = error.as_str(),
+                    action = "keeping the running configuration"
+                ),
+            },
+        }
+    }
+
+    /// Applies a reloaded configuration: pool size, queue limits and rates,
+    /// timeouts, retries and intervals. The database and queue set stay as
+    /// they were at start-up.
+    fn apply(&mut self, mut config: Config) {
+        let threads = config.pool.threads;
+        if let Err(e) = self.pool.resize(threads) {
+            event!(Error, "pool.error", error:% = e, action = "keeping the old pool size");
+        }
+        self.limits.reload(&config.queues, Instant::now());
+        self.retry = Arc::new(config.retry.clone());
+        config.database = self.config.database.clone();
+        config.daemon.queues = self.config.daemon.queues.clone();
+        self.config = config;
+        self.maybe_ready = true;
+        event!(
+            Info,
+            "config.reloaded",
+            threads = threads,
+            level = format!("{:?}", self.config.log.level).to_lowercase(),
+            queues_limited = self.config.queues.len()
+        );
+    }
+
+    /// Stops now: running jobs go back to `queued` without counting the
+    /// attempt; finished ones are written as they ended.
+    fn interrupt(&mut self) -> Summary {
+        self.collect();
+        let now = now_ms();
+        let mut requeued = 0;
+        for (&id, entry) in self.in_flight.iter_mut() {
+            if entry.reported || !entry.control.abandon() {
+                continue;
+            }
+            entry.reported = true;
+            requeued += 1;
+            let completion = entry.attempt(id, &self.worker, now).interrupted();
+            self.completer.push(entry.finished(completion));
+        }
+        // Outcomes that raced in while we interrupted.
+        self.collect();
+        let give_up = Instant::now() + FINAL_FLUSH;
+        while !self.completer.is_empty() && Instant::now() < give_up {
+            let now_i = Instant::now();
+            if !self.completer.ready(now_i) {
+                std::thread::sleep(CONFIRM_STEP.max(Duration::from_millis(10)));
+                continue;
+            }
+            let claim = Claim {
+                worker: &self.worker,
+                now,
+                lease_until: now,
+                requests: &[],
+            };
+            match self
+                .store
+                .complete_and_claim(self.completer.batch(now_i), &claim)
+            {
+                Ok((applied, _)) => {
+                    self.completer.written(&applied, &self.shared.counters);
+                }
+                Err(e) => self.completer.failed(&e, now_i),
+            }
+        }
+        Summary {
+            requeued,
+            unwritten: self.completer.len(),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Runs one attempt of one job on a pool thread: calls the kind with the
+//! deadline and cancel flag, catches a panic so that it fails the attempt and
+//! never the daemon, and turns the answer into a [`Completion`] (succeeded,
+//! retry with backoff, timeout, dead, cancelled).
+//!
+//! The executor does not touch the database; the dispatcher writes the
+//! completion, fenced by worker and attempt.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::RetryConfig;
+use crate::job::{now_ms, Attempt, Completion, Job};
+use crate::kinds::{Context, JobError, Kind};
+use crate::retry;
+
+const RUNNING: u8 = 0;
+const FINISHED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// What the dispatcher and the thread running a job share about it.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Raised to ask the job to stop (an operator's cancel).
+    pub cancel: AtomicBool,
+    /// Who gets to report the attempt: the thread when it finishes, or the
+    /// dispatcher when the job overran its deadline. Exactly one wins.
+    state: AtomicU8,
+}
+
+impl Control {
+    /// A fresh control for a job that is about to run.
+    pub fn new() -> Arc<Control> {
+        Arc::new(Control::default())
+    }
+
+    /// The running thread claims the right to report; false when the
+    /// dispatcher gave up on the job first.
+    pub fn finish(&self) -> bool {
+        self.state
+            .compare_exchange(RUNNING, FINISHED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The dispatcher gives up on an overrunning job; false when the thread
+    /// finished first. Also raises the cancel flag so a cooperative kind stops.
+    pub fn abandon(&self) -> bool {
+        let won = self
+            .state
+            .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+        won
+    }
+}
+
+/// One attempt, ready to run.
+pub struct Task {
+    /// The claimed job (state `running`, `attempts` = this attempt).
+    pub job: Job,
+    /// Its kind.
+    pub kind: Arc<dyn Kind>,
+    /// This daemon's worker id, for the fence.
+    pub worker: Arc<str>,
+    /// When the attempt started (epoch ms), as the claim recorded it.
+    pub started_at: i64,
+    /// The attempt's deadline.
+    pub deadline: Instant,
+    /// The attempt's timeout, for the message.
+    pub timeout: Duration,
+    /// The job's attempt limit in force.
+    pub max_attempts: i64,
+    /// Backoff settings.
+    pub retry: Arc<RetryConfig>,
+    /// Shared with the dispatcher.
+    pub control: Arc<Control>,
+}
+
+impl Task {
+    /// Who ran this attempt, ending now.
+    pub fn attempt(&self, finished_at: i64) -> Attempt {
+        Attempt {
+            id: self.job.id,
+            worker: self.worker.to_string(),
+            attempt: self.job.attempts,
+            started_at: self.started_at,
+            finished_at: finished_at.max(self.started_at),
+        }
+    }
+
+    /// The completion for this attempt having run past its deadline.
+    pub fn timed_out(&self, finished_at: i64) -> Completion {
+        timed_out(
+            self.attempt(finished_at),
+            self.timeout,
+            self.max_attempts,
+            &self.retry,
+        )
+    }
+}
+
+/// The completion for an attempt that ran past its deadline: a transient
+/// failure, retried with backoff while attempts are left. Used by the
+/// executor and by the dispatcher when a job overruns.
+pub fn timed_out(
+    attempt: Attempt,
+    timeout: Duration,
+    max_attempts: i64,
+    retry: &RetryConfig,
+) -> Completion {
+    let error = format!("timed out after {} ms", timeout.as_millis());
+    let finished_at = attempt.finished_at;
+    let retry_at = (attempt.attempt < max_attempts)
+        .then(|| finished_at + retry::backoff_jittered(retry, attempt.attempt).as_millis() as i64);
+    attempt.timed_out(error, retry_at)
+}
+
+/// Runs one attempt to its end and returns its completion. Never panics.
+pub fn execute(task: &Task) -> Completion {
+    let ctx = Context {
+        id: task.job.id,
+        attempt: task.job.attempts,
+        queue: &task.job.queue,
+        deadline: task.deadline,
+        cancel: &task.control.cancel,
+    };
+    let answer = panic::catch_unwind(AssertUnwindSafe(|| task.kind.run(&ctx, &task.job.payload)))
+        .unwrap_or_else(|panic| {
+            Err(JobError::transient(format!(
+                "the {} handler panicked: {}",
+                task.job.kind,
+                panic_message(&*panic)
+            )))
+        });
+    settle(task, answer, now_ms(), fastrand::f64())
+}
+
+/// Turns a kind's answer into the completion to write. Pure apart from its
+/// inputs: `now` ends the attempt, `unit` in `[0, 1)` picks the jitter.
+pub fn settle(
+    task: &Task,
+    answer: Result<Option<String>, JobError>,
+    now: i64,
+    unit: f64,
+) -> Completion {
+    let attempts_left = task.job.attempts < task.max_attempts;
+    let attempt = task.attempt(now);
+    match answer {
+        Ok(result) => attempt.succeeded(result),
+        Err(JobError::Cancelled) => attempt.cancelled(),
+        Err(JobError::TimedOut) => task.timed_out(now),
+        Err(JobError::Permanent { message }) => attempt.dead(message),
+        Err(JobError::Transient { message, .. }) if !attempts_left => attempt.dead(format!(
+            "{message} (gave up after {} attempts)",
+            task.job.attempts
+        )),
+        Err(JobError::Transient { message, retry_at }) => {
+            let backoff = retry::backoff(&task.retry, task.job.attempts, unit);
+            let run_at = retry_at.unwrap_or(now + backoff.as_millis() as i64);
+            attempt.retry(message, run_at.max(now))
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic value".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobState, RunOutcome, Transition};
+
+    struct Panics;
+    impl Kind for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        fn run(&self, _: &Context<'_>, _: &str) -> Result<Option<String>, JobError> {
+            panic!("boom at {}", 42)
+        }
+    }
+
+    fn task(kind: Arc<dyn Kind>, attempts: i64, max_attempts: i64) -> Task {
+        Task {
+            job: Job {
+                id: 7,
+                queue: "default".into(),
+                kind: kind.name().into(),
+                payload: "{}".into(),
+                priority: 0,
+                run_at: 0,
+                max_attempts: None,
+                timeout_ms: None,
+                unique_key: None,
+                state: JobState::Running,
+                attempts,
+                created_at: 0,
+                started_at: Some(1_000),
+                finished_at: None,
+                lease_until: None,
+                worker: Some("w".into()),
+                last_error: None,
+                result: None,
+                cancel_requested: false,
+            },
+            kind,
+            worker: Arc::from("w"),
+            started_at: 1_000,
+            deadline: Instant::now() + Duration::from_secs(60),
+            timeout: Duration::from_millis(250),
+            max_attempts,
+            retry: Arc::new(RetryConfig {
+                max_attempts: 20,
+                backoff_base: Duration::from_secs(1),
+                backoff_max: Duration::from_secs(60),
+            }),
+            control: Control::new(),
+        }
+    }
+
+    #[test]
+    fn a_panic_fails_the_attempt_with_its_message() {
+        let done = execute(&task(Arc::new(Panics), 1, 3));
+        assert_eq!(done.outcome, RunOutcome::Retry);
+        assert_eq!(
+            done.error.as_deref(),
+            Some("the panics handler panicked: boom at 42")
+        );
+    }
+
+    #[test]
+    fn transient_errors_back_off_until_attempts_run_out() {
+        let t = task(Arc::new(crate::kinds::Noop), 2, 3);
+        let done = settle(&t, Err(JobError::transient("refused")), 10_000, 0.5);
+        assert_eq!(done.transition, Transition::Requeue { run_at: 12_000 });
+        let t = task(Arc::new(crate::kinds::Noop), 3, 3);
+        let done = settle(&t, Err(JobError::transient("refused")), 10_000, 0.5);
+        assert_eq!(done.transition, Transition::Dead);
+        assert_eq!(
+            done.error.as_deref(),
+            Some("refused (gave up after 3 attempts)")
+        );
+    }
+
+    #[test]
+    fn retry_after_overrides_the_backoff_and_timeouts_name_the_limit() {
+        let t = task(Arc::new(crate::kinds::Noop), 1, 3);
+        let answer = Err(JobError::Transient {
+            message: "429".into(),
+            retry_at: Some(99_000),
+        });
+        let done = settle(&t, answer, 10_000, 0.5);
+        assert_eq!(done.transition, Transition::Requeue { run_at: 99_000 });
+        let done = settle(&t, Err(JobError::TimedOut), 10_000, 0.5);
+        assert_eq!(done.outcome, RunOutcome::Timeout);
+        assert_eq!(done.error.as_deref(), Some("timed out after 250 ms"));
+        let done = settle(&t, Err(JobError::permanent("bad")), 10_000, 0.5);
+        assert_eq!(done.transition, Transition::Dead);
+    }
+
+    #[test]
+    fn only_one_of_thread_and_dispatcher_reports_an_attempt() {
+        let c = Control::new();
+        assert!(c.abandon());
+        assert!(!c.finish());
+        assert!(c.cancel.load(Ordering::Relaxed));
+        let c = Control::new();
+        assert!(c.finish());
+        assert!(!c.abandon());
+    }
+}

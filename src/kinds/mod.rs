@@ -1,0 +1,255 @@
+//! Job kinds (SPEC §2): one [`Kind`] trait that every kind implements, and
+//! the [`Registry`] the dispatcher looks kinds up in.
+//!
+//! A kind parses its own payload ([`parse_payload`] names the field at fault
+//! and what was expected), runs with a deadline and a cancel flag (both in
+//! the [`Context`]), and classifies every failure where it is born: a
+//! [`JobError::Transient`] is retried with backoff, a [`JobError::Permanent`]
+//! makes the job `dead` at once.
+//!
+//! This module does not run anything itself: the executor calls
+//! [`Kind::run`] on a pool thread, catches panics and turns the answer into
+//! a completion.
+
+mod noop;
+
+pub use noop::Noop;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+/// Which pool runs a kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    /// The IO thread pool (`pool.threads`).
+    Threads,
+    /// The CPU worker processes (`cpu.workers`).
+    Processes,
+}
+
+/// Why an attempt failed, classified where the failure was born.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum JobError {
+    /// Worth retrying: the next attempt may succeed (a refused connection, a
+    /// 503). `retry_at` (epoch ms) overrides the backoff (`Retry-After`).
+    #[error("{message}")]
+    Transient {
+        /// One readable sentence.
+        message: String,
+        /// When to try again, if the failure said so.
+        retry_at: Option<i64>,
+    },
+    /// Retrying cannot help (a bad payload, a 404): the job goes `dead`.
+    #[error("{message}")]
+    Permanent {
+        /// One readable sentence.
+        message: String,
+    },
+    /// The attempt's deadline passed. A transient error; the executor words
+    /// the message with the timeout.
+    #[error("the deadline passed")]
+    TimedOut,
+    /// An operator cancelled the job while it ran.
+    #[error("cancelled by an operator")]
+    Cancelled,
+}
+
+impl JobError {
+    /// A transient error with no retry time of its own.
+    pub fn transient(message: impl Into<String>) -> JobError {
+        JobError::Transient {
+            message: message.into(),
+            retry_at: None,
+        }
+    }
+
+    /// A permanent error.
+    pub fn permanent(message: impl Into<String>) -> JobError {
+        JobError::Permanent {
+            message: message.into(),
+        }
+    }
+}
+
+/// What a kind knows about the attempt it runs.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The job's id.
+    pub id: i64,
+    /// The attempt number (1 for the first).
+    pub attempt: i64,
+    /// The job's queue.
+    pub queue: &'a str,
+    /// The attempt must end by then.
+    pub deadline: Instant,
+    /// Set when an operator cancels the job or the daemon gives up on it.
+    pub cancel: &'a AtomicBool,
+}
+
+/// How often a waiting kind looks at its cancel flag: well inside the
+/// default 10 ms poll interval, so a cancel lands within about one interval.
+pub const CANCEL_CHECK: Duration = Duration::from_millis(5);
+
+impl Context<'_> {
+    /// `Err` once the job is cancelled or its deadline passed.
+    pub fn check(&self) -> Result<(), JobError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(JobError::Cancelled)
+        } else if Instant::now() >= self.deadline {
+            Err(JobError::TimedOut)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Time left before the deadline (zero once it passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Sleeps for `duration`, ending early with `Err` when the job is
+    /// cancelled or the deadline comes first.
+    pub fn sleep(&self, duration: Duration) -> Result<(), JobError> {
+        let until = Instant::now() + duration;
+        loop {
+            self.check()?;
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            let step = (until - now).min(self.remaining()).min(CANCEL_CHECK);
+            std::thread::sleep(step);
+        }
+    }
+}
+
+/// One kind of job.
+pub trait Kind: Send + Sync {
+    /// The name in `jobs.kind`.
+    fn name(&self) -> &'static str;
+
+    /// Which pool runs it.
+    fn pool(&self) -> PoolKind {
+        PoolKind::Threads
+    }
+
+    /// Runs one attempt: parses `payload`, does the work before
+    /// `ctx.deadline`, and returns the result as JSON text (None for none).
+    fn run(&self, ctx: &Context<'_>, payload: &str) -> Result<Option<String>, JobError>;
+}
+
+/// Parses a payload into a kind's arguments. A bad payload is a permanent
+/// error naming the field and what was expected, e.g.
+/// `payload field sleep_ms: invalid type: string "x", expected u64`.
+pub fn parse_payload<T: DeserializeOwned>(payload: &str) -> Result<T, JobError> {
+    let mut de = serde_json::Deserializer::from_str(payload);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    match parsed {
+        Ok(value) => Ok(value),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Err(JobError::permanent(if path == "." || path.is_empty() {
+                format!("payload: {inner}")
+            } else {
+                format!("payload field {path}: {inner}")
+            }))
+        }
+    }
+}
+
+/// The kinds this build runs, by name.
+#[derive(Clone)]
+pub struct Registry {
+    kinds: HashMap<&'static str, Arc<dyn Kind>>,
+}
+
+impl Registry {
+    /// Every kind this build ships.
+    pub fn builtin() -> Registry {
+        let mut registry = Registry {
+            kinds: HashMap::new(),
+        };
+        registry.add(Arc::new(Noop));
+        registry
+    }
+
+    /// Adds (or replaces) a kind.
+    pub fn add(&mut self, kind: Arc<dyn Kind>) {
+        self.kinds.insert(kind.name(), kind);
+    }
+
+    /// The kind called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Kind>> {
+        self.kinds.get(name)
+    }
+
+    /// The names, sorted, for messages.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.kinds.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // only parsed, to check the messages
+    struct Args {
+        count: u32,
+        #[serde(default)]
+        nested: Option<Nested>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // only parsed, to check the messages
+    struct Nested {
+        name: String,
+    }
+
+    #[test]
+    fn payload_errors_name_the_field_and_what_was_expected() {
+        let err = |p: &str| match parse_payload::<Args>(p).unwrap_err() {
+            JobError::Permanent { message } => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            err(r#"{"count":"x"}"#),
+            r#"payload field count: invalid type: string "x", expected u32 at line 1 column 12"#
+        );
+        let unknown = err(r#"{"cuont":1}"#);
+        assert!(unknown.contains("unknown field `cuont`, expected"), "{unknown}");
+        assert!(err("{}").starts_with("payload: missing field `count`"));
+        assert!(err(r#"{"count":1,"nested":{"name":5}}"#).starts_with(
+            "payload field nested.name: invalid type: integer `5`, expected a string"
+        ));
+    }
+
+    #[test]
+    fn sleep_ends_early_on_cancel_and_on_the_deadline() {
+        let cancel = AtomicBool::new(false);
+        let ctx = Context {
+            id: 1,
+            attempt: 1,
+            queue: "default",
+            deadline: Instant::now() + Duration::from_millis(20),
+            cancel: &cancel,
+        };
+        assert_eq!(ctx.sleep(Duration::from_secs(60)), Err(JobError::TimedOut));
+        let ctx = Context {
+            deadline: Instant::now() + Duration::from_secs(60),
+            ..ctx
+        };
+        cancel.store(true, Ordering::Relaxed);
+        assert_eq!(ctx.sleep(Duration::from_secs(60)), Err(JobError::Cancelled));
+    }
+}

@@ -1,0 +1,237 @@
+//! Background upkeep on its own thread and connection, so none of it delays
+//! the dispatcher's pickup: the heartbeat in `workers`, taking back jobs
+//! whose lease ran out (from any daemon), forgetting daemons that stopped
+//! heartbeating, the pruner, and the periodic `stats` log line.
+//!
+//! The start-up rescue of same-host daemons that died lives here too
+//! ([`rescue_dead_neighbours`]); the daemon calls it once before it claims.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::config::Config;
+use crate::dispatcher::Shared;
+use crate::event;
+use crate::job::now_ms;
+use crate::procfs;
+use crate::store::{PruneCutoffs, Pruned, RescueScope, Rescued, Store, StoreError};
+
+/// How often a daemon refreshes its `workers` row ("every few seconds").
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// A `workers` row whose heartbeat is older than this many heartbeats (and
+/// older than the lease) belongs to a daemon that is gone.
+const STALE_HEARTBEATS: u32 = 12;
+
+/// How often the pruner looks for old jobs. Retention is counted in days,
+/// so once a minute keeps the table tidy without measurable cost.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Final jobs deleted per transaction: small, so a client inserting with a
+/// one-second busy timeout never waits on the pruner.
+pub const PRUNE_BATCH: usize = 500;
+
+/// The pause between prune batches, leaving the write lock to others.
+const PRUNE_PAUSE: Duration = Duration::from_millis(5);
+
+/// The cut-offs `retention.*` give at `now`.
+pub fn retention_cutoffs(config: &Config, now: i64) -> PruneCutoffs {
+    let before = |d: Duration| Some(now - d.as_millis() as i64);
+    PruneCutoffs {
+        succeeded: before(config.retention.succeeded),
+        dead: before(config.retention.dead),
+        cancelled: before(config.retention.cancelled),
+    }
+}
+
+/// Deletes everything older than the cut-offs, one small batch per
+/// transaction, pausing `pause` between batches.
+pub fn prune_all(
+    store: &mut dyn Store,
+    cutoffs: &PruneCutoffs,
+    pause: Duration,
+) -> Result<Pruned, StoreError> {
+    let mut total = Pruned::default();
+    loop {
+        let pruned = store.prune_batch(cutoffs, PRUNE_BATCH)?;
+        total.jobs += pruned.jobs;
+        total.runs += pruned.runs;
+        if pruned.jobs < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+        std::thread::sleep(pause);
+    }
+}
+
+/// Logs one `job.rescued` line per job taken back.
+pub fn log_rescued(rescued: &[Rescued]) {
+    for job in rescued {
+        event!(
+            Warn,
+            "job.rescued",
+            id = job.id,
+            kind = job.kind.as_str(),
+            queue = job.queue.as_str(),
+            attempt = job.attempt,
+            lost_worker = job.worker.as_str(),
+            state = job.state.as_str()
+        );
+    }
+}
+
+/// At start-up: takes back at once the jobs of daemons on this host whose
+/// process is gone (or whose pid now belongs to another process), and
+/// removes their `workers` rows. Returns the rescued jobs.
+pub fn rescue_dead_neighbours(
+    store: &mut dyn Store,
+    host: &str,
+    me: &str,
+    default_max_attempts: u32,
+) -> Result<Vec<Rescued>, StoreError> {
+    let dead: Vec<String> = store
+        .workers()?
+        .into_iter()
+        .filter(|w| w.host == host && w.id != me && !procfs::daemon_alive(w.pid, w.started_at))
+        .map(|w| w.id)
+        .collect();
+    if dead.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rescued = store.rescue(RescueScope::Workers(&dead), now_ms(), default_max_attempts)?;
+    for id in &dead {
+        store.deregister_worker(id)?;
+    }
+    Ok(rescued)
+}
+
+/// The maintenance thread's state.
+pub struct Maintenance<S: Store> {
+    /// Its own connection.
+    pub store: S,
+    /// The configuration at start-up.
+    pub config: Config,
+    /// This daemon's worker id.
+    pub worker: Arc<str>,
+    /// Counters the dispatcher keeps.
+    pub shared: Arc<Shared>,
+    /// Closed or sent to when the daemon stops.
+    pub stop: Receiver<()>,
+}
+
+impl<S: Store> Maintenance<S> {
+    /// Runs until `stop` fires.
+    pub fn run(mut self) {
+        let lease = self.config.daemon.lease;
+        let beat = HEARTBEAT.min(lease / 3).max(Duration::from_millis(100));
+        let now = Instant::now();
+        let mut next_beat = now + beat;
+        let mut next_prune = now;
+        let mut next_stats = now + self.config.daemon.stats_interval;
+        let mut last_usage = (now, procfs::usage("self").unwrap_or_default());
+        loop {
+            let until = next_beat.min(next_prune).min(next_stats);
+            match self.stop.recv_deadline(until) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let now = Instant::now();
+            if now >= next_beat {
+                next_beat = now + beat;
+                self.beat();
+            }
+            if now >= next_prune {
+                next_prune = now + PRUNE_EVERY;
+                self.prune();
+            }
+            if now >= next_stats {
+                next_stats = now + self.config.daemon.stats_interval;
+                last_usage = self.stats_line(last_usage);
+            }
+        }
+    }
+
+    /// Heartbeat, expired-lease rescue and stale `workers` rows.
+    fn beat(&mut self) {
+        let now = now_ms();
+        let running = self.shared.running.load(Ordering::Relaxed) as i64;
+        if let Err(e) = self.store.heartbeat(&self.worker, now, running) {
+            crate::logging::log_db_trouble(
+                "db.error",
+                "heartbeat",
+                &e,
+                "trying again at the next beat",
+            );
+        }
+        match self.store.rescue(
+            RescueScope::ExpiredLeases,
+            now,
+            self.config.retry.max_attempts,
+        ) {
+            Ok(rescued) => log_rescued(&rescued),
+            Err(e) => crate::logging::log_db_trouble(
+                "db.error",
+                "rescue expired leases",
+                &e,
+                "trying again at the next beat",
+            ),
+        }
+        let stale_after = (HEARTBEAT * STALE_HEARTBEATS).max(self.config.daemon.lease);
+        let cutoff = now - stale_after.as_millis() as i64;
+        if let Ok(workers) = self.store.workers() {
+            for w in workers
+                .iter()
+                .filter(|w| w.heartbeat_at < cutoff && *w.id != *self.worker)
+            {
+                if self.store.deregister_worker(&w.id).is_ok() {
+                    event!(
+                        Info,
+                        "worker.forgotten",
+                        worker = w.id.as_str(),
+                        last_heartbeat_ms_ago = now - w.heartbeat_at
+                    );
+                }
+            }
+        }
+    }
+
+    fn prune(&mut self) {
+        let cutoffs = retention_cutoffs(&self.config, now_ms());
+        match prune_all(&mut self.store, &cutoffs, PRUNE_PAUSE) {
+            Ok(p) if p.jobs > 0 => event!(Info, "pruned", jobs = p.jobs, runs = p.runs),
+            Ok(_) => {}
+            Err(e) => {
+                crate::logging::log_db_trouble("db.error", "prune", &e, "trying again in a minute")
+            }
+        }
+    }
+
+    fn stats_line(&mut self, last: (Instant, procfs::Usage)) -> (Instant, procfs::Usage) {
+        let now = now_ms();
+        let queues = (!self.config.daemon.all_queues()).then(|| self.config.daemon.queues.clone());
+        let backlog = self
+            .store
+            .backlog(queues.as_deref(), now)
+            .unwrap_or_default();
+        let usage = procfs::usage("self").unwrap_or_default();
+        let wall = last.0.elapsed().as_secs_f64().max(1e-3);
+        let cpu_pct = (usage.cpu.saturating_sub(last.1.cpu)).as_secs_f64() / wall * 100.0;
+        let counters = &self.shared.counters;
+        event!(
+            Info,
+            "stats",
+            ready = backlog.ready,
+            running = self.shared.running.load(Ordering::Relaxed),
+            lag_ms = backlog.lag_ms(now),
+            done = counters.done.swap(0, Ordering::Relaxed),
+            failed = counters.failed.swap(0, Ordering::Relaxed),
+            rss_mib:% = format!("{:.1}", usage.rss_bytes as f64 / (1 << 20) as f64),
+            cpu_pct:% = format!("{cpu_pct:.2}"),
+            threads = usage.threads,
+            cpu_workers_rss_mib = 0
+        );
+        (Instant::now(), usage)
+    }
+}

@@ -1,0 +1,134 @@
+//! The IO thread pool: exactly `pool.threads` OS threads taking [`Task`]s
+//! from one crossbeam channel and sending [`Finished`] attempts back.
+//!
+//! The dispatcher never hands out more tasks than there are threads, so the
+//! channel never holds a backlog and a task always finds a thread. Resizing
+//! spawns threads or sends retire messages that an idle thread takes; a
+//! running job is never interrupted. A thread whose job overran its deadline
+//! is given up on by the dispatcher, which asks for a replacement here so the
+//! pool keeps its size; the stuck thread exits when its job finally returns.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::executor::{self, Task};
+use crate::job::Completion;
+
+/// An attempt that ended on a pool thread.
+#[derive(Debug)]
+pub struct Finished {
+    /// What to write.
+    pub completion: Completion,
+    /// The job's queue, for per-queue accounting.
+    pub queue: String,
+    /// The job's kind, for the log line.
+    pub kind: String,
+}
+
+enum Message {
+    Run(Box<Task>),
+    Retire,
+}
+
+/// A fixed-size, resizable pool of threads.
+pub struct ThreadPool {
+    tasks: Sender<Message>,
+    queue: Receiver<Message>,
+    done: Sender<Finished>,
+    /// The threads the pool should have (running jobs or idle).
+    size: usize,
+    /// Threads alive now, including ones stuck in an abandoned job.
+    alive: Arc<AtomicUsize>,
+    spawned: usize,
+}
+
+impl ThreadPool {
+    /// Starts `size` threads that report to `done`.
+    pub fn new(size: usize, done: Sender<Finished>) -> std::io::Result<ThreadPool> {
+        let (tasks, queue) = crossbeam_channel::unbounded();
+        let mut pool = ThreadPool {
+            tasks,
+            queue,
+            done,
+            size: 0,
+            alive: Arc::new(AtomicUsize::new(0)),
+            spawned: 0,
+        };
+        pool.resize(size)?;
+        Ok(pool)
+    }
+
+    /// The configured number of threads.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// OS threads alive now (more than `size` while abandoned jobs linger).
+    pub fn alive(&self) -> usize {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// Hands a task to an idle thread.
+    pub fn submit(&self, task: Task) {
+        // The pool owns the receiver too, so the channel cannot be closed.
+        let _ = self.tasks.send(Message::Run(Box::new(task)));
+    }
+
+    /// Grows or shrinks the pool. Shrinking retires idle threads as they
+    /// become idle; no running job is disturbed.
+    pub fn resize(&mut self, size: usize) -> std::io::Result<()> {
+        while self.size < size {
+            self.spawn()?;
+            self.size += 1;
+        }
+        while self.size > size {
+            let _ = self.tasks.send(Message::Retire);
+            self.size -= 1;
+        }
+        Ok(())
+    }
+
+    /// Starts a thread in place of one stuck in an abandoned job.
+    pub fn replace_stuck(&mut self) -> std::io::Result<()> {
+        self.spawn()
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let queue = self.queue.clone();
+        let done = self.done.clone();
+        let alive = Arc::clone(&self.alive);
+        self.spawned += 1;
+        alive.fetch_add(1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name(format!("jobd-io-{}", self.spawned))
+            .spawn(move || {
+                work(&queue, &done);
+                alive.fetch_sub(1, Ordering::Relaxed);
+            });
+        if spawned.is_err() {
+            self.alive.fetch_sub(1, Ordering::Relaxed);
+        }
+        spawned.map(drop)
+    }
+}
+
+fn work(queue: &Receiver<Message>, done: &Sender<Finished>) {
+    while let Ok(Message::Run(task)) = queue.recv() {
+        let completion = executor::execute(&task);
+        if !task.control.finish() {
+            // The dispatcher gave up on this job and started a replacement
+            // thread; this one leaves so the pool keeps its size.
+            return;
+        }
+        let finished = Finished {
+            completion,
+            queue: task.job.queue,
+            kind: task.job.kind,
+        };
+        if done.send(finished).is_err() {
+            return;
+        }
+    }
+}

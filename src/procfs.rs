@@ -1,0 +1,118 @@
+//! What the daemon reads about processes from `/proc` (Linux): whether a
+//! pid still belongs to the daemon that registered it, and the resources the
+//! daemon uses for the `stats` log line.
+
+use std::time::Duration;
+
+/// Clock ticks per second for `/proc/<pid>/stat` times.
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions; it only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name, which may
+/// itself hold spaces and parentheses. Index 0 is field 3 (`state`).
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+fn boot_time_secs() -> Option<i64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// When process `pid` started (epoch ms), or None when there is no such
+/// process (or it is a zombie, which runs nothing any more).
+pub fn process_start_ms(pid: i64) -> Option<i64> {
+    let fields = stat_fields(&pid.to_string())?;
+    if fields.first().map(String::as_str) == Some("Z") {
+        return None;
+    }
+    let start_ticks: f64 = fields.get(19)?.parse().ok()?;
+    let boot = boot_time_secs()?;
+    Some(boot * 1000 + (start_ticks * 1000.0 / ticks_per_second()) as i64)
+}
+
+/// How far a process's start time, read from `/proc` with whole-second boot
+/// time, may lie after the moment its daemon recorded as `started_at`.
+const START_SLACK_MS: i64 = 2_000;
+
+/// True while the daemon that registered as (`pid`, `started_at`) may still
+/// run: the pid exists and its process started no later than the daemon
+/// registered. A pid that was reused by a later process does not count.
+pub fn daemon_alive(pid: i64, started_at: i64) -> bool {
+    match process_start_ms(pid) {
+        Some(start) => start <= started_at + START_SLACK_MS,
+        None => false,
+    }
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Resources the current process uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// User + system CPU time so far.
+    pub cpu: Duration,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+    /// OS threads.
+    pub threads: u64,
+}
+
+/// The resources of process `pid` ("self" for this one).
+pub fn usage(pid: &str) -> Option<Usage> {
+    let fields = stat_fields(pid)?;
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let threads: u64 = fields.get(17)?.parse().ok()?;
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions; it only reads a constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    Some(Usage {
+        cpu: Duration::from_secs_f64((utime + stime) / ticks_per_second()),
+        rss_bytes: pages * page,
+        threads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reused_pid_is_not() {
+        let pid = i64::from(std::process::id());
+        let start = process_start_ms(pid).expect("own stat");
+        assert!(start <= crate::job::now_ms());
+        assert!(daemon_alive(pid, crate::job::now_ms()));
+        // A daemon that registered long before this process started cannot
+        // be this process.
+        assert!(!daemon_alive(pid, start - 60_000));
+        assert!(!daemon_alive(i64::from(i32::MAX), crate::job::now_ms()));
+    }
+
+    #[test]
+    fn usage_of_this_process_is_plausible() {
+        let u = usage("self").expect("own usage");
+        assert!(u.rss_bytes > 1 << 20);
+        assert!(u.threads >= 1);
+    }
+}
