@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::job::now_ms;
 use crate::store::{CancelResult, PruneCutoffs, RetryResult, Store, SCHEMA_VERSION};
 
-
 /// Turns a list of per-id failures into the command's error (exit 1), after
 /// the successes were printed.
 fn failures(failed: Vec<String>) -> Result<()> {

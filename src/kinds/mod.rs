@@ -227,7 +227,10 @@ mod tests {
             r#"payload field count: invalid type: string "x", expected u32 at line 1 column 12"#
         );
         let unknown = err(r#"{"cuont":1}"#);
-        assert!(unknown.contains("unknown field `cuont`, expected"), "{unknown}");
+        assert!(
+            unknown.contains("unknown field `cuont`, expected"),
+            "{unknown}"
+        );
         assert!(err("{}").starts_with("payload: missing field `count`"));
         assert!(err(r#"{"count":1,"nested":{"name":5}}"#).starts_with(
             "payload field nested.name: invalid type: integer `5`, expected a string"

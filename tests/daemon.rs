@@ -1,0 +1,576 @@
+//! The daemon as users run it: the real `jobd run` process, jobs inserted by
+//! the real `sqlite3` shell, real signals. Every wait polls the database or
+//! the log with a deadline; nothing sleeps for a fixed time.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::Home;
+
+/// The schema's "now" in epoch ms, for SQL.
+const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
+/// A VALUES tuple for `Home::insert`: kind, payload, queue, priority, run_at,
+/// max_attempts, timeout_ms.
+fn job(kind: &str, payload: &str) -> String {
+    format!("('{kind}', '{payload}', 'default', 0, {NOW}, NULL, NULL)")
+}
+
+fn noop(sleep_ms: u64) -> String {
+    job("noop", &format!("{{\"sleep_ms\":{sleep_ms}}}"))
+}
+
+/// `n` tuples joined for one INSERT.
+fn many(n: usize, tuple: &str) -> String {
+    vec![tuple; n].join(", ")
+}
+
+#[test]
+fn noop_jobs_inserted_with_the_sqlite3_shell_succeed() {
+    let home = Home::new();
+    home.migrate();
+    let ids = home.insert(&many(50, &noop(0)));
+    let daemon = home.daemon();
+    home.wait_count("SELECT count(*) FROM jobs WHERE state = 'succeeded'", 50);
+    assert_eq!(
+        home.query_i64("SELECT count(*) FROM job_runs WHERE outcome = 'succeeded'"),
+        50
+    );
+    // Jobs inserted while it runs are picked up too.
+    let late = home.insert(&noop(0));
+    home.wait_state(late[0], "succeeded");
+    let log = daemon.stop();
+    assert!(log.contains(&format!("job.succeeded id={} kind=noop", ids[0])));
+    assert!(log.contains("daemon.stopped"));
+    assert_eq!(home.query_i64("SELECT count(*) FROM workers"), 0);
+}
+
+#[test]
+fn jobs_of_one_queue_run_in_priority_order_with_concurrency_one() {
+    let home = Home::with_config("[queues.serial]\nconcurrency = 1\n");
+    home.migrate();
+    let values: Vec<String> = [(0, 10), (5, 20), (5, 0), (9, 30), (0, 0)]
+        .iter()
+        .map(|(priority, age)| {
+            format!("('noop', '{{}}', 'serial', {priority}, {NOW} - {age}, NULL, NULL)")
+        })
+        .collect();
+    let ids = home.insert(&values.join(", "));
+    let daemon = home.daemon();
+    home.wait_count("SELECT count(*) FROM jobs WHERE state = 'succeeded'", 5);
+    daemon.stop();
+    let order = home
+        .sqlite3("SELECT job_id FROM job_runs ORDER BY id;")
+        .succeeds();
+    let order: Vec<i64> = order.lines().map(|l| l.parse().unwrap()).collect();
+    // priority 9; then priority 5, older run_at first; then priority 0.
+    assert_eq!(order, vec![ids[3], ids[1], ids[2], ids[0], ids[4]]);
+    // One at a time: each started after the previous one finished.
+    let overlaps = home.query_i64(
+        "SELECT count(*) FROM job_runs a JOIN job_runs b ON a.id < b.id \
+         WHERE b.started_at < a.finished_at",
+    );
+    assert_eq!(overlaps, 0);
+}
+
+#[test]
+fn a_scheduled_job_waits_for_its_run_at() {
+    let home = Home::new();
+    home.migrate();
+    let daemon = home.daemon();
+    let ids = home.insert(&format!(
+        "('noop', '{{}}', 'default', 0, {NOW} + 1500, NULL, NULL)"
+    ));
+    home.wait_state(ids[0], "succeeded");
+    let early = home.query_i64(&format!(
+        "SELECT count(*) FROM jobs WHERE id = {} AND started_at < run_at",
+        ids[0]
+    ));
+    assert_eq!(early, 0, "the job started before its run_at");
+    daemon.stop();
+}
+
+#[test]
+fn timeouts_are_retried_with_backoff_until_attempts_run_out() {
+    let home = Home::with_config("[retry]\nbackoff_base = \"50ms\"\nbackoff_max = \"1s\"\n");
+    home.migrate();
+    let ids = home.insert(&format!(
+        "('noop', '{{\"sleep_ms\":60000}}', 'default', 0, {NOW}, 3, 40)"
+    ));
+    let daemon = home.daemon();
+    home.wait_state(ids[0], "dead");
+    let log = daemon.stop();
+    let id = ids[0];
+    let runs = home
+        .sqlite3(&format!(
+            "SELECT attempt, outcome, error, duration_ms FROM job_runs WHERE job_id = {id} ORDER BY attempt;"
+        ))
+        .succeeds();
+    let rows: Vec<&str> = runs.lines().collect();
+    assert_eq!(rows.len(), 3, "{runs}");
+    for (i, row) in rows.iter().enumerate() {
+        assert!(
+            row.starts_with(&format!("{}|timeout|timed out after 40 ms|", i + 1)),
+            "{row}"
+        );
+    }
+    // Backoff: attempt 2 started at least 0.8 × 50 ms after attempt 1
+    // ended, attempt 3 at least 0.8 × 100 ms after attempt 2.
+    let gaps = home
+        .sqlite3(&format!(
+            "SELECT b.started_at - a.finished_at FROM job_runs a JOIN job_runs b \
+             ON b.job_id = a.job_id AND b.attempt = a.attempt + 1 WHERE a.job_id = {id} ORDER BY a.attempt;"
+        ))
+        .succeeds();
+    let gaps: Vec<i64> = gaps.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(gaps[0] >= 40 && gaps[1] >= 80, "gaps {gaps:?}");
+    let last_error = home
+        .sqlite3(&format!("SELECT last_error FROM jobs WHERE id = {id};"))
+        .succeeds();
+    assert_eq!(last_error.trim(), "timed out after 40 ms");
+    assert!(log.contains(&format!(
+        "job.timeout id={id} kind=noop queue=default attempt=1"
+    )));
+    assert!(log.contains("next_run_in="));
+}
+
+#[test]
+fn bad_jobs_go_dead_on_first_claim_naming_what_is_wrong() {
+    let home = Home::with_config("[limits]\nmax_payload_bytes = \"100B\"\n");
+    home.migrate();
+    let big = format!("{{\"sleep_ms\":0,\"pad\":\"{}\"}}", "x".repeat(200));
+    let values = [
+        job("bogus", "{}"),
+        job("noop", r#"{"sleep_ms":"soon"}"#),
+        job("noop", r#"{"slep_ms":5}"#),
+        job("noop", r#"{"sleep_ms":-1}"#),
+        job("noop", &big),
+        noop(0),
+    ];
+    let ids = home.insert(&values.join(", "));
+    let daemon = home.daemon();
+    home.wait_state(ids[5], "succeeded");
+    for &id in &ids[..5] {
+        home.wait_state(id, "dead");
+    }
+    let error = |i: usize| {
+        home.sqlite3(&format!(
+            "SELECT last_error FROM jobs WHERE id = {};",
+            ids[i]
+        ))
+        .succeeds()
+        .trim()
+        .to_string()
+    };
+    assert_eq!(error(0), "unknown kind \"bogus\" (this jobd runs: noop)");
+    assert!(
+        error(1).starts_with("payload field sleep_ms: invalid type: string \"soon\", expected u64"),
+        "{}",
+        error(1)
+    );
+    assert!(
+        error(2).contains("unknown field `slep_ms`, expected `sleep_ms`"),
+        "{}",
+        error(2)
+    );
+    assert!(
+        error(3).starts_with("payload field sleep_ms: invalid value: integer `-1`"),
+        "{}",
+        error(3)
+    );
+    assert!(
+        error(4).contains("over limits.max_payload_bytes (100)"),
+        "{}",
+        error(4)
+    );
+    // Never retried: exactly one attempt each.
+    assert_eq!(
+        home.query_i64("SELECT count(*) FROM job_runs WHERE outcome = 'dead'"),
+        5
+    );
+    assert_eq!(home.query_i64("SELECT max(attempts) FROM jobs"), 1);
+    daemon.stop();
+}
+
+#[test]
+fn cancel_stops_queued_jobs_at_once_and_running_jobs_through_their_flag() {
+    let home = Home::new();
+    home.migrate();
+    let daemon = home.daemon();
+    let running = home.insert(&noop(60_000))[0];
+    let scheduled = home.insert(&format!(
+        "('noop', '{{}}', 'default', 0, {NOW} + 3600000, NULL, NULL)"
+    ))[0];
+    home.wait_state(running, "running");
+    let out = home.ok(&["cancel", &running.to_string(), &scheduled.to_string()]);
+    assert!(out.contains("cancel requested"), "{out}");
+    assert_eq!(home.state(scheduled), "cancelled");
+    home.wait_state(running, "cancelled");
+    let outcome = home
+        .sqlite3(&format!(
+            "SELECT outcome FROM job_runs WHERE job_id = {running};"
+        ))
+        .succeeds();
+    assert_eq!(outcome.trim(), "cancelled");
+    let log = daemon.stop();
+    assert!(log.contains(&format!("job.cancelled id={running}")));
+}
+
+#[test]
+fn a_paused_queue_gets_no_claims_until_resumed() {
+    let home = Home::new();
+    home.migrate();
+    let daemon = home.daemon();
+    home.ok(&["pause", "mail"]);
+    let held = home.insert(&format!("('noop', '{{}}', 'mail', 0, {NOW}, NULL, NULL)"))[0];
+    // A job inserted after it in another queue finishing proves a claim pass
+    // ran after the held job was visible.
+    let other = home.insert(&noop(0))[0];
+    home.wait_state(other, "succeeded");
+    assert_eq!(home.state(held), "queued");
+    // Pausing with plain SQL works as well as the CLI; resuming wakes it.
+    home.sqlite3("INSERT OR REPLACE INTO queues(name, paused) VALUES ('mail', 0);")
+        .succeeds();
+    home.wait_state(held, "succeeded");
+    daemon.stop();
+}
+
+#[test]
+fn jobs_of_a_daemon_killed_with_sigkill_run_again_right_after_a_restart() {
+    // A lease far longer than the test: only the start-up rescue can bring
+    // the job back in time.
+    let home = Home::with_config("[daemon]\nlease = \"10m\"\nshutdown_grace = \"100ms\"\n");
+    home.migrate();
+    let id = home.insert(&noop(60_000))[0];
+    let first = home.daemon();
+    home.wait_state(id, "running");
+    first.kill9();
+    assert_eq!(home.state(id), "running");
+    let second = home.daemon_logging_to("second.log");
+    home.wait_count(
+        &format!(
+            "SELECT count(*) FROM jobs WHERE id = {id} AND state = 'running' AND attempts = 2"
+        ),
+        1,
+    );
+    let rescued = home
+        .sqlite3(&format!(
+            "SELECT attempt, outcome FROM job_runs WHERE job_id = {id};"
+        ))
+        .succeeds();
+    assert_eq!(rescued.trim(), "1|rescued");
+    let line = second.wait_log("job.rescued");
+    assert!(line.contains(&format!("id={id}")), "{line}");
+    // The dead daemon's row is gone; only the new one remains.
+    assert_eq!(home.query_i64("SELECT count(*) FROM workers"), 1);
+    second.stop();
+}
+
+#[test]
+fn sigterm_drains_then_requeues_unfinished_jobs_without_counting_the_attempt() {
+    let home = Home::with_config("[daemon]\nshutdown_grace = \"300ms\"\n");
+    home.migrate();
+    let long = home.insert(&noop(60_000))[0];
+    let daemon = home.daemon();
+    home.wait_state(long, "running");
+    let log = daemon.stop();
+    assert!(log.contains("daemon.draining running=1"), "{log}");
+    assert!(log.contains("daemon.stopped requeued=1"), "{log}");
+    assert_eq!(home.state(long), "queued");
+    assert_eq!(
+        home.query_i64(&format!("SELECT attempts FROM jobs WHERE id = {long}")),
+        0
+    );
+    let outcome = home
+        .sqlite3(&format!(
+            "SELECT outcome FROM job_runs WHERE job_id = {long};"
+        ))
+        .succeeds();
+    assert_eq!(outcome.trim(), "interrupted");
+}
+
+#[test]
+fn sigterm_lets_a_short_job_finish_and_a_second_signal_skips_the_wait() {
+    let home = Home::with_config("[daemon]\nshutdown_grace = \"1h\"\n");
+    home.migrate();
+    let short = home.insert(&noop(300))[0];
+    let daemon = home.daemon();
+    home.wait_state(short, "running");
+    let log = daemon.stop();
+    assert!(log.contains("daemon.stopped requeued=0"), "{log}");
+    assert_eq!(home.state(short), "succeeded");
+
+    let long = home.insert(&noop(3_600_000))[0];
+    let daemon = home.daemon_logging_to("second.log");
+    home.wait_state(long, "running");
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_log("daemon.draining");
+    daemon.signal(libc::SIGINT);
+    let (code, log) = daemon.wait_exit();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("daemon.stopped requeued=1"), "{log}");
+    assert_eq!(home.state(long), "queued");
+}
+
+#[test]
+fn sighup_applies_a_new_pool_size_and_keeps_the_old_config_when_the_new_one_is_invalid() {
+    const GRACE: &str = "[daemon]\nshutdown_grace = \"100ms\"\n";
+    let home = Home::with_config(&format!("{GRACE}[pool]\nthreads = 1\n"));
+    home.migrate();
+    let daemon = home.daemon();
+    let first = home.insert(&noop(60_000))[0];
+    let second = home.insert(&noop(60_000))[0];
+    home.wait_state(first, "running");
+    // One thread: the second waits. (Both were visible to the claim that
+    // took the first, or to a later one that found no free slot.)
+    assert_eq!(home.state(second), "queued");
+
+    home.write_config(&format!(
+        "{GRACE}[pool]\nthreads = 3\n[log]\nlevel = \"debug\"\n"
+    ));
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_log("config.reloaded");
+    assert!(line.contains("threads=3"), "{line}");
+    assert!(line.contains("level=debug"), "{line}");
+    home.wait_state(second, "running");
+
+    let before = daemon.log().len();
+    home.write_config(&format!("{GRACE}[pool]\nthreads = 0\n"));
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_log_after(before, "config.invalid");
+    assert!(line.contains("pool.threads must be at least 1"), "{line}");
+    assert!(line.contains("keeping the running configuration"), "{line}");
+    // Still three threads: a third long job runs beside the other two.
+    let third = home.insert(&noop(60_000))[0];
+    home.wait_state(third, "running");
+    let log = daemon.stop();
+    assert!(log.contains("daemon.stopped requeued=3"), "{log}");
+}
+
+#[test]
+fn two_daemons_on_one_file_never_run_the_same_attempt() {
+    let home = Home::with_config("[pool]\nthreads = 4\n");
+    home.migrate();
+    home.insert(&many(1000, &noop(0)));
+    let a = home.daemon_logging_to("a.log");
+    let b = home.daemon_logging_to("b.log");
+    home.insert(&many(1000, &noop(0)));
+    home.wait_count("SELECT count(*) FROM jobs WHERE state = 'succeeded'", 2000);
+    a.stop();
+    b.stop();
+    assert_eq!(home.query_i64("SELECT count(*) FROM job_runs"), 2000);
+    assert_eq!(
+        home.query_i64("SELECT count(DISTINCT job_id || ':' || attempt) FROM job_runs"),
+        2000
+    );
+    assert_eq!(home.query_i64("SELECT max(attempts) FROM jobs"), 1);
+    let workers = home
+        .sqlite3("SELECT DISTINCT worker FROM job_runs;")
+        .succeeds();
+    let workers: HashSet<&str> = workers.lines().collect();
+    assert!(!workers.is_empty());
+}
+
+#[test]
+fn four_sqlite3_writers_inserting_while_the_daemon_runs_see_no_lock_errors() {
+    let home = Home::new();
+    home.migrate();
+    let daemon = home.daemon();
+    // 1 500 separate autocommit inserts per writer, as a script.
+    for w in 0..4 {
+        let script: String = (0..1500)
+            .map(|i| {
+                format!(
+                    "INSERT INTO jobs(kind, payload, queue) VALUES ('noop', '{{}}', 'w{}'); -- {i}\n",
+                    w % 2
+                )
+            })
+            .collect();
+        std::fs::write(home.path().join(format!("writer{w}.sql")), script).unwrap();
+    }
+    let children: Vec<_> = (0..4)
+        .map(|w| {
+            let path = home.path().join(format!("writer{w}.sql"));
+            std::process::Command::new(common::sqlite3_bin())
+                .args(["-bail", "-cmd", ".timeout 5000"])
+                .arg(home.db())
+                .stdin(std::fs::File::open(&path).unwrap())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    home.wait_count("SELECT count(*) FROM jobs WHERE state = 'succeeded'", 6_000);
+    assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 6_000);
+    let log = daemon.stop();
+    assert!(
+        !log.contains("db.busy") && !log.contains("db.error"),
+        "{log}"
+    );
+}
+
+/// Kinds that misbehave, run by an in-process daemon through the public API
+/// (the shipped kinds cannot be made to panic or ignore their deadline).
+mod misbehaving_kinds {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use jobd::config::Config;
+    use jobd::job::NewJob;
+    use jobd::kinds::{Context, JobError, Kind, Registry};
+    use jobd::signals::Request;
+    use jobd::store::{OpenMode, SqliteStore, Store};
+
+    use super::common::{wait_for, PATIENCE};
+
+    struct Panics;
+    impl Kind for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        fn run(&self, _: &Context<'_>, _: &str) -> Result<Option<String>, JobError> {
+            panic!("deliberate panic in a job")
+        }
+    }
+
+    /// Sleeps through its deadline and its cancel flag.
+    struct Stubborn;
+    impl Kind for Stubborn {
+        fn name(&self) -> &'static str {
+            "stubborn"
+        }
+        fn run(&self, _: &Context<'_>, _: &str) -> Result<Option<String>, JobError> {
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(None)
+        }
+    }
+
+    /// Fails transiently twice, then succeeds with a result.
+    struct Flaky(AtomicU32);
+    impl Kind for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn run(&self, ctx: &Context<'_>, _: &str) -> Result<Option<String>, JobError> {
+            if self.0.fetch_add(1, Ordering::SeqCst) < 2 {
+                return Err(JobError::transient(format!(
+                    "connection refused on attempt {}",
+                    ctx.attempt
+                )));
+            }
+            Ok(Some(r#"{"ok":true}"#.into()))
+        }
+    }
+
+    #[test]
+    fn panics_overruns_and_transient_errors_fail_attempts_never_the_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults();
+        config.database.path = dir.path().join("jobd.db");
+        config.pool.threads = 2;
+        config.retry.backoff_base = Duration::from_millis(10);
+        let mut registry = Registry::builtin();
+        registry.add(Arc::new(Panics));
+        registry.add(Arc::new(Stubborn));
+        registry.add(Arc::new(Flaky(AtomicU32::new(0))));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let path = config.database.path.clone();
+        let daemon = {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                jobd::daemon::run(config, registry, rx, Box::new(|| Err("no reload".into())))
+            })
+        };
+        let mut store = wait_for(PATIENCE, || {
+            SqliteStore::open(&path, Duration::from_secs(5), OpenMode::Existing).ok()
+        })
+        .expect("the daemon creates the database");
+        let one = |kind: &str, max_attempts: i64, timeout_ms: Option<i64>| NewJob {
+            max_attempts: Some(max_attempts),
+            timeout_ms,
+            ..NewJob::new(kind)
+        };
+        let ids: Vec<i64> = store
+            .enqueue(
+                &[
+                    one("panics", 1, None),
+                    one("stubborn", 1, Some(100)),
+                    one("flaky", 5, None),
+                ],
+                jobd::job::now_ms(),
+            )
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id())
+            .collect();
+        let state = |store: &mut SqliteStore, id| store.job(id).unwrap().unwrap();
+        for (&id, want) in ids.iter().zip(["dead", "dead", "succeeded"]) {
+            let done = wait_for(PATIENCE, || {
+                let job = state(&mut store, id);
+                (job.state.as_str() == want).then_some(job)
+            });
+            assert!(
+                done.is_some(),
+                "job {id} never reached {want}: {:?}",
+                state(&mut store, id)
+            );
+        }
+        let panicked = state(&mut store, ids[0]);
+        assert_eq!(
+            panicked.last_error.as_deref(),
+            Some(
+                "the panics handler panicked: deliberate panic in a job (gave up after 1 attempts)"
+            )
+        );
+        let overran = state(&mut store, ids[1]);
+        assert_eq!(
+            overran.last_error.as_deref(),
+            Some("timed out after 100 ms")
+        );
+        let flaky = state(&mut store, ids[2]);
+        assert_eq!(flaky.attempts, 3);
+        assert_eq!(flaky.result.as_deref(), Some(r#"{"ok":true}"#));
+        let outcomes: Vec<String> = store
+            .runs(ids[2])
+            .unwrap()
+            .into_iter()
+            .map(|r| r.outcome.to_string())
+            .collect();
+        assert_eq!(outcomes, ["retry", "retry", "succeeded"]);
+        // The stuck thread was replaced: two more jobs still run side by side.
+        let more: Vec<i64> = store
+            .enqueue(
+                &[NewJob::new("noop"), NewJob::new("noop")],
+                jobd::job::now_ms(),
+            )
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id())
+            .collect();
+        for id in more {
+            let done = wait_for(PATIENCE, || {
+                (state(&mut store, id).state.as_str() == "succeeded").then_some(())
+            });
+            assert!(done.is_some());
+        }
+        tx.send(Request::Stop).unwrap();
+        let summary = daemon.join().unwrap().unwrap();
+        assert_eq!(summary.requeued, 0);
+    }
+}
