@@ -18,6 +18,11 @@ use crate::job::{Completion, RunOutcome, Transition};
 use crate::pool::threads::Finished;
 use crate::store::{Applied, StoreError};
 
+/// How long a finished attempt may wait for others to share its write. Well
+/// under anything an operator can see, long enough that a busy pool's
+/// outcomes go out in batches rather than one transaction each.
+pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
+
 /// The pause between attempts to write outcomes after a failed write: long
 /// enough for a stuck writer elsewhere to finish, short against the lease.
 pub const WRITE_RETRY: Duration = Duration::from_millis(250);
@@ -37,6 +42,8 @@ pub struct Completer {
     pending: Vec<Completion>,
     /// (queue, kind) of each pending outcome, for the log and the limits.
     meta: Vec<(String, String)>,
+    /// When the oldest pending outcome arrived.
+    first_at: Option<Instant>,
     failing_since: Option<Instant>,
     retry_at: Option<Instant>,
 }
@@ -55,6 +62,7 @@ pub struct Written {
 impl Completer {
     /// Queues an outcome for the next write.
     pub fn push(&mut self, finished: Finished) {
+        self.first_at.get_or_insert_with(Instant::now);
         self.pending.push(finished.completion);
         self.meta.push((finished.queue, finished.kind));
     }
@@ -74,9 +82,28 @@ impl Completer {
         !self.pending.is_empty() && self.retry_at.is_none_or(|t| now >= t)
     }
 
-    /// When a held-back write should be tried again.
-    pub fn retry_at(&self) -> Option<Instant> {
-        self.retry_at.filter(|_| !self.pending.is_empty())
+    /// True when the batch should be written now rather than wait for more:
+    /// no other attempt is still running (nothing more will come soon), or
+    /// the oldest outcome has waited [`GROUP_COMMIT_WINDOW`].
+    pub fn due(&self, now: Instant, still_running: usize) -> bool {
+        self.ready(now)
+            && (still_running == 0
+                || self
+                    .first_at
+                    .is_some_and(|t| now >= t + GROUP_COMMIT_WINDOW))
+    }
+
+    /// When the pending batch must be written at the latest (or tried again
+    /// after a failure).
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let window = self.first_at.map(|t| t + GROUP_COMMIT_WINDOW);
+        match (window, self.retry_at) {
+            (Some(w), Some(r)) => Some(w.max(r)),
+            (w, r) => w.or(r),
+        }
     }
 
     /// The outcomes to write now.
@@ -100,6 +127,7 @@ impl Completer {
             );
         }
         self.retry_at = None;
+        self.first_at = None;
         let mut out = Vec::with_capacity(applied.len());
         for ((completion, (queue, kind)), &applied) in
             self.pending.drain(..).zip(self.meta.drain(..)).zip(applied)

@@ -140,6 +140,8 @@ pub fn run(
         "daemon.stopped",
         requeued = summary.requeued,
         unwritten = summary.unwritten,
+        claimed = summary.claimed,
+        writes = summary.writes,
         uptime_s = began.elapsed().as_secs()
     );
     Ok(summary)

@@ -45,6 +45,28 @@ pub const OVERRUN_GRACE: Duration = Duration::from_secs(1);
 /// catches a writer that committed in the same moment).
 const ECHO_WINDOW: Duration = Duration::from_millis(2);
 
+/// Jobs shorter than this on average are claimed ahead of a free thread
+/// (see [`PREFETCH_PER_THREAD`]). A prefetched job then waits for a thread
+/// no longer than a few such jobs take.
+pub const SHORT_JOB: Duration = Duration::from_millis(1);
+
+/// While jobs are short, each thread's slot is joined by this many more,
+/// filled by the same claim and waiting in the pool's channel: a claim then
+/// takes 8× as many jobs per transaction, which is what lets a pool of 8
+/// threads go past the store's per-transaction cost. Longer jobs get no
+/// prefetch, so a daemon never sits on work another daemon could start.
+pub const PREFETCH_PER_THREAD: usize = 7;
+
+/// The weight of the newest attempt in the running average of durations.
+const DURATION_WEIGHT: f64 = 0.1;
+
+/// The poll period while the commit watcher runs. Every commit to a WAL
+/// database appends to the `-wal` file, so the watcher sees them all and
+/// each wake-up that is not confirmed at once gets a poll one
+/// `daemon.poll_interval` later; this slower poll is only a safety net, and
+/// it keeps an idle daemon's CPU near zero.
+pub const WATCHED_POLL: Duration = Duration::from_secs(1);
+
 /// How long to wait before claiming again after a claim failed.
 const CLAIM_RETRY: Duration = Duration::from_millis(250);
 
@@ -116,6 +138,7 @@ impl InFlight {
             completion,
             queue: self.queue.clone(),
             kind: self.kind.clone(),
+            elapsed: Duration::ZERO,
         }
     }
 }
@@ -123,6 +146,10 @@ impl InFlight {
 /// How the dispatcher's run ended.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// Write transactions (outcomes and claims together).
+    pub writes: u64,
+    /// Jobs claimed.
+    pub claimed: u64,
     /// Jobs that were interrupted and put back to `queued`.
     pub requeued: usize,
     /// Jobs whose outcome could not be written before exit (left running for
@@ -141,9 +168,13 @@ pub struct Dispatcher<S: Store> {
     done: Receiver<Finished>,
     requests: Receiver<Request>,
     wake: Receiver<()>,
+    /// A commit watcher feeds `wake`.
+    watched: bool,
     reload: Reload,
     shared: Arc<Shared>,
     in_flight: HashMap<i64, InFlight>,
+    /// In-flight jobs whose attempt has not reported yet.
+    unreported: usize,
     completer: Completer,
     limits: QueueLimits,
     /// The store's change counter when last read.
@@ -163,6 +194,10 @@ pub struct Dispatcher<S: Store> {
     /// Set by the first stop request: the drain deadline.
     draining: Option<Instant>,
     stop_now: bool,
+    writes: u64,
+    claimed: u64,
+    /// Running average of attempt durations (seconds), for the prefetch.
+    avg_duration: f64,
 }
 
 impl<S: Store> Dispatcher<S> {
@@ -180,10 +215,12 @@ impl<S: Store> Dispatcher<S> {
             pool,
             done,
             requests: parts.requests,
+            watched: parts.wake.is_some(),
             wake: parts.wake.unwrap_or_else(crossbeam_channel::never),
             reload: parts.reload,
             shared: parts.shared,
             in_flight: HashMap::new(),
+            unreported: 0,
             completer: Completer::default(),
             limits,
             data_version: 0,
@@ -197,6 +234,10 @@ impl<S: Store> Dispatcher<S> {
             claim_retry_at: None,
             draining: None,
             stop_now: false,
+            writes: 0,
+            claimed: 0,
+            // Unknown until jobs ran: assume long, so no prefetch.
+            avg_duration: f64::INFINITY,
             config: parts.config,
         })
     }
@@ -219,7 +260,11 @@ impl<S: Store> Dispatcher<S> {
             }
             if let Some(until) = self.draining {
                 if self.in_flight.is_empty() {
-                    return Summary::default();
+                    return Summary {
+                        writes: self.writes,
+                        claimed: self.claimed,
+                        ..Summary::default()
+                    };
                 }
                 if self.stop_now || now >= until {
                     return self.interrupt();
@@ -238,15 +283,25 @@ impl<S: Store> Dispatcher<S> {
         self.store
     }
 
+    /// Slots not held by a job: one per thread, plus the prefetch while
+    /// jobs are short.
     fn free_slots(&self) -> usize {
-        let busy = self.in_flight.len();
-        self.pool.size().saturating_sub(busy)
+        let threads = self.pool.size();
+        let prefetch = if self.avg_duration < SHORT_JOB.as_secs_f64() {
+            threads * PREFETCH_PER_THREAD
+        } else {
+            0
+        };
+        (threads + prefetch).saturating_sub(self.in_flight.len())
     }
 
     fn can_claim(&self, now: Instant) -> bool {
-        self.draining.is_none()
-            && self.free_slots() > 0
-            && self.claim_retry_at.is_none_or(|t| now >= t)
+        self.free_slots() > 0 && self.can_claim_at(now)
+    }
+
+    /// Not draining and not backing off after a failed claim.
+    fn can_claim_at(&self, now: Instant) -> bool {
+        self.draining.is_none() && self.claim_retry_at.is_none_or(|t| now >= t)
     }
 
     /// Moves every finished attempt into the completer.
@@ -257,8 +312,17 @@ impl<S: Store> Dispatcher<S> {
     }
 
     fn on_finished(&mut self, finished: Finished) {
+        let took = finished.elapsed.as_secs_f64();
+        self.avg_duration = if self.avg_duration.is_finite() {
+            self.avg_duration + DURATION_WEIGHT * (took - self.avg_duration)
+        } else {
+            took
+        };
         if let Some(entry) = self.in_flight.get_mut(&finished.completion.id) {
-            entry.reported = true;
+            if !entry.reported {
+                entry.reported = true;
+                self.unreported -= 1;
+            }
         }
         self.completer.push(finished);
     }
@@ -282,7 +346,12 @@ impl<S: Store> Dispatcher<S> {
             self.next_due = None;
             self.next_token = None;
         }
-        let claiming = self.maybe_ready && self.can_claim(now_i);
+        let flush = self.flush_due(now_i);
+        // Outcomes written in this transaction free their slots for the
+        // claim that follows in the same transaction.
+        let freed = if flush { self.completer.len() } else { 0 };
+        let slots = self.free_slots() + freed;
+        let claiming = self.maybe_ready && slots > 0 && self.can_claim_at(now_i);
         let mut queues = Vec::new();
         let mut requests = Vec::new();
         if claiming {
@@ -290,9 +359,9 @@ impl<S: Store> Dispatcher<S> {
                 Ok(q) => queues = q,
                 Err(e) => return self.claim_failed(&e, now_i),
             }
-            requests = self.limits.plan(self.free_slots(), &queues, now_i);
+            requests = self.limits.plan(slots, &queues, now_i);
         }
-        if !self.completer.ready(now_i) && requests.is_empty() {
+        if !flush && requests.is_empty() {
             if claiming {
                 self.maybe_ready = false;
                 self.next_token = self.limits.next_token(&queues, now_i);
@@ -314,6 +383,8 @@ impl<S: Store> Dispatcher<S> {
         match result {
             Ok((applied, jobs)) => {
                 self.last_write = Instant::now();
+                self.writes += 1;
+                self.claimed += jobs.len() as u64;
                 self.claim_retry_at = None;
                 if !applied.is_empty() {
                     for written in self.completer.written(&applied, &self.shared.counters) {
@@ -350,6 +421,12 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
         }
+    }
+
+    /// Whether the waiting outcomes should be written now.
+    fn flush_due(&self, now: Instant) -> bool {
+        self.draining.is_some() && self.completer.ready(now)
+            || self.completer.due(now, self.unreported)
     }
 
     fn claim_failed(&mut self, e: &StoreError, now: Instant) {
@@ -394,6 +471,7 @@ impl<S: Store> Dispatcher<S> {
             .dead(reason),
             queue: job.queue.clone(),
             kind: job.kind.clone(),
+            elapsed: Duration::ZERO,
         };
         let kind = match self.registry.get(&job.kind) {
             Some(kind) if kind.pool() == PoolKind::Threads => Arc::clone(kind),
@@ -445,6 +523,7 @@ impl<S: Store> Dispatcher<S> {
                 reported: false,
             },
         );
+        self.unreported += 1;
         let task = Task {
             kind,
             worker: Arc::clone(&self.worker),
@@ -490,6 +569,7 @@ impl<S: Store> Dispatcher<S> {
                 continue;
             }
             entry.reported = true;
+            self.unreported -= 1;
             event!(
                 Warn,
                 "job.overrun",
@@ -592,10 +672,26 @@ impl<S: Store> Dispatcher<S> {
         }
     }
 
+    /// The period of the fallback poll.
+    fn poll_period(&self) -> Duration {
+        let interval = self.config.daemon.poll_interval;
+        if self.watched {
+            interval.max(WATCHED_POLL)
+        } else {
+            interval
+        }
+    }
+
     /// A commit file changed: confirm the commit, which becomes visible a
     /// little after the write that woke us.
     fn on_wake(&mut self) {
-        if self.changed() || self.last_write.elapsed() < ECHO_WINDOW {
+        if self.changed() {
+            return;
+        }
+        // Whatever the write was, look once more a poll interval from now.
+        let recheck = Instant::now() + self.config.daemon.poll_interval;
+        self.next_poll = self.next_poll.min(recheck);
+        if self.last_write.elapsed() < ECHO_WINDOW {
             return;
         }
         let until = Instant::now() + CONFIRM_WINDOW;
@@ -613,11 +709,11 @@ impl<S: Store> Dispatcher<S> {
     /// Sleeps until the next thing to do.
     fn wait(&mut self) {
         let now = Instant::now();
-        if (self.maybe_ready && self.can_claim(now)) || self.completer.ready(now) {
+        if (self.maybe_ready && self.can_claim(now)) || self.flush_due(now) {
             return;
         }
         if now >= self.next_poll {
-            self.next_poll = now + self.config.daemon.poll_interval;
+            self.next_poll = now + self.poll_period();
             if self.changed() {
                 return;
             }
@@ -636,7 +732,7 @@ impl<S: Store> Dispatcher<S> {
             until = until.min(entry.deadline + OVERRUN_GRACE);
         }
         for t in [
-            self.completer.retry_at(),
+            self.completer.deadline(),
             self.claim_retry_at,
             self.draining,
         ]
@@ -662,7 +758,11 @@ impl<S: Store> Dispatcher<S> {
             },
             recv(self.wake) -> woke => match woke {
                 Ok(()) => self.on_wake(),
-                Err(_) => self.wake = crossbeam_channel::never(),
+                Err(_) => {
+                    // The watcher stopped: polling alone from now on.
+                    self.wake = crossbeam_channel::never();
+                    self.watched = false;
+                }
             },
             default(timeout) => {}
         }
@@ -728,6 +828,7 @@ impl<S: Store> Dispatcher<S> {
                 continue;
             }
             entry.reported = true;
+            self.unreported -= 1;
             requeued += 1;
             let completion = entry.attempt(id, &self.worker, now).interrupted();
             self.completer.push(entry.finished(completion));
@@ -758,6 +859,8 @@ impl<S: Store> Dispatcher<S> {
             }
         }
         Summary {
+            writes: self.writes,
+            claimed: self.claimed,
             requeued,
             unwritten: self.completer.len(),
         }

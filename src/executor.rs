@@ -44,6 +44,11 @@ impl Control {
             .is_ok()
     }
 
+    /// True once the dispatcher gave up on the job.
+    pub fn is_abandoned(&self) -> bool {
+        self.state.load(Ordering::Acquire) == ABANDONED
+    }
+
     /// The dispatcher gives up on an overrunning job; false when the thread
     /// finished first. Also raises the cancel flag so a cooperative kind stops.
     pub fn abandon(&self) -> bool {
@@ -128,14 +133,18 @@ pub fn execute(task: &Task) -> Completion {
         deadline: task.deadline,
         cancel: &task.control.cancel,
     };
-    let answer = panic::catch_unwind(AssertUnwindSafe(|| task.kind.run(&ctx, &task.job.payload)))
-        .unwrap_or_else(|panic| {
-            Err(JobError::transient(format!(
-                "the {} handler panicked: {}",
-                task.job.kind,
-                panic_message(&*panic)
-            )))
-        });
+    // A job cancelled while it waited for a thread does not start.
+    let answer = panic::catch_unwind(AssertUnwindSafe(|| {
+        ctx.check()?;
+        task.kind.run(&ctx, &task.job.payload)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(JobError::transient(format!(
+            "the {} handler panicked: {}",
+            task.job.kind,
+            panic_message(&*panic)
+        )))
+    });
     settle(task, answer, now_ms(), fastrand::f64())
 }
 

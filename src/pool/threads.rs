@@ -25,6 +25,8 @@ pub struct Finished {
     pub queue: String,
     /// The job's kind, for the log line.
     pub kind: String,
+    /// How long the attempt ran on its thread (zero when it never ran).
+    pub elapsed: std::time::Duration,
 }
 
 enum Message {
@@ -116,7 +118,14 @@ impl ThreadPool {
 
 fn work(queue: &Receiver<Message>, done: &Sender<Finished>) {
     while let Ok(Message::Run(task)) = queue.recv() {
+        if task.control.is_abandoned() {
+            // Given up before it started (shutdown): the dispatcher already
+            // put it back; the thread stays for the next task.
+            continue;
+        }
+        let began = std::time::Instant::now();
         let completion = executor::execute(&task);
+        let elapsed = began.elapsed();
         if !task.control.finish() {
             // The dispatcher gave up on this job and started a replacement
             // thread; this one leaves so the pool keeps its size.
@@ -126,6 +135,7 @@ fn work(queue: &Receiver<Message>, done: &Sender<Finished>) {
             completion,
             queue: task.job.queue,
             kind: task.job.kind,
+            elapsed,
         };
         if done.send(finished).is_err() {
             return;

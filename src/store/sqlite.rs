@@ -124,7 +124,8 @@ impl SqliteStore {
     /// Cheap (no disk read), so a dispatcher can ask it often.
     pub fn data_version(&mut self) -> Result<i64> {
         self.conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(|e| self.err("data_version", e))
     }
 
@@ -431,26 +432,25 @@ fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite:
 
 /// Claims inside an open transaction (see [`Store::claim`]).
 fn claim_in(tx: &rusqlite::Transaction<'_>, claim: &Claim<'_>) -> rusqlite::Result<Vec<Job>> {
-    let mut stmt = tx.prepare_cached(&format!(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
+    let mut jobs = Vec::new();
+    for request in claim.requests.iter().filter(|r| r.limit > 0) {
+        // The LIMIT is written into the text: a bound LIMIT makes SQLite
+        // re-prepare the statement on every run (the planner reads its
+        // value), which cost more than the claim itself. The cache keeps
+        // one statement per limit in use.
+        let mut stmt = tx.prepare_cached(&format!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
              finished_at = NULL, lease_until = ?2, worker = ?3 \
              WHERE state = 'queued' AND id IN ( \
                  SELECT id FROM jobs \
                  WHERE state = 'queued' AND queue = ?4 AND run_at <= ?1 \
                    AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
-                 ORDER BY priority DESC, run_at, id LIMIT ?5) \
-             RETURNING {JOB_COLUMNS}"
-    ))?;
-    let mut jobs = Vec::new();
-    for request in claim.requests.iter().filter(|r| r.limit > 0) {
+                 ORDER BY priority DESC, run_at, id LIMIT {}) \
+             RETURNING {JOB_COLUMNS}",
+            request.limit
+        ))?;
         let rows = stmt.query_map(
-            params![
-                claim.now,
-                claim.lease_until,
-                claim.worker,
-                request.queue,
-                request.limit as i64
-            ],
+            params![claim.now, claim.lease_until, claim.worker, request.queue],
             job_from_row,
         )?;
         let start = jobs.len();

@@ -1,0 +1,251 @@
+//! Daemon benchmarks: the real release `jobd run` process against a real
+//! SQLite file, measured from the outside.
+//!
+//! `cargo bench --bench daemon` prints:
+//! - the raw store limit (claim 64 + complete 64 in a tight loop), measured
+//!   in the same run as the yardstick;
+//! - end-to-end `noop` throughput with `pool.threads = 8`: 100 000 jobs
+//!   inserted before start, first `started_at` to last `finished_at`, with
+//!   `log.level = "info"` (a line per job, to a file) and `"warn"`;
+//! - the same with 1 000 000 queued against 10 000 queued;
+//! - idle cost over `BENCH_IDLE_SECS` (default 60) seconds: CPU and RSS;
+//! - pickup latency after that idle time: 500 jobs inserted by this process
+//!   20 ms apart, each watched until it leaves `queued`.
+//!
+//! Figures vary with the machine's load; compare within one run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jobd::job::{now_ms, NewJob};
+use jobd::store::{SqliteStore, Store};
+use rusqlite::OptionalExtension;
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, extra: &str) -> Daemon {
+        let config = dir.join("bench.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\npath = \"{}\"\n[pool]\nthreads = 8\n[log]\nfile = \"{}\"\n{extra}\n",
+                dir.join("bench.db").display(),
+                dir.join("bench.log").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_jobd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn wait_started(&self) {
+        let log = self.dir.join("bench.log");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("daemon.started")
+        {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.child.wait().unwrap();
+    }
+}
+
+fn fresh(dir: &Path) -> SqliteStore {
+    for name in ["bench.db", "bench.db-wal", "bench.db-shm", "bench.log"] {
+        std::fs::remove_file(dir.join(name)).ok();
+    }
+    common::open(&dir.join("bench.db"))
+}
+
+fn query_i64(store: &mut SqliteStore, sql: &str) -> i64 {
+    store
+        .connection()
+        .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// Waits until `runs` attempts are written; polls cheaply (max rowid).
+fn wait_runs(store: &mut SqliteStore, runs: i64) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while query_i64(store, "SELECT max(id) FROM job_runs") < runs {
+        assert!(Instant::now() < deadline, "the daemon stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Jobs per second between the end of run `from` and the end of run `to`
+/// (run ids count attempts in the order they were written).
+fn rate_between(store: &mut SqliteStore, from: i64, to: i64) -> f64 {
+    let t0 = if from == 0 {
+        query_i64(store, "SELECT min(started_at) FROM job_runs")
+    } else {
+        query_i64(
+            store,
+            &format!("SELECT finished_at FROM job_runs WHERE id = {from}"),
+        )
+    };
+    let t1 = query_i64(
+        store,
+        &format!("SELECT finished_at FROM job_runs WHERE id = {to}"),
+    );
+    (to - from) as f64 / ((t1 - t0).max(1) as f64 / 1000.0)
+}
+
+/// Pre-inserts `queued` noop jobs, runs a daemon until `measure` of them are
+/// done, and returns jobs/s over runs `skip..measure`.
+fn drain(dir: &Path, queued: usize, skip: i64, measure: i64, extra: &str) -> f64 {
+    let mut store = fresh(dir);
+    common::fill(&mut store, queued);
+    let daemon = Daemon::start(dir, extra);
+    wait_runs(&mut store, measure);
+    let rate = rate_between(&mut store, skip, measure);
+    daemon.stop();
+    rate
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wants = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+
+    if wants("throughput") {
+        let mut store = fresh(dir);
+        common::fill(&mut store, 100_000);
+        let (raw, _, _) = common::claim_complete(&mut store, 100_000);
+        println!(
+            "raw store limit (claim 64 + complete 64, one thread, no pool): {raw:>7.0} jobs/s"
+        );
+        drop(store);
+        for level in ["info", "warn"] {
+            let rates: Vec<f64> = (0..3)
+                .map(|_| drain(dir, 100_000, 0, 100_000, &format!("level = \"{level}\"\n")))
+                .collect();
+            let rate = median(rates.clone());
+            println!(
+                "end-to-end noop, 100 000 pre-inserted, pool.threads = 8, log.level = {level}: {rate:>7.0} jobs/s \
+                 (median of {rates:.0?}; {:.0} % of the raw limit)",
+                rate / raw * 100.0
+            );
+        }
+    }
+
+    if wants("scale") {
+        let small: Vec<f64> = (0..3)
+            .map(|_| drain(dir, 10_000, 0, 10_000, "level = \"warn\"\n"))
+            .collect();
+        let large = drain(dir, 1_000_000, 10_000, 110_000, "level = \"warn\"\n");
+        let small = median(small);
+        println!(
+            "end-to-end with 10 000 queued: {small:>7.0} jobs/s; with 1 000 000 queued: {large:>7.0} jobs/s (ratio {:.2})",
+            large / small
+        );
+    }
+
+    if wants("idle") {
+        let idle_secs: u64 = std::env::var("BENCH_IDLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60);
+        let mut store = fresh(dir);
+        let daemon = Daemon::start(dir, "");
+        daemon.wait_started();
+        std::thread::sleep(Duration::from_secs(2));
+        let pid = daemon.pid().to_string();
+        let before = jobd::procfs::usage(&pid).unwrap();
+        std::thread::sleep(Duration::from_secs(idle_secs));
+        let after = jobd::procfs::usage(&pid).unwrap();
+        let cpu = (after.cpu - before.cpu).as_secs_f64() / idle_secs as f64 * 100.0;
+        println!(
+            "idle for {idle_secs} s: CPU {cpu:.2} % of one core, RSS {:.1} MiB, {} threads",
+            after.rss_bytes as f64 / (1 << 20) as f64,
+            after.threads
+        );
+
+        // Pickup: the daemon has now been idle for a while.
+        let job = NewJob::new("noop");
+        let mut observed = Vec::new();
+        let mut stamped = Vec::new();
+        for _ in 0..500 {
+            let inserted = store.enqueue(std::slice::from_ref(&job), now_ms()).unwrap();
+            let committed = Instant::now();
+            let id = inserted[0].id();
+            loop {
+                let state: Option<String> = store
+                    .connection()
+                    .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()
+                    .unwrap();
+                if state.as_deref() != Some("queued") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            observed.push(committed.elapsed().as_secs_f64() * 1000.0);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let rows: Vec<f64> = store
+            .connection()
+            .prepare("SELECT started_at - created_at FROM jobs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|v| v.unwrap() as f64)
+            .collect();
+        stamped.extend(rows);
+        observed.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        stamped.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "pickup after idle, 500 jobs 20 ms apart: observed p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms \
+             (commit → state left queued, watched every 50 µs); stamped started_at − created_at p50 {} ms, p99 {} ms",
+            percentile(&observed, 0.5),
+            percentile(&observed, 0.99),
+            observed[observed.len() - 1],
+            percentile(&stamped, 0.5),
+            percentile(&stamped, 0.99),
+        );
+        daemon.stop();
+    }
+}
