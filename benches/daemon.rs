@@ -150,6 +150,22 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
 
+    if wants("raw") {
+        let pragmas = std::env::var("BENCH_PRAGMAS").unwrap_or_default();
+        let rates: Vec<f64> = (0..3)
+            .map(|_| {
+                let mut store = fresh(dir);
+                store.connection().execute_batch(&pragmas).unwrap();
+                common::fill(&mut store, 100_000);
+                common::claim_complete(&mut store, 100_000).0
+            })
+            .collect();
+        println!(
+            "raw store limit: {:.0} jobs/s (median of {rates:.0?})",
+            median(rates.clone())
+        );
+    }
+
     if wants("throughput") {
         let mut store = fresh(dir);
         common::fill(&mut store, 100_000);

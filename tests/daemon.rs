@@ -574,3 +574,128 @@ mod misbehaving_kinds {
         assert_eq!(summary.requeued, 0);
     }
 }
+
+#[test]
+fn enqueue_wait_follows_a_job_through_a_running_daemon() {
+    let home = Home::new();
+    home.migrate();
+    let daemon = home.daemon();
+    let out = home.ok(&["enqueue", "noop", r#"{"sleep_ms":20}"#, "--wait"]);
+    let id: i64 = out.lines().next().unwrap().parse().unwrap();
+    assert_eq!(home.state(id), "succeeded");
+    home.jobd(&["enqueue", "noop", r#"{"sleep_ms":"x"}"#, "--wait"])
+        .fails(1, "ended dead: payload field sleep_ms: invalid type");
+    // While it runs, `jobd stats` lists it among the live daemons.
+    let stats = home.ok(&["stats"]);
+    assert!(!stats.contains("no daemons running"), "{stats}");
+    daemon.stop();
+}
+
+#[test]
+fn the_stats_line_reports_backlog_throughput_and_resources() {
+    let home = Home::with_config("[daemon]\nstats_interval = \"1s\"\n");
+    home.migrate();
+    home.insert(&many(20, &noop(0)));
+    home.insert(&format!(
+        "('noop', '{{}}', 'default', 0, {NOW} + 3600000, NULL, NULL)"
+    ));
+    let daemon = home.daemon();
+    home.wait_count("SELECT count(*) FROM jobs WHERE state = 'succeeded'", 20);
+    let line = daemon.wait_log("INFO  stats ready=0 running=0 lag_ms=0 done=");
+    for key in [
+        "failed=0",
+        "rss_mib=",
+        "cpu_pct=",
+        "threads=",
+        "cpu_workers_rss_mib=",
+    ] {
+        assert!(line.contains(key), "{line}");
+    }
+    let done: u64 = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains(" stats "))
+        .filter_map(|l| {
+            l.split(" done=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    daemon.stop();
+    // A line with nothing ready or running comes after the last success was
+    // written, and every success is counted in exactly one line.
+    assert_eq!(done, 20);
+}
+
+#[test]
+fn a_job_whose_holder_stopped_renewing_its_lease_is_rescued_by_any_daemon() {
+    // A short lease: the maintenance beat (a third of it) looks often.
+    let home = Home::with_config("[daemon]\nlease = \"1s\"\n");
+    home.migrate();
+    // A job running under a daemon on another host whose lease runs out
+    // after this daemon started (so the periodic rescue, not the start-up
+    // one, takes it back).
+    let ids = home.insert(&format!(
+        "('noop', '{{}}', 'default', 0, {NOW}, NULL, NULL)"
+    ));
+    let id = ids[0];
+    home.sqlite3(&format!(
+        "UPDATE jobs SET state = 'running', attempts = 1, worker = 'elsewhere:42:1', \
+         started_at = {NOW} - 60000, lease_until = {NOW} + 3000 WHERE id = {id};"
+    ))
+    .succeeds();
+    let daemon = home.daemon();
+    assert_eq!(home.state(id), "running");
+    home.wait_state(id, "succeeded");
+    let runs = home
+        .sqlite3(&format!(
+            "SELECT attempt, outcome, error FROM job_runs WHERE job_id = {id} ORDER BY id;"
+        ))
+        .succeeds();
+    let rows: Vec<&str> = runs.lines().collect();
+    assert_eq!(
+        rows[0],
+        "1|rescued|attempt 1 was lost: worker elsewhere:42:1 stopped renewing its lease"
+    );
+    assert_eq!(rows[1], "2|succeeded|");
+    daemon.stop();
+}
+
+#[test]
+fn outcomes_survive_a_database_locked_by_another_process_for_longer_than_the_busy_timeout() {
+    let home = Home::new();
+    std::fs::write(
+        home.config(),
+        format!(
+            "[database]\npath = \"{}\"\nbusy_timeout = \"100ms\"\n",
+            home.db().display()
+        ),
+    )
+    .unwrap();
+    home.migrate();
+    let daemon = home.daemon();
+    let id = home.insert(&noop(300))[0];
+    home.wait_state(id, "running");
+    // Another process (this test) takes the write lock and holds it until
+    // the daemon has said it is waiting.
+    let mut store = home.store();
+    let conn = store.connection();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let line = daemon.wait_log("db.busy");
+    assert!(line.contains("op=\"write outcomes\""), "{line}");
+    assert!(line.contains("action=\"keeping the outcomes"), "{line}");
+    conn.execute_batch("COMMIT").unwrap();
+    drop(store);
+    home.wait_state(id, "succeeded");
+    daemon.wait_log("db.recovered");
+    assert_eq!(
+        home.query_i64(&format!(
+            "SELECT count(*) FROM job_runs WHERE job_id = {id} AND outcome = 'succeeded'"
+        )),
+        1
+    );
+    daemon.stop();
+}

@@ -73,7 +73,7 @@ pub fn enqueue(config: &Config, args: EnqueueArgs, out: &mut dyn Write) -> Resul
         );
     }
     if args.wait {
-        return wait(&mut store, result.id());
+        return wait(&mut store, result.id(), out);
     }
     Ok(())
 }
@@ -100,7 +100,7 @@ fn check(config: &Config, job: &NewJob) -> Result<(), String> {
 }
 
 /// Follows a job until it is final; Ok only if it succeeded.
-fn wait(store: &mut dyn Store, id: i64) -> Result<()> {
+fn wait(store: &mut dyn Store, id: i64, out: &mut dyn Write) -> Result<()> {
     loop {
         let job = store.job(id)?.ok_or_else(|| {
             Error::Failed(format!("job {id} disappeared while waiting (pruned?)"))
@@ -108,7 +108,7 @@ fn wait(store: &mut dyn Store, id: i64) -> Result<()> {
         match job.state {
             JobState::Succeeded => {
                 if let Some(result) = job.result {
-                    println!("{result}");
+                    writeln!(out, "{result}").map_err(stdout_error)?;
                 }
                 return Ok(());
             }
