@@ -16,6 +16,19 @@
 //! [`commands::run`] and turns an [`error::Error`] into one sentence and an
 //! exit status.
 //!
+//! The daemon (`jobd run`, [`daemon`]) is a producer → executor → completer
+//! pipeline on plain threads. The [`dispatcher`] owns one connection: each
+//! turn it writes finished outcomes ([`completer`]) and claims jobs for the
+//! free slots in the same short transaction, within per-queue limits
+//! ([`limits`]), and hands them to the IO thread pool ([`pool`]). There the
+//! [`executor`] runs one attempt of a [`kinds::Kind`] with its deadline and
+//! cancel flag, catches panics, and settles the outcome (success, a retry
+//! after the [`retry`] backoff, or `dead`). The dispatcher sleeps until an
+//! attempt ends, a signal arrives ([`signals`]), another process commits
+//! ([`pickup`] watches the `-wal` file) or a timer is due. [`maintenance`]
+//! runs beside it on its own connection: heartbeat, lease rescue, pruning
+//! and the `stats` line, with process facts from [`procfs`].
+//!
 //! The life of a job: inserted `queued` → claimed by a daemon (`running`,
 //! under a lease) → its attempt ends → the outcome is written, fenced by
 //! worker and attempt → `succeeded`, back to `queued` for a retry, or `dead`.

@@ -142,3 +142,92 @@ fn work(queue: &Receiver<Message>, done: &Sender<Finished>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RetryConfig;
+    use crate::executor::Control;
+    use crate::job::{Job, JobState};
+    use std::time::{Duration, Instant};
+
+    fn task(id: i64) -> Task {
+        Task {
+            job: Job {
+                id,
+                queue: "default".into(),
+                kind: "noop".into(),
+                payload: r#"{"sleep_ms":20}"#.into(),
+                priority: 0,
+                run_at: 0,
+                max_attempts: None,
+                timeout_ms: None,
+                unique_key: None,
+                state: JobState::Running,
+                attempts: 1,
+                created_at: 0,
+                started_at: Some(0),
+                finished_at: None,
+                lease_until: None,
+                worker: Some("w".into()),
+                last_error: None,
+                result: None,
+                cancel_requested: false,
+            },
+            kind: Arc::new(crate::kinds::Noop),
+            worker: Arc::from("w"),
+            started_at: 0,
+            deadline: Instant::now() + Duration::from_secs(60),
+            timeout: Duration::from_secs(60),
+            max_attempts: 3,
+            retry: Arc::new(RetryConfig {
+                max_attempts: 3,
+                backoff_base: Duration::from_secs(1),
+                backoff_max: Duration::from_secs(60),
+            }),
+            control: Control::new(),
+        }
+    }
+
+    #[test]
+    fn shrinking_retires_threads_without_dropping_queued_tasks() {
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let mut pool = ThreadPool::new(4, done_tx).unwrap();
+        for id in 0..4 {
+            pool.submit(task(id));
+        }
+        pool.resize(1).unwrap();
+        for id in 4..6 {
+            pool.submit(task(id));
+        }
+        let mut ids: Vec<i64> = (0..6)
+            .map(|_| {
+                done.recv_timeout(Duration::from_secs(10))
+                    .expect("every task finishes")
+                    .completion
+                    .id
+            })
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4, 5]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.alive() != 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(pool.alive(), 1);
+        assert_eq!(pool.size(), 1);
+    }
+
+    #[test]
+    fn a_task_abandoned_before_it_started_is_skipped() {
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let pool = ThreadPool::new(1, done_tx).unwrap();
+        let t = task(1);
+        assert!(t.control.abandon());
+        pool.submit(t);
+        pool.submit(task(2));
+        let first = done.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(first.completion.id, 2);
+        assert!(done.try_recv().is_err());
+    }
+}
