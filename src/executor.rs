@@ -175,7 +175,7 @@ pub fn settle(
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {
@@ -185,10 +185,58 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// A task for unit tests: job `id` of `kind` with `payload`, on attempt
+/// `attempts` of `max_attempts`, a 250 ms timeout and a deadline far away.
+#[cfg(test)]
+pub(crate) fn test_task(
+    id: i64,
+    kind: Arc<dyn Kind>,
+    payload: &str,
+    attempts: i64,
+    max_attempts: i64,
+) -> Task {
+    use crate::job::JobState;
+    Task {
+        job: Job {
+            id,
+            queue: "default".into(),
+            kind: kind.name().into(),
+            payload: payload.into(),
+            priority: 0,
+            run_at: 0,
+            max_attempts: None,
+            timeout_ms: None,
+            unique_key: None,
+            state: JobState::Running,
+            attempts,
+            created_at: 0,
+            started_at: Some(1_000),
+            finished_at: None,
+            lease_until: None,
+            worker: Some("w".into()),
+            last_error: None,
+            result: None,
+            cancel_requested: false,
+        },
+        kind,
+        worker: Arc::from("w"),
+        started_at: 1_000,
+        deadline: Instant::now() + Duration::from_secs(60),
+        timeout: Duration::from_millis(250),
+        max_attempts,
+        retry: Arc::new(RetryConfig {
+            max_attempts: 20,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }),
+        control: Control::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{JobState, RunOutcome, Transition};
+    use crate::job::{RunOutcome, Transition};
 
     struct Panics;
     impl Kind for Panics {
@@ -201,41 +249,7 @@ mod tests {
     }
 
     fn task(kind: Arc<dyn Kind>, attempts: i64, max_attempts: i64) -> Task {
-        Task {
-            job: Job {
-                id: 7,
-                queue: "default".into(),
-                kind: kind.name().into(),
-                payload: "{}".into(),
-                priority: 0,
-                run_at: 0,
-                max_attempts: None,
-                timeout_ms: None,
-                unique_key: None,
-                state: JobState::Running,
-                attempts,
-                created_at: 0,
-                started_at: Some(1_000),
-                finished_at: None,
-                lease_until: None,
-                worker: Some("w".into()),
-                last_error: None,
-                result: None,
-                cancel_requested: false,
-            },
-            kind,
-            worker: Arc::from("w"),
-            started_at: 1_000,
-            deadline: Instant::now() + Duration::from_secs(60),
-            timeout: Duration::from_millis(250),
-            max_attempts,
-            retry: Arc::new(RetryConfig {
-                max_attempts: 20,
-                backoff_base: Duration::from_secs(1),
-                backoff_max: Duration::from_secs(60),
-            }),
-            control: Control::new(),
-        }
+        test_task(7, kind, "{}", attempts, max_attempts)
     }
 
     #[test]

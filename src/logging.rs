@@ -59,13 +59,7 @@ pub fn log_db_trouble(name: &str, op: &str, error: &crate::store::StoreError, ac
 /// panics leaves one well-formed line instead of free text on stderr.
 pub fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
-        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
-            (*s).to_string()
-        } else if let Some(s) = info.payload().downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "a non-text panic value".to_string()
-        };
+        let message = crate::executor::panic_message(info.payload());
         let thread = std::thread::current();
         let location = info
             .location()

@@ -146,47 +146,11 @@ fn work(queue: &Receiver<Message>, done: &Sender<Finished>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RetryConfig;
-    use crate::executor::Control;
-    use crate::job::{Job, JobState};
     use std::time::{Duration, Instant};
 
     fn task(id: i64) -> Task {
-        Task {
-            job: Job {
-                id,
-                queue: "default".into(),
-                kind: "noop".into(),
-                payload: r#"{"sleep_ms":20}"#.into(),
-                priority: 0,
-                run_at: 0,
-                max_attempts: None,
-                timeout_ms: None,
-                unique_key: None,
-                state: JobState::Running,
-                attempts: 1,
-                created_at: 0,
-                started_at: Some(0),
-                finished_at: None,
-                lease_until: None,
-                worker: Some("w".into()),
-                last_error: None,
-                result: None,
-                cancel_requested: false,
-            },
-            kind: Arc::new(crate::kinds::Noop),
-            worker: Arc::from("w"),
-            started_at: 0,
-            deadline: Instant::now() + Duration::from_secs(60),
-            timeout: Duration::from_secs(60),
-            max_attempts: 3,
-            retry: Arc::new(RetryConfig {
-                max_attempts: 3,
-                backoff_base: Duration::from_secs(1),
-                backoff_max: Duration::from_secs(60),
-            }),
-            control: Control::new(),
-        }
+        let noop = Arc::new(crate::kinds::Noop);
+        crate::executor::test_task(id, noop, r#"{"sleep_ms":20}"#, 1, 3)
     }
 
     #[test]
