@@ -6,10 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::Home;
-
-/// The schema's "now" in epoch ms, for SQL.
-const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+use common::{Home, NOW};
 
 /// A VALUES tuple for `Home::insert`: kind, payload, queue, priority, run_at,
 /// max_attempts, timeout_ms.
@@ -163,7 +160,10 @@ fn bad_jobs_go_dead_on_first_claim_naming_what_is_wrong() {
         .trim()
         .to_string()
     };
-    assert_eq!(error(0), "unknown kind \"bogus\" (this jobd runs: noop)");
+    assert_eq!(
+        error(0),
+        "unknown kind \"bogus\" (this jobd runs: http, noop)"
+    );
     assert!(
         error(1).starts_with("payload field sleep_ms: invalid type: string \"soon\", expected u64"),
         "{}",
@@ -485,7 +485,7 @@ mod misbehaving_kinds {
         config.database.path = dir.path().join("jobd.db");
         config.pool.threads = 2;
         config.retry.backoff_base = Duration::from_millis(10);
-        let mut registry = Registry::builtin();
+        let mut registry = Registry::builtin(&config);
         registry.add(Arc::new(Panics));
         registry.add(Arc::new(Stubborn));
         registry.add(Arc::new(Flaky(AtomicU32::new(0))));

@@ -76,7 +76,8 @@ fn run_daemon(
         log.reload(&config.log).map_err(|e| e.to_string())?;
         Ok(config)
     });
-    crate::daemon::run(config, crate::kinds::Registry::builtin(), requests, reload)?;
+    let registry = crate::kinds::Registry::builtin(&config);
+    crate::daemon::run(config, registry, requests, reload)?;
     Ok(())
 }
 

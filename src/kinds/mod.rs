@@ -11,8 +11,10 @@
 //! [`Kind::run`] on a pool thread, catches panics and turns the answer into
 //! a completion.
 
+pub mod http;
 mod noop;
 
+pub use http::Http;
 pub use noop::Noop;
 
 use std::collections::HashMap;
@@ -21,6 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
+
+use crate::config::Config;
 
 /// Which pool runs a kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,12 +173,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Every kind this build ships.
-    pub fn builtin() -> Registry {
+    /// Every kind this build ships, configured from `config`.
+    pub fn builtin(config: &Config) -> Registry {
         let mut registry = Registry {
             kinds: HashMap::new(),
         };
         registry.add(Arc::new(Noop));
+        registry.add(Arc::new(Http::new(&config.http)));
         registry
     }
 

@@ -29,6 +29,12 @@ pub struct Finished {
     pub elapsed: std::time::Duration,
 }
 
+/// The stack of each pool thread. Set deliberately small so that a pool of
+/// a thousand threads for slow HTTP calls costs megabytes, not gigabytes of
+/// reserved address space; kinds keep deep work (parsing, TLS) well within
+/// it, and serde_json's recursion limit bounds payload nesting.
+pub const THREAD_STACK: usize = 256 * 1024;
+
 enum Message {
     Run(Box<Task>),
     Retire,
@@ -105,6 +111,7 @@ impl ThreadPool {
         alive.fetch_add(1, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name(format!("jobd-io-{}", self.spawned))
+            .stack_size(THREAD_STACK)
             .spawn(move || {
                 work(&queue, &done);
                 alive.fetch_sub(1, Ordering::Relaxed);

@@ -1,0 +1,262 @@
+//! The `http` kind against a real HTTP server on 127.0.0.1 (tiny_http in the
+//! test), driven through the real daemon.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Home, HttpServer, Reply};
+
+/// A home whose retries come back fast.
+fn home(extra: &str) -> Home {
+    let home = Home::with_config(&format!(
+        "[retry]\nbackoff_base = \"20ms\"\nbackoff_max = \"100ms\"\n[daemon]\nshutdown_grace = \"100ms\"\n{extra}"
+    ));
+    home.migrate();
+    home
+}
+
+#[test]
+fn a_post_carries_its_json_idempotency_key_and_user_agent() {
+    let server = HttpServer::start(|_, _| Reply::new(201, "created").header("X-Order", "42"));
+    let home = home("");
+    let daemon = home.daemon();
+    let id = home.insert_job(
+        "http",
+        &format!(
+            r#"{{"url":"{}/orders","method":"POST","json":{{"order":42}},"headers":{{"X-Trace":"t-1"}}}}"#,
+            server.base
+        ),
+        "NULL",
+        "NULL",
+    );
+    home.wait_state(id, "succeeded");
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    let req = &got[0];
+    assert_eq!((req.method.as_str(), req.url.as_str()), ("POST", "/orders"));
+    assert_eq!(req.body, r#"{"order":42}"#);
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(
+        req.header("idempotency-key"),
+        Some(format!("jobd-{id}").as_str())
+    );
+    assert_eq!(
+        req.header("user-agent"),
+        Some(format!("jobd/{}", env!("CARGO_PKG_VERSION")).as_str())
+    );
+    assert_eq!(req.header("x-trace"), Some("t-1"));
+    let result: serde_json::Value =
+        serde_json::from_str(&home.text(&format!("SELECT result FROM jobs WHERE id = {id};")))
+            .unwrap();
+    assert_eq!(result["status"], 201);
+    assert_eq!(result["body"], "created");
+    assert_eq!(result["truncated"], false);
+    assert_eq!(result["headers"]["x-order"], "42", "{result}");
+    assert!(result["elapsed_ms"].is_u64());
+    daemon.stop();
+}
+
+#[test]
+fn a_flaky_endpoint_succeeds_on_the_third_attempt_and_a_404_is_dead_at_once() {
+    let server = HttpServer::start(|req, before| match req.url.as_str() {
+        "/flaky" if before < 2 => Reply::new(503, "busy"),
+        "/flaky" => Reply::new(200, "ok"),
+        _ => Reply::new(404, "no such thing"),
+    });
+    let home = home("");
+    let daemon = home.daemon();
+    let flaky = home.insert_job(
+        "http",
+        &format!(r#"{{"url":"{}/flaky"}}"#, server.base),
+        "5",
+        "NULL",
+    );
+    let missing = home.insert_job(
+        "http",
+        &format!(r#"{{"url":"{}/missing"}}"#, server.base),
+        "5",
+        "NULL",
+    );
+    home.wait_state(flaky, "succeeded");
+    home.wait_state(missing, "dead");
+    let outcomes = home.text(&format!(
+        "SELECT group_concat(outcome, ',') FROM (SELECT outcome FROM job_runs WHERE job_id = {flaky} ORDER BY attempt);"
+    ));
+    assert_eq!(outcomes, "retry,retry,succeeded");
+    assert_eq!(
+        home.text(&format!(
+            "SELECT attempts || ' ' || last_error FROM jobs WHERE id = {missing};"
+        )),
+        format!(
+            "1 GET {}/missing answered 404, outside the expected statuses",
+            server.base
+        )
+    );
+    let log = daemon.stop();
+    assert!(
+        log.contains(&format!("job.retry id={flaky} kind=http")),
+        "{log}"
+    );
+}
+
+#[test]
+fn retry_after_on_429_moves_the_next_run_at_least_that_far() {
+    let server = HttpServer::start(|_, _| Reply::new(429, "slow down").header("Retry-After", "3"));
+    let home = home("");
+    let daemon = home.daemon();
+    let id = home.insert_job(
+        "http",
+        &format!(r#"{{"url":"{}/limited"}}"#, server.base),
+        "5",
+        "NULL",
+    );
+    home.wait_count(
+        &format!("SELECT count(*) FROM job_runs WHERE job_id = {id} AND outcome = 'retry'"),
+        1,
+    );
+    let ahead = home.query_i64(&format!(
+        "SELECT run_at - finished_at FROM jobs WHERE id = {id}"
+    ));
+    assert!(ahead >= 2_900, "run_at only {ahead} ms after the attempt");
+    daemon.stop();
+}
+
+#[test]
+fn a_server_that_never_answers_is_timed_out_and_frees_its_thread() {
+    let server = HttpServer::start(|_, _| Reply::new(200, "late").after(Duration::from_secs(60)));
+    // Two threads, five hanging jobs: they can only all finish if each
+    // thread is given back near its job's deadline.
+    let home = home("[pool]\nthreads = 2\n");
+    let daemon = home.daemon();
+    let ids: Vec<i64> = (0..5)
+        .map(|i| {
+            home.insert_job(
+                "http",
+                &format!(r#"{{"url":"{}/hang/{i}"}}"#, server.base),
+                "1",
+                "300",
+            )
+        })
+        .collect();
+    for &id in &ids {
+        home.wait_state(id, "dead");
+        assert_eq!(
+            home.text(&format!("SELECT last_error FROM jobs WHERE id = {id};")),
+            "timed out after 300 ms"
+        );
+    }
+    // The client ended each attempt at its deadline: the dispatcher's
+    // backstop (a second past the deadline) never had to step in.
+    let log = daemon.stop();
+    assert!(!log.contains("job.overrun"), "{log}");
+}
+
+#[test]
+fn a_large_body_is_cut_at_max_response_bytes() {
+    let server = HttpServer::start(|_, _| Reply::new(200, &"x".repeat(5_000)));
+    let home = home("[http]\nmax_response_bytes = \"1KiB\"\n");
+    let daemon = home.daemon();
+    let id = home.insert_job(
+        "http",
+        &format!(r#"{{"url":"{}/big"}}"#, server.base),
+        "NULL",
+        "NULL",
+    );
+    home.wait_state(id, "succeeded");
+    let result: serde_json::Value =
+        serde_json::from_str(&home.text(&format!("SELECT result FROM jobs WHERE id = {id};")))
+            .unwrap();
+    assert_eq!(result["truncated"], true);
+    assert_eq!(result["body"].as_str().unwrap().len(), 1024);
+    daemon.stop();
+}
+
+#[test]
+fn the_outbound_guard_refuses_denied_addresses_on_redirects_and_numeric_hosts() {
+    let server = HttpServer::start(|req, _| match req.url.as_str() {
+        "/to-metadata" => {
+            Reply::new(302, "").header("Location", "http://169.254.169.254/latest/meta-data/")
+        }
+        _ => Reply::new(200, "fine"),
+    });
+    let home = home("");
+    let daemon = home.daemon();
+    let redirect = home.insert_job(
+        "http",
+        &format!(r#"{{"url":"{}/to-metadata"}}"#, server.base),
+        "5",
+        "NULL",
+    );
+    home.wait_state(redirect, "dead");
+    let error = home.text(&format!(
+        "SELECT last_error FROM jobs WHERE id = {redirect};"
+    ));
+    assert!(
+        error.contains(
+            "resolves to 169.254.169.254, inside http.deny_networks entry 169.254.0.0/16"
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        home.query_i64(&format!("SELECT attempts FROM jobs WHERE id = {redirect}")),
+        1
+    );
+    daemon.stop();
+
+    // An operator who denies loopback: the numeric form of 127.0.0.1 and an
+    // IPv4-mapped IPv6 literal are refused too; nothing reaches the server.
+    home.write_config(
+        "[http]\ndeny_networks = [\"127.0.0.0/8\", \"169.254.0.0/16\"]\n[retry]\nbackoff_base = \"20ms\"\n",
+    );
+    let daemon = home.daemon_logging_to("second.log");
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let before = server.received().len();
+    for url in [
+        format!("http://127.0.0.1:{port}/x"),
+        format!("http://2130706433:{port}/x"),
+        format!("http://[::ffff:127.0.0.1]:{port}/x"),
+    ] {
+        let id = home.insert_job("http", &format!(r#"{{"url":"{url}"}}"#), "5", "NULL");
+        home.wait_state(id, "dead");
+        let error = home.text(&format!("SELECT last_error FROM jobs WHERE id = {id};"));
+        assert!(
+            error.contains("inside http.deny_networks entry 127.0.0.0/8"),
+            "{url}: {error}"
+        );
+    }
+    assert_eq!(server.received().len(), before);
+    daemon.stop();
+}
+
+#[test]
+fn bad_http_payloads_are_dead_with_the_field_named() {
+    let home = home("");
+    let daemon = home.daemon();
+    let cases = [
+        (
+            r#"{"url":"ftp://example.com/"}"#,
+            "payload field url: \"ftp://example.com/\" must use http or https",
+        ),
+        (
+            r#"{"url":"http://x/","body":"a","json":{}}"#,
+            "payload: give either body or json, not both",
+        ),
+        (
+            r#"{"url":"http://x/","method":"BREW"}"#,
+            "payload field method: unknown variant `BREW`",
+        ),
+        (
+            r#"{"url":"http://x/","headers":{"X-A":"1\r\nX-B: 2"}}"#,
+            "payload field headers: header \"X-A\"",
+        ),
+        (r#"{"uri":"http://x/"}"#, "unknown field `uri`"),
+    ];
+    for (payload, want) in cases {
+        let id = home.insert_job("http", payload, "5", "NULL");
+        home.wait_state(id, "dead");
+        let error = home.text(&format!("SELECT last_error FROM jobs WHERE id = {id};"));
+        assert!(error.contains(want), "{payload}: {error}");
+    }
+    daemon.stop();
+}
