@@ -31,11 +31,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, extra: &str) -> Daemon {
+        Daemon::start_with(dir, 8, extra)
+    }
+
+    /// A daemon with `threads` pool threads; `extra` goes into `[log]` and
+    /// may open further sections.
+    fn start_with(dir: &Path, threads: usize, extra: &str) -> Daemon {
         let config = dir.join("bench.toml");
         std::fs::write(
             &config,
             format!(
-                "[database]\npath = \"{}\"\n[pool]\nthreads = 8\n[log]\nfile = \"{}\"\n{extra}\n",
+                "[database]\npath = \"{}\"\n[pool]\nthreads = {threads}\n[log]\nfile = \"{}\"\n{extra}\n",
                 dir.join("bench.db").display(),
                 dir.join("bench.log").display()
             ),
@@ -46,6 +52,7 @@ impl Daemon {
             .arg(&config)
             .arg("run")
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         Daemon {
@@ -74,6 +81,14 @@ impl Daemon {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A panicking benchmark must not leave a daemon behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -199,6 +214,76 @@ fn main() {
             "end-to-end with 10 000 queued: {small:>7.0} jobs/s; with 1 000 000 queued: {large:>7.0} jobs/s (ratio {:.2})",
             large / small
         );
+    }
+
+    if wants("http") {
+        for (threads, jobs, delay_ms) in [(64usize, 1_000usize, 50u64), (1_000, 10_000, 200)] {
+            let base = common::slow_http_server(Duration::from_millis(delay_ms));
+            let mut store = fresh(dir);
+            let job = NewJob {
+                payload: format!(r#"{{"url":"{base}/work"}}"#),
+                ..NewJob::new("http")
+            };
+            common::fill_with(&mut store, jobs, &job);
+            let daemon = Daemon::start_with(dir, threads, "level = \"warn\"\n");
+            let pid = daemon.pid();
+            let cpu_before = (
+                jobd::procfs::usage(&pid.to_string())
+                    .unwrap_or_default()
+                    .cpu,
+                jobd::procfs::usage("self").unwrap_or_default().cpu,
+                Instant::now(),
+            );
+            let (mut max_threads, mut max_rss) = (0usize, 0u64);
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while query_i64(&mut store, "SELECT max(id) FROM job_runs") < jobs as i64 {
+                assert!(Instant::now() < deadline, "the daemon stalled");
+                let io_threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|tasks| {
+                        tasks
+                            .flatten()
+                            .filter(|t| {
+                                std::fs::read_to_string(t.path().join("comm"))
+                                    .is_ok_and(|c| c.starts_with("jobd-io-"))
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0);
+                max_threads = max_threads.max(io_threads);
+                if let Some(u) = jobd::procfs::usage(&pid.to_string()) {
+                    max_rss = max_rss.max(u.rss_bytes);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let rate = rate_between(&mut store, 0, jobs as i64);
+            let ideal = threads as f64 * 1000.0 / delay_ms as f64;
+            let ok = query_i64(
+                &mut store,
+                "SELECT count(*) FROM jobs WHERE state = 'succeeded'",
+            );
+            let avg = query_i64(
+                &mut store,
+                "SELECT CAST(avg(duration_ms) AS INTEGER) FROM job_runs",
+            );
+            let wall = cpu_before.2.elapsed().as_secs_f64();
+            let daemon_cpu = jobd::procfs::usage(&pid.to_string())
+                .unwrap_or_default()
+                .cpu
+                - cpu_before.0;
+            let server_cpu = jobd::procfs::usage("self").unwrap_or_default().cpu - cpu_before.1;
+            println!(
+                "  average attempt {avg} ms; CPU over {wall:.1} s: daemon {:.0} %, benchmark + HTTP server {:.0} % (of one core)",
+                daemon_cpu.as_secs_f64() / wall * 100.0,
+                server_cpu.as_secs_f64() / wall * 100.0
+            );
+            println!(
+                "http: {jobs} jobs, server answers after {delay_ms} ms, pool.threads = {threads}: {rate:.0} jobs/s \
+                 ({:.0} % of the ideal {ideal:.0}); {ok} succeeded; at most {max_threads} job threads; peak RSS {:.1} MiB",
+                rate / ideal * 100.0,
+                max_rss as f64 / (1 << 20) as f64
+            );
+            daemon.stop();
+        }
     }
 
     if wants("idle") {

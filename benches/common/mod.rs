@@ -75,3 +75,86 @@ pub fn claim_complete(store: &mut SqliteStore, count: usize) -> (f64, f64, f64) 
     let rate = |d: Duration| done as f64 / d.as_secs_f64();
     (rate(started.elapsed()), rate(claiming), rate(completing))
 }
+
+/// Inserts `n` copies of `job` in batches.
+pub fn fill_with(store: &mut SqliteStore, n: usize, job: &NewJob) {
+    let batch: Vec<NewJob> = (0..10_000.min(n)).map(|_| job.clone()).collect();
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(batch.len());
+        store.enqueue(&batch[..take], now_ms()).unwrap();
+        left -= take;
+    }
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 that answers every request with 200
+/// after `delay`: one thread per connection, keep-alive, and a listen
+/// backlog of 4096 (std's 128 drops SYNs when a thousand clients connect at
+/// once, which then wait a second for the retransmit — that measured the
+/// server, not jobd). Returns its base URL.
+pub fn slow_http_server(delay: Duration) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // address structure is fully initialised before use.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        addr.sin_port = 0;
+        let rc = libc::bind(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        assert_eq!(libc::listen(fd, 4096), 0);
+        std::net::TcpListener::from_raw_fd(fd)
+    };
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        // Read one request head (the benchmark sends no body).
+                        let mut line = String::new();
+                        let mut blank = false;
+                        while let Ok(n) = reader.read_line(&mut line) {
+                            if n == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                blank = true;
+                                break;
+                            }
+                            line.clear();
+                        }
+                        if !blank {
+                            return;
+                        }
+                        std::thread::sleep(delay);
+                        let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .unwrap();
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}

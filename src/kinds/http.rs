@@ -161,8 +161,10 @@ pub struct Http {
 }
 
 impl Http {
-    /// The kind as `[http]` configures it.
-    pub fn new(config: &HttpConfig) -> Http {
+    /// The kind as `[http]` configures it, keeping up to `idle` idle
+    /// connections for reuse, also to a single host (one per pool thread:
+    /// every thread may be calling the same webhook receiver).
+    pub fn new(config: &HttpConfig, idle: usize) -> Http {
         let guard = Arc::new(Guard::new(config));
         let agent = |redirects: u32| {
             let guard = Arc::clone(&guard);
@@ -171,6 +173,8 @@ impl Http {
                 .redirects(redirects)
                 .user_agent(&config.user_agent)
                 .timeout_connect(CONNECT_TIMEOUT)
+                .max_idle_connections(idle)
+                .max_idle_connections_per_host(idle)
                 .build()
         };
         Http {

@@ -179,7 +179,7 @@ impl Registry {
             kinds: HashMap::new(),
         };
         registry.add(Arc::new(Noop));
-        registry.add(Arc::new(Http::new(&config.http)));
+        registry.add(Arc::new(Http::new(&config.http, config.pool.threads)));
         registry
     }
 
