@@ -11,9 +11,11 @@
 //! [`Kind::run`] on a pool thread, catches panics and turns the answer into
 //! a completion.
 
+pub mod file;
 pub mod http;
 mod noop;
 
+pub use file::FileKind;
 pub use http::Http;
 pub use noop::Noop;
 
@@ -180,6 +182,7 @@ impl Registry {
         };
         registry.add(Arc::new(Noop));
         registry.add(Arc::new(Http::new(&config.http, config.pool.threads)));
+        registry.add(Arc::new(FileKind::new(&config.file)));
         registry
     }
 
