@@ -162,7 +162,7 @@ fn bad_jobs_go_dead_on_first_claim_naming_what_is_wrong() {
     };
     assert_eq!(
         error(0),
-        "unknown kind \"bogus\" (this jobd runs: file, http, noop)"
+        "unknown kind \"bogus\" (this jobd runs: email, file, http, noop)"
     );
     assert!(
         error(1).starts_with("payload field sleep_ms: invalid type: string \"soon\", expected u64"),

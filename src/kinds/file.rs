@@ -146,6 +146,19 @@ impl FileKind {
     }
 }
 
+impl FileKind {
+    /// Reads a whole file confined to the roots, for other kinds (email
+    /// attachments); `field` names the payload field in errors.
+    pub fn read(&self, field: &str, raw: &str) -> Result<Vec<u8>, JobError> {
+        let located = self.locate(field, Some(raw))?;
+        let mut file = std::fs::File::from(located.open(OFlags::RDONLY)?);
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)
+            .map_err(|e| io("read", &located.raw, e))?;
+        Ok(data)
+    }
+}
+
 impl Located {
     fn root_fd(&self) -> Result<OwnedFd, JobError> {
         rustix::fs::open(

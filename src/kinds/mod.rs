@@ -11,10 +11,12 @@
 //! [`Kind::run`] on a pool thread, catches panics and turns the answer into
 //! a completion.
 
+pub mod email;
 pub mod file;
 pub mod http;
 mod noop;
 
+pub use email::Email;
 pub use file::FileKind;
 pub use http::Http;
 pub use noop::Noop;
@@ -183,6 +185,10 @@ impl Registry {
         registry.add(Arc::new(Noop));
         registry.add(Arc::new(Http::new(&config.http, config.pool.threads)));
         registry.add(Arc::new(FileKind::new(&config.file)));
+        registry.add(Arc::new(Email::new(
+            &config.email,
+            FileKind::new(&config.file),
+        )));
         registry
     }
 
