@@ -8,6 +8,9 @@
 //!   inserted before start, first `started_at` to last `finished_at`, with
 //!   `log.level = "info"` (a line per job, to a file) and `"warn"`;
 //! - the same with 1 000 000 queued against 10 000 queued;
+//! - `http`: 1 000 jobs against a local server answering after 50 ms with
+//!   64 threads, and 10 000 against 200 ms with 1 000 threads;
+//! - `email`: 1 000 messages to a local SMTP server;
 //! - idle cost over `BENCH_IDLE_SECS` (default 60) seconds: CPU and RSS;
 //! - pickup latency after that idle time: 500 jobs inserted by this process
 //!   20 ms apart, each watched until it leaves `queued`.
@@ -284,6 +287,34 @@ fn main() {
             );
             daemon.stop();
         }
+    }
+
+    if wants("email") {
+        let port = common::smtp_server();
+        let mut store = fresh(dir);
+        let job = NewJob {
+            payload: r#"{"to":["a@example.com","b@example.com"],"subject":"bench","text":"hello"}"#
+                .to_string(),
+            ..NewJob::new("email")
+        };
+        common::fill_with(&mut store, 1_000, &job);
+        let daemon = Daemon::start_with(
+            dir,
+            8,
+            &format!(
+                "level = \"warn\"\n[email]\ntransport = \"smtp\"\n[email.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
+            ),
+        );
+        wait_runs(&mut store, 1_000);
+        let rate = rate_between(&mut store, 0, 1_000);
+        let ok = query_i64(
+            &mut store,
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded'",
+        );
+        println!(
+            "email: 1 000 messages to a local SMTP server (mailin-embedded), pool.threads = 8, pooled connections: {rate:.0} jobs/s; {ok} succeeded"
+        );
+        daemon.stop();
     }
 
     if wants("idle") {

@@ -158,3 +158,26 @@ pub fn slow_http_server(delay: Duration) -> String {
     });
     format!("http://127.0.0.1:{port}")
 }
+
+#[derive(Clone)]
+struct CountingSmtp(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl mailin_embedded::Handler for CountingSmtp {
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        mailin_embedded::response::OK
+    }
+}
+
+/// A real SMTP server on 127.0.0.1 (mailin-embedded) that accepts
+/// everything; returns its port.
+pub fn smtp_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut server = mailin_embedded::Server::new(CountingSmtp(Default::default()));
+    server.with_num_threads(16).with_tcp_listener(listener);
+    std::thread::spawn(move || {
+        let _ = server.serve();
+    });
+    port
+}
