@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Home, SmtpServer};
+use mailparse::MailHeaderMap;
 
 fn smtp_home(port: u16) -> Home {
     let home = Home::new();
@@ -42,13 +43,7 @@ fn a_message_with_cc_bcc_html_and_an_attachment_reaches_every_recipient_with_a_s
         ["ann@example.com", "bob@example.com", "eve@example.com"]
     );
     let parsed = mailparse::parse_mail(mail.data.as_bytes()).unwrap();
-    let header = |name: &str| {
-        parsed
-            .headers
-            .iter()
-            .find(|h| h.get_key().eq_ignore_ascii_case(name))
-            .map(|h| h.get_value())
-    };
+    let header = |name: &str| parsed.headers.get_first_value(name);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(
         header("Message-ID"),
@@ -174,13 +169,7 @@ fn the_file_transport_writes_one_parseable_eml_per_job() {
     let eml = home.path().join("mail").join(format!("jobd-{id}.eml"));
     let bytes = std::fs::read(&eml).unwrap();
     let parsed = mailparse::parse_mail(&bytes).unwrap();
-    let header = |name: &str| {
-        parsed
-            .headers
-            .iter()
-            .find(|h| h.get_key().eq_ignore_ascii_case(name))
-            .map(|h| h.get_value())
-    };
+    let header = |name: &str| parsed.headers.get_first_value(name);
     assert_eq!(header("Subject").as_deref(), Some("Hello"));
     assert_eq!(header("From").as_deref(), Some("jobd@localhost"));
     assert!(header("Message-ID")
