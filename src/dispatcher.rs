@@ -201,6 +201,8 @@ pub struct Dispatcher<S: Store> {
     next_poll: Instant,
     next_renew: Instant,
     claim_retry_at: Option<Instant>,
+    /// When lease renewal last failed, while it keeps failing.
+    next_renew_failed: Option<Instant>,
     /// Set by the first stop request: the drain deadline.
     draining: Option<Instant>,
     stop_now: bool,
@@ -242,6 +244,7 @@ impl<S: Store> Dispatcher<S> {
             next_poll: now,
             next_renew: now + parts.config.daemon.lease / 3,
             claim_retry_at: None,
+            next_renew_failed: None,
             draining: None,
             stop_now: false,
             writes: 0,
@@ -435,7 +438,12 @@ impl<S: Store> Dispatcher<S> {
     }
 
     fn claim_failed(&mut self, e: &StoreError, now: Instant) {
+        // One line when trouble starts, not one every 250 ms while it lasts.
+        let first = self.claim_retry_at.is_none();
         self.claim_retry_at = Some(now + CLAIM_RETRY);
+        if !first {
+            return;
+        }
         let name = if e.is_busy() { "db.busy" } else { "db.error" };
         crate::logging::log_db_trouble(
             name,
@@ -633,23 +641,31 @@ impl<S: Store> Dispatcher<S> {
         }
         let until = now_ms() + lease.as_millis() as i64;
         match self.store.renew_leases(&self.worker, &ids, until) {
-            Ok(renewed) if renewed < ids.len() => event!(
-                Warn,
-                "lease.lost",
-                held = ids.len(),
-                renewed = renewed,
-                detail =
-                    "some jobs were taken back from this daemon; their outcomes will be discarded"
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                self.next_renew = now + CLAIM_RETRY;
-                crate::logging::log_db_trouble(
-                    "db.busy",
-                    "renew leases",
-                    &e,
-                    "trying again in 250ms",
+            Ok(renewed) if renewed < ids.len() => {
+                self.next_renew_failed = None;
+                event!(
+                    Warn,
+                    "lease.lost",
+                    held = ids.len(),
+                    renewed = renewed,
+                    detail = "some jobs were taken back from this daemon; their outcomes will be discarded"
                 );
+            }
+            Ok(_) => self.next_renew_failed = None,
+            Err(e) => {
+                // A renewal due sooner than usual marks a failing streak;
+                // log only its first failure.
+                let first = self.next_renew_failed.is_none();
+                self.next_renew_failed = Some(now);
+                self.next_renew = now + CLAIM_RETRY;
+                if first {
+                    crate::logging::log_db_trouble(
+                        "db.busy",
+                        "renew leases",
+                        &e,
+                        "trying again every 250ms",
+                    );
+                }
             }
         }
     }
