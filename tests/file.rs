@@ -170,3 +170,48 @@ fn escapes_by_dotdot_absolute_paths_and_symlinks_are_refused_and_touch_nothing()
     assert!(!s.root.join("stolen.txt").exists());
     daemon.stop();
 }
+
+#[test]
+fn a_symlink_swapped_in_while_the_job_runs_is_refused() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let s = setup();
+    let fifo = s.root.join("pipe");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    std::fs::create_dir(s.root.join("sub")).unwrap();
+    let daemon = s.home.daemon();
+    // The copy reads its source from the FIFO, so it blocks inside the job
+    // until this test writes; its destination folder is real when it starts.
+    let id = s.home.insert_job(
+        "file",
+        r#"{"op":"copy","from":"pipe","to":"sub/out.txt"}"#,
+        "1",
+        "NULL",
+    );
+    // Opening the write end without blocking succeeds only once the job has
+    // opened the read end: from then on the job is past any check it could
+    // have made before reading.
+    let mut writer = common::wait_for(common::PATIENCE, || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .ok()
+    })
+    .expect("the job opened the pipe");
+    // Swap the destination folder for a symlink leading out.
+    std::fs::rename(s.root.join("sub"), s.root.join("old-sub")).unwrap();
+    std::os::unix::fs::symlink(&s.outside, s.root.join("sub")).unwrap();
+    writer.write_all(b"payload").unwrap();
+    drop(writer);
+    s.home.wait_state(id, "dead");
+    let error = s
+        .home
+        .text(&format!("SELECT last_error FROM jobs WHERE id = {id};"));
+    assert!(error.contains("escapes the file root"), "{error}");
+    assert_eq!(std::fs::read_dir(&s.outside).unwrap().count(), 0);
+    daemon.stop();
+}
