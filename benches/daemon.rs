@@ -291,6 +291,10 @@ fn main() {
 
     if wants("email") {
         let port = common::smtp_server();
+        let email_threads: usize = std::env::var("BENCH_EMAIL_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8);
         let mut store = fresh(dir);
         let job = NewJob {
             payload: r#"{"to":["a@example.com","b@example.com"],"subject":"bench","text":"hello"}"#
@@ -300,7 +304,7 @@ fn main() {
         common::fill_with(&mut store, 1_000, &job);
         let daemon = Daemon::start_with(
             dir,
-            8,
+            email_threads,
             &format!(
                 "level = \"warn\"\n[email]\ntransport = \"smtp\"\n[email.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
             ),
@@ -312,7 +316,7 @@ fn main() {
             "SELECT count(*) FROM jobs WHERE state = 'succeeded'",
         );
         println!(
-            "email: 1 000 messages to a local SMTP server (mailin-embedded), pool.threads = 8, pooled connections: {rate:.0} jobs/s; {ok} succeeded"
+            "email: 1 000 messages to a local SMTP server (mailin-embedded), pool.threads = {email_threads}, pooled connections: {rate:.0} jobs/s; {ok} succeeded"
         );
         daemon.stop();
     }
