@@ -88,7 +88,7 @@ impl Guard {
         if !self.host_allowed(host) {
             return Err(refuse(format!("host {host} is not in http.allow_hosts")));
         }
-        let addrs: Vec<SocketAddr> = netloc.to_socket_addrs()?.collect();
+        let addrs = lookup(netloc, LOOKUP_DEADLINE.with(std::cell::Cell::get))?;
         for addr in &addrs {
             if let Some(net) = self.denied(addr.ip()) {
                 return Err(refuse(format!(
@@ -98,6 +98,52 @@ impl Guard {
             }
         }
         Ok(addrs)
+    }
+}
+
+thread_local! {
+    /// The deadline of the attempt running on this thread, for the
+    /// resolver: ureq's own timeout does not cover the DNS lookup.
+    static LOOKUP_DEADLINE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Resolves `netloc`, giving up at `deadline`. An address literal needs no
+/// lookup; a name is looked up on a helper thread (`getaddrinfo` cannot be
+/// cancelled), so the job's thread is free at its deadline even when DNS
+/// hangs; the helper ends when the lookup does.
+fn lookup(netloc: &str, deadline: Option<Instant>) -> std::io::Result<Vec<SocketAddr>> {
+    lookup_with(netloc, deadline, |name| {
+        name.to_socket_addrs().map(|a| a.collect::<Vec<_>>())
+    })
+}
+
+/// [`lookup`] with the resolving function given, so tests can make it slow.
+fn lookup_with(
+    netloc: &str,
+    deadline: Option<Instant>,
+    resolve: impl FnOnce(&str) -> std::io::Result<Vec<SocketAddr>> + Send + 'static,
+) -> std::io::Result<Vec<SocketAddr>> {
+    let host = netloc.rsplit_once(':').map_or(netloc, |(h, _)| h);
+    if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
+        return Ok(netloc.to_socket_addrs()?.collect());
+    }
+    let Some(deadline) = deadline else {
+        return resolve(netloc);
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let name = netloc.to_string();
+    std::thread::Builder::new()
+        .name("jobd-dns".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = tx.send(resolve(&name));
+        })?;
+    match rx.recv_deadline(deadline) {
+        Ok(answer) => answer,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("looking up {host} took past the job's deadline"),
+        )),
     }
 }
 
@@ -218,6 +264,7 @@ impl Kind for Http {
             request = request.set(name, value);
         }
         let started = Instant::now();
+        LOOKUP_DEADLINE.with(|d| d.set(Some(ctx.deadline)));
         let answer = match (&args.body, &args.json) {
             (Some(body), _) => request.send_string(body),
             (None, Some(json)) => {
@@ -232,6 +279,7 @@ impl Kind for Http {
             }
             (None, None) => request.call(),
         };
+        LOOKUP_DEADLINE.with(|d| d.set(None));
         let response = match answer {
             Ok(response) => response,
             Err(ureq::Error::Status(_, response)) => response,
@@ -419,6 +467,25 @@ mod tests {
         assert!(!g.host_allowed("evil.com"));
         assert!(!g.host_allowed("api.example.com.evil.com"));
         assert!(g.resolve("evil.com:80").is_err());
+    }
+
+    #[test]
+    fn lookups_give_up_at_the_deadline_and_literals_need_none() {
+        let past = Some(Instant::now() - Duration::from_millis(1));
+        assert_eq!(
+            lookup("127.0.0.1:80", past).unwrap(),
+            vec!["127.0.0.1:80".parse().unwrap()]
+        );
+        assert!(lookup("[::1]:80", past).is_ok());
+        let hanging = |_: &str| {
+            std::thread::sleep(Duration::from_secs(5));
+            Ok(Vec::new())
+        };
+        let soon = Some(Instant::now() + Duration::from_millis(50));
+        let err = lookup_with("slow.example:80", soon, hanging).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        let far = Some(Instant::now() + Duration::from_secs(30));
+        assert!(!lookup("localhost:80", far).unwrap().is_empty());
     }
 
     #[test]
