@@ -699,3 +699,30 @@ fn outcomes_survive_a_database_locked_by_another_process_for_longer_than_the_bus
     );
     daemon.stop();
 }
+
+#[test]
+fn a_queue_rate_spaces_its_claims_and_daemon_queues_limits_what_is_served() {
+    let home = Home::with_config(
+        "[daemon]\nqueues = [\"api\", \"default\"]\nshutdown_grace = \"100ms\"\n[queues.api]\nrate = \"5/s\"\n",
+    );
+    home.migrate();
+    let api: Vec<i64> = (0..10)
+        .map(|_| home.insert(&format!("('noop', '{{}}', 'api', 0, {NOW}, NULL, NULL)"))[0])
+        .collect();
+    let elsewhere = home.insert(&format!("('noop', '{{}}', 'other', 0, {NOW}, NULL, NULL)"))[0];
+    let daemon = home.daemon();
+    for &id in &api {
+        home.wait_state(id, "succeeded");
+    }
+    // A bucket of 5 that refills 5 a second: the 10th claim comes at least
+    // (10 - 5) / 5 s = 1 s after the first.
+    let spread =
+        home.query_i64("SELECT max(started_at) - min(started_at) FROM jobs WHERE queue = 'api'");
+    assert!(spread >= 950, "10 jobs at 5/s started within {spread} ms");
+    // A queue this daemon does not serve is left alone: a job inserted
+    // after it in a served queue finishing proves claims went on.
+    let probe = home.insert(&noop(0))[0];
+    home.wait_state(probe, "succeeded");
+    assert_eq!(home.state(elsewhere), "queued");
+    daemon.stop();
+}
