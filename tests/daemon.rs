@@ -677,15 +677,19 @@ fn outcomes_survive_a_database_locked_by_another_process_for_longer_than_the_bus
     .unwrap();
     home.migrate();
     let daemon = home.daemon();
-    let id = home.insert(&noop(300))[0];
+    let id = home.insert(&noop(1_500))[0];
     home.wait_state(id, "running");
-    // Another process (this test) takes the write lock and holds it until
-    // the daemon has said it is waiting.
+    // Another process (this test) takes the write lock while the job still
+    // runs and holds it until the daemon has said it keeps the outcome.
     let mut store = home.store();
     let conn = store.connection();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let line = daemon.wait_log("db.busy");
-    assert!(line.contains("op=\"write outcomes\""), "{line}");
+    let state: String = conn
+        .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap();
+    assert_eq!(state, "running", "the job ended before the lock was taken");
+    let line = daemon.wait_log("op=\"write outcomes\"");
+    assert!(line.contains("db.busy"), "{line}");
     assert!(line.contains("action=\"keeping the outcomes"), "{line}");
     conn.execute_batch("COMMIT").unwrap();
     drop(store);
