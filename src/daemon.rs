@@ -144,5 +144,6 @@ pub fn run(
         writes = summary.writes,
         uptime_s = began.elapsed().as_secs()
     );
+    crate::logging::flush();
     Ok(summary)
 }

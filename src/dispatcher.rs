@@ -257,6 +257,9 @@ impl<S: Store> Dispatcher<S> {
 
     /// Runs until a stop request has been honoured; returns what was left.
     pub fn run(&mut self) -> Summary {
+        // A line per job would be a write per job; this thread's lines go
+        // out once per turn instead, before it sleeps.
+        crate::logging::batch_this_thread();
         self.data_version = self.store.change_counter().unwrap_or(0);
         loop {
             self.shared
@@ -763,6 +766,7 @@ impl<S: Store> Dispatcher<S> {
             until = until.min(t);
         }
         let timeout = until.saturating_duration_since(now);
+        crate::logging::flush();
         select! {
             recv(self.done) -> finished => {
                 if let Ok(finished) = finished {

@@ -90,7 +90,13 @@ pub struct LogError {
 /// Where lines go; swapped in place on reload.
 #[derive(Clone)]
 struct Sink {
-    inner: Arc<Mutex<Output>>,
+    inner: Arc<Mutex<Destination>>,
+}
+
+struct Destination {
+    output: Output,
+    /// Lines written by a batching thread and not yet handed to the output.
+    pending: Vec<u8>,
 }
 
 enum Output {
@@ -98,19 +104,64 @@ enum Output {
     File(File),
 }
 
+/// A batching thread's lines are handed over at the latest when this much
+/// is pending, so a loop that never pauses still logs promptly.
+const BATCH_LIMIT: usize = 64 * 1024;
+
+thread_local! {
+    /// Set on the dispatcher's thread: its lines are written once per turn
+    /// of its loop ([`flush`]) instead of one `write` call each.
+    static BATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The installed sink, for [`flush`].
+static SINK: std::sync::OnceLock<Sink> = std::sync::OnceLock::new();
+
+/// Makes this thread's log lines wait for [`flush`] (or [`BATCH_LIMIT`]).
+/// Lines from other threads still go out at once, taking any pending ones
+/// with them, so the order of lines is kept.
+pub fn batch_this_thread() {
+    BATCHING.with(|b| b.set(true));
+}
+
+/// Writes out whatever lines are pending.
+pub fn flush() {
+    if let Some(sink) = SINK.get() {
+        let mut dest = sink.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = dest.drain();
+    }
+}
+
+impl Destination {
+    fn drain(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = match &mut self.output {
+            Output::Stderr => io::stderr().write_all(&self.pending),
+            Output::File(f) => f.write_all(&self.pending),
+        };
+        self.pending.clear();
+        result
+    }
+}
+
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut out = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut *out {
-            Output::Stderr => io::stderr().write_all(buf)?,
-            Output::File(f) => f.write_all(buf)?,
+        let mut dest = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        dest.pending.extend_from_slice(buf);
+        if !BATCHING.with(std::cell::Cell::get) || dest.pending.len() >= BATCH_LIMIT {
+            dest.drain()?;
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let mut out = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut *out {
+        let mut dest = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if !BATCHING.with(std::cell::Cell::get) {
+            dest.drain()?;
+        }
+        match &mut dest.output {
             Output::Stderr => io::stderr().flush(),
             Output::File(f) => f.flush(),
         }
@@ -143,7 +194,10 @@ impl LogHandle {
     /// On error the old destination stays.
     pub fn reload(&self, config: &LogConfig) -> Result<(), LogError> {
         let output = open(config.file.as_deref())?;
-        *self.sink.inner.lock().unwrap_or_else(|p| p.into_inner()) = output;
+        let mut dest = self.sink.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = dest.drain();
+        dest.output = output;
+        drop(dest);
         log::set_max_level(config.level.into());
         Ok(())
     }
@@ -153,8 +207,12 @@ impl LogHandle {
 /// lines itself.
 pub fn init(config: &LogConfig, timestamps: bool) -> Result<LogHandle, LogError> {
     let sink = Sink {
-        inner: Arc::new(Mutex::new(open(config.file.as_deref())?)),
+        inner: Arc::new(Mutex::new(Destination {
+            output: open(config.file.as_deref())?,
+            pending: Vec::new(),
+        })),
     };
+    let _ = SINK.set(sink.clone());
     let format = config.format;
     let mut builder = env_logger::Builder::new();
     builder
