@@ -117,7 +117,7 @@ thread_local! {
 /// The installed sink, for [`flush`].
 static SINK: std::sync::OnceLock<Sink> = std::sync::OnceLock::new();
 
-/// Makes this thread's log lines wait for [`flush`] (or [`BATCH_LIMIT`]).
+/// Makes this thread's log lines wait for [`flush`] (or 64 KiB of them).
 /// Lines from other threads still go out at once, taking any pending ones
 /// with them, so the order of lines is kept.
 pub fn batch_this_thread() {
