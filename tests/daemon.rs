@@ -730,3 +730,33 @@ fn a_queue_rate_spaces_its_claims_and_daemon_queues_limits_what_is_served() {
     assert_eq!(home.state(elsewhere), "queued");
     daemon.stop();
 }
+
+#[test]
+fn sighup_reopens_the_log_file_after_logrotate_moved_it() {
+    let home = Home::new();
+    let log = home.path().join("jobd.log");
+    let config = format!(
+        "[log]\nfile = \"{}\"\n[daemon]\nshutdown_grace = \"100ms\"\n",
+        log.display()
+    );
+    home.write_config(&config);
+    home.migrate();
+    let daemon = home.daemon_reading(&home.path().join("stderr.txt"), &log);
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    // logrotate moves the file away, then signals.
+    let rotated = home.path().join("jobd.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    daemon.signal(libc::SIGHUP);
+    common::wait_for(common::PATIENCE, || {
+        read(&log).contains("config.reloaded").then_some(())
+    })
+    .expect("a new log file after SIGHUP");
+    let id = home.insert(&noop(0))[0];
+    home.wait_state(id, "succeeded");
+    let stopped = daemon.stop();
+    let fresh = read(&log);
+    assert_eq!(fresh, stopped);
+    assert!(fresh.contains(&format!("job.succeeded id={id}")), "{fresh}");
+    assert!(fresh.contains("daemon.stopped"), "{fresh}");
+    assert!(!read(&rotated).contains("config.reloaded"));
+}

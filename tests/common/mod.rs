@@ -209,11 +209,17 @@ impl Home {
 
     /// Starts `jobd run` logging to `name` in the home folder.
     pub fn daemon_logging_to(&self, name: &str) -> Daemon {
-        let log = self.path().join(name);
+        self.daemon_reading(&self.path().join(name), &self.path().join(name))
+    }
+
+    /// Starts `jobd run` with stderr in `stderr` and waits for its
+    /// `daemon.started` line in `log` (the config's `log.file`, or `stderr`).
+    pub fn daemon_reading(&self, stderr: &Path, log: &Path) -> Daemon {
+        let log = log.to_path_buf();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log)
+            .open(stderr)
             .expect("log file");
         let child = self
             .cmd(&["run"])
