@@ -212,6 +212,22 @@ fn bad_database_paths_get_their_own_messages() {
     assert_eq!(err.lines().count(), 1, "{err}");
     home.jobd(&["enqueue", "noop"])
         .fails(1, "is not a SQLite database");
+
+    // A database in a folder that does not exist: the daemon and migrate
+    // say so rather than "read-only".
+    let elsewhere = home.path().join("no-such-folder").join("jobd.db");
+    std::fs::write(
+        home.config(),
+        format!("[database]\npath = \"{}\"\n", elsewhere.display()),
+    )
+    .unwrap();
+    for command in ["run", "migrate"] {
+        let err = home.jobd(&[command]).fails(
+            1,
+            "no-such-folder/jobd.db does not exist; create it or change database.path",
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 }
 
 #[test]

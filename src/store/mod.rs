@@ -38,6 +38,12 @@ pub enum StoreError {
         /// The configured path.
         path: PathBuf,
     },
+    /// The folder that should hold the database does not exist.
+    #[error("the folder of database {} does not exist; create it or change database.path", path.display())]
+    NoFolder {
+        /// The configured path.
+        path: PathBuf,
+    },
     /// The file exists but is not SQLite.
     #[error("{} is not a SQLite database", path.display())]
     NotADatabase {

@@ -69,6 +69,10 @@ impl SqliteStore {
                 if mode == OpenMode::Existing {
                     return Err(StoreError::Missing { path });
                 }
+                let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+                if folder.is_some_and(|f| !f.is_dir()) {
+                    return Err(StoreError::NoFolder { path });
+                }
             }
             Err(e) => {
                 return Err(StoreError::ReadOnly {
