@@ -166,11 +166,7 @@ impl Completer {
         } else {
             log::Level::Debug
         };
-        let name = if error.is_busy() {
-            "db.busy"
-        } else {
-            "db.error"
-        };
+        let name = crate::logging::db_event(error);
         log::log!(
             target: crate::logging::TARGET,
             level,

@@ -129,7 +129,6 @@ pub fn run(
     let mut store = dispatcher.into_store();
     if let Err(e) = store.deregister_worker(&worker) {
         crate::logging::log_db_trouble(
-            "db.error",
             "deregister",
             &e,
             "the row is forgotten once its heartbeat is old",

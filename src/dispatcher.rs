@@ -447,13 +447,7 @@ impl<S: Store> Dispatcher<S> {
         if !first {
             return;
         }
-        let name = if e.is_busy() { "db.busy" } else { "db.error" };
-        crate::logging::log_db_trouble(
-            name,
-            "claim",
-            e,
-            "claiming again in 250ms; running jobs go on",
-        );
+        crate::logging::log_db_trouble("claim", e, "claiming again in 250ms; running jobs go on");
     }
 
     fn refresh_next_due(&mut self, queues: &[String]) {
@@ -461,7 +455,6 @@ impl<S: Store> Dispatcher<S> {
             Ok(next) => self.next_due = next,
             Err(e) => {
                 crate::logging::log_db_trouble(
-                    "db.error",
                     "read next run_at",
                     &e,
                     "falling back to the poll interval",
@@ -625,7 +618,6 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
             Err(e) => crate::logging::log_db_trouble(
-                "db.error",
                 "read cancel requests",
                 &e,
                 "looking again at the next change",
@@ -662,12 +654,7 @@ impl<S: Store> Dispatcher<S> {
                 self.next_renew_failed = Some(now);
                 self.next_renew = now + CLAIM_RETRY;
                 if first {
-                    crate::logging::log_db_trouble(
-                        "db.busy",
-                        "renew leases",
-                        &e,
-                        "trying again every 250ms",
-                    );
+                    crate::logging::log_db_trouble("renew leases", &e, "trying again every 250ms");
                 }
             }
         }
@@ -686,7 +673,6 @@ impl<S: Store> Dispatcher<S> {
             Ok(_) => false,
             Err(e) => {
                 crate::logging::log_db_trouble(
-                    "db.error",
                     "read data_version",
                     &e,
                     "looking again at the next poll",

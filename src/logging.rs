@@ -41,10 +41,11 @@ macro_rules! event {
     };
 }
 
-/// Logs trouble with the database (`db.busy` or `db.error`) with the
-/// operation that failed and what jobd does about it.
-pub fn log_db_trouble(name: &str, op: &str, error: &crate::store::StoreError, action: &str) {
-    let name = if error.is_busy() { "db.busy" } else { name };
+/// Logs trouble with the database with the operation that failed and what
+/// jobd does about it: `db.busy` when another connection held the lock too
+/// long, `db.error` for anything else.
+pub fn log_db_trouble(op: &str, error: &crate::store::StoreError, action: &str) {
+    let name = db_event(error);
     log::log!(
         target: TARGET,
         log::Level::Warn,
@@ -53,6 +54,15 @@ pub fn log_db_trouble(name: &str, op: &str, error: &crate::store::StoreError, ac
         action = action;
         "{}", name
     );
+}
+
+/// The event name for a store error: `db.busy` or `db.error`.
+pub fn db_event(error: &crate::store::StoreError) -> &'static str {
+    if error.is_busy() {
+        "db.busy"
+    } else {
+        "db.error"
+    }
 }
 
 /// Routes panic messages into the log as `panic` events, so a job that

@@ -158,12 +158,7 @@ impl<S: Store> Maintenance<S> {
         let now = now_ms();
         let running = self.shared.running.load(Ordering::Relaxed) as i64;
         if let Err(e) = self.store.heartbeat(&self.worker, now, running) {
-            crate::logging::log_db_trouble(
-                "db.error",
-                "heartbeat",
-                &e,
-                "trying again at the next beat",
-            );
+            crate::logging::log_db_trouble("heartbeat", &e, "trying again at the next beat");
         }
         match self.store.rescue(
             RescueScope::ExpiredLeases,
@@ -172,7 +167,6 @@ impl<S: Store> Maintenance<S> {
         ) {
             Ok(rescued) => log_rescued(&rescued),
             Err(e) => crate::logging::log_db_trouble(
-                "db.error",
                 "rescue expired leases",
                 &e,
                 "trying again at the next beat",
@@ -202,9 +196,7 @@ impl<S: Store> Maintenance<S> {
         match prune_all(&mut self.store, &cutoffs, PRUNE_PAUSE) {
             Ok(p) if p.jobs > 0 => event!(Info, "pruned", jobs = p.jobs, runs = p.runs),
             Ok(_) => {}
-            Err(e) => {
-                crate::logging::log_db_trouble("db.error", "prune", &e, "trying again in a minute")
-            }
+            Err(e) => crate::logging::log_db_trouble("prune", &e, "trying again in a minute"),
         }
     }
 
