@@ -19,6 +19,10 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::{Message, SmtpTransport, Transport};
 use serde::Deserialize;
 
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use super::file::{replace_atomically, ReplaceError};
 use super::{parse_payload, Context, FileKind, JobError, Kind};
 use crate::config::{EmailConfig, EmailTransport, SmtpTls};
 
@@ -91,13 +95,13 @@ pub struct Email {
     sender: Sender,
     from: String,
     host: String,
-    files: FileKind,
+    files: Arc<FileKind>,
 }
 
 impl Email {
     /// The kind as `[email]` configures it; attachments are read within the
     /// roots of `files`.
-    pub fn new(config: &EmailConfig, files: FileKind) -> Email {
+    pub fn new(config: &EmailConfig, files: Arc<FileKind>) -> Email {
         let sender = match config.transport {
             EmailTransport::Smtp => Sender::Smtp {
                 pooled: smtp_transport(&config.smtp, SMTP_SOCKET_TIMEOUT, true),
@@ -254,15 +258,19 @@ fn smtp_transport(
 
 /// Writes the message as `jobd-<id>.eml`, atomically and under the same name
 /// on every attempt, so a retry replaces rather than duplicates it.
-fn write_eml(dir: &std::path::Path, id: i64, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = dir.join(format!("jobd-{id}.eml"));
-    let tmp = dir.join(format!(".jobd-{id}.eml.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()
+fn write_eml(dir: &std::path::Path, id: i64, bytes: &[u8]) -> Result<(), String> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| e.to_string())?;
+    let name = format!("jobd-{id}.eml");
+    let tmp = format!(".{name}.tmp");
+    replace_atomically(fd.as_fd(), name.as_ref(), &tmp, bytes, true).map_err(|e| match e {
+        ReplaceError::Write(e) => e.to_string(),
+        ReplaceError::At(what, errno) => format!("cannot {what} {name}: {errno}"),
+    })
 }
 
 impl Kind for Email {

@@ -298,6 +298,49 @@ fn same_content(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, content: &[u8]) -> 
     file.read_to_end(&mut existing).is_ok() && existing == content
 }
 
+/// Why [`replace_atomically`] failed.
+pub(crate) enum ReplaceError {
+    /// Writing or syncing the temporary file.
+    Write(std::io::Error),
+    /// A call on the folder, with what it was doing.
+    At(&'static str, Errno),
+}
+
+/// Puts `content` in place as `name` in `dir` atomically: the temporary file
+/// `tmp` beside it, fsync, rename (refusing to replace an existing file
+/// unless `overwrite`), fsync of the folder. The temporary file is removed
+/// when a step fails.
+pub(crate) fn replace_atomically(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    tmp: &str,
+    content: &[u8],
+    overwrite: bool,
+) -> Result<(), ReplaceError> {
+    let fd = rustix::fs::openat(
+        dir,
+        tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| ReplaceError::At("create a temporary file beside", e))?;
+    let mut file = std::fs::File::from(fd);
+    if let Err(e) = file.write_all(content).and_then(|()| file.sync_all()) {
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+        return Err(ReplaceError::Write(e));
+    }
+    let flags = if overwrite {
+        RenameFlags::empty()
+    } else {
+        RenameFlags::NOREPLACE
+    };
+    if let Err(e) = rustix::fs::renameat_with(dir, tmp, dir, name, flags) {
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+        return Err(ReplaceError::At("rename into place", e));
+    }
+    rustix::fs::fsync(dir).map_err(|e| ReplaceError::At("sync the folder of", e))
+}
+
 /// Writes `content` to `target` atomically: a temporary file beside it,
 /// fsync, rename (refusing to replace unless `overwrite`), fsync the folder.
 fn write_atomic(
@@ -324,32 +367,10 @@ fn write_atomic(
         ctx.id,
         ctx.attempt
     );
-    let fd = rustix::fs::openat(
-        &dir,
-        tmp.as_str(),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o644),
-    )
-    .map_err(|e| target.error("create a temporary file beside", e))?;
-    let mut file = std::fs::File::from(fd);
-    let written = file
-        .write_all(content)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("write", &target.raw, e));
-    if let Err(e) = written {
-        let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
-        return Err(e);
-    }
-    let flags = if overwrite {
-        RenameFlags::empty()
-    } else {
-        RenameFlags::NOREPLACE
-    };
-    if let Err(e) = rustix::fs::renameat_with(&dir, tmp.as_str(), &dir, name, flags) {
-        let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
-        return Err(target.error("rename into place", e));
-    }
-    rustix::fs::fsync(&dir).map_err(|e| target.error("sync the folder of", e))?;
+    replace_atomically(dir.as_fd(), name, &tmp, content, overwrite).map_err(|e| match e {
+        ReplaceError::Write(e) => io("write", &target.raw, e),
+        ReplaceError::At(what, errno) => target.error(what, errno),
+    })?;
     Ok(content.len() as u64)
 }
 

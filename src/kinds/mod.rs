@@ -184,11 +184,11 @@ impl Registry {
         };
         registry.add(Arc::new(Noop));
         registry.add(Arc::new(Http::new(&config.http, config.pool.threads)));
-        registry.add(Arc::new(FileKind::new(&config.file)));
-        registry.add(Arc::new(Email::new(
-            &config.email,
-            FileKind::new(&config.file),
-        )));
+        // One file kind: it creates the roots once and lends its
+        // confinement to email attachments.
+        let files = Arc::new(FileKind::new(&config.file));
+        registry.add(Arc::new(Email::new(&config.email, Arc::clone(&files))));
+        registry.add(files);
         registry
     }
 
