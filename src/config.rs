@@ -196,6 +196,12 @@ impl DaemonConfig {
     pub fn all_queues(&self) -> bool {
         self.queues.iter().any(|q| q == "*")
     }
+
+    /// The queues this daemon serves by name; None when it serves all
+    /// (the store then looks at every queue that holds jobs).
+    pub fn named_queues(&self) -> Option<&[String]> {
+        (!self.all_queues()).then_some(self.queues.as_slice())
+    }
 }
 
 /// `[pool]`

@@ -340,10 +340,9 @@ impl<S: Store> Dispatcher<S> {
 
     /// The queues to claim from now.
     fn queues_to_serve(&mut self) -> Result<Vec<String>, StoreError> {
-        if self.config.daemon.all_queues() {
-            self.store.queued_queues()
-        } else {
-            Ok(self.config.daemon.queues.clone())
+        match self.config.daemon.named_queues() {
+            Some(named) => Ok(named.to_vec()),
+            None => self.store.queued_queues(),
         }
     }
 

@@ -202,10 +202,9 @@ impl<S: Store> Maintenance<S> {
 
     fn stats_line(&mut self, last: (Instant, procfs::Usage)) -> (Instant, procfs::Usage) {
         let now = now_ms();
-        let queues = (!self.config.daemon.all_queues()).then(|| self.config.daemon.queues.clone());
         let backlog = self
             .store
-            .backlog(queues.as_deref(), now)
+            .backlog(self.config.daemon.named_queues(), now)
             .unwrap_or_default();
         let usage = procfs::usage("self").unwrap_or_default();
         let wall = last.0.elapsed().as_secs_f64().max(1e-3);

@@ -195,6 +195,14 @@ impl SqliteStore {
         }
     }
 
+    /// `queues`, or when None every queue that holds queued jobs.
+    fn these_or_queued(&mut self, queues: Option<&[String]>) -> Result<Vec<String>> {
+        match queues {
+            Some(q) => Ok(q.to_vec()),
+            None => self.queued_queues(),
+        }
+    }
+
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits it.
     fn write<T>(
         &mut self,
@@ -211,6 +219,11 @@ impl SqliteStore {
         })();
         result.map_err(|e| self.err(op, e))
     }
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    a.into_iter().chain(b).min()
 }
 
 /// Turns a rusqlite error into the store error an operator can act on.
@@ -932,10 +945,7 @@ impl Store for SqliteStore {
     }
 
     fn next_run_at(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>> {
-        let queues = match queues {
-            Some(q) => q.to_vec(),
-            None => self.queued_queues()?,
-        };
+        let queues = self.these_or_queued(queues)?;
         // Per queue, a loose scan over its distinct priorities and one index
         // seek each: the ready index orders run_at within a priority, so
         // the cost does not grow with the number of queued jobs.
@@ -956,10 +966,7 @@ impl Store for SqliteStore {
                 )
                 .and_then(|mut s| s.query_row(params![queue, after], |r| r.get(0)))
                 .map_err(|e| self.err("read next run_at", e))?;
-            next = match (next, at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            next = earliest(next, at);
         }
         Ok(next)
     }
@@ -973,10 +980,7 @@ impl Store for SqliteStore {
     }
 
     fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog> {
-        let queues = match queues {
-            Some(q) => q.to_vec(),
-            None => self.queued_queues()?,
-        };
+        let queues = self.these_or_queued(queues)?;
         let mut backlog = Backlog::default();
         for queue in &queues {
             let (ready, oldest): (i64, Option<i64>) = self
@@ -988,10 +992,7 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.query_row(params![queue, now], |r| Ok((r.get(0)?, r.get(1)?))))
                 .map_err(|e| self.err("read backlog", e))?;
             backlog.ready += ready as u64;
-            backlog.oldest_ready = match (backlog.oldest_ready, oldest) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            backlog.oldest_ready = earliest(backlog.oldest_ready, oldest);
         }
         Ok(backlog)
     }
