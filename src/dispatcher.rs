@@ -134,13 +134,7 @@ struct InFlight {
 
 impl InFlight {
     fn attempt(&self, id: i64, worker: &str, finished_at: i64) -> Attempt {
-        Attempt {
-            id,
-            worker: worker.to_string(),
-            attempt: self.attempt,
-            started_at: self.started_at,
-            finished_at: finished_at.max(self.started_at),
-        }
+        Attempt::new(id, worker, self.attempt, self.started_at, finished_at)
     }
 
     fn finished(&self, completion: crate::job::Completion) -> Finished {
@@ -469,14 +463,8 @@ impl<S: Store> Dispatcher<S> {
         let started_at = job.started_at.unwrap_or(now);
         let control = Control::new();
         let reject = |reason: String| Finished {
-            completion: Attempt {
-                id: job.id,
-                worker: self.worker.to_string(),
-                attempt: job.attempts,
-                started_at,
-                finished_at: now,
-            }
-            .dead(reason),
+            completion: Attempt::new(job.id, &self.worker, job.attempts, started_at, now)
+                .dead(reason),
             queue: job.queue.clone(),
             kind: job.kind.clone(),
             elapsed: Duration::ZERO,

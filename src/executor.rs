@@ -88,13 +88,13 @@ pub struct Task {
 impl Task {
     /// Who ran this attempt, ending now.
     pub fn attempt(&self, finished_at: i64) -> Attempt {
-        Attempt {
-            id: self.job.id,
-            worker: self.worker.to_string(),
-            attempt: self.job.attempts,
-            started_at: self.started_at,
-            finished_at: finished_at.max(self.started_at),
-        }
+        Attempt::new(
+            self.job.id,
+            &self.worker,
+            self.job.attempts,
+            self.started_at,
+            finished_at,
+        )
     }
 
     /// The completion for this attempt having run past its deadline.

@@ -380,6 +380,19 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// Attempt `attempt` of job `id` by `worker`, from `started_at` to
+    /// `finished_at`. The end is never put before the start: the wall clock
+    /// may step back while a job runs, and a negative duration helps nobody.
+    pub fn new(id: i64, worker: &str, attempt: i64, started_at: i64, finished_at: i64) -> Attempt {
+        Attempt {
+            id,
+            worker: worker.to_string(),
+            attempt,
+            started_at,
+            finished_at: finished_at.max(started_at),
+        }
+    }
+
     fn complete(
         self,
         outcome: RunOutcome,

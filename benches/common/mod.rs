@@ -19,14 +19,7 @@ pub fn open(path: &Path) -> SqliteStore {
 }
 
 pub fn fill(store: &mut SqliteStore, n: usize) {
-    let job = NewJob::new("noop");
-    let batch: Vec<NewJob> = (0..10_000).map(|_| job.clone()).collect();
-    let mut left = n;
-    while left > 0 {
-        let take = left.min(batch.len());
-        store.enqueue(&batch[..take], now_ms()).unwrap();
-        left -= take;
-    }
+    fill_with(store, n, &NewJob::new("noop"));
 }
 
 /// Claims and completes `count` jobs in batches of 64; returns jobs/s, and
