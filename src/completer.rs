@@ -179,25 +179,56 @@ impl Completer {
     }
 }
 
+/// A delay as the log shows it (SPEC §7: `next_run_in=4s`): whole seconds
+/// from a second up, so the value needs no quotes; milliseconds below.
+fn short_duration(ms: u64) -> String {
+    let rounded = if ms >= 1_000 {
+        Duration::from_secs((ms + 500) / 1_000)
+    } else {
+        Duration::from_millis(ms)
+    };
+    humantime::format_duration(rounded)
+        .to_string()
+        .replace(' ', "")
+}
+
 fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
     let duration_ms = c.finished_at - c.started_at;
     let error = c.error.as_deref().unwrap_or("");
-    let next_run_in = |run_at: i64| {
-        humantime::format_duration(Duration::from_millis((run_at - c.finished_at).max(0) as u64))
-            .to_string()
-    };
+    let next_run_in = |run_at: i64| short_duration((run_at - c.finished_at).max(0) as u64);
     match (&c.outcome, &c.transition) {
-        (RunOutcome::Succeeded, _) => {
+        (RunOutcome::Succeeded, transition) => {
             counters.done.fetch_add(1, Ordering::Relaxed);
-            event!(
-                Info,
-                "job.succeeded",
-                id = c.id,
-                kind = kind,
-                queue = queue,
-                attempt = c.attempt,
-                duration_ms = duration_ms
-            );
+            // An http job's line carries its status (SPEC §7's example).
+            let status = match transition {
+                Transition::Succeed { result: Some(r) } if kind == "http" => {
+                    serde_json::from_str::<serde_json::Value>(r)
+                        .ok()
+                        .and_then(|v| v["status"].as_u64())
+                }
+                _ => None,
+            };
+            match status {
+                Some(status) => event!(
+                    Info,
+                    "job.succeeded",
+                    id = c.id,
+                    kind = kind,
+                    queue = queue,
+                    attempt = c.attempt,
+                    duration_ms = duration_ms,
+                    status = status
+                ),
+                None => event!(
+                    Info,
+                    "job.succeeded",
+                    id = c.id,
+                    kind = kind,
+                    queue = queue,
+                    attempt = c.attempt,
+                    duration_ms = duration_ms
+                ),
+            }
         }
         (RunOutcome::Retry, Transition::Requeue { run_at }) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -256,5 +287,18 @@ fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
                 error = error
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_duration;
+
+    #[test]
+    fn delays_read_like_the_spec_and_need_no_quotes() {
+        assert_eq!(short_duration(4_012), "4s");
+        assert_eq!(short_duration(250), "250ms");
+        assert_eq!(short_duration(3_600_000), "1h");
+        assert_eq!(short_duration(5_430_000), "1h30m30s");
     }
 }

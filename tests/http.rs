@@ -54,7 +54,12 @@ fn a_post_carries_its_json_idempotency_key_and_user_agent() {
     assert_eq!(result["truncated"], false);
     assert_eq!(result["headers"]["x-order"], "42", "{result}");
     assert!(result["elapsed_ms"].is_u64());
-    daemon.stop();
+    let log = daemon.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("job.succeeded id={id} ")))
+        .expect("a job.succeeded line");
+    assert!(line.ends_with(" status=201"), "{line}");
 }
 
 #[test]
