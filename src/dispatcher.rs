@@ -365,6 +365,9 @@ impl<S: Store> Dispatcher<S> {
             }
             requests = self.limits.plan(slots, &queues, now_i);
         }
+        // A queue held back by its own limit may take the slots this write
+        // frees; other queues already had them offered in this claim.
+        let held_back = claiming && queues.iter().any(|q| self.limits.allowance(q, now_i) == 0);
         if !flush && requests.is_empty() {
             if claiming {
                 self.maybe_ready = false;
@@ -395,8 +398,10 @@ impl<S: Store> Dispatcher<S> {
                         self.in_flight.remove(&written.id);
                         self.limits.finished(&written.queue);
                     }
-                    // Slots came free; a queue capped by concurrency may run again.
-                    self.maybe_ready = true;
+                    // Slots came free without a claim to use them.
+                    if requests.is_empty() {
+                        self.maybe_ready = true;
+                    }
                 }
                 if !requests.is_empty() {
                     let mut got: HashMap<&str, usize> = HashMap::new();
@@ -406,7 +411,7 @@ impl<S: Store> Dispatcher<S> {
                     let full = requests
                         .iter()
                         .any(|r| got.get(r.queue.as_str()).copied().unwrap_or(0) >= r.limit);
-                    self.maybe_ready = full || !applied.is_empty();
+                    self.maybe_ready = full || (!applied.is_empty() && held_back);
                     for job in jobs {
                         self.dispatch(job, now, now_i);
                     }
