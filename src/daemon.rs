@@ -8,6 +8,7 @@
 //! stop and reload requests — so a test can run a daemon in-process and stop
 //! it without signals.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,12 +26,14 @@ use crate::procfs;
 use crate::signals::Request;
 use crate::store::{OpenMode, RescueScope, SqliteStore, Store, WorkerInfo};
 
-/// Runs the daemon until a stop request is honoured.
+/// Runs the daemon until a stop request is honoured. `worker_program` is
+/// the `jobd` binary the CPU workers are started from.
 pub fn run(
     config: Config,
     registry: Registry,
     requests: Receiver<Request>,
     reload: Reload,
+    worker_program: PathBuf,
 ) -> Result<Summary> {
     let began = Instant::now();
     let db = &config.database;
@@ -96,6 +99,7 @@ pub fn run(
         })?;
 
     let threads = config.pool.threads;
+    let pids = Arc::clone(&shared.cpu_pids);
     let database = db.path.display().to_string();
     let mut dispatcher = Dispatcher::new(Parts {
         store,
@@ -106,9 +110,10 @@ pub fn run(
         wake,
         reload,
         shared,
+        worker_program,
     })
     .map_err(|source| Error::Io {
-        what: "cannot start the thread pool".into(),
+        what: "cannot start the pools".into(),
         source,
     })?;
     event!(
@@ -118,7 +123,7 @@ pub fn run(
         database = database.as_str(),
         worker = &*worker,
         threads = threads,
-        cpu_workers = 0,
+        cpu_workers = pids.list().len(),
         queues = queues.as_str(),
         rescued = rescued.len() + expired.len()
     );

@@ -27,10 +27,12 @@ use crate::completer::{Completer, Counters};
 use crate::config::{Config, RetryConfig};
 use crate::event;
 use crate::executor::{self, Control, Task};
-use crate::job::{now_ms, Attempt, Job};
-use crate::kinds::{PoolKind, Registry};
-use crate::limits::QueueLimits;
+use crate::job::{now_ms, Attempt, Job, Pool};
+use crate::kinds::Registry;
+use crate::limits::{Free, QueueLimits};
 use crate::pickup::{CONFIRM_STEP, CONFIRM_WINDOW};
+use crate::pool::frame::Setup;
+use crate::pool::processes::{self, ProcessPool, WorkerPids, CPU_NICE, KILL_GRACE};
 use crate::pool::threads::{Finished, ThreadPool};
 use crate::signals::Request;
 use crate::store::{Claim, Store, StoreError};
@@ -92,6 +94,8 @@ pub struct Shared {
     pub running: AtomicU64,
     /// When the loop last turned (epoch ms), for health checks.
     pub last_turn: AtomicU64,
+    /// The CPU workers' pids, for resource figures.
+    pub cpu_pids: Arc<WorkerPids>,
 }
 
 /// Re-reads the configuration on SIGHUP and applies what the dispatcher does
@@ -116,10 +120,27 @@ pub struct Parts<S> {
     pub reload: Reload,
     /// Counters shared with maintenance.
     pub shared: Arc<Shared>,
+    /// The `jobd` binary the CPU workers are started from.
+    pub worker_program: std::path::PathBuf,
+}
+
+/// How the CPU workers are started under `config`.
+fn cpu_settings(config: &Config, program: &std::path::Path) -> processes::Settings {
+    processes::Settings {
+        program: program.to_path_buf(),
+        setup: Setup {
+            file: config.file.clone(),
+            exec: config.exec.clone(),
+            memory_limit: config.cpu.memory_limit,
+            nice: CPU_NICE,
+        },
+        max_jobs: config.cpu.max_jobs_per_worker,
+    }
 }
 
 /// A job this daemon holds until its outcome is written.
 struct InFlight {
+    pool: Pool,
     queue: String,
     kind: String,
     attempt: i64,
@@ -169,6 +190,8 @@ pub struct Dispatcher<S: Store> {
     registry: Registry,
     retry: Arc<RetryConfig>,
     pool: ThreadPool,
+    cpu: Option<ProcessPool>,
+    worker_program: std::path::PathBuf,
     done: Receiver<Finished>,
     requests: Receiver<Request>,
     wake: Receiver<()>,
@@ -177,6 +200,8 @@ pub struct Dispatcher<S: Store> {
     reload: Reload,
     shared: Arc<Shared>,
     in_flight: HashMap<i64, InFlight>,
+    /// In-flight jobs of the CPU pool (the rest are the IO pool's).
+    held_cpu: usize,
     /// In-flight jobs whose attempt has not reported yet.
     unreported: usize,
     completer: Completer,
@@ -202,7 +227,7 @@ pub struct Dispatcher<S: Store> {
     stop_now: bool,
     writes: u64,
     claimed: u64,
-    /// Running average of attempt durations (seconds), for the prefetch.
+    /// Running average of IO attempt durations (seconds), for the prefetch.
     avg_duration: f64,
 }
 
@@ -210,7 +235,13 @@ impl<S: Store> Dispatcher<S> {
     /// Builds the dispatcher and starts its thread pool.
     pub fn new(parts: Parts<S>) -> std::io::Result<Dispatcher<S>> {
         let (done_tx, done) = crossbeam_channel::unbounded();
-        let pool = ThreadPool::new(parts.config.pool.threads, done_tx)?;
+        let pool = ThreadPool::new(parts.config.pool.threads, done_tx.clone())?;
+        let cpu = ProcessPool::new(
+            parts.config.cpu.workers,
+            cpu_settings(&parts.config, &parts.worker_program),
+            done_tx,
+            Arc::clone(&parts.shared.cpu_pids),
+        )?;
         let now = Instant::now();
         let limits = QueueLimits::new(&parts.config.queues, now);
         Ok(Dispatcher {
@@ -219,6 +250,8 @@ impl<S: Store> Dispatcher<S> {
             worker: parts.worker,
             registry: parts.registry,
             pool,
+            cpu: Some(cpu),
+            worker_program: parts.worker_program,
             done,
             requests: parts.requests,
             watched: parts.wake.is_some(),
@@ -226,6 +259,7 @@ impl<S: Store> Dispatcher<S> {
             reload: parts.reload,
             shared: parts.shared,
             in_flight: HashMap::new(),
+            held_cpu: 0,
             unreported: 0,
             completer: Completer::default(),
             limits,
@@ -270,6 +304,7 @@ impl<S: Store> Dispatcher<S> {
             }
             if let Some(until) = self.draining {
                 if self.in_flight.is_empty() {
+                    self.stop_cpu_pool();
                     return Summary {
                         writes: self.writes,
                         claimed: self.claimed,
@@ -277,7 +312,9 @@ impl<S: Store> Dispatcher<S> {
                     };
                 }
                 if self.stop_now || now >= until {
-                    return self.interrupt();
+                    let summary = self.interrupt();
+                    self.stop_cpu_pool();
+                    return summary;
                 }
             }
             self.write_step(now);
@@ -288,20 +325,59 @@ impl<S: Store> Dispatcher<S> {
         }
     }
 
+    /// Retires the CPU workers; those still running a job (given up on by
+    /// now) are killed.
+    fn stop_cpu_pool(&mut self) {
+        if let Some(cpu) = self.cpu.take() {
+            cpu.shutdown();
+        }
+    }
+
+    fn cpu_size(&self) -> usize {
+        self.cpu.as_ref().map_or(0, ProcessPool::size)
+    }
+
+    /// Keeps a job until its outcome is written.
+    fn hold(&mut self, id: i64, entry: InFlight) {
+        if entry.pool == Pool::Cpu {
+            self.held_cpu += 1;
+        }
+        if let Some(old) = self.in_flight.insert(id, entry) {
+            if old.pool == Pool::Cpu {
+                self.held_cpu -= 1;
+            }
+        }
+    }
+
+    /// Lets a job go once its outcome is written.
+    fn release(&mut self, id: i64) {
+        if let Some(entry) = self.in_flight.remove(&id) {
+            if entry.pool == Pool::Cpu {
+                self.held_cpu -= 1;
+            }
+        }
+    }
+
     /// Gives the connection back (the daemon deregisters with it).
     pub fn into_store(self) -> S {
         self.store
     }
 
-    /// Slots not held by a job: one per thread, plus as many prefetched
-    /// jobs per thread as finish within [`PREFETCH_WAIT`] at the running
-    /// average duration (none until jobs have run, none for long jobs).
-    fn free_slots(&self) -> usize {
-        slots(self.pool.size(), self.avg_duration).saturating_sub(self.in_flight.len())
+    /// Slots not held by a job. IO: one per thread, plus as many
+    /// prefetched jobs per thread as finish within [`PREFETCH_WAIT`] at the
+    /// running average duration (none until jobs have run, none for long
+    /// jobs). CPU: one per worker, never more: CPU jobs are long, and a job
+    /// waiting for a worker would only age under its lease.
+    fn free_slots(&self) -> Free {
+        let held_io = self.in_flight.len() - self.held_cpu;
+        Free {
+            cpu: self.cpu_size().saturating_sub(self.held_cpu),
+            io: slots(self.pool.size(), self.avg_duration).saturating_sub(held_io),
+        }
     }
 
     fn can_claim(&self, now: Instant) -> bool {
-        self.free_slots() > 0 && self.can_claim_at(now)
+        self.free_slots().total() > 0 && self.can_claim_at(now)
     }
 
     /// Not draining and not backing off after a failed claim.
@@ -317,12 +393,14 @@ impl<S: Store> Dispatcher<S> {
     }
 
     fn on_finished(&mut self, finished: Finished) {
-        let took = finished.elapsed.as_secs_f64();
-        self.avg_duration = if self.avg_duration.is_finite() {
-            self.avg_duration + DURATION_WEIGHT * (took - self.avg_duration)
-        } else {
-            took
-        };
+        if Pool::of_kind(&finished.kind) == Pool::Io {
+            let took = finished.elapsed.as_secs_f64();
+            self.avg_duration = if self.avg_duration.is_finite() {
+                self.avg_duration + DURATION_WEIGHT * (took - self.avg_duration)
+            } else {
+                took
+            };
+        }
         if let Some(entry) = self.in_flight.get_mut(&finished.completion.id) {
             if !entry.reported {
                 entry.reported = true;
@@ -353,9 +431,16 @@ impl<S: Store> Dispatcher<S> {
         let flush = self.flush_due(now_i);
         // Outcomes written in this transaction free their slots for the
         // claim that follows in the same transaction.
-        let freed = if flush { self.completer.len() } else { 0 };
-        let slots = self.free_slots() + freed;
-        let claiming = self.maybe_ready && slots > 0 && self.can_claim_at(now_i);
+        let mut slots = self.free_slots();
+        if flush {
+            for entry in self.in_flight.values().filter(|e| e.reported) {
+                match entry.pool {
+                    Pool::Cpu => slots.cpu += 1,
+                    Pool::Io => slots.io += 1,
+                }
+            }
+        }
+        let claiming = self.maybe_ready && slots.total() > 0 && self.can_claim_at(now_i);
         let mut queues = Vec::new();
         let mut requests = Vec::new();
         if claiming {
@@ -395,7 +480,7 @@ impl<S: Store> Dispatcher<S> {
                 self.claim_retry_at = None;
                 if !applied.is_empty() {
                     for written in self.completer.written(&applied, &self.shared.counters) {
-                        self.in_flight.remove(&written.id);
+                        self.release(written.id);
                         self.limits.finished(&written.queue);
                     }
                     // Slots came free without a claim to use them.
@@ -404,13 +489,23 @@ impl<S: Store> Dispatcher<S> {
                     }
                 }
                 if !requests.is_empty() {
-                    let mut got: HashMap<&str, usize> = HashMap::new();
+                    // Per queue: jobs of each pool, and in all.
+                    let mut got: HashMap<&str, (usize, usize)> = HashMap::new();
                     for job in &jobs {
-                        *got.entry(job.queue.as_str()).or_default() += 1;
+                        let n = got.entry(job.queue.as_str()).or_default();
+                        match Pool::of_kind(&job.kind) {
+                            Pool::Cpu => n.0 += 1,
+                            Pool::Io => n.1 += 1,
+                        }
                     }
-                    let full = requests
-                        .iter()
-                        .any(|r| got.get(r.queue.as_str()).copied().unwrap_or(0) >= r.limit);
+                    // A request that got all it asked of a pool, or all the
+                    // queue allows, may have left ready jobs behind.
+                    let full = requests.iter().any(|r| {
+                        let (cpu, io) = got.get(r.queue.as_str()).copied().unwrap_or_default();
+                        (r.cpu > 0 && cpu >= r.cpu)
+                            || (r.io > 0 && io >= r.io)
+                            || cpu + io >= r.limit
+                    });
                     self.maybe_ready = full || (!applied.is_empty() && held_back);
                     for job in jobs {
                         self.dispatch(job, now, now_i);
@@ -474,15 +569,9 @@ impl<S: Store> Dispatcher<S> {
             kind: job.kind.clone(),
             elapsed: Duration::ZERO,
         };
+        let pool = Pool::of_kind(&job.kind);
         let kind = match self.registry.get(&job.kind) {
-            Some(kind) if kind.pool() == PoolKind::Threads => Arc::clone(kind),
-            Some(_) => {
-                let finished = reject(format!(
-                    "kind {:?} runs on the CPU worker pool, which this build does not have yet",
-                    job.kind
-                ));
-                return self.settled(job, control, finished);
-            }
+            Some(kind) => Arc::clone(kind),
             None => {
                 let finished = reject(format!(
                     "unknown kind {:?} (this jobd runs: {})",
@@ -510,9 +599,10 @@ impl<S: Store> Dispatcher<S> {
         };
         let deadline = now_i + timeout;
         let max_attempts = job.effective_max_attempts(self.config.retry.max_attempts);
-        self.in_flight.insert(
+        self.hold(
             job.id,
             InFlight {
+                pool,
                 queue: job.queue.clone(),
                 kind: job.kind.clone(),
                 attempt: job.attempts,
@@ -536,13 +626,17 @@ impl<S: Store> Dispatcher<S> {
             control,
             job,
         };
-        self.pool.submit(task);
+        match (pool, &self.cpu) {
+            (Pool::Cpu, Some(cpu)) => cpu.submit(task),
+            _ => self.pool.submit(task),
+        }
     }
 
     fn settled(&mut self, job: Job, control: Arc<Control>, finished: Finished) {
-        self.in_flight.insert(
+        self.hold(
             job.id,
             InFlight {
+                pool: Pool::of_kind(&job.kind),
                 queue: job.queue,
                 kind: job.kind,
                 attempt: job.attempts,
@@ -558,11 +652,13 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// Gives up on jobs that ran well past their deadline: `timed out`, and a
-    /// fresh thread in place of the stuck one.
+    /// fresh thread in place of the stuck one. (A CPU job is killed at its
+    /// deadline by its supervisor; this only catches one whose supervisor
+    /// did not report, and the cancel flag raised here makes it kill.)
     fn check_overruns(&mut self, now: Instant) {
         let mut replaced = 0;
         for (&id, entry) in self.in_flight.iter_mut() {
-            if entry.reported || now < entry.deadline + OVERRUN_GRACE {
+            if entry.reported || now < overrun_at(entry) {
                 continue;
             }
             if !entry.control.abandon() {
@@ -587,7 +683,9 @@ impl<S: Store> Dispatcher<S> {
                 &self.retry,
             );
             self.completer.push(entry.finished(completion));
-            replaced += 1;
+            if entry.pool == Pool::Io {
+                replaced += 1;
+            }
         }
         for _ in 0..replaced {
             if let Err(e) = self.pool.replace_stuck() {
@@ -721,7 +819,7 @@ impl<S: Store> Dispatcher<S> {
             }
         }
         let mut until = self.next_poll.min(self.next_renew);
-        if self.draining.is_none() && self.free_slots() > 0 {
+        if self.draining.is_none() && self.free_slots().total() > 0 {
             if let Some(due) = self.next_due {
                 let ms = (due - now_ms()).max(0) as u64;
                 until = until.min(now + Duration::from_millis(ms));
@@ -731,7 +829,7 @@ impl<S: Store> Dispatcher<S> {
             }
         }
         for entry in self.in_flight.values().filter(|e| !e.reported) {
-            until = until.min(entry.deadline + OVERRUN_GRACE);
+            until = until.min(overrun_at(entry));
         }
         for t in [
             self.completer.deadline(),
@@ -803,7 +901,14 @@ impl<S: Store> Dispatcher<S> {
     fn apply(&mut self, mut config: Config) {
         let threads = config.pool.threads;
         if let Err(e) = self.pool.resize(threads) {
-            event!(Error, "pool.error", error:% = e, action = "keeping the old pool size");
+            event!(Error, "pool.error", pool = "io", error:% = e, action = "keeping the old pool size");
+        }
+        if let Some(cpu) = self.cpu.as_mut() {
+            // Memory limit and recycling apply to workers started from now.
+            cpu.set_settings(cpu_settings(&config, &self.worker_program));
+            if let Err(e) = cpu.resize(config.cpu.workers) {
+                event!(Error, "pool.error", pool = "cpu", error:% = e, action = "keeping the old pool size");
+            }
         }
         self.limits.reload(&config.queues, Instant::now());
         self.retry = Arc::new(config.retry.clone());
@@ -815,6 +920,7 @@ impl<S: Store> Dispatcher<S> {
             Info,
             "config.reloaded",
             threads = threads,
+            cpu_workers = self.cpu_size(),
             level = format!("{:?}", self.config.log.level).to_lowercase(),
             queues_limited = self.config.queues.len()
         );
@@ -867,6 +973,15 @@ impl<S: Store> Dispatcher<S> {
             requeued,
             unwritten: self.completer.len(),
         }
+    }
+}
+
+/// When the dispatcher gives up on a job that has not reported. A CPU
+/// job's supervisor kills it at the deadline, which may take `KILL_GRACE`.
+fn overrun_at(entry: &InFlight) -> Instant {
+    match entry.pool {
+        Pool::Io => entry.deadline + OVERRUN_GRACE,
+        Pool::Cpu => entry.deadline + KILL_GRACE + OVERRUN_GRACE,
     }
 }
 

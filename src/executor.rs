@@ -132,20 +132,31 @@ pub fn execute(task: &Task) -> Completion {
         queue: &task.job.queue,
         deadline: task.deadline,
         cancel: &task.control.cancel,
+        spawned: None,
     };
+    let answer = run_kind(&*task.kind, &ctx, &task.job.payload);
+    settle(task, answer, now_ms(), fastrand::f64())
+}
+
+/// Calls `kind` for one attempt, turning a panic into a transient error.
+/// Used on the IO threads and in the CPU worker processes alike.
+pub fn run_kind(
+    kind: &dyn Kind,
+    ctx: &Context<'_>,
+    payload: &str,
+) -> Result<Option<String>, JobError> {
     // A job cancelled while it waited for a thread does not start.
-    let answer = panic::catch_unwind(AssertUnwindSafe(|| {
+    panic::catch_unwind(AssertUnwindSafe(|| {
         ctx.check()?;
-        task.kind.run(&ctx, &task.job.payload)
+        kind.run(ctx, payload)
     }))
     .unwrap_or_else(|panic| {
         Err(JobError::transient(format!(
             "the {} handler panicked: {}",
-            task.job.kind,
+            kind.name(),
             panic_message(&*panic)
         )))
-    });
-    settle(task, answer, now_ms(), fastrand::f64())
+    })
 }
 
 /// Turns a kind's answer into the completion to write. Pure apart from its

@@ -172,6 +172,46 @@ pub struct NewJob {
     pub unique_key: Option<String>,
 }
 
+/// The pool that runs a job, decided by its kind alone so that a claim can
+/// ask for one pool's jobs (SPEC §3 *Pools*): CPU kinds run in the worker
+/// processes, every other kind (unknown ones too, which fail on the first
+/// claim) on the IO threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pool {
+    /// The IO thread pool (`pool.threads`).
+    Io,
+    /// The CPU worker processes (`cpu.workers`).
+    Cpu,
+}
+
+/// The kinds that run on the CPU pool. The claim index of the schema (v4)
+/// spells the same list as an SQL expression; a test holds them together,
+/// and a new CPU kind needs a migration that rebuilds that index.
+pub const CPU_KINDS: [&str; 3] = ["checksum", "compress", "exec"];
+
+impl Pool {
+    /// Both pools, in the order a claim serves them: the scarce CPU slots
+    /// first.
+    pub const ALL: [Pool; 2] = [Pool::Cpu, Pool::Io];
+
+    /// The pool that runs `kind`.
+    pub fn of_kind(kind: &str) -> Pool {
+        if CPU_KINDS.contains(&kind) {
+            Pool::Cpu
+        } else {
+            Pool::Io
+        }
+    }
+
+    /// The pool's name in log lines and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pool::Io => "io",
+            Pool::Cpu => "cpu",
+        }
+    }
+}
+
 /// The queue a job goes to when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
 

@@ -165,46 +165,73 @@ impl QueueLimits {
             .min()
     }
 
-    /// Splits `free` slots across `queues`, one slot at a time in turn, each
-    /// queue capped by its allowance. Queues with nothing allowed are left
-    /// out. The first queue served rotates from one call to the next.
-    pub fn plan(&mut self, free: usize, queues: &[String], now: Instant) -> Vec<ClaimRequest> {
-        if queues.is_empty() || free == 0 {
+    /// Splits each pool's free slots across `queues`, one slot at a time
+    /// in turn, each queue capped by its allowance (shared by both pools:
+    /// the request's `limit`). Queues offered nothing are left out. The
+    /// first queue served rotates from one call to the next.
+    pub fn plan(&mut self, free: Free, queues: &[String], now: Instant) -> Vec<ClaimRequest> {
+        if queues.is_empty() || free.total() == 0 {
             return Vec::new();
         }
         let start = self.turn % queues.len();
         self.turn = self.turn.wrapping_add(1);
         let order: Vec<&String> = queues[start..].iter().chain(&queues[..start]).collect();
-        let mut caps: Vec<usize> = order.iter().map(|q| self.allowance(q, now)).collect();
-        let mut limits = vec![0usize; order.len()];
-        let mut left = free;
-        while left > 0 {
-            let mut gave = false;
-            for (limit, cap) in limits.iter_mut().zip(caps.iter_mut()) {
-                if left == 0 {
-                    break;
-                }
-                if *cap > 0 {
-                    *cap -= 1;
-                    *limit += 1;
-                    left -= 1;
-                    gave = true;
-                }
-            }
-            if !gave {
-                break;
-            }
-        }
+        let caps: Vec<usize> = order.iter().map(|q| self.allowance(q, now)).collect();
+        let cpu = split(free.cpu, &caps);
+        let io = split(free.io, &caps);
         order
             .into_iter()
-            .zip(limits)
-            .filter(|(_, limit)| *limit > 0)
-            .map(|(queue, limit)| ClaimRequest {
+            .enumerate()
+            .map(|(i, queue)| ClaimRequest {
                 queue: queue.clone(),
-                limit,
+                limit: caps[i].min(cpu[i] + io[i]),
+                cpu: cpu[i],
+                io: io[i],
             })
+            .filter(|r| r.limit > 0)
             .collect()
     }
+}
+
+/// Free slots per pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Free {
+    /// CPU worker processes with nothing to do.
+    pub cpu: usize,
+    /// IO slots (threads plus prefetch) not holding a job.
+    pub io: usize,
+}
+
+impl Free {
+    /// Both pools together.
+    pub fn total(self) -> usize {
+        self.cpu + self.io
+    }
+}
+
+/// Deals `free` slots round-robin to queues capped at `caps`.
+fn split(free: usize, caps: &[usize]) -> Vec<usize> {
+    let mut caps = caps.to_vec();
+    let mut given = vec![0usize; caps.len()];
+    let mut left = free;
+    while left > 0 {
+        let mut gave = false;
+        for (n, cap) in given.iter_mut().zip(caps.iter_mut()) {
+            if left == 0 {
+                break;
+            }
+            if *cap > 0 {
+                *cap -= 1;
+                *n += 1;
+                left -= 1;
+                gave = true;
+            }
+        }
+        if !gave {
+            break;
+        }
+    }
+    given
 }
 
 #[cfg(test)]
@@ -233,6 +260,10 @@ mod tests {
             .collect()
     }
 
+    fn io(n: usize) -> Free {
+        Free { cpu: 0, io: n }
+    }
+
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
     }
@@ -253,7 +284,7 @@ mod tests {
     fn free_slots_are_split_fairly_and_capped_by_concurrency() {
         let t0 = Instant::now();
         let mut l = QueueLimits::new(&config(&[("mail", Some(1), None)]), t0);
-        let plan = l.plan(8, &names(&["a", "b", "mail"]), t0);
+        let plan = l.plan(io(8), &names(&["a", "b", "mail"]), t0);
         let total: usize = plan.iter().map(|r| r.limit).sum();
         assert_eq!(total, 8);
         let mail = plan.iter().find(|r| r.queue == "mail").unwrap();
@@ -264,10 +295,24 @@ mod tests {
             }
         }
         l.started("mail", 1, t0);
-        let plan = l.plan(8, &names(&["mail"]), t0);
+        let plan = l.plan(io(8), &names(&["mail"]), t0);
         assert!(plan.is_empty());
         l.finished("mail");
-        assert_eq!(l.plan(8, &names(&["mail"]), t0)[0].limit, 1);
+        assert_eq!(l.plan(io(8), &names(&["mail"]), t0)[0].limit, 1);
+    }
+
+    #[test]
+    fn both_pools_get_offers_within_one_shared_allowance() {
+        let t0 = Instant::now();
+        let mut l = QueueLimits::new(&config(&[("mail", Some(3), None)]), t0);
+        let free = Free { cpu: 2, io: 8 };
+        let plan = l.plan(free, &names(&["a", "mail"]), t0);
+        let a = plan.iter().find(|r| r.queue == "a").unwrap();
+        let mail = plan.iter().find(|r| r.queue == "mail").unwrap();
+        assert_eq!((a.cpu, a.io), (1, 5));
+        assert_eq!((mail.cpu, mail.io, mail.limit), (1, 3, 3));
+        let plan = l.plan(Free { cpu: 2, io: 0 }, &names(&["mail"]), t0);
+        assert_eq!((plan[0].cpu, plan[0].io, plan[0].limit), (2, 0, 2));
     }
 
     #[test]
@@ -275,7 +320,9 @@ mod tests {
         let t0 = Instant::now();
         let mut l = QueueLimits::default();
         let q = names(&["a", "b", "c"]);
-        let firsts: Vec<String> = (0..3).map(|_| l.plan(1, &q, t0)[0].queue.clone()).collect();
+        let firsts: Vec<String> = (0..3)
+            .map(|_| l.plan(io(1), &q, t0)[0].queue.clone())
+            .collect();
         assert_eq!(firsts, names(&["a", "b", "c"]));
     }
 
@@ -284,14 +331,14 @@ mod tests {
         let t0 = Instant::now();
         let mut l = QueueLimits::new(&config(&[("api", None, Some(rate(2, 1_000)))]), t0);
         let q = names(&["api"]);
-        assert_eq!(l.plan(8, &q, t0)[0].limit, 2);
+        assert_eq!(l.plan(io(8), &q, t0)[0].limit, 2);
         l.started("api", 2, t0);
-        assert!(l.plan(8, &q, t0).is_empty());
+        assert!(l.plan(io(8), &q, t0).is_empty());
         assert_eq!(l.next_token(&q, t0), Some(t0 + Duration::from_millis(500)));
         l.finished("api");
         l.finished("api");
         // A reload keeps the spent tokens rather than handing out a new burst.
         l.reload(&config(&[("api", None, Some(rate(5, 1_000)))]), t0);
-        assert!(l.plan(8, &q, t0).is_empty());
+        assert!(l.plan(io(8), &q, t0).is_empty());
     }
 }

@@ -7,6 +7,19 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A CPU worker process of a running daemon: no command line, no config.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == jobd::pool::worker::WORKER_COMMAND)
+    {
+        return match jobd::pool::worker::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("jobd: CPU worker {}: {e}", std::process::id());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = jobd::cli::Cli::parse();
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let stdout = std::io::stdout();

@@ -27,10 +27,7 @@ fn work(home: &Home, f: impl Fn(Attempt) -> jobd::job::Completion) {
             worker: "test:1:1",
             now,
             lease_until: now + 30_000,
-            requests: &[ClaimRequest {
-                queue: "default".into(),
-                limit: 100,
-            }],
+            requests: &[ClaimRequest::any("default", 100)],
         })
         .unwrap();
     let done: Vec<_> = jobs

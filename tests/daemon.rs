@@ -162,7 +162,7 @@ fn bad_jobs_go_dead_on_first_claim_naming_what_is_wrong() {
     };
     assert_eq!(
         error(0),
-        "unknown kind \"bogus\" (this jobd runs: email, file, http, noop)"
+        "unknown kind \"bogus\" (this jobd runs: checksum, compress, email, exec, file, http, noop)"
     );
     assert!(
         error(1).starts_with("payload field sleep_ms: invalid type: string \"soon\", expected u64"),
@@ -484,6 +484,7 @@ mod misbehaving_kinds {
         let mut config = Config::defaults();
         config.database.path = dir.path().join("jobd.db");
         config.pool.threads = 2;
+        config.cpu.workers = 1;
         config.retry.backoff_base = Duration::from_millis(10);
         let mut registry = Registry::builtin(&config);
         registry.add(Arc::new(Panics));
@@ -494,7 +495,9 @@ mod misbehaving_kinds {
         let daemon = {
             let config = config.clone();
             std::thread::spawn(move || {
-                jobd::daemon::run(config, registry, rx, Box::new(|| Err("no reload".into())))
+                let program = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jobd"));
+                let reload = Box::new(|| Err("no reload".into()));
+                jobd::daemon::run(config, registry, rx, reload, program)
             })
         };
         let mut store = wait_for(PATIENCE, || {

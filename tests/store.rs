@@ -48,10 +48,7 @@ fn claim(store: &mut dyn Store, worker: &str, now: i64, queue: &str, limit: usiz
             worker,
             now,
             lease_until: now + 30_000,
-            requests: &[ClaimRequest {
-                queue: queue.to_string(),
-                limit,
-            }],
+            requests: &[ClaimRequest::any(queue, limit)],
         })
         .unwrap()
 }
@@ -138,14 +135,8 @@ fn claim_respects_limits_queues_and_pauses() {
                 now: NOW,
                 lease_until: NOW + 1,
                 requests: &[
-                    ClaimRequest {
-                        queue: "mail".into(),
-                        limit: 5,
-                    },
-                    ClaimRequest {
-                        queue: "default".into(),
-                        limit: 0,
-                    },
+                    ClaimRequest::any("mail", 5),
+                    ClaimRequest::any("default", 0),
                 ],
             })
             .unwrap();

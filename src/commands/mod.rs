@@ -77,7 +77,12 @@ fn run_daemon(
         Ok(config)
     });
     let registry = crate::kinds::Registry::builtin(&config);
-    crate::daemon::run(config, registry, requests, reload)?;
+    // CPU workers re-execute this very binary.
+    let program = std::env::current_exe().map_err(|source| Error::Io {
+        what: "cannot find the jobd binary to start CPU workers from".into(),
+        source,
+    })?;
+    crate::daemon::run(config, registry, requests, reload, program)?;
     Ok(())
 }
 

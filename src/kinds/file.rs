@@ -146,17 +146,64 @@ impl FileKind {
     }
 }
 
+/// The confinement other kinds borrow: email attachments, `checksum` and
+/// `compress` touch files only through these.
 impl FileKind {
-    /// Reads a whole file confined to the roots, for other kinds (email
-    /// attachments); `field` names the payload field in errors.
+    /// Reads a whole file confined to the roots; `field` names the payload
+    /// field in errors.
     pub fn read(&self, field: &str, raw: &str) -> Result<Vec<u8>, JobError> {
-        let located = self.locate(field, Some(raw))?;
-        let mut file = std::fs::File::from(located.open(OFlags::RDONLY)?);
         let mut data = Vec::new();
-        file.read_to_end(&mut data)
-            .map_err(|e| io("read", &located.raw, e))?;
+        self.open_read(field, raw)?
+            .read_to_end(&mut data)
+            .map_err(|e| io("read", raw, e))?;
         Ok(data)
     }
+
+    /// Opens a file confined to the roots for reading.
+    pub fn open_read(&self, field: &str, raw: &str) -> Result<std::fs::File, JobError> {
+        let located = self.locate(field, Some(raw))?;
+        Ok(std::fs::File::from(located.open(OFlags::RDONLY)?))
+    }
+
+    /// Streams a new file into place at `raw`, confined to the roots and
+    /// atomic like `write`, replacing what is there so that a retry after a
+    /// crash redoes the work instead of failing on its own output. `fill`
+    /// writes the content; its error is transient and named with `what`,
+    /// unless it wraps a [`JobError`] (`io::Error::other(job_error)`), which
+    /// is returned as it is.
+    pub fn replace_with<T>(
+        &self,
+        ctx: &Context<'_>,
+        field: &str,
+        raw: &str,
+        what: &str,
+        fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<T>,
+    ) -> Result<T, JobError> {
+        let target = self.locate(field, Some(raw))?;
+        let dir = target.parent()?;
+        let name = target.name()?;
+        let tmp = temporary_name(ctx, name);
+        replace_atomically_with(dir.as_fd(), name, &tmp, true, fill).map_err(|e| match e {
+            // `fill` stopped for a reason of the job's own (its deadline).
+            ReplaceError::Write(e) if e.get_ref().is_some_and(|i| i.is::<JobError>()) => e
+                .into_inner()
+                .and_then(|i| i.downcast::<JobError>().ok())
+                .map_or(JobError::TimedOut, |e| *e),
+            ReplaceError::Write(e) => io(what, &target.raw, e),
+            ReplaceError::At(what, errno) => target.error(what, errno),
+        })
+    }
+}
+
+/// The temporary name beside `name` for an attempt: hidden, and distinct
+/// per job and attempt so two attempts never share one.
+fn temporary_name(ctx: &Context<'_>, name: &std::ffi::OsStr) -> String {
+    format!(
+        ".{}.jobd-{}-{}.tmp",
+        name.to_string_lossy(),
+        ctx.id,
+        ctx.attempt
+    )
 }
 
 impl Located {
@@ -317,6 +364,18 @@ pub(crate) fn replace_atomically(
     content: &[u8],
     overwrite: bool,
 ) -> Result<(), ReplaceError> {
+    replace_atomically_with(dir, name, tmp, overwrite, |file| file.write_all(content))
+}
+
+/// [`replace_atomically`] with the content streamed in by `fill`, which
+/// writes into the temporary file and returns what it wants to report.
+pub(crate) fn replace_atomically_with<T>(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    tmp: &str,
+    overwrite: bool,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<T>,
+) -> Result<T, ReplaceError> {
     let fd = rustix::fs::openat(
         dir,
         tmp,
@@ -325,10 +384,13 @@ pub(crate) fn replace_atomically(
     )
     .map_err(|e| ReplaceError::At("create a temporary file beside", e))?;
     let mut file = std::fs::File::from(fd);
-    if let Err(e) = file.write_all(content).and_then(|()| file.sync_all()) {
-        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
-        return Err(ReplaceError::Write(e));
-    }
+    let value = match fill(&mut file).and_then(|value| file.sync_all().map(|()| value)) {
+        Ok(value) => value,
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+            return Err(ReplaceError::Write(e));
+        }
+    };
     let flags = if overwrite {
         RenameFlags::empty()
     } else {
@@ -338,7 +400,8 @@ pub(crate) fn replace_atomically(
         let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
         return Err(ReplaceError::At("rename into place", e));
     }
-    rustix::fs::fsync(dir).map_err(|e| ReplaceError::At("sync the folder of", e))
+    rustix::fs::fsync(dir).map_err(|e| ReplaceError::At("sync the folder of", e))?;
+    Ok(value)
 }
 
 /// Writes `content` to `target` atomically: a temporary file beside it,
@@ -361,12 +424,7 @@ fn write_atomic(
             target.raw
         )));
     }
-    let tmp = format!(
-        ".{}.jobd-{}-{}.tmp",
-        name.to_string_lossy(),
-        ctx.id,
-        ctx.attempt
-    );
+    let tmp = temporary_name(ctx, name);
     replace_atomically(dir.as_fd(), name, &tmp, content, overwrite).map_err(|e| match e {
         ReplaceError::Write(e) => io("write", &target.raw, e),
         ReplaceError::At(what, errno) => target.error(what, errno),

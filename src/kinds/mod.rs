@@ -11,12 +11,18 @@
 //! [`Kind::run`] on a pool thread, catches panics and turns the answer into
 //! a completion.
 
+mod checksum;
+mod compress;
 pub mod email;
+pub mod exec;
 pub mod file;
 pub mod http;
 mod noop;
 
+pub use checksum::Checksum;
+pub use compress::Compress;
 pub use email::Email;
+pub use exec::Exec;
 pub use file::FileKind;
 pub use http::Http;
 pub use noop::Noop;
@@ -28,19 +34,10 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use crate::config::Config;
-
-/// Which pool runs a kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PoolKind {
-    /// The IO thread pool (`pool.threads`).
-    Threads,
-    /// The CPU worker processes (`cpu.workers`).
-    Processes,
-}
+use crate::config::{Config, ExecConfig, FileConfig};
 
 /// Why an attempt failed, classified where the failure was born.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum JobError {
     /// Worth retrying: the next attempt may succeed (a refused connection, a
     /// 503). `retry_at` (epoch ms) overrides the backoff (`Retry-After`).
@@ -84,7 +81,6 @@ impl JobError {
 }
 
 /// What a kind knows about the attempt it runs.
-#[derive(Debug)]
 pub struct Context<'a> {
     /// The job's id.
     pub id: i64,
@@ -96,6 +92,21 @@ pub struct Context<'a> {
     pub deadline: Instant,
     /// Set when an operator cancels the job or the daemon gives up on it.
     pub cancel: &'a AtomicBool,
+    /// Told the process group of a process the attempt starts (an `exec`
+    /// handler), so that a kill of the attempt reaches it. None where no
+    /// one outside the attempt kills it (the IO threads).
+    pub spawned: Option<&'a dyn Fn(i32)>,
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("queue", &self.queue)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How often a waiting kind looks at its cancel flag: well inside the
@@ -140,11 +151,6 @@ pub trait Kind: Send + Sync {
     /// The name in `jobs.kind`.
     fn name(&self) -> &'static str;
 
-    /// Which pool runs it.
-    fn pool(&self) -> PoolKind {
-        PoolKind::Threads
-    }
-
     /// Runs one attempt: parses `payload`, does the work before
     /// `ctx.deadline`, and returns the result as JSON text (None for none).
     fn run(&self, ctx: &Context<'_>, payload: &str) -> Result<Option<String>, JobError>;
@@ -177,7 +183,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Every kind this build ships, configured from `config`.
+    /// Every kind this build ships, configured from `config`. The CPU
+    /// kinds are here so the dispatcher knows them by name; they run in the
+    /// worker processes, from [`Registry::cpu`].
     pub fn builtin(config: &Config) -> Registry {
         let mut registry = Registry {
             kinds: HashMap::new(),
@@ -189,7 +197,24 @@ impl Registry {
         let files = Arc::new(FileKind::new(&config.file));
         registry.add(Arc::new(Email::new(&config.email, Arc::clone(&files))));
         registry.add(files);
+        registry.add_cpu(&config.file, &config.exec);
         registry
+    }
+
+    /// The kinds a CPU worker process runs.
+    pub fn cpu(file: &FileConfig, exec: &ExecConfig) -> Registry {
+        let mut registry = Registry {
+            kinds: HashMap::new(),
+        };
+        registry.add_cpu(file, exec);
+        registry
+    }
+
+    fn add_cpu(&mut self, file: &FileConfig, exec: &ExecConfig) {
+        let files = Arc::new(FileKind::new(file));
+        self.add(Arc::new(Checksum::new(Arc::clone(&files))));
+        self.add(Arc::new(Compress::new(files)));
+        self.add(Arc::new(Exec::new(exec, file)));
     }
 
     /// Adds (or replaces) a kind.
@@ -260,6 +285,7 @@ mod tests {
             queue: "default",
             deadline: Instant::now() + Duration::from_millis(20),
             cancel: &cancel,
+            spawned: None,
         };
         assert_eq!(ctx.sleep(Duration::from_secs(60)), Err(JobError::TimedOut));
         let ctx = Context {

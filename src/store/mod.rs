@@ -13,7 +13,7 @@
 mod schema;
 mod sqlite;
 
-pub use schema::SCHEMA_VERSION;
+pub use schema::{CPU_KIND_TEST, SCHEMA_VERSION};
 pub use sqlite::{OpenMode, SqliteStore};
 
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::job::{Completion, Job, JobState, NewJob, RunOutcome};
+use crate::job::{Completion, Job, JobState, NewJob, Pool, RunOutcome};
 
 /// What went wrong in the store, with the database and operation it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -146,13 +146,39 @@ impl Enqueued {
     }
 }
 
-/// How many jobs to claim from one queue.
+/// How many jobs to claim from one queue, per pool: a claim asks each pool
+/// only for the jobs it has slots for, so jobs of a busy pool never hold up
+/// the other pool's jobs queued behind them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimRequest {
     /// The queue.
     pub queue: String,
-    /// At most this many.
+    /// At most this many of the queue's jobs in all (its allowance).
     pub limit: usize,
+    /// At most this many jobs of CPU kinds (claimed first).
+    pub cpu: usize,
+    /// At most this many jobs of IO kinds.
+    pub io: usize,
+}
+
+impl ClaimRequest {
+    /// Up to `limit` jobs of `queue`, of either pool.
+    pub fn any(queue: impl Into<String>, limit: usize) -> ClaimRequest {
+        ClaimRequest {
+            queue: queue.into(),
+            limit,
+            cpu: limit,
+            io: limit,
+        }
+    }
+
+    /// The most jobs of `pool` this request takes.
+    pub fn for_pool(&self, pool: Pool) -> usize {
+        match pool {
+            Pool::Cpu => self.cpu,
+            Pool::Io => self.io,
+        }
+    }
 }
 
 /// A claim: which daemon takes jobs, when, and for how long.

@@ -11,7 +11,7 @@
 //! time a statement checks it, which cost a third of every completion.
 
 /// The migrations in order; entry `i` takes a file from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1_TABLES, V2_OPERATIONS, V3_LEANER_RUNS];
+pub const MIGRATIONS: &[&str] = &[V1_TABLES, V2_OPERATIONS, V3_LEANER_RUNS, V4_READY_BY_POOL];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -131,3 +131,40 @@ CREATE INDEX job_runs_finished ON job_runs (finished_at);
 const V3_LEANER_RUNS: &str = "
 DROP INDEX IF EXISTS job_runs_finished;
 ";
+
+/// The SQL test "this job's kind runs on the CPU pool" ([`crate::job::CPU_KINDS`]),
+/// as a macro so that the index and the claim are built from one literal.
+macro_rules! cpu_kind_test {
+    () => {
+        "(kind = 'checksum' OR kind = 'compress' OR kind = 'exec')"
+    };
+}
+
+/// [`cpu_kind_test!`] for queries: a claim must spell it exactly as the
+/// index does for SQLite to use the index.
+pub const CPU_KIND_TEST: &str = cpu_kind_test!();
+
+/// The claim asks one pool at a time for jobs, so the ready index puts the
+/// pool right after the queue: a claim for IO jobs then never walks past
+/// the CPU jobs queued ahead of them, however many there are.
+const V4_READY_BY_POOL: &str = concat!(
+    "DROP INDEX jobs_ready;\n",
+    "CREATE INDEX jobs_ready ON jobs (queue, ",
+    cpu_kind_test!(),
+    ", priority DESC, run_at, id) WHERE state = 'queued';\n"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_expression_names_exactly_the_cpu_kinds() {
+        let spelled: Vec<String> = crate::job::CPU_KINDS
+            .iter()
+            .map(|k| format!("kind = '{k}'"))
+            .collect();
+        assert_eq!(CPU_KIND_TEST, format!("({})", spelled.join(" OR ")));
+        assert!(V4_READY_BY_POOL.contains(CPU_KIND_TEST));
+    }
+}

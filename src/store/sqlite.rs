@@ -15,12 +15,13 @@ use rusqlite::{
 };
 
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
+use super::CPU_KIND_TEST;
 use super::{
     Applied, Backlog, BulkRetry, CancelResult, Claim, Enqueued, JobRun, ListFilter, PruneCutoffs,
     Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store, StoreError,
     WorkerInfo,
 };
-use crate::job::{Completion, Job, JobState, NewJob, RunOutcome, Transition};
+use crate::job::{Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
 /// Prepared statements kept per connection; enough for every named query.
 const STATEMENT_CACHE: usize = 128;
@@ -451,38 +452,61 @@ fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite:
 fn claim_in(tx: &rusqlite::Transaction<'_>, claim: &Claim<'_>) -> rusqlite::Result<Vec<Job>> {
     let mut jobs = Vec::new();
     for request in claim.requests.iter().filter(|r| r.limit > 0) {
-        // The LIMIT is written into the text: a bound LIMIT makes SQLite
-        // re-prepare the statement on every run (the planner reads its
-        // value), which cost more than the claim itself. The cache keeps
-        // one statement per limit in use.
-        let mut stmt = tx.prepare_cached(&format!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
-             finished_at = NULL, lease_until = ?2, worker = ?3 \
-             WHERE state = 'queued' AND id IN ( \
-                 SELECT id FROM jobs \
-                 WHERE state = 'queued' AND queue = ?4 AND run_at <= ?1 \
-                   AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
-                 ORDER BY priority DESC, run_at, id LIMIT {}) \
-             RETURNING {JOB_COLUMNS}",
-            request.limit
-        ))?;
-        let rows = stmt.query_map(
-            params![claim.now, claim.lease_until, claim.worker, request.queue],
-            job_from_row,
-        )?;
-        let start = jobs.len();
-        for job in rows {
-            jobs.push(job?);
+        let mut left = request.limit;
+        for pool in Pool::ALL {
+            let limit = request.for_pool(pool).min(left);
+            if limit == 0 {
+                continue;
+            }
+            let start = jobs.len();
+            claim_pool(tx, claim, &request.queue, pool, limit, &mut jobs)?;
+            left -= jobs.len() - start;
         }
-        // RETURNING gives no order; hand jobs out in claim order.
-        jobs[start..].sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.run_at.cmp(&b.run_at))
-                .then(a.id.cmp(&b.id))
-        });
     }
     Ok(jobs)
+}
+
+/// Claims up to `limit` ready jobs of `queue` that run on `pool`.
+fn claim_pool(
+    tx: &rusqlite::Transaction<'_>,
+    claim: &Claim<'_>,
+    queue: &str,
+    pool: Pool,
+    limit: usize,
+    jobs: &mut Vec<Job>,
+) -> rusqlite::Result<()> {
+    // The LIMIT and the pool are written into the text: a bound LIMIT
+    // makes SQLite re-prepare the statement on every run (the planner
+    // reads its value), which cost more than the claim itself. The cache
+    // keeps one statement per pool and limit in use. The pool test is the
+    // claim index's expression, word for word, so the index serves it.
+    let mut stmt = tx.prepare_cached(&format!(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
+         finished_at = NULL, lease_until = ?2, worker = ?3 \
+         WHERE state = 'queued' AND id IN ( \
+             SELECT id FROM jobs \
+             WHERE state = 'queued' AND queue = ?4 AND {CPU_KIND_TEST} = {} AND run_at <= ?1 \
+               AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
+             ORDER BY priority DESC, run_at, id LIMIT {limit}) \
+         RETURNING {JOB_COLUMNS}",
+        i32::from(pool == Pool::Cpu)
+    ))?;
+    let rows = stmt.query_map(
+        params![claim.now, claim.lease_until, claim.worker, queue],
+        job_from_row,
+    )?;
+    let start = jobs.len();
+    for job in rows {
+        jobs.push(job?);
+    }
+    // RETURNING gives no order; hand jobs out in claim order.
+    jobs[start..].sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.run_at.cmp(&b.run_at))
+            .then(a.id.cmp(&b.id))
+    });
+    Ok(())
 }
 
 /// Writes outcomes inside an open transaction (see [`Store::complete`]).
@@ -946,27 +970,30 @@ impl Store for SqliteStore {
 
     fn next_run_at(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>> {
         let queues = self.these_or_queued(queues)?;
-        // Per queue, a loose scan over its distinct priorities and one index
-        // seek each: the ready index orders run_at within a priority, so
-        // the cost does not grow with the number of queued jobs.
+        // Per queue and pool, a loose scan over its distinct priorities and
+        // one index seek each: the ready index orders run_at within a
+        // priority, so the cost does not grow with the number of queued jobs.
         let mut next: Option<i64> = None;
         for queue in &queues {
-            let at: Option<i64> = self
-                .conn
-                .prepare_cached(
-                    "WITH RECURSIVE p(pr) AS ( \
-                       SELECT (SELECT max(priority) FROM jobs WHERE state = 'queued' AND queue = ?1) \
-                       UNION ALL \
-                       SELECT (SELECT max(priority) FROM jobs \
-                               WHERE state = 'queued' AND queue = ?1 AND priority < p.pr) \
-                       FROM p WHERE p.pr IS NOT NULL) \
-                     SELECT min((SELECT min(run_at) FROM jobs \
-                                 WHERE state = 'queued' AND queue = ?1 AND priority = p.pr AND run_at > ?2)) \
-                     FROM p WHERE p.pr IS NOT NULL",
-                )
-                .and_then(|mut s| s.query_row(params![queue, after], |r| r.get(0)))
-                .map_err(|e| self.err("read next run_at", e))?;
-            next = earliest(next, at);
+            for pool in Pool::ALL {
+                let cpu = i32::from(pool == Pool::Cpu);
+                let within = format!("state = 'queued' AND queue = ?1 AND {CPU_KIND_TEST} = {cpu}");
+                let at: Option<i64> = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "WITH RECURSIVE p(pr) AS ( \
+                           SELECT (SELECT max(priority) FROM jobs WHERE {within}) \
+                           UNION ALL \
+                           SELECT (SELECT max(priority) FROM jobs WHERE {within} AND priority < p.pr) \
+                           FROM p WHERE p.pr IS NOT NULL) \
+                         SELECT min((SELECT min(run_at) FROM jobs \
+                                     WHERE {within} AND priority = p.pr AND run_at > ?2)) \
+                         FROM p WHERE p.pr IS NOT NULL"
+                    ))
+                    .and_then(|mut s| s.query_row(params![queue, after], |r| r.get(0)))
+                    .map_err(|e| self.err("read next run_at", e))?;
+                next = earliest(next, at);
+            }
         }
         Ok(next)
     }

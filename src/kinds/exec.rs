@@ -1,0 +1,362 @@
+//! `exec` (SPEC §2, a CPU kind): runs an executable handler from the
+//! handlers folder (`exec.dir`) with the job's `args` as JSON on stdin.
+//!
+//! The handler name is a plain name (`[A-Za-z0-9_-]+`) looked up directly
+//! in the folder: no path, no shell. The handler runs in its own process
+//! group with a minimal environment (`PATH`, `JOBD_JOB_ID`, `JOBD_ATTEMPT`,
+//! `JOBD_QUEUE`), in the first file root, and dies with the worker that
+//! started it (`PR_SET_PDEATHSIG`). Its group is reported through
+//! [`Context::spawned`] so the pool's kill at the deadline reaches every
+//! process in it; when the handler exits, whatever it left running in its
+//! group is killed too, so a job's processes end with the job.
+//!
+//! Its output is read concurrently and bounded: stdout up to
+//! [`MAX_STDOUT`] (the rest is read and dropped), stderr keeping its last
+//! [`STDERR_TAIL`] bytes, so a handler that writes megabytes neither
+//! blocks nor grows the worker's memory.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::{parse_payload, Context, JobError, Kind};
+use crate::config::{ExecConfig, FileConfig};
+
+/// Stdout beyond this is read and dropped; the result says `truncated`.
+pub const MAX_STDOUT: usize = 1 << 20;
+
+/// How much of the end of stderr goes into `last_error` (SPEC §2).
+pub const STDERR_TAIL: usize = 4096;
+
+/// The exit status that asks for a retry (`EX_TEMPFAIL` of sysexits.h).
+pub const EX_TEMPFAIL: i32 = 75;
+
+/// The `PATH` handlers get: the system folders, enough for `#!/usr/bin/env
+/// python3` and the usual tools, and nothing of the daemon's environment.
+pub const HANDLER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// How long to wait for the output pipes to close after the handler exited
+/// and its group was killed. Only a process that left the group (`setsid`)
+/// can hold them longer; its output is then left unread.
+const OUTPUT_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Payload {
+    handler: String,
+    #[serde(default)]
+    args: serde_json::Value,
+}
+
+/// The `exec` kind.
+pub struct Exec {
+    dir: PathBuf,
+    cwd: PathBuf,
+}
+
+impl Exec {
+    /// Handlers from `exec.dir`, run in the first of `file.roots`; relative
+    /// folders are taken against the daemon's working folder.
+    pub fn new(exec: &ExecConfig, file: &FileConfig) -> Exec {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let dir = absolute(&exec.dir);
+        let cwd = file
+            .roots
+            .first()
+            .map_or_else(|| dir.clone(), |r| absolute(r));
+        Exec { dir, cwd }
+    }
+
+    /// The handler's file, checked: a plain name, a regular file directly
+    /// in the folder, executable.
+    fn handler(&self, name: &str) -> Result<PathBuf, JobError> {
+        let plain = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !plain {
+            return Err(JobError::permanent(format!(
+                "payload field handler: {name:?} is not a handler name (letters, digits, _ and - only; no path)"
+            )));
+        }
+        let path = self.dir.join(name);
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            JobError::permanent(match e.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "exec handler {name} is not in the handlers folder {} (exec.dir)",
+                    self.dir.display()
+                ),
+                _ => format!("exec handler {name} cannot be looked at: {e}"),
+            })
+        })?;
+        if !meta.is_file() {
+            return Err(JobError::permanent(format!(
+                "exec handler {name} in {} is not a regular file",
+                self.dir.display()
+            )));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(JobError::permanent(format!(
+                "exec handler {name} in {} is not executable (chmod +x it)",
+                self.dir.display()
+            )));
+        }
+        Ok(path)
+    }
+}
+
+/// What the reader threads hand back.
+enum Output {
+    Stdout { bytes: Vec<u8>, truncated: bool },
+    Stderr { tail: Vec<u8>, cut: bool },
+}
+
+/// Reads `input` to its end, keeping the first `limit` bytes.
+fn read_head(mut input: impl Read, limit: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut truncated = false;
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => return (kept, truncated),
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                truncated |= n > room;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return (kept, truncated),
+        }
+    }
+}
+
+/// Reads `input` to its end, keeping the last `limit` bytes.
+fn read_tail(mut input: impl Read, limit: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut cut = false;
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > 2 * limit {
+                    kept.drain(..kept.len() - limit);
+                    cut = true;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if kept.len() > limit {
+        kept.drain(..kept.len() - limit);
+        cut = true;
+    }
+    (kept, cut)
+}
+
+/// A short name for a signal number, for messages.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => "a signal",
+    }
+}
+
+impl Kind for Exec {
+    fn name(&self) -> &'static str {
+        "exec"
+    }
+
+    fn run(&self, ctx: &Context<'_>, payload: &str) -> Result<Option<String>, JobError> {
+        let args: Payload = parse_payload(payload)?;
+        let name = args.handler.as_str();
+        let path = self.handler(name)?;
+        let mut command = Command::new(&path);
+        command
+            .env_clear()
+            .env("PATH", HANDLER_PATH)
+            .env("JOBD_JOB_ID", ctx.id.to_string())
+            .env("JOBD_ATTEMPT", ctx.attempt.to_string())
+            .env("JOBD_QUEUE", ctx.queue)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let worker = rustix::process::getpid();
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes two system calls (prctl, getppid), which are safe there.
+        unsafe {
+            command.pre_exec(move || {
+                // The handler dies with the worker that started it; if the
+                // worker is already gone, it does not start at all.
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
+                if rustix::process::getppid() != Some(worker) {
+                    return Err(std::io::Error::other("the worker exited"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| {
+            let message = format!("exec handler {name} cannot be started: {e}");
+            match e.raw_os_error() {
+                // Not a program (a script without #!) or not allowed to run.
+                Some(libc::ENOEXEC) | Some(libc::EACCES) | Some(libc::ENOENT) => {
+                    JobError::permanent(message)
+                }
+                _ => JobError::transient(message),
+            }
+        })?;
+        let pgid = child.id() as i32;
+        if let Some(spawned) = ctx.spawned {
+            spawned(pgid);
+        }
+        let (tx, rx) = mpsc::channel();
+        if let Some(mut stdin) = child.stdin.take() {
+            let input = serde_json::to_vec(&args.args).unwrap_or_default();
+            // A handler may never read its stdin; the write must not block
+            // the reading of its output.
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+        }
+        if let Some(stdout) = child.stdout.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let (bytes, truncated) = read_head(stdout, MAX_STDOUT);
+                let _ = tx.send(Output::Stdout { bytes, truncated });
+            });
+        }
+        if let Some(stderr) = child.stderr.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let (tail, cut) = read_tail(stderr, STDERR_TAIL);
+                let _ = tx.send(Output::Stderr { tail, cut });
+            });
+        }
+        drop(tx);
+        let status = child.wait().map_err(|e| {
+            JobError::transient(format!("exec handler {name}: cannot wait for it: {e}"))
+        })?;
+        // Whatever the handler left running in its group ends with the job.
+        if let Some(group) = rustix::process::Pid::from_raw(pgid) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let (mut stdout, mut truncated, mut stderr, mut cut) =
+            (Vec::new(), false, Vec::new(), false);
+        let until = Instant::now() + OUTPUT_WAIT;
+        for _ in 0..2 {
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(Output::Stdout {
+                    bytes,
+                    truncated: t,
+                }) => (stdout, truncated) = (bytes, t),
+                Ok(Output::Stderr { tail, cut: c }) => (stderr, cut) = (tail, c),
+                Err(_) => break,
+            }
+        }
+        let stderr_note = || {
+            let text = String::from_utf8_lossy(&stderr);
+            let text = text.trim();
+            match (text.is_empty(), cut) {
+                (true, _) => String::new(),
+                (false, false) => format!("; stderr: {text}"),
+                (false, true) => format!("; stderr (last {STDERR_TAIL} bytes): …{text}"),
+            }
+        };
+        match (status.code(), status.signal()) {
+            (Some(0), _) => {
+                let parsed = (!truncated)
+                    .then(|| serde_json::from_slice::<serde_json::Value>(&stdout).ok())
+                    .flatten();
+                let result = match parsed {
+                    Some(value) => value,
+                    None if truncated => serde_json::json!({
+                        "stdout": String::from_utf8_lossy(&stdout),
+                        "truncated": true,
+                    }),
+                    None => serde_json::json!({ "stdout": String::from_utf8_lossy(&stdout) }),
+                };
+                Ok(Some(result.to_string()))
+            }
+            (Some(EX_TEMPFAIL), _) => Err(JobError::transient(format!(
+                "exec handler {name} asked for a retry (exit {EX_TEMPFAIL}){}",
+                stderr_note()
+            ))),
+            (Some(code), _) => Err(JobError::transient(format!(
+                "exec handler {name} exited with status {code}{}",
+                stderr_note()
+            ))),
+            (None, Some(signal)) => Err(JobError::transient(format!(
+                "exec handler {name} was killed by signal {signal} ({}){}",
+                signal_name(signal),
+                stderr_note()
+            ))),
+            (None, None) => Err(JobError::transient(format!(
+                "exec handler {name} ended with {status}{}",
+                stderr_note()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_kept_within_its_bounds() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let (head, truncated) = read_head(&data[..], 100);
+        assert_eq!((head.as_slice(), truncated), (&data[..100], true));
+        let (tail, cut) = read_tail(&data[..], 100);
+        assert_eq!((tail.as_slice(), cut), (&data[data.len() - 100..], true));
+        let (all, cut) = read_tail(&data[..50], 100);
+        assert_eq!((all.len(), cut), (50, false));
+    }
+
+    #[test]
+    fn handler_names_are_plain_names_in_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = Exec::new(
+            &ExecConfig {
+                dir: dir.path().to_path_buf(),
+            },
+            &FileConfig { roots: vec![] },
+        );
+        for bad in ["", "../x", "a/b", "x y", ".hidden", "~root"] {
+            let err = exec.handler(bad).unwrap_err().to_string();
+            assert!(err.contains("is not a handler name"), "{bad}: {err}");
+        }
+        let err = exec.handler("missing").unwrap_err().to_string();
+        assert!(err.contains("is not in the handlers folder"), "{err}");
+        std::fs::create_dir(dir.path().join("folder")).unwrap();
+        let err = exec.handler("folder").unwrap_err().to_string();
+        assert!(err.contains("is not a regular file"), "{err}");
+        std::fs::write(dir.path().join("plain"), "#!/bin/sh\n").unwrap();
+        let err = exec.handler("plain").unwrap_err().to_string();
+        assert!(err.contains("is not executable"), "{err}");
+    }
+}

@@ -1,0 +1,596 @@
+//! The CPU pool: `cpu.workers` long-lived worker processes, each running one
+//! job at a time, so CPU-heavy work never slows the IO threads or the
+//! dispatcher and a runaway job can be killed (SPEC §3 *Pools*, *Timeouts*).
+//!
+//! Each worker is the daemon's own binary re-executed in its hidden worker
+//! mode ([`super::worker`]) in a process group of its own, with a clean
+//! environment, talking [`super::frame`]s over its stdin and stdout. One
+//! supervisor thread per worker owns it: it takes a [`Task`] from the
+//! pool's channel, sends the order, and waits for the answer while
+//! watching the deadline and the cancel flag. At the deadline, on a cancel,
+//! or when the dispatcher gives up on the job, it kills the job's process
+//! group (an `exec` handler's) and the worker's with SIGTERM, then SIGKILL
+//! after [`KILL_GRACE`], and starts a fresh worker. A worker that dies on
+//! its own (killed from outside, over its memory limit) fails only its
+//! current attempt, as a transient error; the supervisor starts another. A
+//! worker is also replaced after `cpu.max_jobs_per_worker` jobs.
+//!
+//! Workers die with the daemon: each asks for `PR_SET_PDEATHSIG` (tied to
+//! its supervisor thread, which lives exactly as long as the worker) and
+//! exits when its stdin closes.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rustix::process::{Pid, Signal};
+
+use super::frame::{self, FromWorker, Order, Setup, ToWorker};
+use super::threads::Finished;
+use super::worker::WORKER_COMMAND;
+use crate::event;
+use crate::executor::{self, Task};
+use crate::job::now_ms;
+use crate::kinds::exec::signal_name;
+use crate::kinds::{JobError, CANCEL_CHECK};
+
+/// Between SIGTERM and SIGKILL when a job is killed: time for a handler to
+/// remove its temporary files, short enough that a slot is not held long.
+pub const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a new worker may take to say it is ready. Starting one takes a
+/// few milliseconds; this only bounds a binary that hangs.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often an idle supervisor checks that its worker is still alive, and
+/// how long it waits before trying again after a worker failed to start.
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The niceness of the workers and their handlers: CPU jobs take what the
+/// daemon's own threads leave, so pickup stays quick on a busy machine.
+pub const CPU_NICE: i32 = 10;
+
+/// How often a kill checks whether the processes are gone yet.
+const KILL_STEP: Duration = Duration::from_millis(10);
+
+/// What a worker is started with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The `jobd` binary to re-execute.
+    pub program: PathBuf,
+    /// Sent to each new worker.
+    pub setup: Setup,
+    /// `cpu.max_jobs_per_worker`.
+    pub max_jobs: u64,
+}
+
+/// The pids of the live workers, for the `stats` line and metrics.
+#[derive(Debug, Default)]
+pub struct WorkerPids(Mutex<BTreeSet<u32>>);
+
+impl WorkerPids {
+    /// The pids now.
+    pub fn list(&self) -> Vec<u32> {
+        self.0
+            .lock()
+            .map(|p| p.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn add(&self, pid: u32) {
+        if let Ok(mut p) = self.0.lock() {
+            p.insert(pid);
+        }
+    }
+
+    fn remove(&self, pid: u32) {
+        if let Ok(mut p) = self.0.lock() {
+            p.remove(&pid);
+        }
+    }
+}
+
+enum Message {
+    Run(Box<Task>),
+    Retire,
+}
+
+/// What every supervisor shares.
+struct Common {
+    queue: Receiver<Message>,
+    done: Sender<Finished>,
+    /// The settings new workers start with (replaced on reload).
+    settings: Mutex<Arc<Settings>>,
+    pids: Arc<WorkerPids>,
+}
+
+impl Common {
+    fn settings(&self) -> Arc<Settings> {
+        match self.settings.lock() {
+            Ok(s) => Arc::clone(&s),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+}
+
+/// The pool of worker processes.
+pub struct ProcessPool {
+    tasks: Sender<Message>,
+    common: Arc<Common>,
+    size: usize,
+    supervisors: Vec<JoinHandle<()>>,
+    spawned: usize,
+}
+
+impl ProcessPool {
+    /// Starts `size` workers and waits (up to [`START_TIMEOUT`]) until each
+    /// is ready or has failed to start; attempts are reported to `done`.
+    pub fn new(
+        size: usize,
+        settings: Settings,
+        done: Sender<Finished>,
+        pids: Arc<WorkerPids>,
+    ) -> io::Result<ProcessPool> {
+        let (tasks, queue) = crossbeam_channel::unbounded();
+        let mut pool = ProcessPool {
+            tasks,
+            common: Arc::new(Common {
+                queue,
+                done,
+                settings: Mutex::new(Arc::new(settings)),
+                pids,
+            }),
+            size: 0,
+            supervisors: Vec::new(),
+            spawned: 0,
+        };
+        pool.resize(size)?;
+        Ok(pool)
+    }
+
+    /// The configured number of workers.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Workers running now.
+    pub fn live(&self) -> usize {
+        self.common.pids.list().len()
+    }
+
+    /// Hands a task to the next idle worker.
+    pub fn submit(&self, task: Task) {
+        // The pool keeps a receiver alive, so the channel cannot be closed.
+        let _ = self.tasks.send(Message::Run(Box::new(task)));
+    }
+
+    /// The settings that workers started from now on use; running workers
+    /// keep theirs until they are replaced.
+    pub fn set_settings(&self, settings: Settings) {
+        if let Ok(mut s) = self.common.settings.lock() {
+            *s = Arc::new(settings);
+        }
+    }
+
+    /// Grows or shrinks the pool. Growing waits until the new workers are
+    /// ready; shrinking retires workers as they become idle, so no running
+    /// job is disturbed.
+    pub fn resize(&mut self, size: usize) -> io::Result<()> {
+        let (ready_tx, ready) = crossbeam_channel::unbounded();
+        let mut starting = 0;
+        while self.size < size {
+            self.spawned += 1;
+            let common = Arc::clone(&self.common);
+            let ready_tx = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("jobd-cpu-{}", self.spawned))
+                .spawn(move || supervise(&common, ready_tx))?;
+            self.supervisors.push(handle);
+            self.size += 1;
+            starting += 1;
+        }
+        while self.size > size {
+            let _ = self.tasks.send(Message::Retire);
+            self.size -= 1;
+        }
+        let until = Instant::now() + START_TIMEOUT;
+        for _ in 0..starting {
+            if ready
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                break;
+            }
+        }
+        self.supervisors.retain(|h| !h.is_finished());
+        Ok(())
+    }
+
+    /// Retires every worker (killing any still running a job, which the
+    /// dispatcher has given up on by now) and waits for them, at most
+    /// `KILL_GRACE` plus a little.
+    pub fn shutdown(mut self) {
+        for _ in 0..self.supervisors.len() {
+            let _ = self.tasks.send(Message::Retire);
+        }
+        let until = Instant::now() + KILL_GRACE + Duration::from_secs(1);
+        while Instant::now() < until && self.supervisors.iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(KILL_STEP);
+        }
+        for handle in self.supervisors.drain(..).filter(|h| h.is_finished()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// One worker process, owned by its supervisor thread.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    pid: Pid,
+    /// The process group of the job's handler, while one runs.
+    group: Option<Pid>,
+    jobs: u64,
+    settings: Arc<Settings>,
+}
+
+/// How a worker ended, for messages.
+fn describe(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => {
+                format!("was killed by signal {signal} ({})", signal_name(signal))
+            }
+            _ => s.to_string(),
+        },
+        None => "stopped answering".to_string(),
+    }
+}
+
+impl Worker {
+    fn start(settings: Arc<Settings>, pids: &WorkerPids) -> io::Result<Worker> {
+        let mut child = Command::new(&settings.program)
+            .arg(WORKER_COMMAND)
+            // Nothing of the daemon's environment (secrets included) reaches
+            // a worker or the handlers it starts.
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own group: a kill reaches what it started, and a Ctrl-C in
+            // the daemon's terminal does not reach it.
+            .process_group(0)
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other("the worker's pipes were not set up"));
+        };
+        let pid = Pid::from_child(&child);
+        let mut worker = Worker {
+            child,
+            stdin,
+            stdout,
+            pid,
+            group: None,
+            jobs: 0,
+            settings,
+        };
+        pids.add(pid.as_raw_pid() as u32);
+        let ready = (|| {
+            frame::write(
+                &mut worker.stdin,
+                &ToWorker::Setup(worker.settings.setup.clone()),
+            )?;
+            if !worker.readable(START_TIMEOUT)? {
+                return Err(io::Error::other(format!(
+                    "it did not say it was ready within {START_TIMEOUT:?}"
+                )));
+            }
+            match frame::read::<FromWorker>(&mut worker.stdout)? {
+                Some(FromWorker::Ready) => Ok(()),
+                other => Err(io::Error::other(format!(
+                    "it answered {other:?} instead of Ready"
+                ))),
+            }
+        })();
+        match ready {
+            Ok(()) => Ok(worker),
+            Err(e) => {
+                let status = worker.kill(pids);
+                Err(io::Error::other(format!(
+                    "{} {}: {e}",
+                    worker_name(&status.0),
+                    describe(status.1)
+                )))
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the worker to write (or close) its stdout.
+    fn readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.stdout,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::event::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(n) => Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Kills the job's process group and the worker's (SIGTERM, then
+    /// SIGKILL after [`KILL_GRACE`]) and reaps the worker. Returns the
+    /// worker's pid and how it ended.
+    fn kill(&mut self, pids: &WorkerPids) -> (Pid, Option<ExitStatus>) {
+        let until = Instant::now() + KILL_GRACE;
+        let exited = |w: &mut Worker| matches!(w.child.try_wait(), Ok(Some(_)) | Err(_));
+        match self.group {
+            // The handler first: it gets the grace, and its worker, still
+            // alive, reaps it.
+            Some(group) => {
+                let _ = rustix::process::kill_process_group(group, Signal::TERM);
+                while Instant::now() < until
+                    && rustix::process::test_kill_process_group(group).is_ok()
+                {
+                    std::thread::sleep(KILL_STEP);
+                }
+                let _ = rustix::process::kill_process_group(group, Signal::KILL);
+            }
+            None => {
+                let _ = rustix::process::kill_process_group(self.pid, Signal::TERM);
+                while Instant::now() < until && !exited(self) {
+                    std::thread::sleep(KILL_STEP);
+                }
+            }
+        }
+        let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
+        let status = self.child.wait().ok();
+        pids.remove(self.pid.as_raw_pid() as u32);
+        (self.pid, status)
+    }
+
+    /// Lets the worker exit by closing its stdin; kills it if it does not
+    /// within [`KILL_GRACE`].
+    fn retire(self, pids: &WorkerPids) {
+        let Worker {
+            mut child,
+            stdin,
+            stdout,
+            pid,
+            ..
+        } = self;
+        drop(stdin);
+        let until = Instant::now() + KILL_GRACE;
+        while Instant::now() < until && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(KILL_STEP);
+        }
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        let _ = child.wait();
+        drop(stdout);
+        pids.remove(pid.as_raw_pid() as u32);
+    }
+}
+
+fn worker_name(pid: &Pid) -> String {
+    format!("CPU worker {}", pid.as_raw_pid())
+}
+
+/// What became of the worker after an attempt.
+enum After {
+    /// It answered and can take the next job.
+    Keep(Worker),
+    /// It was killed or died; a new one is needed.
+    Gone,
+}
+
+/// The supervisor thread of one worker.
+fn supervise(common: &Common, ready: Sender<()>) {
+    let mut worker: Option<Worker> = None;
+    let mut start_error: Option<String> = None;
+    let mut ready = Some(ready);
+    loop {
+        if worker.is_none() {
+            match Worker::start(common.settings(), &common.pids) {
+                Ok(w) => {
+                    if start_error.take().is_some() {
+                        event!(
+                            Info,
+                            "pool.recovered",
+                            pool = "cpu",
+                            detail = "a CPU worker started again"
+                        );
+                    }
+                    worker = Some(w);
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    if start_error.is_none() {
+                        event!(
+                            Error,
+                            "pool.error",
+                            pool = "cpu",
+                            error = e.as_str(),
+                            action = "CPU jobs fail and are retried; trying again every second"
+                        );
+                    }
+                    start_error = Some(e);
+                }
+            }
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
+        }
+        let wait = IDLE_CHECK;
+        let message = match common.queue.recv_timeout(wait) {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(w) = worker.as_mut() {
+                    if !matches!(w.child.try_wait(), Ok(None)) {
+                        let (pid, status) = w.kill(&common.pids);
+                        event!(
+                            Warn,
+                            "pool.worker_exited",
+                            pool = "cpu",
+                            pid = pid.as_raw_pid(),
+                            detail = format!("{} while idle; starting another", describe(status))
+                        );
+                        worker = None;
+                    }
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => Message::Retire,
+        };
+        let task = match message {
+            Message::Retire => {
+                if let Some(w) = worker.take() {
+                    w.retire(&common.pids);
+                }
+                return;
+            }
+            Message::Run(task) => task,
+        };
+        if task.control.is_abandoned() {
+            // Given up before it started (shutdown); already put back.
+            continue;
+        }
+        let began = Instant::now();
+        let answer = match worker.take() {
+            Some(w) => {
+                let (answer, after) = attempt(common, w, &task);
+                if let After::Keep(w) = after {
+                    worker = Some(w);
+                }
+                answer
+            }
+            None => Err(JobError::transient(format!(
+                "no CPU worker process could be started: {}",
+                start_error.as_deref().unwrap_or("unknown error")
+            ))),
+        };
+        report(common, &task, answer, began);
+        if let Some(w) = worker.take_if(|w| w.jobs >= w.settings.max_jobs) {
+            w.retire(&common.pids);
+        }
+    }
+}
+
+/// Runs one attempt on `worker`; returns its answer and the worker if it
+/// can go on.
+fn attempt(
+    common: &Common,
+    mut worker: Worker,
+    task: &Task,
+) -> (Result<Option<String>, JobError>, After) {
+    let order = ToWorker::Run(Order {
+        id: task.job.id,
+        attempt: task.job.attempts,
+        queue: task.job.queue.clone(),
+        kind: task.job.kind.clone(),
+        payload: task.job.payload.clone(),
+        timeout_ms: task.timeout.as_millis() as u64,
+    });
+    if frame::write(&mut worker.stdin, &order).is_err() {
+        // It died while idle: the job has not started, so a fresh worker
+        // takes it.
+        worker.kill(&common.pids);
+        match Worker::start(common.settings(), &common.pids) {
+            Ok(fresh) => worker = fresh,
+            Err(e) => {
+                let message = format!("no CPU worker process could be started: {e}");
+                return (Err(JobError::transient(message)), After::Gone);
+            }
+        }
+        if let Err(e) = frame::write(&mut worker.stdin, &order) {
+            let (pid, _) = worker.kill(&common.pids);
+            let message = format!("{} could not be sent the job: {e}", worker_name(&pid));
+            return (Err(JobError::transient(message)), After::Gone);
+        }
+    }
+    loop {
+        if task.control.cancel.load(Ordering::Relaxed) {
+            worker.kill(&common.pids);
+            return (Err(JobError::Cancelled), After::Gone);
+        }
+        let now = Instant::now();
+        if now >= task.deadline {
+            worker.kill(&common.pids);
+            return (Err(JobError::TimedOut), After::Gone);
+        }
+        let step = (task.deadline - now).min(CANCEL_CHECK);
+        match worker.readable(step) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(_) => return died(common, worker),
+        }
+        match frame::read::<FromWorker>(&mut worker.stdout) {
+            Ok(Some(FromWorker::Spawned { pgid })) => worker.group = Pid::from_raw(pgid),
+            Ok(Some(FromWorker::Done(answer))) => {
+                worker.group = None;
+                worker.jobs += 1;
+                return (answer, After::Keep(worker));
+            }
+            Ok(Some(FromWorker::Ready)) => {}
+            Ok(None) | Err(_) => return died(common, worker),
+        }
+    }
+}
+
+/// The worker stopped answering in the middle of a job: it crashed or was
+/// killed. The attempt fails as a transient error.
+fn died(common: &Common, mut worker: Worker) -> (Result<Option<String>, JobError>, After) {
+    let (pid, status) = worker.kill(&common.pids);
+    let hint = match status.and_then(|s| s.signal()) {
+        Some(6) | Some(9) => format!(
+            " (going over cpu.memory_limit of {} bytes, the kernel's OOM killer or a kill from outside ends a worker so)",
+            worker.settings.setup.memory_limit
+        ),
+        _ => String::new(),
+    };
+    let message = format!(
+        "the {} running this job {}{hint}",
+        worker_name(&pid),
+        describe(status)
+    );
+    event!(
+        Warn,
+        "pool.worker_died",
+        pool = "cpu",
+        pid = pid.as_raw_pid(),
+        detail = format!(
+            "{}; its job is failed and a new worker started",
+            describe(status)
+        )
+    );
+    (Err(JobError::transient(message)), After::Gone)
+}
+
+/// Sends the attempt's completion to the dispatcher, unless the dispatcher
+/// gave up on it first.
+fn report(common: &Common, task: &Task, answer: Result<Option<String>, JobError>, began: Instant) {
+    let completion = executor::settle(task, answer, now_ms(), fastrand::f64());
+    if !task.control.finish() {
+        return;
+    }
+    let _ = common.done.send(Finished {
+        completion,
+        queue: task.job.queue.clone(),
+        kind: task.job.kind.clone(),
+        elapsed: began.elapsed(),
+    });
+}
