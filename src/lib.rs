@@ -20,7 +20,9 @@
 //! pipeline on plain threads. The [`dispatcher`] owns one connection: each
 //! turn it writes finished outcomes ([`completer`]) and claims jobs for the
 //! free slots in the same short transaction, within per-queue limits
-//! ([`limits`]), and hands them to the IO thread pool ([`pool`]). There the
+//! ([`limits`]), and hands them to the pool their kind runs on ([`pool`]):
+//! IO kinds to a thread pool, CPU kinds to worker processes (the binary
+//! re-executed in a worker mode, killed at the deadline). There the
 //! [`executor`] runs one attempt of a [`kinds::Kind`] with its deadline and
 //! cancel flag, catches panics, and settles the outcome (success, a retry
 //! after the [`retry`] backoff, or `dead`). The dispatcher sleeps until an

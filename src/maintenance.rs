@@ -210,6 +210,7 @@ impl<S: Store> Maintenance<S> {
         let wall = last.0.elapsed().as_secs_f64().max(1e-3);
         let cpu_pct = (usage.cpu.saturating_sub(last.1.cpu)).as_secs_f64() / wall * 100.0;
         let counters = &self.shared.counters;
+        let workers_rss = procfs::rss_with_children(&self.shared.cpu_pids.list());
         event!(
             Info,
             "stats",
@@ -221,7 +222,7 @@ impl<S: Store> Maintenance<S> {
             rss_mib:% = format!("{:.1}", usage.rss_bytes as f64 / (1 << 20) as f64),
             cpu_pct:% = format!("{cpu_pct:.2}"),
             threads = usage.threads,
-            cpu_workers_rss_mib = 0
+            cpu_workers_rss_mib:% = format!("{:.1}", workers_rss as f64 / (1 << 20) as f64)
         );
         (Instant::now(), usage)
     }

@@ -93,6 +93,31 @@ pub fn usage(pid: &str) -> Option<Usage> {
     })
 }
 
+/// Resident memory in bytes of the processes `pids` and of their children
+/// (the CPU workers and the `exec` handlers they run).
+pub fn rss_with_children(pids: &[u32]) -> u64 {
+    if pids.is_empty() {
+        return 0;
+    }
+    let mut all: Vec<String> = pids.iter().map(u32::to_string).collect();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let parent = stat_fields(&name).and_then(|f| f.get(1)?.parse::<u32>().ok());
+            if parent.is_some_and(|p| pids.contains(&p)) {
+                all.push(name);
+            }
+        }
+    }
+    all.iter()
+        .filter_map(|pid| usage(pid))
+        .map(|u| u.rss_bytes)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +132,29 @@ mod tests {
         // be this process.
         assert!(!daemon_alive(pid, start - 60_000));
         assert!(!daemon_alive(i64::from(i32::MAX), crate::job::now_ms()));
+    }
+
+    #[test]
+    fn rss_of_a_process_counts_its_children() {
+        use std::os::unix::process::CommandExt as _;
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = shell.id();
+        let alone = usage(&pid.to_string()).unwrap().rss_bytes;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut with = 0;
+        while with <= alone && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            with = rss_with_children(&[pid]);
+        }
+        let group = rustix::process::Pid::from_child(&shell);
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        let _ = shell.wait();
+        assert!(with > alone, "{with} vs {alone}");
+        assert_eq!(rss_with_children(&[]), 0);
     }
 
     #[test]

@@ -147,6 +147,41 @@ fn claim_respects_limits_queues_and_pauses() {
 }
 
 #[test]
+fn a_claim_asks_each_pool_only_for_what_it_has_room_for() {
+    each(|store| {
+        // CPU jobs first in line, IO jobs behind them.
+        let mut jobs: Vec<NewJob> = ["exec", "checksum", "compress"].map(job).to_vec();
+        jobs.extend(["noop", "http", "bogus-kind"].map(job));
+        let all = inserted(store, &jobs);
+        let ask = |store: &mut dyn Store, cpu: usize, io: usize, limit: usize| {
+            let request = ClaimRequest {
+                queue: "default".into(),
+                limit,
+                cpu,
+                io,
+            };
+            let claimed = store
+                .claim(&Claim {
+                    worker: W1,
+                    now: NOW,
+                    lease_until: NOW + 30_000,
+                    requests: &[request],
+                })
+                .unwrap();
+            ids(&claimed)
+        };
+        // The CPU pool is full: IO jobs are reached past the CPU ones
+        // (an unknown kind counts as IO, to fail on its first claim).
+        assert_eq!(ask(store, 0, 10, 10), all[3..].to_vec());
+        // One CPU slot: one CPU job, none of the others.
+        assert_eq!(ask(store, 1, 0, 10), vec![all[0]]);
+        // The queue's allowance caps both pools together, CPU served first.
+        assert_eq!(ask(store, 5, 5, 1), vec![all[1]]);
+        assert_eq!(ask(store, 5, 5, 5), vec![all[2]]);
+    });
+}
+
+#[test]
 fn two_claimers_never_take_the_same_job() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobd.db");

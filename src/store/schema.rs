@@ -140,7 +140,7 @@ macro_rules! cpu_kind_test {
     };
 }
 
-/// [`cpu_kind_test!`] for queries: a claim must spell it exactly as the
+/// The CPU-kind test for queries: a claim must spell it exactly as the
 /// index does for SQLite to use the index.
 pub const CPU_KIND_TEST: &str = cpu_kind_test!();
 
