@@ -19,96 +19,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use common::{fresh, median, percentile, query_i64, Daemon};
 
 use jobd::job::{now_ms, NewJob};
 use jobd::store::{SqliteStore, Store};
 use rusqlite::OptionalExtension;
-
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, extra: &str) -> Daemon {
-        Daemon::start_with(dir, 8, extra)
-    }
-
-    /// A daemon with `threads` pool threads; `extra` goes into `[log]` and
-    /// may open further sections.
-    fn start_with(dir: &Path, threads: usize, extra: &str) -> Daemon {
-        let config = dir.join("bench.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[database]\npath = \"{}\"\n[pool]\nthreads = {threads}\n[log]\nfile = \"{}\"\n{extra}\n",
-                dir.join("bench.db").display(),
-                dir.join("bench.log").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_jobd"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Daemon {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn wait_started(&self) {
-        let log = self.dir.join("bench.log");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("daemon.started")
-        {
-            assert!(Instant::now() < deadline, "daemon did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn stop(mut self) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // A panicking benchmark must not leave a daemon behind.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fresh(dir: &Path) -> SqliteStore {
-    for name in ["bench.db", "bench.db-wal", "bench.db-shm", "bench.log"] {
-        std::fs::remove_file(dir.join(name)).ok();
-    }
-    common::open(&dir.join("bench.db"))
-}
-
-fn query_i64(store: &mut SqliteStore, sql: &str) -> i64 {
-    store
-        .connection()
-        .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
-        .unwrap()
-        .unwrap_or(0)
-}
 
 /// Waits until `runs` attempts are written; polls cheaply (max rowid).
 fn wait_runs(store: &mut SqliteStore, runs: i64) {
@@ -147,16 +65,6 @@ fn drain(dir: &Path, queued: usize, skip: i64, measure: i64, extra: &str) -> f64
     let rate = rate_between(&mut store, skip, measure);
     daemon.stop();
     rate
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 fn main() {

@@ -3,7 +3,8 @@
 
 #![allow(dead_code)] // each benchmark uses a different part
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jobd::job::{now_ms, Attempt, NewJob};
@@ -170,4 +171,106 @@ pub fn smtp_server() -> u16 {
         let _ = server.serve();
     });
     port
+}
+
+/// A release `jobd run` process with its config and log in `dir`.
+pub struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    /// A daemon with 8 pool threads; see [`Daemon::start_with`].
+    pub fn start(dir: &Path, extra: &str) -> Daemon {
+        Daemon::start_with(dir, 8, extra)
+    }
+
+    /// A daemon with `threads` pool threads; `extra` goes into `[log]` and
+    /// may open further sections.
+    pub fn start_with(dir: &Path, threads: usize, extra: &str) -> Daemon {
+        let config = dir.join("bench.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[database]\npath = \"{}\"\n[pool]\nthreads = {threads}\n[log]\nfile = \"{}\"\n{extra}\n",
+                dir.join("bench.db").display(),
+                dir.join("bench.log").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_jobd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for its `daemon.started` line.
+    pub fn wait_started(&self) {
+        let log = self.dir.join("bench.log");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("daemon.started")
+        {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A panicking benchmark must not leave a daemon behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh, migrated `bench.db` in `dir` (an old one and its log removed).
+pub fn fresh(dir: &Path) -> SqliteStore {
+    for name in ["bench.db", "bench.db-wal", "bench.db-shm", "bench.log"] {
+        std::fs::remove_file(dir.join(name)).ok();
+    }
+    open(&dir.join("bench.db"))
+}
+
+/// One integer from a query (0 for NULL).
+pub fn query_i64(store: &mut SqliteStore, sql: &str) -> i64 {
+    store
+        .connection()
+        .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// The median.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The `q` quantile of sorted values.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }

@@ -57,8 +57,26 @@ pub const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// daemon's own threads leave, so pickup stays quick on a busy machine.
 pub const CPU_NICE: i32 = 10;
 
-/// How often a kill checks whether the processes are gone yet.
-const KILL_STEP: Duration = Duration::from_millis(10);
+/// How often a kill or a retirement checks whether the processes are gone
+/// yet: from the first step, doubling up to the last. A worker that exits
+/// at once is seen within a fraction of a millisecond, one that takes its
+/// time costs little CPU while it does.
+const EXIT_STEPS: (Duration, Duration) = (Duration::from_micros(50), Duration::from_millis(10));
+
+/// Polls `gone` until it is true or `until` passes; true if it went.
+fn wait_until_gone(until: Instant, mut gone: impl FnMut() -> bool) -> bool {
+    let mut step = EXIT_STEPS.0;
+    loop {
+        if gone() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(step.min(until.saturating_duration_since(Instant::now())));
+        step = (step * 2).min(EXIT_STEPS.1);
+    }
+}
 
 /// What a worker is started with.
 #[derive(Clone, Debug)]
@@ -221,9 +239,7 @@ impl ProcessPool {
             let _ = self.tasks.send(Message::Retire);
         }
         let until = Instant::now() + KILL_GRACE + Duration::from_secs(1);
-        while Instant::now() < until && self.supervisors.iter().any(|h| !h.is_finished()) {
-            std::thread::sleep(KILL_STEP);
-        }
+        wait_until_gone(until, || self.supervisors.iter().all(|h| h.is_finished()));
         for handle in self.supervisors.drain(..).filter(|h| h.is_finished()) {
             let _ = handle.join();
         }
@@ -344,18 +360,14 @@ impl Worker {
             // alive, reaps it.
             Some(group) => {
                 let _ = rustix::process::kill_process_group(group, Signal::TERM);
-                while Instant::now() < until
-                    && rustix::process::test_kill_process_group(group).is_ok()
-                {
-                    std::thread::sleep(KILL_STEP);
-                }
+                wait_until_gone(until, || {
+                    rustix::process::test_kill_process_group(group).is_err()
+                });
                 let _ = rustix::process::kill_process_group(group, Signal::KILL);
             }
             None => {
                 let _ = rustix::process::kill_process_group(self.pid, Signal::TERM);
-                while Instant::now() < until && !exited(self) {
-                    std::thread::sleep(KILL_STEP);
-                }
+                wait_until_gone(until, || exited(self));
             }
         }
         let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
@@ -376,9 +388,7 @@ impl Worker {
         } = self;
         drop(stdin);
         let until = Instant::now() + KILL_GRACE;
-        while Instant::now() < until && matches!(child.try_wait(), Ok(None)) {
-            std::thread::sleep(KILL_STEP);
-        }
+        wait_until_gone(until, || !matches!(child.try_wait(), Ok(None)));
         let _ = rustix::process::kill_process_group(pid, Signal::KILL);
         let _ = child.wait();
         drop(stdout);

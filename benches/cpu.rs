@@ -1,0 +1,339 @@
+//! CPU pool benchmarks.
+//!
+//! `cargo bench --bench cpu` prints:
+//! - pool overhead: 2 000 `checksum` jobs of a 1 KiB file and 2 000 `exec`
+//!   jobs of a handler that exits at once (`/bin/true`), one at a time
+//!   through a [`ProcessPool`] of release `jobd` workers, against the same
+//!   kind run in this process (the work itself) and against a fresh worker
+//!   process per job (`max_jobs_per_worker = 1`): p50 and p99 per job;
+//! - scaling: `checksum` (sha256) of 16 files of 64 MiB with 1 and with 2
+//!   workers (best of three rounds after a warm-up), and the throughput ratio;
+//! - isolation: a release `jobd run` with both workers saturated by
+//!   `checksum` jobs of 64 MiB files, and `noop` jobs inserted 20 ms apart
+//!   into the same queue: pickup latency, against the same without CPU load.
+//!
+//! `BENCH_ONLY=overhead,scaling,isolation` picks parts. Figures vary with the
+//! machine's load; compare within one run.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{fresh, percentile, query_i64, Daemon};
+use crossbeam_channel::Receiver;
+use jobd::config::{ExecConfig, FileConfig, RetryConfig};
+use jobd::executor::{Control, Task};
+use jobd::job::{now_ms, Job, JobState, NewJob};
+use jobd::kinds::{Context, Registry};
+use jobd::pool::frame::Setup;
+use jobd::pool::processes::{ProcessPool, Settings, WorkerPids, CPU_NICE};
+use jobd::pool::threads::Finished;
+use jobd::store::Store;
+use rusqlite::OptionalExtension;
+
+const JOBS: usize = 2_000;
+const BIG: usize = 64 << 20;
+const BIG_FILES: usize = 16;
+
+struct Bench {
+    file: FileConfig,
+    exec: ExecConfig,
+    registry: Registry,
+}
+
+impl Bench {
+    fn new(dir: &Path) -> Bench {
+        let root = dir.join("root");
+        let handlers = dir.join("handlers");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&handlers).unwrap();
+        let _ = std::fs::remove_file(handlers.join("true"));
+        std::os::unix::fs::symlink("/bin/true", handlers.join("true")).unwrap();
+        std::fs::write(root.join("small"), vec![7u8; 1024]).unwrap();
+        let file = FileConfig { roots: vec![root] };
+        let exec = ExecConfig { dir: handlers };
+        let registry = Registry::cpu(&file, &exec);
+        Bench {
+            file,
+            exec,
+            registry,
+        }
+    }
+
+    fn pool(&self, workers: usize, max_jobs: u64) -> (ProcessPool, Receiver<Finished>) {
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let settings = Settings {
+            program: env!("CARGO_BIN_EXE_jobd").into(),
+            setup: Setup {
+                file: self.file.clone(),
+                exec: self.exec.clone(),
+                memory_limit: 1 << 30,
+                nice: CPU_NICE,
+            },
+            max_jobs,
+        };
+        let pool =
+            ProcessPool::new(workers, settings, done_tx, Arc::new(WorkerPids::default())).unwrap();
+        (pool, done)
+    }
+
+    fn task(&self, id: i64, kind: &str, payload: &str) -> Task {
+        Task {
+            job: Job {
+                id,
+                queue: "default".into(),
+                kind: kind.into(),
+                payload: payload.into(),
+                priority: 0,
+                run_at: 0,
+                max_attempts: None,
+                timeout_ms: None,
+                unique_key: None,
+                state: JobState::Running,
+                attempts: 1,
+                created_at: 0,
+                started_at: Some(0),
+                finished_at: None,
+                lease_until: None,
+                worker: Some("bench".into()),
+                last_error: None,
+                result: None,
+                cancel_requested: false,
+            },
+            kind: Arc::clone(self.registry.get(kind).unwrap()),
+            worker: Arc::from("bench"),
+            started_at: 0,
+            deadline: Instant::now() + Duration::from_secs(600),
+            timeout: Duration::from_secs(600),
+            max_attempts: 1,
+            retry: Arc::new(RetryConfig::default()),
+            control: Control::new(),
+        }
+    }
+
+    /// The kind run in this process, one job at a time: the work itself.
+    fn in_process(&self, kind: &str, payload: &str) -> Vec<f64> {
+        let kind = self.registry.get(kind).unwrap();
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        (0..JOBS)
+            .map(|i| {
+                let ctx = Context {
+                    id: i as i64,
+                    attempt: 1,
+                    queue: "default",
+                    deadline: Instant::now() + Duration::from_secs(600),
+                    cancel: &cancel,
+                    spawned: None,
+                };
+                let t = Instant::now();
+                kind.run(&ctx, payload).unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect()
+    }
+
+    /// Through the pool, one job at a time (submit, wait for the answer).
+    fn through_pool(&self, max_jobs: u64, kind: &str, payload: &str) -> Vec<f64> {
+        let (pool, done) = self.pool(1, max_jobs);
+        let times = (0..JOBS)
+            .map(|i| {
+                let t = Instant::now();
+                pool.submit(self.task(i as i64, kind, payload));
+                let finished = done.recv().unwrap();
+                assert_eq!(
+                    finished.completion.outcome,
+                    jobd::job::RunOutcome::Succeeded,
+                    "{:?}",
+                    finished.completion.error
+                );
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        pool.shutdown();
+        times
+    }
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+/// Some bytes for the big files (content does not matter to sha256's speed).
+fn big_content() -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..BIG)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn write_big_files(root: &Path) {
+    if (0..BIG_FILES).all(|i| {
+        std::fs::metadata(root.join(format!("big{i}"))).is_ok_and(|m| m.len() == BIG as u64)
+    }) {
+        return;
+    }
+    let content = big_content();
+    for i in 0..BIG_FILES {
+        std::fs::write(root.join(format!("big{i}")), &content).unwrap();
+    }
+}
+
+/// Inserts `n` noop jobs 20 ms apart and returns the sorted latencies from
+/// each insert's commit to the job leaving `queued`, in ms.
+fn pickup(store: &mut jobd::store::SqliteStore, n: usize) -> Vec<f64> {
+    let job = NewJob::new("noop");
+    let mut observed = Vec::new();
+    for _ in 0..n {
+        let inserted = store.enqueue(std::slice::from_ref(&job), now_ms()).unwrap();
+        let committed = Instant::now();
+        let id = inserted[0].id();
+        loop {
+            let state: Option<String> = store
+                .connection()
+                .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .unwrap();
+            if state.as_deref() != Some("queued") {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        observed.push(committed.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sorted(observed)
+}
+
+fn main() {
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wants = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bench = Bench::new(dir);
+    let root = bench.file.roots[0].clone();
+
+    if wants("overhead") {
+        for (kind, payload) in [
+            ("checksum", r#"{"path":"small"}"#),
+            ("exec", r#"{"handler":"true"}"#),
+        ] {
+            let work = sorted(bench.in_process(kind, payload));
+            let pooled = sorted(bench.through_pool(u64::MAX, kind, payload));
+            let fresh = sorted(bench.through_pool(1, kind, payload));
+            let (w50, p50, f50) = (
+                percentile(&work, 0.5),
+                percentile(&pooled, 0.5),
+                percentile(&fresh, 0.5),
+            );
+            println!(
+                "overhead, {JOBS} {kind} jobs ({payload}) one at a time: the work in-process p50 {w50:.3} ms; \
+                 through the prefork pool p50 {p50:.3} ms, p99 {:.3} ms → overhead p50 {:.3} ms; \
+                 a fresh worker process per job p50 {f50:.3} ms, p99 {:.3} ms → overhead p50 {:.3} ms",
+                percentile(&pooled, 0.99),
+                p50 - w50,
+                percentile(&fresh, 0.99),
+                f50 - w50,
+            );
+        }
+    }
+
+    if wants("scaling") {
+        write_big_files(&root);
+        let mut rates = Vec::new();
+        for workers in [1, 2] {
+            let (pool, done) = bench.pool(workers, u64::MAX);
+            // Round 0 warms the page cache and the workers; then the best of
+            // three, since a shared machine only ever slows a round down.
+            let mut best = f64::INFINITY;
+            for round in 0..4 {
+                let t = Instant::now();
+                for i in 0..BIG_FILES {
+                    let payload = format!(r#"{{"path":"big{i}","algorithm":"sha256"}}"#);
+                    pool.submit(bench.task(i as i64, "checksum", &payload));
+                }
+                for _ in 0..BIG_FILES {
+                    let f = done.recv().unwrap();
+                    assert_eq!(f.completion.outcome, jobd::job::RunOutcome::Succeeded);
+                }
+                if round > 0 {
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+            }
+            let rate = (BIG_FILES * BIG) as f64 / best / (1 << 20) as f64;
+            rates.push(rate);
+            println!(
+                "scaling, sha256 of {BIG_FILES} × 64 MiB with cpu.workers = {workers}: best of 3 {best:.3} s, {rate:.0} MiB/s"
+            );
+            pool.shutdown();
+        }
+        println!(
+            "scaling ratio 2 workers / 1 worker: {:.2}",
+            rates[1] / rates[0]
+        );
+    }
+
+    if wants("isolation") {
+        write_big_files(&root);
+        let extra = format!(
+            "[cpu]\nworkers = 2\n[file]\nroots = [\"{}\"]\n",
+            root.display()
+        );
+        for loaded in [false, true] {
+            let mut store = fresh(dir);
+            let daemon = Daemon::start_with(dir, 8, &extra);
+            daemon.wait_started();
+            std::thread::sleep(Duration::from_millis(500));
+            if loaded {
+                let jobs: Vec<NewJob> = (0..400)
+                    .map(|i| {
+                        let mut job = NewJob::new("checksum");
+                        job.payload = format!(r#"{{"path":"big{}"}}"#, i % BIG_FILES);
+                        job
+                    })
+                    .collect();
+                store.enqueue(&jobs, now_ms()).unwrap();
+                while query_i64(
+                    &mut store,
+                    "SELECT count(*) FROM jobs WHERE kind = 'checksum' AND state = 'running'",
+                ) < 2
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            let observed = pickup(&mut store, 300);
+            let still = query_i64(
+                &mut store,
+                "SELECT count(*) FROM jobs WHERE kind = 'checksum' AND state = 'running'",
+            );
+            let done = query_i64(
+                &mut store,
+                "SELECT count(*) FROM jobs WHERE kind = 'checksum' AND state = 'succeeded'",
+            );
+            println!(
+                "isolation, 300 noop jobs 20 ms apart {}: pickup p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}",
+                if loaded {
+                    "with both CPU workers busy hashing 64 MiB files"
+                } else {
+                    "with the CPU pool idle"
+                },
+                percentile(&observed, 0.5),
+                percentile(&observed, 0.99),
+                observed[observed.len() - 1],
+                if loaded {
+                    format!(" ({done} checksum jobs finished meanwhile, {still} still running at the end)")
+                } else {
+                    String::new()
+                }
+            );
+            daemon.stop();
+        }
+    }
+}
