@@ -25,7 +25,7 @@ use common::{fresh, percentile, query_i64, Daemon};
 use crossbeam_channel::Receiver;
 use jobd::config::{ExecConfig, FileConfig, RetryConfig};
 use jobd::executor::{Control, Task};
-use jobd::job::{now_ms, Job, JobState, NewJob};
+use jobd::job::{now_ms, Claimed, NewJob};
 use jobd::kinds::{Context, Registry};
 use jobd::pool::frame::Setup;
 use jobd::pool::processes::{ProcessPool, Settings, WorkerPids, CPU_NICE};
@@ -81,7 +81,7 @@ impl Bench {
 
     fn task(&self, id: i64, kind: &str, payload: &str) -> Task {
         Task {
-            job: Job {
+            job: Claimed {
                 id,
                 queue: "default".into(),
                 kind: kind.into(),
@@ -90,17 +90,8 @@ impl Bench {
                 run_at: 0,
                 max_attempts: None,
                 timeout_ms: None,
-                unique_key: None,
-                state: JobState::Running,
                 attempts: 1,
-                created_at: 0,
-                started_at: Some(0),
-                finished_at: None,
-                lease_until: None,
-                worker: Some("bench".into()),
-                last_error: None,
-                result: None,
-                cancel_requested: false,
+                started_at: 0,
             },
             kind: Arc::clone(self.registry.get(kind).unwrap()),
             worker: Arc::from("bench"),

@@ -27,7 +27,7 @@ use crate::completer::{Completer, Counters};
 use crate::config::{Config, RetryConfig};
 use crate::event;
 use crate::executor::{self, Control, Task};
-use crate::job::{now_ms, Attempt, Job, Pool};
+use crate::job::{now_ms, Attempt, Claimed, Pool};
 use crate::kinds::Registry;
 use crate::limits::{Free, QueueLimits};
 use crate::pickup::{CONFIRM_STEP, CONFIRM_WINDOW};
@@ -558,9 +558,9 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// Starts one claimed job, or settles it at once when it cannot run.
-    fn dispatch(&mut self, job: Job, now: i64, now_i: Instant) {
+    fn dispatch(&mut self, job: Claimed, now: i64, now_i: Instant) {
         self.limits.started(&job.queue, 1, now_i);
-        let started_at = job.started_at.unwrap_or(now);
+        let started_at = job.started_at;
         let control = Control::new();
         let reject = |reason: String| Finished {
             completion: Attempt::new(job.id, &self.worker, job.attempts, started_at, now)
@@ -632,7 +632,7 @@ impl<S: Store> Dispatcher<S> {
         }
     }
 
-    fn settled(&mut self, job: Job, control: Arc<Control>, finished: Finished) {
+    fn settled(&mut self, job: Claimed, control: Arc<Control>, finished: Finished) {
         self.hold(
             job.id,
             InFlight {

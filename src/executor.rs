@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::RetryConfig;
-use crate::job::{now_ms, Attempt, Completion, Job};
+use crate::job::{now_ms, Attempt, Claimed, Completion};
 use crate::kinds::{Context, JobError, Kind};
 use crate::retry;
 
@@ -66,7 +66,7 @@ impl Control {
 /// One attempt, ready to run.
 pub struct Task {
     /// The claimed job (state `running`, `attempts` = this attempt).
-    pub job: Job,
+    pub job: Claimed,
     /// Its kind.
     pub kind: Arc<dyn Kind>,
     /// This daemon's worker id, for the fence.
@@ -206,9 +206,8 @@ pub(crate) fn test_task(
     attempts: i64,
     max_attempts: i64,
 ) -> Task {
-    use crate::job::JobState;
     Task {
-        job: Job {
+        job: Claimed {
             id,
             queue: "default".into(),
             kind: kind.name().into(),
@@ -217,17 +216,8 @@ pub(crate) fn test_task(
             run_at: 0,
             max_attempts: None,
             timeout_ms: None,
-            unique_key: None,
-            state: JobState::Running,
             attempts,
-            created_at: 0,
-            started_at: Some(1_000),
-            finished_at: None,
-            lease_until: None,
-            worker: Some("w".into()),
-            last_error: None,
-            result: None,
-            cancel_requested: false,
+            started_at: 1_000,
         },
         kind,
         worker: Arc::from("w"),

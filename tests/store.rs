@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use jobd::job::{Attempt, Job, JobState, NewJob, RunOutcome};
+use jobd::job::{Attempt, Claimed, JobState, NewJob, RunOutcome};
 use jobd::store::{
     Applied, CancelResult, Claim, ClaimRequest, Enqueued, ListFilter, OpenMode, PruneCutoffs,
     RescueScope, RetryResult, SqliteStore, Store, WorkerInfo,
@@ -42,7 +42,7 @@ fn job(kind: &str) -> NewJob {
     NewJob::new(kind)
 }
 
-fn claim(store: &mut dyn Store, worker: &str, now: i64, queue: &str, limit: usize) -> Vec<Job> {
+fn claim(store: &mut dyn Store, worker: &str, now: i64, queue: &str, limit: usize) -> Vec<Claimed> {
     store
         .claim(&Claim {
             worker,
@@ -53,17 +53,17 @@ fn claim(store: &mut dyn Store, worker: &str, now: i64, queue: &str, limit: usiz
         .unwrap()
 }
 
-fn attempt(job: &Job, worker: &str, finished_at: i64) -> Attempt {
+fn attempt(job: &Claimed, worker: &str, finished_at: i64) -> Attempt {
     Attempt {
         id: job.id,
         worker: worker.to_string(),
         attempt: job.attempts,
-        started_at: job.started_at.unwrap(),
+        started_at: job.started_at,
         finished_at,
     }
 }
 
-fn ids(jobs: &[Job]) -> Vec<i64> {
+fn ids(jobs: &[Claimed]) -> Vec<i64> {
     jobs.iter().map(|j| j.id).collect()
 }
 
@@ -100,11 +100,13 @@ fn claim_takes_ready_jobs_by_priority_then_run_at_then_id() {
         // The scheduled job (run_at in the future) waits, whatever its priority.
         assert_eq!(ids(&got), vec![ids_in[3], ids_in[1], ids_in[2], ids_in[0]]);
         for j in &got {
-            assert_eq!(j.state, JobState::Running);
-            assert_eq!(j.attempts, 1);
-            assert_eq!(j.worker.as_deref(), Some(W1));
-            assert_eq!(j.lease_until, Some(NOW + 30_000));
-            assert_eq!(j.started_at, Some(NOW));
+            assert_eq!((j.attempts, j.started_at), (1, NOW));
+            let row = s.job(j.id).unwrap().unwrap();
+            assert_eq!(row.state, JobState::Running);
+            assert_eq!(row.attempts, 1);
+            assert_eq!(row.worker.as_deref(), Some(W1));
+            assert_eq!(row.lease_until, Some(NOW + 30_000));
+            assert_eq!(row.started_at, Some(NOW));
         }
         assert!(claim(s, W1, NOW, "default", 10).is_empty());
         let later = claim(s, W1, NOW + 1_000, "default", 10);

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::job::{Completion, Job, JobState, NewJob, Pool, RunOutcome};
+use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome};
 
 /// What went wrong in the store, with the database and operation it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -416,7 +416,7 @@ pub trait Store {
     /// Atomically takes up to `limit` ready jobs from each requested queue
     /// (highest priority, then oldest `run_at`, then lowest id), skipping
     /// paused queues, and marks them running under `worker`.
-    fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Job>>;
+    fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>>;
 
     /// Writes a batch of attempt outcomes in one transaction, each fenced by
     /// state, worker and attempt, with a `job_runs` row for each that applied.
@@ -429,7 +429,7 @@ pub trait Store {
         &mut self,
         completions: &[Completion],
         claim: &Claim<'_>,
-    ) -> Result<(Vec<Applied>, Vec<Job>)> {
+    ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
         let applied = self.complete(completions)?;
         let jobs = self.claim(claim)?;
         Ok((applied, jobs))

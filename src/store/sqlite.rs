@@ -21,7 +21,7 @@ use super::{
     Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store, StoreError,
     WorkerInfo,
 };
-use crate::job::{Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
+use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
 /// Prepared statements kept per connection; enough for every named query.
 const STATEMENT_CACHE: usize = 128;
@@ -52,6 +52,10 @@ pub struct SqliteStore {
 const JOB_COLUMNS: &str = "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
      unique_key, state, attempts, created_at, started_at, finished_at, lease_until, worker, \
      last_error, result, cancel_requested";
+
+/// What a claim returns (see [`Claimed`]).
+const CLAIMED_COLUMNS: &str =
+    "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, attempts, started_at";
 
 const RUN_COLUMNS: &str =
     "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
@@ -284,6 +288,21 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
+fn claimed_from_row(row: &Row<'_>) -> rusqlite::Result<Claimed> {
+    Ok(Claimed {
+        id: row.get(0)?,
+        queue: row.get(1)?,
+        kind: row.get(2)?,
+        payload: row.get(3)?,
+        priority: row.get(4)?,
+        run_at: row.get(5)?,
+        max_attempts: row.get(6)?,
+        timeout_ms: row.get(7)?,
+        attempts: row.get(8)?,
+        started_at: row.get(9)?,
+    })
+}
+
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<JobRun> {
     let outcome: String = row.get(8)?;
     Ok(JobRun {
@@ -449,7 +468,7 @@ fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite:
 }
 
 /// Claims inside an open transaction (see [`Store::claim`]).
-fn claim_in(tx: &rusqlite::Transaction<'_>, claim: &Claim<'_>) -> rusqlite::Result<Vec<Job>> {
+fn claim_in(tx: &rusqlite::Transaction<'_>, claim: &Claim<'_>) -> rusqlite::Result<Vec<Claimed>> {
     let mut jobs = Vec::new();
     for request in claim.requests.iter().filter(|r| r.limit > 0) {
         let mut left = request.limit;
@@ -473,7 +492,7 @@ fn claim_pool(
     queue: &str,
     pool: Pool,
     limit: usize,
-    jobs: &mut Vec<Job>,
+    jobs: &mut Vec<Claimed>,
 ) -> rusqlite::Result<()> {
     // The LIMIT and the pool are written into the text: a bound LIMIT
     // makes SQLite re-prepare the statement on every run (the planner
@@ -488,12 +507,12 @@ fn claim_pool(
              WHERE state = 'queued' AND queue = ?4 AND {CPU_KIND_TEST} = {} AND run_at <= ?1 \
                AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
              ORDER BY priority DESC, run_at, id LIMIT {limit}) \
-         RETURNING {JOB_COLUMNS}",
+         RETURNING {CLAIMED_COLUMNS}",
         i32::from(pool == Pool::Cpu)
     ))?;
     let rows = stmt.query_map(
         params![claim.now, claim.lease_until, claim.worker, queue],
-        job_from_row,
+        claimed_from_row,
     )?;
     let start = jobs.len();
     for job in rows {
@@ -626,7 +645,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Job>> {
+    fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>> {
         if claim.requests.iter().all(|r| r.limit == 0) {
             return Ok(Vec::new());
         }
@@ -644,7 +663,7 @@ impl Store for SqliteStore {
         &mut self,
         completions: &[Completion],
         claim: &Claim<'_>,
-    ) -> Result<(Vec<Applied>, Vec<Job>)> {
+    ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
         let claiming = claim.requests.iter().any(|r| r.limit > 0);
         if completions.is_empty() && !claiming {
             return Ok((Vec::new(), Vec::new()));
