@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{fresh, percentile, query_i64, Daemon};
+use common::{fresh, percentile, pickup, query_i64, Daemon};
 use crossbeam_channel::Receiver;
 use jobd::config::{ExecConfig, FileConfig, RetryConfig};
 use jobd::executor::{Control, Task};
@@ -31,7 +31,6 @@ use jobd::pool::frame::Setup;
 use jobd::pool::processes::{ProcessPool, Settings, WorkerPids, CPU_NICE};
 use jobd::pool::threads::Finished;
 use jobd::store::Store;
-use rusqlite::OptionalExtension;
 
 const JOBS: usize = 2_000;
 const BIG: usize = 64 << 20;
@@ -175,32 +174,6 @@ fn write_big_files(root: &Path) {
     for i in 0..BIG_FILES {
         std::fs::write(root.join(format!("big{i}")), &content).unwrap();
     }
-}
-
-/// Inserts `n` noop jobs 20 ms apart and returns the sorted latencies from
-/// each insert's commit to the job leaving `queued`, in ms.
-fn pickup(store: &mut jobd::store::SqliteStore, n: usize) -> Vec<f64> {
-    let job = NewJob::new("noop");
-    let mut observed = Vec::new();
-    for _ in 0..n {
-        let inserted = store.enqueue(std::slice::from_ref(&job), now_ms()).unwrap();
-        let committed = Instant::now();
-        let id = inserted[0].id();
-        loop {
-            let state: Option<String> = store
-                .connection()
-                .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
-                .optional()
-                .unwrap();
-            if state.as_deref() != Some("queued") {
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        observed.push(committed.elapsed().as_secs_f64() * 1000.0);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    sorted(observed)
 }
 
 fn main() {

@@ -22,11 +22,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{fresh, median, percentile, query_i64, Daemon};
+use common::{fresh, median, percentile, pickup, query_i64, Daemon};
 
-use jobd::job::{now_ms, NewJob};
-use jobd::store::{SqliteStore, Store};
-use rusqlite::OptionalExtension;
+use jobd::job::NewJob;
+use jobd::store::SqliteStore;
 
 /// Waits until `runs` attempts are written; polls cheaply (max rowid).
 fn wait_runs(store: &mut SqliteStore, runs: i64) {
@@ -252,27 +251,8 @@ fn main() {
         );
 
         // Pickup: the daemon has now been idle for a while.
-        let job = NewJob::new("noop");
-        let mut observed = Vec::new();
+        let observed = pickup(&mut store, 500);
         let mut stamped = Vec::new();
-        for _ in 0..500 {
-            let inserted = store.enqueue(std::slice::from_ref(&job), now_ms()).unwrap();
-            let committed = Instant::now();
-            let id = inserted[0].id();
-            loop {
-                let state: Option<String> = store
-                    .connection()
-                    .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
-                    .optional()
-                    .unwrap();
-                if state.as_deref() != Some("queued") {
-                    break;
-                }
-                std::thread::sleep(Duration::from_micros(50));
-            }
-            observed.push(committed.elapsed().as_secs_f64() * 1000.0);
-            std::thread::sleep(Duration::from_millis(20));
-        }
         std::thread::sleep(Duration::from_millis(100));
         let rows: Vec<f64> = store
             .connection()
@@ -283,7 +263,6 @@ fn main() {
             .map(|v| v.unwrap() as f64)
             .collect();
         stamped.extend(rows);
-        observed.sort_by(|a, b| a.partial_cmp(b).unwrap());
         stamped.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
             "pickup after idle, 500 jobs 20 ms apart: observed p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms \

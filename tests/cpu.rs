@@ -51,6 +51,19 @@ impl Cpu {
         chmod(&path, 0o755);
     }
 
+    /// A handler `name` that writes its pid (or, with `grandchild`, the pid
+    /// of a `sleep` it forks) to a file and then sleeps; returns the file.
+    fn hanging_handler(&self, name: &str, grandchild: bool) -> PathBuf {
+        let pidfile = self.home.path().join(format!("{name}.pid"));
+        let body = if grandchild {
+            format!("sleep 300 &\necho $! > {}\nsleep 300\n", pidfile.display())
+        } else {
+            format!("echo $$ > {}\nexec sleep 300\n", pidfile.display())
+        };
+        self.handler(name, &format!("#!/bin/sh\n{body}"));
+        pidfile
+    }
+
     fn insert(&self, kind: &str, payload: &str, max_attempts: i64, timeout_ms: &str) -> i64 {
         self.home
             .insert_job(kind, payload, &max_attempts.to_string(), timeout_ms)
@@ -383,14 +396,7 @@ fn handlers_that_cannot_be_run_go_dead_at_once_naming_the_handler() {
 #[test]
 fn a_handler_past_its_deadline_is_killed_with_its_grandchildren_and_the_pool_refills() {
     let cpu = setup("[cpu]\nworkers = 2\n");
-    let pidfile = cpu.home.path().join("grandchild.pid");
-    cpu.handler(
-        "hang",
-        &format!(
-            "#!/bin/sh\nsleep 300 &\necho $! > {}\nsleep 300\n",
-            pidfile.display()
-        ),
-    );
+    let pidfile = cpu.hanging_handler("hang", true);
     let daemon = cpu.home.daemon();
     let before = cpu.wait_workers(&daemon, 2);
     let id = cpu.insert("exec", r#"{"handler":"hang"}"#, 1, "300");
@@ -450,14 +456,7 @@ fn a_worker_killed_from_outside_fails_only_its_attempt_and_is_replaced() {
 #[test]
 fn no_worker_or_handler_outlives_a_kill_9_of_the_daemon() {
     let cpu = setup("[cpu]\nworkers = 2\n");
-    let pidfile = cpu.home.path().join("handler.pid");
-    cpu.handler(
-        "hang",
-        &format!(
-            "#!/bin/sh\necho $$ > {}\nexec sleep 300\n",
-            pidfile.display()
-        ),
-    );
+    let pidfile = cpu.hanging_handler("hang", false);
     let daemon = cpu.home.daemon();
     let workers = cpu.wait_workers(&daemon, 2);
     cpu.insert("exec", r#"{"handler":"hang"}"#, 1, "NULL");
@@ -511,14 +510,7 @@ fn workers_are_replaced_after_max_jobs_per_worker() {
 #[test]
 fn cancelling_a_running_cpu_job_kills_it() {
     let cpu = setup("[cpu]\nworkers = 1\n");
-    let pidfile = cpu.home.path().join("handler.pid");
-    cpu.handler(
-        "hang",
-        &format!(
-            "#!/bin/sh\necho $$ > {}\nexec sleep 300\n",
-            pidfile.display()
-        ),
-    );
+    let pidfile = cpu.hanging_handler("hang", false);
     let daemon = cpu.home.daemon();
     let id = cpu.insert("exec", r#"{"handler":"hang"}"#, 3, "NULL");
     let handler = read_pid(&pidfile);

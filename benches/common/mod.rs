@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use jobd::job::{now_ms, Attempt, NewJob};
 use jobd::store::{Claim, ClaimRequest, OpenMode, SqliteStore, Store};
+use rusqlite::OptionalExtension;
 
 pub const BATCH: usize = 64;
 pub const WORKER: &str = "bench:1:1";
@@ -273,4 +274,31 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// Inserts `n` noop jobs 20 ms apart and returns the sorted latencies from
+/// each insert's commit to the job leaving `queued`, in ms.
+pub fn pickup(store: &mut jobd::store::SqliteStore, n: usize) -> Vec<f64> {
+    let job = NewJob::new("noop");
+    let mut observed = Vec::new();
+    for _ in 0..n {
+        let inserted = store.enqueue(std::slice::from_ref(&job), now_ms()).unwrap();
+        let committed = Instant::now();
+        let id = inserted[0].id();
+        loop {
+            let state: Option<String> = store
+                .connection()
+                .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+                .unwrap();
+            if state.as_deref() != Some("queued") {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        observed.push(committed.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    observed.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    observed
 }

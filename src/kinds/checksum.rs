@@ -107,18 +107,11 @@ impl Kind for Checksum {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     fn run(kind: &Checksum, payload: &str) -> Result<serde_json::Value, JobError> {
         let cancel = AtomicBool::new(false);
-        let ctx = Context {
-            id: 1,
-            attempt: 1,
-            queue: "default",
-            deadline: Instant::now() + Duration::from_secs(60),
-            cancel: &cancel,
-            spawned: None,
-        };
+        let ctx = Context::for_test(&cancel, Duration::from_secs(60));
         kind.run(&ctx, payload)
             .map(|r| serde_json::from_str(&r.unwrap()).unwrap())
     }

@@ -146,6 +146,21 @@ impl Context<'_> {
     }
 }
 
+impl<'a> Context<'a> {
+    /// Attempt 1 of job 1 in `default`, due in `within`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(cancel: &'a AtomicBool, within: Duration) -> Context<'a> {
+        Context {
+            id: 1,
+            attempt: 1,
+            queue: "default",
+            deadline: Instant::now() + within,
+            cancel,
+            spawned: None,
+        }
+    }
+}
+
 /// One kind of job.
 pub trait Kind: Send + Sync {
     /// The name in `jobs.kind`.
@@ -279,14 +294,7 @@ mod tests {
     #[test]
     fn sleep_ends_early_on_cancel_and_on_the_deadline() {
         let cancel = AtomicBool::new(false);
-        let ctx = Context {
-            id: 1,
-            attempt: 1,
-            queue: "default",
-            deadline: Instant::now() + Duration::from_millis(20),
-            cancel: &cancel,
-            spawned: None,
-        };
+        let ctx = Context::for_test(&cancel, Duration::from_millis(20));
         assert_eq!(ctx.sleep(Duration::from_secs(60)), Err(JobError::TimedOut));
         let ctx = Context {
             deadline: Instant::now() + Duration::from_secs(60),
