@@ -21,20 +21,32 @@ use crate::event;
 use crate::job::now_ms;
 use crate::kinds::Registry;
 use crate::maintenance::{self, Maintenance};
+use crate::notify::{status_line, Notifier};
 use crate::pickup;
 use crate::procfs;
 use crate::signals::Request;
 use crate::store::{OpenMode, RescueScope, SqliteStore, Store, WorkerInfo};
 
-/// Runs the daemon until a stop request is honoured. `worker_program` is
-/// the `jobd` binary the CPU workers are started from.
-pub fn run(
-    config: Config,
-    registry: Registry,
-    requests: Receiver<Request>,
-    reload: Reload,
-    worker_program: PathBuf,
-) -> Result<Summary> {
+/// What the daemon takes from the process it runs in.
+pub struct Outside {
+    /// Stop and reload requests (signals in `jobd run`; a test sends its own).
+    pub requests: Receiver<Request>,
+    /// How to re-read the configuration on a reload request.
+    pub reload: Reload,
+    /// The `jobd` binary the CPU workers are started from.
+    pub worker_program: PathBuf,
+    /// systemd notifications (or none).
+    pub notifier: Notifier,
+}
+
+/// Runs the daemon until a stop request is honoured.
+pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summary> {
+    let Outside {
+        requests,
+        reload,
+        worker_program,
+        notifier,
+    } = outside;
     let began = Instant::now();
     let db = &config.database;
     let mut store = SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Create)?;
@@ -81,7 +93,10 @@ pub fn run(
         None => None,
     };
 
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        notifier,
+        ..Shared::default()
+    });
     let (stop_maintenance, maintenance_stop) = crossbeam_channel::bounded::<()>(1);
     let maintenance = Maintenance {
         store: SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Existing)?,
@@ -100,6 +115,11 @@ pub fn run(
 
     let threads = config.pool.threads;
     let pids = Arc::clone(&shared.cpu_pids);
+    let ours = Arc::clone(&shared);
+    let now = now_ms();
+    let backlog = store
+        .backlog(config.daemon.named_queues(), now)
+        .unwrap_or_default();
     let database = db.path.display().to_string();
     let mut dispatcher = Dispatcher::new(Parts {
         store,
@@ -127,6 +147,9 @@ pub fn run(
         queues = queues.as_str(),
         rescued = rescued.len() + expired.len()
     );
+    // The database is open and both pools run.
+    ours.notifier
+        .ready(&status_line(0, backlog.ready, backlog.lag_ms(now)));
     let summary = dispatcher.run();
 
     drop(stop_maintenance);

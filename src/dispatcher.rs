@@ -96,6 +96,8 @@ pub struct Shared {
     pub last_turn: AtomicU64,
     /// The CPU workers' pids, for resource figures.
     pub cpu_pids: Arc<WorkerPids>,
+    /// systemd notifications.
+    pub notifier: crate::notify::Notifier,
 }
 
 /// Re-reads the configuration on SIGHUP and applies what the dispatcher does
@@ -809,6 +811,9 @@ impl<S: Store> Dispatcher<S> {
     /// Sleeps until the next thing to do.
     fn wait(&mut self) {
         let now = Instant::now();
+        // Pinged from this loop, so a loop that stops turning stops the
+        // pings and systemd restarts the service.
+        let next_ping = self.shared.notifier.watchdog(now);
         if (self.maybe_ready && self.can_claim(now)) || self.flush_due(now) {
             return;
         }
@@ -835,6 +840,7 @@ impl<S: Store> Dispatcher<S> {
             self.completer.deadline(),
             self.claim_retry_at,
             self.draining,
+            next_ping,
         ]
         .into_iter()
         .flatten()
@@ -874,6 +880,11 @@ impl<S: Store> Dispatcher<S> {
             Request::Stop if self.draining.is_none() => {
                 let grace = self.config.daemon.shutdown_grace;
                 self.draining = Some(Instant::now() + grace);
+                self.shared.notifier.stopping(&format!(
+                    "draining {} jobs, at most {}",
+                    self.in_flight.len(),
+                    humantime::format_duration(grace)
+                ));
                 event!(
                     Info,
                     "daemon.draining",
@@ -883,15 +894,23 @@ impl<S: Store> Dispatcher<S> {
                 );
             }
             Request::Stop => self.stop_now = true,
-            Request::Reload => match (self.reload)() {
-                Ok(config) => self.apply(config),
-                Err(error) => event!(
-                    Error,
-                    "config.invalid",
-                    error = error.as_str(),
-                    action = "keeping the running configuration"
-                ),
-            },
+            Request::Reload => {
+                self.shared.notifier.reloading();
+                match (self.reload)() {
+                    Ok(config) => self.apply(config),
+                    Err(error) => event!(
+                        Error,
+                        "config.invalid",
+                        error = error.as_str(),
+                        action = "keeping the running configuration"
+                    ),
+                }
+                // Ready again either way: the old configuration runs on.
+                self.shared.notifier.ready(&format!(
+                    "{} running, configuration reloaded",
+                    self.in_flight.len()
+                ));
+            }
         }
     }
 

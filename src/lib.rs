@@ -50,6 +50,7 @@ pub mod kinds;
 pub mod limits;
 pub mod logging;
 pub mod maintenance;
+pub mod notify;
 pub mod pickup;
 pub mod pool;
 pub mod procfs;

@@ -153,10 +153,18 @@ impl<S: Store> Maintenance<S> {
         }
     }
 
-    /// Heartbeat, expired-lease rescue and stale `workers` rows.
+    /// Heartbeat, expired-lease rescue, stale `workers` rows, and the
+    /// systemd status line.
     fn beat(&mut self) {
         let now = now_ms();
         let running = self.shared.running.load(Ordering::Relaxed) as i64;
+        if self.shared.notifier.enabled() {
+            if let Ok(backlog) = self.store.backlog(self.config.daemon.named_queues(), now) {
+                let line =
+                    crate::notify::status_line(running as u64, backlog.ready, backlog.lag_ms(now));
+                self.shared.notifier.status(&line);
+            }
+        }
         if let Err(e) = self.store.heartbeat(&self.worker, now, running) {
             crate::logging::log_db_trouble("heartbeat", &e, "trying again at the next beat");
         }

@@ -495,9 +495,13 @@ mod misbehaving_kinds {
         let daemon = {
             let config = config.clone();
             std::thread::spawn(move || {
-                let program = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jobd"));
-                let reload = Box::new(|| Err("no reload".into()));
-                jobd::daemon::run(config, registry, rx, reload, program)
+                let outside = jobd::daemon::Outside {
+                    requests: rx,
+                    reload: Box::new(|| Err("no reload".into())),
+                    worker_program: env!("CARGO_BIN_EXE_jobd").into(),
+                    notifier: jobd::notify::Notifier::disabled(),
+                };
+                jobd::daemon::run(config, registry, outside)
             })
         };
         let mut store = wait_for(PATIENCE, || {

@@ -56,6 +56,7 @@ fn run_daemon(
     explicit: bool,
     env: &HashMap<String, String>,
 ) -> Result<()> {
+    let notifier = crate::notify::Notifier::from_env(env);
     // journald stamps every line itself.
     let timestamps = !env.contains_key("JOURNAL_STREAM");
     let log = crate::logging::init(&config.log, timestamps)?;
@@ -82,7 +83,13 @@ fn run_daemon(
         what: "cannot find the jobd binary to start CPU workers from".into(),
         source,
     })?;
-    crate::daemon::run(config, registry, requests, reload, program)?;
+    let outside = crate::daemon::Outside {
+        requests,
+        reload,
+        worker_program: program,
+        notifier,
+    };
+    crate::daemon::run(config, registry, outside)?;
     Ok(())
 }
 

@@ -215,6 +215,11 @@ impl Home {
     /// Starts `jobd run` with stderr in `stderr` and waits for its
     /// `daemon.started` line in `log` (the config's `log.file`, or `stderr`).
     pub fn daemon_reading(&self, stderr: &Path, log: &Path) -> Daemon {
+        self.daemon_with_env(stderr, log, &[])
+    }
+
+    /// [`Home::daemon_reading`] with extra environment variables.
+    pub fn daemon_with_env(&self, stderr: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
         let log = log.to_path_buf();
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -223,6 +228,7 @@ impl Home {
             .expect("log file");
         let child = self
             .cmd(&["run"])
+            .envs(env.iter().copied())
             .stderr(file)
             .stdout(Stdio::null())
             .spawn()

@@ -1,0 +1,124 @@
+//! Life under systemd: the notifications of the real daemon on a real unix
+//! datagram socket set as `NOTIFY_SOCKET`, as systemd would see them.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::{Home, PATIENCE};
+
+/// The socket systemd would listen on, and what arrived on it.
+struct Systemd {
+    socket: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl Systemd {
+    fn bind(home: &Home) -> (Systemd, String) {
+        let path = home.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let systemd = Systemd {
+            socket,
+            seen: Vec::new(),
+        };
+        (systemd, path.to_str().unwrap().to_string())
+    }
+
+    /// Waits for a message holding the line `needle` (or, ending in `*`,
+    /// a line starting so); returns the message.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let matches = |m: &str| {
+            m.lines().any(|l| match needle.strip_suffix('*') {
+                Some(prefix) => l.starts_with(prefix),
+                None => l == needle,
+            })
+        };
+        if let Some(i) = self.seen.iter().position(|m| matches(m)) {
+            return self.seen.remove(i);
+        }
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if matches(&message) {
+                    return message;
+                }
+                self.seen.push(message);
+            }
+        }
+        panic!("systemd never got {needle:?}; it got {:?}", self.seen);
+    }
+}
+
+#[test]
+fn the_daemon_tells_systemd_ready_status_watchdog_reloading_and_stopping() {
+    let home = Home::with_config("[daemon]\nlease = \"1s\"\nshutdown_grace = \"200ms\"\n");
+    home.migrate();
+    home.insert_job("noop", r#"{"sleep_ms":60000}"#, "1", "NULL");
+    let (mut systemd, socket) = Systemd::bind(&home);
+    let log = home.path().join("daemon.log");
+    let daemon = home.daemon_with_env(
+        &log,
+        &log,
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
+    );
+
+    let ready = systemd.wait_for("READY=1");
+    assert!(
+        ready.contains("STATUS=0 running, 1 queued, lag "),
+        "{ready}"
+    );
+    // Pinged from the dispatcher loop every half interval, idle or not.
+    for _ in 0..3 {
+        systemd.wait_for("WATCHDOG=1");
+    }
+    // The heartbeat's status line, once the job runs.
+    systemd.wait_for("STATUS=1 running, 0 queued, lag 0.0s");
+
+    daemon.signal(libc::SIGHUP);
+    let reloading = systemd.wait_for("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    systemd.wait_for("READY=1");
+
+    daemon.signal(libc::SIGTERM);
+    let stopping = systemd.wait_for("STOPPING=1");
+    assert!(stopping.contains("STATUS=draining 1 jobs"), "{stopping}");
+    let (code, log) = daemon.wait_exit();
+    assert_eq!(code, 0, "{log}");
+}
+
+#[test]
+fn a_watchdog_meant_for_another_process_is_not_pinged() {
+    let home = Home::with_config("[daemon]\nlease = \"1s\"\n");
+    home.migrate();
+    let (mut systemd, socket) = Systemd::bind(&home);
+    let log = home.path().join("daemon.log");
+    // WATCHDOG_PID names another process: the watchdog is not ours.
+    let daemon = home.daemon_with_env(
+        &log,
+        &log,
+        &[
+            ("NOTIFY_SOCKET", &socket),
+            ("WATCHDOG_USEC", "100000"),
+            ("WATCHDOG_PID", "1"),
+        ],
+    );
+    systemd.wait_for("READY=1");
+    // Two heartbeats (a third of the lease apart) span several would-be
+    // watchdog intervals of 50 ms.
+    for _ in 0..2 {
+        systemd.wait_for("STATUS=0 running, 0 queued*");
+    }
+    daemon.stop();
+    systemd.wait_for("STOPPING=1");
+    assert!(
+        !systemd.seen.iter().any(|m| m.contains("WATCHDOG=1")),
+        "{:?}",
+        systemd.seen
+    );
+}
