@@ -122,3 +122,53 @@ fn a_watchdog_meant_for_another_process_is_not_pinged() {
         systemd.seen
     );
 }
+
+/// `systemd-analyze`, when this machine has it.
+fn systemd_analyze() -> Option<&'static str> {
+    let found = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("systemd-analyze is not installed: the unit file is not checked here");
+    }
+    found.then_some("systemd-analyze")
+}
+
+#[test]
+fn the_unit_file_verifies_and_its_exposure_is_at_most_1_5() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/jobd.service");
+    // verify insists that ExecStart's binary exists: point it at this build.
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(text.contains("ExecStart=/usr/local/bin/jobd "), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("jobd.service");
+    std::fs::write(&copy, text.replace("/usr/local/bin/jobd", common::JOBD)).unwrap();
+    let verify = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && !complaints.contains("jobd.service"),
+        "systemd-analyze verify: {complaints}"
+    );
+
+    let security = std::process::Command::new(analyze)
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for jobd.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure figure in:\n{report}"));
+    assert!(exposure <= 1.5, "exposure {exposure} > 1.5:\n{report}");
+}
