@@ -29,7 +29,9 @@
 //! attempt ends, a signal arrives ([`signals`]), another process commits
 //! ([`pickup`] watches the `-wal` file) or a timer is due. [`maintenance`]
 //! runs beside it on its own connection: heartbeat, lease rescue, pruning
-//! and the `stats` line, with process facts from [`procfs`].
+//! and the `stats` line, with process facts from [`procfs`]. [`notify`]
+//! tells systemd when the daemon is ready, reloading or stopping, pings its
+//! watchdog from the dispatcher loop and keeps a live `STATUS=` line.
 //!
 //! The life of a job: inserted `queued` → claimed by a daemon (`running`,
 //! under a lease) → its attempt ends → the outcome is written, fenced by
