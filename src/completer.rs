@@ -34,6 +34,8 @@ pub struct Counters {
     pub done: AtomicU64,
     /// Attempts that failed (retry, timeout, dead) since the last `stats` line.
     pub failed: AtomicU64,
+    /// The Prometheus collectors, when `metrics.listen` is set.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 /// The outcomes waiting to be written.
@@ -194,6 +196,9 @@ fn short_duration(ms: u64) -> String {
 
 fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
     let duration_ms = c.finished_at - c.started_at;
+    if let Some(metrics) = &counters.metrics {
+        metrics.attempt(kind, c.outcome.as_str(), duration_ms.max(0) as f64 / 1000.0);
+    }
     let error = c.error.as_deref().unwrap_or("");
     let next_run_in = |run_at: i64| short_duration((run_at - c.finished_at).max(0) as u64);
     match (&c.outcome, &c.transition) {

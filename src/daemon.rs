@@ -21,6 +21,7 @@ use crate::event;
 use crate::job::now_ms;
 use crate::kinds::Registry;
 use crate::maintenance::{self, Maintenance};
+use crate::metrics::Metrics;
 use crate::notify::{status_line, Notifier};
 use crate::pickup;
 use crate::procfs;
@@ -53,6 +54,33 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
     let (before, after) = store.migrate()?;
     if before != after {
         event!(Info, "db.migrated", from = before, to = after, database:% = db.path.display());
+    }
+
+    // The metrics listener first: a taken port stops start-up before this
+    // daemon registers or takes back anyone's jobs.
+    let mut counters = crate::completer::Counters::default();
+    let mut listener = None;
+    let metrics = match config.metrics.listen {
+        Some(_) => Some(Arc::new(Metrics::new(registry.names())?)),
+        None => None,
+    };
+    counters.metrics = metrics.clone();
+    let shared = Arc::new(Shared {
+        notifier,
+        counters,
+        ..Shared::default()
+    });
+    // Healthy from the start; the dispatcher keeps it so once it runs.
+    shared
+        .last_turn
+        .store(now_ms().max(0) as u64, std::sync::atomic::Ordering::Relaxed);
+    if let (Some(addr), Some(metrics)) = (config.metrics.listen, metrics) {
+        listener = Some(crate::metrics::serve(
+            addr,
+            config.clone(),
+            metrics,
+            Arc::clone(&shared),
+        )?);
     }
 
     let host = procfs::host_name();
@@ -93,10 +121,6 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
         None => None,
     };
 
-    let shared = Arc::new(Shared {
-        notifier,
-        ..Shared::default()
-    });
     let (stop_maintenance, maintenance_stop) = crossbeam_channel::bounded::<()>(1);
     let maintenance = Maintenance {
         store: SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Existing)?,
@@ -154,6 +178,9 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
 
     drop(stop_maintenance);
     let _ = maintenance.join();
+    if let Some(listener) = listener {
+        listener.stop();
+    }
     let mut store = dispatcher.into_store();
     if let Err(e) = store.deregister_worker(&worker) {
         crate::logging::log_db_trouble(

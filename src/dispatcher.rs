@@ -98,6 +98,14 @@ pub struct Shared {
     pub cpu_pids: Arc<WorkerPids>,
     /// systemd notifications.
     pub notifier: crate::notify::Notifier,
+    /// IO threads configured now.
+    pub io_size: AtomicU64,
+    /// Jobs the IO pool holds now.
+    pub io_busy: AtomicU64,
+    /// CPU workers configured now.
+    pub cpu_size: AtomicU64,
+    /// Jobs the CPU pool holds now.
+    pub cpu_busy: AtomicU64,
 }
 
 /// Re-reads the configuration on SIGHUP and applies what the dispatcher does
@@ -320,11 +328,25 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
             self.write_step(now);
-            self.shared
-                .running
-                .store(self.in_flight.len() as u64, Ordering::Relaxed);
+            self.publish_counts();
             self.wait();
         }
+    }
+
+    /// What the heartbeat, the `stats` line and the metrics read.
+    fn publish_counts(&self) {
+        let shared = &self.shared;
+        let held = self.in_flight.len() as u64;
+        let cpu = self.held_cpu as u64;
+        shared.running.store(held, Ordering::Relaxed);
+        shared.io_busy.store(held - cpu, Ordering::Relaxed);
+        shared.cpu_busy.store(cpu, Ordering::Relaxed);
+        shared
+            .io_size
+            .store(self.pool.size() as u64, Ordering::Relaxed);
+        shared
+            .cpu_size
+            .store(self.cpu_size() as u64, Ordering::Relaxed);
     }
 
     /// Retires the CPU workers; those still running a job (given up on by

@@ -4,6 +4,7 @@
 
 use crate::config::ConfigError;
 use crate::logging::LogError;
+use crate::metrics::MetricsError;
 use crate::store::StoreError;
 
 /// Why a command failed.
@@ -18,6 +19,9 @@ pub enum Error {
     /// The log file cannot be opened.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The metrics listener cannot start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// An argument is wrong (exit status 2).
     #[error("{0}")]
     Usage(String),

@@ -31,7 +31,8 @@
 //! runs beside it on its own connection: heartbeat, lease rescue, pruning
 //! and the `stats` line, with process facts from [`procfs`]. [`notify`]
 //! tells systemd when the daemon is ready, reloading or stopping, pings its
-//! watchdog from the dispatcher loop and keeps a live `STATUS=` line.
+//! watchdog from the dispatcher loop and keeps a live `STATUS=` line;
+//! [`metrics`] serves `/metrics` and `/healthz`.
 //!
 //! The life of a job: inserted `queued` → claimed by a daemon (`running`,
 //! under a lease) → its attempt ends → the outcome is written, fenced by
@@ -52,6 +53,7 @@ pub mod kinds;
 pub mod limits;
 pub mod logging;
 pub mod maintenance;
+pub mod metrics;
 pub mod notify;
 pub mod pickup;
 pub mod pool;

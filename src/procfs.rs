@@ -93,6 +93,11 @@ pub fn usage(pid: &str) -> Option<Usage> {
     })
 }
 
+/// Open file descriptors of this process.
+pub fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
 /// Resident memory in bytes of the processes `pids` and of their children
 /// (the CPU workers and the `exec` handlers they run).
 pub fn rss_with_children(pids: &[u32]) -> u64 {

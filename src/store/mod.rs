@@ -447,6 +447,10 @@ pub trait Store {
     /// None), for the daemon's `stats` line.
     fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog>;
 
+    /// How many jobs each queue has in each state, for metrics. Counts every
+    /// row: meant for a scrape every few seconds, not for every turn.
+    fn job_counts(&mut self) -> Result<Vec<(String, JobState, u64)>>;
+
     /// Extends the leases of `ids` held by `worker`; returns how many were.
     fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize>;
 

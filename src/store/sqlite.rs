@@ -1043,6 +1043,27 @@ impl Store for SqliteStore {
         Ok(backlog)
     }
 
+    fn job_counts(&mut self) -> Result<Vec<(String, JobState, u64)>> {
+        let result: rusqlite::Result<Vec<(String, JobState, u64)>> = (|| {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")?;
+            let rows = stmt.query_map([], |r| {
+                let state: String = r.get(1)?;
+                let state = state.parse().map_err(|e: crate::job::UnknownState| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+                Ok((r.get(0)?, state, r.get::<_, i64>(2)? as u64))
+            })?;
+            rows.collect()
+        })();
+        result.map_err(|e| self.err("count jobs", e))
+    }
+
     fn job(&mut self, id: i64) -> Result<Option<Job>> {
         let result = self
             .conn

@@ -1,0 +1,370 @@
+//! Metrics and health (SPEC §8): with `metrics.listen` set, a small
+//! synchronous HTTP listener (tiny_http, one thread) serves `GET /metrics`
+//! in the Prometheus text format and `GET /healthz`.
+//!
+//! Counters that change per attempt (attempts by kind and outcome, the
+//! duration histogram) are kept in [`Metrics`] as the completer writes
+//! outcomes. Everything else is read at scrape time: jobs by queue and
+//! state and the queue lag from the listener's own database connection,
+//! pool sizes and busy slots from the dispatcher's [`Shared`] figures, and
+//! the process's resources from `/proc`.
+//!
+//! `/healthz` answers 200 while the database answers a fresh connection and
+//! the dispatcher loop turned within [`HEALTH_STALE`], else 503 with the
+//! reason.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::config::Config;
+use crate::dispatcher::Shared;
+use crate::event;
+use crate::job::now_ms;
+use crate::store::{OpenMode, SqliteStore, Store};
+
+/// A dispatcher loop that has not turned for this long is unhealthy. It
+/// turns at least once a second when idle.
+pub const HEALTH_STALE: Duration = Duration::from_secs(5);
+
+/// The upper bounds of the duration histogram, in seconds: from a `noop`
+/// to a long `compress`.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+];
+
+/// Why the metrics could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on metrics.listen {addr}: {source}")]
+    Listen {
+        /// `metrics.listen`.
+        addr: SocketAddr,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A collector could not be registered (a bug: names clash).
+    #[error("cannot set up the metrics: {0}")]
+    Prometheus(#[from] prometheus::Error),
+}
+
+/// The collectors.
+pub struct Metrics {
+    registry: Registry,
+    /// Kinds this build runs; other names are counted as `other`, so a typo
+    /// in a client's insert cannot grow the label set without bound.
+    kinds: Vec<&'static str>,
+    attempts: IntCounterVec,
+    durations: HistogramVec,
+    jobs: IntGaugeVec,
+    ready: IntGaugeVec,
+    lag: GaugeVec,
+    pool_size: IntGaugeVec,
+    pool_busy: IntGaugeVec,
+    /// The daemon's resources, each its own gauge (see [`RESOURCES`]).
+    resources: Vec<prometheus::Gauge>,
+}
+
+/// The resource gauges: name and help. Set at scrape time from `/proc`.
+const RESOURCES: [(&str, &str); 5] = [
+    (
+        "jobd_process_cpu_seconds_total",
+        "CPU time the daemon process used (user + system).",
+    ),
+    (
+        "jobd_process_resident_memory_bytes",
+        "Resident memory of the daemon process.",
+    ),
+    ("jobd_process_threads", "OS threads of the daemon process."),
+    (
+        "jobd_process_open_fds",
+        "Open file descriptors of the daemon process.",
+    ),
+    (
+        "jobd_cpu_workers_resident_memory_bytes",
+        "Resident memory of the CPU workers and the handlers they run, together.",
+    ),
+];
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Collectors for a daemon that runs `kinds`.
+    pub fn new(kinds: Vec<&'static str>) -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let info = IntGaugeVec::new(
+            Opts::new("jobd_info", "The running jobd (always 1)."),
+            &["version"],
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(info))?;
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "jobd_attempts_total",
+                "Attempts this daemon finished, by kind and outcome.",
+            ),
+            &["kind", "outcome"],
+        )?;
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "jobd_attempt_duration_seconds",
+                "How long attempts ran, by kind.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["kind"],
+        )?;
+        let jobs = IntGaugeVec::new(
+            Opts::new("jobd_jobs", "Jobs in the database, by queue and state."),
+            &["queue", "state"],
+        )?;
+        let ready = IntGaugeVec::new(
+            Opts::new(
+                "jobd_queue_ready",
+                "Queued jobs whose run_at has come, by queue.",
+            ),
+            &["queue"],
+        )?;
+        let lag = GaugeVec::new(
+            Opts::new(
+                "jobd_queue_lag_seconds",
+                "Now minus the oldest ready run_at, by queue (0 when nothing waits).",
+            ),
+            &["queue"],
+        )?;
+        let pool_size = IntGaugeVec::new(
+            Opts::new(
+                "jobd_pool_size",
+                "Threads (io) or worker processes (cpu) of each pool.",
+            ),
+            &["pool"],
+        )?;
+        let pool_busy = IntGaugeVec::new(
+            Opts::new(
+                "jobd_pool_busy",
+                "Jobs each pool holds now (running or being written).",
+            ),
+            &["pool"],
+        )?;
+        let resources = RESOURCES
+            .iter()
+            .map(|(name, help)| prometheus::Gauge::new(*name, *help))
+            .collect::<Result<Vec<_>, _>>()?;
+        for collector in [
+            Box::new(attempts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(durations.clone()),
+            Box::new(jobs.clone()),
+            Box::new(ready.clone()),
+            Box::new(lag.clone()),
+            Box::new(pool_size.clone()),
+            Box::new(pool_busy.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+        for gauge in &resources {
+            registry.register(Box::new(gauge.clone()))?;
+        }
+        Ok(Metrics {
+            registry,
+            kinds,
+            attempts,
+            durations,
+            jobs,
+            ready,
+            lag,
+            pool_size,
+            pool_busy,
+            resources,
+        })
+    }
+
+    /// Counts one finished attempt.
+    pub fn attempt(&self, kind: &str, outcome: &str, seconds: f64) {
+        let kind = if self.kinds.contains(&kind) {
+            kind
+        } else {
+            "other"
+        };
+        self.attempts.with_label_values(&[kind, outcome]).inc();
+        self.durations.with_label_values(&[kind]).observe(seconds);
+    }
+
+    /// Reads what is measured at scrape time and renders every metric.
+    fn scrape(
+        &self,
+        store: &mut dyn Store,
+        shared: &Shared,
+        queues: Option<&[String]>,
+    ) -> Result<String, String> {
+        let counts = store.job_counts().map_err(|e| e.to_string())?;
+        self.jobs.reset();
+        for (queue, state, n) in &counts {
+            self.jobs
+                .with_label_values(&[queue.as_str(), state.as_str()])
+                .set(*n as i64);
+        }
+        self.ready.reset();
+        self.lag.reset();
+        let now = now_ms();
+        let mut names: Vec<&str> = counts.iter().map(|(q, _, _)| q.as_str()).collect();
+        names.dedup();
+        for queue in names {
+            if queues.is_some_and(|q| !q.iter().any(|n| n == queue)) {
+                continue;
+            }
+            let backlog = store
+                .backlog(Some(&[queue.to_string()]), now)
+                .map_err(|e| e.to_string())?;
+            self.ready
+                .with_label_values(&[queue])
+                .set(backlog.ready as i64);
+            self.lag
+                .with_label_values(&[queue])
+                .set(backlog.lag_ms(now) as f64 / 1000.0);
+        }
+        for (pool, size, busy) in [
+            ("io", &shared.io_size, &shared.io_busy),
+            ("cpu", &shared.cpu_size, &shared.cpu_busy),
+        ] {
+            self.pool_size
+                .with_label_values(&[pool])
+                .set(size.load(Ordering::Relaxed) as i64);
+            self.pool_busy
+                .with_label_values(&[pool])
+                .set(busy.load(Ordering::Relaxed) as i64);
+        }
+        if let Some(usage) = crate::procfs::usage("self") {
+            let values = [
+                usage.cpu.as_secs_f64(),
+                usage.rss_bytes as f64,
+                usage.threads as f64,
+                crate::procfs::open_fds().unwrap_or(0) as f64,
+                crate::procfs::rss_with_children(&shared.cpu_pids.list()) as f64,
+            ];
+            for (gauge, value) in self.resources.iter().zip(values) {
+                gauge.set(value);
+            }
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(out).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether the daemon is healthy: its database answers a fresh connection
+/// and its dispatcher loop turned lately. `Err` says why not.
+pub fn health(config: &Config, shared: &Shared) -> Result<(), String> {
+    let db = &config.database;
+    let mut store = SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Existing)
+        .map_err(|e| format!("the database does not answer: {e}"))?;
+    store
+        .change_counter()
+        .map_err(|e| format!("the database does not answer: {e}"))?;
+    let last = shared.last_turn.load(Ordering::Relaxed) as i64;
+    let idle = Duration::from_millis((now_ms() - last).max(0) as u64);
+    if idle > HEALTH_STALE {
+        return Err(format!(
+            "the dispatcher loop has not turned for {}",
+            humantime::format_duration(Duration::from_millis(idle.as_millis() as u64))
+        ));
+    }
+    Ok(())
+}
+
+/// The running listener.
+pub struct Listener {
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    /// Stops serving and waits for the thread.
+    pub fn stop(mut self) {
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds `metrics.listen` (an error stops start-up) and serves it on a
+/// thread of its own with its own database connection.
+pub fn serve(
+    addr: SocketAddr,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+) -> Result<Listener, MetricsError> {
+    let server = Arc::new(
+        tiny_http::Server::http(addr).map_err(|source| MetricsError::Listen { addr, source })?,
+    );
+    let serving = Arc::clone(&server);
+    let thread = std::thread::Builder::new()
+        .name("jobd-metrics".into())
+        .spawn(move || run(&serving, &config, &metrics, &shared))
+        .map_err(|e| MetricsError::Listen {
+            addr,
+            source: Box::new(e),
+        })?;
+    event!(Info, "metrics.listening", address:% = addr);
+    Ok(Listener {
+        server,
+        thread: Some(thread),
+    })
+}
+
+fn run(server: &tiny_http::Server, config: &Config, metrics: &Metrics, shared: &Shared) {
+    let db = &config.database;
+    let mut store: Option<SqliteStore> = None;
+    for request in server.incoming_requests() {
+        let path = request.url().split('?').next().unwrap_or("").to_string();
+        let get = *request.method() == tiny_http::Method::Get;
+        let (status, body, content_type) = match (get, path.as_str()) {
+            (true, "/metrics") => {
+                if store.is_none() {
+                    store = SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Existing).ok();
+                }
+                let scraped = match store.as_mut() {
+                    Some(s) => metrics.scrape(s, shared, config.daemon.named_queues()),
+                    None => Err("the database does not answer".to_string()),
+                };
+                match scraped {
+                    Ok(text) => (200, text, "text/plain; version=0.0.4; charset=utf-8"),
+                    Err(e) => {
+                        // A fresh connection next time.
+                        store = None;
+                        (503, format!("cannot read the metrics: {e}\n"), "text/plain")
+                    }
+                }
+            }
+            (true, "/healthz") => match health(config, shared) {
+                Ok(()) => (200, "ok\n".to_string(), "text/plain"),
+                Err(why) => (503, format!("{why}\n"), "text/plain"),
+            },
+            (false, "/metrics" | "/healthz") => {
+                (405, "only GET is served here\n".to_string(), "text/plain")
+            }
+            _ => (404, format!("no such page: {path}\n"), "text/plain"),
+        };
+        let header = tiny_http::Header::from_bytes("Content-Type", content_type)
+            .expect("a static header is valid");
+        let response = tiny_http::Response::from_string(body)
+            .with_status_code(status)
+            .with_header(header);
+        // A client that went away is its own problem.
+        let _ = request.respond(response);
+    }
+}

@@ -1,0 +1,196 @@
+//! `/metrics` and `/healthz` of the real daemon over real HTTP: scraped
+//! while jobs run, parsed as Prometheus text, and checked against the
+//! database; health that follows the database; a taken port stops start-up.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{wait_for, Home, NOW, PATIENCE};
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn home_listening() -> (Home, String) {
+    let port = free_port();
+    let home = Home::with_config(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[daemon]\nshutdown_grace = \"100ms\"\n"
+    ));
+    home.migrate();
+    (home, format!("http://127.0.0.1:{port}"))
+}
+
+/// GET `url`: (status, body).
+fn get(url: &str) -> (u16, String) {
+    match ureq::get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+/// Prometheus text → `name{label="value",…}` (labels sorted) → value.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("a sample line");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+        let key = match series.split_once('{') {
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                labels.sort_unstable();
+                format!("{name}{{{}}}", labels.join(","))
+            }
+            None => series.to_string(),
+        };
+        assert!(out.insert(key, value).is_none(), "a series twice: {line}");
+    }
+    out
+}
+
+fn scrape(base: &str) -> BTreeMap<String, f64> {
+    let (status, body) = get(&format!("{base}/metrics"));
+    assert_eq!(status, 200, "{body}");
+    parse(&body)
+}
+
+fn value(metrics: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *metrics
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key} in {metrics:#?}"))
+}
+
+#[test]
+fn metrics_scraped_while_jobs_run_match_the_database() {
+    let (home, base) = home_listening();
+    // One long job holds an IO slot while we scrape; a paused queue keeps
+    // two ready jobs waiting, five seconds late; a typo'd kind goes dead.
+    let long = home.insert_job("noop", r#"{"sleep_ms":60000}"#, "1", "NULL");
+    let rows: Vec<String> = (0..20)
+        .map(|_| format!("('noop', '{{}}', 'default', 0, {NOW}, 1, NULL)"))
+        .collect();
+    let quick = home.insert(&rows.join(", "));
+    home.sqlite3("INSERT INTO queues(name, paused) VALUES ('held', 1);")
+        .succeeds();
+    home.insert(&format!(
+        "('noop', '{{}}', 'held', 0, {NOW} - 5000, 1, NULL), ('noop', '{{}}', 'held', 0, {NOW} - 5000, 1, NULL)"
+    ));
+    home.insert_job("nope", "{}", "1", "NULL");
+    let daemon = home.daemon();
+    home.wait_state(long, "running");
+    for id in &quick {
+        home.wait_state(*id, "succeeded");
+    }
+    home.wait_count(
+        "SELECT count(*) FROM jobs WHERE kind = 'nope' AND state = 'dead'",
+        1,
+    );
+
+    let m = scrape(&base);
+    let count = |state: &str, queue: &str| {
+        home.query_i64(&format!(
+            "SELECT count(*) FROM jobs WHERE state = '{state}' AND queue = '{queue}'"
+        )) as f64
+    };
+    for (queue, state) in [
+        ("default", "succeeded"),
+        ("default", "running"),
+        ("default", "dead"),
+        ("held", "queued"),
+    ] {
+        assert_eq!(
+            value(
+                &m,
+                &format!(r#"jobd_jobs{{queue="{queue}",state="{state}"}}"#)
+            ),
+            count(state, queue),
+            "{queue} {state}"
+        );
+    }
+    assert_eq!(
+        value(&m, r#"jobd_jobs{queue="default",state="running"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"jobd_attempts_total{kind="noop",outcome="succeeded"}"#
+        ),
+        20.0
+    );
+    assert_eq!(
+        value(&m, r#"jobd_attempt_duration_seconds_count{kind="noop"}"#),
+        20.0
+    );
+    // An unknown kind is counted as "other": clients cannot grow the labels.
+    assert_eq!(
+        value(&m, r#"jobd_attempts_total{kind="other",outcome="dead"}"#),
+        1.0
+    );
+    assert_eq!(value(&m, r#"jobd_queue_ready{queue="held"}"#), 2.0);
+    assert!(value(&m, r#"jobd_queue_lag_seconds{queue="held"}"#) >= 5.0);
+    assert_eq!(value(&m, r#"jobd_pool_busy{pool="io"}"#), 1.0);
+    assert_eq!(value(&m, r#"jobd_pool_size{pool="io"}"#), 16.0);
+    assert_eq!(value(&m, r#"jobd_pool_busy{pool="cpu"}"#), 0.0);
+    assert!(value(&m, r#"jobd_pool_size{pool="cpu"}"#) >= 1.0);
+    assert!(value(&m, "jobd_process_resident_memory_bytes") > 1e6);
+    assert!(value(&m, "jobd_process_open_fds") >= 3.0);
+    assert!(value(&m, "jobd_cpu_workers_resident_memory_bytes") > 1e6);
+    assert_eq!(
+        value(
+            &m,
+            &format!(r#"jobd_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"))
+        ),
+        1.0
+    );
+    daemon.stop();
+}
+
+#[test]
+fn healthz_follows_the_database_and_other_paths_are_refused() {
+    let (home, base) = home_listening();
+    let daemon = home.daemon();
+    assert_eq!(get(&format!("{base}/healthz")), (200, "ok\n".to_string()));
+    // The file taken away (as a broken disk or a bad restore would).
+    let moved = home.path().join("moved.db");
+    std::fs::rename(home.db(), &moved).unwrap();
+    let (status, body) = get(&format!("{base}/healthz"));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("the database does not answer:"), "{body}");
+    std::fs::rename(&moved, home.db()).unwrap();
+    let back = wait_for(PATIENCE, || {
+        (get(&format!("{base}/healthz")).0 == 200).then_some(())
+    });
+    assert!(back.is_some());
+    assert_eq!(get(&format!("{base}/nothing")).0, 404);
+    let post = ureq::post(&format!("{base}/metrics")).call();
+    assert!(matches!(post, Err(ureq::Error::Status(405, _))), "{post:?}");
+    daemon.stop();
+}
+
+#[test]
+fn a_taken_metrics_port_stops_start_up_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let home = Home::with_config(&format!("[metrics]\nlisten = \"{addr}\"\n"));
+    home.migrate();
+    let run = home.jobd(&["run"]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(
+        run.stderr()
+            .starts_with(&format!("jobd: cannot listen on metrics.listen {addr}: ")),
+        "{}",
+        run.stderr()
+    );
+    // Nothing was registered or taken back.
+    assert_eq!(home.query_i64("SELECT count(*) FROM workers"), 0);
+}
