@@ -7,19 +7,37 @@ use std::process::Command;
 
 use common::Home;
 
-/// The code block that follows `<!-- snippet: name -->` in README.md.
+/// The code block that follows `<!-- snippet: name -->` in README.md, with
+/// the indentation of its fence (inside a list item) taken off.
 fn snippet(name: &str) -> String {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let marker = format!("<!-- snippet: {name} -->");
-    let after = &readme[readme
+    let at = readme
         .find(&marker)
-        .unwrap_or_else(|| panic!("no {marker}"))
-        + marker.len()..];
-    let start = after.find("```").unwrap();
-    let body = &after[start..];
-    let body = &body[body.find('\n').unwrap() + 1..];
-    body[..body.find("\n```").unwrap() + 1].to_string()
+        .unwrap_or_else(|| panic!("no {marker} in README.md"));
+    let mut lines = readme[at + marker.len()..]
+        .lines()
+        .skip_while(|l| l.trim().is_empty());
+    let fence = lines.next().expect("a code block after the marker");
+    assert!(fence.trim_start().starts_with("```"), "{fence}");
+    let indent = fence.len() - fence.trim_start().len();
+    let mut body = String::new();
+    for line in lines.take_while(|l| l.trim() != "```") {
+        body.push_str(line.get(indent..).unwrap_or(line.trim_start()));
+        body.push('\n');
+    }
+    body
+}
+
+/// A snippet with the service's paths pointed at this test's home.
+fn snippet_here(home: &Home, name: &str) -> String {
+    snippet(name)
+        .replace("/var/lib/jobd/jobd.db", home.db().to_str().unwrap())
+        .replace(
+            "/var/backups/",
+            &format!("{}/backups/", home.path().display()),
+        )
 }
 
 fn run(home: &Home, program: &str, file: &str) {
@@ -77,4 +95,45 @@ fn the_shell_snippet_enqueues_one_job_a_day() {
         home.text("SELECT count(*) || ' ' || unique_key || ' ' || json_extract(payload, '$.to') FROM jobs;"),
         format!("1 report:{day} reports/{day}.csv.gz")
     );
+}
+
+#[test]
+fn the_sqlite3_shell_snippet_enqueues_a_valid_job() {
+    let home = Home::new();
+    home.migrate();
+    std::fs::write(
+        home.path().join("shell.sh"),
+        snippet_here(&home, "enqueue-shell.sh"),
+    )
+    .unwrap();
+    run(&home, "sh", "shell.sh");
+    assert_eq!(
+        home.text("SELECT kind || ' ' || json_extract(payload, '$.method') FROM jobs;"),
+        "http POST"
+    );
+}
+
+#[test]
+fn the_backup_snippet_copies_a_live_database() {
+    let home = Home::new();
+    home.migrate();
+    let rows: Vec<String> = (0..200)
+        .map(|_| format!("('noop', '{{}}', 'default', 0, {}, 1, NULL)", common::NOW))
+        .collect();
+    home.insert(&rows.join(", "));
+    let daemon = home.daemon();
+    std::fs::create_dir(home.path().join("backups")).unwrap();
+    std::fs::write(
+        home.path().join("backup.sh"),
+        snippet_here(&home, "backup.sh"),
+    )
+    .unwrap();
+    run(&home, "sh", "backup.sh");
+    daemon.stop();
+    let check = common::sqlite3(
+        &home.path().join("backups/jobd.db"),
+        "PRAGMA integrity_check; SELECT count(*) FROM jobs;",
+    )
+    .succeeds();
+    assert_eq!(check, "ok\n200\n");
 }

@@ -172,3 +172,22 @@ fn the_unit_file_verifies_and_its_exposure_is_at_most_1_5() {
         .unwrap_or_else(|| panic!("no exposure figure in:\n{report}"));
     assert!(exposure <= 1.5, "exposure {exposure} > 1.5:\n{report}");
 }
+
+#[test]
+fn under_journald_lines_carry_no_timestamp_of_their_own() {
+    let home = Home::new();
+    home.migrate();
+    let log = home.path().join("journal.log");
+    let daemon = home.daemon_with_env(&log, &log, &[("JOURNAL_STREAM", "8:12345")]);
+    let line = daemon.wait_log("daemon.started");
+    assert!(line.starts_with("INFO  daemon.started version="), "{line}");
+    daemon.stop();
+    let plain = home.path().join("plain.log");
+    let daemon = home.daemon_with_env(&plain, &plain, &[]);
+    let line = daemon.wait_log("daemon.started");
+    assert!(
+        line.starts_with("20") && line.contains("Z INFO  daemon.started"),
+        "{line}"
+    );
+    daemon.stop();
+}

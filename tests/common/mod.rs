@@ -65,12 +65,20 @@ impl Home {
     }
 
     /// A `jobd` command without `--config`, run in the home folder with no
-    /// `JOBD_*` variables inherited.
+    /// `JOBD_*` or systemd variables inherited.
     pub fn bare(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(JOBD);
         cmd.current_dir(self.path()).args(args);
+        // Nothing of the test runner's own service manager either: a test
+        // sets these itself when it means to.
         for (key, _) in std::env::vars() {
-            if key.starts_with("JOBD_") {
+            let systemd = [
+                "JOURNAL_STREAM",
+                "NOTIFY_SOCKET",
+                "WATCHDOG_USEC",
+                "WATCHDOG_PID",
+            ];
+            if key.starts_with("JOBD_") || systemd.contains(&key.as_str()) {
                 cmd.env_remove(key);
             }
         }
