@@ -46,6 +46,8 @@ pub enum Command {
     Pause(QueueNames),
     /// Start claiming from paused queues again.
     Resume(QueueNames),
+    /// The periodic schedules: expression, next time, last job and its state.
+    Cron,
     /// Create or upgrade the database schema and exit.
     Migrate,
     /// Load and validate the config, print the effective values.

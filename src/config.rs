@@ -998,6 +998,10 @@ impl Config {
             if cron.max_attempts == Some(0) {
                 return fail(&key("max_attempts"), "must be at least 1 (got 0)");
             }
+            // The expression, the time zone and the payload against its kind.
+            if let Err((key, why)) = crate::cron::Schedule::parse(name, cron) {
+                return fail(&key, why);
+            }
         }
         Ok(())
     }

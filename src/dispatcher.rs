@@ -239,6 +239,8 @@ pub struct Dispatcher<S: Store> {
     claimed: u64,
     /// Running average of IO attempt durations (seconds), for the prefetch.
     avg_duration: f64,
+    /// The periodic schedules (`[cron.*]`).
+    cron: crate::cron::Cron,
 }
 
 impl<S: Store> Dispatcher<S> {
@@ -289,6 +291,7 @@ impl<S: Store> Dispatcher<S> {
             claimed: 0,
             // Unknown until jobs ran: assume long, so no prefetch.
             avg_duration: f64::INFINITY,
+            cron: crate::cron::Cron::new(crate::cron::schedules(&parts.config)),
             config: parts.config,
         })
     }
@@ -327,9 +330,20 @@ impl<S: Store> Dispatcher<S> {
                     return summary;
                 }
             }
+            if self.draining.is_none() {
+                self.run_cron();
+            }
             self.write_step(now);
             self.publish_counts();
             self.wait();
+        }
+    }
+
+    /// Enqueues the periodic jobs that are due (one short transaction each).
+    fn run_cron(&mut self) {
+        let now = now_ms();
+        if self.cron.due(now) && self.cron.run_due(&mut self.store, now) > 0 {
+            self.maybe_ready = true;
         }
     }
 
@@ -855,6 +869,12 @@ impl<S: Store> Dispatcher<S> {
                 until = until.min(token);
             }
         }
+        if self.draining.is_none() {
+            if let Some(due) = self.cron.next_due() {
+                let ms = (due - now_ms()).max(0) as u64;
+                until = until.min(now + Duration::from_millis(ms));
+            }
+        }
         for entry in self.in_flight.values().filter(|e| !e.reported) {
             until = until.min(overrun_at(entry));
         }
@@ -952,6 +972,8 @@ impl<S: Store> Dispatcher<S> {
             }
         }
         self.limits.reload(&config.queues, Instant::now());
+        // Schedules added start, removed ones stop (their rows stay).
+        self.cron = crate::cron::Cron::new(crate::cron::schedules(&config));
         self.retry = Arc::new(config.retry.clone());
         config.database = self.config.database.clone();
         config.daemon.queues = self.config.daemon.queues.clone();

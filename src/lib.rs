@@ -32,7 +32,8 @@
 //! and the `stats` line, with process facts from [`procfs`]. [`notify`]
 //! tells systemd when the daemon is ready, reloading or stopping, pings its
 //! watchdog from the dispatcher loop and keeps a live `STATUS=` line;
-//! [`metrics`] serves `/metrics` and `/healthz`.
+//! [`metrics`] serves `/metrics` and `/healthz`. [`cron`] enqueues the
+//! periodic jobs of `[cron.*]`, each slot exactly once, from the dispatcher.
 //!
 //! The life of a job: inserted `queued` → claimed by a daemon (`running`,
 //! under a lease) → its attempt ends → the outcome is written, fenced by
@@ -44,6 +45,7 @@ pub mod cli;
 pub mod commands;
 pub mod completer;
 pub mod config;
+pub mod cron;
 pub mod daemon;
 pub mod dispatcher;
 pub mod error;

@@ -5,30 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::Home;
-
-/// The code block that follows `<!-- snippet: name -->` in README.md, with
-/// the indentation of its fence (inside a list item) taken off.
-fn snippet(name: &str) -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let marker = format!("<!-- snippet: {name} -->");
-    let at = readme
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {marker} in README.md"));
-    let mut lines = readme[at + marker.len()..]
-        .lines()
-        .skip_while(|l| l.trim().is_empty());
-    let fence = lines.next().expect("a code block after the marker");
-    assert!(fence.trim_start().starts_with("```"), "{fence}");
-    let indent = fence.len() - fence.trim_start().len();
-    let mut body = String::new();
-    for line in lines.take_while(|l| l.trim() != "```") {
-        body.push_str(line.get(indent..).unwrap_or(line.trim_start()));
-        body.push('\n');
-    }
-    body
-}
+use common::{snippet, Home};
 
 /// A snippet with the service's paths pointed at this test's home.
 fn snippet_here(home: &Home, name: &str) -> String {

@@ -552,3 +552,36 @@ fn tail_reads_runs_in_write_order() {
         assert_eq!(s.runs_after(0, 10).unwrap().len(), 2);
     });
 }
+
+#[test]
+fn a_cron_slot_is_enqueued_once_and_never_behind_the_last() {
+    each(|store| {
+        // A new schedule starts at its current slot, enqueueing nothing.
+        assert_eq!(store.cron_start("tick", 5_000).unwrap(), Some(5_000));
+        assert_eq!(store.cron_start("tick", 9_000).unwrap(), Some(5_000));
+        let job = job("noop");
+        assert!(store
+            .cron_enqueue("tick", 5_000, &job, NOW)
+            .unwrap()
+            .is_none());
+        let first = store.cron_enqueue("tick", 6_000, &job, NOW).unwrap();
+        let first = first.expect("the next slot is enqueued").id();
+        // The same slot again (another daemon), or an older one: nothing.
+        assert!(store
+            .cron_enqueue("tick", 6_000, &job, NOW)
+            .unwrap()
+            .is_none());
+        assert!(store
+            .cron_enqueue("tick", 5_500, &job, NOW)
+            .unwrap()
+            .is_none());
+        let rows = store.cron_rows().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].last_slot, Some(6_000));
+        assert_eq!(rows[0].last_job_id, Some(first));
+        assert_eq!(rows[0].last_job_state, Some(JobState::Queued));
+        // A schedule with no row yet gets one on its first enqueue.
+        assert!(store.cron_enqueue("other", 1, &job, NOW).unwrap().is_some());
+        assert_eq!(store.cron_rows().unwrap().len(), 2);
+    });
+}

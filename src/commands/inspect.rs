@@ -76,6 +76,68 @@ pub fn list(store: &mut dyn Store, args: ListArgs, out: &mut dyn Write) -> Resul
     table(out, &rows)
 }
 
+/// Runs `jobd cron`: each schedule of the config with its next time, and
+/// the last slot enqueued with its job from the database; rows of
+/// schedules no longer in the config are listed as removed.
+pub fn cron(config: &Config, store: &mut dyn Store, out: &mut dyn Write) -> Result<()> {
+    let rows = store.cron_rows()?;
+    let now = now_ms();
+    let mut table_rows = vec![[
+        "NAME",
+        "SCHEDULE",
+        "TIMEZONE",
+        "NEXT",
+        "LAST_SLOT",
+        "LAST_JOB",
+        "STATE",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let row_of = |name: &str| rows.iter().find(|r| r.name == name);
+    let last = |name: &str, tz: &str| match row_of(name) {
+        Some(r) => vec![
+            r.last_slot
+                .map_or("-".to_string(), |t| crate::cron::format_local(t, tz)),
+            r.last_job_id.map_or("-".to_string(), |id| id.to_string()),
+            r.last_job_state.map_or("-".to_string(), |s| s.to_string()),
+        ],
+        None => vec!["-".into(), "-".into(), "-".into()],
+    };
+    for schedule in crate::cron::schedules(config) {
+        let next = schedule.next_after(now).map_or("-".to_string(), |t| {
+            crate::cron::format_local(t, &schedule.timezone)
+        });
+        let mut row = vec![
+            schedule.name.clone(),
+            schedule.expression.clone(),
+            schedule.timezone.clone(),
+            next,
+        ];
+        row.extend(last(&schedule.name, &schedule.timezone));
+        table_rows.push(row);
+    }
+    for r in rows.iter().filter(|r| !config.cron.contains_key(&r.name)) {
+        let mut row = vec![
+            r.name.clone(),
+            "(removed from the config)".into(),
+            "UTC".into(),
+            "-".into(),
+        ];
+        row.extend(last(&r.name, "UTC"));
+        table_rows.push(row);
+    }
+    if table_rows.len() == 1 {
+        writeln!(
+            out,
+            "no periodic schedules ([cron.NAME] sections) in {}",
+            config.source.display()
+        )
+        .map_err(stdout_error)?;
+        return Ok(());
+    }
+    table(out, &table_rows)
+}
+
 /// Runs `jobd show`.
 pub fn show(
     config: &Config,

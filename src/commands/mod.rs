@@ -35,6 +35,7 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         Command::Run => run_daemon(config, &path, explicit, env),
         Command::CheckConfig => admin::check_config(&config, out),
         Command::Migrate => admin::migrate(&config, out),
+        Command::Cron => inspect::cron(&config, &mut open(&config)?, out),
         Command::Enqueue(args) => enqueue::enqueue(&config, args, out),
         Command::List(args) => inspect::list(&mut open(&config)?, args, out),
         Command::Show(args) => inspect::show(&config, &mut open(&config)?, args, out),

@@ -103,6 +103,12 @@ impl Kind for Checksum {
     }
 }
 
+/// Checks a payload without running the job: the fields and their types
+/// (for `[cron.*]` entries at start-up).
+pub(crate) fn check(payload: &str) -> Result<(), JobError> {
+    parse_payload::<Payload>(payload).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,3 +143,9 @@ impl Kind for Compress {
         Ok(Some(result.to_string()))
     }
 }
+
+/// Checks a payload without running the job: the fields and their types
+/// (for `[cron.*]` entries at start-up).
+pub(crate) fn check(payload: &str) -> Result<(), JobError> {
+    parse_payload::<Payload>(payload).map(drop)
+}

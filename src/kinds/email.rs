@@ -323,3 +323,9 @@ fn smtp_error(
     }
     JobError::transient(format!("sending through {server} failed: {e}"))
 }
+
+/// Checks a payload without running the job: the fields and their types
+/// (for `[cron.*]` entries at start-up).
+pub(crate) fn check(payload: &str) -> Result<(), JobError> {
+    parse_payload::<Payload>(payload).map(drop)
+}

@@ -432,6 +432,12 @@ fn parse_retry_after(value: &str) -> Option<i64> {
     i64::try_from(ms).ok()
 }
 
+/// Checks a payload without running the job: the fields and their types
+/// (for `[cron.*]` entries at start-up).
+pub(crate) fn check(payload: &str) -> Result<(), JobError> {
+    parse_payload::<Payload>(payload).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,6 +191,24 @@ pub fn parse_payload<T: DeserializeOwned>(payload: &str) -> Result<T, JobError> 
     }
 }
 
+/// Checks a payload for `kind` without running anything: unknown or
+/// mistyped fields are an error naming the field. An unknown kind is one too.
+pub fn check_payload(kind: &str, payload: &str) -> Result<(), JobError> {
+    match kind {
+        "noop" => noop::check(payload),
+        "http" => http::check(payload),
+        "email" => email::check(payload),
+        "file" => file::check(payload),
+        "checksum" => checksum::check(payload),
+        "compress" => compress::check(payload),
+        "exec" => exec::check(payload),
+        other => Err(JobError::permanent(format!(
+            "unknown kind {other:?} (this jobd runs: {})",
+            crate::config::KNOWN_KINDS.join(", ")
+        ))),
+    }
+}
+
 /// The kinds this build runs, by name.
 #[derive(Clone)]
 pub struct Registry {

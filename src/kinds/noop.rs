@@ -32,3 +32,9 @@ impl Kind for Noop {
         Ok(None)
     }
 }
+
+/// Checks a payload without running the job: the fields and their types
+/// (for `[cron.*]` entries at start-up).
+pub(crate) fn check(payload: &str) -> Result<(), JobError> {
+    parse_payload::<Payload>(payload).map(drop)
+}

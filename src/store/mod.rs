@@ -377,6 +377,19 @@ pub struct WorkerInfo {
     pub running: i64,
 }
 
+/// A periodic schedule's row in `cron`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CronRow {
+    /// The `[cron.NAME]` section's name.
+    pub name: String,
+    /// The last slot enqueued (epoch ms).
+    pub last_slot: Option<i64>,
+    /// The job enqueued for it.
+    pub last_job_id: Option<i64>,
+    /// That job's state now (None once pruned).
+    pub last_job_state: Option<JobState>,
+}
+
 /// What waits to run, for the daemon's `stats` line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Backlog {
@@ -446,6 +459,26 @@ pub trait Store {
     /// Ready jobs and the oldest ready `run_at` in these queues (all when
     /// None), for the daemon's `stats` line.
     fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog>;
+
+    /// Makes sure periodic schedule `name` has its `cron` row; a new row
+    /// starts at `slot`, and nothing is enqueued for it. Returns the row's
+    /// last slot.
+    fn cron_start(&mut self, name: &str, slot: i64) -> Result<Option<i64>>;
+
+    /// Enqueues `job` for slot `slot` of schedule `name` unless a daemon
+    /// already did: one transaction moves `cron.last_slot` forward to
+    /// `slot` only if it is behind (compare-and-set), inserts the job and
+    /// records its id. None when the slot was taken.
+    fn cron_enqueue(
+        &mut self,
+        name: &str,
+        slot: i64,
+        job: &NewJob,
+        now: i64,
+    ) -> Result<Option<Enqueued>>;
+
+    /// Every `cron` row, with the state of its last job.
+    fn cron_rows(&mut self) -> Result<Vec<CronRow>>;
 
     /// How many jobs each queue has in each state, for metrics. Counts every
     /// row: meant for a scrape every few seconds, not for every turn.

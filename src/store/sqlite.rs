@@ -17,9 +17,9 @@ use rusqlite::{
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
 use super::CPU_KIND_TEST;
 use super::{
-    Applied, Backlog, BulkRetry, CancelResult, Claim, Enqueued, JobRun, ListFilter, PruneCutoffs,
-    Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store, StoreError,
-    WorkerInfo,
+    Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, JobRun, ListFilter,
+    PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store,
+    StoreError, WorkerInfo,
 };
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
@@ -528,6 +528,44 @@ fn claim_pool(
     Ok(())
 }
 
+/// Inserts one job inside an open transaction; a job whose `unique_key` is
+/// taken by a queued or running job is not inserted, and the holder's id is
+/// returned instead.
+fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite::Result<Enqueued> {
+    let id: Option<i64> = tx
+        .prepare_cached(
+            "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, \
+             timeout_ms, unique_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT DO NOTHING RETURNING id",
+        )?
+        .query_row(
+            params![
+                job.queue,
+                job.kind,
+                job.payload,
+                job.priority,
+                job.run_at.unwrap_or(now),
+                job.max_attempts,
+                job.timeout_ms,
+                job.unique_key,
+                now,
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match id {
+        Some(id) => Ok(Enqueued::Inserted(id)),
+        // Only the unique_key index can make DO NOTHING skip a row.
+        None => tx
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE unique_key = ?1 \
+                 AND (state = 'queued' OR state = 'running')",
+            )?
+            .query_row([&job.unique_key], |r| r.get(0))
+            .map(Enqueued::Duplicate),
+    }
+}
+
 /// Writes outcomes inside an open transaction (see [`Store::complete`]).
 fn complete_in(
     tx: &rusqlite::Transaction<'_>,
@@ -606,43 +644,64 @@ impl Store for SqliteStore {
 
     fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>> {
         self.write("enqueue", |tx| {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, \
-                 timeout_ms, unique_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                 ON CONFLICT DO NOTHING RETURNING id",
-            )?;
-            let mut existing = tx.prepare_cached(
-                "SELECT id FROM jobs WHERE unique_key = ?1 \
-                 AND (state = 'queued' OR state = 'running')",
-            )?;
-            let mut out = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                let id: Option<i64> = insert
-                    .query_row(
-                        params![
-                            job.queue,
-                            job.kind,
-                            job.payload,
-                            job.priority,
-                            job.run_at.unwrap_or(now),
-                            job.max_attempts,
-                            job.timeout_ms,
-                            job.unique_key,
-                            now,
-                        ],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                out.push(match id {
-                    Some(id) => Enqueued::Inserted(id),
-                    None => {
-                        // Only the unique_key index can make DO NOTHING skip a row.
-                        Enqueued::Duplicate(existing.query_row([&job.unique_key], |r| r.get(0))?)
-                    }
-                });
-            }
-            Ok(out)
+            jobs.iter().map(|job| insert_in(tx, job, now)).collect()
         })
+    }
+
+    fn cron_start(&mut self, name: &str, slot: i64) -> Result<Option<i64>> {
+        self.write("start a periodic schedule", |tx| {
+            tx.prepare_cached("INSERT OR IGNORE INTO cron(name, last_slot) VALUES (?1, ?2)")?
+                .execute(params![name, slot])?;
+            tx.prepare_cached("SELECT last_slot FROM cron WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+        })
+    }
+
+    fn cron_enqueue(
+        &mut self,
+        name: &str,
+        slot: i64,
+        job: &NewJob,
+        now: i64,
+    ) -> Result<Option<Enqueued>> {
+        self.write("enqueue a periodic job", |tx| {
+            tx.prepare_cached("INSERT OR IGNORE INTO cron(name, last_slot) VALUES (?1, NULL)")?
+                .execute([name])?;
+            let moved = tx
+                .prepare_cached(
+                    "UPDATE cron SET last_slot = ?2 \
+                     WHERE name = ?1 AND (last_slot IS NULL OR last_slot < ?2)",
+                )?
+                .execute(params![name, slot])?;
+            if moved == 0 {
+                // Another daemon enqueued this slot (or a later one).
+                return Ok(None);
+            }
+            let enqueued = insert_in(tx, job, now)?;
+            tx.prepare_cached("UPDATE cron SET last_job_id = ?2 WHERE name = ?1")?
+                .execute(params![name, enqueued.id()])?;
+            Ok(Some(enqueued))
+        })
+    }
+
+    fn cron_rows(&mut self) -> Result<Vec<CronRow>> {
+        let result: rusqlite::Result<Vec<CronRow>> = (|| {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT cron.name, cron.last_slot, cron.last_job_id, jobs.state \
+                 FROM cron LEFT JOIN jobs ON jobs.id = cron.last_job_id ORDER BY cron.name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let state: Option<String> = r.get(3)?;
+                Ok(CronRow {
+                    name: r.get(0)?,
+                    last_slot: r.get(1)?,
+                    last_job_id: r.get(2)?,
+                    last_job_state: state.and_then(|s| s.parse().ok()),
+                })
+            })?;
+            rows.collect()
+        })();
+        result.map_err(|e| self.err("read periodic schedules", e))
     }
 
     fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>> {
