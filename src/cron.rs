@@ -266,18 +266,21 @@ pub fn format_local(ms: i64, timezone: &str) -> String {
 mod tests {
     use super::*;
 
-    fn schedule(expr: &str, tz: &str) -> Schedule {
-        let config = CronConfig {
+    fn section(expr: &str, tz: &str, kind: &str, payload: serde_json::Value) -> CronConfig {
+        CronConfig {
             schedule: expr.into(),
-            kind: "noop".into(),
-            payload: serde_json::json!({}),
+            kind: kind.into(),
+            payload,
             queue: "default".into(),
             priority: 0,
             max_attempts: None,
             timeout: None,
             timezone: tz.into(),
-        };
-        Schedule::parse("t", &config).unwrap()
+        }
+    }
+
+    fn schedule(expr: &str, tz: &str) -> Schedule {
+        Schedule::parse("t", &section(expr, tz, "noop", serde_json::json!({}))).unwrap()
     }
 
     /// Epoch ms of a local wall-clock time in `tz` (the earlier one if
@@ -378,17 +381,7 @@ mod tests {
     #[test]
     fn bad_sections_are_named() {
         let bad = |expr: &str, tz: &str, kind: &str, payload: serde_json::Value| {
-            let config = CronConfig {
-                schedule: expr.into(),
-                kind: kind.into(),
-                payload,
-                queue: "default".into(),
-                priority: 0,
-                max_attempts: None,
-                timeout: None,
-                timezone: tz.into(),
-            };
-            Schedule::parse("nightly", &config).unwrap_err()
+            Schedule::parse("nightly", &section(expr, tz, kind, payload)).unwrap_err()
         };
         let empty = serde_json::json!({});
         let (key, why) = bad("61 * * * *", "UTC", "noop", empty.clone());
