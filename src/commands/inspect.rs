@@ -27,7 +27,7 @@ fn job_json(job: &Job) -> serde_json::Value {
         serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
     }
     let mut value = serde_json::to_value(job).unwrap_or_default();
-    value["payload"] = embed(&job.payload);
+    value["payload"] = embed(&crate::kinds::redacted_payload(&job.kind, &job.payload));
     value["result"] = job.result.as_deref().map(embed).unwrap_or_default();
     value
 }
@@ -209,7 +209,7 @@ pub fn show(
             .unwrap_or_else(|_| text.to_string())
     };
     writeln!(out, "payload").map_err(stdout_error)?;
-    for line in pretty(&job.payload).lines() {
+    for line in pretty(&crate::kinds::redacted_payload(&job.kind, &job.payload)).lines() {
         writeln!(out, "  {line}").map_err(stdout_error)?;
     }
     if let Some(result) = &job.result {

@@ -209,6 +209,41 @@ pub fn check_payload(kind: &str, payload: &str) -> Result<(), JobError> {
     }
 }
 
+/// Header names whose values are credentials: shown as `[redacted]`.
+pub const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
+
+/// A payload as the CLI (and anything else that shows jobs) may print it:
+/// the values of credential headers ([`SECRET_HEADERS`]) of `http` and
+/// `email` jobs replaced by `[redacted]`. Text that is not a JSON object is
+/// returned as it is.
+pub fn redacted_payload(kind: &str, payload: &str) -> String {
+    if kind != "http" && kind != "email" {
+        return payload.to_string();
+    }
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(payload) else {
+        return payload.to_string();
+    };
+    let mut changed = false;
+    if let Some(headers) = value.get_mut("headers").and_then(|h| h.as_object_mut()) {
+        for (name, v) in headers.iter_mut() {
+            if SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                *v = serde_json::Value::String("[redacted]".into());
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        value.to_string()
+    } else {
+        payload.to_string()
+    }
+}
+
 /// The kinds this build runs, by name.
 #[derive(Clone)]
 pub struct Registry {
@@ -307,6 +342,18 @@ mod tests {
         assert!(err(r#"{"count":1,"nested":{"name":5}}"#).starts_with(
             "payload field nested.name: invalid type: integer `5`, expected a string"
         ));
+    }
+
+    #[test]
+    fn credential_headers_are_redacted_for_display_only() {
+        let payload =
+            r#"{"url":"http://x","headers":{"Authorization":"Bearer s3cret","X-Trace":"1"}}"#;
+        let shown = redacted_payload("http", payload);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains(r#""Authorization":"[redacted]""#), "{shown}");
+        assert!(shown.contains(r#""X-Trace":"1""#), "{shown}");
+        assert_eq!(redacted_payload("noop", payload), payload);
+        assert_eq!(redacted_payload("http", "not json"), "not json");
     }
 
     #[test]
