@@ -314,3 +314,129 @@ fn secrets_never_show_in_logs_config_output_show_or_errors() {
     );
     eprintln!("email job ended {mail_state}");
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts `size` at `path`; None (with a message) where mounting is
+    /// impossible (not root, no mount namespace rights).
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("cannot mount a tmpfs here: the disk-full test is skipped");
+            return None;
+        }
+        Some(Tmpfs(path.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system of `path` with `filler` until it is full.
+fn fill(filler: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(filler).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+}
+
+#[test]
+fn a_full_disk_stops_progress_without_losing_or_corrupting_anything() {
+    let home = Home::new();
+    let disk = home.path().join("disk");
+    let Some(_tmpfs) = Tmpfs::mount(&disk, "24m") else {
+        return;
+    };
+    let files = disk.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    let db = disk.join("jobd.db");
+    // The whole config by hand: the database lives on the tmpfs.
+    std::fs::write(
+        home.config(),
+        format!(
+            "[database]\npath = \"{}\"\nbusy_timeout = \"5s\"\n[file]\nroots = [\"{}\"]\n\
+             [retry]\nmax_attempts = 1000\nbackoff_base = \"20ms\"\nbackoff_max = \"200ms\"\n\
+             [daemon]\nshutdown_grace = \"100ms\"\n[pool]\nthreads = 2\n",
+            db.display(),
+            files.display()
+        ),
+    )
+    .unwrap();
+    home.ok(&["migrate"]);
+    // Slow enough (two threads, 10 ms a noop) that the disk fills mid-way.
+    let content = "x".repeat(10 * 1024);
+    let jobs: Vec<String> = (0..300)
+        .map(|i| {
+            if i % 2 == 0 {
+                r#"{"kind":"noop","payload":{"sleep_ms":10}}"#.to_string()
+            } else {
+                format!(
+                    r#"{{"kind":"file","payload":{{"op":"write","path":"out-{i}.txt","content":"{content}"}}}}"#
+                )
+            }
+        })
+        .collect();
+    let import = home.path().join("jobs.jsonl");
+    std::fs::write(&import, jobs.join("\n")).unwrap();
+    home.ok(&["enqueue", "--file", import.to_str().unwrap()]);
+    let count = |sql: &str| {
+        common::sqlite3(&db, sql)
+            .succeeds()
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let daemon = home.daemon();
+    wait_for(PATIENCE, || {
+        (count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") >= 10).then_some(())
+    })
+    .expect("some jobs ran before the disk filled");
+
+    let filler = disk.join("filler");
+    fill(&filler);
+    let line = daemon.wait_log("db.error");
+    eprintln!("{line}");
+    assert!(line.contains("action="), "says what it will do: {line}");
+    let stalled = count("SELECT count(*) FROM jobs WHERE state = 'succeeded';");
+    assert!(stalled < 300, "the disk filled too late to matter");
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(PATIENCE, || {
+        (count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") == 300).then_some(())
+    })
+    .expect("every job completes once space is back");
+    let log = daemon.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    for event in ["db.recovered", "job.retry"] {
+        eprintln!("{event}: {} lines", log.matches(event).count());
+    }
+    assert_eq!(
+        common::sqlite3(&db, "PRAGMA integrity_check;")
+            .succeeds()
+            .trim(),
+        "ok"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM job_runs WHERE outcome = 'succeeded';"),
+        300,
+        "each job succeeded exactly once"
+    );
+    for i in [1, 149, 299] {
+        let written = std::fs::read_to_string(files.join(format!("out-{i}.txt"))).unwrap();
+        assert_eq!(written.len(), content.len());
+    }
+}
