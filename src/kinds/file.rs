@@ -102,6 +102,11 @@ impl FileKind {
         let raw = raw.filter(|r| !r.is_empty()).ok_or_else(|| {
             JobError::permanent(format!("payload: field {field} is required for this op"))
         })?;
+        if raw.contains('\0') {
+            return Err(JobError::permanent(format!(
+                "payload field {field}: contains a NUL byte, which no path can hold"
+            )));
+        }
         let path = Path::new(raw);
         let (root, rel) = if path.is_absolute() {
             self.roots

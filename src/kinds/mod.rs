@@ -175,6 +175,13 @@ pub trait Kind: Send + Sync {
 /// error naming the field and what was expected, e.g.
 /// `payload field sleep_ms: invalid type: string "x", expected u64`.
 pub fn parse_payload<T: DeserializeOwned>(payload: &str) -> Result<T, JobError> {
+    // serde reads a struct from an array too; a payload is an object (SPEC §1).
+    if !payload.trim_start().starts_with('{') {
+        return Err(JobError::permanent(format!(
+            "payload: must be a JSON object, got {}",
+            crate::job::json_type_name(payload.trim_start())
+        )));
+    }
     let mut de = serde_json::Deserializer::from_str(payload);
     let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     match parsed {
@@ -339,6 +346,7 @@ mod tests {
             "{unknown}"
         );
         assert!(err("{}").starts_with("payload: missing field `count`"));
+        assert_eq!(err("[1]"), "payload: must be a JSON object, got an array");
         assert!(err(r#"{"count":1,"nested":{"name":5}}"#).starts_with(
             "payload field nested.name: invalid type: integer `5`, expected a string"
         ));

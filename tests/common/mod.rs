@@ -124,13 +124,24 @@ impl Home {
 
 /// Runs SQL through the real `sqlite3` shell.
 pub fn sqlite3(db: &Path, sql: &str) -> Run {
-    let out = Command::new(sqlite3_bin())
+    // The SQL goes in on stdin: one command-line argument may not exceed
+    // 128 KiB, and some tests insert bigger payloads.
+    let mut child = Command::new(sqlite3_bin())
         .args(["-bail", "-cmd", ".timeout 5000"])
         .arg(db)
-        .arg(sql)
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("the sqlite3 shell must be installed (.ci/run installs it)");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let sql = sql.to_string();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(sql.as_bytes());
+    });
+    let out = child.wait_with_output().expect("sqlite3 ran");
+    let _ = writer.join();
     Run(out)
 }
 
