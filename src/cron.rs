@@ -26,6 +26,11 @@ use crate::event;
 use crate::job::NewJob;
 use crate::store::{Enqueued, Store};
 
+/// The longest `@every`: a slot a year apart is what a cron expression is
+/// for, and the bound keeps slot arithmetic far from overflow (found by the
+/// `cron` fuzz target: `@every 8888888w` wrapped around).
+const MAX_EVERY: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// When a schedule fires.
 #[derive(Clone, Debug)]
 enum When {
@@ -71,10 +76,10 @@ impl Schedule {
                         format!("{expression:?}: @every takes a duration like 30s or 5m ({e})"),
                     )
                 })?;
-                if every < Duration::from_secs(1) {
+                if every < Duration::from_secs(1) || every > MAX_EVERY {
                     return Err((
                         key("schedule"),
-                        format!("{expression:?}: @every must be at least 1s"),
+                        format!("{expression:?}: @every must be from 1s to 366d"),
                     ));
                 }
                 When::Every(every.as_millis() as i64)
@@ -92,6 +97,19 @@ impl Schedule {
                 When::Cron(Box::new(cron), tz)
             }
         };
+        let probe = Schedule {
+            name: String::new(),
+            expression: expression.clone(),
+            timezone: String::new(),
+            when: when.clone(),
+            job: NewJob::new("noop"),
+        };
+        if probe.next_after(crate::job::now_ms()).is_none() {
+            return Err((
+                key("schedule"),
+                format!("{expression:?} never fires (no such date, e.g. 31 February)"),
+            ));
+        }
         crate::kinds::check_payload(&config.kind, &config.payload.to_string()).map_err(|e| {
             (
                 key("payload"),
@@ -120,7 +138,7 @@ impl Schedule {
     /// The latest slot at or before `t` (epoch ms), if there is one.
     pub fn latest_at_or_before(&self, t: i64) -> Option<i64> {
         match &self.when {
-            When::Every(every) => Some(t.div_euclid(*every) * every),
+            When::Every(every) => t.div_euclid(*every).checked_mul(*every),
             When::Cron(cron, tz) => {
                 let at = tz.timestamp_millis_opt(t).single()?;
                 let found = cron.find_previous_occurrence(&at, true).ok()?;
@@ -132,7 +150,7 @@ impl Schedule {
     /// The first slot after `t` (epoch ms), if there is one.
     pub fn next_after(&self, t: i64) -> Option<i64> {
         match &self.when {
-            When::Every(every) => Some((t.div_euclid(*every) + 1) * every),
+            When::Every(every) => (t.div_euclid(*every) + 1).checked_mul(*every),
             When::Cron(cron, tz) => {
                 let at = tz.timestamp_millis_opt(t).single()?;
                 let found = cron.find_next_occurrence(&at, false).ok()?;
@@ -392,6 +410,13 @@ mod tests {
         );
         let (key, _) = bad("0 0 0 * * *", "UTC", "noop", empty.clone());
         assert_eq!(key, "cron.nightly.schedule", "6 fields are refused");
+        // Found by fuzzing: a huge @every overflowed the slot arithmetic.
+        let (key, why) = bad("@every6270 8\n8888888    w ", "UTC", "noop", empty.clone());
+        assert_eq!(key, "cron.nightly.schedule");
+        assert!(why.contains("@every must be from 1s to 366d"), "{why}");
+        let (key, why) = bad("0 0 31 2 *", "UTC", "noop", empty.clone());
+        assert_eq!(key, "cron.nightly.schedule");
+        assert!(why.contains("never fires"), "{why}");
         let (key, why) = bad("@every soon", "UTC", "noop", empty.clone());
         assert_eq!(key, "cron.nightly.schedule");
         assert!(why.contains("@every takes a duration"), "{why}");

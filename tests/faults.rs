@@ -440,3 +440,33 @@ fn a_full_disk_stops_progress_without_losing_or_corrupting_anything() {
         assert_eq!(written.len(), content.len());
     }
 }
+
+#[test]
+fn a_database_on_a_read_only_file_system_stops_the_daemon_untouched() {
+    // As root a file's mode does not stop a write; a read-only mount does.
+    let home = Home::new();
+    let disk = home.path().join("ro");
+    let Some(_tmpfs) = Tmpfs::mount(&disk, "4m") else {
+        return;
+    };
+    let db = disk.join("jobd.db");
+    std::fs::write(
+        home.config(),
+        format!("[database]\npath = \"{}\"\n", db.display()),
+    )
+    .unwrap();
+    home.ok(&["migrate"]);
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&disk)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !remounted {
+        eprintln!("cannot remount read-only here: skipped");
+        return;
+    }
+    let before = std::fs::read(&db).unwrap();
+    let err = home.jobd(&["run"]).fails(1, "read-only");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+}
