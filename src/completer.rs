@@ -34,6 +34,10 @@ pub struct Counters {
     pub done: AtomicU64,
     /// Attempts that failed (retry, timeout, dead) since the last `stats` line.
     pub failed: AtomicU64,
+    /// Attempts that succeeded since the daemon started.
+    pub done_total: AtomicU64,
+    /// Attempts that failed since the daemon started.
+    pub failed_total: AtomicU64,
     /// The Prometheus collectors, when `metrics.listen` is set.
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
@@ -204,6 +208,7 @@ fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
     match (&c.outcome, &c.transition) {
         (RunOutcome::Succeeded, transition) => {
             counters.done.fetch_add(1, Ordering::Relaxed);
+            counters.done_total.fetch_add(1, Ordering::Relaxed);
             // An http job's line carries its status (SPEC §7's example).
             let status = match transition {
                 Transition::Succeed { result: Some(r) } if kind == "http" => {
@@ -237,6 +242,7 @@ fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
         }
         (RunOutcome::Retry, Transition::Requeue { run_at }) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
+            counters.failed_total.fetch_add(1, Ordering::Relaxed);
             event!(
                 Warn,
                 "job.retry",
@@ -250,6 +256,7 @@ fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
         }
         (RunOutcome::Timeout, Transition::Requeue { run_at }) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
+            counters.failed_total.fetch_add(1, Ordering::Relaxed);
             event!(
                 Warn,
                 "job.timeout",
@@ -281,6 +288,7 @@ fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
         ),
         _ => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
+            counters.failed_total.fetch_add(1, Ordering::Relaxed);
             event!(
                 Error,
                 "job.dead",

@@ -638,11 +638,14 @@ impl Default for LogConfig {
 }
 
 /// `[metrics]`
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MetricsConfig {
     /// Address of the metrics and dashboard listener; none: off.
     pub listen: Option<SocketAddr>,
+    /// The dashboard flags jobs running longer than this.
+    #[serde(with = "duration_str")]
+    pub long_running: Duration,
     /// The environment variable that holds the dashboard token.
     pub dashboard_token_env: String,
     /// The file that holds the dashboard token.
@@ -650,6 +653,20 @@ pub struct MetricsConfig {
     /// The token, read from one of the two above at load.
     #[serde(skip_deserializing, serialize_with = "redacted")]
     pub dashboard_token: Option<Secret>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            // Longer than almost any healthy IO job, short enough that a
+            // job stuck running is seen the same morning.
+            long_running: Duration::from_secs(600),
+            dashboard_token_env: String::new(),
+            dashboard_token_file: PathBuf::new(),
+            dashboard_token: None,
+        }
+    }
 }
 
 /// `[cron.NAME]`

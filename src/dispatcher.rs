@@ -106,7 +106,13 @@ pub struct Shared {
     pub cpu_size: AtomicU64,
     /// Jobs the CPU pool holds now.
     pub cpu_busy: AtomicU64,
+    /// The last hour of heartbeat samples, for the dashboard's charts
+    /// (kept only while the metrics listener runs).
+    pub history: std::sync::Mutex<std::collections::VecDeque<crate::dashboard::Sample>>,
 }
+
+/// Heartbeat samples kept for the dashboard: an hour at one per 5 s.
+pub const HISTORY: usize = 720;
 
 /// Re-reads the configuration on SIGHUP and applies what the dispatcher does
 /// not own (the log settings); an error is one readable sentence.

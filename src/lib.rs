@@ -47,6 +47,7 @@ pub mod completer;
 pub mod config;
 pub mod cron;
 pub mod daemon;
+pub mod dashboard;
 pub mod dispatcher;
 pub mod error;
 pub mod executor;

@@ -158,11 +158,21 @@ impl<S: Store> Maintenance<S> {
     fn beat(&mut self) {
         let now = now_ms();
         let running = self.shared.running.load(Ordering::Relaxed) as i64;
-        if self.shared.notifier.enabled() {
+        let notify = self.shared.notifier.enabled();
+        let sample = self.shared.counters.metrics.is_some();
+        if notify || sample {
             if let Ok(backlog) = self.store.backlog(self.config.daemon.named_queues(), now) {
-                let line =
-                    crate::notify::status_line(running as u64, backlog.ready, backlog.lag_ms(now));
-                self.shared.notifier.status(&line);
+                if notify {
+                    let line = crate::notify::status_line(
+                        running as u64,
+                        backlog.ready,
+                        backlog.lag_ms(now),
+                    );
+                    self.shared.notifier.status(&line);
+                }
+                if sample {
+                    self.record(now, backlog.lag_ms(now));
+                }
             }
         }
         if let Err(e) = self.store.heartbeat(&self.worker, now, running) {
@@ -195,6 +205,24 @@ impl<S: Store> Maintenance<S> {
                         last_heartbeat_ms_ago = now - w.heartbeat_at
                     );
                 }
+            }
+        }
+    }
+
+    /// Adds a sample to the dashboard's history, dropping the oldest past
+    /// an hour's worth.
+    fn record(&self, now: i64, lag_ms: i64) {
+        let counters = &self.shared.counters;
+        let sample = crate::dashboard::Sample {
+            at: now,
+            done: counters.done_total.load(Ordering::Relaxed),
+            failed: counters.failed_total.load(Ordering::Relaxed),
+            lag_ms,
+        };
+        if let Ok(mut history) = self.shared.history.lock() {
+            history.push_back(sample);
+            while history.len() > crate::dispatcher::HISTORY {
+                history.pop_front();
             }
         }
     }

@@ -326,45 +326,157 @@ pub fn serve(
     })
 }
 
+/// A reply: status, body, content type.
+type Reply = (u16, String, &'static str);
+
+const HTML: &str = "text/html; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The listener's own connection, opened on first use and dropped after an
+/// error so the next request starts afresh.
+struct Db<'a> {
+    config: &'a Config,
+    store: Option<SqliteStore>,
+}
+
+impl Db<'_> {
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut SqliteStore) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let db = &self.config.database;
+        if self.store.is_none() {
+            self.store = Some(
+                SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Existing)
+                    .map_err(|e| format!("the database does not answer: {e}"))?,
+            );
+        }
+        let result = f(self.store.as_mut().expect("opened above"));
+        if result.is_err() {
+            self.store = None;
+        }
+        result
+    }
+}
+
 fn run(server: &tiny_http::Server, config: &Config, metrics: &Metrics, shared: &Shared) {
-    let db = &config.database;
-    let mut store: Option<SqliteStore> = None;
+    let mut db = Db {
+        config,
+        store: None,
+    };
     for request in server.incoming_requests() {
-        let path = request.url().split('?').next().unwrap_or("").to_string();
+        let url = request.url().to_string();
+        let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
         let get = *request.method() == tiny_http::Method::Get;
-        let (status, body, content_type) = match (get, path.as_str()) {
-            (true, "/metrics") => {
-                if store.is_none() {
-                    store = SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Existing).ok();
-                }
-                let scraped = match store.as_mut() {
-                    Some(s) => metrics.scrape(s, shared, config.daemon.named_queues()),
-                    None => Err("the database does not answer".to_string()),
-                };
-                match scraped {
-                    Ok(text) => (200, text, "text/plain; version=0.0.4; charset=utf-8"),
-                    Err(e) => {
-                        // A fresh connection next time.
-                        store = None;
-                        (503, format!("cannot read the metrics: {e}\n"), "text/plain")
-                    }
-                }
-            }
-            (true, "/healthz") => match health(config, shared) {
-                Ok(()) => (200, "ok\n".to_string(), "text/plain"),
-                Err(why) => (503, format!("{why}\n"), "text/plain"),
-            },
-            (false, "/metrics" | "/healthz") => {
-                (405, "only GET is served here\n".to_string(), "text/plain")
-            }
-            _ => (404, format!("no such page: {path}\n"), "text/plain"),
+        let (status, body, content_type) = if get {
+            get_page(path, query, &mut db, metrics, shared)
+        } else {
+            (405, "only GET is served here\n".to_string(), TEXT)
         };
-        let header = tiny_http::Header::from_bytes("Content-Type", content_type)
-            .expect("a static header is valid");
-        let response = tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(header);
+        let headers = [
+            ("Content-Type", content_type),
+            // Pages carry no script at all; say so, so that an injected
+            // tag could not run even if escaping failed.
+            (
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            ),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Cache-Control", "no-store"),
+        ];
+        let mut response = tiny_http::Response::from_string(body).with_status_code(status);
+        for (name, value) in headers {
+            let header =
+                tiny_http::Header::from_bytes(name, value).expect("a static header is valid");
+            response.add_header(header);
+        }
         // A client that went away is its own problem.
         let _ = request.respond(response);
+    }
+}
+
+fn get_page(path: &str, query: &str, db: &mut Db<'_>, metrics: &Metrics, shared: &Shared) -> Reply {
+    let config = db.config;
+    let failed = |e: String| (503, crate::dashboard::message("Unavailable", &e), HTML);
+    match path {
+        "/metrics" => match db.with(|s| metrics.scrape(s, shared, config.daemon.named_queues())) {
+            Ok(text) => (200, text, "text/plain; version=0.0.4; charset=utf-8"),
+            Err(e) => (503, format!("cannot read the metrics: {e}\n"), TEXT),
+        },
+        "/healthz" => match health(config, shared) {
+            Ok(()) => (200, "ok\n".to_string(), TEXT),
+            Err(why) => (503, format!("{why}\n"), TEXT),
+        },
+        "/" => {
+            let threshold = config.metrics.long_running.as_millis() as i64;
+            let read = db.with(|s| {
+                let now = now_ms();
+                let stats = s.stats(now).map_err(|e| e.to_string())?;
+                let running = s
+                    .list(&crate::store::ListFilter {
+                        state: Some(crate::job::JobState::Running),
+                        limit: 1_000,
+                        ..Default::default()
+                    })
+                    .map_err(|e| e.to_string())?;
+                let long: Vec<_> = running
+                    .into_iter()
+                    .filter(|j| j.started_at.is_some_and(|t| now - t > threshold))
+                    .collect();
+                Ok((stats, long))
+            });
+            match read {
+                Ok((stats, long)) => {
+                    let history: Vec<_> = shared
+                        .history
+                        .lock()
+                        .map(|h| h.iter().copied().collect())
+                        .unwrap_or_default();
+                    let page = crate::dashboard::overview(&stats, &long, threshold, &history);
+                    (200, page, HTML)
+                }
+                Err(e) => failed(e),
+            }
+        }
+        "/jobs" => {
+            let q = crate::dashboard::ListQuery::parse(query);
+            let read = db.with(|s| {
+                s.list(&crate::store::ListFilter {
+                    state: q.state,
+                    queue: q.queue.clone(),
+                    kind: q.kind.clone(),
+                    limit: crate::dashboard::PAGE,
+                    before: q.before,
+                })
+                .map_err(|e| e.to_string())
+            });
+            match read {
+                Ok(jobs) => (200, crate::dashboard::jobs(&q, &jobs), HTML),
+                Err(e) => failed(e),
+            }
+        }
+        _ => match path.strip_prefix("/jobs/").map(str::parse::<i64>) {
+            Some(Ok(id)) => {
+                let read = db.with(|s| {
+                    let job = s.job(id).map_err(|e| e.to_string())?;
+                    let runs = s.runs(id).map_err(|e| e.to_string())?;
+                    Ok((job, runs))
+                });
+                match read {
+                    Ok((Some(job), runs)) => (200, crate::dashboard::job(&job, &runs, ""), HTML),
+                    Ok((None, _)) => (
+                        404,
+                        crate::dashboard::message("No such job", &format!("There is no job {id}.")),
+                        HTML,
+                    ),
+                    Err(e) => failed(e),
+                }
+            }
+            _ => (
+                404,
+                crate::dashboard::message("Not found", &format!("There is no page {path}.")),
+                HTML,
+            ),
+        },
     }
 }

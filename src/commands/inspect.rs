@@ -45,6 +45,7 @@ pub fn list(store: &mut dyn Store, args: ListArgs, out: &mut dyn Write) -> Resul
         queue: args.queue,
         kind: args.kind,
         limit: args.limit,
+        before: None,
     })?;
     if args.json {
         return json_out(out, &jobs.iter().map(job_json).collect());

@@ -9,7 +9,7 @@
 mod admin;
 mod enqueue;
 mod inspect;
-mod output;
+pub(crate) mod output;
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -298,6 +298,8 @@ pub struct ListFilter {
     pub kind: Option<String>,
     /// At most this many, newest first.
     pub limit: usize,
+    /// Only ids below this one (the next page of a newest-first list).
+    pub before: Option<i64>,
 }
 
 /// One row of `job_runs`: an attempt that ended.

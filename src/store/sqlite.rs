@@ -1149,7 +1149,7 @@ impl Store for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT {JOB_COLUMNS} FROM jobs \
                      WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR queue = ?2) \
-                       AND (?3 IS NULL OR kind = ?3) \
+                       AND (?3 IS NULL OR kind = ?3) AND (?5 IS NULL OR id < ?5) \
                      ORDER BY id DESC LIMIT ?4"
                 ))?
                 .query_map(
@@ -1157,7 +1157,8 @@ impl Store for SqliteStore {
                         filter.state.map(|s| s.as_str()),
                         filter.queue,
                         filter.kind,
-                        filter.limit as i64
+                        filter.limit as i64,
+                        filter.before
                     ],
                     job_from_row,
                 )?

@@ -1,0 +1,542 @@
+//! The web dashboard (SPEC §8), served by the metrics listener: an
+//! overview of the queues with charts of the last hour, the live daemons
+//! and long-running jobs, a paged job list and a page per job.
+//!
+//! Pages are rendered on the server as plain HTML with an embedded style
+//! sheet and SVG charts: no script, no build step, nothing fetched from
+//! elsewhere. Every value that comes from the database is HTML-escaped
+//! ([`escape`]): payloads, errors and even queue names are user input.
+//! Payloads are shown with credential headers redacted.
+//!
+//! This module only renders; the listener ([`crate::metrics`]) routes
+//! requests and reads the store on its own connection with short, limited
+//! queries, so the dashboard never holds up the dispatcher.
+
+use std::fmt::Write as _;
+
+use crate::commands::output::{millis, time};
+use crate::job::{Job, JobState};
+use crate::store::{JobRun, Stats};
+
+/// Jobs per page of the job list.
+pub const PAGE: usize = 50;
+
+/// One sample of the daemon's history, taken at each heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// When (epoch ms).
+    pub at: i64,
+    /// Attempts this daemon finished successfully since it started.
+    pub done: u64,
+    /// Attempts that failed since it started.
+    pub failed: u64,
+    /// Queue lag then (ms).
+    pub lag_ms: i64,
+}
+
+/// HTML-escapes text for an element or a quoted attribute.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes a query value.
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}\
+header{background:#1d2330;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:baseline}\
+header a{color:#cfe0ff;text-decoration:none}main{padding:16px 20px}\
+table{border-collapse:collapse;background:#fff;margin:8px 0 20px;min-width:50%}\
+th,td{padding:5px 10px;border-bottom:1px solid #e3e6ea;text-align:left;vertical-align:top}\
+th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+.warn{color:#a33c00;font-weight:600}.dead{color:#b00020}.ok{color:#17733a}\
+pre{background:#fff;border:1px solid #e3e6ea;padding:10px;overflow:auto;max-width:100ch;white-space:pre-wrap}\
+.charts{display:flex;gap:24px;flex-wrap:wrap}figure{margin:0;background:#fff;padding:8px;border:1px solid #e3e6ea}\
+figcaption{font-size:12px;color:#555}";
+
+/// A whole page around `body`; `refresh` reloads it every few seconds.
+fn page(title: &str, refresh: bool, body: &str) -> String {
+    let refresh = if refresh {
+        "<meta http-equiv=\"refresh\" content=\"5\">"
+    } else {
+        ""
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
+         <title>{} · jobd</title><style>{STYLE}</style></head><body>\
+         <header><strong>jobd</strong><a href=\"/\">overview</a><a href=\"/jobs\">jobs</a>\
+         <a href=\"/jobs?state=dead\">dead</a><a href=\"/metrics\">metrics</a></header>\
+         <main>{body}</main></body></html>",
+        escape(title)
+    )
+}
+
+fn opt_ms(ms: Option<i64>) -> String {
+    ms.map_or("-".to_string(), millis)
+}
+
+fn state_class(state: JobState) -> &'static str {
+    match state {
+        JobState::Succeeded => "ok",
+        JobState::Dead => "dead",
+        _ => "",
+    }
+}
+
+/// The overview: queues, charts, long-running jobs, live daemons.
+pub fn overview(
+    stats: &Stats,
+    long_running: &[Job],
+    threshold_ms: i64,
+    history: &[Sample],
+) -> String {
+    let mut b = String::new();
+    let _ = write!(b, "<h1>Queues</h1><table id=\"queues\"><tr><th>queue</th><th>ready</th><th>scheduled</th>\
+        <th>running</th><th>succeeded 1h</th><th>dead 1h</th><th>lag</th><th>p50</th><th>p95</th><th></th></tr>");
+    for q in &stats.queues {
+        let name = escape(&q.queue);
+        let link = query_value(&q.queue);
+        let _ = write!(
+            b,
+            "<tr data-queue=\"{name}\"><td><a href=\"/jobs?queue={link}\">{name}</a>{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n ok\">{}</td><td class=\"n dead\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            if q.paused {
+                " <span class=\"warn\">paused</span>"
+            } else {
+                ""
+            },
+            q.ready,
+            q.scheduled,
+            q.running,
+            q.succeeded_1h,
+            q.dead_1h,
+            millis(q.lag_ms),
+            opt_ms(q.p50_ms),
+            opt_ms(q.p95_ms),
+            actions_queue(&q.queue, q.paused),
+        );
+    }
+    b.push_str("</table>");
+    if stats.queues.is_empty() {
+        b.push_str("<p>No jobs yet.</p>");
+    }
+    b.push_str("<div class=\"charts\">");
+    b.push_str(&chart(
+        "Attempts per minute, last hour (green: succeeded, red: failed)",
+        &per_minute(history),
+        |m| m.1 + m.2,
+        Some(|m: &(i64, u64, u64)| m.2),
+    ));
+    let lags: Vec<(i64, u64, u64)> = history
+        .iter()
+        .map(|s| (s.at, s.lag_ms.max(0) as u64, 0))
+        .collect();
+    b.push_str(&chart::<fn(&(i64, u64, u64)) -> u64>(
+        "Queue lag (ms), last hour",
+        &lags,
+        |m| m.1,
+        None,
+    ));
+    b.push_str("</div>");
+
+    let _ = write!(
+        b,
+        "<h2>Running longer than {}</h2>",
+        escape(&millis(threshold_ms))
+    );
+    if long_running.is_empty() {
+        b.push_str("<p id=\"long-running\">None.</p>");
+    } else {
+        b.push_str("<table id=\"long-running\"><tr><th>id</th><th>queue</th><th>kind</th><th>started</th><th>running for</th><th>worker</th></tr>");
+        for job in long_running {
+            let started = job.started_at.unwrap_or(stats.now);
+            let _ = write!(
+                b,
+                "<tr><td><a href=\"/jobs/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td class=\"n warn\">{}</td><td>{}</td></tr>",
+                escape(&job.queue),
+                escape(&job.kind),
+                time(started),
+                millis(stats.now - started),
+                escape(job.worker.as_deref().unwrap_or("-")),
+                id = job.id,
+            );
+        }
+        b.push_str("</table>");
+    }
+
+    b.push_str("<h2>Daemons</h2><table id=\"daemons\"><tr><th>worker</th><th>version</th><th>queues</th><th>running</th><th>heartbeat</th><th>up since</th></tr>");
+    for w in &stats.workers {
+        let age = stats.now - w.heartbeat_at;
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n{}\">{} ago</td><td>{}</td></tr>",
+            escape(&w.id),
+            escape(&w.version),
+            escape(&w.queues),
+            w.running,
+            if age > 15_000 { " warn" } else { "" },
+            millis(age.max(0)),
+            time(w.started_at),
+        );
+    }
+    b.push_str("</table>");
+    page("overview", true, &b)
+}
+
+/// The buttons of a queue row (shown when actions are enabled; see
+/// [`crate::metrics`]): pause or resume.
+fn actions_queue(_queue: &str, _paused: bool) -> String {
+    String::new()
+}
+
+/// Attempts per minute from the cumulative samples: (minute, succeeded,
+/// failed).
+fn per_minute(history: &[Sample]) -> Vec<(i64, u64, u64)> {
+    let mut out: Vec<(i64, u64, u64)> = Vec::new();
+    for pair in history.windows(2) {
+        let minute = pair[1].at / 60_000 * 60_000;
+        let done = pair[1].done.saturating_sub(pair[0].done);
+        let failed = pair[1].failed.saturating_sub(pair[0].failed);
+        match out.last_mut() {
+            Some(last) if last.0 == minute => {
+                last.1 += done;
+                last.2 += failed;
+            }
+            _ => out.push((minute, done, failed)),
+        }
+    }
+    out
+}
+
+/// A bar chart as inline SVG: one bar per point, `total` high, the part
+/// `red` of it drawn red.
+fn chart<F: Fn(&(i64, u64, u64)) -> u64>(
+    caption: &str,
+    points: &[(i64, u64, u64)],
+    total: impl Fn(&(i64, u64, u64)) -> u64,
+    red: Option<F>,
+) -> String {
+    const W: f64 = 480.0;
+    const H: f64 = 120.0;
+    let max = points.iter().map(&total).max().unwrap_or(0).max(1) as f64;
+    let width = W / points.len().max(1) as f64;
+    let mut bars = String::new();
+    for (i, p) in points.iter().enumerate() {
+        let x = i as f64 * width;
+        let h = total(p) as f64 / max * H;
+        let _ = write!(
+            bars,
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"#3d7bd9\"/>",
+            H - h,
+            (width - 1.0).max(1.0)
+        );
+        if let Some(red) = &red {
+            let r = red(p) as f64 / max * H;
+            if r > 0.0 {
+                let _ = write!(
+                    bars,
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{r:.1}\" fill=\"#c62828\"/>",
+                    H - r,
+                    (width - 1.0).max(1.0)
+                );
+            }
+        }
+    }
+    format!(
+        "<figure><svg width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\">{bars}</svg>\
+         <figcaption>{} (peak {})</figcaption></figure>",
+        escape(caption),
+        max as u64
+    )
+}
+
+/// What the job list shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only ids below this (the next page).
+    pub before: Option<i64>,
+}
+
+impl ListQuery {
+    /// From a URL's query string; unknown keys and bad values are ignored.
+    pub fn parse(query: &str) -> ListQuery {
+        let mut q = ListQuery::default();
+        for (key, value) in form_pairs(query) {
+            match key.as_str() {
+                "state" => q.state = value.parse().ok(),
+                "queue" if !value.is_empty() => q.queue = Some(value),
+                "kind" if !value.is_empty() => q.kind = Some(value),
+                "before" => q.before = value.parse().ok(),
+                _ => {}
+            }
+        }
+        q
+    }
+
+    fn link(&self, before: Option<i64>) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = self.state {
+            parts.push(format!("state={}", s.as_str()));
+        }
+        if let Some(q) = &self.queue {
+            parts.push(format!("queue={}", query_value(q)));
+        }
+        if let Some(k) = &self.kind {
+            parts.push(format!("kind={}", query_value(k)));
+        }
+        if let Some(b) = before {
+            parts.push(format!("before={b}"));
+        }
+        format!("/jobs?{}", parts.join("&"))
+    }
+}
+
+/// Decodes `a=1&b=x%20y` (also a urlencoded form body).
+pub fn form_pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The job list: a page of jobs, newest first, with filters.
+pub fn jobs(query: &ListQuery, jobs: &[Job]) -> String {
+    let mut b = String::from("<h1>Jobs</h1><form method=\"get\" action=\"/jobs\">state <select name=\"state\"><option value=\"\">any</option>");
+    for state in JobState::ALL {
+        let selected = if query.state == Some(state) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(b, "<option{selected}>{}</option>", state.as_str());
+    }
+    let _ = write!(
+        b,
+        "</select> queue <input name=\"queue\" value=\"{}\"> kind <input name=\"kind\" value=\"{}\"> <button>filter</button></form>",
+        escape(query.queue.as_deref().unwrap_or("")),
+        escape(query.kind.as_deref().unwrap_or(""))
+    );
+    b.push_str("<table id=\"jobs\"><tr><th>id</th><th>state</th><th>queue</th><th>kind</th><th>attempts</th><th>run at</th><th>last error</th></tr>");
+    for job in jobs {
+        let error: String = job
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(120)
+            .collect();
+        let _ = write!(
+            b,
+            "<tr><td><a href=\"/jobs/{id}\">{id}</a></td><td class=\"{}\">{}</td><td>{}</td><td>{}</td>\
+             <td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+            state_class(job.state),
+            job.state.as_str(),
+            escape(&job.queue),
+            escape(&job.kind),
+            job.attempts,
+            time(job.run_at),
+            escape(&error),
+            id = job.id,
+        );
+    }
+    b.push_str("</table>");
+    if jobs.is_empty() {
+        b.push_str("<p>No jobs match.</p>");
+    }
+    if jobs.len() == PAGE {
+        let last = jobs.last().map(|j| j.id);
+        let _ = write!(
+            b,
+            "<p><a id=\"next\" href=\"{}\">older →</a></p>",
+            escape(&query.link(last))
+        );
+    }
+    page("jobs", false, &b)
+}
+
+/// One job: its fields, payload (credentials redacted), result, error and
+/// attempt history; `actions` is the buttons section (empty when
+/// read-only).
+pub fn job(job: &Job, runs: &[JobRun], actions: &str) -> String {
+    let pretty = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_else(|_| text.to_string())
+    };
+    let mut b = format!("<h1>Job {}</h1>{actions}<table id=\"job\">", job.id);
+    let mut row = |k: &str, v: String| {
+        let _ = write!(b, "<tr><th>{k}</th><td>{v}</td></tr>");
+    };
+    row(
+        "state",
+        format!(
+            "<span class=\"{}\">{}</span>",
+            state_class(job.state),
+            job.state.as_str()
+        ),
+    );
+    row("queue", escape(&job.queue));
+    row("kind", escape(&job.kind));
+    row("priority", job.priority.to_string());
+    row(
+        "attempts",
+        format!(
+            "{} of {}",
+            job.attempts,
+            job.max_attempts
+                .map_or("the default".to_string(), |m| m.to_string())
+        ),
+    );
+    row("run at", time(job.run_at));
+    row("created", time(job.created_at));
+    row("started", job.started_at.map_or("-".into(), time));
+    row("finished", job.finished_at.map_or("-".into(), time));
+    row("worker", escape(job.worker.as_deref().unwrap_or("-")));
+    if let Some(key) = &job.unique_key {
+        row("unique key", escape(key));
+    }
+    b.push_str("</table>");
+    if let Some(error) = &job.last_error {
+        let _ = write!(
+            b,
+            "<h2>Last error</h2><pre id=\"last-error\">{}</pre>",
+            escape(error)
+        );
+    }
+    let payload = crate::kinds::redacted_payload(&job.kind, &job.payload);
+    let _ = write!(
+        b,
+        "<h2>Payload</h2><pre id=\"payload\">{}</pre>",
+        escape(&pretty(&payload))
+    );
+    if let Some(result) = &job.result {
+        let _ = write!(
+            b,
+            "<h2>Result</h2><pre id=\"result\">{}</pre>",
+            escape(&pretty(result))
+        );
+    }
+    b.push_str("<h2>Attempts</h2><table id=\"runs\"><tr><th>attempt</th><th>outcome</th><th>worker</th><th>started</th><th>duration</th><th>error</th></tr>");
+    for run in runs {
+        let _ = write!(
+            b,
+            "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            run.attempt,
+            run.outcome.as_str(),
+            escape(&run.worker),
+            time(run.started_at),
+            millis(run.duration_ms),
+            escape(run.error.as_deref().unwrap_or("")),
+        );
+    }
+    b.push_str("</table>");
+    page(&format!("job {}", job.id), false, &b)
+}
+
+/// A small page for an error or a refusal.
+pub fn message(title: &str, text: &str) -> String {
+    page(
+        title,
+        false,
+        &format!("<h1>{}</h1><p>{}</p>", escape(title), escape(text)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_makes_markup_inert() {
+        assert_eq!(
+            escape(r#"<script>alert("x")</script> & 'y'"#),
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
+        );
+    }
+
+    #[test]
+    fn queries_decode_and_links_encode() {
+        let q = ListQuery::parse("state=dead&queue=a%20b%26c&kind=&before=40&x=1");
+        assert_eq!(q.state, Some(JobState::Dead));
+        assert_eq!(q.queue.as_deref(), Some("a b&c"));
+        assert_eq!(q.kind, None);
+        assert_eq!(q.before, Some(40));
+        assert_eq!(q.link(Some(7)), "/jobs?state=dead&queue=a%20b%26c&before=7");
+        assert_eq!(
+            form_pairs("a=%zz&b=%4"),
+            [("a".into(), "%zz".into()), ("b".into(), "%4".into())]
+        );
+    }
+
+    #[test]
+    fn throughput_is_per_minute_from_cumulative_samples() {
+        let s = |at, done, failed| Sample {
+            at,
+            done,
+            failed,
+            lag_ms: 0,
+        };
+        let h = [
+            s(0, 0, 0),
+            s(30_000, 10, 1),
+            s(60_000, 25, 1),
+            s(90_000, 30, 4),
+        ];
+        assert_eq!(per_minute(&h), [(0, 10, 1), (60_000, 20, 3)]);
+    }
+}
