@@ -74,7 +74,7 @@ pre{background:#fff;border:1px solid #e3e6ea;padding:10px;overflow:auto;max-widt
 figcaption{font-size:12px;color:#555}";
 
 /// A whole page around `body`; `refresh` reloads it every few seconds.
-fn page(title: &str, refresh: bool, body: &str) -> String {
+pub fn page(title: &str, refresh: bool, body: &str) -> String {
     let refresh = if refresh {
         "<meta http-equiv=\"refresh\" content=\"5\">"
     } else {
@@ -108,6 +108,7 @@ pub fn overview(
     long_running: &[Job],
     threshold_ms: i64,
     history: &[Sample],
+    csrf: Option<&str>,
 ) -> String {
     let mut b = String::new();
     let _ = write!(b, "<h1>Queues</h1><table id=\"queues\"><tr><th>queue</th><th>ready</th><th>scheduled</th>\
@@ -134,7 +135,18 @@ pub fn overview(
             millis(q.lag_ms),
             opt_ms(q.p50_ms),
             opt_ms(q.p95_ms),
-            actions_queue(&q.queue, q.paused),
+            csrf.map_or(String::new(), |csrf| {
+                let (verb, label) = if q.paused {
+                    ("resume", "resume")
+                } else {
+                    ("pause", "pause")
+                };
+                button(
+                    &format!("/queues/{}/{verb}", query_value(&q.queue)),
+                    label,
+                    csrf,
+                )
+            }),
         );
     }
     b.push_str("</table>");
@@ -203,12 +215,6 @@ pub fn overview(
     }
     b.push_str("</table>");
     page("overview", true, &b)
-}
-
-/// The buttons of a queue row (shown when actions are enabled; see
-/// [`crate::metrics`]): pause or resume.
-fn actions_queue(_queue: &str, _paused: bool) -> String {
-    String::new()
 }
 
 /// Attempts per minute from the cumulative samples: (minute, succeeded,
@@ -539,4 +545,135 @@ mod tests {
         ];
         assert_eq!(per_minute(&h), [(0, 10, 1), (60_000, 20, 3)]);
     }
+}
+
+/// Logged-in dashboard sessions, kept in memory by the listener thread.
+///
+/// Writes need `metrics.dashboard_token`: given as `Authorization: Bearer
+/// <token>` (scripts; no cookie, so no CSRF risk), or typed into the login
+/// form, which sets an `HttpOnly`, `SameSite=Strict` session cookie. Every
+/// form of a session carries that session's CSRF token, and a POST without
+/// the matching one is refused.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    /// session id → (CSRF token, expiry epoch ms).
+    live: std::collections::HashMap<String, (String, i64)>,
+}
+
+/// How long a login lasts.
+pub const SESSION_MS: i64 = 12 * 3_600_000;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "jobd_session";
+
+/// Who is asking, as far as writes go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No token is configured: the dashboard is read-only for everyone.
+    ReadOnly,
+    /// A token is configured and this request did not give it.
+    Anonymous,
+    /// The bearer token was given with the request.
+    Bearer,
+    /// A logged-in browser session, with its CSRF token.
+    Session(String),
+}
+
+impl Sessions {
+    /// Starts a session; returns (session id, CSRF token).
+    pub fn open(&mut self, now: i64) -> std::io::Result<(String, String)> {
+        self.live.retain(|_, (_, until)| *until > now);
+        let id = random_hex()?;
+        let csrf = random_hex()?;
+        self.live
+            .insert(id.clone(), (csrf.clone(), now + SESSION_MS));
+        Ok((id, csrf))
+    }
+
+    /// Ends a session.
+    pub fn close(&mut self, id: &str) {
+        self.live.remove(id);
+    }
+
+    /// Who sent a request with these headers.
+    pub fn caller(
+        &self,
+        token: Option<&str>,
+        authorization: Option<&str>,
+        cookie: Option<&str>,
+        now: i64,
+    ) -> Caller {
+        let Some(token) = token else {
+            return Caller::ReadOnly;
+        };
+        if authorization
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .is_some_and(|given| same(given.trim(), token))
+        {
+            return Caller::Bearer;
+        }
+        let session = cookie.and_then(|c| {
+            c.split(';').find_map(|part| {
+                let (k, v) = part.trim().split_once('=')?;
+                (k == COOKIE).then(|| v.to_string())
+            })
+        });
+        match session.and_then(|s| self.live.get(&s)) {
+            Some((csrf, until)) if *until > now => Caller::Session(csrf.clone()),
+            _ => Caller::Anonymous,
+        }
+    }
+
+    /// The session id in a cookie header, if any.
+    pub fn session_of(cookie: Option<&str>) -> Option<String> {
+        cookie.and_then(|c| {
+            c.split(';').find_map(|part| {
+                let (k, v) = part.trim().split_once('=')?;
+                (k == COOKIE).then(|| v.to_string())
+            })
+        })
+    }
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+pub fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// 32 random bytes from the kernel, as hex.
+fn random_hex() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A POST button carrying the CSRF token.
+pub fn button(action: &str, label: &str, csrf: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"{}\" style=\"display:inline\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>{}</button></form>",
+        escape(action),
+        escape(csrf),
+        escape(label)
+    )
+}
+
+/// The login page.
+pub fn login(failed: bool) -> String {
+    let note = if failed {
+        "<p class=\"dead\">That token is not the one configured.</p>"
+    } else {
+        ""
+    };
+    page(
+        "log in",
+        false,
+        &format!(
+            "<h1>Log in</h1>{note}<p>Actions (retry, cancel, pause, resume) need the dashboard token \
+             (<code>metrics.dashboard_token</code>).</p><form method=\"post\" action=\"/login\">\
+             <input type=\"password\" name=\"token\" autocomplete=\"current-password\"> <button>log in</button></form>"
+        ),
+    )
 }

@@ -326,11 +326,46 @@ pub fn serve(
     })
 }
 
-/// A reply: status, body, content type.
-type Reply = (u16, String, &'static str);
+/// What the listener answers.
+struct Reply {
+    status: u16,
+    body: String,
+    content_type: &'static str,
+    /// Extra headers (Location, Set-Cookie).
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    fn new(status: u16, body: String, content_type: &'static str) -> Reply {
+        Reply {
+            status,
+            body,
+            content_type,
+            headers: Vec::new(),
+        }
+    }
+
+    fn html(status: u16, body: String) -> Reply {
+        Reply::new(status, body, HTML)
+    }
+
+    fn message(status: u16, title: &str, text: &str) -> Reply {
+        Reply::html(status, crate::dashboard::message(title, text))
+    }
+
+    /// 303 to `location`, the answer to a form.
+    fn see_other(location: &str) -> Reply {
+        let mut reply = Reply::new(303, String::new(), TEXT);
+        reply.headers.push(("Location", location.to_string()));
+        reply
+    }
+}
 
 const HTML: &str = "text/html; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The largest form body read.
+const MAX_FORM: u64 = 4096;
 
 /// The listener's own connection, opened on first use and dropped after an
 /// error so the next request starts afresh.
@@ -359,53 +394,238 @@ impl Db<'_> {
     }
 }
 
+fn header(request: &tiny_http::Request, name: &str) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str().to_string())
+}
+
 fn run(server: &tiny_http::Server, config: &Config, metrics: &Metrics, shared: &Shared) {
     let mut db = Db {
         config,
         store: None,
     };
-    for request in server.incoming_requests() {
+    let mut sessions = crate::dashboard::Sessions::default();
+    let token = config
+        .metrics
+        .dashboard_token
+        .as_ref()
+        .map(|t| t.expose().to_string());
+    for mut request in server.incoming_requests() {
         let url = request.url().to_string();
         let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-        let get = *request.method() == tiny_http::Method::Get;
-        let (status, body, content_type) = if get {
-            get_page(path, query, &mut db, metrics, shared)
-        } else {
-            (405, "only GET is served here\n".to_string(), TEXT)
+        let now = now_ms();
+        let cookie = header(&request, "Cookie");
+        let caller = sessions.caller(
+            token.as_deref(),
+            header(&request, "Authorization").as_deref(),
+            cookie.as_deref(),
+            now,
+        );
+        let reply = match request.method() {
+            tiny_http::Method::Get if path == "/login" => match caller {
+                crate::dashboard::Caller::ReadOnly => read_only(),
+                _ => Reply::html(200, crate::dashboard::login(false)),
+            },
+            tiny_http::Method::Get => get_page(path, query, &mut db, metrics, shared, &caller),
+            tiny_http::Method::Post if matches!(path, "/metrics" | "/healthz") => {
+                Reply::new(405, "only GET is served here\n".into(), TEXT)
+            }
+            tiny_http::Method::Post => {
+                let mut form = String::new();
+                let _ = std::io::Read::read_to_string(
+                    &mut std::io::Read::take(request.as_reader(), MAX_FORM),
+                    &mut form,
+                );
+                let form: std::collections::HashMap<String, String> =
+                    crate::dashboard::form_pairs(&form).into_iter().collect();
+                post(
+                    path,
+                    &form,
+                    &caller,
+                    &mut sessions,
+                    &mut db,
+                    token.as_deref(),
+                    cookie.as_deref(),
+                    now,
+                )
+            }
+            _ => Reply::new(405, "only GET and POST are served here\n".into(), TEXT),
         };
-        let headers = [
-            ("Content-Type", content_type),
+        let mut headers = vec![
+            ("Content-Type", reply.content_type.to_string()),
             // Pages carry no script at all; say so, so that an injected
             // tag could not run even if escaping failed.
             (
                 "Content-Security-Policy",
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'".to_string(),
             ),
-            ("X-Content-Type-Options", "nosniff"),
-            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff".to_string()),
+            ("Cache-Control", "no-store".to_string()),
         ];
-        let mut response = tiny_http::Response::from_string(body).with_status_code(status);
+        headers.extend(reply.headers);
+        let mut response =
+            tiny_http::Response::from_string(reply.body).with_status_code(reply.status);
         for (name, value) in headers {
-            let header =
-                tiny_http::Header::from_bytes(name, value).expect("a static header is valid");
-            response.add_header(header);
+            if let Ok(header) = tiny_http::Header::from_bytes(name, value.as_bytes()) {
+                response.add_header(header);
+            }
         }
         // A client that went away is its own problem.
         let _ = request.respond(response);
     }
 }
 
-fn get_page(path: &str, query: &str, db: &mut Db<'_>, metrics: &Metrics, shared: &Shared) -> Reply {
+fn read_only() -> Reply {
+    Reply::message(
+        403,
+        "Read-only",
+        "This dashboard is read-only: set metrics.dashboard_token to allow retry, cancel, pause and resume.",
+    )
+}
+
+/// The POST routes: log in and out, and the actions.
+#[allow(clippy::too_many_arguments)] // the listener's whole state, passed down once
+fn post(
+    path: &str,
+    form: &std::collections::HashMap<String, String>,
+    caller: &crate::dashboard::Caller,
+    sessions: &mut crate::dashboard::Sessions,
+    db: &mut Db<'_>,
+    token: Option<&str>,
+    cookie: Option<&str>,
+    now: i64,
+) -> Reply {
+    use crate::dashboard::{Caller, Sessions, COOKIE, SESSION_MS};
+    let Some(token) = token else {
+        return read_only();
+    };
+    if path == "/login" {
+        let given = form.get("token").map(String::as_str).unwrap_or("");
+        if !crate::dashboard::same(given, token) {
+            return Reply::html(403, crate::dashboard::login(true));
+        }
+        return match sessions.open(now) {
+            Ok((id, _)) => {
+                let mut reply = Reply::see_other("/");
+                reply.headers.push((
+                    "Set-Cookie",
+                    format!(
+                        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                        SESSION_MS / 1000
+                    ),
+                ));
+                reply
+            }
+            Err(e) => Reply::message(503, "Unavailable", &format!("cannot start a session: {e}")),
+        };
+    }
+    match caller {
+        Caller::Bearer => {}
+        Caller::Session(csrf) => {
+            let given = form.get("csrf").map(String::as_str).unwrap_or("");
+            if !crate::dashboard::same(given, csrf) {
+                return Reply::message(
+                    403,
+                    "Refused",
+                    "The form's CSRF token is missing or wrong; reload the page and try again.",
+                );
+            }
+        }
+        Caller::Anonymous => {
+            return Reply::message(
+                401,
+                "Log in first",
+                "Actions need the dashboard token: log in at /login.",
+            )
+        }
+        Caller::ReadOnly => return read_only(),
+    }
+    if path == "/logout" {
+        if let Some(id) = Sessions::session_of(cookie) {
+            sessions.close(&id);
+        }
+        return Reply::see_other("/");
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let done = match parts.as_slice() {
+        ["jobs", id, action @ ("retry" | "cancel")] => {
+            let Ok(id) = id.parse::<i64>() else {
+                return Reply::message(404, "Not found", &format!("There is no page {path}."));
+            };
+            let result = db.with(|s| match *action {
+                "retry" => s
+                    .retry(&[id], now)
+                    .map(|r| format!("{:?}", r.first()))
+                    .map_err(|e| e.to_string()),
+                _ => s
+                    .cancel(&[id], now)
+                    .map(|r| format!("{:?}", r.first()))
+                    .map_err(|e| e.to_string()),
+            });
+            result.map(|what| {
+                event!(
+                    Info,
+                    "dashboard.action",
+                    action = *action,
+                    id = id,
+                    result = what.as_str()
+                );
+                format!("/jobs/{id}")
+            })
+        }
+        ["queues", queue, action @ ("pause" | "resume")] => {
+            let queue = crate::dashboard::form_pairs(&format!("q={queue}"))
+                .pop()
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            let paused = *action == "pause";
+            db.with(|s| {
+                s.set_paused(std::slice::from_ref(&queue), paused, now)
+                    .map_err(|e| e.to_string())
+            })
+            .map(|()| {
+                event!(
+                    Info,
+                    "dashboard.action",
+                    action = *action,
+                    queue = queue.as_str()
+                );
+                "/".to_string()
+            })
+        }
+        _ => return Reply::message(404, "Not found", &format!("There is no action {path}.")),
+    };
+    match done {
+        Ok(location) => Reply::see_other(&location),
+        Err(e) => Reply::message(503, "Unavailable", &e),
+    }
+}
+
+fn get_page(
+    path: &str,
+    query: &str,
+    db: &mut Db<'_>,
+    metrics: &Metrics,
+    shared: &Shared,
+    caller: &crate::dashboard::Caller,
+) -> Reply {
     let config = db.config;
-    let failed = |e: String| (503, crate::dashboard::message("Unavailable", &e), HTML);
+    let csrf = match caller {
+        crate::dashboard::Caller::Session(csrf) => Some(csrf.as_str()),
+        _ => None,
+    };
+    let failed = |e: String| Reply::message(503, "Unavailable", &e);
     match path {
         "/metrics" => match db.with(|s| metrics.scrape(s, shared, config.daemon.named_queues())) {
-            Ok(text) => (200, text, "text/plain; version=0.0.4; charset=utf-8"),
-            Err(e) => (503, format!("cannot read the metrics: {e}\n"), TEXT),
+            Ok(text) => Reply::new(200, text, "text/plain; version=0.0.4; charset=utf-8"),
+            Err(e) => Reply::new(503, format!("cannot read the metrics: {e}\n"), TEXT),
         },
         "/healthz" => match health(config, shared) {
-            Ok(()) => (200, "ok\n".to_string(), TEXT),
-            Err(why) => (503, format!("{why}\n"), TEXT),
+            Ok(()) => Reply::new(200, "ok\n".to_string(), TEXT),
+            Err(why) => Reply::new(503, format!("{why}\n"), TEXT),
         },
         "/" => {
             let threshold = config.metrics.long_running.as_millis() as i64;
@@ -432,8 +652,10 @@ fn get_page(path: &str, query: &str, db: &mut Db<'_>, metrics: &Metrics, shared:
                         .lock()
                         .map(|h| h.iter().copied().collect())
                         .unwrap_or_default();
-                    let page = crate::dashboard::overview(&stats, &long, threshold, &history);
-                    (200, page, HTML)
+                    Reply::html(
+                        200,
+                        crate::dashboard::overview(&stats, &long, threshold, &history, csrf),
+                    )
                 }
                 Err(e) => failed(e),
             }
@@ -451,7 +673,7 @@ fn get_page(path: &str, query: &str, db: &mut Db<'_>, metrics: &Metrics, shared:
                 .map_err(|e| e.to_string())
             });
             match read {
-                Ok(jobs) => (200, crate::dashboard::jobs(&q, &jobs), HTML),
+                Ok(jobs) => Reply::html(200, crate::dashboard::jobs(&q, &jobs)),
                 Err(e) => failed(e),
             }
         }
@@ -463,20 +685,41 @@ fn get_page(path: &str, query: &str, db: &mut Db<'_>, metrics: &Metrics, shared:
                     Ok((job, runs))
                 });
                 match read {
-                    Ok((Some(job), runs)) => (200, crate::dashboard::job(&job, &runs, ""), HTML),
-                    Ok((None, _)) => (
-                        404,
-                        crate::dashboard::message("No such job", &format!("There is no job {id}.")),
-                        HTML,
-                    ),
+                    Ok((Some(job), runs)) => {
+                        let actions = csrf.map_or(String::new(), |csrf| {
+                            let mut a = String::from("<p id=\"actions\">");
+                            if matches!(
+                                job.state,
+                                crate::job::JobState::Dead | crate::job::JobState::Cancelled
+                            ) {
+                                a.push_str(&crate::dashboard::button(
+                                    &format!("/jobs/{id}/retry"),
+                                    "retry",
+                                    csrf,
+                                ));
+                            }
+                            if matches!(
+                                job.state,
+                                crate::job::JobState::Queued | crate::job::JobState::Running
+                            ) {
+                                a.push_str(&crate::dashboard::button(
+                                    &format!("/jobs/{id}/cancel"),
+                                    "cancel",
+                                    csrf,
+                                ));
+                            }
+                            a.push_str("</p>");
+                            a
+                        });
+                        Reply::html(200, crate::dashboard::job(&job, &runs, &actions))
+                    }
+                    Ok((None, _)) => {
+                        Reply::message(404, "No such job", &format!("There is no job {id}."))
+                    }
                     Err(e) => failed(e),
                 }
             }
-            _ => (
-                404,
-                crate::dashboard::message("Not found", &format!("There is no page {path}.")),
-                HTML,
-            ),
+            _ => Reply::message(404, "Not found", &format!("There is no page {path}.")),
         },
     }
 }

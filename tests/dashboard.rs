@@ -19,13 +19,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn dash(extra: &str) -> Dash {
+/// A home whose dashboard listens on a free port; `metrics` goes into the
+/// `[metrics]` section, `extra` after it.
+fn dash(metrics: &str, extra: &str) -> Dash {
     let port = free_port();
     let home = Home::with_config(&format!(
-        "[metrics]\nlisten = \"127.0.0.1:{port}\"\nlong_running = \"300ms\"\n\
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\nlong_running = \"300ms\"\n{metrics}\
          [daemon]\nshutdown_grace = \"100ms\"\n{extra}"
     ));
-    home.migrate();
+    // Loading the config needs the token's variable when one is named.
+    let migrated = home.cmd(&["migrate"]).env("DASH_TOKEN", "unused").output();
+    assert!(migrated.unwrap().status.success());
     Dash {
         home,
         base: format!("http://127.0.0.1:{port}"),
@@ -62,7 +66,7 @@ fn rows(values: &[String]) -> String {
 
 #[test]
 fn the_overview_shows_queues_long_running_jobs_daemons_and_charts() {
-    let d = dash("");
+    let d = dash("", "");
     let mut values = vec![
         format!("('noop', '{{\"sleep_ms\":60000}}', 'slow', 0, {NOW}, 1, NULL)"),
         format!("('bogus', '{{}}', 'mail', 0, {NOW}, 1, NULL)"),
@@ -111,7 +115,7 @@ fn the_overview_shows_queues_long_running_jobs_daemons_and_charts() {
 
 #[test]
 fn the_job_list_pages_and_filters() {
-    let d = dash("");
+    let d = dash("", "");
     let values: Vec<String> = (0..120)
         .map(|i| {
             let queue = if i % 2 == 0 { "even" } else { "odd" };
@@ -144,7 +148,7 @@ fn the_job_list_pages_and_filters() {
 
 #[test]
 fn a_job_page_shows_its_history_with_credentials_redacted() {
-    let d = dash("[retry]\nbackoff_base = \"10ms\"\n");
+    let d = dash("", "[retry]\nbackoff_base = \"10ms\"\n");
     let id = d.home.insert_job(
         "http",
         r#"{"url":"http://127.0.0.1:9/x","headers":{"Authorization":"Bearer top-secret-42","X-Trace":"t"}}"#,
@@ -175,7 +179,7 @@ fn a_job_page_shows_its_history_with_credentials_redacted() {
 
 #[test]
 fn markup_from_the_database_renders_inert() {
-    let d = dash("");
+    let d = dash("", "");
     let evil = "<script>alert(1)</script>";
     let id = d.home.insert_job(
         evil,
@@ -210,4 +214,195 @@ fn markup_from_the_database_renders_inert() {
     );
     // The error names the unknown kind, itself markup: escaped too.
     assert!(job.contains("unknown kind &quot;&lt;script&gt;"), "{job}");
+}
+
+/// An HTTP client that shows redirects instead of following them.
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().redirects(0).build()
+}
+
+/// POSTs a form: (status, body, headers of interest).
+fn post(
+    url: &str,
+    auth: Option<&str>,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> (u16, String, Option<String>, Option<String>) {
+    let mut request = agent().post(url);
+    if let Some(auth) = auth {
+        request = request.set("Authorization", auth);
+    }
+    if let Some(cookie) = cookie {
+        request = request.set("Cookie", cookie);
+    }
+    let response = match request.send_form(form) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("POST {url}: {e}"),
+    };
+    let location = response.header("Location").map(str::to_string);
+    let cookie = response.header("Set-Cookie").map(str::to_string);
+    (
+        response.status(),
+        response.into_string().unwrap(),
+        location,
+        cookie,
+    )
+}
+
+#[test]
+fn without_a_token_the_dashboard_is_read_only() {
+    let d = dash("", "");
+    let id = d.home.insert_job("bogus", "{}", "1", "NULL");
+    let _daemon = d.home.daemon();
+    d.home.wait_state(id, "dead");
+    let page = d.page(&format!("/jobs/{id}"));
+    assert!(!page.contains("method=\"post\""), "no buttons: {page}");
+    let (status, body, _, _) = post(&format!("{}/jobs/{id}/retry", d.base), None, None, &[]);
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("read-only: set metrics.dashboard_token"),
+        "{body}"
+    );
+    // Not even with a made-up bearer token.
+    let (status, _, _, _) = post(
+        &format!("{}/jobs/{id}/retry", d.base),
+        Some("Bearer guess"),
+        None,
+        &[],
+    );
+    assert_eq!(status, 403);
+    assert_eq!(d.get("/login").0, 403);
+    assert_eq!(d.home.state(id), "dead");
+}
+
+#[test]
+fn actions_need_the_token_and_a_session_needs_its_csrf_token() {
+    const TOKEN: &str = "dash-token-8d1e";
+    let d = dash("dashboard_token_env = \"DASH_TOKEN\"\n", "");
+    let dead = d.home.insert_job("bogus", "{}", "1", "NULL");
+    let long = d
+        .home
+        .insert_job("noop", r#"{"sleep_ms":60000}"#, "1", "NULL");
+    let log = d.home.path().join("daemon.log");
+    let _daemon = d.home.daemon_with_env(&log, &log, &[("DASH_TOKEN", TOKEN)]);
+    d.home.wait_state(dead, "dead");
+    d.home.wait_state(long, "running");
+    let url = |p: &str| format!("{}{p}", d.base);
+
+    // Anonymous and wrong tokens are refused; nothing changes.
+    let (status, _, _, _) = post(&url(&format!("/jobs/{dead}/retry")), None, None, &[]);
+    assert_eq!(status, 401);
+    let (status, _, _, _) = post(
+        &url(&format!("/jobs/{dead}/retry")),
+        Some("Bearer nope"),
+        None,
+        &[],
+    );
+    assert_eq!(status, 401);
+    assert_eq!(
+        d.home.query_i64(&format!(
+            "SELECT count(*) FROM job_runs WHERE job_id = {dead}"
+        )),
+        1
+    );
+
+    // The bearer token works for scripts, without a CSRF token.
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, _, location, _) = post(&url("/queues/mail/pause"), Some(&bearer), None, &[]);
+    assert_eq!((status, location.as_deref()), (303, Some("/")));
+    assert_eq!(
+        d.home
+            .query_i64("SELECT paused FROM queues WHERE name = 'mail'"),
+        1
+    );
+    let (status, _, _, _) = post(&url("/queues/mail/resume"), Some(&bearer), None, &[]);
+    assert_eq!(status, 303);
+    assert_eq!(
+        d.home
+            .query_i64("SELECT paused FROM queues WHERE name = 'mail'"),
+        0
+    );
+    let (status, _, _, _) = post(
+        &url(&format!("/jobs/{dead}/retry")),
+        Some(&bearer),
+        None,
+        &[],
+    );
+    assert_eq!(status, 303);
+    d.home.wait_count(
+        &format!("SELECT count(*) FROM job_runs WHERE job_id = {dead}"),
+        2,
+    );
+
+    // The login form sets a session cookie; its forms carry a CSRF token.
+    let (status, body, _, _) = post(&url("/login"), None, None, &[("token", "wrong")]);
+    assert_eq!(status, 403);
+    assert!(body.contains("not the one configured"));
+    let (status, _, _, set_cookie) = post(&url("/login"), None, None, &[("token", TOKEN)]);
+    assert_eq!(status, 303);
+    let set_cookie = set_cookie.expect("a session cookie");
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let page = agent()
+        .get(&url(&format!("/jobs/{long}")))
+        .set("Cookie", &cookie)
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a cancel button with a CSRF token")
+        .to_string();
+    assert!(
+        page.contains(&format!("action=\"/jobs/{long}/cancel\"")),
+        "{page}"
+    );
+    // A cross-site form would carry the cookie but not the CSRF token.
+    let (status, body, _, _) = post(
+        &url(&format!("/jobs/{long}/cancel")),
+        None,
+        Some(&cookie),
+        &[],
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, _, _, _) = post(
+        &url(&format!("/jobs/{long}/cancel")),
+        None,
+        Some(&cookie),
+        &[("csrf", "f00")],
+    );
+    assert_eq!(status, 403);
+    assert_eq!(d.home.state(long), "running");
+    let (status, _, location, _) = post(
+        &url(&format!("/jobs/{long}/cancel")),
+        None,
+        Some(&cookie),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!((status, location), (303, Some(format!("/jobs/{long}"))));
+    d.home.wait_state(long, "cancelled");
+
+    // After logging out the cookie is worth nothing.
+    let (status, _, _, _) = post(&url("/logout"), None, Some(&cookie), &[("csrf", &csrf)]);
+    assert_eq!(status, 303);
+    let (status, _, _, _) = post(
+        &url("/queues/mail/pause"),
+        None,
+        Some(&cookie),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(status, 401);
+    let listed = std::fs::read_to_string(&log).unwrap();
+    assert!(!listed.contains(TOKEN), "the token was logged");
+    assert!(
+        listed.contains("dashboard.action action=pause queue=mail"),
+        "{listed}"
+    );
 }
