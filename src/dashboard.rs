@@ -155,7 +155,7 @@ pub fn overview(
     }
     b.push_str("<div class=\"charts\">");
     b.push_str(&chart(
-        "Attempts per minute, last hour (green: succeeded, red: failed)",
+        "Attempts per minute, last hour (red: failed)",
         &per_minute(history),
         |m| m.1 + m.2,
         Some(|m: &(i64, u64, u64)| m.2),
