@@ -34,6 +34,19 @@ pub struct Sample {
     pub lag_ms: i64,
 }
 
+/// This daemon's pools: busy slots and size of each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pools {
+    /// IO jobs held now.
+    pub io_busy: u64,
+    /// IO threads.
+    pub io_size: u64,
+    /// CPU jobs held now.
+    pub cpu_busy: u64,
+    /// CPU worker processes.
+    pub cpu_size: u64,
+}
+
 /// HTML-escapes text for an element or a quoted attribute.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -108,6 +121,7 @@ pub fn overview(
     long_running: &[Job],
     threshold_ms: i64,
     history: &[Sample],
+    pools: Pools,
     csrf: Option<&str>,
 ) -> String {
     let mut b = String::new();
@@ -214,6 +228,12 @@ pub fn overview(
         );
     }
     b.push_str("</table>");
+    let _ = write!(
+        b,
+        "<p id=\"pools\">This daemon: IO pool {} of {} busy, CPU pool {} of {} busy \
+         (busy counts jobs claimed ahead for a thread too).</p>",
+        pools.io_busy, pools.io_size, pools.cpu_busy, pools.cpu_size
+    );
     page("overview", true, &b)
 }
 

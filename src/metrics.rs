@@ -478,6 +478,17 @@ fn run(server: &tiny_http::Server, config: &Config, metrics: &Metrics, shared: &
     }
 }
 
+/// This daemon's pool figures, as the dispatcher last published them.
+fn pools(shared: &Shared) -> crate::dashboard::Pools {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    crate::dashboard::Pools {
+        io_busy: load(&shared.io_busy),
+        io_size: load(&shared.io_size),
+        cpu_busy: load(&shared.cpu_busy),
+        cpu_size: load(&shared.cpu_size),
+    }
+}
+
 fn read_only() -> Reply {
     Reply::message(
         403,
@@ -654,7 +665,14 @@ fn get_page(
                         .unwrap_or_default();
                     Reply::html(
                         200,
-                        crate::dashboard::overview(&stats, &long, threshold, &history, csrf),
+                        crate::dashboard::overview(
+                            &stats,
+                            &long,
+                            threshold,
+                            &history,
+                            pools(shared),
+                            csrf,
+                        ),
                     )
                 }
                 Err(e) => failed(e),

@@ -109,6 +109,10 @@ fn the_overview_shows_queues_long_running_jobs_daemons_and_charts() {
     let worker = d.home.text("SELECT id FROM workers;");
     assert!(page.contains(&worker), "{page}");
     assert_eq!(page.matches("<svg").count(), 2, "two charts");
+    assert!(
+        page.contains("This daemon: IO pool 1 of 16 busy, CPU pool 0 of"),
+        "{page}"
+    );
     assert!(page.contains("http-equiv=\"refresh\""));
     daemon.stop();
 }
