@@ -32,7 +32,7 @@
 //! and the `stats` line, with process facts from [`procfs`]. [`notify`]
 //! tells systemd when the daemon is ready, reloading or stopping, pings its
 //! watchdog from the dispatcher loop and keeps a live `STATUS=` line;
-//! [`metrics`] serves `/metrics` and `/healthz`. [`cron`] enqueues the
+//! [`metrics`] serves `/metrics`, `/healthz` and the [`dashboard`]. [`cron`] enqueues the
 //! periodic jobs of `[cron.*]`, each slot exactly once, from the dispatcher.
 //!
 //! The life of a job: inserted `queued` → claimed by a daemon (`running`,
