@@ -52,11 +52,7 @@ fn chromium_renders_the_overview_with_queues_and_counts() {
         eprintln!("chromium is not installed (.ci/run installs it): the browser test is skipped");
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let home = Home::with_config(&format!(
         "[metrics]\nlisten = \"127.0.0.1:{port}\"\nlong_running = \"200ms\"\n[daemon]\nshutdown_grace = \"100ms\"\n"
     ));

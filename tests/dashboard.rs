@@ -4,19 +4,11 @@
 
 mod common;
 
-use common::{wait_for, Home, NOW, PATIENCE};
+use common::{free_port, wait_for, Home, NOW, PATIENCE};
 
 struct Dash {
     home: Home,
     base: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A home whose dashboard listens on a free port; `metrics` goes into the

@@ -6,16 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{wait_for, Home, NOW, PATIENCE};
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{free_port, wait_for, Home, NOW, PATIENCE};
 
 fn home_listening() -> (Home, String) {
     let port = free_port();

@@ -653,6 +653,15 @@ pub fn snippet(name: &str) -> String {
     body
 }
 
+/// A TCP port on 127.0.0.1 that nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1")
+        .local_addr()
+        .expect("a local address")
+        .port()
+}
+
 /// Processes as the kernel lists them, for tests of the CPU pool.
 pub mod procs {
     /// The pids whose parent is `parent`.
