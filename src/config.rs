@@ -140,6 +140,10 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// The SQLite file.
     pub path: PathBuf,
+    /// A PostgreSQL database (`postgres://user@host/db`) used instead of
+    /// `path` (SPEC §9). Printed with its password redacted.
+    #[serde(serialize_with = "redacted_url")]
+    pub url: Option<String>,
     /// How long a write waits for another connection's lock.
     #[serde(with = "duration_str")]
     pub busy_timeout: Duration,
@@ -149,6 +153,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             path: PathBuf::from("jobd.db"),
+            url: None,
             // Long enough to ride out a client's bulk insert, short enough to
             // report a lock that is really stuck.
             busy_timeout: Duration::from_secs(5),
@@ -715,6 +720,13 @@ fn redacted<S: serde::Serializer>(value: &Option<Secret>, s: S) -> Result<S::Ok,
     }
 }
 
+fn redacted_url<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(url) => s.serialize_str(&crate::store::postgres::redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
 /// The raw shape of the file, before validation.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -752,8 +764,13 @@ impl Config {
     /// Every default, as if loaded from an empty file.
     pub fn defaults() -> Config {
         let env = HashMap::new();
-        Config::from_raw(RawConfig::default(), Path::new(DEFAULT_CONFIG_PATH), &env)
-            .expect("the defaults are valid")
+        Config::from_raw(
+            RawConfig::default(),
+            Path::new(DEFAULT_CONFIG_PATH),
+            &env,
+            false,
+        )
+        .expect("the defaults are valid")
     }
 
     /// Reads the file and the environment and validates the result.
@@ -792,6 +809,8 @@ impl Config {
                 detail: format!("is not valid TOML: {e}"),
             })?;
         let origin = |key: &str| source_of(key, path, &overrides);
+        // database.path has a default; only one written out conflicts with url.
+        let path_set = built.get_string("database.path").is_ok();
         let mut unknown = Vec::new();
         let raw: RawConfig = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
             built,
@@ -811,10 +830,12 @@ impl Config {
                 key,
             });
         }
-        Config::from_raw(raw, path, source.env).map_err(|(key, detail)| ConfigError::Invalid {
-            source_name: origin(&key),
-            key,
-            detail,
+        Config::from_raw(raw, path, source.env, path_set).map_err(|(key, detail)| {
+            ConfigError::Invalid {
+                source_name: origin(&key),
+                key,
+                detail,
+            }
         })
     }
 
@@ -823,6 +844,7 @@ impl Config {
         raw: RawConfig,
         path: &Path,
         env: &HashMap<String, String>,
+        path_set: bool,
     ) -> Result<Config, (String, String)> {
         let mut config = Config {
             database: raw.database,
@@ -843,6 +865,13 @@ impl Config {
             cron: raw.cron,
             source: path.to_path_buf(),
         };
+        if path_set && config.database.url.is_some() {
+            return Err((
+                "database.url".into(),
+                "and database.path are both set; keep one (url for PostgreSQL, path for SQLite)"
+                    .into(),
+            ));
+        }
         config.validate()?;
         config.email.smtp.password = read_secret(
             "email.smtp",
@@ -886,6 +915,14 @@ impl Config {
             Ok(())
         }
 
+        if let Some(url) = &self.database.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return fail(
+                    "database.url",
+                    "must be a PostgreSQL URL like postgres://user@host/db",
+                );
+            }
+        }
         if self.database.path.as_os_str().is_empty() {
             return fail("database.path", "must name a file");
         }

@@ -9,7 +9,7 @@ use crate::cli::{CancelArgs, PruneArgs, QueueNames, RetryArgs};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::now_ms;
-use crate::store::{CancelResult, PruneCutoffs, RetryResult, Store, SCHEMA_VERSION};
+use crate::store::{CancelResult, PruneCutoffs, RetryResult, Store};
 
 /// Turns a list of per-id failures into the command's error (exit 1), after
 /// the successes were printed.
@@ -123,10 +123,19 @@ pub fn set_paused(
 
 /// Runs `jobd migrate`.
 pub fn migrate(config: &Config, out: &mut dyn Write) -> Result<()> {
-    let (_, (before, after)) = open_or_create(config)?;
-    let path = config.database.path.display();
+    let ((before, after), path) = match &config.database.url {
+        Some(url) => {
+            let mut store = crate::store::postgres::PgStore::connect(url)?;
+            (store.migrate()?, crate::store::postgres::redact_url(url))
+        }
+        None => (
+            open_or_create(config)?.1,
+            config.database.path.display().to_string(),
+        ),
+    };
+    let path = path.as_str();
     if before == after {
-        writeln!(out, "database {path} is at schema version {SCHEMA_VERSION}")
+        writeln!(out, "database {path} is at schema version {after}")
     } else {
         writeln!(
             out,

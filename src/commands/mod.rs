@@ -31,6 +31,16 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         explicit,
         env,
     })?;
+    // The PostgreSQL store has its schema so far, not its operations.
+    if config.database.url.is_some()
+        && !matches!(cli.command, Command::Migrate | Command::CheckConfig)
+    {
+        return Err(Error::Failed(
+            "database.url (PostgreSQL) works with `jobd migrate` and `jobd check-config` only so far; \
+             the daemon and the other commands need database.path (SQLite) in this build"
+                .to_string(),
+        ));
+    }
     match cli.command {
         Command::Run => run_daemon(config, &path, explicit, env),
         Command::CheckConfig => admin::check_config(&config, out),

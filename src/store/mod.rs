@@ -10,6 +10,7 @@
 //! change that touches no row lost a race and is reported as such (for example
 //! [`Applied::Stale`]), never as an error.
 
+pub mod postgres;
 mod schema;
 mod sqlite;
 
@@ -106,6 +107,16 @@ pub enum StoreError {
         /// What SQLite said.
         #[source]
         source: rusqlite::Error,
+    },
+    /// A PostgreSQL failure.
+    #[error("PostgreSQL database {url} failed during {op}: {detail}")]
+    Postgres {
+        /// `database.url`, password redacted.
+        url: String,
+        /// What jobd was doing.
+        op: &'static str,
+        /// What the server or the client said.
+        detail: String,
     },
 }
 
