@@ -191,3 +191,24 @@ fn url_and_path_together_or_a_wrong_url_are_refused_naming_the_keys() {
         "works with `jobd migrate` and `jobd check-config` only so far",
     );
 }
+
+#[test]
+fn an_insert_from_any_client_notifies_listeners_with_its_queue() {
+    let Some(schema) = Schema::create("notify") else {
+        return;
+    };
+    home_on(&schema.url()).ok(&["migrate"]);
+    let mut listener = postgres::Client::connect(&schema.url(), postgres::NoTls).unwrap();
+    listener.batch_execute("LISTEN jobd_jobs").unwrap();
+    schema
+        .psql("INSERT INTO jobs(kind, queue) VALUES ('noop', 'mail');")
+        .unwrap();
+    use postgres::fallible_iterator::FallibleIterator as _;
+    let mut notifications = listener.notifications();
+    let note = notifications
+        .timeout_iter(common::PATIENCE)
+        .next()
+        .unwrap()
+        .expect("the insert notifies");
+    assert_eq!((note.channel(), note.payload()), ("jobd_jobs", "mail"));
+}
