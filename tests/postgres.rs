@@ -90,11 +90,11 @@ fn migrate_creates_the_schema_once_and_says_so() {
     let home = home_on(&schema.url());
     let first = home.ok(&["migrate"]);
     assert!(
-        first.contains("migrated from schema version 0 to 1"),
+        first.contains("migrated from schema version 0 to 2"),
         "{first}"
     );
     let again = home.ok(&["migrate"]);
-    assert!(again.contains("is at schema version 1"), "{again}");
+    assert!(again.contains("is at schema version 2"), "{again}");
     let tables = schema
         .psql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = current_schema();")
         .unwrap();
@@ -193,13 +193,16 @@ fn url_and_path_together_or_a_wrong_url_are_refused_naming_the_keys() {
 }
 
 #[test]
-fn an_insert_from_any_client_notifies_listeners_with_its_queue() {
+fn an_insert_from_any_client_notifies_its_schemas_listeners_with_its_queue() {
     let Some(schema) = Schema::create("notify") else {
         return;
     };
     home_on(&schema.url()).ok(&["migrate"]);
     let mut listener = postgres::Client::connect(&schema.url(), postgres::NoTls).unwrap();
-    listener.batch_execute("LISTEN jobd_jobs").unwrap();
+    let channel = jobd::store::postgres::channel(&schema.name);
+    listener
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .unwrap();
     schema
         .psql("INSERT INTO jobs(kind, queue) VALUES ('noop', 'mail');")
         .unwrap();
@@ -210,5 +213,150 @@ fn an_insert_from_any_client_notifies_listeners_with_its_queue() {
         .next()
         .unwrap()
         .expect("the insert notifies");
-    assert_eq!((note.channel(), note.payload()), ("jobd_jobs", "mail"));
+    assert_eq!((note.channel(), note.payload()), (channel.as_str(), "mail"));
+}
+
+mod lifecycle {
+    use super::*;
+    use jobd::job::{Attempt, NewJob};
+    use jobd::store::postgres::PgStore;
+    use jobd::store::{Applied, Claim, ClaimRequest, Enqueued};
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn claim(store: &mut PgStore, worker: &str, requests: &[ClaimRequest]) -> Vec<i64> {
+        store
+            .claim(&Claim {
+                worker,
+                now: NOW,
+                lease_until: NOW + 30_000,
+                requests,
+            })
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect()
+    }
+
+    fn store(schema: &Schema) -> PgStore {
+        home_on(&schema.url()).ok(&["migrate"]);
+        PgStore::connect(&schema.url()).unwrap()
+    }
+
+    #[test]
+    fn enqueue_claim_and_fenced_completion() {
+        let Some(schema) = Schema::create("cycle") else {
+            return;
+        };
+        let mut s = store(&schema);
+        let mut high = NewJob::new("noop");
+        high.priority = 5;
+        let mut keyed = NewJob::new("noop");
+        keyed.unique_key = Some("k".into());
+        let got = s
+            .enqueue(&[NewJob::new("noop"), high, keyed.clone(), keyed], NOW)
+            .unwrap();
+        let ids: Vec<i64> = got.iter().map(|e| e.id()).collect();
+        assert!(
+            matches!(got[3], Enqueued::Duplicate(id) if id == ids[2]),
+            "{got:?}"
+        );
+        let claimed = claim(&mut s, "w1", &[ClaimRequest::any("default", 10)]);
+        assert_eq!(
+            claimed,
+            vec![ids[1], ids[0], ids[2]],
+            "priority, then run_at, then id"
+        );
+        assert!(claim(&mut s, "w2", &[ClaimRequest::any("default", 10)]).is_empty());
+        let done =
+            Attempt::new(ids[1], "w1", 1, NOW, NOW + 5).succeeded(Some(r#"{"ok":true}"#.into()));
+        let stale = Attempt::new(ids[0], "w2", 1, NOW, NOW + 5).dead("not mine".into());
+        let retry = Attempt::new(ids[2], "w1", 1, NOW, NOW + 5).retry("later".into(), NOW + 1_000);
+        assert_eq!(
+            s.complete(&[done, stale, retry]).unwrap(),
+            vec![Applied::Done, Applied::Stale, Applied::Done]
+        );
+        let state = |id: i64| {
+            schema.psql(&format!("SELECT state || ',' || coalesce(result::text, '-') || ',' || coalesce(last_error, '-') FROM jobs WHERE id = {id};")).unwrap()
+        };
+        assert_eq!(state(ids[1]), r#"succeeded,{"ok": true},-"#);
+        assert_eq!(
+            state(ids[0]),
+            "running,-,-",
+            "the stale outcome changed nothing"
+        );
+        assert_eq!(state(ids[2]), "queued,-,later");
+        assert_eq!(
+            schema
+                .psql("SELECT string_agg(job_id || ':' || outcome, ' ' ORDER BY id) FROM job_runs;")
+                .unwrap(),
+            format!("{}:succeeded {}:retry", ids[1], ids[2])
+        );
+    }
+
+    #[test]
+    fn a_claim_reaches_io_jobs_past_cpu_jobs_and_respects_pauses() {
+        let Some(schema) = Schema::create("pools") else {
+            return;
+        };
+        let mut s = store(&schema);
+        let ids: Vec<i64> = s
+            .enqueue(&["exec", "checksum", "noop", "http"].map(NewJob::new), NOW)
+            .unwrap()
+            .iter()
+            .map(|e| e.id())
+            .collect();
+        let io_only = ClaimRequest {
+            queue: "default".into(),
+            limit: 10,
+            cpu: 0,
+            io: 10,
+        };
+        assert_eq!(claim(&mut s, "w", &[io_only]), vec![ids[2], ids[3]]);
+        schema
+            .psql("INSERT INTO queues(name, paused) VALUES ('default', true);")
+            .unwrap();
+        assert!(claim(&mut s, "w", &[ClaimRequest::any("default", 10)]).is_empty());
+    }
+
+    #[test]
+    fn claimers_in_parallel_never_take_the_same_job() {
+        let Some(schema) = Schema::create("race") else {
+            return;
+        };
+        let mut s = store(&schema);
+        let all: Vec<i64> = s
+            .enqueue(&vec![NewJob::new("noop"); 2_000], NOW)
+            .unwrap()
+            .iter()
+            .map(|e| e.id())
+            .collect();
+        let url = schema.url();
+        let claimers: Vec<_> = (0..4)
+            .map(|n| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let mut s = PgStore::connect(&url).unwrap();
+                    let worker = format!("w{n}");
+                    let mut mine = Vec::new();
+                    loop {
+                        let got = claim(&mut s, &worker, &[ClaimRequest::any("default", 25)]);
+                        if got.is_empty() {
+                            return mine;
+                        }
+                        mine.extend(got);
+                    }
+                })
+            })
+            .collect();
+        let mut seen: Vec<i64> = claimers
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        let claimed = seen.len();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), claimed, "a job was claimed twice");
+        assert_eq!(seen, all, "every job was claimed");
+    }
 }

@@ -4,21 +4,24 @@
 //! and results, so that clients insert the same way on either backend and
 //! the database itself rejects a bad row.
 //!
-//! Not yet here: the [`super::Store`] operations (claims with `FOR UPDATE
-//! SKIP LOCKED`, completions, rescue, stats…) and `LISTEN/NOTIFY` pickup.
-//! Until they land, `jobd migrate` is the only command that takes a
-//! `database.url`; the others say so and stop.
+//! Second part, in progress: the core of the job lifecycle as methods of
+//! [`PgStore`] — enqueue, claim with `FOR UPDATE SKIP LOCKED`, and fenced
+//! completions — tested on a real server. Not yet here: the rest of the
+//! [`super::Store`] trait (rescue, stats, pruning, workers…) and
+//! `LISTEN/NOTIFY` pickup in the daemon. Until they land, `jobd migrate` is
+//! the only command that takes a `database.url`; the others say so and stop.
 //!
 //! The `postgres` crate is the blocking client the issue names: it runs a
 //! small runtime of its own inside, and jobd's code stays synchronous.
 
 use postgres::{Client, NoTls};
 
-use super::StoreError;
+use super::{Applied, Claim, Enqueued, StoreError};
+use crate::job::{Claimed, Completion, NewJob, Pool, Transition};
 
 /// The migrations in order; entry `i` takes a database from version `i` to
 /// `i + 1`. Appended to, never edited.
-pub const MIGRATIONS: &[&str] = &[V1_TABLES];
+pub const MIGRATIONS: &[&str] = &[V1_TABLES, V2_NOTIFY_PER_SCHEMA];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -120,6 +123,22 @@ CREATE TRIGGER jobs_notify_insert AFTER INSERT ON jobs
     FOR EACH ROW EXECUTE FUNCTION jobd_notify_insert();
 "
 );
+
+/// Version 2: NOTIFY channels are per database, not per schema, so two
+/// jobd deployments in two schemas of one database woke each other. The
+/// channel now carries the schema's name: `jobd_jobs_<schema>`.
+const V2_NOTIFY_PER_SCHEMA: &str = "
+CREATE OR REPLACE FUNCTION jobd_notify_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jobd_jobs_' || TG_TABLE_SCHEMA, NEW.queue);
+    RETURN NULL;
+END $$;
+";
+
+/// The NOTIFY channel of the jobd schema `schema`.
+pub fn channel(schema: &str) -> String {
+    format!("jobd_jobs_{schema}")
+}
 
 /// A connection to a PostgreSQL database holding (or about to hold) the
 /// jobd schema.
@@ -228,6 +247,221 @@ impl PgStore {
         }
         tx.commit().map_err(|e| fail("migrate", e))?;
         Ok((before, SCHEMA_VERSION))
+    }
+}
+
+/// The CPU-kind test of the claim, spelled as the ready index spells it.
+const CPU_KIND_TEST: &str = "(kind IN ('checksum', 'compress', 'exec'))";
+
+impl PgStore {
+    /// Inserts jobs in one transaction, each de-duplicated on its
+    /// `unique_key` against queued and running jobs.
+    pub fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>, StoreError> {
+        let url = redact_url(&self.url);
+        let fail = |e: postgres::Error| StoreError::Postgres {
+            url: url.clone(),
+            op: "enqueue",
+            detail: e.to_string(),
+        };
+        let mut tx = self.client.transaction().map_err(fail)?;
+        let insert = tx
+            .prepare(
+                "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
+                 unique_key, created_at) VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT DO NOTHING RETURNING id",
+            )
+            .map_err(fail)?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let row = tx
+                .query_opt(
+                    &insert,
+                    &[
+                        &job.queue,
+                        &job.kind,
+                        &job.payload,
+                        &job.priority,
+                        &job.run_at.unwrap_or(now),
+                        &job.max_attempts,
+                        &job.timeout_ms,
+                        &job.unique_key,
+                        &now,
+                    ],
+                )
+                .map_err(fail)?;
+            out.push(match row {
+                Some(row) => Enqueued::Inserted(row.get(0)),
+                None => Enqueued::Duplicate(
+                    tx.query_one(
+                        "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('queued', 'running')",
+                        &[&job.unique_key],
+                    )
+                    .map_err(fail)?
+                    .get(0),
+                ),
+            });
+        }
+        tx.commit().map_err(fail)?;
+        Ok(out)
+    }
+
+    /// Claims ready jobs for `claim`'s requests in one transaction. Rows
+    /// another claimer has locked are skipped, never waited for, so many
+    /// daemons claim side by side and never take the same attempt.
+    pub fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>, StoreError> {
+        let url = redact_url(&self.url);
+        let fail = |e: postgres::Error| StoreError::Postgres {
+            url: url.clone(),
+            op: "claim",
+            detail: e.to_string(),
+        };
+        let mut tx = self.client.transaction().map_err(fail)?;
+        let statement = tx
+            .prepare(&format!(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
+                 finished_at = NULL, lease_until = $2, worker = $3 \
+                 WHERE id IN ( \
+                     SELECT id FROM jobs \
+                     WHERE state = 'queued' AND queue = $4 AND {CPU_KIND_TEST} = $5 AND run_at <= $1 \
+                       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $4 AND paused) \
+                     ORDER BY priority DESC, run_at, id LIMIT $6 \
+                     FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, queue, kind, payload::text, priority, run_at, max_attempts, \
+                   timeout_ms, attempts, started_at"
+            ))
+            .map_err(fail)?;
+        let mut jobs = Vec::new();
+        for request in claim.requests.iter().filter(|r| r.limit > 0) {
+            let mut left = request.limit;
+            for pool in Pool::ALL {
+                let limit = request.for_pool(pool).min(left);
+                if limit == 0 {
+                    continue;
+                }
+                let rows = tx
+                    .query(
+                        &statement,
+                        &[
+                            &claim.now,
+                            &claim.lease_until,
+                            &claim.worker,
+                            &request.queue,
+                            &(pool == Pool::Cpu),
+                            &(limit as i64),
+                        ],
+                    )
+                    .map_err(fail)?;
+                left -= rows.len();
+                let start = jobs.len();
+                jobs.extend(rows.iter().map(|r| Claimed {
+                    id: r.get(0),
+                    queue: r.get(1),
+                    kind: r.get(2),
+                    payload: r.get(3),
+                    priority: r.get(4),
+                    run_at: r.get(5),
+                    max_attempts: r.get(6),
+                    timeout_ms: r.get(7),
+                    attempts: r.get(8),
+                    started_at: r.get(9),
+                }));
+                // RETURNING gives no order; hand jobs out in claim order.
+                jobs[start..].sort_by(|a, b| {
+                    b.priority
+                        .cmp(&a.priority)
+                        .then(a.run_at.cmp(&b.run_at))
+                        .then(a.id.cmp(&b.id))
+                });
+            }
+        }
+        tx.commit().map_err(fail)?;
+        Ok(jobs)
+    }
+
+    /// Writes attempt outcomes in one transaction, each fenced by state,
+    /// worker and attempt (a late outcome after a rescue changes nothing),
+    /// with a `job_runs` row for each that applied.
+    pub fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>, StoreError> {
+        let url = redact_url(&self.url);
+        let fail = |e: postgres::Error| StoreError::Postgres {
+            url: url.clone(),
+            op: "complete",
+            detail: e.to_string(),
+        };
+        let mut tx = self.client.transaction().map_err(fail)?;
+        let update = tx
+            .prepare(
+                "UPDATE jobs SET state = $4, \
+                   finished_at = CASE WHEN $9 THEN finished_at ELSE $5 END, \
+                   lease_until = NULL, \
+                   run_at = COALESCE($6, run_at), \
+                   result = CASE WHEN $4 = 'succeeded' THEN $7::text::jsonb ELSE result END, \
+                   last_error = CASE WHEN $9 THEN last_error ELSE $8 END, \
+                   attempts = attempts - CASE WHEN $9 THEN 1 ELSE 0 END \
+                 WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3 \
+                 RETURNING queue, kind",
+            )
+            .map_err(fail)?;
+        let run = tx
+            .prepare(
+                "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, \
+                 finished_at, outcome, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .map_err(fail)?;
+        let mut out = Vec::with_capacity(completions.len());
+        for c in completions {
+            let (state, run_at, result, release) = match &c.transition {
+                Transition::Succeed { result } => ("succeeded", None, result.as_deref(), false),
+                Transition::Requeue { run_at } => ("queued", Some(*run_at), None, false),
+                Transition::Release => ("queued", None, None, true),
+                Transition::Dead => ("dead", None, None, false),
+                Transition::Cancel => ("cancelled", None, None, false),
+            };
+            let error = match c.transition {
+                Transition::Succeed { .. } => None,
+                _ => c.error.as_deref(),
+            };
+            let moved = tx
+                .query_opt(
+                    &update,
+                    &[
+                        &c.id,
+                        &c.worker,
+                        &c.attempt,
+                        &state,
+                        &c.finished_at,
+                        &run_at,
+                        &result,
+                        &error,
+                        &release,
+                    ],
+                )
+                .map_err(fail)?;
+            let Some(row) = moved else {
+                out.push(Applied::Stale);
+                continue;
+            };
+            let (queue, kind): (String, String) = (row.get(0), row.get(1));
+            tx.execute(
+                &run,
+                &[
+                    &c.id,
+                    &c.attempt,
+                    &c.worker,
+                    &queue,
+                    &kind,
+                    &c.started_at,
+                    &c.finished_at,
+                    &c.outcome.as_str(),
+                    &c.error,
+                    &(c.finished_at - c.started_at).max(0),
+                ],
+            )
+            .map_err(fail)?;
+            out.push(Applied::Done);
+        }
+        tx.commit().map_err(fail)?;
+        Ok(out)
     }
 }
 
