@@ -390,6 +390,42 @@ pub struct WorkerInfo {
     pub running: i64,
 }
 
+/// Runs a claim's plan on either backend: for each request, each pool (the
+/// scarce CPU slots first) gets at most what it asked for and what the
+/// queue's allowance still leaves. `take(queue, pool, limit)` claims and
+/// returns the jobs, in claim order.
+pub(crate) fn claim_by_plan<E>(
+    requests: &[ClaimRequest],
+    mut take: impl FnMut(&str, Pool, usize) -> std::result::Result<Vec<Claimed>, E>,
+) -> std::result::Result<Vec<Claimed>, E> {
+    let mut jobs = Vec::new();
+    for request in requests.iter().filter(|r| r.limit > 0) {
+        let mut left = request.limit;
+        for pool in Pool::ALL {
+            let limit = request.for_pool(pool).min(left);
+            if limit == 0 {
+                continue;
+            }
+            let mut got = take(&request.queue, pool, limit)?;
+            left -= got.len();
+            in_claim_order(&mut got);
+            jobs.append(&mut got);
+        }
+    }
+    Ok(jobs)
+}
+
+/// Sorts claimed jobs into claim order (priority, then `run_at`, then id):
+/// `UPDATE … RETURNING` gives rows in no particular order on either backend.
+pub(crate) fn in_claim_order(jobs: &mut [Claimed]) {
+    jobs.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.run_at.cmp(&b.run_at))
+            .then(a.id.cmp(&b.id))
+    });
+}
+
 /// A periodic schedule's row in `cron`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CronRow {

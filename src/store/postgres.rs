@@ -135,6 +135,16 @@ BEGIN
 END $$;
 ";
 
+/// Maps a client error to the store error for `op` on `url`.
+fn failing(url: &str, op: &'static str) -> impl Fn(postgres::Error) -> StoreError {
+    let url = redact_url(url);
+    move |e| StoreError::Postgres {
+        url: url.clone(),
+        op,
+        detail: e.to_string(),
+    }
+}
+
 /// The NOTIFY channel of the jobd schema `schema`.
 pub fn channel(schema: &str) -> String {
     format!("jobd_jobs_{schema}")
@@ -172,11 +182,7 @@ pub fn redact_url(url: &str) -> String {
 impl PgStore {
     /// Connects to `url` (`postgres://user@host/db`).
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let client = Client::connect(url, NoTls).map_err(|e| StoreError::Postgres {
-            url: redact_url(url),
-            op: "connect",
-            detail: e.to_string(),
-        })?;
+        let client = Client::connect(url, NoTls).map_err(failing(url, "connect"))?;
         Ok(PgStore {
             client,
             url: url.to_string(),
@@ -184,11 +190,7 @@ impl PgStore {
     }
 
     fn err(&self, op: &'static str, e: postgres::Error) -> StoreError {
-        StoreError::Postgres {
-            url: redact_url(&self.url),
-            op,
-            detail: e.to_string(),
-        }
+        failing(&self.url, op)(e)
     }
 
     /// The schema version of the database (0: no jobd schema yet).
@@ -221,31 +223,26 @@ impl PgStore {
                 supported: SCHEMA_VERSION,
             });
         }
-        let url = redact_url(&self.url);
-        let fail = |op: &'static str, e: postgres::Error| StoreError::Postgres {
-            url: url.clone(),
-            op,
-            detail: e.to_string(),
-        };
-        let mut tx = self.client.transaction().map_err(|e| fail("migrate", e))?;
+        let fail = failing(&self.url, "migrate");
+        let mut tx = self.client.transaction().map_err(&fail)?;
         // jobd's own lock number; released at commit.
         tx.execute("SELECT pg_advisory_xact_lock(7310242001)", &[])
-            .map_err(|e| fail("migrate", e))?;
+            .map_err(&fail)?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS jobd_schema (version BIGINT NOT NULL);
              INSERT INTO jobd_schema (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM jobd_schema);",
         )
-        .map_err(|e| fail("migrate", e))?;
+        .map_err(&fail)?;
         let current: i64 = tx
             .query_one("SELECT version FROM jobd_schema", &[])
-            .map_err(|e| fail("migrate", e))?
+            .map_err(&fail)?
             .get(0);
         for (i, step) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
-            tx.batch_execute(step).map_err(|e| fail("migrate", e))?;
+            tx.batch_execute(step).map_err(&fail)?;
             tx.execute("UPDATE jobd_schema SET version = $1", &[&(i as i64 + 1)])
-                .map_err(|e| fail("migrate", e))?;
+                .map_err(&fail)?;
         }
-        tx.commit().map_err(|e| fail("migrate", e))?;
+        tx.commit().map_err(&fail)?;
         Ok((before, SCHEMA_VERSION))
     }
 }
@@ -257,20 +254,15 @@ impl PgStore {
     /// Inserts jobs in one transaction, each de-duplicated on its
     /// `unique_key` against queued and running jobs.
     pub fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>, StoreError> {
-        let url = redact_url(&self.url);
-        let fail = |e: postgres::Error| StoreError::Postgres {
-            url: url.clone(),
-            op: "enqueue",
-            detail: e.to_string(),
-        };
-        let mut tx = self.client.transaction().map_err(fail)?;
+        let fail = failing(&self.url, "enqueue");
+        let mut tx = self.client.transaction().map_err(&fail)?;
         let insert = tx
             .prepare(
                 "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
                  unique_key, created_at) VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT DO NOTHING RETURNING id",
             )
-            .map_err(fail)?;
+            .map_err(&fail)?;
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
             let row = tx
@@ -288,7 +280,7 @@ impl PgStore {
                         &now,
                     ],
                 )
-                .map_err(fail)?;
+                .map_err(&fail)?;
             out.push(match row {
                 Some(row) => Enqueued::Inserted(row.get(0)),
                 None => Enqueued::Duplicate(
@@ -296,12 +288,12 @@ impl PgStore {
                         "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('queued', 'running')",
                         &[&job.unique_key],
                     )
-                    .map_err(fail)?
+                    .map_err(&fail)?
                     .get(0),
                 ),
             });
         }
-        tx.commit().map_err(fail)?;
+        tx.commit().map_err(&fail)?;
         Ok(out)
     }
 
@@ -309,13 +301,8 @@ impl PgStore {
     /// another claimer has locked are skipped, never waited for, so many
     /// daemons claim side by side and never take the same attempt.
     pub fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>, StoreError> {
-        let url = redact_url(&self.url);
-        let fail = |e: postgres::Error| StoreError::Postgres {
-            url: url.clone(),
-            op: "claim",
-            detail: e.to_string(),
-        };
-        let mut tx = self.client.transaction().map_err(fail)?;
+        let fail = failing(&self.url, "claim");
+        let mut tx = self.client.transaction().map_err(&fail)?;
         let statement = tx
             .prepare(&format!(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
@@ -329,31 +316,24 @@ impl PgStore {
                  RETURNING id, queue, kind, payload::text, priority, run_at, max_attempts, \
                    timeout_ms, attempts, started_at"
             ))
-            .map_err(fail)?;
-        let mut jobs = Vec::new();
-        for request in claim.requests.iter().filter(|r| r.limit > 0) {
-            let mut left = request.limit;
-            for pool in Pool::ALL {
-                let limit = request.for_pool(pool).min(left);
-                if limit == 0 {
-                    continue;
-                }
-                let rows = tx
-                    .query(
-                        &statement,
-                        &[
-                            &claim.now,
-                            &claim.lease_until,
-                            &claim.worker,
-                            &request.queue,
-                            &(pool == Pool::Cpu),
-                            &(limit as i64),
-                        ],
-                    )
-                    .map_err(fail)?;
-                left -= rows.len();
-                let start = jobs.len();
-                jobs.extend(rows.iter().map(|r| Claimed {
+            .map_err(&fail)?;
+        let jobs = super::claim_by_plan(claim.requests, |queue, pool, limit| {
+            let rows = tx
+                .query(
+                    &statement,
+                    &[
+                        &claim.now,
+                        &claim.lease_until,
+                        &claim.worker,
+                        &queue,
+                        &(pool == Pool::Cpu),
+                        &(limit as i64),
+                    ],
+                )
+                .map_err(&fail)?;
+            Ok(rows
+                .iter()
+                .map(|r| Claimed {
                     id: r.get(0),
                     queue: r.get(1),
                     kind: r.get(2),
@@ -364,17 +344,10 @@ impl PgStore {
                     timeout_ms: r.get(7),
                     attempts: r.get(8),
                     started_at: r.get(9),
-                }));
-                // RETURNING gives no order; hand jobs out in claim order.
-                jobs[start..].sort_by(|a, b| {
-                    b.priority
-                        .cmp(&a.priority)
-                        .then(a.run_at.cmp(&b.run_at))
-                        .then(a.id.cmp(&b.id))
-                });
-            }
-        }
-        tx.commit().map_err(fail)?;
+                })
+                .collect())
+        })?;
+        tx.commit().map_err(&fail)?;
         Ok(jobs)
     }
 
@@ -382,13 +355,8 @@ impl PgStore {
     /// worker and attempt (a late outcome after a rescue changes nothing),
     /// with a `job_runs` row for each that applied.
     pub fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>, StoreError> {
-        let url = redact_url(&self.url);
-        let fail = |e: postgres::Error| StoreError::Postgres {
-            url: url.clone(),
-            op: "complete",
-            detail: e.to_string(),
-        };
-        let mut tx = self.client.transaction().map_err(fail)?;
+        let fail = failing(&self.url, "complete");
+        let mut tx = self.client.transaction().map_err(&fail)?;
         let update = tx
             .prepare(
                 "UPDATE jobs SET state = $4, \
@@ -401,13 +369,13 @@ impl PgStore {
                  WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3 \
                  RETURNING queue, kind",
             )
-            .map_err(fail)?;
+            .map_err(&fail)?;
         let run = tx
             .prepare(
                 "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, \
                  finished_at, outcome, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
-            .map_err(fail)?;
+            .map_err(&fail)?;
         let mut out = Vec::with_capacity(completions.len());
         for c in completions {
             let (state, run_at, result, release) = match &c.transition {
@@ -436,7 +404,7 @@ impl PgStore {
                         &release,
                     ],
                 )
-                .map_err(fail)?;
+                .map_err(&fail)?;
             let Some(row) = moved else {
                 out.push(Applied::Stale);
                 continue;
@@ -457,10 +425,10 @@ impl PgStore {
                     &(c.finished_at - c.started_at).max(0),
                 ],
             )
-            .map_err(fail)?;
+            .map_err(&fail)?;
             out.push(Applied::Done);
         }
-        tx.commit().map_err(fail)?;
+        tx.commit().map_err(&fail)?;
         Ok(out)
     }
 }

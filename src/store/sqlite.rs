@@ -469,20 +469,9 @@ fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite:
 
 /// Claims inside an open transaction (see [`Store::claim`]).
 fn claim_in(tx: &rusqlite::Transaction<'_>, claim: &Claim<'_>) -> rusqlite::Result<Vec<Claimed>> {
-    let mut jobs = Vec::new();
-    for request in claim.requests.iter().filter(|r| r.limit > 0) {
-        let mut left = request.limit;
-        for pool in Pool::ALL {
-            let limit = request.for_pool(pool).min(left);
-            if limit == 0 {
-                continue;
-            }
-            let start = jobs.len();
-            claim_pool(tx, claim, &request.queue, pool, limit, &mut jobs)?;
-            left -= jobs.len() - start;
-        }
-    }
-    Ok(jobs)
+    super::claim_by_plan(claim.requests, |queue, pool, limit| {
+        claim_pool(tx, claim, queue, pool, limit)
+    })
 }
 
 /// Claims up to `limit` ready jobs of `queue` that run on `pool`.
@@ -492,8 +481,7 @@ fn claim_pool(
     queue: &str,
     pool: Pool,
     limit: usize,
-    jobs: &mut Vec<Claimed>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Vec<Claimed>> {
     // The LIMIT and the pool are written into the text: a bound LIMIT
     // makes SQLite re-prepare the statement on every run (the planner
     // reads its value), which cost more than the claim itself. The cache
@@ -514,18 +502,7 @@ fn claim_pool(
         params![claim.now, claim.lease_until, claim.worker, queue],
         claimed_from_row,
     )?;
-    let start = jobs.len();
-    for job in rows {
-        jobs.push(job?);
-    }
-    // RETURNING gives no order; hand jobs out in claim order.
-    jobs[start..].sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.run_at.cmp(&b.run_at))
-            .then(a.id.cmp(&b.id))
-    });
-    Ok(())
+    rows.collect()
 }
 
 /// Inserts one job inside an open transaction; a job whose `unique_key` is
