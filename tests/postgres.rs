@@ -360,3 +360,113 @@ mod lifecycle {
         assert_eq!(seen, all, "every job was claimed");
     }
 }
+
+mod leases {
+    use super::*;
+    use jobd::job::{JobState, NewJob};
+    use jobd::store::postgres::PgStore;
+    use jobd::store::{Claim, ClaimRequest, RescueScope, WorkerInfo};
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn worker(id: &str, beat: i64) -> WorkerInfo {
+        WorkerInfo {
+            id: id.into(),
+            host: "h".into(),
+            pid: 1,
+            version: "0".into(),
+            started_at: NOW,
+            heartbeat_at: beat,
+            queues: "*".into(),
+            running: 0,
+        }
+    }
+
+    #[test]
+    fn workers_beat_and_leave_and_lost_jobs_are_rescued() {
+        let Some(schema) = Schema::create("leases") else {
+            return;
+        };
+        home_on(&schema.url()).ok(&["migrate"]);
+        let mut s = PgStore::connect(&schema.url()).unwrap();
+        s.register_worker(&worker("a", NOW)).unwrap();
+        s.register_worker(&worker("b", NOW)).unwrap();
+        s.heartbeat("a", NOW + 5, 3).unwrap();
+        let ws = s.workers().unwrap();
+        assert_eq!(
+            (ws.len(), ws[0].heartbeat_at, ws[0].running),
+            (2, NOW + 5, 3)
+        );
+        s.deregister_worker("b").unwrap();
+        assert_eq!(s.workers().unwrap().len(), 1);
+
+        let mut last = NewJob::new("noop");
+        last.max_attempts = Some(1);
+        let ids: Vec<i64> = s
+            .enqueue(&[NewJob::new("noop"), last, NewJob::new("noop")], NOW)
+            .unwrap()
+            .iter()
+            .map(|e| e.id())
+            .collect();
+        let claim = |s: &mut PgStore, w: &str, until: i64| {
+            s.claim(&Claim {
+                worker: w,
+                now: NOW,
+                lease_until: until,
+                requests: &[ClaimRequest::any("default", 2)],
+            })
+            .unwrap()
+        };
+        assert_eq!(claim(&mut s, "a", NOW + 1_000).len(), 2);
+        assert_eq!(claim(&mut s, "gone", NOW + 60_000).len(), 1);
+        // "a" renews one of its two; the other runs out.
+        assert_eq!(s.renew_leases("a", &[ids[0]], NOW + 90_000).unwrap(), 1);
+        assert_eq!(s.renew_leases("zzz", &[ids[0]], NOW + 90_000).unwrap(), 0);
+        let expired = s
+            .rescue(RescueScope::ExpiredLeases, NOW + 2_000, 20)
+            .unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(
+            (expired[0].id, expired[0].state),
+            (ids[1], JobState::Dead),
+            "no attempts left"
+        );
+        let gone = s
+            .rescue(RescueScope::Workers(&["gone".to_string()]), NOW + 3_000, 20)
+            .unwrap();
+        assert_eq!(
+            (gone.len(), gone[0].id, gone[0].state),
+            (1, ids[2], JobState::Queued)
+        );
+        let row = |id: i64| {
+            schema
+                .psql(&format!(
+                    "SELECT state || ',' || last_error FROM jobs WHERE id = {id};"
+                ))
+                .unwrap()
+        };
+        assert_eq!(
+            row(ids[2]),
+            "queued,attempt 1 was lost: worker gone is gone (its process no longer runs)"
+        );
+        assert_eq!(
+            row(ids[1]),
+            "dead,attempt 1 was lost: worker a stopped renewing its lease"
+        );
+        assert_eq!(
+            schema
+                .psql("SELECT count(*) FROM job_runs WHERE outcome = 'rescued';")
+                .unwrap(),
+            "2"
+        );
+        // Nothing more to take back.
+        assert!(s
+            .rescue(RescueScope::ExpiredLeases, NOW + 2_000, 20)
+            .unwrap()
+            .is_empty());
+        assert!(s
+            .rescue(RescueScope::Workers(&[]), NOW, 20)
+            .unwrap()
+            .is_empty());
+    }
+}

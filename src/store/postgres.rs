@@ -16,8 +16,8 @@
 
 use postgres::{Client, NoTls};
 
-use super::{Applied, Claim, Enqueued, StoreError};
-use crate::job::{Claimed, Completion, NewJob, Pool, Transition};
+use super::{Applied, Claim, Enqueued, RescueScope, Rescued, StoreError, WorkerInfo};
+use crate::job::{Claimed, Completion, JobState, NewJob, Pool, RunOutcome, Transition};
 
 /// The migrations in order; entry `i` takes a database from version `i` to
 /// `i + 1`. Appended to, never edited.
@@ -430,6 +430,172 @@ impl PgStore {
         }
         tx.commit().map_err(&fail)?;
         Ok(out)
+    }
+}
+
+/// Leases, the `workers` table and rescue: what lets daemons on many hosts
+/// share one queue and take back the jobs of one that died.
+impl PgStore {
+    /// Records a daemon (or replaces its row).
+    pub fn register_worker(&mut self, w: &WorkerInfo) -> Result<(), StoreError> {
+        let fail = failing(&self.url, "register worker");
+        self.client
+            .execute(
+                "INSERT INTO workers (id, host, pid, version, started_at, heartbeat_at, queues, running) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, \
+                   version = EXCLUDED.version, started_at = EXCLUDED.started_at, \
+                   heartbeat_at = EXCLUDED.heartbeat_at, queues = EXCLUDED.queues, running = EXCLUDED.running",
+                &[&w.id, &w.host, &w.pid, &w.version, &w.started_at, &w.heartbeat_at, &w.queues, &w.running],
+            )
+            .map_err(&fail)?;
+        Ok(())
+    }
+
+    /// A daemon's heartbeat.
+    pub fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<(), StoreError> {
+        let fail = failing(&self.url, "heartbeat");
+        self.client
+            .execute(
+                "UPDATE workers SET heartbeat_at = $2, running = $3 WHERE id = $1",
+                &[&worker, &now, &running],
+            )
+            .map_err(&fail)?;
+        Ok(())
+    }
+
+    /// Forgets a daemon.
+    pub fn deregister_worker(&mut self, worker: &str) -> Result<(), StoreError> {
+        let fail = failing(&self.url, "deregister worker");
+        self.client
+            .execute("DELETE FROM workers WHERE id = $1", &[&worker])
+            .map_err(&fail)?;
+        Ok(())
+    }
+
+    /// The registered daemons.
+    pub fn workers(&mut self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let fail = failing(&self.url, "read workers");
+        let rows = self
+            .client
+            .query(
+                "SELECT id, host, pid, version, started_at, heartbeat_at, queues, running \
+                 FROM workers ORDER BY id",
+                &[],
+            )
+            .map_err(&fail)?;
+        Ok(rows
+            .iter()
+            .map(|r| WorkerInfo {
+                id: r.get(0),
+                host: r.get(1),
+                pid: r.get(2),
+                version: r.get(3),
+                started_at: r.get(4),
+                heartbeat_at: r.get(5),
+                queues: r.get(6),
+                running: r.get(7),
+            })
+            .collect())
+    }
+
+    /// Extends the leases of `ids` held by `worker`; returns how many were.
+    pub fn renew_leases(
+        &mut self,
+        worker: &str,
+        ids: &[i64],
+        lease_until: i64,
+    ) -> Result<usize, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let fail = failing(&self.url, "renew leases");
+        let renewed = self
+            .client
+            .execute(
+                "UPDATE jobs SET lease_until = $1 \
+                 WHERE id = ANY($2) AND state = 'running' AND worker = $3",
+                &[&lease_until, &ids, &worker],
+            )
+            .map_err(&fail)?;
+        Ok(renewed as usize)
+    }
+
+    /// Takes back running jobs whose holder is lost: to `queued`, or `dead`
+    /// when no attempts are left, with a `rescued` attempt record naming the
+    /// lost worker. Rows another transaction holds are left for next time.
+    pub fn rescue(
+        &mut self,
+        scope: RescueScope<'_>,
+        now: i64,
+        default_max_attempts: u32,
+    ) -> Result<Vec<Rescued>, StoreError> {
+        let (filter, reason) = match scope {
+            RescueScope::ExpiredLeases => ("lease_until < $3", "stopped renewing its lease"),
+            RescueScope::Workers([]) => return Ok(Vec::new()),
+            RescueScope::Workers(_) => ("worker = ANY($3)", "is gone (its process no longer runs)"),
+        };
+        let workers: Vec<String> = match scope {
+            RescueScope::Workers(w) => w.to_vec(),
+            RescueScope::ExpiredLeases => Vec::new(),
+        };
+        let fail = failing(&self.url, "rescue");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let sql = format!(
+            "UPDATE jobs SET \
+               state = CASE WHEN attempts >= COALESCE(max_attempts, $2) THEN 'dead' ELSE 'queued' END, \
+               finished_at = $1, lease_until = NULL, \
+               last_error = 'attempt ' || attempts || ' was lost: worker ' || worker || ' {reason}' \
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND {filter} FOR UPDATE SKIP LOCKED) \
+             RETURNING id, kind, queue, attempts, worker, state, COALESCE(started_at, $1)"
+        );
+        let max = i64::from(default_max_attempts);
+        let rows = match scope {
+            RescueScope::ExpiredLeases => tx.query(&sql, &[&now, &max, &now]),
+            RescueScope::Workers(_) => tx.query(&sql, &[&now, &max, &workers]),
+        }
+        .map_err(&fail)?;
+        let mut rescued = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let state: String = r.get(5);
+            let job = Rescued {
+                id: r.get(0),
+                kind: r.get(1),
+                queue: r.get(2),
+                attempt: r.get(3),
+                worker: r.get(4),
+                state: if state == "dead" {
+                    JobState::Dead
+                } else {
+                    JobState::Queued
+                },
+            };
+            let started: i64 = r.get(6);
+            let error = format!(
+                "attempt {} was lost: worker {} {reason}",
+                job.attempt, job.worker
+            );
+            tx.execute(
+                "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, \
+                 finished_at, outcome, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    &job.id,
+                    &job.attempt,
+                    &job.worker,
+                    &job.queue,
+                    &job.kind,
+                    &started,
+                    &now,
+                    &RunOutcome::Rescued.as_str(),
+                    &error,
+                    &(now - started).max(0),
+                ],
+            )
+            .map_err(&fail)?;
+            rescued.push(job);
+        }
+        tx.commit().map_err(&fail)?;
+        Ok(rescued)
     }
 }
 
