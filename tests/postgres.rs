@@ -470,3 +470,132 @@ mod leases {
             .is_empty());
     }
 }
+
+mod operators {
+    use super::*;
+    use jobd::job::{Attempt, JobState, NewJob};
+    use jobd::store::postgres::PgStore;
+    use jobd::store::{CancelResult, Claim, ClaimRequest, ListFilter, PruneCutoffs, RetryResult};
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn cancel_retry_prune_pause_and_reads() {
+        let Some(schema) = Schema::create("ops") else {
+            return;
+        };
+        home_on(&schema.url()).ok(&["migrate"]);
+        let mut s = PgStore::connect(&schema.url()).unwrap();
+        let mut keyed = NewJob::new("noop");
+        keyed.unique_key = Some("k".into());
+        let ids: Vec<i64> = s
+            .enqueue(
+                &[
+                    NewJob::new("noop"),
+                    NewJob::new("noop"),
+                    keyed.clone(),
+                    NewJob::new("noop"),
+                ],
+                NOW,
+            )
+            .unwrap()
+            .iter()
+            .map(|e| e.id())
+            .collect();
+        // Claim the first two; one will run on, one is cancelled by request.
+        let claimed = s
+            .claim(&Claim {
+                worker: "w",
+                now: NOW,
+                lease_until: NOW + 30_000,
+                requests: &[ClaimRequest::any("default", 2)],
+            })
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert_eq!(
+            s.cancel(&[ids[3], ids[1], 999_999], NOW).unwrap(),
+            vec![
+                CancelResult::Cancelled,
+                CancelResult::Requested,
+                CancelResult::NotFound
+            ]
+        );
+        assert_eq!(s.cancel_requests("w").unwrap(), vec![ids[1]]);
+        // The first job dies; retry brings it back.
+        let dead = Attempt::new(ids[0], "w", 1, NOW, NOW + 1).dead("boom".into());
+        s.complete(&[dead]).unwrap();
+        assert_eq!(
+            s.cancel(&[ids[0]], NOW).unwrap(),
+            vec![CancelResult::AlreadyFinal(JobState::Dead)]
+        );
+        assert_eq!(
+            s.retry(&[ids[0], ids[2], ids[3]], NOW + 5).unwrap(),
+            vec![
+                RetryResult::Queued,
+                RetryResult::WrongState(JobState::Queued),
+                RetryResult::Queued
+            ]
+        );
+        let job = s.job(ids[0]).unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.attempts, job.run_at),
+            (JobState::Queued, 0, NOW + 5)
+        );
+        assert_eq!(s.runs(ids[0]).unwrap().len(), 1);
+        assert!(s.job(999_999).unwrap().is_none());
+
+        // A dead job whose key a queued job holds stays dead in a bulk retry.
+        schema
+            .psql(&format!(
+                "UPDATE jobs SET state = 'dead', finished_at = 1 WHERE id = {};",
+                ids[0]
+            ))
+            .unwrap();
+        let mut twin = NewJob::new("noop");
+        twin.unique_key = Some("k2".into());
+        let twin = s.enqueue(&[twin.clone()], NOW).unwrap()[0].id();
+        schema.psql(&format!("UPDATE jobs SET state = 'dead', finished_at = 1 WHERE id = {twin}; INSERT INTO jobs(kind, unique_key) VALUES ('noop', 'k2');")).unwrap();
+        let bulk = s.retry_dead(None, NOW).unwrap();
+        assert_eq!((bulk.queued, bulk.skipped_unique), (1, 1));
+
+        // Listing, filtering and paging.
+        let queued = s
+            .list(&ListFilter {
+                state: Some(JobState::Queued),
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(queued.len(), 2);
+        assert!(queued[0].id > queued[1].id, "newest first");
+        let older = s
+            .list(&ListFilter {
+                before: Some(queued[1].id),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(older.iter().all(|j| j.id < queued[1].id));
+
+        // Pausing, and pruning old final jobs with their attempt records.
+        s.set_paused(&["mail".into(), "default".into()], true, NOW)
+            .unwrap();
+        s.set_paused(&["mail".into()], false, NOW).unwrap();
+        assert_eq!(s.paused_queues().unwrap(), vec!["default".to_string()]);
+        let pruned = s
+            .prune_batch(
+                &PruneCutoffs {
+                    succeeded: Some(NOW),
+                    dead: Some(NOW),
+                    cancelled: Some(NOW),
+                },
+                100,
+            )
+            .unwrap();
+        assert_eq!(
+            pruned.jobs, 1,
+            "the one dead job older than the cutoff: {pruned:?}"
+        );
+        assert!(s.job(twin).unwrap().is_none());
+    }
+}

@@ -16,8 +16,11 @@
 
 use postgres::{Client, NoTls};
 
-use super::{Applied, Claim, Enqueued, RescueScope, Rescued, StoreError, WorkerInfo};
-use crate::job::{Claimed, Completion, JobState, NewJob, Pool, RunOutcome, Transition};
+use super::{
+    Applied, BulkRetry, CancelResult, Claim, Enqueued, JobRun, ListFilter, PruneCutoffs, Pruned,
+    RescueScope, Rescued, RetryResult, StoreError, WorkerInfo,
+};
+use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
 /// The migrations in order; entry `i` takes a database from version `i` to
 /// `i + 1`. Appended to, never edited.
@@ -596,6 +599,340 @@ impl PgStore {
         }
         tx.commit().map_err(&fail)?;
         Ok(rescued)
+    }
+}
+
+/// The columns of a whole job, with `jsonb` read back as text.
+const JOB_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max_attempts, \
+     timeout_ms, unique_key, state, attempts, created_at, started_at, finished_at, lease_until, \
+     worker, last_error, result::text, cancel_requested";
+
+/// The columns of an attempt record.
+const RUN_COLUMNS: &str =
+    "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
+
+/// How many dead jobs one `retry --dead` transaction takes.
+const BULK_RETRY_BATCH: i64 = 1_000;
+
+fn job_from_row(r: &postgres::Row) -> Job {
+    let state: String = r.get(9);
+    Job {
+        id: r.get(0),
+        queue: r.get(1),
+        kind: r.get(2),
+        payload: r.get(3),
+        priority: r.get(4),
+        run_at: r.get(5),
+        max_attempts: r.get(6),
+        timeout_ms: r.get(7),
+        unique_key: r.get(8),
+        // The CHECK rule admits only the five states.
+        state: state.parse().unwrap_or(JobState::Dead),
+        attempts: r.get(10),
+        created_at: r.get(11),
+        started_at: r.get(12),
+        finished_at: r.get(13),
+        lease_until: r.get(14),
+        worker: r.get(15),
+        last_error: r.get(16),
+        result: r.get(17),
+        cancel_requested: r.get(18),
+    }
+}
+
+fn run_from_row(r: &postgres::Row) -> JobRun {
+    let outcome: String = r.get(8);
+    JobRun {
+        id: r.get(0),
+        job_id: r.get(1),
+        queue: r.get(2),
+        kind: r.get(3),
+        attempt: r.get(4),
+        worker: r.get(5),
+        started_at: r.get(6),
+        finished_at: r.get(7),
+        // The CHECK rule admits only the known outcomes.
+        outcome: outcome.parse().unwrap_or(RunOutcome::Dead),
+        error: r.get(9),
+        duration_ms: r.get(10),
+    }
+}
+
+/// What operators do to jobs and queues, and what they read.
+impl PgStore {
+    /// Cancels jobs: queued ones at once, running ones by request.
+    pub fn cancel(&mut self, ids: &[i64], now: i64) -> Result<Vec<CancelResult>, StoreError> {
+        let fail = failing(&self.url, "cancel");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let queued = tx
+                .execute(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = $2, \
+                     last_error = 'cancelled by an operator before it ran' \
+                     WHERE id = $1 AND state = 'queued'",
+                    &[&id, &now],
+                )
+                .map_err(&fail)?;
+            if queued == 1 {
+                out.push(CancelResult::Cancelled);
+                continue;
+            }
+            let running = tx
+                .execute(
+                    "UPDATE jobs SET cancel_requested = true WHERE id = $1 AND state = 'running'",
+                    &[&id],
+                )
+                .map_err(&fail)?;
+            if running == 1 {
+                out.push(CancelResult::Requested);
+                continue;
+            }
+            let state = tx
+                .query_opt("SELECT state FROM jobs WHERE id = $1", &[&id])
+                .map_err(&fail)?
+                .map(|r| r.get::<_, String>(0));
+            out.push(match state.and_then(|s| s.parse().ok()) {
+                Some(state) => CancelResult::AlreadyFinal(state),
+                None => CancelResult::NotFound,
+            });
+        }
+        tx.commit().map_err(&fail)?;
+        Ok(out)
+    }
+
+    /// Puts dead or cancelled jobs back to `queued` with attempts reset.
+    pub fn retry(&mut self, ids: &[i64], now: i64) -> Result<Vec<RetryResult>, StoreError> {
+        let fail = failing(&self.url, "retry");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let state: Option<JobState> = tx
+                .query_opt("SELECT state FROM jobs WHERE id = $1", &[&id])
+                .map_err(&fail)?
+                .and_then(|r| r.get::<_, String>(0).parse().ok());
+            let Some(state) = state else {
+                out.push(RetryResult::NotFound);
+                continue;
+            };
+            if !matches!(state, JobState::Dead | JobState::Cancelled) {
+                out.push(RetryResult::WrongState(state));
+                continue;
+            }
+            let holder = tx
+                .query_opt(
+                    "SELECT other.id FROM jobs AS this JOIN jobs AS other \
+                     ON other.unique_key = this.unique_key \
+                     WHERE this.id = $1 AND other.state IN ('queued', 'running')",
+                    &[&id],
+                )
+                .map_err(&fail)?;
+            if let Some(holder) = holder {
+                out.push(RetryResult::UniqueKeyTaken(holder.get(0)));
+                continue;
+            }
+            tx.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, started_at = NULL, \
+                 finished_at = NULL, lease_until = NULL, cancel_requested = false \
+                 WHERE id = $1 AND state IN ('dead', 'cancelled')",
+                &[&id, &now],
+            )
+            .map_err(&fail)?;
+            out.push(RetryResult::Queued);
+        }
+        tx.commit().map_err(&fail)?;
+        Ok(out)
+    }
+
+    /// Puts every dead job (of one queue, or all) back to `queued`, in
+    /// batches; a job whose unique key is taken stays dead.
+    pub fn retry_dead(&mut self, queue: Option<&str>, now: i64) -> Result<BulkRetry, StoreError> {
+        let fail = failing(&self.url, "retry dead jobs");
+        let mut total = BulkRetry::default();
+        let mut after = 0i64;
+        loop {
+            let mut tx = self.client.transaction().map_err(&fail)?;
+            let ids: Vec<i64> = tx
+                .query(
+                    "SELECT id FROM jobs WHERE state = 'dead' AND id > $1 \
+                     AND ($2::text IS NULL OR queue = $2) ORDER BY id LIMIT $3",
+                    &[&after, &queue, &BULK_RETRY_BATCH],
+                )
+                .map_err(&fail)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let queued = tx
+                .execute(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, started_at = NULL, \
+                     finished_at = NULL, lease_until = NULL, cancel_requested = false \
+                     WHERE id = ANY($1) AND state = 'dead' AND (unique_key IS NULL OR NOT EXISTS ( \
+                       SELECT 1 FROM jobs AS other WHERE other.unique_key = jobs.unique_key \
+                       AND other.state IN ('queued', 'running')))",
+                    &[&ids, &now],
+                )
+                .map_err(&fail)?;
+            tx.commit().map_err(&fail)?;
+            total.queued += queued;
+            total.skipped_unique += ids.len() as u64 - queued;
+            match ids.last() {
+                Some(&last) if ids.len() as i64 == BULK_RETRY_BATCH => after = last,
+                _ => return Ok(total),
+            }
+        }
+    }
+
+    /// Deletes up to `batch` final jobs older than their cutoff, with
+    /// their attempt records.
+    pub fn prune_batch(
+        &mut self,
+        cutoffs: &PruneCutoffs,
+        batch: usize,
+    ) -> Result<Pruned, StoreError> {
+        let fail = failing(&self.url, "prune");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let mut pruned = Pruned::default();
+        let mut left = batch as i64;
+        for (state, cutoff) in [
+            ("succeeded", cutoffs.succeeded),
+            ("dead", cutoffs.dead),
+            ("cancelled", cutoffs.cancelled),
+        ] {
+            let Some(cutoff) = cutoff else { continue };
+            if left <= 0 {
+                break;
+            }
+            // A literal state, so the planner uses its partial index.
+            let ids: Vec<i64> = tx
+                .query(
+                    &format!(
+                        "SELECT id FROM jobs WHERE state = '{state}' AND finished_at < $1 LIMIT $2"
+                    ),
+                    &[&cutoff, &left],
+                )
+                .map_err(&fail)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            pruned.runs += tx
+                .execute("DELETE FROM job_runs WHERE job_id = ANY($1)", &[&ids])
+                .map_err(&fail)?;
+            pruned.jobs += tx
+                .execute(
+                    "DELETE FROM jobs WHERE id = ANY($1) AND state = $2",
+                    &[&ids, &state],
+                )
+                .map_err(&fail)?;
+            left -= ids.len() as i64;
+        }
+        tx.commit().map_err(&fail)?;
+        Ok(pruned)
+    }
+
+    /// Pauses or resumes queues.
+    pub fn set_paused(
+        &mut self,
+        queues: &[String],
+        paused: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let fail = failing(&self.url, "pause");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        for queue in queues {
+            tx.execute(
+                "INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = EXCLUDED.updated_at",
+                &[queue, &paused, &now],
+            )
+            .map_err(&fail)?;
+        }
+        tx.commit().map_err(&fail)?;
+        Ok(())
+    }
+
+    /// The paused queues.
+    pub fn paused_queues(&mut self) -> Result<Vec<String>, StoreError> {
+        let fail = failing(&self.url, "read queues");
+        Ok(self
+            .client
+            .query("SELECT name FROM queues WHERE paused ORDER BY name", &[])
+            .map_err(&fail)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// Running jobs of `worker` that an operator asked to cancel.
+    pub fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>, StoreError> {
+        let fail = failing(&self.url, "read cancel requests");
+        Ok(self
+            .client
+            .query(
+                "SELECT id FROM jobs WHERE state = 'running' AND worker = $1 AND cancel_requested",
+                &[&worker],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// One job.
+    pub fn job(&mut self, id: i64) -> Result<Option<Job>, StoreError> {
+        let fail = failing(&self.url, "read job");
+        Ok(self
+            .client
+            .query_opt(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
+                &[&id],
+            )
+            .map_err(&fail)?
+            .as_ref()
+            .map(job_from_row))
+    }
+
+    /// A job's attempt records, in order.
+    pub fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>, StoreError> {
+        let fail = failing(&self.url, "read job runs");
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE job_id = $1 ORDER BY attempt, id"
+                ),
+                &[&job_id],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(run_from_row)
+            .collect())
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>, StoreError> {
+        let fail = failing(&self.url, "list jobs");
+        let state = filter.state.map(|s| s.as_str());
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs \
+                     WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2) \
+                       AND ($3::text IS NULL OR kind = $3) AND ($5::bigint IS NULL OR id < $5) \
+                     ORDER BY id DESC LIMIT $4"
+                ),
+                &[
+                    &state,
+                    &filter.queue,
+                    &filter.kind,
+                    &(filter.limit as i64),
+                    &filter.before,
+                ],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(job_from_row)
+            .collect())
     }
 }
 
