@@ -8,73 +8,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::Home;
 
-const SERVER: &str = "postgres://root@127.0.0.1:5432/test";
-
-/// A schema of its own on the test server, dropped when done.
-struct Schema {
-    name: String,
-}
-
-impl Schema {
-    fn create(tag: &str) -> Option<Schema> {
-        let name = format!("jobd_{tag}_{}", std::process::id());
-        let ok = psql(&format!(
-            "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name};"
-        ));
-        match ok {
-            Ok(_) => Some(Schema { name }),
-            Err(e) if std::env::var("JOBD_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
-                panic!("PostgreSQL is required here: {e}")
-            }
-            Err(e) => {
-                eprintln!("no PostgreSQL server answers ({e}): skipped");
-                None
-            }
-        }
-    }
-
-    /// The URL that puts jobd in this schema.
-    fn url(&self) -> String {
-        format!("{SERVER}?options=-c%20search_path%3D{}", self.name)
-    }
-
-    /// Runs SQL in this schema with `psql`; Err carries its stderr.
-    fn psql(&self, sql: &str) -> Result<String, String> {
-        psql(&format!("SET search_path = {}; {sql}", self.name))
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let _ = psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE;", self.name));
-    }
-}
-
-fn psql(sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-d",
-            "test",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qAt",
-            "-c",
-            sql,
-        ])
-        .output()
-        .map_err(|e| format!("psql: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
+use common::pg::{Schema, SERVER};
 
 fn home_on(url: &str) -> Home {
     let home = Home::new();

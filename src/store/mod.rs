@@ -415,6 +415,23 @@ pub(crate) fn claim_by_plan<E>(
     Ok(jobs)
 }
 
+/// Rows per `retry --dead` transaction: keeps each write short.
+pub(crate) const BULK_RETRY_BATCH: usize = 1_000;
+
+/// Attempt durations sampled for p50/p95 per stats call: the most recent ones
+/// of the last hour, so stats stays fast when the hour held millions of runs.
+pub(crate) const PERCENTILE_SAMPLE: usize = 100_000;
+
+/// The value at quantile `q` of sorted `values`, by the nearest-rank method
+/// (always a value that occurred).
+pub(crate) fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
 /// Sorts claimed jobs into claim order (priority, then `run_at`, then id):
 /// `UPDATE … RETURNING` gives rows in no particular order on either backend.
 pub(crate) fn in_claim_order(jobs: &mut [Claimed]) {

@@ -4,12 +4,15 @@
 //! and results, so that clients insert the same way on either backend and
 //! the database itself rejects a bad row.
 //!
-//! Second part, in progress: the core of the job lifecycle as methods of
-//! [`PgStore`] — enqueue, claim with `FOR UPDATE SKIP LOCKED`, and fenced
-//! completions — tested on a real server. Not yet here: the rest of the
-//! [`super::Store`] trait (rescue, stats, pruning, workers…) and
-//! `LISTEN/NOTIFY` pickup in the daemon. Until they land, `jobd migrate` is
-//! the only command that takes a `database.url`; the others say so and stop.
+//! The store: [`PgStore`] implements the whole [`super::Store`] trait and
+//! passes the same conformance suite as SQLite (`tests/store.rs` runs
+//! every test on both). Claims are one `UPDATE … WHERE id IN (SELECT …
+//! FOR UPDATE SKIP LOCKED)` per queue and pool, so daemons on many hosts
+//! claim side by side; rescue skips rows other transactions hold.
+//!
+//! Not yet here: the daemon on PostgreSQL (it opens SQLite by name) with
+//! `LISTEN "jobd_jobs_<schema>"` pickup, and the CLI commands beyond
+//! `migrate`; until they land those say so and stop.
 //!
 //! The `postgres` crate is the blocking client the issue names: it runs a
 //! small runtime of its own inside, and jobd's code stays synchronous.
@@ -17,8 +20,9 @@
 use postgres::{Client, NoTls};
 
 use super::{
-    Applied, BulkRetry, CancelResult, Claim, Enqueued, JobRun, ListFilter, PruneCutoffs, Pruned,
-    RescueScope, Rescued, RetryResult, StoreError, WorkerInfo,
+    Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, JobRun, ListFilter,
+    PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store,
+    StoreError, WorkerInfo,
 };
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
@@ -612,7 +616,16 @@ const RUN_COLUMNS: &str =
     "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
 
 /// How many dead jobs one `retry --dead` transaction takes.
-const BULK_RETRY_BATCH: i64 = 1_000;
+const BULK_RETRY_BATCH: i64 = super::BULK_RETRY_BATCH as i64;
+
+/// jsonb text as compact JSON, the way SQLite stores what clients wrote
+/// (jsonb spaces it out and orders keys its own way; only the spacing can
+/// be undone).
+fn compact(text: String) -> String {
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map(|v| v.to_string())
+        .unwrap_or(text)
+}
 
 fn job_from_row(r: &postgres::Row) -> Job {
     let state: String = r.get(9);
@@ -620,7 +633,7 @@ fn job_from_row(r: &postgres::Row) -> Job {
         id: r.get(0),
         queue: r.get(1),
         kind: r.get(2),
-        payload: r.get(3),
+        payload: compact(r.get(3)),
         priority: r.get(4),
         run_at: r.get(5),
         max_attempts: r.get(6),
@@ -635,7 +648,7 @@ fn job_from_row(r: &postgres::Row) -> Job {
         lease_until: r.get(14),
         worker: r.get(15),
         last_error: r.get(16),
-        result: r.get(17),
+        result: r.get::<_, Option<String>>(17).map(compact),
         cancel_requested: r.get(18),
     }
 }
@@ -933,6 +946,467 @@ impl PgStore {
             .iter()
             .map(job_from_row)
             .collect())
+    }
+}
+
+/// Schedules, backlog, history and stats.
+impl PgStore {
+    fn schedules_and_reads_error(
+        &self,
+        op: &'static str,
+    ) -> impl Fn(postgres::Error) -> StoreError {
+        failing(&self.url, op)
+    }
+
+    fn cron_start_impl(&mut self, name: &str, slot: i64) -> Result<Option<i64>> {
+        let fail = self.schedules_and_reads_error("start a periodic schedule");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        tx.execute(
+            "INSERT INTO cron (name, last_slot) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &slot],
+        )
+        .map_err(&fail)?;
+        let last: Option<i64> = tx
+            .query_one("SELECT last_slot FROM cron WHERE name = $1", &[&name])
+            .map_err(&fail)?
+            .get(0);
+        tx.commit().map_err(&fail)?;
+        Ok(last)
+    }
+
+    fn cron_enqueue_impl(
+        &mut self,
+        name: &str,
+        slot: i64,
+        job: &NewJob,
+        now: i64,
+    ) -> Result<Option<Enqueued>> {
+        let fail = self.schedules_and_reads_error("enqueue a periodic job");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        tx.execute(
+            "INSERT INTO cron (name, last_slot) VALUES ($1, NULL) ON CONFLICT (name) DO NOTHING",
+            &[&name],
+        )
+        .map_err(&fail)?;
+        let moved = tx
+            .execute(
+                "UPDATE cron SET last_slot = $2 WHERE name = $1 AND (last_slot IS NULL OR last_slot < $2)",
+                &[&name, &slot],
+            )
+            .map_err(&fail)?;
+        if moved == 0 {
+            // Another daemon enqueued this slot (or a later one).
+            return Ok(None);
+        }
+        let row = tx
+            .query_opt(
+                "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
+                 unique_key, created_at) VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT DO NOTHING RETURNING id",
+                &[
+                    &job.queue,
+                    &job.kind,
+                    &job.payload,
+                    &job.priority,
+                    &job.run_at.unwrap_or(now),
+                    &job.max_attempts,
+                    &job.timeout_ms,
+                    &job.unique_key,
+                    &now,
+                ],
+            )
+            .map_err(&fail)?;
+        let enqueued = match row {
+            Some(r) => Enqueued::Inserted(r.get(0)),
+            None => Enqueued::Duplicate(
+                tx.query_one(
+                    "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('queued', 'running')",
+                    &[&job.unique_key],
+                )
+                .map_err(&fail)?
+                .get(0),
+            ),
+        };
+        tx.execute(
+            "UPDATE cron SET last_job_id = $2 WHERE name = $1",
+            &[&name, &enqueued.id()],
+        )
+        .map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(Some(enqueued))
+    }
+
+    fn cron_rows_impl(&mut self) -> Result<Vec<CronRow>> {
+        let fail = self.schedules_and_reads_error("read periodic schedules");
+        Ok(self
+            .client
+            .query(
+                "SELECT cron.name, cron.last_slot, cron.last_job_id, jobs.state \
+                 FROM cron LEFT JOIN jobs ON jobs.id = cron.last_job_id ORDER BY cron.name",
+                &[],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(|r| CronRow {
+                name: r.get(0),
+                last_slot: r.get(1),
+                last_job_id: r.get(2),
+                last_job_state: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+            })
+            .collect())
+    }
+
+    fn queued_queues_impl(&mut self) -> Result<Vec<String>> {
+        let fail = self.schedules_and_reads_error("read queues");
+        Ok(self
+            .client
+            .query(
+                "SELECT DISTINCT queue FROM jobs WHERE state = 'queued' ORDER BY queue",
+                &[],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    fn these_or_queued(&mut self, queues: Option<&[String]>) -> Result<Vec<String>> {
+        match queues {
+            Some(q) => Ok(q.to_vec()),
+            None => self.queued_queues_impl(),
+        }
+    }
+
+    fn backlog_impl(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog> {
+        let queues = self.these_or_queued(queues)?;
+        let fail = self.schedules_and_reads_error("read backlog");
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(*), min(run_at) FROM jobs \
+                 WHERE state = 'queued' AND queue = ANY($1) AND run_at <= $2",
+                &[&queues, &now],
+            )
+            .map_err(&fail)?;
+        Ok(Backlog {
+            ready: row.get::<_, i64>(0) as u64,
+            oldest_ready: row.get(1),
+        })
+    }
+
+    fn next_run_at_impl(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>> {
+        let queues = self.these_or_queued(queues)?;
+        let fail = self.schedules_and_reads_error("read next run_at");
+        Ok(self
+            .client
+            .query_one(
+                "SELECT min(run_at) FROM jobs WHERE state = 'queued' AND queue = ANY($1) AND run_at > $2",
+                &[&queues, &after],
+            )
+            .map_err(&fail)?
+            .get(0))
+    }
+
+    fn job_counts_impl(&mut self) -> Result<Vec<(String, JobState, u64)>> {
+        let fail = self.schedules_and_reads_error("count jobs");
+        Ok(self
+            .client
+            .query(
+                "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state",
+                &[],
+            )
+            .map_err(&fail)?
+            .iter()
+            .filter_map(|r| {
+                let state: String = r.get(1);
+                Some((r.get(0), state.parse().ok()?, r.get::<_, i64>(2) as u64))
+            })
+            .collect())
+    }
+
+    fn last_run_id_impl(&mut self) -> Result<i64> {
+        let fail = self.schedules_and_reads_error("read job runs");
+        Ok(self
+            .client
+            .query_one("SELECT COALESCE(max(id), 0) FROM job_runs", &[])
+            .map_err(&fail)?
+            .get(0))
+    }
+
+    fn runs_after_impl(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
+        let fail = self.schedules_and_reads_error("read job runs");
+        Ok(self
+            .client
+            .query(
+                &format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE id > $1 ORDER BY id LIMIT $2"),
+                &[&after_id, &(limit as i64)],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(run_from_row)
+            .collect())
+    }
+
+    fn stats_impl(&mut self, now: i64) -> Result<Stats> {
+        use std::collections::BTreeMap;
+        const MINUTE: i64 = 60_000;
+        const HOUR: i64 = 3_600_000;
+        let fail = self.schedules_and_reads_error("read stats");
+        let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();
+        let entry = |name: String| QueueStats {
+            queue: name,
+            ..QueueStats::default()
+        };
+        // One snapshot for every figure.
+        let mut tx = self
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(&fail)?;
+        for r in tx
+            .query(
+                "SELECT queue, count(*) FILTER (WHERE run_at <= $1), count(*) FILTER (WHERE run_at > $1), \
+                   min(run_at) FILTER (WHERE run_at <= $1) \
+                 FROM jobs WHERE state = 'queued' GROUP BY queue",
+                &[&now],
+            )
+            .map_err(&fail)?
+        {
+            let name: String = r.get(0);
+            let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+            q.ready = r.get::<_, i64>(1) as u64;
+            q.scheduled = r.get::<_, i64>(2) as u64;
+            q.lag_ms = r
+                .get::<_, Option<i64>>(3)
+                .map_or(0, |oldest| (now - oldest).max(0));
+        }
+        for r in tx
+            .query(
+                "SELECT queue, count(*) FROM jobs WHERE state = 'running' GROUP BY queue",
+                &[],
+            )
+            .map_err(&fail)?
+        {
+            let name: String = r.get(0);
+            queues
+                .entry(name.clone())
+                .or_insert_with(|| entry(name))
+                .running = r.get::<_, i64>(1) as u64;
+        }
+        for state in ["succeeded", "dead"] {
+            for r in tx
+                .query(
+                    &format!(
+                        "SELECT queue, count(*) FILTER (WHERE finished_at >= $2), count(*) FROM jobs \
+                         WHERE state = '{state}' AND finished_at >= $1 GROUP BY queue"
+                    ),
+                    &[&(now - HOUR), &(now - MINUTE)],
+                )
+                .map_err(&fail)?
+            {
+                let name: String = r.get(0);
+                let minute = r.get::<_, i64>(1) as u64;
+                let hour = r.get::<_, i64>(2) as u64;
+                let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+                if state == "succeeded" {
+                    q.succeeded_1m = minute;
+                    q.succeeded_1h = hour;
+                } else {
+                    q.dead_1m = minute;
+                    q.dead_1h = hour;
+                }
+            }
+        }
+        let mut durations: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for r in tx
+            .query(
+                "SELECT queue, duration_ms FROM job_runs \
+                 WHERE id > (SELECT COALESCE(max(id), 0) FROM job_runs) - $2 AND finished_at >= $1",
+                &[&(now - HOUR), &(super::PERCENTILE_SAMPLE as i64)],
+            )
+            .map_err(&fail)?
+        {
+            durations.entry(r.get(0)).or_default().push(r.get(1));
+        }
+        for (name, mut values) in durations {
+            values.sort_unstable();
+            let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+            q.p50_ms = super::percentile(&values, 0.50);
+            q.p95_ms = super::percentile(&values, 0.95);
+        }
+        for r in tx
+            .query("SELECT name, paused FROM queues", &[])
+            .map_err(&fail)?
+        {
+            let name: String = r.get(0);
+            queues
+                .entry(name.clone())
+                .or_insert_with(|| entry(name))
+                .paused = r.get(1);
+        }
+        tx.commit().map_err(&fail)?;
+        Ok(Stats {
+            now,
+            queues: queues.into_values().collect(),
+            workers: self.workers()?,
+        })
+    }
+}
+
+/// The same interface as SQLite: callers cannot tell the backends apart.
+impl Store for PgStore {
+    fn migrate(&mut self) -> Result<(i64, i64)> {
+        PgStore::migrate(self)
+    }
+
+    fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>> {
+        PgStore::enqueue(self, jobs, now)
+    }
+
+    fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>> {
+        if claim.requests.iter().all(|r| r.limit == 0) {
+            return Ok(Vec::new());
+        }
+        PgStore::claim(self, claim)
+    }
+
+    fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        PgStore::complete(self, completions)
+    }
+
+    fn change_counter(&mut self) -> Result<i64> {
+        // Moves on every write anywhere in the cluster: a cheap "look
+        // again" signal; LISTEN/NOTIFY is the precise one.
+        let fail = failing(&self.url, "read the change counter");
+        Ok(self
+            .client
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+            .map_err(&fail)?
+            .get(0))
+    }
+
+    fn commit_file(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog> {
+        self.backlog_impl(queues, now)
+    }
+
+    fn cron_start(&mut self, name: &str, slot: i64) -> Result<Option<i64>> {
+        self.cron_start_impl(name, slot)
+    }
+
+    fn cron_enqueue(
+        &mut self,
+        name: &str,
+        slot: i64,
+        job: &NewJob,
+        now: i64,
+    ) -> Result<Option<Enqueued>> {
+        self.cron_enqueue_impl(name, slot, job, now)
+    }
+
+    fn cron_rows(&mut self) -> Result<Vec<CronRow>> {
+        self.cron_rows_impl()
+    }
+
+    fn job_counts(&mut self) -> Result<Vec<(String, JobState, u64)>> {
+        self.job_counts_impl()
+    }
+
+    fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize> {
+        PgStore::renew_leases(self, worker, ids, lease_until)
+    }
+
+    fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>> {
+        PgStore::cancel_requests(self, worker)
+    }
+
+    fn rescue(
+        &mut self,
+        scope: RescueScope<'_>,
+        now: i64,
+        default_max_attempts: u32,
+    ) -> Result<Vec<Rescued>> {
+        PgStore::rescue(self, scope, now, default_max_attempts)
+    }
+
+    fn cancel(&mut self, ids: &[i64], now: i64) -> Result<Vec<CancelResult>> {
+        PgStore::cancel(self, ids, now)
+    }
+
+    fn retry(&mut self, ids: &[i64], now: i64) -> Result<Vec<RetryResult>> {
+        PgStore::retry(self, ids, now)
+    }
+
+    fn retry_dead(&mut self, queue: Option<&str>, now: i64) -> Result<BulkRetry> {
+        PgStore::retry_dead(self, queue, now)
+    }
+
+    fn prune_batch(&mut self, cutoffs: &PruneCutoffs, batch: usize) -> Result<Pruned> {
+        PgStore::prune_batch(self, cutoffs, batch)
+    }
+
+    fn set_paused(&mut self, queues: &[String], paused: bool, now: i64) -> Result<()> {
+        PgStore::set_paused(self, queues, paused, now)
+    }
+
+    fn paused_queues(&mut self) -> Result<Vec<String>> {
+        PgStore::paused_queues(self)
+    }
+
+    fn queued_queues(&mut self) -> Result<Vec<String>> {
+        self.queued_queues_impl()
+    }
+
+    fn next_run_at(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>> {
+        self.next_run_at_impl(queues, after)
+    }
+
+    fn job(&mut self, id: i64) -> Result<Option<Job>> {
+        PgStore::job(self, id)
+    }
+
+    fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>> {
+        PgStore::runs(self, job_id)
+    }
+
+    fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>> {
+        PgStore::list(self, filter)
+    }
+
+    fn last_run_id(&mut self) -> Result<i64> {
+        self.last_run_id_impl()
+    }
+
+    fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
+        self.runs_after_impl(after_id, limit)
+    }
+
+    fn stats(&mut self, now: i64) -> Result<Stats> {
+        self.stats_impl(now)
+    }
+
+    fn register_worker(&mut self, worker: &WorkerInfo) -> Result<()> {
+        PgStore::register_worker(self, worker)
+    }
+
+    fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<()> {
+        PgStore::heartbeat(self, worker, now, running)
+    }
+
+    fn deregister_worker(&mut self, worker: &str) -> Result<()> {
+        PgStore::deregister_worker(self, worker)
+    }
+
+    fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
+        PgStore::workers(self)
     }
 }
 

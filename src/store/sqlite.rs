@@ -26,12 +26,7 @@ use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, T
 /// Prepared statements kept per connection; enough for every named query.
 const STATEMENT_CACHE: usize = 128;
 
-/// Rows per `retry --dead` transaction: keeps each write short.
-const BULK_RETRY_BATCH: usize = 1_000;
-
-/// Attempt durations sampled for p50/p95 per stats call: the most recent ones
-/// of the last hour, so stats stays fast when the hour held millions of runs.
-const PERCENTILE_SAMPLE: usize = 100_000;
+use super::{percentile, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
 
 /// How the store may treat a missing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -602,16 +597,6 @@ fn complete_in(
         .collect();
     insert_runs(tx, &runs)?;
     Ok(out)
-}
-
-/// The value at quantile `q` of sorted `values`, by the nearest-rank method
-/// (always a value that occurred).
-fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 impl Store for SqliteStore {
