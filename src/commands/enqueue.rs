@@ -73,7 +73,7 @@ pub fn enqueue(config: &Config, args: EnqueueArgs, out: &mut dyn Write) -> Resul
         );
     }
     if args.wait {
-        return wait(&mut store, result.id(), out);
+        return wait(store.as_mut(), result.id(), out);
     }
     Ok(())
 }

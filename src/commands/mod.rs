@@ -31,13 +31,11 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         explicit,
         env,
     })?;
-    // The PostgreSQL store has its schema so far, not its operations.
-    if config.database.url.is_some()
-        && !matches!(cli.command, Command::Migrate | Command::CheckConfig)
-    {
+    // The daemon runs on SQLite only so far; every command works on both.
+    if config.database.url.is_some() && matches!(cli.command, Command::Run) {
         return Err(Error::Failed(
-            "database.url (PostgreSQL) works with `jobd migrate` and `jobd check-config` only so far; \
-             the daemon and the other commands need database.path (SQLite) in this build"
+            "database.url (PostgreSQL) works with every command but `jobd run` so far; \
+             the daemon needs database.path (SQLite) in this build"
                 .to_string(),
         ));
     }
@@ -45,17 +43,17 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         Command::Run => run_daemon(config, &path, explicit, env),
         Command::CheckConfig => admin::check_config(&config, out),
         Command::Migrate => admin::migrate(&config, out),
-        Command::Cron => inspect::cron(&config, &mut open(&config)?, out),
+        Command::Cron => inspect::cron(&config, open(&config)?.as_mut(), out),
         Command::Enqueue(args) => enqueue::enqueue(&config, args, out),
-        Command::List(args) => inspect::list(&mut open(&config)?, args, out),
-        Command::Show(args) => inspect::show(&config, &mut open(&config)?, args, out),
-        Command::Stats(args) => inspect::stats(&mut open(&config)?, args, out),
-        Command::Tail(args) => inspect::tail(&mut open(&config)?, args, out),
-        Command::Retry(args) => admin::retry(&mut open(&config)?, args, out),
-        Command::Cancel(args) => admin::cancel(&mut open(&config)?, args, out),
-        Command::Prune(args) => admin::prune(&config, &mut open(&config)?, args, out),
-        Command::Pause(args) => admin::set_paused(&mut open(&config)?, args, true, out),
-        Command::Resume(args) => admin::set_paused(&mut open(&config)?, args, false, out),
+        Command::List(args) => inspect::list(open(&config)?.as_mut(), args, out),
+        Command::Show(args) => inspect::show(&config, open(&config)?.as_mut(), args, out),
+        Command::Stats(args) => inspect::stats(open(&config)?.as_mut(), args, out),
+        Command::Tail(args) => inspect::tail(open(&config)?.as_mut(), args, out),
+        Command::Retry(args) => admin::retry(open(&config)?.as_mut(), args, out),
+        Command::Cancel(args) => admin::cancel(open(&config)?.as_mut(), args, out),
+        Command::Prune(args) => admin::prune(&config, open(&config)?.as_mut(), args, out),
+        Command::Pause(args) => admin::set_paused(open(&config)?.as_mut(), args, true, out),
+        Command::Resume(args) => admin::set_paused(open(&config)?.as_mut(), args, false, out),
     }
 }
 
@@ -106,22 +104,30 @@ fn run_daemon(
 
 /// Opens an existing, current database: commands that only read or adjust
 /// jobs never create a file in the wrong place or upgrade a schema.
-fn open(config: &Config) -> Result<SqliteStore> {
-    Ok(SqliteStore::open(
+fn open(config: &Config) -> Result<Box<dyn Store>> {
+    if let Some(url) = &config.database.url {
+        return Ok(Box::new(crate::store::postgres::PgStore::open_current(
+            url,
+        )?));
+    }
+    Ok(Box::new(SqliteStore::open(
         &config.database.path,
         config.database.busy_timeout,
         OpenMode::Existing,
-    )?)
+    )?))
 }
 
 /// Opens the database, creating it if needed, and returns it with the
 /// schema versions before and after migrating it.
-fn open_or_create(config: &Config) -> Result<(SqliteStore, (i64, i64))> {
-    let mut store = SqliteStore::open(
-        &config.database.path,
-        config.database.busy_timeout,
-        OpenMode::Create,
-    )?;
+fn open_or_create(config: &Config) -> Result<(Box<dyn Store>, (i64, i64))> {
+    let mut store: Box<dyn Store> = match &config.database.url {
+        Some(url) => Box::new(crate::store::postgres::PgStore::connect(url)?),
+        None => Box::new(SqliteStore::open(
+            &config.database.path,
+            config.database.busy_timeout,
+            OpenMode::Create,
+        )?),
+    };
     let versions = store.migrate()?;
     Ok((store, versions))
 }

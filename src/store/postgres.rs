@@ -10,9 +10,9 @@
 //! FOR UPDATE SKIP LOCKED)` per queue and pool, so daemons on many hosts
 //! claim side by side; rescue skips rows other transactions hold.
 //!
-//! Not yet here: the daemon on PostgreSQL (it opens SQLite by name) with
-//! `LISTEN "jobd_jobs_<schema>"` pickup, and the CLI commands beyond
-//! `migrate`; until they land those say so and stop.
+//! Every CLI command runs on it. Not yet here: the daemon on PostgreSQL
+//! (it opens SQLite by name) with `LISTEN "jobd_jobs_<schema>"` pickup;
+//! until it lands, `jobd run` with a `database.url` says so and stops.
 //!
 //! The `postgres` crate is the blocking client the issue names: it runs a
 //! small runtime of its own inside, and jobd's code stays synchronous.
@@ -148,8 +148,24 @@ fn failing(url: &str, op: &'static str) -> impl Fn(postgres::Error) -> StoreErro
     move |e| StoreError::Postgres {
         url: url.clone(),
         op,
-        detail: e.to_string(),
+        detail: describe(&e),
     }
+}
+
+/// What went wrong, in the server's words where it spoke ("db error" alone
+/// says nothing), else the client's with its causes.
+fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_string();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The NOTIFY channel of the jobd schema `schema`.
@@ -198,6 +214,29 @@ impl PgStore {
 
     fn err(&self, op: &'static str, e: postgres::Error) -> StoreError {
         failing(&self.url, op)(e)
+    }
+
+    /// Connects to `url` for a command that needs the current schema: a
+    /// database without it, or with an older one, is an error that says to
+    /// run `jobd migrate`.
+    pub fn open_current(url: &str) -> Result<PgStore, StoreError> {
+        let mut store = PgStore::connect(url)?;
+        let found = store.schema_version()?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: redact_url(url).into(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::TooOld {
+                path: redact_url(url).into(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(store)
     }
 
     /// The schema version of the database (0: no jobd schema yet).
