@@ -26,6 +26,7 @@ use crate::notify::{status_line, Notifier};
 use crate::pickup;
 use crate::procfs;
 use crate::signals::Request;
+use crate::store::postgres::PgStore;
 use crate::store::{OpenMode, RescueScope, SqliteStore, Store, WorkerInfo};
 
 /// What the daemon takes from the process it runs in.
@@ -40,8 +41,72 @@ pub struct Outside {
     pub notifier: Notifier,
 }
 
-/// Runs the daemon until a stop request is honoured.
+/// Runs the daemon until a stop request is honoured, on the backend the
+/// configuration names: SQLite (`database.path`, commits seen by watching
+/// the `-wal` file) or PostgreSQL (`database.url`, commits heard by
+/// `LISTEN`).
 pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summary> {
+    let db = config.database.clone();
+    match &db.url {
+        Some(url) => {
+            let store = PgStore::connect(url)?;
+            let wake = match pickup::listen(url) {
+                Ok(rx) => Some(rx),
+                Err(e) => {
+                    crate::logging::log_db_trouble(
+                        "listen for new jobs",
+                        &e,
+                        "new work is noticed by polling",
+                    );
+                    None
+                }
+            };
+            let name = crate::store::postgres::redact_url(url);
+            let second = || -> Result<PgStore> { Ok(PgStore::connect(url)?) };
+            run_on(config, registry, outside, store, second, wake, name)
+        }
+        None => {
+            let store = SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Create)?;
+            let wake = match store.commit_file() {
+                Some(file) => match pickup::watch(&file) {
+                    Ok(rx) => Some(rx),
+                    Err(e) => {
+                        event!(
+                            Warn,
+                            "pickup.fallback",
+                            file:% = file.display(),
+                            error:% = e,
+                            detail = "cannot watch for commits; new work is noticed by polling"
+                        );
+                        None
+                    }
+                },
+                None => None,
+            };
+            let second = || -> Result<SqliteStore> {
+                Ok(SqliteStore::open(
+                    &db.path,
+                    db.busy_timeout,
+                    OpenMode::Existing,
+                )?)
+            };
+            let name = db.path.display().to_string();
+            run_on(config, registry, outside, store, second, wake, name)
+        }
+    }
+}
+
+/// The daemon on one backend: `store` for the dispatcher, `second` opens
+/// the maintenance thread's own connection once the schema is current.
+fn run_on<S: Store + Send + 'static>(
+    config: Config,
+    registry: Registry,
+    outside: Outside,
+    mut store: S,
+    second: impl FnOnce() -> Result<S>,
+    wake: Option<Receiver<()>>,
+    database: String,
+) -> Result<Summary> {
     let Outside {
         requests,
         reload,
@@ -49,11 +114,15 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
         notifier,
     } = outside;
     let began = Instant::now();
-    let db = &config.database;
-    let mut store = SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Create)?;
     let (before, after) = store.migrate()?;
     if before != after {
-        event!(Info, "db.migrated", from = before, to = after, database:% = db.path.display());
+        event!(
+            Info,
+            "db.migrated",
+            from = before,
+            to = after,
+            database = database.as_str()
+        );
     }
 
     // The metrics listener first: a taken port stops start-up before this
@@ -104,26 +173,9 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
     let expired = store.rescue(RescueScope::ExpiredLeases, now_ms(), max_attempts)?;
     maintenance::log_rescued(&expired);
 
-    let wake = match store.commit_file() {
-        Some(file) => match pickup::watch(&file) {
-            Ok(rx) => Some(rx),
-            Err(e) => {
-                event!(
-                    Warn,
-                    "pickup.fallback",
-                    file:% = file.display(),
-                    error:% = e,
-                    detail = "cannot watch for commits; new work is noticed by polling"
-                );
-                None
-            }
-        },
-        None => None,
-    };
-
     let (stop_maintenance, maintenance_stop) = crossbeam_channel::bounded::<()>(1);
     let maintenance = Maintenance {
-        store: SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Existing)?,
+        store: second()?,
         config: config.clone(),
         worker: Arc::clone(&worker),
         shared: Arc::clone(&shared),
@@ -144,7 +196,6 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
     let backlog = store
         .backlog(config.daemon.named_queues(), now)
         .unwrap_or_default();
-    let database = db.path.display().to_string();
     let mut dispatcher = Dispatcher::new(Parts {
         store,
         config,

@@ -57,3 +57,43 @@ fn forward(mut inotify: Inotify, tx: &Sender<()>) {
         }
     }
 }
+
+/// Listens for the insert trigger's NOTIFY on the PostgreSQL schema of
+/// `url` (`jobd_jobs_<schema>`) on a connection and thread of its own; each
+/// notification is a wake-up. The daemon confirms with its change counter.
+pub fn listen(url: &str) -> Result<Receiver<()>, crate::store::StoreError> {
+    use postgres::fallible_iterator::FallibleIterator as _;
+    let fail = |e: postgres::Error| crate::store::StoreError::Postgres {
+        url: crate::store::postgres::redact_url(url),
+        op: "listen for new jobs",
+        detail: e.to_string(),
+    };
+    let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(fail)?;
+    let schema: String = client
+        .query_one("SELECT current_schema()", &[])
+        .map_err(fail)?
+        .get(0);
+    let channel = crate::store::postgres::channel(&schema).replace('"', "\"\"");
+    client
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .map_err(fail)?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("jobd-listen".into())
+        .spawn(move || {
+            let mut notifications = client.notifications();
+            let mut incoming = notifications.blocking_iter();
+            // A full channel already holds a wake-up; ends with the daemon.
+            while let Ok(Some(_)) = incoming.next() {
+                if tx.try_send(()).is_err() && tx.is_empty() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| crate::store::StoreError::Postgres {
+            url: crate::store::postgres::redact_url(url),
+            op: "listen for new jobs",
+            detail: e.to_string(),
+        })?;
+    Ok(rx)
+}

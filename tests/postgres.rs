@@ -121,10 +121,6 @@ fn url_and_path_together_or_a_wrong_url_are_refused_naming_the_keys() {
         shown.contains("postgres://jobd:(redacted)@127.0.0.1/test"),
         "{shown}"
     );
-    // What the PostgreSQL backend cannot do yet, it says.
-    std::fs::write(home.config(), format!("[database]\nurl = \"{SERVER}\"\n")).unwrap();
-    home.jobd(&["run"])
-        .fails(1, "works with every command but `jobd run` so far");
 }
 
 #[test]
@@ -581,4 +577,71 @@ fn the_cli_works_on_postgresql() {
     assert!(retried.contains("queued"), "{retried}");
     home.ok(&["prune", "--older-than", "1s"]);
     home.ok(&["cron"]);
+}
+
+#[test]
+fn three_daemons_share_one_database_and_take_back_a_killed_ones_jobs() {
+    let Some(schema) = Schema::create("fleet") else {
+        return;
+    };
+    let home = Home::new();
+    std::fs::write(
+        home.config(),
+        format!(
+            "[database]\nurl = \"{}\"\n[daemon]\nlease = \"1s\"\nshutdown_grace = \"200ms\"\n\
+             [pool]\nthreads = 4\n[cpu]\nworkers = 1\n",
+            schema.url()
+        ),
+    )
+    .unwrap();
+    home.ok(&["migrate"]);
+    schema
+        .psql("INSERT INTO jobs(kind, payload) SELECT 'noop', '{\"sleep_ms\":2}' FROM generate_series(1, 3000);")
+        .unwrap();
+    let count = |sql: &str| -> i64 { schema.psql(sql).unwrap().parse().unwrap() };
+    let a = home.daemon_logging_to("a.log");
+    let b = home.daemon_logging_to("b.log");
+    let c = home.daemon_logging_to("c.log");
+    // Kill one mid-run, holding claimed jobs.
+    common::wait_for(common::PATIENCE, || {
+        (count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") >= 600).then_some(())
+    })
+    .expect("the fleet makes progress");
+    let victim = c.pid();
+    c.kill9();
+    common::wait_for(common::PATIENCE * 2, || {
+        (count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") == 3000).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not every job finished: {}",
+            schema
+                .psql("SELECT state, count(*) FROM jobs GROUP BY state;")
+                .unwrap()
+        )
+    });
+    a.stop();
+    b.stop();
+    assert_eq!(
+        count("SELECT count(*) FROM (SELECT job_id FROM job_runs WHERE outcome = 'succeeded' GROUP BY job_id HAVING count(*) <> 1) t;"),
+        0,
+        "a job succeeded twice"
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT job_id) FROM job_runs WHERE outcome = 'succeeded';"),
+        3000
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM jobs WHERE state <> 'succeeded';"),
+        0
+    );
+    // All three ran jobs; the killed one's unfinished jobs were rescued.
+    assert_eq!(
+        count("SELECT count(DISTINCT worker) FROM job_runs WHERE outcome = 'succeeded';"),
+        3
+    );
+    let rescued = count(&format!(
+        "SELECT count(*) FROM job_runs WHERE outcome = 'rescued' AND worker LIKE '%:{victim}:%';"
+    ));
+    eprintln!("3 000 jobs, 3 daemons, one killed: {rescued} of its jobs rescued by the others");
 }

@@ -31,14 +31,6 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         explicit,
         env,
     })?;
-    // The daemon runs on SQLite only so far; every command works on both.
-    if config.database.url.is_some() && matches!(cli.command, Command::Run) {
-        return Err(Error::Failed(
-            "database.url (PostgreSQL) works with every command but `jobd run` so far; \
-             the daemon needs database.path (SQLite) in this build"
-                .to_string(),
-        ));
-    }
     match cli.command {
         Command::Run => run_daemon(config, &path, explicit, env),
         Command::CheckConfig => admin::check_config(&config, out),

@@ -10,9 +10,8 @@
 //! FOR UPDATE SKIP LOCKED)` per queue and pool, so daemons on many hosts
 //! claim side by side; rescue skips rows other transactions hold.
 //!
-//! Every CLI command runs on it. Not yet here: the daemon on PostgreSQL
-//! (it opens SQLite by name) with `LISTEN "jobd_jobs_<schema>"` pickup;
-//! until it lands, `jobd run` with a `database.url` says so and stops.
+//! Every CLI command and the daemon run on it; the daemon hears new jobs
+//! with `LISTEN "jobd_jobs_<schema>"` ([`crate::pickup::listen`]).
 //!
 //! The `postgres` crate is the blocking client the issue names: it runs a
 //! small runtime of its own inside, and jobd's code stays synchronous.
