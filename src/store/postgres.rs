@@ -167,6 +167,43 @@ fn describe(e: &postgres::Error) -> String {
     text
 }
 
+/// Inserts one job inside an open transaction; a job whose `unique_key` is
+/// taken by a queued or running job is not inserted, and the holder's id is
+/// returned instead.
+fn insert_job(
+    tx: &mut postgres::Transaction<'_>,
+    job: &NewJob,
+    now: i64,
+) -> std::result::Result<Enqueued, postgres::Error> {
+    let row = tx.query_opt(
+        "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
+         unique_key, created_at) VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT DO NOTHING RETURNING id",
+        &[
+            &job.queue,
+            &job.kind,
+            &job.payload,
+            &job.priority,
+            &job.run_at.unwrap_or(now),
+            &job.max_attempts,
+            &job.timeout_ms,
+            &job.unique_key,
+            &now,
+        ],
+    )?;
+    Ok(match row {
+        Some(row) => Enqueued::Inserted(row.get(0)),
+        // Only the unique_key index can make DO NOTHING skip a row.
+        None => Enqueued::Duplicate(
+            tx.query_one(
+                "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('queued', 'running')",
+                &[&job.unique_key],
+            )?
+            .get(0),
+        ),
+    })
+}
+
 /// The NOTIFY channel of the jobd schema `schema`.
 pub fn channel(schema: &str) -> String {
     format!("jobd_jobs_{schema}")
@@ -301,42 +338,9 @@ impl PgStore {
     pub fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>, StoreError> {
         let fail = failing(&self.url, "enqueue");
         let mut tx = self.client.transaction().map_err(&fail)?;
-        let insert = tx
-            .prepare(
-                "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
-                 unique_key, created_at) VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT DO NOTHING RETURNING id",
-            )
-            .map_err(&fail)?;
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let row = tx
-                .query_opt(
-                    &insert,
-                    &[
-                        &job.queue,
-                        &job.kind,
-                        &job.payload,
-                        &job.priority,
-                        &job.run_at.unwrap_or(now),
-                        &job.max_attempts,
-                        &job.timeout_ms,
-                        &job.unique_key,
-                        &now,
-                    ],
-                )
-                .map_err(&fail)?;
-            out.push(match row {
-                Some(row) => Enqueued::Inserted(row.get(0)),
-                None => Enqueued::Duplicate(
-                    tx.query_one(
-                        "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('queued', 'running')",
-                        &[&job.unique_key],
-                    )
-                    .map_err(&fail)?
-                    .get(0),
-                ),
-            });
+            out.push(insert_job(&mut tx, job, now).map_err(&fail)?);
         }
         tx.commit().map_err(&fail)?;
         Ok(out)
@@ -1036,35 +1040,7 @@ impl PgStore {
             // Another daemon enqueued this slot (or a later one).
             return Ok(None);
         }
-        let row = tx
-            .query_opt(
-                "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
-                 unique_key, created_at) VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT DO NOTHING RETURNING id",
-                &[
-                    &job.queue,
-                    &job.kind,
-                    &job.payload,
-                    &job.priority,
-                    &job.run_at.unwrap_or(now),
-                    &job.max_attempts,
-                    &job.timeout_ms,
-                    &job.unique_key,
-                    &now,
-                ],
-            )
-            .map_err(&fail)?;
-        let enqueued = match row {
-            Some(r) => Enqueued::Inserted(r.get(0)),
-            None => Enqueued::Duplicate(
-                tx.query_one(
-                    "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('queued', 'running')",
-                    &[&job.unique_key],
-                )
-                .map_err(&fail)?
-                .get(0),
-            ),
-        };
+        let enqueued = insert_job(&mut tx, job, now).map_err(&fail)?;
         tx.execute(
             "UPDATE cron SET last_job_id = $2 WHERE name = $1",
             &[&name, &enqueued.id()],
