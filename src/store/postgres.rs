@@ -352,50 +352,7 @@ impl PgStore {
     pub fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>, StoreError> {
         let fail = failing(&self.url, "claim");
         let mut tx = self.client.transaction().map_err(&fail)?;
-        let statement = tx
-            .prepare(&format!(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
-                 finished_at = NULL, lease_until = $2, worker = $3 \
-                 WHERE id IN ( \
-                     SELECT id FROM jobs \
-                     WHERE state = 'queued' AND queue = $4 AND {CPU_KIND_TEST} = $5 AND run_at <= $1 \
-                       AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $4 AND paused) \
-                     ORDER BY priority DESC, run_at, id LIMIT $6 \
-                     FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, queue, kind, payload::text, priority, run_at, max_attempts, \
-                   timeout_ms, attempts, started_at"
-            ))
-            .map_err(&fail)?;
-        let jobs = super::claim_by_plan(claim.requests, |queue, pool, limit| {
-            let rows = tx
-                .query(
-                    &statement,
-                    &[
-                        &claim.now,
-                        &claim.lease_until,
-                        &claim.worker,
-                        &queue,
-                        &(pool == Pool::Cpu),
-                        &(limit as i64),
-                    ],
-                )
-                .map_err(&fail)?;
-            Ok(rows
-                .iter()
-                .map(|r| Claimed {
-                    id: r.get(0),
-                    queue: r.get(1),
-                    kind: r.get(2),
-                    payload: r.get(3),
-                    priority: r.get(4),
-                    run_at: r.get(5),
-                    max_attempts: r.get(6),
-                    timeout_ms: r.get(7),
-                    attempts: r.get(8),
-                    started_at: r.get(9),
-                })
-                .collect())
-        })?;
+        let jobs = claim_in(&mut tx, claim).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(jobs)
     }
@@ -406,79 +363,23 @@ impl PgStore {
     pub fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>, StoreError> {
         let fail = failing(&self.url, "complete");
         let mut tx = self.client.transaction().map_err(&fail)?;
-        let update = tx
-            .prepare(
-                "UPDATE jobs SET state = $4, \
-                   finished_at = CASE WHEN $9 THEN finished_at ELSE $5 END, \
-                   lease_until = NULL, \
-                   run_at = COALESCE($6, run_at), \
-                   result = CASE WHEN $4 = 'succeeded' THEN $7::text::jsonb ELSE result END, \
-                   last_error = CASE WHEN $9 THEN last_error ELSE $8 END, \
-                   attempts = attempts - CASE WHEN $9 THEN 1 ELSE 0 END \
-                 WHERE id = $1 AND state = 'running' AND worker = $2 AND attempts = $3 \
-                 RETURNING queue, kind",
-            )
-            .map_err(&fail)?;
-        let run = tx
-            .prepare(
-                "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, \
-                 finished_at, outcome, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .map_err(&fail)?;
-        let mut out = Vec::with_capacity(completions.len());
-        for c in completions {
-            let (state, run_at, result, release) = match &c.transition {
-                Transition::Succeed { result } => ("succeeded", None, result.as_deref(), false),
-                Transition::Requeue { run_at } => ("queued", Some(*run_at), None, false),
-                Transition::Release => ("queued", None, None, true),
-                Transition::Dead => ("dead", None, None, false),
-                Transition::Cancel => ("cancelled", None, None, false),
-            };
-            let error = match c.transition {
-                Transition::Succeed { .. } => None,
-                _ => c.error.as_deref(),
-            };
-            let moved = tx
-                .query_opt(
-                    &update,
-                    &[
-                        &c.id,
-                        &c.worker,
-                        &c.attempt,
-                        &state,
-                        &c.finished_at,
-                        &run_at,
-                        &result,
-                        &error,
-                        &release,
-                    ],
-                )
-                .map_err(&fail)?;
-            let Some(row) = moved else {
-                out.push(Applied::Stale);
-                continue;
-            };
-            let (queue, kind): (String, String) = (row.get(0), row.get(1));
-            tx.execute(
-                &run,
-                &[
-                    &c.id,
-                    &c.attempt,
-                    &c.worker,
-                    &queue,
-                    &kind,
-                    &c.started_at,
-                    &c.finished_at,
-                    &c.outcome.as_str(),
-                    &c.error,
-                    &(c.finished_at - c.started_at).max(0),
-                ],
-            )
-            .map_err(&fail)?;
-            out.push(Applied::Done);
-        }
+        let applied = complete_in(&mut tx, completions).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
-        Ok(out)
+        Ok(applied)
+    }
+
+    /// Writes outcomes and claims in one transaction: the group commit.
+    pub fn complete_and_claim(
+        &mut self,
+        completions: &[Completion],
+        claim: &Claim<'_>,
+    ) -> Result<(Vec<Applied>, Vec<Claimed>), StoreError> {
+        let fail = failing(&self.url, "complete and claim");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let applied = complete_in(&mut tx, completions).map_err(&fail)?;
+        let jobs = claim_in(&mut tx, claim).map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok((applied, jobs))
     }
 }
 
@@ -646,6 +547,183 @@ impl PgStore {
         tx.commit().map_err(&fail)?;
         Ok(rescued)
     }
+}
+
+/// Claims inside an open transaction (see [`PgStore::claim`]).
+fn claim_in(
+    tx: &mut postgres::Transaction<'_>,
+    claim: &Claim<'_>,
+) -> std::result::Result<Vec<Claimed>, postgres::Error> {
+    let statement = tx.prepare(&format!(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
+             finished_at = NULL, lease_until = $2, worker = $3 \
+             WHERE id IN ( \
+                 SELECT id FROM jobs \
+                 WHERE state = 'queued' AND queue = $4 AND {CPU_KIND_TEST} = $5 AND run_at <= $1 \
+                   AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $4 AND paused) \
+                 ORDER BY priority DESC, run_at, id LIMIT $6 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, queue, kind, payload::text, priority, run_at, max_attempts, \
+               timeout_ms, attempts, started_at"
+    ))?;
+    super::claim_by_plan(claim.requests, |queue, pool, limit| {
+        let rows = tx.query(
+            &statement,
+            &[
+                &claim.now,
+                &claim.lease_until,
+                &claim.worker,
+                &queue,
+                &(pool == Pool::Cpu),
+                &(limit as i64),
+            ],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| Claimed {
+                id: r.get(0),
+                queue: r.get(1),
+                kind: r.get(2),
+                payload: r.get(3),
+                priority: r.get(4),
+                run_at: r.get(5),
+                max_attempts: r.get(6),
+                timeout_ms: r.get(7),
+                attempts: r.get(8),
+                started_at: r.get(9),
+            })
+            .collect())
+    })
+}
+
+/// Writes a batch of outcomes inside an open transaction with two
+/// statements whatever its size: one fenced `UPDATE … FROM unnest(…)` (by
+/// state, worker and attempt; a late outcome after a rescue, or a second
+/// one for the same attempt, changes nothing) and one `INSERT … SELECT
+/// unnest(…)` of the `job_runs` rows of those that applied.
+fn complete_in(
+    tx: &mut postgres::Transaction<'_>,
+    completions: &[Completion],
+) -> std::result::Result<Vec<Applied>, postgres::Error> {
+    if completions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = completions.len();
+    let (mut ids, mut workers, mut attempts, mut states) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut finished, mut run_ats, mut results, mut errors, mut releases) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for c in completions {
+        let (state, run_at, result, release) = match &c.transition {
+            Transition::Succeed { result } => ("succeeded", None, result.clone(), false),
+            Transition::Requeue { run_at } => ("queued", Some(*run_at), None, false),
+            Transition::Release => ("queued", None, None, true),
+            Transition::Dead => ("dead", None, None, false),
+            Transition::Cancel => ("cancelled", None, None, false),
+        };
+        ids.push(c.id);
+        workers.push(c.worker.as_str());
+        attempts.push(c.attempt);
+        states.push(state);
+        finished.push(c.finished_at);
+        run_ats.push(run_at);
+        results.push(result);
+        errors.push(match c.transition {
+            Transition::Succeed { .. } => None,
+            _ => c.error.clone(),
+        });
+        releases.push(release);
+    }
+    // One row per job even if the batch holds two outcomes for it: of
+    // those that pass the fence, the first in the batch is written; the
+    // rest are stale.
+    let moved = tx.query(
+        "WITH c AS ( \
+           SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], \
+             $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bool[]) WITH ORDINALITY \
+             AS c(id, worker, attempt, state, finished_at, run_at, result, last_error, release, n)), \
+         m AS ( \
+           SELECT DISTINCT ON (c.id) c.* FROM c JOIN jobs ON jobs.id = c.id \
+             AND jobs.state = 'running' AND jobs.worker = c.worker AND jobs.attempts = c.attempt \
+           ORDER BY c.id, c.n) \
+         UPDATE jobs SET state = m.state, \
+           finished_at = CASE WHEN m.release THEN jobs.finished_at ELSE m.finished_at END, \
+           lease_until = NULL, \
+           run_at = COALESCE(m.run_at, jobs.run_at), \
+           result = CASE WHEN m.state = 'succeeded' THEN m.result::jsonb ELSE jobs.result END, \
+           last_error = CASE WHEN m.release THEN jobs.last_error ELSE m.last_error END, \
+           attempts = jobs.attempts - CASE WHEN m.release THEN 1 ELSE 0 END \
+         FROM m WHERE jobs.id = m.id AND jobs.state = 'running' AND jobs.worker = m.worker \
+           AND jobs.attempts = m.attempt \
+         RETURNING m.n, jobs.queue, jobs.kind",
+        &[
+            &ids, &workers, &attempts, &states, &finished, &run_ats, &results, &errors, &releases,
+        ],
+    )?;
+    // Ordinalities count from 1.
+    let mut applied: Vec<Option<(String, String)>> = vec![None; n];
+    for row in &moved {
+        let at: i64 = row.get(0);
+        applied[(at - 1) as usize] = Some((row.get(1), row.get(2)));
+    }
+    let mut run_job = Vec::new();
+    let mut run_attempt = Vec::new();
+    let mut run_worker = Vec::new();
+    let mut run_queue = Vec::new();
+    let mut run_kind = Vec::new();
+    let mut run_started = Vec::new();
+    let mut run_finished = Vec::new();
+    let mut run_outcome = Vec::new();
+    let mut run_error = Vec::new();
+    let mut run_duration = Vec::new();
+    let mut out = Vec::with_capacity(n);
+    for (c, applied) in completions.iter().zip(applied) {
+        let Some((queue, kind)) = applied else {
+            out.push(Applied::Stale);
+            continue;
+        };
+        run_job.push(c.id);
+        run_attempt.push(c.attempt);
+        run_worker.push(c.worker.as_str());
+        run_queue.push(queue);
+        run_kind.push(kind);
+        run_started.push(c.started_at);
+        run_finished.push(c.finished_at);
+        run_outcome.push(c.outcome.as_str());
+        run_error.push(c.error.clone());
+        run_duration.push((c.finished_at - c.started_at).max(0));
+        out.push(Applied::Done);
+    }
+    if !run_job.is_empty() {
+        tx.execute(
+            "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
+             outcome, error, duration_ms) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+               $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::bigint[])",
+            &[
+                &run_job,
+                &run_attempt,
+                &run_worker,
+                &run_queue,
+                &run_kind,
+                &run_started,
+                &run_finished,
+                &run_outcome,
+                &run_error,
+                &run_duration,
+            ],
+        )?;
+    }
+    Ok(out)
 }
 
 /// The columns of a whole job, with `jsonb` read back as text.
@@ -1291,6 +1369,14 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         PgStore::complete(self, completions)
+    }
+
+    fn complete_and_claim(
+        &mut self,
+        completions: &[Completion],
+        claim: &Claim<'_>,
+    ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
+        PgStore::complete_and_claim(self, completions, claim)
     }
 
     fn change_counter(&mut self) -> Result<i64> {
