@@ -27,17 +27,15 @@ pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
 /// enough for a stuck writer elsewhere to finish, short against the lease.
 pub const WRITE_RETRY: Duration = Duration::from_millis(250);
 
-/// Counts kept for the `stats` line and the heartbeat.
+/// Outcome counts since the daemon started, for the `stats` line (which
+/// reports the difference from its previous line), the dashboard's history
+/// and the metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Attempts that succeeded since the last `stats` line.
+    /// Attempts that succeeded.
     pub done: AtomicU64,
-    /// Attempts that failed (retry, timeout, dead) since the last `stats` line.
+    /// Attempts that failed (retry, timeout, dead).
     pub failed: AtomicU64,
-    /// Attempts that succeeded since the daemon started.
-    pub done_total: AtomicU64,
-    /// Attempts that failed since the daemon started.
-    pub failed_total: AtomicU64,
     /// The Prometheus collectors, when `metrics.listen` is set.
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
@@ -208,7 +206,6 @@ fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
     match (&c.outcome, &c.transition) {
         (RunOutcome::Succeeded, transition) => {
             counters.done.fetch_add(1, Ordering::Relaxed);
-            counters.done_total.fetch_add(1, Ordering::Relaxed);
             // An http job's line carries its status (SPEC §7's example).
             let status = match transition {
                 Transition::Succeed { result: Some(r) } if kind == "http" => {
@@ -242,7 +239,6 @@ fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
         }
         (RunOutcome::Retry, Transition::Requeue { run_at }) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
-            counters.failed_total.fetch_add(1, Ordering::Relaxed);
             event!(
                 Warn,
                 "job.retry",
@@ -256,7 +252,6 @@ fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
         }
         (RunOutcome::Timeout, Transition::Requeue { run_at }) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
-            counters.failed_total.fetch_add(1, Ordering::Relaxed);
             event!(
                 Warn,
                 "job.timeout",
@@ -288,7 +283,6 @@ fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
         ),
         _ => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
-            counters.failed_total.fetch_add(1, Ordering::Relaxed);
             event!(
                 Error,
                 "job.dead",

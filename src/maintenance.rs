@@ -130,7 +130,12 @@ impl<S: Store> Maintenance<S> {
         let mut next_beat = now + beat;
         let mut next_prune = now;
         let mut next_stats = now + self.config.daemon.stats_interval;
-        let mut last_usage = (now, procfs::usage("self").unwrap_or_default());
+        let mut last_stats = LastStats {
+            at: now,
+            usage: procfs::usage("self").unwrap_or_default(),
+            done: 0,
+            failed: 0,
+        };
         loop {
             let until = next_beat.min(next_prune).min(next_stats);
             match self.stop.recv_deadline(until) {
@@ -148,7 +153,7 @@ impl<S: Store> Maintenance<S> {
             }
             if now >= next_stats {
                 next_stats = now + self.config.daemon.stats_interval;
-                last_usage = self.stats_line(last_usage);
+                last_stats = self.stats_line(last_stats);
             }
         }
     }
@@ -215,8 +220,8 @@ impl<S: Store> Maintenance<S> {
         let counters = &self.shared.counters;
         let sample = crate::dashboard::Sample {
             at: now,
-            done: counters.done_total.load(Ordering::Relaxed),
-            failed: counters.failed_total.load(Ordering::Relaxed),
+            done: counters.done.load(Ordering::Relaxed),
+            failed: counters.failed.load(Ordering::Relaxed),
             lag_ms,
         };
         if let Ok(mut history) = self.shared.history.lock() {
@@ -236,16 +241,18 @@ impl<S: Store> Maintenance<S> {
         }
     }
 
-    fn stats_line(&mut self, last: (Instant, procfs::Usage)) -> (Instant, procfs::Usage) {
+    fn stats_line(&mut self, last: LastStats) -> LastStats {
         let now = now_ms();
         let backlog = self
             .store
             .backlog(self.config.daemon.named_queues(), now)
             .unwrap_or_default();
         let usage = procfs::usage("self").unwrap_or_default();
-        let wall = last.0.elapsed().as_secs_f64().max(1e-3);
-        let cpu_pct = (usage.cpu.saturating_sub(last.1.cpu)).as_secs_f64() / wall * 100.0;
+        let wall = last.at.elapsed().as_secs_f64().max(1e-3);
+        let cpu_pct = (usage.cpu.saturating_sub(last.usage.cpu)).as_secs_f64() / wall * 100.0;
         let counters = &self.shared.counters;
+        let done = counters.done.load(Ordering::Relaxed);
+        let failed = counters.failed.load(Ordering::Relaxed);
         let workers_rss = procfs::rss_with_children(&self.shared.cpu_pids.list());
         event!(
             Info,
@@ -253,13 +260,27 @@ impl<S: Store> Maintenance<S> {
             ready = backlog.ready,
             running = self.shared.running.load(Ordering::Relaxed),
             lag_ms = backlog.lag_ms(now),
-            done = counters.done.swap(0, Ordering::Relaxed),
-            failed = counters.failed.swap(0, Ordering::Relaxed),
+            done = done - last.done,
+            failed = failed - last.failed,
             rss_mib:% = format!("{:.1}", usage.rss_bytes as f64 / (1 << 20) as f64),
             cpu_pct:% = format!("{cpu_pct:.2}"),
             threads = usage.threads,
             cpu_workers_rss_mib:% = format!("{:.1}", workers_rss as f64 / (1 << 20) as f64)
         );
-        (Instant::now(), usage)
+        LastStats {
+            at: Instant::now(),
+            usage,
+            done,
+            failed,
+        }
     }
+}
+
+/// What the previous `stats` line saw, for the differences the next one
+/// reports.
+struct LastStats {
+    at: Instant,
+    usage: procfs::Usage,
+    done: u64,
+    failed: u64,
 }

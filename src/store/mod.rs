@@ -415,6 +415,19 @@ pub(crate) fn claim_by_plan<E>(
     Ok(jobs)
 }
 
+/// One `job_runs` row to write (completions and rescues, both backends).
+pub(crate) struct RunRow<'a> {
+    pub(crate) job_id: i64,
+    pub(crate) attempt: i64,
+    pub(crate) worker: &'a str,
+    pub(crate) queue: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) started_at: i64,
+    pub(crate) finished_at: i64,
+    pub(crate) outcome: RunOutcome,
+    pub(crate) error: Option<&'a str>,
+}
+
 /// Rows per `retry --dead` transaction: keeps each write short.
 pub(crate) const BULK_RETRY_BATCH: usize = 1_000;
 

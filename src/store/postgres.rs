@@ -20,8 +20,8 @@ use postgres::{Client, NoTls};
 
 use super::{
     Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, JobRun, ListFilter,
-    PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store,
-    StoreError, WorkerInfo,
+    PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, RunRow, Stats,
+    Store, StoreError, WorkerInfo,
 };
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
@@ -506,9 +506,10 @@ impl PgStore {
         }
         .map_err(&fail)?;
         let mut rescued = Vec::with_capacity(rows.len());
+        let mut lost = Vec::with_capacity(rows.len());
         for r in &rows {
             let state: String = r.get(5);
-            let job = Rescued {
+            rescued.push(Rescued {
                 id: r.get(0),
                 kind: r.get(1),
                 queue: r.get(2),
@@ -519,34 +520,72 @@ impl PgStore {
                 } else {
                     JobState::Queued
                 },
-            };
+            });
             let started: i64 = r.get(6);
-            let error = format!(
-                "attempt {} was lost: worker {} {reason}",
-                job.attempt, job.worker
-            );
-            tx.execute(
-                "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, \
-                 finished_at, outcome, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                &[
-                    &job.id,
-                    &job.attempt,
-                    &job.worker,
-                    &job.queue,
-                    &job.kind,
-                    &started,
-                    &now,
-                    &RunOutcome::Rescued.as_str(),
-                    &error,
-                    &(now - started).max(0),
-                ],
-            )
-            .map_err(&fail)?;
-            rescued.push(job);
+            lost.push(started);
         }
+        let errors: Vec<String> = rescued
+            .iter()
+            .map(|job| {
+                format!(
+                    "attempt {} was lost: worker {} {reason}",
+                    job.attempt, job.worker
+                )
+            })
+            .collect();
+        let runs: Vec<RunRow<'_>> = rescued
+            .iter()
+            .zip(&lost)
+            .zip(&errors)
+            .map(|((job, &started_at), error)| RunRow {
+                job_id: job.id,
+                attempt: job.attempt,
+                worker: &job.worker,
+                queue: &job.queue,
+                kind: &job.kind,
+                started_at,
+                finished_at: now,
+                outcome: RunOutcome::Rescued,
+                error: Some(error),
+            })
+            .collect();
+        insert_runs(&mut tx, &runs).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(rescued)
     }
+}
+
+/// Writes attempt records with one `INSERT … SELECT unnest(…)`: the single
+/// way the PostgreSQL store appends to `job_runs` (completions and rescues).
+fn insert_runs(
+    tx: &mut postgres::Transaction<'_>,
+    runs: &[RunRow<'_>],
+) -> std::result::Result<(), postgres::Error> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&RunRow<'_>) -> i64| runs.iter().map(f).collect::<Vec<i64>>();
+    let text = |f: for<'r> fn(&'r RunRow<'_>) -> &'r str| runs.iter().map(f).collect::<Vec<&str>>();
+    let errors: Vec<Option<&str>> = runs.iter().map(|r| r.error).collect();
+    tx.execute(
+        "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
+         outcome, error, duration_ms) \
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+           $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::bigint[])",
+        &[
+            &column(|r| r.job_id),
+            &column(|r| r.attempt),
+            &text(|r| r.worker),
+            &text(|r| r.queue),
+            &text(|r| r.kind),
+            &column(|r| r.started_at),
+            &column(|r| r.finished_at),
+            &text(|r| r.outcome.as_str()),
+            &errors,
+            &column(|r| (r.finished_at - r.started_at).max(0)),
+        ],
+    )?;
+    Ok(())
 }
 
 /// Claims inside an open transaction (see [`PgStore::claim`]).
@@ -675,54 +714,27 @@ fn complete_in(
         let at: i64 = row.get(0);
         applied[(at - 1) as usize] = Some((row.get(1), row.get(2)));
     }
-    let mut run_job = Vec::new();
-    let mut run_attempt = Vec::new();
-    let mut run_worker = Vec::new();
-    let mut run_queue = Vec::new();
-    let mut run_kind = Vec::new();
-    let mut run_started = Vec::new();
-    let mut run_finished = Vec::new();
-    let mut run_outcome = Vec::new();
-    let mut run_error = Vec::new();
-    let mut run_duration = Vec::new();
+    let mut runs = Vec::with_capacity(n);
     let mut out = Vec::with_capacity(n);
-    for (c, applied) in completions.iter().zip(applied) {
+    for (c, applied) in completions.iter().zip(&applied) {
         let Some((queue, kind)) = applied else {
             out.push(Applied::Stale);
             continue;
         };
-        run_job.push(c.id);
-        run_attempt.push(c.attempt);
-        run_worker.push(c.worker.as_str());
-        run_queue.push(queue);
-        run_kind.push(kind);
-        run_started.push(c.started_at);
-        run_finished.push(c.finished_at);
-        run_outcome.push(c.outcome.as_str());
-        run_error.push(c.error.clone());
-        run_duration.push((c.finished_at - c.started_at).max(0));
+        runs.push(RunRow {
+            job_id: c.id,
+            attempt: c.attempt,
+            worker: &c.worker,
+            queue,
+            kind,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+            outcome: c.outcome,
+            error: c.error.as_deref(),
+        });
         out.push(Applied::Done);
     }
-    if !run_job.is_empty() {
-        tx.execute(
-            "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
-             outcome, error, duration_ms) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-               $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::bigint[])",
-            &[
-                &run_job,
-                &run_attempt,
-                &run_worker,
-                &run_queue,
-                &run_kind,
-                &run_started,
-                &run_finished,
-                &run_outcome,
-                &run_error,
-                &run_duration,
-            ],
-        )?;
-    }
+    insert_runs(tx, &runs)?;
     Ok(out)
 }
 

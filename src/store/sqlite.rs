@@ -26,7 +26,7 @@ use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, T
 /// Prepared statements kept per connection; enough for every named query.
 const STATEMENT_CACHE: usize = 128;
 
-use super::{percentile, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
+use super::{percentile, RunRow, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
 
 /// How the store may treat a missing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -420,19 +420,6 @@ fn insert_runs_sql(rows: usize) -> String {
          outcome, error, duration_ms) VALUES {}",
         values_list(rows, 10)
     )
-}
-
-/// One `job_runs` row to write.
-struct RunRow<'a> {
-    job_id: i64,
-    attempt: i64,
-    worker: &'a str,
-    queue: &'a str,
-    kind: &'a str,
-    started_at: i64,
-    finished_at: i64,
-    outcome: RunOutcome,
-    error: Option<&'a str>,
 }
 
 /// Writes attempt records with one multi-row insert per chunk; the single
