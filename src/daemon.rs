@@ -50,7 +50,7 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
     match &db.url {
         Some(url) => {
             let store = PgStore::connect(url)?;
-            let wake = match pickup::listen(url) {
+            let wake = || match pickup::listen(url) {
                 Ok(rx) => Some(rx),
                 Err(e) => {
                     crate::logging::log_db_trouble(
@@ -67,7 +67,10 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
         }
         None => {
             let store = SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Create)?;
-            let wake = match store.commit_file() {
+            // Watched once the schema is in place: a new database has no
+            // `-wal` file before its first write.
+            let commit_file = store.commit_file();
+            let wake = move || match commit_file {
                 Some(file) => match pickup::watch(&file) {
                     Ok(rx) => Some(rx),
                     Err(e) => {
@@ -97,14 +100,15 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
 }
 
 /// The daemon on one backend: `store` for the dispatcher, `second` opens
-/// the maintenance thread's own connection once the schema is current.
+/// the maintenance thread's own connection and `wake` starts listening for
+/// other writers' commits, both once the schema is current.
 fn run_on<S: Store + Send + 'static>(
     config: Config,
     registry: Registry,
     outside: Outside,
     mut store: S,
     second: impl FnOnce() -> Result<S>,
-    wake: Option<Receiver<()>>,
+    wake: impl FnOnce() -> Option<Receiver<()>>,
     database: String,
 ) -> Result<Summary> {
     let Outside {
@@ -173,6 +177,7 @@ fn run_on<S: Store + Send + 'static>(
     let expired = store.rescue(RescueScope::ExpiredLeases, now_ms(), max_attempts)?;
     maintenance::log_rescued(&expired);
 
+    let wake = wake();
     let (stop_maintenance, maintenance_stop) = crossbeam_channel::bounded::<()>(1);
     let maintenance = Maintenance {
         store: second()?,

@@ -770,3 +770,16 @@ fn sighup_reopens_the_log_file_after_logrotate_moved_it() {
     assert!(old.contains("daemon.started"), "{old}");
     assert!(!old.contains("config.reloaded"));
 }
+
+/// Regression: the commit watcher was set up before the first migration,
+/// when a new database has no `-wal` file yet, so a fresh install fell back
+/// to polling (`pickup.fallback`).
+#[test]
+fn a_daemon_on_a_new_database_watches_its_commits() {
+    let home = Home::new();
+    let daemon = home.daemon();
+    let id = home.insert(&noop(0))[0];
+    home.wait_state(id, "succeeded");
+    let log = daemon.stop();
+    assert!(!log.contains("pickup.fallback"), "{log}");
+}
