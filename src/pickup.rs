@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::event;
 use crossbeam_channel::{Receiver, Sender};
 use inotify::{Inotify, WatchMask};
 
@@ -61,30 +62,37 @@ fn forward(mut inotify: Inotify, tx: &Sender<()>) {
 /// Listens for the insert trigger's NOTIFY on the PostgreSQL schema of
 /// `url` (`jobd_jobs_<schema>`) on a connection and thread of its own; each
 /// notification is a wake-up. The daemon confirms with its change counter.
+///
+/// A lost connection (a server restart, a cut network) is logged once and
+/// reopened every [`RELISTEN`] until it works, with a wake-up after each
+/// reconnection for the inserts it may have missed; meanwhile the poll
+/// interval finds new work. The first connection's failure is returned, so
+/// a daemon says at start-up that it polls.
 pub fn listen(url: &str) -> Result<Receiver<()>, crate::store::StoreError> {
-    use postgres::fallible_iterator::FallibleIterator as _;
-    let fail = |e: postgres::Error| crate::store::StoreError::Postgres {
-        url: crate::store::postgres::redact_url(url),
-        op: "listen for new jobs",
-        detail: e.to_string(),
-    };
-    let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(fail)?;
-    let schema: String = client
-        .query_one("SELECT current_schema()", &[])
-        .map_err(fail)?
-        .get(0);
-    let channel = crate::store::postgres::channel(&schema).replace('"', "\"\"");
-    client
-        .batch_execute(&format!("LISTEN \"{channel}\""))
-        .map_err(fail)?;
+    let client = listening(url)?;
     let (tx, rx) = crossbeam_channel::bounded(1);
+    let own_url = url.to_string();
     std::thread::Builder::new()
         .name("jobd-listen".into())
         .spawn(move || {
-            let mut notifications = client.notifications();
-            let mut incoming = notifications.blocking_iter();
-            // A full channel already holds a wake-up; ends with the daemon.
-            while let Ok(Some(_)) = incoming.next() {
+            let mut client = client;
+            loop {
+                let lost = relay(&mut client, &tx, &own_url);
+                let Some(error) = lost else {
+                    return; // the daemon is gone
+                };
+                crate::logging::log_db_trouble(
+                    "listen for new jobs",
+                    &error,
+                    "new work is noticed by polling until the connection is back",
+                );
+                client = loop {
+                    std::thread::sleep(RELISTEN);
+                    if let Ok(client) = listening(&own_url) {
+                        break client;
+                    }
+                };
+                event!(Info, "db.reconnected", op = "listen for new jobs");
                 if tx.try_send(()).is_err() && tx.is_empty() {
                     return;
                 }
@@ -96,4 +104,53 @@ pub fn listen(url: &str) -> Result<Receiver<()>, crate::store::StoreError> {
             detail: e.to_string(),
         })?;
     Ok(rx)
+}
+
+/// How long the listener waits between attempts to reconnect.
+pub const RELISTEN: Duration = Duration::from_secs(1);
+
+/// A connection to `url` listening on its schema's channel.
+fn listening(url: &str) -> Result<postgres::Client, crate::store::StoreError> {
+    let fail = crate::store::postgres::failing(url, "listen for new jobs");
+    let mut client = crate::store::postgres::client(url).map_err(&fail)?;
+    let schema: String = client
+        .query_one("SELECT current_schema()", &[])
+        .map_err(&fail)?
+        .get(0);
+    let channel = crate::store::postgres::channel(&schema).replace('"', "\"\"");
+    client
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .map_err(&fail)?;
+    Ok(client)
+}
+
+/// Forwards notifications as wake-ups until the connection fails (its
+/// error) or the daemon stops listening (`None`).
+fn relay(
+    client: &mut postgres::Client,
+    tx: &Sender<()>,
+    url: &str,
+) -> Option<crate::store::StoreError> {
+    use postgres::fallible_iterator::FallibleIterator as _;
+    let fail = crate::store::postgres::failing(url, "listen for new jobs");
+    let mut notifications = client.notifications();
+    let mut incoming = notifications.blocking_iter();
+    loop {
+        match incoming.next() {
+            // A full channel already holds a wake-up.
+            Ok(Some(_)) => {
+                if tx.try_send(()).is_err() && tx.is_empty() {
+                    return None;
+                }
+            }
+            Ok(None) => {
+                return Some(crate::store::StoreError::Postgres {
+                    url: crate::store::postgres::redact_url(url),
+                    op: "listen for new jobs",
+                    detail: "the server closed the connection".into(),
+                })
+            }
+            Err(e) => return Some(fail(e)),
+        }
+    }
 }

@@ -532,6 +532,98 @@ mod operators {
 }
 
 #[test]
+fn the_claim_of_either_pool_is_an_index_range_scan_however_many_are_queued() {
+    use jobd::job::Pool;
+    use jobd::store::postgres::claim_sql;
+    let Some(schema) = Schema::create("plan") else {
+        return;
+    };
+    let home = home_on(&schema.url());
+    home.ok(&["migrate"]);
+    schema
+        .psql(
+            "INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, 20000); \
+             INSERT INTO jobs(kind, payload) SELECT 'exec', '{\"handler\":\"x\"}' FROM generate_series(1, 20000); \
+             ANALYZE jobs;",
+        )
+        .unwrap();
+    for pool in Pool::ALL {
+        // A prepared statement planned with its parameters as constants,
+        // as the server plans the store's first executions.
+        let plan = schema
+            .psql(&format!(
+                "PREPARE c(bigint, bigint, text, text, bigint) AS {}; \
+                 EXPLAIN EXECUTE c(9000000000000, 9000000000000, 'w', 'default', 64);",
+                claim_sql(pool)
+            ))
+            .unwrap();
+        assert!(
+            plan.contains("Index Scan using jobs_ready"),
+            "{pool:?}: {plan}"
+        );
+        assert!(!plan.contains("Sort"), "the {pool:?} claim sorts: {plan}");
+        assert!(
+            !plan.contains("Seq Scan on jobs"),
+            "the {pool:?} claim scans: {plan}"
+        );
+    }
+}
+
+#[test]
+fn a_daemon_rides_out_its_connections_being_cut() {
+    let Some(schema) = Schema::create("cut") else {
+        return;
+    };
+    // The connections of this test's daemon, and no other test's.
+    let app = schema.name.clone();
+    let home = home_on(&format!("{}&application_name={app}", schema.url()));
+    home.ok(&["migrate"]);
+    let count = |sql: &str| -> i64 { schema.psql(sql).unwrap().parse().unwrap() };
+    let succeeded = |n: i64| {
+        common::wait_for(common::PATIENCE, || {
+            (count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") == n).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{n} jobs did not succeed: {}",
+                schema
+                    .psql("SELECT state, count(*) FROM jobs GROUP BY state;")
+                    .unwrap()
+            )
+        })
+    };
+    let daemon = home.daemon_logging_to("d.log");
+    daemon.wait_log("daemon.started");
+    schema
+        .psql("INSERT INTO jobs(kind) VALUES ('noop');")
+        .unwrap();
+    succeeded(1);
+    let cut = common::pg::psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{app}';"
+    ))
+    .unwrap();
+    // The dispatcher's, the maintenance thread's and the listener's.
+    assert!(cut.parse::<i64>().unwrap() >= 3, "cut {cut} connections");
+    schema
+        .psql("INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, 20);")
+        .unwrap();
+    succeeded(21);
+    // The listener is back and hears inserts again.
+    daemon.wait_log("db.reconnected");
+    schema
+        .psql("INSERT INTO jobs(kind) VALUES ('noop');")
+        .unwrap();
+    succeeded(22);
+    let log = daemon.stop();
+    assert!(log.contains("db.error"), "{log}");
+    assert!(log.contains("daemon.stopped"), "{log}");
+    assert_eq!(
+        count("SELECT count(*) FROM job_runs WHERE outcome = 'succeeded';"),
+        22
+    );
+}
+
+#[test]
 fn the_cli_works_on_postgresql() {
     let Some(schema) = Schema::create("cli") else {
         return;
@@ -596,7 +688,7 @@ fn three_daemons_share_one_database_and_take_back_a_killed_ones_jobs() {
     .unwrap();
     home.ok(&["migrate"]);
     schema
-        .psql("INSERT INTO jobs(kind, payload) SELECT 'noop', '{\"sleep_ms\":2}' FROM generate_series(1, 3000);")
+        .psql("INSERT INTO jobs(kind, payload) SELECT 'noop', '{\"sleep_ms\":2}' FROM generate_series(1, 30000);")
         .unwrap();
     let count = |sql: &str| -> i64 { schema.psql(sql).unwrap().parse().unwrap() };
     let a = home.daemon_logging_to("a.log");
@@ -604,13 +696,13 @@ fn three_daemons_share_one_database_and_take_back_a_killed_ones_jobs() {
     let c = home.daemon_logging_to("c.log");
     // Kill one mid-run, holding claimed jobs.
     common::wait_for(common::PATIENCE, || {
-        (count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") >= 600).then_some(())
+        (count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") >= 6000).then_some(())
     })
     .expect("the fleet makes progress");
     let victim = c.pid();
     c.kill9();
     common::wait_for(common::PATIENCE * 2, || {
-        (count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") == 3000).then_some(())
+        (count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") == 30000).then_some(())
     })
     .unwrap_or_else(|| {
         panic!(
@@ -629,11 +721,17 @@ fn three_daemons_share_one_database_and_take_back_a_killed_ones_jobs() {
     );
     assert_eq!(
         count("SELECT count(DISTINCT job_id) FROM job_runs WHERE outcome = 'succeeded';"),
-        3000
+        30000
     );
     assert_eq!(
         count("SELECT count(*) FROM jobs WHERE state <> 'succeeded';"),
         0
+    );
+    // Every attempt was recorded once: no two daemons ran the same one.
+    assert_eq!(
+        count("SELECT count(*) FROM (SELECT 1 FROM job_runs GROUP BY job_id, attempt HAVING count(*) > 1) t;"),
+        0,
+        "an attempt ran twice"
     );
     // All three ran jobs; the killed one's unfinished jobs were rescued.
     assert_eq!(
@@ -643,5 +741,5 @@ fn three_daemons_share_one_database_and_take_back_a_killed_ones_jobs() {
     let rescued = count(&format!(
         "SELECT count(*) FROM job_runs WHERE outcome = 'rescued' AND worker LIKE '%:{victim}:%';"
     ));
-    eprintln!("3 000 jobs, 3 daemons, one killed: {rescued} of its jobs rescued by the others");
+    eprintln!("30 000 jobs, 3 daemons, one killed: {rescued} of its jobs rescued by the others");
 }

@@ -415,6 +415,11 @@ pub(crate) fn claim_by_plan<E>(
     Ok(jobs)
 }
 
+/// The earlier of two optional times.
+pub(crate) fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    a.into_iter().chain(b).min()
+}
+
 /// One `job_runs` row to write (completions and rescues, both backends).
 pub(crate) struct RunRow<'a> {
     pub(crate) job_id: i64,

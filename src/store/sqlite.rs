@@ -26,7 +26,7 @@ use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, T
 /// Prepared statements kept per connection; enough for every named query.
 const STATEMENT_CACHE: usize = 128;
 
-use super::{percentile, RunRow, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
+use super::{earliest, percentile, RunRow, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
 
 /// How the store may treat a missing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,11 +219,6 @@ impl SqliteStore {
         })();
         result.map_err(|e| self.err(op, e))
     }
-}
-
-/// The earlier of two optional times.
-fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    a.into_iter().chain(b).min()
 }
 
 /// Turns a rusqlite error into the store error an operator can act on.
