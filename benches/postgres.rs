@@ -1,22 +1,26 @@
-//! PostgreSQL benchmarks: `noop` throughput with one, two and three release
-//! daemons on one database (50 000 jobs pre-inserted, first start to last
-//! finish), and pickup latency through LISTEN/NOTIFY on an idle daemon.
+//! The two backends side by side, in one run: `noop` throughput with one,
+//! two and three release daemons on one database (50 000 jobs inserted
+//! before the first starts; first start to last finish, from `job_runs`),
+//! and pickup latency on an idle daemon (300 jobs inserted 20 ms apart,
+//! each watched until it leaves `queued`): through LISTEN/NOTIFY on
+//! PostgreSQL, through the `-wal` watch on SQLite.
 //!
 //! `cargo bench --bench postgres` (needs the machine's server at
-//! 127.0.0.1:5432, database `test`; each run works in a schema of its own).
-//! The SQLite figures of the same machine come from `--bench daemon`.
+//! 127.0.0.1:5432, database `test`; each run works in a schema of its own,
+//! dropped at the end, and SQLite in a temporary folder).
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::percentile;
-use jobd::job::{now_ms, NewJob};
+use common::{percentile, pickup};
 use jobd::store::postgres::PgStore;
-use jobd::store::Store;
+use jobd::store::{OpenMode, SqliteStore, Store};
 
 const JOBS: i64 = 50_000;
+const PICKUPS: usize = 300;
 
 fn psql(sql: &str) -> String {
     let out = Command::new("psql")
@@ -41,126 +45,211 @@ fn psql(sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-struct Run {
-    schema: String,
-    dir: tempfile::TempDir,
+/// One database of either backend, fresh for one measurement.
+enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
 }
 
-impl Run {
-    fn new(tag: &str) -> Run {
+impl Database {
+    fn sqlite(dir: &tempfile::TempDir, tag: &str) -> Database {
+        let path = dir.path().join(format!("{tag}.db"));
+        Store::migrate(
+            &mut SqliteStore::open(&path, Duration::from_secs(5), OpenMode::Create).unwrap(),
+        )
+        .unwrap();
+        Database::Sqlite(path)
+    }
+
+    fn postgres(tag: &str) -> Database {
         let schema = format!("jobd_bench_{tag}_{}", std::process::id());
         psql(&format!(
             "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
         ));
-        let run = Run {
-            schema,
-            dir: tempfile::tempdir().unwrap(),
+        let db = Database::Postgres(schema);
+        Store::migrate(&mut db.pg()).unwrap();
+        db
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "SQLite",
+            Database::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    fn pg(&self) -> PgStore {
+        let Database::Postgres(schema) = self else {
+            unreachable!()
         };
-        Store::migrate(&mut PgStore::connect(&run.url()).unwrap()).unwrap();
-        run
+        PgStore::connect(&format!(
+            "postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}"
+        ))
+        .unwrap()
     }
 
-    fn url(&self) -> String {
-        format!(
-            "postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{}",
-            self.schema
-        )
+    fn sqlite_store(&self) -> SqliteStore {
+        let Database::Sqlite(path) = self else {
+            unreachable!()
+        };
+        SqliteStore::open(path, Duration::from_secs(5), OpenMode::Existing).unwrap()
     }
 
-    fn q(&self, sql: &str) -> i64 {
-        psql(&format!("SET search_path = {}; {sql}", self.schema))
-            .lines()
-            .last()
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0)
-    }
-
-    fn daemon(&self, n: usize) -> Child {
-        let config = self.dir.path().join(format!("d{n}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[database]\nurl = \"{}\"\n[pool]\nthreads = 8\n[cpu]\nworkers = 1\n[log]\nlevel = \"warn\"\nfile = \"{}\"\n",
-                self.url(),
-                self.dir.path().join(format!("d{n}.log")).display()
+    /// The `[database]` line of a daemon's config.
+    fn config_line(&self) -> String {
+        match self {
+            Database::Sqlite(path) => format!("path = \"{}\"", path.display()),
+            Database::Postgres(schema) => format!(
+                "url = \"postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}\""
             ),
-        )
-        .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_jobd"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        }
+    }
+
+    /// One integer from a query (0 for NULL).
+    fn scalar(&self, sql: &str) -> i64 {
+        match self {
+            Database::Sqlite(_) => self
+                .sqlite_store()
+                .connection()
+                .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+                .unwrap()
+                .unwrap_or(0),
+            Database::Postgres(schema) => psql(&format!("SET search_path = {schema}; {sql}"))
+                .lines()
+                .last()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0),
+        }
+    }
+
+    fn insert_noops(&self, n: i64) {
+        match self {
+            Database::Sqlite(_) => {
+                self.sqlite_store()
+                    .connection()
+                    .execute_batch(&format!(
+                        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+                         INSERT INTO jobs(kind) SELECT 'noop' FROM n;"
+                    ))
+                    .unwrap();
+            }
+            Database::Postgres(_) => {
+                self.scalar(&format!(
+                    "INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, {n}); SELECT 0;"
+                ));
+            }
+        }
+    }
+
+    fn pickup(&self, n: usize) -> Vec<f64> {
+        match self {
+            Database::Sqlite(_) => pickup(&mut self.sqlite_store(), n),
+            Database::Postgres(_) => pickup(&mut self.pg(), n),
+        }
     }
 }
 
-impl Drop for Run {
+impl Drop for Database {
     fn drop(&mut self) {
-        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE;", self.schema));
+        if let Database::Postgres(schema) = self {
+            psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE;"));
+        }
     }
 }
 
-fn stop(mut daemons: Vec<Child>) {
-    for d in &daemons {
+/// Starts daemon `n` on `db` with 8 pool threads and 1 CPU worker; returns
+/// it with its log file.
+fn daemon(dir: &tempfile::TempDir, db: &Database, n: usize) -> (Child, PathBuf) {
+    let config = dir.path().join(format!("d{n}.toml"));
+    let log = dir.path().join(format!("d{n}-{}.log", db.name()));
+    std::fs::remove_file(&log).ok();
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\n{}\n[pool]\nthreads = 8\n[cpu]\nworkers = 1\n[log]\nlevel = \"info\"\nfile = \"{}\"\n",
+            db.config_line(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_jobd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, log)
+}
+
+fn wait_started(log: &PathBuf) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("daemon.started")
+    {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn stop(daemons: Vec<(Child, PathBuf)>) {
+    for (d, _) in &daemons {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
     }
-    for d in &mut daemons {
+    for (mut d, _) in daemons {
         let _ = d.wait();
     }
 }
 
+/// Jobs per second of `daemons` daemons draining `JOBS` noop jobs.
+fn throughput(dir: &tempfile::TempDir, db: &Database, daemons: usize) -> f64 {
+    db.insert_noops(JOBS);
+    let running: Vec<_> = (0..daemons).map(|i| daemon(dir, db, i)).collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while db.scalar("SELECT count(*) FROM job_runs") < JOBS {
+        assert!(Instant::now() < deadline, "stalled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let span = db
+        .scalar("SELECT max(finished_at) - min(started_at) FROM job_runs")
+        .max(1);
+    stop(running);
+    JOBS as f64 / (span as f64 / 1000.0)
+}
+
 fn main() {
+    let dir = tempfile::tempdir().unwrap();
     for n in 1..=3 {
-        let run = Run::new(&format!("t{n}"));
-        run.q(&format!(
-            "INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, {JOBS}); SELECT 0;"
-        ));
-        let daemons: Vec<Child> = (0..n).map(|i| run.daemon(i)).collect();
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while run.q("SELECT count(*) FROM jobs WHERE state = 'succeeded';") < JOBS {
-            assert!(Instant::now() < deadline, "stalled");
-            std::thread::sleep(Duration::from_millis(100));
+        for db in [
+            Database::sqlite(&dir, &format!("t{n}")),
+            Database::postgres(&format!("t{n}")),
+        ] {
+            println!(
+                "{:<10} {n} daemon(s), pool.threads = 8, {JOBS} noop jobs: {:>6.0} jobs/s",
+                db.name(),
+                throughput(&dir, &db, n)
+            );
         }
-        let span = run
-            .q("SELECT max(finished_at) - min(started_at) FROM job_runs;")
-            .max(1);
-        stop(daemons);
+    }
+    for db in [
+        Database::sqlite(&dir, "pickup"),
+        Database::postgres("pickup"),
+    ] {
+        let (child, log) = daemon(&dir, &db, 9);
+        wait_started(&log);
+        let observed = db.pickup(PICKUPS);
+        stop(vec![(child, log)]);
         println!(
-            "PostgreSQL, {n} daemon(s), pool.threads = 8, {JOBS} noop jobs: {:.0} jobs/s",
-            JOBS as f64 / (span as f64 / 1000.0)
+            "{:<10} pickup, {PICKUPS} jobs 20 ms apart: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            db.name(),
+            percentile(&observed, 0.5),
+            percentile(&observed, 0.99),
+            observed[observed.len() - 1]
         );
     }
-
-    let run = Run::new("pickup");
-    let daemon = run.daemon(0);
-    std::thread::sleep(Duration::from_secs(3));
-    let mut store = PgStore::connect(&run.url()).unwrap();
-    let mut observed = Vec::new();
-    for _ in 0..300 {
-        let id = store.enqueue(&[NewJob::new("noop")], now_ms()).unwrap()[0].id();
-        let committed = Instant::now();
-        loop {
-            let state = Store::job(&mut store, id).unwrap().map(|j| j.state);
-            if state != Some(jobd::job::JobState::Queued) {
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        observed.push(committed.elapsed().as_secs_f64() * 1000.0);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop(vec![daemon]);
-    observed.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!(
-        "PostgreSQL pickup via LISTEN/NOTIFY, 300 jobs 20 ms apart: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&observed, 0.5),
-        percentile(&observed, 0.99),
-        observed[observed.len() - 1]
-    );
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use jobd::job::{now_ms, Attempt, NewJob};
 use jobd::store::{Claim, ClaimRequest, OpenMode, SqliteStore, Store};
-use rusqlite::OptionalExtension;
 
 pub const BATCH: usize = 64;
 pub const WORKER: &str = "bench:1:1";
@@ -277,23 +276,15 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Inserts `n` noop jobs 20 ms apart and returns the sorted latencies from
-/// each insert's commit to the job leaving `queued`, in ms.
-pub fn pickup(store: &mut jobd::store::SqliteStore, n: usize) -> Vec<f64> {
+/// each insert's commit to the job leaving `queued`, in ms (either backend).
+pub fn pickup(store: &mut impl Store, n: usize) -> Vec<f64> {
     let job = NewJob::new("noop");
     let mut observed = Vec::new();
     for _ in 0..n {
         let inserted = store.enqueue(std::slice::from_ref(&job), now_ms()).unwrap();
         let committed = Instant::now();
         let id = inserted[0].id();
-        loop {
-            let state: Option<String> = store
-                .connection()
-                .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
-                .optional()
-                .unwrap();
-            if state.as_deref() != Some("queued") {
-                break;
-            }
+        while store.job(id).unwrap().map(|j| j.state) == Some(jobd::job::JobState::Queued) {
             std::thread::sleep(Duration::from_micros(50));
         }
         observed.push(committed.elapsed().as_secs_f64() * 1000.0);
