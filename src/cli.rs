@@ -48,8 +48,8 @@ pub enum Command {
     Resume(QueueNames),
     /// The periodic schedules: expression, next time, last job and its state.
     Cron,
-    /// Create or upgrade the database schema and exit.
-    Migrate,
+    /// Create or upgrade the database schema and exit; with --from, then move the queued jobs of a SQLite file into the PostgreSQL database of the config.
+    Migrate(MigrateArgs),
     /// Load and validate the config, print the effective values.
     CheckConfig,
 }
@@ -185,12 +185,29 @@ pub struct PruneArgs {
     pub older_than: Option<Duration>,
 }
 
+/// `jobd migrate`
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Move the queued jobs (ready, scheduled and awaiting retry), paused queues and cron
+    /// slots of this SQLite file into the PostgreSQL database that `database.url` names.
+    /// Stop the daemons on the file first. Safe to run again: no job moves twice.
+    #[arg(long, value_name = "sqlite:PATH", value_parser = parse_source)]
+    pub from: Option<PathBuf>,
+}
+
 /// `jobd pause` / `jobd resume`
 #[derive(Debug, Args)]
 pub struct QueueNames {
     /// The queues.
     #[arg(required = true)]
     pub queues: Vec<String>,
+}
+
+fn parse_source(s: &str) -> Result<PathBuf, String> {
+    match s.strip_prefix("sqlite:") {
+        Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err("expected sqlite:PATH, the SQLite file to move queued jobs from".into()),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

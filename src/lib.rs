@@ -1,4 +1,5 @@
-//! jobd: a background job worker daemon on a SQLite job queue.
+//! jobd: a background job worker daemon on a SQLite (or PostgreSQL) job
+//! queue.
 //!
 //! # Layout
 //!
@@ -6,8 +7,9 @@
 //! transitions between them). Anyone inserts it — the `sqlite3` shell, a
 //! script, or `jobd enqueue` ([`commands`]) — and the [`store`] is the only
 //! code that speaks SQL: enqueue, claim, complete, rescue, prune, each one
-//! short transaction behind the [`store::Store`] trait, so a PostgreSQL
-//! backend can sit beside [`store::SqliteStore`]. Settings come from
+//! short transaction behind the [`store::Store`] trait, implemented by
+//! [`store::SqliteStore`] and, for daemons on many hosts sharing one queue,
+//! [`store::postgres::PgStore`]. Settings come from
 //! `config.toml` and `JOBD_SECTION__KEY` variables, validated once into a
 //! [`config::Config`] that is handed to whatever needs it. Log lines are
 //! named events written by [`event!`] in logfmt or JSON ([`logging`]).
@@ -27,7 +29,8 @@
 //! cancel flag, catches panics, and settles the outcome (success, a retry
 //! after the [`retry`] backoff, or `dead`). The dispatcher sleeps until an
 //! attempt ends, a signal arrives ([`signals`]), another process commits
-//! ([`pickup`] watches the `-wal` file) or a timer is due. [`maintenance`]
+//! ([`pickup`] watches the `-wal` file, or LISTENs on PostgreSQL) or a
+//! timer is due. [`maintenance`]
 //! runs beside it on its own connection: heartbeat, lease rescue, pruning
 //! and the `stats` line, with process facts from [`procfs`]. [`notify`]
 //! tells systemd when the daemon is ready, reloading or stopping, pings its

@@ -26,6 +26,12 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// older than the lease) belongs to a daemon that is gone.
 const STALE_HEARTBEATS: u32 = 12;
 
+/// How old a `workers` row's heartbeat must be before its daemon counts as
+/// gone, for daemons holding leases of `lease`.
+pub fn stale_after(lease: Duration) -> Duration {
+    (HEARTBEAT * STALE_HEARTBEATS).max(lease)
+}
+
 /// How often the pruner looks for old jobs. Retention is counted in days,
 /// so once a minute keeps the table tidy without measurable cost.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -195,8 +201,7 @@ impl<S: Store> Maintenance<S> {
                 "trying again at the next beat",
             ),
         }
-        let stale_after = (HEARTBEAT * STALE_HEARTBEATS).max(self.config.daemon.lease);
-        let cutoff = now - stale_after.as_millis() as i64;
+        let cutoff = now - stale_after(self.config.daemon.lease).as_millis() as i64;
         if let Ok(workers) = self.store.workers() {
             for w in workers
                 .iter()

@@ -1,6 +1,9 @@
-//! The PostgreSQL backend, first part: `jobd migrate` creates and keeps the
-//! schema on a real server, and the database itself rejects bad inserts from
-//! `psql`. Each test works in a schema of its own, dropped at the end.
+//! The PostgreSQL backend: `jobd migrate` creates and upgrades the schema
+//! on a real server, the database itself rejects bad inserts from `psql`,
+//! the claim is an index range scan, daemons share one queue (30 000 jobs,
+//! one killed), ride out cut connections, and `jobd migrate --from` moves a
+//! SQLite file's queued jobs once. Each test works in a schema of its own,
+//! dropped at the end.
 //!
 //! The server is the machine's (127.0.0.1:5432, trust auth, database
 //! `test`). Where none answers the tests say so and pass, unless
@@ -23,18 +26,27 @@ fn migrate_creates_the_schema_once_and_says_so() {
     let Some(schema) = Schema::create("migrate") else {
         return;
     };
+    use jobd::store::postgres::SCHEMA_VERSION;
     let home = home_on(&schema.url());
     let first = home.ok(&["migrate"]);
     assert!(
-        first.contains("migrated from schema version 0 to 2"),
+        first.contains(&format!(
+            "migrated from schema version 0 to {SCHEMA_VERSION}"
+        )),
         "{first}"
     );
     let again = home.ok(&["migrate"]);
-    assert!(again.contains("is at schema version 2"), "{again}");
+    assert!(
+        again.contains(&format!("is at schema version {SCHEMA_VERSION}")),
+        "{again}"
+    );
     let tables = schema
         .psql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = current_schema();")
         .unwrap();
-    assert_eq!(tables, "cron,job_runs,jobd_schema,jobs,queues,workers");
+    assert_eq!(
+        tables,
+        "cron,imported_jobs,job_runs,jobd_schema,jobs,queues,workers"
+    );
     // A schema from a newer jobd is refused, not touched.
     schema.psql("UPDATE jobd_schema SET version = 99;").unwrap();
     home.jobd(&["migrate"])
@@ -43,6 +55,40 @@ fn migrate_creates_the_schema_once_and_says_so() {
         schema.psql("SELECT version FROM jobd_schema;").unwrap(),
         "99"
     );
+}
+
+#[test]
+fn a_schema_from_the_previous_version_is_upgraded_with_its_jobs() {
+    use jobd::store::postgres::{MIGRATIONS, SCHEMA_VERSION};
+    let Some(schema) = Schema::create("upgrade") else {
+        return;
+    };
+    let previous = SCHEMA_VERSION - 1;
+    let mut sql = String::from("CREATE TABLE jobd_schema (version BIGINT NOT NULL);");
+    for step in &MIGRATIONS[..previous as usize] {
+        sql.push_str(step);
+    }
+    sql.push_str(&format!(
+        "INSERT INTO jobd_schema VALUES ({previous}); INSERT INTO jobs(kind) VALUES ('noop');"
+    ));
+    schema.psql(&sql).unwrap();
+    let home = home_on(&schema.url());
+    // Commands that only read refuse the old schema and say what to do.
+    home.jobd(&["list"]).fails(1, "run `jobd migrate`");
+    let out = home.ok(&["migrate"]);
+    assert!(
+        out.contains(&format!(
+            "from schema version {previous} to {SCHEMA_VERSION}"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        schema
+            .psql("SELECT kind || ':' || state FROM jobs;")
+            .unwrap(),
+        "noop:queued"
+    );
+    home.ok(&["list"]);
 }
 
 #[test]
@@ -119,6 +165,20 @@ fn url_and_path_together_or_a_wrong_url_are_refused_naming_the_keys() {
     assert!(!shown.contains("pw-4e1f-secret"), "{shown}");
     assert!(
         shown.contains("postgres://jobd:(redacted)@127.0.0.1/test"),
+        "{shown}"
+    );
+    // Or the whole URL from the environment, kept out of the file.
+    std::fs::write(home.config(), "[database]\n").unwrap();
+    let out = home
+        .cmd(&["check-config"])
+        .env("JOBD_DATABASE__URL", with_password)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!shown.contains("pw-4e1f-secret"), "{shown}");
+    assert!(
+        shown.contains("url = \"postgres://jobd:(redacted)@127.0.0.1/test\""),
         "{shown}"
     );
 }
@@ -742,4 +802,227 @@ fn three_daemons_share_one_database_and_take_back_a_killed_ones_jobs() {
         "SELECT count(*) FROM job_runs WHERE outcome = 'rescued' AND worker LIKE '%:{victim}:%';"
     ));
     eprintln!("30 000 jobs, 3 daemons, one killed: {rescued} of its jobs rescued by the others");
+}
+
+/// `jobd migrate --from sqlite:PATH`: a SQLite file's queued jobs move into
+/// PostgreSQL once, however often it runs.
+mod moving {
+    use super::*;
+
+    /// A SQLite home with jobs in every state that matters to a move.
+    fn old_home() -> Home {
+        let old = Home::new();
+        old.migrate();
+        old.sqlite3(
+            "INSERT INTO jobs(id, kind, payload, queue, priority) VALUES (1, 'noop', '{\"sleep_ms\":1}', 'default', 5);
+             INSERT INTO jobs(id, kind, payload, run_at) VALUES (2, 'noop', '{}', 4102444800000);
+             INSERT INTO jobs(id, kind, payload, attempts, last_error, max_attempts, timeout_ms)
+                 VALUES (3, 'noop', '{}', 2, 'timed out after 5 ms', 7, 900);
+             INSERT INTO jobs(id, kind, payload, unique_key, queue) VALUES (4, 'noop', '{}', 'welcome:42', 'mail');
+             INSERT INTO jobs(id, kind, payload, state, last_error) VALUES (5, 'noop', '{}', 'dead', 'gave up');
+             INSERT INTO jobs(id, kind, payload, state) VALUES (6, 'noop', '{}', 'succeeded');
+             INSERT INTO queues(name, paused) VALUES ('mail', 1);
+             INSERT INTO cron(name, last_slot) VALUES ('nightly', 1700000000000);",
+        )
+        .succeeds();
+        old
+    }
+
+    fn from(old: &Home) -> String {
+        format!("sqlite:{}", old.db().display())
+    }
+
+    #[test]
+    fn queued_jobs_paused_queues_and_cron_slots_move_once() {
+        let Some(schema) = Schema::create("move") else {
+            return;
+        };
+        let old = old_home();
+        let pg = home_on(&schema.url());
+        let out = pg.ok(&["migrate", "--from", &from(&old)]);
+        assert!(out.contains("migrated from schema version 0"), "{out}");
+        assert!(
+            out.contains("moved 4 queued jobs from") && out.contains("1 paused queues and 1 cron"),
+            "{out}"
+        );
+        let rows = schema
+            .psql(
+                "SELECT queue, kind, payload::text, priority, run_at, max_attempts, timeout_ms, \
+                 unique_key, state, attempts, last_error FROM jobs ORDER BY id;",
+            )
+            .unwrap();
+        let rows: Vec<&str> = rows.lines().collect();
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        assert!(
+            rows[0].starts_with("default|noop|{\"sleep_ms\": 1}|5|"),
+            "{rows:?}"
+        );
+        assert!(rows[1].contains("|4102444800000|"), "{rows:?}");
+        assert!(
+            rows[2].ends_with("|7|900||queued|2|timed out after 5 ms"),
+            "{rows:?}"
+        );
+        assert!(rows[3].starts_with("mail|noop|{}|0|"), "{rows:?}");
+        assert!(rows[3].contains("|welcome:42|queued|0|"), "{rows:?}");
+        assert_eq!(
+            schema
+                .psql("SELECT name FROM queues WHERE paused;")
+                .unwrap(),
+            "mail"
+        );
+        assert_eq!(
+            schema
+                .psql("SELECT last_slot FROM cron WHERE name = 'nightly';")
+                .unwrap(),
+            "1700000000000"
+        );
+        // The file keeps its history; each moved job says where it went.
+        let left = old
+            .sqlite3("SELECT id, state, last_error FROM jobs ORDER BY id;")
+            .succeeds();
+        let left: Vec<&str> = left.lines().collect();
+        assert!(
+            left[0].starts_with("1|cancelled|moved to postgres://root@127.0.0.1:5432/test")
+                && left[0].contains(" as job "),
+            "{left:?}"
+        );
+        assert_eq!(left[4], "5|dead|gave up");
+        assert_eq!(left[5], "6|succeeded|");
+
+        // Again: nothing moves twice. Then a job inserted into the file
+        // since moves alone.
+        let again = pg.ok(&["migrate", "--from", &from(&old)]);
+        assert!(again.contains("moved 0 queued jobs"), "{again}");
+        old.sqlite3("INSERT INTO jobs(kind) VALUES ('noop');")
+            .succeeds();
+        let late = pg.ok(&["migrate", "--from", &from(&old)]);
+        assert!(late.contains("moved 1 queued jobs"), "{late}");
+        assert_eq!(schema.psql("SELECT count(*) FROM jobs;").unwrap(), "5");
+
+        // Interrupted between the two commits: the file still shows the
+        // jobs queued though PostgreSQL has them. A rerun only marks them.
+        old.sqlite3("UPDATE jobs SET state = 'queued', finished_at = NULL WHERE last_error LIKE 'moved to %';")
+            .succeeds();
+        let rerun = pg.ok(&["migrate", "--from", &from(&old)]);
+        assert!(rerun.contains("moved 5 queued jobs"), "{rerun}");
+        assert_eq!(schema.psql("SELECT count(*) FROM jobs;").unwrap(), "5");
+        assert_eq!(
+            old.query_i64("SELECT count(*) FROM jobs WHERE state = 'queued';"),
+            0
+        );
+
+        // The moved jobs run on PostgreSQL, the retry keeping its count.
+        schema
+            .psql("UPDATE jobs SET run_at = 0; UPDATE queues SET paused = false;")
+            .unwrap();
+        let daemon = pg.daemon_logging_to("d.log");
+        common::wait_for(common::PATIENCE, || {
+            (schema
+                .psql("SELECT count(*) FROM jobs WHERE state = 'succeeded';")
+                .unwrap()
+                == "5")
+                .then_some(())
+        })
+        .expect("the moved jobs run");
+        daemon.stop();
+        assert_eq!(
+            schema
+                .psql("SELECT attempts FROM jobs WHERE timeout_ms = 900;")
+                .unwrap(),
+            "3"
+        );
+    }
+
+    #[test]
+    fn what_cannot_move_is_named_and_stays_queued_in_the_file() {
+        let Some(schema) = Schema::create("moveref") else {
+            return;
+        };
+        let old = old_home();
+        // JSON that SQLite takes and jsonb cannot hold: NUL, a lone
+        // surrogate.
+        old.sqlite3(
+            "INSERT INTO jobs(id, kind, payload) VALUES (7, 'noop', '{\"s\":\"a\\u0000b\"}');
+             INSERT INTO jobs(id, kind, payload) VALUES (8, 'noop', '{\"s\":\"\\ud800\"}');",
+        )
+        .succeeds();
+        let pg = home_on(&schema.url());
+        pg.ok(&["migrate"]);
+        // A queued job holding the same unique_key stands for job 4.
+        schema
+            .psql("INSERT INTO jobs(kind, unique_key) VALUES ('noop', 'welcome:42');")
+            .unwrap();
+        let run = pg.jobd(&["migrate", "--from", &from(&old)]);
+        let err = run.fails(1, "2 jobs could not be moved and stay queued in");
+        assert!(
+            err.contains("job 7: unsupported Unicode escape sequence"),
+            "{err}"
+        );
+        assert!(
+            err.contains("job 8: invalid input syntax for type json"),
+            "{err}"
+        );
+        assert!(
+            run.stdout().contains("moved 3 queued jobs")
+                && run.stdout().contains("1 already there by unique_key"),
+            "{}",
+            run.stdout()
+        );
+        assert_eq!(
+            old.sqlite3("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id;")
+                .succeeds()
+                .trim(),
+            "7\n8"
+        );
+        assert!(old
+            .sqlite3("SELECT last_error FROM jobs WHERE id = 4;")
+            .succeeds()
+            .starts_with("not moved: postgres://"));
+        assert_eq!(schema.psql("SELECT count(*) FROM jobs;").unwrap(), "4");
+    }
+
+    #[test]
+    fn a_file_in_use_a_wrong_source_or_a_sqlite_target_are_refused() {
+        let Some(schema) = Schema::create("moveuse") else {
+            return;
+        };
+        let old = old_home();
+        let pg = home_on(&schema.url());
+        pg.jobd(&["migrate", "--from", "jobd.db"])
+            .fails(2, "expected sqlite:PATH");
+        pg.jobd(&["migrate", "--from", "sqlite:"])
+            .fails(2, "expected sqlite:PATH");
+        pg.jobd(&["migrate", "--from", "sqlite:/nonexistent/jobd.db"])
+            .fails(1, "/nonexistent/jobd.db");
+        old.jobd(&["migrate", "--from", &from(&old)])
+            .fails(2, "set database.url");
+        let daemon = old.daemon();
+        let err = pg
+            .jobd(&["migrate", "--from", &from(&old)])
+            .fails(1, "is in use by the daemon");
+        assert!(err.contains("stop it first"), "{err}");
+        assert_eq!(schema.psql("SELECT count(*) FROM jobs;").unwrap(), "0");
+        // The daemon ran jobs 1 and 3, the rest wait (job 2 is scheduled,
+        // 4 is in a paused queue). Killed while running job 9, the file
+        // moves: job 9 first goes back to queued, its attempt counted.
+        old.wait_state(1, "succeeded");
+        old.sqlite3(
+            "INSERT INTO jobs(id, kind, payload) VALUES (9, 'noop', '{\"sleep_ms\":60000}');",
+        )
+        .succeeds();
+        old.wait_state(9, "running");
+        daemon.kill9();
+        let out = pg.ok(&["migrate", "--from", &from(&old)]);
+        assert!(
+            out.contains("moved 3 queued jobs")
+                && out.contains("1 running jobs of stopped daemons put back to queued first"),
+            "{out}"
+        );
+        assert_eq!(
+            schema
+                .psql("SELECT state, attempts FROM jobs WHERE payload = '{\"sleep_ms\": 60000}';")
+                .unwrap(),
+            "queued|1"
+        );
+    }
 }

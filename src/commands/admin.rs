@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use super::{open_or_create, stdout_error};
+use super::stdout_error;
 use crate::cli::{CancelArgs, PruneArgs, QueueNames, RetryArgs};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -119,30 +119,6 @@ pub fn set_paused(
         writeln!(out, "{verb} queue {q}").map_err(stdout_error)?;
     }
     Ok(())
-}
-
-/// Runs `jobd migrate`.
-pub fn migrate(config: &Config, out: &mut dyn Write) -> Result<()> {
-    let ((before, after), path) = match &config.database.url {
-        Some(url) => {
-            let mut store = crate::store::postgres::PgStore::connect(url)?;
-            (store.migrate()?, crate::store::postgres::redact_url(url))
-        }
-        None => (
-            open_or_create(config)?.1,
-            config.database.path.display().to_string(),
-        ),
-    };
-    let path = path.as_str();
-    if before == after {
-        writeln!(out, "database {path} is at schema version {after}")
-    } else {
-        writeln!(
-            out,
-            "database {path} migrated from schema version {before} to {after}"
-        )
-    }
-    .map_err(stdout_error)
 }
 
 /// Runs `jobd check-config`.

@@ -9,6 +9,7 @@
 mod admin;
 mod enqueue;
 mod inspect;
+mod migrate;
 pub(crate) mod output;
 
 use std::collections::HashMap;
@@ -34,7 +35,7 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
     match cli.command {
         Command::Run => run_daemon(config, &path, explicit, env),
         Command::CheckConfig => admin::check_config(&config, out),
-        Command::Migrate => admin::migrate(&config, out),
+        Command::Migrate(args) => migrate::migrate(&config, args, out),
         Command::Cron => inspect::cron(&config, open(&config)?.as_mut(), out),
         Command::Enqueue(args) => enqueue::enqueue(&config, args, out),
         Command::List(args) => inspect::list(open(&config)?.as_mut(), args, out),

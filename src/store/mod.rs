@@ -138,6 +138,49 @@ impl StoreError {
 /// The store's result type.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A queued job as `jobd migrate --from` moves it between databases: every
+/// column a client or an earlier attempt wrote, so that it runs on the new
+/// database as it would have on the old one (its attempts so far count).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedJob {
+    /// Its id in the database it comes from.
+    pub id: i64,
+    /// Its queue.
+    pub queue: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its payload, JSON text.
+    pub payload: String,
+    /// Its priority.
+    pub priority: i64,
+    /// Not before this time (epoch ms).
+    pub run_at: i64,
+    /// Its own limit on attempts, if any.
+    pub max_attempts: Option<i64>,
+    /// Its own deadline, if any.
+    pub timeout_ms: Option<i64>,
+    /// Its de-duplication key, if any.
+    pub unique_key: Option<String>,
+    /// Attempts started so far (awaiting retry when > 0).
+    pub attempts: i64,
+    /// When it was enqueued (epoch ms).
+    pub created_at: i64,
+    /// Why its last attempt failed, if one did.
+    pub last_error: Option<String>,
+}
+
+/// Where one moved job went (`jobd migrate --from`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// Inserted as this job.
+    To(i64),
+    /// Not inserted: the target already holds a queued or running job with
+    /// the same `unique_key`, which stands for it.
+    Duplicate,
+    /// The target refused the row (what it said); nothing was written.
+    Refused(String),
+}
+
 /// The outcome of inserting one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", content = "id", rename_all = "lowercase")]

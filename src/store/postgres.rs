@@ -1,17 +1,18 @@
-//! The PostgreSQL backend (SPEC §9), first part: the schema and its
-//! migrations. The same tables, columns, states and CHECK rules as the
-//! SQLite schema, with `BIGINT` epoch-ms timestamps and `jsonb` payloads
-//! and results, so that clients insert the same way on either backend and
-//! the database itself rejects a bad row.
+//! The PostgreSQL backend (SPEC §9): daemons on many hosts share one queue.
 //!
-//! The store: [`PgStore`] implements the whole [`super::Store`] trait and
-//! passes the same conformance suite as SQLite (`tests/store.rs` runs
-//! every test on both). Claims are one `UPDATE … WHERE id IN (SELECT …
-//! FOR UPDATE SKIP LOCKED)` per queue and pool, so daemons on many hosts
-//! claim side by side; rescue skips rows other transactions hold.
+//! The schema is the SQLite one with `BIGINT` epoch-ms timestamps and
+//! `jsonb` payloads and results, the same columns, states and CHECK rules,
+//! so clients insert the same way on either backend and the database itself
+//! rejects a bad row; an insert trigger NOTIFYs `jobd_jobs_<schema>`.
 //!
-//! Every CLI command and the daemon run on it; the daemon hears new jobs
-//! with `LISTEN "jobd_jobs_<schema>"` ([`crate::pickup::listen`]).
+//! [`PgStore`] implements the whole [`super::Store`] trait and passes the
+//! same conformance suite as SQLite (`tests/store.rs` runs every test on
+//! both). Claims are one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP
+//! LOCKED)` per queue and pool over the ready index, so daemons claim side
+//! by side; rescue skips rows other transactions hold. Statements run on
+//! every turn are prepared once per connection, and a connection the
+//! server lost is reopened by the next operation. [`PgStore::import_queued`]
+//! is the receiving end of `jobd migrate --from sqlite:PATH`.
 //!
 //! The `postgres` crate is the blocking client the issue names: it runs a
 //! small runtime of its own inside, and jobd's code stays synchronous.
@@ -19,15 +20,15 @@
 use postgres::{Client, NoTls};
 
 use super::{
-    Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, JobRun, ListFilter,
-    PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, RunRow, Stats,
-    Store, StoreError, WorkerInfo,
+    Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, JobRun, ListFilter, Moved,
+    PruneCutoffs, Pruned, QueueStats, QueuedJob, RescueScope, Rescued, Result, RetryResult, RunRow,
+    Stats, Store, StoreError, WorkerInfo,
 };
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
 /// The migrations in order; entry `i` takes a database from version `i` to
 /// `i + 1`. Appended to, never edited.
-pub const MIGRATIONS: &[&str] = &[V1_TABLES, V2_NOTIFY_PER_SCHEMA];
+pub const MIGRATIONS: &[&str] = &[V1_TABLES, V2_NOTIFY_PER_SCHEMA, V3_IMPORTED_JOBS];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -139,6 +140,53 @@ BEGIN
     PERFORM pg_notify('jobd_jobs_' || TG_TABLE_SCHEMA, NEW.queue);
     RETURN NULL;
 END $$;
+";
+
+/// Version 3: which jobs `jobd migrate --from` has moved in, by source and
+/// id there, so that running it again after an interruption never inserts
+/// a job twice. `job_id` is NULL where a queued job with the same
+/// `unique_key` already stood for it.
+const V3_IMPORTED_JOBS: &str = "
+CREATE TABLE imported_jobs (
+    source      TEXT   NOT NULL,
+    source_id   BIGINT NOT NULL,
+    job_id      BIGINT NULL,
+    imported_at BIGINT NOT NULL,
+    PRIMARY KEY (source, source_id)
+);
+";
+
+/// Moves a batch of queued jobs in, and marks them imported, in one
+/// statement; rows imported before come back with what they became.
+const IMPORT_SQL: &str = "
+WITH u AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+        $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::bigint[],
+        $13::text[])
+      AS u(source_id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
+           unique_key, attempts, created_at, last_error)),
+before AS (
+    SELECT i.source_id, i.job_id FROM imported_jobs i
+    WHERE i.source = $1 AND i.source_id IN (SELECT source_id FROM u)),
+s AS (
+    SELECT u.*, nextval(pg_get_serial_sequence('jobs', 'id')) AS new_id FROM u
+    WHERE u.source_id NOT IN (SELECT source_id FROM before)),
+ins AS (
+    INSERT INTO jobs (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
+                      unique_key, attempts, created_at, last_error)
+    SELECT new_id, queue, kind, payload::jsonb, priority, run_at, max_attempts, timeout_ms,
+           unique_key, attempts, created_at, last_error
+    FROM s ORDER BY source_id
+    ON CONFLICT DO NOTHING
+    RETURNING id),
+now_moved AS (
+    SELECT s.source_id, ins.id AS job_id FROM s LEFT JOIN ins ON ins.id = s.new_id),
+marks AS (
+    INSERT INTO imported_jobs (source, source_id, job_id, imported_at)
+    SELECT $1, source_id, job_id, $14 FROM now_moved)
+SELECT source_id, job_id FROM now_moved
+UNION ALL
+SELECT source_id, job_id FROM before
 ";
 
 /// Turns a client error during `op` into the store error that names the
@@ -443,6 +491,122 @@ impl PgStore {
         tx.commit().map_err(&fail)?;
         Ok((applied, jobs))
     }
+}
+
+/// `jobd migrate --from`: queued jobs moved in from another database.
+impl PgStore {
+    /// Inserts `jobs` (queued jobs of the database `source` names) with
+    /// their attempts, times and last error, each at most once per source
+    /// however often this runs: a job imported before reports what it
+    /// became. A job whose `unique_key` a queued or running job here holds
+    /// is not inserted. Rows the server refuses (a payload `jsonb` cannot
+    /// hold, an empty queue) are reported one by one and the rest go in.
+    pub fn import_queued(
+        &mut self,
+        source: &str,
+        jobs: &[QueuedJob],
+        now: i64,
+    ) -> Result<Vec<(i64, Moved)>, StoreError> {
+        let fail = failing(&self.url, "import jobs");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        tx.batch_execute("SAVEPOINT batch").map_err(&fail)?;
+        match import_in(&mut tx, &mut self.statements, source, jobs, now) {
+            Ok(moved) => {
+                tx.commit().map_err(&fail)?;
+                return Ok(moved);
+            }
+            // Something in the batch is unfit; find what, row by row.
+            Err(e) if e.as_db_error().is_some() => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT batch")
+                    .map_err(&fail)?;
+            }
+            Err(e) => return Err(fail(e)),
+        }
+        let mut moved = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            tx.batch_execute("SAVEPOINT one").map_err(&fail)?;
+            match import_in(
+                &mut tx,
+                &mut self.statements,
+                source,
+                std::slice::from_ref(job),
+                now,
+            ) {
+                Ok(mut one) => moved.append(&mut one),
+                Err(e) if e.as_db_error().is_some() => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT one")
+                        .map_err(&fail)?;
+                    moved.push((job.id, Moved::Refused(describe(&e))));
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        tx.commit().map_err(&fail)?;
+        Ok(moved)
+    }
+}
+
+impl PgStore {
+    /// Carries the cron slots another database enqueued over, so that a
+    /// slot already enqueued there is not enqueued again here: per name,
+    /// the later of the two `last_slot`s wins.
+    pub fn import_cron(&mut self, rows: &[CronRow]) -> Result<(), StoreError> {
+        let fail = failing(&self.url, "import cron slots");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        for row in rows.iter().filter(|r| r.last_slot.is_some()) {
+            tx.execute(
+                "INSERT INTO cron (name, last_slot) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET last_slot = GREATEST(cron.last_slot, EXCLUDED.last_slot)",
+                &[&row.name, &row.last_slot],
+            )
+            .map_err(&fail)?;
+        }
+        tx.commit().map_err(&fail)
+    }
+}
+
+fn import_in(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &mut Statements,
+    source: &str,
+    jobs: &[QueuedJob],
+    now: i64,
+) -> std::result::Result<Vec<(i64, Moved)>, postgres::Error> {
+    let statement = statements.get(tx, IMPORT_SQL)?;
+    let ints = |f: fn(&QueuedJob) -> i64| jobs.iter().map(f).collect::<Vec<i64>>();
+    let opt_ints = |f: fn(&QueuedJob) -> Option<i64>| jobs.iter().map(f).collect::<Vec<_>>();
+    let texts = |f: for<'j> fn(&'j QueuedJob) -> &'j str| jobs.iter().map(f).collect::<Vec<&str>>();
+    let opt_texts =
+        |f: for<'j> fn(&'j QueuedJob) -> Option<&'j str>| jobs.iter().map(f).collect::<Vec<_>>();
+    let rows = tx.query(
+        &statement,
+        &[
+            &source,
+            &ints(|j| j.id),
+            &texts(|j| &j.queue),
+            &texts(|j| &j.kind),
+            &texts(|j| &j.payload),
+            &ints(|j| j.priority),
+            &ints(|j| j.run_at),
+            &opt_ints(|j| j.max_attempts),
+            &opt_ints(|j| j.timeout_ms),
+            &opt_texts(|j| j.unique_key.as_deref()),
+            &ints(|j| j.attempts),
+            &ints(|j| j.created_at),
+            &opt_texts(|j| j.last_error.as_deref()),
+            &now,
+        ],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let id: i64 = r.get(0);
+            match r.get::<_, Option<i64>>(1) {
+                Some(new) => (id, Moved::To(new)),
+                None => (id, Moved::Duplicate),
+            }
+        })
+        .collect())
 }
 
 /// Leases, the `workers` table and rescue: what lets daemons on many hosts

@@ -26,7 +26,7 @@ use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, T
 /// Prepared statements kept per connection; enough for every named query.
 const STATEMENT_CACHE: usize = 128;
 
-use super::{earliest, percentile, RunRow, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
+use super::{earliest, percentile, Moved, QueuedJob, RunRow, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
 
 /// How the store may treat a missing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,7 +160,67 @@ impl SqliteStore {
         Ok((before, self.user_version()?))
     }
 
-    /// A direct handle for tests and benchmarks that must inspect the file.
+    /// Up to `limit` queued jobs with ids above `after`, in id order: what
+    /// `jobd migrate --from` moves.
+    pub fn queued_after(&mut self, after: i64, limit: usize) -> Result<Vec<QueuedJob>> {
+        let result: rusqlite::Result<Vec<QueuedJob>> = (|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
+                     unique_key, attempts, created_at, last_error FROM jobs \
+                     WHERE state = 'queued' AND id > ?1 ORDER BY id LIMIT ?2",
+                )?
+                .query_map(params![after, limit as i64], |r| {
+                    Ok(QueuedJob {
+                        id: r.get(0)?,
+                        queue: r.get(1)?,
+                        kind: r.get(2)?,
+                        payload: r.get(3)?,
+                        priority: r.get(4)?,
+                        run_at: r.get(5)?,
+                        max_attempts: r.get(6)?,
+                        timeout_ms: r.get(7)?,
+                        unique_key: r.get(8)?,
+                        attempts: r.get(9)?,
+                        created_at: r.get(10)?,
+                        last_error: r.get(11)?,
+                    })
+                })?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read queued jobs", e))
+    }
+
+    /// Closes the queued jobs that moved to `target` (a database's name for
+    /// people): each becomes `cancelled` with a `last_error` that says where
+    /// it went, so that a daemon started on this file again by mistake does
+    /// not run it twice and `jobd show` on the old file tells where it is.
+    /// A job no longer queued is left alone. Returns how many were closed.
+    pub fn close_moved(&mut self, moved: &[(i64, Moved)], target: &str, now: i64) -> Result<usize> {
+        self.write("close moved jobs", |tx| {
+            let mut statement = tx.prepare_cached(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?2, last_error = ?3 \
+                 WHERE id = ?1 AND state = 'queued'",
+            )?;
+            let mut closed = 0;
+            for (id, moved) in moved {
+                let note = match moved {
+                    Moved::To(new) => {
+                        format!("moved to {target} as job {new} by jobd migrate --from")
+                    }
+                    Moved::Duplicate => format!(
+                        "not moved: {target} already holds a queued or running job with this \
+                         unique_key, which stands for it (jobd migrate --from)"
+                    ),
+                    Moved::Refused(_) => continue,
+                };
+                closed += statement.execute(params![id, now, note])?;
+            }
+            Ok(closed)
+        })
+    }
+
+    /// A direct handle for tests and benchmarks that must inspect the file.    /// A direct handle for tests and benchmarks that must inspect the file.
     pub fn connection(&mut self) -> &mut Connection {
         &mut self.conn
     }
