@@ -729,6 +729,112 @@ fn the_cli_works_on_postgresql() {
     assert!(retried.contains("queued"), "{retried}");
     home.ok(&["prune", "--older-than", "1s"]);
     home.ok(&["cron"]);
+    let checked = home.ok(&["check-config"]);
+    assert!(checked.contains(&schema.name), "{checked}");
+    for json in [
+        home.ok(&["list", "--json"]),
+        home.ok(&["show", &id, "--json"]),
+        home.ok(&["stats", "--json"]),
+    ] {
+        serde_json::from_str::<serde_json::Value>(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    }
+    let file = home.path().join("jobs.jsonl");
+    std::fs::write(
+        &file,
+        "{\"kind\":\"noop\",\"queue\":\"bulk\"}\n{\"kind\":\"noop\",\"queue\":\"bulk\",\"priority\":3}\n",
+    )
+    .unwrap();
+    let bulk = home.ok(&["enqueue", "--file", file.to_str().unwrap()]);
+    assert!(bulk.contains("enqueued 2 jobs"), "{bulk}");
+
+    // With a daemon: --wait follows a job to its end, tail follows attempts.
+    home.ok(&["pause", "hooks"]);
+    let daemon = home.daemon_logging_to("d.log");
+    let mut tail = home
+        .cmd(&["tail", "--kind", "noop"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let line = common::wait_for(common::PATIENCE, || {
+        // Exits 0 only once the job succeeded.
+        let waited = home.ok(&["enqueue", "noop", "--wait"]);
+        let id: i64 = waited.lines().next().unwrap().parse().unwrap();
+        assert_eq!(
+            schema
+                .psql(&format!("SELECT state FROM jobs WHERE id = {id};"))
+                .unwrap(),
+            "succeeded"
+        );
+        rx.recv_timeout(std::time::Duration::from_millis(300)).ok()
+    })
+    .expect("tail printed an attempt");
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    assert!(
+        line.contains("succeeded job=") && line.contains("kind=noop"),
+        "{line}"
+    );
+    home.jobd(&["enqueue", "noop", r#"{"sleep_ms":"x"}"#, "--wait"])
+        .fails(1, "ended dead: payload field sleep_ms: invalid type");
+    daemon.stop();
+}
+
+#[test]
+fn three_daemons_enqueue_each_cron_slot_exactly_once() {
+    let Some(schema) = Schema::create("cron") else {
+        return;
+    };
+    let home = Home::new();
+    std::fs::write(
+        home.config(),
+        format!(
+            "[database]\nurl = \"{}\"\n[daemon]\nshutdown_grace = \"100ms\"\n\
+             [cron.tick]\nschedule = \"@every 1s\"\nkind = \"noop\"\n",
+            schema.url()
+        ),
+    )
+    .unwrap();
+    home.ok(&["migrate"]);
+    let daemons: Vec<_> = ["a.log", "b.log", "c.log"]
+        .iter()
+        .map(|log| home.daemon_logging_to(log))
+        .collect();
+    common::wait_for(common::PATIENCE, || {
+        (schema
+            .psql("SELECT count(*) FROM jobs;")
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            >= 5)
+            .then_some(())
+    })
+    .expect("the schedule enqueues");
+    for daemon in daemons {
+        daemon.stop();
+    }
+    let slots: Vec<i64> = schema
+        .psql("SELECT run_at FROM jobs ORDER BY run_at;")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let mut distinct = slots.clone();
+    distinct.dedup();
+    assert_eq!(distinct, slots, "a slot enqueued twice");
+    for pair in slots.windows(2) {
+        assert_eq!(pair[1] - pair[0], 1_000, "a slot skipped: {slots:?}");
+    }
 }
 
 #[test]
