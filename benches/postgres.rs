@@ -82,9 +82,10 @@ impl Database {
         let Database::Postgres(schema) = self else {
             unreachable!()
         };
-        PgStore::connect(&format!(
-            "postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}"
-        ))
+        PgStore::connect(
+            &format!("postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}"),
+            Duration::from_secs(5),
+        )
         .unwrap()
     }
 

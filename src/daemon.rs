@@ -49,7 +49,7 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
     let db = config.database.clone();
     match &db.url {
         Some(url) => {
-            let store = PgStore::connect(url)?;
+            let store = PgStore::connect(url, db.busy_timeout)?;
             let wake = || match pickup::listen(url) {
                 Ok(rx) => Some(rx),
                 Err(e) => {
@@ -62,7 +62,7 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
                 }
             };
             let name = crate::store::postgres::redact_url(url);
-            let second = || -> Result<PgStore> { Ok(PgStore::connect(url)?) };
+            let second = || -> Result<PgStore> { Ok(PgStore::connect(url, db.busy_timeout)?) };
             run_on(config, registry, outside, store, second, wake, name)
         }
         None => {

@@ -231,7 +231,7 @@ mod lifecycle {
 
     fn store(schema: &Schema) -> PgStore {
         home_on(&schema.url()).ok(&["migrate"]);
-        PgStore::connect(&schema.url()).unwrap()
+        PgStore::connect(&schema.url(), std::time::Duration::from_secs(5)).unwrap()
     }
 
     #[test]
@@ -327,7 +327,7 @@ mod lifecycle {
             .map(|n| {
                 let url = url.clone();
                 std::thread::spawn(move || {
-                    let mut s = PgStore::connect(&url).unwrap();
+                    let mut s = PgStore::connect(&url, std::time::Duration::from_secs(5)).unwrap();
                     let worker = format!("w{n}");
                     let mut mine = Vec::new();
                     loop {
@@ -379,7 +379,7 @@ mod leases {
             return;
         };
         home_on(&schema.url()).ok(&["migrate"]);
-        let mut s = PgStore::connect(&schema.url()).unwrap();
+        let mut s = PgStore::connect(&schema.url(), std::time::Duration::from_secs(5)).unwrap();
         s.register_worker(&worker("a", NOW)).unwrap();
         s.register_worker(&worker("b", NOW)).unwrap();
         s.heartbeat("a", NOW + 5, 3).unwrap();
@@ -476,7 +476,7 @@ mod operators {
             return;
         };
         home_on(&schema.url()).ok(&["migrate"]);
-        let mut s = PgStore::connect(&schema.url()).unwrap();
+        let mut s = PgStore::connect(&schema.url(), std::time::Duration::from_secs(5)).unwrap();
         let mut keyed = NewJob::new("noop");
         keyed.unique_key = Some("k".into());
         let ids: Vec<i64> = s
@@ -680,6 +680,57 @@ fn a_daemon_rides_out_its_connections_being_cut() {
     assert_eq!(
         count("SELECT count(*) FROM job_runs WHERE outcome = 'succeeded';"),
         22
+    );
+}
+
+#[test]
+fn a_lock_held_by_a_client_delays_the_daemon_but_never_hangs_it() {
+    let Some(schema) = Schema::create("locked") else {
+        return;
+    };
+    let home = Home::new();
+    std::fs::write(
+        home.config(),
+        format!(
+            "[database]\nurl = \"{}\"\nbusy_timeout = \"300ms\"\n[pool]\nthreads = 2\n",
+            schema.url()
+        ),
+    )
+    .unwrap();
+    home.ok(&["migrate"]);
+    schema
+        .psql("INSERT INTO jobs(kind, payload) SELECT 'noop', '{\"sleep_ms\":100}' FROM generate_series(1, 60);")
+        .unwrap();
+    let daemon = home.daemon_logging_to("d.log");
+    // A client holds the table for 2 s: jobd's writes wait 300 ms, fail,
+    // are logged and tried again; nothing is lost.
+    let holder = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
+        .arg(format!(
+            "SET search_path = {}; BEGIN; LOCK TABLE jobs IN EXCLUSIVE MODE; SELECT pg_sleep(2); COMMIT;",
+            schema.name
+        ))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = daemon.wait_log("lock timeout");
+    assert!(log.contains("db.error"), "{log}");
+    let mut holder = holder;
+    assert!(holder.wait().unwrap().success());
+    common::wait_for(common::PATIENCE, || {
+        (schema
+            .psql("SELECT count(*) FROM jobs WHERE state = 'succeeded';")
+            .unwrap()
+            == "60")
+            .then_some(())
+    })
+    .expect("every job finished once the lock was gone");
+    daemon.stop();
+    assert_eq!(
+        schema
+            .psql("SELECT count(*) FROM job_runs WHERE outcome = 'succeeded';")
+            .unwrap(),
+        "60"
     );
 }
 

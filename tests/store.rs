@@ -35,7 +35,7 @@ fn backends() -> Vec<Backend> {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Some(schema) = common::pg::Schema::create(&format!("conf{n}")) {
-        let mut pg = PgStore::connect(&schema.url()).unwrap();
+        let mut pg = PgStore::connect(&schema.url(), std::time::Duration::from_secs(5)).unwrap();
         Store::migrate(&mut pg).unwrap();
         out.push(("postgres", Box::new(pg), Box::new(schema)));
     }

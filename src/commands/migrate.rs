@@ -37,7 +37,7 @@ pub fn migrate(config: &Config, args: MigrateArgs, out: &mut dyn Write) -> Resul
     }
     let ((before, after), name) = match &config.database.url {
         Some(url) => {
-            let mut store = PgStore::connect(url)?;
+            let mut store = PgStore::connect(url, config.database.busy_timeout)?;
             (store.migrate()?, redact_url(url))
         }
         None => (
@@ -64,7 +64,7 @@ pub fn migrate(config: &Config, args: MigrateArgs, out: &mut dyn Write) -> Resul
 /// `source` into the PostgreSQL database at `url`.
 fn move_from_sqlite(config: &Config, source: &Path, url: &str, out: &mut dyn Write) -> Result<()> {
     let mut from = SqliteStore::open(source, config.database.busy_timeout, OpenMode::Existing)?;
-    let mut to = PgStore::open_current(url)?;
+    let mut to = PgStore::open_current(url, config.database.busy_timeout)?;
     let target = redact_url(url);
     let max_attempts = config.retry.max_attempts;
 

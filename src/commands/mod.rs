@@ -101,6 +101,7 @@ fn open(config: &Config) -> Result<Box<dyn Store>> {
     if let Some(url) = &config.database.url {
         return Ok(Box::new(crate::store::postgres::PgStore::open_current(
             url,
+            config.database.busy_timeout,
         )?));
     }
     Ok(Box::new(SqliteStore::open(
@@ -114,7 +115,10 @@ fn open(config: &Config) -> Result<Box<dyn Store>> {
 /// schema versions before and after migrating it.
 fn open_or_create(config: &Config) -> Result<(Box<dyn Store>, (i64, i64))> {
     let mut store: Box<dyn Store> = match &config.database.url {
-        Some(url) => Box::new(crate::store::postgres::PgStore::connect(url)?),
+        Some(url) => Box::new(crate::store::postgres::PgStore::connect(
+            url,
+            config.database.busy_timeout,
+        )?),
         None => Box::new(SqliteStore::open(
             &config.database.path,
             config.database.busy_timeout,

@@ -256,13 +256,39 @@ fn insert_job(
 /// Connects to `url` as `application_name = jobd` unless the URL names
 /// another, so that an operator finds jobd's sessions in
 /// `pg_stat_activity`.
+///
+/// Unless the URL sets them, the connection also gets timeouts, so that a
+/// server that vanished (a crashed host, a cut network) fails an operation
+/// within about half a minute instead of the kernel's quarter of an hour:
+/// [`CONNECT_TIMEOUT`] to connect, [`TCP_USER_TIMEOUT`] for sent data to
+/// be acknowledged, and keepalives that notice a dead peer on an idle
+/// connection (the listener's) within about a minute.
 pub(crate) fn client(url: &str) -> std::result::Result<Client, postgres::Error> {
     let mut config: postgres::Config = url.parse()?;
     if config.get_application_name().is_none() {
         config.application_name("jobd");
     }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config
+            .keepalives_idle(std::time::Duration::from_secs(30))
+            .keepalives_interval(std::time::Duration::from_secs(10))
+            .keepalives_retries(3);
+    }
     config.connect(NoTls)
 }
+
+/// How long jobd waits to connect unless the URL says (`connect_timeout`).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long sent data may go unacknowledged before the connection counts
+/// as lost, unless the URL says (`tcp_user_timeout`).
+pub const TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The NOTIFY channel of the jobd schema `schema`.
 pub fn channel(schema: &str) -> String {
@@ -274,6 +300,7 @@ pub fn channel(schema: &str) -> String {
 pub struct PgStore {
     client: Client,
     url: String,
+    lock_timeout: std::time::Duration,
     statements: Statements,
 }
 
@@ -323,13 +350,32 @@ pub fn redact_url(url: &str) -> String {
 
 impl PgStore {
     /// Connects to `url` (`postgres://user@host/db`).
-    pub fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let client = client(url).map_err(failing(url, "connect"))?;
+    ///
+    /// `lock_timeout` (jobd's `database.busy_timeout`) bounds how long any
+    /// statement waits for a lock another session holds (a client's open
+    /// transaction on a job row, a `LOCK TABLE`): past it the statement
+    /// fails and is retried like any database error, so the dispatcher
+    /// keeps turning (and pinging systemd's watchdog) instead of hanging.
+    pub fn connect(url: &str, lock_timeout: std::time::Duration) -> Result<PgStore, StoreError> {
+        let client = Self::session(url, lock_timeout)?;
         Ok(PgStore {
             client,
             url: url.to_string(),
+            lock_timeout,
             statements: Statements::default(),
         })
+    }
+
+    fn session(url: &str, lock_timeout: std::time::Duration) -> Result<Client, StoreError> {
+        let fail = failing(url, "connect");
+        let mut client = client(url).map_err(&fail)?;
+        client
+            .batch_execute(&format!(
+                "SET lock_timeout = {}",
+                lock_timeout.as_millis().max(1)
+            ))
+            .map_err(&fail)?;
+        Ok(client)
     }
 
     /// Opens a fresh connection when the last one was lost (the server
@@ -340,7 +386,7 @@ impl PgStore {
         if !self.client.is_closed() {
             return Ok(());
         }
-        self.client = client(&self.url).map_err(failing(&self.url, "reconnect"))?;
+        self.client = Self::session(&self.url, self.lock_timeout)?;
         self.statements = Statements::default();
         Ok(())
     }
@@ -352,8 +398,11 @@ impl PgStore {
     /// Connects to `url` for a command that needs the current schema: a
     /// database without it, or with an older one, is an error that says to
     /// run `jobd migrate`.
-    pub fn open_current(url: &str) -> Result<PgStore, StoreError> {
-        let mut store = PgStore::connect(url)?;
+    pub fn open_current(
+        url: &str,
+        lock_timeout: std::time::Duration,
+    ) -> Result<PgStore, StoreError> {
+        let mut store = PgStore::connect(url, lock_timeout)?;
         let found = store.schema_version()?;
         if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
