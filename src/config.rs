@@ -922,6 +922,9 @@ impl Config {
                     "must be a PostgreSQL URL like postgres://user@host/db",
                 );
             }
+            if let Err(why) = crate::store::postgres::tls_settings(url) {
+                return fail("database.url", &why);
+            }
         }
         if self.database.path.as_os_str().is_empty() {
             return fail("database.path", "must name a file");

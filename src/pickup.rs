@@ -112,7 +112,7 @@ pub const RELISTEN: Duration = Duration::from_secs(1);
 /// A connection to `url` listening on its schema's channel.
 fn listening(url: &str) -> Result<postgres::Client, crate::store::StoreError> {
     let fail = crate::store::postgres::failing(url, "listen for new jobs");
-    let mut client = crate::store::postgres::client(url).map_err(&fail)?;
+    let mut client = crate::store::postgres::client(url, "listen for new jobs")?;
     let schema: String = client
         .query_one("SELECT current_schema()", &[])
         .map_err(&fail)?

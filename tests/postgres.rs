@@ -735,6 +735,107 @@ fn a_lock_held_by_a_client_delays_the_daemon_but_never_hangs_it() {
 }
 
 #[test]
+fn tls_verifies_the_servers_certificate_and_names_what_is_wrong() {
+    let Some(schema) = Schema::create("tls") else {
+        return;
+    };
+    // The machine's server runs Debian's default TLS setup: a self-signed
+    // certificate for "localhost".
+    let cert = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    if common::pg::psql("SHOW ssl;").as_deref() != Ok("on") || !std::path::Path::new(cert).exists()
+    {
+        eprintln!("the server has no TLS certificate here: skipped");
+        return;
+    }
+    let app = schema.name.clone();
+    let url = |host: &str, tls: &str| {
+        format!(
+            "postgres://root@{host}:5432/test?options=-c%20search_path%3D{}&application_name={app}&{tls}",
+            schema.name
+        )
+    };
+    let home = home_on(&url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={cert}"),
+    ));
+    home.ok(&["migrate"]);
+    let daemon = home.daemon_logging_to("d.log");
+    schema
+        .psql("INSERT INTO jobs(kind) VALUES ('noop');")
+        .unwrap();
+    common::wait_for(common::PATIENCE, || {
+        (schema.psql("SELECT state FROM jobs;").unwrap() == "succeeded").then_some(())
+    })
+    .expect("the job ran over TLS");
+    // Every connection of the daemon (dispatcher, maintenance, listener).
+    let sessions = common::pg::psql(&format!(
+        "SELECT count(*) FILTER (WHERE s.ssl) || '/' || count(*) FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = '{app}';"
+    ))
+    .unwrap();
+    daemon.stop();
+    assert_eq!(sessions.split('/').next(), sessions.split('/').nth(1));
+    assert!(
+        sessions.split('/').next().unwrap().parse::<i64>().unwrap() >= 3,
+        "{sessions}"
+    );
+
+    // The certificate is for "localhost", not for the address.
+    std::fs::write(
+        home.config(),
+        format!(
+            "[database]\nurl = \"{}\"\n",
+            url("127.0.0.1", &format!("sslmode=require&sslrootcert={cert}"))
+        ),
+    )
+    .unwrap();
+    home.jobd(&["list"])
+        .fails(1, "certificate not valid for name \"127.0.0.1\"");
+    // A CA that did not sign it.
+    let other_ca = home.path().join("other-ca.pem");
+    std::fs::write(&other_ca, OTHER_CA).unwrap();
+    std::fs::write(
+        home.config(),
+        format!(
+            "[database]\nurl = \"{}\"\n",
+            url(
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={}", other_ca.display())
+            )
+        ),
+    )
+    .unwrap();
+    home.jobd(&["list"]).fails(1, "invalid peer certificate");
+    // A file that is not a certificate, and a missing one.
+    std::fs::write(&other_ca, "not a certificate\n").unwrap();
+    home.jobd(&["list"]).fails(1, "holds no PEM certificate");
+    std::fs::remove_file(&other_ca).unwrap();
+    home.jobd(&["list"]).fails(1, "cannot read sslrootcert");
+    // Settings the config check refuses before connecting.
+    for (tls, says) in [
+        (
+            "sslmode=verify-everything",
+            "sslmode must be disable, allow, prefer",
+        ),
+        (
+            &format!("sslrootcert={cert}") as &str,
+            "sslrootcert needs sslmode=require or verify-full",
+        ),
+    ] {
+        std::fs::write(
+            home.config(),
+            format!("[database]\nurl = \"{}\"\n", url("localhost", tls)),
+        )
+        .unwrap();
+        home.jobd(&["check-config"]).fails(1, says);
+    }
+}
+
+/// A CA certificate that signed nothing on this machine (generated for this
+/// test with `openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256`).
+const OTHER_CA: &str = include_str!("data/other-ca.pem");
+
+#[test]
 fn the_cli_works_on_postgresql() {
     let Some(schema) = Schema::create("cli") else {
         return;

@@ -263,8 +263,14 @@ fn insert_job(
 /// [`CONNECT_TIMEOUT`] to connect, [`TCP_USER_TIMEOUT`] for sent data to
 /// be acknowledged, and keepalives that notice a dead peer on an idle
 /// connection (the listener's) within about a minute.
-pub(crate) fn client(url: &str) -> std::result::Result<Client, postgres::Error> {
-    let mut config: postgres::Config = url.parse()?;
+pub(crate) fn client(url: &str, op: &'static str) -> Result<Client, StoreError> {
+    let fail = failing(url, op);
+    let (parsed, tls) = tls_settings(url).map_err(|detail| StoreError::Postgres {
+        url: redact_url(url),
+        op,
+        detail,
+    })?;
+    let mut config: postgres::Config = parsed.parse().map_err(&fail)?;
     if config.get_application_name().is_none() {
         config.application_name("jobd");
     }
@@ -280,7 +286,128 @@ pub(crate) fn client(url: &str) -> std::result::Result<Client, postgres::Error> 
             .keepalives_interval(std::time::Duration::from_secs(10))
             .keepalives_retries(3);
     }
-    config.connect(NoTls)
+    match tls {
+        Tls::Off => config.connect(NoTls).map_err(&fail),
+        Tls::Verify { roots } => {
+            let tls = tls_connector(roots.as_deref()).map_err(|detail| StoreError::Postgres {
+                url: redact_url(url),
+                op,
+                detail,
+            })?;
+            config.connect(tls).map_err(&fail)
+        }
+    }
+}
+
+/// How a connection is secured, from the URL's libpq-style `sslmode` and
+/// `sslrootcert`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain TCP or a Unix socket: `sslmode` absent, `disable`, `allow` or
+    /// `prefer` (jobd does not try TLS unless told to require it).
+    Off,
+    /// TLS, the server's certificate verified (chain and host name) against
+    /// `sslrootcert` or else the system's CA certificates: `sslmode`
+    /// `require`, `verify-ca` or `verify-full`. Stricter than libpq, whose
+    /// `require` encrypts without verifying.
+    Verify {
+        /// The CA file (PEM) that `sslrootcert` names.
+        roots: Option<std::path::PathBuf>,
+    },
+}
+
+/// Splits jobd's TLS settings off `url`: the URL the client library
+/// parses (it knows neither `sslrootcert` nor the `verify-*` modes) and the
+/// [`Tls`] to connect with. Err says what is wrong, for the config check.
+pub fn tls_settings(url: &str) -> std::result::Result<(String, Tls), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), Tls::Off));
+    };
+    let (mut mode, mut roots) = (None, None);
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", value)) => mode = Some(value.to_string()),
+            Some(("sslrootcert", value)) => roots = Some(std::path::PathBuf::from(value)),
+            _ => kept.push(pair),
+        }
+    }
+    let tls = match mode.as_deref() {
+        None | Some("disable" | "allow" | "prefer") => {
+            if roots.is_some() {
+                return Err("sslrootcert needs sslmode=require or verify-full".into());
+            }
+            Tls::Off
+        }
+        Some("require" | "verify-ca" | "verify-full") => Tls::Verify { roots },
+        Some(other) => {
+            return Err(format!(
+                "sslmode must be disable, allow, prefer, require, verify-ca or verify-full, not {other:?}"
+            ))
+        }
+    };
+    kept.push(match tls {
+        Tls::Off => "sslmode=disable",
+        Tls::Verify { .. } => "sslmode=require",
+    });
+    Ok((format!("{base}?{}", kept.join("&")), tls))
+}
+
+/// A rustls connector trusting the CA certificates in `roots` (PEM), else
+/// the system's.
+fn tls_connector(
+    roots: Option<&std::path::Path>,
+) -> std::result::Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    let mut store = rustls::RootCertStore::empty();
+    match roots {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+            let mut found = 0;
+            use rustls::pki_types::pem::PemObject as _;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    format!(
+                        "sslrootcert {} is not a PEM certificate file: {e}",
+                        path.display()
+                    )
+                })?;
+                store.add(cert).map_err(|e| {
+                    format!(
+                        "sslrootcert {} holds an unusable certificate: {e}",
+                        path.display()
+                    )
+                })?;
+                found += 1;
+            }
+            if found == 0 {
+                return Err(format!(
+                    "sslrootcert {} holds no PEM certificate",
+                    path.display()
+                ));
+            }
+        }
+        None => {
+            let system = rustls_native_certs::load_native_certs();
+            store.add_parsable_certificates(system.certs);
+            if store.is_empty() {
+                return Err(
+                    "sslmode asks for TLS but the system has no CA certificates; name a CA file with sslrootcert"
+                        .into(),
+                );
+            }
+        }
+    }
+    // Both of rustls's crypto providers are linked (through lettre and
+    // ureq), so name one rather than rely on a process default.
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// How long jobd waits to connect unless the URL says (`connect_timeout`).
@@ -368,7 +495,7 @@ impl PgStore {
 
     fn session(url: &str, lock_timeout: std::time::Duration) -> Result<Client, StoreError> {
         let fail = failing(url, "connect");
-        let mut client = client(url).map_err(&fail)?;
+        let mut client = client(url, "connect")?;
         client
             .batch_execute(&format!(
                 "SET lock_timeout = {}",
@@ -1897,5 +2024,34 @@ mod tests {
             redact_url("postgres://jobd@127.0.0.1/test"),
             "postgres://jobd@127.0.0.1/test"
         );
+    }
+
+    #[test]
+    fn tls_settings_leave_the_client_only_what_it_knows() {
+        let plain = "postgres://h/db";
+        assert_eq!(tls_settings(plain).unwrap(), (plain.to_string(), Tls::Off));
+        assert_eq!(
+            tls_settings("postgres://h/db?application_name=x&sslmode=prefer").unwrap(),
+            (
+                "postgres://h/db?application_name=x&sslmode=disable".to_string(),
+                Tls::Off
+            )
+        );
+        for mode in ["require", "verify-ca", "verify-full"] {
+            assert_eq!(
+                tls_settings(&format!(
+                    "postgres://h/db?sslmode={mode}&sslrootcert=/ca.pem&x=1"
+                ))
+                .unwrap(),
+                (
+                    "postgres://h/db?x=1&sslmode=require".to_string(),
+                    Tls::Verify {
+                        roots: Some("/ca.pem".into())
+                    }
+                )
+            );
+        }
+        assert!(tls_settings("postgres://h/db?sslmode=on").is_err());
+        assert!(tls_settings("postgres://h/db?sslrootcert=/ca.pem").is_err());
     }
 }
