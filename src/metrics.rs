@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::dispatcher::Shared;
 use crate::event;
 use crate::job::now_ms;
-use crate::store::{OpenMode, SqliteStore, Store};
+use crate::store::Store;
 
 /// A dispatcher loop that has not turned for this long is unhealthy. It
 /// turns at least once a second when idle.
@@ -267,8 +267,7 @@ impl Metrics {
 /// Whether the daemon is healthy: its database answers a fresh connection
 /// and its dispatcher loop turned lately. `Err` says why not.
 pub fn health(config: &Config, shared: &Shared) -> Result<(), String> {
-    let db = &config.database;
-    let mut store = SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Existing)
+    let mut store = crate::store::open_existing(&config.database)
         .map_err(|e| format!("the database does not answer: {e}"))?;
     store
         .change_counter()
@@ -371,22 +370,21 @@ const MAX_FORM: u64 = 4096;
 /// error so the next request starts afresh.
 struct Db<'a> {
     config: &'a Config,
-    store: Option<SqliteStore>,
+    store: Option<Box<dyn Store>>,
 }
 
 impl Db<'_> {
     fn with<T>(
         &mut self,
-        f: impl FnOnce(&mut SqliteStore) -> Result<T, String>,
+        f: impl FnOnce(&mut dyn Store) -> Result<T, String>,
     ) -> Result<T, String> {
-        let db = &self.config.database;
         if self.store.is_none() {
             self.store = Some(
-                SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Existing)
+                crate::store::open_existing(&self.config.database)
                     .map_err(|e| format!("the database does not answer: {e}"))?,
             );
         }
-        let result = f(self.store.as_mut().expect("opened above"));
+        let result = f(self.store.as_mut().expect("opened above").as_mut());
         if result.is_err() {
             self.store = None;
         }

@@ -836,6 +836,66 @@ fn tls_verifies_the_servers_certificate_and_names_what_is_wrong() {
 const OTHER_CA: &str = include_str!("data/other-ca.pem");
 
 #[test]
+fn metrics_health_and_the_dashboard_read_postgresql() {
+    let Some(schema) = Schema::create("dash") else {
+        return;
+    };
+    let port = common::free_port();
+    let home = Home::new();
+    std::fs::write(
+        home.config(),
+        format!(
+            "[database]\nurl = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            schema.url()
+        ),
+    )
+    .unwrap();
+    home.ok(&["migrate"]);
+    let ok = schema
+        .psql("INSERT INTO jobs(kind) VALUES ('noop') RETURNING id;")
+        .unwrap();
+    let dead = schema
+        .psql("INSERT INTO jobs(kind) VALUES ('nope') RETURNING id;")
+        .unwrap();
+    let daemon = home.daemon_logging_to("d.log");
+    common::wait_for(common::PATIENCE, || {
+        (schema
+            .psql("SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'dead');")
+            .unwrap()
+            == "2")
+            .then_some(())
+    })
+    .expect("both jobs finished");
+    let get = |path: &str| -> (u16, String) {
+        match ureq::get(&format!("http://127.0.0.1:{port}{path}")).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    };
+    let (status, body) = get("/healthz");
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = get("/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    for line in [
+        r#"jobd_jobs{queue="default",state="succeeded"} 1"#,
+        r#"jobd_jobs{queue="default",state="dead"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line} in {metrics}");
+    }
+    let (status, page) = get("/");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("default"), "{page}");
+    let (status, page) = get(&format!("/jobs/{dead}"));
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("unknown kind"), "{page}");
+    let (status, page) = get("/jobs?state=succeeded");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&format!("/jobs/{ok}")), "{page}");
+    daemon.stop();
+}
+
+#[test]
 fn the_cli_works_on_postgresql() {
     let Some(schema) = Schema::create("cli") else {
         return;

@@ -98,17 +98,7 @@ fn run_daemon(
 /// Opens an existing, current database: commands that only read or adjust
 /// jobs never create a file in the wrong place or upgrade a schema.
 fn open(config: &Config) -> Result<Box<dyn Store>> {
-    if let Some(url) = &config.database.url {
-        return Ok(Box::new(crate::store::postgres::PgStore::open_current(
-            url,
-            config.database.busy_timeout,
-        )?));
-    }
-    Ok(Box::new(SqliteStore::open(
-        &config.database.path,
-        config.database.busy_timeout,
-        OpenMode::Existing,
-    )?))
+    Ok(crate::store::open_existing(&config.database)?)
 }
 
 /// Opens the database, creating it if needed, and returns it with the

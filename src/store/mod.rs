@@ -458,6 +458,24 @@ pub(crate) fn claim_by_plan<E>(
     Ok(jobs)
 }
 
+/// Opens the existing, current database `db` names, on either backend:
+/// what every reader uses (CLI commands, the metrics listener), so nothing
+/// but `jobd migrate` and `jobd run` ever creates a file in the wrong place
+/// or upgrades a schema.
+pub fn open_existing(db: &crate::config::DatabaseConfig) -> Result<Box<dyn Store>> {
+    if let Some(url) = &db.url {
+        return Ok(Box::new(postgres::PgStore::open_current(
+            url,
+            db.busy_timeout,
+        )?));
+    }
+    Ok(Box::new(SqliteStore::open(
+        &db.path,
+        db.busy_timeout,
+        OpenMode::Existing,
+    )?))
+}
+
 /// The earlier of two optional times.
 pub(crate) fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     a.into_iter().chain(b).min()
