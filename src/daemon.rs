@@ -198,8 +198,7 @@ fn run_on<S: Store + Send + 'static>(
     let pids = Arc::clone(&shared.cpu_pids);
     let ours = Arc::clone(&shared);
     let now = now_ms();
-    let backlog = store
-        .backlog(config.daemon.named_queues(), now)
+    let backlog = crate::store::active_backlog(&mut store, config.daemon.named_queues(), now)
         .unwrap_or_default();
     let mut dispatcher = Dispatcher::new(Parts {
         store,

@@ -172,7 +172,11 @@ impl<S: Store> Maintenance<S> {
         let notify = self.shared.notifier.enabled();
         let sample = self.shared.counters.metrics.is_some();
         if notify || sample {
-            if let Ok(backlog) = self.store.backlog(self.config.daemon.named_queues(), now) {
+            if let Ok(backlog) = crate::store::active_backlog(
+                &mut self.store,
+                self.config.daemon.named_queues(),
+                now,
+            ) {
                 if notify {
                     let line = crate::notify::status_line(
                         running as u64,
@@ -248,10 +252,9 @@ impl<S: Store> Maintenance<S> {
 
     fn stats_line(&mut self, last: LastStats) -> LastStats {
         let now = now_ms();
-        let backlog = self
-            .store
-            .backlog(self.config.daemon.named_queues(), now)
-            .unwrap_or_default();
+        let backlog =
+            crate::store::active_backlog(&mut self.store, self.config.daemon.named_queues(), now)
+                .unwrap_or_default();
         let usage = procfs::usage("self").unwrap_or_default();
         let wall = last.at.elapsed().as_secs_f64().max(1e-3);
         let cpu_pct = (usage.cpu.saturating_sub(last.usage.cpu)).as_secs_f64() / wall * 100.0;

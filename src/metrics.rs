@@ -67,6 +67,7 @@ pub struct Metrics {
     jobs: IntGaugeVec,
     ready: IntGaugeVec,
     lag: GaugeVec,
+    paused: IntGaugeVec,
     pool_size: IntGaugeVec,
     pool_busy: IntGaugeVec,
     /// The daemon's resources, each its own gauge (see [`RESOURCES`]).
@@ -143,6 +144,13 @@ impl Metrics {
             ),
             &["queue"],
         )?;
+        let paused = IntGaugeVec::new(
+            Opts::new(
+                "jobd_queue_paused",
+                "1 for a paused queue (its lag grows by choice), 0 otherwise, by queue.",
+            ),
+            &["queue"],
+        )?;
         let pool_size = IntGaugeVec::new(
             Opts::new(
                 "jobd_pool_size",
@@ -167,6 +175,7 @@ impl Metrics {
             Box::new(jobs.clone()),
             Box::new(ready.clone()),
             Box::new(lag.clone()),
+            Box::new(paused.clone()),
             Box::new(pool_size.clone()),
             Box::new(pool_busy.clone()),
         ] {
@@ -183,6 +192,7 @@ impl Metrics {
             jobs,
             ready,
             lag,
+            paused,
             pool_size,
             pool_busy,
             resources,
@@ -216,6 +226,8 @@ impl Metrics {
         }
         self.ready.reset();
         self.lag.reset();
+        self.paused.reset();
+        let paused = store.paused_queues().map_err(|e| e.to_string())?;
         let now = now_ms();
         let mut names: Vec<&str> = counts.iter().map(|(q, _, _)| q.as_str()).collect();
         names.dedup();
@@ -232,6 +244,9 @@ impl Metrics {
             self.lag
                 .with_label_values(&[queue])
                 .set(backlog.lag_ms(now) as f64 / 1000.0);
+            self.paused
+                .with_label_values(&[queue])
+                .set(i64::from(paused.iter().any(|p| p == queue)));
         }
         for (pool, size, busy) in [
             ("io", &shared.io_size, &shared.io_busy),

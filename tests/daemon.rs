@@ -606,6 +606,12 @@ fn the_stats_line_reports_backlog_throughput_and_resources() {
     home.insert(&format!(
         "('noop', '{{}}', 'default', 0, {NOW} + 3600000, NULL, NULL)"
     ));
+    // A paused queue's jobs wait by choice: neither ready nor lag.
+    home.sqlite3("INSERT INTO queues(name, paused) VALUES ('held', 1);")
+        .succeeds();
+    home.insert(&format!(
+        "('noop', '{{}}', 'held', 0, {NOW} - 60000, NULL, NULL)"
+    ));
     let daemon = home.daemon();
     home.wait_count("SELECT count(*) FROM jobs WHERE state = 'succeeded'", 20);
     let line = daemon.wait_log("INFO  stats ready=0 running=0 lag_ms=0 done=");

@@ -111,6 +111,8 @@ fn metrics_scraped_while_jobs_run_match_the_database() {
         value(&m, r#"jobd_jobs{queue="default",state="running"}"#),
         1.0
     );
+    assert_eq!(value(&m, r#"jobd_queue_paused{queue="held"}"#), 1.0);
+    assert_eq!(value(&m, r#"jobd_queue_paused{queue="default"}"#), 0.0);
     assert_eq!(
         value(
             &m,

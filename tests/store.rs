@@ -526,6 +526,24 @@ fn stats_count_ready_scheduled_running_finished_and_lag() {
         let backlog = s.backlog(None, NOW + 1_000).unwrap();
         assert_eq!(backlog.ready, 1);
         assert_eq!(backlog.lag_ms(NOW + 1_000), 1_000);
+        // A paused queue's older job counts in its own backlog, not in the
+        // backlog the daemon is behind on.
+        let held = NewJob {
+            queue: "held".into(),
+            run_at: Some(NOW - 9_000),
+            ..job("noop")
+        };
+        s.enqueue(&[held], NOW).unwrap();
+        s.set_paused(&["held".to_string()], true, NOW).unwrap();
+        assert_eq!(
+            s.backlog(None, NOW + 1_000).unwrap().lag_ms(NOW + 1_000),
+            10_000
+        );
+        let active = jobd::store::active_backlog(s, None, NOW + 1_000).unwrap();
+        assert_eq!((active.ready, active.lag_ms(NOW + 1_000)), (1, 1_000));
+        let named = ["held".to_string()];
+        let active = jobd::store::active_backlog(s, Some(&named), NOW + 1_000).unwrap();
+        assert_eq!((active.ready, active.lag_ms(NOW + 1_000)), (0, 0));
     });
 }
 

@@ -476,6 +476,31 @@ pub fn open_existing(db: &crate::config::DatabaseConfig) -> Result<Box<dyn Store
     )?))
 }
 
+/// The backlog a daemon is behind on: of `queues` (every queue with
+/// queued jobs when None), those not paused. A paused queue waits by an
+/// operator's choice, so its jobs count neither as ready nor as lag in the
+/// `stats` line, systemd's STATUS or the dashboard's chart; `jobd stats`
+/// and the per-queue metrics still show it.
+pub fn active_backlog<S: Store + ?Sized>(
+    store: &mut S,
+    queues: Option<&[String]>,
+    now: i64,
+) -> Result<Backlog> {
+    let paused = store.paused_queues()?;
+    if paused.is_empty() {
+        return store.backlog(queues, now);
+    }
+    let served = match queues {
+        Some(named) => named.to_vec(),
+        None => store.queued_queues()?,
+    };
+    let active: Vec<String> = served.into_iter().filter(|q| !paused.contains(q)).collect();
+    if active.is_empty() {
+        return Ok(Backlog::default());
+    }
+    store.backlog(Some(&active), now)
+}
+
 /// The earlier of two optional times.
 pub(crate) fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     a.into_iter().chain(b).min()
