@@ -349,17 +349,7 @@ fn tail_follows_attempts_as_they_finish() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = common::lines(child.stdout.take().unwrap());
     // tail starts from "now": give it a moment by finishing jobs until a line shows.
     let line = wait_for(Duration::from_secs(10), || {
         home.ok(&["enqueue", "noop"]);

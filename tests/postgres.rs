@@ -16,8 +16,17 @@ use common::Home;
 use common::pg::{Schema, SERVER};
 
 fn home_on(url: &str) -> Home {
+    home_with(url, "")
+}
+
+/// A home whose config uses the database at `url`, plus `extra` TOML.
+fn home_with(url: &str, extra: &str) -> Home {
     let home = Home::new();
-    std::fs::write(home.config(), format!("[database]\nurl = \"{url}\"\n")).unwrap();
+    std::fs::write(
+        home.config(),
+        format!("[database]\nurl = \"{url}\"\n{extra}"),
+    )
+    .unwrap();
     home
 }
 
@@ -640,17 +649,11 @@ fn a_daemon_rides_out_its_connections_being_cut() {
     home.ok(&["migrate"]);
     let count = |sql: &str| -> i64 { schema.psql(sql).unwrap().parse().unwrap() };
     let succeeded = |n: i64| {
-        common::wait_for(common::PATIENCE, || {
-            (count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") == n).then_some(())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{n} jobs did not succeed: {}",
-                schema
-                    .psql("SELECT state, count(*) FROM jobs GROUP BY state;")
-                    .unwrap()
-            )
-        })
+        schema.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            &n.to_string(),
+            "the jobs did not all succeed",
+        )
     };
     let daemon = home.daemon_logging_to("d.log");
     daemon.wait_log("daemon.started");
@@ -688,15 +691,10 @@ fn a_lock_held_by_a_client_delays_the_daemon_but_never_hangs_it() {
     let Some(schema) = Schema::create("locked") else {
         return;
     };
-    let home = Home::new();
-    std::fs::write(
-        home.config(),
-        format!(
-            "[database]\nurl = \"{}\"\nbusy_timeout = \"300ms\"\n[pool]\nthreads = 2\n",
-            schema.url()
-        ),
-    )
-    .unwrap();
+    let home = home_with(
+        &schema.url(),
+        "busy_timeout = \"300ms\"\n[pool]\nthreads = 2\n",
+    );
     home.ok(&["migrate"]);
     schema
         .psql("INSERT INTO jobs(kind, payload) SELECT 'noop', '{\"sleep_ms\":100}' FROM generate_series(1, 60);")
@@ -717,14 +715,11 @@ fn a_lock_held_by_a_client_delays_the_daemon_but_never_hangs_it() {
     assert!(log.contains("db.error"), "{log}");
     let mut holder = holder;
     assert!(holder.wait().unwrap().success());
-    common::wait_for(common::PATIENCE, || {
-        (schema
-            .psql("SELECT count(*) FROM jobs WHERE state = 'succeeded';")
-            .unwrap()
-            == "60")
-            .then_some(())
-    })
-    .expect("every job finished once the lock was gone");
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+        "60",
+        "every job finished once the lock was gone",
+    );
     daemon.stop();
     assert_eq!(
         schema
@@ -763,10 +758,11 @@ fn tls_verifies_the_servers_certificate_and_names_what_is_wrong() {
     schema
         .psql("INSERT INTO jobs(kind) VALUES ('noop');")
         .unwrap();
-    common::wait_for(common::PATIENCE, || {
-        (schema.psql("SELECT state FROM jobs;").unwrap() == "succeeded").then_some(())
-    })
-    .expect("the job ran over TLS");
+    schema.wait_value(
+        "SELECT state FROM jobs;",
+        "succeeded",
+        "the job ran over TLS",
+    );
     // Every connection of the daemon (dispatcher, maintenance, listener).
     let sessions = common::pg::psql(&format!(
         "SELECT count(*) FILTER (WHERE s.ssl) || '/' || count(*) FROM pg_stat_activity a \
@@ -841,15 +837,10 @@ fn metrics_health_and_the_dashboard_read_postgresql() {
         return;
     };
     let port = common::free_port();
-    let home = Home::new();
-    std::fs::write(
-        home.config(),
-        format!(
-            "[database]\nurl = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-            schema.url()
-        ),
-    )
-    .unwrap();
+    let home = home_with(
+        &schema.url(),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
     home.ok(&["migrate"]);
     let ok = schema
         .psql("INSERT INTO jobs(kind) VALUES ('noop') RETURNING id;")
@@ -858,14 +849,11 @@ fn metrics_health_and_the_dashboard_read_postgresql() {
         .psql("INSERT INTO jobs(kind) VALUES ('nope') RETURNING id;")
         .unwrap();
     let daemon = home.daemon_logging_to("d.log");
-    common::wait_for(common::PATIENCE, || {
-        (schema
-            .psql("SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'dead');")
-            .unwrap()
-            == "2")
-            .then_some(())
-    })
-    .expect("both jobs finished");
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'dead');",
+        "2",
+        "both jobs finished",
+    );
     let get = |path: &str| -> (u16, String) {
         match ureq::get(&format!("http://127.0.0.1:{port}{path}")).call() {
             Ok(r) => (r.status(), r.into_string().unwrap()),
@@ -967,17 +955,7 @@ fn the_cli_works_on_postgresql() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = tail.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = common::lines(tail.stdout.take().unwrap());
     let line = common::wait_for(common::PATIENCE, || {
         // Exits 0 only once the job succeeded.
         let waited = home.ok(&["enqueue", "noop", "--wait"]);
@@ -1007,16 +985,11 @@ fn three_daemons_enqueue_each_cron_slot_exactly_once() {
     let Some(schema) = Schema::create("cron") else {
         return;
     };
-    let home = Home::new();
-    std::fs::write(
-        home.config(),
-        format!(
-            "[database]\nurl = \"{}\"\n[daemon]\nshutdown_grace = \"100ms\"\n\
-             [cron.tick]\nschedule = \"@every 1s\"\nkind = \"noop\"\n",
-            schema.url()
-        ),
-    )
-    .unwrap();
+    let home = home_with(
+        &schema.url(),
+        "[daemon]\nshutdown_grace = \"100ms\"\n\
+         [cron.tick]\nschedule = \"@every 1s\"\nkind = \"noop\"\n",
+    );
     home.ok(&["migrate"]);
     let daemons: Vec<_> = ["a.log", "b.log", "c.log"]
         .iter()
@@ -1054,16 +1027,11 @@ fn three_daemons_share_one_database_and_take_back_a_killed_ones_jobs() {
     let Some(schema) = Schema::create("fleet") else {
         return;
     };
-    let home = Home::new();
-    std::fs::write(
-        home.config(),
-        format!(
-            "[database]\nurl = \"{}\"\n[daemon]\nlease = \"1s\"\nshutdown_grace = \"200ms\"\n\
-             [pool]\nthreads = 4\n[cpu]\nworkers = 1\n",
-            schema.url()
-        ),
-    )
-    .unwrap();
+    let home = home_with(
+        &schema.url(),
+        "[daemon]\nlease = \"1s\"\nshutdown_grace = \"200ms\"\n\
+         [pool]\nthreads = 4\n[cpu]\nworkers = 1\n",
+    );
     home.ok(&["migrate"]);
     schema
         .psql("INSERT INTO jobs(kind, payload) SELECT 'noop', '{\"sleep_ms\":2}' FROM generate_series(1, 30000);")
@@ -1234,14 +1202,11 @@ mod moving {
             .psql("UPDATE jobs SET run_at = 0; UPDATE queues SET paused = false;")
             .unwrap();
         let daemon = pg.daemon_logging_to("d.log");
-        common::wait_for(common::PATIENCE, || {
-            (schema
-                .psql("SELECT count(*) FROM jobs WHERE state = 'succeeded';")
-                .unwrap()
-                == "5")
-                .then_some(())
-        })
-        .expect("the moved jobs run");
+        schema.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "5",
+            "the moved jobs run",
+        );
         daemon.stop();
         assert_eq!(
             schema

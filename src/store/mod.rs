@@ -138,37 +138,6 @@ impl StoreError {
 /// The store's result type.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// A queued job as `jobd migrate --from` moves it between databases: every
-/// column a client or an earlier attempt wrote, so that it runs on the new
-/// database as it would have on the old one (its attempts so far count).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedJob {
-    /// Its id in the database it comes from.
-    pub id: i64,
-    /// Its queue.
-    pub queue: String,
-    /// Its kind.
-    pub kind: String,
-    /// Its payload, JSON text.
-    pub payload: String,
-    /// Its priority.
-    pub priority: i64,
-    /// Not before this time (epoch ms).
-    pub run_at: i64,
-    /// Its own limit on attempts, if any.
-    pub max_attempts: Option<i64>,
-    /// Its own deadline, if any.
-    pub timeout_ms: Option<i64>,
-    /// Its de-duplication key, if any.
-    pub unique_key: Option<String>,
-    /// Attempts started so far (awaiting retry when > 0).
-    pub attempts: i64,
-    /// When it was enqueued (epoch ms).
-    pub created_at: i64,
-    /// Why its last attempt failed, if one did.
-    pub last_error: Option<String>,
-}
-
 /// Where one moved job went (`jobd migrate --from`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Moved {
@@ -499,6 +468,34 @@ pub fn active_backlog<S: Store + ?Sized>(
         return Ok(Backlog::default());
     }
     store.backlog(Some(&active), now)
+}
+
+/// The queues that hold queued jobs, by a loose index scan: one index seek
+/// per distinct queue, so the cost does not grow with the number of queued
+/// jobs (a `DISTINCT` reads every one). The same text on both backends.
+pub(crate) const QUEUED_QUEUES_SQL: &str = "WITH RECURSIVE q(name) AS ( \
+       SELECT (SELECT min(queue) FROM jobs WHERE state = 'queued') \
+       UNION ALL \
+       SELECT (SELECT min(queue) FROM jobs WHERE state = 'queued' AND queue > q.name) \
+       FROM q WHERE q.name IS NOT NULL) \
+     SELECT name FROM q WHERE name IS NOT NULL";
+
+/// The earliest `run_at` after `after` (a placeholder) among the queued jobs
+/// that `within` selects (one queue's part of one pool): a loose scan over
+/// their distinct priorities and one index seek each, since the ready index
+/// orders `run_at` within a priority. Each backend spells its placeholders
+/// and its pool test.
+pub(crate) fn next_run_at_sql(within: &str, after: &str) -> String {
+    format!(
+        "WITH RECURSIVE p(pr) AS ( \
+           SELECT (SELECT max(priority) FROM jobs WHERE {within}) \
+           UNION ALL \
+           SELECT (SELECT max(priority) FROM jobs WHERE {within} AND priority < p.pr) \
+           FROM p WHERE p.pr IS NOT NULL) \
+         SELECT min((SELECT min(run_at) FROM jobs \
+                     WHERE {within} AND priority = p.pr AND run_at > {after})) \
+         FROM p WHERE p.pr IS NOT NULL"
+    )
 }
 
 /// The earlier of two optional times.

@@ -21,8 +21,8 @@ use postgres::{Client, NoTls};
 
 use super::{
     Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, JobRun, ListFilter, Moved,
-    PruneCutoffs, Pruned, QueueStats, QueuedJob, RescueScope, Rescued, Result, RetryResult, RunRow,
-    Stats, Store, StoreError, WorkerInfo,
+    PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, RunRow, Stats,
+    Store, StoreError, WorkerInfo,
 };
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
@@ -680,7 +680,7 @@ impl PgStore {
     pub fn import_queued(
         &mut self,
         source: &str,
-        jobs: &[QueuedJob],
+        jobs: &[Job],
         now: i64,
     ) -> Result<Vec<(i64, Moved)>, StoreError> {
         let fail = failing(&self.url, "import jobs");
@@ -745,15 +745,15 @@ fn import_in(
     tx: &mut postgres::Transaction<'_>,
     statements: &mut Statements,
     source: &str,
-    jobs: &[QueuedJob],
+    jobs: &[Job],
     now: i64,
 ) -> std::result::Result<Vec<(i64, Moved)>, postgres::Error> {
     let statement = statements.get(tx, IMPORT_SQL)?;
-    let ints = |f: fn(&QueuedJob) -> i64| jobs.iter().map(f).collect::<Vec<i64>>();
-    let opt_ints = |f: fn(&QueuedJob) -> Option<i64>| jobs.iter().map(f).collect::<Vec<_>>();
-    let texts = |f: for<'j> fn(&'j QueuedJob) -> &'j str| jobs.iter().map(f).collect::<Vec<&str>>();
+    let ints = |f: fn(&Job) -> i64| jobs.iter().map(f).collect::<Vec<i64>>();
+    let opt_ints = |f: fn(&Job) -> Option<i64>| jobs.iter().map(f).collect::<Vec<_>>();
+    let texts = |f: for<'j> fn(&'j Job) -> &'j str| jobs.iter().map(f).collect::<Vec<&str>>();
     let opt_texts =
-        |f: for<'j> fn(&'j QueuedJob) -> Option<&'j str>| jobs.iter().map(f).collect::<Vec<_>>();
+        |f: for<'j> fn(&'j Job) -> Option<&'j str>| jobs.iter().map(f).collect::<Vec<_>>();
     let rows = tx.query(
         &statement,
         &[
@@ -1586,22 +1586,11 @@ impl PgStore {
         let fail = self.schedules_and_reads_error("read queues");
         let statement = self
             .statements
-            .get(
-                &mut self.client,
-                "WITH RECURSIVE q(name) AS ( \
-                   SELECT (SELECT min(queue) FROM jobs WHERE state = 'queued') \
-                   UNION ALL \
-                   SELECT (SELECT min(queue) FROM jobs WHERE state = 'queued' AND queue > q.name) \
-                   FROM q WHERE q.name IS NOT NULL) \
-                 SELECT name FROM q WHERE name IS NOT NULL",
-            )
+            .get(&mut self.client, super::QUEUED_QUEUES_SQL)
             .map_err(&fail)?;
         Ok(self
             .client
-            // A loose index scan: one index seek per distinct queue, so the
-            // cost does not grow with the number of queued jobs (a DISTINCT
-            // read every queued row on every claim and held one daemon to
-            // 3 000 jobs/s with 50 000 queued).
+            // A DISTINCT here read every queued row on every claim.
             .query(&statement, &[])
             .map_err(&fail)?
             .iter()
@@ -1636,25 +1625,13 @@ impl PgStore {
     fn next_run_at_impl(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>> {
         let queues = self.these_or_queued(queues)?;
         let fail = self.schedules_and_reads_error("read next run_at");
-        // Per queue and pool, a loose scan over its distinct priorities and
-        // one index seek each (as on SQLite): the ready index orders run_at
-        // within a priority, so the cost does not grow with the queue.
         let mut next: Option<i64> = None;
         for queue in &queues {
             for pool in Pool::ALL {
                 let within = format!("state = 'queued' AND queue = $1 AND {}", pool_test(pool));
                 let statement = self
                     .statements
-                    .get(&mut self.client, &format!(
-                        "WITH RECURSIVE p(pr) AS ( \
-                           SELECT (SELECT max(priority) FROM jobs WHERE {within}) \
-                           UNION ALL \
-                           SELECT (SELECT max(priority) FROM jobs WHERE {within} AND priority < p.pr) \
-                           FROM p WHERE p.pr IS NOT NULL) \
-                         SELECT min((SELECT min(run_at) FROM jobs \
-                                     WHERE {within} AND priority = p.pr AND run_at > $2)) \
-                         FROM p WHERE p.pr IS NOT NULL"
-                    ))
+                    .get(&mut self.client, &super::next_run_at_sql(&within, "$2"))
                     .map_err(&fail)?;
                 let at: Option<i64> = self
                     .client

@@ -26,7 +26,7 @@ use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, T
 /// Prepared statements kept per connection; enough for every named query.
 const STATEMENT_CACHE: usize = 128;
 
-use super::{earliest, percentile, Moved, QueuedJob, RunRow, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
+use super::{earliest, percentile, Moved, RunRow, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
 
 /// How the store may treat a missing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,30 +162,14 @@ impl SqliteStore {
 
     /// Up to `limit` queued jobs with ids above `after`, in id order: what
     /// `jobd migrate --from` moves.
-    pub fn queued_after(&mut self, after: i64, limit: usize) -> Result<Vec<QueuedJob>> {
-        let result: rusqlite::Result<Vec<QueuedJob>> = (|| {
+    pub fn queued_after(&mut self, after: i64, limit: usize) -> Result<Vec<Job>> {
+        let result: rusqlite::Result<Vec<Job>> = (|| {
             self.conn
-                .prepare_cached(
-                    "SELECT id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
-                     unique_key, attempts, created_at, last_error FROM jobs \
-                     WHERE state = 'queued' AND id > ?1 ORDER BY id LIMIT ?2",
-                )?
-                .query_map(params![after, limit as i64], |r| {
-                    Ok(QueuedJob {
-                        id: r.get(0)?,
-                        queue: r.get(1)?,
-                        kind: r.get(2)?,
-                        payload: r.get(3)?,
-                        priority: r.get(4)?,
-                        run_at: r.get(5)?,
-                        max_attempts: r.get(6)?,
-                        timeout_ms: r.get(7)?,
-                        unique_key: r.get(8)?,
-                        attempts: r.get(9)?,
-                        created_at: r.get(10)?,
-                        last_error: r.get(11)?,
-                    })
-                })?
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND id > ?1 \
+                     ORDER BY id LIMIT ?2"
+                ))?
+                .query_map(params![after, limit as i64], job_from_row)?
                 .collect()
         })();
         result.map_err(|e| self.err("read queued jobs", e))
@@ -1032,18 +1016,9 @@ impl Store for SqliteStore {
     }
 
     fn queued_queues(&mut self) -> Result<Vec<String>> {
-        // A loose index scan: one index seek per distinct queue, so the cost
-        // does not grow with the number of queued jobs.
         let result: rusqlite::Result<Vec<String>> = (|| {
             self.conn
-                .prepare_cached(
-                    "WITH RECURSIVE q(name) AS ( \
-                       SELECT (SELECT min(queue) FROM jobs WHERE state = 'queued') \
-                       UNION ALL \
-                       SELECT (SELECT min(queue) FROM jobs WHERE state = 'queued' AND queue > q.name) \
-                       FROM q WHERE q.name IS NOT NULL) \
-                     SELECT name FROM q WHERE name IS NOT NULL",
-                )?
+                .prepare_cached(super::QUEUED_QUEUES_SQL)?
                 .query_map([], |r| r.get(0))?
                 .collect()
         })();
@@ -1052,9 +1027,6 @@ impl Store for SqliteStore {
 
     fn next_run_at(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>> {
         let queues = self.these_or_queued(queues)?;
-        // Per queue and pool, a loose scan over its distinct priorities and
-        // one index seek each: the ready index orders run_at within a
-        // priority, so the cost does not grow with the number of queued jobs.
         let mut next: Option<i64> = None;
         for queue in &queues {
             for pool in Pool::ALL {
@@ -1062,16 +1034,7 @@ impl Store for SqliteStore {
                 let within = format!("state = 'queued' AND queue = ?1 AND {CPU_KIND_TEST} = {cpu}");
                 let at: Option<i64> = self
                     .conn
-                    .prepare_cached(&format!(
-                        "WITH RECURSIVE p(pr) AS ( \
-                           SELECT (SELECT max(priority) FROM jobs WHERE {within}) \
-                           UNION ALL \
-                           SELECT (SELECT max(priority) FROM jobs WHERE {within} AND priority < p.pr) \
-                           FROM p WHERE p.pr IS NOT NULL) \
-                         SELECT min((SELECT min(run_at) FROM jobs \
-                                     WHERE {within} AND priority = p.pr AND run_at > ?2)) \
-                         FROM p WHERE p.pr IS NOT NULL"
-                    ))
+                    .prepare_cached(&super::next_run_at_sql(&within, "?2"))
                     .and_then(|mut s| s.query_row(params![queue, after], |r| r.get(0)))
                     .map_err(|e| self.err("read next run_at", e))?;
                 next = earliest(next, at);

@@ -700,6 +700,20 @@ pub mod pg {
         pub fn psql(&self, sql: &str) -> Result<String, String> {
             psql(&format!("SET search_path = {}; {sql}", self.name))
         }
+
+        /// Waits until `sql` answers `want`; panics with the jobs by state
+        /// and `what` if it does not within the patience.
+        pub fn wait_value(&self, sql: &str, want: &str, what: &str) {
+            let reached = super::wait_for(super::PATIENCE, || {
+                (self.psql(sql).as_deref() == Ok(want)).then_some(())
+            });
+            if reached.is_none() {
+                panic!(
+                    "{what}: {sql} never gave {want}; jobs by state: {:?}",
+                    self.psql("SELECT state, count(*) FROM jobs GROUP BY state;")
+                );
+            }
+        }
     }
 
     impl Drop for Schema {
@@ -729,6 +743,24 @@ pub mod pg {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
         }
     }
+}
+
+/// The lines a child writes to `stdout`, as they come, read on a thread of
+/// their own (for following commands such as `jobd tail`).
+pub fn lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Processes as the kernel lists them, for tests of the CPU pool.
