@@ -458,6 +458,16 @@ fn enqueue_with_a_taken_unique_key_reports_the_holder() {
         let first = results[0].id();
         assert_eq!(results[1], Enqueued::Duplicate(first));
         assert!(matches!(results[2], Enqueued::Inserted(_)));
+        // Later, against the queued holder; ids keep their order.
+        let later = s.enqueue(&[job("noop"), a.clone()], NOW).unwrap();
+        assert!(matches!(later[0], Enqueued::Inserted(id) if id > results[2].id()));
+        assert_eq!(later[1], Enqueued::Duplicate(first));
+        // Once the holder finished, the key is free again.
+        s.cancel(&[first], NOW).unwrap();
+        assert!(matches!(
+            s.enqueue(&[a], NOW).unwrap()[0],
+            Enqueued::Inserted(id) if id != first
+        ));
     });
 }
 

@@ -216,41 +216,103 @@ fn describe(e: &postgres::Error) -> String {
     text
 }
 
-/// Inserts one job inside an open transaction; a job whose `unique_key` is
-/// taken by a queued or running job is not inserted, and the holder's id is
-/// returned instead.
-fn insert_job(
+/// Inserts a batch of jobs with one statement, each de-duplicated on its
+/// `unique_key` against queued and running jobs (and earlier rows of the
+/// batch), and returns what became of each, in order. Ids are drawn from
+/// the sequence first so that each result finds its input row.
+const INSERT_JOBS_SQL: &str = "
+WITH input AS (
+    SELECT i.*, nextval(pg_get_serial_sequence('jobs', 'id')) AS id
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+        $7::bigint[], $8::text[]) WITH ORDINALITY
+      AS i(queue, kind, payload, priority, run_at, max_attempts, timeout_ms, unique_key, n)),
+ins AS (
+    INSERT INTO jobs (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
+                      unique_key, created_at)
+    SELECT id, queue, kind, payload::jsonb, priority, run_at, max_attempts, timeout_ms,
+           unique_key, $9
+    FROM input ORDER BY n
+    ON CONFLICT DO NOTHING
+    RETURNING id, unique_key)
+SELECT input.n, ins.id IS NOT NULL,
+       COALESCE(ins.id,
+                (SELECT min(b.id) FROM ins b WHERE b.unique_key = input.unique_key),
+                (SELECT j.id FROM jobs j WHERE j.unique_key = input.unique_key
+                   AND j.state IN ('queued', 'running')))
+FROM input LEFT JOIN ins ON ins.id = input.id
+ORDER BY input.n
+";
+
+fn insert_jobs(
     tx: &mut postgres::Transaction<'_>,
-    job: &NewJob,
+    statements: &mut Statements,
+    jobs: &[NewJob],
     now: i64,
-) -> std::result::Result<Enqueued, postgres::Error> {
-    let row = tx.query_opt(
-        "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
-         unique_key, created_at) VALUES ($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8, $9) \
-         ON CONFLICT DO NOTHING RETURNING id",
+) -> std::result::Result<Vec<Enqueued>, postgres::Error> {
+    let mut out = insert_jobs_once(tx, statements, jobs, now)?;
+    // A row skipped for a key whose holder committed while the statement
+    // ran has no holder in the statement's snapshot; a fresh statement
+    // either sees the holder or inserts the row.
+    for (i, job) in jobs.iter().enumerate() {
+        let mut passes = 0;
+        while out[i].is_none() && passes < 3 {
+            out[i] = insert_jobs_once(tx, statements, std::slice::from_ref(job), now)?[0];
+            passes += 1;
+        }
+        if out[i].is_none() {
+            let holder: i64 = tx
+                .query_one(
+                    "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('queued', 'running')",
+                    &[&job.unique_key],
+                )?
+                .get(0);
+            out[i] = Some(Enqueued::Duplicate(holder));
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// One pass of [`INSERT_JOBS_SQL`]: None where a skipped row's holder is
+/// not visible to it.
+fn insert_jobs_once(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &mut Statements,
+    jobs: &[NewJob],
+    now: i64,
+) -> std::result::Result<Vec<Option<Enqueued>>, postgres::Error> {
+    let statement = statements.get(tx, INSERT_JOBS_SQL)?;
+    let texts = |f: for<'j> fn(&'j NewJob) -> &'j str| jobs.iter().map(f).collect::<Vec<&str>>();
+    let rows = tx.query(
+        &statement,
         &[
-            &job.queue,
-            &job.kind,
-            &job.payload,
-            &job.priority,
-            &job.run_at.unwrap_or(now),
-            &job.max_attempts,
-            &job.timeout_ms,
-            &job.unique_key,
+            &texts(|j| &j.queue),
+            &texts(|j| &j.kind),
+            &texts(|j| &j.payload),
+            &jobs.iter().map(|j| j.priority).collect::<Vec<i64>>(),
+            &jobs
+                .iter()
+                .map(|j| j.run_at.unwrap_or(now))
+                .collect::<Vec<i64>>(),
+            &jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>(),
+            &jobs.iter().map(|j| j.timeout_ms).collect::<Vec<_>>(),
+            &jobs
+                .iter()
+                .map(|j| j.unique_key.as_deref())
+                .collect::<Vec<_>>(),
             &now,
         ],
     )?;
-    Ok(match row {
-        Some(row) => Enqueued::Inserted(row.get(0)),
-        // Only the unique_key index can make DO NOTHING skip a row.
-        None => Enqueued::Duplicate(
-            tx.query_one(
-                "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('queued', 'running')",
-                &[&job.unique_key],
-            )?
-            .get(0),
-        ),
-    })
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let id: Option<i64> = r.get(2);
+            // Only the unique_key index can make DO NOTHING skip a row.
+            id.map(|id| match r.get(1) {
+                true => Enqueued::Inserted(id),
+                false => Enqueued::Duplicate(id),
+            })
+        })
+        .collect())
 }
 
 /// Connects to `url` as `application_name = jobd` unless the URL names
@@ -624,10 +686,7 @@ impl PgStore {
     pub fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>, StoreError> {
         let fail = failing(&self.url, "enqueue");
         let mut tx = self.client.transaction().map_err(&fail)?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            out.push(insert_job(&mut tx, job, now).map_err(&fail)?);
-        }
+        let out = insert_jobs(&mut tx, &mut self.statements, jobs, now).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(out)
     }
@@ -1552,7 +1611,13 @@ impl PgStore {
             // Another daemon enqueued this slot (or a later one).
             return Ok(None);
         }
-        let enqueued = insert_job(&mut tx, job, now).map_err(&fail)?;
+        let enqueued = insert_jobs(
+            &mut tx,
+            &mut self.statements,
+            std::slice::from_ref(job),
+            now,
+        )
+        .map_err(&fail)?[0];
         tx.execute(
             "UPDATE cron SET last_job_id = $2 WHERE name = $1",
             &[&name, &enqueued.id()],
