@@ -50,7 +50,8 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
     match &db.url {
         Some(url) => {
             let store = PgStore::connect(url, db.busy_timeout)?;
-            let wake = || match pickup::listen(url) {
+            let served = config.daemon.named_queues().map(<[String]>::to_vec);
+            let wake = || match pickup::listen(url, served) {
                 Ok(rx) => Some(rx),
                 Err(e) => {
                     crate::logging::log_db_trouble(

@@ -68,7 +68,14 @@ fn forward(mut inotify: Inotify, tx: &Sender<()>) {
 /// reconnection for the inserts it may have missed; meanwhile the poll
 /// interval finds new work. The first connection's failure is returned, so
 /// a daemon says at start-up that it polls.
-pub fn listen(url: &str) -> Result<Receiver<()>, crate::store::StoreError> {
+///
+/// With `queues` (a daemon's `daemon.queues` when it names them), an
+/// insert into another queue is not a wake-up: the insert trigger's NOTIFY
+/// carries the queue's name.
+pub fn listen(
+    url: &str,
+    queues: Option<Vec<String>>,
+) -> Result<Receiver<()>, crate::store::StoreError> {
     let client = listening(url)?;
     let (tx, rx) = crossbeam_channel::bounded(1);
     let own_url = url.to_string();
@@ -77,7 +84,7 @@ pub fn listen(url: &str) -> Result<Receiver<()>, crate::store::StoreError> {
         .spawn(move || {
             let mut client = client;
             loop {
-                let lost = relay(&mut client, &tx, &own_url);
+                let lost = relay(&mut client, &tx, &own_url, queues.as_deref());
                 let Some(error) = lost else {
                     return; // the daemon is gone
                 };
@@ -130,6 +137,7 @@ fn relay(
     client: &mut postgres::Client,
     tx: &Sender<()>,
     url: &str,
+    queues: Option<&[String]>,
 ) -> Option<crate::store::StoreError> {
     use postgres::fallible_iterator::FallibleIterator as _;
     let fail = crate::store::postgres::failing(url, "listen for new jobs");
@@ -137,6 +145,8 @@ fn relay(
     let mut incoming = notifications.blocking_iter();
     loop {
         match incoming.next() {
+            Ok(Some(note))
+                if queues.is_some_and(|q| !q.iter().any(|name| name == note.payload())) => {}
             // A full channel already holds a wake-up.
             Ok(Some(_)) => {
                 if tx.try_send(()).is_err() && tx.is_empty() {

@@ -214,6 +214,22 @@ fn an_insert_from_any_client_notifies_its_schemas_listeners_with_its_queue() {
         .unwrap()
         .expect("the insert notifies");
     assert_eq!((note.channel(), note.payload()), (channel.as_str(), "mail"));
+
+    // A daemon that serves named queues is woken by inserts into them only.
+    let wake = jobd::pickup::listen(&schema.url(), Some(vec!["mail".to_string()])).unwrap();
+    schema
+        .psql("INSERT INTO jobs(kind, queue) VALUES ('noop', 'reports');")
+        .unwrap();
+    // Unfiltered, that wake-up would come within a millisecond or two.
+    assert!(
+        wake.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "an insert into another queue woke it"
+    );
+    schema
+        .psql("INSERT INTO jobs(kind, queue) VALUES ('noop', 'mail');")
+        .unwrap();
+    wake.recv_timeout(common::PATIENCE).expect("mail wakes it");
 }
 
 mod lifecycle {
