@@ -1070,7 +1070,23 @@ impl Config {
 
     /// The effective settings as TOML, secrets redacted (`check-config`).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let text = toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render config: {e}\n"));
+        if self.database.url.is_none() {
+            return text;
+        }
+        // With a URL the file path is not used: printing its default beside
+        // the URL would suggest both are in play.
+        let mut section = "";
+        text.lines()
+            .filter(|line| {
+                if line.starts_with('[') {
+                    section = line;
+                }
+                !(section == "[database]" && line.starts_with("path = "))
+            })
+            .map(|line| format!("{line}\n"))
+            .collect()
     }
 }
 

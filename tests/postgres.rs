@@ -190,6 +190,8 @@ fn url_and_path_together_or_a_wrong_url_are_refused_naming_the_keys() {
         shown.contains("url = \"postgres://jobd:(redacted)@127.0.0.1/test\""),
         "{shown}"
     );
+    // The unused file path is not shown beside the URL.
+    assert!(!shown.contains("path = \"jobd.db\""), "{shown}");
 }
 
 #[test]
