@@ -26,9 +26,9 @@ pub const PAGE: usize = 50;
 pub struct Sample {
     /// When (epoch ms).
     pub at: i64,
-    /// Attempts this daemon finished successfully since it started.
+    /// Attempts every daemon finished successfully since this one started.
     pub done: u64,
-    /// Attempts that failed since it started.
+    /// Attempts that failed (retry, timeout, dead) since this one started.
     pub failed: u64,
     /// Queue lag then (ms).
     pub lag_ms: i64,

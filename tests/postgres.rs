@@ -902,6 +902,72 @@ fn metrics_health_and_the_dashboard_read_postgresql() {
 }
 
 #[test]
+fn the_dashboard_charts_every_daemons_attempts() {
+    let Some(schema) = Schema::create("fleetchart") else {
+        return;
+    };
+    // A serves the dashboard and queue "a"; B, elsewhere, runs queue "b".
+    let port = common::free_port();
+    let a = home_with(
+        &schema.url(),
+        &format!(
+            "[daemon]\nqueues = [\"a\"]\nlease = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    );
+    let b = home_with(&schema.url(), "[daemon]\nqueues = [\"b\"]\n");
+    a.ok(&["migrate"]);
+    let dashboard = a.daemon_logging_to("a.log");
+    let worker = b.daemon_logging_to("b.log");
+    let chart = || -> Option<String> {
+        let page = ureq::get(&format!("http://127.0.0.1:{port}/"))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        Some(
+            page.split("<svg")
+                .nth(1)?
+                .split("</svg>")
+                .next()?
+                .to_string(),
+        )
+    };
+    // Bar heights of the attempts chart (the first), once it has bars: two
+    // samples, so the attempts below fall between samples.
+    let bars = |svg: &str| -> Vec<f64> {
+        svg.split("<rect")
+            .skip(1)
+            .filter_map(|r| r.split("height=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect()
+    };
+    common::wait_for(common::PATIENCE, || {
+        chart().filter(|svg| !bars(svg).is_empty())
+    })
+    .expect("the chart has its first bar");
+    schema
+        .psql("INSERT INTO jobs(kind, queue) SELECT 'noop', 'b' FROM generate_series(1, 30);")
+        .unwrap();
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+        "30",
+        "B ran its jobs",
+    );
+    common::wait_for(common::PATIENCE, || {
+        chart().filter(|svg| bars(svg).iter().any(|h| *h > 0.0))
+    })
+    .unwrap_or_else(|| panic!("A's chart does not count B's attempts: {:?}", chart()));
+    dashboard.stop();
+    worker.stop();
+    assert_eq!(
+        schema
+            .psql("SELECT count(DISTINCT worker) FROM job_runs;")
+            .unwrap(),
+        "1",
+        "only B ran jobs"
+    );
+}
+
+#[test]
 fn the_cli_works_on_postgresql() {
     let Some(schema) = Schema::create("cli") else {
         return;

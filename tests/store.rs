@@ -472,6 +472,37 @@ fn enqueue_with_a_taken_unique_key_reports_the_holder() {
 }
 
 #[test]
+fn runs_are_tallied_by_outcome_after_an_id() {
+    each(|s| {
+        let start = s.last_run_id().unwrap();
+        assert_eq!(
+            s.tally_runs_after(start).unwrap(),
+            jobd::store::RunTally {
+                last_id: start,
+                succeeded: 0,
+                failed: 0
+            }
+        );
+        inserted(s, &(0..5).map(|_| job("noop")).collect::<Vec<_>>());
+        let got = claim(s, W1, NOW, "default", 5);
+        s.complete(&[
+            attempt(&got[0], W1, NOW + 1).succeeded(None),
+            attempt(&got[1], W1, NOW + 1).succeeded(None),
+            attempt(&got[2], W1, NOW + 1).retry("x".into(), NOW + 1_000),
+            attempt(&got[3], W1, NOW + 1).timed_out("timed out".into(), None),
+        ])
+        .unwrap();
+        let tally = s.tally_runs_after(start).unwrap();
+        assert_eq!((tally.succeeded, tally.failed), (2, 2));
+        assert_eq!(tally.last_id, s.last_run_id().unwrap());
+        s.complete(&[attempt(&got[4], W1, NOW + 2).dead("y".into())])
+            .unwrap();
+        let next = s.tally_runs_after(tally.last_id).unwrap();
+        assert_eq!((next.succeeded, next.failed), (0, 1));
+    });
+}
+
+#[test]
 fn prune_deletes_old_final_jobs_and_their_runs_in_batches() {
     each(|s| {
         let id = inserted(s, &(0..7).map(|_| job("noop")).collect::<Vec<_>>());

@@ -138,6 +138,28 @@ impl StoreError {
 /// The store's result type.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Attempts counted from `job_runs` (see [`Store::tally_runs_after`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunTally {
+    /// The newest run id seen (the `after_id` given when there were none).
+    pub last_id: i64,
+    /// Attempts that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed: retried, timed out or dead.
+    pub failed: u64,
+}
+
+/// The SQL of [`Store::tally_runs_after`], the same on both backends
+/// (`?1`/`$1` swapped in): a range scan of the primary key over the new rows.
+pub(crate) fn tally_runs_sql(after: &str) -> String {
+    format!(
+        "SELECT COALESCE(max(id), {after}), \
+           count(*) FILTER (WHERE outcome = 'succeeded'), \
+           count(*) FILTER (WHERE outcome IN ('retry', 'timeout', 'dead')) \
+         FROM job_runs WHERE id > {after}"
+    )
+}
+
 /// Where one moved job went (`jobd migrate --from`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Moved {
@@ -704,6 +726,11 @@ pub trait Store {
 
     /// The id of the newest `job_runs` row (0 when none).
     fn last_run_id(&mut self) -> Result<i64>;
+
+    /// The attempts every daemon recorded after run `after_id`: how many
+    /// succeeded and how many failed (`retry`, `timeout`, `dead`), and the
+    /// newest id, to count from next time.
+    fn tally_runs_after(&mut self, after_id: i64) -> Result<RunTally>;
 
     /// At most `limit` runs written after `after_id`, oldest first.
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>>;

@@ -21,8 +21,8 @@ use postgres::{Client, NoTls};
 
 use super::{
     Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, JobRun, ListFilter, Moved,
-    PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, RunRow, Stats,
-    Store, StoreError, WorkerInfo,
+    PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, RunRow, RunTally,
+    Stats, Store, StoreError, WorkerInfo,
 };
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
@@ -2019,6 +2019,24 @@ impl Store for PgStore {
     fn last_run_id(&mut self) -> Result<i64> {
         self.revive()?;
         self.last_run_id_impl()
+    }
+
+    fn tally_runs_after(&mut self, after_id: i64) -> Result<RunTally> {
+        self.revive()?;
+        let fail = failing(&self.url, "read job runs");
+        let statement = self
+            .statements
+            .get(&mut self.client, &super::tally_runs_sql("$1"))
+            .map_err(&fail)?;
+        let row = self
+            .client
+            .query_one(&statement, &[&after_id])
+            .map_err(&fail)?;
+        Ok(RunTally {
+            last_id: row.get(0),
+            succeeded: row.get::<_, i64>(1) as u64,
+            failed: row.get::<_, i64>(2) as u64,
+        })
     }
 
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {

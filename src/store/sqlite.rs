@@ -26,7 +26,7 @@ use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, T
 /// Prepared statements kept per connection; enough for every named query.
 const STATEMENT_CACHE: usize = 128;
 
-use super::{earliest, percentile, Moved, RunRow, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
+use super::{earliest, percentile, Moved, RunRow, RunTally, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
 
 /// How the store may treat a missing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1139,6 +1139,22 @@ impl Store for SqliteStore {
             .conn
             .query_row("SELECT COALESCE(max(id), 0) FROM job_runs", [], |r| {
                 r.get(0)
+            });
+        result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn tally_runs_after(&mut self, after_id: i64) -> Result<RunTally> {
+        let result = self
+            .conn
+            .prepare_cached(&super::tally_runs_sql("?1"))
+            .and_then(|mut s| {
+                s.query_row([after_id], |r| {
+                    Ok(RunTally {
+                        last_id: r.get(0)?,
+                        succeeded: r.get::<_, i64>(1)? as u64,
+                        failed: r.get::<_, i64>(2)? as u64,
+                    })
+                })
             });
         result.map_err(|e| self.err("read job runs", e))
     }
