@@ -501,7 +501,7 @@ impl<S: Store> Dispatcher<S> {
             if claiming {
                 self.maybe_ready = false;
                 self.next_token = self.limits.next_token(&queues, now_i);
-                self.refresh_next_due(&queues);
+                self.refresh_next_due(&queues, &Pool::ALL);
             }
             return;
         }
@@ -556,7 +556,17 @@ impl<S: Store> Dispatcher<S> {
                     }
                     if !full {
                         self.next_token = self.limits.next_token(&queues, now_i);
-                        self.refresh_next_due(&queues);
+                        // Only the pools this claim asked of came up short.
+                        // A pool with no free slot was not asked; when its
+                        // slots come free it claims, and if that comes up
+                        // short it looks ahead itself. (On PostgreSQL the IO
+                        // look-ahead was a quarter of the server's work in a
+                        // drain where only the idle CPU pool came up short.)
+                        let asked: Vec<Pool> = Pool::ALL
+                            .into_iter()
+                            .filter(|&pool| requests.iter().any(|r| r.for_pool(pool) > 0))
+                            .collect();
+                        self.refresh_next_due(&queues, &asked);
                     }
                 }
             }
@@ -587,8 +597,8 @@ impl<S: Store> Dispatcher<S> {
         crate::logging::log_db_trouble("claim", e, "claiming again in 250ms; running jobs go on");
     }
 
-    fn refresh_next_due(&mut self, queues: &[String]) {
-        match self.store.next_run_at(Some(queues), now_ms()) {
+    fn refresh_next_due(&mut self, queues: &[String], pools: &[Pool]) {
+        match self.store.next_run_at(Some(queues), pools, now_ms()) {
             Ok(next) => self.next_due = next,
             Err(e) => {
                 crate::logging::log_db_trouble(

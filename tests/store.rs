@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use jobd::job::{Attempt, Claimed, JobState, NewJob, RunOutcome};
+use jobd::job::{Attempt, Claimed, JobState, NewJob, Pool, RunOutcome};
 use jobd::store::postgres::PgStore;
 use jobd::store::{
     Applied, CancelResult, Claim, ClaimRequest, Enqueued, ListFilter, OpenMode, PruneCutoffs,
@@ -560,10 +560,35 @@ fn stats_count_ready_scheduled_running_finished_and_lag() {
         assert_eq!(q.p50_ms, Some(100));
         assert_eq!(q.p95_ms, Some(300));
         // Left queued: one at NOW and one at NOW + 60 s.
-        assert_eq!(s.next_run_at(None, NOW - 1).unwrap(), Some(NOW));
-        assert_eq!(s.next_run_at(None, NOW).unwrap(), Some(NOW + 60_000));
-        assert_eq!(s.next_run_at(None, NOW + 60_000).unwrap(), None);
-        assert_eq!(s.next_run_at(Some(&["mail".to_string()]), 0).unwrap(), None);
+        assert_eq!(s.next_run_at(None, &Pool::ALL, NOW - 1).unwrap(), Some(NOW));
+        assert_eq!(
+            s.next_run_at(None, &Pool::ALL, NOW).unwrap(),
+            Some(NOW + 60_000)
+        );
+        assert_eq!(s.next_run_at(None, &Pool::ALL, NOW + 60_000).unwrap(), None);
+        assert_eq!(
+            s.next_run_at(Some(&["mail".to_string()]), &Pool::ALL, 0)
+                .unwrap(),
+            None
+        );
+        // Asked of one pool, the other pool's jobs do not count.
+        let hashing = NewJob {
+            run_at: Some(NOW + 30_000),
+            ..job("checksum")
+        };
+        s.enqueue(&[hashing], NOW).unwrap();
+        assert_eq!(
+            s.next_run_at(None, &[Pool::Cpu], NOW).unwrap(),
+            Some(NOW + 30_000)
+        );
+        assert_eq!(
+            s.next_run_at(None, &[Pool::Io], NOW).unwrap(),
+            Some(NOW + 60_000)
+        );
+        assert_eq!(
+            s.next_run_at(None, &Pool::ALL, NOW).unwrap(),
+            Some(NOW + 30_000)
+        );
         let backlog = s.backlog(None, NOW + 1_000).unwrap();
         assert_eq!(backlog.ready, 1);
         assert_eq!(backlog.lag_ms(NOW + 1_000), 1_000);

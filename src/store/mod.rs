@@ -711,9 +711,15 @@ pub trait Store {
     /// The distinct queues that hold queued jobs (ready or scheduled).
     fn queued_queues(&mut self) -> Result<Vec<String>>;
 
-    /// The earliest `run_at` later than `after` of a queued job in these
-    /// queues (all when None): when a daemon with nothing ready wakes next.
-    fn next_run_at(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>>;
+    /// The earliest `run_at` later than `after` of a queued job of these
+    /// pools in these queues (all when None): when a daemon with nothing
+    /// ready wakes next.
+    fn next_run_at(
+        &mut self,
+        queues: Option<&[String]>,
+        pools: &[Pool],
+        after: i64,
+    ) -> Result<Option<i64>>;
 
     /// One job.
     fn job(&mut self, id: i64) -> Result<Option<Job>>;

@@ -1687,12 +1687,17 @@ impl PgStore {
         })
     }
 
-    fn next_run_at_impl(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>> {
+    fn next_run_at_impl(
+        &mut self,
+        queues: Option<&[String]>,
+        pools: &[Pool],
+        after: i64,
+    ) -> Result<Option<i64>> {
         let queues = self.these_or_queued(queues)?;
         let fail = self.schedules_and_reads_error("read next run_at");
         let mut next: Option<i64> = None;
         for queue in &queues {
-            for pool in Pool::ALL {
+            for &pool in pools {
                 let within = format!("state = 'queued' AND queue = $1 AND {}", pool_test(pool));
                 let statement = self
                     .statements
@@ -1996,9 +2001,14 @@ impl Store for PgStore {
         self.queued_queues_impl()
     }
 
-    fn next_run_at(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>> {
+    fn next_run_at(
+        &mut self,
+        queues: Option<&[String]>,
+        pools: &[Pool],
+        after: i64,
+    ) -> Result<Option<i64>> {
         self.revive()?;
-        self.next_run_at_impl(queues, after)
+        self.next_run_at_impl(queues, pools, after)
     }
 
     fn job(&mut self, id: i64) -> Result<Option<Job>> {

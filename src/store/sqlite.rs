@@ -1025,11 +1025,16 @@ impl Store for SqliteStore {
         result.map_err(|e| self.err("read queues", e))
     }
 
-    fn next_run_at(&mut self, queues: Option<&[String]>, after: i64) -> Result<Option<i64>> {
+    fn next_run_at(
+        &mut self,
+        queues: Option<&[String]>,
+        pools: &[Pool],
+        after: i64,
+    ) -> Result<Option<i64>> {
         let queues = self.these_or_queued(queues)?;
         let mut next: Option<i64> = None;
         for queue in &queues {
-            for pool in Pool::ALL {
+            for &pool in pools {
                 let cpu = i32::from(pool == Pool::Cpu);
                 let within = format!("state = 'queued' AND queue = ?1 AND {CPU_KIND_TEST} = {cpu}");
                 let at: Option<i64> = self
