@@ -105,10 +105,8 @@ pub fn listen(
                 }
             }
         })
-        .map_err(|e| crate::store::StoreError::Postgres {
-            url: crate::store::postgres::redact_url(url),
-            op: "listen for new jobs",
-            detail: e.to_string(),
+        .map_err(|e| {
+            crate::store::postgres::postgres_error(url, "listen for new jobs", e.to_string())
         })?;
     Ok(rx)
 }
@@ -154,11 +152,11 @@ fn relay(
                 }
             }
             Ok(None) => {
-                return Some(crate::store::StoreError::Postgres {
-                    url: crate::store::postgres::redact_url(url),
-                    op: "listen for new jobs",
-                    detail: "the server closed the connection".into(),
-                })
+                return Some(crate::store::postgres::postgres_error(
+                    url,
+                    "listen for new jobs",
+                    "the server closed the connection",
+                ))
             }
             Err(e) => return Some(fail(e)),
         }

@@ -35,15 +35,10 @@ pub fn migrate(config: &Config, args: MigrateArgs, out: &mut dyn Write) -> Resul
             config.database.path.display()
         )));
     }
-    let ((before, after), name) = match &config.database.url {
-        Some(url) => {
-            let mut store = PgStore::connect(url, config.database.busy_timeout)?;
-            (store.migrate()?, redact_url(url))
-        }
-        None => (
-            open_or_create(config)?.1,
-            config.database.path.display().to_string(),
-        ),
+    let (_, (before, after)) = open_or_create(config)?;
+    let name = match &config.database.url {
+        Some(url) => redact_url(url),
+        None => config.database.path.display().to_string(),
     };
     if before == after {
         writeln!(out, "database {name} is at schema version {after}")
@@ -92,12 +87,16 @@ fn move_from_sqlite(config: &Config, source: &Path, url: &str, out: &mut dyn Wri
         + from
             .rescue(RescueScope::ExpiredLeases, now, max_attempts)?
             .len();
-    let running: u64 = from
-        .job_counts()?
-        .iter()
-        .filter(|(_, state, _)| *state == JobState::Running)
-        .map(|(_, _, n)| n)
-        .sum();
+    // Read once: nothing below changes a job's state before the move.
+    let counts = from.job_counts()?;
+    let in_state = |wanted: JobState| -> u64 {
+        counts
+            .iter()
+            .filter(|(_, state, _)| *state == wanted)
+            .map(|(_, _, n)| n)
+            .sum()
+    };
+    let running = in_state(JobState::Running);
     if running > 0 {
         return Err(Error::Failed(format!(
             "{running} jobs in {} are still running under the lease of a daemon that stopped \
@@ -120,12 +119,7 @@ fn move_from_sqlite(config: &Config, source: &Path, url: &str, out: &mut dyn Wri
         source: e,
     })?;
     let source_key = format!("sqlite:{host}:{}", canonical.display());
-    let total = from
-        .job_counts()?
-        .iter()
-        .filter(|(_, state, _)| *state == JobState::Queued)
-        .map(|(_, _, n)| n)
-        .sum::<u64>();
+    let total = in_state(JobState::Queued);
     let progress = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(

@@ -257,6 +257,55 @@ pub enum RescueScope<'a> {
     Workers(&'a [String]),
 }
 
+impl RescueScope<'_> {
+    /// Why the holder of a job in this scope counts as lost: the end of the
+    /// sentence that `last_error` and the `rescued` attempt record carry.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            RescueScope::ExpiredLeases => "stopped renewing its lease",
+            RescueScope::Workers(_) => "is gone (its process no longer runs)",
+        }
+    }
+}
+
+/// Builds the `rescued` attempt records of `rescued` jobs (the lost attempt
+/// of job `i` started at `started[i]`) and hands them to `insert`, the
+/// store's one `job_runs` insert: the same records on both backends.
+pub(crate) fn with_rescue_runs<T>(
+    rescued: &[Rescued],
+    started: &[i64],
+    reason: &str,
+    now: i64,
+    insert: impl FnOnce(&[RunRow<'_>]) -> T,
+) -> T {
+    let errors: Vec<String> = rescued
+        .iter()
+        .map(|job| {
+            format!(
+                "attempt {} was lost: worker {} {reason}",
+                job.attempt, job.worker
+            )
+        })
+        .collect();
+    let runs: Vec<RunRow<'_>> = rescued
+        .iter()
+        .zip(started)
+        .zip(&errors)
+        .map(|((job, &started_at), error)| RunRow {
+            job_id: job.id,
+            attempt: job.attempt,
+            worker: &job.worker,
+            queue: &job.queue,
+            kind: &job.kind,
+            started_at,
+            finished_at: now,
+            outcome: RunOutcome::Rescued,
+            error: Some(error),
+        })
+        .collect();
+    insert(&runs)
+}
+
 /// A running job taken back from a lost holder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rescued {

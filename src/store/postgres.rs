@@ -189,15 +189,21 @@ UNION ALL
 SELECT source_id, job_id FROM before
 ";
 
+/// The store error for a failure during `op` on the database at `url`
+/// (password redacted), saying `detail`.
+pub(crate) fn postgres_error(url: &str, op: &'static str, detail: impl Into<String>) -> StoreError {
+    StoreError::Postgres {
+        url: redact_url(url),
+        op,
+        detail: detail.into(),
+    }
+}
+
 /// Turns a client error during `op` into the store error that names the
 /// database (password redacted) and what the server said.
 pub(crate) fn failing(url: &str, op: &'static str) -> impl Fn(postgres::Error) -> StoreError {
-    let url = redact_url(url);
-    move |e| StoreError::Postgres {
-        url: url.clone(),
-        op,
-        detail: describe(&e),
-    }
+    let url = url.to_string();
+    move |e| postgres_error(&url, op, describe(&e))
 }
 
 /// What went wrong, in the server's words where it spoke ("db error" alone
@@ -214,6 +220,12 @@ fn describe(e: &postgres::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// One field of every row as an array parameter, for the `unnest($n)`
+/// statements that write a whole batch at once.
+fn column<'a, T, U>(rows: &'a [T], field: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(field).collect()
 }
 
 /// Inserts a batch of jobs with one statement, each de-duplicated on its
@@ -281,24 +293,17 @@ fn insert_jobs_once(
     now: i64,
 ) -> std::result::Result<Vec<Option<Enqueued>>, postgres::Error> {
     let statement = statements.get(tx, INSERT_JOBS_SQL)?;
-    let texts = |f: for<'j> fn(&'j NewJob) -> &'j str| jobs.iter().map(f).collect::<Vec<&str>>();
     let rows = tx.query(
         &statement,
         &[
-            &texts(|j| &j.queue),
-            &texts(|j| &j.kind),
-            &texts(|j| &j.payload),
-            &jobs.iter().map(|j| j.priority).collect::<Vec<i64>>(),
-            &jobs
-                .iter()
-                .map(|j| j.run_at.unwrap_or(now))
-                .collect::<Vec<i64>>(),
-            &jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>(),
-            &jobs.iter().map(|j| j.timeout_ms).collect::<Vec<_>>(),
-            &jobs
-                .iter()
-                .map(|j| j.unique_key.as_deref())
-                .collect::<Vec<_>>(),
+            &column(jobs, |j| j.queue.as_str()),
+            &column(jobs, |j| j.kind.as_str()),
+            &column(jobs, |j| j.payload.as_str()),
+            &column(jobs, |j| j.priority),
+            &column(jobs, |j| j.run_at.unwrap_or(now)),
+            &column(jobs, |j| j.max_attempts),
+            &column(jobs, |j| j.timeout_ms),
+            &column(jobs, |j| j.unique_key.as_deref()),
             &now,
         ],
     )?;
@@ -327,11 +332,7 @@ fn insert_jobs_once(
 /// connection (the listener's) within about a minute.
 pub(crate) fn client(url: &str, op: &'static str) -> Result<Client, StoreError> {
     let fail = failing(url, op);
-    let (parsed, tls) = tls_settings(url).map_err(|detail| StoreError::Postgres {
-        url: redact_url(url),
-        op,
-        detail,
-    })?;
+    let (parsed, tls) = tls_settings(url).map_err(|detail| postgres_error(url, op, detail))?;
     let mut config: postgres::Config = parsed.parse().map_err(&fail)?;
     if config.get_application_name().is_none() {
         config.application_name("jobd");
@@ -351,11 +352,8 @@ pub(crate) fn client(url: &str, op: &'static str) -> Result<Client, StoreError> 
     match tls {
         Tls::Off => config.connect(NoTls).map_err(&fail),
         Tls::Verify { roots } => {
-            let tls = tls_connector(roots.as_deref()).map_err(|detail| StoreError::Postgres {
-                url: redact_url(url),
-                op,
-                detail,
-            })?;
+            let tls = tls_connector(roots.as_deref())
+                .map_err(|detail| postgres_error(url, op, detail))?;
             config.connect(tls).map_err(&fail)
         }
     }
@@ -808,27 +806,22 @@ fn import_in(
     now: i64,
 ) -> std::result::Result<Vec<(i64, Moved)>, postgres::Error> {
     let statement = statements.get(tx, IMPORT_SQL)?;
-    let ints = |f: fn(&Job) -> i64| jobs.iter().map(f).collect::<Vec<i64>>();
-    let opt_ints = |f: fn(&Job) -> Option<i64>| jobs.iter().map(f).collect::<Vec<_>>();
-    let texts = |f: for<'j> fn(&'j Job) -> &'j str| jobs.iter().map(f).collect::<Vec<&str>>();
-    let opt_texts =
-        |f: for<'j> fn(&'j Job) -> Option<&'j str>| jobs.iter().map(f).collect::<Vec<_>>();
     let rows = tx.query(
         &statement,
         &[
             &source,
-            &ints(|j| j.id),
-            &texts(|j| &j.queue),
-            &texts(|j| &j.kind),
-            &texts(|j| &j.payload),
-            &ints(|j| j.priority),
-            &ints(|j| j.run_at),
-            &opt_ints(|j| j.max_attempts),
-            &opt_ints(|j| j.timeout_ms),
-            &opt_texts(|j| j.unique_key.as_deref()),
-            &ints(|j| j.attempts),
-            &ints(|j| j.created_at),
-            &opt_texts(|j| j.last_error.as_deref()),
+            &column(jobs, |j| j.id),
+            &column(jobs, |j| j.queue.as_str()),
+            &column(jobs, |j| j.kind.as_str()),
+            &column(jobs, |j| j.payload.as_str()),
+            &column(jobs, |j| j.priority),
+            &column(jobs, |j| j.run_at),
+            &column(jobs, |j| j.max_attempts),
+            &column(jobs, |j| j.timeout_ms),
+            &column(jobs, |j| j.unique_key.as_deref()),
+            &column(jobs, |j| j.attempts),
+            &column(jobs, |j| j.created_at),
+            &column(jobs, |j| j.last_error.as_deref()),
             &now,
         ],
     )?;
@@ -941,11 +934,12 @@ impl PgStore {
         now: i64,
         default_max_attempts: u32,
     ) -> Result<Vec<Rescued>, StoreError> {
-        let (filter, reason) = match scope {
-            RescueScope::ExpiredLeases => ("lease_until < $3", "stopped renewing its lease"),
+        let filter = match scope {
+            RescueScope::ExpiredLeases => "lease_until < $3",
             RescueScope::Workers([]) => return Ok(Vec::new()),
-            RescueScope::Workers(_) => ("worker = ANY($3)", "is gone (its process no longer runs)"),
+            RescueScope::Workers(_) => "worker = ANY($3)",
         };
+        let reason = scope.reason();
         let workers: Vec<String> = match scope {
             RescueScope::Workers(w) => w.to_vec(),
             RescueScope::ExpiredLeases => Vec::new(),
@@ -985,32 +979,10 @@ impl PgStore {
             let started: i64 = r.get(6);
             lost.push(started);
         }
-        let errors: Vec<String> = rescued
-            .iter()
-            .map(|job| {
-                format!(
-                    "attempt {} was lost: worker {} {reason}",
-                    job.attempt, job.worker
-                )
-            })
-            .collect();
-        let runs: Vec<RunRow<'_>> = rescued
-            .iter()
-            .zip(&lost)
-            .zip(&errors)
-            .map(|((job, &started_at), error)| RunRow {
-                job_id: job.id,
-                attempt: job.attempt,
-                worker: &job.worker,
-                queue: &job.queue,
-                kind: &job.kind,
-                started_at,
-                finished_at: now,
-                outcome: RunOutcome::Rescued,
-                error: Some(error),
-            })
-            .collect();
-        insert_runs(&mut tx, &mut self.statements, &runs).map_err(&fail)?;
+        super::with_rescue_runs(&rescued, &lost, reason, now, |runs| {
+            insert_runs(&mut tx, &mut self.statements, runs)
+        })
+        .map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(rescued)
     }
@@ -1026,9 +998,6 @@ fn insert_runs(
     if runs.is_empty() {
         return Ok(());
     }
-    let column = |f: fn(&RunRow<'_>) -> i64| runs.iter().map(f).collect::<Vec<i64>>();
-    let text = |f: for<'r> fn(&'r RunRow<'_>) -> &'r str| runs.iter().map(f).collect::<Vec<&str>>();
-    let errors: Vec<Option<&str>> = runs.iter().map(|r| r.error).collect();
     let statement = statements.get(
         tx,
         "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
@@ -1039,16 +1008,16 @@ fn insert_runs(
     tx.execute(
         &statement,
         &[
-            &column(|r| r.job_id),
-            &column(|r| r.attempt),
-            &text(|r| r.worker),
-            &text(|r| r.queue),
-            &text(|r| r.kind),
-            &column(|r| r.started_at),
-            &column(|r| r.finished_at),
-            &text(|r| r.outcome.as_str()),
-            &errors,
-            &column(|r| (r.finished_at - r.started_at).max(0)),
+            &column(runs, |r| r.job_id),
+            &column(runs, |r| r.attempt),
+            &column(runs, |r| r.worker),
+            &column(runs, |r| r.queue),
+            &column(runs, |r| r.kind),
+            &column(runs, |r| r.started_at),
+            &column(runs, |r| r.finished_at),
+            &column(runs, |r| r.outcome.as_str()),
+            &column(runs, |r| r.error),
+            &column(runs, |r| (r.finished_at - r.started_at).max(0)),
         ],
     )?;
     Ok(())

@@ -21,7 +21,7 @@ use super::{
     PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store,
     StoreError, WorkerInfo,
 };
-use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
+use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, Transition};
 
 /// Prepared statements kept per connection; enough for every named query.
 const STATEMENT_CACHE: usize = 128;
@@ -784,10 +784,7 @@ impl Store for SqliteStore {
                         .collect(),
                 ),
             };
-            let reason = match scope {
-                RescueScope::ExpiredLeases => "stopped renewing its lease",
-                RescueScope::Workers(_) => "is gone (its process no longer runs)",
-            };
+            let reason = scope.reason();
             let sql = format!(
                 "UPDATE jobs SET \
                    state = CASE WHEN attempts >= COALESCE(max_attempts, ?2) THEN 'dead' ELSE 'queued' END, \
@@ -825,27 +822,7 @@ impl Store for SqliteStore {
                     rescued.push(job);
                 }
             }
-            let errors: Vec<String> = rescued
-                .iter()
-                .map(|job| format!("attempt {} was lost: worker {} {reason}", job.attempt, job.worker))
-                .collect();
-            let runs: Vec<RunRow<'_>> = rescued
-                .iter()
-                .zip(&lost)
-                .zip(&errors)
-                .map(|((job, &started_at), error)| RunRow {
-                    job_id: job.id,
-                    attempt: job.attempt,
-                    worker: &job.worker,
-                    queue: &job.queue,
-                    kind: &job.kind,
-                    started_at,
-                    finished_at: now,
-                    outcome: RunOutcome::Rescued,
-                    error: Some(error),
-                })
-                .collect();
-            insert_runs(tx, &runs)?;
+            super::with_rescue_runs(&rescued, &lost, reason, now, |runs| insert_runs(tx, runs))?;
             Ok(rescued)
         })
     }
