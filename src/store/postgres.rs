@@ -578,8 +578,26 @@ impl PgStore {
         Ok(())
     }
 
+    /// Turns a client error during `op` into the store error: a statement
+    /// that waited `lock_timeout` for another session's lock is
+    /// [`StoreError::Busy`] (logged `db.busy`, as SQLite's busy timeout is),
+    /// anything else names the database and what the server said.
+    fn failing(&self, op: &'static str) -> impl Fn(postgres::Error) -> StoreError {
+        let (url, waited) = (self.url.clone(), self.lock_timeout);
+        move |e| {
+            if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                return StoreError::Busy {
+                    path: redact_url(&url).into(),
+                    op,
+                    waited,
+                };
+            }
+            failing(&url, op)(e)
+        }
+    }
+
     fn err(&self, op: &'static str, e: postgres::Error) -> StoreError {
-        failing(&self.url, op)(e)
+        self.failing(op)(e)
     }
 
     /// Connects to `url` for a command that needs the current schema: a
@@ -638,7 +656,7 @@ impl PgStore {
                 supported: SCHEMA_VERSION,
             });
         }
-        let fail = failing(&self.url, "migrate");
+        let fail = self.failing("migrate");
         let mut tx = self.client.transaction().map_err(&fail)?;
         // jobd's own lock number; released at commit.
         tx.execute("SELECT pg_advisory_xact_lock(7310242001)", &[])
@@ -682,7 +700,7 @@ impl PgStore {
     /// Inserts jobs in one transaction, each de-duplicated on its
     /// `unique_key` against queued and running jobs.
     pub fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>, StoreError> {
-        let fail = failing(&self.url, "enqueue");
+        let fail = self.failing("enqueue");
         let mut tx = self.client.transaction().map_err(&fail)?;
         let out = insert_jobs(&mut tx, &mut self.statements, jobs, now).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
@@ -693,7 +711,7 @@ impl PgStore {
     /// another claimer has locked are skipped, never waited for, so many
     /// daemons claim side by side and never take the same attempt.
     pub fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>, StoreError> {
-        let fail = failing(&self.url, "claim");
+        let fail = self.failing("claim");
         let mut tx = self.client.transaction().map_err(&fail)?;
         let jobs = claim_in(&mut tx, &mut self.statements, claim).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
@@ -704,7 +722,7 @@ impl PgStore {
     /// worker and attempt (a late outcome after a rescue changes nothing),
     /// with a `job_runs` row for each that applied.
     pub fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>, StoreError> {
-        let fail = failing(&self.url, "complete");
+        let fail = self.failing("complete");
         let mut tx = self.client.transaction().map_err(&fail)?;
         let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
@@ -717,7 +735,7 @@ impl PgStore {
         completions: &[Completion],
         claim: &Claim<'_>,
     ) -> Result<(Vec<Applied>, Vec<Claimed>), StoreError> {
-        let fail = failing(&self.url, "complete and claim");
+        let fail = self.failing("complete and claim");
         let mut tx = self.client.transaction().map_err(&fail)?;
         let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
         let jobs = claim_in(&mut tx, &mut self.statements, claim).map_err(&fail)?;
@@ -740,7 +758,7 @@ impl PgStore {
         jobs: &[Job],
         now: i64,
     ) -> Result<Vec<(i64, Moved)>, StoreError> {
-        let fail = failing(&self.url, "import jobs");
+        let fail = self.failing("import jobs");
         let mut tx = self.client.transaction().map_err(&fail)?;
         tx.batch_execute("SAVEPOINT batch").map_err(&fail)?;
         match import_in(&mut tx, &mut self.statements, source, jobs, now) {
@@ -784,7 +802,7 @@ impl PgStore {
     /// slot already enqueued there is not enqueued again here: per name,
     /// the later of the two `last_slot`s wins.
     pub fn import_cron(&mut self, rows: &[CronRow]) -> Result<(), StoreError> {
-        let fail = failing(&self.url, "import cron slots");
+        let fail = self.failing("import cron slots");
         let mut tx = self.client.transaction().map_err(&fail)?;
         for row in rows.iter().filter(|r| r.last_slot.is_some()) {
             tx.execute(
@@ -842,7 +860,7 @@ fn import_in(
 impl PgStore {
     /// Records a daemon (or replaces its row).
     pub fn register_worker(&mut self, w: &WorkerInfo) -> Result<(), StoreError> {
-        let fail = failing(&self.url, "register worker");
+        let fail = self.failing("register worker");
         self.client
             .execute(
                 "INSERT INTO workers (id, host, pid, version, started_at, heartbeat_at, queues, running) \
@@ -858,7 +876,7 @@ impl PgStore {
 
     /// A daemon's heartbeat.
     pub fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<(), StoreError> {
-        let fail = failing(&self.url, "heartbeat");
+        let fail = self.failing("heartbeat");
         self.client
             .execute(
                 "UPDATE workers SET heartbeat_at = $2, running = $3 WHERE id = $1",
@@ -870,7 +888,7 @@ impl PgStore {
 
     /// Forgets a daemon.
     pub fn deregister_worker(&mut self, worker: &str) -> Result<(), StoreError> {
-        let fail = failing(&self.url, "deregister worker");
+        let fail = self.failing("deregister worker");
         self.client
             .execute("DELETE FROM workers WHERE id = $1", &[&worker])
             .map_err(&fail)?;
@@ -879,7 +897,7 @@ impl PgStore {
 
     /// The registered daemons.
     pub fn workers(&mut self) -> Result<Vec<WorkerInfo>, StoreError> {
-        let fail = failing(&self.url, "read workers");
+        let fail = self.failing("read workers");
         let rows = self
             .client
             .query(
@@ -913,7 +931,7 @@ impl PgStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let fail = failing(&self.url, "renew leases");
+        let fail = self.failing("renew leases");
         let renewed = self
             .client
             .execute(
@@ -944,7 +962,7 @@ impl PgStore {
             RescueScope::Workers(w) => w.to_vec(),
             RescueScope::ExpiredLeases => Vec::new(),
         };
-        let fail = failing(&self.url, "rescue");
+        let fail = self.failing("rescue");
         let mut tx = self.client.transaction().map_err(&fail)?;
         let sql = format!(
             "UPDATE jobs SET \
@@ -1257,7 +1275,7 @@ fn run_from_row(r: &postgres::Row) -> JobRun {
 impl PgStore {
     /// Cancels jobs: queued ones at once, running ones by request.
     pub fn cancel(&mut self, ids: &[i64], now: i64) -> Result<Vec<CancelResult>, StoreError> {
-        let fail = failing(&self.url, "cancel");
+        let fail = self.failing("cancel");
         let mut tx = self.client.transaction().map_err(&fail)?;
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
@@ -1298,7 +1316,7 @@ impl PgStore {
 
     /// Puts dead or cancelled jobs back to `queued` with attempts reset.
     pub fn retry(&mut self, ids: &[i64], now: i64) -> Result<Vec<RetryResult>, StoreError> {
-        let fail = failing(&self.url, "retry");
+        let fail = self.failing("retry");
         let mut tx = self.client.transaction().map_err(&fail)?;
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
@@ -1342,7 +1360,7 @@ impl PgStore {
     /// Puts every dead job (of one queue, or all) back to `queued`, in
     /// batches; a job whose unique key is taken stays dead.
     pub fn retry_dead(&mut self, queue: Option<&str>, now: i64) -> Result<BulkRetry, StoreError> {
-        let fail = failing(&self.url, "retry dead jobs");
+        let fail = self.failing("retry dead jobs");
         let mut total = BulkRetry::default();
         let mut after = 0i64;
         loop {
@@ -1384,7 +1402,7 @@ impl PgStore {
         cutoffs: &PruneCutoffs,
         batch: usize,
     ) -> Result<Pruned, StoreError> {
-        let fail = failing(&self.url, "prune");
+        let fail = self.failing("prune");
         let mut tx = self.client.transaction().map_err(&fail)?;
         let mut pruned = Pruned::default();
         let mut left = batch as i64;
@@ -1431,7 +1449,7 @@ impl PgStore {
         paused: bool,
         now: i64,
     ) -> Result<(), StoreError> {
-        let fail = failing(&self.url, "pause");
+        let fail = self.failing("pause");
         let mut tx = self.client.transaction().map_err(&fail)?;
         for queue in queues {
             tx.execute(
@@ -1447,7 +1465,7 @@ impl PgStore {
 
     /// The paused queues.
     pub fn paused_queues(&mut self) -> Result<Vec<String>, StoreError> {
-        let fail = failing(&self.url, "read queues");
+        let fail = self.failing("read queues");
         Ok(self
             .client
             .query("SELECT name FROM queues WHERE paused ORDER BY name", &[])
@@ -1459,7 +1477,7 @@ impl PgStore {
 
     /// Running jobs of `worker` that an operator asked to cancel.
     pub fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>, StoreError> {
-        let fail = failing(&self.url, "read cancel requests");
+        let fail = self.failing("read cancel requests");
         Ok(self
             .client
             .query(
@@ -1474,7 +1492,7 @@ impl PgStore {
 
     /// One job.
     pub fn job(&mut self, id: i64) -> Result<Option<Job>, StoreError> {
-        let fail = failing(&self.url, "read job");
+        let fail = self.failing("read job");
         Ok(self
             .client
             .query_opt(
@@ -1488,7 +1506,7 @@ impl PgStore {
 
     /// A job's attempt records, in order.
     pub fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>, StoreError> {
-        let fail = failing(&self.url, "read job runs");
+        let fail = self.failing("read job runs");
         Ok(self
             .client
             .query(
@@ -1505,7 +1523,7 @@ impl PgStore {
 
     /// Jobs matching `filter`, newest first.
     pub fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>, StoreError> {
-        let fail = failing(&self.url, "list jobs");
+        let fail = self.failing("list jobs");
         let state = filter.state.map(|s| s.as_str());
         Ok(self
             .client
@@ -1537,7 +1555,7 @@ impl PgStore {
         &self,
         op: &'static str,
     ) -> impl Fn(postgres::Error) -> StoreError {
-        failing(&self.url, op)
+        self.failing(op)
     }
 
     fn cron_start_impl(&mut self, name: &str, slot: i64) -> Result<Option<i64>> {
@@ -1872,7 +1890,7 @@ impl Store for PgStore {
         self.revive()?;
         // Moves on every write anywhere in the cluster: a cheap "look
         // again" signal; LISTEN/NOTIFY is the precise one.
-        let fail = failing(&self.url, "read the change counter");
+        let fail = self.failing("read the change counter");
         Ok(self
             .client
             .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
@@ -2002,7 +2020,7 @@ impl Store for PgStore {
 
     fn tally_runs_after(&mut self, after_id: i64) -> Result<RunTally> {
         self.revive()?;
-        let fail = failing(&self.url, "read job runs");
+        let fail = self.failing("read job runs");
         let statement = self
             .statements
             .get(&mut self.client, &super::tally_runs_sql("$1"))
