@@ -51,7 +51,10 @@ impl Bench {
         let _ = std::fs::remove_file(handlers.join("true"));
         std::os::unix::fs::symlink("/bin/true", handlers.join("true")).unwrap();
         std::fs::write(root.join("small"), vec![7u8; 1024]).unwrap();
-        let file = FileConfig { roots: vec![root] };
+        let file = FileConfig {
+            roots: vec![root],
+            ..FileConfig::default()
+        };
         let exec = ExecConfig { dir: handlers };
         let registry = Registry::cpu(&file, &exec);
         Bench {

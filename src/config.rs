@@ -530,12 +530,17 @@ impl Default for SmtpConfig {
 pub struct FileConfig {
     /// Every path a job touches must resolve inside one of these.
     pub roots: Vec<PathBuf>,
+    /// Whether `append`, and `write`/`copy` with `overwrite`, may change a
+    /// regular file that has more than one hard link (one of which may lie
+    /// outside the roots).
+    pub allow_hard_links: bool,
 }
 
 impl Default for FileConfig {
     fn default() -> Self {
         FileConfig {
             roots: vec![PathBuf::from("files")],
+            allow_hard_links: false,
         }
     }
 }

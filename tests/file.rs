@@ -171,47 +171,161 @@ fn escapes_by_dotdot_absolute_paths_and_symlinks_are_refused_and_touch_nothing()
     daemon.stop();
 }
 
-#[test]
-fn a_symlink_swapped_in_while_the_job_runs_is_refused() {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+/// A number from `/proc/<pid>/status`, in kB.
+fn proc_status_kb(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB"))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+        .trim()
+        .parse()
+        .unwrap()
+}
 
+#[test]
+fn copy_streams_in_constant_memory() {
+    use std::os::unix::fs::FileExt;
+
+    const SIZE: u64 = 1 << 30;
+    let s = setup();
+    let source = std::fs::File::create(s.root.join("big.img")).unwrap();
+    source.set_len(SIZE).unwrap();
+    let head: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    source.write_all_at(&head, 0).unwrap();
+    source.write_all_at(b"middle", SIZE / 2).unwrap();
+    source.write_all_at(b"tail", SIZE - 4).unwrap();
+    drop(source);
+    let daemon = s.home.daemon();
+    let before = proc_status_kb(daemon.pid(), "VmHWM:");
+    assert_eq!(
+        s.ok(r#"{"op":"copy","from":"big.img","to":"copy.img"}"#)["bytes"],
+        SIZE
+    );
+    let growth_kb = proc_status_kb(daemon.pid(), "VmHWM:").saturating_sub(before);
+    assert!(
+        growth_kb < 64 * 1024,
+        "the daemon's peak memory grew by {growth_kb} kB copying a {SIZE}-byte file"
+    );
+    let copy = std::fs::File::open(s.root.join("copy.img")).unwrap();
+    assert_eq!(copy.metadata().unwrap().len(), SIZE);
+    let mut buf = vec![0; head.len()];
+    copy.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, head);
+    let mut word = [0; 6];
+    copy.read_exact_at(&mut word, SIZE / 2).unwrap();
+    assert_eq!(&word, b"middle");
+    copy.read_exact_at(&mut word[..4], SIZE - 4).unwrap();
+    assert_eq!(&word[..4], b"tail");
+    // A retry that finds the same content in place succeeds without copying.
+    s.ok(r#"{"op":"copy","from":"big.img","to":"copy.img"}"#);
+    daemon.stop();
+}
+
+#[test]
+fn a_fifo_in_a_root_is_refused_without_holding_a_thread() {
     let s = setup();
     let fifo = s.root.join("pipe");
     let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-    std::fs::create_dir(s.root.join("sub")).unwrap();
+    std::fs::write(s.root.join("plain.txt"), "plain").unwrap();
     let daemon = s.home.daemon();
-    // The copy reads its source from the FIFO, so it blocks inside the job
-    // until this test writes; its destination folder is real when it starts.
-    let id = s.home.insert_job(
-        "file",
-        r#"{"op":"copy","from":"pipe","to":"sub/out.txt"}"#,
-        "1",
-        "NULL",
-    );
-    // Opening the write end without blocking succeeds only once the job has
-    // opened the read end: from then on the job is past any check it could
-    // have made before reading.
-    let mut writer = common::wait_for(common::PATIENCE, || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .ok()
-    })
-    .expect("the job opened the pipe");
-    // Swap the destination folder for a symlink leading out.
-    std::fs::rename(s.root.join("sub"), s.root.join("old-sub")).unwrap();
-    std::os::unix::fs::symlink(&s.outside, s.root.join("sub")).unwrap();
-    writer.write_all(b"payload").unwrap();
-    drop(writer);
-    s.home.wait_state(id, "dead");
-    let error = s
-        .home
-        .text(&format!("SELECT last_error FROM jobs WHERE id = {id};"));
-    assert!(error.contains("escapes the file root"), "{error}");
-    assert_eq!(std::fs::read_dir(&s.outside).unwrap().count(), 0);
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+            .unwrap()
+            .count()
+    };
+    s.ok(r#"{"op":"copy","from":"plain.txt","to":"warm.txt"}"#);
+    let before = threads();
+    let payloads = [
+        r#"{"op":"copy","from":"pipe","to":"out.txt"}"#,
+        r#"{"op":"append","path":"pipe","content":"x"}"#,
+        r#"{"op":"write","path":"pipe","content":"x"}"#,
+        r#"{"op":"write","path":"pipe","content":"x","overwrite":true}"#,
+        r#"{"op":"copy","from":"plain.txt","to":"pipe","overwrite":true}"#,
+    ];
+    for payload in payloads {
+        // A short timeout, so that a job stuck on the FIFO fails this test
+        // soon instead of waiting for the default.
+        let id = s.home.insert_job("file", payload, "1", "3000");
+        s.home.wait_state(id, "dead");
+        let error = s
+            .home
+            .text(&format!("SELECT last_error FROM jobs WHERE id = {id};"));
+        assert!(
+            error.contains("pipe: it is a FIFO; only regular files and folders"),
+            "{payload}: {error}"
+        );
+    }
+    assert_eq!(threads(), before, "no thread is left waiting on the FIFO");
+    assert!(!s.root.join("out.txt").exists());
+    daemon.stop();
+}
+
+#[test]
+fn a_hard_link_to_a_file_outside_is_not_modified() {
+    let s = setup();
+    let secret = s.outside.join("secret.txt");
+    std::fs::write(&secret, "keep me").unwrap();
+    std::fs::hard_link(&secret, s.root.join("link.txt")).unwrap();
+    std::fs::write(s.root.join("other.txt"), "other").unwrap();
+    let daemon = s.home.daemon();
+    for payload in [
+        r#"{"op":"append","path":"link.txt","content":"x"}"#,
+        r#"{"op":"write","path":"link.txt","content":"x","overwrite":true}"#,
+        r#"{"op":"copy","from":"other.txt","to":"link.txt","overwrite":true}"#,
+    ] {
+        let error = s.dead(payload);
+        assert!(
+            error.contains("link.txt: it has 2 hard links")
+                && error.contains("file.allow_hard_links"),
+            "{payload}: {error}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me");
+    // Reading through it is fine.
+    s.ok(r#"{"op":"copy","from":"link.txt","to":"read.txt"}"#);
+    daemon.stop();
+
+    // An operator who allows hard links gets the old behaviour.
+    s.home.write_config(&format!(
+        "[file]\nroots = [\"{}\"]\nallow_hard_links = true\n[daemon]\nshutdown_grace = \"100ms\"\n",
+        s.root.display()
+    ));
+    let daemon = s.home.daemon();
+    s.ok(r#"{"op":"append","path":"link.txt","content":"!"}"#);
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me!");
+    daemon.stop();
+}
+
+#[test]
+fn enametoolong_is_permanent() {
+    let s = setup();
+    let daemon = s.home.daemon();
+    let long = "n".repeat(300);
+    for payload in [
+        format!(r#"{{"op":"write","path":"{long}","content":"x"}}"#),
+        format!(r#"{{"op":"append","path":"{long}","content":"x"}}"#),
+        // The name fits, the temporary name beside it does not.
+        format!(
+            r#"{{"op":"write","path":"{}","content":"x"}}"#,
+            "m".repeat(250)
+        ),
+    ] {
+        let id = s.home.insert_job("file", &payload, "3", "NULL");
+        let state = common::wait_for(common::PATIENCE, || {
+            let row = s.home.text(&format!(
+                "SELECT state || ' ' || attempts FROM jobs WHERE id = {id};"
+            ));
+            (!row.starts_with("running") && !row.ends_with(" 0")).then_some(row)
+        })
+        .expect("the first attempt ended");
+        assert_eq!(state, "dead 1", "{payload}");
+        let error = s
+            .home
+            .text(&format!("SELECT last_error FROM jobs WHERE id = {id};"));
+        assert!(error.contains("File name too long"), "{error}");
+    }
     daemon.stop();
 }

@@ -128,6 +128,7 @@ mod tests {
         std::fs::write(root.path().join("abc"), b"abc").unwrap();
         let files = FileKind::new(&crate::config::FileConfig {
             roots: vec![root.path().to_path_buf()],
+            ..Default::default()
         });
         let kind = Checksum::new(Arc::new(files));
         let sha = run(&kind, r#"{"path":"abc"}"#).unwrap();

@@ -350,7 +350,10 @@ mod tests {
             &ExecConfig {
                 dir: dir.path().to_path_buf(),
             },
-            &FileConfig { roots: vec![] },
+            &FileConfig {
+                roots: vec![],
+                ..FileConfig::default()
+            },
         );
         for bad in ["", "../x", "a/b", "x y", ".hidden", "~root"] {
             let err = exec.handler(bad).unwrap_err().to_string();

@@ -11,8 +11,16 @@
 //! checks it lies inside the root, which leaves a small race that the
 //! kernel path does not have.
 //!
+//! Only regular files and folders are handled: files are opened with
+//! `O_NONBLOCK` and their type checked on the open descriptor, so a FIFO or
+//! a device in a root is refused at once instead of holding a thread for
+//! good. A regular file with more than one hard link is not modified unless
+//! `file.allow_hard_links` says so: the other link may lie outside the roots.
+//!
 //! `write` (and the destination of `copy`) is atomic: a temporary file in
-//! the same folder, fsync, rename, fsync of the folder. Retries are
+//! the same folder, fsync, rename, fsync of the folder. `copy` streams in
+//! chunks of [`COPY_CHUNK`], skipping holes, so a huge (or sparse) source
+//! costs constant memory. Retries are
 //! idempotent: a `move` whose source is gone and whose destination exists
 //! succeeds, `delete` of a missing file succeeds, and a `write` or `copy`
 //! without `overwrite` that finds the very same content already in place
@@ -20,10 +28,11 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, SeekFrom, Stat, CWD};
 use rustix::io::Errno;
 use serde::Deserialize;
 
@@ -67,9 +76,14 @@ struct Payload {
     overwrite: bool,
 }
 
+/// How much of a file `copy` (and a content comparison) holds in memory at
+/// once.
+const COPY_CHUNK: usize = 1 << 20;
+
 /// The `file` kind.
 pub struct FileKind {
     roots: Vec<PathBuf>,
+    allow_hard_links: bool,
 }
 
 /// A path split into the root it lies in and its place beneath it.
@@ -93,7 +107,10 @@ impl FileKind {
             // work. A root that cannot be created fails its jobs by name.
             let _ = std::fs::create_dir_all(root);
         }
-        FileKind { roots }
+        FileKind {
+            roots,
+            allow_hard_links: config.allow_hard_links,
+        }
     }
 
     /// Finds the root `raw` lies in. Relative paths go against the first
@@ -167,7 +184,44 @@ impl FileKind {
     /// Opens a file confined to the roots for reading.
     pub fn open_read(&self, field: &str, raw: &str) -> Result<std::fs::File, JobError> {
         let located = self.locate(field, Some(raw))?;
-        Ok(std::fs::File::from(located.open(OFlags::RDONLY)?))
+        Ok(located.open_regular(OFlags::RDONLY, "read")?.0)
+    }
+
+    /// Refuses to change `stat`'s file when another hard link shares it,
+    /// unless `file.allow_hard_links`.
+    fn check_links(&self, target: &Located, stat: &Stat, what: &str) -> Result<(), JobError> {
+        if self.allow_hard_links || stat.st_nlink <= 1 {
+            return Ok(());
+        }
+        Err(JobError::permanent(format!(
+            "cannot {what} {}: it has {} hard links and another may lie outside the file roots (set file.allow_hard_links = true to allow)",
+            target.raw, stat.st_nlink
+        )))
+    }
+
+    /// What stands at `name` in `dir` (not following a symlink), checked as
+    /// a file a `write` or `copy` may replace: a regular file without other
+    /// hard links. None when nothing is there.
+    fn existing(
+        &self,
+        target: &Located,
+        dir: BorrowedFd<'_>,
+        name: &std::ffi::OsStr,
+    ) -> Result<Option<Stat>, JobError> {
+        let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(target.error("look at", e)),
+        };
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => {
+                self.check_links(target, &stat, "replace")?;
+                Ok(Some(stat))
+            }
+            // A symlink is replaced, never followed.
+            FileType::Symlink => Ok(Some(stat)),
+            other => Err(target.not_regular("replace", other)),
+        }
     }
 
     /// Streams a new file into place at `raw`, confined to the roots and
@@ -256,14 +310,48 @@ impl Located {
         .map_err(|e| self.error("open the folder of", e))
     }
 
-    /// Opens the path itself beneath the root.
-    fn open(&self, flags: OFlags) -> Result<OwnedFd, JobError> {
+    /// Opens the path as a regular file: `O_NONBLOCK` so that a FIFO or a
+    /// device does not block the open, then its type checked on the
+    /// descriptor (no race with a swap). `what` words the refusal.
+    fn open_regular(&self, flags: OFlags, what: &str) -> Result<(std::fs::File, Stat), JobError> {
         let root = self.root_fd()?;
-        open_beneath(root.as_fd(), &self.root, &self.rel, flags).map_err(|e| self.error("open", e))
+        let fd = open_beneath(
+            root.as_fd(),
+            &self.root,
+            &self.rel,
+            flags | OFlags::NONBLOCK,
+        )
+        .map_err(|e| match e {
+            // A FIFO without a reader refuses a non-blocking writer.
+            Errno::NXIO => self.not_regular(what, FileType::Fifo),
+            e => self.error(what, e),
+        })?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| self.error(what, e))?;
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => Ok((std::fs::File::from(fd), stat)),
+            other => Err(self.not_regular(what, other)),
+        }
     }
 
-    /// Turns an errno into the job's error: escapes and missing folders are
-    /// permanent, the rest (full disk, I/O) transient.
+    fn not_regular(&self, what: &str, found: FileType) -> JobError {
+        let found = match found {
+            FileType::Directory => "a folder",
+            FileType::Fifo => "a FIFO",
+            FileType::Socket => "a socket",
+            FileType::CharacterDevice => "a character device",
+            FileType::BlockDevice => "a block device",
+            FileType::Symlink => "a symlink",
+            _ => "not a regular file",
+        };
+        JobError::permanent(format!(
+            "cannot {what} {}: it is {found}; only regular files and folders are handled",
+            self.raw
+        ))
+    }
+
+    /// Turns an errno into the job's error: escapes, missing folders and
+    /// errors no retry can cure ([`lasting`]) are permanent, the rest (full
+    /// disk, I/O) transient.
     fn error(&self, what: &str, e: Errno) -> JobError {
         match e {
             Errno::XDEV | Errno::LOOP => self.escape(),
@@ -271,9 +359,7 @@ impl Located {
                 "cannot {what} {}: no such file or folder",
                 self.raw
             )),
-            Errno::ACCESS | Errno::PERM | Errno::ISDIR | Errno::NOTDIR | Errno::EXIST => {
-                JobError::permanent(format!("cannot {what} {}: {e}", self.raw))
-            }
+            e if lasting(e) => JobError::permanent(format!("cannot {what} {}: {e}", self.raw)),
             _ => JobError::transient(format!("cannot {what} {}: {e}", self.raw)),
         }
     }
@@ -331,23 +417,139 @@ fn decode(content: &str, encoding: Encoding) -> Result<Vec<u8>, JobError> {
     }
 }
 
+/// Whether an errno says something about the path or the file system that
+/// a retry cannot change: a name too long, a component that is not a
+/// folder, a read-only file system, no permission.
+fn lasting(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::NAMETOOLONG
+            | Errno::INVAL
+            | Errno::LOOP
+            | Errno::NOTDIR
+            | Errno::ISDIR
+            | Errno::ROFS
+            | Errno::EXIST
+            | Errno::ACCESS
+            | Errno::PERM
+            | Errno::NXIO
+            | Errno::FBIG
+            | Errno::TXTBSY
+    )
+}
+
+/// An error of a read or write on an open file, classified like [`lasting`]
+/// errnos; a [`JobError`] wrapped by a fill (the deadline, a cancel) comes
+/// back as it is.
 fn io(what: &str, raw: &str, e: std::io::Error) -> JobError {
-    JobError::transient(format!("cannot {what} {raw}: {e}"))
+    if e.get_ref().is_some_and(|inner| inner.is::<JobError>()) {
+        return e
+            .into_inner()
+            .and_then(|inner| inner.downcast::<JobError>().ok())
+            .map_or(JobError::TimedOut, |e| *e);
+    }
+    let message = format!("cannot {what} {raw}: {e}");
+    match e.raw_os_error().map(Errno::from_raw_os_error) {
+        Some(errno) if lasting(errno) => JobError::permanent(message),
+        _ => JobError::transient(message),
+    }
+}
+
+/// Opens the regular file `name` in `dir` for reading, without following a
+/// symlink or blocking on a FIFO; None for anything else.
+fn open_existing(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Option<std::fs::File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let stat = rustix::fs::fstat(&fd).ok()?;
+    (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
+        .then(|| std::fs::File::from(fd))
 }
 
 /// Whether the file `name` in `dir` holds exactly `content`.
 fn same_content(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, content: &[u8]) -> bool {
-    let Ok(fd) = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
+    let Some(mut file) = open_existing(dir, name) else {
         return false;
     };
-    let mut file = std::fs::File::from(fd);
     let mut existing = Vec::new();
-    file.read_to_end(&mut existing).is_ok() && existing == content
+    (&mut file)
+        .take(content.len() as u64 + 1)
+        .read_to_end(&mut existing)
+        .is_ok()
+        && existing == content
+}
+
+/// Whether the file `name` in `dir` holds exactly what `source` holds,
+/// compared a chunk at a time.
+fn same_file(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, source: &std::fs::File) -> bool {
+    let Some(existing) = open_existing(dir, name) else {
+        return false;
+    };
+    let (Ok(a), Ok(b)) = (source.metadata(), existing.metadata()) else {
+        return false;
+    };
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut left, mut right) = (vec![0; COPY_CHUNK], vec![0; COPY_CHUNK]);
+    let mut offset = 0;
+    while offset < a.len() {
+        let n = COPY_CHUNK.min((a.len() - offset) as usize);
+        let read = source
+            .read_exact_at(&mut left[..n], offset)
+            .and_then(|()| existing.read_exact_at(&mut right[..n], offset));
+        if read.is_err() || left[..n] != right[..n] {
+            return false;
+        }
+        offset += n as u64;
+    }
+    true
+}
+
+/// Copies `len` bytes of `source` into `dest` a chunk at a time, writing
+/// only the parts that hold data (`SEEK_DATA`/`SEEK_HOLE`) so holes stay
+/// holes, and looking at the deadline and the cancel flag between chunks.
+fn copy_stream(
+    ctx: &Context<'_>,
+    source: &std::fs::File,
+    len: u64,
+    dest: &mut std::fs::File,
+) -> std::io::Result<u64> {
+    let mut buffer = vec![0; COPY_CHUNK];
+    let mut offset = 0;
+    while offset < len {
+        let data = match rustix::fs::seek(source, SeekFrom::Data(offset)) {
+            Ok(data) => data,
+            // No data past `offset`: the rest is a hole.
+            Err(Errno::NXIO) => break,
+            // A file system that cannot tell: all of it is data.
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => offset,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = match rustix::fs::seek(source, SeekFrom::Hole(data)) {
+            Ok(hole) => hole.min(len),
+            Err(_) => len,
+        };
+        let mut at = data;
+        while at < hole {
+            ctx.check().map_err(std::io::Error::other)?;
+            let n = COPY_CHUNK.min((hole - at) as usize);
+            let read = source.read_at(&mut buffer[..n], at)?;
+            if read == 0 {
+                // The source shrank while it was copied.
+                break;
+            }
+            dest.write_all_at(&buffer[..read], at)?;
+            at += read as u64;
+        }
+        offset = hole.max(offset + 1);
+    }
+    dest.set_len(len)?;
+    Ok(len)
 }
 
 /// Why [`replace_atomically`] failed.
@@ -412,6 +614,7 @@ pub(crate) fn replace_atomically_with<T>(
 /// Writes `content` to `target` atomically: a temporary file beside it,
 /// fsync, rename (refusing to replace unless `overwrite`), fsync the folder.
 fn write_atomic(
+    files: &FileKind,
     ctx: &Context<'_>,
     target: &Located,
     content: &[u8],
@@ -419,7 +622,7 @@ fn write_atomic(
 ) -> Result<u64, JobError> {
     let dir = target.parent()?;
     let name = target.name()?;
-    let exists = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    let exists = files.existing(target, dir.as_fd(), name)?.is_some();
     if exists && !overwrite {
         if same_content(dir.as_fd(), name, content) {
             return Ok(content.len() as u64);
@@ -435,6 +638,40 @@ fn write_atomic(
         ReplaceError::At(what, errno) => target.error(what, errno),
     })?;
     Ok(content.len() as u64)
+}
+
+impl FileKind {
+    /// Streams `source` (`len` bytes) to `to` atomically, like
+    /// [`write_atomic`] without holding the content.
+    fn copy(
+        &self,
+        ctx: &Context<'_>,
+        source: &std::fs::File,
+        len: u64,
+        to: &Located,
+        overwrite: bool,
+    ) -> Result<u64, JobError> {
+        let dir = to.parent()?;
+        let name = to.name()?;
+        let exists = self.existing(to, dir.as_fd(), name)?.is_some();
+        if exists && !overwrite {
+            if same_file(dir.as_fd(), name, source) {
+                return Ok(len);
+            }
+            return Err(JobError::permanent(format!(
+                "{} already exists (set overwrite to replace it)",
+                to.raw
+            )));
+        }
+        let tmp = temporary_name(ctx, name);
+        replace_atomically_with(dir.as_fd(), name, &tmp, overwrite, |file| {
+            copy_stream(ctx, source, len, file)
+        })
+        .map_err(|e| match e {
+            ReplaceError::Write(e) => io("copy to", &to.raw, e),
+            ReplaceError::At(what, errno) => to.error(what, errno),
+        })
+    }
 }
 
 impl Kind for FileKind {
@@ -453,14 +690,17 @@ impl Kind for FileKind {
         let result = match args.op {
             Op::Write => {
                 let target = self.locate("path", args.path.as_deref())?;
-                let bytes = write_atomic(ctx, &target, &content(&args)?, args.overwrite)?;
+                let bytes = write_atomic(self, ctx, &target, &content(&args)?, args.overwrite)?;
                 serde_json::json!({ "bytes": bytes })
             }
             Op::Append => {
                 let target = self.locate("path", args.path.as_deref())?;
                 let data = content(&args)?;
-                let fd = target.open(OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE)?;
-                let mut file = std::fs::File::from(fd);
+                let (mut file, stat) = target.open_regular(
+                    OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+                    "append to",
+                )?;
+                self.check_links(&target, &stat, "append to")?;
                 file.write_all(&data)
                     .and_then(|()| file.sync_all())
                     .map_err(|e| io("append to", &target.raw, e))?;
@@ -469,13 +709,8 @@ impl Kind for FileKind {
             Op::Copy => {
                 let from = self.locate("from", args.from.as_deref())?;
                 let to = self.locate("to", args.to.as_deref())?;
-                let mut source = std::fs::File::from(from.open(OFlags::RDONLY)?);
-                let mut data = Vec::new();
-                source
-                    .read_to_end(&mut data)
-                    .map_err(|e| io("read", &from.raw, e))?;
-                ctx.check()?;
-                let bytes = write_atomic(ctx, &to, &data, args.overwrite)?;
+                let (source, stat) = from.open_regular(OFlags::RDONLY, "read")?;
+                let bytes = self.copy(ctx, &source, stat.st_size as u64, &to, args.overwrite)?;
                 serde_json::json!({ "bytes": bytes })
             }
             Op::Move => {
