@@ -410,6 +410,21 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The default `http.deny_networks`: link-local (the usual cloud metadata
+/// address 169.254.169.254 among them), "this network", the unspecified
+/// IPv6 address, and the metadata addresses outside link-local: AWS over
+/// IPv6, Alibaba, Oracle, Azure's wire server.
+pub const DEFAULT_DENY_NETWORKS: &[&str] = &[
+    "169.254.0.0/16",
+    "fe80::/10",
+    "0.0.0.0/8",
+    "::/128",
+    "fd00:ec2::254/128",
+    "100.100.100.200/32",
+    "192.0.0.192/32",
+    "168.63.129.16/32",
+];
+
 /// `[http]`
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -431,7 +446,7 @@ impl Default for HttpConfig {
             allow_hosts: Vec::new(),
             // Cloud metadata and link-local; loopback and private ranges stay
             // reachable unless an operator adds them.
-            deny_networks: ["169.254.0.0/16", "fe80::/10", "0.0.0.0/8"]
+            deny_networks: DEFAULT_DENY_NETWORKS
                 .iter()
                 .map(|n| n.parse().expect("default networks are valid"))
                 .collect(),
@@ -1291,7 +1306,7 @@ mod tests {
         assert_eq!(c.pool.threads, 16);
         assert_eq!(c.daemon.poll_interval, Duration::from_millis(10));
         assert_eq!(c.daemon.queues, vec!["*"]);
-        assert_eq!(c.http.deny_networks.len(), 3);
+        assert_eq!(c.http.deny_networks.len(), DEFAULT_DENY_NETWORKS.len());
     }
 
     #[test]

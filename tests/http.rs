@@ -265,3 +265,51 @@ fn bad_http_payloads_are_dead_with_the_field_named() {
     }
     daemon.stop();
 }
+
+#[test]
+fn embedded_ipv4_metadata_addresses_are_denied() {
+    let server = HttpServer::start(|_, _| Reply::new(200, "fine"));
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    // The default deny list: no [http] section.
+    let home = home("");
+    let daemon = home.daemon();
+    // `[::]` first: before the fix it reached this test's server (through
+    // the local host), so the test failed there without sending anything
+    // past the machine. The rest are refused before any connection.
+    let urls = [
+        (format!("http://[::]:{port}/x"), "::/128"),
+        ("http://[::a9fe:a9fe]/latest/".to_string(), "169.254.0.0/16"),
+        (
+            "http://[64:ff9b::a9fe:a9fe]/latest/".to_string(),
+            "169.254.0.0/16",
+        ),
+        (
+            "http://[2002:a9fe:a9fe::1]/latest/".to_string(),
+            "169.254.0.0/16",
+        ),
+        (
+            "http://[fd00:ec2::254]/latest/".to_string(),
+            "fd00:ec2::254/128",
+        ),
+        (
+            "http://100.100.100.200/latest/".to_string(),
+            "100.100.100.200/32",
+        ),
+        ("http://192.0.0.192/opc/".to_string(), "192.0.0.192/32"),
+    ];
+    for (url, entry) in urls {
+        let id = home.insert_job("http", &format!(r#"{{"url":"{url}"}}"#), "5", "NULL");
+        home.wait_state(id, "dead");
+        let error = home.text(&format!("SELECT last_error FROM jobs WHERE id = {id};"));
+        assert!(
+            error.contains(&format!("inside http.deny_networks entry {entry}")),
+            "{url}: {error}"
+        );
+        assert_eq!(
+            home.query_i64(&format!("SELECT attempts FROM jobs WHERE id = {id}")),
+            1
+        );
+    }
+    assert_eq!(server.received().len(), 0);
+    daemon.stop();
+}

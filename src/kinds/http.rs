@@ -68,17 +68,18 @@ impl Guard {
             })
     }
 
-    /// The denied network `ip` falls in, judging an IPv4-mapped IPv6
-    /// address as the IPv4 address it carries.
+    /// The denied network `ip` falls in. An IPv6 address that carries an
+    /// IPv4 address ([`embedded_ipv4`]) is judged by the IPv4 rules too, so
+    /// that `[::a9fe:a9fe]` or `[64:ff9b::a9fe:a9fe]` is refused like
+    /// `169.254.169.254`.
     pub fn denied(&self, ip: IpAddr) -> Option<&IpNet> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
+        let embedded = match ip {
+            IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
         };
-        self.deny_networks.iter().find(|net| net.contains(&ip))
+        self.deny_networks
+            .iter()
+            .find(|net| net.contains(&ip) || embedded.is_some_and(|v4| net.contains(&v4)))
     }
 
     /// Resolves `netloc` (`host:port`) and keeps it only if the host is
@@ -99,6 +100,34 @@ impl Guard {
         }
         Ok(addrs)
     }
+}
+
+/// The IPv4 address an IPv6 address carries, by the forms that route to
+/// it: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, the
+/// unspecified and loopback addresses aside), NAT64 (`64:ff9b::/96` and the
+/// local-use `64:ff9b:1::/48`) and 6to4 (`2002:aabb:ccdd::/48`).
+pub fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let tail =
+        std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(mapped) = v6.to_ipv4_mapped() {
+        return Some(mapped);
+    }
+    if s[..6] == [0; 6] && u32::from(tail) > 1 {
+        return Some(tail);
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1] {
+        return Some(tail);
+    }
+    if s[0] == 0x2002 {
+        return Some(std::net::Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
+    }
+    None
 }
 
 thread_local! {
@@ -492,6 +521,40 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         let far = Some(Instant::now() + Duration::from_secs(30));
         assert!(!lookup("localhost:80", far).unwrap().is_empty());
+    }
+
+    #[test]
+    fn embedded_ipv4_forms_and_metadata_addresses_are_denied_by_default() {
+        let g = Guard::new(&HttpConfig::default());
+        for denied in [
+            "169.254.169.254",
+            "::a9fe:a9fe",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::",
+            "::0.0.0.2",
+            "fd00:ec2::254",
+            "100.100.100.200",
+            "192.0.0.192",
+            "168.63.129.16",
+            "fe80::1",
+            "0.0.0.0",
+        ] {
+            let ip: IpAddr = denied.parse().unwrap();
+            assert!(g.denied(ip).is_some(), "{denied} should be denied");
+        }
+        // Loopback and private ranges stay reachable by default.
+        for allowed in ["127.0.0.1", "::1", "10.0.0.1", "192.168.1.1", "2001:db8::1"] {
+            let ip: IpAddr = allowed.parse().unwrap();
+            assert_eq!(g.denied(ip), None, "{allowed}");
+        }
+        assert_eq!(
+            embedded_ipv4("2002:7f00:1::".parse().unwrap()),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(embedded_ipv4("::1".parse().unwrap()), None);
     }
 
     #[test]
