@@ -32,6 +32,8 @@ const LIST_KEYS: &[&str] = &[
     "daemon.queues",
     "http.allow_hosts",
     "http.deny_networks",
+    "http.redact_headers",
+    "http.redact_query",
     "file.roots",
 ];
 
@@ -425,6 +427,45 @@ pub const DEFAULT_DENY_NETWORKS: &[&str] = &[
     "168.63.129.16/32",
 ];
 
+/// The default `http.redact_headers`: headers that carry credentials.
+pub const DEFAULT_REDACT_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "apikey",
+    "x-auth-token",
+    "x-access-token",
+    "x-amz-security-token",
+    "x-vault-token",
+    "private-token",
+];
+
+/// The default `http.redact_query`: query parameters that carry
+/// credentials.
+pub const DEFAULT_REDACT_QUERY: &[&str] = &[
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "signature",
+    "sig",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+];
+
 /// `[http]`
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
@@ -438,6 +479,11 @@ pub struct HttpConfig {
     pub max_response_bytes: u64,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Header names (any case) whose values are shown as `[redacted]`.
+    pub redact_headers: Vec<String>,
+    /// Query parameter names (any case) whose values are shown as
+    /// `[redacted]`.
+    pub redact_query: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -452,6 +498,11 @@ impl Default for HttpConfig {
                 .collect(),
             max_response_bytes: 1 << 20,
             user_agent: format!("jobd/{}", env!("CARGO_PKG_VERSION")),
+            redact_headers: DEFAULT_REDACT_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            redact_query: DEFAULT_REDACT_QUERY.iter().map(|q| q.to_string()).collect(),
         }
     }
 }

@@ -313,3 +313,106 @@ fn embedded_ipv4_metadata_addresses_are_denied() {
     assert_eq!(server.received().len(), 0);
     daemon.stop();
 }
+
+#[test]
+fn a_redirect_to_a_file_url_is_permanent_not_a_panic() {
+    let server = HttpServer::start(|req, _| match req.url.as_str() {
+        "/file" => Reply::new(302, "").header("Location", "file:///etc/passwd"),
+        "/gopher" => Reply::new(301, "").header("Location", "gopher://127.0.0.1:70/1"),
+        "/data" => Reply::new(307, "").header("Location", "data:text/plain,hello"),
+        "/nohost" => Reply::new(302, "").header("Location", "http:///nowhere"),
+        "/loop" => Reply::new(302, "").header("Location", "/loop"),
+        "/hop" => Reply::new(303, "").header("Location", "/landed"),
+        _ => Reply::new(200, "landed"),
+    });
+    let home = home("");
+    let daemon = home.daemon();
+    for (path, target) in [
+        ("/file", "file:///etc/passwd"),
+        ("/gopher", "gopher://127.0.0.1:70/1"),
+        ("/data", "data:text/plain,hello"),
+    ] {
+        let id = home.insert_job(
+            "http",
+            &format!(r#"{{"url":"{}{path}"}}"#, server.base),
+            "5",
+            "NULL",
+        );
+        home.wait_state(id, "dead");
+        let error = home.text(&format!("SELECT last_error FROM jobs WHERE id = {id};"));
+        assert!(
+            error.contains(&format!(
+                "refused to follow the redirect from {}{path} to {target}: only http and https",
+                server.base
+            )),
+            "{path}: {error}"
+        );
+        assert_eq!(
+            home.query_i64(&format!("SELECT attempts FROM jobs WHERE id = {id}")),
+            1,
+            "{path}: {error}"
+        );
+    }
+    let looping = home.insert_job(
+        "http",
+        &format!(r#"{{"url":"{}/loop"}}"#, server.base),
+        "5",
+        "NULL",
+    );
+    home.wait_state(looping, "dead");
+    let error = home.text(&format!(
+        "SELECT last_error FROM jobs WHERE id = {looping};"
+    ));
+    assert!(error.contains("redirected more than 5 times"), "{error}");
+    // A POST answered 303 lands with a GET.
+    let hop = home.insert_job(
+        "http",
+        &format!(
+            r#"{{"url":"{}/hop","method":"POST","body":"x"}}"#,
+            server.base
+        ),
+        "1",
+        "NULL",
+    );
+    home.wait_state(hop, "succeeded");
+    let landed = server
+        .received()
+        .into_iter()
+        .find(|r| r.url == "/landed")
+        .expect("the redirect was followed");
+    assert_eq!(landed.method, "GET");
+    assert!(!daemon.log().contains("panic"), "{}", daemon.log());
+    daemon.stop();
+}
+
+#[test]
+fn cancel_stops_an_http_request_in_flight_within_a_second() {
+    // The server holds its 503 far longer than the test waits: only a
+    // request that stops at the cancel lets the job end in time.
+    let server = HttpServer::start(|_, _| Reply::new(503, "busy").after(Duration::from_secs(300)));
+    let home = home("");
+    let daemon = home.daemon();
+    let id = home.insert_job(
+        "http",
+        &format!(r#"{{"url":"{}/slow"}}"#, server.base),
+        "3",
+        "600000",
+    );
+    common::wait_for(common::PATIENCE, || {
+        (!server.received().is_empty()).then_some(())
+    })
+    .expect("the request reached the server");
+    home.ok(&["cancel", &id.to_string()]);
+    let state = common::wait_for(common::PATIENCE, || {
+        let state = home.state(id);
+        (state != "running").then_some(state)
+    })
+    .expect("the attempt in flight ended at the cancel");
+    assert_eq!(state, "cancelled");
+    assert_eq!(
+        home.query_i64(&format!("SELECT attempts FROM jobs WHERE id = {id}")),
+        1
+    );
+    assert_eq!(server.received().len(), 1, "no further attempt was made");
+    daemon.stop();
+}

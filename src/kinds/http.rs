@@ -7,6 +7,15 @@
 //! than the text of the URL: DNS rebinding, numeric host forms
 //! (`http://2130706433/`, which the URL parser turns into `127.0.0.1`) and
 //! IPv4-mapped IPv6 addresses all end up as an address it checks.
+//!
+//! Redirects are followed here, not inside ureq: each `Location` must be an
+//! http or https URL with a host before it is called (ureq 2 panicked on
+//! `file:`), and the guard judges every hop. A cancel stops a request in
+//! flight: every TCP connection is wrapped in a transport that waits for
+//! input in slices of [`CANCEL_SLICE`] and looks at the job's cancel flag
+//! between them (ureq 3's `unversioned::transport` API, hence the exact
+//! version pin). Connecting is not sliced; it is bounded by
+//! [`CONNECT_TIMEOUT`].
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -17,7 +26,12 @@ use std::time::{Duration, Instant, SystemTime};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{parse_payload, Context, JobError, Kind};
+use ureq3::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq3::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, NextTimeout, RustlsConnector, TcpConnector, Transport,
+};
+
+use super::{parse_payload, Context, JobError, Kind, Redaction};
 use crate::config::HttpConfig;
 use crate::job::now_ms;
 
@@ -84,12 +98,16 @@ impl Guard {
 
     /// Resolves `netloc` (`host:port`) and keeps it only if the host is
     /// allowed and no address is denied.
-    pub fn resolve(&self, netloc: &str) -> std::io::Result<Vec<SocketAddr>> {
+    pub fn resolve(
+        &self,
+        netloc: &str,
+        deadline: Option<Instant>,
+    ) -> std::io::Result<Vec<SocketAddr>> {
         let host = netloc.rsplit_once(':').map_or(netloc, |(h, _)| h);
         if !self.host_allowed(host) {
             return Err(refuse(format!("host {host} is not in http.allow_hosts")));
         }
-        let addrs = lookup(netloc, LOOKUP_DEADLINE.with(std::cell::Cell::get))?;
+        let addrs = lookup(netloc, deadline)?;
         for addr in &addrs {
             if let Some(net) = self.denied(addr.ip()) {
                 return Err(refuse(format!(
@@ -130,16 +148,10 @@ pub fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     None
 }
 
-thread_local! {
-    /// The deadline of the attempt running on this thread, for the
-    /// resolver: ureq's own timeout does not cover the DNS lookup.
-    static LOOKUP_DEADLINE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
-}
-
 /// Resolves `netloc`, giving up at `deadline`. An address literal needs no
 /// lookup; a name is looked up on a helper thread (`getaddrinfo` cannot be
-/// cancelled), so the job's thread is free at its deadline even when DNS
-/// hangs; the helper ends when the lookup does.
+/// cancelled), so the job's thread is free at its deadline, or at a cancel,
+/// even when DNS hangs; the helper ends when the lookup does.
 fn lookup(netloc: &str, deadline: Option<Instant>) -> std::io::Result<Vec<SocketAddr>> {
     lookup_with(netloc, deadline, |name| {
         name.to_socket_addrs().map(|a| a.collect::<Vec<_>>())
@@ -167,12 +179,23 @@ fn lookup_with(
         .spawn(move || {
             let _ = tx.send(resolve(&name));
         })?;
-    match rx.recv_deadline(deadline) {
-        Ok(answer) => answer,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("looking up {host} took past the job's deadline"),
-        )),
+    loop {
+        if cancelled() {
+            return Err(cancel_error());
+        }
+        let slice = deadline
+            .saturating_duration_since(Instant::now())
+            .min(CANCEL_SLICE);
+        match rx.recv_timeout(slice) {
+            Ok(answer) => return answer,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("looking up {host} took past the job's deadline"),
+                ))
+            }
+        }
     }
 }
 
@@ -193,6 +216,20 @@ enum Method {
 }
 
 impl Method {
+    /// The method named by [`Method::as_str`]'s text (GET for any other).
+    fn parse(name: &str) -> Method {
+        [
+            Method::Post,
+            Method::Put,
+            Method::Patch,
+            Method::Delete,
+            Method::Head,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == name)
+        .unwrap_or(Method::Get)
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
@@ -227,12 +264,280 @@ struct Payload {
     follow_redirects: bool,
 }
 
-/// The `http` kind: two agents (with and without redirects) sharing the
-/// guard and their connection pools across jobs.
+/// The statuses whose `Location` a request follows.
+const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
+
+/// The most addresses of one name tried (ureq's resolver holds 16).
+const MAX_ADDRESSES: usize = 16;
+
+/// How long a wait on the network lasts before the cancel flag is looked at
+/// again: a cancelled request stops within about this long.
+const CANCEL_SLICE: Duration = Duration::from_millis(100);
+
+scoped_tls::scoped_thread_local! {
+    /// The cancel flag of the attempt running on this thread, for the
+    /// transport and the resolver, which ureq calls on the job's thread
+    /// but without the job's context.
+    static CANCEL: std::sync::atomic::AtomicBool
+}
+
+/// Whether the attempt on this thread was cancelled.
+fn cancelled() -> bool {
+    CANCEL.is_set() && CANCEL.with(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+fn cancel_error() -> std::io::Error {
+    std::io::Error::other("the job was cancelled")
+}
+
+/// The resolver ureq calls for every connection, redirects included: the
+/// guard's judgement, within the request's deadline.
+#[derive(Debug)]
+struct GuardedResolver(Arc<Guard>);
+
+impl Resolver for GuardedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq3::http::Uri,
+        _config: &ureq3::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq3::Error> {
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| ureq3::Error::BadUri(format!("{uri} has no host")))?;
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        let netloc = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let deadline = match timeout.after {
+            ureq3::unversioned::transport::time::Duration::Exact(after) => {
+                Some(Instant::now() + after)
+            }
+            ureq3::unversioned::transport::time::Duration::NotHappening => None,
+        };
+        let addrs = self.0.resolve(&netloc, deadline).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                ureq3::Error::Timeout(timeout.reason)
+            } else {
+                ureq3::Error::Io(e)
+            }
+        })?;
+        let mut resolved = self.empty();
+        for addr in addrs.into_iter().take(MAX_ADDRESSES) {
+            resolved.push(addr);
+        }
+        if resolved.is_empty() {
+            return Err(ureq3::Error::HostNotFound);
+        }
+        Ok(resolved)
+    }
+}
+
+/// Wraps each new TCP connection (below TLS) in [`Cancellable`].
+#[derive(Debug)]
+struct CancelConnector;
+
+impl<In: Transport> Connector<In> for CancelConnector {
+    type Out = Cancellable<In>;
+
+    fn connect(
+        &self,
+        _details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq3::Error> {
+        if cancelled() {
+            return Err(ureq3::Error::Io(cancel_error()));
+        }
+        Ok(chained.map(Cancellable))
+    }
+}
+
+/// A transport whose waits for input are cut into [`CANCEL_SLICE`]s, the
+/// cancel flag looked at between them, so that a cancel stops a request in
+/// flight instead of it running to its deadline. A slice that times out has
+/// read nothing, so the wait simply goes on; only the last slice's timeout
+/// is the request's.
+#[derive(Debug)]
+struct Cancellable<T>(T);
+
+impl<T: Transport> Transport for Cancellable<T> {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.0.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq3::Error> {
+        if cancelled() {
+            return Err(ureq3::Error::Io(cancel_error()));
+        }
+        self.0.transmit_output(amount, timeout)
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq3::Error> {
+        use ureq3::unversioned::transport::time::Duration as UreqDuration;
+        let end = match timeout.after {
+            UreqDuration::Exact(after) => Some(Instant::now() + after),
+            UreqDuration::NotHappening => None,
+        };
+        loop {
+            if cancelled() {
+                return Err(ureq3::Error::Io(cancel_error()));
+            }
+            let left = end.map(|end| end.saturating_duration_since(Instant::now()));
+            let last = left.is_some_and(|left| left <= CANCEL_SLICE);
+            let slice = NextTimeout {
+                after: UreqDuration::Exact(left.map_or(CANCEL_SLICE, |l| l.min(CANCEL_SLICE))),
+                ..timeout
+            };
+            match self.0.await_input(slice) {
+                Err(ureq3::Error::Timeout(_)) if !last => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.0.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.0.is_tls()
+    }
+}
+
+/// The `http` kind: one agent with the guard in its resolver, cancellable
+/// connections and a pool shared across jobs. Redirects are followed here,
+/// not in ureq, so that each `Location` is checked before it is called.
 pub struct Http {
-    follow: ureq::Agent,
-    no_follow: ureq::Agent,
+    client: Client,
     max_response_bytes: u64,
+    redaction: Redaction,
+}
+
+/// The agent, lending out requests to build.
+struct Client {
+    agent: ureq3::Agent,
+}
+
+/// A request being built, kept whole so that a redirect can send it again.
+struct Outgoing {
+    method: Method,
+    url: url::Url,
+    timeout: Duration,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+}
+
+impl Client {
+    fn request(&self, method: &str, url: &str) -> Outgoing {
+        Outgoing {
+            method: Method::parse(method),
+            url: url::Url::parse(url).expect("url_checked parsed it"),
+            timeout: Duration::ZERO,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// Sends `request` once, following nothing.
+    fn send(&self, request: &Outgoing) -> Result<ureq3::http::Response<ureq3::Body>, ureq3::Error> {
+        let mut builder = ureq3::http::Request::builder()
+            .method(request.method.as_str())
+            .uri(request.url.as_str());
+        for (name, value) in &request.headers {
+            builder = builder.header(name, value);
+        }
+        match &request.body {
+            Some(body) => {
+                let http = builder.body(body.as_slice())?;
+                let http = self
+                    .agent
+                    .configure_request(http)
+                    .timeout_global(Some(request.timeout))
+                    .build();
+                self.agent.run(http)
+            }
+            None => {
+                let http = builder.body(())?;
+                let http = self
+                    .agent
+                    .configure_request(http)
+                    .timeout_global(Some(request.timeout))
+                    .build();
+                self.agent.run(http)
+            }
+        }
+    }
+}
+
+impl Outgoing {
+    fn timeout(mut self, timeout: Duration) -> Outgoing {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets a header, replacing one of the same name (any case).
+    fn set(mut self, name: &str, value: &str) -> Outgoing {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    /// The request a redirect with `status` to `location` asks for, as
+    /// browsers and ureq do it: 303 (and 301/302 after a POST) becomes a GET
+    /// without body, 307/308 keep method and body; `Authorization` is not
+    /// carried along. Only http and https targets are followed.
+    fn redirected(
+        mut self,
+        status: u16,
+        location: &str,
+        redaction: &Redaction,
+    ) -> Result<Outgoing, JobError> {
+        let from = redaction.url(self.url.as_str());
+        let mut next = self.url.join(location).map_err(|e| {
+            JobError::permanent(format!(
+                "{from} redirected to {:?}, which is not a valid URL: {e}",
+                redaction.url(location)
+            ))
+        })?;
+        if !matches!(next.scheme(), "http" | "https") || next.host_str().is_none_or(str::is_empty) {
+            return Err(JobError::permanent(format!(
+                "refused to follow the redirect from {from} to {}: only http and https URLs with a host are followed",
+                redaction.url(next.as_str())
+            )));
+        }
+        // Credentials in a Location are not taken up.
+        let _ = next.set_username("");
+        let _ = next.set_password(None);
+        let to_get = status == 303 || (matches!(status, 301 | 302) && self.method == Method::Post);
+        if to_get && self.method != Method::Head {
+            self.method = Method::Get;
+            self.body = None;
+            self.remove("content-type");
+            self.remove("content-length");
+        }
+        self.remove("authorization");
+        self.url = next;
+        Ok(self)
+    }
 }
 
 impl Http {
@@ -241,21 +546,26 @@ impl Http {
     /// every thread may be calling the same webhook receiver).
     pub fn new(config: &HttpConfig, idle: usize) -> Http {
         let guard = Arc::new(Guard::new(config));
-        let agent = |redirects: u32| {
-            let guard = Arc::clone(&guard);
-            ureq::AgentBuilder::new()
-                .resolver(move |netloc: &str| guard.resolve(netloc))
-                .redirects(redirects)
-                .user_agent(&config.user_agent)
-                .timeout_connect(CONNECT_TIMEOUT)
-                .max_idle_connections(idle)
-                .max_idle_connections_per_host(idle)
-                .build()
-        };
+        let agent_config = ureq3::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            // Requests go straight out: the guard judges the real target.
+            .proxy(None)
+            .user_agent(config.user_agent.as_str())
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .max_idle_connections(idle)
+            .max_idle_connections_per_host(idle)
+            .build();
+        let connector =
+            ().chain(TcpConnector::default())
+                .chain(CancelConnector)
+                .chain(RustlsConnector::default());
         Http {
-            follow: agent(MAX_REDIRECTS),
-            no_follow: agent(0),
+            client: Client {
+                agent: ureq3::Agent::with_parts(agent_config, connector, GuardedResolver(guard)),
+            },
             max_response_bytes: config.max_response_bytes,
+            redaction: Redaction::new(config),
         }
     }
 }
@@ -272,7 +582,7 @@ impl Kind for Http {
                 "payload: give either body or json, not both",
             ));
         }
-        let url = url_checked(&args.url)?;
+        let (url, credentials) = url_checked(&args.url, &self.redaction)?;
         for (name, value) in &args.headers {
             if name.is_empty() || name.contains(['\r', '\n', ':']) || value.contains(['\r', '\n']) {
                 return Err(JobError::permanent(format!(
@@ -280,11 +590,7 @@ impl Kind for Http {
                 )));
             }
         }
-        let agent = if args.follow_redirects {
-            &self.follow
-        } else {
-            &self.no_follow
-        };
+        let agent = &self.client;
         let mut request = agent
             .request(args.method.as_str(), url.as_str())
             .timeout(ctx.remaining().max(Duration::from_millis(1)))
@@ -292,37 +598,79 @@ impl Kind for Http {
         for (name, value) in &args.headers {
             request = request.set(name, value);
         }
-        let started = Instant::now();
-        LOOKUP_DEADLINE.with(|d| d.set(Some(ctx.deadline)));
-        let answer = match (&args.body, &args.json) {
-            (Some(body), _) => request.send_string(body),
+        // `http://user:password@host/`: sent as Basic credentials, as a
+        // browser would, unless the payload sets Authorization itself.
+        if let Some(basic) = credentials {
+            if !request.has("authorization") {
+                request = request.set("Authorization", &basic);
+            }
+        }
+        match (&args.body, &args.json) {
+            (Some(body), _) => request.body = Some(body.clone().into_bytes()),
             (None, Some(json)) => {
-                let explicit = args
-                    .headers
-                    .keys()
-                    .any(|k| k.eq_ignore_ascii_case("content-type"));
-                if !explicit {
+                if !request.has("content-type") {
                     request = request.set("Content-Type", "application/json");
                 }
-                request.send_string(&json.to_string())
+                request.body = Some(json.to_string().into_bytes());
             }
-            (None, None) => request.call(),
-        };
-        LOOKUP_DEADLINE.with(|d| d.set(None));
-        let response = match answer {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(ureq::Error::Transport(transport)) => {
-                return Err(transport_error(ctx, &url, transport))
+            (None, None) => {}
+        }
+        CANCEL.set(ctx.cancel, || self.exchange(ctx, &args, request))
+    }
+}
+
+impl Http {
+    /// Sends `request`, follows its redirects and reads the answer: the part
+    /// of an attempt that waits on the network, run with the cancel flag
+    /// where the transport sees it.
+    fn exchange(
+        &self,
+        ctx: &Context<'_>,
+        args: &Payload,
+        mut request: Outgoing,
+    ) -> Result<Option<String>, JobError> {
+        let started = Instant::now();
+        let mut hops = 0;
+        let response = loop {
+            let response = self
+                .client
+                .send(&request)
+                .map_err(|e| self.failure(ctx, &request.url, e))?;
+            let status = response.status().as_u16();
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match location {
+                Some(location) if args.follow_redirects && REDIRECT_STATUSES.contains(&status) => {
+                    if hops == MAX_REDIRECTS {
+                        return Err(JobError::permanent(format!(
+                            "{} {} redirected more than {MAX_REDIRECTS} times",
+                            args.method.as_str(),
+                            self.redaction.url(args.url.as_str())
+                        )));
+                    }
+                    hops += 1;
+                    request = request.redirected(status, &location, &self.redaction)?;
+                    // The guard and the deadline hold for the next hop too.
+                    request.timeout = ctx.remaining().max(Duration::from_millis(1));
+                }
+                _ => break response,
             }
         };
-        let status = response.status();
+        let url = self.redaction.url(request.url.as_str());
+        let status = response.status().as_u16();
         let ok = match &args.expect {
             Some(codes) => codes.contains(&status),
             None => (200..300).contains(&status),
         };
-        let retry_after = response.header("Retry-After").and_then(parse_retry_after);
-        let result = self.result(response, started, args.method)?;
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let result = self.result(ctx, response, started, request.method)?;
         if ok {
             return Ok(Some(result.to_string()));
         }
@@ -336,33 +684,37 @@ impl Kind for Http {
             )))
         }
     }
-}
 
-impl Http {
     /// The result object of SPEC §2, the body cut at `max_response_bytes`.
     fn result(
         &self,
-        response: ureq::Response,
+        ctx: &Context<'_>,
+        mut response: ureq3::http::Response<ureq3::Body>,
         started: Instant,
         method: Method,
     ) -> Result<serde_json::Value, JobError> {
-        let status = response.status();
+        let status = response.status().as_u16();
         let headers: serde_json::Map<String, serde_json::Value> = response
-            .headers_names()
-            .into_iter()
+            .headers()
+            .keys()
             .filter_map(|name| {
-                let value = response.header(&name)?.to_string();
-                Some((name, serde_json::Value::String(value)))
+                let value = response.headers().get(name)?.to_str().ok()?.to_string();
+                Some((name.as_str().to_string(), serde_json::Value::String(value)))
             })
             .collect();
         let mut body = Vec::new();
         if method != Method::Head {
             response
-                .into_reader()
+                .body_mut()
+                .as_reader()
                 .take(self.max_response_bytes + 1)
                 .read_to_end(&mut body)
                 .map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::TimedOut {
+                    if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        JobError::Cancelled
+                    } else if e.kind() == std::io::ErrorKind::TimedOut
+                        || Instant::now() >= ctx.deadline
+                    {
                         JobError::TimedOut
                     } else {
                         JobError::transient(format!("reading the response body failed: {e}"))
@@ -379,11 +731,51 @@ impl Http {
             "elapsed_ms": started.elapsed().as_millis() as u64,
         }))
     }
+
+    /// A failure before an answer: a cancel, the guard's refusal and
+    /// malformed requests are what they are, a timeout is the deadline's,
+    /// everything else (DNS, refused, reset, TLS) transient.
+    fn failure(&self, ctx: &Context<'_>, url: &url::Url, error: ureq3::Error) -> JobError {
+        if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return JobError::Cancelled;
+        }
+        let url = self.redaction.url(url.as_str());
+        let refused = match &error {
+            ureq3::Error::Io(e) => e.get_ref().and_then(|i| i.downcast_ref::<Refused>()),
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            return JobError::permanent(format!("refused to call {url}: {}", reason.0));
+        }
+        let timed_out = match &error {
+            ureq3::Error::Timeout(_) => true,
+            ureq3::Error::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        };
+        if timed_out || Instant::now() >= ctx.deadline {
+            return JobError::TimedOut;
+        }
+        let message = format!("{url}: {error}");
+        match error {
+            ureq3::Error::BadUri(_)
+            | ureq3::Error::Http(_)
+            | ureq3::Error::TooManyRedirects
+            | ureq3::Error::RedirectFailed
+            | ureq3::Error::RequireHttpsOnly(_) => JobError::permanent(message),
+            _ => JobError::transient(message),
+        }
+    }
 }
 
-/// Parses the URL; only http and https with a host are accepted.
-fn url_checked(raw: &str) -> Result<String, JobError> {
-    let bad = |why: &str| JobError::permanent(format!("payload field url: {raw:?} {why}"));
+/// Parses the URL; only http and https with a host are accepted. Returns
+/// the URL without user info, and that user info as a Basic
+/// `Authorization` value.
+fn url_checked(raw: &str, redaction: &Redaction) -> Result<(String, Option<String>), JobError> {
+    let shown = redaction.url(raw);
+    let bad = |why: &str| JobError::permanent(format!("payload field url: {shown:?} {why}"));
     let (scheme, rest) = raw
         .split_once("://")
         .ok_or_else(|| bad("is not an absolute URL"))?;
@@ -396,42 +788,37 @@ fn url_checked(raw: &str) -> Result<String, JobError> {
     if raw.contains(char::is_whitespace) {
         return Err(bad("contains whitespace"));
     }
-    Ok(raw.to_string())
-}
-
-/// A connection-level failure: the guard's refusal and malformed requests
-/// are permanent, everything else (DNS, refused, reset, TLS, timeouts)
-/// transient.
-fn transport_error(ctx: &Context<'_>, url: &str, transport: ureq::Transport) -> JobError {
-    let refused = find_source::<Refused>(&transport).map(|r| r.0.clone());
-    if let Some(reason) = refused {
-        return JobError::permanent(format!("refused to call {url}: {reason}"));
+    let mut url = url::Url::parse(raw).map_err(|e| bad(&format!("is not a valid URL: {e}")))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
     }
-    if Instant::now() >= ctx.deadline || is_timeout(&transport) {
-        return JobError::TimedOut;
-    }
-    let message = format!("{url}: {transport}");
-    match transport.kind() {
-        ureq::ErrorKind::InvalidUrl
-        | ureq::ErrorKind::UnknownScheme
-        | ureq::ErrorKind::TooManyRedirects
-        | ureq::ErrorKind::BadHeader
-        | ureq::ErrorKind::InsecureRequestHttpsOnly => JobError::permanent(message),
-        _ => JobError::transient(message),
-    }
-}
-
-fn is_timeout(transport: &ureq::Transport) -> bool {
-    find_source::<std::io::Error>(transport).is_some_and(|e| {
-        matches!(
-            e.kind(),
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    let credentials = (!url.username().is_empty() || url.password().is_some()).then(|| {
+        use base64::Engine as _;
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let pair = format!(
+            "{}:{}",
+            decode(url.username()),
+            decode(url.password().unwrap_or(""))
+        );
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
         )
-    })
+    });
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Ok((url.to_string(), credentials))
 }
 
 /// The first error of type `T` in `error`'s source chain, looking inside
 /// `io::Error`s too.
+/// The first error of type `T` in `error`'s source chain, looking inside
+/// `io::Error`s too.
+#[cfg(test)]
 fn find_source<'a, T: std::error::Error + 'static>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a T> {
@@ -487,7 +874,7 @@ mod tests {
             .is_some());
         assert!(g.denied("fe80::1".parse().unwrap()).is_some());
         assert!(g.denied("10.0.0.1".parse().unwrap()).is_none());
-        let err = g.resolve("localhost:80").unwrap_err();
+        let err = g.resolve("localhost:80", None).unwrap_err();
         let text = find_source::<Refused>(&err).unwrap().0.clone();
         assert!(text.contains("resolves to 127.0.0.1"), "{text}");
         assert!(text.contains("127.0.0.0/8"), "{text}");
@@ -501,7 +888,7 @@ mod tests {
         assert!(!g.host_allowed("hooks.test"));
         assert!(!g.host_allowed("evil.com"));
         assert!(!g.host_allowed("api.example.com.evil.com"));
-        assert!(g.resolve("evil.com:80").is_err());
+        assert!(g.resolve("evil.com:80", None).is_err());
     }
 
     #[test]
@@ -572,13 +959,13 @@ mod tests {
     #[test]
     fn malformed_urls_are_permanent_and_named() {
         for bad in ["ftp://x/", "x", "http:///path", "http://a b/"] {
-            match url_checked(bad) {
+            match url_checked(bad, &Redaction::default()) {
                 Err(JobError::Permanent { message }) => {
                     assert!(message.starts_with("payload field url:"), "{message}")
                 }
                 other => panic!("{bad}: {other:?}"),
             }
         }
-        assert!(url_checked("https://example.com/x?y=1").is_ok());
+        assert!(url_checked("https://example.com/x?y=1", &Redaction::default()).is_ok());
     }
 }
