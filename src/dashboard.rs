@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 
 use crate::commands::output::{millis, time};
 use crate::job::{Job, JobState};
+use crate::kinds::Redaction;
 use crate::store::{JobRun, Stats};
 
 /// Jobs per page of the job list.
@@ -381,7 +382,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// The job list: a page of jobs, newest first, with filters.
-pub fn jobs(query: &ListQuery, jobs: &[Job]) -> String {
+pub fn jobs(query: &ListQuery, jobs: &[Job], redaction: &Redaction) -> String {
     let mut b = String::from("<h1>Jobs</h1><form method=\"get\" action=\"/jobs\">state <select name=\"state\"><option value=\"\">any</option>");
     for state in JobState::ALL {
         let selected = if query.state == Some(state) {
@@ -399,10 +400,8 @@ pub fn jobs(query: &ListQuery, jobs: &[Job]) -> String {
     );
     b.push_str("<table id=\"jobs\"><tr><th>id</th><th>state</th><th>queue</th><th>kind</th><th>attempts</th><th>run at</th><th>last error</th></tr>");
     for job in jobs {
-        let error: String = job
-            .last_error
-            .as_deref()
-            .unwrap_or("")
+        let error: String = redaction
+            .text(job.last_error.as_deref().unwrap_or(""))
             .chars()
             .take(120)
             .collect();
@@ -438,7 +437,7 @@ pub fn jobs(query: &ListQuery, jobs: &[Job]) -> String {
 /// One job: its fields, payload (credentials redacted), result, error and
 /// attempt history; `actions` is the buttons section (empty when
 /// read-only).
-pub fn job(job: &Job, runs: &[JobRun], actions: &str) -> String {
+pub fn job(job: &Job, runs: &[JobRun], actions: &str, redaction: &Redaction) -> String {
     let pretty = |text: &str| {
         serde_json::from_str::<serde_json::Value>(text)
             .and_then(|v| serde_json::to_string_pretty(&v))
@@ -481,10 +480,10 @@ pub fn job(job: &Job, runs: &[JobRun], actions: &str) -> String {
         let _ = write!(
             b,
             "<h2>Last error</h2><pre id=\"last-error\">{}</pre>",
-            escape(error)
+            escape(&redaction.text(error))
         );
     }
-    let payload = crate::kinds::redacted_payload(&job.kind, &job.payload);
+    let payload = redaction.payload(&job.kind, &job.payload);
     let _ = write!(
         b,
         "<h2>Payload</h2><pre id=\"payload\">{}</pre>",
@@ -507,7 +506,7 @@ pub fn job(job: &Job, runs: &[JobRun], actions: &str) -> String {
             escape(&run.worker),
             time(run.started_at),
             millis(run.duration_ms),
-            escape(run.error.as_deref().unwrap_or("")),
+            escape(&redaction.text(run.error.as_deref().unwrap_or(""))),
         );
     }
     b.push_str("</table>");

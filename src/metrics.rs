@@ -704,7 +704,10 @@ fn get_page(
                 .map_err(|e| e.to_string())
             });
             match read {
-                Ok(jobs) => Reply::html(200, crate::dashboard::jobs(&q, &jobs)),
+                Ok(jobs) => Reply::html(
+                    200,
+                    crate::dashboard::jobs(&q, &jobs, &crate::kinds::Redaction::new(&config.http)),
+                ),
                 Err(e) => failed(e),
             }
         }
@@ -742,7 +745,11 @@ fn get_page(
                             a.push_str("</p>");
                             a
                         });
-                        Reply::html(200, crate::dashboard::job(&job, &runs, &actions))
+                        let redaction = crate::kinds::Redaction::new(&config.http);
+                        Reply::html(
+                            200,
+                            crate::dashboard::job(&job, &runs, &actions, &redaction),
+                        )
                     }
                     Ok((None, _)) => {
                         Reply::message(404, "No such job", &format!("There is no job {id}."))

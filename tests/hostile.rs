@@ -590,3 +590,58 @@ fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+#[test]
+fn credentials_are_redacted_everywhere() {
+    let server = HttpServer::start(|_, _| Reply::new(500, "broken"));
+    let hostport = server.base.trim_start_matches("http://").to_string();
+    let port = common::free_port();
+    let home = Home::with_config(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"debug\"\n\
+         [daemon]\nshutdown_grace = \"100ms\"\n\
+         [http]\nredact_headers = [\"Authorization\", \"x-api-key\", \"X-Auth-Token\", \"api-key\", \"cookie\", \"x-custom\"]\n\
+         redact_query = [\"api_key\", \"token\", \"signature\", \"Session\"]\n"
+    ));
+    home.migrate();
+    let daemon = home.daemon();
+    let payload = format!(
+        r#"{{"url":"http://admin:S3cret-pw@{hostport}/hook?api_key=S3cret-q1&TOKEN=S3cret-q2&signature=S3cret-q3&session=S3cret-q4&page=2","headers":{{"X-Api-Key":"S3cret-h1","x-auth-token":"S3cret-h2","Api-Key":"S3cret-h3","Cookie":"S3cret-h4","AUTHORIZATION":"Bearer S3cret-h5","X-Custom":"S3cret-h6","X-Trace":"visible-trace"}}}}"#
+    );
+    let id = home.insert_job("http", &payload, "1", "NULL");
+    home.wait_state(id, "dead");
+    // The credentials still went out: the redaction is for display only.
+    let sent = &server.received()[0];
+    assert_eq!(sent.header("x-api-key"), Some("S3cret-h1"));
+    assert!(sent.url.contains("api_key=S3cret-q1"), "{}", sent.url);
+    let get = |path: &str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        match ureq::get(&url).call() {
+            Ok(r) => r.into_string().unwrap(),
+            Err(e) => panic!("GET {url}: {e}"),
+        }
+    };
+    let shown = [
+        ("show", home.ok(&["show", &id.to_string()])),
+        ("show --json", home.ok(&["show", "--json", &id.to_string()])),
+        ("list", home.ok(&["list"])),
+        ("list --json", home.ok(&["list", "--json"])),
+        ("dashboard job", get(&format!("/jobs/{id}"))),
+        ("dashboard jobs", get("/jobs")),
+        ("log", daemon.log()),
+    ];
+    for (place, text) in &shown {
+        assert!(
+            !text.contains("S3cret"),
+            "{place} shows a credential:\n{text}"
+        );
+    }
+    let (_, show) = &shown[0];
+    assert!(show.contains("visible-trace"), "{show}");
+    assert!(show.contains("page=2"), "{show}");
+    assert!(show.contains("admin:[redacted]@"), "{show}");
+    assert!(show.contains("TOKEN=[redacted]"), "{show}");
+    let last_error = home.text(&format!("SELECT last_error FROM jobs WHERE id = {id};"));
+    assert!(!last_error.contains("S3cret"), "{last_error}");
+    assert!(last_error.contains("answered 500"), "{last_error}");
+    daemon.stop();
+}

@@ -9,6 +9,7 @@ use crate::cli::{ListArgs, ShowArgs, StatsArgs, TailArgs};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::{now_ms, Job};
+use crate::kinds::Redaction;
 use crate::logging::quote;
 use crate::store::{JobRun, ListFilter, Stats, Store};
 
@@ -21,13 +22,17 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// Widest `last_error` shown in a table cell.
 const ERROR_WIDTH: usize = 60;
 
-/// A job as JSON, with payload and result as JSON values rather than text.
-fn job_json(job: &Job) -> serde_json::Value {
+/// A job as JSON, with payload and result as JSON values rather than text,
+/// credentials in the payload and the error redacted.
+fn job_json(job: &Job, redaction: &Redaction) -> serde_json::Value {
     fn embed(text: &str) -> serde_json::Value {
         serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
     }
     let mut value = serde_json::to_value(job).unwrap_or_default();
-    value["payload"] = embed(&crate::kinds::redacted_payload(&job.kind, &job.payload));
+    value["payload"] = embed(&redaction.payload(&job.kind, &job.payload));
+    if let Some(error) = &job.last_error {
+        value["last_error"] = serde_json::Value::String(redaction.text(error));
+    }
     value["result"] = job.result.as_deref().map(embed).unwrap_or_default();
     value
 }
@@ -39,7 +44,12 @@ fn json_out(out: &mut dyn Write, value: &serde_json::Value) -> Result<()> {
 }
 
 /// Runs `jobd list`.
-pub fn list(store: &mut dyn Store, args: ListArgs, out: &mut dyn Write) -> Result<()> {
+pub fn list(
+    redaction: &Redaction,
+    store: &mut dyn Store,
+    args: ListArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
     let jobs = store.list(&ListFilter {
         state: args.state,
         queue: args.queue,
@@ -48,7 +58,10 @@ pub fn list(store: &mut dyn Store, args: ListArgs, out: &mut dyn Write) -> Resul
         before: None,
     })?;
     if args.json {
-        return json_out(out, &jobs.iter().map(job_json).collect());
+        return json_out(
+            out,
+            &jobs.iter().map(|job| job_json(job, redaction)).collect(),
+        );
     }
     let mut rows = vec![[
         "ID",
@@ -71,7 +84,10 @@ pub fn list(store: &mut dyn Store, args: ListArgs, out: &mut dyn Write) -> Resul
             job.priority.to_string(),
             job.attempts.to_string(),
             time(job.run_at),
-            clip(job.last_error.as_deref().unwrap_or(""), ERROR_WIDTH),
+            clip(
+                &redaction.text(job.last_error.as_deref().unwrap_or("")),
+                ERROR_WIDTH,
+            ),
         ]);
     }
     table(out, &rows)
@@ -149,9 +165,13 @@ pub fn show(
     let job = store
         .job(args.id)?
         .ok_or_else(|| Error::Failed(format!("job {} does not exist", args.id)))?;
-    let runs = store.runs(job.id)?;
+    let mut runs = store.runs(job.id)?;
+    let redaction = Redaction::new(&config.http);
+    for run in &mut runs {
+        run.error = run.error.as_deref().map(|e| redaction.text(e));
+    }
     if args.json {
-        let mut value = job_json(&job);
+        let mut value = job_json(&job, &redaction);
         value["runs"] = serde_json::to_value(&runs).unwrap_or_default();
         return json_out(out, &value);
     }
@@ -202,7 +222,7 @@ pub fn show(
         job.worker.clone().unwrap_or_else(|| "-".into()),
     )?;
     if let Some(error) = &job.last_error {
-        w(out, "last_error", error.clone())?;
+        w(out, "last_error", redaction.text(error))?;
     }
     let pretty = |text: &str| {
         serde_json::from_str::<serde_json::Value>(text)
@@ -210,7 +230,7 @@ pub fn show(
             .unwrap_or_else(|_| text.to_string())
     };
     writeln!(out, "payload").map_err(stdout_error)?;
-    for line in pretty(&crate::kinds::redacted_payload(&job.kind, &job.payload)).lines() {
+    for line in pretty(&redaction.payload(&job.kind, &job.payload)).lines() {
         writeln!(out, "  {line}").map_err(stdout_error)?;
     }
     if let Some(result) = &job.result {
@@ -329,7 +349,7 @@ pub fn stats(store: &mut dyn Store, args: StatsArgs, out: &mut dyn Write) -> Res
 }
 
 /// One finished attempt as a `tail` line.
-pub fn run_line(run: &JobRun) -> String {
+pub fn run_line(run: &JobRun, redaction: &Redaction) -> String {
     let mut line = format!(
         "{} {} job={} kind={} queue={} attempt={} duration_ms={} worker={}",
         time(run.finished_at),
@@ -342,7 +362,7 @@ pub fn run_line(run: &JobRun) -> String {
         quote(&run.worker),
     );
     if let Some(error) = &run.error {
-        line.push_str(&format!(" error={}", quote(error)));
+        line.push_str(&format!(" error={}", quote(&redaction.text(error))));
     }
     line
 }
@@ -350,7 +370,12 @@ pub fn run_line(run: &JobRun) -> String {
 /// Runs `jobd tail`: prints attempts written from now on. The filter is
 /// applied here rather than in SQL so the cursor always moves past every
 /// row read, whatever matches.
-pub fn tail(store: &mut dyn Store, args: TailArgs, out: &mut dyn Write) -> Result<()> {
+pub fn tail(
+    redaction: &Redaction,
+    store: &mut dyn Store,
+    args: TailArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
     let mut cursor = store.last_run_id()?;
     loop {
         let runs = store.runs_after(cursor, TAIL_BATCH)?;
@@ -359,7 +384,7 @@ pub fn tail(store: &mut dyn Store, args: TailArgs, out: &mut dyn Write) -> Resul
                 && args.kind.as_ref().is_none_or(|k| *k == run.kind)
         });
         for run in wanted {
-            writeln!(out, "{}", run_line(run)).map_err(stdout_error)?;
+            writeln!(out, "{}", run_line(run, redaction)).map_err(stdout_error)?;
         }
         out.flush().map_err(stdout_error)?;
         if let Some(last) = runs.last() {

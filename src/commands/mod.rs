@@ -38,10 +38,14 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         Command::Migrate(args) => migrate::migrate(&config, args, out),
         Command::Cron => inspect::cron(&config, open(&config)?.as_mut(), out),
         Command::Enqueue(args) => enqueue::enqueue(&config, args, out),
-        Command::List(args) => inspect::list(open(&config)?.as_mut(), args, out),
+        Command::List(args) => {
+            inspect::list(&redaction(&config), open(&config)?.as_mut(), args, out)
+        }
         Command::Show(args) => inspect::show(&config, open(&config)?.as_mut(), args, out),
         Command::Stats(args) => inspect::stats(open(&config)?.as_mut(), args, out),
-        Command::Tail(args) => inspect::tail(open(&config)?.as_mut(), args, out),
+        Command::Tail(args) => {
+            inspect::tail(&redaction(&config), open(&config)?.as_mut(), args, out)
+        }
         Command::Retry(args) => admin::retry(open(&config)?.as_mut(), args, out),
         Command::Cancel(args) => admin::cancel(open(&config)?.as_mut(), args, out),
         Command::Prune(args) => admin::prune(&config, open(&config)?.as_mut(), args, out),
@@ -125,4 +129,9 @@ fn stdout_error(source: std::io::Error) -> Error {
         what: "cannot write the output".to_string(),
         source,
     }
+}
+
+/// What display hides, from `[http]`.
+fn redaction(config: &crate::config::Config) -> crate::kinds::Redaction {
+    crate::kinds::Redaction::new(&config.http)
 }

@@ -490,6 +490,39 @@ mod tests {
     }
 
     #[test]
+    fn urls_lose_passwords_and_credential_query_values_only() {
+        let r = Redaction::default();
+        assert_eq!(
+            r.url("http://admin:S3cret@host:8080/p?api_key=k&page=2&Signature=s#frag"),
+            "http://admin:[redacted]@host:8080/p?api_key=[redacted]&page=2&Signature=[redacted]#frag"
+        );
+        assert_eq!(r.url("https://tok@host/"), "https://[redacted]@host/");
+        assert_eq!(r.url("https://host/a@b"), "https://host/a@b");
+        assert_eq!(r.url("not a url"), "not a url");
+        assert_eq!(
+            r.text("GET http://u:pw@h/x?token=t answered 500; see \"https://h/?sig=1\""),
+            "GET http://u:[redacted]@h/x?token=[redacted] answered 500; see \"https://h/?sig=[redacted]\""
+        );
+        let custom = Redaction::new(&crate::config::HttpConfig {
+            redact_headers: vec!["X-Custom".into()],
+            redact_query: vec!["Session".into()],
+            ..Default::default()
+        });
+        assert!(custom.header("x-CUSTOM"));
+        assert!(!custom.header("authorization"));
+        assert_eq!(
+            custom.url("http://h/?SESSION=1&token=2"),
+            "http://h/?SESSION=[redacted]&token=2"
+        );
+        let shown = custom.payload(
+            "http",
+            r#"{"url":"http://h/?session=s3","headers":{"X-Custom":"s3","Authorization":"a"}}"#,
+        );
+        assert!(!shown.contains("s3"), "{shown}");
+        assert!(shown.contains(r#""Authorization":"a""#), "{shown}");
+    }
+
+    #[test]
     fn sleep_ends_early_on_cancel_and_on_the_deadline() {
         let cancel = AtomicBool::new(false);
         let ctx = Context::for_test(&cancel, Duration::from_millis(20));
