@@ -600,7 +600,9 @@ fn credentials_are_redacted_everywhere() {
         "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"debug\"\n\
          [daemon]\nshutdown_grace = \"100ms\"\n\
          [http]\nredact_headers = [\"Authorization\", \"x-api-key\", \"X-Auth-Token\", \"api-key\", \"cookie\", \"x-custom\"]\n\
-         redact_query = [\"api_key\", \"token\", \"signature\", \"Session\"]\n"
+         redact_query = [\"api_key\", \"token\", \"signature\", \"Session\"]\n\
+         [cron.hook]\nschedule = \"0 0 1 1 *\"\nkind = \"http\"\n\
+         payload = {{ url = \"http://u:S3cret-c1@h/?token=S3cret-c2\", headers = {{ Cookie = \"S3cret-c3\" }} }}\n"
     ));
     home.migrate();
     let daemon = home.daemon();
@@ -628,6 +630,7 @@ fn credentials_are_redacted_everywhere() {
         ("dashboard job", get(&format!("/jobs/{id}"))),
         ("dashboard jobs", get("/jobs")),
         ("log", daemon.log()),
+        ("check-config", home.ok(&["check-config"])),
     ];
     for (place, text) in &shown {
         assert!(

@@ -129,5 +129,14 @@ pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
         config.source.display()
     )
     .map_err(stdout_error)?;
-    write!(out, "{}", config.to_toml()).map_err(stdout_error)
+    // A cron entry's payload is shown like a job's: credentials redacted.
+    let redaction = crate::kinds::Redaction::new(&config.http);
+    let mut shown = config.clone();
+    for entry in shown.cron.values_mut() {
+        let text = redaction.payload(&entry.kind, &entry.payload.to_string());
+        if let Ok(value) = serde_json::from_str(&text) {
+            entry.payload = value;
+        }
+    }
+    write!(out, "{}", shown.to_toml()).map_err(stdout_error)
 }
