@@ -430,7 +430,8 @@ struct Client {
 /// A request being built, kept whole so that a redirect can send it again.
 struct Outgoing {
     method: Method,
-    url: url::Url,
+    /// Parsed and normalized by [`url_checked`] or [`Outgoing::redirected`].
+    url: String,
     timeout: Duration,
     headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
@@ -440,7 +441,7 @@ impl Client {
     fn request(&self, method: &str, url: &str) -> Outgoing {
         Outgoing {
             method: Method::parse(method),
-            url: url::Url::parse(url).expect("url_checked parsed it"),
+            url: url.to_string(),
             timeout: Duration::ZERO,
             headers: Vec::new(),
             body: None,
@@ -511,8 +512,10 @@ impl Outgoing {
         location: &str,
         redaction: &Redaction,
     ) -> Result<Outgoing, JobError> {
-        let from = redaction.url(self.url.as_str());
-        let mut next = self.url.join(location).map_err(|e| {
+        let from = redaction.url(&self.url);
+        let base = url::Url::parse(&self.url)
+            .map_err(|e| JobError::permanent(format!("{from} cannot take a redirect: {e}")))?;
+        let mut next = base.join(location).map_err(|e| {
             JobError::permanent(format!(
                 "{from} redirected to {:?}, which is not a valid URL: {e}",
                 redaction.url(location)
@@ -535,7 +538,7 @@ impl Outgoing {
             self.remove("content-length");
         }
         self.remove("authorization");
-        self.url = next;
+        self.url = next.to_string();
         Ok(self)
     }
 }
@@ -735,11 +738,11 @@ impl Http {
     /// A failure before an answer: a cancel, the guard's refusal and
     /// malformed requests are what they are, a timeout is the deadline's,
     /// everything else (DNS, refused, reset, TLS) transient.
-    fn failure(&self, ctx: &Context<'_>, url: &url::Url, error: ureq3::Error) -> JobError {
+    fn failure(&self, ctx: &Context<'_>, url: &str, error: ureq3::Error) -> JobError {
         if ctx.cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return JobError::Cancelled;
         }
-        let url = self.redaction.url(url.as_str());
+        let url = self.redaction.url(url);
         let refused = match &error {
             ureq3::Error::Io(e) => e.get_ref().and_then(|i| i.downcast_ref::<Refused>()),
             _ => None,
@@ -945,6 +948,25 @@ mod tests {
     }
 
     #[test]
+    fn urls_the_parser_accepts_are_valid_request_targets() {
+        for raw in [
+            "http://h/a|b?x={1}&y=[2]^`c",
+            "http://h/\u{e4}?q=\u{fc}#frag",
+            "http://h/%zz?%",
+            "http://user:p%40ss@h:8080/",
+            "http://[::1]:8080/x",
+            "https://xn--bcher-kva.example/",
+            "http://b\u{fc}cher.example/",
+        ] {
+            let (url, _) = url_checked(raw, &Redaction::default()).unwrap();
+            assert!(
+                ureq3::http::Uri::try_from(url.as_str()).is_ok(),
+                "{raw} -> {url}"
+            );
+        }
+    }
+
+    #[test]
     fn retry_after_reads_seconds_and_http_dates() {
         let now = now_ms();
         let at = parse_retry_after("3").unwrap();
@@ -967,5 +989,19 @@ mod tests {
             }
         }
         assert!(url_checked("https://example.com/x?y=1", &Redaction::default()).is_ok());
+        // User info leaves the URL and becomes Basic credentials.
+        let (url, basic) =
+            url_checked("http://admin:S3%40cret@h/x", &Redaction::default()).unwrap();
+        assert_eq!(url, "http://h/x");
+        use base64::Engine as _;
+        let expected = base64::engine::general_purpose::STANDARD.encode("admin:S3@cret");
+        assert_eq!(basic, Some(format!("Basic {expected}")));
+        // A bad URL's message does not quote its password.
+        let Err(JobError::Permanent { message }) =
+            url_checked("http://admin:S3cret@[bad/", &Redaction::default())
+        else {
+            panic!("a bad URL is permanent")
+        };
+        assert!(!message.contains("S3cret"), "{message}");
     }
 }
