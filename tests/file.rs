@@ -284,6 +284,10 @@ fn a_hard_link_to_a_file_outside_is_not_modified() {
         );
     }
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me");
+    // Without overwrite nothing would change: the usual answers.
+    let exists = s.dead(r#"{"op":"write","path":"link.txt","content":"x"}"#);
+    assert!(exists.contains("already exists (set overwrite"), "{exists}");
+    s.ok(r#"{"op":"write","path":"link.txt","content":"keep me"}"#);
     // Reading through it is fine.
     s.ok(r#"{"op":"copy","from":"link.txt","to":"read.txt"}"#);
     daemon.stop();

@@ -200,13 +200,15 @@ impl FileKind {
     }
 
     /// What stands at `name` in `dir` (not following a symlink), checked as
-    /// a file a `write` or `copy` may replace: a regular file without other
-    /// hard links. None when nothing is there.
+    /// a file a `write` or `copy` may replace: a regular file (without other
+    /// hard links when it is to be `overwrite`n) or a symlink. None when
+    /// nothing is there.
     fn existing(
         &self,
         target: &Located,
         dir: BorrowedFd<'_>,
         name: &std::ffi::OsStr,
+        overwrite: bool,
     ) -> Result<Option<Stat>, JobError> {
         let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
@@ -215,7 +217,9 @@ impl FileKind {
         };
         match FileType::from_raw_mode(stat.st_mode) {
             FileType::RegularFile => {
-                self.check_links(target, &stat, "replace")?;
+                if overwrite {
+                    self.check_links(target, &stat, "replace")?;
+                }
                 Ok(Some(stat))
             }
             // A symlink is replaced, never followed.
@@ -622,7 +626,9 @@ fn write_atomic(
 ) -> Result<u64, JobError> {
     let dir = target.parent()?;
     let name = target.name()?;
-    let exists = files.existing(target, dir.as_fd(), name)?.is_some();
+    let exists = files
+        .existing(target, dir.as_fd(), name, overwrite)?
+        .is_some();
     if exists && !overwrite {
         if same_content(dir.as_fd(), name, content) {
             return Ok(content.len() as u64);
@@ -653,7 +659,7 @@ impl FileKind {
     ) -> Result<u64, JobError> {
         let dir = to.parent()?;
         let name = to.name()?;
-        let exists = self.existing(to, dir.as_fd(), name)?.is_some();
+        let exists = self.existing(to, dir.as_fd(), name, overwrite)?.is_some();
         if exists && !overwrite {
             if same_file(dir.as_fd(), name, source) {
                 return Ok(len);
