@@ -1093,6 +1093,8 @@ fn claim_in(
                 timeout_ms: r.get(7),
                 attempts: r.get(8),
                 started_at: r.get(9),
+                // The server refuses text that is not UTF-8 at insert.
+                undecodable: None,
             })
             .collect())
     })
