@@ -94,6 +94,7 @@ impl Bench {
                 timeout_ms: None,
                 attempts: 1,
                 started_at: 0,
+                undecodable: None,
             },
             kind: Arc::clone(self.registry.get(kind).unwrap()),
             worker: Arc::from("bench"),

@@ -78,8 +78,8 @@ pub struct EnqueueArgs {
     #[arg(long, short, allow_negative_numbers = true)]
     pub priority: Option<i64>,
 
-    /// Run no sooner than this from now (e.g. 30s, 5m, 2h).
-    #[arg(long, value_parser = parse_duration, conflicts_with = "at")]
+    /// Run no sooner than this from now (e.g. 30s, 5m, 2h; at most 100 years).
+    #[arg(long, value_parser = parse_delay, conflicts_with = "at", allow_hyphen_values = true)]
     pub delay: Option<Duration>,
 
     /// Run no sooner than this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
@@ -90,8 +90,8 @@ pub struct EnqueueArgs {
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_attempts: Option<i64>,
 
-    /// The job's deadline (e.g. 30s) [default: the kind's, from the timeouts section].
-    #[arg(long, value_parser = parse_duration)]
+    /// The job's deadline (e.g. 30s, at least 1ms) [default: the kind's, from the timeouts section].
+    #[arg(long, value_parser = parse_timeout, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
 
     /// At most one queued or running job with this key; a duplicate prints the existing id.
@@ -214,10 +214,54 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::config::duration_str::parse(s)
 }
 
+/// The longest `--delay`: far beyond any real schedule, and far from the
+/// millisecond arithmetic's limit (an unbounded delay overflowed `run_at`
+/// into the past, so the job ran at once).
+pub const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    if s.trim_start().starts_with('-') {
+        return Err(
+            "a delay cannot be negative: give how long from now (e.g. 5m), or a time with --at"
+                .into(),
+        );
+    }
+    let delay = parse_duration(s)?;
+    if delay > MAX_DELAY {
+        return Err(format!(
+            "is longer than the longest delay, 100 years (got {s:?}); for a fixed time use --at"
+        ));
+    }
+    Ok(delay)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    if s.trim_start().starts_with('-') {
+        return Err("a timeout cannot be negative (e.g. 30s)".into());
+    }
+    let timeout = parse_duration(s)?;
+    if timeout < Duration::from_millis(1) {
+        // Stored in whole milliseconds: "0s" or "250us" would silently
+        // become 1 ms.
+        return Err(format!("must be at least 1ms (got {s:?})"));
+    }
+    if timeout > MAX_DELAY {
+        return Err(format!("is longer than 100 years (got {s:?})"));
+    }
+    Ok(timeout)
+}
+
 fn parse_time(s: &str) -> Result<i64, String> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| format!("must be an RFC 3339 time like 2026-12-01T09:00:00Z ({e})"))
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .map_err(|e| format!("must be an RFC 3339 time like 2026-12-01T09:00:00Z ({e})"))?;
+    // chrono reads a leap second (23:59:60) as the next second's first
+    // instant; jobd's clock, like the database's, never shows one.
+    if t.timestamp_subsec_nanos() >= 1_000_000_000 {
+        return Err(format!(
+            "is a leap second ({s}); give the second before or after it"
+        ));
+    }
+    Ok(t.timestamp_millis())
 }
 
 fn parse_state(s: &str) -> Result<JobState, String> {

@@ -624,6 +624,10 @@ impl<S: Store> Dispatcher<S> {
             elapsed: Duration::ZERO,
         };
         let pool = Pool::of_kind(&job.kind);
+        if let Some(fault) = &job.undecodable {
+            let finished = reject(fault.clone());
+            return self.settled(job, control, finished);
+        }
         let kind = match self.registry.get(&job.kind) {
             Some(kind) => Arc::clone(kind),
             None => {

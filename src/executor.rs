@@ -218,6 +218,7 @@ pub(crate) fn test_task(
             timeout_ms: None,
             attempts,
             started_at: 1_000,
+            undecodable: None,
         },
         kind,
         worker: Arc::from("w"),

@@ -169,6 +169,10 @@ pub struct Claimed {
     pub attempts: i64,
     /// When this attempt started (the claim's clock, epoch ms).
     pub started_at: i64,
+    /// Why the row cannot be run as stored (a column that is not UTF-8,
+    /// shown escaped above): the dispatcher makes it `dead` with this as
+    /// `last_error` instead of running it.
+    pub undecodable: Option<String>,
 }
 
 impl Claimed {

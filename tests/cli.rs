@@ -156,6 +156,50 @@ fn enqueue_bad_inputs_are_usage_errors_and_write_nothing() {
     assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 0);
 }
 
+/// Regression: `--delay 10000000000000000s` overflowed `run_at` into a
+/// negative time (the job ran at once), `--at …T23:59:60Z` was taken as the
+/// next day's first second, `--delay -5s` got clap's "use '-- -5s'" hint and
+/// `--timeout 250us` was stored as 1 ms. Each is now refused with a sentence.
+#[test]
+fn overflowing_or_odd_enqueue_times_are_refused_naming_the_flag() {
+    let home = Home::new();
+    home.migrate();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["enqueue", "noop", "--delay", "10000000000000000s"],
+            "longer than the longest delay, 100 years",
+        ),
+        (
+            &["enqueue", "noop", "--delay", "584542046090y"],
+            "longer than the longest delay",
+        ),
+        (
+            &["enqueue", "noop", "--delay", "-5s"],
+            "a delay cannot be negative",
+        ),
+        (
+            &["enqueue", "noop", "--at", "2026-12-31T23:59:60Z"],
+            "is a leap second",
+        ),
+        (&["enqueue", "noop", "--timeout", "0s"], "at least 1ms"),
+        (&["enqueue", "noop", "--timeout", "250us"], "at least 1ms"),
+        (
+            &["enqueue", "noop", "--timeout", "-1s"],
+            "a timeout cannot be negative",
+        ),
+    ];
+    for (args, needle) in cases {
+        let err = home.jobd(args).fails(2, needle);
+        assert!(err.contains("--"), "the flag is named: {err}");
+        assert!(!err.contains("-- -"), "no clap hint: {err}");
+    }
+    assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 0);
+    // The longest delay still lands in the future.
+    let id = home.ok(&["enqueue", "noop", "--delay", "36500d"]);
+    let run_at = home.query_i64(&format!("SELECT run_at FROM jobs WHERE id = {}", id.trim()));
+    assert!(run_at > 4_000_000_000_000, "{run_at}");
+}
+
 fn spawn_piped(mut cmd: std::process::Command) -> std::process::Child {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())

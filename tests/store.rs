@@ -447,6 +447,38 @@ fn retry_dead_requeues_in_bulk_by_queue() {
     });
 }
 
+/// Regression (PostgreSQL): two dead jobs sharing a unique_key that no live
+/// job holds made the whole `retry --dead` fail on the unique index, keyless
+/// jobs included. Each backend retries the older of the pair and leaves the
+/// other dead, counted as skipped.
+#[test]
+fn retry_dead_with_two_dead_jobs_sharing_a_key_retries_one_and_the_rest() {
+    each(|s| {
+        // Dead jobs of one key one after another (a key is held by one live
+        // job at a time), then a keyless one.
+        let mut dead_ids = Vec::new();
+        for _ in 0..2 {
+            let mut keyed = job("noop");
+            keyed.unique_key = Some("shared".into());
+            dead_ids.push(inserted(s, &[keyed])[0]);
+            let got = claim(s, W1, NOW, "default", 10);
+            s.complete(&[attempt(&got[0], W1, NOW + 1).dead("boom".into())])
+                .unwrap();
+        }
+        let keyless = inserted(s, &[job("noop")])[0];
+        let got = claim(s, W1, NOW, "default", 10);
+        s.complete(&[attempt(&got[0], W1, NOW + 1).dead("boom".into())])
+            .unwrap();
+
+        let retried = s.retry_dead(None, NOW + 2).unwrap();
+        assert_eq!((retried.queued, retried.skipped_unique), (2, 1));
+        let state = |s: &mut dyn Store, id| s.job(id).unwrap().unwrap().state;
+        assert_eq!(state(s, dead_ids[0]), JobState::Queued);
+        assert_eq!(state(s, dead_ids[1]), JobState::Dead);
+        assert_eq!(state(s, keyless), JobState::Queued);
+    });
+}
+
 #[test]
 fn enqueue_with_a_taken_unique_key_reports_the_holder() {
     each(|s| {

@@ -56,7 +56,8 @@ pub fn enqueue(config: &Config, args: EnqueueArgs, out: &mut dyn Write) -> Resul
         priority: args.priority.unwrap_or(0),
         run_at: args
             .at
-            .or_else(|| args.delay.map(|d| now + d.as_millis() as i64)),
+            // The delay is bounded by the CLI (cli::MAX_DELAY), far below overflow.
+            .or_else(|| args.delay.map(|d| now.saturating_add(d.as_millis() as i64))),
         max_attempts: args.max_attempts,
         timeout_ms: args.timeout.map(|d| d.as_millis().max(1) as i64),
         unique_key: args.unique_key.clone(),

@@ -1093,6 +1093,8 @@ fn claim_in(
                 timeout_ms: r.get(7),
                 attempts: r.get(8),
                 started_at: r.get(9),
+                // The server refuses text that is not UTF-8 at insert.
+                undecodable: None,
             })
             .collect())
     })
@@ -1217,6 +1219,11 @@ const RUN_COLUMNS: &str =
 
 /// How many dead jobs one `retry --dead` transaction takes.
 const BULK_RETRY_BATCH: i64 = super::BULK_RETRY_BATCH as i64;
+
+/// How often a batch of `retry --dead` is tried again when a client took one
+/// of its unique keys while it ran; each race needs a fresh insert of that
+/// very key, so more than a few in a row means something else is wrong.
+const RETRY_DEAD_RACES: u32 = 3;
 
 /// jsonb text as compact JSON, the way SQLite stores what clients wrote
 /// (jsonb spaces it out and orders keys its own way; only the spacing can
@@ -1375,16 +1382,40 @@ impl PgStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let queued = tx
-                .execute(
-                    "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, started_at = NULL, \
-                     finished_at = NULL, lease_until = NULL, cancel_requested = false \
-                     WHERE id = ANY($1) AND state = 'dead' AND (unique_key IS NULL OR NOT EXISTS ( \
-                       SELECT 1 FROM jobs AS other WHERE other.unique_key = jobs.unique_key \
-                       AND other.state IN ('queued', 'running')))",
-                    &[&ids, &now],
-                )
-                .map_err(&fail)?;
+            // A key goes to the oldest of the batch's dead jobs that carry
+            // it (as SQLite's UPDATE OR IGNORE in id order does), and only
+            // when no live job holds it: one statement sees the table as it
+            // was before it ran, so twins within the batch must be ruled
+            // out by the statement itself or the unique index refuses the
+            // whole batch.
+            let requeue = "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, \
+                 started_at = NULL, finished_at = NULL, lease_until = NULL, cancel_requested = false \
+                 WHERE id = ANY($1) AND state = 'dead' AND (unique_key IS NULL OR ( \
+                   NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.unique_key = jobs.unique_key \
+                     AND other.state IN ('queued', 'running')) \
+                   AND NOT EXISTS (SELECT 1 FROM jobs AS twin WHERE twin.unique_key = jobs.unique_key \
+                     AND twin.id = ANY($1) AND twin.state = 'dead' AND twin.id < jobs.id)))";
+            let mut tries = 0;
+            let queued = loop {
+                // A client that enqueues one of these keys while the
+                // statement runs makes it fail on the index; the next try
+                // sees that job as the holder.
+                let mut attempt = tx.savepoint("requeue").map_err(&fail)?;
+                match attempt.execute(requeue, &[&ids, &now]) {
+                    Ok(n) => {
+                        attempt.commit().map_err(&fail)?;
+                        break n;
+                    }
+                    // Dropping the savepoint rolls it back.
+                    Err(e)
+                        if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+                            && tries < RETRY_DEAD_RACES =>
+                    {
+                        tries += 1;
+                    }
+                    Err(e) => return Err(fail(e)),
+                }
+            };
             tx.commit().map_err(&fail)?;
             total.queued += queued;
             total.skipped_unique += ids.len() as u64 - queued;

@@ -56,6 +56,24 @@ const RUN_COLUMNS: &str =
     "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
 
 impl SqliteStore {
+    /// Makes `dead` the queued jobs of a queue whose name is not UTF-8. Jobs
+    /// are claimed by queue name, and no name a daemon can hold matches
+    /// those bytes: left queued they would wait for ever, unseen. Their
+    /// `last_error` names the fault; the daemon's counts and `jobd list
+    /// --state dead` show them.
+    fn bury_undecodable_queue(&mut self, name: &[u8]) -> Result<()> {
+        let fault = utf8_fault("queue", name).unwrap_or_default();
+        let now = crate::job::now_ms();
+        self.write("set aside jobs whose queue is not UTF-8", |tx| {
+            tx.prepare_cached(
+                "UPDATE jobs SET state = 'dead', finished_at = ?2, last_error = ?3 \
+                 WHERE state = 'queued' AND queue = CAST(?1 AS TEXT)",
+            )?
+            .execute(params![name, now, fault])
+        })?;
+        Ok(())
+    }
+
     /// Opens the database at `path`: creating the file if needed with
     /// [`OpenMode::Create`] (call [`Store::migrate`] next), or checking that it
     /// exists with the current schema with [`OpenMode::Existing`]. A file from
@@ -295,18 +313,74 @@ fn classify(path: &Path, op: &'static str, e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Text as SQLite holds it. A client can store bytes that are not UTF-8
+/// (`CAST(x'ff' AS TEXT)` passes every CHECK of a file made before the
+/// guards, and `json_valid`); one such row must not make every read or
+/// claim that meets it fail. Readers show each undecodable byte escaped
+/// (`\xff`), the claim also names the fault ([`utf8_fault`]).
+struct Text(String);
+
+impl rusqlite::types::FromSql for Text {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        match value {
+            rusqlite::types::ValueRef::Text(bytes) | rusqlite::types::ValueRef::Blob(bytes) => {
+                Ok(Text(escape_invalid_utf8(bytes)))
+            }
+            _ => Err(rusqlite::types::FromSqlError::InvalidType),
+        }
+    }
+}
+
+/// `bytes` as a string, each byte that is not part of valid UTF-8 written
+/// as `\xNN`.
+pub(crate) fn escape_invalid_utf8(bytes: &[u8]) -> String {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// One sentence naming what is wrong with `column` when its bytes are not
+/// UTF-8, or None when they are.
+fn utf8_fault(column: &str, bytes: &[u8]) -> Option<String> {
+    let e = std::str::from_utf8(bytes).err()?;
+    let at = e.valid_up_to();
+    Some(format!(
+        "column {column} is not valid UTF-8 (byte 0x{:02x} at offset {at}); \
+         insert text, not raw bytes",
+        bytes[at]
+    ))
+}
+
+/// A text column, undecodable bytes escaped.
+fn text(row: &Row<'_>, index: usize) -> rusqlite::Result<String> {
+    Ok(row.get::<_, Text>(index)?.0)
+}
+
+/// A nullable text column, undecodable bytes escaped.
+fn opt_text(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
+    Ok(row.get::<_, Option<Text>>(index)?.map(|t| t.0))
+}
+
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let state: String = row.get(9)?;
     Ok(Job {
         id: row.get(0)?,
-        queue: row.get(1)?,
-        kind: row.get(2)?,
-        payload: row.get(3)?,
+        queue: text(row, 1)?,
+        kind: text(row, 2)?,
+        payload: text(row, 3)?,
         priority: row.get(4)?,
         run_at: row.get(5)?,
         max_attempts: row.get(6)?,
         timeout_ms: row.get(7)?,
-        unique_key: row.get(8)?,
+        unique_key: opt_text(row, 8)?,
         state: state.parse().map_err(|e: crate::job::UnknownState| {
             rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, Box::new(e))
         })?,
@@ -315,25 +389,40 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         started_at: row.get(12)?,
         finished_at: row.get(13)?,
         lease_until: row.get(14)?,
-        worker: row.get(15)?,
-        last_error: row.get(16)?,
-        result: row.get(17)?,
+        worker: opt_text(row, 15)?,
+        last_error: opt_text(row, 16)?,
+        result: opt_text(row, 17)?,
         cancel_requested: row.get::<_, i64>(18)? != 0,
     })
 }
 
+/// A claimed row. A queue, kind or payload that is not UTF-8 is escaped and
+/// named in `undecodable`, so the dispatcher settles that job `dead` and the
+/// claim goes on; failing the row would fail the whole claim, every turn.
 fn claimed_from_row(row: &Row<'_>) -> rusqlite::Result<Claimed> {
+    let mut undecodable = None;
+    let mut column = |index: usize, name: &str| -> rusqlite::Result<String> {
+        let bytes = row.get_ref(index)?.as_bytes()?;
+        if undecodable.is_none() {
+            undecodable = utf8_fault(name, bytes);
+        }
+        Ok(escape_invalid_utf8(bytes))
+    };
+    let queue = column(1, "queue")?;
+    let kind = column(2, "kind")?;
+    let payload = column(3, "payload")?;
     Ok(Claimed {
         id: row.get(0)?,
-        queue: row.get(1)?,
-        kind: row.get(2)?,
-        payload: row.get(3)?,
+        queue,
+        kind,
+        payload,
         priority: row.get(4)?,
         run_at: row.get(5)?,
         max_attempts: row.get(6)?,
         timeout_ms: row.get(7)?,
         attempts: row.get(8)?,
         started_at: row.get(9)?,
+        undecodable,
     })
 }
 
@@ -342,29 +431,29 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<JobRun> {
     Ok(JobRun {
         id: row.get(0)?,
         job_id: row.get(1)?,
-        queue: row.get(2)?,
-        kind: row.get(3)?,
+        queue: text(row, 2)?,
+        kind: text(row, 3)?,
         attempt: row.get(4)?,
-        worker: row.get(5)?,
+        worker: text(row, 5)?,
         started_at: row.get(6)?,
         finished_at: row.get(7)?,
         outcome: outcome.parse().map_err(|e: String| {
             rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, e.into())
         })?,
-        error: row.get(9)?,
+        error: opt_text(row, 9)?,
         duration_ms: row.get(10)?,
     })
 }
 
 fn worker_from_row(row: &Row<'_>) -> rusqlite::Result<WorkerInfo> {
     Ok(WorkerInfo {
-        id: row.get(0)?,
-        host: row.get(1)?,
+        id: text(row, 0)?,
+        host: text(row, 1)?,
         pid: row.get(2)?,
-        version: row.get(3)?,
+        version: text(row, 3)?,
         started_at: row.get(4)?,
         heartbeat_at: row.get(5)?,
-        queues: row.get(6)?,
+        queues: text(row, 6)?,
         running: row.get(7)?,
     })
 }
@@ -585,7 +674,7 @@ fn complete_in(
         while let Some(row) = rows.next()? {
             moved.insert(
                 row.get(0)?,
-                (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?),
+                (row.get(1)?, row.get(2)?, text(row, 3)?, text(row, 4)?),
             );
         }
     }
@@ -681,7 +770,7 @@ impl Store for SqliteStore {
             let rows = stmt.query_map([], |r| {
                 let state: Option<String> = r.get(3)?;
                 Ok(CronRow {
-                    name: r.get(0)?,
+                    name: text(r, 0)?,
                     last_slot: r.get(1)?,
                     last_job_id: r.get(2)?,
                     last_job_state: state.and_then(|s| s.parse().ok()),
@@ -807,10 +896,10 @@ impl Store for SqliteStore {
                     let state: String = row.get(5)?;
                     let job = Rescued {
                         id: row.get(0)?,
-                        kind: row.get(1)?,
-                        queue: row.get(2)?,
+                        kind: text(row, 1)?,
+                        queue: text(row, 2)?,
                         attempt: row.get(3)?,
-                        worker: row.get(4)?,
+                        worker: text(row, 4)?,
                         state: if state == "dead" {
                             JobState::Dead
                         } else {
@@ -986,20 +1075,27 @@ impl Store for SqliteStore {
         let result: rusqlite::Result<Vec<String>> = (|| {
             self.conn
                 .prepare_cached("SELECT name FROM queues WHERE paused = 1 ORDER BY name")?
-                .query_map([], |r| r.get(0))?
+                .query_map([], |r| text(r, 0))?
                 .collect()
         })();
         result.map_err(|e| self.err("read paused queues", e))
     }
 
     fn queued_queues(&mut self) -> Result<Vec<String>> {
-        let result: rusqlite::Result<Vec<String>> = (|| {
+        let result: rusqlite::Result<Vec<Vec<u8>>> = (|| {
             self.conn
                 .prepare_cached(super::QUEUED_QUEUES_SQL)?
-                .query_map([], |r| r.get(0))?
+                .query_map([], |r| Ok(r.get_ref(0)?.as_bytes()?.to_vec()))?
                 .collect()
         })();
-        result.map_err(|e| self.err("read queues", e))
+        let mut names = Vec::new();
+        for bytes in result.map_err(|e| self.err("read queues", e))? {
+            match String::from_utf8(bytes) {
+                Ok(name) => names.push(name),
+                Err(e) => self.bury_undecodable_queue(e.as_bytes())?,
+            }
+        }
+        Ok(names)
     }
 
     fn next_run_at(
@@ -1065,7 +1161,7 @@ impl Store for SqliteStore {
                         Box::new(e),
                     )
                 })?;
-                Ok((r.get(0)?, state, r.get::<_, i64>(2)? as u64))
+                Ok((text(r, 0)?, state, r.get::<_, i64>(2)? as u64))
             })?;
             rows.collect()
         })();
@@ -1172,7 +1268,7 @@ impl Store for SqliteStore {
                 )?;
                 let mut rows = stmt.query([now])?;
                 while let Some(r) = rows.next()? {
-                    let name: String = r.get(0)?;
+                    let name = text(r, 0)?;
                     let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
                     q.ready = r.get::<_, i64>(1)? as u64;
                     q.scheduled = r.get::<_, i64>(2)? as u64;
@@ -1188,7 +1284,7 @@ impl Store for SqliteStore {
                 )?;
                 let mut rows = stmt.query([])?;
                 while let Some(r) = rows.next()? {
-                    let name: String = r.get(0)?;
+                    let name = text(r, 0)?;
                     queues
                         .entry(name.clone())
                         .or_insert_with(|| entry(name))
@@ -1203,7 +1299,7 @@ impl Store for SqliteStore {
                 ))?;
                 let mut rows = stmt.query([now - HOUR, now - MINUTE])?;
                 while let Some(r) = rows.next()? {
-                    let name: String = r.get(0)?;
+                    let name = text(r, 0)?;
                     let minute = r.get::<_, i64>(1)? as u64;
                     let hour = r.get::<_, i64>(2)? as u64;
                     let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
@@ -1227,7 +1323,7 @@ impl Store for SqliteStore {
                 )?;
                 let mut rows = stmt.query(params![now - HOUR, PERCENTILE_SAMPLE as i64])?;
                 while let Some(r) = rows.next()? {
-                    durations.entry(r.get(0)?).or_default().push(r.get(1)?);
+                    durations.entry(text(r, 0)?).or_default().push(r.get(1)?);
                 }
                 for (name, mut values) in durations {
                     values.sort_unstable();
@@ -1240,7 +1336,7 @@ impl Store for SqliteStore {
                 let mut stmt = tx.prepare_cached("SELECT name, paused FROM queues")?;
                 let mut rows = stmt.query([])?;
                 while let Some(r) = rows.next()? {
-                    let name: String = r.get(0)?;
+                    let name = text(r, 0)?;
                     queues
                         .entry(name.clone())
                         .or_insert_with(|| entry(name))
