@@ -142,6 +142,10 @@ fn run_on<S: Store + Send + 'static>(
     let shared = Arc::new(Shared {
         notifier,
         counters,
+        database_file: match config.database.url {
+            None => procfs::file_identity(&config.database.path),
+            Some(_) => None,
+        },
         ..Shared::default()
     });
     // Healthy from the start; the dispatcher keeps it so once it runs.
@@ -186,6 +190,7 @@ fn run_on<S: Store + Send + 'static>(
         worker: Arc::clone(&worker),
         shared: Arc::clone(&shared),
         stop: maintenance_stop,
+        file_gone: false,
     };
     let maintenance = std::thread::Builder::new()
         .name("jobd-maintenance".into())

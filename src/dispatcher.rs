@@ -94,6 +94,16 @@ pub struct Shared {
     pub running: AtomicU64,
     /// When the loop last turned (epoch ms), for health checks.
     pub last_turn: AtomicU64,
+    /// Since when the dispatcher's store operations (claims, outcome
+    /// writes) have failed without one succeeding (epoch ms; 0 while they
+    /// succeed), and the latest failure: a loop that turns but cannot
+    /// write (a corrupt or locked file) is not healthy.
+    pub failing_since: AtomicU64,
+    /// The latest store failure, one sentence.
+    pub last_failure: std::sync::Mutex<String>,
+    /// The SQLite file the daemon opened (device and inode), so that a file
+    /// deleted or replaced under it is noticed (None on PostgreSQL).
+    pub database_file: Option<crate::procfs::FileIdentity>,
     /// The CPU workers' pids, for resource figures.
     pub cpu_pids: Arc<WorkerPids>,
     /// systemd notifications.
@@ -490,7 +500,10 @@ impl<S: Store> Dispatcher<S> {
         if claiming {
             match self.queues_to_serve() {
                 Ok(q) => queues = q,
-                Err(e) => return self.claim_failed(&e, now_i),
+                Err(e) => {
+                    self.store_failed(&e);
+                    return self.claim_failed(&e, now_i);
+                }
             }
             requests = self.limits.plan(slots, &queues, now_i);
         }
@@ -518,6 +531,7 @@ impl<S: Store> Dispatcher<S> {
             .complete_and_claim(self.completer.batch(now_i), &claim);
         match result {
             Ok((applied, jobs)) => {
+                self.shared.failing_since.store(0, Ordering::Relaxed);
                 self.last_write = Instant::now();
                 self.writes += 1;
                 self.claimed += jobs.len() as u64;
@@ -571,6 +585,7 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
             Err(e) => {
+                self.store_failed(&e);
                 if self.completer.ready(now_i) {
                     self.completer.failed(&e, now_i);
                 }
@@ -585,6 +600,20 @@ impl<S: Store> Dispatcher<S> {
     fn flush_due(&self, now: Instant) -> bool {
         self.draining.is_some() && self.completer.ready(now)
             || self.completer.due(now, self.unreported)
+    }
+
+    /// Notes a failed store operation for `/healthz`.
+    fn store_failed(&self, e: &StoreError) {
+        let now = now_ms().max(1) as u64;
+        let _ = self.shared.failing_since.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if let Ok(mut last) = self.shared.last_failure.lock() {
+            *last = e.to_string();
+        }
     }
 
     fn claim_failed(&mut self, e: &StoreError, now: Instant) {

@@ -113,6 +113,26 @@ pub fn rescue_dead_neighbours(
     Ok(rescued)
 }
 
+/// Whether `database.path` still names the file the daemon opened. A file
+/// deleted or replaced under a running daemon (a restore copied over it,
+/// an `rm jobd.db*`) leaves the daemon working on the file it holds open,
+/// which no client reaches any more: unhealthy until it is restarted.
+pub fn database_file_unchanged(config: &Config, shared: &Shared) -> Result<(), String> {
+    let Some(opened) = shared.database_file else {
+        return Ok(());
+    };
+    let path = config.database.path.display();
+    match crate::procfs::file_identity(&config.database.path) {
+        None => Err(format!(
+            "the database file {path} was deleted under the daemon, which still runs the jobs of the deleted file; restart it (systemctl restart jobd) once the right file is in place"
+        )),
+        Some(now) if now != opened => Err(format!(
+            "the database file {path} was replaced under the daemon, which still runs the jobs of the file it opened; restart it (systemctl restart jobd) to serve the new one"
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Attempts by every daemon since this one started, tallied from
 /// `job_runs` at each beat for the dashboard's throughput chart. On
 /// PostgreSQL a run id taken by a transaction that commits after a higher
@@ -139,6 +159,8 @@ pub struct Maintenance<S: Store> {
     pub shared: Arc<Shared>,
     /// Closed or sent to when the daemon stops.
     pub stop: Receiver<()>,
+    /// The database file was found deleted or replaced (logged once).
+    pub file_gone: bool,
 }
 
 impl<S: Store> Maintenance<S> {
@@ -186,6 +208,11 @@ impl<S: Store> Maintenance<S> {
     /// systemd status line.
     fn beat(&mut self, fleet: &mut Fleet) {
         let now = now_ms();
+        let file = database_file_unchanged(&self.config, &self.shared);
+        if let (Err(detail), false) = (&file, self.file_gone) {
+            event!(Error, "db.replaced", detail = detail.as_str());
+        }
+        self.file_gone = file.is_err();
         let running = self.shared.running.load(Ordering::Relaxed) as i64;
         let notify = self.shared.notifier.enabled();
         let sample = self.shared.counters.metrics.is_some();

@@ -9,9 +9,10 @@
 //! pool sizes and busy slots from the dispatcher's [`Shared`] figures, and
 //! the process's resources from `/proc`.
 //!
-//! `/healthz` answers 200 while the database answers a fresh connection and
-//! the dispatcher loop turned within [`HEALTH_STALE`], else 503 with the
-//! reason.
+//! `/healthz` answers 200 while the database answers a fresh connection,
+//! the dispatcher loop turned within [`HEALTH_STALE`], its store operations
+//! have not been failing for longer than that, and the SQLite file is the
+//! one the daemon opened; else 503 with the reason.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -282,6 +283,19 @@ impl Metrics {
 /// Whether the daemon is healthy: its database answers a fresh connection
 /// and its dispatcher loop turned lately. `Err` says why not.
 pub fn health(config: &Config, shared: &Shared) -> Result<(), String> {
+    crate::maintenance::database_file_unchanged(config, shared)?;
+    let failing = shared.failing_since.load(Ordering::Relaxed) as i64;
+    if failing > 0 && now_ms() - failing > HEALTH_STALE.as_millis() as i64 {
+        let last = shared
+            .last_failure
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        return Err(format!(
+            "the dispatcher's claims and outcome writes have failed for {}: {last}",
+            humantime::format_duration(Duration::from_secs(((now_ms() - failing) / 1000) as u64))
+        ));
+    }
     let mut store = crate::store::open_existing(&config.database)
         .map_err(|e| format!("the database does not answer: {e}"))?;
     store

@@ -93,6 +93,26 @@ pub fn usage(pid: &str) -> Option<Usage> {
     })
 }
 
+/// Which file a path names now: its device and inode. Two looks that
+/// differ (or a path that is gone) mean the file was replaced or deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// The device.
+    pub dev: u64,
+    /// The inode.
+    pub ino: u64,
+}
+
+/// The identity of the file at `path`, None if there is none.
+pub fn file_identity(path: &std::path::Path) -> Option<FileIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileIdentity {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
 /// Open file descriptors of this process.
 pub fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
