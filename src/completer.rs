@@ -57,6 +57,8 @@ pub struct Completer {
 pub struct Written {
     /// The job.
     pub id: i64,
+    /// The attempt the outcome was of.
+    pub attempt: i64,
     /// Its queue.
     pub queue: String,
     /// Whether the fence held.
@@ -151,6 +153,7 @@ impl Completer {
             }
             out.push(Written {
                 id: completion.id,
+                attempt: completion.attempt,
                 queue,
                 applied,
             });

@@ -225,7 +225,10 @@ pub struct Dispatcher<S: Store> {
     watched: bool,
     reload: Reload,
     shared: Arc<Shared>,
-    in_flight: HashMap<i64, InFlight>,
+    /// Held jobs by (id, attempt): a daemon that wakes from a stall past its
+    /// lease may hold a stale attempt and the job's next attempt at once,
+    /// and the end of the one must not release the other.
+    in_flight: HashMap<(i64, i64), InFlight>,
     /// In-flight jobs of the CPU pool (the rest are the IO pool's).
     held_cpu: usize,
     /// In-flight jobs whose attempt has not reported yet.
@@ -396,16 +399,16 @@ impl<S: Store> Dispatcher<S> {
         if entry.pool == Pool::Cpu {
             self.held_cpu += 1;
         }
-        if let Some(old) = self.in_flight.insert(id, entry) {
+        if let Some(old) = self.in_flight.insert((id, entry.attempt), entry) {
             if old.pool == Pool::Cpu {
                 self.held_cpu -= 1;
             }
         }
     }
 
-    /// Lets a job go once its outcome is written.
-    fn release(&mut self, id: i64) {
-        if let Some(entry) = self.in_flight.remove(&id) {
+    /// Lets an attempt go once its outcome is written.
+    fn release(&mut self, id: i64, attempt: i64) {
+        if let Some(entry) = self.in_flight.remove(&(id, attempt)) {
             if entry.pool == Pool::Cpu {
                 self.held_cpu -= 1;
             }
@@ -455,7 +458,8 @@ impl<S: Store> Dispatcher<S> {
                 took
             };
         }
-        if let Some(entry) = self.in_flight.get_mut(&finished.completion.id) {
+        let key = (finished.completion.id, finished.completion.attempt);
+        if let Some(entry) = self.in_flight.get_mut(&key) {
             if !entry.reported {
                 entry.reported = true;
                 self.unreported -= 1;
@@ -531,14 +535,18 @@ impl<S: Store> Dispatcher<S> {
             .complete_and_claim(self.completer.batch(now_i), &claim);
         match result {
             Ok((applied, jobs)) => {
-                self.shared.failing_since.store(0, Ordering::Relaxed);
+                if self.shared.failing_since.swap(0, Ordering::Relaxed) != 0 {
+                    // A failed claim may have committed with its reply
+                    // lost: look for such jobs now, not a lease later.
+                    self.next_renew = now_i;
+                }
                 self.last_write = Instant::now();
                 self.writes += 1;
                 self.claimed += jobs.len() as u64;
                 self.claim_retry_at = None;
                 if !applied.is_empty() {
                     for written in self.completer.written(&applied, &self.shared.counters) {
-                        self.release(written.id);
+                        self.release(written.id, written.attempt);
                         self.limits.finished(&written.queue);
                     }
                     // Slots came free without a claim to use them.
@@ -744,7 +752,7 @@ impl<S: Store> Dispatcher<S> {
     /// did not report, and the cancel flag raised here makes it kill.)
     fn check_overruns(&mut self, now: Instant) {
         let mut replaced = 0;
-        for (&id, entry) in self.in_flight.iter_mut() {
+        for (&(id, _), entry) in self.in_flight.iter_mut() {
             if entry.reported || now < overrun_at(entry) {
                 continue;
             }
@@ -789,7 +797,7 @@ impl<S: Store> Dispatcher<S> {
         match self.store.cancel_requests(&self.worker) {
             Ok(ids) => {
                 for id in ids {
-                    if let Some(entry) = self.in_flight.get(&id) {
+                    for (_, entry) in self.in_flight.iter().filter(|((held, _), _)| *held == id) {
                         entry.control.cancel.store(true, Ordering::Relaxed);
                     }
                 }
@@ -807,7 +815,10 @@ impl<S: Store> Dispatcher<S> {
         self.next_renew = now + lease / 3;
         // A fresh look at cancel requests too, in case a change went unseen.
         self.check_cancels = true;
-        let ids: Vec<i64> = self.in_flight.keys().copied().collect();
+        self.reconcile();
+        let mut ids: Vec<i64> = self.in_flight.keys().map(|&(id, _)| id).collect();
+        ids.sort_unstable();
+        ids.dedup();
         if ids.is_empty() {
             return;
         }
@@ -825,6 +836,7 @@ impl<S: Store> Dispatcher<S> {
             }
             Ok(_) => self.next_renew_failed = None,
             Err(e) => {
+                self.store_failed(&e);
                 // A renewal due sooner than usual marks a failing streak;
                 // log only its first failure.
                 let first = self.next_renew_failed.is_none();
@@ -834,6 +846,61 @@ impl<S: Store> Dispatcher<S> {
                     crate::logging::log_db_trouble("renew leases", &e, "trying again every 250ms");
                 }
             }
+        }
+    }
+
+    /// Gives back, without counting the attempt, what the database says
+    /// this daemon runs but it does not hold: a claim that committed while
+    /// its reply was lost with the connection. Left alone such a job would
+    /// wait out its lease under a live daemon and lose that attempt.
+    fn reconcile(&mut self) {
+        let held = match self.store.held_by(&self.worker) {
+            Ok(held) => held,
+            Err(e) => {
+                self.store_failed(&e);
+                return;
+            }
+        };
+        let now = now_ms();
+        let now_i = Instant::now();
+        for job in held {
+            if self.in_flight.contains_key(&(job.id, job.attempt)) {
+                continue;
+            }
+            event!(
+                Warn,
+                "job.orphaned",
+                id = job.id,
+                kind = job.kind.as_str(),
+                queue = job.queue.as_str(),
+                attempt = job.attempt,
+                detail = "the database says this daemon runs it, but its claim never reached it (a reply lost with the connection); given back without counting the attempt"
+            );
+            self.limits.started(&job.queue, 1, now_i);
+            let completion =
+                Attempt::new(job.id, &self.worker, job.attempt, job.started_at, now).interrupted();
+            let finished = Finished {
+                completion,
+                queue: job.queue.clone(),
+                kind: job.kind.clone(),
+                elapsed: Duration::ZERO,
+            };
+            self.hold(
+                job.id,
+                InFlight {
+                    pool: Pool::of_kind(&job.kind),
+                    queue: job.queue,
+                    kind: job.kind,
+                    attempt: job.attempt,
+                    started_at: job.started_at,
+                    deadline: now_i,
+                    timeout: Duration::ZERO,
+                    max_attempts: 0,
+                    control: Control::new(),
+                    reported: true,
+                },
+            );
+            self.completer.push(finished);
         }
     }
 
@@ -1044,7 +1111,7 @@ impl<S: Store> Dispatcher<S> {
         self.collect();
         let now = now_ms();
         let mut requeued = 0;
-        for (&id, entry) in self.in_flight.iter_mut() {
+        for (&(id, _), entry) in self.in_flight.iter_mut() {
             if entry.reported || !entry.control.abandon() {
                 continue;
             }

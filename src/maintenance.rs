@@ -239,7 +239,7 @@ impl<S: Store> Maintenance<S> {
             crate::logging::log_db_trouble("heartbeat", &e, "trying again at the next beat");
         }
         match self.store.rescue(
-            RescueScope::ExpiredLeases,
+            RescueScope::ExpiredLeasesOfOthers(&self.worker),
             now,
             self.config.retry.max_attempts,
         ) {

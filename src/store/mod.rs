@@ -253,8 +253,27 @@ pub enum Applied {
 pub enum RescueScope<'a> {
     /// Jobs whose lease ended before `now`.
     ExpiredLeases,
+    /// Jobs whose lease ended before `now`, but for those of this worker:
+    /// a daemon renews and reconciles its own (a daemon paused past its
+    /// lease must not take back, on waking, the jobs it still runs).
+    ExpiredLeasesOfOthers(&'a str),
     /// Every running job of these workers (known to be gone).
     Workers(&'a [String]),
+}
+
+/// An attempt a worker holds, as the database has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The job.
+    pub id: i64,
+    /// Its attempt.
+    pub attempt: i64,
+    /// Its queue.
+    pub queue: String,
+    /// Its kind.
+    pub kind: String,
+    /// When the attempt started.
+    pub started_at: i64,
 }
 
 impl RescueScope<'_> {
@@ -262,7 +281,9 @@ impl RescueScope<'_> {
     /// sentence that `last_error` and the `rescued` attempt record carry.
     pub(crate) fn reason(&self) -> &'static str {
         match self {
-            RescueScope::ExpiredLeases => "stopped renewing its lease",
+            RescueScope::ExpiredLeases | RescueScope::ExpiredLeasesOfOthers(_) => {
+                "stopped renewing its lease"
+            }
             RescueScope::Workers(_) => "is gone (its process no longer runs)",
         }
     }
@@ -727,6 +748,11 @@ pub trait Store {
 
     /// The running jobs of `worker` that an operator asked to cancel.
     fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>>;
+
+    /// Every attempt the database says `worker` runs now, so that a daemon
+    /// can find the ones it does not know it holds (a claim whose reply was
+    /// lost with the connection).
+    fn held_by(&mut self, worker: &str) -> Result<Vec<Held>>;
 
     /// Takes back running jobs from lost holders: to `queued`, or to `dead`
     /// when they have no attempts left (`default_max_attempts` stands in for a

@@ -20,9 +20,9 @@
 use postgres::{Client, NoTls};
 
 use super::{
-    Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, JobRun, ListFilter, Moved,
-    PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, RunRow, RunTally,
-    Stats, Store, StoreError, WorkerInfo,
+    Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, Held, JobRun, ListFilter,
+    Moved, PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, RunRow,
+    RunTally, Stats, Store, StoreError, WorkerInfo,
 };
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
@@ -954,13 +954,16 @@ impl PgStore {
     ) -> Result<Vec<Rescued>, StoreError> {
         let filter = match scope {
             RescueScope::ExpiredLeases => "lease_until < $3",
+            RescueScope::ExpiredLeasesOfOthers(_) => {
+                "lease_until < $3 AND worker IS DISTINCT FROM $4"
+            }
             RescueScope::Workers([]) => return Ok(Vec::new()),
             RescueScope::Workers(_) => "worker = ANY($3)",
         };
         let reason = scope.reason();
         let workers: Vec<String> = match scope {
             RescueScope::Workers(w) => w.to_vec(),
-            RescueScope::ExpiredLeases => Vec::new(),
+            RescueScope::ExpiredLeases | RescueScope::ExpiredLeasesOfOthers(_) => Vec::new(),
         };
         let fail = self.failing("rescue");
         let mut tx = self.client.transaction().map_err(&fail)?;
@@ -975,6 +978,7 @@ impl PgStore {
         let max = i64::from(default_max_attempts);
         let rows = match scope {
             RescueScope::ExpiredLeases => tx.query(&sql, &[&now, &max, &now]),
+            RescueScope::ExpiredLeasesOfOthers(me) => tx.query(&sql, &[&now, &max, &now, &me]),
             RescueScope::Workers(_) => tx.query(&sql, &[&now, &max, &workers]),
         }
         .map_err(&fail)?;
@@ -1972,6 +1976,28 @@ impl Store for PgStore {
     fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>> {
         self.revive()?;
         PgStore::cancel_requests(self, worker)
+    }
+
+    fn held_by(&mut self, worker: &str) -> Result<Vec<Held>> {
+        self.revive()?;
+        let fail = self.failing("read the jobs this daemon holds");
+        Ok(self
+            .client
+            .query(
+                "SELECT id, attempts, queue, kind, started_at FROM jobs \
+                 WHERE state = 'running' AND worker = $1",
+                &[&worker],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(|r| Held {
+                id: r.get(0),
+                attempt: r.get(1),
+                queue: r.get(2),
+                kind: r.get(3),
+                started_at: r.get::<_, Option<i64>>(4).unwrap_or(0),
+            })
+            .collect())
     }
 
     fn rescue(

@@ -17,7 +17,7 @@ use rusqlite::{
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
 use super::CPU_KIND_TEST;
 use super::{
-    Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, JobRun, ListFilter,
+    Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, Held, JobRun, ListFilter,
     PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store,
     StoreError, WorkerInfo,
 };
@@ -831,6 +831,27 @@ impl Store for SqliteStore {
         })
     }
 
+    fn held_by(&mut self, worker: &str) -> Result<Vec<Held>> {
+        let result: rusqlite::Result<Vec<Held>> = (|| {
+            self.conn
+                .prepare_cached(
+                    "SELECT id, attempts, queue, kind, started_at FROM jobs INDEXED BY jobs_running \
+                     WHERE state = 'running' AND worker = ?1",
+                )?
+                .query_map([worker], |r| {
+                    Ok(Held {
+                        id: r.get(0)?,
+                        attempt: r.get(1)?,
+                        queue: text(r, 2)?,
+                        kind: text(r, 3)?,
+                        started_at: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                    })
+                })?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read the jobs this daemon holds", e))
+    }
+
     fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>> {
         let mut stmt = self
             .conn
@@ -857,6 +878,13 @@ impl Store for SqliteStore {
                 RescueScope::ExpiredLeases => (
                     "lease_until < ?3".to_string(),
                     vec![rusqlite::types::Value::Integer(now)],
+                ),
+                RescueScope::ExpiredLeasesOfOthers(me) => (
+                    "lease_until < ?3 AND worker IS NOT ?4".to_string(),
+                    vec![
+                        rusqlite::types::Value::Integer(now),
+                        rusqlite::types::Value::Text(me.to_string()),
+                    ],
                 ),
                 RescueScope::Workers([]) => return Ok(Vec::new()),
                 RescueScope::Workers(workers) => (
