@@ -140,6 +140,7 @@ impl Completer {
         {
             match applied {
                 Applied::Done => log_outcome(&completion, &queue, &kind, counters),
+                Applied::Cancelled => log_cancelled_instead(&completion, &queue, &kind, counters),
                 Applied::Stale => event!(
                     Warn,
                     "job.stale",
@@ -197,6 +198,33 @@ fn short_duration(ms: u64) -> String {
     humantime::format_duration(rounded)
         .to_string()
         .replace(' ', "")
+}
+
+/// An attempt that ended after an operator asked to cancel its job: the
+/// store wrote `cancelled` instead of the retry, timeout or failure the
+/// attempt asked for. Counted and logged as a cancel (as a cancel noticed
+/// while running is), with what the attempt itself ended in.
+fn log_cancelled_instead(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
+    let duration_ms = c.finished_at - c.started_at;
+    if let Some(metrics) = &counters.metrics {
+        metrics.attempt(
+            kind,
+            RunOutcome::Cancelled.as_str(),
+            duration_ms.max(0) as f64 / 1000.0,
+        );
+    }
+    event!(
+        Info,
+        "job.cancelled",
+        id = c.id,
+        kind = kind,
+        queue = queue,
+        attempt = c.attempt,
+        duration_ms = duration_ms,
+        attempt_outcome = c.outcome.as_str(),
+        error = c.error.as_deref().unwrap_or(""),
+        detail = "an operator asked to cancel the job while this attempt ran; it ends cancelled, not retried"
+    );
 }
 
 fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {

@@ -789,3 +789,209 @@ fn a_daemon_on_a_new_database_watches_its_commits() {
     let log = daemon.stop();
     assert!(!log.contains("pickup.fallback"), "{log}");
 }
+
+/// A database for a daemon test, on each backend: the home whose config
+/// points at it, and the argv of a shell that runs SQL on it (for handlers
+/// and test servers, which act as an operator's client would).
+struct Db {
+    name: &'static str,
+    home: Home,
+    sql_argv: Vec<String>,
+    _schema: Option<common::pg::Schema>,
+}
+
+impl Db {
+    /// SQL through the backend's own shell; the trimmed output.
+    fn sql(&self, sql: &str) -> String {
+        sql_with(&self.sql_argv, sql)
+    }
+
+    /// Inserts one job; its id.
+    fn insert(&self, kind: &str, payload: &str, max_attempts: i64) -> i64 {
+        self.sql(&format!(
+            "INSERT INTO jobs(kind, payload, max_attempts) \
+             VALUES ('{kind}', '{payload}', {max_attempts}) RETURNING id;"
+        ))
+        .parse()
+        .expect("an id")
+    }
+
+    fn wait_state(&self, id: i64, state: &str) {
+        let sql = format!("SELECT state FROM jobs WHERE id = {id};");
+        common::wait_for(common::PATIENCE, || (self.sql(&sql) == state).then_some(()))
+            .unwrap_or_else(|| panic!("{}: job {id} never {state}: {}", self.name, self.sql(&sql)));
+    }
+}
+
+fn sql_with(argv: &[String], sql: &str) -> String {
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .arg(sql)
+        .output()
+        .expect("the SQL shell runs");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A migrated SQLite home and, where a server answers, a PostgreSQL one
+/// (a schema of its own), each with `extra` TOML in its config.
+fn databases(tag: &str, extra: &str) -> Vec<Db> {
+    let sqlite = Home::with_config(extra);
+    sqlite.migrate();
+    let sqlite3 = which("sqlite3");
+    let sql_argv = vec![
+        sqlite3,
+        "-bail".into(),
+        "-cmd".into(),
+        ".timeout 5000".into(),
+        sqlite.db().display().to_string(),
+    ];
+    let mut out = vec![Db {
+        name: "sqlite",
+        home: sqlite,
+        sql_argv,
+        _schema: None,
+    }];
+    if let Some(schema) = common::pg::Schema::create(tag) {
+        let home = Home::new();
+        std::fs::write(
+            home.config(),
+            format!("[database]\nurl = \"{}\"\n{extra}", schema.url()),
+        )
+        .unwrap();
+        home.migrate();
+        let sql_argv = vec![
+            which("psql"),
+            format!(
+                "postgresql://root@127.0.0.1:5432/test?options=-c%20search_path%3D{}",
+                schema.name
+            ),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "-qAt".into(),
+            "-c".into(),
+        ];
+        out.push(Db {
+            name: "postgres",
+            home,
+            sql_argv,
+            _schema: Some(schema),
+        });
+    }
+    out
+}
+
+/// The absolute path of a program on PATH (handlers run with a minimal PATH).
+fn which(program: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("sh runs");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!path.is_empty(), "{program} must be installed");
+    path
+}
+
+/// Fast retries, so a lost cancel would show as a retried attempt at once.
+const FAST_RETRIES: &str = "[retry]\nbackoff_base = \"20ms\"\nbackoff_max = \"50ms\"\n\
+                            [daemon]\nshutdown_grace = \"200ms\"\n";
+
+/// The job's attempts, its runs' outcomes in order, and the daemon's log.
+fn cancelled_after_one_attempt(db: &Db, id: i64) {
+    db.wait_state(id, "cancelled");
+    assert_eq!(
+        db.sql(&format!("SELECT attempts FROM jobs WHERE id = {id};")),
+        "1",
+        "{}: the cancel ended the job after its first attempt",
+        db.name
+    );
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT outcome FROM job_runs WHERE job_id = {id} ORDER BY attempt;"
+        )),
+        "cancelled",
+        "{}",
+        db.name
+    );
+}
+
+/// An `exec` job whose cancel is requested while it runs (by SQL, after the
+/// daemon last looked: the handler requests it itself) and whose handler
+/// then exits 75 ends `cancelled` with attempts to spare, on both backends.
+#[test]
+fn a_cancel_survives_a_retryable_failure() {
+    for db in databases("cancel_exec", FAST_RETRIES) {
+        let handlers = db.home.path().join("handlers");
+        std::fs::create_dir_all(&handlers).unwrap();
+        let mut config = std::fs::read_to_string(db.home.config()).unwrap();
+        config.push_str(&format!("[exec]\ndir = \"{}\"\n", handlers.display()));
+        std::fs::write(db.home.config(), config).unwrap();
+        let go = db.home.path().join("go");
+        // The shell line that requests the cancel of job $JOBD_JOB_ID.
+        let request: Vec<String> = db.sql_argv.iter().map(|a| format!("'{a}'")).collect();
+        let script = format!(
+            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.01; done\n\
+             {} \"UPDATE jobs SET cancel_requested = {} WHERE id = $JOBD_JOB_ID\" >/dev/null || exit 3\n\
+             echo 'busy, try later' >&2\nexit 75\n",
+            go.display(),
+            request.join(" "),
+            if db.name == "sqlite" { "1" } else { "true" },
+        );
+        let handler = handlers.join("later");
+        std::fs::write(&handler, script).unwrap();
+        std::fs::set_permissions(
+            &handler,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let daemon = db.home.daemon();
+        let id = db.insert("exec", r#"{"handler":"later"}"#, 5);
+        db.wait_state(id, "running");
+        std::fs::write(&go, "").unwrap();
+        cancelled_after_one_attempt(&db, id);
+        let error = db.sql(&format!("SELECT error FROM job_runs WHERE job_id = {id};"));
+        assert!(
+            error.contains("exit 75"),
+            "{}: the attempt's own error stays in its record: {error}",
+            db.name
+        );
+        let log = daemon.stop();
+        assert!(
+            log.contains(&format!("job.cancelled id={id} ")),
+            "{}: {log}",
+            db.name
+        );
+        assert!(
+            !log.contains(&format!("job.retry id={id} ")),
+            "{}: {log}",
+            db.name
+        );
+    }
+}
+
+/// An `http` job whose cancel is requested during its attempt against a
+/// slow server answering 503 ends `cancelled`, not retried to the end.
+#[test]
+fn a_cancelled_http_job_is_not_retried_after_a_503() {
+    for db in databases("cancel_http", FAST_RETRIES) {
+        let argv = db.sql_argv.clone();
+        let flag = if db.name == "sqlite" { "1" } else { "true" };
+        let server = common::HttpServer::start(move |_, _| {
+            // The operator's cancel lands while the request is in flight.
+            sql_with(
+                &argv,
+                &format!("UPDATE jobs SET cancel_requested = {flag} WHERE kind = 'http';"),
+            );
+            common::Reply::new(503, "busy")
+        });
+        let daemon = db.home.daemon();
+        let id = db.insert("http", &format!(r#"{{"url":"{}/slow"}}"#, server.base), 5);
+        cancelled_after_one_attempt(&db, id);
+        assert_eq!(server.received().len(), 1, "{}", db.name);
+        daemon.stop();
+    }
+}

@@ -720,3 +720,82 @@ fn a_cron_slot_is_enqueued_once_and_never_behind_the_last() {
         assert_eq!(store.cron_rows().unwrap().len(), 2);
     });
 }
+
+/// A cancel requested while an attempt ran wins over whatever the attempt
+/// ended in, in the fenced write itself: retry, timeout, dead and an
+/// interruption all end `cancelled` (attempt record `cancelled`, attempts
+/// not given back); a success stays `succeeded`, because the work happened.
+#[test]
+fn a_cancel_survives_a_retryable_failure() {
+    each(|s| {
+        let id = inserted(
+            s,
+            &[
+                job("noop"),
+                job("noop"),
+                job("noop"),
+                job("noop"),
+                job("noop"),
+            ],
+        );
+        let got = claim(s, W1, NOW, "default", 5);
+        // The request lands after the daemon last looked: only the write sees it.
+        for job in &got {
+            assert_eq!(
+                s.cancel(&[job.id], NOW).unwrap(),
+                vec![CancelResult::Requested]
+            );
+        }
+        let applied = s
+            .complete(&[
+                attempt(&got[0], W1, NOW + 1).retry("exit status 75".into(), NOW + 4_000),
+                attempt(&got[1], W1, NOW + 1).timed_out("timed out".into(), Some(NOW + 4_000)),
+                attempt(&got[2], W1, NOW + 1).dead("exit status 1".into()),
+                attempt(&got[3], W1, NOW + 1).interrupted(),
+                attempt(&got[4], W1, NOW + 1).succeeded(None),
+            ])
+            .unwrap();
+        assert_eq!(
+            applied,
+            vec![
+                Applied::Cancelled,
+                Applied::Cancelled,
+                Applied::Cancelled,
+                Applied::Cancelled,
+                Applied::Done
+            ]
+        );
+        for (i, want) in [
+            RunOutcome::Retry,
+            RunOutcome::Timeout,
+            RunOutcome::Dead,
+            RunOutcome::Interrupted,
+        ]
+        .iter()
+        .enumerate()
+        {
+            let job = s.job(id[i]).unwrap().unwrap();
+            assert_eq!(job.state, JobState::Cancelled, "job {i} after {want}");
+            assert_eq!(job.attempts, 1, "job {i}: the attempt counts");
+            assert_eq!(job.finished_at, Some(NOW + 1));
+            assert_eq!(job.run_at, got[i].run_at, "job {i} keeps its run_at");
+            assert_eq!(
+                job.last_error.as_deref(),
+                Some("cancelled by an operator while running")
+            );
+            let runs = s.runs(id[i]).unwrap();
+            assert_eq!(runs.len(), 1);
+            assert_eq!(runs[0].outcome, RunOutcome::Cancelled, "job {i}");
+        }
+        // What the attempt said stays in its record.
+        assert_eq!(
+            s.runs(id[0]).unwrap()[0].error.as_deref(),
+            Some("exit status 75")
+        );
+        let done = s.job(id[4]).unwrap().unwrap();
+        assert_eq!(done.state, JobState::Succeeded);
+        assert_eq!(s.runs(id[4]).unwrap()[0].outcome, RunOutcome::Succeeded);
+        // Nothing is claimable again.
+        assert!(claim(s, W1, NOW + 10_000, "default", 5).is_empty());
+    });
+}

@@ -246,6 +246,21 @@ pub enum Applied {
     Done,
     /// Someone else moved the job first (rescue, another daemon): nothing changed.
     Stale,
+    /// The fence held, but an operator had asked to cancel the job: it ended
+    /// `cancelled` instead of what the attempt asked for (a retry, a
+    /// timeout, dead, released), with a `cancelled` attempt record. A
+    /// success is never turned into this: the work happened.
+    Cancelled,
+}
+
+/// `last_error` of a job whose attempt ended after a cancel request.
+pub(crate) const CANCELLED_ERROR: &str = "cancelled by an operator while running";
+
+/// True when the store wrote `cancelled` (`state`, as the fenced update
+/// returned it) for a completion that asked for something else: the cancel
+/// request won over the attempt's outcome.
+pub(crate) fn cancelled_instead(c: &Completion, state: &str) -> bool {
+    state == "cancelled" && c.transition != crate::job::Transition::Cancel
 }
 
 /// Which running jobs to take back.

@@ -19,6 +19,7 @@
 
 use postgres::{Client, NoTls};
 
+use super::{cancelled_instead, CANCELLED_ERROR};
 use super::{
     Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, Held, JobRun, ListFilter,
     Moved, PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, RunRow,
@@ -1155,26 +1156,35 @@ fn complete_in(
     // One row per job even if the batch holds two outcomes for it: of
     // those that pass the fence, the first in the batch is written; the
     // rest are stale.
+    // A job an operator asked to cancel ends cancelled whatever its attempt
+    // ended in, except a success (the work happened): the flag is read here,
+    // in the fenced write, so a cancel that lands after the daemon last
+    // looked is honoured too.
     let statement = statements.get(
         tx,
-        "WITH c AS ( \
+        &format!(
+            "WITH c AS ( \
            SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], \
              $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bool[]) WITH ORDINALITY \
              AS c(id, worker, attempt, state, finished_at, run_at, result, last_error, release, n)), \
          m AS ( \
-           SELECT DISTINCT ON (c.id) c.* FROM c JOIN jobs ON jobs.id = c.id \
+           SELECT DISTINCT ON (c.id) c.*, \
+             (jobs.cancel_requested AND c.state <> 'succeeded') AS cancel \
+             FROM c JOIN jobs ON jobs.id = c.id \
              AND jobs.state = 'running' AND jobs.worker = c.worker AND jobs.attempts = c.attempt \
            ORDER BY c.id, c.n) \
-         UPDATE jobs SET state = m.state, \
-           finished_at = CASE WHEN m.release THEN jobs.finished_at ELSE m.finished_at END, \
+         UPDATE jobs SET state = CASE WHEN m.cancel THEN 'cancelled' ELSE m.state END, \
+           finished_at = CASE WHEN m.release AND NOT m.cancel THEN jobs.finished_at ELSE m.finished_at END, \
            lease_until = NULL, \
-           run_at = COALESCE(m.run_at, jobs.run_at), \
+           run_at = CASE WHEN m.cancel THEN jobs.run_at ELSE COALESCE(m.run_at, jobs.run_at) END, \
            result = CASE WHEN m.state = 'succeeded' THEN m.result::jsonb ELSE jobs.result END, \
-           last_error = CASE WHEN m.release THEN jobs.last_error ELSE m.last_error END, \
-           attempts = jobs.attempts - CASE WHEN m.release THEN 1 ELSE 0 END \
+           last_error = CASE WHEN m.cancel THEN '{CANCELLED_ERROR}' \
+             WHEN m.release THEN jobs.last_error ELSE m.last_error END, \
+           attempts = jobs.attempts - CASE WHEN m.release AND NOT m.cancel THEN 1 ELSE 0 END \
          FROM m WHERE jobs.id = m.id AND jobs.state = 'running' AND jobs.worker = m.worker \
            AND jobs.attempts = m.attempt \
-         RETURNING m.n, jobs.queue, jobs.kind",
+         RETURNING m.n, jobs.queue, jobs.kind, jobs.state"
+        ),
     )?;
     let moved = tx.query(
         &statement,
@@ -1183,18 +1193,19 @@ fn complete_in(
         ],
     )?;
     // Ordinalities count from 1.
-    let mut applied: Vec<Option<(String, String)>> = vec![None; n];
+    let mut applied: Vec<Option<(String, String, String)>> = vec![None; n];
     for row in &moved {
         let at: i64 = row.get(0);
-        applied[(at - 1) as usize] = Some((row.get(1), row.get(2)));
+        applied[(at - 1) as usize] = Some((row.get(1), row.get(2), row.get(3)));
     }
     let mut runs = Vec::with_capacity(n);
     let mut out = Vec::with_capacity(n);
     for (c, applied) in completions.iter().zip(&applied) {
-        let Some((queue, kind)) = applied else {
+        let Some((queue, kind, state)) = applied else {
             out.push(Applied::Stale);
             continue;
         };
+        let overridden = cancelled_instead(c, state);
         runs.push(RunRow {
             job_id: c.id,
             attempt: c.attempt,
@@ -1203,10 +1214,18 @@ fn complete_in(
             kind,
             started_at: c.started_at,
             finished_at: c.finished_at,
-            outcome: c.outcome,
+            outcome: if overridden {
+                RunOutcome::Cancelled
+            } else {
+                c.outcome
+            },
             error: c.error.as_deref(),
         });
-        out.push(Applied::Done);
+        out.push(if overridden {
+            Applied::Cancelled
+        } else {
+            Applied::Done
+        });
     }
     insert_runs(tx, statements, &runs)?;
     Ok(out)

@@ -21,12 +21,15 @@ use super::{
     PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, Store,
     StoreError, WorkerInfo,
 };
-use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, Transition};
+use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 
 /// Prepared statements kept per connection; enough for every named query.
 const STATEMENT_CACHE: usize = 128;
 
-use super::{earliest, percentile, Moved, RunRow, RunTally, BULK_RETRY_BATCH, PERCENTILE_SAMPLE};
+use super::{
+    cancelled_instead, earliest, percentile, Moved, RunRow, RunTally, BULK_RETRY_BATCH,
+    CANCELLED_ERROR, PERCENTILE_SAMPLE,
+};
 
 /// How the store may treat a missing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -496,20 +499,26 @@ fn values_list(rows: usize, columns: usize) -> String {
 /// statement per chunk instead of per job: statement set-up and tear-down
 /// were half the cost of a completion.
 fn complete_sql(rows: usize) -> String {
+    // A job an operator asked to cancel ends cancelled whatever its attempt
+    // ended in, except a success (the work happened): the flag is read here,
+    // in the fenced write, so a cancel that lands after the daemon last
+    // looked is honoured too.
+    let cancel = "(jobs.cancel_requested = 1 AND c.state <> 'succeeded')";
     format!(
         "WITH c(id, worker, attempt, state, finished_at, run_at, result, last_error, release) AS \
-         (VALUES {}) \
-         UPDATE jobs SET state = c.state, \
-           finished_at = CASE WHEN c.release THEN jobs.finished_at ELSE c.finished_at END, \
+         (VALUES {values}) \
+         UPDATE jobs SET state = CASE WHEN {cancel} THEN 'cancelled' ELSE c.state END, \
+           finished_at = CASE WHEN c.release AND NOT {cancel} THEN jobs.finished_at ELSE c.finished_at END, \
            lease_until = NULL, \
-           run_at = COALESCE(c.run_at, jobs.run_at), \
+           run_at = CASE WHEN {cancel} THEN jobs.run_at ELSE COALESCE(c.run_at, jobs.run_at) END, \
            result = CASE WHEN c.state = 'succeeded' THEN c.result ELSE jobs.result END, \
-           last_error = CASE WHEN c.release THEN jobs.last_error ELSE c.last_error END, \
-           attempts = jobs.attempts - c.release \
+           last_error = CASE WHEN {cancel} THEN '{CANCELLED_ERROR}' \
+             WHEN c.release THEN jobs.last_error ELSE c.last_error END, \
+           attempts = jobs.attempts - CASE WHEN {cancel} THEN 0 ELSE c.release END \
          FROM c WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.worker = c.worker \
            AND jobs.attempts = c.attempt \
-         RETURNING jobs.id, jobs.worker, jobs.attempts, jobs.queue, jobs.kind",
-        values_list(rows, 9)
+         RETURNING jobs.id, jobs.worker, jobs.attempts, jobs.queue, jobs.kind, jobs.state",
+        values = values_list(rows, 9)
     )
 }
 
@@ -661,8 +670,9 @@ fn complete_in(
     if completions.is_empty() {
         return Ok(Vec::new());
     }
-    // The jobs the fenced update moved: id → (worker, attempts now, queue, kind).
-    let mut moved: HashMap<i64, (String, i64, String, String)> =
+    // The jobs the fenced update moved: id → (worker, attempts now, queue,
+    // kind, state now).
+    let mut moved: HashMap<i64, (String, i64, String, String, String)> =
         HashMap::with_capacity(completions.len());
     for chunk in chunks(completions) {
         let mut stmt = tx.prepare_cached(&complete_sql(chunk.len()))?;
@@ -674,31 +684,46 @@ fn complete_in(
         while let Some(row) = rows.next()? {
             moved.insert(
                 row.get(0)?,
-                (row.get(1)?, row.get(2)?, text(row, 3)?, text(row, 4)?),
+                (
+                    row.get(1)?,
+                    row.get(2)?,
+                    text(row, 3)?,
+                    text(row, 4)?,
+                    row.get(5)?,
+                ),
             );
         }
     }
     // A completion applied if its job moved under its worker and
-    // attempt (a released attempt is no longer counted); a second
-    // one for the same attempt in the same batch is stale.
+    // attempt (a released attempt is no longer counted, unless a cancel
+    // turned it into the end); a second one for the same attempt in the
+    // same batch is stale.
     let mut out = Vec::with_capacity(completions.len());
     let mut runs = Vec::with_capacity(completions.len());
     for c in completions {
-        let counted = i64::from(c.transition == Transition::Release);
-        let applied = moved.get(&c.id).is_some_and(|(worker, attempts, _, _)| {
-            *worker == c.worker && *attempts + counted == c.attempt
-        });
+        let applied = moved
+            .get(&c.id)
+            .is_some_and(|(worker, attempts, _, _, state)| {
+                let overridden = cancelled_instead(c, state);
+                let counted = i64::from(c.transition == Transition::Release && !overridden);
+                *worker == c.worker && *attempts + counted == c.attempt
+            });
         match applied.then(|| moved.remove(&c.id)).flatten() {
-            Some((_, _, queue, kind)) => {
-                runs.push((c, queue, kind));
-                out.push(Applied::Done);
+            Some((_, _, queue, kind, state)) => {
+                let overridden = cancelled_instead(c, &state);
+                runs.push((c, queue, kind, overridden));
+                out.push(if overridden {
+                    Applied::Cancelled
+                } else {
+                    Applied::Done
+                });
             }
             None => out.push(Applied::Stale),
         }
     }
     let runs: Vec<RunRow<'_>> = runs
         .iter()
-        .map(|(c, queue, kind)| RunRow {
+        .map(|(c, queue, kind, overridden)| RunRow {
             job_id: c.id,
             attempt: c.attempt,
             worker: &c.worker,
@@ -706,7 +731,11 @@ fn complete_in(
             kind,
             started_at: c.started_at,
             finished_at: c.finished_at,
-            outcome: c.outcome,
+            outcome: if *overridden {
+                RunOutcome::Cancelled
+            } else {
+                c.outcome
+            },
             error: c.error.as_deref(),
         })
         .collect();
