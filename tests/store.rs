@@ -234,6 +234,33 @@ fn two_claimers_never_take_the_same_job() {
     assert_eq!(unique.len(), 4_000, "a job was claimed twice");
 }
 
+/// Regression (PostgreSQL, connections cut mid-write): a completion whose
+/// commit went through but whose reply was lost is sent again by the
+/// completer; it was taken for stale (`job.stale … taken back from this
+/// daemon`) and missed the daemon's counters. The attempt record shows it
+/// is this worker's own write: the retry reports it written, and writes
+/// nothing twice.
+#[test]
+fn a_completion_sent_again_after_its_commit_is_recognised_as_written() {
+    each(|s| {
+        inserted(s, &[job("noop"), job("noop")]);
+        let got = claim(s, W1, NOW, "default", 2);
+        let ok = attempt(&got[0], W1, NOW + 7).succeeded(None);
+        let failed = attempt(&got[1], W1, NOW + 7).retry("boom".into(), NOW + 60_000);
+        let first = s.complete(&[ok.clone(), failed.clone()]).unwrap();
+        assert_eq!(first, vec![Applied::Done, Applied::Done]);
+        let again = s.complete(&[ok, failed]).unwrap();
+        assert_eq!(again, vec![Applied::Done, Applied::Done]);
+        assert_eq!(s.runs(got[0].id).unwrap().len(), 1);
+        assert_eq!(s.runs(got[1].id).unwrap().len(), 1);
+        // Another outcome for that attempt is still stale.
+        let late = s
+            .complete(&[attempt(&got[0], W1, NOW + 9).dead("late".into())])
+            .unwrap();
+        assert_eq!(late, vec![Applied::Stale]);
+    });
+}
+
 #[test]
 fn completions_are_fenced_by_state_worker_and_attempt() {
     each(|s| {

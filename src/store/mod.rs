@@ -253,6 +253,20 @@ pub enum Applied {
     Cancelled,
 }
 
+/// What a completion the fence turned away really was, from the attempt
+/// record of the same job, attempt and worker (`recorded`: its outcome, if
+/// there is one). A completion whose commit went through but whose reply
+/// was lost with the connection is sent again by the completer: the record
+/// with its outcome (or `cancelled`, where a cancel turned it) shows it is
+/// written, not taken back. A `rescued` record is another holder's doing.
+pub(crate) fn recorded_as(c: &Completion, recorded: Option<&str>) -> Applied {
+    match recorded {
+        Some(outcome) if outcome == c.outcome.as_str() => Applied::Done,
+        Some("cancelled") if c.outcome != RunOutcome::Succeeded => Applied::Cancelled,
+        _ => Applied::Stale,
+    }
+}
+
 /// `last_error` of a job whose attempt ended after a cancel request.
 pub(crate) const CANCELLED_ERROR: &str = "cancelled by an operator while running";
 

@@ -1202,7 +1202,16 @@ fn complete_in(
     let mut out = Vec::with_capacity(n);
     for (c, applied) in completions.iter().zip(&applied) {
         let Some((queue, kind, state)) = applied else {
-            out.push(Applied::Stale);
+            // Read before this batch's records go in, so a second outcome
+            // for one attempt within the batch stays stale.
+            let recorded: Option<String> = tx
+                .query_opt(
+                    "SELECT outcome FROM job_runs WHERE job_id = $1 AND attempt = $2 \
+                     AND worker = $3 AND outcome <> 'rescued' LIMIT 1",
+                    &[&c.id, &c.attempt, &c.worker],
+                )?
+                .map(|r| r.get(0));
+            out.push(super::recorded_as(c, recorded.as_deref()));
             continue;
         };
         let overridden = cancelled_instead(c, state);

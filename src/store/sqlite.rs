@@ -718,7 +718,18 @@ fn complete_in(
                     Applied::Done
                 });
             }
-            None => out.push(Applied::Stale),
+            None => {
+                // Read before this batch's records go in, so a second
+                // outcome for one attempt within the batch stays stale.
+                let recorded: Option<String> = tx
+                    .prepare_cached(
+                        "SELECT outcome FROM job_runs WHERE job_id = ?1 AND attempt = ?2 \
+                         AND worker = ?3 AND outcome <> 'rescued' LIMIT 1",
+                    )?
+                    .query_row(params![c.id, c.attempt, c.worker], |r| r.get(0))
+                    .optional()?;
+                out.push(super::recorded_as(c, recorded.as_deref()));
+            }
         }
     }
     let runs: Vec<RunRow<'_>> = runs
