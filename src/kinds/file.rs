@@ -19,7 +19,7 @@
 //!
 //! `write` (and the destination of `copy`) is atomic: a temporary file in
 //! the same folder, fsync, rename, fsync of the folder. `copy` streams in
-//! chunks of [`COPY_CHUNK`], skipping holes, so a huge (or sparse) source
+//! chunks of `COPY_CHUNK` (1 MiB), skipping holes, so a huge (or sparse) source
 //! costs constant memory. Retries are
 //! idempotent: a `move` whose source is gone and whose destination exists
 //! succeeds, `delete` of a missing file succeeds, and a `write` or `copy`

@@ -12,10 +12,10 @@
 //! http or https URL with a host before it is called (ureq 2 panicked on
 //! `file:`), and the guard judges every hop. A cancel stops a request in
 //! flight: every TCP connection is wrapped in a transport that waits for
-//! input in slices of [`CANCEL_SLICE`] and looks at the job's cancel flag
+//! input in slices of `CANCEL_SLICE` and looks at the job's cancel flag
 //! between them (ureq 3's `unversioned::transport` API, hence the exact
 //! version pin). Connecting is not sliced; it is bounded by
-//! [`CONNECT_TIMEOUT`].
+//! `CONNECT_TIMEOUT`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
