@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Home, NOW};
+use common::{wait_for, Home, NOW, PATIENCE};
 
 /// A VALUES tuple for `Home::insert`: kind, payload, queue, priority, run_at,
 /// max_attempts, timeout_ms.
@@ -919,9 +919,10 @@ fn cancelled_after_one_attempt(db: &Db, id: i64) {
     );
 }
 
-/// An `exec` job whose cancel is requested while it runs (by SQL, after the
-/// daemon last looked: the handler requests it itself) and whose handler
-/// then exits 75 ends `cancelled` with attempts to spare, on both backends.
+/// An `exec` job whose cancel is requested while it runs (by SQL, while
+/// the daemon is stopped, so it cannot kill the handler first) and whose
+/// handler then exits 75 ends `cancelled` with attempts to spare, on both
+/// backends.
 #[test]
 fn a_cancel_survives_a_retryable_failure() {
     for db in databases("cancel_exec", FAST_RETRIES) {
@@ -931,15 +932,12 @@ fn a_cancel_survives_a_retryable_failure() {
         config.push_str(&format!("[exec]\ndir = \"{}\"\n", handlers.display()));
         std::fs::write(db.home.config(), config).unwrap();
         let go = db.home.path().join("go");
-        // The shell line that requests the cancel of job $JOBD_JOB_ID.
-        let request: Vec<String> = db.sql_argv.iter().map(|a| format!("'{a}'")).collect();
+        let pid_file = db.home.path().join("handler.pid");
         let script = format!(
-            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.01; done\n\
-             {} \"UPDATE jobs SET cancel_requested = {} WHERE id = $JOBD_JOB_ID\" >/dev/null || exit 3\n\
+            "#!/bin/sh\necho $$ > '{}'\nwhile [ ! -e '{}' ]; do sleep 0.01; done\n\
              echo 'busy, try later' >&2\nexit 75\n",
+            pid_file.display(),
             go.display(),
-            request.join(" "),
-            if db.name == "sqlite" { "1" } else { "true" },
         );
         let handler = handlers.join("later");
         std::fs::write(&handler, script).unwrap();
@@ -951,7 +949,26 @@ fn a_cancel_survives_a_retryable_failure() {
         let daemon = db.home.daemon();
         let id = db.insert("exec", r#"{"handler":"later"}"#, 5);
         db.wait_state(id, "running");
+        let pid = wait_for(PATIENCE, || {
+            std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+        })
+        .expect("the handler started");
+        // The daemon stopped, the cancel lands and the handler ends (its
+        // worker reaps it and reports exit 75); then the daemon wakes to an
+        // attempt that failed retryably and a cancel it never acted on.
+        daemon.signal(libc::SIGSTOP);
+        let flag = if db.name == "sqlite" { "1" } else { "true" };
+        db.sql(&format!(
+            "UPDATE jobs SET cancel_requested = {flag} WHERE id = {id};"
+        ));
         std::fs::write(&go, "").unwrap();
+        let reaped = wait_for(PATIENCE, || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        });
+        daemon.signal(libc::SIGCONT);
+        assert!(reaped.is_some(), "{}: the handler never ended", db.name);
         cancelled_after_one_attempt(&db, id);
         let error = db.sql(&format!("SELECT error FROM job_runs WHERE job_id = {id};"));
         assert!(
