@@ -35,6 +35,7 @@ const LIST_KEYS: &[&str] = &[
     "http.redact_headers",
     "http.redact_query",
     "file.roots",
+    "metrics.allowed_hosts",
 ];
 
 /// The job kinds this build runs; a cron entry must name one of them.
@@ -729,6 +730,10 @@ pub struct MetricsConfig {
     /// The token, read from one of the two above at load.
     #[serde(skip_deserializing, serialize_with = "redacted")]
     pub dashboard_token: Option<Secret>,
+    /// Host names (besides IP addresses and `localhost`) the dashboard's
+    /// pages answer to; any other `Host:` gets 421, so a DNS-rebinding
+    /// page in a browser cannot read payloads.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for MetricsConfig {
@@ -741,6 +746,7 @@ impl Default for MetricsConfig {
             dashboard_token_env: String::new(),
             dashboard_token_file: PathBuf::new(),
             dashboard_token: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }

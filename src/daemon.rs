@@ -130,6 +130,7 @@ fn run_on<S: Store + Send + 'static>(
         );
     }
 
+    raise_open_file_limit();
     // The metrics listener first: a taken port stops start-up before this
     // daemon registers or takes back anyone's jobs.
     let mut counters = crate::completer::Counters::default();
@@ -261,4 +262,31 @@ fn run_on<S: Store + Send + 'static>(
     );
     crate::logging::flush();
     Ok(summary)
+}
+
+/// Raises the soft limit on open files to the hard one, as systemd expects
+/// of a service (its default soft limit, 1024, is kept low only for old
+/// programs using `select`): connections, pools and workers all take
+/// descriptors. Logged; a failure leaves the limit as it was.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => event!(
+                Debug,
+                "daemon.open_files",
+                from = limit.current.unwrap_or(0),
+                to = limit
+                    .maximum
+                    .map_or("unlimited".to_string(), |m| m.to_string())
+                    .as_str()
+            ),
+            Err(e) => event!(Warn, "daemon.open_files", error:% = e),
+        }
+    }
 }

@@ -479,21 +479,27 @@ pub fn job(job: &Job, runs: &[JobRun], actions: &str, redaction: &Redaction) -> 
     if let Some(error) = &job.last_error {
         let _ = write!(
             b,
-            "<h2>Last error</h2><pre id=\"last-error\">{}</pre>",
-            escape(&redaction.text(error))
+            "<h2>Last error</h2>{}",
+            shown(
+                job.id,
+                "error",
+                "last-error",
+                &redaction.text(error),
+                &pretty
+            )
         );
     }
     let payload = redaction.payload(&job.kind, &job.payload);
     let _ = write!(
         b,
-        "<h2>Payload</h2><pre id=\"payload\">{}</pre>",
-        escape(&pretty(&payload))
+        "<h2>Payload</h2>{}",
+        shown(job.id, "payload", "payload", &payload, &pretty)
     );
     if let Some(result) = &job.result {
         let _ = write!(
             b,
-            "<h2>Result</h2><pre id=\"result\">{}</pre>",
-            escape(&pretty(result))
+            "<h2>Result</h2>{}",
+            shown(job.id, "result", "result", result, &pretty)
         );
     }
     b.push_str("<h2>Attempts</h2><table id=\"runs\"><tr><th>attempt</th><th>outcome</th><th>worker</th><th>started</th><th>duration</th><th>error</th></tr>");
@@ -511,6 +517,36 @@ pub fn job(job: &Job, runs: &[JobRun], actions: &str, redaction: &Redaction) -> 
     }
     b.push_str("</table>");
     page(&format!("job {}", job.id), false, &b)
+}
+
+/// The most of one value (payload, result, error) a job page shows; the
+/// whole value is a download (`/jobs/ID/payload`…), so a page stays small
+/// however large the value.
+pub const SHOWN: usize = 64 * 1024;
+
+/// One value as a `<pre>`: pretty-printed when it fits in [`SHOWN`], else
+/// its first [`SHOWN`] bytes and a link to download the whole.
+fn shown(
+    id: i64,
+    field: &str,
+    html_id: &str,
+    value: &str,
+    pretty: &dyn Fn(&str) -> String,
+) -> String {
+    if value.len() <= SHOWN {
+        return format!("<pre id=\"{html_id}\">{}</pre>", escape(&pretty(value)));
+    }
+    let mut end = SHOWN;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "<pre id=\"{html_id}\">{}…</pre><p>Shown: the first {} of {} bytes. \
+         <a id=\"{html_id}-download\" href=\"/jobs/{id}/{field}\" download>Download the whole {field}</a>.</p>",
+        escape(&value[..end]),
+        end,
+        value.len()
+    )
 }
 
 /// A small page for an error or a refusal.

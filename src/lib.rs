@@ -57,6 +57,7 @@ pub mod executor;
 pub mod job;
 pub mod kinds;
 pub mod limits;
+pub mod listener;
 pub mod logging;
 pub mod maintenance;
 pub mod metrics;

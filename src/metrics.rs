@@ -1,6 +1,7 @@
-//! Metrics and health (SPEC §8): with `metrics.listen` set, a small
-//! synchronous HTTP listener (tiny_http, one thread) serves `GET /metrics`
-//! in the Prometheus text format and `GET /healthz`.
+//! Metrics, health and the dashboard's routes (SPEC §8): with
+//! `metrics.listen` set, [`crate::listener`] serves `GET /metrics` in the
+//! Prometheus text format, `GET /healthz`, and the dashboard's pages and
+//! forms (built by [`crate::dashboard`]), answered here one at a time.
 //!
 //! Counters that change per attempt (attempts by kind and outcome, the
 //! duration histogram) are kept in [`Metrics`] as the completer writes
@@ -17,7 +18,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prometheus::{
@@ -312,97 +312,78 @@ pub fn health(config: &Config, shared: &Shared) -> Result<(), String> {
     Ok(())
 }
 
-/// The running listener.
-pub struct Listener {
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
-}
+pub use crate::listener::Listener;
+use crate::listener::{Reply, Request, HTML, TEXT};
 
-impl Listener {
-    /// Stops serving and waits for the thread.
-    pub fn stop(mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Binds `metrics.listen` (an error stops start-up) and serves it on a
-/// thread of its own with its own database connection.
+/// Binds `metrics.listen` (an error stops start-up) and serves it through
+/// [`crate::listener`]: pages on a thread of their own with their own
+/// database connection, `/healthz` beside them.
 pub fn serve(
     addr: SocketAddr,
     config: Config,
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
 ) -> Result<Listener, MetricsError> {
-    let server = Arc::new(
-        tiny_http::Server::http(addr).map_err(|source| MetricsError::Listen { addr, source })?,
-    );
-    let serving = Arc::clone(&server);
-    let thread = std::thread::Builder::new()
-        .name("jobd-metrics".into())
-        .spawn(move || run(&serving, &config, &metrics, &shared))
-        .map_err(|e| MetricsError::Listen {
-            addr,
-            source: Box::new(e),
-        })?;
+    let listen = |source: std::io::Error| MetricsError::Listen {
+        addr,
+        source: Box::new(source),
+    };
+    let socket = std::net::TcpListener::bind(addr).map_err(listen)?;
+    let health_config = config.clone();
+    let health_shared = Arc::clone(&shared);
+    let health = Arc::new(move || match health(&health_config, &health_shared) {
+        Ok(()) => Reply::text(200, "ok\n"),
+        Err(why) => Reply::text(503, format!("{why}\n")),
+    });
+    let listener = crate::listener::serve(
+        socket,
+        crate::listener::Handlers {
+            pages: Box::new(move || {
+                let mut pages = Pages::new(config, metrics, shared);
+                Box::new(move |request| pages.answer(request))
+            }),
+            health,
+        },
+    )
+    .map_err(|e| MetricsError::Listen {
+        addr,
+        source: Box::new(e),
+    })?;
     event!(Info, "metrics.listening", address:% = addr);
-    Ok(Listener {
-        server,
-        thread: Some(thread),
-    })
+    Ok(listener)
 }
 
-/// What the listener answers.
-struct Reply {
-    status: u16,
-    body: String,
-    content_type: &'static str,
-    /// Extra headers (Location, Set-Cookie).
-    headers: Vec<(&'static str, String)>,
+fn html(status: u16, body: String) -> Reply {
+    Reply::new(status, body, HTML)
 }
 
-impl Reply {
-    fn new(status: u16, body: String, content_type: &'static str) -> Reply {
-        Reply {
-            status,
-            body,
-            content_type,
-            headers: Vec::new(),
-        }
-    }
-
-    fn html(status: u16, body: String) -> Reply {
-        Reply::new(status, body, HTML)
-    }
-
-    fn message(status: u16, title: &str, text: &str) -> Reply {
-        Reply::html(status, crate::dashboard::message(title, text))
-    }
-
-    /// 303 to `location`, the answer to a form.
-    fn see_other(location: &str) -> Reply {
-        let mut reply = Reply::new(303, String::new(), TEXT);
-        reply.headers.push(("Location", location.to_string()));
-        reply
-    }
+fn message(status: u16, title: &str, text: &str) -> Reply {
+    html(status, crate::dashboard::message(title, text))
 }
 
-const HTML: &str = "text/html; charset=utf-8";
-const TEXT: &str = "text/plain; charset=utf-8";
+/// 303 to `location`, the answer to a form.
+fn see_other(location: &str) -> Reply {
+    let mut reply = Reply::new(303, String::new(), TEXT);
+    reply.headers.push(("Location", location.to_string()));
+    reply
+}
 
-/// The largest form body read.
-const MAX_FORM: u64 = 4096;
+/// Failed logins allowed per client address in [`LOGIN_WINDOW_MS`];
+/// further tries get 429 until the window has passed.
+pub const LOGIN_TRIES: usize = 5;
+const LOGIN_WINDOW_MS: i64 = 60_000;
+/// Client addresses whose failed logins are remembered; beyond, the
+/// oldest are forgotten (so a flood of addresses cannot grow the table).
+const LOGIN_CLIENTS: usize = 10_000;
 
 /// The listener's own connection, opened on first use and dropped after an
 /// error so the next request starts afresh.
-struct Db<'a> {
-    config: &'a Config,
+struct Db {
+    config: Arc<Config>,
     store: Option<Box<dyn Store>>,
 }
 
-impl Db<'_> {
+impl Db {
     fn with<T>(
         &mut self,
         f: impl FnOnce(&mut dyn Store) -> Result<T, String>,
@@ -421,88 +402,194 @@ impl Db<'_> {
     }
 }
 
-fn header(request: &tiny_http::Request, name: &str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str().to_string())
+/// The pages' state: the database connection, the sessions, the token and
+/// the failed logins by client.
+struct Pages {
+    db: Db,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    sessions: crate::dashboard::Sessions,
+    token: Option<String>,
+    /// Client address → times of its failed logins in the last window.
+    failed_logins: std::collections::HashMap<std::net::IpAddr, Vec<i64>>,
 }
 
-fn run(server: &tiny_http::Server, config: &Config, metrics: &Metrics, shared: &Shared) {
-    let mut db = Db {
-        config,
-        store: None,
-    };
-    let mut sessions = crate::dashboard::Sessions::default();
-    let token = config
-        .metrics
-        .dashboard_token
-        .as_ref()
-        .map(|t| t.expose().to_string());
-    for mut request in server.incoming_requests() {
-        let url = request.url().to_string();
-        let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+impl Pages {
+    fn new(config: Config, metrics: Arc<Metrics>, shared: Arc<Shared>) -> Pages {
+        let token = config
+            .metrics
+            .dashboard_token
+            .as_ref()
+            .map(|t| t.expose().to_string());
+        Pages {
+            db: Db {
+                config: Arc::new(config),
+                store: None,
+            },
+            metrics,
+            shared,
+            sessions: crate::dashboard::Sessions::default(),
+            token,
+            failed_logins: Default::default(),
+        }
+    }
+
+    fn answer(&mut self, request: Request) -> Reply {
+        let path = request.path.as_str();
+        let open = matches!(path, "/metrics" | "/healthz");
+        // Pages hold payloads: answer only names the operator gave, so a
+        // DNS-rebound name in a browser cannot read them.
+        if !open {
+            if let Err(why) = host_allowed(
+                request.header("host"),
+                &self.db.config.metrics.allowed_hosts,
+            ) {
+                return Reply::text(421, format!("{why}\n"));
+            }
+        }
         let now = now_ms();
-        let cookie = header(&request, "Cookie");
-        let caller = sessions.caller(
-            token.as_deref(),
-            header(&request, "Authorization").as_deref(),
-            cookie.as_deref(),
+        let cookie = request.header("cookie");
+        let caller = self.sessions.caller(
+            self.token.as_deref(),
+            request.header("authorization"),
+            cookie,
             now,
         );
-        let reply = match request.method() {
-            tiny_http::Method::Get if path == "/login" => match caller {
-                crate::dashboard::Caller::ReadOnly => read_only(),
-                _ => Reply::html(200, crate::dashboard::login(false)),
+        use crate::dashboard::Caller;
+        match (request.method.as_str(), path) {
+            ("GET", "/login") => match caller {
+                Caller::ReadOnly => read_only(),
+                _ => html(200, crate::dashboard::login(false)),
             },
-            tiny_http::Method::Get => get_page(path, query, &mut db, metrics, shared, &caller),
-            tiny_http::Method::Post if matches!(path, "/metrics" | "/healthz") => {
-                Reply::new(405, "only GET is served here\n".into(), TEXT)
+            ("POST", "/login") => {
+                let form = form(&request.body);
+                self.login(&form, request.peer, now)
             }
-            tiny_http::Method::Post => {
-                let mut form = String::new();
-                let _ = std::io::Read::read_to_string(
-                    &mut std::io::Read::take(request.as_reader(), MAX_FORM),
-                    &mut form,
-                );
-                let form: std::collections::HashMap<String, String> =
-                    crate::dashboard::form_pairs(&form).into_iter().collect();
+            // With a token configured every page needs it; Prometheus's
+            // scrape and the supervisor's probe stay open.
+            ("GET", _) if caller == Caller::Anonymous && !open => see_other("/login"),
+            ("GET", _) => get_page(
+                path,
+                &request.query,
+                &mut self.db,
+                &self.metrics,
+                &self.shared,
+                &caller,
+            ),
+            ("POST", "/metrics" | "/healthz") => Reply::text(405, "only GET is served here\n"),
+            ("POST", _) => {
+                let form = form(&request.body);
                 post(
                     path,
                     &form,
                     &caller,
-                    &mut sessions,
-                    &mut db,
-                    token.as_deref(),
-                    cookie.as_deref(),
+                    &mut self.sessions,
+                    &mut self.db,
+                    cookie,
                     now,
                 )
             }
-            _ => Reply::new(405, "only GET and POST are served here\n".into(), TEXT),
-        };
-        let mut headers = vec![
-            ("Content-Type", reply.content_type.to_string()),
-            // Pages carry no script at all; say so, so that an injected
-            // tag could not run even if escaping failed.
-            (
-                "Content-Security-Policy",
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'".to_string(),
-            ),
-            ("X-Content-Type-Options", "nosniff".to_string()),
-            ("Cache-Control", "no-store".to_string()),
-        ];
-        headers.extend(reply.headers);
-        let mut response =
-            tiny_http::Response::from_string(reply.body).with_status_code(reply.status);
-        for (name, value) in headers {
-            if let Ok(header) = tiny_http::Header::from_bytes(name, value.as_bytes()) {
-                response.add_header(header);
-            }
+            _ => Reply::text(405, "only GET and POST are served here\n"),
         }
-        // A client that went away is its own problem.
-        let _ = request.respond(response);
     }
+
+    /// `POST /login`: at most [`LOGIN_TRIES`] failures a minute per client
+    /// address, each one logged.
+    fn login(
+        &mut self,
+        form: &std::collections::HashMap<String, String>,
+        peer: std::net::IpAddr,
+        now: i64,
+    ) -> Reply {
+        use crate::dashboard::{COOKIE, SESSION_MS};
+        let Some(token) = self.token.as_deref() else {
+            return read_only();
+        };
+        self.failed_logins
+            .retain(|_, times| times.iter().any(|t| now - t < LOGIN_WINDOW_MS));
+        let failures = self.failed_logins.entry(peer).or_default();
+        failures.retain(|t| now - t < LOGIN_WINDOW_MS);
+        if failures.len() >= LOGIN_TRIES {
+            event!(Warn, "dashboard.login_limited", client:% = peer);
+            let mut reply = message(
+                429,
+                "Too many tries",
+                &format!("{LOGIN_TRIES} logins failed from this address within a minute; wait a minute and try again."),
+            );
+            reply.headers.push(("Retry-After", "60".to_string()));
+            return reply;
+        }
+        let given = form.get("token").map(String::as_str).unwrap_or("");
+        if !crate::dashboard::same(given, token) {
+            failures.push(now);
+            event!(
+                Warn,
+                "dashboard.login_failed",
+                client:% = peer,
+                failures = failures.len()
+            );
+            if self.failed_logins.len() > LOGIN_CLIENTS {
+                if let Some(oldest) = self
+                    .failed_logins
+                    .iter()
+                    .min_by_key(|(_, t)| t.last().copied().unwrap_or(0))
+                    .map(|(ip, _)| *ip)
+                {
+                    self.failed_logins.remove(&oldest);
+                }
+            }
+            return html(403, crate::dashboard::login(true));
+        }
+        self.failed_logins.remove(&peer);
+        match self.sessions.open(now) {
+            Ok((id, _)) => {
+                event!(Info, "dashboard.login", client:% = peer);
+                let mut reply = see_other("/");
+                reply.headers.push((
+                    "Set-Cookie",
+                    format!(
+                        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                        SESSION_MS / 1000
+                    ),
+                ));
+                reply
+            }
+            Err(e) => message(503, "Unavailable", &format!("cannot start a session: {e}")),
+        }
+    }
+}
+
+fn form(body: &[u8]) -> std::collections::HashMap<String, String> {
+    crate::dashboard::form_pairs(&String::from_utf8_lossy(body))
+        .into_iter()
+        .collect()
+}
+
+/// Whether a page may be served for this `Host` header: IP literals and
+/// `localhost` always (a rebinding attack needs a name), a missing header
+/// (HTTP/1.0) too, and any name in `metrics.allowed_hosts`.
+pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> Result<(), String> {
+    let Some(host) = host else {
+        return Ok(());
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+    };
+    let name = name.trim_end_matches('.');
+    if name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "the Host {host:?} is not this dashboard's: add it to metrics.allowed_hosts to serve pages under that name"
+    ))
 }
 
 /// This daemon's pool figures, as the dispatcher last published them.
@@ -517,7 +604,7 @@ fn pools(shared: &Shared) -> crate::dashboard::Pools {
 }
 
 fn read_only() -> Reply {
-    Reply::message(
+    message(
         403,
         "Read-only",
         "This dashboard is read-only: set metrics.dashboard_token to allow retry, cancel, pause and resume.",
@@ -525,47 +612,22 @@ fn read_only() -> Reply {
 }
 
 /// The POST routes: log in and out, and the actions.
-#[allow(clippy::too_many_arguments)] // the listener's whole state, passed down once
 fn post(
     path: &str,
     form: &std::collections::HashMap<String, String>,
     caller: &crate::dashboard::Caller,
     sessions: &mut crate::dashboard::Sessions,
-    db: &mut Db<'_>,
-    token: Option<&str>,
+    db: &mut Db,
     cookie: Option<&str>,
     now: i64,
 ) -> Reply {
-    use crate::dashboard::{Caller, Sessions, COOKIE, SESSION_MS};
-    let Some(token) = token else {
-        return read_only();
-    };
-    if path == "/login" {
-        let given = form.get("token").map(String::as_str).unwrap_or("");
-        if !crate::dashboard::same(given, token) {
-            return Reply::html(403, crate::dashboard::login(true));
-        }
-        return match sessions.open(now) {
-            Ok((id, _)) => {
-                let mut reply = Reply::see_other("/");
-                reply.headers.push((
-                    "Set-Cookie",
-                    format!(
-                        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-                        SESSION_MS / 1000
-                    ),
-                ));
-                reply
-            }
-            Err(e) => Reply::message(503, "Unavailable", &format!("cannot start a session: {e}")),
-        };
-    }
+    use crate::dashboard::{Caller, Sessions};
     match caller {
         Caller::Bearer => {}
         Caller::Session(csrf) => {
             let given = form.get("csrf").map(String::as_str).unwrap_or("");
             if !crate::dashboard::same(given, csrf) {
-                return Reply::message(
+                return message(
                     403,
                     "Refused",
                     "The form's CSRF token is missing or wrong; reload the page and try again.",
@@ -573,7 +635,7 @@ fn post(
             }
         }
         Caller::Anonymous => {
-            return Reply::message(
+            return message(
                 401,
                 "Log in first",
                 "Actions need the dashboard token: log in at /login.",
@@ -585,13 +647,13 @@ fn post(
         if let Some(id) = Sessions::session_of(cookie) {
             sessions.close(&id);
         }
-        return Reply::see_other("/");
+        return see_other("/");
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let done = match parts.as_slice() {
         ["jobs", id, action @ ("retry" | "cancel")] => {
             let Ok(id) = id.parse::<i64>() else {
-                return Reply::message(404, "Not found", &format!("There is no page {path}."));
+                return message(404, "Not found", &format!("There is no page {path}."));
             };
             let result = db.with(|s| match *action {
                 "retry" => s
@@ -634,36 +696,43 @@ fn post(
                 "/".to_string()
             })
         }
-        _ => return Reply::message(404, "Not found", &format!("There is no action {path}.")),
+        _ => return message(404, "Not found", &format!("There is no action {path}.")),
     };
     match done {
-        Ok(location) => Reply::see_other(&location),
-        Err(e) => Reply::message(503, "Unavailable", &e),
+        Ok(location) => see_other(&location),
+        Err(e) => message(503, "Unavailable", &e),
     }
+}
+
+/// `/jobs/ID/payload`, `/jobs/ID/result`, `/jobs/ID/error`: a whole value
+/// as a download.
+fn download(path: &str) -> Option<(i64, &'static str)> {
+    let rest = path.strip_prefix("/jobs/")?;
+    let (id, field) = rest.split_once('/')?;
+    let field = ["payload", "result", "error"]
+        .into_iter()
+        .find(|f| *f == field)?;
+    Some((id.parse().ok()?, field))
 }
 
 fn get_page(
     path: &str,
     query: &str,
-    db: &mut Db<'_>,
+    db: &mut Db,
     metrics: &Metrics,
     shared: &Shared,
     caller: &crate::dashboard::Caller,
 ) -> Reply {
-    let config = db.config;
+    let config = Arc::clone(&db.config);
     let csrf = match caller {
         crate::dashboard::Caller::Session(csrf) => Some(csrf.as_str()),
         _ => None,
     };
-    let failed = |e: String| Reply::message(503, "Unavailable", &e);
+    let failed = |e: String| message(503, "Unavailable", &e);
     match path {
         "/metrics" => match db.with(|s| metrics.scrape(s, shared, config.daemon.named_queues())) {
             Ok(text) => Reply::new(200, text, "text/plain; version=0.0.4; charset=utf-8"),
             Err(e) => Reply::new(503, format!("cannot read the metrics: {e}\n"), TEXT),
-        },
-        "/healthz" => match health(config, shared) {
-            Ok(()) => Reply::new(200, "ok\n".to_string(), TEXT),
-            Err(why) => Reply::new(503, format!("{why}\n"), TEXT),
         },
         "/" => {
             let threshold = config.metrics.long_running.as_millis() as i64;
@@ -690,7 +759,7 @@ fn get_page(
                         .lock()
                         .map(|h| h.iter().copied().collect())
                         .unwrap_or_default();
-                    Reply::html(
+                    html(
                         200,
                         crate::dashboard::overview(
                             &stats,
@@ -718,10 +787,36 @@ fn get_page(
                 .map_err(|e| e.to_string())
             });
             match read {
-                Ok(jobs) => Reply::html(
+                Ok(jobs) => html(
                     200,
                     crate::dashboard::jobs(&q, &jobs, &crate::kinds::Redaction::new(&config.http)),
                 ),
+                Err(e) => failed(e),
+            }
+        }
+        _ if download(path).is_some() => {
+            let (id, field) = download(path).expect("matched above");
+            let redaction = crate::kinds::Redaction::new(&config.http);
+            match db.with(|s| s.job(id).map_err(|e| e.to_string())) {
+                Ok(Some(job)) => {
+                    let value = match field {
+                        "payload" => Some(redaction.payload(&job.kind, &job.payload)),
+                        "result" => job.result,
+                        _ => job.last_error.map(|e| redaction.text(&e)),
+                    };
+                    match value {
+                        Some(value) => {
+                            let mut reply = Reply::new(200, value, TEXT);
+                            reply.headers.push((
+                                "Content-Disposition",
+                                format!("attachment; filename=\"job-{id}-{field}.txt\""),
+                            ));
+                            reply
+                        }
+                        None => message(404, "Nothing there", &format!("Job {id} has no {field}.")),
+                    }
+                }
+                Ok(None) => message(404, "No such job", &format!("There is no job {id}.")),
                 Err(e) => failed(e),
             }
         }
@@ -760,18 +855,16 @@ fn get_page(
                             a
                         });
                         let redaction = crate::kinds::Redaction::new(&config.http);
-                        Reply::html(
+                        html(
                             200,
                             crate::dashboard::job(&job, &runs, &actions, &redaction),
                         )
                     }
-                    Ok((None, _)) => {
-                        Reply::message(404, "No such job", &format!("There is no job {id}."))
-                    }
+                    Ok((None, _)) => message(404, "No such job", &format!("There is no job {id}.")),
                     Err(e) => failed(e),
                 }
             }
-            _ => Reply::message(404, "Not found", &format!("There is no page {path}.")),
+            _ => message(404, "Not found", &format!("There is no page {path}.")),
         },
     }
 }

@@ -239,15 +239,22 @@ impl Home {
 
     /// [`Home::daemon_reading`] with extra environment variables.
     pub fn daemon_with_env(&self, stderr: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = self.cmd(&["run"]);
+        cmd.envs(env.iter().copied());
+        self.spawn_daemon(cmd, stderr, log)
+    }
+
+    /// Starts `cmd` (a `jobd run` the test prepared, say with limits set
+    /// before exec) with stderr appended to `stderr`, and waits for its
+    /// `daemon.started` line in `log`.
+    pub fn spawn_daemon(&self, mut cmd: Command, stderr: &Path, log: &Path) -> Daemon {
         let log = log.to_path_buf();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(stderr)
             .expect("log file");
-        let child = self
-            .cmd(&["run"])
-            .envs(env.iter().copied())
+        let child = cmd
             .stderr(file)
             .stdout(Stdio::null())
             .spawn()
