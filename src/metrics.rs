@@ -371,7 +371,8 @@ fn see_other(location: &str) -> Reply {
 /// Failed logins allowed per client address in [`LOGIN_WINDOW_MS`];
 /// further tries get 429 until the window has passed.
 pub const LOGIN_TRIES: usize = 5;
-const LOGIN_WINDOW_MS: i64 = 60_000;
+/// The window failed logins are counted in.
+pub const LOGIN_WINDOW_MS: i64 = 60_000;
 /// Client addresses whose failed logins are remembered; beyond, the
 /// oldest are forgotten (so a flood of addresses cannot grow the table).
 const LOGIN_CLIENTS: usize = 10_000;
