@@ -136,28 +136,37 @@ impl Schedule {
     }
 
     /// The latest slot at or before `t` (epoch ms), if there is one.
+    /// Slots are whole seconds: croner keeps the sub-second part of the
+    /// time it starts from, which made each restart's "latest slot" a new
+    /// one (`17:14:00.506`, then `.708`) and enqueued it again.
     pub fn latest_at_or_before(&self, t: i64) -> Option<i64> {
         match &self.when {
             When::Every(every) => t.div_euclid(*every).checked_mul(*every),
             When::Cron(cron, tz) => {
-                let at = tz.timestamp_millis_opt(t).single()?;
+                let at = tz.timestamp_millis_opt(whole_second(t)).single()?;
                 let found = cron.find_previous_occurrence(&at, true).ok()?;
-                Some(found.timestamp_millis())
+                Some(whole_second(found.timestamp_millis()))
             }
         }
     }
 
-    /// The first slot after `t` (epoch ms), if there is one.
+    /// The first slot after `t` (epoch ms), if there is one; a whole
+    /// second, like every slot.
     pub fn next_after(&self, t: i64) -> Option<i64> {
         match &self.when {
             When::Every(every) => (t.div_euclid(*every) + 1).checked_mul(*every),
             When::Cron(cron, tz) => {
-                let at = tz.timestamp_millis_opt(t).single()?;
+                let at = tz.timestamp_millis_opt(whole_second(t)).single()?;
                 let found = cron.find_next_occurrence(&at, false).ok()?;
-                Some(found.timestamp_millis())
+                Some(whole_second(found.timestamp_millis()))
             }
         }
     }
+}
+
+/// `t` (epoch ms) without its milliseconds.
+fn whole_second(t: i64) -> i64 {
+    t.div_euclid(1_000) * 1_000
 }
 
 /// Every schedule of `config` (already validated by [`Config::load`]).
@@ -324,6 +333,17 @@ mod tests {
                 format_slot(t)
             })
             .collect()
+    }
+
+    #[test]
+    fn cron_slots_are_whole_seconds_whatever_the_milliseconds_of_now() {
+        let s = schedule("* * * * *", "UTC");
+        let minute = utc(2026, 12, 3, 17, 14);
+        for ms in [0, 506, 708, 936, 37_506, 59_999] {
+            assert_eq!(s.latest_at_or_before(minute + ms), Some(minute), "+{ms}");
+            assert_eq!(s.next_after(minute + ms), Some(minute + 60_000), "+{ms}");
+        }
+        assert_eq!(s.latest_at_or_before(minute - 1), Some(minute - 60_000));
     }
 
     #[test]

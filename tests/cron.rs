@@ -182,3 +182,82 @@ fn a_reload_with_a_bad_schedule_keeps_the_running_ones() {
     wait_jobs(&home, before + 2);
     daemon.stop();
 }
+
+fn schedule(expression: &str) -> jobd::cron::Schedule {
+    let section: jobd::config::CronConfig =
+        toml::from_str(&format!("schedule = \"{expression}\"\nkind = \"noop\"\n")).unwrap();
+    jobd::cron::Schedule::parse("report", &section).unwrap()
+}
+
+/// Epoch ms of a UTC time.
+fn at(h: u32, mi: u32, s: u32, ms: i64) -> i64 {
+    use chrono::TimeZone;
+    chrono::Utc
+        .with_ymd_and_hms(2026, 12, 3, h, mi, s)
+        .unwrap()
+        .timestamp_millis()
+        + ms
+}
+
+fn run_ats(store: &mut dyn jobd::store::Store) -> Vec<i64> {
+    let jobs = store
+        .list(&jobd::store::ListFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut run_ats: Vec<i64> = jobs.iter().map(|j| j.run_at).collect();
+    run_ats.sort_unstable();
+    run_ats
+}
+
+/// Three restarts within one minute (each a new `Cron`, as a new daemon
+/// process makes) enqueue that minute's slot once, at its exact instant.
+#[test]
+fn cron_slots_are_exact_across_restarts() {
+    for (name, mut store, _guard) in common::backends("cron_restarts") {
+        let every_minute = schedule("* * * * *");
+        // The schedule is known from a run before the minute began.
+        let mut first = jobd::cron::Cron::new(vec![every_minute.clone()]);
+        first.run_due(store.as_mut(), at(17, 13, 30, 120));
+        assert_eq!(run_ats(store.as_mut()), Vec::<i64>::new(), "{name}");
+        let mut enqueued = 0;
+        for now in [at(17, 14, 0, 506), at(17, 14, 0, 708), at(17, 14, 29, 936)] {
+            let mut restarted = jobd::cron::Cron::new(vec![every_minute.clone()]);
+            enqueued += restarted.run_due(store.as_mut(), now);
+        }
+        assert_eq!(enqueued, 1, "{name}: one job for 17:14");
+        assert_eq!(run_ats(store.as_mut()), vec![at(17, 14, 0, 0)], "{name}");
+        let rows = store.cron_rows().unwrap();
+        assert_eq!(rows[0].last_slot, Some(at(17, 14, 0, 0)), "{name}");
+    }
+}
+
+/// A schedule first seen in the evening, then reloaded (SIGHUP builds a new
+/// `Cron`), does not enqueue that morning's 09:00 slot nine hours late.
+#[test]
+fn a_schedule_first_seen_at_reload_is_not_enqueued_late() {
+    for (name, mut store, _guard) in common::backends("cron_reload") {
+        let weekdays = schedule("0 9 * * 1-5");
+        let mut seen = jobd::cron::Cron::new(vec![weekdays.clone()]);
+        assert_eq!(seen.run_due(store.as_mut(), at(18, 0, 0, 123)), 0, "{name}");
+        let mut reloaded = jobd::cron::Cron::new(vec![weekdays.clone()]);
+        assert_eq!(
+            reloaded.run_due(store.as_mut(), at(18, 0, 5, 456)),
+            0,
+            "{name}"
+        );
+        assert_eq!(
+            run_ats(store.as_mut()),
+            Vec::<i64>::new(),
+            "{name}: nothing enqueued late"
+        );
+        // The next morning's slot runs, once.
+        let next = at(9, 0, 0, 0) + 24 * 3_600_000;
+        assert_eq!(reloaded.next_due(), Some(next), "{name}");
+        assert_eq!(reloaded.run_due(store.as_mut(), next + 250), 1, "{name}");
+        let mut again = jobd::cron::Cron::new(vec![weekdays]);
+        assert_eq!(again.run_due(store.as_mut(), next + 750), 0, "{name}");
+        assert_eq!(run_ats(store.as_mut()), vec![next], "{name}");
+    }
+}

@@ -10,36 +10,15 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use jobd::job::{Attempt, Claimed, JobState, NewJob, Pool, RunOutcome};
-use jobd::store::postgres::PgStore;
 use jobd::store::{
     Applied, CancelResult, Claim, ClaimRequest, Enqueued, ListFilter, OpenMode, PruneCutoffs,
     RescueScope, RetryResult, SqliteStore, Store, WorkerInfo,
 };
 
-/// A fresh, migrated store per backend, and what keeps it alive (a temp
-/// folder, a PostgreSQL schema dropped at the end).
-/// A backend under test: its name, the store, and what keeps it alive.
-type Backend = (&'static str, Box<dyn Store>, Box<dyn std::any::Any>);
+use common::backends as all_backends;
 
-fn backends() -> Vec<Backend> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sqlite = SqliteStore::open(
-        &dir.path().join("jobd.db"),
-        Duration::from_secs(5),
-        OpenMode::Create,
-    )
-    .unwrap();
-    sqlite.migrate().unwrap();
-    let mut out: Vec<Backend> = vec![("sqlite", Box::new(sqlite), Box::new(dir))];
-    // Each call gets a schema of its own: tests run in parallel.
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Some(schema) = common::pg::Schema::create(&format!("conf{n}")) {
-        let mut pg = PgStore::connect(&schema.url(), std::time::Duration::from_secs(5)).unwrap();
-        Store::migrate(&mut pg).unwrap();
-        out.push(("postgres", Box::new(pg), Box::new(schema)));
-    }
-    out
+fn backends() -> Vec<common::Backend> {
+    all_backends("conf")
 }
 
 /// Runs `test` once per backend.

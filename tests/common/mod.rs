@@ -815,3 +815,36 @@ pub mod procs {
         Some((state, ppid))
     }
 }
+
+/// A backend under test: its name, a fresh migrated store, and what keeps
+/// it alive (a temp folder, a PostgreSQL schema dropped at the end).
+pub type Backend = (
+    &'static str,
+    Box<dyn jobd::store::Store>,
+    Box<dyn std::any::Any>,
+);
+
+/// A fresh store per backend: a SQLite file, and a PostgreSQL schema named
+/// after `tag` and a counter where the server answers (tests run in
+/// parallel).
+pub fn backends(tag: &str) -> Vec<Backend> {
+    use jobd::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sqlite = SqliteStore::open(
+        &dir.path().join("jobd.db"),
+        Duration::from_secs(5),
+        OpenMode::Create,
+    )
+    .unwrap();
+    sqlite.migrate().unwrap();
+    let mut out: Vec<Backend> = vec![("sqlite", Box::new(sqlite), Box::new(dir))];
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(schema) = pg::Schema::create(&format!("{tag}{n}")) {
+        let mut pg =
+            jobd::store::postgres::PgStore::connect(&schema.url(), Duration::from_secs(5)).unwrap();
+        Store::migrate(&mut pg).unwrap();
+        out.push(("postgres", Box::new(pg), Box::new(schema)));
+    }
+    out
+}
