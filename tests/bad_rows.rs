@@ -102,3 +102,50 @@ fn readers_escape_undecodable_bytes() {
     assert!(show.contains("not valid UTF-8"), "{show}");
     home.ok(&["cron"]);
 }
+
+/// Regression: `list`, `show`, `stats` and `cron` printed raw control
+/// characters from the database: a queue name with a newline forged a
+/// whole table row, an `ESC ]0;` retitled the terminal. Every control and
+/// bidi character is now shown escaped.
+#[test]
+fn human_output_escapes_control_characters() {
+    let home = Home::new();
+    home.migrate();
+    let evil_queue =
+        "'mail' || char(10) || '999  queued  forged' || char(27) || ']0;pwned' || char(7)";
+    let evil_kind = "'noop' || char(13) || char(155) || '31m'";
+    let evil_error = "'boom ' || char(27) || '[2J' || char(8238) || 'txt.exe'";
+    home.sqlite3(&format!(
+        "INSERT INTO jobs(kind, payload, queue, run_at, state, attempts, last_error, finished_at) \
+         VALUES ({evil_kind}, '{{}}', {evil_queue}, {NOW}, 'dead', 1, {evil_error}, {NOW}); \
+         INSERT INTO cron(name, last_slot, last_job_id) VALUES ('gone' || char(27) || '[1A', {NOW}, 1);"
+    ))
+    .succeeds();
+    let outputs = [
+        ("list", home.ok(&["list"])),
+        ("show", home.ok(&["show", "1"])),
+        ("stats", home.ok(&["stats"])),
+        ("cron", home.ok(&["cron"])),
+    ];
+    for (command, out) in &outputs {
+        let raw: Vec<char> = out
+            .chars()
+            .filter(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+            .collect();
+        assert!(raw.is_empty(), "jobd {command} printed {raw:?}:\n{out}");
+    }
+    let list = &outputs[0].1;
+    assert_eq!(list.lines().count(), 2, "one header, one job:\n{list}");
+    assert!(
+        list.contains("mail\\n999  queued  forged\\u{001b}]0;pwned\\u{0007}"),
+        "{list}"
+    );
+    assert!(list.contains("noop\\r\\u{009b}31m"), "{list}");
+    let show = &outputs[1].1;
+    assert!(show.contains("boom \\u{001b}[2J\\u{202e}txt.exe"), "{show}");
+    assert!(
+        outputs[3].1.contains("gone\\u{001b}[1A"),
+        "{}",
+        outputs[3].1
+    );
+}

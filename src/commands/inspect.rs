@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use super::output::{clip, millis, opt_time, table, time};
+use super::output::{clip, millis, opt_time, table, terminal_safe, time};
 use super::stdout_error;
 use crate::cli::{ListArgs, ShowArgs, StatsArgs, TailArgs};
 use crate::config::Config;
@@ -176,7 +176,7 @@ pub fn show(
         return json_out(out, &value);
     }
     let w = |out: &mut dyn Write, key: &str, value: String| {
-        writeln!(out, "  {key:<17}{value}").map_err(stdout_error)
+        writeln!(out, "  {key:<17}{}", terminal_safe(&value)).map_err(stdout_error)
     };
     writeln!(out, "job {}", job.id).map_err(stdout_error)?;
     w(out, "state", job.state.to_string())?;
@@ -231,12 +231,12 @@ pub fn show(
     };
     writeln!(out, "payload").map_err(stdout_error)?;
     for line in pretty(&redaction.payload(&job.kind, &job.payload)).lines() {
-        writeln!(out, "  {line}").map_err(stdout_error)?;
+        writeln!(out, "  {}", terminal_safe(line)).map_err(stdout_error)?;
     }
     if let Some(result) = &job.result {
         writeln!(out, "result").map_err(stdout_error)?;
         for line in pretty(result).lines() {
-            writeln!(out, "  {line}").map_err(stdout_error)?;
+            writeln!(out, "  {}", terminal_safe(line)).map_err(stdout_error)?;
         }
     }
     writeln!(out, "attempts").map_err(stdout_error)?;

@@ -5,18 +5,25 @@ use std::io::Write;
 
 use super::stdout_error;
 use crate::error::Result;
+pub use crate::logging::terminal_safe;
 
 /// Writes rows as left-aligned columns separated by two spaces; the first
-/// row is the header.
+/// row is the header. Cells come from the database (queue names, errors),
+/// so control characters are escaped: a value cannot forge a row or drive
+/// the terminal.
 pub fn table(out: &mut dyn Write, rows: &[Vec<String>]) -> Result<()> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| terminal_safe(c).into_owned()).collect())
+        .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0; columns];
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
-    for row in rows {
+    for row in &rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
@@ -63,8 +70,9 @@ pub fn millis(ms: i64) -> String {
 /// Cuts `text` to `max` characters on one line, marking the cut with `…`.
 pub fn clip(text: &str, max: usize) -> String {
     let one_line = text.replace(['\n', '\r'], " ");
+    let one_line = terminal_safe(&one_line);
     if one_line.chars().count() <= max {
-        return one_line;
+        return one_line.into_owned();
     }
     let mut cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
