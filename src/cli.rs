@@ -211,13 +211,13 @@ fn parse_source(s: &str) -> Result<PathBuf, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::config::duration_str::parse(s)
+    crate::config::duration_str::parse_unbounded(s)
 }
 
 /// The longest `--delay`: far beyond any real schedule, and far from the
 /// millisecond arithmetic's limit (an unbounded delay overflowed `run_at`
 /// into the past, so the job ran at once).
-pub const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+pub const MAX_DELAY: Duration = crate::config::MAX_DURATION;
 
 fn parse_delay(s: &str) -> Result<Duration, String> {
     if s.trim_start().starts_with('-') {

@@ -38,6 +38,27 @@ const LIST_KEYS: &[&str] = &[
     "metrics.allowed_hosts",
 ];
 
+/// What to write instead of a key people try that jobd does not have.
+fn unknown_key_hint(key: &str) -> String {
+    let secret = |name: &str| {
+        format!(
+            "; secrets are not written in the config: set {key}_env (the variable that holds the {name}) or {key}_file (the file that holds it)"
+        )
+    };
+    match key {
+        "email.smtp.password" => secret("password"),
+        "metrics.dashboard_token" => secret("token"),
+        _ => String::new(),
+    }
+}
+
+/// The longest duration any key takes: far beyond any useful setting, and
+/// short enough that epoch-millisecond arithmetic on it cannot overflow
+/// (`daemon.lease = "99999999999999d"` made `lease_until` wrap around).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The largest size any key takes (1 PiB).
+pub const MAX_SIZE: u64 = 1 << 50;
+
 /// The job kinds this build runs; a cron entry must name one of them.
 pub const KNOWN_KINDS: &[&str] = &[
     "email", "http", "file", "noop", "checksum", "compress", "exec",
@@ -61,7 +82,7 @@ pub enum ConfigError {
         detail: String,
     },
     /// A key jobd does not know (a typo, or a key from another version).
-    #[error("{source_name}: unknown key {key}")]
+    #[error("{source_name}: unknown key {key}{}", unknown_key_hint(key))]
     UnknownKey {
         /// The file or environment variable.
         source_name: String,
@@ -666,7 +687,7 @@ pub enum LogFormat {
 
 /// Log level names as in the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LogLevel {
     /// Errors only.
     Error,
@@ -678,6 +699,25 @@ pub enum LogLevel {
     Debug,
     /// Everything.
     Trace,
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<LogLevel, String> {
+        Ok(match name.trim().to_ascii_lowercase().as_str() {
+            "error" => LogLevel::Error,
+            "warn" | "warning" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => {
+                return Err(format!(
+                    "must be one of error, warn, info, debug, trace (got {name:?})"
+                ))
+            }
+        })
+    }
 }
 
 impl From<LogLevel> for log::LevelFilter {
@@ -835,6 +875,10 @@ pub struct ConfigSource<'a> {
     pub explicit: bool,
     /// The process environment (or a test's stand-in).
     pub env: &'a HashMap<String, String>,
+    /// Whether to read the secrets (`*_env`, `*_file`): only the daemon and
+    /// `check-config` need them, so an operator's `jobd list` works without
+    /// the daemon's password in their shell.
+    pub secrets: bool,
 }
 
 impl Config {
@@ -845,6 +889,7 @@ impl Config {
             RawConfig::default(),
             Path::new(DEFAULT_CONFIG_PATH),
             &env,
+            false,
             false,
         )
         .expect("the defaults are valid")
@@ -907,13 +952,13 @@ impl Config {
                 key,
             });
         }
-        Config::from_raw(raw, path, source.env, path_set).map_err(|(key, detail)| {
-            ConfigError::Invalid {
+        Config::from_raw(raw, path, source.env, path_set, source.secrets).map_err(
+            |(key, detail)| ConfigError::Invalid {
                 source_name: origin(&key),
                 key,
                 detail,
-            }
-        })
+            },
+        )
     }
 
     /// Validates the raw settings; an error is `(key, what is wrong)`.
@@ -922,6 +967,7 @@ impl Config {
         path: &Path,
         env: &HashMap<String, String>,
         path_set: bool,
+        secrets: bool,
     ) -> Result<Config, (String, String)> {
         let mut config = Config {
             database: raw.database,
@@ -950,6 +996,9 @@ impl Config {
             ));
         }
         config.validate()?;
+        if !secrets {
+            return Ok(config);
+        }
         config.email.smtp.password = read_secret(
             "email.smtp",
             "password",
@@ -1007,6 +1056,9 @@ impl Config {
             return fail("database.path", "must name a file");
         }
         positive("database.busy_timeout", self.database.busy_timeout)?;
+        if self.database.busy_timeout > Duration::from_secs(3600) {
+            return fail("database.busy_timeout", "must be at most 1h");
+        }
 
         let d = &self.daemon;
         if d.queues.is_empty() {
@@ -1030,6 +1082,11 @@ impl Config {
         }
         if d.lease < Duration::from_secs(1) {
             return fail("daemon.lease", "must be at least 1s");
+        }
+        // A dead daemon's jobs wait out its lease before another takes
+        // them: longer than a day is a stall, not a setting.
+        if d.lease > Duration::from_secs(86_400) {
+            return fail("daemon.lease", "must be at most 1day");
         }
         if d.lease < d.poll_interval * 3 {
             return fail(
@@ -1073,6 +1130,12 @@ impl Config {
             positive(&format!("timeouts.{kind}"), timeout)?;
         }
         at_least("limits.max_payload_bytes", self.limits.max_payload_bytes, 2)?;
+        // SQLite's longest string (SQLITE_MAX_LENGTH) is 10^9 bytes.
+        at_most(
+            "limits.max_payload_bytes",
+            self.limits.max_payload_bytes,
+            1_000_000_000,
+        )?;
 
         if let Some(h) = self.http.allow_hosts.iter().find(|h| h.trim().is_empty()) {
             return fail(
@@ -1140,6 +1203,39 @@ impl Config {
         Ok(())
     }
 
+    /// Settings that are valid but probably a mistake, as `(key, why)`:
+    /// the daemon logs each as `config.warning`, `check-config` prints them.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut warnings = Vec::new();
+        if let Some(addr) = self.metrics.listen {
+            let token = !self.metrics.dashboard_token_env.is_empty()
+                || !self.metrics.dashboard_token_file.as_os_str().is_empty();
+            if !addr.ip().is_loopback() && !token {
+                warnings.push((
+                    "metrics.listen".to_string(),
+                    format!(
+                        "is {addr}, reachable from other hosts, and no dashboard token is set: anyone who reaches it reads every payload; set metrics.dashboard_token_env or _file, or listen on 127.0.0.1"
+                    ),
+                ));
+            }
+        }
+        for root in &self.file.roots {
+            if let Some(folder) = system_folder(root) {
+                warnings.push((
+                    "file.roots".to_string(),
+                    format!("includes {folder}, a system folder: file jobs may read, replace and delete what is under it"),
+                ));
+            }
+        }
+        if let Some(folder) = system_folder(&self.exec.dir) {
+            warnings.push((
+                "exec.dir".to_string(),
+                format!("is {folder}, a system folder: every program in it becomes a handler any job can run with arguments of its choosing"),
+            ));
+        }
+        warnings
+    }
+
     /// The daemon's queue limits for `queue`, or none.
     pub fn queue(&self, queue: &str) -> Option<&QueueConfig> {
         self.queues.get(queue)
@@ -1165,6 +1261,40 @@ impl Config {
             .map(|line| format!("{line}\n"))
             .collect()
     }
+}
+
+/// `path` as written if it is `/` or a folder of the operating system's
+/// own (programs, libraries, configuration, kernel interfaces).
+fn system_folder(path: &Path) -> Option<String> {
+    const SYSTEM: &[&str] = &[
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/sys",
+        "/usr",
+        "/usr/bin",
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/libexec",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+        "/usr/sbin",
+        "/var",
+        "/var/lib",
+    ];
+    let text = path.to_str()?;
+    let trimmed = text.trim_end_matches('/');
+    let normal = if trimmed.is_empty() { "/" } else { trimmed };
+    SYSTEM.contains(&normal).then(|| text.to_string())
 }
 
 /// Reads a secret from the environment variable `var` or the file `file`
@@ -1252,8 +1382,18 @@ pub mod duration_str {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    /// Parses a duration string, with a message that shows the expected form.
+    /// Parses a duration string of at most 100 years ([`super::MAX_DURATION`]),
+    /// with a message that shows the expected form.
     pub fn parse(s: &str) -> Result<Duration, String> {
+        let d = parse_unbounded(s)?;
+        if d > super::MAX_DURATION {
+            return Err(format!("must be at most 100 years (got {s:?})"));
+        }
+        Ok(d)
+    }
+
+    /// Parses a duration string of any length (the caller bounds it).
+    pub fn parse_unbounded(s: &str) -> Result<Duration, String> {
         humantime::parse_duration(s.trim()).map_err(|e| {
             format!("must be a duration like \"250ms\", \"30s\" or \"5m\" (got {s:?}: {e})")
         })
@@ -1324,13 +1464,19 @@ pub mod size_str {
                 "must be a size like \"512MiB\" or a number of bytes (got {got})"
             ))
         };
-        match Form::deserialize(d) {
-            Ok(Form::Number(n)) => Ok(n),
+        let n = match Form::deserialize(d) {
+            Ok(Form::Number(n)) => n,
             Ok(Form::Text(s)) => {
-                parse_size::parse_size(s.trim()).map_err(|_| bad(&format!("{s:?}")))
+                parse_size::parse_size(s.trim()).map_err(|_| bad(&format!("{s:?}")))?
             }
-            Err(_) => Err(bad("a value of another type")),
+            Err(_) => return Err(bad("a value of another type")),
+        };
+        if n > super::MAX_SIZE {
+            return Err(serde::de::Error::custom(format!(
+                "must be at most 1PiB (got {n} bytes)"
+            )));
         }
+        Ok(n)
     }
 }
 
@@ -1347,6 +1493,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::load(&ConfigSource {
+            secrets: true,
             path: &path,
             explicit: true,
             env: &env,
@@ -1384,6 +1531,110 @@ mod tests {
         );
         let e = load("[daemon]\npoll_interval = 10", &[]).unwrap_err();
         assert!(e.contains("\"10s\" or \"10ms\""), "{e}");
+    }
+
+    /// Regression: `daemon.lease = "99999999999999d"` was accepted and
+    /// `lease_until` overflowed to a nonsense time. Every duration and size
+    /// has an upper bound, refused naming the key.
+    #[test]
+    fn values_beyond_sane_bounds_are_refused_naming_the_key() {
+        for (toml, want) in [
+            (
+                "[daemon]\nlease = \"99999999999999d\"",
+                "daemon.lease must be at most 100 years (got \"99999999999999d\")",
+            ),
+            (
+                "[daemon]\nlease = \"2days\"",
+                "daemon.lease must be at most 1day",
+            ),
+            (
+                "[retention]\nsucceeded = \"999999y\"",
+                "retention.succeeded must be at most 100 years",
+            ),
+            (
+                "[timeouts]\nhttp = \"18446744073709551615s\"",
+                "timeouts.http must be at most 100 years",
+            ),
+            (
+                "[limits]\nmax_payload_bytes = \"9EiB\"",
+                "limits.max_payload_bytes must be at most 1PiB",
+            ),
+            (
+                "[limits]\nmax_payload_bytes = \"2GB\"",
+                "limits.max_payload_bytes must be at most 1000000000",
+            ),
+            (
+                "[database]\nbusy_timeout = \"2h\"",
+                "database.busy_timeout must be at most 1h",
+            ),
+            (
+                "[cron.x]\nschedule = \"@every 1m\"\nkind = \"noop\"\ntimeout = \"9999999999y\"",
+                "cron.x.timeout must be at most 100 years",
+            ),
+        ] {
+            let e = load(toml, &[]).unwrap_err();
+            assert!(
+                e.starts_with(&format!("config.toml: {want}")),
+                "{toml}: {e}"
+            );
+        }
+        assert!(load("[daemon]\nlease = \"1day\"", &[]).is_ok());
+    }
+
+    #[test]
+    fn a_bad_log_level_lists_the_levels_and_a_password_key_points_to_env_and_file() {
+        assert_eq!(
+            load("[log]\nlevel = \"verbose\"", &[]).unwrap_err(),
+            "config.toml: log.level must be one of error, warn, info, debug, trace (got \"verbose\")"
+        );
+        assert_eq!(
+            load("[log]\nlevel = \"WARN\"", &[]).unwrap().log.level,
+            LogLevel::Warn
+        );
+        let e = load("[email.smtp]\npassword = \"hunter2\"", &[]).unwrap_err();
+        assert!(
+            e.contains("unknown key email.smtp.password; secrets are not written in the config: set email.smtp.password_env")
+                && e.contains("email.smtp.password_file"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = load("[metrics]\ndashboard_token = \"t\"", &[]).unwrap_err();
+        assert!(e.contains("metrics.dashboard_token_env"), "{e}");
+    }
+
+    #[test]
+    fn risky_settings_are_warned_about_naming_the_key() {
+        let keys = |toml: &str| -> Vec<String> {
+            load(toml, &[("T", "x")])
+                .unwrap()
+                .warnings()
+                .into_iter()
+                .map(|(key, detail)| format!("{key} {detail}"))
+                .collect()
+        };
+        assert!(keys("").is_empty());
+        assert!(keys("[metrics]\nlisten = \"127.0.0.1:9464\"").is_empty());
+        assert!(
+            keys("[metrics]\nlisten = \"0.0.0.0:9464\"\ndashboard_token_env = \"T\"").is_empty()
+        );
+        let w = keys("[metrics]\nlisten = \"0.0.0.0:9464\"");
+        assert!(w[0].starts_with("metrics.listen is 0.0.0.0:9464, reachable from other hosts, and no dashboard token is set"), "{w:?}");
+        let w = keys("[file]\nroots = [\"/srv/data\", \"/\", \"/etc/\"]");
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("file.roots includes /, a system folder"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("file.roots includes /etc/, a system folder"),
+            "{w:?}"
+        );
+        let w = keys("[exec]\ndir = \"/usr/bin\"");
+        assert!(
+            w[0].starts_with("exec.dir is /usr/bin, a system folder"),
+            "{w:?}"
+        );
+        assert!(keys("[exec]\ndir = \"/var/lib/jobd/jobs\"").is_empty());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::dispatcher::Shared;
 use crate::event;
 use crate::job::now_ms;
-use crate::store::Store;
+use crate::store::{CancelResult, RetryResult, Store};
 
 /// A dispatcher loop that has not turned for this long is unhealthy. It
 /// turns at least once a second when idle.
@@ -659,11 +659,23 @@ fn post(
             let result = db.with(|s| match *action {
                 "retry" => s
                     .retry(&[id], now)
-                    .map(|r| format!("{:?}", r.first()))
+                    .map(|r| match r.first() {
+                        Some(RetryResult::Queued) => "queued".to_string(),
+                        Some(RetryResult::WrongState(state)) => format!("refused: {state}"),
+                        Some(RetryResult::UniqueKeyTaken(by)) => {
+                            format!("refused: unique_key held by job {by}")
+                        }
+                        Some(RetryResult::NotFound) | None => "not found".to_string(),
+                    })
                     .map_err(|e| e.to_string()),
                 _ => s
                     .cancel(&[id], now)
-                    .map(|r| format!("{:?}", r.first()))
+                    .map(|r| match r.first() {
+                        Some(CancelResult::Cancelled) => "cancelled".to_string(),
+                        Some(CancelResult::Requested) => "cancel requested".to_string(),
+                        Some(CancelResult::AlreadyFinal(state)) => format!("already {state}"),
+                        Some(CancelResult::NotFound) | None => "not found".to_string(),
+                    })
                     .map_err(|e| e.to_string()),
             });
             result.map(|what| {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{wait_for, Home};
+use common::{wait_for, Home, Run};
 use jobd::job::Attempt;
 use jobd::store::{Claim, ClaimRequest, Store};
 
@@ -48,6 +48,7 @@ fn work(home: &Home, f: impl Fn(Attempt) -> jobd::job::Completion) {
 #[test]
 fn enqueue_prints_the_id_and_stores_every_option() {
     let home = Home::new();
+    home.migrate();
     let id = id_of(&home.ok(&[
         "enqueue",
         "noop",
@@ -91,6 +92,7 @@ fn enqueue_prints_the_id_and_stores_every_option() {
 #[test]
 fn enqueue_reads_the_payload_from_stdin() {
     let home = Home::new();
+    home.migrate();
     let mut child = home
         .cmd(&["enqueue", "noop", "-"])
         .stdin(Stdio::piped())
@@ -163,6 +165,7 @@ fn enqueue_bad_inputs_are_usage_errors_and_write_nothing() {
 #[test]
 fn overflowing_or_odd_enqueue_times_are_refused_naming_the_flag() {
     let home = Home::new();
+    home.migrate();
     home.migrate();
     let cases: &[(&[&str], &str)] = &[
         (
@@ -243,6 +246,7 @@ fn enqueue_wait_follows_the_job_to_its_end() {
 #[test]
 fn bulk_import_of_100_000_lines() {
     let home = Home::new();
+    home.migrate();
     let path = home.path().join("jobs.jsonl");
     let mut text = String::new();
     for i in 0..100_000 {
@@ -297,6 +301,7 @@ fn bulk_import_with_a_bad_line_imports_nothing_and_names_the_line() {
 #[test]
 fn list_filters_and_prints_json() {
     let home = Home::new();
+    home.migrate();
     home.ok(&["enqueue", "noop"]);
     home.ok(&[
         "enqueue",
@@ -335,6 +340,7 @@ fn list_filters_and_prints_json() {
 #[test]
 fn show_prints_payload_result_and_history() {
     let home = Home::new();
+    home.migrate();
     let id = id_of(&home.ok(&["enqueue", "noop", r#"{"sleep_ms":7}"#]));
     work(&home, |a| a.retry("connection refused".into(), 0));
     work(&home, |a| a.succeeded(Some(r#"{"status":200}"#.into())));
@@ -362,6 +368,7 @@ fn show_prints_payload_result_and_history() {
 #[test]
 fn stats_reports_queues_and_json() {
     let home = Home::new();
+    home.migrate();
     home.ok(&["enqueue", "noop"]);
     home.ok(&["enqueue", "noop", "--delay", "1h"]);
     home.ok(&["pause", "mail"]);
@@ -387,6 +394,7 @@ fn stats_reports_queues_and_json() {
 #[test]
 fn tail_follows_attempts_as_they_finish() {
     let home = Home::new();
+    home.migrate();
     home.ok(&["enqueue", "noop"]);
     let mut child = home
         .cmd(&["tail", "--kind", "noop"])
@@ -414,6 +422,7 @@ fn tail_follows_attempts_as_they_finish() {
 #[test]
 fn cancel_retry_pause_resume_and_prune() {
     let home = Home::new();
+    home.migrate();
     let a = id_of(&home.ok(&["enqueue", "noop"]));
     let out = home.ok(&["cancel", &a.to_string()]);
     assert!(out.contains(&format!("job {a} cancelled")), "{out}");
@@ -587,4 +596,83 @@ fn concurrent_enqueuers_never_see_database_is_locked() {
         home.query_i64("SELECT count(*) FROM jobs WHERE state = 'queued'"),
         20_000 + 80 + 40
     );
+}
+
+/// Regression: with `email.smtp.password_env` or
+/// `metrics.dashboard_token_env` in the config, `list`, `stats`, `enqueue`
+/// and `cron` failed unless the daemon's secret was in the operator's
+/// shell. Only `run` and `check-config` read secrets.
+#[test]
+fn commands_other_than_run_need_no_secrets() {
+    let home = Home::with_config(
+        "[email.smtp]\npassword_env = \"JOBD_TEST_SMTP_PW\"\n\
+         [metrics]\ndashboard_token_env = \"JOBD_TEST_DASH\"\n",
+    );
+    home.migrate();
+    let id = id_of(&home.ok(&["enqueue", "noop", "{}"]));
+    assert!(home.ok(&["list"]).contains("queued"));
+    home.ok(&["show", &id.to_string()]);
+    home.ok(&["stats"]);
+    home.ok(&["cron"]);
+    home.ok(&["pause", "default"]);
+    home.ok(&["resume", "default"]);
+    home.ok(&["cancel", &id.to_string()]);
+    home.ok(&["retry", &id.to_string()]);
+    // The daemon and check-config still say what is missing.
+    home.jobd(&["check-config"]).fails(
+        1,
+        "email.smtp.password_env names the environment variable JOBD_TEST_SMTP_PW, which is not set",
+    );
+    home.jobd(&["run"]).fails(
+        1,
+        "email.smtp.password_env names the environment variable JOBD_TEST_SMTP_PW, which is not set",
+    );
+}
+
+/// Regression: `jobd enqueue` on a path with no database silently created
+/// one, which the daemon (reading another file) never saw.
+#[test]
+fn enqueue_never_creates_a_database() {
+    let home = Home::new();
+    home.jobd(&["enqueue", "noop", "{}"])
+        .fails(1, "does not exist (run `jobd migrate` to create it)");
+    assert!(
+        !home.db().exists(),
+        "enqueue created {}",
+        home.db().display()
+    );
+    let jobs = home.path().join("jobs.jsonl");
+    std::fs::write(&jobs, "{\"kind\":\"noop\",\"payload\":{}}\n").unwrap();
+    home.jobd(&["enqueue", "--file", jobs.to_str().unwrap()])
+        .fails(1, "does not exist");
+    assert!(!home.db().exists());
+}
+
+/// `check-config` says when there is no config file and the defaults
+/// apply, and prints the warnings the daemon logs as `config.warning`.
+#[test]
+fn check_config_says_when_defaults_apply_and_warns_of_risky_settings() {
+    let home = Home::new();
+    std::fs::remove_file(home.config()).unwrap();
+    let out = Run(home.bare(&["check-config"]).output().expect("run jobd")).succeeds();
+    assert!(
+        out.starts_with("# config.toml does not exist: the built-in defaults apply"),
+        "{out}"
+    );
+    let port = common::free_port();
+    home.write_config(&format!(
+        "[metrics]\nlisten = \"0.0.0.0:{port}\"\n[file]\nroots = [\"/\"]\n[daemon]\nshutdown_grace = \"100ms\"\n"
+    ));
+    let out = home.ok(&["check-config"]);
+    assert!(out.contains(&format!("# warning: metrics.listen is 0.0.0.0:{port}, reachable from other hosts, and no dashboard token is set")), "{out}");
+    assert!(
+        out.contains("# warning: file.roots includes /, a system folder"),
+        "{out}"
+    );
+    home.migrate();
+    let daemon = home.daemon();
+    let line = daemon.wait_log("config.warning key=metrics.listen");
+    assert!(line.contains("no dashboard token is set"), "{line}");
+    daemon.wait_log("config.warning key=file.roots");
+    daemon.stop();
 }

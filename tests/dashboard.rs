@@ -401,4 +401,12 @@ fn actions_need_the_token_and_a_session_needs_its_csrf_token() {
         listed.contains("dashboard.action action=pause queue=mail"),
         "{listed}"
     );
+    // Results in words, not Rust's Debug form.
+    assert!(
+        listed.contains(&format!(
+            "dashboard.action action=cancel id={long} result=\"cancel requested\""
+        )),
+        "{listed}"
+    );
+    assert!(!listed.contains("Some("), "{listed}");
 }

@@ -123,12 +123,23 @@ pub fn set_paused(
 
 /// Runs `jobd check-config`.
 pub fn check_config(config: &Config, out: &mut dyn Write) -> Result<()> {
-    writeln!(
-        out,
-        "# {} is valid; effective values:",
-        config.source.display()
-    )
+    if config.source.exists() {
+        writeln!(
+            out,
+            "# {} is valid; effective values:",
+            config.source.display()
+        )
+    } else {
+        writeln!(
+            out,
+            "# {} does not exist: the built-in defaults apply; effective values:",
+            config.source.display()
+        )
+    }
     .map_err(stdout_error)?;
+    for (key, detail) in config.warnings() {
+        writeln!(out, "# warning: {key} {detail}").map_err(stdout_error)?;
+    }
     // A cron entry's payload is shown like a job's: credentials redacted.
     let redaction = crate::kinds::Redaction::new(&config.http);
     let mut shown = config.clone();

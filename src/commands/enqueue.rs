@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::time::{Duration, Instant};
 
-use super::{open_or_create, stdout_error};
+use super::{open, stdout_error};
 use crate::cli::EnqueueArgs;
 use crate::config::{Config, KNOWN_KINDS};
 use crate::error::{Error, Result};
@@ -63,7 +63,7 @@ pub fn enqueue(config: &Config, args: EnqueueArgs, out: &mut dyn Write) -> Resul
         unique_key: args.unique_key.clone(),
     };
     check(config, &job).map_err(Error::Usage)?;
-    let (mut store, _) = open_or_create(config)?;
+    let mut store = open(config)?;
     let result = store.enqueue(std::slice::from_ref(&job), now)?[0];
     writeln!(out, "{}", result.id()).map_err(stdout_error)?;
     out.flush().map_err(stdout_error)?;
@@ -175,7 +175,7 @@ fn bulk(config: &Config, path: &std::path::Path, out: &mut dyn Write) -> Result<
         )));
     }
 
-    let (mut store, _) = open_or_create(config)?;
+    let mut store = open(config)?;
     let progress = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(jobs.len() as u64);
         bar.set_style(

@@ -27,10 +27,13 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
     let path = cli
         .config
         .unwrap_or_else(|| Path::new(DEFAULT_CONFIG_PATH).to_path_buf());
+    // Only the daemon uses the secrets; check-config reports on them.
+    let secrets = matches!(cli.command, Command::Run | Command::CheckConfig);
     let config = Config::load(&ConfigSource {
         path: &path,
         explicit,
         env,
+        secrets,
     })?;
     match cli.command {
         Command::Run => run_daemon(config, &path, explicit, env),
@@ -67,6 +70,7 @@ fn run_daemon(
     let timestamps = !env.contains_key("JOURNAL_STREAM");
     let log = crate::logging::init(&config.log, timestamps)?;
     crate::logging::log_panics();
+    log_warnings(&config);
     let requests = crate::signals::listen().map_err(|source| Error::Io {
         what: "cannot install the signal handlers".into(),
         source,
@@ -78,9 +82,11 @@ fn run_daemon(
             path: &path,
             explicit,
             env: &env,
+            secrets: true,
         })
         .map_err(|e| e.to_string())?;
         log.reload(&config.log).map_err(|e| e.to_string())?;
+        log_warnings(&config);
         Ok(config)
     });
     let registry = crate::kinds::Registry::builtin(&config);
@@ -97,6 +103,18 @@ fn run_daemon(
     };
     crate::daemon::run(config, registry, outside)?;
     Ok(())
+}
+
+/// Logs each of the config's warnings as `config.warning`.
+fn log_warnings(config: &Config) {
+    for (key, detail) in config.warnings() {
+        crate::event!(
+            Warn,
+            "config.warning",
+            key = key.as_str(),
+            detail = detail.as_str()
+        );
+    }
 }
 
 /// Opens an existing, current database: commands that only read or adjust
