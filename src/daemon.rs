@@ -130,6 +130,7 @@ fn run_on<S: Store + Send + 'static>(
         );
     }
 
+    registry.identify(&store.database_id()?);
     raise_open_file_limit();
     // The metrics listener first: a taken port stops start-up before this
     // daemon registers or takes back anyone's jobs.

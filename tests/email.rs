@@ -47,7 +47,11 @@ fn a_message_with_cc_bcc_html_and_an_attachment_reaches_every_recipient_with_a_s
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(
         header("Message-ID"),
-        Some(format!("<jobd-{id}@{}>", host.trim()))
+        Some(format!(
+            "<jobd-{}-{id}@{}>",
+            home.database_id(),
+            host.trim()
+        ))
     );
     assert_eq!(header("Subject").as_deref(), Some("Report"));
     assert_eq!(header("X-Campaign").as_deref(), Some("q4"));
@@ -166,7 +170,8 @@ fn the_file_transport_writes_one_parseable_eml_per_job() {
         "NULL",
     );
     home.wait_state(id, "succeeded");
-    let eml = home.path().join("mail").join(format!("jobd-{id}.eml"));
+    let token = format!("jobd-{}-{id}", home.database_id());
+    let eml = home.path().join("mail").join(format!("{token}.eml"));
     let bytes = std::fs::read(&eml).unwrap();
     let parsed = mailparse::parse_mail(&bytes).unwrap();
     let header = |name: &str| parsed.headers.get_first_value(name);
@@ -174,7 +179,7 @@ fn the_file_transport_writes_one_parseable_eml_per_job() {
     assert_eq!(header("From").as_deref(), Some("jobd@localhost"));
     assert!(header("Message-ID")
         .unwrap()
-        .starts_with(&format!("<jobd-{id}@")));
+        .starts_with(&format!("<{token}@")));
     assert_eq!(parsed.subparts.len(), 2, "text and html alternatives");
     assert_eq!(parsed.subparts[0].get_body().unwrap().trim(), "plain");
     daemon.stop();

@@ -39,7 +39,7 @@ fn a_post_carries_its_json_idempotency_key_and_user_agent() {
     assert_eq!(req.header("content-type"), Some("application/json"));
     assert_eq!(
         req.header("idempotency-key"),
-        Some(format!("jobd-{id}").as_str())
+        Some(format!("jobd-{}-{id}", home.database_id()).as_str())
     );
     assert_eq!(
         req.header("user-agent"),

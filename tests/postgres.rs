@@ -54,7 +54,7 @@ fn migrate_creates_the_schema_once_and_says_so() {
         .unwrap();
     assert_eq!(
         tables,
-        "cron,imported_jobs,job_runs,jobd_schema,jobs,queues,workers"
+        "cron,imported_jobs,job_runs,jobd_schema,jobs,meta,queues,workers"
     );
     // A schema from a newer jobd is refused, not touched.
     schema.psql("UPDATE jobd_schema SET version = 99;").unwrap();
@@ -127,6 +127,16 @@ fn the_database_rejects_bad_inserts_and_fills_defaults() {
         (
             "INSERT INTO jobs(kind, queue) VALUES ('noop', '');",
             "queue_not_empty",
+        ),
+        // Text that is not UTF-8 never gets in (SQLite needs triggers for
+        // this; PostgreSQL checks every text value itself).
+        (
+            "INSERT INTO jobs(kind, payload) VALUES ('noop', E'{\"a\":\"\\xff\"}');",
+            "invalid byte sequence for encoding \"UTF8\": 0xff",
+        ),
+        (
+            "INSERT INTO jobs(kind, queue) VALUES ('noop', convert_from('\\x6dff'::bytea, 'UTF8'));",
+            "invalid byte sequence for encoding \"UTF8\"",
         ),
     ] {
         let err = schema.psql(insert).expect_err(insert);

@@ -236,3 +236,114 @@ fn store_errors_are_typed() {
         .unwrap();
     assert!(matches!(err, StoreError::Missing { .. }), "{err}");
 }
+
+/// Regression: ids were reused after `prune` (no `AUTOINCREMENT`), so a new
+/// email took a pruned one's id, `Message-ID` and mail file. Upgrading a
+/// version 4 file starts the counter past every id it ever recorded: in
+/// jobs, in attempt records and in cron rows.
+#[test]
+fn upgrading_to_version_5_never_hands_out_a_used_id_again() {
+    let home = Home::new();
+    {
+        let mut old =
+            SqliteStore::open(&home.db(), Duration::from_secs(5), OpenMode::Create).unwrap();
+        old.migrate_to(4).unwrap();
+    }
+    sqlite3(
+        &home.db(),
+        "INSERT INTO jobs(id, kind, payload, unique_key) VALUES (1, 'noop', '{}', 'k1'), (2, 'noop', '{}', NULL), (3, 'noop', '{}', NULL);
+         INSERT INTO job_runs(job_id, attempt, worker, queue, kind, started_at, finished_at, outcome, duration_ms)
+             VALUES (10, 1, 'w', 'default', 'noop', 1, 2, 'succeeded', 1);
+         INSERT INTO cron(name, last_slot, last_job_id) VALUES ('tick', 1, 12);
+         DELETE FROM jobs WHERE id = 3;",
+    )
+    .succeeds();
+    home.migrate();
+    assert_eq!(home.query_i64("PRAGMA user_version"), SCHEMA_VERSION);
+    assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 2);
+    assert_eq!(
+        home.text("SELECT unique_key FROM jobs WHERE id = 1;")
+            .trim(),
+        "k1"
+    );
+    let id = home
+        .ok(&["enqueue", "noop", "{}"])
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    assert_eq!(id, 13, "the next id is past job_runs' 10 and cron's 12");
+    // Deleting the newest (what prune does) does not free its id.
+    home.sqlite3("DELETE FROM jobs WHERE id = 13;").succeeds();
+    let next = home.insert(&format!(
+        "('noop', '{{}}', 'default', 0, {}, 1, NULL)",
+        common::NOW
+    ));
+    assert_eq!(next, vec![14]);
+    // The indexes and guards came back with the table.
+    for name in [
+        "jobs_ready",
+        "jobs_unique_key",
+        "jobs_running",
+        "jobs_succeeded",
+        "jobs_dead",
+        "jobs_cancelled",
+        "jobs_guard_payload",
+        "jobs_guard_kind",
+        "jobs_guard_max_attempts",
+        "jobs_guard_timeout",
+    ] {
+        assert_eq!(
+            home.query_i64(&format!(
+                "SELECT count(*) FROM sqlite_master WHERE name = '{name}'"
+            )),
+            1,
+            "{name}"
+        );
+    }
+}
+
+/// Regression: SQLite stored any bytes a client cast to TEXT, and one row
+/// that was not UTF-8 stalled every queue. The schema refuses them in
+/// `queue`, `kind`, `payload` and `unique_key`, on insert and update, with
+/// a sentence naming the column; valid text of any script passes.
+#[test]
+fn text_that_is_not_utf8_is_refused_at_insert() {
+    let home = Home::new();
+    home.migrate();
+    let invalid = ["ff", "c0af", "eda080", "f4908080", "e282", "80", "f0", "c3"];
+    for hex in invalid {
+        for (column, value) in [
+            (
+                "payload",
+                format!("CAST(x'7b2261223a22' || x'{hex}' || x'227d' AS TEXT)"),
+            ),
+            ("queue", format!("CAST(x'6d61696c' || x'{hex}' AS TEXT)")),
+            ("kind", format!("CAST(x'{hex}' AS TEXT)")),
+            ("unique_key", format!("CAST(x'6b' || x'{hex}' AS TEXT)")),
+        ] {
+            let (columns, values) = match column {
+                "kind" => ("kind".to_string(), value.clone()),
+                _ => (format!("kind, {column}"), format!("'noop', {value}")),
+            };
+            let run = home.sqlite3(&format!("INSERT INTO jobs({columns}) VALUES ({values});"));
+            assert!(
+                run.stderr().contains(&format!(
+                    "jobs.{column} is not valid UTF-8: insert text, not raw bytes"
+                )),
+                "{column} with {hex}: {}",
+                run.stderr()
+            );
+        }
+    }
+    let long_ascii = "A".repeat(40);
+    for text in ["é", "€", "𝄞", "日本語のテキスト", "\u{ffff}", &long_ascii] {
+        home.sqlite3(&format!(
+            "INSERT INTO jobs(kind, payload, queue) VALUES ('noop', json_object('t', '{text}'), 'q{text}');"
+        ))
+        .succeeds();
+    }
+    let ok = home.query_i64("SELECT count(*) FROM jobs");
+    assert_eq!(ok, 6);
+    home.sqlite3("UPDATE jobs SET payload = CAST(x'7b7dff' AS TEXT) WHERE id = 1;")
+        .fails(1, "jobs.payload is not valid UTF-8");
+}

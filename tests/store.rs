@@ -805,3 +805,41 @@ fn a_cancel_survives_a_retryable_failure() {
         assert!(claim(s, W1, NOW + 10_000, "default", 5).is_empty());
     });
 }
+
+/// Regression: on SQLite a job enqueued after `prune` took the id of the
+/// newest pruned job. Ids never repeat in a database, on either backend.
+#[test]
+fn job_ids_never_repeat_after_prune() {
+    each(|s| {
+        let ids = inserted(s, &(0..3).map(|_| job("noop")).collect::<Vec<_>>());
+        let got = claim(s, W1, NOW, "default", 3);
+        let done: Vec<_> = got
+            .iter()
+            .map(|j| attempt(j, W1, NOW + 1).succeeded(None))
+            .collect();
+        s.complete(&done).unwrap();
+        let cut = PruneCutoffs {
+            succeeded: Some(NOW + 2),
+            dead: None,
+            cancelled: None,
+        };
+        assert_eq!(s.prune_batch(&cut, 10).unwrap().jobs, 3);
+        let next = inserted(s, &[job("noop")]);
+        assert!(next[0] > ids[2], "id {} reused (had {ids:?})", next[0]);
+    });
+}
+
+/// Each database has an id of its own, the same on every read.
+#[test]
+fn a_database_has_a_stable_random_id_of_its_own() {
+    let mut seen = HashSet::new();
+    for round in 0..2 {
+        for (name, mut store, _guard) in backends() {
+            let id = store.database_id().unwrap();
+            assert_eq!(id.len(), 12, "{name}: {id}");
+            assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{name}: {id}");
+            assert_eq!(store.database_id().unwrap(), id, "{name}");
+            assert!(seen.insert(id.clone()), "{name} round {round}: {id} twice");
+        }
+    }
+}

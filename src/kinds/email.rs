@@ -1,5 +1,6 @@
 //! `email` (SPEC §2) through lettre: a message built from the payload with a
-//! `Message-ID` stable across attempts (`<jobd-<id>@<host>>`), sent through
+//! `Message-ID` stable across attempts (`<jobd-<db>-<id>@<host>>`, see
+//! [`super::job_token`]), sent through
 //! a pooled SMTP transport or written as one `.eml` file per job.
 //!
 //! Every failure is classified where it is born: a bad address, a header
@@ -96,6 +97,9 @@ pub struct Email {
     from: String,
     host: String,
     files: Arc<FileKind>,
+    /// The database's id, for `Message-ID` and file names
+    /// ([`super::job_token`]).
+    database_id: std::sync::OnceLock<String>,
 }
 
 impl Email {
@@ -118,7 +122,13 @@ impl Email {
             from: config.from.clone(),
             host: crate::procfs::host_name(),
             files,
+            database_id: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The job's name in `Message-ID` and the mail file's name.
+    fn token(&self, id: i64) -> String {
+        super::job_token(self.database_id.get().map(String::as_str), id)
     }
 
     fn build(&self, ctx: &Context<'_>, args: Payload) -> Result<(Message, String), JobError> {
@@ -165,7 +175,7 @@ impl Email {
                 "payload field subject: contains CR or LF",
             ));
         }
-        let message_id = format!("<jobd-{}@{}>", ctx.id, self.host);
+        let message_id = format!("<{}@{}>", self.token(ctx.id), self.host);
         builder = builder
             .subject(args.subject)
             .message_id(Some(message_id.clone()));
@@ -258,14 +268,14 @@ fn smtp_transport(
 
 /// Writes the message as `jobd-<id>.eml`, atomically and under the same name
 /// on every attempt, so a retry replaces rather than duplicates it.
-fn write_eml(dir: &std::path::Path, id: i64, bytes: &[u8]) -> Result<(), String> {
+fn write_eml(dir: &std::path::Path, token: &str, bytes: &[u8]) -> Result<(), String> {
     let fd = rustix::fs::open(
         dir,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| e.to_string())?;
-    let name = format!("jobd-{id}.eml");
+    let name = format!("{token}.eml");
     let tmp = format!(".{name}.tmp");
     replace_atomically(fd.as_fd(), name.as_ref(), &tmp, bytes, true).map_err(|e| match e {
         ReplaceError::Write(e) => e.to_string(),
@@ -278,17 +288,22 @@ impl Kind for Email {
         "email"
     }
 
+    fn identify(&self, database_id: &str) {
+        let _ = self.database_id.set(database_id.to_string());
+    }
+
     fn run(&self, ctx: &Context<'_>, payload: &str) -> Result<Option<String>, JobError> {
         let args: Payload = parse_payload(payload)?;
         let (message, message_id) = self.build(ctx, args)?;
         let recipients = message.envelope().to().len();
         match &self.sender {
-            Sender::Files(dir) => write_eml(dir, ctx.id, &message.formatted()).map_err(|e| {
-                JobError::transient(format!(
-                    "cannot write the message into {}: {e}",
-                    dir.display()
-                ))
-            })?,
+            Sender::Files(dir) => write_eml(dir, &self.token(ctx.id), &message.formatted())
+                .map_err(|e| {
+                    JobError::transient(format!(
+                        "cannot write the message into {}: {e}",
+                        dir.display()
+                    ))
+                })?,
             Sender::Smtp { pooled, config } => {
                 ctx.check()?;
                 let remaining = ctx.remaining();

@@ -420,6 +420,8 @@ pub struct Http {
     client: Client,
     max_response_bytes: u64,
     redaction: Redaction,
+    /// The database's id, for the `Idempotency-Key` ([`super::job_token`]).
+    database_id: std::sync::OnceLock<String>,
 }
 
 /// The agent, lending out requests to build.
@@ -569,6 +571,7 @@ impl Http {
             },
             max_response_bytes: config.max_response_bytes,
             redaction: Redaction::new(config),
+            database_id: std::sync::OnceLock::new(),
         }
     }
 }
@@ -576,6 +579,10 @@ impl Http {
 impl Kind for Http {
     fn name(&self) -> &'static str {
         "http"
+    }
+
+    fn identify(&self, database_id: &str) {
+        let _ = self.database_id.set(database_id.to_string());
     }
 
     fn run(&self, ctx: &Context<'_>, payload: &str) -> Result<Option<String>, JobError> {
@@ -597,7 +604,10 @@ impl Kind for Http {
         let mut request = agent
             .request(args.method.as_str(), url.as_str())
             .timeout(ctx.remaining().max(Duration::from_millis(1)))
-            .set("Idempotency-Key", &format!("jobd-{}", ctx.id));
+            .set(
+                "Idempotency-Key",
+                &super::job_token(self.database_id.get().map(String::as_str), ctx.id),
+            );
         for (name, value) in &args.headers {
             request = request.set(name, value);
         }

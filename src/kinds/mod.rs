@@ -169,6 +169,22 @@ pub trait Kind: Send + Sync {
     /// Runs one attempt: parses `payload`, does the work before
     /// `ctx.deadline`, and returns the result as JSON text (None for none).
     fn run(&self, ctx: &Context<'_>, payload: &str) -> Result<Option<String>, JobError>;
+
+    /// Told the database's id ([`crate::store::Store::database_id`]) once
+    /// the daemon has opened it, for kinds that name jobs to the outside
+    /// world ([`job_token`]).
+    fn identify(&self, _database_id: &str) {}
+}
+
+/// How a job is named to the outside world (`Idempotency-Key`,
+/// `Message-ID`, mail file names): `jobd-<database id>-<job id>`, unique
+/// across databases since ids never repeat within one; `jobd-<id>` where
+/// no database id is known (a kind run outside a daemon).
+pub fn job_token(database_id: Option<&str>, id: i64) -> String {
+    match database_id {
+        Some(db) => format!("jobd-{db}-{id}"),
+        None => format!("jobd-{id}"),
+    }
 }
 
 /// Parses a payload into a kind's arguments. A bad payload is a permanent
@@ -432,6 +448,13 @@ impl Registry {
         let mut names: Vec<_> = self.kinds.keys().copied().collect();
         names.sort_unstable();
         names
+    }
+
+    /// Tells every kind the database's id ([`Kind::identify`]).
+    pub fn identify(&self, database_id: &str) {
+        for kind in self.kinds.values() {
+            kind.identify(database_id);
+        }
     }
 }
 

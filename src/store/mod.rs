@@ -740,6 +740,11 @@ pub trait Store {
     /// `PRAGMA data_version`): cheap enough to ask every poll interval.
     fn change_counter(&mut self) -> Result<i64>;
 
+    /// This database's random id, drawn when its schema was made (the
+    /// `meta` table): jobs carry it in their `Idempotency-Key` and
+    /// `Message-ID` so that two databases' job 7 are never taken for one.
+    fn database_id(&mut self) -> Result<String>;
+
     /// A file that is written on every commit, for a watcher to wake on
     /// (SQLite's `-wal` file); None when the backend has no such file.
     fn commit_file(&self) -> Option<PathBuf>;

@@ -29,7 +29,12 @@ use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, T
 
 /// The migrations in order; entry `i` takes a database from version `i` to
 /// `i + 1`. Appended to, never edited.
-pub const MIGRATIONS: &[&str] = &[V1_TABLES, V2_NOTIFY_PER_SCHEMA, V3_IMPORTED_JOBS];
+pub const MIGRATIONS: &[&str] = &[
+    V1_TABLES,
+    V2_NOTIFY_PER_SCHEMA,
+    V3_IMPORTED_JOBS,
+    V4_DATABASE_ID,
+];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -155,6 +160,17 @@ CREATE TABLE imported_jobs (
     imported_at BIGINT NOT NULL,
     PRIMARY KEY (source, source_id)
 );
+";
+
+/// Version 4: this database's random id ([`Store::database_id`]). Job ids
+/// come from a sequence, which never hands out a number twice.
+const V4_DATABASE_ID: &str = "
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT INTO meta(key, value)
+    VALUES ('database_id', substr(md5(random()::text || clock_timestamp()::text), 1, 12));
 ";
 
 /// Moves a batch of queued jobs in, and marks them imported, in one
@@ -1963,6 +1979,16 @@ impl Store for PgStore {
 
     fn commit_file(&self) -> Option<std::path::PathBuf> {
         None
+    }
+
+    fn database_id(&mut self) -> Result<String> {
+        self.revive()?;
+        let fail = self.failing("read the database id");
+        Ok(self
+            .client
+            .query_one("SELECT value FROM meta WHERE key = 'database_id'", &[])
+            .map_err(&fail)?
+            .get(0))
     }
 
     fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog> {

@@ -11,7 +11,13 @@
 //! time a statement checks it, which cost a third of every completion.
 
 /// The migrations in order; entry `i` takes a file from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1_TABLES, V2_OPERATIONS, V3_LEANER_RUNS, V4_READY_BY_POOL];
+pub const MIGRATIONS: &[&str] = &[
+    V1_TABLES,
+    V2_OPERATIONS,
+    V3_LEANER_RUNS,
+    V4_READY_BY_POOL,
+    V5_IDS_AND_UTF8,
+];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -152,6 +158,145 @@ const V4_READY_BY_POOL: &str = concat!(
     "CREATE INDEX jobs_ready ON jobs (queue, ",
     cpu_kind_test!(),
     ", priority DESC, run_at, id) WHERE state = 'queued';\n"
+);
+
+/// `WHEN` condition of a guard that refuses a value of `column` (an
+/// expression such as `NEW.payload`) that is not valid UTF-8. SQLite stores
+/// whatever bytes a client casts to TEXT; jobd reads text as UTF-8.
+///
+/// The common case costs one scan: a value of ASCII characters only does
+/// not match the `GLOB`. Otherwise a recursive query walks the bytes
+/// through the UTF-8 state machine (RFC 3629: no overlong forms, no
+/// surrogates, nothing above U+10FFFF), comparing each byte's `hex()` as
+/// a string, which orders like the number for two upper-case digits.
+/// States: 0 between characters; 1, 2, 3 continuation bytes owed; 4 after
+/// E0, 5 after ED, 6 after F0, 7 after F4 (a narrower second byte); -1
+/// invalid. Written for Debian 12's sqlite3 3.40.
+macro_rules! not_utf8 {
+    ($($column:literal),+) => {
+        concat!(
+            $($column,)+ " GLOB '*[^' || char(1) || '-' || char(127) || ']*' AND (",
+            "WITH RECURSIVE walk(i, s) AS (SELECT 1, 0 UNION ALL ",
+            // Between characters, 16 ASCII bytes are passed in one step.
+            "SELECT i + CASE WHEN s = 0 AND CAST(substr(CAST(", $($column,)+ " AS BLOB), i, 16) AS TEXT) ",
+            "NOT GLOB '*[^' || char(1) || '-' || char(127) || ']*' THEN 16 ELSE 1 END, ",
+            "CASE WHEN s = 0 AND CAST(substr(CAST(", $($column,)+ " AS BLOB), i, 16) AS TEXT) ",
+            "NOT GLOB '*[^' || char(1) || '-' || char(127) || ']*' THEN 0 ELSE (SELECT CASE ",
+            "WHEN s = 0 THEN CASE WHEN h < '80' THEN 0 WHEN h BETWEEN 'C2' AND 'DF' THEN 1 ",
+            "WHEN h = 'E0' THEN 4 WHEN h = 'ED' THEN 5 WHEN h BETWEEN 'E1' AND 'EF' THEN 2 ",
+            "WHEN h = 'F0' THEN 6 WHEN h BETWEEN 'F1' AND 'F3' THEN 3 WHEN h = 'F4' THEN 7 ELSE -1 END ",
+            "WHEN s = 4 THEN CASE WHEN h BETWEEN 'A0' AND 'BF' THEN 1 ELSE -1 END ",
+            "WHEN s = 5 THEN CASE WHEN h BETWEEN '80' AND '9F' THEN 1 ELSE -1 END ",
+            "WHEN s = 6 THEN CASE WHEN h BETWEEN '90' AND 'BF' THEN 2 ELSE -1 END ",
+            "WHEN s = 7 THEN CASE WHEN h BETWEEN '80' AND '8F' THEN 2 ELSE -1 END ",
+            "ELSE CASE WHEN h BETWEEN '80' AND 'BF' THEN s - 1 ELSE -1 END END ",
+            "FROM (SELECT hex(substr(CAST(", $($column,)+ " AS BLOB), i, 1)) AS h)) END ",
+            "FROM walk WHERE s >= 0 AND i <= length(CAST(", $($column,)+ " AS BLOB))) ",
+            "SELECT s FROM walk ORDER BY i DESC LIMIT 1) <> 0"
+        )
+    };
+}
+
+/// A guard on insert and one on update for a text column of `jobs`.
+macro_rules! utf8_guards {
+    ($column:literal) => {
+        concat!(
+            "CREATE TRIGGER jobs_utf8_",
+            $column,
+            " BEFORE INSERT ON jobs WHEN ",
+            not_utf8!("NEW.", $column),
+            "\n    BEGIN SELECT RAISE(ABORT, 'jobs.",
+            $column,
+            " is not valid UTF-8: insert text, not raw bytes'); END;\n",
+            "CREATE TRIGGER jobs_utf8_",
+            $column,
+            "_update BEFORE UPDATE OF ",
+            $column,
+            " ON jobs WHEN ",
+            not_utf8!("NEW.", $column),
+            "\n    BEGIN SELECT RAISE(ABORT, 'jobs.",
+            $column,
+            " is not valid UTF-8: insert text, not raw bytes'); END;\n"
+        )
+    };
+}
+
+/// Version 5:
+/// - job ids never repeat: the table is rebuilt with `AUTOINCREMENT` and
+///   the counter starts past every id the file ever recorded (in jobs,
+///   attempts and cron rows), so a job enqueued after `prune` cannot take
+///   a pruned job's id (and with it its `Idempotency-Key`, `Message-ID`
+///   and mail file);
+/// - `meta` holds this database's random id, which those values carry so
+///   that two databases' jobs never share them;
+/// - text a client inserts into `queue`, `kind`, `payload` or `unique_key`
+///   must be UTF-8 (see `not_utf8!`).
+const V5_IDS_AND_UTF8: &str = concat!(
+    "CREATE TABLE jobs_v5 (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue            TEXT    NOT NULL DEFAULT 'default' CONSTRAINT queue_not_empty CHECK (queue <> ''),
+    kind             TEXT    NOT NULL CONSTRAINT kind_not_empty CHECK (kind <> ''),
+    payload          TEXT    NOT NULL DEFAULT '{}' CONSTRAINT payload_is_json CHECK (json_valid(payload)),
+    priority         INTEGER NOT NULL DEFAULT 0,
+    run_at           INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+    max_attempts     INTEGER NULL CONSTRAINT max_attempts_at_least_1 CHECK (max_attempts >= 1),
+    timeout_ms       INTEGER NULL CONSTRAINT timeout_ms_positive CHECK (timeout_ms > 0),
+    unique_key       TEXT    NULL,
+    state            TEXT    NOT NULL DEFAULT 'queued'
+                     CONSTRAINT state_known CHECK (state = 'queued' OR state = 'running'
+                         OR state = 'succeeded' OR state = 'dead' OR state = 'cancelled'),
+    attempts         INTEGER NOT NULL DEFAULT 0 CONSTRAINT attempts_not_negative CHECK (attempts >= 0),
+    created_at       INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+    started_at       INTEGER NULL,
+    finished_at      INTEGER NULL,
+    lease_until      INTEGER NULL,
+    worker           TEXT    NULL,
+    last_error       TEXT    NULL,
+    result           TEXT    NULL CONSTRAINT result_is_json CHECK (result IS NULL OR json_valid(result)),
+    cancel_requested INTEGER NOT NULL DEFAULT 0 CONSTRAINT cancel_requested_bool CHECK (cancel_requested = 0 OR cancel_requested = 1)
+) STRICT;
+INSERT INTO jobs_v5 SELECT id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
+    unique_key, state, attempts, created_at, started_at, finished_at, lease_until, worker,
+    last_error, result, cancel_requested FROM jobs;
+DROP TABLE jobs;
+ALTER TABLE jobs_v5 RENAME TO jobs;
+DELETE FROM sqlite_sequence WHERE name = 'jobs' OR name = 'jobs_v5';
+INSERT INTO sqlite_sequence(name, seq) VALUES ('jobs', max(
+    coalesce((SELECT max(id) FROM jobs), 0),
+    coalesce((SELECT max(job_id) FROM job_runs), 0),
+    coalesce((SELECT max(last_job_id) FROM cron), 0)));
+CREATE INDEX jobs_ready ON jobs (queue, ",
+    cpu_kind_test!(),
+    ", priority DESC, run_at, id) WHERE state = 'queued';
+CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND (state = 'queued' OR state = 'running');
+CREATE INDEX jobs_running ON jobs (lease_until) WHERE state = 'running';
+CREATE INDEX jobs_succeeded ON jobs (finished_at, queue) WHERE state = 'succeeded';
+CREATE INDEX jobs_dead ON jobs (finished_at, queue) WHERE state = 'dead';
+CREATE INDEX jobs_cancelled ON jobs (finished_at, queue) WHERE state = 'cancelled';
+CREATE TRIGGER jobs_guard_payload BEFORE INSERT ON jobs
+    WHEN NEW.payload IS NOT NULL AND NOT json_valid(NEW.payload)
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: payload_is_json'); END;
+CREATE TRIGGER jobs_guard_kind BEFORE INSERT ON jobs
+    WHEN NEW.kind = ''
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: kind_not_empty'); END;
+CREATE TRIGGER jobs_guard_max_attempts BEFORE INSERT ON jobs
+    WHEN NEW.max_attempts < 1
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: max_attempts_at_least_1'); END;
+CREATE TRIGGER jobs_guard_timeout BEFORE INSERT ON jobs
+    WHEN NEW.timeout_ms <= 0
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: timeout_ms_positive'); END;
+",
+    utf8_guards!("queue"),
+    utf8_guards!("kind"),
+    utf8_guards!("payload"),
+    utf8_guards!("unique_key"),
+    "CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+INSERT INTO meta(key, value) VALUES ('database_id', lower(hex(randomblob(6))));
+"
 );
 
 #[cfg(test)]

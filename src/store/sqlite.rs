@@ -1193,6 +1193,13 @@ impl Store for SqliteStore {
         self.data_version()
     }
 
+    fn database_id(&mut self) -> Result<String> {
+        self.conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'database_id'")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(|e| self.err("read the database id", e))
+    }
+
     fn commit_file(&self) -> Option<PathBuf> {
         Some(crate::pickup::wal_path(&self.path))
     }

@@ -279,6 +279,14 @@ impl Home {
         out.lines().map(|l| l.trim().parse().expect("id")).collect()
     }
 
+    /// This database's random id (`meta.database_id`), which jobs carry in
+    /// `Idempotency-Key`, `Message-ID` and mail file names.
+    pub fn database_id(&self) -> String {
+        self.text("SELECT value FROM meta WHERE key = 'database_id';")
+            .trim()
+            .to_string()
+    }
+
     /// The state of job `id`.
     pub fn state(&self, id: i64) -> String {
         let out = self
