@@ -49,13 +49,17 @@ impl Bench {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&handlers).unwrap();
         let _ = std::fs::remove_file(handlers.join("true"));
-        std::os::unix::fs::symlink("/bin/true", handlers.join("true")).unwrap();
+        // A copy: handlers must be regular files, not links.
+        std::fs::copy("/bin/true", handlers.join("true")).unwrap();
         std::fs::write(root.join("small"), vec![7u8; 1024]).unwrap();
         let file = FileConfig {
             roots: vec![root],
             ..FileConfig::default()
         };
-        let exec = ExecConfig { dir: handlers };
+        let exec = ExecConfig {
+            dir: handlers,
+            user: None,
+        };
         let registry = Registry::cpu(&file, &exec);
         Bench {
             file,

@@ -639,12 +639,16 @@ impl Default for FileConfig {
 pub struct ExecConfig {
     /// The folder of `exec` handlers.
     pub dir: PathBuf,
+    /// The user handlers run as, for a daemon started as root; none: the
+    /// daemon's own user.
+    pub user: Option<String>,
 }
 
 impl Default for ExecConfig {
     fn default() -> Self {
         ExecConfig {
             dir: PathBuf::from("jobs"),
+            user: None,
         }
     }
 }
@@ -1169,6 +1173,9 @@ impl Config {
         }
         if self.exec.dir.as_os_str().is_empty() {
             return fail("exec.dir", "must name a folder");
+        }
+        if let Some(user) = &self.exec.user {
+            crate::confine::lookup_user(user).or_else(|why| fail("exec.user", why))?;
         }
 
         for (name, cron) in &self.cron {

@@ -48,6 +48,7 @@ pub mod cli;
 pub mod commands;
 pub mod completer;
 pub mod config;
+pub mod confine;
 pub mod cron;
 pub mod daemon;
 pub mod dashboard;

@@ -592,3 +592,163 @@ fn the_example_handlers_in_jobs_work_as_the_readme_says() {
     let error = cpu.dead("exec", r#"{"handler":"wordcount","args":{"path":"../x"}}"#);
     assert!(error.contains("must stay inside the file root"), "{error}");
 }
+
+/// Regression: a symbolic link in `exec.dir` was followed, so
+/// `jobs/shlink -> /bin/sh` ran a job's args as shell commands.
+#[test]
+fn a_symlinked_handler_is_refused() {
+    let cpu = setup("");
+    std::os::unix::fs::symlink("/bin/sh", cpu.handlers.join("shlink")).unwrap();
+    let _daemon = cpu.home.daemon();
+    let marker = cpu.home.path().join("pwned");
+    let detail = cpu.dead(
+        "exec",
+        &format!(
+            r#"{{"handler":"shlink","args":"touch {}"}}"#,
+            marker.display()
+        ),
+    );
+    assert!(
+        detail.contains("exec handler shlink in")
+            && detail.ends_with("is a symbolic link; handlers must be regular files in exec.dir (copy the program there or write a wrapper script)"),
+        "{detail}"
+    );
+    assert!(!marker.exists());
+}
+
+/// Regression: a handler's `setsid` child left its process group and so
+/// outlived the job (only the group was killed).
+#[test]
+fn a_setsid_grandchild_does_not_outlive_its_job() {
+    let cpu = setup("");
+    let pidfile = cpu.home.path().join("escaped.pid");
+    cpu.handler(
+        "escape",
+        &format!(
+            "#!/bin/sh\nsetsid sh -c 'echo $$ > {}; exec sleep 300' < /dev/null > /dev/null 2>&1 &\n\
+             while [ ! -s {} ]; do sleep 0.01; done\necho '{{}}'\n",
+            pidfile.display(),
+            pidfile.display()
+        ),
+    );
+    let _daemon = cpu.home.daemon();
+    cpu.ok("exec", r#"{"handler":"escape"}"#);
+    let pid = read_pid(&pidfile);
+    wait_gone(pid, "the setsid child of a finished job");
+}
+
+/// Regression: descriptors the daemon inherited (here fd 7, open on a
+/// file, without close-on-exec) reached every handler.
+#[test]
+fn handlers_inherit_no_descriptors_beyond_stderr() {
+    use std::os::unix::process::CommandExt;
+    let cpu = setup("");
+    cpu.handler(
+        "fds",
+        "#!/bin/sh\nprintf '{\"fds\":\"%s\"}' \"$(for f in /proc/$$/fd/*; do readlink $f; done | tr '\\n' ' ')\"\n",
+    );
+    let secret = cpu.home.path().join("inherited");
+    std::fs::write(&secret, "the daemon's file").unwrap();
+    let file = std::fs::File::open(&secret).unwrap();
+    let mut cmd = cpu.home.cmd(&["run"]);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: dup2 is async-signal-safe; the child only moves the
+    // descriptor to 7 (without close-on-exec) before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let log = cpu.home.path().join("daemon.log");
+    let _daemon = cpu.home.spawn_daemon(cmd, &log, &log);
+    let result = cpu.ok("exec", r#"{"handler":"fds"}"#);
+    // The shell's own descriptors (its script, a pipe) may show; nothing
+    // of the daemon's.
+    let fds = result["fds"].as_str().unwrap();
+    assert!(fds.contains("pipe:"), "the listing worked: {fds}");
+    assert!(
+        !fds.contains("inherited"),
+        "the daemon's fd 7 reached the handler: {fds}"
+    );
+}
+
+/// Regression: a handler could read the daemon's secrets from
+/// `/proc/<daemon pid>/environ` (the SMTP password, the dashboard token).
+#[test]
+fn handlers_cannot_read_the_daemons_secrets() {
+    let cpu = setup(
+        "[email.smtp]\npassword_env = \"SMTP_PW\"\n[metrics]\ndashboard_token_env = \"DASH_TOKEN\"\n",
+    );
+    let daemon_pid = cpu.home.path().join("daemon.pid");
+    cpu.handler(
+        "snoop",
+        &format!(
+            "#!/bin/sh\nd=$(cat {})\n\
+             for f in /proc/$d/environ /proc/$PPID/environ /proc/$d/cmdline; do cat $f 2>/dev/null; echo; done > {}/seen\n\
+             echo '{{}}'\n",
+            daemon_pid.display(),
+            cpu.home.path().display()
+        ),
+    );
+    let log = cpu.home.path().join("daemon.log");
+    let daemon = cpu.home.daemon_with_env(
+        &log,
+        &log,
+        &[("SMTP_PW", "hunter2-smtp"), ("DASH_TOKEN", "hunter2-dash")],
+    );
+    std::fs::write(&daemon_pid, daemon.pid().to_string()).unwrap();
+    cpu.ok("exec", r#"{"handler":"snoop"}"#);
+    let seen = std::fs::read_to_string(cpu.home.path().join("seen")).unwrap();
+    assert!(
+        !seen.contains("hunter2"),
+        "the handler read a secret: {seen:?}"
+    );
+    // The variable names may show, their values may not; and the test
+    // did read the daemon's block (as root it still can).
+    let environ = std::fs::read(format!("/proc/{}/environ", daemon.pid())).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("hunter2"),
+        "the daemon's environment block still holds a secret"
+    );
+}
+
+/// `exec.user`: a daemon started as root runs handlers as that user; one
+/// that is not root refuses to start with it.
+#[test]
+fn handlers_run_as_exec_user() {
+    let cpu = setup("");
+    let config = std::fs::read_to_string(cpu.home.config()).unwrap();
+    std::fs::write(
+        cpu.home.config(),
+        config.replace("[exec]\n", "[exec]\nuser = \"nobody\"\n"),
+    )
+    .unwrap();
+    cpu.handler(
+        "whoami",
+        "#!/bin/sh\nprintf '{\"uid\":%s,\"gid\":%s}' \"$(id -u)\" \"$(id -g)\"\n",
+    );
+    // The handler must be able to run as nobody: the folders are the
+    // test's (root's) temp folders, readable by all.
+    for dir in [cpu.home.path(), &cpu.handlers, &cpu.root] {
+        chmod(dir, 0o755);
+    }
+    if !rustix::process::geteuid().is_root() {
+        cpu.home
+            .jobd(&["run"])
+            .fails(1, "exec.user is set, but the daemon runs as uid");
+        return;
+    }
+    let _daemon = cpu.home.daemon();
+    let result = cpu.ok("exec", r#"{"handler":"whoami"}"#);
+    let (uid, gid) = jobd::confine::lookup_user("nobody").unwrap();
+    assert_eq!(result["uid"], uid, "{result}");
+    assert_eq!(result["gid"], gid, "{result}");
+    let missing = Home::with_config("[exec]\nuser = \"no-such-user-here\"\n");
+    missing.jobd(&["check-config"]).fails(
+        1,
+        "exec.user names no-such-user-here, who is not a user of this system",
+    );
+}

@@ -33,7 +33,8 @@ fn crash_loop(jobs: usize, crashes: usize, seed: u64) -> CrashReport {
     let home = Home::new();
     let handlers = home.path().join("handlers");
     std::fs::create_dir_all(&handlers).unwrap();
-    std::os::unix::fs::symlink("/bin/true", handlers.join("true")).unwrap();
+    // A copy: handlers must be regular files, not links.
+    std::fs::copy("/bin/true", handlers.join("true")).unwrap();
     home.write_config(&format!(
         "[exec]\ndir = \"{}\"\n[pool]\nthreads = 8\n[cpu]\nworkers = 2\n\
          [retry]\nbackoff_base = \"10ms\"\nbackoff_max = \"50ms\"\n",

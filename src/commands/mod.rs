@@ -65,12 +65,28 @@ fn run_daemon(
     explicit: bool,
     env: &HashMap<String, String>,
 ) -> Result<()> {
+    if config.exec.user.is_some() && !rustix::process::geteuid().is_root() {
+        return Err(Error::Failed(format!(
+            "exec.user is set, but the daemon runs as uid {}, not root: only root can run handlers as another user (unset exec.user, or start jobd as root)",
+            rustix::process::geteuid().as_raw()
+        )));
+    }
+    // Before any thread starts: the secrets were read into the config, and
+    // must not stay readable in /proc/<pid>/environ or memory.
+    crate::confine::scrub_environment(&[
+        &config.email.smtp.password_env,
+        &config.metrics.dashboard_token_env,
+    ]);
+    let undumpable = crate::confine::not_dumpable();
     let notifier = crate::notify::Notifier::from_env(env);
     // journald stamps every line itself.
     let timestamps = !env.contains_key("JOURNAL_STREAM");
     let log = crate::logging::init(&config.log, timestamps)?;
     crate::logging::log_panics();
     log_warnings(&config);
+    if let Err(e) = undumpable {
+        crate::event!(Warn, "daemon.dumpable", error:% = e);
+    }
     let requests = crate::signals::listen().map_err(|source| Error::Io {
         what: "cannot install the signal handlers".into(),
         source,

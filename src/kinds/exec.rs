@@ -7,8 +7,11 @@
 //! `JOBD_QUEUE`), in the first file root, and dies with the worker that
 //! started it (`PR_SET_PDEATHSIG`). Its group is reported through
 //! [`Context::spawned`] so the pool's kill at the deadline reaches every
-//! process in it; when the handler exits, whatever it left running in its
-//! group is killed too, so a job's processes end with the job.
+//! process in it; when the handler exits, whatever it left running is
+//! killed too, in its group or out of it (the worker is a child subreaper,
+//! see [`crate::confine`]), so a job's processes end with the job. A
+//! handler is a regular file, never a symbolic link; with `exec.user` set
+//! (the daemon running as root) it runs as that user.
 //!
 //! Its output is read concurrently and bounded: stdout up to
 //! [`MAX_STDOUT`] (the rest is read and dropped), stderr keeping its last
@@ -58,6 +61,9 @@ struct Payload {
 pub struct Exec {
     dir: PathBuf,
     cwd: PathBuf,
+    /// `exec.user`: the user and group handlers run as, or why that user
+    /// cannot be found on this machine.
+    run_as: Option<Result<(u32, u32), String>>,
 }
 
 impl Exec {
@@ -70,7 +76,8 @@ impl Exec {
             .roots
             .first()
             .map_or_else(|| dir.clone(), |r| absolute(r));
-        Exec { dir, cwd }
+        let run_as = exec.user.as_deref().map(crate::confine::lookup_user);
+        Exec { dir, cwd, run_as }
     }
 
     /// The handler's file, checked: a plain name, a regular file directly
@@ -86,7 +93,9 @@ impl Exec {
             )));
         }
         let path = self.dir.join(name);
-        let meta = std::fs::metadata(&path).map_err(|e| {
+        // Not followed: a link to /bin/sh would run a job's args as shell
+        // commands, and one to anywhere makes the folder's review moot.
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| {
             JobError::permanent(match e.kind() {
                 std::io::ErrorKind::NotFound => format!(
                     "exec handler {name} is not in the handlers folder {} (exec.dir)",
@@ -95,6 +104,12 @@ impl Exec {
                 _ => format!("exec handler {name} cannot be looked at: {e}"),
             })
         })?;
+        if meta.file_type().is_symlink() {
+            return Err(JobError::permanent(format!(
+                "exec handler {name} in {} is a symbolic link; handlers must be regular files in exec.dir (copy the program there or write a wrapper script)",
+                self.dir.display()
+            )));
+        }
         if !meta.is_file() {
             return Err(JobError::permanent(format!(
                 "exec handler {name} in {} is not a regular file",
@@ -203,6 +218,19 @@ impl Kind for Exec {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        match &self.run_as {
+            // std drops supplementary groups too when it switches a root
+            // process's user.
+            Some(Ok((uid, gid))) => {
+                command.uid(*uid).gid(*gid);
+            }
+            Some(Err(why)) => {
+                return Err(JobError::transient(format!(
+                    "exec handler {name} cannot be started: exec.user {why}"
+                )))
+            }
+            None => {}
+        }
         let worker = rustix::process::getpid();
         // SAFETY: the closure runs in the forked child before exec and only
         // makes two system calls (prctl, getppid), which are safe there.
@@ -260,10 +288,13 @@ impl Kind for Exec {
         let status = child.wait().map_err(|e| {
             JobError::transient(format!("exec handler {name}: cannot wait for it: {e}"))
         })?;
-        // Whatever the handler left running in its group ends with the job.
+        // Whatever the handler left running in its group ends with the job,
+        // and so does what left the group (`setsid`): the worker is a child
+        // subreaper, so those became its children when their parents died.
         if let Some(group) = rustix::process::Pid::from_raw(pgid) {
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
+        crate::confine::kill_leftovers(OUTPUT_WAIT);
         let (mut stdout, mut truncated, mut stderr, mut cut) =
             (Vec::new(), false, Vec::new(), false);
         let until = Instant::now() + OUTPUT_WAIT;
@@ -349,6 +380,7 @@ mod tests {
         let exec = Exec::new(
             &ExecConfig {
                 dir: dir.path().to_path_buf(),
+                user: None,
             },
             &FileConfig {
                 roots: vec![],

@@ -24,6 +24,12 @@ pub fn run() -> io::Result<()> {
     // Dies with the daemon thread that started it, even by `kill -9`. Should
     // the daemon be gone already, stdin is closed and the loop ends at once.
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    // Nothing the daemon inherited reaches a handler; a handler's `setsid`
+    // children become ours when it exits, to be killed with its job; and
+    // a handler cannot read this process's memory.
+    crate::confine::close_inherited_descriptors();
+    crate::confine::become_subreaper()?;
+    crate::confine::not_dumpable()?;
     let mut input = io::stdin().lock();
     let mut output = io::stdout().lock();
     let Some(ToWorker::Setup(setup)) = frame::read::<ToWorker>(&mut input)? else {

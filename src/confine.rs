@@ -1,0 +1,141 @@
+//! What keeps a job's handler from reaching past its job (Linux): the
+//! daemon's secrets scrubbed from its environment block and the daemon
+//! and its CPU workers made non-dumpable (so `/proc/<pid>/environ` and
+//! `/proc/<pid>/mem` are closed to other processes of the same user),
+//! descriptors inherited from whoever started the daemon closed before any
+//! handler starts, and processes a handler left outside its process group
+//! (`setsid`) killed when its job ends.
+
+use std::ffi::CStr;
+use std::time::{Duration, Instant};
+
+/// Overwrites the values of the environment variables `names` in the
+/// process's environment block, then removes them. `/proc/<pid>/environ`
+/// shows the block as it was at `exec`, whatever `remove_var` does to the
+/// variable table, so the bytes themselves are cleared. Call it before any
+/// other thread starts (the environment is not locked against readers).
+pub fn scrub_environment(names: &[&str]) {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    for name in names.iter().filter(|n| !n.is_empty()) {
+        let prefix = format!("{name}=");
+        // SAFETY: `environ` is the C library's NULL-terminated table of
+        // NUL-terminated strings; no other thread runs yet (see above), so
+        // nothing changes it while it is walked. Only the bytes after
+        // `NAME=` up to the terminating NUL are overwritten, in place.
+        unsafe {
+            let mut entry = environ;
+            while !entry.is_null() && !(*entry).is_null() {
+                let text = CStr::from_ptr(*entry);
+                if text.to_bytes().starts_with(prefix.as_bytes()) {
+                    let value = (*entry).add(prefix.len());
+                    let len = text.to_bytes().len() - prefix.len();
+                    std::ptr::write_bytes(value, 0, len);
+                }
+                entry = entry.add(1);
+            }
+        }
+        std::env::remove_var(name);
+    }
+}
+
+/// Marks this process non-dumpable: no core file, and `/proc/<pid>/mem`,
+/// `environ` and `fd` belong to root, so a handler running as the same
+/// user cannot read the daemon's memory. Logged by the caller on failure.
+pub fn not_dumpable() -> std::io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(std::io::Error::from)
+}
+
+/// Closes every descriptor above stderr. A CPU worker calls it first
+/// thing: what the daemon inherited without close-on-exec (from systemd, a
+/// shell, a test) reached the worker and so every handler it starts.
+pub fn close_inherited_descriptors() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    // The listing's own descriptor is in `fds` but closed already; closing
+    // it again fails harmlessly with EBADF.
+    for fd in fds {
+        // SAFETY: closing a descriptor number has no memory-safety
+        // preconditions; nothing in this process uses these ones yet.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants
+/// (`PR_SET_CHILD_SUBREAPER`): a handler's `setsid` child then becomes this
+/// process's child when the handler exits, instead of init's, so
+/// [`kill_leftovers`] can find it.
+pub fn become_subreaper() -> std::io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(std::io::Error::from)
+}
+
+/// Kills and reaps every child of this process, and the children they
+/// leave in turn, for at most `within`: what a finished handler left
+/// running. Returns how many were killed.
+pub fn kill_leftovers(within: Duration) -> usize {
+    let me = std::process::id() as i32;
+    let deadline = Instant::now() + within;
+    let mut killed = 0;
+    loop {
+        reap_exited();
+        let children = crate::procfs::children(me);
+        if children.is_empty() || Instant::now() >= deadline {
+            return killed;
+        }
+        for pid in children {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                    killed += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Reaps every child that has exited, without waiting.
+fn reap_exited() {
+    while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
+}
+
+/// The user id and primary group of the user `name` (`exec.user`), from
+/// the system's user database.
+pub fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+    let c_name =
+        std::ffi::CString::new(name).map_err(|_| format!("{name:?} is not a user name"))?;
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: getpwnam_r writes only into `entry` and `buffer`, both owned
+    // here and large enough as stated; `found` points to `entry` or is NULL.
+    unsafe {
+        let mut entry: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        );
+        if rc != 0 {
+            return Err(format!(
+                "cannot look up the user {name}: {}",
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        if found.is_null() {
+            return Err(format!("names {name}, who is not a user of this system"));
+        }
+        Ok((entry.pw_uid, entry.pw_gid))
+    }
+}
