@@ -934,7 +934,7 @@ fn a_cancel_survives_a_retryable_failure() {
         let go = db.home.path().join("go");
         let pid_file = db.home.path().join("handler.pid");
         let script = format!(
-            "#!/bin/sh\necho $$ > '{}'\nwhile [ ! -e '{}' ]; do sleep 0.01; done\n\
+            "#!/bin/sh\necho $$ $PPID > '{}'\nwhile [ ! -e '{}' ]; do sleep 0.01; done\n\
              echo 'busy, try later' >&2\nexit 75\n",
             pid_file.display(),
             go.display(),
@@ -949,10 +949,10 @@ fn a_cancel_survives_a_retryable_failure() {
         let daemon = db.home.daemon();
         let id = db.insert("exec", r#"{"handler":"later"}"#, 5);
         db.wait_state(id, "running");
-        let pid = wait_for(PATIENCE, || {
-            std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
+        let (pid, worker) = wait_for(PATIENCE, || {
+            let text = std::fs::read_to_string(&pid_file).ok()?;
+            let mut pids = text.split_whitespace().map(|p| p.parse::<i32>().ok());
+            Some((pids.next()??, pids.next()??))
         })
         .expect("the handler started");
         // The daemon stopped, the cancel lands and the handler ends (its
@@ -964,8 +964,13 @@ fn a_cancel_survives_a_retryable_failure() {
             "UPDATE jobs SET cancel_requested = {flag} WHERE id = {id};"
         ));
         std::fs::write(&go, "").unwrap();
+        // Reaped, and its worker has sent the answer: it is back to
+        // reading its next order on stdin (read(2) is syscall 0, fd 0).
         let reaped = wait_for(PATIENCE, || {
-            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+            let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+            let idle = std::fs::read_to_string(format!("/proc/{worker}/syscall"))
+                .is_ok_and(|s| s.starts_with("0 0x0 "));
+            (gone && idle).then_some(())
         });
         daemon.signal(libc::SIGCONT);
         assert!(reaped.is_some(), "{}: the handler never ended", db.name);
