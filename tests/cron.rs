@@ -261,3 +261,144 @@ fn a_schedule_first_seen_at_reload_is_not_enqueued_late() {
         assert_eq!(run_ats(store.as_mut()), vec![next], "{name}");
     }
 }
+
+/// Walks a daemon's cron through a time span the way the dispatcher does
+/// (run what is due, then sleep until the next due time), failing if it
+/// would wake again at once (the spin inside a repeated hour).
+fn walk(cron: &mut jobd::cron::Cron, store: &mut dyn jobd::store::Store, from: i64, to: i64) {
+    let mut now = from;
+    let mut turns = 0;
+    while now < to {
+        if cron.due(now) {
+            cron.run_due(store, now);
+        }
+        let next = cron.next_due().expect("a schedule always has a next slot");
+        assert!(next > now, "woken again at once at {now}: next {next}");
+        turns += 1;
+        assert!(turns < 1_000, "the cron loop spins");
+        now = next;
+    }
+}
+
+/// Regression: inside the repeated hour of a fall-back night the next slot
+/// was in the past and the dispatcher spun. Through the whole Berlin night
+/// (both backends): a fixed time runs once, an interval runs through both
+/// passes, each slot once, nothing spins.
+#[test]
+fn a_fall_back_night_enqueues_each_slot_once_without_spinning() {
+    for (name, mut store, _guard) in common::backends("cron_dst") {
+        let parse = |expr: &str, section: &str| {
+            let config: jobd::config::CronConfig = toml::from_str(&format!(
+                "schedule = \"{expr}\"\nkind = \"noop\"\ntimezone = \"Europe/Berlin\"\n"
+            ))
+            .unwrap();
+            jobd::cron::Schedule::parse(section, &config).unwrap()
+        };
+        let mut cron = jobd::cron::Cron::new(vec![
+            parse("*/15 * * * *", "quarter"),
+            parse("30 2 * * *", "nightly"),
+        ]);
+        let hour = |h: u32, m: u32| {
+            use chrono::TimeZone;
+            chrono::Utc
+                .with_ymd_and_hms(2026, 10, 25, h, m, 0)
+                .unwrap()
+                .timestamp_millis()
+        };
+        // 00:05 CEST (22:05 UTC the day before) to 03:35 CET.
+        walk(
+            &mut cron,
+            store.as_mut(),
+            hour(0, 0) - 115 * 60_000,
+            hour(2, 35),
+        );
+        let quarters = (0..=10).map(|i| hour(0, 0) + i * 15 * 60_000);
+        let mut want: Vec<i64> = quarters.collect(); // 02:00 CEST … 03:30 CET
+        want.push(hour(0, 30)); // nightly, 02:30 CEST only
+        want.sort_unstable();
+        // The first quarter slots of the walk (22:15 … 23:45 UTC) too.
+        let mut got = run_ats(store.as_mut());
+        got.retain(|&t| t >= hour(0, 0));
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+/// Regression: a job the database refused (a cron `timeout` that broke its
+/// CHECK) was tried again on every turn: 150 000 log lines in 4 s and no
+/// job ran. A failure is retried after a backoff; once the database takes
+/// the job again, the slot is enqueued.
+#[test]
+fn a_refused_cron_insert_backs_off_instead_of_looping() {
+    for (name, mut store, guard) in common::backends("cron_refused") {
+        let refuse = |on: bool| match guard.downcast_ref::<common::pg::Schema>() {
+            Some(schema) => {
+                let sql = if on {
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+                     CREATE TRIGGER refuse BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION refuse();"
+                } else {
+                    "DROP TRIGGER refuse ON jobs;"
+                };
+                schema.psql(sql).unwrap();
+            }
+            None => {
+                let dir = guard.downcast_ref::<tempfile::TempDir>().unwrap();
+                let sql = if on {
+                    "CREATE TRIGGER refuse BEFORE INSERT ON jobs BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+                } else {
+                    "DROP TRIGGER refuse;"
+                };
+                common::sqlite3(&dir.path().join("jobd.db"), sql).succeeds();
+            }
+        };
+        let tick = schedule("@every 1s");
+        let mut cron = jobd::cron::Cron::new(vec![tick]);
+        let t0 = at(12, 0, 0, 0);
+        cron.run_due(store.as_mut(), t0); // first look: starts, enqueues nothing
+        refuse(true);
+        assert_eq!(cron.run_due(store.as_mut(), t0 + 1_000), 0, "{name}");
+        // Not tried again on the next turns: the next look is a backoff away.
+        let next = cron.next_due().unwrap();
+        assert!(next >= t0 + 2_000, "{name}: retried at {next}");
+        assert!(!cron.due(t0 + 1_500), "{name}");
+        cron.run_due(store.as_mut(), next); // fails again: the wait doubles
+        let again = cron.next_due().unwrap();
+        assert!(again - next >= 2_000, "{name}: {again} after {next}");
+        refuse(false);
+        assert_eq!(cron.run_due(store.as_mut(), again), 1, "{name}");
+        assert_eq!(
+            run_ats(store.as_mut()),
+            vec![again / 1_000 * 1_000],
+            "{name}"
+        );
+    }
+}
+
+/// The real binary with its clock frozen (libfaketime) at 02:20 CET, in
+/// the second pass of Berlin's repeated hour: `jobd cron` showed the next
+/// quarter as 02:30 CEST, an hour in the past.
+#[test]
+fn jobd_cron_inside_a_repeated_hour_shows_a_next_time_ahead() {
+    let home = Home::with_config(
+        "[cron.quarter]\nschedule = \"*/15 * * * *\"\ntimezone = \"Europe/Berlin\"\nkind = \"noop\"\n\
+         [cron.nightly]\nschedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\nkind = \"noop\"\n",
+    );
+    home.migrate();
+    let out = common::Run(
+        home.cmd(&["cron"])
+            .env("TZ", "UTC")
+            .env("FAKETIME", "@2026-10-25 01:20:00")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("LD_PRELOAD", common::LIBFAKETIME)
+            .output()
+            .unwrap(),
+    )
+    .succeeds();
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(row("quarter").contains("2026-10-25 02:30:00 CET"), "{out}");
+    assert!(row("nightly").contains("2026-10-26 02:30:00 CET"), "{out}");
+}

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use jobd::store::{OpenMode, SqliteStore};
 
+/// libfaketime (Debian's `faketime` package), preloaded to freeze a
+/// command's clock at a chosen instant (`FAKETIME=@2026-10-25 01:20:00`).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
 /// The jobd binary cargo built for these tests.
 pub const JOBD: &str = env!("CARGO_BIN_EXE_jobd");
 
