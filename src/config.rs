@@ -1400,7 +1400,20 @@ pub mod duration_str {
     }
 
     /// Parses a duration string of any length (the caller bounds it).
+    /// Months and years are refused: they have no fixed length (humantime
+    /// reads `1M` as 30.44 days, where a reader may see a minute, and `1y`
+    /// as 365.25 days).
     pub fn parse_unbounded(s: &str) -> Result<Duration, String> {
+        let units = s
+            .split(|c: char| c.is_ascii_digit() || c.is_whitespace() || c == '.')
+            .filter(|u| !u.is_empty());
+        for unit in units {
+            if matches!(unit, "M" | "month" | "months" | "y" | "year" | "years") {
+                return Err(format!(
+                    "must be a duration in fixed units, ms to weeks: months and years vary in length (got {s:?}; write days, e.g. \"30d\" or \"365d\", and m for minutes)"
+                ));
+            }
+        }
         humantime::parse_duration(s.trim()).map_err(|e| {
             format!("must be a duration like \"250ms\", \"30s\" or \"5m\" (got {s:?}: {e})")
         })
@@ -1474,7 +1487,22 @@ pub mod size_str {
         let n = match Form::deserialize(d) {
             Ok(Form::Number(n)) => n,
             Ok(Form::Text(s)) => {
-                parse_size::parse_size(s.trim()).map_err(|_| bad(&format!("{s:?}")))?
+                let text = s.trim();
+                let unit =
+                    text.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.' || c == ' ');
+                // "1.5" would be rounded to 2 bytes, and "1Mb" read as a
+                // megabyte where it says megabit: both are refused.
+                if unit.is_empty() && text.contains('.') {
+                    return Err(serde::de::Error::custom(format!(
+                        "must be a whole number of bytes or a size with a unit like \"1.5MiB\" (got {s:?})"
+                    )));
+                }
+                if unit.len() > 1 && unit.ends_with('b') {
+                    return Err(serde::de::Error::custom(format!(
+                        "must be a size in bytes: {s:?} reads as bits; write B, as in \"1MB\" or \"1MiB\""
+                    )));
+                }
+                parse_size::parse_size(text).map_err(|_| bad(&format!("{s:?}")))?
             }
             Err(_) => return Err(bad("a value of another type")),
         };
@@ -1555,7 +1583,7 @@ mod tests {
                 "daemon.lease must be at most 1day",
             ),
             (
-                "[retention]\nsucceeded = \"999999y\"",
+                "[retention]\nsucceeded = \"999999999d\"",
                 "retention.succeeded must be at most 100 years",
             ),
             (
@@ -1575,7 +1603,7 @@ mod tests {
                 "database.busy_timeout must be at most 1h",
             ),
             (
-                "[cron.x]\nschedule = \"@every 1m\"\nkind = \"noop\"\ntimeout = \"9999999999y\"",
+                "[cron.x]\nschedule = \"@every 1m\"\nkind = \"noop\"\ntimeout = \"9999999999d\"",
                 "cron.x.timeout must be at most 100 years",
             ),
         ] {
@@ -1586,6 +1614,52 @@ mod tests {
             );
         }
         assert!(load("[daemon]\nlease = \"1day\"", &[]).is_ok());
+    }
+
+    /// Regression: `1M` was a month (30.44 days), `10y` 10 × 365.25 days,
+    /// the size `"1.5"` 2 bytes and `"1Mb"` a megabyte.
+    #[test]
+    fn units_without_a_fixed_or_clear_meaning_are_refused() {
+        for (toml, want) in [
+            (
+                "[retention]\nsucceeded = \"1M\"",
+                "retention.succeeded must be a duration in fixed units",
+            ),
+            (
+                "[retention]\nsucceeded = \"10y\"",
+                "months and years vary in length",
+            ),
+            ("[retention]\ndead = \"2 months\"", "write days"),
+            (
+                "[limits]\nmax_payload_bytes = \"1.5\"",
+                "limits.max_payload_bytes must be a whole number of bytes",
+            ),
+            ("[limits]\nmax_payload_bytes = \"1Mb\"", "reads as bits"),
+        ] {
+            let e = load(toml, &[]).unwrap_err();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
+        let c = load(
+            "[retention]\nsucceeded = \"30d\"\n[limits]\nmax_payload_bytes = \"1.5MiB\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.retention.succeeded, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.limits.max_payload_bytes, 1_572_864);
+        assert_eq!(
+            load("[limits]\nmax_payload_bytes = \"1MB\"", &[])
+                .unwrap()
+                .limits
+                .max_payload_bytes,
+            1_000_000
+        );
+        assert_eq!(
+            load("[daemon]\nshutdown_grace = \"1m\"", &[])
+                .unwrap()
+                .daemon
+                .shutdown_grace,
+            Duration::from_secs(60)
+        );
     }
 
     #[test]

@@ -166,15 +166,23 @@ fn enqueue_bad_inputs_are_usage_errors_and_write_nothing() {
 fn overflowing_or_odd_enqueue_times_are_refused_naming_the_flag() {
     let home = Home::new();
     home.migrate();
-    home.migrate();
     let cases: &[(&[&str], &str)] = &[
         (
             &["enqueue", "noop", "--delay", "10000000000000000s"],
             "longer than the longest delay, 100 years",
         ),
         (
-            &["enqueue", "noop", "--delay", "584542046090y"],
+            &["enqueue", "noop", "--delay", "584542046090w"],
             "longer than the longest delay",
+        ),
+        // A year or a month has no fixed length.
+        (
+            &["enqueue", "noop", "--delay", "1y"],
+            "months and years vary in length",
+        ),
+        (
+            &["enqueue", "noop", "--delay", "1M"],
+            "write days, e.g. \"30d\"",
         ),
         (
             &["enqueue", "noop", "--delay", "-5s"],
