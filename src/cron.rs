@@ -646,6 +646,17 @@ mod tests {
         assert_eq!(slots(&seven, from, 1), ["2026-01-25T09:00:00Z"]);
         let second = schedule("0 9 * * 7#2", "UTC");
         assert_eq!(slots(&second, from, 1), ["2026-01-11T09:00:00Z"]);
+        // With a day of the month too, either one fires (cron's OR).
+        let either = schedule("0 9 15 * 7L", "UTC");
+        assert_eq!(
+            slots(&either, from, 4),
+            [
+                "2026-01-15T09:00:00Z",
+                "2026-01-25T09:00:00Z",
+                "2026-02-15T09:00:00Z",
+                "2026-02-22T09:00:00Z"
+            ]
+        );
     }
 
     #[test]
