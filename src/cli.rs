@@ -201,6 +201,10 @@ pub struct QueueNames {
     /// The queues.
     #[arg(required = true)]
     pub queues: Vec<String>,
+    /// pause: also a queue that has no jobs yet and that the config does
+    /// not name (without it, such a name is taken for a typo).
+    #[arg(long)]
+    pub create: bool,
 }
 
 fn parse_source(s: &str) -> Result<PathBuf, String> {

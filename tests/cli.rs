@@ -684,3 +684,46 @@ fn check_config_says_when_defaults_apply_and_warns_of_risky_settings() {
     daemon.wait_log("config.warning key=file.roots");
     daemon.stop();
 }
+
+/// Regression: `pause nosuchqueue` silently created a paused queue that
+/// then showed on the dashboard for good. A queue with no jobs that the
+/// config does not name is taken for a typo unless `--create` says so.
+#[test]
+fn pausing_an_unknown_queue_needs_create() {
+    let home = Home::with_config("[queues.reports]\nconcurrency = 1\n");
+    home.migrate();
+    home.ok(&["enqueue", "noop", "{}", "--queue", "mail"]);
+    home.jobd(&["pause", "mial"]).fails(
+        2,
+        "queue mial has no jobs and the config does not name it; check the name, or pass --create",
+    );
+    home.jobd(&["pause", "mail", "mial"]).fails(2, "queue mial");
+    assert_eq!(
+        home.query_i64("SELECT count(*) FROM queues WHERE paused = 1"),
+        0
+    );
+    home.ok(&["pause", "mail"]);
+    home.ok(&["pause", "reports"]);
+    home.ok(&["pause", "--create", "later"]);
+    home.ok(&["pause", "later"]);
+    assert_eq!(
+        home.query_i64("SELECT count(*) FROM queues WHERE paused = 1"),
+        3
+    );
+}
+
+/// Times in `list`, `show` and `tail` are UTC, and say so.
+#[test]
+fn times_are_shown_as_utc() {
+    let home = Home::new();
+    home.migrate();
+    let id = id_of(&home.ok(&["enqueue", "noop", "{}"]));
+    let list = home.ok(&["list"]);
+    assert!(list.lines().nth(1).unwrap().contains(" UTC"), "{list}");
+    let show = home.ok(&["show", &id.to_string()]);
+    let run_at = show
+        .lines()
+        .find(|l| l.trim_start().starts_with("run_at"))
+        .unwrap();
+    assert!(run_at.ends_with(" UTC"), "{show}");
+}

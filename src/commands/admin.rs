@@ -105,6 +105,7 @@ pub fn prune(
 
 /// Runs `jobd pause` (`paused = true`) or `jobd resume`.
 pub fn set_paused(
+    config: &Config,
     store: &mut dyn Store,
     args: QueueNames,
     paused: bool,
@@ -112,6 +113,31 @@ pub fn set_paused(
 ) -> Result<()> {
     if let Some(q) = args.queues.iter().find(|q| q.trim().is_empty()) {
         return Err(Error::Usage(format!("queue name {q:?} is empty")));
+    }
+    // A paused queue stays on the dashboard and in stats until resumed: a
+    // typo would leave a phantom one there and the real queue running.
+    if paused && !args.create {
+        let already = store.paused_queues()?;
+        for q in &args.queues {
+            let named = config.daemon.queues.contains(q)
+                || config.queues.contains_key(q)
+                || config.cron.values().any(|c| &c.queue == q);
+            let known = named
+                || already.contains(q)
+                || !store
+                    .list(&crate::store::ListFilter {
+                        queue: Some(q.clone()),
+                        limit: 1,
+                        ..Default::default()
+                    })?
+                    .is_empty();
+            if !known {
+                return Err(Error::Usage(format!(
+                    "queue {} has no jobs and the config does not name it; check the name, or pass --create to pause it before its first job",
+                    crate::logging::terminal_safe(q)
+                )));
+            }
+        }
     }
     store.set_paused(&args.queues, paused, now_ms())?;
     let verb = if paused { "paused" } else { "resumed" };

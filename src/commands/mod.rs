@@ -52,8 +52,12 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         Command::Retry(args) => admin::retry(open(&config)?.as_mut(), args, out),
         Command::Cancel(args) => admin::cancel(open(&config)?.as_mut(), args, out),
         Command::Prune(args) => admin::prune(&config, open(&config)?.as_mut(), args, out),
-        Command::Pause(args) => admin::set_paused(open(&config)?.as_mut(), args, true, out),
-        Command::Resume(args) => admin::set_paused(open(&config)?.as_mut(), args, false, out),
+        Command::Pause(args) => {
+            admin::set_paused(&config, open(&config)?.as_mut(), args, true, out)
+        }
+        Command::Resume(args) => {
+            admin::set_paused(&config, open(&config)?.as_mut(), args, false, out)
+        }
     }
 }
 

@@ -37,10 +37,11 @@ pub fn table(out: &mut dyn Write, rows: &[Vec<String>]) -> Result<()> {
     Ok(())
 }
 
-/// An epoch-ms time as `2026-11-25 14:00:00.123` (UTC).
+/// An epoch-ms time as `2026-11-25 14:00:00.123 UTC`: times are stored
+/// and shown in UTC, and say so (`list`, `show`, `tail`, the dashboard).
 pub fn time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string())
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
@@ -82,6 +83,11 @@ pub fn clip(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_say_they_are_utc() {
+        assert_eq!(time(1_764_079_200_123), "2025-11-25 14:00:00.123 UTC");
+    }
 
     #[test]
     fn durations_read_naturally() {
