@@ -92,6 +92,9 @@ pub struct Shared {
     pub counters: Counters,
     /// Jobs held by this daemon now (running or outcome not yet written).
     pub running: AtomicU64,
+    /// Set once a stop was asked for: the heartbeat's systemd status then
+    /// says "draining" instead of the usual line.
+    pub draining: std::sync::atomic::AtomicBool,
     /// When the loop last turned (epoch ms), for health checks.
     pub last_turn: AtomicU64,
     /// Since when the dispatcher's store operations (claims, outcome
@@ -1038,6 +1041,7 @@ impl<S: Store> Dispatcher<S> {
             Request::Stop if self.draining.is_none() => {
                 let grace = self.config.daemon.shutdown_grace;
                 self.draining = Some(Instant::now() + grace);
+                self.shared.draining.store(true, Ordering::Relaxed);
                 self.shared.notifier.stopping(&format!(
                     "draining {} jobs, at most {}",
                     self.in_flight.len(),

@@ -223,11 +223,17 @@ impl<S: Store> Maintenance<S> {
                 now,
             ) {
                 if notify {
-                    let line = crate::notify::status_line(
-                        running as u64,
-                        backlog.ready,
-                        backlog.lag_ms(now),
-                    );
+                    // While draining, the stop's own line stays true: the
+                    // heartbeat only updates its count.
+                    let line = if self.shared.draining.load(Ordering::Relaxed) {
+                        format!("draining {running} jobs")
+                    } else {
+                        crate::notify::status_line(
+                            running as u64,
+                            backlog.ready,
+                            backlog.lag_ms(now),
+                        )
+                    };
                     self.shared.notifier.status(&line);
                 }
                 if sample {

@@ -191,3 +191,37 @@ fn under_journald_lines_carry_no_timestamp_of_their_own() {
     );
     daemon.stop();
 }
+
+/// Regression: while draining, the heartbeat's usual line overwrote
+/// `STATUS=draining 1 jobs` within seconds. Every status sent after the stop
+/// says draining.
+#[test]
+fn the_status_says_draining_until_the_daemon_exits() {
+    let home = Home::with_config("[daemon]\nlease = \"1s\"\nshutdown_grace = \"3s\"\n");
+    home.migrate();
+    home.insert_job("noop", r#"{"sleep_ms":60000}"#, "1", "NULL");
+    let (mut systemd, socket) = Systemd::bind(&home);
+    let log = home.path().join("daemon.log");
+    let daemon = home.daemon_with_env(&log, &log, &[("NOTIFY_SOCKET", &socket)]);
+    systemd.wait_for("STATUS=1 running, 0 queued*");
+    daemon.signal(libc::SIGTERM);
+    systemd.wait_for("STOPPING=1");
+    systemd.seen.clear();
+    // Heartbeats come every lease / 3 while the 3 s grace runs out.
+    let beat = systemd.wait_for("STATUS=draining 1 jobs");
+    assert!(!beat.contains("STOPPING"), "{beat:?}");
+    let (code, log) = daemon.wait_exit();
+    assert_eq!(code, 0, "{log}");
+    let mut buf = [0u8; 4096];
+    systemd.socket.set_nonblocking(true).unwrap();
+    while let Ok(n) = systemd.socket.recv(&mut buf) {
+        systemd
+            .seen
+            .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        systemd.seen.iter().all(|m| !m.contains("running, ")),
+        "a usual status line after the stop: {:?}",
+        systemd.seen
+    );
+}
