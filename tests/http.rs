@@ -416,3 +416,55 @@ fn cancel_stops_an_http_request_in_flight_within_a_second() {
     assert_eq!(server.received().len(), 1, "no further attempt was made");
     daemon.stop();
 }
+
+/// Regression: a 501 (what `python3 -m http.server` answers a POST with)
+/// was retried like a 503, for hours with the default attempts. 501 and 505
+/// are permanent unless `retry_on` lists them; `retry_on` replaces the
+/// default list.
+#[test]
+fn a_501_is_permanent_unless_retry_on_lists_it() {
+    let server = HttpServer::start(|req, _| match req.url.as_str() {
+        "/teapot" => Reply::new(503, "busy"),
+        _ => Reply::new(501, "Unsupported method ('POST')"),
+    });
+    let home = home("");
+    let _daemon = home.daemon();
+    let post = |path: &str, extra: &str| {
+        home.insert_job(
+            "http",
+            &format!(
+                r#"{{"url":"{}{path}","method":"POST"{extra}}}"#,
+                server.base
+            ),
+            "3",
+            "NULL",
+        )
+    };
+    let plain = post("/hook", "");
+    let listed = post("/hook", r#","retry_on":[501]"#);
+    let not_listed = post("/teapot", r#","retry_on":[501]"#);
+    home.wait_state(plain, "dead");
+    home.wait_state(listed, "dead");
+    home.wait_state(not_listed, "dead");
+    let row = |id: i64| {
+        home.text(&format!(
+            "SELECT attempts || ' ' || last_error FROM jobs WHERE id = {id};"
+        ))
+    };
+    let plain = row(plain);
+    assert!(plain.starts_with("1 POST "), "{plain}");
+    assert!(
+        plain.ends_with("answered 501, outside the expected statuses; 501 says the server does not support the request, so it is not retried (list it in retry_on to retry it)"),
+        "{plain}"
+    );
+    assert!(
+        row(listed).starts_with("3 POST "),
+        "retried: {}",
+        row(listed)
+    );
+    assert!(
+        row(not_listed).starts_with("1 POST "),
+        "retry_on replaces the list: {}",
+        row(not_listed)
+    );
+}

@@ -260,8 +260,20 @@ struct Payload {
     json: Option<serde_json::Value>,
     #[serde(default)]
     expect: Option<Vec<u16>>,
+    /// The statuses (outside `expect`) retried; default [`retried`]'s.
+    #[serde(default)]
+    retry_on: Option<Vec<u16>>,
     #[serde(default = "yes")]
     follow_redirects: bool,
+}
+
+/// Whether an unexpected status is retried by default: 408, 425, 429 and
+/// the 5xx answers that can change, but not 501 (Not Implemented) or 505
+/// (HTTP Version Not Supported), which say the request itself is not
+/// supported (a `python3 -m http.server` answers POST with 501, which was
+/// retried for eight hours).
+fn retried(status: u16) -> bool {
+    matches!(status, 408 | 425 | 429) || (status >= 500 && !matches!(status, 501 | 505))
 }
 
 /// The statuses whose `Location` a request follows.
@@ -688,9 +700,17 @@ impl Http {
             return Ok(Some(result.to_string()));
         }
         let message = format!("{} {url} answered {status}", args.method.as_str());
-        if matches!(status, 408 | 425 | 429) || status >= 500 {
+        let retry = match &args.retry_on {
+            Some(codes) => codes.contains(&status),
+            None => retried(status),
+        };
+        if retry {
             let retry_at = matches!(status, 429 | 503).then_some(retry_after).flatten();
             Err(JobError::Transient { message, retry_at })
+        } else if args.retry_on.is_none() && matches!(status, 501 | 505) {
+            Err(JobError::permanent(format!(
+                "{message}, outside the expected statuses; {status} says the server does not support the request, so it is not retried (list it in retry_on to retry it)"
+            )))
         } else {
             Err(JobError::permanent(format!(
                 "{message}, outside the expected statuses"
