@@ -98,7 +98,8 @@ pub fn page(title: &str, refresh: bool, body: &str) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
          <title>{} · jobd</title><style>{STYLE}</style></head><body>\
          <header><strong>jobd</strong><a href=\"/\">overview</a><a href=\"/jobs\">jobs</a>\
-         <a href=\"/jobs?state=dead\">dead</a><a href=\"/metrics\">metrics</a></header>\
+         <a href=\"/jobs?state=dead\">dead</a><a href=\"/metrics\">metrics</a>\
+         <a id=\"login\" href=\"/login\">log in</a></header>\
          <main>{body}</main></body></html>",
         escape(title)
     )
@@ -171,7 +172,7 @@ pub fn overview(
     b.push_str("<div class=\"charts\">");
     b.push_str(&chart(
         "Attempts per minute, last hour (red: failed)",
-        &per_minute(history),
+        &last_hour(&per_minute(history), stats.now, |a, b| a + b),
         |m| m.1 + m.2,
         Some(|m: &(i64, u64, u64)| m.2),
     ));
@@ -181,7 +182,7 @@ pub fn overview(
         .collect();
     b.push_str(&chart::<fn(&(i64, u64, u64)) -> u64>(
         "Queue lag (ms), last hour",
-        &lags,
+        &last_hour(&lags, stats.now, u64::max),
         |m| m.1,
         None,
     ));
@@ -255,6 +256,29 @@ fn per_minute(history: &[Sample]) -> Vec<(i64, u64, u64)> {
         }
     }
     out
+}
+
+/// `points` spread over the last hour's 60 one-minute slots, oldest first
+/// and the current minute last, values of one minute combined by `merge`:
+/// a chart always spans the hour, so one minute of data is one narrow bar
+/// at the right, not one bar stretched across the whole chart.
+fn last_hour(
+    points: &[(i64, u64, u64)],
+    now: i64,
+    merge: fn(u64, u64) -> u64,
+) -> Vec<(i64, u64, u64)> {
+    let end = now.div_euclid(60_000) * 60_000;
+    let start = end - 59 * 60_000;
+    let mut slots: Vec<(i64, u64, u64)> = (0..60).map(|i| (start + i * 60_000, 0, 0)).collect();
+    for &(at, a, b) in points {
+        let minute = at.div_euclid(60_000) * 60_000;
+        if (start..=end).contains(&minute) {
+            let slot = &mut slots[((minute - start) / 60_000) as usize];
+            slot.1 = merge(slot.1, a);
+            slot.2 = merge(slot.2, b);
+        }
+    }
+    slots
 }
 
 /// A bar chart as inline SVG: one bar per point, `total` high, the part
@@ -599,6 +623,12 @@ mod tests {
             s(90_000, 30, 4),
         ];
         assert_eq!(per_minute(&h), [(0, 10, 1), (60_000, 20, 3)]);
+        // One minute of data: 60 slots, the data in the last one.
+        let slots = last_hour(&per_minute(&h), 60_000 + 5_000, |a, b| a + b);
+        assert_eq!(slots.len(), 60);
+        assert_eq!(slots[59], (60_000, 20, 3));
+        assert_eq!(slots[58], (0, 10, 1));
+        assert!(slots[..58].iter().all(|s| s.1 == 0 && s.2 == 0));
     }
 }
 

@@ -78,6 +78,18 @@ fn the_overview_shows_queues_long_running_jobs_daemons_and_charts() {
         page.contains("<table id=\"long-running\">").then_some(page)
     })
     .expect("the long-running job is flagged");
+    // Each chart spans the hour in 60 one-minute slots, whatever the data
+    // (one minute of data drew one bar across the whole chart).
+    for svg in page.split("<svg").skip(1) {
+        let svg = &svg[..svg.find("</svg>").unwrap()];
+        let blue = svg.matches("fill=\"#3d7bd9\"").count();
+        assert_eq!(blue, 60, "{svg}");
+    }
+    // And the way in for a token holder is on every page.
+    assert!(
+        page.contains("<a id=\"login\" href=\"/login\">log in</a>"),
+        "{page}"
+    );
     assert!(
         page.contains(&format!("<a href=\"/jobs/{0}\">{0}</a>", ids[0])),
         "{page}"
