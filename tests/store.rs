@@ -843,3 +843,39 @@ fn a_database_has_a_stable_random_id_of_its_own() {
         }
     }
 }
+
+/// Regression: `stats` showed a daemon RUNNING 128 (its last heartbeat's
+/// figure) while every queue showed 0 running. A daemon's running count is
+/// now read from the jobs, as the queues' is.
+#[test]
+fn a_daemons_running_count_is_the_queues_running_count() {
+    each(|s| {
+        s.register_worker(&WorkerInfo {
+            id: W1.into(),
+            host: "host".into(),
+            pid: 1,
+            version: "test".into(),
+            started_at: NOW,
+            heartbeat_at: NOW,
+            queues: "*".into(),
+            running: 0,
+        })
+        .unwrap();
+        inserted(s, &(0..5).map(|_| job("noop")).collect::<Vec<_>>());
+        let got = claim(s, W1, NOW, "default", 3);
+        // The heartbeat's own figure is stale on purpose.
+        s.heartbeat(W1, NOW, 128).unwrap();
+        let stats = s.stats(NOW).unwrap();
+        let queued_running: u64 = stats.queues.iter().map(|q| q.running).sum();
+        assert_eq!(queued_running, 3);
+        assert_eq!(stats.workers[0].running, 3);
+        s.complete(
+            &got.iter()
+                .map(|j| attempt(j, W1, NOW + 1).succeeded(None))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let stats = s.stats(NOW + 2).unwrap();
+        assert_eq!(stats.workers[0].running, 0);
+    });
+}

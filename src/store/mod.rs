@@ -519,7 +519,11 @@ pub struct WorkerInfo {
     pub heartbeat_at: i64,
     /// The queues it serves, comma-separated.
     pub queues: String,
-    /// Jobs it was running at its latest heartbeat.
+    /// Jobs the database says it holds now (state `running` under its
+    /// name: running, or claimed ahead for a thread about to be free),
+    /// counted as the queues' running column is, not the figure of its
+    /// last heartbeat (which lagged by up to a beat: a daemon showed 128
+    /// running beside queues all at 0).
     pub running: i64,
 }
 

@@ -918,7 +918,8 @@ impl PgStore {
         let rows = self
             .client
             .query(
-                "SELECT id, host, pid, version, started_at, heartbeat_at, queues, running \
+                "SELECT id, host, pid, version, started_at, heartbeat_at, queues, \
+                 (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id) \
                  FROM workers ORDER BY id",
                 &[],
             )

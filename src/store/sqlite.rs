@@ -1420,8 +1420,9 @@ impl Store for SqliteStore {
             }
             let workers = tx
                 .prepare_cached(
-                    "SELECT id, host, pid, version, started_at, heartbeat_at, queues, running \
-                     FROM workers ORDER BY id",
+                    "SELECT id, host, pid, version, started_at, heartbeat_at, queues, \
+                     (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id) \
+                 FROM workers ORDER BY id",
                 )?
                 .query_map([], worker_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1475,8 +1476,9 @@ impl Store for SqliteStore {
         let result: rusqlite::Result<Vec<WorkerInfo>> = (|| {
             self.conn
                 .prepare_cached(
-                    "SELECT id, host, pid, version, started_at, heartbeat_at, queues, running \
-                     FROM workers ORDER BY id",
+                    "SELECT id, host, pid, version, started_at, heartbeat_at, queues, \
+                     (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id) \
+                 FROM workers ORDER BY id",
                 )?
                 .query_map([], worker_from_row)?
                 .collect()
