@@ -1,4 +1,4 @@
-//! The command line (SPEC §5): clap definitions only. What each command does
+//! The command line (docs/reference.md): clap definitions only. What each command does
 //! lives in [`crate::commands`].
 
 use std::path::PathBuf;

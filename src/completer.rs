@@ -187,7 +187,7 @@ impl Completer {
     }
 }
 
-/// A delay as the log shows it (SPEC §7: `next_run_in=4s`): whole seconds
+/// A delay as the log shows it (docs/reference.md: `next_run_in=4s`): whole seconds
 /// from a second up, so the value needs no quotes; milliseconds below.
 fn short_duration(ms: u64) -> String {
     let rounded = if ms >= 1_000 {
@@ -237,7 +237,7 @@ fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
     match (&c.outcome, &c.transition) {
         (RunOutcome::Succeeded, transition) => {
             counters.done.fetch_add(1, Ordering::Relaxed);
-            // An http job's line carries its status (SPEC §7's example).
+            // An http job's line carries its status (docs/reference.md's example).
             let status = match transition {
                 Transition::Succeed { result: Some(r) } if kind == "http" => {
                     serde_json::from_str::<serde_json::Value>(r)

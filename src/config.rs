@@ -165,7 +165,7 @@ pub struct DatabaseConfig {
     /// The SQLite file.
     pub path: PathBuf,
     /// A PostgreSQL database (`postgres://user@host/db`) used instead of
-    /// `path` (SPEC §9). Printed with its password redacted.
+    /// `path` (docs/reference.md). Printed with its password redacted.
     #[serde(serialize_with = "redacted_url")]
     pub url: Option<String>,
     /// How long a write waits for another connection's lock.

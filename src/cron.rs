@@ -1,4 +1,4 @@
-//! Periodic jobs (SPEC §3 *Periodic jobs*): each `[cron.NAME]` section
+//! Periodic jobs (docs/reference.md): each `[cron.NAME]` section
 //! enqueues one job per scheduled time (a *slot*).
 //!
 //! A schedule is a 5-field cron expression in an IANA time zone or

@@ -1,4 +1,4 @@
-//! The web dashboard (SPEC §8), served by the metrics listener: an
+//! The web dashboard (docs/reference.md), served by the metrics listener: an
 //! overview of the queues with charts of the last hour, the live daemons
 //! and long-running jobs, a paged job list and a page per job.
 //!

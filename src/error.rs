@@ -1,4 +1,4 @@
-//! The error a command ends with, and its exit status (SPEC §5): 1 for a
+//! The error a command ends with, and its exit status (docs/reference.md): 1 for a
 //! failure, 2 for bad usage. Each layer keeps its own typed error; this one
 //! only gathers them at the edge, where `main` prints one sentence.
 

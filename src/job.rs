@@ -212,7 +212,7 @@ pub struct NewJob {
 }
 
 /// The pool that runs a job, decided by its kind alone so that a claim can
-/// ask for one pool's jobs (SPEC §3 *Pools*): CPU kinds run in the worker
+/// ask for one pool's jobs (docs/reference.md): CPU kinds run in the worker
 /// processes, every other kind (unknown ones too, which fail on the first
 /// claim) on the IO threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

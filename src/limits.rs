@@ -1,4 +1,4 @@
-//! Per-queue limits on top of the pool size (SPEC §3): `concurrency` (jobs of
+//! Per-queue limits on top of the pool size (docs/reference.md): `concurrency` (jobs of
 //! the queue running at once in this daemon) and `rate` (a token bucket), and
 //! the fair split of free slots across queues that [`QueueLimits::plan`]
 //! turns into claim requests.

@@ -1,4 +1,4 @@
-//! Log lines (SPEC §7): one event per line, logfmt or JSON, to stderr or
+//! Log lines (docs/reference.md): one event per line, logfmt or JSON, to stderr or
 //! `log.file`.
 //!
 //! Call sites name an event and its fields with [`event!`](crate::event) and

@@ -1,4 +1,4 @@
-//! Metrics, health and the dashboard's routes (SPEC §8): with
+//! Metrics, health and the dashboard's routes (docs/reference.md): with
 //! `metrics.listen` set, [`crate::listener`] serves `GET /metrics` in the
 //! Prometheus text format, `GET /healthz`, and the dashboard's pages and
 //! forms (built by [`crate::dashboard`]), answered here one at a time.

@@ -1,4 +1,4 @@
-//! systemd's service notifications (SPEC §4): `READY=1` once the database
+//! systemd's service notifications (docs/reference.md): `READY=1` once the database
 //! is open and both pools run, `RELOADING=1` then `READY=1` around a
 //! SIGHUP, `STOPPING=1` when draining starts, `WATCHDOG=1` from the
 //! dispatcher loop itself (so a stuck loop gets the service restarted), and

@@ -1,4 +1,4 @@
-//! Noticing new work without busy polling (SPEC §3).
+//! Noticing new work without busy polling (docs/reference.md).
 //!
 //! Another process's commit appends frames to the database's `-wal` file, so
 //! an inotify watch on that file wakes the dispatcher within microseconds.

@@ -1,4 +1,4 @@
-//! The backoff before a retry (SPEC §3), as a pure function so tests pin it
+//! The backoff before a retry (docs/reference.md), as a pure function so tests pin it
 //! without a clock or a random source.
 //!
 //! `delay = min(backoff_max, backoff_base * 2^(attempt-1))`, then spread by

@@ -1,4 +1,4 @@
-//! Signals (SPEC §4) turned into messages for the dispatcher: SIGTERM and
+//! Signals (docs/reference.md) turned into messages for the dispatcher: SIGTERM and
 //! SIGINT ask it to drain and stop (a second one to stop at once), SIGHUP to
 //! reload the config. The handler only records the signal; a thread forwards
 //! it over a channel, so nothing unsafe happens inside the handler.

@@ -379,7 +379,7 @@ fn stats_reports_queues_and_json() {
     home.migrate();
     home.ok(&["enqueue", "noop"]);
     home.ok(&["enqueue", "noop", "--delay", "1h"]);
-    home.ok(&["pause", "mail"]);
+    home.ok(&["pause", "--create", "mail"]);
     let text = home.ok(&["stats"]);
     assert!(
         text.contains("QUEUE") && text.contains("mail (paused)"),
@@ -450,7 +450,7 @@ fn cancel_retry_pause_resume_and_prune() {
         .contains("queued 1 dead jobs again"));
 
     assert!(home
-        .ok(&["pause", "mail", "default"])
+        .ok(&["pause", "--create", "mail", "default"])
         .contains("paused queue default"));
     assert_eq!(
         home.query_i64("SELECT count(*) FROM queues WHERE paused = 1"),

@@ -222,7 +222,7 @@ fn a_paused_queue_gets_no_claims_until_resumed() {
     let home = Home::new();
     home.migrate();
     let daemon = home.daemon();
-    home.ok(&["pause", "mail"]);
+    home.ok(&["pause", "--create", "mail"]);
     let held = home.insert(&format!("('noop', '{{}}', 'mail', 0, {NOW}, NULL, NULL)"))[0];
     // A job inserted after it in another queue finishing proves a claim pass
     // ran after the held job was visible.

@@ -1,4 +1,4 @@
-//! The operations guide in README.md: its enqueue snippets (tagged
+//! The operations guide (docs/operations.md): its enqueue snippets (tagged
 //! `<!-- snippet: NAME -->`) run as written, against a real database.
 
 mod common;

@@ -1,6 +1,7 @@
 //! `jobd migrate`: creates or upgrades the schema; with `--from
 //! sqlite:PATH` it then moves a SQLite file's queued jobs into the
-//! PostgreSQL database of the config (README "Moving to PostgreSQL").
+//! PostgreSQL database of the config (docs/postgresql.md, "Moving queued
+//! jobs from a SQLite file").
 //!
 //! The move is safe to interrupt and run again: PostgreSQL records each
 //! moved job by source and id in the same transaction as its insert, and

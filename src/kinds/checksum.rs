@@ -1,4 +1,4 @@
-//! `checksum` (SPEC §2, a CPU kind): a streaming sha256 or blake3 digest of
+//! `checksum` (docs/reference.md, a CPU kind): a streaming sha256 or blake3 digest of
 //! a file inside `file.roots` → `{"digest": "hex", "bytes": N}`.
 //!
 //! It runs in a CPU worker process, which the daemon kills at the deadline;

@@ -1,4 +1,4 @@
-//! `compress` (SPEC §2, a CPU kind): gzip or zstd a file inside
+//! `compress` (docs/reference.md, a CPU kind): gzip or zstd a file inside
 //! `file.roots` into another, streaming, with the output put in place
 //! atomically like `file` `write` → `{"bytes_in": N, "bytes_out": N}`.
 //!

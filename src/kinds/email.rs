@@ -1,4 +1,4 @@
-//! `email` (SPEC §2) through lettre: a message built from the payload with a
+//! `email` (docs/reference.md) through lettre: a message built from the payload with a
 //! `Message-ID` stable across attempts (`<jobd-<db>-<id>@<host>>`, see
 //! [`super::job_token`]), sent through
 //! a pooled SMTP transport or written as one `.eml` file per job.

@@ -1,4 +1,4 @@
-//! `exec` (SPEC §2, a CPU kind): runs an executable handler from the
+//! `exec` (docs/reference.md, a CPU kind): runs an executable handler from the
 //! handlers folder (`exec.dir`) with the job's `args` as JSON on stdin.
 //!
 //! The handler name is a plain name (`[A-Za-z0-9_-]+`) looked up directly
@@ -34,7 +34,7 @@ use crate::config::{ExecConfig, FileConfig};
 /// Stdout beyond this is read and dropped; the result says `truncated`.
 pub const MAX_STDOUT: usize = 1 << 20;
 
-/// How much of the end of stderr goes into `last_error` (SPEC §2).
+/// How much of the end of stderr goes into `last_error` (docs/reference.md).
 pub const STDERR_TAIL: usize = 4096;
 
 /// The exit status that asks for a retry (`EX_TEMPFAIL` of sysexits.h).

@@ -1,4 +1,4 @@
-//! `file` (SPEC §2): copy, move, write, append, delete and mkdir, confined
+//! `file` (docs/reference.md): copy, move, write, append, delete and mkdir, confined
 //! to `file.roots`.
 //!
 //! Confinement is done by the kernel at open time, not by checking a path

@@ -1,4 +1,4 @@
-//! `http` (SPEC §2): one HTTP request per attempt through ureq, with the
+//! `http` (docs/reference.md): one HTTP request per attempt through ureq, with the
 //! outbound guard, the deadline enforced inside the client, and every
 //! failure classified where it happens.
 //!
@@ -718,7 +718,7 @@ impl Http {
         }
     }
 
-    /// The result object of SPEC §2, the body cut at `max_response_bytes`.
+    /// The result object of docs/reference.md, the body cut at `max_response_bytes`.
     fn result(
         &self,
         ctx: &Context<'_>,

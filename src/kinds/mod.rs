@@ -1,4 +1,4 @@
-//! Job kinds (SPEC §2): one [`Kind`] trait that every kind implements, and
+//! Job kinds (docs/reference.md): one [`Kind`] trait that every kind implements, and
 //! the [`Registry`] the dispatcher looks kinds up in.
 //!
 //! A kind parses its own payload ([`parse_payload`] names the field at fault
@@ -191,7 +191,7 @@ pub fn job_token(database_id: Option<&str>, id: i64) -> String {
 /// error naming the field and what was expected, e.g.
 /// `payload field sleep_ms: invalid type: string "x", expected u64`.
 pub fn parse_payload<T: DeserializeOwned>(payload: &str) -> Result<T, JobError> {
-    // serde reads a struct from an array too; a payload is an object (SPEC §1).
+    // serde reads a struct from an array too; a payload is an object (docs/reference.md).
     if !payload.trim_start().starts_with('{') {
         return Err(JobError::permanent(format!(
             "payload: must be a JSON object, got {}",

@@ -1,4 +1,4 @@
-//! `noop` (SPEC §2): sleeps `sleep_ms`, then succeeds. For smoke tests,
+//! `noop` (docs/reference.md): sleeps `sleep_ms`, then succeeds. For smoke tests,
 //! health checks and benchmarks; it honours its deadline and cancel flag like
 //! every other kind.
 

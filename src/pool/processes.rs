@@ -1,6 +1,6 @@
 //! The CPU pool: `cpu.workers` long-lived worker processes, each running one
 //! job at a time, so CPU-heavy work never slows the IO threads or the
-//! dispatcher and a runaway job can be killed (SPEC §3 *Pools*, *Timeouts*).
+//! dispatcher and a runaway job can be killed (docs/reference.md).
 //!
 //! Each worker is the daemon's own binary re-executed in its hidden worker
 //! mode ([`super::worker`]) in a process group of its own, with a clean

@@ -2,7 +2,7 @@
 //!
 //! [`Store`] is the narrow interface every other part of jobd uses: the CLI
 //! commands, the dispatcher, the completer and maintenance. [`SqliteStore`] is
-//! the embedded implementation; a PostgreSQL one (SPEC §9) sits behind the same
+//! the embedded implementation; a PostgreSQL one (docs/reference.md) sits behind the same
 //! trait, which is why the trait speaks only in plain values (epoch
 //! milliseconds, ids, JSON text) and never hands out a connection.
 //!

@@ -1,4 +1,4 @@
-//! The PostgreSQL backend (SPEC §9): daemons on many hosts share one queue.
+//! The PostgreSQL backend (docs/reference.md): daemons on many hosts share one queue.
 //!
 //! The schema is the SQLite one with `BIGINT` epoch-ms timestamps and
 //! `jsonb` payloads and results, the same columns, states and CHECK rules,

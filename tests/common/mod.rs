@@ -649,15 +649,26 @@ impl SmtpServer {
     }
 }
 
-/// The code block that follows `<!-- snippet: name -->` in README.md, with
-/// the indentation of its fence (inside a list item) taken off.
+/// The code block that follows `<!-- snippet: name -->` in README.md or a
+/// file of docs/, with the indentation of its fence (inside a list item)
+/// taken off.
 pub fn snippet(name: &str) -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
     let marker = format!("<!-- snippet: {name} -->");
-    let at = readme
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {marker} in README.md"));
+    let (readme, at) = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .find_map(|text| text.find(&marker).map(|at| (text, at)))
+        .unwrap_or_else(|| panic!("no {marker} in README.md or docs/"));
     let mut lines = readme[at + marker.len()..]
         .lines()
         .skip_while(|l| l.trim().is_empty());
