@@ -3,6 +3,8 @@
 //! with `#anchor`, a heading in it), and nothing cites a `SPEC.md` the
 //! repository does not carry.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 fn root() -> &'static Path {
@@ -116,4 +118,55 @@ fn nothing_cites_a_spec_the_repository_does_not_hold() {
         "cites SPEC.md, which the repository does not hold:\n{}",
         cited.join("\n")
     );
+}
+
+/// The README's quick start runs as written: the block tagged
+/// `quickstart.sh`, by bash with `-e`, from a copy of the repository's
+/// `examples/`, with this build's `jobd` first on `PATH`.
+#[test]
+fn the_quick_start_runs_as_written() {
+    let script = common::snippet("quickstart.sh");
+    let repo = tempfile::tempdir().unwrap();
+    let examples = repo.path().join("examples");
+    std::fs::create_dir(&examples).unwrap();
+    for entry in std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(entry.path(), examples.join(entry.file_name())).unwrap();
+    }
+    let bin = Path::new(common::JOBD).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-e", "-c", &script])
+        .current_dir(repo.path())
+        .env("PATH", path)
+        .env_remove("JOBD_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let demo = repo.path().join("demo");
+    let log = std::fs::read_to_string(demo.join("daemon.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "the quick start failed: {}\nstdout:\n{stdout}\nstderr:\n{}\ndaemon.log:\n{log}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What it promises: ids printed, the http job shown, the jobs run.
+    assert!(stdout.contains("job 1\n"), "{stdout}");
+    assert!(stdout.contains("http"), "{stdout}");
+    let received = std::fs::read_to_string(demo.join("receiver.log")).unwrap();
+    assert!(received.contains("GET /ping"), "{received}");
+    assert!(received.contains("POST /hook"), "{received}");
+    assert!(received.contains("{\"order\":42}"), "{received}");
+    assert_eq!(
+        std::fs::read_to_string(demo.join("files/hello.txt")).unwrap(),
+        "hello\n"
+    );
+    assert!(log.contains("daemon.stopped"), "{log}");
 }
