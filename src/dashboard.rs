@@ -259,21 +259,22 @@ fn per_minute(history: &[Sample]) -> Vec<(i64, u64, u64)> {
 }
 
 /// `points` spread over the last hour's 60 one-minute slots, oldest first
-/// and the current minute last, values of one minute combined by `merge`:
-/// a chart always spans the hour, so one minute of data is one narrow bar
-/// at the right, not one bar stretched across the whole chart.
+/// and the current minute last (None: no data that minute), values of one
+/// minute combined by `merge`: a chart always spans the hour, so one
+/// minute of data is one narrow bar at the right, not one bar stretched
+/// across the whole chart.
 fn last_hour(
     points: &[(i64, u64, u64)],
     now: i64,
     merge: fn(u64, u64) -> u64,
-) -> Vec<(i64, u64, u64)> {
+) -> Vec<Option<(i64, u64, u64)>> {
     let end = now.div_euclid(60_000) * 60_000;
     let start = end - 59 * 60_000;
-    let mut slots: Vec<(i64, u64, u64)> = (0..60).map(|i| (start + i * 60_000, 0, 0)).collect();
+    let mut slots: Vec<Option<(i64, u64, u64)>> = vec![None; 60];
     for &(at, a, b) in points {
         let minute = at.div_euclid(60_000) * 60_000;
         if (start..=end).contains(&minute) {
-            let slot = &mut slots[((minute - start) / 60_000) as usize];
+            let slot = slots[((minute - start) / 60_000) as usize].get_or_insert((minute, 0, 0));
             slot.1 = merge(slot.1, a);
             slot.2 = merge(slot.2, b);
         }
@@ -281,20 +282,27 @@ fn last_hour(
     slots
 }
 
-/// A bar chart as inline SVG: one bar per point, `total` high, the part
-/// `red` of it drawn red.
+/// A bar chart as inline SVG: one slot per point, a bar `total` high where
+/// there is data, the part `red` of it drawn red.
 fn chart<F: Fn(&(i64, u64, u64)) -> u64>(
     caption: &str,
-    points: &[(i64, u64, u64)],
+    points: &[Option<(i64, u64, u64)>],
     total: impl Fn(&(i64, u64, u64)) -> u64,
     red: Option<F>,
 ) -> String {
     const W: f64 = 480.0;
     const H: f64 = 120.0;
-    let max = points.iter().map(&total).max().unwrap_or(0).max(1) as f64;
+    let max = points
+        .iter()
+        .flatten()
+        .map(&total)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
     let width = W / points.len().max(1) as f64;
     let mut bars = String::new();
     for (i, p) in points.iter().enumerate() {
+        let Some(p) = p else { continue };
         let x = i as f64 * width;
         let h = total(p) as f64 / max * H;
         let _ = write!(
@@ -626,9 +634,9 @@ mod tests {
         // One minute of data: 60 slots, the data in the last one.
         let slots = last_hour(&per_minute(&h), 60_000 + 5_000, |a, b| a + b);
         assert_eq!(slots.len(), 60);
-        assert_eq!(slots[59], (60_000, 20, 3));
-        assert_eq!(slots[58], (0, 10, 1));
-        assert!(slots[..58].iter().all(|s| s.1 == 0 && s.2 == 0));
+        assert_eq!(slots[59], Some((60_000, 20, 3)));
+        assert_eq!(slots[58], Some((0, 10, 1)));
+        assert!(slots[..58].iter().all(Option::is_none));
     }
 }
 
