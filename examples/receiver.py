@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """A tiny HTTP receiver for the quick start's http jobs: answers 200 with
-{"ok": true} to any GET or POST and prints what it got. Usage:
-python3 examples/receiver.py [PORT] (default 8080)."""
+{"ok": true} to any GET or POST and writes a line per request to the log.
+
+    python3 examples/receiver.py PORT LOG
+
+returns once it listens, printing the pid of the receiver it leaves running
+in the background (stop it with kill)."""
 import http.server
 import json
+import os
 import sys
 
 
@@ -27,5 +32,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+port, log = int(sys.argv[1]), sys.argv[2]
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+# Listening now: the caller may go on once this process has exited.
+pid = os.fork()
+if pid:
+    print(pid)
+    sys.exit(0)
+os.setsid()
+out = open(log, "a")
+os.dup2(out.fileno(), 1)
+os.dup2(out.fileno(), 2)
+devnull = os.open(os.devnull, os.O_RDONLY)
+os.dup2(devnull, 0)
+server.serve_forever()
