@@ -143,10 +143,10 @@ fn the_unit_file_verifies_and_its_exposure_is_at_most_1_5() {
     let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/jobd.service");
     // verify insists that ExecStart's binary exists: point it at this build.
     let text = std::fs::read_to_string(&unit).unwrap();
-    assert!(text.contains("ExecStart=/usr/local/bin/jobd "), "{text}");
+    assert!(text.contains("ExecStart=/usr/bin/jobd "), "{text}");
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("jobd.service");
-    std::fs::write(&copy, text.replace("/usr/local/bin/jobd", common::JOBD)).unwrap();
+    std::fs::write(&copy, text.replace("/usr/bin/jobd", common::JOBD)).unwrap();
     let verify = std::process::Command::new(analyze)
         .arg("verify")
         .arg(&copy)
