@@ -333,3 +333,26 @@ fn enametoolong_is_permanent() {
     }
     daemon.stop();
 }
+
+/// Regression: deleting a path whose folder does not exist went dead
+/// ("cannot open the folder of tmp/old.lock"), so the README's periodic
+/// cleanup example failed every 5 minutes on a fresh root. Nothing there
+/// is nothing to delete, as for a missing file; a missing root is still an
+/// error.
+#[test]
+fn deleting_in_a_missing_folder_deletes_nothing_and_succeeds() {
+    let s = setup();
+    let _daemon = s.home.daemon();
+    assert_eq!(
+        s.ok(r#"{"op":"delete","path":"tmp/old.lock"}"#)["deleted"],
+        false
+    );
+    assert_eq!(
+        s.ok(r#"{"op":"delete","path":"a/b/c/d"}"#)["deleted"],
+        false
+    );
+    // A file where a folder should be is still an error.
+    std::fs::write(s.root.join("plain"), "x").unwrap();
+    let not_folder = s.dead(r#"{"op":"delete","path":"plain/x"}"#);
+    assert!(not_folder.contains("plain/x"), "{not_folder}");
+}

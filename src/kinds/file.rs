@@ -302,16 +302,22 @@ impl Located {
 
     /// Opens the folder holding the last component, beneath the root.
     fn parent(&self) -> Result<OwnedFd, JobError> {
+        self.parent_or_errno()?
+            .map_err(|e| self.error("open the folder of", e))
+    }
+
+    /// The folder holding the path, or why it could not be opened (a root
+    /// that cannot be opened is an error of its own).
+    fn parent_or_errno(&self) -> Result<Result<OwnedFd, Errno>, JobError> {
         let root = self.root_fd()?;
         let parent = self.rel.parent().filter(|p| !p.as_os_str().is_empty());
         let parent = parent.unwrap_or(Path::new("."));
-        open_beneath(
+        Ok(open_beneath(
             root.as_fd(),
             &self.root,
             parent,
             OFlags::RDONLY | OFlags::DIRECTORY,
-        )
-        .map_err(|e| self.error("open the folder of", e))
+        ))
     }
 
     /// Opens the path as a regular file: `O_NONBLOCK` so that a FIFO or a
@@ -758,7 +764,16 @@ impl Kind for FileKind {
             }
             Op::Delete => {
                 let target = self.locate("path", args.path.as_deref())?;
-                let dir = target.parent()?;
+                // A path whose folder is not there is not there either:
+                // nothing to delete, as for a missing file (the README's
+                // cleanup example went dead every 5 minutes on a fresh root).
+                let dir = match target.parent_or_errno()? {
+                    Ok(dir) => dir,
+                    Err(Errno::NOENT) => {
+                        return Ok(Some(serde_json::json!({ "deleted": false }).to_string()))
+                    }
+                    Err(e) => return Err(target.error("open the folder of", e)),
+                };
                 let name = target.name()?;
                 let deleted = match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
                     Ok(()) => true,
