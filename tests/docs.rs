@@ -183,3 +183,32 @@ fn the_quick_start_runs_as_written() {
     );
     assert!(log.contains("daemon.stopped"), "{log}");
 }
+
+/// The reference's schema section names every column of every table a
+/// migrated SQLite database has, so the two cannot drift apart silently.
+#[test]
+fn the_reference_names_every_column_of_the_schema() {
+    let home = common::Home::new();
+    home.migrate();
+    let reference = std::fs::read_to_string(root().join("docs/reference.md")).unwrap();
+    let schema = &reference[reference.find("## Schema").expect("a Schema section")..];
+    let tables = home.text(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name;",
+    );
+    let mut missing = Vec::new();
+    for table in tables.lines().filter(|t| !t.is_empty()) {
+        if !schema.contains(&format!("`{table}`")) {
+            missing.push(format!("table {table}"));
+        }
+        let columns = home.text(&format!("SELECT name FROM pragma_table_info('{table}');"));
+        for column in columns.lines().filter(|c| !c.is_empty()) {
+            if !schema.contains(&format!("`{column}`")) {
+                missing.push(format!("{table}.{column}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/reference.md's schema lacks: {missing:?}"
+    );
+}
