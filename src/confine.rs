@@ -88,7 +88,7 @@ pub fn kill_leftovers(within: Duration) -> usize {
     let deadline = Instant::now() + within;
     let mut killed = 0;
     loop {
-        reap_exited();
+        reap(&crate::procfs::children(me));
         let children = crate::procfs::children(me);
         if children.is_empty() || Instant::now() >= deadline {
             return killed;
@@ -104,9 +104,18 @@ pub fn kill_leftovers(within: Duration) -> usize {
     }
 }
 
-/// Reaps every child that has exited, without waiting.
-fn reap_exited() {
-    while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
+/// Reaps those of `pids` that have exited, without waiting. Each by its
+/// pid: rustix's `waitpid(None, …)` waits only for children in this
+/// process's own group, which a handler's leftovers are not in, so they
+/// stayed zombies and the sweep ran to its bound.
+fn reap(pids: &[i32]) {
+    for pid in pids
+        .iter()
+        .copied()
+        .filter_map(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+    }
 }
 
 /// The user id and primary group of the user `name` (`exec.user`), from

@@ -165,6 +165,27 @@ pub fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Every live process below `pid` (children, their children, …), zombies
+/// left out: what a killed CPU worker would leave behind.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        for child in children(parent) {
+            let zombie = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| stat.get(stat.rfind(')')? + 2..)?.chars().next())
+                .is_none_or(|state| state == 'Z' || state == 'X');
+            // A pid seen twice (reused while this walked) is not walked again.
+            if child != pid && !zombie && !out.contains(&child) {
+                out.push(child);
+                next.push(child);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

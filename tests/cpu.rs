@@ -635,6 +635,38 @@ fn a_setsid_grandchild_does_not_outlive_its_job() {
     cpu.ok("exec", r#"{"handler":"escape"}"#);
     let pid = read_pid(&pidfile);
     wait_gone(pid, "the setsid child of a finished job");
+    // And reaped: not left a zombie of the worker (its sweep waited only
+    // for its own process group and ran to its bound each job).
+    let reaped = wait_for(PATIENCE, || {
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    assert!(reaped.is_some(), "{pid} stays a zombie of the worker");
+}
+
+/// Regression: at a deadline (or a cancel) the worker was killed, and a
+/// `setsid` child its handler had started was adopted by init and ran on.
+#[test]
+fn a_setsid_grandchild_of_a_timed_out_handler_is_killed_with_it() {
+    let cpu = setup("");
+    let pidfile = cpu.home.path().join("hung.pid");
+    cpu.handler(
+        "escape-hang",
+        &format!(
+            "#!/bin/sh\nsetsid sh -c 'echo $$ > {}; exec sleep 300' < /dev/null > /dev/null 2>&1 &\n\
+             while [ ! -s {} ]; do sleep 0.01; done\nexec sleep 300\n",
+            pidfile.display(),
+            pidfile.display()
+        ),
+    );
+    let _daemon = cpu.home.daemon();
+    let id = cpu.insert("exec", r#"{"handler":"escape-hang"}"#, 1, "500");
+    let grandchild = read_pid(&pidfile);
+    let (state, detail) = cpu.finish(id);
+    assert_eq!(
+        (state.as_str(), detail.as_str()),
+        ("dead", "timed out after 500 ms")
+    );
+    wait_gone(grandchild, "the timed-out handler's setsid grandchild");
 }
 
 /// Regression: descriptors the daemon inherited (here fd 7, open on a

@@ -77,10 +77,18 @@ fn run_daemon(
     }
     // Before any thread starts: the secrets were read into the config, and
     // must not stay readable in /proc/<pid>/environ or memory.
-    crate::confine::scrub_environment(&[
+    // JOBD_* too: JOBD_DATABASE__URL may carry a PostgreSQL password (the
+    // config, and the reload's copy of the environment, keep what they need).
+    let jobd_vars: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("JOBD_"))
+        .collect();
+    let mut secrets: Vec<&str> = vec![
         &config.email.smtp.password_env,
         &config.metrics.dashboard_token_env,
-    ]);
+    ];
+    secrets.extend(jobd_vars.iter().map(String::as_str));
+    crate::confine::scrub_environment(&secrets);
     let undumpable = crate::confine::not_dumpable();
     let notifier = crate::notify::Notifier::from_env(env);
     // journald stamps every line itself.

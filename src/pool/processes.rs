@@ -370,6 +370,18 @@ impl Worker {
                 wait_until_gone(until, || exited(self));
             }
         }
+        // What left the handler's group (`setsid`) is found through the
+        // process tree while the worker, its parent or adopter (a child
+        // subreaper), still holds it there; once the worker is gone, init
+        // would adopt it and nothing would end it.
+        let worker = self.pid.as_raw_pid();
+        wait_until_gone(Instant::now() + KILL_GRACE, || {
+            let below = crate::procfs::descendants(worker);
+            for pid in below.iter().copied().filter_map(Pid::from_raw) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+            below.is_empty()
+        });
         let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
         let status = self.child.wait().ok();
         pids.remove(self.pid.as_raw_pid() as u32);
