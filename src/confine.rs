@@ -82,40 +82,37 @@ pub fn become_subreaper() -> std::io::Result<()> {
 
 /// Kills and reaps every child of this process, and the children they
 /// leave in turn, for at most `within`: what a finished handler left
-/// running. Returns how many were killed.
-pub fn kill_leftovers(within: Duration) -> usize {
+/// running.
+pub fn kill_leftovers(within: Duration) {
     let me = std::process::id() as i32;
     let deadline = Instant::now() + within;
-    let mut killed = 0;
     loop {
-        reap(&crate::procfs::children(me));
-        let children = crate::procfs::children(me);
-        if children.is_empty() || Instant::now() >= deadline {
-            return killed;
+        let alive = reap(&crate::procfs::children(me));
+        if alive.is_empty() || Instant::now() >= deadline {
+            return;
         }
-        for pid in children {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
-                    killed += 1;
-                }
-            }
+        for pid in alive {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
         std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-/// Reaps those of `pids` that have exited, without waiting. Each by its
-/// pid: rustix's `waitpid(None, …)` waits only for children in this
-/// process's own group, which a handler's leftovers are not in, so they
-/// stayed zombies and the sweep ran to its bound.
-fn reap(pids: &[i32]) {
-    for pid in pids
-        .iter()
+/// Reaps those of `pids` that have exited, without waiting, and returns
+/// the rest. Each by its pid: rustix's `waitpid(None, …)` waits only for
+/// children in this process's own group, which a handler's leftovers are
+/// not in, so they stayed zombies and the sweep ran to its bound.
+fn reap(pids: &[i32]) -> Vec<rustix::process::Pid> {
+    pids.iter()
         .copied()
         .filter_map(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
-    }
+        .filter(|&pid| {
+            matches!(
+                rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG),
+                Ok(None)
+            )
+        })
+        .collect()
 }
 
 /// The user id and primary group of the user `name` (`exec.user`), from

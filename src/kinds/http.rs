@@ -267,13 +267,17 @@ struct Payload {
     follow_redirects: bool,
 }
 
+/// 5xx answers that say the request itself is not supported: never retried
+/// by default, and said so in the error.
+const NOT_SUPPORTED: [u16; 2] = [501, 505];
+
 /// Whether an unexpected status is retried by default: 408, 425, 429 and
 /// the 5xx answers that can change, but not 501 (Not Implemented) or 505
 /// (HTTP Version Not Supported), which say the request itself is not
 /// supported (a `python3 -m http.server` answers POST with 501, which was
 /// retried for eight hours).
 fn retried(status: u16) -> bool {
-    matches!(status, 408 | 425 | 429) || (status >= 500 && !matches!(status, 501 | 505))
+    matches!(status, 408 | 425 | 429) || (status >= 500 && !NOT_SUPPORTED.contains(&status))
 }
 
 /// The statuses whose `Location` a request follows.
@@ -707,7 +711,7 @@ impl Http {
         if retry {
             let retry_at = matches!(status, 429 | 503).then_some(retry_after).flatten();
             Err(JobError::Transient { message, retry_at })
-        } else if args.retry_on.is_none() && matches!(status, 501 | 505) {
+        } else if args.retry_on.is_none() && NOT_SUPPORTED.contains(&status) {
             Err(JobError::permanent(format!(
                 "{message}, outside the expected statuses; {status} says the server does not support the request, so it is not retried (list it in retry_on to retry it)"
             )))
