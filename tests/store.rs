@@ -62,6 +62,15 @@ fn ids(jobs: &[Claimed]) -> Vec<i64> {
     jobs.iter().map(|j| j.id).collect()
 }
 
+/// Writes each of `jobs` (claimed by W1) as succeeded at NOW + 1.
+fn succeed(store: &mut dyn Store, jobs: &[Claimed]) {
+    let done: Vec<_> = jobs
+        .iter()
+        .map(|j| attempt(j, W1, NOW + 1).succeeded(None))
+        .collect();
+    store.complete(&done).unwrap();
+}
+
 fn inserted(store: &mut dyn Store, jobs: &[NewJob]) -> Vec<i64> {
     store
         .enqueue(jobs, NOW)
@@ -545,11 +554,7 @@ fn prune_deletes_old_final_jobs_and_their_runs_in_batches() {
     each(|s| {
         let id = inserted(s, &(0..7).map(|_| job("noop")).collect::<Vec<_>>());
         let got = claim(s, W1, NOW, "default", 6);
-        let done: Vec<_> = got
-            .iter()
-            .map(|j| attempt(j, W1, NOW + 1).succeeded(None))
-            .collect();
-        s.complete(&done).unwrap();
+        succeed(s, &got);
         let cut = PruneCutoffs {
             succeeded: Some(NOW + 2),
             dead: Some(NOW + 2),
@@ -814,11 +819,7 @@ fn job_ids_never_repeat_after_prune() {
     each(|s| {
         let ids = inserted(s, &(0..3).map(|_| job("noop")).collect::<Vec<_>>());
         let got = claim(s, W1, NOW, "default", 3);
-        let done: Vec<_> = got
-            .iter()
-            .map(|j| attempt(j, W1, NOW + 1).succeeded(None))
-            .collect();
-        s.complete(&done).unwrap();
+        succeed(s, &got);
         let cut = PruneCutoffs {
             succeeded: Some(NOW + 2),
             dead: None,
@@ -870,12 +871,7 @@ fn a_daemons_running_count_is_the_queues_running_count() {
         let queued_running: u64 = stats.queues.iter().map(|q| q.running).sum();
         assert_eq!(queued_running, 3);
         assert_eq!(stats.workers[0].running, 3);
-        s.complete(
-            &got.iter()
-                .map(|j| attempt(j, W1, NOW + 1).succeeded(None))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+        succeed(s, &got);
         let stats = s.stats(NOW + 2).unwrap();
         assert_eq!(stats.workers[0].running, 0);
     });
