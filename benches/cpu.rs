@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use common::{fresh, percentile, pickup, query_i64, Daemon};
 use crossbeam_channel::Receiver;
 use jobd::config::{ExecConfig, FileConfig, RetryConfig};
-use jobd::executor::{Control, Task};
+use jobd::daemon::executor::{Control, Task};
+use jobd::daemon::pool::frame::Setup;
+use jobd::daemon::pool::processes::{ProcessPool, Settings, WorkerPids, CPU_NICE};
+use jobd::daemon::pool::threads::Finished;
 use jobd::job::{now_ms, Claimed, NewJob};
 use jobd::kinds::{Context, Registry};
-use jobd::pool::frame::Setup;
-use jobd::pool::processes::{ProcessPool, Settings, WorkerPids, CPU_NICE};
-use jobd::pool::threads::Finished;
 use jobd::store::Store;
 
 const JOBS: usize = 2_000;

@@ -140,10 +140,10 @@ fn main() {
             let daemon = Daemon::start_with(dir, threads, "level = \"warn\"\n");
             let pid = daemon.pid();
             let cpu_before = (
-                jobd::procfs::usage(&pid.to_string())
+                jobd::os::procfs::usage(&pid.to_string())
                     .unwrap_or_default()
                     .cpu,
-                jobd::procfs::usage("self").unwrap_or_default().cpu,
+                jobd::os::procfs::usage("self").unwrap_or_default().cpu,
                 Instant::now(),
             );
             let (mut max_threads, mut max_rss) = (0usize, 0u64);
@@ -162,7 +162,7 @@ fn main() {
                     })
                     .unwrap_or(0);
                 max_threads = max_threads.max(io_threads);
-                if let Some(u) = jobd::procfs::usage(&pid.to_string()) {
+                if let Some(u) = jobd::os::procfs::usage(&pid.to_string()) {
                     max_rss = max_rss.max(u.rss_bytes);
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -178,11 +178,11 @@ fn main() {
                 "SELECT CAST(avg(duration_ms) AS INTEGER) FROM job_runs",
             );
             let wall = cpu_before.2.elapsed().as_secs_f64();
-            let daemon_cpu = jobd::procfs::usage(&pid.to_string())
+            let daemon_cpu = jobd::os::procfs::usage(&pid.to_string())
                 .unwrap_or_default()
                 .cpu
                 - cpu_before.0;
-            let server_cpu = jobd::procfs::usage("self").unwrap_or_default().cpu - cpu_before.1;
+            let server_cpu = jobd::os::procfs::usage("self").unwrap_or_default().cpu - cpu_before.1;
             println!(
                 "  average attempt {avg} ms; CPU over {wall:.1} s: daemon {:.0} %, benchmark + HTTP server {:.0} % (of one core)",
                 daemon_cpu.as_secs_f64() / wall * 100.0,
@@ -240,9 +240,9 @@ fn main() {
         daemon.wait_started();
         std::thread::sleep(Duration::from_secs(2));
         let pid = daemon.pid().to_string();
-        let before = jobd::procfs::usage(&pid).unwrap();
+        let before = jobd::os::procfs::usage(&pid).unwrap();
         std::thread::sleep(Duration::from_secs(idle_secs));
-        let after = jobd::procfs::usage(&pid).unwrap();
+        let after = jobd::os::procfs::usage(&pid).unwrap();
         let cpu = (after.cpu - before.cpu).as_secs_f64() / idle_secs as f64 * 100.0;
         println!(
             "idle for {idle_secs} s: CPU {cpu:.2} % of one core, RSS {:.1} MiB, {} threads",

@@ -64,6 +64,9 @@ pub const KNOWN_KINDS: &[&str] = &[
     "email", "http", "file", "noop", "checksum", "compress", "exec",
 ];
 
+/// A check the layers above run on a loaded config: `Err((key, why))`.
+pub type SectionCheck = dyn Fn(&Config) -> Result<(), (String, String)>;
+
 /// A configuration problem, naming the key and the source that set it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -901,6 +904,17 @@ impl Config {
 
     /// Reads the file and the environment and validates the result.
     pub fn load(source: &ConfigSource<'_>) -> Result<Config, ConfigError> {
+        Config::load_checked(source, &|_| Ok(()))
+    }
+
+    /// [`Config::load`], then `check` on the result: what the layers above
+    /// validate of their own (the periodic schedules and their payloads,
+    /// which need the kinds), with an error `(key, what is wrong)` reported
+    /// like the config's own, naming the file or variable the key came from.
+    pub fn load_checked(
+        source: &ConfigSource<'_>,
+        check: &SectionCheck,
+    ) -> Result<Config, ConfigError> {
         let path = source.path;
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -956,13 +970,13 @@ impl Config {
                 key,
             });
         }
-        Config::from_raw(raw, path, source.env, path_set, source.secrets).map_err(
-            |(key, detail)| ConfigError::Invalid {
+        Config::from_raw(raw, path, source.env, path_set, source.secrets)
+            .and_then(|config| check(&config).map(|()| config))
+            .map_err(|(key, detail)| ConfigError::Invalid {
                 source_name: origin(&key),
                 key,
                 detail,
-            },
-        )
+            })
     }
 
     /// Validates the raw settings; an error is `(key, what is wrong)`.
@@ -1175,7 +1189,7 @@ impl Config {
             return fail("exec.dir", "must name a folder");
         }
         if let Some(user) = &self.exec.user {
-            crate::confine::lookup_user(user).or_else(|why| fail("exec.user", why))?;
+            crate::os::confine::lookup_user(user).or_else(|why| fail("exec.user", why))?;
         }
 
         for (name, cron) in &self.cron {
@@ -1202,10 +1216,8 @@ impl Config {
             if cron.max_attempts == Some(0) {
                 return fail(&key("max_attempts"), "must be at least 1 (got 0)");
             }
-            // The expression, the time zone and the payload against its kind.
-            if let Err((key, why)) = crate::cron::Schedule::parse(name, cron) {
-                return fail(&key, why);
-            }
+            // The expression, the time zone and the payload against its kind
+            // are checked by the daemon's cron, through `load_checked`.
         }
         Ok(())
     }
@@ -1527,12 +1539,15 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::load(&ConfigSource {
-            secrets: true,
-            path: &path,
-            explicit: true,
-            env: &env,
-        })
+        Config::load_checked(
+            &ConfigSource {
+                secrets: true,
+                path: &path,
+                explicit: true,
+                env: &env,
+            },
+            &crate::daemon::cron::check,
+        )
         .map_err(|e| {
             e.to_string()
                 .replace(&path.display().to_string(), "config.toml")

@@ -3,40 +3,43 @@
 //!
 //! # Layout
 //!
-//! A job is a row in the `jobs` table ([`job`] holds its states and the
-//! transitions between them). Anyone inserts it — the `sqlite3` shell, a
-//! script, or `jobd enqueue` ([`commands`]) — and the [`store`] is the only
-//! code that speaks SQL: enqueue, claim, complete, rescue, prune, each one
-//! short transaction behind the [`store::Store`] trait, implemented by
-//! [`store::SqliteStore`] and, for daemons on many hosts sharing one queue,
-//! [`store::postgres::PgStore`]. Settings come from
-//! `config.toml` and `JOBD_SECTION__KEY` variables, validated once into a
-//! [`config::Config`] that is handed to whatever needs it. Log lines are
-//! named events written by [`event!`] in logfmt or JSON ([`logging`]).
+//! The folders draw the layers; each file imports only from the layers
+//! below it (`python3 modcycles.py src` finds no circle, and CI checks).
+//! From the bottom:
 //!
-//! The binary (`src/main.rs`) only parses the command line ([`cli`]), calls
-//! [`commands::run`] and turns an [`error::Error`] into one sentence and an
-//! exit status.
-//!
-//! The daemon (`jobd run`, [`daemon`]) is a producer → executor → completer
-//! pipeline on plain threads. The [`dispatcher`] owns one connection: each
-//! turn it writes finished outcomes ([`completer`]) and claims jobs for the
-//! free slots in the same short transaction, within per-queue limits
-//! ([`limits`]), and hands them to the pool their kind runs on ([`pool`]):
-//! IO kinds to a thread pool, CPU kinds to worker processes (the binary
-//! re-executed in a worker mode, killed at the deadline). There the
-//! [`executor`] runs one attempt of a [`kinds::Kind`] with its deadline and
-//! cancel flag, catches panics, and settles the outcome (success, a retry
-//! after the [`retry`] backoff, or `dead`). The dispatcher sleeps until an
-//! attempt ends, a signal arrives ([`signals`]), another process commits
-//! ([`pickup`] watches the `-wal` file, or LISTENs on PostgreSQL) or a
-//! timer is due. [`maintenance`]
-//! runs beside it on its own connection: heartbeat, lease rescue, pruning
-//! and the `stats` line, with process facts from [`procfs`]. [`notify`]
-//! tells systemd when the daemon is ready, reloading or stopping, pings its
-//! watchdog from the dispatcher loop and keeps a live `STATUS=` line;
-//! [`metrics`] serves `/metrics`, `/healthz` and the [`dashboard`]. [`cron`] enqueues the
-//! periodic jobs of `[cron.*]`, each slot exactly once, from the dispatcher.
+//! - [`job`]: a job, its states (and who moves a job out of each), the
+//!   outcome of an attempt. [`fmt`]: times, durations and escaping shared
+//!   by the command line and the web pages. [`os`]: `/proc`, signals,
+//!   systemd's socket, confinement of the daemon and its workers.
+//! - [`config`]: `config.toml` and `JOBD_SECTION__KEY` variables, validated
+//!   once into a [`config::Config`] that flows down to whatever needs it.
+//!   [`logging`]: named events written by [`event!`] in logfmt or JSON.
+//! - [`store`]: the only code that speaks SQL. Enqueue, claim, complete,
+//!   rescue, prune, each one short transaction behind the
+//!   [`store::Store`] trait, implemented by [`store::SqliteStore`] and, for
+//!   daemons on many hosts sharing one queue, [`store::postgres::PgStore`];
+//!   [`store::wake`] tells the daemon of new jobs (the `-wal` watcher,
+//!   `LISTEN`).
+//! - [`kinds`]: the [`kinds::Kind`] trait and one file per kind (`noop`,
+//!   `http`, `email`, `file` on threads; `checksum`, `compress`, `exec` in
+//!   worker processes). [`metrics`]: the Prometheus collectors.
+//! - [`daemon`]: `jobd run`, a producer → executor → completer pipeline on
+//!   plain threads. The [`daemon::dispatcher`] owns one connection: each
+//!   turn it writes finished outcomes ([`daemon::completer`]) and claims
+//!   jobs for the free slots in the same short transaction, within the
+//!   queues' [`daemon::limits`], and hands them to the [`daemon::pool`]
+//!   their kind runs on. There the [`daemon::executor`] runs one attempt
+//!   with its deadline and cancel flag, catches panics and settles the
+//!   outcome (success, a retry after the [`daemon::retry`] backoff, or
+//!   `dead`). [`daemon::maintenance`] runs beside it on its own connection
+//!   (heartbeat, lease rescue, pruning, the `stats` line) and
+//!   [`daemon::cron`] enqueues the periodic jobs, each slot once.
+//!   [`daemon::state`] is what the running daemon shows of itself.
+//! - [`web`]: the hardened listener, `/metrics`, `/healthz` and the
+//!   dashboard; it sees the daemon only through [`daemon::state`].
+//! - [`commands`]: one function per CLI verb ([`commands::cli`] holds the
+//!   clap definitions); [`error`] is the one error the binary turns into a
+//!   sentence and an exit status (`src/main.rs` does only that).
 //!
 //! The life of a job: inserted `queued` → claimed by a daemon (`running`,
 //! under a lease) → its attempt ends → the outcome is written, fenced by
@@ -44,28 +47,15 @@
 
 #![deny(missing_docs)]
 
-pub mod cli;
 pub mod commands;
-pub mod completer;
 pub mod config;
-pub mod confine;
-pub mod cron;
 pub mod daemon;
-pub mod dashboard;
-pub mod dispatcher;
 pub mod error;
-pub mod executor;
+pub mod fmt;
 pub mod job;
 pub mod kinds;
-pub mod limits;
-pub mod listener;
 pub mod logging;
-pub mod maintenance;
 pub mod metrics;
-pub mod notify;
-pub mod pickup;
-pub mod pool;
-pub mod procfs;
-pub mod retry;
-pub mod signals;
+pub mod os;
 pub mod store;
+pub mod web;

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use log::kv::{self, VisitSource};
 
 use crate::config::{LogConfig, LogFormat};
+use crate::fmt::{needs_escape, push_escaped};
 
 /// The log target of jobd's own events; other crates' records keep theirs.
 pub const TARGET: &str = "jobd";
@@ -41,35 +42,11 @@ macro_rules! event {
     };
 }
 
-/// Logs trouble with the database with the operation that failed and what
-/// jobd does about it: `db.busy` when another connection held the lock too
-/// long, `db.error` for anything else.
-pub fn log_db_trouble(op: &str, error: &crate::store::StoreError, action: &str) {
-    let name = db_event(error);
-    log::log!(
-        target: TARGET,
-        log::Level::Warn,
-        op = op,
-        error:% = error,
-        action = action;
-        "{}", name
-    );
-}
-
-/// The event name for a store error: `db.busy` or `db.error`.
-pub fn db_event(error: &crate::store::StoreError) -> &'static str {
-    if error.is_busy() {
-        "db.busy"
-    } else {
-        "db.error"
-    }
-}
-
 /// Routes panic messages into the log as `panic` events, so a job that
 /// panics leaves one well-formed line instead of free text on stderr.
 pub fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
-        let message = crate::executor::panic_message(info.payload());
+        let message = panic_message(info.payload());
         let thread = std::thread::current();
         let location = info
             .location()
@@ -372,36 +349,14 @@ pub fn quote(value: &str) -> String {
     out
 }
 
-/// `text` safe to print on a terminal: control characters (C0, DEL, C1:
-/// an `ESC ]0;` retitles the terminal, a `\r` or `\n` forges a table row)
-/// and the bidirectional overrides (which reorder what is shown) are
-/// written as escapes; everything else is kept.
-pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(needs_escape) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        push_escaped(&mut out, c);
-    }
-    std::borrow::Cow::Owned(out)
-}
-
-fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Pushes `c`, escaped if it is a control or bidi character.
-fn push_escaped(out: &mut String, c: char) {
-    match c {
-        '\n' => out.push_str("\\n"),
-        '\r' => out.push_str("\\r"),
-        '\t' => out.push_str("\\t"),
-        c if needs_escape(c) => {
-            let _ = write!(out, "\\u{{{:04x}}}", c as u32);
-        }
-        c => out.push(c),
+/// The text of a panic's payload (a `&str` or a `String`), for the log.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic value".to_string()
     }
 }
 

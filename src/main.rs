@@ -10,9 +10,9 @@ fn main() -> ExitCode {
     // A CPU worker process of a running daemon: no command line, no config.
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|a| a == jobd::pool::worker::WORKER_COMMAND)
+        .is_some_and(|a| a == jobd::daemon::pool::worker::WORKER_COMMAND)
     {
-        return match jobd::pool::worker::run() {
+        return match jobd::daemon::pool::worker::run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("jobd: CPU worker {}: {e}", std::process::id());
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let cli = jobd::cli::Cli::parse();
+    let cli = jobd::commands::cli::Cli::parse();
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -775,7 +775,7 @@ fn handlers_run_as_exec_user() {
     }
     let _daemon = cpu.home.daemon();
     let result = cpu.ok("exec", r#"{"handler":"whoami"}"#);
-    let (uid, gid) = jobd::confine::lookup_user("nobody").unwrap();
+    let (uid, gid) = jobd::os::confine::lookup_user("nobody").unwrap();
     assert_eq!(result["uid"], uid, "{result}");
     assert_eq!(result["gid"], gid, "{result}");
     let missing = Home::with_config("[exec]\nuser = \"no-such-user-here\"\n");

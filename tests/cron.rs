@@ -183,10 +183,10 @@ fn a_reload_with_a_bad_schedule_keeps_the_running_ones() {
     daemon.stop();
 }
 
-fn schedule(expression: &str) -> jobd::cron::Schedule {
+fn schedule(expression: &str) -> jobd::daemon::cron::Schedule {
     let section: jobd::config::CronConfig =
         toml::from_str(&format!("schedule = \"{expression}\"\nkind = \"noop\"\n")).unwrap();
-    jobd::cron::Schedule::parse("report", &section).unwrap()
+    jobd::daemon::cron::Schedule::parse("report", &section).unwrap()
 }
 
 /// Epoch ms of a UTC time.
@@ -218,12 +218,12 @@ fn cron_slots_are_exact_across_restarts() {
     for (name, mut store, _guard) in common::backends("cron_restarts") {
         let every_minute = schedule("* * * * *");
         // The schedule is known from a run before the minute began.
-        let mut first = jobd::cron::Cron::new(vec![every_minute.clone()]);
+        let mut first = jobd::daemon::cron::Cron::new(vec![every_minute.clone()]);
         first.run_due(store.as_mut(), at(17, 13, 30, 120));
         assert_eq!(run_ats(store.as_mut()), Vec::<i64>::new(), "{name}");
         let mut enqueued = 0;
         for now in [at(17, 14, 0, 506), at(17, 14, 0, 708), at(17, 14, 29, 936)] {
-            let mut restarted = jobd::cron::Cron::new(vec![every_minute.clone()]);
+            let mut restarted = jobd::daemon::cron::Cron::new(vec![every_minute.clone()]);
             enqueued += restarted.run_due(store.as_mut(), now);
         }
         assert_eq!(enqueued, 1, "{name}: one job for 17:14");
@@ -239,9 +239,9 @@ fn cron_slots_are_exact_across_restarts() {
 fn a_schedule_first_seen_at_reload_is_not_enqueued_late() {
     for (name, mut store, _guard) in common::backends("cron_reload") {
         let weekdays = schedule("0 9 * * 1-5");
-        let mut seen = jobd::cron::Cron::new(vec![weekdays.clone()]);
+        let mut seen = jobd::daemon::cron::Cron::new(vec![weekdays.clone()]);
         assert_eq!(seen.run_due(store.as_mut(), at(18, 0, 0, 123)), 0, "{name}");
-        let mut reloaded = jobd::cron::Cron::new(vec![weekdays.clone()]);
+        let mut reloaded = jobd::daemon::cron::Cron::new(vec![weekdays.clone()]);
         assert_eq!(
             reloaded.run_due(store.as_mut(), at(18, 0, 5, 456)),
             0,
@@ -256,7 +256,7 @@ fn a_schedule_first_seen_at_reload_is_not_enqueued_late() {
         let next = at(9, 0, 0, 0) + 24 * 3_600_000;
         assert_eq!(reloaded.next_due(), Some(next), "{name}");
         assert_eq!(reloaded.run_due(store.as_mut(), next + 250), 1, "{name}");
-        let mut again = jobd::cron::Cron::new(vec![weekdays]);
+        let mut again = jobd::daemon::cron::Cron::new(vec![weekdays]);
         assert_eq!(again.run_due(store.as_mut(), next + 750), 0, "{name}");
         assert_eq!(run_ats(store.as_mut()), vec![next], "{name}");
     }
@@ -265,7 +265,12 @@ fn a_schedule_first_seen_at_reload_is_not_enqueued_late() {
 /// Walks a daemon's cron through a time span the way the dispatcher does
 /// (run what is due, then sleep until the next due time), failing if it
 /// would wake again at once (the spin inside a repeated hour).
-fn walk(cron: &mut jobd::cron::Cron, store: &mut dyn jobd::store::Store, from: i64, to: i64) {
+fn walk(
+    cron: &mut jobd::daemon::cron::Cron,
+    store: &mut dyn jobd::store::Store,
+    from: i64,
+    to: i64,
+) {
     let mut now = from;
     let mut turns = 0;
     while now < to {
@@ -292,9 +297,9 @@ fn a_fall_back_night_enqueues_each_slot_once_without_spinning() {
                 "schedule = \"{expr}\"\nkind = \"noop\"\ntimezone = \"Europe/Berlin\"\n"
             ))
             .unwrap();
-            jobd::cron::Schedule::parse(section, &config).unwrap()
+            jobd::daemon::cron::Schedule::parse(section, &config).unwrap()
         };
-        let mut cron = jobd::cron::Cron::new(vec![
+        let mut cron = jobd::daemon::cron::Cron::new(vec![
             parse("*/15 * * * *", "quarter"),
             parse("30 2 * * *", "nightly"),
         ]);
@@ -351,7 +356,7 @@ fn a_refused_cron_insert_backs_off_instead_of_looping() {
             }
         };
         let tick = schedule("@every 1s");
-        let mut cron = jobd::cron::Cron::new(vec![tick]);
+        let mut cron = jobd::daemon::cron::Cron::new(vec![tick]);
         let t0 = at(12, 0, 0, 0);
         cron.run_due(store.as_mut(), t0); // first look: starts, enqueues nothing
         refuse(true);

@@ -434,7 +434,7 @@ mod misbehaving_kinds {
     use jobd::config::Config;
     use jobd::job::NewJob;
     use jobd::kinds::{Context, JobError, Kind, Registry};
-    use jobd::signals::Request;
+    use jobd::os::signals::Request;
     use jobd::store::{OpenMode, SqliteStore, Store};
 
     use super::common::{wait_for, PATIENCE};
@@ -499,7 +499,7 @@ mod misbehaving_kinds {
                     requests: rx,
                     reload: Box::new(|| Err("no reload".into())),
                     worker_program: env!("CARGO_BIN_EXE_jobd").into(),
-                    notifier: jobd::notify::Notifier::disabled(),
+                    notifier: jobd::os::notify::Notifier::disabled(),
                 };
                 jobd::daemon::run(config, registry, outside)
             })

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::stdout_error;
-use crate::cli::{CancelArgs, PruneArgs, QueueNames, RetryArgs};
+use crate::commands::cli::{CancelArgs, PruneArgs, QueueNames, RetryArgs};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::now_ms;
@@ -95,10 +95,10 @@ pub fn prune(
                 cancelled: cutoff,
             }
         }
-        None => crate::maintenance::retention_cutoffs(config, now),
+        None => crate::daemon::maintenance::retention_cutoffs(config, now),
     };
     // Batches back to back: an operator asked for it now.
-    let pruned = crate::maintenance::prune_all(store, &cutoffs, Duration::ZERO)?;
+    let pruned = crate::daemon::maintenance::prune_all(store, &cutoffs, Duration::ZERO)?;
     let (jobs, runs) = (pruned.jobs, pruned.runs);
     writeln!(out, "pruned {jobs} jobs and {runs} attempt records").map_err(stdout_error)
 }
@@ -134,7 +134,7 @@ pub fn set_paused(
             if !known {
                 return Err(Error::Usage(format!(
                     "queue {} has no jobs and the config does not name it; check the name, or pass --create to pause it before its first job",
-                    crate::logging::terminal_safe(q)
+                    crate::fmt::terminal_safe(q)
                 )));
             }
         }

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::time::{Duration, Instant};
 
 use super::{open, stdout_error};
-use crate::cli::EnqueueArgs;
+use crate::commands::cli::EnqueueArgs;
 use crate::config::{Config, KNOWN_KINDS};
 use crate::error::{Error, Result};
 use crate::job::{now_ms, JobState, NewJob};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::output::{clip, millis, opt_time, table, terminal_safe, time};
 use super::stdout_error;
-use crate::cli::{ListArgs, ShowArgs, StatsArgs, TailArgs};
+use crate::commands::cli::{ListArgs, ShowArgs, StatsArgs, TailArgs};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::{now_ms, Job};
@@ -113,16 +113,17 @@ pub fn cron(config: &Config, store: &mut dyn Store, out: &mut dyn Write) -> Resu
     let row_of = |name: &str| rows.iter().find(|r| r.name == name);
     let last = |name: &str, tz: &str| match row_of(name) {
         Some(r) => vec![
-            r.last_slot
-                .map_or("-".to_string(), |t| crate::cron::format_local(t, tz)),
+            r.last_slot.map_or("-".to_string(), |t| {
+                crate::daemon::cron::format_local(t, tz)
+            }),
             r.last_job_id.map_or("-".to_string(), |id| id.to_string()),
             r.last_job_state.map_or("-".to_string(), |s| s.to_string()),
         ],
         None => vec!["-".into(), "-".into(), "-".into()],
     };
-    for schedule in crate::cron::schedules(config) {
+    for schedule in crate::daemon::cron::schedules(config) {
         let next = schedule.next_after(now).map_or("-".to_string(), |t| {
-            crate::cron::format_local(t, &schedule.timezone)
+            crate::daemon::cron::format_local(t, &schedule.timezone)
         });
         let mut row = vec![
             schedule.name.clone(),

@@ -13,7 +13,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use super::{open_or_create, stdout_error};
-use crate::cli::MigrateArgs;
+use crate::commands::cli::MigrateArgs;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::{now_ms, JobState};
@@ -66,11 +66,12 @@ fn move_from_sqlite(config: &Config, source: &Path, url: &str, out: &mut dyn Wri
 
     // Jobs held by a running daemon cannot move; those of daemons that are
     // gone go back to queued first, as a daemon's start-up would do.
-    let host = crate::procfs::host_name();
+    let host = crate::os::procfs::host_name();
     let rescued =
-        crate::maintenance::rescue_dead_neighbours(&mut from, &host, "", max_attempts)?.len();
+        crate::daemon::maintenance::rescue_dead_neighbours(&mut from, &host, "", max_attempts)?
+            .len();
     let now = now_ms();
-    let stale = crate::maintenance::stale_after(config.daemon.lease).as_millis() as i64;
+    let stale = crate::daemon::maintenance::stale_after(config.daemon.lease).as_millis() as i64;
     if let Some(w) = from
         .workers()?
         .into_iter()

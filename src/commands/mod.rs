@@ -7,6 +7,7 @@
 //! sentence on stderr and an exit status.
 
 mod admin;
+pub mod cli;
 mod enqueue;
 mod inspect;
 mod migrate;
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use crate::cli::{Cli, Command};
+use crate::commands::cli::{Cli, Command};
 use crate::config::{Config, ConfigSource, DEFAULT_CONFIG_PATH};
 use crate::error::{Error, Result};
 use crate::store::{OpenMode, SqliteStore, Store};
@@ -29,12 +30,15 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         .unwrap_or_else(|| Path::new(DEFAULT_CONFIG_PATH).to_path_buf());
     // Only the daemon uses the secrets; check-config reports on them.
     let secrets = matches!(cli.command, Command::Run | Command::CheckConfig);
-    let config = Config::load(&ConfigSource {
-        path: &path,
-        explicit,
-        env,
-        secrets,
-    })?;
+    let config = Config::load_checked(
+        &ConfigSource {
+            path: &path,
+            explicit,
+            env,
+            secrets,
+        },
+        &crate::daemon::cron::check,
+    )?;
     match cli.command {
         Command::Run => run_daemon(config, &path, explicit, env),
         Command::CheckConfig => admin::check_config(&config, out),
@@ -88,9 +92,9 @@ fn run_daemon(
         &config.metrics.dashboard_token_env,
     ];
     secrets.extend(jobd_vars.iter().map(String::as_str));
-    crate::confine::scrub_environment(&secrets);
-    let undumpable = crate::confine::not_dumpable();
-    let notifier = crate::notify::Notifier::from_env(env);
+    crate::os::confine::scrub_environment(&secrets);
+    let undumpable = crate::os::confine::not_dumpable();
+    let notifier = crate::os::notify::Notifier::from_env(env);
     // journald stamps every line itself.
     let timestamps = !env.contains_key("JOURNAL_STREAM");
     let log = crate::logging::init(&config.log, timestamps)?;
@@ -99,19 +103,22 @@ fn run_daemon(
     if let Err(e) = undumpable {
         crate::event!(Warn, "daemon.dumpable", error:% = e);
     }
-    let requests = crate::signals::listen().map_err(|source| Error::Io {
+    let requests = crate::os::signals::listen().map_err(|source| Error::Io {
         what: "cannot install the signal handlers".into(),
         source,
     })?;
     let path = path.to_path_buf();
     let env = env.clone();
-    let reload: crate::dispatcher::Reload = Box::new(move || {
-        let config = Config::load(&ConfigSource {
-            path: &path,
-            explicit,
-            env: &env,
-            secrets: true,
-        })
+    let reload: crate::daemon::dispatcher::Reload = Box::new(move || {
+        let config = Config::load_checked(
+            &ConfigSource {
+                path: &path,
+                explicit,
+                env: &env,
+                secrets: true,
+            },
+            &crate::daemon::cron::check,
+        )
         .map_err(|e| e.to_string())?;
         log.reload(&config.log).map_err(|e| e.to_string())?;
         log_warnings(&config);

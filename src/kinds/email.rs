@@ -120,7 +120,7 @@ impl Email {
         Email {
             sender,
             from: config.from.clone(),
-            host: crate::procfs::host_name(),
+            host: crate::os::procfs::host_name(),
             files,
             database_id: std::sync::OnceLock::new(),
         }

@@ -9,7 +9,7 @@
 //! [`Context::spawned`] so the pool's kill at the deadline reaches every
 //! process in it; when the handler exits, whatever it left running is
 //! killed too, in its group or out of it (the worker is a child subreaper,
-//! see [`crate::confine`]), so a job's processes end with the job. A
+//! see [`crate::os::confine`]), so a job's processes end with the job. A
 //! handler is a regular file, never a symbolic link; with `exec.user` set
 //! (the daemon running as root) it runs as that user.
 //!
@@ -76,7 +76,7 @@ impl Exec {
             .roots
             .first()
             .map_or_else(|| dir.clone(), |r| absolute(r));
-        let run_as = exec.user.as_deref().map(crate::confine::lookup_user);
+        let run_as = exec.user.as_deref().map(crate::os::confine::lookup_user);
         Exec { dir, cwd, run_as }
     }
 
@@ -294,7 +294,7 @@ impl Kind for Exec {
         if let Some(group) = rustix::process::Pid::from_raw(pgid) {
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
-        crate::confine::kill_leftovers(OUTPUT_WAIT);
+        crate::os::confine::kill_leftovers(OUTPUT_WAIT);
         let (mut stdout, mut truncated, mut stderr, mut cut) =
             (Vec::new(), false, Vec::new(), false);
         let until = Instant::now() + OUTPUT_WAIT;

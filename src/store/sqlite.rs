@@ -1201,7 +1201,7 @@ impl Store for SqliteStore {
     }
 
     fn commit_file(&self) -> Option<PathBuf> {
-        Some(crate::pickup::wal_path(&self.path))
+        Some(crate::store::wake::wal_path(&self.path))
     }
 
     fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog> {

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::RetryConfig;
+use crate::daemon::retry;
 use crate::job::{now_ms, Attempt, Claimed, Completion};
 use crate::kinds::{Context, JobError, Kind};
-use crate::retry;
 
 const RUNNING: u8 = 0;
 const FINISHED: u8 = 1;
@@ -154,7 +154,7 @@ pub fn run_kind(
         Err(JobError::transient(format!(
             "the {} handler panicked: {}",
             kind.name(),
-            panic_message(&*panic)
+            crate::logging::panic_message(&*panic)
         )))
     })
 }
@@ -183,16 +183,6 @@ pub fn settle(
             let run_at = retry_at.unwrap_or(now + backoff.as_millis() as i64);
             attempt.retry(message, run_at.max(now))
         }
-    }
-}
-
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-text panic value".to_string()
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::executor::{self, Task};
+use crate::daemon::executor::{self, Task};
 use crate::job::Completion;
 
 /// An attempt that ended on a pool thread.
@@ -157,7 +157,7 @@ mod tests {
 
     fn task(id: i64) -> Task {
         let noop = Arc::new(crate::kinds::Noop);
-        crate::executor::test_task(id, noop, r#"{"sleep_ms":20}"#, 1, 3)
+        crate::daemon::executor::test_task(id, noop, r#"{"sleep_ms":20}"#, 1, 3)
     }
 
     #[test]

@@ -15,18 +15,19 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 
 use crate::config::Config;
-use crate::dispatcher::{Dispatcher, Parts, Reload, Shared, Summary};
+use crate::daemon::dispatcher::{Dispatcher, Parts, Reload, Summary};
+use crate::daemon::maintenance::{self, Maintenance};
+use crate::daemon::state::DaemonState;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::job::now_ms;
 use crate::kinds::Registry;
-use crate::maintenance::{self, Maintenance};
 use crate::metrics::Metrics;
-use crate::notify::{status_line, Notifier};
-use crate::pickup;
-use crate::procfs;
-use crate::signals::Request;
+use crate::os::notify::{status_line, Notifier};
+use crate::os::procfs;
+use crate::os::signals::Request;
 use crate::store::postgres::PgStore;
+use crate::store::wake;
 use crate::store::{OpenMode, RescueScope, SqliteStore, Store, WorkerInfo};
 
 /// What the daemon takes from the process it runs in.
@@ -51,10 +52,10 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
         Some(url) => {
             let store = PgStore::connect(url, db.busy_timeout)?;
             let served = config.daemon.named_queues().map(<[String]>::to_vec);
-            let wake = || match pickup::listen(url, served) {
+            let wake = || match wake::listen(url, served) {
                 Ok(rx) => Some(rx),
                 Err(e) => {
-                    crate::logging::log_db_trouble(
+                    crate::store::log_trouble(
                         "listen for new jobs",
                         &e,
                         "new work is noticed by polling",
@@ -72,7 +73,7 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
             // `-wal` file before its first write.
             let commit_file = store.commit_file();
             let wake = move || match commit_file {
-                Some(file) => match pickup::watch(&file) {
+                Some(file) => match wake::watch(&file) {
                     Ok(rx) => Some(rx),
                     Err(e) => {
                         event!(
@@ -134,32 +135,29 @@ fn run_on<S: Store + Send + 'static>(
     raise_open_file_limit();
     // The metrics listener first: a taken port stops start-up before this
     // daemon registers or takes back anyone's jobs.
-    let mut counters = crate::completer::Counters::default();
     let mut listener = None;
     let metrics = match config.metrics.listen {
         Some(_) => Some(Arc::new(Metrics::new(registry.names())?)),
         None => None,
     };
-    counters.metrics = metrics.clone();
-    let shared = Arc::new(Shared {
+    let state = Arc::new(DaemonState {
         notifier,
-        counters,
         database_file: match config.database.url {
             None => procfs::file_identity(&config.database.path),
             Some(_) => None,
         },
-        ..Shared::default()
+        ..DaemonState::default()
     });
     // Healthy from the start; the dispatcher keeps it so once it runs.
-    shared
+    state
         .last_turn
         .store(now_ms().max(0) as u64, std::sync::atomic::Ordering::Relaxed);
-    if let (Some(addr), Some(metrics)) = (config.metrics.listen, metrics) {
-        listener = Some(crate::metrics::serve(
+    if let (Some(addr), Some(metrics)) = (config.metrics.listen, metrics.clone()) {
+        listener = Some(crate::web::serve(
             addr,
             config.clone(),
             metrics,
-            Arc::clone(&shared),
+            Arc::clone(&state),
         )?);
     }
 
@@ -190,7 +188,7 @@ fn run_on<S: Store + Send + 'static>(
         store: second()?,
         config: config.clone(),
         worker: Arc::clone(&worker),
-        shared: Arc::clone(&shared),
+        state: Arc::clone(&state),
         stop: maintenance_stop,
         file_gone: false,
     };
@@ -203,8 +201,8 @@ fn run_on<S: Store + Send + 'static>(
         })?;
 
     let threads = config.pool.threads;
-    let pids = Arc::clone(&shared.cpu_pids);
-    let ours = Arc::clone(&shared);
+    let pids = Arc::clone(&state.cpu_pids);
+    let ours = Arc::clone(&state);
     let now = now_ms();
     let backlog = crate::store::active_backlog(&mut store, config.daemon.named_queues(), now)
         .unwrap_or_default();
@@ -216,7 +214,8 @@ fn run_on<S: Store + Send + 'static>(
         requests,
         wake,
         reload,
-        shared,
+        state,
+        metrics: metrics.clone(),
         worker_program,
     })
     .map_err(|source| Error::Io {
@@ -246,7 +245,7 @@ fn run_on<S: Store + Send + 'static>(
     }
     let mut store = dispatcher.into_store();
     if let Err(e) = store.deregister_worker(&worker) {
-        crate::logging::log_db_trouble(
+        crate::store::log_trouble(
             "deregister",
             &e,
             "the row is forgotten once its heartbeat is old",

@@ -14,26 +14,14 @@
 
 use std::fmt::Write as _;
 
-use crate::commands::output::{millis, time};
+use crate::daemon::state::Sample;
+use crate::fmt::{millis, time};
 use crate::job::{Job, JobState};
 use crate::kinds::Redaction;
 use crate::store::{JobRun, Stats};
 
 /// Jobs per page of the job list.
 pub const PAGE: usize = 50;
-
-/// One sample of the daemon's history, taken at each heartbeat.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sample {
-    /// When (epoch ms).
-    pub at: i64,
-    /// Attempts every daemon finished successfully since this one started.
-    pub done: u64,
-    /// Attempts that failed (retry, timeout, dead) since this one started.
-    pub failed: u64,
-    /// Queue lag then (ms).
-    pub lag_ms: i64,
-}
 
 /// This daemon's pools: busy slots and size of each.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -590,6 +578,35 @@ pub fn message(title: &str, text: &str) -> String {
     )
 }
 
+/// A POST button carrying the CSRF token.
+pub fn button(action: &str, label: &str, csrf: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"{}\" style=\"display:inline\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>{}</button></form>",
+        escape(action),
+        escape(csrf),
+        escape(label)
+    )
+}
+
+/// The login page.
+pub fn login(failed: bool) -> String {
+    let note = if failed {
+        "<p class=\"dead\">That token is not the one configured.</p>"
+    } else {
+        ""
+    };
+    page(
+        "log in",
+        false,
+        &format!(
+            "<h1>Log in</h1>{note}<p>Actions (retry, cancel, pause, resume) need the dashboard token \
+             (<code>metrics.dashboard_token</code>).</p><form method=\"post\" action=\"/login\">\
+             <input type=\"password\" name=\"token\" autocomplete=\"current-password\"> <button>log in</button></form>"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -638,135 +655,4 @@ mod tests {
         assert_eq!(slots[58], Some((0, 10, 1)));
         assert!(slots[..58].iter().all(Option::is_none));
     }
-}
-
-/// Logged-in dashboard sessions, kept in memory by the listener thread.
-///
-/// Writes need `metrics.dashboard_token`: given as `Authorization: Bearer
-/// <token>` (scripts; no cookie, so no CSRF risk), or typed into the login
-/// form, which sets an `HttpOnly`, `SameSite=Strict` session cookie. Every
-/// form of a session carries that session's CSRF token, and a POST without
-/// the matching one is refused.
-#[derive(Debug, Default)]
-pub struct Sessions {
-    /// session id → (CSRF token, expiry epoch ms).
-    live: std::collections::HashMap<String, (String, i64)>,
-}
-
-/// How long a login lasts.
-pub const SESSION_MS: i64 = 12 * 3_600_000;
-
-/// The session cookie's name.
-pub const COOKIE: &str = "jobd_session";
-
-/// Who is asking, as far as writes go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Caller {
-    /// No token is configured: the dashboard is read-only for everyone.
-    ReadOnly,
-    /// A token is configured and this request did not give it.
-    Anonymous,
-    /// The bearer token was given with the request.
-    Bearer,
-    /// A logged-in browser session, with its CSRF token.
-    Session(String),
-}
-
-impl Sessions {
-    /// Starts a session; returns (session id, CSRF token).
-    pub fn open(&mut self, now: i64) -> std::io::Result<(String, String)> {
-        self.live.retain(|_, (_, until)| *until > now);
-        let id = random_hex()?;
-        let csrf = random_hex()?;
-        self.live
-            .insert(id.clone(), (csrf.clone(), now + SESSION_MS));
-        Ok((id, csrf))
-    }
-
-    /// Ends a session.
-    pub fn close(&mut self, id: &str) {
-        self.live.remove(id);
-    }
-
-    /// Who sent a request with these headers.
-    pub fn caller(
-        &self,
-        token: Option<&str>,
-        authorization: Option<&str>,
-        cookie: Option<&str>,
-        now: i64,
-    ) -> Caller {
-        let Some(token) = token else {
-            return Caller::ReadOnly;
-        };
-        if authorization
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .is_some_and(|given| same(given.trim(), token))
-        {
-            return Caller::Bearer;
-        }
-        let session = cookie.and_then(|c| {
-            c.split(';').find_map(|part| {
-                let (k, v) = part.trim().split_once('=')?;
-                (k == COOKIE).then(|| v.to_string())
-            })
-        });
-        match session.and_then(|s| self.live.get(&s)) {
-            Some((csrf, until)) if *until > now => Caller::Session(csrf.clone()),
-            _ => Caller::Anonymous,
-        }
-    }
-
-    /// The session id in a cookie header, if any.
-    pub fn session_of(cookie: Option<&str>) -> Option<String> {
-        cookie.and_then(|c| {
-            c.split(';').find_map(|part| {
-                let (k, v) = part.trim().split_once('=')?;
-                (k == COOKIE).then(|| v.to_string())
-            })
-        })
-    }
-}
-
-/// Compares secrets in time that does not depend on where they differ.
-pub fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// 32 random bytes from the kernel, as hex.
-fn random_hex() -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A POST button carrying the CSRF token.
-pub fn button(action: &str, label: &str, csrf: &str) -> String {
-    format!(
-        "<form method=\"post\" action=\"{}\" style=\"display:inline\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>{}</button></form>",
-        escape(action),
-        escape(csrf),
-        escape(label)
-    )
-}
-
-/// The login page.
-pub fn login(failed: bool) -> String {
-    let note = if failed {
-        "<p class=\"dead\">That token is not the one configured.</p>"
-    } else {
-        ""
-    };
-    page(
-        "log in",
-        false,
-        &format!(
-            "<h1>Log in</h1>{note}<p>Actions (retry, cancel, pause, resume) need the dashboard token \
-             (<code>metrics.dashboard_token</code>).</p><form method=\"post\" action=\"/login\">\
-             <input type=\"password\" name=\"token\" autocomplete=\"current-password\"> <button>log in</button></form>"
-        ),
-    )
 }

@@ -12,8 +12,8 @@ use std::io::{self, Write};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use super::frame::{self, FromWorker, Order, Setup, ToWorker};
-use crate::executor::run_kind;
+use crate::daemon::executor::run_kind;
+use crate::daemon::pool::frame::{self, FromWorker, Order, Setup, ToWorker};
 use crate::kinds::{Context, JobError, Registry};
 
 /// The hidden command-line word that starts a worker.
@@ -27,9 +27,9 @@ pub fn run() -> io::Result<()> {
     // Nothing the daemon inherited reaches a handler; a handler's `setsid`
     // children become ours when it exits, to be killed with its job; and
     // a handler cannot read this process's memory.
-    crate::confine::close_inherited_descriptors();
-    crate::confine::become_subreaper()?;
-    crate::confine::not_dumpable()?;
+    crate::os::confine::close_inherited_descriptors();
+    crate::os::confine::become_subreaper()?;
+    crate::os::confine::not_dumpable()?;
     let mut input = io::stdin().lock();
     let mut output = io::stdout().lock();
     let Some(ToWorker::Setup(setup)) = frame::read::<ToWorker>(&mut input)? else {

@@ -32,11 +32,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustix::process::{Pid, Signal};
 
-use super::frame::{self, FromWorker, Order, Setup, ToWorker};
-use super::threads::Finished;
-use super::worker::WORKER_COMMAND;
+use crate::daemon::executor::{self, Task};
+use crate::daemon::pool::frame::{self, FromWorker, Order, Setup, ToWorker};
+use crate::daemon::pool::threads::Finished;
+use crate::daemon::pool::worker::WORKER_COMMAND;
 use crate::event;
-use crate::executor::{self, Task};
 use crate::job::now_ms;
 use crate::kinds::exec::signal_name;
 use crate::kinds::{JobError, CANCEL_CHECK};
@@ -376,7 +376,7 @@ impl Worker {
         // would adopt it and nothing would end it.
         let worker = self.pid.as_raw_pid();
         wait_until_gone(Instant::now() + KILL_GRACE, || {
-            let below = crate::procfs::descendants(worker);
+            let below = crate::os::procfs::descendants(worker);
             for pid in below.iter().copied().filter_map(Pid::from_raw) {
                 let _ = rustix::process::kill_process(pid, Signal::KILL);
             }

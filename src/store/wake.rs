@@ -75,7 +75,7 @@ fn forward(mut inotify: Inotify, tx: &Sender<()>) {
 pub fn listen(
     url: &str,
     queues: Option<Vec<String>>,
-) -> Result<Receiver<()>, crate::store::StoreError> {
+) -> Result<Receiver<()>, crate::store::error::StoreError> {
     let client = listening(url)?;
     let (tx, rx) = crossbeam_channel::bounded(1);
     let own_url = url.to_string();
@@ -88,7 +88,7 @@ pub fn listen(
                 let Some(error) = lost else {
                     return; // the daemon is gone
                 };
-                crate::logging::log_db_trouble(
+                crate::store::error::log_trouble(
                     "listen for new jobs",
                     &error,
                     "new work is noticed by polling until the connection is back",
@@ -115,7 +115,7 @@ pub fn listen(
 pub const RELISTEN: Duration = Duration::from_secs(1);
 
 /// A connection to `url` listening on its schema's channel.
-fn listening(url: &str) -> Result<postgres::Client, crate::store::StoreError> {
+fn listening(url: &str) -> Result<postgres::Client, crate::store::error::StoreError> {
     let fail = crate::store::postgres::failing(url, "listen for new jobs");
     let mut client = crate::store::postgres::client(url, "listen for new jobs")?;
     let schema: String = client
@@ -136,7 +136,7 @@ fn relay(
     tx: &Sender<()>,
     url: &str,
     queues: Option<&[String]>,
-) -> Option<crate::store::StoreError> {
+) -> Option<crate::store::error::StoreError> {
     use postgres::fallible_iterator::FallibleIterator as _;
     let fail = crate::store::postgres::failing(url, "listen for new jobs");
     let mut notifications = client.notifications();

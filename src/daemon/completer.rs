@@ -10,12 +10,15 @@
 //! and the write is tried again after [`WRITE_RETRY`]; the fence decides,
 //! once it lands, whether each outcome still holds.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::daemon::pool::threads::Finished;
+use crate::daemon::state::Counters;
 use crate::event;
 use crate::job::{Completion, RunOutcome, Transition};
-use crate::pool::threads::Finished;
+use crate::metrics::Metrics;
 use crate::store::{Applied, StoreError};
 
 /// How long a finished attempt may wait for others to share its write. Well
@@ -27,19 +30,6 @@ pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(1);
 /// enough for a stuck writer elsewhere to finish, short against the lease.
 pub const WRITE_RETRY: Duration = Duration::from_millis(250);
 
-/// Outcome counts since the daemon started, for the `stats` line (which
-/// reports the difference from its previous line), the dashboard's history
-/// and the metrics.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Attempts that succeeded.
-    pub done: AtomicU64,
-    /// Attempts that failed (retry, timeout, dead).
-    pub failed: AtomicU64,
-    /// The Prometheus collectors, when `metrics.listen` is set.
-    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
-}
-
 /// The outcomes waiting to be written.
 #[derive(Debug, Default)]
 pub struct Completer {
@@ -50,6 +40,8 @@ pub struct Completer {
     first_at: Option<Instant>,
     failing_since: Option<Instant>,
     retry_at: Option<Instant>,
+    /// The Prometheus collectors, when `metrics.listen` is set.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// An outcome that was written (or found stale).
@@ -66,6 +58,14 @@ pub struct Written {
 }
 
 impl Completer {
+    /// A completer with nothing pending that counts outcomes into `metrics`.
+    pub fn new(metrics: Option<Arc<Metrics>>) -> Completer {
+        Completer {
+            metrics,
+            ..Completer::default()
+        }
+    }
+
     /// Queues an outcome for the next write.
     pub fn push(&mut self, finished: Finished) {
         self.first_at.get_or_insert_with(Instant::now);
@@ -139,8 +139,10 @@ impl Completer {
             self.pending.drain(..).zip(self.meta.drain(..)).zip(applied)
         {
             match applied {
-                Applied::Done => log_outcome(&completion, &queue, &kind, counters),
-                Applied::Cancelled => log_cancelled_instead(&completion, &queue, &kind, counters),
+                Applied::Done => {
+                    log_outcome(&completion, &queue, &kind, counters, self.metrics.as_deref())
+                }
+                Applied::Cancelled => log_cancelled_instead(&completion, &queue, &kind, self.metrics.as_deref()),
                 Applied::Stale => event!(
                     Warn,
                     "job.stale",
@@ -174,7 +176,7 @@ impl Completer {
         } else {
             log::Level::Debug
         };
-        let name = crate::logging::db_event(error);
+        let name = crate::store::event_name(error);
         log::log!(
             target: crate::logging::TARGET,
             level,
@@ -204,9 +206,9 @@ fn short_duration(ms: u64) -> String {
 /// store wrote `cancelled` instead of the retry, timeout or failure the
 /// attempt asked for. Counted and logged as a cancel (as a cancel noticed
 /// while running is), with what the attempt itself ended in.
-fn log_cancelled_instead(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
+fn log_cancelled_instead(c: &Completion, queue: &str, kind: &str, metrics: Option<&Metrics>) {
     let duration_ms = c.finished_at - c.started_at;
-    if let Some(metrics) = &counters.metrics {
+    if let Some(metrics) = metrics {
         metrics.attempt(
             kind,
             RunOutcome::Cancelled.as_str(),
@@ -227,9 +229,15 @@ fn log_cancelled_instead(c: &Completion, queue: &str, kind: &str, counters: &Cou
     );
 }
 
-fn log_outcome(c: &Completion, queue: &str, kind: &str, counters: &Counters) {
+fn log_outcome(
+    c: &Completion,
+    queue: &str,
+    kind: &str,
+    counters: &Counters,
+    metrics: Option<&Metrics>,
+) {
     let duration_ms = c.finished_at - c.started_at;
-    if let Some(metrics) = &counters.metrics {
+    if let Some(metrics) = metrics {
         metrics.attempt(kind, c.outcome.as_str(), duration_ms.max(0) as f64 / 1000.0);
     }
     let error = c.error.as_deref().unwrap_or("");

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::config::Config;
-use crate::dispatcher::Shared;
+use crate::daemon::state::DaemonState;
 use crate::event;
 use crate::job::now_ms;
-use crate::procfs;
+use crate::os::procfs;
 use crate::store::{PruneCutoffs, Pruned, RescueScope, Rescued, Store, StoreError};
 
 /// How often a daemon refreshes its `workers` row ("every few seconds").
@@ -113,26 +113,6 @@ pub fn rescue_dead_neighbours(
     Ok(rescued)
 }
 
-/// Whether `database.path` still names the file the daemon opened. A file
-/// deleted or replaced under a running daemon (a restore copied over it,
-/// an `rm jobd.db*`) leaves the daemon working on the file it holds open,
-/// which no client reaches any more: unhealthy until it is restarted.
-pub fn database_file_unchanged(config: &Config, shared: &Shared) -> Result<(), String> {
-    let Some(opened) = shared.database_file else {
-        return Ok(());
-    };
-    let path = config.database.path.display();
-    match crate::procfs::file_identity(&config.database.path) {
-        None => Err(format!(
-            "the database file {path} was deleted under the daemon, which still runs the jobs of the deleted file; restart it (systemctl restart jobd) once the right file is in place"
-        )),
-        Some(now) if now != opened => Err(format!(
-            "the database file {path} was replaced under the daemon, which still runs the jobs of the file it opened; restart it (systemctl restart jobd) to serve the new one"
-        )),
-        Some(_) => Ok(()),
-    }
-}
-
 /// Attempts by every daemon since this one started, tallied from
 /// `job_runs` at each beat for the dashboard's throughput chart. On
 /// PostgreSQL a run id taken by a transaction that commits after a higher
@@ -155,8 +135,8 @@ pub struct Maintenance<S: Store> {
     pub config: Config,
     /// This daemon's worker id.
     pub worker: Arc<str>,
-    /// Counters the dispatcher keeps.
-    pub shared: Arc<Shared>,
+    /// What the daemon shows of itself: counters, pools, history.
+    pub state: Arc<DaemonState>,
     /// Closed or sent to when the daemon stops.
     pub stop: Receiver<()>,
     /// The database file was found deleted or replaced (logged once).
@@ -208,14 +188,16 @@ impl<S: Store> Maintenance<S> {
     /// systemd status line.
     fn beat(&mut self, fleet: &mut Fleet) {
         let now = now_ms();
-        let file = database_file_unchanged(&self.config, &self.shared);
+        let file = self
+            .state
+            .database_file_unchanged(&self.config.database.path);
         if let (Err(detail), false) = (&file, self.file_gone) {
             event!(Error, "db.replaced", detail = detail.as_str());
         }
         self.file_gone = file.is_err();
-        let running = self.shared.running.load(Ordering::Relaxed) as i64;
-        let notify = self.shared.notifier.enabled();
-        let sample = self.shared.counters.metrics.is_some();
+        let running = self.state.running.load(Ordering::Relaxed) as i64;
+        let notify = self.state.notifier.enabled();
+        let sample = self.config.metrics.listen.is_some();
         if notify || sample {
             if let Ok(backlog) = crate::store::active_backlog(
                 &mut self.store,
@@ -225,16 +207,16 @@ impl<S: Store> Maintenance<S> {
                 if notify {
                     // While draining, the stop's own line stays true: the
                     // heartbeat only updates its count.
-                    let line = if self.shared.draining.load(Ordering::Relaxed) {
+                    let line = if self.state.draining.load(Ordering::Relaxed) {
                         format!("draining {running} jobs")
                     } else {
-                        crate::notify::status_line(
+                        crate::os::notify::status_line(
                             running as u64,
                             backlog.ready,
                             backlog.lag_ms(now),
                         )
                     };
-                    self.shared.notifier.status(&line);
+                    self.state.notifier.status(&line);
                 }
                 if sample {
                     self.record(fleet, now, backlog.lag_ms(now));
@@ -242,7 +224,7 @@ impl<S: Store> Maintenance<S> {
             }
         }
         if let Err(e) = self.store.heartbeat(&self.worker, now, running) {
-            crate::logging::log_db_trouble("heartbeat", &e, "trying again at the next beat");
+            crate::store::log_trouble("heartbeat", &e, "trying again at the next beat");
         }
         match self.store.rescue(
             RescueScope::ExpiredLeasesOfOthers(&self.worker),
@@ -250,7 +232,7 @@ impl<S: Store> Maintenance<S> {
             self.config.retry.max_attempts,
         ) {
             Ok(rescued) => log_rescued(&rescued),
-            Err(e) => crate::logging::log_db_trouble(
+            Err(e) => crate::store::log_trouble(
                 "rescue expired leases",
                 &e,
                 "trying again at the next beat",
@@ -293,15 +275,15 @@ impl<S: Store> Maintenance<S> {
                 Err(_) => fleet.after = Some(after),
             }
         }
-        let sample = crate::dashboard::Sample {
+        let sample = crate::daemon::state::Sample {
             at: now,
             done: fleet.done,
             failed: fleet.failed,
             lag_ms,
         };
-        if let Ok(mut history) = self.shared.history.lock() {
+        if let Ok(mut history) = self.state.history.lock() {
             history.push_back(sample);
-            while history.len() > crate::dispatcher::HISTORY {
+            while history.len() > crate::daemon::state::HISTORY {
                 history.pop_front();
             }
         }
@@ -312,7 +294,7 @@ impl<S: Store> Maintenance<S> {
         match prune_all(&mut self.store, &cutoffs, PRUNE_PAUSE) {
             Ok(p) if p.jobs > 0 => event!(Info, "pruned", jobs = p.jobs, runs = p.runs),
             Ok(_) => {}
-            Err(e) => crate::logging::log_db_trouble("prune", &e, "trying again in a minute"),
+            Err(e) => crate::store::log_trouble("prune", &e, "trying again in a minute"),
         }
     }
 
@@ -324,15 +306,15 @@ impl<S: Store> Maintenance<S> {
         let usage = procfs::usage("self").unwrap_or_default();
         let wall = last.at.elapsed().as_secs_f64().max(1e-3);
         let cpu_pct = (usage.cpu.saturating_sub(last.usage.cpu)).as_secs_f64() / wall * 100.0;
-        let counters = &self.shared.counters;
+        let counters = &self.state.counters;
         let done = counters.done.load(Ordering::Relaxed);
         let failed = counters.failed.load(Ordering::Relaxed);
-        let workers_rss = procfs::rss_with_children(&self.shared.cpu_pids.list());
+        let workers_rss = procfs::rss_with_children(&self.state.cpu_pids.list());
         event!(
             Info,
             "stats",
             ready = backlog.ready,
-            running = self.shared.running.load(Ordering::Relaxed),
+            running = self.state.running.load(Ordering::Relaxed),
             lag_ms = backlog.lag_ms(now),
             done = done - last.done,
             failed = failed - last.failed,

@@ -276,7 +276,18 @@ fn whole_second(t: i64) -> i64 {
     t.div_euclid(1_000) * 1_000
 }
 
-/// Every schedule of `config` (already validated by [`Config::load`]).
+/// Checks every `[cron.*]` section: the expression, the time zone and the
+/// payload against its kind. Passed to [`Config::load_checked`] by every
+/// command that loads the config, so a bad schedule stops `check-config`,
+/// start-up and a reload like any other bad key.
+pub fn check(config: &Config) -> Result<(), (String, String)> {
+    for (name, section) in &config.cron {
+        Schedule::parse(name, section)?;
+    }
+    Ok(())
+}
+
+/// Every schedule of `config` (already checked by [`check`]).
 pub fn schedules(config: &Config) -> Vec<Schedule> {
     config
         .cron

@@ -10,31 +10,32 @@
 //!
 //! Between turns it sleeps until something happens: an attempt finishes, a
 //! signal arrives, another process commits (inotify on the `-wal` file, see
-//! [`crate::pickup`]), the poll interval passes, a scheduled `run_at` or a
+//! [`crate::store::wake`]), the poll interval passes, a scheduled `run_at` or a
 //! rate token comes due, a lease needs renewing, or a job overruns.
 //!
 //! It never runs a job or does a job's IO itself; its only blocking calls are
 //! its own short transactions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
-use crate::completer::{Completer, Counters};
 use crate::config::{Config, RetryConfig};
+use crate::daemon::completer::Completer;
+use crate::daemon::executor::{self, Control, Task};
+use crate::daemon::limits::{Free, QueueLimits};
+use crate::daemon::pool::frame::Setup;
+use crate::daemon::pool::processes::{self, ProcessPool, CPU_NICE, KILL_GRACE};
+use crate::daemon::pool::threads::{Finished, ThreadPool};
+use crate::daemon::state::DaemonState;
 use crate::event;
-use crate::executor::{self, Control, Task};
 use crate::job::{now_ms, Attempt, Claimed, Pool};
 use crate::kinds::Registry;
-use crate::limits::{Free, QueueLimits};
-use crate::pickup::{CONFIRM_STEP, CONFIRM_WINDOW};
-use crate::pool::frame::Setup;
-use crate::pool::processes::{self, ProcessPool, WorkerPids, CPU_NICE, KILL_GRACE};
-use crate::pool::threads::{Finished, ThreadPool};
-use crate::signals::Request;
+use crate::os::signals::Request;
+use crate::store::wake::{CONFIRM_STEP, CONFIRM_WINDOW};
 use crate::store::{Claim, Store, StoreError};
 
 /// How long past its deadline a job may run before the dispatcher gives up
@@ -85,48 +86,6 @@ const CLAIM_RETRY: Duration = Duration::from_millis(250);
 /// How long to keep trying to write the last outcomes when stopping.
 const FINAL_FLUSH: Duration = Duration::from_secs(10);
 
-/// Shared with the maintenance thread for the heartbeat and `stats` line.
-#[derive(Debug, Default)]
-pub struct Shared {
-    /// Outcome counts.
-    pub counters: Counters,
-    /// Jobs held by this daemon now (running or outcome not yet written).
-    pub running: AtomicU64,
-    /// Set once a stop was asked for: the heartbeat's systemd status then
-    /// says "draining" instead of the usual line.
-    pub draining: std::sync::atomic::AtomicBool,
-    /// When the loop last turned (epoch ms), for health checks.
-    pub last_turn: AtomicU64,
-    /// Since when the dispatcher's store operations (claims, outcome
-    /// writes) have failed without one succeeding (epoch ms; 0 while they
-    /// succeed), and the latest failure: a loop that turns but cannot
-    /// write (a corrupt or locked file) is not healthy.
-    pub failing_since: AtomicU64,
-    /// The latest store failure, one sentence.
-    pub last_failure: std::sync::Mutex<String>,
-    /// The SQLite file the daemon opened (device and inode), so that a file
-    /// deleted or replaced under it is noticed (None on PostgreSQL).
-    pub database_file: Option<crate::procfs::FileIdentity>,
-    /// The CPU workers' pids, for resource figures.
-    pub cpu_pids: Arc<WorkerPids>,
-    /// systemd notifications.
-    pub notifier: crate::notify::Notifier,
-    /// IO threads configured now.
-    pub io_size: AtomicU64,
-    /// Jobs the IO pool holds now.
-    pub io_busy: AtomicU64,
-    /// CPU workers configured now.
-    pub cpu_size: AtomicU64,
-    /// Jobs the CPU pool holds now.
-    pub cpu_busy: AtomicU64,
-    /// The last hour of heartbeat samples, for the dashboard's charts
-    /// (kept only while the metrics listener runs).
-    pub history: std::sync::Mutex<std::collections::VecDeque<crate::dashboard::Sample>>,
-}
-
-/// Heartbeat samples kept for the dashboard: an hour at one per 5 s.
-pub const HISTORY: usize = 720;
-
 /// Re-reads the configuration on SIGHUP and applies what the dispatcher does
 /// not own (the log settings); an error is one readable sentence.
 pub type Reload = Box<dyn FnMut() -> Result<Config, String> + Send>;
@@ -147,8 +106,10 @@ pub struct Parts<S> {
     pub wake: Option<Receiver<()>>,
     /// How to re-read the configuration.
     pub reload: Reload,
-    /// Counters shared with maintenance.
-    pub shared: Arc<Shared>,
+    /// What the daemon shows of itself (counters, pools, health).
+    pub state: Arc<DaemonState>,
+    /// The Prometheus collectors, when `metrics.listen` is set.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The `jobd` binary the CPU workers are started from.
     pub worker_program: std::path::PathBuf,
 }
@@ -227,7 +188,7 @@ pub struct Dispatcher<S: Store> {
     /// A commit watcher feeds `wake`.
     watched: bool,
     reload: Reload,
-    shared: Arc<Shared>,
+    state: Arc<DaemonState>,
     /// Held jobs by (id, attempt): a daemon that wakes from a stall past its
     /// lease may hold a stale attempt and the job's next attempt at once,
     /// and the end of the one must not release the other.
@@ -262,7 +223,7 @@ pub struct Dispatcher<S: Store> {
     /// Running average of IO attempt durations (seconds), for the prefetch.
     avg_duration: f64,
     /// The periodic schedules (`[cron.*]`).
-    cron: crate::cron::Cron,
+    cron: crate::daemon::cron::Cron,
 }
 
 impl<S: Store> Dispatcher<S> {
@@ -274,7 +235,7 @@ impl<S: Store> Dispatcher<S> {
             parts.config.cpu.workers,
             cpu_settings(&parts.config, &parts.worker_program),
             done_tx,
-            Arc::clone(&parts.shared.cpu_pids),
+            Arc::clone(&parts.state.cpu_pids),
         )?;
         let now = Instant::now();
         let limits = QueueLimits::new(&parts.config.queues, now);
@@ -291,11 +252,11 @@ impl<S: Store> Dispatcher<S> {
             watched: parts.wake.is_some(),
             wake: parts.wake.unwrap_or_else(crossbeam_channel::never),
             reload: parts.reload,
-            shared: parts.shared,
+            state: parts.state,
             in_flight: HashMap::new(),
             held_cpu: 0,
             unreported: 0,
-            completer: Completer::default(),
+            completer: Completer::new(parts.metrics),
             limits,
             data_version: 0,
             maybe_ready: true,
@@ -313,7 +274,7 @@ impl<S: Store> Dispatcher<S> {
             claimed: 0,
             // Unknown until jobs ran: assume long, so no prefetch.
             avg_duration: f64::INFINITY,
-            cron: crate::cron::Cron::new(crate::cron::schedules(&parts.config)),
+            cron: crate::daemon::cron::Cron::new(crate::daemon::cron::schedules(&parts.config)),
             config: parts.config,
         })
     }
@@ -325,7 +286,7 @@ impl<S: Store> Dispatcher<S> {
         crate::logging::batch_this_thread();
         self.data_version = self.store.change_counter().unwrap_or(0);
         loop {
-            self.shared
+            self.state
                 .last_turn
                 .store(now_ms().max(0) as u64, Ordering::Relaxed);
             self.collect();
@@ -371,16 +332,16 @@ impl<S: Store> Dispatcher<S> {
 
     /// What the heartbeat, the `stats` line and the metrics read.
     fn publish_counts(&self) {
-        let shared = &self.shared;
+        let state = &self.state;
         let held = self.in_flight.len() as u64;
         let cpu = self.held_cpu as u64;
-        shared.running.store(held, Ordering::Relaxed);
-        shared.io_busy.store(held - cpu, Ordering::Relaxed);
-        shared.cpu_busy.store(cpu, Ordering::Relaxed);
-        shared
+        state.running.store(held, Ordering::Relaxed);
+        state.io_busy.store(held - cpu, Ordering::Relaxed);
+        state.cpu_busy.store(cpu, Ordering::Relaxed);
+        state
             .io_size
             .store(self.pool.size() as u64, Ordering::Relaxed);
-        shared
+        state
             .cpu_size
             .store(self.cpu_size() as u64, Ordering::Relaxed);
     }
@@ -538,7 +499,7 @@ impl<S: Store> Dispatcher<S> {
             .complete_and_claim(self.completer.batch(now_i), &claim);
         match result {
             Ok((applied, jobs)) => {
-                if self.shared.failing_since.swap(0, Ordering::Relaxed) != 0 {
+                if self.state.failing_since.swap(0, Ordering::Relaxed) != 0 {
                     // A failed claim may have committed with its reply
                     // lost: look for such jobs now, not a lease later.
                     self.next_renew = now_i;
@@ -548,7 +509,7 @@ impl<S: Store> Dispatcher<S> {
                 self.claimed += jobs.len() as u64;
                 self.claim_retry_at = None;
                 if !applied.is_empty() {
-                    for written in self.completer.written(&applied, &self.shared.counters) {
+                    for written in self.completer.written(&applied, &self.state.counters) {
                         self.release(written.id, written.attempt);
                         self.limits.finished(&written.queue);
                     }
@@ -616,13 +577,11 @@ impl<S: Store> Dispatcher<S> {
     /// Notes a failed store operation for `/healthz`.
     fn store_failed(&self, e: &StoreError) {
         let now = now_ms().max(1) as u64;
-        let _ = self.shared.failing_since.compare_exchange(
-            0,
-            now,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        if let Ok(mut last) = self.shared.last_failure.lock() {
+        let _ =
+            self.state
+                .failing_since
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        if let Ok(mut last) = self.state.last_failure.lock() {
             *last = e.to_string();
         }
     }
@@ -634,14 +593,14 @@ impl<S: Store> Dispatcher<S> {
         if !first {
             return;
         }
-        crate::logging::log_db_trouble("claim", e, "claiming again in 250ms; running jobs go on");
+        crate::store::log_trouble("claim", e, "claiming again in 250ms; running jobs go on");
     }
 
     fn refresh_next_due(&mut self, queues: &[String], pools: &[Pool]) {
         match self.store.next_run_at(Some(queues), pools, now_ms()) {
             Ok(next) => self.next_due = next,
             Err(e) => {
-                crate::logging::log_db_trouble(
+                crate::store::log_trouble(
                     "read next run_at",
                     &e,
                     "falling back to the poll interval",
@@ -805,7 +764,7 @@ impl<S: Store> Dispatcher<S> {
                     }
                 }
             }
-            Err(e) => crate::logging::log_db_trouble(
+            Err(e) => crate::store::log_trouble(
                 "read cancel requests",
                 &e,
                 "looking again at the next change",
@@ -846,7 +805,7 @@ impl<S: Store> Dispatcher<S> {
                 self.next_renew_failed = Some(now);
                 self.next_renew = now + CLAIM_RETRY;
                 if first {
-                    crate::logging::log_db_trouble("renew leases", &e, "trying again every 250ms");
+                    crate::store::log_trouble("renew leases", &e, "trying again every 250ms");
                 }
             }
         }
@@ -919,7 +878,7 @@ impl<S: Store> Dispatcher<S> {
             }
             Ok(_) => false,
             Err(e) => {
-                crate::logging::log_db_trouble(
+                crate::store::log_trouble(
                     "read data_version",
                     &e,
                     "looking again at the next poll",
@@ -968,7 +927,7 @@ impl<S: Store> Dispatcher<S> {
         let now = Instant::now();
         // Pinged from this loop, so a loop that stops turning stops the
         // pings and systemd restarts the service.
-        let next_ping = self.shared.notifier.watchdog(now);
+        let next_ping = self.state.notifier.watchdog(now);
         if (self.maybe_ready && self.can_claim(now)) || self.flush_due(now) {
             return;
         }
@@ -1041,8 +1000,8 @@ impl<S: Store> Dispatcher<S> {
             Request::Stop if self.draining.is_none() => {
                 let grace = self.config.daemon.shutdown_grace;
                 self.draining = Some(Instant::now() + grace);
-                self.shared.draining.store(true, Ordering::Relaxed);
-                self.shared.notifier.stopping(&format!(
+                self.state.draining.store(true, Ordering::Relaxed);
+                self.state.notifier.stopping(&format!(
                     "draining {} jobs, at most {}",
                     self.in_flight.len(),
                     humantime::format_duration(grace)
@@ -1057,7 +1016,7 @@ impl<S: Store> Dispatcher<S> {
             }
             Request::Stop => self.stop_now = true,
             Request::Reload => {
-                self.shared.notifier.reloading();
+                self.state.notifier.reloading();
                 match (self.reload)() {
                     Ok(config) => self.apply(config),
                     Err(error) => event!(
@@ -1068,7 +1027,7 @@ impl<S: Store> Dispatcher<S> {
                     ),
                 }
                 // Ready again either way: the old configuration runs on.
-                self.shared.notifier.ready(&format!(
+                self.state.notifier.ready(&format!(
                     "{} running, configuration reloaded",
                     self.in_flight.len()
                 ));
@@ -1093,7 +1052,7 @@ impl<S: Store> Dispatcher<S> {
         }
         self.limits.reload(&config.queues, Instant::now());
         // Schedules added start, removed ones stop (their rows stay).
-        self.cron = crate::cron::Cron::new(crate::cron::schedules(&config));
+        self.cron = crate::daemon::cron::Cron::new(crate::daemon::cron::schedules(&config));
         self.retry = Arc::new(config.retry.clone());
         config.database = self.config.database.clone();
         config.daemon.queues = self.config.daemon.queues.clone();
@@ -1145,7 +1104,7 @@ impl<S: Store> Dispatcher<S> {
                 .complete_and_claim(self.completer.batch(now_i), &claim)
             {
                 Ok((applied, _)) => {
-                    self.completer.written(&applied, &self.shared.counters);
+                    self.completer.written(&applied, &self.state.counters);
                 }
                 Err(e) => self.completer.failed(&e, now_i),
             }

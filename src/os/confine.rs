@@ -87,7 +87,7 @@ pub fn kill_leftovers(within: Duration) {
     let me = std::process::id() as i32;
     let deadline = Instant::now() + within;
     loop {
-        let alive = reap(&crate::procfs::children(me));
+        let alive = reap(&crate::os::procfs::children(me));
         if alive.is_empty() || Instant::now() >= deadline {
             return;
         }
