@@ -17,6 +17,7 @@
 
 mod common;
 
+use jobd::store::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +31,6 @@ use jobd::daemon::pool::processes::{ProcessPool, Settings, WorkerPids, CPU_NICE}
 use jobd::daemon::pool::threads::Finished;
 use jobd::job::{now_ms, Claimed, NewJob};
 use jobd::kinds::{Context, Registry};
-use jobd::store::Store;
 
 const JOBS: usize = 2_000;
 const BIG: usize = 64 << 20;

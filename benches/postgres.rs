@@ -11,13 +11,14 @@
 
 mod common;
 
+use jobd::store::prelude::*;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{percentile, pickup};
 use jobd::store::postgres::PgStore;
-use jobd::store::{OpenMode, SqliteStore, Store};
+use jobd::store::{OpenMode, SqliteStore};
 
 const JOBS: i64 = 50_000;
 const PICKUPS: usize = 300;
@@ -54,7 +55,7 @@ enum Database {
 impl Database {
     fn sqlite(dir: &tempfile::TempDir, tag: &str) -> Database {
         let path = dir.path().join(format!("{tag}.db"));
-        Store::migrate(
+        Admin::migrate(
             &mut SqliteStore::open(&path, Duration::from_secs(5), OpenMode::Create).unwrap(),
         )
         .unwrap();
@@ -67,7 +68,7 @@ impl Database {
             "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"
         ));
         let db = Database::Postgres(schema);
-        Store::migrate(&mut db.pg()).unwrap();
+        Admin::migrate(&mut db.pg()).unwrap();
         db
     }
 

@@ -846,7 +846,7 @@ fn redacted<S: serde::Serializer>(value: &Option<Secret>, s: S) -> Result<S::Ok,
 
 fn redacted_url<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match value {
-        Some(url) => s.serialize_str(&crate::store::postgres::redact_url(url)),
+        Some(url) => s.serialize_str(&redact_url(url)),
         None => s.serialize_none(),
     }
 }
@@ -1066,7 +1066,7 @@ impl Config {
                     "must be a PostgreSQL URL like postgres://user@host/db",
                 );
             }
-            if let Err(why) = crate::store::postgres::tls_settings(url) {
+            if let Err(why) = tls_settings(url) {
                 return fail("database.url", &why);
             }
         }
@@ -1527,6 +1527,74 @@ pub mod size_str {
     }
 }
 
+/// How a connection is secured, from the URL's libpq-style `sslmode` and
+/// `sslrootcert`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain TCP or a Unix socket: `sslmode` absent, `disable`, `allow` or
+    /// `prefer` (jobd does not try TLS unless told to require it).
+    Off,
+    /// TLS, the server's certificate verified (chain and host name) against
+    /// `sslrootcert` or else the system's CA certificates: `sslmode`
+    /// `require`, `verify-ca` or `verify-full`. Stricter than libpq, whose
+    /// `require` encrypts without verifying.
+    Verify {
+        /// The CA file (PEM) that `sslrootcert` names.
+        roots: Option<std::path::PathBuf>,
+    },
+}
+
+/// Splits jobd's TLS settings off `url`: the URL the client library
+/// parses (it knows neither `sslrootcert` nor the `verify-*` modes) and the
+/// [`Tls`] to connect with. Err says what is wrong, for the config check.
+pub fn tls_settings(url: &str) -> std::result::Result<(String, Tls), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), Tls::Off));
+    };
+    let (mut mode, mut roots) = (None, None);
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", value)) => mode = Some(value.to_string()),
+            Some(("sslrootcert", value)) => roots = Some(std::path::PathBuf::from(value)),
+            _ => kept.push(pair),
+        }
+    }
+    let tls = match mode.as_deref() {
+        None | Some("disable" | "allow" | "prefer") => {
+            if roots.is_some() {
+                return Err("sslrootcert needs sslmode=require or verify-full".into());
+            }
+            Tls::Off
+        }
+        Some("require" | "verify-ca" | "verify-full") => Tls::Verify { roots },
+        Some(other) => {
+            return Err(format!(
+                "sslmode must be disable, allow, prefer, require, verify-ca or verify-full, not {other:?}"
+            ))
+        }
+    };
+    kept.push(match tls {
+        Tls::Off => "sslmode=disable",
+        Tls::Verify { .. } => "sslmode=require",
+    });
+    Ok((format!("{base}?{}", kept.join("&")), tls))
+}
+
+/// `url` with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:(redacted)@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1793,5 +1861,46 @@ mod tests {
         assert_eq!("100/m".parse::<Rate>().unwrap().to_string(), "100/m");
         assert!("0/s".parse::<Rate>().is_err());
         assert!("10/fortnight".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("postgres://jobd:s3cret@db.example:5432/jobs"),
+            "postgres://jobd:(redacted)@db.example:5432/jobs"
+        );
+        assert_eq!(
+            redact_url("postgres://jobd@127.0.0.1/test"),
+            "postgres://jobd@127.0.0.1/test"
+        );
+    }
+
+    #[test]
+    fn tls_settings_leave_the_client_only_what_it_knows() {
+        let plain = "postgres://h/db";
+        assert_eq!(tls_settings(plain).unwrap(), (plain.to_string(), Tls::Off));
+        assert_eq!(
+            tls_settings("postgres://h/db?application_name=x&sslmode=prefer").unwrap(),
+            (
+                "postgres://h/db?application_name=x&sslmode=disable".to_string(),
+                Tls::Off
+            )
+        );
+        for mode in ["require", "verify-ca", "verify-full"] {
+            assert_eq!(
+                tls_settings(&format!(
+                    "postgres://h/db?sslmode={mode}&sslrootcert=/ca.pem&x=1"
+                ))
+                .unwrap(),
+                (
+                    "postgres://h/db?x=1&sslmode=require".to_string(),
+                    Tls::Verify {
+                        roots: Some("/ca.pem".into())
+                    }
+                )
+            );
+        }
+        assert!(tls_settings("postgres://h/db?sslmode=on").is_err());
+        assert!(tls_settings("postgres://h/db?sslrootcert=/ca.pem").is_err());
     }
 }

@@ -18,7 +18,7 @@
 //!   rescue, prune, each one short transaction behind the
 //!   [`store::Store`] trait, implemented by [`store::SqliteStore`] and, for
 //!   daemons on many hosts sharing one queue, [`store::postgres::PgStore`];
-//!   [`store::wake`] tells the daemon of new jobs (the `-wal` watcher,
+//!   [`store::Queue::watch_commits`] tells the daemon of new jobs (the `-wal` watcher,
 //!   `LISTEN`).
 //! - [`kinds`]: the [`kinds::Kind`] trait and one file per kind (`noop`,
 //!   `http`, `email`, `file` on threads; `checksum`, `compress`, `exec` in

@@ -3,13 +3,14 @@
 
 mod common;
 
+use jobd::store::prelude::*;
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::{wait_for, Home, Run};
 use jobd::job::Attempt;
-use jobd::store::{Claim, ClaimRequest, Store};
+use jobd::store::{Claim, ClaimRequest};
 
 fn id_of(out: &str) -> i64 {
     out.trim()

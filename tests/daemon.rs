@@ -435,7 +435,8 @@ mod misbehaving_kinds {
     use jobd::job::NewJob;
     use jobd::kinds::{Context, JobError, Kind, Registry};
     use jobd::os::signals::Request;
-    use jobd::store::{OpenMode, SqliteStore, Store};
+    use jobd::store::prelude::*;
+    use jobd::store::{OpenMode, SqliteStore};
 
     use super::common::{wait_for, PATIENCE};
 

@@ -228,7 +228,8 @@ fn an_insert_from_any_client_notifies_its_schemas_listeners_with_its_queue() {
     assert_eq!((note.channel(), note.payload()), (channel.as_str(), "mail"));
 
     // A daemon that serves named queues is woken by inserts into them only.
-    let wake = jobd::store::wake::listen(&schema.url(), Some(vec!["mail".to_string()])).unwrap();
+    let wake =
+        jobd::store::postgres::wake::listen(&schema.url(), Some(vec!["mail".to_string()])).unwrap();
     schema
         .psql("INSERT INTO jobs(kind, queue) VALUES ('noop', 'reports');")
         .unwrap();

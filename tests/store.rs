@@ -6,6 +6,7 @@
 
 mod common;
 
+use jobd::store::prelude::*;
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each benchmark uses a different part
 
+use jobd::store::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@
 //! its new id) right after. A job is never queued in both databases for
 //! longer than one batch, and never inserted twice.
 
+use crate::store::{Fleet, Reads, Schedules};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
@@ -18,7 +19,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::{now_ms, JobState};
 use crate::store::postgres::{redact_url, PgStore};
-use crate::store::{Moved, OpenMode, RescueScope, SqliteStore, Store};
+use crate::store::{Moved, OpenMode, RescueScope, SqliteStore};
 
 /// Queued jobs per transaction pair: short writes on both databases.
 const MOVE_BATCH: usize = 1_000;
@@ -36,11 +37,8 @@ pub fn migrate(config: &Config, args: MigrateArgs, out: &mut dyn Write) -> Resul
             config.database.path.display()
         )));
     }
-    let (_, (before, after)) = open_or_create(config)?;
-    let name = match &config.database.url {
-        Some(url) => redact_url(url),
-        None => config.database.path.display().to_string(),
-    };
+    let (store, (before, after)) = open_or_create(config)?;
+    let name = store.name();
     if before == after {
         writeln!(out, "database {name} is at schema version {after}")
     } else {

@@ -20,7 +20,7 @@ use std::path::Path;
 use crate::commands::cli::{Cli, Command};
 use crate::config::{Config, ConfigSource, DEFAULT_CONFIG_PATH};
 use crate::error::{Error, Result};
-use crate::store::{OpenMode, SqliteStore, Store};
+use crate::store::{OpenMode, Store};
 
 /// Runs one command to its end, writing its answer to `out`.
 pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Result<()> {
@@ -154,24 +154,17 @@ fn log_warnings(config: &Config) {
 
 /// Opens an existing, current database: commands that only read or adjust
 /// jobs never create a file in the wrong place or upgrade a schema.
-fn open(config: &Config) -> Result<Box<dyn Store>> {
-    Ok(crate::store::open_existing(&config.database)?)
+fn open(config: &Config) -> Result<Box<dyn Store + Send>> {
+    Ok(crate::store::open(
+        &config.database,
+        crate::store::OpenMode::Existing,
+    )?)
 }
 
 /// Opens the database, creating it if needed, and returns it with the
 /// schema versions before and after migrating it.
-fn open_or_create(config: &Config) -> Result<(Box<dyn Store>, (i64, i64))> {
-    let mut store: Box<dyn Store> = match &config.database.url {
-        Some(url) => Box::new(crate::store::postgres::PgStore::connect(
-            url,
-            config.database.busy_timeout,
-        )?),
-        None => Box::new(SqliteStore::open(
-            &config.database.path,
-            config.database.busy_timeout,
-            OpenMode::Create,
-        )?),
-    };
+fn open_or_create(config: &Config) -> Result<(Box<dyn Store + Send>, (i64, i64))> {
+    let mut store = crate::store::open(&config.database, OpenMode::Create)?;
     let versions = store.migrate()?;
     Ok((store, versions))
 }

@@ -13,7 +13,7 @@
 //!
 //! Exactly once: the dispatcher enqueues a due slot in one transaction with
 //! a compare-and-set that moves `cron.last_slot` forward
-//! ([`Store::cron_enqueue`]); a daemon that loses the race enqueues
+//! ([`crate::store::Schedules::cron_enqueue`]); a daemon that loses the race enqueues
 //! nothing. After downtime only the most recent missed slot is enqueued. A
 //! schedule seen for the first time starts at the current slot without
 //! enqueueing it (no burst for a slot nobody asked to catch up on).

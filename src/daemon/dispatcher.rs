@@ -1,7 +1,7 @@
 //! The dispatcher: the one loop that owns the daemon's database connection.
 //!
 //! Each turn it collects finished attempts from the pool, writes them and
-//! claims new work in one short transaction ([`Store::complete_and_claim`],
+//! claims new work in one short transaction ([`crate::store::Queue::complete_and_claim`],
 //! the group commit), and hands the claimed jobs to the pool. It claims no
 //! more than there are free slots, split fairly across the queues it serves
 //! and capped by their `concurrency` and `rate` ([`QueueLimits`]). A slot is
@@ -10,7 +10,7 @@
 //!
 //! Between turns it sleeps until something happens: an attempt finishes, a
 //! signal arrives, another process commits (inotify on the `-wal` file, see
-//! [`crate::store::wake`]), the poll interval passes, a scheduled `run_at` or a
+//! [`crate::store::sqlite::wake`]), the poll interval passes, a scheduled `run_at` or a
 //! rate token comes due, a lease needs renewing, or a job overruns.
 //!
 //! It never runs a job or does a job's IO itself; its only blocking calls are
@@ -35,7 +35,6 @@ use crate::event;
 use crate::job::{now_ms, Attempt, Claimed, Pool};
 use crate::kinds::Registry;
 use crate::os::signals::Request;
-use crate::store::wake::{CONFIRM_STEP, CONFIRM_WINDOW};
 use crate::store::{Claim, Store, StoreError};
 
 /// How long past its deadline a job may run before the dispatcher gives up
@@ -73,6 +72,15 @@ pub fn slots(threads: usize, avg_duration: f64) -> usize {
 /// The weight of the newest attempt in the running average of durations.
 const DURATION_WEIGHT: f64 = 0.1;
 
+/// How often to re-read `data_version` after a wake-up. Short enough that
+/// pickup adds well under a millisecond, long enough not to spin a core.
+pub const CONFIRM_STEP: Duration = Duration::from_micros(100);
+
+/// How long to keep confirming after a wake-up before deciding it was not a
+/// commit (an own write, a checkpoint). Measured here: the commit shows
+/// within about 1 ms of the event.
+pub const CONFIRM_WINDOW: Duration = Duration::from_millis(3);
+
 /// The poll period while the commit watcher runs. Every commit to a WAL
 /// database appends to the `-wal` file, so the watcher sees them all and
 /// each wake-up that is not confirmed at once gets a poll one
@@ -91,9 +99,9 @@ const FINAL_FLUSH: Duration = Duration::from_secs(10);
 pub type Reload = Box<dyn FnMut() -> Result<Config, String> + Send>;
 
 /// What the dispatcher needs from the outside.
-pub struct Parts<S> {
+pub struct Parts {
     /// Its own connection.
-    pub store: S,
+    pub store: Box<dyn Store + Send>,
     /// The validated configuration.
     pub config: Config,
     /// This daemon's worker id.
@@ -173,8 +181,8 @@ pub struct Summary {
 }
 
 /// The loop's state.
-pub struct Dispatcher<S: Store> {
-    store: S,
+pub struct Dispatcher {
+    store: Box<dyn Store + Send>,
     config: Config,
     worker: Arc<str>,
     registry: Registry,
@@ -226,9 +234,9 @@ pub struct Dispatcher<S: Store> {
     cron: crate::daemon::cron::Cron,
 }
 
-impl<S: Store> Dispatcher<S> {
+impl Dispatcher {
     /// Builds the dispatcher and starts its thread pool.
-    pub fn new(parts: Parts<S>) -> std::io::Result<Dispatcher<S>> {
+    pub fn new(parts: Parts) -> std::io::Result<Dispatcher> {
         let (done_tx, done) = crossbeam_channel::unbounded();
         let pool = ThreadPool::new(parts.config.pool.threads, done_tx.clone())?;
         let cpu = ProcessPool::new(
@@ -325,7 +333,7 @@ impl<S: Store> Dispatcher<S> {
     /// Enqueues the periodic jobs that are due (one short transaction each).
     fn run_cron(&mut self) {
         let now = now_ms();
-        if self.cron.due(now) && self.cron.run_due(&mut self.store, now) > 0 {
+        if self.cron.due(now) && self.cron.run_due(self.store.as_mut(), now) > 0 {
             self.maybe_ready = true;
         }
     }
@@ -380,7 +388,7 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// Gives the connection back (the daemon deregisters with it).
-    pub fn into_store(self) -> S {
+    pub fn into_store(self) -> Box<dyn Store + Send> {
         self.store
     }
 

@@ -128,9 +128,9 @@ struct Fleet {
 }
 
 /// The maintenance thread's state.
-pub struct Maintenance<S: Store> {
+pub struct Maintenance {
     /// Its own connection.
-    pub store: S,
+    pub store: Box<dyn Store + Send>,
     /// The configuration at start-up.
     pub config: Config,
     /// This daemon's worker id.
@@ -143,7 +143,7 @@ pub struct Maintenance<S: Store> {
     pub file_gone: bool,
 }
 
-impl<S: Store> Maintenance<S> {
+impl Maintenance {
     /// Runs until `stop` fires.
     pub fn run(mut self) {
         let lease = self.config.daemon.lease;
@@ -200,7 +200,7 @@ impl<S: Store> Maintenance<S> {
         let sample = self.config.metrics.listen.is_some();
         if notify || sample {
             if let Ok(backlog) = crate::store::active_backlog(
-                &mut self.store,
+                self.store.as_mut(),
                 self.config.daemon.named_queues(),
                 now,
             ) {
@@ -291,7 +291,7 @@ impl<S: Store> Maintenance<S> {
 
     fn prune(&mut self) {
         let cutoffs = retention_cutoffs(&self.config, now_ms());
-        match prune_all(&mut self.store, &cutoffs, PRUNE_PAUSE) {
+        match prune_all(self.store.as_mut(), &cutoffs, PRUNE_PAUSE) {
             Ok(p) if p.jobs > 0 => event!(Info, "pruned", jobs = p.jobs, runs = p.runs),
             Ok(_) => {}
             Err(e) => crate::store::log_trouble("prune", &e, "trying again in a minute"),
@@ -300,9 +300,12 @@ impl<S: Store> Maintenance<S> {
 
     fn stats_line(&mut self, last: LastStats) -> LastStats {
         let now = now_ms();
-        let backlog =
-            crate::store::active_backlog(&mut self.store, self.config.daemon.named_queues(), now)
-                .unwrap_or_default();
+        let backlog = crate::store::active_backlog(
+            self.store.as_mut(),
+            self.config.daemon.named_queues(),
+            now,
+        )
+        .unwrap_or_default();
         let usage = procfs::usage("self").unwrap_or_default();
         let wall = last.at.elapsed().as_secs_f64().max(1e-3);
         let cpu_pct = (usage.cpu.saturating_sub(last.usage.cpu)).as_secs_f64() / wall * 100.0;

@@ -26,9 +26,7 @@ use crate::metrics::Metrics;
 use crate::os::notify::{status_line, Notifier};
 use crate::os::procfs;
 use crate::os::signals::Request;
-use crate::store::postgres::PgStore;
-use crate::store::wake;
-use crate::store::{OpenMode, RescueScope, SqliteStore, Store, WorkerInfo};
+use crate::store::{OpenMode, RescueScope, Store, WorkerInfo};
 
 /// What the daemon takes from the process it runs in.
 pub struct Outside {
@@ -47,71 +45,17 @@ pub struct Outside {
 /// the `-wal` file) or PostgreSQL (`database.url`, commits heard by
 /// `LISTEN`).
 pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summary> {
-    let db = config.database.clone();
-    match &db.url {
-        Some(url) => {
-            let store = PgStore::connect(url, db.busy_timeout)?;
-            let served = config.daemon.named_queues().map(<[String]>::to_vec);
-            let wake = || match wake::listen(url, served) {
-                Ok(rx) => Some(rx),
-                Err(e) => {
-                    crate::store::log_trouble(
-                        "listen for new jobs",
-                        &e,
-                        "new work is noticed by polling",
-                    );
-                    None
-                }
-            };
-            let name = crate::store::postgres::redact_url(url);
-            let second = || -> Result<PgStore> { Ok(PgStore::connect(url, db.busy_timeout)?) };
-            run_on(config, registry, outside, store, second, wake, name)
-        }
-        None => {
-            let store = SqliteStore::open(&db.path, db.busy_timeout, OpenMode::Create)?;
-            // Watched once the schema is in place: a new database has no
-            // `-wal` file before its first write.
-            let commit_file = store.commit_file();
-            let wake = move || match commit_file {
-                Some(file) => match wake::watch(&file) {
-                    Ok(rx) => Some(rx),
-                    Err(e) => {
-                        event!(
-                            Warn,
-                            "pickup.fallback",
-                            file:% = file.display(),
-                            error:% = e,
-                            detail = "cannot watch for commits; new work is noticed by polling"
-                        );
-                        None
-                    }
-                },
-                None => None,
-            };
-            let second = || -> Result<SqliteStore> {
-                Ok(SqliteStore::open(
-                    &db.path,
-                    db.busy_timeout,
-                    OpenMode::Existing,
-                )?)
-            };
-            let name = db.path.display().to_string();
-            run_on(config, registry, outside, store, second, wake, name)
-        }
-    }
+    let store = crate::store::open(&config.database, OpenMode::Create)?;
+    run_on(config, registry, outside, store)
 }
 
-/// The daemon on one backend: `store` for the dispatcher, `second` opens
-/// the maintenance thread's own connection and `wake` starts listening for
-/// other writers' commits, both once the schema is current.
-fn run_on<S: Store + Send + 'static>(
+/// The daemon on `store`, the dispatcher's connection; maintenance opens
+/// its own once the schema is current.
+fn run_on(
     config: Config,
     registry: Registry,
     outside: Outside,
-    mut store: S,
-    second: impl FnOnce() -> Result<S>,
-    wake: impl FnOnce() -> Option<Receiver<()>>,
-    database: String,
+    mut store: Box<dyn Store + Send>,
 ) -> Result<Summary> {
     let Outside {
         requests,
@@ -120,6 +64,7 @@ fn run_on<S: Store + Send + 'static>(
         notifier,
     } = outside;
     let began = Instant::now();
+    let database = store.name();
     let (before, after) = store.migrate()?;
     if before != after {
         event!(
@@ -142,10 +87,7 @@ fn run_on<S: Store + Send + 'static>(
     };
     let state = Arc::new(DaemonState {
         notifier,
-        database_file: match config.database.url {
-            None => procfs::file_identity(&config.database.path),
-            Some(_) => None,
-        },
+        database_file: store.file().and_then(procfs::file_identity),
         ..DaemonState::default()
     });
     // Healthy from the start; the dispatcher keeps it so once it runs.
@@ -177,15 +119,16 @@ fn run_on<S: Store + Send + 'static>(
         running: 0,
     })?;
     let max_attempts = config.retry.max_attempts;
-    let rescued = maintenance::rescue_dead_neighbours(&mut store, &host, &worker, max_attempts)?;
+    let rescued =
+        maintenance::rescue_dead_neighbours(store.as_mut(), &host, &worker, max_attempts)?;
     maintenance::log_rescued(&rescued);
     let expired = store.rescue(RescueScope::ExpiredLeases, now_ms(), max_attempts)?;
     maintenance::log_rescued(&expired);
 
-    let wake = wake();
+    let wake = store.watch_commits(config.daemon.named_queues());
     let (stop_maintenance, maintenance_stop) = crossbeam_channel::bounded::<()>(1);
     let maintenance = Maintenance {
-        store: second()?,
+        store: crate::store::open(&config.database, OpenMode::Existing)?,
         config: config.clone(),
         worker: Arc::clone(&worker),
         state: Arc::clone(&state),
@@ -204,7 +147,7 @@ fn run_on<S: Store + Send + 'static>(
     let pids = Arc::clone(&state.cpu_pids);
     let ours = Arc::clone(&state);
     let now = now_ms();
-    let backlog = crate::store::active_backlog(&mut store, config.daemon.named_queues(), now)
+    let backlog = crate::store::active_backlog(store.as_mut(), config.daemon.named_queues(), now)
         .unwrap_or_default();
     let mut dispatcher = Dispatcher::new(Parts {
         store,

@@ -170,7 +170,7 @@ pub trait Kind: Send + Sync {
     /// `ctx.deadline`, and returns the result as JSON text (None for none).
     fn run(&self, ctx: &Context<'_>, payload: &str) -> Result<Option<String>, JobError>;
 
-    /// Told the database's id ([`crate::store::Store::database_id`]) once
+    /// Told the database's id ([`crate::store::Admin::database_id`]) once
     /// the daemon has opened it, for kinds that name jobs to the outside
     /// world ([`job_token`]).
     fn identify(&self, _database_id: &str) {}

@@ -42,7 +42,7 @@ pub fn health(config: &Config, state: &DaemonState) -> Result<(), String> {
             humantime::format_duration(Duration::from_secs(((now_ms() - failing) / 1000) as u64))
         ));
     }
-    let mut store = crate::store::open_existing(&config.database)
+    let mut store = crate::store::open(&config.database, crate::store::OpenMode::Existing)
         .map_err(|e| format!("the database does not answer: {e}"))?;
     store
         .change_counter()
@@ -134,7 +134,7 @@ impl Db {
     ) -> Result<T, String> {
         if self.store.is_none() {
             self.store = Some(
-                crate::store::open_existing(&self.config.database)
+                crate::store::open(&self.config.database, crate::store::OpenMode::Existing)
                     .map_err(|e| format!("the database does not answer: {e}"))?,
             );
         }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+use jobd::store::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -851,7 +852,6 @@ pub type Backend = (
 /// after `tag` and a counter where the server answers (tests run in
 /// parallel).
 pub fn backends(tag: &str) -> Vec<Backend> {
-    use jobd::store::Store;
     let dir = tempfile::tempdir().unwrap();
     let mut sqlite = SqliteStore::open(
         &dir.path().join("jobd.db"),
@@ -866,7 +866,7 @@ pub fn backends(tag: &str) -> Vec<Backend> {
     if let Some(schema) = pg::Schema::create(&format!("{tag}{n}")) {
         let mut pg =
             jobd::store::postgres::PgStore::connect(&schema.url(), Duration::from_secs(5)).unwrap();
-        Store::migrate(&mut pg).unwrap();
+        Admin::migrate(&mut pg).unwrap();
         out.push(("postgres", Box::new(pg), Box::new(schema)));
     }
     out

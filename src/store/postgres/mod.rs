@@ -5,7 +5,7 @@
 //! so clients insert the same way on either backend and the database itself
 //! rejects a bad row; an insert trigger NOTIFYs `jobd_jobs_<schema>`.
 //!
-//! [`PgStore`] implements the whole [`super::Store`] trait and passes the
+//! [`PgStore`] implements the whole [`crate::store::contract::Store`] trait and passes the
 //! same conformance suite as SQLite (`tests/store.rs` runs every test on
 //! both). Claims are one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP
 //! LOCKED)` per queue and pool over the ready index, so daemons claim side
@@ -17,161 +17,30 @@
 //! The `postgres` crate is the blocking client the issue names: it runs a
 //! small runtime of its own inside, and jobd's code stays synchronous.
 
-use postgres::{Client, NoTls};
+mod admin;
+mod connect;
+mod fleet;
+mod queue;
+mod reads;
+mod schedules;
+pub mod schema;
+pub mod wake;
 
-use super::{cancelled_instead, CANCELLED_ERROR};
-use super::{
-    Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, Held, JobRun, ListFilter,
-    Moved, PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, RunRow,
-    RunTally, Stats, Store, StoreError, WorkerInfo,
-};
+pub use connect::{channel, CONNECT_TIMEOUT, TCP_USER_TIMEOUT};
+pub use schema::{MIGRATIONS, SCHEMA_VERSION};
+
+pub use crate::config::redact_url;
+use connect::{client, describe, failing};
+
+use postgres::Client;
+
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
-
-/// The migrations in order; entry `i` takes a database from version `i` to
-/// `i + 1`. Appended to, never edited.
-pub const MIGRATIONS: &[&str] = &[
-    V1_TABLES,
-    V2_NOTIFY_PER_SCHEMA,
-    V3_IMPORTED_JOBS,
-    V4_DATABASE_ID,
-];
-
-/// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
-
-/// Epoch milliseconds now, as SQL: the default of every timestamp column.
-macro_rules! now_ms {
-    () => {
-        "(floor(extract(epoch from clock_timestamp()) * 1000))::bigint"
-    };
-}
-
-/// Version 1: every table of the SQLite schema at its version 4, the same
-/// rules, the claim index with the pool after the queue, and a trigger that
-/// NOTIFYs `jobd_jobs` on every insert for pickup.
-const V1_TABLES: &str = concat!(
-    "CREATE TABLE jobs (
-    id               BIGSERIAL PRIMARY KEY,
-    queue            TEXT    NOT NULL DEFAULT 'default' CONSTRAINT queue_not_empty CHECK (queue <> ''),
-    kind             TEXT    NOT NULL CONSTRAINT kind_not_empty CHECK (kind <> ''),
-    payload          JSONB   NOT NULL DEFAULT '{}',
-    priority         BIGINT  NOT NULL DEFAULT 0,
-    run_at           BIGINT  NOT NULL DEFAULT ",
-    now_ms!(),
-    ",
-    max_attempts     BIGINT  NULL CONSTRAINT max_attempts_at_least_1 CHECK (max_attempts >= 1),
-    timeout_ms       BIGINT  NULL CONSTRAINT timeout_ms_positive CHECK (timeout_ms > 0),
-    unique_key       TEXT    NULL,
-    state            TEXT    NOT NULL DEFAULT 'queued'
-                     CONSTRAINT state_known CHECK (state IN ('queued', 'running', 'succeeded', 'dead', 'cancelled')),
-    attempts         BIGINT  NOT NULL DEFAULT 0 CONSTRAINT attempts_not_negative CHECK (attempts >= 0),
-    created_at       BIGINT  NOT NULL DEFAULT ",
-    now_ms!(),
-    ",
-    started_at       BIGINT  NULL,
-    finished_at      BIGINT  NULL,
-    lease_until      BIGINT  NULL,
-    worker           TEXT    NULL,
-    last_error       TEXT    NULL,
-    result           JSONB   NULL,
-    cancel_requested BOOLEAN NOT NULL DEFAULT false
-);
-CREATE INDEX jobs_ready ON jobs (queue, (kind IN ('checksum', 'compress', 'exec')), priority DESC, run_at, id)
-    WHERE state = 'queued';
-CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
-    WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
-CREATE INDEX jobs_running ON jobs (lease_until) WHERE state = 'running';
-CREATE INDEX jobs_succeeded ON jobs (finished_at, queue) WHERE state = 'succeeded';
-CREATE INDEX jobs_dead ON jobs (finished_at, queue) WHERE state = 'dead';
-CREATE INDEX jobs_cancelled ON jobs (finished_at, queue) WHERE state = 'cancelled';
-
-CREATE TABLE job_runs (
-    id          BIGSERIAL PRIMARY KEY,
-    job_id      BIGINT  NOT NULL,
-    attempt     BIGINT  NOT NULL,
-    worker      TEXT    NOT NULL,
-    queue       TEXT    NOT NULL,
-    kind        TEXT    NOT NULL,
-    started_at  BIGINT  NOT NULL,
-    finished_at BIGINT  NOT NULL,
-    outcome     TEXT    NOT NULL CONSTRAINT outcome_known CHECK (outcome IN
-                ('succeeded', 'retry', 'dead', 'timeout', 'rescued', 'interrupted', 'cancelled')),
-    error       TEXT    NULL,
-    duration_ms BIGINT  NOT NULL
-);
-CREATE INDEX job_runs_job ON job_runs (job_id, attempt);
-
-CREATE TABLE workers (
-    id           TEXT    PRIMARY KEY,
-    host         TEXT    NOT NULL,
-    pid          BIGINT  NOT NULL,
-    version      TEXT    NOT NULL,
-    started_at   BIGINT  NOT NULL,
-    heartbeat_at BIGINT  NOT NULL,
-    queues       TEXT    NOT NULL,
-    running      BIGINT  NOT NULL DEFAULT 0
-);
-
-CREATE TABLE queues (
-    name       TEXT    PRIMARY KEY,
-    paused     BOOLEAN NOT NULL DEFAULT false,
-    updated_at BIGINT  NOT NULL DEFAULT ",
-    now_ms!(),
-    "
-);
-
-CREATE TABLE cron (
-    name        TEXT   PRIMARY KEY,
-    last_slot   BIGINT NULL,
-    last_job_id BIGINT NULL
-);
-
--- Pickup: daemons LISTEN on jobd_jobs; every insert tells them.
-CREATE FUNCTION jobd_notify_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('jobd_jobs', NEW.queue);
-    RETURN NULL;
-END $$;
-CREATE TRIGGER jobs_notify_insert AFTER INSERT ON jobs
-    FOR EACH ROW EXECUTE FUNCTION jobd_notify_insert();
-"
-);
-
-/// Version 2: NOTIFY channels are per database, not per schema, so two
-/// jobd deployments in two schemas of one database woke each other. The
-/// channel now carries the schema's name: `jobd_jobs_<schema>`.
-const V2_NOTIFY_PER_SCHEMA: &str = "
-CREATE OR REPLACE FUNCTION jobd_notify_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('jobd_jobs_' || TG_TABLE_SCHEMA, NEW.queue);
-    RETURN NULL;
-END $$;
-";
-
-/// Version 3: which jobs `jobd migrate --from` has moved in, by source and
-/// id there, so that running it again after an interruption never inserts
-/// a job twice. `job_id` is NULL where a queued job with the same
-/// `unique_key` already stood for it.
-const V3_IMPORTED_JOBS: &str = "
-CREATE TABLE imported_jobs (
-    source      TEXT   NOT NULL,
-    source_id   BIGINT NOT NULL,
-    job_id      BIGINT NULL,
-    imported_at BIGINT NOT NULL,
-    PRIMARY KEY (source, source_id)
-);
-";
-
-/// Version 4: this database's random id ([`Store::database_id`]). Job ids
-/// come from a sequence, which never hands out a number twice.
-const V4_DATABASE_ID: &str = "
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-INSERT INTO meta(key, value)
-    VALUES ('database_id', substr(md5(random()::text || clock_timestamp()::text), 1, 12));
-";
+use crate::store::contract::{
+    Applied, Backlog, BulkRetry, CancelResult, Claim, CronRow, Enqueued, JobRun, ListFilter, Moved,
+    PruneCutoffs, Pruned, QueueStats, RescueScope, Rescued, Result, RetryResult, Stats, WorkerInfo,
+};
+use crate::store::error::StoreError;
+use crate::store::shared::{cancelled_instead, RunRow, CANCELLED_ERROR};
 
 /// Moves a batch of queued jobs in, and marks them imported, in one
 /// statement; rows imported before come back with what they became.
@@ -205,39 +74,6 @@ SELECT source_id, job_id FROM now_moved
 UNION ALL
 SELECT source_id, job_id FROM before
 ";
-
-/// The store error for a failure during `op` on the database at `url`
-/// (password redacted), saying `detail`.
-pub(crate) fn postgres_error(url: &str, op: &'static str, detail: impl Into<String>) -> StoreError {
-    StoreError::Postgres {
-        url: redact_url(url),
-        op,
-        detail: detail.into(),
-    }
-}
-
-/// Turns a client error during `op` into the store error that names the
-/// database (password redacted) and what the server said.
-pub(crate) fn failing(url: &str, op: &'static str) -> impl Fn(postgres::Error) -> StoreError {
-    let url = url.to_string();
-    move |e| postgres_error(&url, op, describe(&e))
-}
-
-/// What went wrong, in the server's words where it spoke ("db error" alone
-/// says nothing), else the client's with its causes.
-fn describe(e: &postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return db.message().to_string();
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 /// One field of every row as an array parameter, for the `unnest($n)`
 /// statements that write a whole batch at once.
@@ -337,168 +173,6 @@ fn insert_jobs_once(
         .collect())
 }
 
-/// Connects to `url` as `application_name = jobd` unless the URL names
-/// another, so that an operator finds jobd's sessions in
-/// `pg_stat_activity`.
-///
-/// Unless the URL sets them, the connection also gets timeouts, so that a
-/// server that vanished (a crashed host, a cut network) fails an operation
-/// within about half a minute instead of the kernel's quarter of an hour:
-/// [`CONNECT_TIMEOUT`] to connect, [`TCP_USER_TIMEOUT`] for sent data to
-/// be acknowledged, and keepalives that notice a dead peer on an idle
-/// connection (the listener's) within about a minute.
-pub(crate) fn client(url: &str, op: &'static str) -> Result<Client, StoreError> {
-    let fail = failing(url, op);
-    let (parsed, tls) = tls_settings(url).map_err(|detail| postgres_error(url, op, detail))?;
-    let mut config: postgres::Config = parsed.parse().map_err(&fail)?;
-    if config.get_application_name().is_none() {
-        config.application_name("jobd");
-    }
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
-    }
-    if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(TCP_USER_TIMEOUT);
-    }
-    if config.get_keepalives_interval().is_none() {
-        config
-            .keepalives_idle(std::time::Duration::from_secs(30))
-            .keepalives_interval(std::time::Duration::from_secs(10))
-            .keepalives_retries(3);
-    }
-    match tls {
-        Tls::Off => config.connect(NoTls).map_err(&fail),
-        Tls::Verify { roots } => {
-            let tls = tls_connector(roots.as_deref())
-                .map_err(|detail| postgres_error(url, op, detail))?;
-            config.connect(tls).map_err(&fail)
-        }
-    }
-}
-
-/// How a connection is secured, from the URL's libpq-style `sslmode` and
-/// `sslrootcert`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Tls {
-    /// Plain TCP or a Unix socket: `sslmode` absent, `disable`, `allow` or
-    /// `prefer` (jobd does not try TLS unless told to require it).
-    Off,
-    /// TLS, the server's certificate verified (chain and host name) against
-    /// `sslrootcert` or else the system's CA certificates: `sslmode`
-    /// `require`, `verify-ca` or `verify-full`. Stricter than libpq, whose
-    /// `require` encrypts without verifying.
-    Verify {
-        /// The CA file (PEM) that `sslrootcert` names.
-        roots: Option<std::path::PathBuf>,
-    },
-}
-
-/// Splits jobd's TLS settings off `url`: the URL the client library
-/// parses (it knows neither `sslrootcert` nor the `verify-*` modes) and the
-/// [`Tls`] to connect with. Err says what is wrong, for the config check.
-pub fn tls_settings(url: &str) -> std::result::Result<(String, Tls), String> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), Tls::Off));
-    };
-    let (mut mode, mut roots) = (None, None);
-    let mut kept = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("sslmode", value)) => mode = Some(value.to_string()),
-            Some(("sslrootcert", value)) => roots = Some(std::path::PathBuf::from(value)),
-            _ => kept.push(pair),
-        }
-    }
-    let tls = match mode.as_deref() {
-        None | Some("disable" | "allow" | "prefer") => {
-            if roots.is_some() {
-                return Err("sslrootcert needs sslmode=require or verify-full".into());
-            }
-            Tls::Off
-        }
-        Some("require" | "verify-ca" | "verify-full") => Tls::Verify { roots },
-        Some(other) => {
-            return Err(format!(
-                "sslmode must be disable, allow, prefer, require, verify-ca or verify-full, not {other:?}"
-            ))
-        }
-    };
-    kept.push(match tls {
-        Tls::Off => "sslmode=disable",
-        Tls::Verify { .. } => "sslmode=require",
-    });
-    Ok((format!("{base}?{}", kept.join("&")), tls))
-}
-
-/// A rustls connector trusting the CA certificates in `roots` (PEM), else
-/// the system's.
-fn tls_connector(
-    roots: Option<&std::path::Path>,
-) -> std::result::Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
-    let mut store = rustls::RootCertStore::empty();
-    match roots {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
-            let mut found = 0;
-            use rustls::pki_types::pem::PemObject as _;
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| {
-                    format!(
-                        "sslrootcert {} is not a PEM certificate file: {e}",
-                        path.display()
-                    )
-                })?;
-                store.add(cert).map_err(|e| {
-                    format!(
-                        "sslrootcert {} holds an unusable certificate: {e}",
-                        path.display()
-                    )
-                })?;
-                found += 1;
-            }
-            if found == 0 {
-                return Err(format!(
-                    "sslrootcert {} holds no PEM certificate",
-                    path.display()
-                ));
-            }
-        }
-        None => {
-            let system = rustls_native_certs::load_native_certs();
-            store.add_parsable_certificates(system.certs);
-            if store.is_empty() {
-                return Err(
-                    "sslmode asks for TLS but the system has no CA certificates; name a CA file with sslrootcert"
-                        .into(),
-                );
-            }
-        }
-    }
-    // Both of rustls's crypto providers are linked (through lettre and
-    // ureq), so name one rather than rely on a process default.
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
-/// How long jobd waits to connect unless the URL says (`connect_timeout`).
-pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// How long sent data may go unacknowledged before the connection counts
-/// as lost, unless the URL says (`tcp_user_timeout`).
-pub const TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// The NOTIFY channel of the jobd schema `schema`.
-pub fn channel(schema: &str) -> String {
-    format!("jobd_jobs_{schema}")
-}
-
 /// A connection to a PostgreSQL database holding (or about to hold) the
 /// jobd schema.
 pub struct PgStore {
@@ -535,20 +209,6 @@ impl std::fmt::Debug for PgStore {
         f.debug_struct("PgStore")
             .field("url", &redact_url(&self.url))
             .finish_non_exhaustive()
-    }
-}
-
-/// `url` with any password replaced, for messages.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:(redacted)@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
     }
 }
 
@@ -1019,7 +679,7 @@ impl PgStore {
             let started: i64 = r.get(6);
             lost.push(started);
         }
-        super::with_rescue_runs(&rescued, &lost, reason, now, |runs| {
+        crate::store::shared::with_rescue_runs(&rescued, &lost, reason, now, |runs| {
             insert_runs(&mut tx, &mut self.statements, runs)
         })
         .map_err(&fail)?;
@@ -1090,7 +750,7 @@ fn claim_in(
     statements: &mut Statements,
     claim: &Claim<'_>,
 ) -> std::result::Result<Vec<Claimed>, postgres::Error> {
-    super::claim_by_plan(claim.requests, |queue, pool, limit| {
+    crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
         let statement = statements.get(tx, &claim_sql(pool))?;
         let rows = tx.query(
             &statement,
@@ -1228,7 +888,7 @@ fn complete_in(
                     &[&c.id, &c.attempt, &c.worker],
                 )?
                 .map(|r| r.get(0));
-            out.push(super::recorded_as(c, recorded.as_deref()));
+            out.push(crate::store::shared::recorded_as(c, recorded.as_deref()));
             continue;
         };
         let overridden = cancelled_instead(c, state);
@@ -1267,7 +927,7 @@ const RUN_COLUMNS: &str =
     "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
 
 /// How many dead jobs one `retry --dead` transaction takes.
-const BULK_RETRY_BATCH: i64 = super::BULK_RETRY_BATCH as i64;
+const BULK_RETRY_BATCH: i64 = crate::store::shared::BULK_RETRY_BATCH as i64;
 
 /// How often a batch of `retry --dead` is tried again when a client took one
 /// of its unique keys while it ran; each race needs a fresh insert of that
@@ -1718,7 +1378,7 @@ impl PgStore {
         let fail = self.schedules_and_reads_error("read queues");
         let statement = self
             .statements
-            .get(&mut self.client, super::QUEUED_QUEUES_SQL)
+            .get(&mut self.client, crate::store::shared::QUEUED_QUEUES_SQL)
             .map_err(&fail)?;
         Ok(self
             .client
@@ -1768,14 +1428,17 @@ impl PgStore {
                 let within = format!("state = 'queued' AND queue = $1 AND {}", pool_test(pool));
                 let statement = self
                     .statements
-                    .get(&mut self.client, &super::next_run_at_sql(&within, "$2"))
+                    .get(
+                        &mut self.client,
+                        &crate::store::shared::next_run_at_sql(&within, "$2"),
+                    )
                     .map_err(&fail)?;
                 let at: Option<i64> = self
                     .client
                     .query_one(&statement, &[queue, &after])
                     .map_err(&fail)?
                     .get(0);
-                next = super::earliest(next, at);
+                next = crate::store::shared::earliest(next, at);
             }
         }
         Ok(next)
@@ -1898,7 +1561,10 @@ impl PgStore {
             .query(
                 "SELECT queue, duration_ms FROM job_runs \
                  WHERE id > (SELECT COALESCE(max(id), 0) FROM job_runs) - $2 AND finished_at >= $1",
-                &[&(now - HOUR), &(super::PERCENTILE_SAMPLE as i64)],
+                &[
+                    &(now - HOUR),
+                    &(crate::store::shared::PERCENTILE_SAMPLE as i64),
+                ],
             )
             .map_err(&fail)?
         {
@@ -1907,8 +1573,8 @@ impl PgStore {
         for (name, mut values) in durations {
             values.sort_unstable();
             let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
-            q.p50_ms = super::percentile(&values, 0.50);
-            q.p95_ms = super::percentile(&values, 0.95);
+            q.p50_ms = crate::store::shared::percentile(&values, 0.50);
+            q.p95_ms = crate::store::shared::percentile(&values, 0.95);
         }
         for r in tx
             .query("SELECT name, paused FROM queues", &[])
@@ -1926,301 +1592,5 @@ impl PgStore {
             queues: queues.into_values().collect(),
             workers: self.workers()?,
         })
-    }
-}
-
-/// The same interface as SQLite: callers cannot tell the backends apart.
-impl Store for PgStore {
-    fn migrate(&mut self) -> Result<(i64, i64)> {
-        self.revive()?;
-        PgStore::migrate(self)
-    }
-
-    fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>> {
-        self.revive()?;
-        PgStore::enqueue(self, jobs, now)
-    }
-
-    fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>> {
-        self.revive()?;
-        if claim.requests.iter().all(|r| r.limit == 0) {
-            return Ok(Vec::new());
-        }
-        PgStore::claim(self, claim)
-    }
-
-    fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>> {
-        self.revive()?;
-        if completions.is_empty() {
-            return Ok(Vec::new());
-        }
-        PgStore::complete(self, completions)
-    }
-
-    fn complete_and_claim(
-        &mut self,
-        completions: &[Completion],
-        claim: &Claim<'_>,
-    ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
-        self.revive()?;
-        PgStore::complete_and_claim(self, completions, claim)
-    }
-
-    fn change_counter(&mut self) -> Result<i64> {
-        self.revive()?;
-        // Moves on every write anywhere in the cluster: a cheap "look
-        // again" signal; LISTEN/NOTIFY is the precise one.
-        let fail = self.failing("read the change counter");
-        Ok(self
-            .client
-            .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
-            .map_err(&fail)?
-            .get(0))
-    }
-
-    fn commit_file(&self) -> Option<std::path::PathBuf> {
-        None
-    }
-
-    fn database_id(&mut self) -> Result<String> {
-        self.revive()?;
-        let fail = self.failing("read the database id");
-        Ok(self
-            .client
-            .query_one("SELECT value FROM meta WHERE key = 'database_id'", &[])
-            .map_err(&fail)?
-            .get(0))
-    }
-
-    fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog> {
-        self.revive()?;
-        self.backlog_impl(queues, now)
-    }
-
-    fn cron_start(&mut self, name: &str, slot: i64) -> Result<Option<i64>> {
-        self.revive()?;
-        self.cron_start_impl(name, slot)
-    }
-
-    fn cron_enqueue(
-        &mut self,
-        name: &str,
-        slot: i64,
-        job: &NewJob,
-        now: i64,
-    ) -> Result<Option<Enqueued>> {
-        self.revive()?;
-        self.cron_enqueue_impl(name, slot, job, now)
-    }
-
-    fn cron_rows(&mut self) -> Result<Vec<CronRow>> {
-        self.revive()?;
-        self.cron_rows_impl()
-    }
-
-    fn job_counts(&mut self) -> Result<Vec<(String, JobState, u64)>> {
-        self.revive()?;
-        self.job_counts_impl()
-    }
-
-    fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize> {
-        self.revive()?;
-        PgStore::renew_leases(self, worker, ids, lease_until)
-    }
-
-    fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>> {
-        self.revive()?;
-        PgStore::cancel_requests(self, worker)
-    }
-
-    fn held_by(&mut self, worker: &str) -> Result<Vec<Held>> {
-        self.revive()?;
-        let fail = self.failing("read the jobs this daemon holds");
-        Ok(self
-            .client
-            .query(
-                "SELECT id, attempts, queue, kind, started_at FROM jobs \
-                 WHERE state = 'running' AND worker = $1",
-                &[&worker],
-            )
-            .map_err(&fail)?
-            .iter()
-            .map(|r| Held {
-                id: r.get(0),
-                attempt: r.get(1),
-                queue: r.get(2),
-                kind: r.get(3),
-                started_at: r.get::<_, Option<i64>>(4).unwrap_or(0),
-            })
-            .collect())
-    }
-
-    fn rescue(
-        &mut self,
-        scope: RescueScope<'_>,
-        now: i64,
-        default_max_attempts: u32,
-    ) -> Result<Vec<Rescued>> {
-        self.revive()?;
-        PgStore::rescue(self, scope, now, default_max_attempts)
-    }
-
-    fn cancel(&mut self, ids: &[i64], now: i64) -> Result<Vec<CancelResult>> {
-        self.revive()?;
-        PgStore::cancel(self, ids, now)
-    }
-
-    fn retry(&mut self, ids: &[i64], now: i64) -> Result<Vec<RetryResult>> {
-        self.revive()?;
-        PgStore::retry(self, ids, now)
-    }
-
-    fn retry_dead(&mut self, queue: Option<&str>, now: i64) -> Result<BulkRetry> {
-        self.revive()?;
-        PgStore::retry_dead(self, queue, now)
-    }
-
-    fn prune_batch(&mut self, cutoffs: &PruneCutoffs, batch: usize) -> Result<Pruned> {
-        self.revive()?;
-        PgStore::prune_batch(self, cutoffs, batch)
-    }
-
-    fn set_paused(&mut self, queues: &[String], paused: bool, now: i64) -> Result<()> {
-        self.revive()?;
-        PgStore::set_paused(self, queues, paused, now)
-    }
-
-    fn paused_queues(&mut self) -> Result<Vec<String>> {
-        self.revive()?;
-        PgStore::paused_queues(self)
-    }
-
-    fn queued_queues(&mut self) -> Result<Vec<String>> {
-        self.revive()?;
-        self.queued_queues_impl()
-    }
-
-    fn next_run_at(
-        &mut self,
-        queues: Option<&[String]>,
-        pools: &[Pool],
-        after: i64,
-    ) -> Result<Option<i64>> {
-        self.revive()?;
-        self.next_run_at_impl(queues, pools, after)
-    }
-
-    fn job(&mut self, id: i64) -> Result<Option<Job>> {
-        self.revive()?;
-        PgStore::job(self, id)
-    }
-
-    fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>> {
-        self.revive()?;
-        PgStore::runs(self, job_id)
-    }
-
-    fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>> {
-        self.revive()?;
-        PgStore::list(self, filter)
-    }
-
-    fn last_run_id(&mut self) -> Result<i64> {
-        self.revive()?;
-        self.last_run_id_impl()
-    }
-
-    fn tally_runs_after(&mut self, after_id: i64) -> Result<RunTally> {
-        self.revive()?;
-        let fail = self.failing("read job runs");
-        let statement = self
-            .statements
-            .get(&mut self.client, &super::tally_runs_sql("$1"))
-            .map_err(&fail)?;
-        let row = self
-            .client
-            .query_one(&statement, &[&after_id])
-            .map_err(&fail)?;
-        Ok(RunTally {
-            last_id: row.get(0),
-            succeeded: row.get::<_, i64>(1) as u64,
-            failed: row.get::<_, i64>(2) as u64,
-        })
-    }
-
-    fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
-        self.revive()?;
-        self.runs_after_impl(after_id, limit)
-    }
-
-    fn stats(&mut self, now: i64) -> Result<Stats> {
-        self.revive()?;
-        self.stats_impl(now)
-    }
-
-    fn register_worker(&mut self, worker: &WorkerInfo) -> Result<()> {
-        self.revive()?;
-        PgStore::register_worker(self, worker)
-    }
-
-    fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<()> {
-        self.revive()?;
-        PgStore::heartbeat(self, worker, now, running)
-    }
-
-    fn deregister_worker(&mut self, worker: &str) -> Result<()> {
-        self.revive()?;
-        PgStore::deregister_worker(self, worker)
-    }
-
-    fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
-        self.revive()?;
-        PgStore::workers(self)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(
-            redact_url("postgres://jobd:s3cret@db.example:5432/jobs"),
-            "postgres://jobd:(redacted)@db.example:5432/jobs"
-        );
-        assert_eq!(
-            redact_url("postgres://jobd@127.0.0.1/test"),
-            "postgres://jobd@127.0.0.1/test"
-        );
-    }
-
-    #[test]
-    fn tls_settings_leave_the_client_only_what_it_knows() {
-        let plain = "postgres://h/db";
-        assert_eq!(tls_settings(plain).unwrap(), (plain.to_string(), Tls::Off));
-        assert_eq!(
-            tls_settings("postgres://h/db?application_name=x&sslmode=prefer").unwrap(),
-            (
-                "postgres://h/db?application_name=x&sslmode=disable".to_string(),
-                Tls::Off
-            )
-        );
-        for mode in ["require", "verify-ca", "verify-full"] {
-            assert_eq!(
-                tls_settings(&format!(
-                    "postgres://h/db?sslmode={mode}&sslrootcert=/ca.pem&x=1"
-                ))
-                .unwrap(),
-                (
-                    "postgres://h/db?x=1&sslmode=require".to_string(),
-                    Tls::Verify {
-                        roots: Some("/ca.pem".into())
-                    }
-                )
-            );
-        }
-        assert!(tls_settings("postgres://h/db?sslmode=on").is_err());
-        assert!(tls_settings("postgres://h/db?sslrootcert=/ca.pem").is_err());
     }
 }

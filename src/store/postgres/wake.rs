@@ -1,63 +1,12 @@
-//! Noticing new work without busy polling (docs/reference.md).
-//!
-//! Another process's commit appends frames to the database's `-wal` file, so
-//! an inotify watch on that file wakes the dispatcher within microseconds.
-//! The event fires *before* the commit is visible to readers (the WAL index
-//! lives in shared memory, which raises no event), so the dispatcher confirms
-//! with `PRAGMA data_version`, re-checking every [`CONFIRM_STEP`] for up to
-//! [`CONFIRM_WINDOW`]. The poll interval stays as the fallback for writers
-//! inotify cannot see (another host on a network file system, a watch that
-//! could not be set up).
+//! Noticing new work on PostgreSQL without busy polling: a connection of its
+//! own LISTENs for the insert trigger's NOTIFY.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::event;
 use crossbeam_channel::{Receiver, Sender};
-use inotify::{Inotify, WatchMask};
 
-/// How often to re-read `data_version` after a wake-up. Short enough that
-/// pickup adds well under a millisecond, long enough not to spin a core.
-pub const CONFIRM_STEP: Duration = Duration::from_micros(100);
-
-/// How long to keep confirming after a wake-up before deciding it was not a
-/// commit (an own write, a checkpoint). Measured here: the commit shows
-/// within about 1 ms of the event.
-pub const CONFIRM_WINDOW: Duration = Duration::from_millis(3);
-
-/// The file whose changes announce commits to `db`.
-pub fn wal_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
-}
-
-/// Starts a thread that sends `()` on the returned channel whenever `file`
-/// is written. Wake-ups coalesce: the channel holds at most one.
-pub fn watch(file: &Path) -> std::io::Result<Receiver<()>> {
-    let inotify = Inotify::init()?;
-    inotify.watches().add(file, WatchMask::MODIFY)?;
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new()
-        .name("jobd-pickup".into())
-        .spawn(move || forward(inotify, &tx))?;
-    Ok(rx)
-}
-
-fn forward(mut inotify: Inotify, tx: &Sender<()>) {
-    let mut buffer = [0u8; 4096];
-    loop {
-        match inotify.read_events_blocking(&mut buffer) {
-            Ok(_) => match tx.try_send(()) {
-                Ok(()) | Err(crossbeam_channel::TrySendError::Full(())) => {}
-                Err(crossbeam_channel::TrySendError::Disconnected(())) => return,
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // The poll interval takes over.
-            Err(_) => return,
-        }
-    }
-}
+use crate::event;
+use crate::store::postgres::connect::{channel, client, failing, postgres_error};
 
 /// Listens for the insert trigger's NOTIFY on the PostgreSQL schema of
 /// `url` (`jobd_jobs_<schema>`) on a connection and thread of its own; each
@@ -105,9 +54,7 @@ pub fn listen(
                 }
             }
         })
-        .map_err(|e| {
-            crate::store::postgres::postgres_error(url, "listen for new jobs", e.to_string())
-        })?;
+        .map_err(|e| postgres_error(url, "listen for new jobs", e.to_string()))?;
     Ok(rx)
 }
 
@@ -116,13 +63,13 @@ pub const RELISTEN: Duration = Duration::from_secs(1);
 
 /// A connection to `url` listening on its schema's channel.
 fn listening(url: &str) -> Result<postgres::Client, crate::store::error::StoreError> {
-    let fail = crate::store::postgres::failing(url, "listen for new jobs");
-    let mut client = crate::store::postgres::client(url, "listen for new jobs")?;
+    let fail = failing(url, "listen for new jobs");
+    let mut client = client(url, "listen for new jobs")?;
     let schema: String = client
         .query_one("SELECT current_schema()", &[])
         .map_err(&fail)?
         .get(0);
-    let channel = crate::store::postgres::channel(&schema).replace('"', "\"\"");
+    let channel = channel(&schema).replace('"', "\"\"");
     client
         .batch_execute(&format!("LISTEN \"{channel}\""))
         .map_err(&fail)?;
@@ -138,7 +85,7 @@ fn relay(
     queues: Option<&[String]>,
 ) -> Option<crate::store::error::StoreError> {
     use postgres::fallible_iterator::FallibleIterator as _;
-    let fail = crate::store::postgres::failing(url, "listen for new jobs");
+    let fail = failing(url, "listen for new jobs");
     let mut notifications = client.notifications();
     let mut incoming = notifications.blocking_iter();
     loop {
@@ -152,7 +99,7 @@ fn relay(
                 }
             }
             Ok(None) => {
-                return Some(crate::store::postgres::postgres_error(
+                return Some(postgres_error(
                     url,
                     "listen for new jobs",
                     "the server closed the connection",

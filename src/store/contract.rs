@@ -1,0 +1,579 @@
+//! The store's contract: the [`Store`] trait every other part of jobd uses
+//! and the plain values it speaks in (epoch milliseconds, ids, JSON text;
+//! never a connection). Both backends implement it; this file imports
+//! neither, so they can build on it.
+
+use std::path::Path;
+
+use crossbeam_channel::Receiver;
+use serde::Serialize;
+
+use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome};
+use crate::store::error::StoreError;
+
+/// The store's result type.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attempts counted from `job_runs` (see [`crate::store::Reads::tally_runs_after`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunTally {
+    /// The newest run id seen (the `after_id` given when there were none).
+    pub last_id: i64,
+    /// Attempts that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed: retried, timed out or dead.
+    pub failed: u64,
+}
+
+/// Where one moved job went (`jobd migrate --from`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// Inserted as this job.
+    To(i64),
+    /// Not inserted: the target already holds a queued or running job with
+    /// the same `unique_key`, which stands for it.
+    Duplicate,
+    /// The target refused the row (what it said); nothing was written.
+    Refused(String),
+}
+
+/// The outcome of inserting one job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "id", rename_all = "lowercase")]
+pub enum Enqueued {
+    /// A new row with this id.
+    Inserted(i64),
+    /// Its `unique_key` is held by this queued or running job; nothing inserted.
+    Duplicate(i64),
+}
+
+impl Enqueued {
+    /// The id of the job that now stands for the request.
+    pub fn id(self) -> i64 {
+        match self {
+            Enqueued::Inserted(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+}
+
+/// How many jobs to claim from one queue, per pool: a claim asks each pool
+/// only for the jobs it has slots for, so jobs of a busy pool never hold up
+/// the other pool's jobs queued behind them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// The queue.
+    pub queue: String,
+    /// At most this many of the queue's jobs in all (its allowance).
+    pub limit: usize,
+    /// At most this many jobs of CPU kinds (claimed first).
+    pub cpu: usize,
+    /// At most this many jobs of IO kinds.
+    pub io: usize,
+}
+
+impl ClaimRequest {
+    /// Up to `limit` jobs of `queue`, of either pool.
+    pub fn any(queue: impl Into<String>, limit: usize) -> ClaimRequest {
+        ClaimRequest {
+            queue: queue.into(),
+            limit,
+            cpu: limit,
+            io: limit,
+        }
+    }
+
+    /// The most jobs of `pool` this request takes.
+    pub fn for_pool(&self, pool: Pool) -> usize {
+        match pool {
+            Pool::Cpu => self.cpu,
+            Pool::Io => self.io,
+        }
+    }
+}
+
+/// A claim: which daemon takes jobs, when, and for how long.
+#[derive(Clone, Debug)]
+pub struct Claim<'a> {
+    /// The daemon's worker id.
+    pub worker: &'a str,
+    /// The claim's clock (epoch ms): jobs with `run_at <= now` are ready.
+    pub now: i64,
+    /// The lease's end (epoch ms).
+    pub lease_until: i64,
+    /// Per-queue limits, in the order to serve them.
+    pub requests: &'a [ClaimRequest],
+}
+
+/// Whether a fenced write took effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The job was still running under this worker and attempt.
+    Done,
+    /// Someone else moved the job first (rescue, another daemon): nothing changed.
+    Stale,
+    /// The fence held, but an operator had asked to cancel the job: it ended
+    /// `cancelled` instead of what the attempt asked for (a retry, a
+    /// timeout, dead, released), with a `cancelled` attempt record. A
+    /// success is never turned into this: the work happened.
+    Cancelled,
+}
+
+/// Which running jobs to take back.
+#[derive(Clone, Debug)]
+pub enum RescueScope<'a> {
+    /// Jobs whose lease ended before `now`.
+    ExpiredLeases,
+    /// Jobs whose lease ended before `now`, but for those of this worker:
+    /// a daemon renews and reconciles its own (a daemon paused past its
+    /// lease must not take back, on waking, the jobs it still runs).
+    ExpiredLeasesOfOthers(&'a str),
+    /// Every running job of these workers (known to be gone).
+    Workers(&'a [String]),
+}
+
+/// An attempt a worker holds, as the database has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The job.
+    pub id: i64,
+    /// Its attempt.
+    pub attempt: i64,
+    /// Its queue.
+    pub queue: String,
+    /// Its kind.
+    pub kind: String,
+    /// When the attempt started.
+    pub started_at: i64,
+}
+
+impl RescueScope<'_> {
+    /// Why the holder of a job in this scope counts as lost: the end of the
+    /// sentence that `last_error` and the `rescued` attempt record carry.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            RescueScope::ExpiredLeases | RescueScope::ExpiredLeasesOfOthers(_) => {
+                "stopped renewing its lease"
+            }
+            RescueScope::Workers(_) => "is gone (its process no longer runs)",
+        }
+    }
+}
+
+/// A running job taken back from a lost holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rescued {
+    /// The job.
+    pub id: i64,
+    /// The job's kind.
+    pub kind: String,
+    /// The job's queue.
+    pub queue: String,
+    /// The attempt that was lost.
+    pub attempt: i64,
+    /// The lost holder.
+    pub worker: String,
+    /// `queued` or `dead` (no attempts left).
+    pub state: JobState,
+}
+
+/// What `cancel` did to one job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelResult {
+    /// It was queued and is now cancelled.
+    Cancelled,
+    /// It is running; its daemon will stop it.
+    Requested,
+    /// It had already finished in this state.
+    AlreadyFinal(JobState),
+    /// No such job.
+    NotFound,
+}
+
+/// What `retry` did to one job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryResult {
+    /// It is queued again.
+    Queued,
+    /// It is not dead or cancelled.
+    WrongState(JobState),
+    /// Its unique_key is held by this queued or running job.
+    UniqueKeyTaken(i64),
+    /// No such job.
+    NotFound,
+}
+
+/// What `retry --dead` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BulkRetry {
+    /// Jobs queued again.
+    pub queued: u64,
+    /// Dead jobs left dead because another active job holds their unique_key.
+    pub skipped_unique: u64,
+}
+
+/// Cut-off times (epoch ms) for pruning: final jobs that finished before
+/// them go. None keeps that state forever.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PruneCutoffs {
+    /// For succeeded jobs.
+    pub succeeded: Option<i64>,
+    /// For dead jobs.
+    pub dead: Option<i64>,
+    /// For cancelled jobs.
+    pub cancelled: Option<i64>,
+}
+
+/// How many rows one prune pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// Rows from `jobs`.
+    pub jobs: u64,
+    /// Rows from `job_runs`.
+    pub runs: u64,
+}
+
+/// A filter for `list`.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// At most this many, newest first.
+    pub limit: usize,
+    /// Only ids below this one (the next page of a newest-first list).
+    pub before: Option<i64>,
+}
+
+/// One row of `job_runs`: an attempt that ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobRun {
+    /// The row's id, increasing in the order rows were written.
+    pub id: i64,
+    /// The job.
+    pub job_id: i64,
+    /// The job's queue.
+    pub queue: String,
+    /// The job's kind.
+    pub kind: String,
+    /// The attempt number.
+    pub attempt: i64,
+    /// The daemon that ran it.
+    pub worker: String,
+    /// When it started (epoch ms).
+    pub started_at: i64,
+    /// When it ended (epoch ms).
+    pub finished_at: i64,
+    /// What it ended in.
+    pub outcome: RunOutcome,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// `finished_at - started_at`.
+    pub duration_ms: i64,
+}
+
+/// One queue's figures for `jobd stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct QueueStats {
+    /// The queue.
+    pub queue: String,
+    /// Paused in the `queues` table.
+    pub paused: bool,
+    /// Queued with `run_at <= now`.
+    pub ready: u64,
+    /// Queued with `run_at > now`.
+    pub scheduled: u64,
+    /// Running.
+    pub running: u64,
+    /// Succeeded in the last minute.
+    pub succeeded_1m: u64,
+    /// Succeeded in the last hour.
+    pub succeeded_1h: u64,
+    /// Went dead in the last minute.
+    pub dead_1m: u64,
+    /// Went dead in the last hour.
+    pub dead_1h: u64,
+    /// `now - oldest ready run_at`, 0 when nothing is ready.
+    pub lag_ms: i64,
+    /// Median attempt duration over the last hour.
+    pub p50_ms: Option<i64>,
+    /// 95th percentile attempt duration over the last hour.
+    pub p95_ms: Option<i64>,
+}
+
+/// A running daemon, from the `workers` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkerInfo {
+    /// `host:pid:start`.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: i64,
+    /// jobd version.
+    pub version: String,
+    /// When it started (epoch ms).
+    pub started_at: i64,
+    /// Its latest heartbeat (epoch ms).
+    pub heartbeat_at: i64,
+    /// The queues it serves, comma-separated.
+    pub queues: String,
+    /// Jobs the database says it holds now (state `running` under its
+    /// name: running, or claimed ahead for a thread about to be free),
+    /// counted as the queues' running column is, not the figure of its
+    /// last heartbeat (which lagged by up to a beat: a daemon showed 128
+    /// running beside queues all at 0).
+    pub running: i64,
+}
+
+/// A periodic schedule's row in `cron`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CronRow {
+    /// The `[cron.NAME]` section's name.
+    pub name: String,
+    /// The last slot enqueued (epoch ms).
+    pub last_slot: Option<i64>,
+    /// The job enqueued for it.
+    pub last_job_id: Option<i64>,
+    /// That job's state now (None once pruned).
+    pub last_job_state: Option<JobState>,
+}
+
+/// What waits to run, for the daemon's `stats` line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    /// Queued jobs with `run_at <= now`.
+    pub ready: u64,
+    /// The oldest ready `run_at` (epoch ms).
+    pub oldest_ready: Option<i64>,
+}
+
+impl Backlog {
+    /// `now - oldest ready run_at`, 0 when nothing is ready.
+    pub fn lag_ms(&self, now: i64) -> i64 {
+        self.oldest_ready.map_or(0, |t| (now - t).max(0))
+    }
+}
+
+/// Everything `jobd stats` shows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// When the figures were taken (epoch ms).
+    pub now: i64,
+    /// One entry per queue that has jobs, recent runs or a `queues` row.
+    pub queues: Vec<QueueStats>,
+    /// The live daemons.
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// The dispatcher's turn: enqueue, claim for free slots, write outcomes,
+/// keep leases, and notice new work and cancel requests.
+pub trait Queue {
+    /// Inserts jobs in one transaction. A job whose `unique_key` is held by a
+    /// queued or running job is not inserted and reports that job's id.
+    fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>>;
+
+    /// Atomically takes up to `limit` ready jobs from each requested queue
+    /// (highest priority, then oldest `run_at`, then lowest id), skipping
+    /// paused queues, and marks them running under `worker`.
+    fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>>;
+
+    /// Writes a batch of attempt outcomes in one transaction, each fenced by
+    /// state, worker and attempt, with a `job_runs` row for each that applied.
+    fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>>;
+
+    /// Writes outcomes and then claims, as one transaction where the backend
+    /// can: the daemon's group commit, so each turn of its loop costs one
+    /// write lock instead of two. Either part may be empty.
+    fn complete_and_claim(
+        &mut self,
+        completions: &[Completion],
+        claim: &Claim<'_>,
+    ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
+        let applied = self.complete(completions)?;
+        let jobs = self.claim(claim)?;
+        Ok((applied, jobs))
+    }
+
+    /// A number that changes whenever another connection commits (SQLite's
+    /// `PRAGMA data_version`): cheap enough to ask every poll interval.
+    fn change_counter(&mut self) -> Result<i64>;
+
+    /// Starts telling the daemon of other writers' commits, each message a
+    /// hint to look (confirmed with [`crate::store::Queue::change_counter`]): SQLite
+    /// watches its `-wal` file, which every commit appends to; PostgreSQL
+    /// LISTENs for the insert trigger's NOTIFY, only for inserts into
+    /// `queues` when given. None when no watch could start (logged): the
+    /// daemon's poll then finds new work. Call it once the schema is in
+    /// place (a new SQLite file has no `-wal` before its first write).
+    fn watch_commits(&self, queues: Option<&[String]>) -> Option<Receiver<()>>;
+
+    /// Extends the leases of `ids` held by `worker`; returns how many were.
+    fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize>;
+
+    /// The running jobs of `worker` that an operator asked to cancel.
+    fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>>;
+
+    /// Every attempt the database says `worker` runs now, so that a daemon
+    /// can find the ones it does not know it holds (a claim whose reply was
+    /// lost with the connection).
+    fn held_by(&mut self, worker: &str) -> Result<Vec<Held>>;
+
+    /// The distinct queues that hold queued jobs (ready or scheduled).
+    fn queued_queues(&mut self) -> Result<Vec<String>>;
+
+    /// The earliest `run_at` later than `after` of a queued job of these
+    /// pools in these queues (all when None): when a daemon with nothing
+    /// ready wakes next.
+    fn next_run_at(
+        &mut self,
+        queues: Option<&[String]>,
+        pools: &[Pool],
+        after: i64,
+    ) -> Result<Option<i64>>;
+}
+
+/// The periodic schedules' slots (`cron` table): each slot enqueued once.
+pub trait Schedules {
+    /// Makes sure periodic schedule `name` has its `cron` row; a new row
+    /// starts at `slot`, and nothing is enqueued for it. Returns the row's
+    /// last slot.
+    fn cron_start(&mut self, name: &str, slot: i64) -> Result<Option<i64>>;
+
+    /// Enqueues `job` for slot `slot` of schedule `name` unless a daemon
+    /// already did: one transaction moves `cron.last_slot` forward to
+    /// `slot` only if it is behind (compare-and-set), inserts the job and
+    /// records its id. None when the slot was taken.
+    fn cron_enqueue(
+        &mut self,
+        name: &str,
+        slot: i64,
+        job: &NewJob,
+        now: i64,
+    ) -> Result<Option<Enqueued>>;
+
+    /// Every `cron` row, with the state of its last job.
+    fn cron_rows(&mut self) -> Result<Vec<CronRow>>;
+}
+
+/// The daemons sharing the database: registration, heartbeats, and the
+/// rescue of jobs whose daemon died or whose lease ran out.
+pub trait Fleet {
+    /// Takes back running jobs from lost holders: to `queued`, or to `dead`
+    /// when they have no attempts left (`default_max_attempts` stands in for a
+    /// NULL `max_attempts`). Writes a `rescued` run for each.
+    fn rescue(
+        &mut self,
+        scope: RescueScope<'_>,
+        now: i64,
+        default_max_attempts: u32,
+    ) -> Result<Vec<Rescued>>;
+
+    /// Records a daemon in `workers` (replacing a row with the same id).
+    fn register_worker(&mut self, worker: &WorkerInfo) -> Result<()>;
+
+    /// Refreshes a daemon's heartbeat and running count.
+    fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<()>;
+
+    /// Removes a daemon's row.
+    fn deregister_worker(&mut self, worker: &str) -> Result<()>;
+
+    /// Every row of `workers`.
+    fn workers(&mut self) -> Result<Vec<WorkerInfo>>;
+}
+
+/// What operators change: the schema, cancel, retry, prune, pause.
+pub trait Admin {
+    /// Creates or upgrades the schema; returns the version before and after.
+    fn migrate(&mut self) -> Result<(i64, i64)>;
+
+    /// This database's random id, drawn when its schema was made (the
+    /// `meta` table): jobs carry it in their `Idempotency-Key` and
+    /// `Message-ID` so that two databases' job 7 are never taken for one.
+    fn database_id(&mut self) -> Result<String>;
+
+    /// Cancels queued jobs at once and flags running ones.
+    fn cancel(&mut self, ids: &[i64], now: i64) -> Result<Vec<CancelResult>>;
+
+    /// Puts dead or cancelled jobs back to `queued` with attempts reset.
+    fn retry(&mut self, ids: &[i64], now: i64) -> Result<Vec<RetryResult>>;
+
+    /// Puts every dead job (of one queue, or all) back to `queued`.
+    fn retry_dead(&mut self, queue: Option<&str>, now: i64) -> Result<BulkRetry>;
+
+    /// Deletes at most `batch` final jobs older than the cut-offs, with their
+    /// runs, in one short transaction. Call until it returns fewer than `batch`.
+    fn prune_batch(&mut self, cutoffs: &PruneCutoffs, batch: usize) -> Result<Pruned>;
+
+    /// Pauses or resumes queues.
+    fn set_paused(&mut self, queues: &[String], paused: bool, now: i64) -> Result<()>;
+}
+
+/// What the CLI, the dashboard and the metrics read; changes nothing.
+pub trait Reads {
+    /// The database as logs and messages name it: the file's path, or the
+    /// URL with its password redacted.
+    fn name(&self) -> String;
+
+    /// The SQLite file, to check that `database.path` still names it; None
+    /// on PostgreSQL.
+    fn file(&self) -> Option<&Path>;
+
+    /// Ready jobs and the oldest ready `run_at` in these queues (all when
+    /// None), for the daemon's `stats` line.
+    fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog>;
+
+    /// How many jobs each queue has in each state, for metrics. Counts every
+    /// row: meant for a scrape every few seconds, not for every turn.
+    fn job_counts(&mut self) -> Result<Vec<(String, JobState, u64)>>;
+
+    /// The queues that are paused now.
+    fn paused_queues(&mut self) -> Result<Vec<String>>;
+
+    /// One job.
+    fn job(&mut self, id: i64) -> Result<Option<Job>>;
+
+    /// A job's attempts, oldest first.
+    fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>>;
+
+    /// Jobs matching the filter, newest first.
+    fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>>;
+
+    /// The id of the newest `job_runs` row (0 when none).
+    fn last_run_id(&mut self) -> Result<i64>;
+
+    /// The attempts every daemon recorded after run `after_id`: how many
+    /// succeeded and how many failed (`retry`, `timeout`, `dead`), and the
+    /// newest id, to count from next time.
+    fn tally_runs_after(&mut self, after_id: i64) -> Result<RunTally>;
+
+    /// At most `limit` runs written after `after_id`, oldest first.
+    fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>>;
+
+    /// Per-queue figures and the live daemons.
+    fn stats(&mut self, now: i64) -> Result<Stats>;
+}
+
+/// The queue store. Every method is one short transaction or one read.
+///
+/// It is the five roles together, each caller taking the role it uses:
+/// [`Queue`] (the dispatcher), [`Schedules`] (cron), [`Fleet`] (start-up and
+/// maintenance), [`Admin`] and [`Reads`] (the CLI and the web pages).
+pub trait Store: Queue + Schedules + Fleet + Admin + Reads {}
+
+impl<T: Queue + Schedules + Fleet + Admin + Reads + ?Sized> Store for T {}
+
+/// What opening a database may do: create it, or only open one that
+/// exists with the current schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file if needed; the caller migrates (daemon, enqueue, migrate).
+    Create,
+    /// The file must exist with the current schema (read and admin commands, the
+    /// daemon's second connection and the web pages').
+    Existing,
+}

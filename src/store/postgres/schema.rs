@@ -1,0 +1,150 @@
+//! The PostgreSQL schema and its migrations, one entry per version in the
+//! `jobd_schema` table: the SQLite schema's columns, states and CHECK rules
+//! with `BIGINT` epoch-ms timestamps and `jsonb` values. A migration is
+//! appended, never edited.
+
+/// The migrations in order; entry `i` takes a database from version `i` to
+/// `i + 1`. Appended to, never edited.
+pub const MIGRATIONS: &[&str] = &[
+    V1_TABLES,
+    V2_NOTIFY_PER_SCHEMA,
+    V3_IMPORTED_JOBS,
+    V4_DATABASE_ID,
+];
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Epoch milliseconds now, as SQL: the default of every timestamp column.
+macro_rules! now_ms {
+    () => {
+        "(floor(extract(epoch from clock_timestamp()) * 1000))::bigint"
+    };
+}
+
+/// Version 1: every table of the SQLite schema at its version 4, the same
+/// rules, the claim index with the pool after the queue, and a trigger that
+/// NOTIFYs `jobd_jobs` on every insert for pickup.
+const V1_TABLES: &str = concat!(
+    "CREATE TABLE jobs (
+    id               BIGSERIAL PRIMARY KEY,
+    queue            TEXT    NOT NULL DEFAULT 'default' CONSTRAINT queue_not_empty CHECK (queue <> ''),
+    kind             TEXT    NOT NULL CONSTRAINT kind_not_empty CHECK (kind <> ''),
+    payload          JSONB   NOT NULL DEFAULT '{}',
+    priority         BIGINT  NOT NULL DEFAULT 0,
+    run_at           BIGINT  NOT NULL DEFAULT ",
+    now_ms!(),
+    ",
+    max_attempts     BIGINT  NULL CONSTRAINT max_attempts_at_least_1 CHECK (max_attempts >= 1),
+    timeout_ms       BIGINT  NULL CONSTRAINT timeout_ms_positive CHECK (timeout_ms > 0),
+    unique_key       TEXT    NULL,
+    state            TEXT    NOT NULL DEFAULT 'queued'
+                     CONSTRAINT state_known CHECK (state IN ('queued', 'running', 'succeeded', 'dead', 'cancelled')),
+    attempts         BIGINT  NOT NULL DEFAULT 0 CONSTRAINT attempts_not_negative CHECK (attempts >= 0),
+    created_at       BIGINT  NOT NULL DEFAULT ",
+    now_ms!(),
+    ",
+    started_at       BIGINT  NULL,
+    finished_at      BIGINT  NULL,
+    lease_until      BIGINT  NULL,
+    worker           TEXT    NULL,
+    last_error       TEXT    NULL,
+    result           JSONB   NULL,
+    cancel_requested BOOLEAN NOT NULL DEFAULT false
+);
+CREATE INDEX jobs_ready ON jobs (queue, (kind IN ('checksum', 'compress', 'exec')), priority DESC, run_at, id)
+    WHERE state = 'queued';
+CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
+CREATE INDEX jobs_running ON jobs (lease_until) WHERE state = 'running';
+CREATE INDEX jobs_succeeded ON jobs (finished_at, queue) WHERE state = 'succeeded';
+CREATE INDEX jobs_dead ON jobs (finished_at, queue) WHERE state = 'dead';
+CREATE INDEX jobs_cancelled ON jobs (finished_at, queue) WHERE state = 'cancelled';
+
+CREATE TABLE job_runs (
+    id          BIGSERIAL PRIMARY KEY,
+    job_id      BIGINT  NOT NULL,
+    attempt     BIGINT  NOT NULL,
+    worker      TEXT    NOT NULL,
+    queue       TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    started_at  BIGINT  NOT NULL,
+    finished_at BIGINT  NOT NULL,
+    outcome     TEXT    NOT NULL CONSTRAINT outcome_known CHECK (outcome IN
+                ('succeeded', 'retry', 'dead', 'timeout', 'rescued', 'interrupted', 'cancelled')),
+    error       TEXT    NULL,
+    duration_ms BIGINT  NOT NULL
+);
+CREATE INDEX job_runs_job ON job_runs (job_id, attempt);
+
+CREATE TABLE workers (
+    id           TEXT    PRIMARY KEY,
+    host         TEXT    NOT NULL,
+    pid          BIGINT  NOT NULL,
+    version      TEXT    NOT NULL,
+    started_at   BIGINT  NOT NULL,
+    heartbeat_at BIGINT  NOT NULL,
+    queues       TEXT    NOT NULL,
+    running      BIGINT  NOT NULL DEFAULT 0
+);
+
+CREATE TABLE queues (
+    name       TEXT    PRIMARY KEY,
+    paused     BOOLEAN NOT NULL DEFAULT false,
+    updated_at BIGINT  NOT NULL DEFAULT ",
+    now_ms!(),
+    "
+);
+
+CREATE TABLE cron (
+    name        TEXT   PRIMARY KEY,
+    last_slot   BIGINT NULL,
+    last_job_id BIGINT NULL
+);
+
+-- Pickup: daemons LISTEN on jobd_jobs; every insert tells them.
+CREATE FUNCTION jobd_notify_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jobd_jobs', NEW.queue);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_notify_insert AFTER INSERT ON jobs
+    FOR EACH ROW EXECUTE FUNCTION jobd_notify_insert();
+"
+);
+
+/// Version 2: NOTIFY channels are per database, not per schema, so two
+/// jobd deployments in two schemas of one database woke each other. The
+/// channel now carries the schema's name: `jobd_jobs_<schema>`.
+const V2_NOTIFY_PER_SCHEMA: &str = "
+CREATE OR REPLACE FUNCTION jobd_notify_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jobd_jobs_' || TG_TABLE_SCHEMA, NEW.queue);
+    RETURN NULL;
+END $$;
+";
+
+/// Version 3: which jobs `jobd migrate --from` has moved in, by source and
+/// id there, so that running it again after an interruption never inserts
+/// a job twice. `job_id` is NULL where a queued job with the same
+/// `unique_key` already stood for it.
+const V3_IMPORTED_JOBS: &str = "
+CREATE TABLE imported_jobs (
+    source      TEXT   NOT NULL,
+    source_id   BIGINT NOT NULL,
+    job_id      BIGINT NULL,
+    imported_at BIGINT NOT NULL,
+    PRIMARY KEY (source, source_id)
+);
+";
+
+/// Version 4: this database's random id ([`crate::store::Admin::database_id`]). Job ids
+/// come from a sequence, which never hands out a number twice.
+const V4_DATABASE_ID: &str = "
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT INTO meta(key, value)
+    VALUES ('database_id', substr(md5(random()::text || clock_timestamp()::text), 1, 12));
+";

@@ -1,0 +1,261 @@
+//! [`crate::store::Reads`] on SQLite.
+
+use crate::job::{Job, JobState};
+use crate::store::contract::Reads;
+use crate::store::contract::{Backlog, JobRun, ListFilter, QueueStats, Result, RunTally, Stats};
+use crate::store::shared::{earliest, percentile, PERCENTILE_SAMPLE};
+use crate::store::sqlite::*;
+use rusqlite::{params, OptionalExtension};
+use std::path::Path;
+
+impl Reads for SqliteStore {
+    fn paused_queues(&mut self) -> Result<Vec<String>> {
+        let result: rusqlite::Result<Vec<String>> = (|| {
+            self.conn
+                .prepare_cached("SELECT name FROM queues WHERE paused = 1 ORDER BY name")?
+                .query_map([], |r| text(r, 0))?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read paused queues", e))
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn file(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
+    fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog> {
+        let queues = self.these_or_queued(queues)?;
+        let mut backlog = Backlog::default();
+        for queue in &queues {
+            let (ready, oldest): (i64, Option<i64>) = self
+                .conn
+                .prepare_cached(
+                    "SELECT count(*), min(run_at) FROM jobs INDEXED BY jobs_ready \
+                     WHERE state = 'queued' AND queue = ?1 AND run_at <= ?2",
+                )
+                .and_then(|mut s| s.query_row(params![queue, now], |r| Ok((r.get(0)?, r.get(1)?))))
+                .map_err(|e| self.err("read backlog", e))?;
+            backlog.ready += ready as u64;
+            backlog.oldest_ready = earliest(backlog.oldest_ready, oldest);
+        }
+        Ok(backlog)
+    }
+
+    fn job_counts(&mut self) -> Result<Vec<(String, JobState, u64)>> {
+        let result: rusqlite::Result<Vec<(String, JobState, u64)>> = (|| {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")?;
+            let rows = stmt.query_map([], |r| {
+                let state: String = r.get(1)?;
+                let state = state.parse().map_err(|e: crate::job::UnknownState| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+                Ok((text(r, 0)?, state, r.get::<_, i64>(2)? as u64))
+            })?;
+            rows.collect()
+        })();
+        result.map_err(|e| self.err("count jobs", e))
+    }
+
+    fn job(&mut self, id: i64) -> Result<Option<Job>> {
+        let result = self
+            .conn
+            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+            .and_then(|mut s| s.query_row([id], job_from_row).optional());
+        result.map_err(|e| self.err("read job", e))
+    }
+
+    fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>> {
+        let result: rusqlite::Result<Vec<JobRun>> = (|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE job_id = ?1 ORDER BY attempt, id"
+                ))?
+                .query_map([job_id], run_from_row)?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>> {
+        let result: rusqlite::Result<Vec<Job>> = (|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs \
+                     WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR queue = ?2) \
+                       AND (?3 IS NULL OR kind = ?3) AND (?5 IS NULL OR id < ?5) \
+                     ORDER BY id DESC LIMIT ?4"
+                ))?
+                .query_map(
+                    params![
+                        filter.state.map(|s| s.as_str()),
+                        filter.queue,
+                        filter.kind,
+                        filter.limit as i64,
+                        filter.before
+                    ],
+                    job_from_row,
+                )?
+                .collect()
+        })();
+        result.map_err(|e| self.err("list jobs", e))
+    }
+
+    fn last_run_id(&mut self) -> Result<i64> {
+        let result = self
+            .conn
+            .query_row("SELECT COALESCE(max(id), 0) FROM job_runs", [], |r| {
+                r.get(0)
+            });
+        result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn tally_runs_after(&mut self, after_id: i64) -> Result<RunTally> {
+        let result = self
+            .conn
+            .prepare_cached(&crate::store::shared::tally_runs_sql("?1"))
+            .and_then(|mut s| {
+                s.query_row([after_id], |r| {
+                    Ok(RunTally {
+                        last_id: r.get(0)?,
+                        succeeded: r.get::<_, i64>(1)? as u64,
+                        failed: r.get::<_, i64>(2)? as u64,
+                    })
+                })
+            });
+        result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
+        let result: rusqlite::Result<Vec<JobRun>> = (|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE id > ?1 ORDER BY id LIMIT ?2"
+                ))?
+                .query_map(params![after_id, limit as i64], run_from_row)?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn stats(&mut self, now: i64) -> Result<Stats> {
+        use std::collections::BTreeMap;
+        const MINUTE: i64 = 60_000;
+        const HOUR: i64 = 3_600_000;
+        let result: rusqlite::Result<Stats> = (|| {
+            let tx = self.conn.transaction()?;
+            let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();
+            let entry = |name: String| QueueStats {
+                queue: name,
+                ..QueueStats::default()
+            };
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT queue, \
+                       sum(run_at <= ?1), sum(run_at > ?1), min(CASE WHEN run_at <= ?1 THEN run_at END) \
+                     FROM jobs WHERE state = 'queued' GROUP BY queue",
+                )?;
+                let mut rows = stmt.query([now])?;
+                while let Some(r) = rows.next()? {
+                    let name = text(r, 0)?;
+                    let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+                    q.ready = r.get::<_, i64>(1)? as u64;
+                    q.scheduled = r.get::<_, i64>(2)? as u64;
+                    q.lag_ms = r
+                        .get::<_, Option<i64>>(3)?
+                        .map_or(0, |oldest| (now - oldest).max(0));
+                }
+            }
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT queue, count(*) FROM jobs INDEXED BY jobs_running \
+                     WHERE state = 'running' GROUP BY queue",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let name = text(r, 0)?;
+                    queues
+                        .entry(name.clone())
+                        .or_insert_with(|| entry(name))
+                        .running = r.get::<_, i64>(1)? as u64;
+                }
+            }
+            for state in ["succeeded", "dead"] {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT queue, sum(finished_at >= ?2), count(*) FROM jobs \
+                     INDEXED BY jobs_{state} \
+                     WHERE state = '{state}' AND finished_at >= ?1 GROUP BY queue"
+                ))?;
+                let mut rows = stmt.query([now - HOUR, now - MINUTE])?;
+                while let Some(r) = rows.next()? {
+                    let name = text(r, 0)?;
+                    let minute = r.get::<_, i64>(1)? as u64;
+                    let hour = r.get::<_, i64>(2)? as u64;
+                    let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+                    if state == "succeeded" {
+                        q.succeeded_1m = minute;
+                        q.succeeded_1h = hour;
+                    } else {
+                        q.dead_1m = minute;
+                        q.dead_1h = hour;
+                    }
+                }
+            }
+            {
+                let mut durations: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+                // The newest runs by rowid (the order they were written),
+                // a range on the primary key with no index to maintain.
+                let mut stmt = tx.prepare_cached(
+                    "SELECT queue, duration_ms FROM job_runs \
+                     WHERE id > (SELECT COALESCE(max(id), 0) FROM job_runs) - ?2 \
+                       AND finished_at >= ?1",
+                )?;
+                let mut rows = stmt.query(params![now - HOUR, PERCENTILE_SAMPLE as i64])?;
+                while let Some(r) = rows.next()? {
+                    durations.entry(text(r, 0)?).or_default().push(r.get(1)?);
+                }
+                for (name, mut values) in durations {
+                    values.sort_unstable();
+                    let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+                    q.p50_ms = percentile(&values, 0.50);
+                    q.p95_ms = percentile(&values, 0.95);
+                }
+            }
+            {
+                let mut stmt = tx.prepare_cached("SELECT name, paused FROM queues")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let name = text(r, 0)?;
+                    queues
+                        .entry(name.clone())
+                        .or_insert_with(|| entry(name))
+                        .paused = r.get::<_, i64>(1)? != 0;
+                }
+            }
+            let workers = tx
+                .prepare_cached(
+                    "SELECT id, host, pid, version, started_at, heartbeat_at, queues, \
+                     (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id) \
+                 FROM workers ORDER BY id",
+                )?
+                .query_map([], worker_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            tx.commit()?;
+            Ok(Stats {
+                now,
+                queues: queues.into_values().collect(),
+                workers,
+            })
+        })();
+        result.map_err(|e| self.err("read stats", e))
+    }
+}
