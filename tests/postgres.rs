@@ -11,6 +11,7 @@
 
 mod common;
 
+use jobd::store::prelude::*;
 use common::Home;
 
 use common::pg::{Schema, SERVER};

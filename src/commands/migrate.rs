@@ -9,7 +9,7 @@
 //! its new id) right after. A job is never queued in both databases for
 //! longer than one batch, and never inserted twice.
 
-use crate::store::{Fleet, Reads, Schedules};
+use crate::store::{Admin, Fleet, Reads, Schedules};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 

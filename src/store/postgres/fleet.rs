@@ -12,26 +12,131 @@ impl Fleet for PgStore {
         default_max_attempts: u32,
     ) -> Result<Vec<Rescued>> {
         self.revive()?;
-        PgStore::rescue(self, scope, now, default_max_attempts)
+        // Takes back running jobs whose holder is lost: to `queued`, or `dead`
+        // when no attempts are left, with a `rescued` attempt record naming the
+        // lost worker. Rows another transaction holds are left for next time.
+        let filter = match scope {
+            RescueScope::ExpiredLeases => "lease_until < $3",
+            RescueScope::ExpiredLeasesOfOthers(_) => {
+                "lease_until < $3 AND worker IS DISTINCT FROM $4"
+            }
+            RescueScope::Workers([]) => return Ok(Vec::new()),
+            RescueScope::Workers(_) => "worker = ANY($3)",
+        };
+        let reason = scope.reason();
+        let workers: Vec<String> = match scope {
+            RescueScope::Workers(w) => w.to_vec(),
+            RescueScope::ExpiredLeases | RescueScope::ExpiredLeasesOfOthers(_) => Vec::new(),
+        };
+        let fail = self.failing("rescue");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let sql = format!(
+            "UPDATE jobs SET \
+               state = CASE WHEN attempts >= COALESCE(max_attempts, $2) THEN 'dead' ELSE 'queued' END, \
+               finished_at = $1, lease_until = NULL, \
+               last_error = 'attempt ' || attempts || ' was lost: worker ' || worker || ' {reason}' \
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND {filter} FOR UPDATE SKIP LOCKED) \
+             RETURNING id, kind, queue, attempts, worker, state, COALESCE(started_at, $1)"
+        );
+        let max = i64::from(default_max_attempts);
+        let rows = match scope {
+            RescueScope::ExpiredLeases => tx.query(&sql, &[&now, &max, &now]),
+            RescueScope::ExpiredLeasesOfOthers(me) => tx.query(&sql, &[&now, &max, &now, &me]),
+            RescueScope::Workers(_) => tx.query(&sql, &[&now, &max, &workers]),
+        }
+        .map_err(&fail)?;
+        let mut rescued = Vec::with_capacity(rows.len());
+        let mut lost = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let state: String = r.get(5);
+            rescued.push(Rescued {
+                id: r.get(0),
+                kind: r.get(1),
+                queue: r.get(2),
+                attempt: r.get(3),
+                worker: r.get(4),
+                state: if state == "dead" {
+                    JobState::Dead
+                } else {
+                    JobState::Queued
+                },
+            });
+            let started: i64 = r.get(6);
+            lost.push(started);
+        }
+        crate::store::shared::with_rescue_runs(&rescued, &lost, reason, now, |runs| {
+            insert_runs(&mut tx, &mut self.statements, runs)
+        })
+        .map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(rescued)
     }
 
-    fn register_worker(&mut self, worker: &WorkerInfo) -> Result<()> {
+    fn register_worker(&mut self, w: &WorkerInfo) -> Result<()> {
         self.revive()?;
-        PgStore::register_worker(self, worker)
+        // Records a daemon (or replaces its row).
+        let fail = self.failing("register worker");
+        self.client
+            .execute(
+                "INSERT INTO workers (id, host, pid, version, started_at, heartbeat_at, queues, running) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, \
+                   version = EXCLUDED.version, started_at = EXCLUDED.started_at, \
+                   heartbeat_at = EXCLUDED.heartbeat_at, queues = EXCLUDED.queues, running = EXCLUDED.running",
+                &[&w.id, &w.host, &w.pid, &w.version, &w.started_at, &w.heartbeat_at, &w.queues, &w.running],
+            )
+            .map_err(&fail)?;
+        Ok(())
     }
 
     fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<()> {
         self.revive()?;
-        PgStore::heartbeat(self, worker, now, running)
+        // A daemon's heartbeat.
+        let fail = self.failing("heartbeat");
+        self.client
+            .execute(
+                "UPDATE workers SET heartbeat_at = $2, running = $3 WHERE id = $1",
+                &[&worker, &now, &running],
+            )
+            .map_err(&fail)?;
+        Ok(())
     }
 
     fn deregister_worker(&mut self, worker: &str) -> Result<()> {
         self.revive()?;
-        PgStore::deregister_worker(self, worker)
+        // Forgets a daemon.
+        let fail = self.failing("deregister worker");
+        self.client
+            .execute("DELETE FROM workers WHERE id = $1", &[&worker])
+            .map_err(&fail)?;
+        Ok(())
     }
 
     fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
         self.revive()?;
-        PgStore::workers(self)
+        // The registered daemons.
+        let fail = self.failing("read workers");
+        let rows = self
+            .client
+            .query(
+                "SELECT id, host, pid, version, started_at, heartbeat_at, queues, \
+                 (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id) \
+                 FROM workers ORDER BY id",
+                &[],
+            )
+            .map_err(&fail)?;
+        Ok(rows
+            .iter()
+            .map(|r| WorkerInfo {
+                id: r.get(0),
+                host: r.get(1),
+                pid: r.get(2),
+                version: r.get(3),
+                started_at: r.get(4),
+                heartbeat_at: r.get(5),
+                queues: r.get(6),
+                running: r.get(7),
+            })
+            .collect())
     }
 }

@@ -8,7 +8,13 @@ use crate::store::postgres::*;
 impl Queue for PgStore {
     fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>> {
         self.revive()?;
-        PgStore::enqueue(self, jobs, now)
+        // Inserts jobs in one transaction, each de-duplicated on its
+        // `unique_key` against queued and running jobs.
+        let fail = self.failing("enqueue");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let out = insert_jobs(&mut tx, &mut self.statements, jobs, now).map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(out)
     }
 
     fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>> {
@@ -16,7 +22,14 @@ impl Queue for PgStore {
         if claim.requests.iter().all(|r| r.limit == 0) {
             return Ok(Vec::new());
         }
-        PgStore::claim(self, claim)
+        // Claims ready jobs for `claim`'s requests in one transaction. Rows
+        // another claimer has locked are skipped, never waited for, so many
+        // daemons claim side by side and never take the same attempt.
+        let fail = self.failing("claim");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let jobs = claim_in(&mut tx, &mut self.statements, claim).map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(jobs)
     }
 
     fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>> {
@@ -24,7 +37,14 @@ impl Queue for PgStore {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        PgStore::complete(self, completions)
+        // Writes attempt outcomes in one transaction, each fenced by state,
+        // worker and attempt (a late outcome after a rescue changes nothing),
+        // with a `job_runs` row for each that applied.
+        let fail = self.failing("complete");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(applied)
     }
 
     fn complete_and_claim(
@@ -33,7 +53,13 @@ impl Queue for PgStore {
         claim: &Claim<'_>,
     ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
         self.revive()?;
-        PgStore::complete_and_claim(self, completions, claim)
+        // Writes outcomes and claims in one transaction: the group commit.
+        let fail = self.failing("complete and claim");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
+        let jobs = claim_in(&mut tx, &mut self.statements, claim).map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok((applied, jobs))
     }
 
     fn change_counter(&mut self) -> Result<i64> {
@@ -64,12 +90,36 @@ impl Queue for PgStore {
 
     fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize> {
         self.revive()?;
-        PgStore::renew_leases(self, worker, ids, lease_until)
+        // Extends the leases of `ids` held by `worker`; returns how many were.
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let fail = self.failing("renew leases");
+        let renewed = self
+            .client
+            .execute(
+                "UPDATE jobs SET lease_until = $1 \
+                 WHERE id = ANY($2) AND state = 'running' AND worker = $3",
+                &[&lease_until, &ids, &worker],
+            )
+            .map_err(&fail)?;
+        Ok(renewed as usize)
     }
 
     fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>> {
         self.revive()?;
-        PgStore::cancel_requests(self, worker)
+        // Running jobs of `worker` that an operator asked to cancel.
+        let fail = self.failing("read cancel requests");
+        Ok(self
+            .client
+            .query(
+                "SELECT id FROM jobs WHERE state = 'running' AND worker = $1 AND cancel_requested",
+                &[&worker],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     fn held_by(&mut self, worker: &str) -> Result<Vec<Held>> {
@@ -96,7 +146,19 @@ impl Queue for PgStore {
 
     fn queued_queues(&mut self) -> Result<Vec<String>> {
         self.revive()?;
-        self.queued_queues_impl()
+        let fail = self.schedules_and_reads_error("read queues");
+        let statement = self
+            .statements
+            .get(&mut self.client, crate::store::shared::QUEUED_QUEUES_SQL)
+            .map_err(&fail)?;
+        Ok(self
+            .client
+            // A DISTINCT here read every queued row on every claim.
+            .query(&statement, &[])
+            .map_err(&fail)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     fn next_run_at(
@@ -106,6 +168,27 @@ impl Queue for PgStore {
         after: i64,
     ) -> Result<Option<i64>> {
         self.revive()?;
-        self.next_run_at_impl(queues, pools, after)
+        let queues = self.these_or_queued(queues)?;
+        let fail = self.schedules_and_reads_error("read next run_at");
+        let mut next: Option<i64> = None;
+        for queue in &queues {
+            for &pool in pools {
+                let within = format!("state = 'queued' AND queue = $1 AND {}", pool_test(pool));
+                let statement = self
+                    .statements
+                    .get(
+                        &mut self.client,
+                        &crate::store::shared::next_run_at_sql(&within, "$2"),
+                    )
+                    .map_err(&fail)?;
+                let at: Option<i64> = self
+                    .client
+                    .query_one(&statement, &[queue, &after])
+                    .map_err(&fail)?
+                    .get(0);
+                next = crate::store::shared::earliest(next, at);
+            }
+        }
+        Ok(next)
     }
 }

@@ -1,8 +1,8 @@
 //! [`crate::store::Reads`] on PostgreSQL.
 
 use crate::job::{Job, JobState};
-use crate::store::contract::Reads;
 use crate::store::contract::{Backlog, JobRun, ListFilter, Result, RunTally, Stats};
+use crate::store::contract::{Fleet, Reads};
 use crate::store::postgres::*;
 
 impl Reads for PgStore {
@@ -16,37 +16,122 @@ impl Reads for PgStore {
 
     fn backlog(&mut self, queues: Option<&[String]>, now: i64) -> Result<Backlog> {
         self.revive()?;
-        self.backlog_impl(queues, now)
+        let queues = self.these_or_queued(queues)?;
+        let fail = self.schedules_and_reads_error("read backlog");
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(*), min(run_at) FROM jobs \
+                 WHERE state = 'queued' AND queue = ANY($1) AND run_at <= $2",
+                &[&queues, &now],
+            )
+            .map_err(&fail)?;
+        Ok(Backlog {
+            ready: row.get::<_, i64>(0) as u64,
+            oldest_ready: row.get(1),
+        })
     }
 
     fn job_counts(&mut self) -> Result<Vec<(String, JobState, u64)>> {
         self.revive()?;
-        self.job_counts_impl()
+        let fail = self.schedules_and_reads_error("count jobs");
+        Ok(self
+            .client
+            .query(
+                "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state",
+                &[],
+            )
+            .map_err(&fail)?
+            .iter()
+            .filter_map(|r| {
+                let state: String = r.get(1);
+                Some((r.get(0), state.parse().ok()?, r.get::<_, i64>(2) as u64))
+            })
+            .collect())
     }
 
     fn paused_queues(&mut self) -> Result<Vec<String>> {
         self.revive()?;
-        PgStore::paused_queues(self)
+        // The paused queues.
+        let fail = self.failing("read queues");
+        Ok(self
+            .client
+            .query("SELECT name FROM queues WHERE paused ORDER BY name", &[])
+            .map_err(&fail)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     fn job(&mut self, id: i64) -> Result<Option<Job>> {
         self.revive()?;
-        PgStore::job(self, id)
+        // One job.
+        let fail = self.failing("read job");
+        Ok(self
+            .client
+            .query_opt(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
+                &[&id],
+            )
+            .map_err(&fail)?
+            .as_ref()
+            .map(job_from_row))
     }
 
     fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>> {
         self.revive()?;
-        PgStore::runs(self, job_id)
+        // A job's attempt records, in order.
+        let fail = self.failing("read job runs");
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE job_id = $1 ORDER BY attempt, id"
+                ),
+                &[&job_id],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(run_from_row)
+            .collect())
     }
 
     fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>> {
         self.revive()?;
-        PgStore::list(self, filter)
+        // Jobs matching `filter`, newest first.
+        let fail = self.failing("list jobs");
+        let state = filter.state.map(|s| s.as_str());
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs \
+                     WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR queue = $2) \
+                       AND ($3::text IS NULL OR kind = $3) AND ($5::bigint IS NULL OR id < $5) \
+                     ORDER BY id DESC LIMIT $4"
+                ),
+                &[
+                    &state,
+                    &filter.queue,
+                    &filter.kind,
+                    &(filter.limit as i64),
+                    &filter.before,
+                ],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(job_from_row)
+            .collect())
     }
 
     fn last_run_id(&mut self) -> Result<i64> {
         self.revive()?;
-        self.last_run_id_impl()
+        let fail = self.schedules_and_reads_error("read job runs");
+        Ok(self
+            .client
+            .query_one("SELECT COALESCE(max(id), 0) FROM job_runs", &[])
+            .map_err(&fail)?
+            .get(0))
     }
 
     fn tally_runs_after(&mut self, after_id: i64) -> Result<RunTally> {
@@ -72,11 +157,127 @@ impl Reads for PgStore {
 
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
         self.revive()?;
-        self.runs_after_impl(after_id, limit)
+        let fail = self.schedules_and_reads_error("read job runs");
+        Ok(self
+            .client
+            .query(
+                &format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE id > $1 ORDER BY id LIMIT $2"),
+                &[&after_id, &(limit as i64)],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(run_from_row)
+            .collect())
     }
 
     fn stats(&mut self, now: i64) -> Result<Stats> {
         self.revive()?;
-        self.stats_impl(now)
+        use std::collections::BTreeMap;
+        const MINUTE: i64 = 60_000;
+        const HOUR: i64 = 3_600_000;
+        let fail = self.schedules_and_reads_error("read stats");
+        let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();
+        let entry = |name: String| QueueStats {
+            queue: name,
+            ..QueueStats::default()
+        };
+        // One snapshot for every figure.
+        let mut tx = self
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(&fail)?;
+        for r in tx
+            .query(
+                "SELECT queue, count(*) FILTER (WHERE run_at <= $1), count(*) FILTER (WHERE run_at > $1), \
+                   min(run_at) FILTER (WHERE run_at <= $1) \
+                 FROM jobs WHERE state = 'queued' GROUP BY queue",
+                &[&now],
+            )
+            .map_err(&fail)?
+        {
+            let name: String = r.get(0);
+            let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+            q.ready = r.get::<_, i64>(1) as u64;
+            q.scheduled = r.get::<_, i64>(2) as u64;
+            q.lag_ms = r
+                .get::<_, Option<i64>>(3)
+                .map_or(0, |oldest| (now - oldest).max(0));
+        }
+        for r in tx
+            .query(
+                "SELECT queue, count(*) FROM jobs WHERE state = 'running' GROUP BY queue",
+                &[],
+            )
+            .map_err(&fail)?
+        {
+            let name: String = r.get(0);
+            queues
+                .entry(name.clone())
+                .or_insert_with(|| entry(name))
+                .running = r.get::<_, i64>(1) as u64;
+        }
+        for state in ["succeeded", "dead"] {
+            for r in tx
+                .query(
+                    &format!(
+                        "SELECT queue, count(*) FILTER (WHERE finished_at >= $2), count(*) FROM jobs \
+                         WHERE state = '{state}' AND finished_at >= $1 GROUP BY queue"
+                    ),
+                    &[&(now - HOUR), &(now - MINUTE)],
+                )
+                .map_err(&fail)?
+            {
+                let name: String = r.get(0);
+                let minute = r.get::<_, i64>(1) as u64;
+                let hour = r.get::<_, i64>(2) as u64;
+                let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+                if state == "succeeded" {
+                    q.succeeded_1m = minute;
+                    q.succeeded_1h = hour;
+                } else {
+                    q.dead_1m = minute;
+                    q.dead_1h = hour;
+                }
+            }
+        }
+        let mut durations: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for r in tx
+            .query(
+                "SELECT queue, duration_ms FROM job_runs \
+                 WHERE id > (SELECT COALESCE(max(id), 0) FROM job_runs) - $2 AND finished_at >= $1",
+                &[
+                    &(now - HOUR),
+                    &(crate::store::shared::PERCENTILE_SAMPLE as i64),
+                ],
+            )
+            .map_err(&fail)?
+        {
+            durations.entry(r.get(0)).or_default().push(r.get(1));
+        }
+        for (name, mut values) in durations {
+            values.sort_unstable();
+            let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
+            q.p50_ms = crate::store::shared::percentile(&values, 0.50);
+            q.p95_ms = crate::store::shared::percentile(&values, 0.95);
+        }
+        for r in tx
+            .query("SELECT name, paused FROM queues", &[])
+            .map_err(&fail)?
+        {
+            let name: String = r.get(0);
+            queues
+                .entry(name.clone())
+                .or_insert_with(|| entry(name))
+                .paused = r.get(1);
+        }
+        tx.commit().map_err(&fail)?;
+        Ok(Stats {
+            now,
+            queues: queues.into_values().collect(),
+            workers: self.workers()?,
+        })
     }
 }
