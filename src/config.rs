@@ -59,10 +59,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// The largest size any key takes (1 PiB).
 pub const MAX_SIZE: u64 = 1 << 50;
 
-/// The job kinds this build runs; a cron entry must name one of them.
-pub const KNOWN_KINDS: &[&str] = &[
-    "email", "http", "file", "noop", "checksum", "compress", "exec",
-];
+/// The job kinds this build runs ([`crate::job::KINDS`]); a cron entry
+/// must name one of them.
+pub const KNOWN_KINDS: &[&str] = &crate::job::KIND_NAMES;
 
 /// A check the layers above run on a loaded config: `Err((key, why))`.
 pub type SectionCheck = dyn Fn(&Config) -> Result<(), (String, String)>;

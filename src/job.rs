@@ -223,10 +223,58 @@ pub enum Pool {
     Cpu,
 }
 
-/// The kinds that run on the CPU pool. The claim index of the schema (v4)
-/// spells the same list as an SQL expression; a test holds them together,
-/// and a new CPU kind needs a migration that rebuilds that index.
-pub const CPU_KINDS: [&str; 3] = ["checksum", "compress", "exec"];
+/// The catalogue of the kinds this build runs, each with the pool it runs
+/// on: the one list the others come from. Config checks cron kinds against
+/// it, `jobd enqueue` its kind, the dispatcher picks a pool by it, and both
+/// stores build the claim's "runs on the CPU pool" test from it. The
+/// migrations, which are history and never change, spell that test too
+/// (their ready index); tests on both backends hold the spellings together,
+/// so a new CPU kind fails them until a migration rebuilds the index.
+pub const KINDS: [(&str, Pool); 7] = [
+    ("email", Pool::Io),
+    ("http", Pool::Io),
+    ("file", Pool::Io),
+    ("noop", Pool::Io),
+    ("checksum", Pool::Cpu),
+    ("compress", Pool::Cpu),
+    ("exec", Pool::Cpu),
+];
+
+/// The names of [`KINDS`], in its order.
+pub const KIND_NAMES: [&str; KINDS.len()] = {
+    let mut names = [""; KINDS.len()];
+    let mut i = 0;
+    while i < KINDS.len() {
+        names[i] = KINDS[i].0;
+        i += 1;
+    }
+    names
+};
+
+const fn cpu_kind_count() -> usize {
+    let (mut n, mut i) = (0, 0);
+    while i < KINDS.len() {
+        if matches!(KINDS[i].1, Pool::Cpu) {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// The kinds of [`KINDS`] that run on the CPU pool, in its order.
+pub const CPU_KINDS: [&str; cpu_kind_count()] = {
+    let mut names = [""; cpu_kind_count()];
+    let (mut n, mut i) = (0, 0);
+    while i < KINDS.len() {
+        if matches!(KINDS[i].1, Pool::Cpu) {
+            names[n] = KINDS[i].0;
+            n += 1;
+        }
+        i += 1;
+    }
+    names
+};
 
 impl Pool {
     /// Both pools, in the order a claim serves them: the scarce CPU slots

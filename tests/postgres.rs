@@ -11,8 +11,8 @@
 
 mod common;
 
-use jobd::store::prelude::*;
 use common::Home;
+use jobd::store::prelude::*;
 
 use common::pg::{Schema, SERVER};
 

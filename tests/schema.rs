@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{sqlite3, Home};
-use jobd::store::{OpenMode, SqliteStore, StoreError, CPU_KIND_TEST, SCHEMA_VERSION};
+use jobd::store::{cpu_kind_test, OpenMode, SqliteStore, StoreError, SCHEMA_VERSION};
 
 #[test]
 fn spec_inserts_from_the_sqlite3_shell_work() {
@@ -123,7 +123,8 @@ fn the_claim_query_of_either_pool_is_an_index_range_scan() {
     for pool in [0, 1] {
         let plan = home.sqlite3(&format!(
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state = 'queued' AND queue = 'default' \
-             AND {CPU_KIND_TEST} = {pool} AND run_at <= 1 ORDER BY priority DESC, run_at, id LIMIT 64;"
+             AND {} = {pool} AND run_at <= 1 ORDER BY priority DESC, run_at, id LIMIT 64;",
+            cpu_kind_test()
         ));
         let plan = plan.stdout();
         assert!(plan.contains("INDEX jobs_ready (queue=? AND "), "{plan}");

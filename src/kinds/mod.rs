@@ -462,6 +462,19 @@ impl Registry {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_kind_of_the_catalogue_has_a_payload_check() {
+        for name in crate::job::KIND_NAMES {
+            if let Err(e) = check_payload(name, "{}") {
+                assert!(!e.to_string().contains("unknown kind"), "{name}: {e}");
+            }
+        }
+        assert!(check_payload("nosuchkind", "{}")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown kind"));
+    }
+
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)] // only parsed, to check the messages

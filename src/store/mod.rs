@@ -33,7 +33,7 @@ pub use error::{event_name, log_trouble, StoreError};
 pub mod prelude {
     pub use super::contract::{Admin, Fleet, Queue, Reads, Schedules, Store};
 }
-pub use sqlite::schema::{CPU_KIND_TEST, SCHEMA_VERSION};
+pub use sqlite::schema::{cpu_kind_test, SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
 
 /// Opens the database `db` names: PostgreSQL when `database.url` is set,

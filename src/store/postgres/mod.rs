@@ -321,8 +321,19 @@ impl PgStore {
     }
 }
 
-/// The CPU-kind test of the claim, spelled as the ready index spells it.
-const CPU_KIND_TEST: &str = "(kind IN ('checksum', 'compress', 'exec'))";
+/// The CPU-kind test of the claim, built from the kind catalogue
+/// ([`crate::job::CPU_KINDS`]) as migration 1's ready index spells it (a
+/// test holds the two together).
+fn cpu_kind_test() -> &'static str {
+    static TEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let names: Vec<String> = crate::job::CPU_KINDS
+            .iter()
+            .map(|k| format!("'{k}'"))
+            .collect();
+        format!("(kind IN ({}))", names.join(", "))
+    });
+    &TEST
+}
 
 /// The condition that keeps a query to `pool`'s part of the ready index.
 ///
@@ -332,8 +343,8 @@ const CPU_KIND_TEST: &str = "(kind IN ('checksum', 'compress', 'exec'))";
 /// (31 ms a claim with 50 000 queued, measured). A boolean test it matches.
 fn pool_test(pool: Pool) -> String {
     match pool {
-        Pool::Cpu => format!("({CPU_KIND_TEST} IS TRUE)"),
-        Pool::Io => format!("({CPU_KIND_TEST} IS FALSE)"),
+        Pool::Cpu => format!("({} IS TRUE)", cpu_kind_test()),
+        Pool::Io => format!("({} IS FALSE)", cpu_kind_test()),
     }
 }
 
@@ -447,7 +458,6 @@ fn import_in(
         })
         .collect())
 }
-
 
 /// Writes attempt records with one `INSERT … SELECT unnest(…)`: the single
 /// way the PostgreSQL store appends to `job_runs` (completions and rescues).
@@ -762,5 +772,19 @@ impl PgStore {
             Some(q) => Ok(q.to_vec()),
             None => crate::store::contract::Queue::queued_queues(self),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_claim_spells_the_cpu_kinds_as_the_ready_index_does() {
+        assert_eq!(
+            cpu_kind_test(),
+            "(kind IN ('checksum', 'compress', 'exec'))"
+        );
+        assert!(schema::MIGRATIONS[0].contains(&format!("(queue, {}, priority", cpu_kind_test())));
     }
 }

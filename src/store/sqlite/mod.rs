@@ -29,7 +29,7 @@ use crate::store::contract::{
 };
 use crate::store::error::StoreError;
 use crate::store::shared::{cancelled_instead, RunRow, CANCELLED_ERROR};
-use schema::CPU_KIND_TEST;
+use schema::cpu_kind_test;
 use schema::{MIGRATIONS, SCHEMA_VERSION};
 
 /// Prepared statements kept per connection; enough for every named query.
@@ -606,10 +606,11 @@ fn claim_pool(
          finished_at = NULL, lease_until = ?2, worker = ?3 \
          WHERE state = 'queued' AND id IN ( \
              SELECT id FROM jobs \
-             WHERE state = 'queued' AND queue = ?4 AND {CPU_KIND_TEST} = {} AND run_at <= ?1 \
+             WHERE state = 'queued' AND queue = ?4 AND {} = {} AND run_at <= ?1 \
                AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?4 AND paused = 1) \
              ORDER BY priority DESC, run_at, id LIMIT {limit}) \
          RETURNING {CLAIMED_COLUMNS}",
+        cpu_kind_test(),
         i32::from(pool == Pool::Cpu)
     ))?;
     let rows = stmt.query_map(

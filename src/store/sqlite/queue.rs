@@ -7,7 +7,7 @@ use crate::store::shared::earliest;
 use crate::store::sqlite::*;
 use crossbeam_channel::Receiver;
 use rusqlite::params;
-use schema::CPU_KIND_TEST;
+use schema::cpu_kind_test;
 
 impl Queue for SqliteStore {
     fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>> {
@@ -130,7 +130,10 @@ impl Queue for SqliteStore {
         for queue in &queues {
             for &pool in pools {
                 let cpu = i32::from(pool == Pool::Cpu);
-                let within = format!("state = 'queued' AND queue = ?1 AND {CPU_KIND_TEST} = {cpu}");
+                let within = format!(
+                    "state = 'queued' AND queue = ?1 AND {} = {cpu}",
+                    cpu_kind_test()
+                );
                 let at: Option<i64> = self
                     .conn
                     .prepare_cached(&crate::store::shared::next_run_at_sql(&within, "?2"))
