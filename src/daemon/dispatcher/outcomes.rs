@@ -1,0 +1,294 @@
+//! Finished attempts to written outcomes: collecting them from the pools,
+//! the write step that completes and claims in one transaction, what a
+//! failed write or claim does, and reconciling with what the database says
+//! this daemon holds.
+
+use crate::daemon::executor::Control;
+use crate::daemon::pool::threads::Finished;
+use crate::event;
+use crate::job::{now_ms, Attempt, Claimed, Pool};
+use crate::store::{Claim, StoreError};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::daemon::dispatcher::*;
+use crate::store::{Applied, ClaimRequest};
+
+impl Dispatcher {
+    /// Moves every finished attempt into the completer.
+    pub(super) fn collect(&mut self) {
+        while let Ok(finished) = self.done.try_recv() {
+            self.on_finished(finished);
+        }
+    }
+
+    pub(super) fn on_finished(&mut self, finished: Finished) {
+        if Pool::of_kind(&finished.kind) == Pool::Io {
+            let took = finished.elapsed.as_secs_f64();
+            self.avg_duration = if self.avg_duration.is_finite() {
+                self.avg_duration + DURATION_WEIGHT * (took - self.avg_duration)
+            } else {
+                took
+            };
+        }
+        let key = (finished.completion.id, finished.completion.attempt);
+        if let Some(entry) = self.in_flight.get_mut(&key) {
+            if !entry.reported {
+                entry.reported = true;
+                self.unreported -= 1;
+            }
+        }
+        self.completer.push(finished);
+    }
+
+    /// One transaction: write the waiting outcomes and claim for the free
+    /// slots, then hand the claimed jobs out.
+    pub(super) fn write_step(&mut self, now_i: Instant) {
+        let due = self.next_due.is_some_and(|t| now_ms() >= t)
+            || self.next_token.is_some_and(|t| now_i >= t);
+        if due {
+            self.maybe_ready = true;
+            self.next_due = None;
+            self.next_token = None;
+        }
+        let flush = self.flush_due(now_i);
+        // Outcomes written in this transaction free their slots for the
+        // claim that follows in the same transaction.
+        let mut slots = self.free_slots();
+        if flush {
+            for entry in self.in_flight.values().filter(|e| e.reported) {
+                match entry.pool {
+                    Pool::Cpu => slots.cpu += 1,
+                    Pool::Io => slots.io += 1,
+                }
+            }
+        }
+        let claiming = self.maybe_ready && slots.total() > 0 && self.can_claim_at(now_i);
+        let mut queues = Vec::new();
+        let mut requests = Vec::new();
+        if claiming {
+            match self.queues_to_serve() {
+                Ok(q) => queues = q,
+                Err(e) => {
+                    self.store_failed(&e);
+                    return self.claim_failed(&e, now_i);
+                }
+            }
+            requests = self.limits.plan(slots, &queues, now_i);
+        }
+        // A queue held back by its own limit may take the slots this write
+        // frees; other queues already had them offered in this claim.
+        let held_back = claiming && queues.iter().any(|q| self.limits.allowance(q, now_i) == 0);
+        if !flush && requests.is_empty() {
+            if claiming {
+                self.maybe_ready = false;
+                self.next_token = self.limits.next_token(&queues, now_i);
+                self.refresh_next_due(&queues, &Pool::ALL);
+            }
+            return;
+        }
+        let now = now_ms();
+        let lease = self.config.daemon.lease.as_millis() as i64;
+        let claim = Claim {
+            worker: &self.worker,
+            now,
+            lease_until: now + lease,
+            requests: &requests,
+        };
+        let result = self
+            .store
+            .complete_and_claim(self.completer.batch(now_i), &claim);
+        match result {
+            Ok((applied, jobs)) => {
+                self.wrote(applied, jobs, &requests, &queues, held_back, now, now_i)
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                if self.completer.ready(now_i) {
+                    self.completer.failed(&e, now_i);
+                }
+                if !requests.is_empty() {
+                    self.claim_failed(&e, now_i);
+                }
+            }
+        }
+    }
+
+    /// After a write step committed: frees the written outcomes' slots,
+    /// hands out the claimed jobs, and notes whether ready jobs may be left
+    /// behind (look again at once) or when to look next.
+    #[allow(clippy::too_many_arguments)] // the write step's own locals, handed over whole
+    fn wrote(
+        &mut self,
+        applied: Vec<Applied>,
+        jobs: Vec<Claimed>,
+        requests: &[ClaimRequest],
+        queues: &[String],
+        held_back: bool,
+        now: i64,
+        now_i: Instant,
+    ) {
+        if self.state.failing_since.swap(0, Ordering::Relaxed) != 0 {
+            // A failed claim may have committed with its reply
+            // lost: look for such jobs now, not a lease later.
+            self.next_renew = now_i;
+        }
+        self.last_write = Instant::now();
+        self.writes += 1;
+        self.claimed += jobs.len() as u64;
+        self.claim_retry_at = None;
+        if !applied.is_empty() {
+            for written in self.completer.written(&applied, &self.state.counters) {
+                self.release(written.id, written.attempt);
+                self.limits.finished(&written.queue);
+            }
+            // Slots came free without a claim to use them.
+            if requests.is_empty() {
+                self.maybe_ready = true;
+            }
+        }
+        if !requests.is_empty() {
+            let full = claim_came_up_full(requests, &jobs);
+            self.maybe_ready = full || (!applied.is_empty() && held_back);
+            for job in jobs {
+                self.dispatch(job, now, now_i);
+            }
+            if !full {
+                self.next_token = self.limits.next_token(queues, now_i);
+                // Only the pools this claim asked of came up short.
+                // A pool with no free slot was not asked; when its
+                // slots come free it claims, and if that comes up
+                // short it looks ahead itself. (On PostgreSQL the IO
+                // look-ahead was a quarter of the server's work in a
+                // drain where only the idle CPU pool came up short.)
+                let asked: Vec<Pool> = Pool::ALL
+                    .into_iter()
+                    .filter(|&pool| requests.iter().any(|r| r.for_pool(pool) > 0))
+                    .collect();
+                self.refresh_next_due(queues, &asked);
+            }
+        }
+    }
+
+    /// Whether the waiting outcomes should be written now.
+    pub(super) fn flush_due(&self, now: Instant) -> bool {
+        self.draining.is_some() && self.completer.ready(now)
+            || self.completer.due(now, self.unreported)
+    }
+
+    /// Notes a failed store operation for `/healthz`.
+    pub(super) fn store_failed(&self, e: &StoreError) {
+        let now = now_ms().max(1) as u64;
+        let _ =
+            self.state
+                .failing_since
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        if let Ok(mut last) = self.state.last_failure.lock() {
+            *last = e.to_string();
+        }
+    }
+
+    pub(super) fn claim_failed(&mut self, e: &StoreError, now: Instant) {
+        // One line when trouble starts, not one every 250 ms while it lasts.
+        let first = self.claim_retry_at.is_none();
+        self.claim_retry_at = Some(now + CLAIM_RETRY);
+        if !first {
+            return;
+        }
+        crate::store::log_trouble("claim", e, "claiming again in 250ms; running jobs go on");
+    }
+
+    pub(super) fn settled(&mut self, job: Claimed, control: Arc<Control>, finished: Finished) {
+        self.hold(
+            job.id,
+            InFlight {
+                pool: Pool::of_kind(&job.kind),
+                queue: job.queue,
+                kind: job.kind,
+                attempt: job.attempts,
+                started_at: finished.completion.started_at,
+                deadline: Instant::now(),
+                timeout: Duration::ZERO,
+                max_attempts: 0,
+                control,
+                reported: true,
+            },
+        );
+        self.completer.push(finished);
+    }
+
+    /// Gives back, without counting the attempt, what the database says
+    /// this daemon runs but it does not hold: a claim that committed while
+    /// its reply was lost with the connection. Left alone such a job would
+    /// wait out its lease under a live daemon and lose that attempt.
+    pub(super) fn reconcile(&mut self) {
+        let held = match self.store.held_by(&self.worker) {
+            Ok(held) => held,
+            Err(e) => {
+                self.store_failed(&e);
+                return;
+            }
+        };
+        let now = now_ms();
+        let now_i = Instant::now();
+        for job in held {
+            if self.in_flight.contains_key(&(job.id, job.attempt)) {
+                continue;
+            }
+            event!(
+                Warn,
+                "job.orphaned",
+                id = job.id,
+                kind = job.kind.as_str(),
+                queue = job.queue.as_str(),
+                attempt = job.attempt,
+                detail = "the database says this daemon runs it, but its claim never reached it (a reply lost with the connection); given back without counting the attempt"
+            );
+            self.limits.started(&job.queue, 1, now_i);
+            let completion =
+                Attempt::new(job.id, &self.worker, job.attempt, job.started_at, now).interrupted();
+            let finished = Finished {
+                completion,
+                queue: job.queue.clone(),
+                kind: job.kind.clone(),
+                elapsed: Duration::ZERO,
+            };
+            self.hold(
+                job.id,
+                InFlight {
+                    pool: Pool::of_kind(&job.kind),
+                    queue: job.queue,
+                    kind: job.kind,
+                    attempt: job.attempt,
+                    started_at: job.started_at,
+                    deadline: now_i,
+                    timeout: Duration::ZERO,
+                    max_attempts: 0,
+                    control: Control::new(),
+                    reported: true,
+                },
+            );
+            self.completer.push(finished);
+        }
+    }
+}
+
+/// Whether a claim got all it asked of a pool, or all its queue allows, for
+/// some queue: then it may have left ready jobs behind.
+fn claim_came_up_full(requests: &[ClaimRequest], jobs: &[Claimed]) -> bool {
+    // Per queue: jobs of each pool.
+    let mut got: HashMap<&str, (usize, usize)> = HashMap::new();
+    for job in jobs {
+        let n = got.entry(job.queue.as_str()).or_default();
+        match Pool::of_kind(&job.kind) {
+            Pool::Cpu => n.0 += 1,
+            Pool::Io => n.1 += 1,
+        }
+    }
+    requests.iter().any(|r| {
+        let (cpu, io) = got.get(r.queue.as_str()).copied().unwrap_or_default();
+        (r.cpu > 0 && cpu >= r.cpu) || (r.io > 0 && io >= r.io) || cpu + io >= r.limit
+    })
+}
