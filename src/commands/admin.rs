@@ -4,8 +4,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use super::stdout_error;
 use crate::commands::cli::{CancelArgs, PruneArgs, QueueNames, RetryArgs};
+use crate::commands::output::stdout_error;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::now_ms;

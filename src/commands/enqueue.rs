@@ -8,8 +8,9 @@
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::time::{Duration, Instant};
 
-use super::{open, stdout_error};
 use crate::commands::cli::EnqueueArgs;
+use crate::commands::open::open;
+use crate::commands::output::stdout_error;
 use crate::config::{Config, KNOWN_KINDS};
 use crate::error::{Error, Result};
 use crate::job::{now_ms, JobState, NewJob};

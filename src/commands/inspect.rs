@@ -3,9 +3,9 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use super::output::{clip, millis, opt_time, table, terminal_safe, time};
-use super::stdout_error;
 use crate::commands::cli::{ListArgs, ShowArgs, StatsArgs, TailArgs};
+use crate::commands::output::stdout_error;
+use crate::commands::output::{clip, millis, opt_time, table, terminal_safe, time};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::{now_ms, Job};

@@ -13,8 +13,9 @@ use crate::store::{Admin, Fleet, Reads, Schedules};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use super::{open_or_create, stdout_error};
 use crate::commands::cli::MigrateArgs;
+use crate::commands::open::open_or_create;
+use crate::commands::output::stdout_error;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::{now_ms, JobState};

@@ -1,4 +1,4 @@
-//! What each CLI command does, on top of the [`Store`] trait and the
+//! What each CLI command does, on top of the [`crate::store::Store`] trait and the
 //! [`Config`]. `main` parses the arguments, and [`run`] loads the config,
 //! opens the store in the mode the command needs and calls one function here.
 //!
@@ -11,7 +11,10 @@ pub mod cli;
 mod enqueue;
 mod inspect;
 mod migrate;
+mod open;
 pub(crate) mod output;
+
+use open::open;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,7 +23,6 @@ use std::path::Path;
 use crate::commands::cli::{Cli, Command};
 use crate::config::{Config, ConfigSource, DEFAULT_CONFIG_PATH};
 use crate::error::{Error, Result};
-use crate::store::{OpenMode, Store};
 
 /// Runs one command to its end, writing its answer to `out`.
 pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Result<()> {
@@ -149,31 +151,6 @@ fn log_warnings(config: &Config) {
             key = key.as_str(),
             detail = detail.as_str()
         );
-    }
-}
-
-/// Opens an existing, current database: commands that only read or adjust
-/// jobs never create a file in the wrong place or upgrade a schema.
-fn open(config: &Config) -> Result<Box<dyn Store + Send>> {
-    Ok(crate::store::open(
-        &config.database,
-        crate::store::OpenMode::Existing,
-    )?)
-}
-
-/// Opens the database, creating it if needed, and returns it with the
-/// schema versions before and after migrating it.
-fn open_or_create(config: &Config) -> Result<(Box<dyn Store + Send>, (i64, i64))> {
-    let mut store = crate::store::open(&config.database, OpenMode::Create)?;
-    let versions = store.migrate()?;
-    Ok((store, versions))
-}
-
-/// Maps a failed write to the output.
-fn stdout_error(source: std::io::Error) -> Error {
-    Error::Io {
-        what: "cannot write the output".to_string(),
-        source,
     }
 }
 

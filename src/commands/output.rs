@@ -3,8 +3,7 @@
 
 use std::io::Write;
 
-use super::stdout_error;
-use crate::error::Result;
+use crate::error::{Error, Result};
 pub use crate::fmt::{clip, millis, opt_time, terminal_safe, time};
 
 /// Writes rows as left-aligned columns separated by two spaces; the first
@@ -35,4 +34,12 @@ pub fn table(out: &mut dyn Write, rows: &[Vec<String>]) -> Result<()> {
         writeln!(out, "{}", line.trim_end()).map_err(stdout_error)?;
     }
     Ok(())
+}
+
+/// Maps a failed write to the output.
+pub(crate) fn stdout_error(source: std::io::Error) -> Error {
+    Error::Io {
+        what: "cannot write the output".to_string(),
+        source,
+    }
 }

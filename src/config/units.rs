@@ -17,11 +17,11 @@ pub mod duration_str {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    /// Parses a duration string of at most 100 years ([`super::MAX_DURATION`]),
+    /// Parses a duration string of at most 100 years ([`crate::config::units::MAX_DURATION`]),
     /// with a message that shows the expected form.
     pub fn parse(s: &str) -> Result<Duration, String> {
         let d = parse_unbounded(s)?;
-        if d > super::MAX_DURATION {
+        if d > crate::config::units::MAX_DURATION {
             return Err(format!("must be at most 100 years (got {s:?})"));
         }
         Ok(d)
@@ -80,13 +80,13 @@ pub(crate) mod opt_duration_str {
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => super::duration_str::serialize(d, s),
+            Some(d) => crate::config::units::duration_str::serialize(d, s),
             None => s.serialize_none(),
         }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::duration_str::deserialize(d).map(Some)
+        crate::config::units::duration_str::deserialize(d).map(Some)
     }
 }
 
@@ -134,7 +134,7 @@ pub mod size_str {
             }
             Err(_) => return Err(bad("a value of another type")),
         };
-        if n > super::MAX_SIZE {
+        if n > crate::config::units::MAX_SIZE {
             return Err(serde::de::Error::custom(format!(
                 "must be at most 1PiB (got {n} bytes)"
             )));

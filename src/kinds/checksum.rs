@@ -10,7 +10,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::Digest as _;
 
-use super::{parse_payload, Context, FileKind, JobError, Kind};
+use crate::kinds::file::FileKind;
+use crate::kinds::kind::{parse_payload, Context, JobError, Kind};
 
 /// How much of the file is hashed between looks at the deadline: large
 /// enough that the read and the hash dominate, small enough to stop within

@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::checksum::CHUNK;
-use super::{parse_payload, Context, FileKind, JobError, Kind};
+use crate::kinds::checksum::CHUNK;
+use crate::kinds::file::FileKind;
+use crate::kinds::kind::{parse_payload, Context, JobError, Kind};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -1,6 +1,6 @@
 //! `email` (docs/reference.md) through lettre: a message built from the payload with a
 //! `Message-ID` stable across attempts (`<jobd-<db>-<id>@<host>>`, see
-//! [`super::job_token`]), sent through
+//! [`crate::kinds::job_token`]), sent through
 //! a pooled SMTP transport or written as one `.eml` file per job.
 //!
 //! Every failure is classified where it is born: a bad address, a header
@@ -23,9 +23,10 @@ use serde::Deserialize;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use super::file::{replace_atomically, ReplaceError};
-use super::{parse_payload, Context, FileKind, JobError, Kind};
 use crate::config::{EmailConfig, EmailTransport, SmtpTls};
+use crate::kinds::file::FileKind;
+use crate::kinds::file::{replace_atomically, ReplaceError};
+use crate::kinds::kind::{parse_payload, Context, JobError, Kind};
 
 /// The longest an SMTP socket operation may block on the pooled transport.
 /// A job whose deadline is nearer gets its own connection with exactly the
@@ -98,7 +99,7 @@ pub struct Email {
     host: String,
     files: Arc<FileKind>,
     /// The database's id, for `Message-ID` and file names
-    /// ([`super::job_token`]).
+    /// ([`crate::kinds::job_token`]).
     database_id: std::sync::OnceLock<String>,
 }
 
@@ -128,7 +129,7 @@ impl Email {
 
     /// The job's name in `Message-ID` and the mail file's name.
     fn token(&self, id: i64) -> String {
-        super::job_token(self.database_id.get().map(String::as_str), id)
+        crate::kinds::kind::job_token(self.database_id.get().map(String::as_str), id)
     }
 
     fn build(&self, ctx: &Context<'_>, args: Payload) -> Result<(Message, String), JobError> {

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::{parse_payload, Context, JobError, Kind};
 use crate::config::{ExecConfig, FileConfig};
+use crate::kinds::kind::{parse_payload, Context, JobError, Kind};
 
 /// Stdout beyond this is read and dropped; the result says `truncated`.
 pub const MAX_STDOUT: usize = 1 << 20;

@@ -36,8 +36,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, See
 use rustix::io::Errno;
 use serde::Deserialize;
 
-use super::{parse_payload, Context, JobError, Kind};
 use crate::config::FileConfig;
+use crate::kinds::kind::{parse_payload, Context, JobError, Kind};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{parse_payload, Context, JobError, Kind};
+use crate::kinds::kind::{parse_payload, Context, JobError, Kind};
 
 /// The `noop` kind.
 #[derive(Debug, Default)]

@@ -31,7 +31,7 @@ pub use error::{event_name, log_trouble, StoreError};
 /// The five role traits at once, for code that calls methods of several
 /// roles on one store (`use jobd::store::prelude::*`).
 pub mod prelude {
-    pub use super::contract::{Admin, Fleet, Queue, Reads, Schedules, Store};
+    pub use crate::store::contract::{Admin, Fleet, Queue, Reads, Schedules, Store};
 }
 pub use sqlite::schema::{cpu_kind_test, SCHEMA_VERSION};
 pub use sqlite::SqliteStore;
