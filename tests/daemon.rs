@@ -496,13 +496,13 @@ mod misbehaving_kinds {
         let daemon = {
             let config = config.clone();
             std::thread::spawn(move || {
-                let outside = jobd::daemon::Outside {
+                let process = jobd::daemon::FromProcess {
                     requests: rx,
                     reload: Box::new(|| Err("no reload".into())),
                     worker_program: env!("CARGO_BIN_EXE_jobd").into(),
                     notifier: jobd::os::notify::Notifier::disabled(),
                 };
-                jobd::daemon::run(config, registry, outside)
+                jobd::daemon::run(config, registry, process)
             })
         };
         let mut store = wait_for(PATIENCE, || {

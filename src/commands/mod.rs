@@ -132,13 +132,13 @@ fn run_daemon(
         what: "cannot find the jobd binary to start CPU workers from".into(),
         source,
     })?;
-    let outside = crate::daemon::Outside {
+    let process = crate::daemon::FromProcess {
         requests,
         reload,
         worker_program: program,
         notifier,
     };
-    crate::daemon::run(config, registry, outside)?;
+    crate::daemon::run(config, registry, process)?;
     Ok(())
 }
 

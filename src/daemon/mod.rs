@@ -28,4 +28,4 @@ pub mod retry;
 pub mod run;
 pub mod state;
 
-pub use run::{run, Outside};
+pub use run::{run, FromProcess};

@@ -15,7 +15,7 @@ use std::time::Instant;
 use crossbeam_channel::Receiver;
 
 use crate::config::Config;
-use crate::daemon::dispatcher::{Dispatcher, Parts, Reload, Summary};
+use crate::daemon::dispatcher::{Dispatcher, DispatcherSetup, Reload, Summary};
 use crate::daemon::maintenance::{self, Maintenance};
 use crate::daemon::state::DaemonState;
 use crate::error::{Error, Result};
@@ -29,7 +29,7 @@ use crate::os::signals::Request;
 use crate::store::{OpenMode, RescueScope, Store, WorkerInfo};
 
 /// What the daemon takes from the process it runs in.
-pub struct Outside {
+pub struct FromProcess {
     /// Stop and reload requests (signals in `jobd run`; a test sends its own).
     pub requests: Receiver<Request>,
     /// How to re-read the configuration on a reload request.
@@ -44,9 +44,9 @@ pub struct Outside {
 /// configuration names: SQLite (`database.path`, commits seen by watching
 /// the `-wal` file) or PostgreSQL (`database.url`, commits heard by
 /// `LISTEN`).
-pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summary> {
+pub fn run(config: Config, registry: Registry, process: FromProcess) -> Result<Summary> {
     let store = crate::store::open(&config.database, OpenMode::Create)?;
-    run_on(config, registry, outside, store)
+    run_on(config, registry, process, store)
 }
 
 /// The daemon on `store`, the dispatcher's connection; maintenance opens
@@ -54,15 +54,15 @@ pub fn run(config: Config, registry: Registry, outside: Outside) -> Result<Summa
 fn run_on(
     config: Config,
     registry: Registry,
-    outside: Outside,
+    process: FromProcess,
     mut store: Box<dyn Store + Send>,
 ) -> Result<Summary> {
-    let Outside {
+    let FromProcess {
         requests,
         reload,
         worker_program,
         notifier,
-    } = outside;
+    } = process;
     let began = Instant::now();
     let database = store.name();
     let (before, after) = store.migrate()?;
@@ -149,7 +149,7 @@ fn run_on(
     let now = now_ms();
     let backlog = crate::store::active_backlog(store.as_mut(), config.daemon.named_queues(), now)
         .unwrap_or_default();
-    let mut dispatcher = Dispatcher::new(Parts {
+    let mut dispatcher = Dispatcher::new(DispatcherSetup {
         store,
         config,
         worker: Arc::clone(&worker),

@@ -109,8 +109,10 @@ const FINAL_FLUSH: Duration = Duration::from_secs(10);
 /// not own (the log settings); an error is one readable sentence.
 pub type Reload = Box<dyn FnMut() -> Result<Config, String> + Send>;
 
-/// What the dispatcher needs from the outside.
-pub struct Parts {
+/// What a dispatcher is built from: its connection, the config, the
+/// daemon's id and kinds, and the channels and state it shares with the
+/// rest of the daemon.
+pub struct DispatcherSetup {
     /// Its own connection.
     pub store: Box<dyn Store + Send>,
     /// The validated configuration.
@@ -247,35 +249,35 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Builds the dispatcher and starts its thread pool.
-    pub fn new(parts: Parts) -> std::io::Result<Dispatcher> {
+    pub fn new(setup: DispatcherSetup) -> std::io::Result<Dispatcher> {
         let (done_tx, done) = crossbeam_channel::unbounded();
-        let pool = ThreadPool::new(parts.config.pool.threads, done_tx.clone())?;
+        let pool = ThreadPool::new(setup.config.pool.threads, done_tx.clone())?;
         let cpu = ProcessPool::new(
-            parts.config.cpu.workers,
-            cpu_settings(&parts.config, &parts.worker_program),
+            setup.config.cpu.workers,
+            cpu_settings(&setup.config, &setup.worker_program),
             done_tx,
-            Arc::clone(&parts.state.cpu_pids),
+            Arc::clone(&setup.state.cpu_pids),
         )?;
         let now = Instant::now();
-        let limits = QueueLimits::new(&parts.config.queues, now);
+        let limits = QueueLimits::new(&setup.config.queues, now);
         Ok(Dispatcher {
-            retry: Arc::new(parts.config.retry.clone()),
-            store: parts.store,
-            worker: parts.worker,
-            registry: parts.registry,
+            retry: Arc::new(setup.config.retry.clone()),
+            store: setup.store,
+            worker: setup.worker,
+            registry: setup.registry,
             pool,
             cpu: Some(cpu),
-            worker_program: parts.worker_program,
+            worker_program: setup.worker_program,
             done,
-            requests: parts.requests,
-            watched: parts.wake.is_some(),
-            wake: parts.wake.unwrap_or_else(crossbeam_channel::never),
-            reload: parts.reload,
-            state: parts.state,
+            requests: setup.requests,
+            watched: setup.wake.is_some(),
+            wake: setup.wake.unwrap_or_else(crossbeam_channel::never),
+            reload: setup.reload,
+            state: setup.state,
             in_flight: HashMap::new(),
             held_cpu: 0,
             unreported: 0,
-            completer: Completer::new(parts.metrics),
+            completer: Completer::new(setup.metrics),
             limits,
             data_version: 0,
             maybe_ready: true,
@@ -284,7 +286,7 @@ impl Dispatcher {
             check_cancels: true,
             last_write: now,
             next_poll: now,
-            next_renew: now + parts.config.daemon.lease / 3,
+            next_renew: now + setup.config.daemon.lease / 3,
             claim_retry_at: None,
             next_renew_failed: None,
             draining: None,
@@ -293,8 +295,8 @@ impl Dispatcher {
             claimed: 0,
             // Unknown until jobs ran: assume long, so no prefetch.
             avg_duration: f64::INFINITY,
-            cron: crate::daemon::cron::Cron::new(crate::daemon::cron::schedules(&parts.config)),
-            config: parts.config,
+            cron: crate::daemon::cron::Cron::new(crate::daemon::cron::schedules(&setup.config)),
+            config: setup.config,
         })
     }
 
