@@ -15,12 +15,17 @@
 //!   once into a [`config::Config`] that flows down to whatever needs it.
 //!   [`logging`]: named events written by [`event!`] in logfmt or JSON.
 //! - [`store`]: the only code that speaks SQL. Enqueue, claim, complete,
-//!   rescue, prune, each one short transaction behind the
-//!   [`store::Store`] trait, implemented by [`store::SqliteStore`] and, for
-//!   daemons on many hosts sharing one queue, [`store::postgres::PgStore`];
-//!   [`store::Queue::watch_commits`] tells the daemon of new jobs (the `-wal` watcher,
-//!   `LISTEN`).
-//! - [`kinds`]: the [`kinds::Kind`] trait and one file per kind (`noop`,
+//!   rescue, prune, each one short transaction behind five role traits
+//!   ([`store::Queue`] for the dispatcher, [`store::Schedules`] for cron,
+//!   [`store::Fleet`] for start-up and maintenance, [`store::Admin`] and
+//!   [`store::Reads`] for the CLI and the web; [`store::Store`] is all
+//!   five), implemented by [`store::SqliteStore`] and, for daemons on many
+//!   hosts sharing one queue, [`store::postgres::PgStore`].
+//!   [`store::open`] alone picks the backend from the config, and
+//!   [`store::Queue::watch_commits`] tells the daemon of new jobs (the
+//!   `-wal` watcher, `LISTEN`).
+//! - [`kinds`]: the [`kinds::Kind`] trait (with the catalogue of kinds in
+//!   [`job::KINDS`]) and one file per kind (`noop`,
 //!   `http`, `email`, `file` on threads; `checksum`, `compress`, `exec` in
 //!   worker processes). [`metrics`]: the Prometheus collectors.
 //! - [`daemon`]: `jobd run`, a producer → executor → completer pipeline on

@@ -127,6 +127,7 @@ fn wait(store: &mut dyn Store, id: i64, out: &mut dyn Write) -> Result<()> {
 }
 
 /// `jobd enqueue --file`: check every line, then insert in batches.
+// Long: the import loop: read, check every line first, then write in batches with progress.
 fn bulk(config: &Config, path: &std::path::Path, out: &mut dyn Write) -> Result<()> {
     let started = Instant::now();
     let name = path.display().to_string();

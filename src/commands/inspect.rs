@@ -157,6 +157,7 @@ pub fn cron(config: &Config, store: &mut dyn Store, out: &mut dyn Write) -> Resu
 }
 
 /// Runs `jobd show`.
+// Long: the `show` output section by section, in the order printed.
 pub fn show(
     config: &Config,
     store: &mut dyn Store,

@@ -57,6 +57,7 @@ pub fn migrate(config: &Config, args: MigrateArgs, out: &mut dyn Write) -> Resul
 
 /// Moves the queued jobs, paused queues and cron slots of the SQLite file
 /// `source` into the PostgreSQL database at `url`.
+// Long: the move's steps in order (rescue, refuse a live daemon, copy jobs, pauses and slots, report), each depending on the one before.
 fn move_from_sqlite(config: &Config, source: &Path, url: &str, out: &mut dyn Write) -> Result<()> {
     let mut from = SqliteStore::open(source, config.database.busy_timeout, OpenMode::Existing)?;
     let mut to = PgStore::open_current(url, config.database.busy_timeout)?;

@@ -8,6 +8,7 @@ use crate::config::*;
 impl Config {
     /// Checks every value against what is possible; an error is
     /// `(key, what is wrong)`.
+    // Long: one independent check per key, in the order of config.toml, so a key's rule is found by reading down.
     pub fn validate(&self) -> Result<(), (String, String)> {
         fn fail<T>(key: &str, detail: impl Into<String>) -> Result<T, (String, String)> {
             Err((key.to_string(), detail.into()))

@@ -229,6 +229,7 @@ fn log_cancelled_instead(c: &Completion, queue: &str, kind: &str, metrics: Optio
     );
 }
 
+// Long: one arm per outcome, each with its own log line and counters.
 fn log_outcome(
     c: &Completion,
     queue: &str,

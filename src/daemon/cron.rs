@@ -59,6 +59,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// Parses and checks a section; the error is a sentence naming the key.
+    // Long: one section's keys checked in order, each error naming its key.
     pub fn parse(name: &str, config: &CronConfig) -> Result<Schedule, (String, String)> {
         let key = |k: &str| format!("cron.{name}.{k}");
         let expression = config.schedule.trim().to_string();

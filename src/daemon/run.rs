@@ -51,6 +51,7 @@ pub fn run(config: Config, registry: Registry, process: FromProcess) -> Result<S
 
 /// The daemon on `store`, the dispatcher's connection; maintenance opens
 /// its own once the schema is current.
+// Long: the start-up and shutdown sequence in the order it must happen (each step needs the one before), read top to bottom.
 fn run_on(
     config: Config,
     registry: Registry,

@@ -132,6 +132,7 @@ impl Email {
         crate::kinds::kind::job_token(self.database_id.get().map(String::as_str), id)
     }
 
+    // Long: the message built part by part (headers, body, attachments) in the order MIME needs.
     fn build(&self, ctx: &Context<'_>, args: Payload) -> Result<(Message, String), JobError> {
         let mailbox = |field: String, raw: &str| {
             if raw.contains(['\r', '\n']) {

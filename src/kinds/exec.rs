@@ -202,6 +202,7 @@ impl Kind for Exec {
         "exec"
     }
 
+    // Long: one attempt of a handler from spawn to classified outcome (limits, stdin, output caps, deadline, exit status), in the order they happen.
     fn run(&self, ctx: &Context<'_>, payload: &str) -> Result<Option<String>, JobError> {
         let args: Payload = parse_payload(payload)?;
         let name = args.handler.as_str();

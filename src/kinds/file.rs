@@ -691,6 +691,7 @@ impl Kind for FileKind {
         "file"
     }
 
+    // Long: one arm per file operation, each confined the same way.
     fn run(&self, ctx: &Context<'_>, payload: &str) -> Result<Option<String>, JobError> {
         let args: Payload = parse_payload(payload)?;
         let content = |args: &Payload| -> Result<Vec<u8>, JobError> {

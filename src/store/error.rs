@@ -2,102 +2,102 @@
 //! one. It imports nothing else of jobd, so the wake-up watchers and both
 //! backends can use it without going through the store's front.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// What went wrong in the store, with the database and operation it concerns.
+/// The same for both backends: `database` is the name it is shown by (the
+/// SQLite file's path, or the PostgreSQL URL with its password redacted),
+/// and a driver's own error is kept as the `source` of [`StoreError::Failed`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A command that reads needs a database that exists.
-    #[error("database {} does not exist (run `jobd migrate` to create it)", path.display())]
+    #[error(
+        "database {} does not exist (run `jobd migrate` to create it)",
+        database
+    )]
     Missing {
-        /// The configured path.
-        path: PathBuf,
+        /// The database, as shown.
+        database: String,
     },
     /// `database.path` names a folder.
-    #[error("database path {} is a directory, not a SQLite file", path.display())]
+    #[error("database path {} is a directory, not a SQLite file", database)]
     IsDirectory {
-        /// The configured path.
-        path: PathBuf,
+        /// The database, as shown.
+        database: String,
     },
     /// The folder that should hold the database does not exist.
-    #[error("the folder of database {} does not exist; create it or change database.path", path.display())]
+    #[error(
+        "the folder of database {} does not exist; create it or change database.path",
+        database
+    )]
     NoFolder {
-        /// The configured path.
-        path: PathBuf,
+        /// The database, as shown.
+        database: String,
     },
     /// The file exists but is not SQLite.
-    #[error("{} is not a SQLite database", path.display())]
+    #[error("{} is not a SQLite database", database)]
     NotADatabase {
-        /// The configured path.
-        path: PathBuf,
+        /// The database, as shown.
+        database: String,
     },
     /// The file (or its folder, for the WAL files) cannot be written.
-    #[error("database {} is read-only for this user: {detail}", path.display())]
+    #[error("database {} is read-only for this user: {detail}", database)]
     ReadOnly {
-        /// The configured path.
-        path: PathBuf,
+        /// The database, as shown.
+        database: String,
         /// What SQLite said.
         detail: String,
     },
     /// The file was made by a newer jobd.
-    #[error("database {} has schema version {found}, newer than this jobd knows ({supported}); upgrade jobd", path.display())]
+    #[error("database {} has schema version {found}, newer than this jobd knows ({supported}); upgrade jobd", database)]
     TooNew {
-        /// The configured path.
-        path: PathBuf,
+        /// The database, as shown.
+        database: String,
         /// `PRAGMA user_version` of the file.
         found: i64,
         /// The newest version this build knows.
         supported: i64,
     },
     /// The file needs `jobd migrate` before this command can use it.
-    #[error("database {} has schema version {found} but this jobd needs {supported}; run `jobd migrate`", path.display())]
+    #[error("database {} has schema version {found} but this jobd needs {supported}; run `jobd migrate`", database)]
     TooOld {
-        /// The configured path.
-        path: PathBuf,
+        /// The database, as shown.
+        database: String,
         /// `PRAGMA user_version` of the file.
         found: i64,
         /// The version this build needs.
         supported: i64,
     },
     /// Another connection held the write lock for longer than the busy timeout.
-    #[error("database {} stayed locked by another connection during {op} for more than {}", path.display(), humantime::format_duration(*waited))]
+    #[error("database {} stayed locked by another connection during {op} for more than {}", database, humantime::format_duration(*waited))]
     Busy {
-        /// The configured path.
-        path: PathBuf,
+        /// The database, as shown.
+        database: String,
         /// What jobd was doing.
         op: &'static str,
         /// The busy timeout that ran out.
         waited: Duration,
     },
     /// The disk (or quota) is full.
-    #[error("database {} cannot grow during {op}: the disk is full", path.display())]
+    #[error("database {} cannot grow during {op}: the disk is full", database)]
     Full {
-        /// The configured path.
-        path: PathBuf,
+        /// The database, as shown.
+        database: String,
         /// What jobd was doing.
         op: &'static str,
     },
-    /// Any other SQLite failure.
-    #[error("database {} failed during {op}: {source}", path.display())]
-    Sqlite {
-        /// The configured path.
-        path: PathBuf,
+    /// Any other failure of the database or its driver.
+    #[error("database {database} failed during {op}: {detail}")]
+    Failed {
+        /// The database, as shown.
+        database: String,
         /// What jobd was doing.
         op: &'static str,
-        /// What SQLite said.
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// A PostgreSQL failure.
-    #[error("PostgreSQL database {url} failed during {op}: {detail}")]
-    Postgres {
-        /// `database.url`, password redacted.
-        url: String,
-        /// What jobd was doing.
-        op: &'static str,
-        /// What the server or the client said.
+        /// What the database or the driver said.
         detail: String,
+        /// The driver's error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 }
 
@@ -105,14 +105,6 @@ impl StoreError {
     /// True when waiting and trying again is the right answer (locked, busy).
     pub fn is_busy(&self) -> bool {
         matches!(self, StoreError::Busy { .. })
-    }
-
-    /// True when the failure is worth retrying later (busy, disk full, I/O).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Busy { .. } | StoreError::Full { .. } | StoreError::Sqlite { .. }
-        )
     }
 }
 

@@ -106,6 +106,7 @@ fn state_class(state: JobState) -> &'static str {
 }
 
 /// The overview: queues, charts, long-running jobs, live daemons.
+// Long: the overview page's HTML, section by section in page order.
 pub fn overview(
     stats: &Stats,
     long_running: &[Job],
@@ -457,6 +458,7 @@ pub fn jobs(query: &ListQuery, jobs: &[Job], redaction: &Redaction) -> String {
 /// One job: its fields, payload (credentials redacted), result, error and
 /// attempt history; `actions` is the buttons section (empty when
 /// read-only).
+// Long: the job page's HTML, section by section in page order.
 pub fn job(job: &Job, runs: &[JobRun], actions: &str, redaction: &Redaction) -> String {
     let pretty = |text: &str| {
         serde_json::from_str::<serde_json::Value>(text)

@@ -354,6 +354,7 @@ fn read_only() -> Reply {
 }
 
 /// The POST routes: log in and out, and the actions.
+// Long: one arm per dashboard action, each checking the caller and answering in words.
 fn post(
     path: &str,
     form: &std::collections::HashMap<String, String>,
@@ -468,6 +469,7 @@ fn download(path: &str) -> Option<(i64, &'static str)> {
     Some((id.parse().ok()?, field))
 }
 
+// Long: one arm per page of the dashboard, each a few lines.
 fn get_page(
     path: &str,
     query: &str,

@@ -421,6 +421,7 @@ enum After {
 }
 
 /// The supervisor thread of one worker.
+// Long: the supervisor's loop over one worker's life (start, feed, watch, kill, replace), its states in one place.
 fn supervise(common: &Common, ready: Sender<()>) {
     let mut worker: Option<Worker> = None;
     let mut start_error: Option<String> = None;

@@ -13,7 +13,7 @@ impl Admin for PgStore {
         let before = self.schema_version()?;
         if before > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
-                path: redact_url(&self.url).into(),
+                database: redact_url(&self.url),
                 found: before,
                 supported: SCHEMA_VERSION,
             });

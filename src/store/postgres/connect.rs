@@ -11,10 +11,11 @@ use crate::store::error::StoreError;
 /// The store error for a failure during `op` on the database at `url`
 /// (password redacted), saying `detail`.
 pub(crate) fn postgres_error(url: &str, op: &'static str, detail: impl Into<String>) -> StoreError {
-    StoreError::Postgres {
-        url: redact_url(url),
+    StoreError::Failed {
+        database: redact_url(url),
         op,
         detail: detail.into(),
+        source: None,
     }
 }
 

@@ -263,7 +263,7 @@ impl PgStore {
         move |e| {
             if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
                 return StoreError::Busy {
-                    path: redact_url(&url).into(),
+                    database: redact_url(&url),
                     op,
                     waited,
                 };
@@ -287,14 +287,14 @@ impl PgStore {
         let found = store.schema_version()?;
         if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
-                path: redact_url(url).into(),
+                database: redact_url(url),
                 found,
                 supported: SCHEMA_VERSION,
             });
         }
         if found < SCHEMA_VERSION {
             return Err(StoreError::TooOld {
-                path: redact_url(url).into(),
+                database: redact_url(url),
                 found,
                 supported: SCHEMA_VERSION,
             });
@@ -558,6 +558,7 @@ fn claim_in(
 /// state, worker and attempt; a late outcome after a rescue, or a second
 /// one for the same attempt, changes nothing) and one `INSERT … SELECT
 /// unnest(…)` of the `job_runs` rows of those that applied.
+// Long: the whole completion transaction (fenced updates, cancel checks, attempt rows) in one place, as the hot path is easier to reason about whole.
 fn complete_in(
     tx: &mut postgres::Transaction<'_>,
     statements: &mut Statements,

@@ -170,6 +170,7 @@ impl Reads for PgStore {
             .collect())
     }
 
+    // Long: one query per part of the `stats` answer, in one read transaction so the parts agree.
     fn stats(&mut self, now: i64) -> Result<Stats> {
         self.revive()?;
         use std::collections::BTreeMap;

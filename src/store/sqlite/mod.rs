@@ -79,20 +79,28 @@ impl SqliteStore {
     pub fn open(path: &Path, busy_timeout: Duration, mode: OpenMode) -> Result<SqliteStore> {
         let path = path.to_path_buf();
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => return Err(StoreError::IsDirectory { path }),
+            Ok(meta) if meta.is_dir() => {
+                return Err(StoreError::IsDirectory {
+                    database: shown(&path),
+                })
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if mode == OpenMode::Existing {
-                    return Err(StoreError::Missing { path });
+                    return Err(StoreError::Missing {
+                        database: shown(&path),
+                    });
                 }
                 let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
                 if folder.is_some_and(|f| !f.is_dir()) {
-                    return Err(StoreError::NoFolder { path });
+                    return Err(StoreError::NoFolder {
+                        database: shown(&path),
+                    });
                 }
             }
             Err(e) => {
                 return Err(StoreError::ReadOnly {
-                    path,
+                    database: shown(&path),
                     detail: e.to_string(),
                 })
             }
@@ -119,7 +127,7 @@ impl SqliteStore {
         let version = store.user_version()?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
-                path: store.path,
+                database: shown(&store.path),
                 found: version,
                 supported: SCHEMA_VERSION,
             });
@@ -127,7 +135,7 @@ impl SqliteStore {
         store.configure()?;
         if mode == OpenMode::Existing && version < SCHEMA_VERSION {
             return Err(StoreError::TooOld {
-                path: store.path,
+                database: shown(&store.path),
                 found: version,
                 supported: SCHEMA_VERSION,
             });
@@ -235,7 +243,7 @@ impl SqliteStore {
             .map_err(|e| self.err("enable WAL", e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::ReadOnly {
-                path: self.path.clone(),
+                database: shown(&self.path),
                 detail: format!("journal_mode stayed {mode:?}, WAL is required"),
             });
         }
@@ -246,8 +254,8 @@ impl SqliteStore {
 
     fn err(&self, op: &'static str, e: rusqlite::Error) -> StoreError {
         match classify(&self.path, op, e) {
-            StoreError::Busy { path, op, .. } => StoreError::Busy {
-                path,
+            StoreError::Busy { database, op, .. } => StoreError::Busy {
+                database,
                 op,
                 waited: self.busy_timeout,
             },
@@ -283,32 +291,38 @@ impl SqliteStore {
 
 /// Turns a rusqlite error into the store error an operator can act on.
 fn classify(path: &Path, op: &'static str, e: rusqlite::Error) -> StoreError {
-    let path = path.to_path_buf();
+    let database = shown(path);
     if let rusqlite::Error::SqliteFailure(ref f, ref msg) = e {
         match f.code {
-            ErrorCode::NotADatabase => return StoreError::NotADatabase { path },
+            ErrorCode::NotADatabase => return StoreError::NotADatabase { database },
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
                 return StoreError::Busy {
-                    path,
+                    database,
                     op,
                     waited: Duration::ZERO,
                 }
             }
-            ErrorCode::DiskFull => return StoreError::Full { path, op },
+            ErrorCode::DiskFull => return StoreError::Full { database, op },
             ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied => {
                 return StoreError::ReadOnly {
-                    path,
+                    database,
                     detail: msg.clone().unwrap_or_else(|| f.to_string()),
                 }
             }
             _ => {}
         }
     }
-    StoreError::Sqlite {
-        path,
+    StoreError::Failed {
+        database,
         op,
-        source: e,
+        detail: e.to_string(),
+        source: Some(Box::new(e)),
     }
+}
+
+/// A database file as errors name it.
+fn shown(path: &Path) -> String {
+    path.display().to_string()
 }
 
 /// Text as SQLite holds it. A client can store bytes that are not UTF-8
@@ -659,6 +673,7 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
 }
 
 /// Writes outcomes inside an open transaction (see [`crate::store::Queue::complete`]).
+// Long: the whole completion transaction (fenced updates, cancel checks, attempt rows) in one place, as the hot path is easier to reason about whole.
 fn complete_in(
     tx: &rusqlite::Transaction<'_>,
     completions: &[Completion],

@@ -147,6 +147,7 @@ impl Reads for SqliteStore {
         result.map_err(|e| self.err("read job runs", e))
     }
 
+    // Long: one query per part of the `stats` answer, in one read transaction so the parts agree.
     fn stats(&mut self, now: i64) -> Result<Stats> {
         use std::collections::BTreeMap;
         const MINUTE: i64 = 60_000;
