@@ -1,0 +1,81 @@
+//! A PostgreSQL schema per test on the machine's server (`tests/postgres.rs`,
+//! and the store conformance suite's second backend).
+
+pub const SERVER: &str = "postgres://root@127.0.0.1:5432/test";
+
+/// A schema of its own on the test server, dropped when done.
+pub struct Schema {
+    /// The schema's name.
+    pub name: String,
+}
+
+impl Schema {
+    pub fn create(tag: &str) -> Option<Schema> {
+        let name = format!("jobd_{tag}_{}", std::process::id());
+        let ok = psql(&format!(
+            "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name};"
+        ));
+        match ok {
+            Ok(_) => Some(Schema { name }),
+            Err(e) if std::env::var("JOBD_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+                panic!("PostgreSQL is required here: {e}")
+            }
+            Err(e) => {
+                eprintln!("no PostgreSQL server answers ({e}): skipped");
+                None
+            }
+        }
+    }
+
+    /// The URL that puts jobd in this schema.
+    pub fn url(&self) -> String {
+        format!("{SERVER}?options=-c%20search_path%3D{}", self.name)
+    }
+
+    /// Runs SQL in this schema with `psql`; Err carries its stderr.
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        psql(&format!("SET search_path = {}; {sql}", self.name))
+    }
+
+    /// Waits until `sql` answers `want`; panics with the jobs by state
+    /// and `what` if it does not within the patience.
+    pub fn wait_value(&self, sql: &str, want: &str, what: &str) {
+        let reached = super::wait_for(super::PATIENCE, || {
+            (self.psql(sql).as_deref() == Ok(want)).then_some(())
+        });
+        if reached.is_none() {
+            panic!(
+                "{what}: {sql} never gave {want}; jobs by state: {:?}",
+                self.psql("SELECT state, count(*) FROM jobs GROUP BY state;")
+            );
+        }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE;", self.name));
+    }
+}
+
+pub fn psql(sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-d",
+            "test",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qAt",
+            "-c",
+            sql,
+        ])
+        .output()
+        .map_err(|e| format!("psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
