@@ -728,3 +728,105 @@ fn times_are_shown_as_utc() {
         .unwrap();
     assert!(run_at.ends_with(" UTC"), "{show}");
 }
+
+/// Every command against each backend, from an empty database to a daemon
+/// followed with `tail` and `--wait`.
+#[test]
+fn every_command_works_on_either_backend() {
+    for backend in common::homes("cli") {
+        every_command(&backend);
+    }
+}
+
+fn every_command(backend: &common::BackendHome) {
+    let home = &backend.home;
+    // Commands that need the schema say so before it exists.
+    home.jobd(&["list"]).fails(1, "run `jobd migrate`");
+    home.ok(&["migrate"]);
+    let id = home.ok(&[
+        "enqueue",
+        "http",
+        r#"{"url":"http://x/hook","headers":{"Authorization":"Bearer t0k"}}"#,
+        "--queue",
+        "hooks",
+    ]);
+    let id = id.trim().to_string();
+    let first = home.ok(&["enqueue", "noop", "--unique-key", "once"]);
+    let again = home.ok(&["enqueue", "noop", "--unique-key", "once"]);
+    assert!(
+        again.contains(first.trim()),
+        "the key de-duplicates: {first} / {again}"
+    );
+    let list = home.ok(&["list"]);
+    assert!(list.contains("hooks") && list.contains("http"), "{list}");
+    let show = home.ok(&["show", &id]);
+    assert!(
+        show.contains("[redacted]") && !show.contains("t0k"),
+        "{show}"
+    );
+    let stats = home.ok(&["stats"]);
+    assert!(stats.contains("hooks"), "{stats}");
+    home.ok(&["pause", "hooks"]);
+    assert_eq!(
+        backend.value(
+            "SELECT CASE WHEN paused THEN 'yes' ELSE 'no' END FROM queues WHERE name = 'hooks';"
+        ),
+        "yes",
+        "{}",
+        backend.name
+    );
+    home.ok(&["resume", "hooks"]);
+    let cancelled = home.ok(&["cancel", &id]);
+    assert!(cancelled.contains("cancelled"), "{cancelled}");
+    let retried = home.ok(&["retry", &id]);
+    assert!(retried.contains("queued"), "{retried}");
+    home.ok(&["prune", "--older-than", "1s"]);
+    home.ok(&["cron"]);
+    let checked = home.ok(&["check-config"]);
+    assert!(checked.contains(&backend.database_named()), "{checked}");
+    for json in [
+        home.ok(&["list", "--json"]),
+        home.ok(&["show", &id, "--json"]),
+        home.ok(&["stats", "--json"]),
+    ] {
+        serde_json::from_str::<serde_json::Value>(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    }
+    let file = home.path().join("jobs.jsonl");
+    std::fs::write(
+        &file,
+        "{\"kind\":\"noop\",\"queue\":\"bulk\"}\n{\"kind\":\"noop\",\"queue\":\"bulk\",\"priority\":3}\n",
+    )
+    .unwrap();
+    let bulk = home.ok(&["enqueue", "--file", file.to_str().unwrap()]);
+    assert!(bulk.contains("enqueued 2 jobs"), "{bulk}");
+
+    // With a daemon: --wait follows a job to its end, tail follows attempts.
+    home.ok(&["pause", "hooks"]);
+    let daemon = home.daemon_logging_to("d.log");
+    let mut tail = home
+        .cmd(&["tail", "--kind", "noop"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = common::lines(tail.stdout.take().unwrap());
+    let line = common::wait_for(common::PATIENCE, || {
+        // Exits 0 only once the job succeeded.
+        let waited = home.ok(&["enqueue", "noop", "--wait"]);
+        let id: i64 = waited.lines().next().unwrap().parse().unwrap();
+        assert_eq!(
+            backend.value(&format!("SELECT state FROM jobs WHERE id = {id};")),
+            "succeeded"
+        );
+        rx.recv_timeout(std::time::Duration::from_millis(300)).ok()
+    })
+    .expect("tail printed an attempt");
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    assert!(
+        line.contains("succeeded job=") && line.contains("kind=noop"),
+        "{line}"
+    );
+    home.jobd(&["enqueue", "noop", r#"{"sleep_ms":"x"}"#, "--wait"])
+        .fails(1, "ended dead: payload field sleep_ms: invalid type");
+    daemon.stop();
+}

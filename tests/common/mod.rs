@@ -147,3 +147,57 @@ pub fn backends(tag: &str) -> Vec<Backend> {
     }
     out
 }
+
+/// A jobd home on one backend: SQLite, or a PostgreSQL schema of its own
+/// (dropped with it).
+pub struct BackendHome {
+    /// "sqlite" or "postgres", for messages.
+    pub name: &'static str,
+    /// The home; its config names the backend's database.
+    pub home: Home,
+    /// The PostgreSQL schema, on that backend.
+    pub schema: Option<pg::Schema>,
+}
+
+impl BackendHome {
+    /// The first column of the first row `sql` returns, as text, read with
+    /// the backend's own shell (`sqlite3` or `psql`).
+    pub fn value(&self, sql: &str) -> String {
+        match &self.schema {
+            Some(schema) => schema.psql(sql).unwrap(),
+            None => self.home.text(sql),
+        }
+    }
+
+    /// What `check-config` shows as the database: its path or its schema.
+    pub fn database_named(&self) -> String {
+        match &self.schema {
+            Some(schema) => schema.name.clone(),
+            None => "jobd.db".to_string(),
+        }
+    }
+}
+
+/// A home on each backend this machine runs: SQLite always, PostgreSQL
+/// when its server answers (required in CI), so a test runs on both.
+pub fn homes(tag: &str) -> Vec<BackendHome> {
+    let mut out = vec![BackendHome {
+        name: "sqlite",
+        home: Home::new(),
+        schema: None,
+    }];
+    if let Some(schema) = pg::Schema::create(tag) {
+        let home = Home::new();
+        std::fs::write(
+            home.config(),
+            format!("[database]\nurl = \"{}\"\n", schema.url()),
+        )
+        .unwrap();
+        out.push(BackendHome {
+            name: "postgres",
+            home,
+            schema: Some(schema),
+        });
+    }
+    out
+}
