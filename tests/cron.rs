@@ -407,3 +407,48 @@ fn jobd_cron_inside_a_repeated_hour_shows_a_next_time_ahead() {
     assert!(row("quarter").contains("2026-10-25 02:30:00 CET"), "{out}");
     assert!(row("nightly").contains("2026-10-26 02:30:00 CET"), "{out}");
 }
+
+/// Three daemons on one database enqueue each slot of a schedule exactly
+/// once, none skipped, on either backend.
+#[test]
+fn three_daemons_enqueue_each_cron_slot_exactly_once() {
+    for backend in common::homes_with(
+        "cron",
+        "[daemon]\nshutdown_grace = \"100ms\"\n\
+         [cron.tick]\nschedule = \"@every 1s\"\nkind = \"noop\"\n",
+    ) {
+        three_daemons_one_schedule(&backend);
+    }
+}
+
+fn three_daemons_one_schedule(backend: &common::BackendHome) {
+    let home = &backend.home;
+    home.ok(&["migrate"]);
+    let daemons: Vec<_> = ["a.log", "b.log", "c.log"]
+        .iter()
+        .map(|log| home.daemon_logging_to(log))
+        .collect();
+    common::wait_for(common::PATIENCE, || {
+        (backend
+            .value("SELECT count(*) FROM jobs;")
+            .parse::<i64>()
+            .unwrap()
+            >= 5)
+            .then_some(())
+    })
+    .expect("the schedule enqueues");
+    for daemon in daemons {
+        daemon.stop();
+    }
+    let slots: Vec<i64> = backend
+        .value("SELECT run_at FROM jobs ORDER BY run_at;")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let mut distinct = slots.clone();
+    distinct.dedup();
+    assert_eq!(distinct, slots, "a slot enqueued twice");
+    for pair in slots.windows(2) {
+        assert_eq!(pair[1] - pair[0], 1_000, "a slot skipped: {slots:?}");
+    }
+}

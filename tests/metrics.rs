@@ -187,3 +187,56 @@ fn a_taken_metrics_port_stops_start_up_naming_it() {
     // Nothing was registered or taken back.
     assert_eq!(home.query_i64("SELECT count(*) FROM workers"), 0);
 }
+
+/// `/healthz`, `/metrics` and the dashboard's pages read the daemon's
+/// database on either backend.
+#[test]
+fn metrics_health_and_the_dashboard_read_either_backend() {
+    let port = common::free_port();
+    for backend in common::homes_with(
+        "dash",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ) {
+        metrics_health_and_pages(&backend, port);
+    }
+}
+
+fn metrics_health_and_pages(backend: &common::BackendHome, port: u16) {
+    let home = &backend.home;
+    home.ok(&["migrate"]);
+    let ok = backend.value("INSERT INTO jobs(kind) VALUES ('noop') RETURNING id;");
+    let dead = backend.value("INSERT INTO jobs(kind) VALUES ('nope') RETURNING id;");
+    let daemon = home.daemon_logging_to("d.log");
+    common::wait_for(common::PATIENCE, || {
+        (backend.value("SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'dead');") == "2")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}: both jobs finish", backend.name));
+    let get = |path: &str| -> (u16, String) {
+        match ureq::get(&format!("http://127.0.0.1:{port}{path}")).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    };
+    let (status, body) = get("/healthz");
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = get("/metrics");
+    assert_eq!(status, 200, "{metrics}");
+    for line in [
+        r#"jobd_jobs{queue="default",state="succeeded"} 1"#,
+        r#"jobd_jobs{queue="default",state="dead"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line} in {metrics}");
+    }
+    let (status, page) = get("/");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("default"), "{page}");
+    let (status, page) = get(&format!("/jobs/{dead}"));
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("unknown kind"), "{page}");
+    let (status, page) = get("/jobs?state=succeeded");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&format!("/jobs/{ok}")), "{page}");
+    daemon.stop();
+}

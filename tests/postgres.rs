@@ -866,58 +866,6 @@ fn tls_verifies_the_servers_certificate_and_names_what_is_wrong() {
 const OTHER_CA: &str = include_str!("data/other-ca.pem");
 
 #[test]
-fn metrics_health_and_the_dashboard_read_postgresql() {
-    let Some(schema) = Schema::create("dash") else {
-        return;
-    };
-    let port = common::free_port();
-    let home = home_with(
-        &schema.url(),
-        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-    );
-    home.ok(&["migrate"]);
-    let ok = schema
-        .psql("INSERT INTO jobs(kind) VALUES ('noop') RETURNING id;")
-        .unwrap();
-    let dead = schema
-        .psql("INSERT INTO jobs(kind) VALUES ('nope') RETURNING id;")
-        .unwrap();
-    let daemon = home.daemon_logging_to("d.log");
-    schema.wait_value(
-        "SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'dead');",
-        "2",
-        "both jobs finished",
-    );
-    let get = |path: &str| -> (u16, String) {
-        match ureq::get(&format!("http://127.0.0.1:{port}{path}")).call() {
-            Ok(r) => (r.status(), r.into_string().unwrap()),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
-            Err(e) => panic!("{path}: {e}"),
-        }
-    };
-    let (status, body) = get("/healthz");
-    assert_eq!(status, 200, "{body}");
-    let (status, metrics) = get("/metrics");
-    assert_eq!(status, 200, "{metrics}");
-    for line in [
-        r#"jobd_jobs{queue="default",state="succeeded"} 1"#,
-        r#"jobd_jobs{queue="default",state="dead"} 1"#,
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "no {line} in {metrics}");
-    }
-    let (status, page) = get("/");
-    assert_eq!(status, 200, "{page}");
-    assert!(page.contains("default"), "{page}");
-    let (status, page) = get(&format!("/jobs/{dead}"));
-    assert_eq!(status, 200, "{page}");
-    assert!(page.contains("unknown kind"), "{page}");
-    let (status, page) = get("/jobs?state=succeeded");
-    assert_eq!(status, 200, "{page}");
-    assert!(page.contains(&format!("/jobs/{ok}")), "{page}");
-    daemon.stop();
-}
-
-#[test]
 fn the_dashboard_charts_every_daemons_attempts() {
     let Some(schema) = Schema::create("fleetchart") else {
         return;
@@ -981,48 +929,6 @@ fn the_dashboard_charts_every_daemons_attempts() {
         "1",
         "only B ran jobs"
     );
-}
-
-#[test]
-fn three_daemons_enqueue_each_cron_slot_exactly_once() {
-    let Some(schema) = Schema::create("cron") else {
-        return;
-    };
-    let home = home_with(
-        &schema.url(),
-        "[daemon]\nshutdown_grace = \"100ms\"\n\
-         [cron.tick]\nschedule = \"@every 1s\"\nkind = \"noop\"\n",
-    );
-    home.ok(&["migrate"]);
-    let daemons: Vec<_> = ["a.log", "b.log", "c.log"]
-        .iter()
-        .map(|log| home.daemon_logging_to(log))
-        .collect();
-    common::wait_for(common::PATIENCE, || {
-        (schema
-            .psql("SELECT count(*) FROM jobs;")
-            .unwrap()
-            .parse::<i64>()
-            .unwrap()
-            >= 5)
-            .then_some(())
-    })
-    .expect("the schedule enqueues");
-    for daemon in daemons {
-        daemon.stop();
-    }
-    let slots: Vec<i64> = schema
-        .psql("SELECT run_at FROM jobs ORDER BY run_at;")
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let mut distinct = slots.clone();
-    distinct.dedup();
-    assert_eq!(distinct, slots, "a slot enqueued twice");
-    for pair in slots.windows(2) {
-        assert_eq!(pair[1] - pair[0], 1_000, "a slot skipped: {slots:?}");
-    }
 }
 
 #[test]

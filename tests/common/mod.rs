@@ -181,16 +181,21 @@ impl BackendHome {
 /// A home on each backend this machine runs: SQLite always, PostgreSQL
 /// when its server answers (required in CI), so a test runs on both.
 pub fn homes(tag: &str) -> Vec<BackendHome> {
+    homes_with(tag, "")
+}
+
+/// [`homes`] with `extra` TOML in each home's config.
+pub fn homes_with(tag: &str, extra: &str) -> Vec<BackendHome> {
     let mut out = vec![BackendHome {
         name: "sqlite",
-        home: Home::new(),
+        home: Home::with_config(extra),
         schema: None,
     }];
     if let Some(schema) = pg::Schema::create(tag) {
         let home = Home::new();
         std::fs::write(
             home.config(),
-            format!("[database]\nurl = \"{}\"\n", schema.url()),
+            format!("[database]\nurl = \"{}\"\n{extra}\n", schema.url()),
         )
         .unwrap();
         out.push(BackendHome {
