@@ -240,7 +240,8 @@ pub const KINDS: [(&str, Pool); 7] = [
     ("exec", Pool::Cpu),
 ];
 
-/// The names of [`KINDS`], in its order.
+/// The names of [`KINDS`], in its order: what `jobd enqueue`, a cron
+/// entry and the kinds' "unknown kind" answer check a kind against.
 pub const KIND_NAMES: [&str; KINDS.len()] = {
     let mut names = [""; KINDS.len()];
     let mut i = 0;

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use crate::commands::cli::EnqueueArgs;
 use crate::commands::open::open;
 use crate::commands::output::stdout_error;
-use crate::config::{Config, KNOWN_KINDS};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::job::KIND_NAMES;
 use crate::job::{now_ms, JobState, NewJob};
 use crate::store::{Enqueued, Store};
 
@@ -84,11 +85,11 @@ pub fn enqueue(config: &Config, args: EnqueueArgs, out: &mut dyn Write) -> Resul
 /// kind exists and the payload fits the limit.
 fn check(config: &Config, job: &NewJob) -> Result<(), String> {
     job.validate()?;
-    if !KNOWN_KINDS.contains(&job.kind.as_str()) {
+    if !KIND_NAMES.contains(&job.kind.as_str()) {
         return Err(format!(
             "unknown kind {:?} (expected one of {})",
             job.kind,
-            KNOWN_KINDS.join(", ")
+            KIND_NAMES.join(", ")
         ));
     }
     if job.payload.len() as u64 > config.limits.max_payload_bytes {

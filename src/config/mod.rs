@@ -68,10 +68,6 @@ fn unknown_key_hint(key: &str) -> String {
     }
 }
 
-/// The job kinds this build runs ([`crate::job::KINDS`]); a cron entry
-/// must name one of them.
-pub const KNOWN_KINDS: &[&str] = &crate::job::KIND_NAMES;
-
 /// A check the layers above run on a loaded config: `Err((key, why))`.
 pub type SectionCheck = dyn Fn(&Config) -> Result<(), (String, String)>;
 

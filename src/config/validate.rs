@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::config::*;
+use crate::job::KIND_NAMES;
 
 impl Config {
     /// Checks every value against what is possible; an error is
@@ -116,7 +117,7 @@ impl Config {
             );
         }
 
-        for kind in KNOWN_KINDS {
+        for kind in KIND_NAMES {
             let timeout = self.timeouts.for_kind(kind).unwrap_or_default();
             positive(&format!("timeouts.{kind}"), timeout)?;
         }
@@ -170,12 +171,12 @@ impl Config {
             if cron.schedule.trim().is_empty() {
                 return fail(&key("schedule"), "must not be empty");
             }
-            if !KNOWN_KINDS.contains(&cron.kind.as_str()) {
+            if !KIND_NAMES.contains(&cron.kind.as_str()) {
                 return fail(
                     &key("kind"),
                     format!(
                         "must be one of {} (got {:?})",
-                        KNOWN_KINDS.join(", "),
+                        KIND_NAMES.join(", "),
                         cron.kind
                     ),
                 );

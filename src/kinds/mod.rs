@@ -49,7 +49,7 @@ pub fn check_payload(kind: &str, payload: &str) -> Result<(), JobError> {
         "exec" => exec::check(payload),
         other => Err(JobError::permanent(format!(
             "unknown kind {other:?} (this jobd runs: {})",
-            crate::config::KNOWN_KINDS.join(", ")
+            crate::job::KIND_NAMES.join(", ")
         ))),
     }
 }
