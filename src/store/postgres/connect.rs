@@ -20,10 +20,16 @@ pub(crate) fn postgres_error(url: &str, op: &'static str, detail: impl Into<Stri
 }
 
 /// Turns a client error during `op` into the store error that names the
-/// database (password redacted) and what the server said.
+/// database (password redacted) and what the server said, keeping the
+/// client's error as its `source`.
 pub(crate) fn failing(url: &str, op: &'static str) -> impl Fn(postgres::Error) -> StoreError {
     let url = url.to_string();
-    move |e| postgres_error(&url, op, describe(&e))
+    move |e| StoreError::Failed {
+        database: redact_url(&url),
+        op,
+        detail: describe(&e),
+        source: Some(Box::new(e)),
+    }
 }
 
 /// What went wrong, in the server's words where it spoke ("db error" alone
