@@ -22,13 +22,7 @@ fn home_on(url: &str) -> Home {
 
 /// A home whose config uses the database at `url`, plus `extra` TOML.
 fn home_with(url: &str, extra: &str) -> Home {
-    let home = Home::new();
-    std::fs::write(
-        home.config(),
-        format!("[database]\nurl = \"{url}\"\n{extra}"),
-    )
-    .unwrap();
-    home
+    Home::on_postgres(url, extra)
 }
 
 #[test]

@@ -24,6 +24,18 @@ impl Home {
         home
     }
 
+    /// A home whose config uses the PostgreSQL database at `url`, plus
+    /// `extra` TOML.
+    pub fn on_postgres(url: &str, extra: &str) -> Home {
+        let home = Home::new();
+        std::fs::write(
+            home.config(),
+            format!("[database]\nurl = \"{url}\"\n{extra}\n"),
+        )
+        .expect("write config");
+        home
+    }
+
     /// A home with the default config.
     pub fn new() -> Home {
         Home::with_config("")

@@ -192,15 +192,9 @@ pub fn homes_with(tag: &str, extra: &str) -> Vec<BackendHome> {
         schema: None,
     }];
     if let Some(schema) = pg::Schema::create(tag) {
-        let home = Home::new();
-        std::fs::write(
-            home.config(),
-            format!("[database]\nurl = \"{}\"\n{extra}\n", schema.url()),
-        )
-        .unwrap();
         out.push(BackendHome {
             name: "postgres",
-            home,
+            home: Home::on_postgres(&schema.url(), extra),
             schema: Some(schema),
         });
     }
