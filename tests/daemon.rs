@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::collections::HashSet;
-
 use common::{wait_for, Home, NOW, PATIENCE};
 
 /// A VALUES tuple for `Home::insert`: kind, payload, queue, priority, run_at,
@@ -348,28 +346,70 @@ fn sighup_applies_a_new_pool_size_and_keeps_the_old_config_when_the_new_one_is_i
     assert!(log.contains("daemon.stopped requeued=3"), "{log}");
 }
 
+/// Three daemons on one database, one killed with SIGKILL mid-run holding
+/// claimed jobs: every job succeeds exactly once, no attempt runs twice,
+/// and the others take back the killed one's jobs.
 #[test]
-fn two_daemons_on_one_file_never_run_the_same_attempt() {
-    let home = Home::with_config("[pool]\nthreads = 4\n");
-    home.migrate();
-    home.insert(&many(1000, &noop(0)));
-    let a = home.daemon_logging_to("a.log");
-    let b = home.daemon_logging_to("b.log");
-    home.insert(&many(1000, &noop(0)));
-    home.wait_count("SELECT count(*) FROM jobs WHERE state = 'succeeded'", 2000);
-    a.stop();
-    b.stop();
-    assert_eq!(home.query_i64("SELECT count(*) FROM job_runs"), 2000);
-    assert_eq!(
-        home.query_i64("SELECT count(DISTINCT job_id || ':' || attempt) FROM job_runs"),
-        2000
-    );
-    assert_eq!(home.query_i64("SELECT max(attempts) FROM jobs"), 1);
-    let workers = home
-        .sqlite3("SELECT DISTINCT worker FROM job_runs;")
-        .succeeds();
-    let workers: HashSet<&str> = workers.lines().collect();
-    assert!(!workers.is_empty());
+fn three_daemons_share_one_database_and_take_back_a_killed_ones_jobs() {
+    const JOBS: i64 = 20_000;
+    for backend in common::homes_with(
+        "fleet",
+        "[daemon]\nlease = \"1s\"\nshutdown_grace = \"200ms\"\n\
+         [pool]\nthreads = 4\n[cpu]\nworkers = 1\n",
+    ) {
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        backend.insert_many(JOBS as usize, "kind, payload", "'noop', '{\"sleep_ms\":2}'");
+        let succeeded = || backend.count("SELECT count(*) FROM jobs WHERE state = 'succeeded';");
+        let a = home.daemon_logging_to("a.log");
+        let b = home.daemon_logging_to("b.log");
+        let c = home.daemon_logging_to("c.log");
+        wait_for(PATIENCE, || (succeeded() >= JOBS / 5).then_some(()))
+            .expect("the fleet makes progress");
+        let victim = c.pid();
+        c.kill9();
+        if wait_for(PATIENCE * 2, || (succeeded() == JOBS).then_some(())).is_none() {
+            panic!(
+                "{}: not every job finished: {}",
+                backend.name,
+                backend.states()
+            );
+        }
+        a.stop();
+        b.stop();
+        let count = |sql: &str| backend.count(sql);
+        assert_eq!(
+            count("SELECT count(*) FROM (SELECT job_id FROM job_runs WHERE outcome = 'succeeded' GROUP BY job_id HAVING count(*) <> 1) t;"),
+            0,
+            "{}: a job succeeded twice",
+            backend.name
+        );
+        assert_eq!(
+            count("SELECT count(DISTINCT job_id) FROM job_runs WHERE outcome = 'succeeded';"),
+            JOBS
+        );
+        // Every attempt was recorded once: no two daemons ran the same one.
+        assert_eq!(
+            count("SELECT count(*) FROM (SELECT 1 FROM job_runs GROUP BY job_id, attempt HAVING count(*) > 1) t;"),
+            0,
+            "{}: an attempt ran twice",
+            backend.name
+        );
+        // All three ran jobs; the killed one's unfinished jobs were rescued.
+        assert_eq!(
+            count("SELECT count(DISTINCT worker) FROM job_runs WHERE outcome = 'succeeded';"),
+            3,
+            "{}",
+            backend.name
+        );
+        let rescued = count(&format!(
+            "SELECT count(*) FROM job_runs WHERE outcome = 'rescued' AND worker LIKE '%:{victim}:%';"
+        ));
+        eprintln!(
+            "{}: {JOBS} jobs, 3 daemons, one killed: {rescued} of its jobs rescued by the others",
+            backend.name
+        );
+    }
 }
 
 #[test]

@@ -423,3 +423,71 @@ fn actions_need_the_token_and_a_session_needs_its_csrf_token() {
     );
     assert!(!listed.contains("Some("), "{listed}");
 }
+
+/// Two daemons on one database: A serves the dashboard and queue "a", B runs
+/// queue "b". A's attempts chart counts B's attempts, read from the
+/// database rather than from A's own counters.
+#[test]
+fn the_dashboard_charts_every_daemons_attempts() {
+    let port = free_port();
+    for backend in common::homes_with(
+        "fleetchart",
+        &format!(
+            "[daemon]\nqueues = [\"a\"]\nlease = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    ) {
+        let a = &backend.home;
+        let b = backend.another("[daemon]\nqueues = [\"b\"]\n");
+        a.ok(&["migrate"]);
+        let dashboard = a.daemon_logging_to("a.log");
+        let worker = b.daemon_logging_to("b.log");
+        let chart = || -> Option<String> {
+            let page = ureq::get(&format!("http://127.0.0.1:{port}/"))
+                .call()
+                .ok()?
+                .into_string()
+                .ok()?;
+            Some(
+                page.split("<svg")
+                    .nth(1)?
+                    .split("</svg>")
+                    .next()?
+                    .to_string(),
+            )
+        };
+        // Bar heights of the attempts chart (the first), once it has bars:
+        // two samples, so the attempts below fall between samples.
+        let bars = |svg: &str| -> Vec<f64> {
+            svg.split("<rect")
+                .skip(1)
+                .filter_map(|r| r.split("height=\"").nth(1)?.split('"').next()?.parse().ok())
+                .collect()
+        };
+        wait_for(PATIENCE, || chart().filter(|svg| !bars(svg).is_empty()))
+            .expect("the chart has its first bar");
+        backend.insert_many(30, "kind, queue", "'noop', 'b'");
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "30",
+            "B ran its jobs",
+        );
+        wait_for(PATIENCE, || {
+            chart().filter(|svg| bars(svg).iter().any(|h| *h > 0.0))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: A's chart does not count B's attempts: {:?}",
+                backend.name,
+                chart()
+            )
+        });
+        dashboard.stop();
+        worker.stop();
+        assert_eq!(
+            backend.value("SELECT count(DISTINCT worker) FROM job_runs;"),
+            "1",
+            "{}: only B ran jobs",
+            backend.name
+        );
+    }
+}

@@ -144,47 +144,100 @@ fn kill_9_twenty_times_over_20_000_jobs() {
     assert_eq!(report.lost, 0);
 }
 
+/// Another process takes the database's write lock for 3 s, with the
+/// daemon's `busy_timeout` at 300 ms: jobd's writes wait, fail, are logged
+/// as `db.busy` saying what it does next, and are tried again; every job
+/// runs once and nothing is lost. On SQLite a `BEGIN IMMEDIATE`, on
+/// PostgreSQL a `LOCK TABLE jobs IN EXCLUSIVE MODE`.
 #[test]
 fn a_write_lock_held_by_another_process_delays_outcomes_but_loses_none() {
-    let home = Home::with_config("[pool]\nthreads = 8\n[daemon]\nshutdown_grace = \"100ms\"\n");
-    home.migrate();
-    let rows: Vec<String> = (0..300)
-        .map(|_| format!("('noop', '{{\"sleep_ms\":30}}', 'default', 0, {NOW}, 3, NULL)"))
-        .collect();
-    home.insert(&rows.join(", "));
-    // The daemon waits at most 100 ms for the lock, then backs off.
-    let log = home.path().join("daemon.log");
-    let daemon = home.daemon_with_env(&log, &log, &[("JOBD_DATABASE__BUSY_TIMEOUT", "100ms")]);
-    home.wait_count(
-        "SELECT min(count(*), 20) FROM jobs WHERE state = 'succeeded'",
-        20,
-    );
-    // Another process takes the write lock for 5 s.
-    let marker = home.path().join("locked");
-    let mut locker = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys, time, pathlib\n\
-             db = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)\n\
-             db.execute('BEGIN IMMEDIATE')\n\
-             pathlib.Path(sys.argv[2]).write_text('locked')\n\
-             time.sleep(5)\n\
-             db.execute('COMMIT')\n",
-        )
-        .arg(home.db())
-        .arg(&marker)
-        .spawn()
-        .expect("python3");
-    wait_for(PATIENCE, || marker.exists().then_some(())).expect("the lock is taken");
-    let busy = daemon.wait_log("db.busy");
-    assert!(busy.contains("action="), "says what it will do: {busy}");
-    assert!(locker.wait().unwrap().success());
-    home.wait_count("SELECT count(*) FROM jobs WHERE state = 'succeeded'", 300);
-    let log = daemon.stop();
-    assert!(log.contains("db.recovered"), "{log}");
-    // Every job ran once: nothing lost, no attempt counted twice.
-    assert_eq!(home.query_i64("SELECT count(*) FROM job_runs"), 300);
-    assert_eq!(home.query_i64("SELECT max(attempts) FROM jobs"), 1);
+    const JOBS: usize = 200;
+    for backend in common::homes_with(
+        "locked",
+        "[pool]\nthreads = 8\n[daemon]\nshutdown_grace = \"100ms\"\n",
+    ) {
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        backend.insert_many(
+            JOBS,
+            "kind, payload, max_attempts",
+            "'noop', '{\"sleep_ms\":30}', 3",
+        );
+        let log = home.path().join("daemon.log");
+        let daemon = home.daemon_with_env(&log, &log, &[("JOBD_DATABASE__BUSY_TIMEOUT", "300ms")]);
+        let succeeded = || backend.count("SELECT count(*) FROM jobs WHERE state = 'succeeded';");
+        wait_for(PATIENCE, || (succeeded() >= 20).then_some(())).expect("jobs run");
+        let mut locker = hold_the_write_lock(&backend, 3);
+        let busy = daemon.wait_log("db.busy");
+        assert!(busy.contains("action="), "says what it will do: {busy}");
+        assert!(
+            busy.contains("stayed locked by another connection")
+                && busy.contains("for more than 300ms"),
+            "{}: {busy}",
+            backend.name
+        );
+        assert!(locker.wait().unwrap().success());
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            &JOBS.to_string(),
+            "every job finished once the lock was gone",
+        );
+        let log = daemon.stop();
+        assert!(log.contains("db.recovered"), "{}: {log}", backend.name);
+        // Every job ran once: nothing lost, no attempt counted twice.
+        assert_eq!(backend.count("SELECT count(*) FROM job_runs;"), JOBS as i64);
+        assert_eq!(backend.count("SELECT max(attempts) FROM jobs;"), 1);
+    }
+}
+
+/// Starts a process that takes `backend`'s write lock on `jobs` for `secs`
+/// seconds, and returns once it holds it.
+fn hold_the_write_lock(backend: &common::BackendHome, secs: u32) -> std::process::Child {
+    let mut cmd;
+    match &backend.schema {
+        Some(schema) => {
+            cmd = std::process::Command::new("psql");
+            cmd.args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
+                .arg(format!(
+                    "SET search_path = {}; BEGIN; LOCK TABLE jobs IN EXCLUSIVE MODE; \
+                     SELECT pg_sleep({secs}); COMMIT;",
+                    schema.name
+                ))
+                .stdout(std::process::Stdio::null());
+        }
+        None => {
+            cmd = std::process::Command::new("python3");
+            cmd.arg("-c")
+                .arg(
+                    "import sqlite3, sys, time, pathlib\n\
+                     db = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)\n\
+                     db.execute('BEGIN IMMEDIATE')\n\
+                     pathlib.Path(sys.argv[2]).write_text('locked')\n\
+                     time.sleep(float(sys.argv[3]))\n\
+                     db.execute('COMMIT')\n",
+                )
+                .arg(backend.home.db())
+                .arg(backend.home.path().join("locked"))
+                .arg(secs.to_string());
+        }
+    }
+    let child = cmd.spawn().expect("the lock holder starts");
+    let held = || match &backend.schema {
+        Some(schema) => {
+            schema
+                .psql(&format!(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 WHERE c.relname = 'jobs' AND l.mode = 'ExclusiveLock' AND l.granted \
+                 AND c.relnamespace = '{}'::regnamespace;",
+                    schema.name
+                ))
+                .as_deref()
+                == Ok("1")
+        }
+        None => backend.home.path().join("locked").exists(),
+    };
+    wait_for(PATIENCE, || held().then_some(())).expect("the lock is taken");
+    child
 }
 
 /// Puts a bad file at the database path.

@@ -348,3 +348,183 @@ fn text_that_is_not_utf8_is_refused_at_insert() {
     home.sqlite3("UPDATE jobs SET payload = CAST(x'7b7dff' AS TEXT) WHERE id = 1;")
         .fails(1, "jobs.payload is not valid UTF-8");
 }
+
+/// The same schema on PostgreSQL, as `psql` sees it: created and upgraded
+/// by `jobd migrate`, the same CHECK rules and defaults, the claim an index
+/// range scan.
+mod postgres {
+    use super::*;
+    use common::pg::Schema;
+
+    fn home_on(url: &str) -> Home {
+        Home::on_postgres(url, "")
+    }
+
+    #[test]
+    fn migrate_creates_the_schema_once_and_says_so() {
+        let Some(schema) = Schema::create("migrate") else {
+            return;
+        };
+        use jobd::store::postgres::SCHEMA_VERSION;
+        let home = home_on(&schema.url());
+        let first = home.ok(&["migrate"]);
+        assert!(
+            first.contains(&format!(
+                "migrated from schema version 0 to {SCHEMA_VERSION}"
+            )),
+            "{first}"
+        );
+        let again = home.ok(&["migrate"]);
+        assert!(
+            again.contains(&format!("is at schema version {SCHEMA_VERSION}")),
+            "{again}"
+        );
+        let tables = schema
+            .psql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = current_schema();")
+            .unwrap();
+        assert_eq!(
+            tables,
+            "cron,imported_jobs,job_runs,jobd_schema,jobs,meta,queues,workers"
+        );
+        // A schema from a newer jobd is refused, not touched.
+        schema.psql("UPDATE jobd_schema SET version = 99;").unwrap();
+        home.jobd(&["migrate"])
+            .fails(1, "newer than this jobd knows");
+        assert_eq!(
+            schema.psql("SELECT version FROM jobd_schema;").unwrap(),
+            "99"
+        );
+    }
+
+    #[test]
+    fn a_schema_from_the_previous_version_is_upgraded_with_its_jobs() {
+        use jobd::store::postgres::{MIGRATIONS, SCHEMA_VERSION};
+        let Some(schema) = Schema::create("upgrade") else {
+            return;
+        };
+        let previous = SCHEMA_VERSION - 1;
+        let mut sql = String::from("CREATE TABLE jobd_schema (version BIGINT NOT NULL);");
+        for step in &MIGRATIONS[..previous as usize] {
+            sql.push_str(step);
+        }
+        sql.push_str(&format!(
+            "INSERT INTO jobd_schema VALUES ({previous}); INSERT INTO jobs(kind) VALUES ('noop');"
+        ));
+        schema.psql(&sql).unwrap();
+        let home = home_on(&schema.url());
+        // Commands that only read refuse the old schema and say what to do.
+        home.jobd(&["list"]).fails(1, "run `jobd migrate`");
+        let out = home.ok(&["migrate"]);
+        assert!(
+            out.contains(&format!(
+                "from schema version {previous} to {SCHEMA_VERSION}"
+            )),
+            "{out}"
+        );
+        assert_eq!(
+            schema
+                .psql("SELECT kind || ':' || state FROM jobs;")
+                .unwrap(),
+            "noop:queued"
+        );
+        home.ok(&["list"]);
+    }
+
+    #[test]
+    fn the_database_rejects_bad_inserts_and_fills_defaults() {
+        let Some(schema) = Schema::create("checks") else {
+            return;
+        };
+        home_on(&schema.url()).ok(&["migrate"]);
+        for (insert, needle) in [
+            (
+                "INSERT INTO jobs(kind, payload) VALUES ('noop', '{bad');",
+                "invalid input syntax for type json",
+            ),
+            ("INSERT INTO jobs(kind) VALUES ('');", "kind_not_empty"),
+            (
+                "INSERT INTO jobs(kind, max_attempts) VALUES ('noop', 0);",
+                "max_attempts_at_least_1",
+            ),
+            (
+                "INSERT INTO jobs(kind, timeout_ms) VALUES ('noop', -5);",
+                "timeout_ms_positive",
+            ),
+            (
+                "INSERT INTO jobs(kind, state) VALUES ('noop', 'paused');",
+                "state_known",
+            ),
+            (
+                "INSERT INTO jobs(kind, queue) VALUES ('noop', '');",
+                "queue_not_empty",
+            ),
+            // Text that is not UTF-8 never gets in (SQLite needs triggers for
+            // this; PostgreSQL checks every text value itself).
+            (
+                "INSERT INTO jobs(kind, payload) VALUES ('noop', E'{\"a\":\"\\xff\"}');",
+                "invalid byte sequence for encoding \"UTF8\": 0xff",
+            ),
+            (
+                "INSERT INTO jobs(kind, queue) VALUES ('noop', convert_from('\\x6dff'::bytea, 'UTF8'));",
+                "invalid byte sequence for encoding \"UTF8\"",
+            ),
+        ] {
+            let err = schema.psql(insert).expect_err(insert);
+            assert!(err.contains(needle), "{insert}: {err}");
+        }
+        let row = schema
+            .psql(
+                "INSERT INTO jobs(kind, payload) VALUES ('http', '{\"url\":\"http://x\"}') \
+                 RETURNING state || ',' || queue || ',' || attempts || ',' || \
+                 (abs(run_at - (extract(epoch from now()) * 1000)::bigint) < 60000);",
+            )
+            .unwrap();
+        assert_eq!(row.lines().next().unwrap(), "queued,default,0,true");
+        // The unique key allows one active job per key.
+        schema
+            .psql("INSERT INTO jobs(kind, unique_key) VALUES ('noop', 'k');")
+            .unwrap();
+        let dup = schema
+            .psql("INSERT INTO jobs(kind, unique_key) VALUES ('noop', 'k');")
+            .unwrap_err();
+        assert!(dup.contains("jobs_unique_key"), "{dup}");
+    }
+
+    #[test]
+    fn the_claim_of_either_pool_is_an_index_range_scan_however_many_are_queued() {
+        use jobd::job::Pool;
+        use jobd::store::postgres::claim_sql;
+        let Some(schema) = Schema::create("plan") else {
+            return;
+        };
+        let home = home_on(&schema.url());
+        home.ok(&["migrate"]);
+        schema
+            .psql(
+                "INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, 20000); \
+                 INSERT INTO jobs(kind, payload) SELECT 'exec', '{\"handler\":\"x\"}' FROM generate_series(1, 20000); \
+                 ANALYZE jobs;",
+            )
+            .unwrap();
+        for pool in Pool::ALL {
+            // A prepared statement planned with its parameters as constants,
+            // as the server plans the store's first executions.
+            let plan = schema
+                .psql(&format!(
+                    "PREPARE c(bigint, bigint, text, text, bigint) AS {}; \
+                     EXPLAIN EXECUTE c(9000000000000, 9000000000000, 'w', 'default', 64);",
+                    claim_sql(pool)
+                ))
+                .unwrap();
+            assert!(
+                plan.contains("Index Scan using jobs_ready"),
+                "{pool:?}: {plan}"
+            );
+            assert!(!plan.contains("Sort"), "the {pool:?} claim sorts: {plan}");
+            assert!(
+                !plan.contains("Seq Scan on jobs"),
+                "the {pool:?} claim scans: {plan}"
+            );
+        }
+    }
+}

@@ -877,3 +877,61 @@ fn a_daemons_running_count_is_the_queues_running_count() {
         assert_eq!(stats.workers[0].running, 0);
     });
 }
+
+#[test]
+fn list_pages_newest_first_and_filters_by_state_queue_and_kind() {
+    each(|s| {
+        let mut jobs: Vec<NewJob> = (0..5).map(|_| job("noop")).collect();
+        jobs[1].queue = "mail".into();
+        jobs[2] = job("http");
+        let id = inserted(s, &jobs);
+        claim(s, W1, NOW, "mail", 1);
+        let list = |s: &mut dyn Store, filter: ListFilter| -> Vec<i64> {
+            s.list(&filter).unwrap().iter().map(|j| j.id).collect()
+        };
+        let first = list(
+            s,
+            ListFilter {
+                limit: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(first, vec![id[4], id[3]], "newest first");
+        let next = list(
+            s,
+            ListFilter {
+                limit: 10,
+                before: Some(first[1]),
+                ..Default::default()
+            },
+        );
+        assert_eq!(next, vec![id[2], id[1], id[0]], "the next page");
+        let queued = list(
+            s,
+            ListFilter {
+                state: Some(JobState::Queued),
+                limit: 10,
+                ..Default::default()
+            },
+        );
+        assert_eq!(queued, vec![id[4], id[3], id[2], id[0]]);
+        let mail = list(
+            s,
+            ListFilter {
+                queue: Some("mail".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        );
+        assert_eq!(mail, vec![id[1]]);
+        let http = list(
+            s,
+            ListFilter {
+                kind: Some("http".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        );
+        assert_eq!(http, vec![id[2]]);
+    });
+}

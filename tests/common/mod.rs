@@ -169,6 +169,65 @@ impl BackendHome {
         }
     }
 
+    /// Another home (its own folder and config, with `extra` TOML) on the
+    /// same database: a second daemon's, as on another host.
+    pub fn another(&self, extra: &str) -> Home {
+        match &self.schema {
+            Some(schema) => Home::on_postgres(&schema.url(), extra),
+            None => {
+                let other = Home::new();
+                std::fs::write(
+                    other.config(),
+                    format!(
+                        "[database]\npath = \"{}\"\nbusy_timeout = \"5s\"\n{extra}\n",
+                        self.home.db().display()
+                    ),
+                )
+                .expect("write config");
+                other
+            }
+        }
+    }
+
+    /// Inserts `n` jobs, each row `select` (SQL over `i`, 1 to `n`) into
+    /// `columns`, in one statement either shell runs.
+    pub fn insert_many(&self, n: usize, columns: &str, select: &str) {
+        self.value(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+             INSERT INTO jobs({columns}) SELECT {select} FROM n;"
+        ));
+    }
+
+    /// Waits until `sql` answers `want`; panics with the jobs by state and
+    /// `what` if it does not within the patience.
+    pub fn wait_value(&self, sql: &str, want: &str, what: &str) {
+        if wait_for(PATIENCE, || (self.value(sql) == want).then_some(())).is_none() {
+            panic!(
+                "{} ({what}): {sql} never gave {want}; jobs by state: {}",
+                self.name,
+                self.states()
+            );
+        }
+    }
+
+    /// The jobs by state (`queued=3 running=1`), for messages.
+    pub fn states(&self) -> String {
+        let join = match self.schema {
+            Some(_) => "string_agg(state || '=' || n, ' ')",
+            None => "group_concat(state || '=' || n, ' ')",
+        };
+        self.value(&format!(
+            "SELECT {join} FROM (SELECT state, count(*) AS n FROM jobs GROUP BY state) t;"
+        ))
+    }
+
+    /// The first column of `sql` as a number.
+    pub fn count(&self, sql: &str) -> i64 {
+        let text = self.value(sql);
+        text.parse()
+            .unwrap_or_else(|_| panic!("{}: {sql} gave {text:?}", self.name))
+    }
+
     /// What `check-config` shows as the database: its path or its schema.
     pub fn database_named(&self) -> String {
         match &self.schema {

@@ -1,5 +1,5 @@
-//! A PostgreSQL schema per test on the machine's server (`tests/postgres.rs`,
-//! and the store conformance suite's second backend).
+//! A PostgreSQL schema per test on the machine's server (every test that runs
+//! on both backends, and `tests/postgres.rs`).
 
 pub const SERVER: &str = "postgres://root@127.0.0.1:5432/test";
 
