@@ -1,9 +1,16 @@
 //! What both backends do the same way, written once: the control flow of a
-//! claim by plan and of a rescue with its attempt rows, the SQL that is the
-//! same on both (`?1`/`$1` swapped in), and small helpers over the rows.
+//! claim by plan, of a rescue with its attempt rows, of cancel and retry
+//! (over [`JobEdits`], each backend's row operations), of `retry --dead` and
+//! prune in batches, and the assembly of `stats` from each backend's rows;
+//! the SQL that is the same on both (`?1`/`$1` swapped in); small helpers.
 
-use crate::job::{Claimed, Completion, Pool, RunOutcome};
-use crate::store::contract::{Applied, ClaimRequest, Rescued};
+use std::collections::BTreeMap;
+
+use crate::job::{Claimed, Completion, JobState, Pool, RunOutcome};
+use crate::store::contract::{
+    Applied, BulkRetry, CancelResult, ClaimRequest, PruneCutoffs, Pruned, QueueStats, Rescued,
+    RetryResult, Stats, WorkerInfo,
+};
 
 /// The SQL of [`crate::store::Reads::tally_runs_after`], the same on both backends
 /// (`?1`/`$1` swapped in): a range scan of the primary key over the new rows.
@@ -175,4 +182,367 @@ pub(crate) fn in_claim_order(jobs: &mut [Claimed]) {
             .then(a.run_at.cmp(&b.run_at))
             .then(a.id.cmp(&b.id))
     });
+}
+
+/// `last_error` of a queued job an operator cancelled.
+pub(crate) const CANCELLED_BEFORE_RUN: &str = "cancelled by an operator before it ran";
+
+/// The row operations that `cancel` and `retry` are made of, inside one
+/// transaction of either backend; [`cancel_each`] and [`retry_each`] hold
+/// the decisions, so both backends answer alike.
+pub(crate) trait JobEdits {
+    /// The driver's error.
+    type Error;
+    /// Cancels job `id` if it is queued (with [`CANCELLED_BEFORE_RUN`]);
+    /// true if it was.
+    fn cancel_queued(&mut self, id: i64, now: i64) -> Result<bool, Self::Error>;
+    /// Sets `cancel_requested` on job `id` if it is running; true if it was.
+    fn request_cancel(&mut self, id: i64) -> Result<bool, Self::Error>;
+    /// The state of job `id`, None when there is no such job.
+    fn state(&mut self, id: i64) -> Result<Option<JobState>, Self::Error>;
+    /// The queued or running job that holds job `id`'s unique key.
+    fn key_holder(&mut self, id: i64) -> Result<Option<i64>, Self::Error>;
+    /// Puts the dead or cancelled job `id` back to `queued` at `now`, its
+    /// attempts reset.
+    fn requeue(&mut self, id: i64, now: i64) -> Result<(), Self::Error>;
+}
+
+/// `cancel` on either backend: a queued job is cancelled at once, a running
+/// one by request (its holder stops it), a finished one is left as it is.
+pub(crate) fn cancel_each<T: JobEdits>(
+    rows: &mut T,
+    ids: &[i64],
+    now: i64,
+) -> Result<Vec<CancelResult>, T::Error> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        out.push(if rows.cancel_queued(id, now)? {
+            CancelResult::Cancelled
+        } else if rows.request_cancel(id)? {
+            CancelResult::Requested
+        } else {
+            match rows.state(id)? {
+                Some(state) => CancelResult::AlreadyFinal(state),
+                None => CancelResult::NotFound,
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// `retry` on either backend: only a dead or cancelled job goes back to
+/// `queued`, and not while another job holds its unique key.
+pub(crate) fn retry_each<T: JobEdits>(
+    rows: &mut T,
+    ids: &[i64],
+    now: i64,
+) -> Result<Vec<RetryResult>, T::Error> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        out.push(match rows.state(id)? {
+            None => RetryResult::NotFound,
+            Some(state) if !matches!(state, JobState::Dead | JobState::Cancelled) => {
+                RetryResult::WrongState(state)
+            }
+            Some(_) => match rows.key_holder(id)? {
+                Some(holder) => RetryResult::UniqueKeyTaken(holder),
+                None => {
+                    rows.requeue(id, now)?;
+                    RetryResult::Queued
+                }
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// `retry --dead` on either backend: `batch(after)` requeues, in one short
+/// transaction, up to [`BULK_RETRY_BATCH`] dead jobs with ids above `after`
+/// and returns their ids and how many it requeued (a job whose unique key
+/// is taken stays dead); batches run until one comes back short.
+pub(crate) fn retry_dead_in_batches<E>(
+    mut batch: impl FnMut(i64) -> Result<(Vec<i64>, u64), E>,
+) -> Result<BulkRetry, E> {
+    let mut total = BulkRetry::default();
+    let mut after = 0i64;
+    loop {
+        let (ids, queued) = batch(after)?;
+        total.queued += queued;
+        total.skipped_unique += ids.len() as u64 - queued;
+        match ids.last() {
+            Some(&last) if ids.len() == BULK_RETRY_BATCH => after = last,
+            _ => return Ok(total),
+        }
+    }
+}
+
+/// One prune batch on either backend: up to `batch` final jobs, succeeded
+/// first, then dead, then cancelled, each state with its own cutoff.
+/// `delete(state, cutoff, left)` deletes up to `left` jobs of `state`
+/// finished before `cutoff`, with their attempt records, and returns how
+/// many it found and what it deleted. `state` is a literal the backend
+/// writes into its SQL, so the planner uses the state's partial index.
+pub(crate) fn prune_by_state<E>(
+    cutoffs: &PruneCutoffs,
+    batch: usize,
+    mut delete: impl FnMut(&'static str, i64, i64) -> Result<(usize, Pruned), E>,
+) -> Result<Pruned, E> {
+    let mut pruned = Pruned::default();
+    let mut left = batch as i64;
+    for (state, cutoff) in [
+        ("succeeded", cutoffs.succeeded),
+        ("dead", cutoffs.dead),
+        ("cancelled", cutoffs.cancelled),
+    ] {
+        let Some(cutoff) = cutoff else { continue };
+        if left <= 0 {
+            break;
+        }
+        let (found, deleted) = delete(state, cutoff, left)?;
+        pruned.jobs += deleted.jobs;
+        pruned.runs += deleted.runs;
+        left -= found as i64;
+    }
+    Ok(pruned)
+}
+
+/// The figures of `jobd stats`, assembled from each backend's rows (the SQL
+/// differs, what is made of it does not). Every queue named by any row gets
+/// an entry; durations become p50/p95 at the end.
+pub(crate) struct StatsBuilder {
+    now: i64,
+    queues: BTreeMap<String, QueueStats>,
+    durations: BTreeMap<String, Vec<i64>>,
+}
+
+impl StatsBuilder {
+    /// The last minute and hour, for the finished counts and durations.
+    pub(crate) const MINUTE: i64 = 60_000;
+    pub(crate) const HOUR: i64 = 3_600_000;
+
+    pub(crate) fn new(now: i64) -> StatsBuilder {
+        StatsBuilder {
+            now,
+            queues: BTreeMap::new(),
+            durations: BTreeMap::new(),
+        }
+    }
+
+    fn queue(&mut self, name: String) -> &mut QueueStats {
+        self.queues
+            .entry(name.clone())
+            .or_insert_with(|| QueueStats {
+                queue: name,
+                ..QueueStats::default()
+            })
+    }
+
+    /// A queue's queued jobs: ready, scheduled, and the oldest ready `run_at`.
+    pub(crate) fn queued(&mut self, name: String, ready: i64, scheduled: i64, oldest: Option<i64>) {
+        let now = self.now;
+        let q = self.queue(name);
+        q.ready = ready as u64;
+        q.scheduled = scheduled as u64;
+        q.lag_ms = oldest.map_or(0, |oldest| (now - oldest).max(0));
+    }
+
+    /// A queue's running jobs.
+    pub(crate) fn running(&mut self, name: String, count: i64) {
+        self.queue(name).running = count as u64;
+    }
+
+    /// A queue's jobs that reached `state` (`succeeded` or `dead`) in the
+    /// last minute and the last hour.
+    pub(crate) fn finished(&mut self, state: &str, name: String, minute: i64, hour: i64) {
+        let q = self.queue(name);
+        let (m, h) = match state {
+            "succeeded" => (&mut q.succeeded_1m, &mut q.succeeded_1h),
+            _ => (&mut q.dead_1m, &mut q.dead_1h),
+        };
+        (*m, *h) = (minute as u64, hour as u64);
+    }
+
+    /// One attempt's duration in a queue, from the last hour's sample.
+    pub(crate) fn duration(&mut self, name: String, ms: i64) {
+        self.durations.entry(name).or_default().push(ms);
+    }
+
+    /// A queue's row in `queues`.
+    pub(crate) fn paused(&mut self, name: String, paused: bool) {
+        self.queue(name).paused = paused;
+    }
+
+    /// The stats, with the live daemons.
+    pub(crate) fn finish(mut self, workers: Vec<WorkerInfo>) -> Stats {
+        for (name, mut values) in std::mem::take(&mut self.durations) {
+            values.sort_unstable();
+            let q = self.queue(name);
+            q.p50_ms = percentile(&values, 0.50);
+            q.p95_ms = percentile(&values, 0.95);
+        }
+        Stats {
+            now: self.now,
+            queues: self.queues.into_values().collect(),
+            workers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_spends_one_batch_across_the_states_in_order_and_skips_those_kept_forever() {
+        let cutoffs = PruneCutoffs {
+            succeeded: Some(10),
+            dead: None,
+            cancelled: Some(30),
+        };
+        let mut asked = Vec::new();
+        let pruned = prune_by_state::<()>(&cutoffs, 5, |state, cutoff, left| {
+            asked.push((state, cutoff, left));
+            let found = if state == "succeeded" { 3 } else { 2 };
+            Ok((
+                found,
+                Pruned {
+                    jobs: found as u64,
+                    runs: 2 * found as u64,
+                },
+            ))
+        })
+        .unwrap();
+        assert_eq!(asked, vec![("succeeded", 10, 5), ("cancelled", 30, 2)]);
+        assert_eq!((pruned.jobs, pruned.runs), (5, 10));
+        // A batch the first state fills asks no more.
+        let mut asked = 0;
+        prune_by_state::<()>(&cutoffs, 3, |_, _, left| {
+            asked += 1;
+            Ok((left as usize, Pruned::default()))
+        })
+        .unwrap();
+        assert_eq!(asked, 1);
+    }
+
+    #[test]
+    fn retry_dead_goes_on_after_full_batches_and_counts_what_stayed_dead() {
+        let mut afters = Vec::new();
+        let total = retry_dead_in_batches::<()>(|after| {
+            afters.push(after);
+            let n = if afters.len() < 3 {
+                BULK_RETRY_BATCH
+            } else {
+                7
+            };
+            let ids: Vec<i64> = (after + 1..=after + n as i64).collect();
+            Ok((ids, n as u64 - 1))
+        })
+        .unwrap();
+        let full = BULK_RETRY_BATCH as i64;
+        assert_eq!(afters, vec![0, full, 2 * full]);
+        assert_eq!(total.queued, 2 * (BULK_RETRY_BATCH as u64 - 1) + 6);
+        assert_eq!(total.skipped_unique, 3);
+    }
+
+    /// Cancel and retry over an in-memory table: what each answers is
+    /// decided once, here, for both backends.
+    #[derive(Default)]
+    struct Table {
+        state: BTreeMap<i64, JobState>,
+        holder: BTreeMap<i64, i64>,
+        requeued: Vec<i64>,
+    }
+
+    impl JobEdits for Table {
+        type Error = ();
+        fn cancel_queued(&mut self, id: i64, _now: i64) -> Result<bool, ()> {
+            let queued = self.state.get(&id) == Some(&JobState::Queued);
+            if queued {
+                self.state.insert(id, JobState::Cancelled);
+            }
+            Ok(queued)
+        }
+        fn request_cancel(&mut self, id: i64) -> Result<bool, ()> {
+            Ok(self.state.get(&id) == Some(&JobState::Running))
+        }
+        fn state(&mut self, id: i64) -> Result<Option<JobState>, ()> {
+            Ok(self.state.get(&id).copied())
+        }
+        fn key_holder(&mut self, id: i64) -> Result<Option<i64>, ()> {
+            Ok(self.holder.get(&id).copied())
+        }
+        fn requeue(&mut self, id: i64, _now: i64) -> Result<(), ()> {
+            self.requeued.push(id);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn cancel_and_retry_answer_each_id_by_its_state() {
+        let mut t = Table::default();
+        for (id, state) in [
+            (1, JobState::Queued),
+            (2, JobState::Running),
+            (3, JobState::Succeeded),
+            (4, JobState::Dead),
+            (5, JobState::Dead),
+        ] {
+            t.state.insert(id, state);
+        }
+        t.holder.insert(5, 9);
+        assert_eq!(
+            cancel_each(&mut t, &[1, 2, 3, 8], 0).unwrap(),
+            vec![
+                CancelResult::Cancelled,
+                CancelResult::Requested,
+                CancelResult::AlreadyFinal(JobState::Succeeded),
+                CancelResult::NotFound
+            ]
+        );
+        assert_eq!(
+            retry_each(&mut t, &[1, 2, 4, 5, 8], 0).unwrap(),
+            vec![
+                RetryResult::Queued,
+                RetryResult::WrongState(JobState::Running),
+                RetryResult::Queued,
+                RetryResult::UniqueKeyTaken(9),
+                RetryResult::NotFound
+            ]
+        );
+        assert_eq!(t.requeued, vec![1, 4], "only dead or cancelled, keys free");
+    }
+
+    #[test]
+    fn stats_take_lag_from_the_oldest_ready_job_and_percentiles_from_durations() {
+        let mut stats = StatsBuilder::new(10_000);
+        stats.queued("mail".into(), 2, 1, Some(7_500));
+        stats.queued("idle".into(), 0, 3, None);
+        stats.running("mail".into(), 4);
+        stats.finished("succeeded", "mail".into(), 1, 5);
+        stats.finished("dead", "mail".into(), 0, 2);
+        for ms in [30, 10, 20, 40] {
+            stats.duration("mail".into(), ms);
+        }
+        stats.paused("held".into(), true);
+        let s = stats.finish(Vec::new());
+        let names: Vec<&str> = s.queues.iter().map(|q| q.queue.as_str()).collect();
+        assert_eq!(names, vec!["held", "idle", "mail"], "every queue, by name");
+        let mail = &s.queues[2];
+        assert_eq!(
+            (mail.ready, mail.scheduled, mail.running, mail.lag_ms),
+            (2, 1, 4, 2_500)
+        );
+        assert_eq!(
+            (
+                mail.succeeded_1m,
+                mail.succeeded_1h,
+                mail.dead_1m,
+                mail.dead_1h
+            ),
+            (1, 5, 0, 2)
+        );
+        assert_eq!((mail.p50_ms, mail.p95_ms), (Some(20), Some(40)));
+        assert_eq!(s.queues[1].lag_ms, 0, "nothing ready, no lag");
+        assert!(s.queues[0].paused);
+    }
 }

@@ -3,6 +3,9 @@
 use crate::store::contract::Admin;
 use crate::store::contract::{BulkRetry, CancelResult, PruneCutoffs, Pruned, Result, RetryResult};
 use crate::store::postgres::*;
+use crate::store::shared::{
+    cancel_each, prune_by_state, retry_dead_in_batches, retry_each, JobEdits, CANCELLED_BEFORE_RUN,
+};
 
 impl Admin for PgStore {
     fn migrate(&mut self) -> Result<(i64, i64)> {
@@ -53,106 +56,34 @@ impl Admin for PgStore {
 
     fn cancel(&mut self, ids: &[i64], now: i64) -> Result<Vec<CancelResult>> {
         self.revive()?;
-        // Cancels jobs: queued ones at once, running ones by request.
         let fail = self.failing("cancel");
         let mut tx = self.client.transaction().map_err(&fail)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for &id in ids {
-            let queued = tx
-                .execute(
-                    "UPDATE jobs SET state = 'cancelled', finished_at = $2, \
-                     last_error = 'cancelled by an operator before it ran' \
-                     WHERE id = $1 AND state = 'queued'",
-                    &[&id, &now],
-                )
-                .map_err(&fail)?;
-            if queued == 1 {
-                out.push(CancelResult::Cancelled);
-                continue;
-            }
-            let running = tx
-                .execute(
-                    "UPDATE jobs SET cancel_requested = true WHERE id = $1 AND state = 'running'",
-                    &[&id],
-                )
-                .map_err(&fail)?;
-            if running == 1 {
-                out.push(CancelResult::Requested);
-                continue;
-            }
-            let state = tx
-                .query_opt("SELECT state FROM jobs WHERE id = $1", &[&id])
-                .map_err(&fail)?
-                .map(|r| r.get::<_, String>(0));
-            out.push(match state.and_then(|s| s.parse().ok()) {
-                Some(state) => CancelResult::AlreadyFinal(state),
-                None => CancelResult::NotFound,
-            });
-        }
+        let out = cancel_each(&mut Edits(&mut tx), ids, now).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(out)
     }
 
     fn retry(&mut self, ids: &[i64], now: i64) -> Result<Vec<RetryResult>> {
         self.revive()?;
-        // Puts dead or cancelled jobs back to `queued` with attempts reset.
         let fail = self.failing("retry");
         let mut tx = self.client.transaction().map_err(&fail)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for &id in ids {
-            let state: Option<JobState> = tx
-                .query_opt("SELECT state FROM jobs WHERE id = $1", &[&id])
-                .map_err(&fail)?
-                .and_then(|r| r.get::<_, String>(0).parse().ok());
-            let Some(state) = state else {
-                out.push(RetryResult::NotFound);
-                continue;
-            };
-            if !matches!(state, JobState::Dead | JobState::Cancelled) {
-                out.push(RetryResult::WrongState(state));
-                continue;
-            }
-            let holder = tx
-                .query_opt(
-                    "SELECT other.id FROM jobs AS this JOIN jobs AS other \
-                     ON other.unique_key = this.unique_key \
-                     WHERE this.id = $1 AND other.state IN ('queued', 'running')",
-                    &[&id],
-                )
-                .map_err(&fail)?;
-            if let Some(holder) = holder {
-                out.push(RetryResult::UniqueKeyTaken(holder.get(0)));
-                continue;
-            }
-            tx.execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, started_at = NULL, \
-                 finished_at = NULL, lease_until = NULL, cancel_requested = false \
-                 WHERE id = $1 AND state IN ('dead', 'cancelled')",
-                &[&id, &now],
-            )
-            .map_err(&fail)?;
-            out.push(RetryResult::Queued);
-        }
+        let out = retry_each(&mut Edits(&mut tx), ids, now).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(out)
     }
 
     fn retry_dead(&mut self, queue: Option<&str>, now: i64) -> Result<BulkRetry> {
         self.revive()?;
-        // Puts every dead job (of one queue, or all) back to `queued`, in
-        // batches; a job whose unique key is taken stays dead.
         let fail = self.failing("retry dead jobs");
-        let mut total = BulkRetry::default();
-        let mut after = 0i64;
-        loop {
-            let mut tx = self.client.transaction().map_err(&fail)?;
+        let client = &mut self.client;
+        retry_dead_in_batches(|after| {
+            let mut tx = client.transaction()?;
             let ids: Vec<i64> = tx
                 .query(
                     "SELECT id FROM jobs WHERE state = 'dead' AND id > $1 \
                      AND ($2::text IS NULL OR queue = $2) ORDER BY id LIMIT $3",
                     &[&after, &queue, &BULK_RETRY_BATCH],
-                )
-                .map_err(&fail)?
+                )?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
@@ -174,10 +105,10 @@ impl Admin for PgStore {
                 // A client that enqueues one of these keys while the
                 // statement runs makes it fail on the index; the next try
                 // sees that job as the holder.
-                let mut attempt = tx.savepoint("requeue").map_err(&fail)?;
+                let mut attempt = tx.savepoint("requeue")?;
                 match attempt.execute(requeue, &[&ids, &now]) {
                     Ok(n) => {
-                        attempt.commit().map_err(&fail)?;
+                        attempt.commit()?;
                         break n;
                     }
                     // Dropping the savepoint rolls it back.
@@ -187,59 +118,38 @@ impl Admin for PgStore {
                     {
                         tries += 1;
                     }
-                    Err(e) => return Err(fail(e)),
+                    Err(e) => return Err(e),
                 }
             };
-            tx.commit().map_err(&fail)?;
-            total.queued += queued;
-            total.skipped_unique += ids.len() as u64 - queued;
-            match ids.last() {
-                Some(&last) if ids.len() as i64 == BULK_RETRY_BATCH => after = last,
-                _ => return Ok(total),
-            }
-        }
+            tx.commit()?;
+            Ok((ids, queued))
+        })
+        .map_err(fail)
     }
 
     fn prune_batch(&mut self, cutoffs: &PruneCutoffs, batch: usize) -> Result<Pruned> {
         self.revive()?;
-        // Deletes up to `batch` final jobs older than their cutoff, with
-        // their attempt records.
         let fail = self.failing("prune");
         let mut tx = self.client.transaction().map_err(&fail)?;
-        let mut pruned = Pruned::default();
-        let mut left = batch as i64;
-        for (state, cutoff) in [
-            ("succeeded", cutoffs.succeeded),
-            ("dead", cutoffs.dead),
-            ("cancelled", cutoffs.cancelled),
-        ] {
-            let Some(cutoff) = cutoff else { continue };
-            if left <= 0 {
-                break;
-            }
-            // A literal state, so the planner uses its partial index.
+        let pruned = prune_by_state(cutoffs, batch, |state, cutoff, left| {
             let ids: Vec<i64> = tx
                 .query(
                     &format!(
                         "SELECT id FROM jobs WHERE state = '{state}' AND finished_at < $1 LIMIT $2"
                     ),
                     &[&cutoff, &left],
-                )
-                .map_err(&fail)?
+                )?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            pruned.runs += tx
-                .execute("DELETE FROM job_runs WHERE job_id = ANY($1)", &[&ids])
-                .map_err(&fail)?;
-            pruned.jobs += tx
-                .execute(
-                    "DELETE FROM jobs WHERE id = ANY($1) AND state = $2",
-                    &[&ids, &state],
-                )
-                .map_err(&fail)?;
-            left -= ids.len() as i64;
-        }
+            let runs = tx.execute("DELETE FROM job_runs WHERE job_id = ANY($1)", &[&ids])?;
+            let jobs = tx.execute(
+                "DELETE FROM jobs WHERE id = ANY($1) AND state = $2",
+                &[&ids, &state],
+            )?;
+            Ok((ids.len(), Pruned { jobs, runs }))
+        })
+        .map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(pruned)
     }
@@ -258,6 +168,59 @@ impl Admin for PgStore {
             .map_err(&fail)?;
         }
         tx.commit().map_err(&fail)?;
+        Ok(())
+    }
+}
+
+/// The row operations of cancel and retry in one PostgreSQL transaction.
+struct Edits<'a, 'c>(&'a mut postgres::Transaction<'c>);
+
+impl JobEdits for Edits<'_, '_> {
+    type Error = postgres::Error;
+
+    fn cancel_queued(&mut self, id: i64, now: i64) -> std::result::Result<bool, postgres::Error> {
+        let n = self.0.execute(
+            "UPDATE jobs SET state = 'cancelled', finished_at = $2, last_error = $3 \
+             WHERE id = $1 AND state = 'queued'",
+            &[&id, &now, &CANCELLED_BEFORE_RUN],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn request_cancel(&mut self, id: i64) -> std::result::Result<bool, postgres::Error> {
+        let n = self.0.execute(
+            "UPDATE jobs SET cancel_requested = true WHERE id = $1 AND state = 'running'",
+            &[&id],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn state(&mut self, id: i64) -> std::result::Result<Option<JobState>, postgres::Error> {
+        Ok(self
+            .0
+            .query_opt("SELECT state FROM jobs WHERE id = $1", &[&id])?
+            .and_then(|r| r.get::<_, String>(0).parse().ok()))
+    }
+
+    fn key_holder(&mut self, id: i64) -> std::result::Result<Option<i64>, postgres::Error> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT other.id FROM jobs AS this JOIN jobs AS other \
+                 ON other.unique_key = this.unique_key \
+                 WHERE this.id = $1 AND other.state IN ('queued', 'running')",
+                &[&id],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn requeue(&mut self, id: i64, now: i64) -> std::result::Result<(), postgres::Error> {
+        self.0.execute(
+            "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, started_at = NULL, \
+             finished_at = NULL, lease_until = NULL, cancel_requested = false \
+             WHERE id = $1 AND state IN ('dead', 'cancelled')",
+            &[&id, &now],
+        )?;
         Ok(())
     }
 }

@@ -35,9 +35,7 @@ use connect::{client, describe, failing};
 use postgres::Client;
 
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
-use crate::store::contract::{
-    Applied, Claim, CronRow, Enqueued, JobRun, Moved, QueueStats, Result,
-};
+use crate::store::contract::{Applied, Claim, CronRow, Enqueued, JobRun, Moved, Result};
 use crate::store::error::StoreError;
 use crate::store::shared::{cancelled_instead, RunRow, CANCELLED_ERROR};
 

@@ -4,6 +4,7 @@ use crate::job::{Job, JobState};
 use crate::store::contract::{Backlog, JobRun, ListFilter, Result, RunTally, Stats};
 use crate::store::contract::{Fleet, Reads};
 use crate::store::postgres::*;
+use crate::store::shared::StatsBuilder;
 
 impl Reads for PgStore {
     fn name(&self) -> String {
@@ -173,15 +174,9 @@ impl Reads for PgStore {
     // Long: one query per part of the `stats` answer, in one read transaction so the parts agree.
     fn stats(&mut self, now: i64) -> Result<Stats> {
         self.revive()?;
-        use std::collections::BTreeMap;
-        const MINUTE: i64 = 60_000;
-        const HOUR: i64 = 3_600_000;
+        let (minute, hour) = (StatsBuilder::MINUTE, StatsBuilder::HOUR);
         let fail = self.schedules_and_reads_error("read stats");
-        let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();
-        let entry = |name: String| QueueStats {
-            queue: name,
-            ..QueueStats::default()
-        };
+        let mut stats = StatsBuilder::new(now);
         // One snapshot for every figure.
         let mut tx = self
             .client
@@ -199,13 +194,7 @@ impl Reads for PgStore {
             )
             .map_err(&fail)?
         {
-            let name: String = r.get(0);
-            let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
-            q.ready = r.get::<_, i64>(1) as u64;
-            q.scheduled = r.get::<_, i64>(2) as u64;
-            q.lag_ms = r
-                .get::<_, Option<i64>>(3)
-                .map_or(0, |oldest| (now - oldest).max(0));
+            stats.queued(r.get(0), r.get(1), r.get(2), r.get(3));
         }
         for r in tx
             .query(
@@ -214,11 +203,7 @@ impl Reads for PgStore {
             )
             .map_err(&fail)?
         {
-            let name: String = r.get(0);
-            queues
-                .entry(name.clone())
-                .or_insert_with(|| entry(name))
-                .running = r.get::<_, i64>(1) as u64;
+            stats.running(r.get(0), r.get(1));
         }
         for state in ["succeeded", "dead"] {
             for r in tx
@@ -227,58 +212,33 @@ impl Reads for PgStore {
                         "SELECT queue, count(*) FILTER (WHERE finished_at >= $2), count(*) FROM jobs \
                          WHERE state = '{state}' AND finished_at >= $1 GROUP BY queue"
                     ),
-                    &[&(now - HOUR), &(now - MINUTE)],
+                    &[&(now - hour), &(now - minute)],
                 )
                 .map_err(&fail)?
             {
-                let name: String = r.get(0);
-                let minute = r.get::<_, i64>(1) as u64;
-                let hour = r.get::<_, i64>(2) as u64;
-                let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
-                if state == "succeeded" {
-                    q.succeeded_1m = minute;
-                    q.succeeded_1h = hour;
-                } else {
-                    q.dead_1m = minute;
-                    q.dead_1h = hour;
-                }
+                stats.finished(state, r.get(0), r.get(1), r.get(2));
             }
         }
-        let mut durations: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for r in tx
             .query(
                 "SELECT queue, duration_ms FROM job_runs \
                  WHERE id > (SELECT COALESCE(max(id), 0) FROM job_runs) - $2 AND finished_at >= $1",
                 &[
-                    &(now - HOUR),
+                    &(now - hour),
                     &(crate::store::shared::PERCENTILE_SAMPLE as i64),
                 ],
             )
             .map_err(&fail)?
         {
-            durations.entry(r.get(0)).or_default().push(r.get(1));
-        }
-        for (name, mut values) in durations {
-            values.sort_unstable();
-            let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
-            q.p50_ms = crate::store::shared::percentile(&values, 0.50);
-            q.p95_ms = crate::store::shared::percentile(&values, 0.95);
+            stats.duration(r.get(0), r.get(1));
         }
         for r in tx
             .query("SELECT name, paused FROM queues", &[])
             .map_err(&fail)?
         {
-            let name: String = r.get(0);
-            queues
-                .entry(name.clone())
-                .or_insert_with(|| entry(name))
-                .paused = r.get(1);
+            stats.paused(r.get(0), r.get(1));
         }
         tx.commit().map_err(&fail)?;
-        Ok(Stats {
-            now,
-            queues: queues.into_values().collect(),
-            workers: self.workers()?,
-        })
+        Ok(stats.finish(self.workers()?))
     }
 }

@@ -3,7 +3,10 @@
 use crate::job::JobState;
 use crate::store::contract::Admin;
 use crate::store::contract::{BulkRetry, CancelResult, PruneCutoffs, Pruned, Result, RetryResult};
-use crate::store::shared::BULK_RETRY_BATCH;
+use crate::store::shared::{
+    cancel_each, prune_by_state, retry_dead_in_batches, retry_each, JobEdits, BULK_RETRY_BATCH,
+    CANCELLED_BEFORE_RUN,
+};
 use crate::store::sqlite::*;
 use rusqlite::{params, OptionalExtension};
 use schema::SCHEMA_VERSION;
@@ -14,83 +17,16 @@ impl Admin for SqliteStore {
     }
 
     fn cancel(&mut self, ids: &[i64], now: i64) -> Result<Vec<CancelResult>> {
-        self.write("cancel", |tx| {
-            let mut out = Vec::with_capacity(ids.len());
-            for &id in ids {
-                let queued = tx
-                    .prepare_cached(
-                        "UPDATE jobs SET state = 'cancelled', finished_at = ?2, \
-                         last_error = 'cancelled by an operator before it ran' \
-                         WHERE id = ?1 AND state = 'queued'",
-                    )?
-                    .execute(params![id, now])?;
-                if queued == 1 {
-                    out.push(CancelResult::Cancelled);
-                    continue;
-                }
-                let running = tx
-                    .prepare_cached(
-                        "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 'running'",
-                    )?
-                    .execute([id])?;
-                if running == 1 {
-                    out.push(CancelResult::Requested);
-                    continue;
-                }
-                out.push(match state_of(tx, id)? {
-                    Some(state) => CancelResult::AlreadyFinal(state),
-                    None => CancelResult::NotFound,
-                });
-            }
-            Ok(out)
-        })
+        self.write("cancel", |tx| cancel_each(&mut Edits(tx), ids, now))
     }
 
     fn retry(&mut self, ids: &[i64], now: i64) -> Result<Vec<RetryResult>> {
-        self.write("retry", |tx| {
-            let mut out = Vec::with_capacity(ids.len());
-            for &id in ids {
-                let state = match state_of(tx, id)? {
-                    None => {
-                        out.push(RetryResult::NotFound);
-                        continue;
-                    }
-                    Some(state) => state,
-                };
-                if !matches!(state, JobState::Dead | JobState::Cancelled) {
-                    out.push(RetryResult::WrongState(state));
-                    continue;
-                }
-                let holder: Option<i64> = tx
-                    .query_row(
-                        "SELECT other.id FROM jobs AS this JOIN jobs AS other \
-                         ON other.unique_key = this.unique_key \
-                         WHERE this.id = ?1 AND (other.state = 'queued' OR other.state = 'running')",
-                        [id],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(holder) = holder {
-                    out.push(RetryResult::UniqueKeyTaken(holder));
-                    continue;
-                }
-                tx.prepare_cached(
-                    "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, started_at = NULL, \
-                     finished_at = NULL, lease_until = NULL, cancel_requested = 0 \
-                     WHERE id = ?1 AND (state = 'dead' OR state = 'cancelled')",
-                )?
-                .execute(params![id, now])?;
-                out.push(RetryResult::Queued);
-            }
-            Ok(out)
-        })
+        self.write("retry", |tx| retry_each(&mut Edits(tx), ids, now))
     }
 
     fn retry_dead(&mut self, queue: Option<&str>, now: i64) -> Result<BulkRetry> {
-        let mut total = BulkRetry::default();
-        let mut after = 0i64;
-        loop {
-            let (ids, queued) = self.write("retry dead jobs", |tx| {
+        retry_dead_in_batches(|after| {
+            self.write("retry dead jobs", |tx| {
                 let ids: Vec<i64> = tx
                     .prepare_cached(
                         "SELECT id FROM jobs WHERE state = 'dead' AND id > ?1 \
@@ -109,31 +45,13 @@ impl Admin for SqliteStore {
                     queued += stmt.execute(params![id, now])? as u64;
                 }
                 Ok((ids, queued))
-            })?;
-            total.queued += queued;
-            total.skipped_unique += ids.len() as u64 - queued;
-            match ids.last() {
-                Some(&last) if ids.len() == BULK_RETRY_BATCH => after = last,
-                _ => return Ok(total),
-            }
-        }
+            })
+        })
     }
 
     fn prune_batch(&mut self, cutoffs: &PruneCutoffs, batch: usize) -> Result<Pruned> {
         self.write("prune", |tx| {
-            let mut pruned = Pruned::default();
-            let mut left = batch as i64;
-            for (state, cutoff) in [
-                ("succeeded", cutoffs.succeeded),
-                ("dead", cutoffs.dead),
-                ("cancelled", cutoffs.cancelled),
-            ] {
-                let Some(cutoff) = cutoff else { continue };
-                if left <= 0 {
-                    break;
-                }
-                // The state is a literal so the query planner can use its
-                // partial index (a bound parameter would not prove it).
+            prune_by_state(cutoffs, batch, |state, cutoff, left| {
                 let ids: Vec<i64> = tx
                     .prepare_cached(&format!(
                         "SELECT id FROM jobs INDEXED BY jobs_{state} \
@@ -144,13 +62,13 @@ impl Admin for SqliteStore {
                 let mut runs = tx.prepare_cached("DELETE FROM job_runs WHERE job_id = ?1")?;
                 let mut jobs =
                     tx.prepare_cached("DELETE FROM jobs WHERE id = ?1 AND state = ?2")?;
+                let mut pruned = Pruned::default();
                 for id in &ids {
                     pruned.runs += runs.execute([id])? as u64;
                     pruned.jobs += jobs.execute(params![id, state])? as u64;
                 }
-                left -= ids.len() as i64;
-            }
-            Ok(pruned)
+                Ok((ids.len(), pruned))
+            })
         })
     }
 
@@ -173,5 +91,60 @@ impl Admin for SqliteStore {
             .prepare_cached("SELECT value FROM meta WHERE key = 'database_id'")
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(|e| self.err("read the database id", e))
+    }
+}
+
+/// The row operations of cancel and retry in one SQLite transaction.
+struct Edits<'a, 'c>(&'a rusqlite::Transaction<'c>);
+
+impl JobEdits for Edits<'_, '_> {
+    type Error = rusqlite::Error;
+
+    fn cancel_queued(&mut self, id: i64, now: i64) -> rusqlite::Result<bool> {
+        let n = self
+            .0
+            .prepare_cached(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?2, last_error = ?3 \
+                 WHERE id = ?1 AND state = 'queued'",
+            )?
+            .execute(params![id, now, CANCELLED_BEFORE_RUN])?;
+        Ok(n == 1)
+    }
+
+    fn request_cancel(&mut self, id: i64) -> rusqlite::Result<bool> {
+        let n = self
+            .0
+            .prepare_cached(
+                "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1 AND state = 'running'",
+            )?
+            .execute([id])?;
+        Ok(n == 1)
+    }
+
+    fn state(&mut self, id: i64) -> rusqlite::Result<Option<JobState>> {
+        state_of(self.0, id)
+    }
+
+    fn key_holder(&mut self, id: i64) -> rusqlite::Result<Option<i64>> {
+        self.0
+            .query_row(
+                "SELECT other.id FROM jobs AS this JOIN jobs AS other \
+                 ON other.unique_key = this.unique_key \
+                 WHERE this.id = ?1 AND (other.state = 'queued' OR other.state = 'running')",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    fn requeue(&mut self, id: i64, now: i64) -> rusqlite::Result<()> {
+        self.0
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, started_at = NULL, \
+                 finished_at = NULL, lease_until = NULL, cancel_requested = 0 \
+                 WHERE id = ?1 AND (state = 'dead' OR state = 'cancelled')",
+            )?
+            .execute(params![id, now])?;
+        Ok(())
     }
 }

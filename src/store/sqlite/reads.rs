@@ -2,8 +2,8 @@
 
 use crate::job::{Job, JobState};
 use crate::store::contract::Reads;
-use crate::store::contract::{Backlog, JobRun, ListFilter, QueueStats, Result, RunTally, Stats};
-use crate::store::shared::{earliest, percentile, PERCENTILE_SAMPLE};
+use crate::store::contract::{Backlog, JobRun, ListFilter, Result, RunTally, Stats};
+use crate::store::shared::{earliest, StatsBuilder, PERCENTILE_SAMPLE};
 use crate::store::sqlite::*;
 use rusqlite::{params, OptionalExtension};
 use std::path::Path;
@@ -149,113 +149,68 @@ impl Reads for SqliteStore {
 
     // Long: one query per part of the `stats` answer, in one read transaction so the parts agree.
     fn stats(&mut self, now: i64) -> Result<Stats> {
-        use std::collections::BTreeMap;
-        const MINUTE: i64 = 60_000;
-        const HOUR: i64 = 3_600_000;
+        let (minute, hour) = (StatsBuilder::MINUTE, StatsBuilder::HOUR);
         let result: rusqlite::Result<Stats> = (|| {
             let tx = self.conn.transaction()?;
-            let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();
-            let entry = |name: String| QueueStats {
-                queue: name,
-                ..QueueStats::default()
-            };
-            {
+            let mut stats = StatsBuilder::new(now);
+            // The statements borrow the transaction until it commits.
+            let workers = {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT queue, \
-                       sum(run_at <= ?1), sum(run_at > ?1), min(CASE WHEN run_at <= ?1 THEN run_at END) \
-                     FROM jobs WHERE state = 'queued' GROUP BY queue",
-                )?;
+                "SELECT queue, \
+                   sum(run_at <= ?1), sum(run_at > ?1), min(CASE WHEN run_at <= ?1 THEN run_at END) \
+                 FROM jobs WHERE state = 'queued' GROUP BY queue",
+            )?;
                 let mut rows = stmt.query([now])?;
                 while let Some(r) = rows.next()? {
-                    let name = text(r, 0)?;
-                    let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
-                    q.ready = r.get::<_, i64>(1)? as u64;
-                    q.scheduled = r.get::<_, i64>(2)? as u64;
-                    q.lag_ms = r
-                        .get::<_, Option<i64>>(3)?
-                        .map_or(0, |oldest| (now - oldest).max(0));
+                    stats.queued(text(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?);
                 }
-            }
-            {
                 let mut stmt = tx.prepare_cached(
                     "SELECT queue, count(*) FROM jobs INDEXED BY jobs_running \
-                     WHERE state = 'running' GROUP BY queue",
+                 WHERE state = 'running' GROUP BY queue",
                 )?;
                 let mut rows = stmt.query([])?;
                 while let Some(r) = rows.next()? {
-                    let name = text(r, 0)?;
-                    queues
-                        .entry(name.clone())
-                        .or_insert_with(|| entry(name))
-                        .running = r.get::<_, i64>(1)? as u64;
+                    stats.running(text(r, 0)?, r.get(1)?);
                 }
-            }
-            for state in ["succeeded", "dead"] {
-                let mut stmt = tx.prepare_cached(&format!(
-                    "SELECT queue, sum(finished_at >= ?2), count(*) FROM jobs \
+                for state in ["succeeded", "dead"] {
+                    let mut stmt = tx.prepare_cached(&format!(
+                        "SELECT queue, sum(finished_at >= ?2), count(*) FROM jobs \
                      INDEXED BY jobs_{state} \
                      WHERE state = '{state}' AND finished_at >= ?1 GROUP BY queue"
-                ))?;
-                let mut rows = stmt.query([now - HOUR, now - MINUTE])?;
-                while let Some(r) = rows.next()? {
-                    let name = text(r, 0)?;
-                    let minute = r.get::<_, i64>(1)? as u64;
-                    let hour = r.get::<_, i64>(2)? as u64;
-                    let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
-                    if state == "succeeded" {
-                        q.succeeded_1m = minute;
-                        q.succeeded_1h = hour;
-                    } else {
-                        q.dead_1m = minute;
-                        q.dead_1h = hour;
+                    ))?;
+                    let mut rows = stmt.query([now - hour, now - minute])?;
+                    while let Some(r) = rows.next()? {
+                        stats.finished(state, text(r, 0)?, r.get(1)?, r.get(2)?);
                     }
                 }
-            }
-            {
-                let mut durations: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-                // The newest runs by rowid (the order they were written),
-                // a range on the primary key with no index to maintain.
+                // The newest runs by rowid (the order they were written), a
+                // range on the primary key with no index to maintain.
                 let mut stmt = tx.prepare_cached(
                     "SELECT queue, duration_ms FROM job_runs \
-                     WHERE id > (SELECT COALESCE(max(id), 0) FROM job_runs) - ?2 \
-                       AND finished_at >= ?1",
+                 WHERE id > (SELECT COALESCE(max(id), 0) FROM job_runs) - ?2 \
+                   AND finished_at >= ?1",
                 )?;
-                let mut rows = stmt.query(params![now - HOUR, PERCENTILE_SAMPLE as i64])?;
+                let mut rows = stmt.query(params![now - hour, PERCENTILE_SAMPLE as i64])?;
                 while let Some(r) = rows.next()? {
-                    durations.entry(text(r, 0)?).or_default().push(r.get(1)?);
+                    stats.duration(text(r, 0)?, r.get(1)?);
                 }
-                for (name, mut values) in durations {
-                    values.sort_unstable();
-                    let q = queues.entry(name.clone()).or_insert_with(|| entry(name));
-                    q.p50_ms = percentile(&values, 0.50);
-                    q.p95_ms = percentile(&values, 0.95);
-                }
-            }
-            {
                 let mut stmt = tx.prepare_cached("SELECT name, paused FROM queues")?;
                 let mut rows = stmt.query([])?;
                 while let Some(r) = rows.next()? {
-                    let name = text(r, 0)?;
-                    queues
-                        .entry(name.clone())
-                        .or_insert_with(|| entry(name))
-                        .paused = r.get::<_, i64>(1)? != 0;
+                    stats.paused(text(r, 0)?, r.get::<_, i64>(1)? != 0);
                 }
-            }
-            let workers = tx
-                .prepare_cached(
-                    "SELECT id, host, pid, version, started_at, heartbeat_at, queues, \
+                let workers = tx
+                    .prepare_cached(
+                        "SELECT id, host, pid, version, started_at, heartbeat_at, queues, \
                      (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id) \
                  FROM workers ORDER BY id",
-                )?
-                .query_map([], worker_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                    )?
+                    .query_map([], worker_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                workers
+            };
             tx.commit()?;
-            Ok(Stats {
-                now,
-                queues: queues.into_values().collect(),
-                workers,
-            })
+            Ok(stats.finish(workers))
         })();
         result.map_err(|e| self.err("read stats", e))
     }
