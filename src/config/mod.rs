@@ -14,9 +14,10 @@
 //!
 //! The folder: `mod.rs` loads (file, environment, defaults, the error that
 //! names the key and its source), `sections.rs` holds one struct per
-//! `[section]`, `validate.rs` the checks and warnings, `units.rs` durations
-//! and sizes, `secrets.rs` the secrets, `database.rs` what `database.url`
-//! means (TLS, redaction).
+//! `[section]`, `validate.rs` the checks and warnings (a failed check is a
+//! [`KeyError`], `error.rs`: the key and what is wrong, to which loading adds
+//! where the key was set), `units.rs` durations and sizes, `secrets.rs` the
+//! secrets, `database.rs` what `database.url` means (TLS, redaction).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -24,12 +25,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod database;
+mod error;
 mod secrets;
 mod sections;
 mod units;
 mod validate;
 
 pub use database::{redact_url, tls_settings, Tls};
+pub use error::KeyError;
 use secrets::read_secret;
 pub use secrets::Secret;
 pub use sections::*;
@@ -68,8 +71,8 @@ fn unknown_key_hint(key: &str) -> String {
     }
 }
 
-/// A check the layers above run on a loaded config: `Err((key, why))`.
-pub type SectionCheck = dyn Fn(&Config) -> Result<(), (String, String)>;
+/// A check the layers above run on a loaded config: `Err(KeyError::new(key, why))`.
+pub type SectionCheck = dyn Fn(&Config) -> Result<(), KeyError>;
 
 /// A configuration problem, naming the key and the source that set it.
 #[derive(Debug, thiserror::Error)]
@@ -344,21 +347,21 @@ impl Config {
         }
         Config::from_raw(raw, path, source.env, path_set, source.secrets)
             .and_then(|config| check(&config).map(|()| config))
-            .map_err(|(key, detail)| ConfigError::Invalid {
+            .map_err(|KeyError { key, detail }| ConfigError::Invalid {
                 source_name: origin(&key),
                 key,
                 detail,
             })
     }
 
-    /// Validates the raw settings; an error is `(key, what is wrong)`.
+    /// Validates the raw settings.
     fn from_raw(
         raw: RawConfig,
         path: &Path,
         env: &HashMap<String, String>,
         path_set: bool,
         secrets: bool,
-    ) -> Result<Config, (String, String)> {
+    ) -> Result<Config, KeyError> {
         let mut config = Config {
             database: raw.database,
             daemon: raw.daemon,
@@ -379,10 +382,9 @@ impl Config {
             source: path.to_path_buf(),
         };
         if path_set && config.database.url.is_some() {
-            return Err((
-                "database.url".into(),
-                "and database.path are both set; keep one (url for PostgreSQL, path for SQLite)"
-                    .into(),
+            return Err(KeyError::new(
+                "database.url",
+                "and database.path are both set; keep one (url for PostgreSQL, path for SQLite)",
             ));
         }
         config.validate()?;

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+use crate::config::error::KeyError;
+
 /// A secret value: shows as `(redacted)` in every debug and display form.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -31,15 +33,18 @@ pub(crate) fn read_secret(
     var: &str,
     file: &Path,
     env: &HashMap<String, String>,
-) -> Result<Option<Secret>, (String, String)> {
+) -> Result<Option<Secret>, KeyError> {
     let env_key = format!("{section}.{name}_env");
     let file_key = format!("{section}.{name}_file");
     match (var.is_empty(), file.as_os_str().is_empty()) {
         (true, true) => Ok(None),
-        (false, false) => Err((env_key, format!("and {file_key} are both set; choose one"))),
+        (false, false) => Err(KeyError::new(
+            env_key,
+            format!("and {file_key} are both set; choose one"),
+        )),
         (false, true) => match env.get(var) {
             Some(value) if !value.is_empty() => Ok(Some(Secret(value.clone()))),
-            _ => Err((
+            _ => Err(KeyError::new(
                 env_key,
                 format!("names the environment variable {var}, which is not set"),
             )),
@@ -49,11 +54,11 @@ pub(crate) fn read_secret(
             Ok(value) if !value.trim_end_matches(['\r', '\n']).is_empty() => Ok(Some(Secret(
                 value.trim_end_matches(['\r', '\n']).to_string(),
             ))),
-            Ok(_) => Err((
+            Ok(_) => Err(KeyError::new(
                 file_key,
                 format!("names {}, which is empty", file.display()),
             )),
-            Err(e) => Err((
+            Err(e) => Err(KeyError::new(
                 file_key,
                 format!("names {}, which cannot be read: {e}", file.display()),
             )),

@@ -7,26 +7,26 @@ use crate::config::*;
 use crate::job::KIND_NAMES;
 
 impl Config {
-    /// Checks every value against what is possible; an error is
-    /// `(key, what is wrong)`.
+    /// Checks every value against what is possible; an error names the
+    /// key and what is wrong with it.
     // Long: one independent check per key, in the order of config.toml, so a key's rule is found by reading down.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        fn fail<T>(key: &str, detail: impl Into<String>) -> Result<T, (String, String)> {
-            Err((key.to_string(), detail.into()))
+    pub fn validate(&self) -> Result<(), KeyError> {
+        fn fail<T>(key: &str, detail: impl Into<String>) -> Result<T, KeyError> {
+            Err(KeyError::new(key, detail))
         }
-        fn at_least(key: &str, got: u64, min: u64) -> Result<(), (String, String)> {
+        fn at_least(key: &str, got: u64, min: u64) -> Result<(), KeyError> {
             if got < min {
                 return fail(key, format!("must be at least {min} (got {got})"));
             }
             Ok(())
         }
-        fn at_most(key: &str, got: u64, max: u64) -> Result<(), (String, String)> {
+        fn at_most(key: &str, got: u64, max: u64) -> Result<(), KeyError> {
             if got > max {
                 return fail(key, format!("must be at most {max} (got {got})"));
             }
             Ok(())
         }
-        fn positive(key: &str, d: Duration) -> Result<(), (String, String)> {
+        fn positive(key: &str, d: Duration) -> Result<(), KeyError> {
             if d.is_zero() {
                 return fail(key, "must be longer than 0");
             }

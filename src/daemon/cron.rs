@@ -23,7 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use crate::config::{Config, CronConfig};
+use crate::config::{Config, CronConfig, KeyError};
 use crate::event;
 use crate::job::NewJob;
 use crate::store::{Enqueued, Store};
@@ -60,11 +60,11 @@ pub struct Schedule {
 impl Schedule {
     /// Parses and checks a section; the error is a sentence naming the key.
     // Long: one section's keys checked in order, each error naming its key.
-    pub fn parse(name: &str, config: &CronConfig) -> Result<Schedule, (String, String)> {
+    pub fn parse(name: &str, config: &CronConfig) -> Result<Schedule, KeyError> {
         let key = |k: &str| format!("cron.{name}.{k}");
         let expression = config.schedule.trim().to_string();
         let tz: Tz = config.timezone.parse().map_err(|_| {
-            (
+            KeyError::new(
                 key("timezone"),
                 format!(
                     "{:?} is not an IANA time zone (e.g. UTC, Europe/Berlin)",
@@ -75,13 +75,13 @@ impl Schedule {
         let when = match expression.strip_prefix("@every") {
             Some(every) => {
                 let every = humantime::parse_duration(every.trim()).map_err(|e| {
-                    (
+                    KeyError::new(
                         key("schedule"),
                         format!("{expression:?}: @every takes a duration like 30s or 5m ({e})"),
                     )
                 })?;
                 if every < Duration::from_secs(1) || every > MAX_EVERY {
-                    return Err((
+                    return Err(KeyError::new(
                         key("schedule"),
                         format!("{expression:?}: @every must be from 1s to 366d"),
                     ));
@@ -93,7 +93,7 @@ impl Schedule {
                     .seconds(croner::parser::Seconds::Disallowed)
                     .build();
                 let cron = parser.parse(&day_of_week_7_as_0(&expression)).map_err(|e| {
-                    (
+                    KeyError::new(
                         key("schedule"),
                         format!("{expression:?} is not a 5-field cron expression or @every <duration>: {e}"),
                     )
@@ -104,7 +104,10 @@ impl Schedule {
         // Stored in whole milliseconds: "0s" or "250us" would silently
         // become 1 ms (timeouts.* refuse 0 the same way).
         if config.timeout.is_some_and(|t| t < Duration::from_millis(1)) {
-            return Err((key("timeout"), "must be at least 1ms".to_string()));
+            return Err(KeyError::new(
+                key("timeout"),
+                "must be at least 1ms".to_string(),
+            ));
         }
         let probe = Schedule {
             name: String::new(),
@@ -114,13 +117,13 @@ impl Schedule {
             job: NewJob::new("noop"),
         };
         if probe.next_after(crate::job::now_ms()).is_none() {
-            return Err((
+            return Err(KeyError::new(
                 key("schedule"),
                 format!("{expression:?} never fires (no such date, e.g. 31 February)"),
             ));
         }
         crate::kinds::check_payload(&config.kind, &config.payload.to_string()).map_err(|e| {
-            (
+            KeyError::new(
                 key("payload"),
                 format!("does not suit kind {}: {e}", config.kind),
             )
@@ -281,7 +284,7 @@ fn whole_second(t: i64) -> i64 {
 /// payload against its kind. Passed to [`Config::load_checked`] by every
 /// command that loads the config, so a bad schedule stops `check-config`,
 /// start-up and a reload like any other bad key.
-pub fn check(config: &Config) -> Result<(), (String, String)> {
+pub fn check(config: &Config) -> Result<(), KeyError> {
     for (name, section) in &config.cron {
         Schedule::parse(name, section)?;
     }
@@ -701,31 +704,33 @@ mod tests {
             Schedule::parse("nightly", &section(expr, tz, kind, payload)).unwrap_err()
         };
         let empty = serde_json::json!({});
-        let (key, why) = bad("61 * * * *", "UTC", "noop", empty.clone());
+        let KeyError { key, detail: why } = bad("61 * * * *", "UTC", "noop", empty.clone());
         assert_eq!(key, "cron.nightly.schedule");
         assert!(
             why.starts_with("\"61 * * * *\" is not a 5-field cron expression"),
             "{why}"
         );
-        let (key, _) = bad("0 0 0 * * *", "UTC", "noop", empty.clone());
+        let KeyError { key, .. } = bad("0 0 0 * * *", "UTC", "noop", empty.clone());
         assert_eq!(key, "cron.nightly.schedule", "6 fields are refused");
         // Found by fuzzing: a huge @every overflowed the slot arithmetic.
-        let (key, why) = bad("@every6270 8\n8888888    w ", "UTC", "noop", empty.clone());
+        let KeyError { key, detail: why } =
+            bad("@every6270 8\n8888888    w ", "UTC", "noop", empty.clone());
         assert_eq!(key, "cron.nightly.schedule");
         assert!(why.contains("@every must be from 1s to 366d"), "{why}");
-        let (key, why) = bad("0 0 31 2 *", "UTC", "noop", empty.clone());
+        let KeyError { key, detail: why } = bad("0 0 31 2 *", "UTC", "noop", empty.clone());
         assert_eq!(key, "cron.nightly.schedule");
         assert!(why.contains("never fires"), "{why}");
-        let (key, why) = bad("@every soon", "UTC", "noop", empty.clone());
+        let KeyError { key, detail: why } = bad("@every soon", "UTC", "noop", empty.clone());
         assert_eq!(key, "cron.nightly.schedule");
         assert!(why.contains("@every takes a duration"), "{why}");
-        let (key, why) = bad("0 9 * * *", "Mars/Olympus", "noop", empty);
+        let KeyError { key, detail: why } = bad("0 9 * * *", "Mars/Olympus", "noop", empty);
         assert_eq!(key, "cron.nightly.timezone");
         assert!(
             why.contains("\"Mars/Olympus\" is not an IANA time zone"),
             "{why}"
         );
-        let (key, why) = bad("0 9 * * *", "UTC", "noop", serde_json::json!({"sleep": 1}));
+        let KeyError { key, detail: why } =
+            bad("0 9 * * *", "UTC", "noop", serde_json::json!({"sleep": 1}));
         assert_eq!(key, "cron.nightly.payload");
         assert!(why.contains("unknown field `sleep`"), "{why}");
     }
