@@ -23,7 +23,10 @@
 //!   hosts sharing one queue, [`store::postgres::PgStore`].
 //!   [`store::open`] alone picks the backend from the config, and
 //!   [`store::Queue::watch_commits`] tells the daemon of new jobs (the
-//!   `-wal` watcher, `LISTEN`).
+//!   `-wal` watcher, `LISTEN`). What both backends decide alike (the
+//!   claim's plan, rescue records, cancel and retry, batched prune and
+//!   `retry --dead`, the stats) is written once in `store/shared.rs`;
+//!   each backend keeps only its SQL.
 //! - [`kinds`]: the [`kinds::Kind`] trait (with the catalogue of kinds in
 //!   [`job::KINDS`]) and one file per kind (`noop`,
 //!   `http`, `email`, `file` on threads; `checksum`, `compress`, `exec` in
