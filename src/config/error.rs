@@ -2,9 +2,9 @@
 //! return, before loading names where the key was set.
 
 /// A value that parsed but is not possible, from the checks after parsing
-/// ([`Config::validate`], the secrets, the layers' [`SectionCheck`]s): the
+/// ([`crate::config::Config::validate`], the secrets, the layers' [`crate::config::SectionCheck`]s): the
 /// dotted key and what is wrong with it. Loading turns it into
-/// [`ConfigError::Invalid`], which also names where the key was set.
+/// [`crate::config::ConfigError::Invalid`], which also names where the key was set.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{key} {detail}")]
 pub struct KeyError {
