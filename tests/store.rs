@@ -188,39 +188,67 @@ fn a_claim_asks_each_pool_only_for_what_it_has_room_for() {
     });
 }
 
+/// Four connections claim from one queue of 4 000 jobs at once, on each
+/// backend: every job is claimed, none twice.
 #[test]
-fn two_claimers_never_take_the_same_job() {
+fn four_claimers_in_parallel_never_take_the_same_job() {
+    for (name, open, _guard) in reopenable("race") {
+        let mut store = open();
+        let jobs: Vec<NewJob> = (0..4_000).map(|_| job("noop")).collect();
+        store.enqueue(&jobs, NOW).unwrap();
+        let handles: Vec<_> = ["w1", "w2", "w3", "w4"]
+            .into_iter()
+            .map(|worker| {
+                let open = open.clone();
+                std::thread::spawn(move || {
+                    let mut s = open();
+                    let mut mine = Vec::new();
+                    loop {
+                        let got = claim(s.as_mut(), worker, NOW, "default", 7);
+                        if got.is_empty() {
+                            return mine;
+                        }
+                        mine.extend(ids(&got));
+                    }
+                })
+            })
+            .collect();
+        let all: Vec<i64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let unique: HashSet<i64> = all.iter().copied().collect();
+        assert_eq!(all.len(), 4_000, "{name}");
+        assert_eq!(unique.len(), 4_000, "{name}: a job was claimed twice");
+    }
+}
+
+/// Opens a store on a migrated database, again each time it is called.
+type Opener = std::sync::Arc<dyn Fn() -> Box<dyn Store + Send> + Send + Sync>;
+
+/// One database per backend that can be opened from several threads, each
+/// with the folder or schema that holds it.
+fn reopenable(tag: &str) -> Vec<(&'static str, Opener, Box<dyn std::any::Any>)> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobd.db");
-    let mut store = SqliteStore::open(&path, Duration::from_secs(5), OpenMode::Create).unwrap();
-    store.migrate().unwrap();
-    let jobs: Vec<NewJob> = (0..4_000).map(|_| job("noop")).collect();
-    store.enqueue(&jobs, NOW).unwrap();
-    let handles: Vec<_> = [W1, W2]
-        .into_iter()
-        .map(|worker| {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                let mut s =
-                    SqliteStore::open(&path, Duration::from_secs(5), OpenMode::Existing).unwrap();
-                let mut mine = Vec::new();
-                loop {
-                    let got = claim(&mut s, worker, NOW, "default", 7);
-                    if got.is_empty() {
-                        return mine;
-                    }
-                    mine.extend(ids(&got));
-                }
-            })
-        })
-        .collect();
-    let all: Vec<i64> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
-    let unique: HashSet<i64> = all.iter().copied().collect();
-    assert_eq!(all.len(), 4_000);
-    assert_eq!(unique.len(), 4_000, "a job was claimed twice");
+    SqliteStore::open(&path, Duration::from_secs(5), OpenMode::Create)
+        .unwrap()
+        .migrate()
+        .unwrap();
+    let sqlite: Opener = std::sync::Arc::new(move || {
+        Box::new(SqliteStore::open(&path, Duration::from_secs(5), OpenMode::Existing).unwrap())
+    });
+    let mut out: Vec<(&'static str, Opener, Box<dyn std::any::Any>)> =
+        vec![("sqlite", sqlite, Box::new(dir))];
+    if let Some(schema) = common::pg::Schema::create(tag) {
+        let url = schema.url();
+        let connect =
+            move || jobd::store::postgres::PgStore::connect(&url, Duration::from_secs(5)).unwrap();
+        Admin::migrate(&mut connect()).unwrap();
+        let pg: Opener = std::sync::Arc::new(move || Box::new(connect()));
+        out.push(("postgres", pg, Box::new(schema)));
+    }
+    out
 }
 
 /// Regression (PostgreSQL, connections cut mid-write): a completion whose
@@ -933,5 +961,58 @@ fn list_pages_newest_first_and_filters_by_state_queue_and_kind() {
             },
         );
         assert_eq!(http, vec![id[2]]);
+    });
+}
+
+/// What an operator reads of a rescued job: which attempt was lost, on
+/// which worker, and why (its lease ran out, or its process is gone); with
+/// no attempts left it is dead, and the reason is the same.
+#[test]
+fn a_rescued_jobs_last_error_says_which_attempt_was_lost_where_and_why() {
+    each(|s| {
+        let mut last = job("noop");
+        last.max_attempts = Some(1);
+        let id = inserted(s, &[last, job("noop")]);
+        claim(s, W1, NOW, "default", 1);
+        claim(s, W2, NOW, "default", 1);
+        s.rescue(RescueScope::ExpiredLeases, NOW + 31_000, 20)
+            .unwrap();
+        let dead = s.job(id[0]).unwrap().unwrap();
+        assert_eq!(dead.state, JobState::Dead);
+        assert_eq!(
+            dead.last_error.as_deref(),
+            Some("attempt 1 was lost: worker host:1:1 stopped renewing its lease")
+        );
+        let requeued = s.job(id[1]).unwrap().unwrap();
+        assert_eq!(requeued.state, JobState::Queued);
+        claim(s, W2, NOW + 32_000, "default", 1);
+        s.rescue(RescueScope::Workers(&[W2.to_string()]), NOW + 33_000, 20)
+            .unwrap();
+        assert_eq!(
+            s.job(id[1]).unwrap().unwrap().last_error.as_deref(),
+            Some("attempt 2 was lost: worker host:2:2 is gone (its process no longer runs)")
+        );
+        let runs = s.runs(id[1]).unwrap();
+        assert_eq!(
+            runs.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+            vec![RunOutcome::Rescued, RunOutcome::Rescued]
+        );
+    });
+}
+
+/// A job's result is JSON, stored as text on SQLite and as `jsonb` on
+/// PostgreSQL: what comes back is the same JSON value on both.
+#[test]
+fn a_result_reads_back_as_the_same_json_on_either_backend() {
+    let written =
+        r#"{"status":200,"body":"caf\u00e9 \"quoted\"","nested":{"b":[1,2.5,null],"a":true}}"#;
+    each(|s| {
+        let id = inserted(s, &[job("noop")]);
+        let got = claim(s, W1, NOW, "default", 1);
+        s.complete(&[attempt(&got[0], W1, NOW + 1).succeeded(Some(written.into()))])
+            .unwrap();
+        let read = s.job(id[0]).unwrap().unwrap().result.expect("a result");
+        let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert_eq!(parse(&read), parse(written), "read back as {read}");
     });
 }
