@@ -98,6 +98,7 @@ impl Bench {
                 timeout_ms: None,
                 attempts: 1,
                 started_at: 0,
+                limit_key: None,
                 undecodable: None,
             },
             kind: Arc::clone(self.registry.get(kind).unwrap()),

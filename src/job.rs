@@ -114,6 +114,8 @@ pub struct Job {
     pub timeout_ms: Option<i64>,
     /// At most one queued or running job per key.
     pub unique_key: Option<String>,
+    /// The key its `[keys.*]` limits apply to (see [`crate::keys`]).
+    pub limit_key: Option<String>,
     /// Where the job is in its lifecycle.
     pub state: JobState,
     /// Attempts started so far.
@@ -169,6 +171,8 @@ pub struct Claimed {
     pub attempts: i64,
     /// When this attempt started (the claim's clock, epoch ms).
     pub started_at: i64,
+    /// The key the claim counted it under (its own or the derived one).
+    pub limit_key: Option<String>,
     /// Why the row cannot be run as stored (a column that is not UTF-8,
     /// shown escaped above): the dispatcher makes it `dead` with this as
     /// `last_error` instead of running it.
@@ -209,6 +213,10 @@ pub struct NewJob {
     /// De-duplication key.
     #[serde(default)]
     pub unique_key: Option<String>,
+    /// The key its `[keys.*]` limits apply to; None: derived, if the kind
+    /// has a derived key.
+    #[serde(default)]
+    pub limit_key: Option<String>,
 }
 
 /// The pool that runs a job, decided by its kind alone so that a claim can
@@ -349,6 +357,7 @@ impl NewJob {
             max_attempts: None,
             timeout_ms: None,
             unique_key: None,
+            limit_key: None,
         }
     }
 
@@ -379,6 +388,18 @@ impl NewJob {
         if let Some(n) = self.timeout_ms {
             if n < 1 {
                 return Err(format!("timeout_ms must be at least 1 (got {n})"));
+            }
+        }
+        if let Some(key) = &self.limit_key {
+            if key.is_empty() {
+                return Err("limit_key must not be empty (leave it out for none)".into());
+            }
+            if key.len() > crate::keys::MAX_KEY_BYTES {
+                return Err(format!(
+                    "limit_key is {} bytes, more than {}",
+                    key.len(),
+                    crate::keys::MAX_KEY_BYTES
+                ));
             }
         }
         Ok(())

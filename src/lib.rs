@@ -61,6 +61,7 @@ pub mod daemon;
 pub mod error;
 pub mod fmt;
 pub mod job;
+pub mod keys;
 pub mod kinds;
 pub mod logging;
 pub mod metrics;

@@ -28,6 +28,7 @@ fn work(home: &Home, f: impl Fn(Attempt) -> jobd::job::Completion) {
             worker: "test:1:1",
             now,
             lease_until: now + 30_000,
+            keys: &jobd::keys::NO_KEYS,
             requests: &[ClaimRequest::any("default", 100)],
         })
         .unwrap();

@@ -44,6 +44,7 @@ fn claim(store: &mut dyn Store, worker: &str, now: i64, queue: &str, limit: usiz
             worker,
             now,
             lease_until: now + 30_000,
+            keys: &jobd::keys::NO_KEYS,
             requests: &[ClaimRequest::any(queue, limit)],
         })
         .unwrap()
@@ -141,6 +142,7 @@ fn claim_respects_limits_queues_and_pauses() {
                 worker: W1,
                 now: NOW,
                 lease_until: NOW + 1,
+                keys: &jobd::keys::NO_KEYS,
                 requests: &[
                     ClaimRequest::any("mail", 5),
                     ClaimRequest::any("default", 0),
@@ -172,6 +174,7 @@ fn a_claim_asks_each_pool_only_for_what_it_has_room_for() {
                     worker: W1,
                     now: NOW,
                     lease_until: NOW + 30_000,
+                    keys: &jobd::keys::NO_KEYS,
                     requests: &[request],
                 })
                 .unwrap();

@@ -40,6 +40,7 @@ pub fn claim_complete(store: &mut SqliteStore, count: usize) -> (f64, f64, f64) 
                 now,
                 lease_until: now + 30_000,
                 requests: &requests,
+                keys: &jobd::keys::NO_KEYS,
             })
             .unwrap();
         claiming += t.elapsed();

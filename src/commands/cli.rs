@@ -66,8 +66,8 @@ pub struct EnqueueArgs {
 
     /// Import many jobs from a JSON-lines file (`-` for stdin), one object per line:
     /// {"kind": "noop", "payload": {...}, "queue": "...", "priority": 0, "run_at": MS,
-    /// "max_attempts": N, "timeout_ms": N, "unique_key": "..."}.
-    #[arg(long, value_name = "JSONL", conflicts_with_all = ["kind", "payload", "queue", "priority", "delay", "at", "max_attempts", "timeout", "unique_key", "wait"])]
+    /// "max_attempts": N, "timeout_ms": N, "unique_key": "...", "limit_key": "..."}.
+    #[arg(long, value_name = "JSONL", conflicts_with_all = ["kind", "payload", "queue", "priority", "delay", "at", "max_attempts", "timeout", "unique_key", "key", "wait"])]
     pub file: Option<PathBuf>,
 
     /// The queue.
@@ -97,6 +97,10 @@ pub struct EnqueueArgs {
     /// At most one queued or running job with this key; a duplicate prints the existing id.
     #[arg(long)]
     pub unique_key: Option<String>,
+
+    /// The key its [keys.*] limits apply to (e.g. customer:42) [default: derived from the kind: an http job's host].
+    #[arg(long)]
+    pub key: Option<String>,
 
     /// Follow the job to its end; exit 0 only if it succeeded.
     #[arg(long)]

@@ -63,6 +63,7 @@ pub fn enqueue(config: &Config, args: EnqueueArgs, out: &mut dyn Write) -> Resul
         max_attempts: args.max_attempts,
         timeout_ms: args.timeout.map(|d| d.as_millis().max(1) as i64),
         unique_key: args.unique_key.clone(),
+        limit_key: args.key.clone(),
     };
     check(config, &job).map_err(Error::Usage)?;
     let mut store = open(config)?;

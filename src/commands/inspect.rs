@@ -211,6 +211,9 @@ pub fn show(
     if let Some(key) = &job.unique_key {
         w(out, "unique_key", key.clone())?;
     }
+    if let Some(key) = &job.limit_key {
+        w(out, "limit_key", key.clone())?;
+    }
     w(out, "created_at", time(job.created_at))?;
     w(out, "run_at", time(job.run_at))?;
     w(out, "started_at", opt_time(job.started_at))?;

@@ -124,6 +124,8 @@ pub struct Config {
     pub cpu: CpuConfig,
     /// `[queues.NAME]`
     pub queues: BTreeMap<String, QueueConfig>,
+    /// `[keys.NAME]`
+    pub keys: BTreeMap<String, KeyConfig>,
     /// `[retry]`
     pub retry: RetryConfig,
     /// `[timeouts]`
@@ -160,6 +162,7 @@ struct RawConfig {
     pool: PoolConfig,
     cpu: CpuConfig,
     queues: BTreeMap<String, QueueConfig>,
+    keys: BTreeMap<String, KeyConfig>,
     retry: RetryConfig,
     timeouts: TimeoutsConfig,
     limits: LimitsConfig,
@@ -368,6 +371,7 @@ impl Config {
             pool: raw.pool,
             cpu: raw.cpu,
             queues: raw.queues,
+            keys: raw.keys,
             retry: raw.retry,
             timeouts: raw.timeouts,
             limits: raw.limits,
@@ -406,6 +410,31 @@ impl Config {
             env,
         )?;
         Ok(config)
+    }
+
+    /// The keyed limits and how keys are derived, for the claims.
+    pub fn key_rules(&self) -> crate::keys::KeyRules {
+        crate::keys::KeyRules {
+            // Checked by validate(): every glob compiles.
+            limits: self
+                .keys
+                .iter()
+                .filter_map(|(name, k)| {
+                    crate::keys::KeyLimit::new(
+                        name,
+                        &k.pattern,
+                        k.concurrency,
+                        k.rate.map(|r| crate::keys::KeyRate {
+                            count: r.count,
+                            per: r.per,
+                        }),
+                    )
+                    .ok()
+                })
+                .collect(),
+            smtp_relay: (self.email.transport == EmailTransport::Smtp)
+                .then(|| self.email.smtp.host.clone()),
+        }
     }
 
     /// The daemon's queue limits for `queue`, or none.

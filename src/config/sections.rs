@@ -135,6 +135,19 @@ pub struct QueueConfig {
     pub rate: Option<Rate>,
 }
 
+/// `[keys.NAME]`: a limit on every job key its `match` glob fits, shared
+/// by every daemon on the database (see [`crate::keys`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyConfig {
+    /// A glob over keys (`customer:*`, `host:api.example.com`).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// At most this many jobs of one key run at once, fleet-wide.
+    pub concurrency: Option<u32>,
+    /// At most this many jobs of one key start per period, fleet-wide.
+    pub rate: Option<Rate>,
+}
+
 /// A rate limit such as `"10/s"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {

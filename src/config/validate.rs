@@ -108,6 +108,28 @@ impl Config {
             }
         }
 
+        for (name, k) in &self.keys {
+            let key = |k: &str| format!("keys.{name}.{k}");
+            if k.pattern.trim().is_empty() {
+                return fail(
+                    &key("match"),
+                    "must be a glob over job keys, like \"customer:*\"",
+                );
+            }
+            if let Err(why) = crate::keys::KeyLimit::new(name, &k.pattern, None, None) {
+                return fail(&key("match"), why);
+            }
+            if k.concurrency.is_none() && k.rate.is_none() {
+                return fail(
+                    &format!("keys.{name}"),
+                    "sets neither concurrency nor rate; a key limit needs one",
+                );
+            }
+            if let Some(c) = k.concurrency {
+                at_least(&key("concurrency"), u64::from(c), 1)?;
+            }
+        }
+
         at_least("retry.max_attempts", u64::from(self.retry.max_attempts), 1)?;
         positive("retry.backoff_base", self.retry.backoff_base)?;
         if self.retry.backoff_max < self.retry.backoff_base {

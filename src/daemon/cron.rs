@@ -137,6 +137,7 @@ impl Schedule {
             max_attempts: config.max_attempts.map(i64::from),
             timeout_ms: config.timeout.map(|t| t.as_millis() as i64),
             unique_key: None,
+            limit_key: None,
         };
         Ok(Schedule {
             name: name.to_string(),

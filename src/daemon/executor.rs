@@ -208,6 +208,7 @@ pub(crate) fn test_task(
             timeout_ms: None,
             attempts,
             started_at: 1_000,
+            limit_key: None,
             undecodable: None,
         },
         kind,

@@ -102,6 +102,8 @@ pub struct Claim<'a> {
     pub lease_until: i64,
     /// Per-queue limits, in the order to serve them.
     pub requests: &'a [ClaimRequest],
+    /// The keyed limits, fleet-wide ([`crate::keys::NO_KEYS`] for none).
+    pub keys: &'a crate::keys::KeyRules,
 }
 
 /// Whether a fenced write took effect.

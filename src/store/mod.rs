@@ -16,6 +16,7 @@
 
 mod contract;
 mod error;
+pub(crate) mod keyed;
 pub mod postgres;
 pub(crate) mod shared;
 pub mod sqlite;

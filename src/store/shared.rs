@@ -138,6 +138,15 @@ pub(crate) fn next_run_at_sql(within: &str, after: &str) -> String {
     )
 }
 
+/// When the next closed key opens after `?1`/`$1` (see
+/// [`crate::store::keyed`]): the dispatcher wakes then, as for a job's
+/// `run_at`.
+pub(crate) const KEY_OPENS_SQL: &str =
+    "SELECT min(closed_until) FROM limit_keys WHERE closed_until > ?1";
+/// [`KEY_OPENS_SQL`] with PostgreSQL's placeholder.
+pub(crate) const KEY_OPENS_SQL_PG: &str =
+    "SELECT min(closed_until) FROM limit_keys WHERE closed_until > $1";
+
 /// The earlier of two optional times.
 pub(crate) fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     a.into_iter().chain(b).min()

@@ -497,6 +497,9 @@ pub fn job(job: &Job, runs: &[JobRun], actions: &str, redaction: &Redaction) -> 
     if let Some(key) = &job.unique_key {
         row("unique key", escape(key));
     }
+    if let Some(key) = &job.limit_key {
+        row("limit key", escape(key));
+    }
     b.push_str("</table>");
     if let Some(error) = &job.last_error {
         let _ = write!(

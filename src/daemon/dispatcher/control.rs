@@ -67,6 +67,7 @@ impl Dispatcher {
             }
         }
         self.limits.reload(&config.queues, Instant::now());
+        self.keys = config.key_rules();
         // Schedules added start, removed ones stop (their rows stay).
         self.cron = crate::daemon::cron::Cron::new(crate::daemon::cron::schedules(&config));
         self.retry = Arc::new(config.retry.clone());

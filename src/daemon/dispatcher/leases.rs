@@ -144,6 +144,7 @@ impl Dispatcher {
                 now,
                 lease_until: now,
                 requests: &[],
+                keys: &crate::keys::NO_KEYS,
             };
             match self
                 .store

@@ -220,6 +220,8 @@ pub struct Dispatcher {
     unreported: usize,
     completer: Completer,
     limits: QueueLimits,
+    /// The keyed limits, enforced by the store in each claim, fleet-wide.
+    keys: crate::keys::KeyRules,
     /// The store's change counter when last read.
     data_version: i64,
     /// There may be ready jobs a claim would find.
@@ -279,6 +281,7 @@ impl Dispatcher {
             unreported: 0,
             completer: Completer::new(setup.metrics),
             limits,
+            keys: setup.config.key_rules(),
             data_version: 0,
             maybe_ready: true,
             next_due: None,

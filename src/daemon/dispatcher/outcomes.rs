@@ -96,6 +96,7 @@ impl Dispatcher {
             now,
             lease_until: now + lease,
             requests: &requests,
+            keys: &self.keys,
         };
         let result = self
             .store

@@ -20,6 +20,7 @@
 mod admin;
 mod connect;
 mod fleet;
+mod keyed;
 mod queue;
 mod reads;
 mod schedules;
@@ -86,13 +87,14 @@ const INSERT_JOBS_SQL: &str = "
 WITH input AS (
     SELECT i.*, nextval(pg_get_serial_sequence('jobs', 'id')) AS id
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-        $7::bigint[], $8::text[]) WITH ORDINALITY
-      AS i(queue, kind, payload, priority, run_at, max_attempts, timeout_ms, unique_key, n)),
+        $7::bigint[], $8::text[], $10::text[]) WITH ORDINALITY
+      AS i(queue, kind, payload, priority, run_at, max_attempts, timeout_ms, unique_key,
+           limit_key, n)),
 ins AS (
     INSERT INTO jobs (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
-                      unique_key, created_at)
+                      unique_key, limit_key, created_at)
     SELECT id, queue, kind, payload::jsonb, priority, run_at, max_attempts, timeout_ms,
-           unique_key, $9
+           unique_key, limit_key, $9
     FROM input ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING id, unique_key)
@@ -155,6 +157,7 @@ fn insert_jobs_once(
             &column(jobs, |j| j.timeout_ms),
             &column(jobs, |j| j.unique_key.as_deref()),
             &now,
+            &column(jobs, |j| j.limit_key.as_deref()),
         ],
     )?;
     Ok(rows
@@ -507,8 +510,7 @@ pub fn claim_sql(pool: Pool) -> String {
                    AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $4 AND paused) \
                  ORDER BY priority DESC, run_at, id LIMIT $5 \
                  FOR UPDATE SKIP LOCKED) \
-             RETURNING id, queue, kind, payload::text, priority, run_at, max_attempts, \
-               timeout_ms, attempts, started_at",
+             RETURNING {CLAIMED_COLUMNS}",
         pool_test(pool)
     )
 }
@@ -519,6 +521,10 @@ fn claim_in(
     statements: &mut Statements,
     claim: &Claim<'_>,
 ) -> std::result::Result<Vec<Claimed>, postgres::Error> {
+    let mut keyed = keyed::Keyed { tx, statements };
+    if let Some(jobs) = crate::store::keyed::claim_keyed(&mut keyed, claim)? {
+        return Ok(jobs);
+    }
     crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
         let statement = statements.get(tx, &claim_sql(pool))?;
         let rows = tx.query(
@@ -531,24 +537,27 @@ fn claim_in(
                 &(limit as i64),
             ],
         )?;
-        Ok(rows
-            .iter()
-            .map(|r| Claimed {
-                id: r.get(0),
-                queue: r.get(1),
-                kind: r.get(2),
-                payload: r.get(3),
-                priority: r.get(4),
-                run_at: r.get(5),
-                max_attempts: r.get(6),
-                timeout_ms: r.get(7),
-                attempts: r.get(8),
-                started_at: r.get(9),
-                // The server refuses text that is not UTF-8 at insert.
-                undecodable: None,
-            })
-            .collect())
+        Ok(rows.iter().map(claimed_from_pg_row).collect())
     })
+}
+
+/// A claimed row ([`CLAIMED_COLUMNS`]).
+fn claimed_from_pg_row(r: &postgres::Row) -> Claimed {
+    Claimed {
+        id: r.get(0),
+        queue: r.get(1),
+        kind: r.get(2),
+        payload: r.get(3),
+        priority: r.get(4),
+        run_at: r.get(5),
+        max_attempts: r.get(6),
+        timeout_ms: r.get(7),
+        attempts: r.get(8),
+        started_at: r.get(9),
+        limit_key: r.get(10),
+        // The server refuses text that is not UTF-8 at insert.
+        undecodable: None,
+    }
 }
 
 /// Writes a batch of outcomes inside an open transaction with two
@@ -690,7 +699,11 @@ fn complete_in(
 /// The columns of a whole job, with `jsonb` read back as text.
 const JOB_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max_attempts, \
      timeout_ms, unique_key, state, attempts, created_at, started_at, finished_at, lease_until, \
-     worker, last_error, result::text, cancel_requested";
+     worker, last_error, result::text, cancel_requested, limit_key";
+
+/// What a claim returns of each job it takes (see [`Claimed`]).
+const CLAIMED_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max_attempts, \
+     timeout_ms, attempts, started_at, limit_key";
 
 /// The columns of an attempt record.
 const RUN_COLUMNS: &str =
@@ -736,6 +749,7 @@ fn job_from_row(r: &postgres::Row) -> Job {
         last_error: r.get(16),
         result: r.get::<_, Option<String>>(17).map(compact),
         cancel_requested: r.get(18),
+        limit_key: r.get(19),
     }
 }
 

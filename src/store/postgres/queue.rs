@@ -189,6 +189,13 @@ impl Queue for PgStore {
                 next = crate::store::shared::earliest(next, at);
             }
         }
-        Ok(next)
+        // A key that opens again (its rate's next start, a block's end)
+        // may let a waiting job start then.
+        let opens: Option<i64> = self
+            .client
+            .query_one(crate::store::shared::KEY_OPENS_SQL_PG, &[&after])
+            .map_err(&fail)?
+            .get(0);
+        Ok(crate::store::shared::earliest(next, opens))
     }
 }

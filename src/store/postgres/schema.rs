@@ -10,6 +10,7 @@ pub const MIGRATIONS: &[&str] = &[
     V2_NOTIFY_PER_SCHEMA,
     V3_IMPORTED_JOBS,
     V4_DATABASE_ID,
+    V5_LIMIT_KEYS,
 ];
 
 /// The schema version this build writes and reads.
@@ -147,4 +148,25 @@ CREATE TABLE meta (
 );
 INSERT INTO meta(key, value)
     VALUES ('database_id', substr(md5(random()::text || clock_timestamp()::text), 1, 12));
+";
+
+/// Version 5: keyed limits, as SQLite's version 6: `jobs.limit_key`, the
+/// indexes that count a key's running jobs and serve fair claims, and
+/// `limit_keys` (a key's rate state, its block, and when it opens again).
+const V5_LIMIT_KEYS: &str = "
+ALTER TABLE jobs ADD COLUMN limit_key TEXT NULL
+    CONSTRAINT limit_key_not_empty CHECK (limit_key <> '');
+CREATE INDEX jobs_running_key ON jobs (limit_key) WHERE state = 'running' AND limit_key IS NOT NULL;
+CREATE INDEX jobs_ready_key ON jobs (queue, limit_key, priority DESC, run_at, id)
+    WHERE state = 'queued' AND limit_key IS NOT NULL;
+CREATE TABLE limit_keys (
+    key            TEXT             PRIMARY KEY,
+    tat            DOUBLE PRECISION NULL,
+    blocked_until  BIGINT           NULL,
+    blocked_for_ms BIGINT           NULL,
+    blocked_status BIGINT           NULL,
+    closed_until   BIGINT           NOT NULL DEFAULT 0,
+    updated_at     BIGINT           NOT NULL
+);
+CREATE INDEX limit_keys_closed ON limit_keys (closed_until);
 ";

@@ -8,6 +8,7 @@
 
 mod admin;
 mod fleet;
+mod keyed;
 mod queue;
 mod reads;
 mod schedules;
@@ -44,11 +45,12 @@ pub struct SqliteStore {
 
 const JOB_COLUMNS: &str = "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
      unique_key, state, attempts, created_at, started_at, finished_at, lease_until, worker, \
-     last_error, result, cancel_requested";
+     last_error, result, cancel_requested, limit_key";
 
 /// What a claim returns (see [`Claimed`]).
 const CLAIMED_COLUMNS: &str =
-    "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, attempts, started_at";
+    "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, attempts, started_at, \
+     limit_key";
 
 const RUN_COLUMNS: &str =
     "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
@@ -405,6 +407,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         last_error: opt_text(row, 16)?,
         result: opt_text(row, 17)?,
         cancel_requested: row.get::<_, i64>(18)? != 0,
+        limit_key: opt_text(row, 19)?,
     })
 }
 
@@ -434,6 +437,7 @@ fn claimed_from_row(row: &Row<'_>) -> rusqlite::Result<Claimed> {
         timeout_ms: row.get(7)?,
         attempts: row.get(8)?,
         started_at: row.get(9)?,
+        limit_key: opt_text(row, 10)?,
         undecodable,
     })
 }
@@ -597,6 +601,9 @@ fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite:
 
 /// Claims inside an open transaction (see [`crate::store::Queue::claim`]).
 fn claim_in(tx: &rusqlite::Transaction<'_>, claim: &Claim<'_>) -> rusqlite::Result<Vec<Claimed>> {
+    if let Some(jobs) = crate::store::keyed::claim_keyed(&mut keyed::Keyed(tx), claim)? {
+        return Ok(jobs);
+    }
     crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
         claim_pool(tx, claim, queue, pool, limit)
     })
@@ -641,7 +648,8 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
     let id: Option<i64> = tx
         .prepare_cached(
             "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, \
-             timeout_ms, unique_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             timeout_ms, unique_key, created_at, limit_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
              ON CONFLICT DO NOTHING RETURNING id",
         )?
         .query_row(
@@ -655,6 +663,7 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
                 job.timeout_ms,
                 job.unique_key,
                 now,
+                job.limit_key,
             ],
             |r| r.get(0),
         )

@@ -142,7 +142,14 @@ impl Queue for SqliteStore {
                 next = earliest(next, at);
             }
         }
-        Ok(next)
+        // A key that opens again (its rate's next start, a block's end)
+        // may let a waiting job start then.
+        let opens: Option<i64> = self
+            .conn
+            .prepare_cached(crate::store::shared::KEY_OPENS_SQL)
+            .and_then(|mut s| s.query_row([after], |r| r.get(0)))
+            .map_err(|e| self.err("read next run_at", e))?;
+        Ok(earliest(next, opens))
     }
 
     fn change_counter(&mut self) -> Result<i64> {

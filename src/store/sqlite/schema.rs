@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[&str] = &[
     V3_LEANER_RUNS,
     V4_READY_BY_POOL,
     V5_IDS_AND_UTF8,
+    V6_LIMIT_KEYS,
 ];
 
 /// The schema version this build writes and reads.
@@ -324,6 +325,51 @@ CREATE TRIGGER jobs_guard_timeout BEFORE INSERT ON jobs
 ) STRICT;
 INSERT INTO meta(key, value) VALUES ('database_id', lower(hex(randomblob(6))));
 "
+);
+
+/// Version 6: keyed limits (docs/reference.md, "Keyed limits").
+/// - `jobs.limit_key`: the job's key, NULL for none; jobd writes the key
+///   it derives (an http job's host) when it first looks at the job;
+/// - `jobs_running_key` counts a key's running jobs for its concurrency,
+///   `jobs_ready_key` serves the claims of fair queues key by key;
+/// - `limit_keys`: one row per key a rate or a block has touched: its
+///   rate's theoretical arrival time (`tat`), a block a service asked for,
+///   and `closed_until`, the time before which no job of the key starts
+///   (indexed, so a claim reads only the keys closed now);
+/// - the UTF-8 guards cover `limit_key` too.
+const V6_LIMIT_KEYS: &str = concat!(
+    "ALTER TABLE jobs ADD COLUMN limit_key TEXT NULL
+    CONSTRAINT limit_key_not_empty CHECK (limit_key <> '');
+CREATE TRIGGER jobs_guard_limit_key BEFORE INSERT ON jobs
+    WHEN NEW.limit_key = ''
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: limit_key_not_empty'); END;
+CREATE INDEX jobs_running_key ON jobs (limit_key) WHERE state = 'running' AND limit_key IS NOT NULL;
+CREATE INDEX jobs_ready_key ON jobs (queue, limit_key, priority DESC, run_at, id)
+    WHERE state = 'queued' AND limit_key IS NOT NULL;
+CREATE TABLE limit_keys (
+    key            TEXT    PRIMARY KEY,
+    tat            REAL    NULL,
+    blocked_until  INTEGER NULL,
+    blocked_for_ms INTEGER NULL,
+    blocked_status INTEGER NULL,
+    closed_until   INTEGER NOT NULL DEFAULT 0,
+    updated_at     INTEGER NOT NULL
+) STRICT;
+CREATE INDEX limit_keys_closed ON limit_keys (closed_until);
+DROP TRIGGER jobs_utf8;
+DROP TRIGGER jobs_utf8_update;
+CREATE TRIGGER jobs_utf8 BEFORE INSERT ON jobs WHEN ",
+    "(NEW.queue || NEW.kind || NEW.payload || coalesce(NEW.unique_key, '') || coalesce(NEW.limit_key, '')) GLOB ",
+    non_ascii!(),
+    "\nBEGIN\n",
+    utf8_refusals!("queue", "kind", "payload", "unique_key", "limit_key"),
+    "END;\n",
+    "CREATE TRIGGER jobs_utf8_update BEFORE UPDATE OF queue, kind, payload, unique_key, limit_key ON jobs WHEN ",
+    "(NEW.queue || NEW.kind || NEW.payload || coalesce(NEW.unique_key, '') || coalesce(NEW.limit_key, '')) GLOB ",
+    non_ascii!(),
+    "\nBEGIN\n",
+    utf8_refusals!("queue", "kind", "payload", "unique_key", "limit_key"),
+    "END;\n"
 );
 
 #[cfg(test)]

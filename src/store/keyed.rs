@@ -1,0 +1,223 @@
+//! The keyed claim, written once for both backends (docs/reference.md,
+//! "Keyed limits"): inside the claim's own transaction, the candidates of
+//! each queue and pool are read in claim order, keyed (their own
+//! `limit_key`, else the key derived from their kind), and taken only
+//! while their key's fleet-wide concurrency and rate allow and no block
+//! holds it. Each backend supplies the row operations ([`KeyedRows`]).
+//!
+//! Exactness: on SQLite the claim holds the write lock throughout. On
+//! PostgreSQL the limited keys among the candidates are locked (`FOR
+//! UPDATE` on their `limit_keys` rows, in key order) before their running
+//! jobs are counted, so two daemons claiming the same key count one after
+//! the other and neither overshoots.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::job::{Claimed, Pool};
+use crate::keys::{KeyRules, Limit};
+use crate::store::contract::Claim;
+
+/// One job a keyed claim may take.
+#[derive(Clone, Debug)]
+pub(crate) struct Candidate {
+    pub(crate) id: i64,
+    pub(crate) kind: String,
+    /// Its `limit_key` as stored.
+    pub(crate) key: Option<String>,
+    /// An http job's URL, read only when it has no key of its own.
+    pub(crate) url: Option<String>,
+}
+
+/// A key's row in `limit_keys`, as the claim needs it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KeyState {
+    /// The rate's theoretical arrival time (epoch ms), None when unused.
+    pub(crate) tat: Option<f64>,
+    /// No job of the key starts before this (a service's block).
+    pub(crate) blocked_until: Option<i64>,
+}
+
+/// A key's rate state to write back after a claim.
+pub(crate) struct RateWrite {
+    pub(crate) key: String,
+    pub(crate) tat: f64,
+    /// When the rate lets the next job of the key start.
+    pub(crate) next_start_at: i64,
+}
+
+/// The row operations of a keyed claim, inside the claim's transaction.
+pub(crate) trait KeyedRows {
+    /// The driver's error.
+    type Error;
+    /// The keys closed now (`closed_until > now`): blocked, or waiting for
+    /// their rate.
+    fn closed_keys(&mut self, now: i64) -> Result<Vec<String>, Self::Error>;
+    /// Running jobs per key: of `keys`, or of every key when it is None.
+    fn running_by_key(
+        &mut self,
+        keys: Option<&[String]>,
+    ) -> Result<HashMap<String, u64>, Self::Error>;
+    /// Up to `window` ready jobs of `queue` on `pool` in claim order,
+    /// leaving out jobs whose stored key is in `skip` (paused queues give
+    /// none).
+    fn candidates(
+        &mut self,
+        queue: &str,
+        pool: Pool,
+        now: i64,
+        window: usize,
+        skip: &[String],
+    ) -> Result<Vec<Candidate>, Self::Error>;
+    /// The rows of `keys` (sorted), locked for the rest of the transaction
+    /// where the backend needs it.
+    fn lock_keys(
+        &mut self,
+        keys: &[String],
+        now: i64,
+    ) -> Result<HashMap<String, KeyState>, Self::Error>;
+    /// Marks `jobs` running as a plain claim does, writing each one's key
+    /// where given (a derived key).
+    fn take(
+        &mut self,
+        claim: &Claim<'_>,
+        jobs: &[(i64, Option<String>)],
+    ) -> Result<Vec<Claimed>, Self::Error>;
+    /// Writes derived keys into jobs left queued, so that later claims
+    /// leave them out by key instead of deriving again.
+    fn set_keys(&mut self, keyed: &[(i64, String)]) -> Result<(), Self::Error>;
+    /// Writes keys' rate state.
+    fn save_rates(&mut self, rates: &[RateWrite], now: i64) -> Result<(), Self::Error>;
+}
+
+/// How many candidates a claim for `limit` jobs reads: enough that the
+/// jobs of keys at their limit (not yet known to be closed) do not stop it.
+fn window(limit: usize) -> usize {
+    (limit * 4 + 8).min(512)
+}
+
+/// The keyed claim; None when no key limit is configured and no key is
+/// closed, so the caller runs its plain claim (the fast path, unchanged).
+// Long: one decision per candidate in claim order with the state it updates; split, the exactness argument would be spread over several functions.
+pub(crate) fn claim_keyed<R: KeyedRows>(
+    rows: &mut R,
+    claim: &Claim<'_>,
+) -> Result<Option<Vec<Claimed>>, R::Error> {
+    let rules: &KeyRules = claim.keys;
+    let now = claim.now;
+    let closed = rows.closed_keys(now)?;
+    if rules.is_empty() && closed.is_empty() {
+        return Ok(None);
+    }
+    // Keys no job may start under in this claim: closed ones, and those
+    // at their concurrency (a snapshot; the exact count comes below).
+    let mut skip: BTreeSet<String> = closed.into_iter().collect();
+    if !rules.is_empty() {
+        for (key, running) in rows.running_by_key(None)? {
+            let full = rules
+                .limit_of(&key)
+                .and_then(|l| l.concurrency)
+                .is_some_and(|c| running >= u64::from(c));
+            if full {
+                skip.insert(key);
+            }
+        }
+    }
+    let mut limits: HashMap<String, Option<Limit>> = HashMap::new();
+    let jobs = crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
+        let skipped: Vec<String> = skip.iter().cloned().collect();
+        let mut candidates = rows.candidates(queue, pool, now, window(limit), &skipped)?;
+        let mut derived = vec![false; candidates.len()];
+        for (c, derived) in candidates.iter_mut().zip(&mut derived) {
+            if c.key.is_none() {
+                c.key = rules.derived_key(&c.kind, c.url.as_deref());
+                *derived = c.key.is_some();
+            }
+        }
+        let limited: Vec<String> = candidates
+            .iter()
+            .filter_map(|c| c.key.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| {
+                limits
+                    .entry(k.clone())
+                    .or_insert_with(|| rules.limit_of(k))
+                    .is_some()
+            })
+            .collect();
+        let mut states = rows.lock_keys(&limited, now)?;
+        let mut running = if limited.is_empty() {
+            HashMap::new()
+        } else {
+            rows.running_by_key(Some(&limited))?
+        };
+        let mut taken: Vec<(i64, Option<String>)> = Vec::new();
+        let mut keyed_later: Vec<(i64, String)> = Vec::new();
+        let mut rates: BTreeMap<String, RateWrite> = BTreeMap::new();
+        for (c, derived) in candidates.iter().zip(derived) {
+            if taken.len() == limit {
+                break;
+            }
+            let write_key = derived.then(|| c.key.clone()).flatten();
+            let Some(key) = &c.key else {
+                taken.push((c.id, None));
+                continue;
+            };
+            let state = states.entry(key.clone()).or_default();
+            let blocked = state.blocked_until.is_some_and(|until| until > now);
+            let allowed = !blocked
+                && !skip.contains(key)
+                && match limits.get(key).copied().flatten() {
+                    None => true,
+                    Some(limit) => {
+                        let busy = running.get(key).copied().unwrap_or(0);
+                        let room = limit.concurrency.is_none_or(|c| busy < u64::from(c));
+                        let tat = match limit.rate {
+                            Some(rate) if room => rate.admit(state.tat, now).map(Some),
+                            _ => Some(None),
+                        };
+                        match (room, tat) {
+                            (true, Some(tat)) => {
+                                if let (Some(rate), Some(tat)) = (limit.rate, tat) {
+                                    state.tat = Some(tat);
+                                    rates.insert(
+                                        key.clone(),
+                                        RateWrite {
+                                            key: key.clone(),
+                                            tat,
+                                            next_start_at: rate.next_start_at(tat),
+                                        },
+                                    );
+                                }
+                                *running.entry(key.clone()).or_default() += 1;
+                                true
+                            }
+                            _ => false,
+                        }
+                    }
+                };
+            if allowed {
+                taken.push((c.id, write_key));
+            } else {
+                // Closed for the rest of this claim; a derived key is
+                // written so the next claims leave the job out by key.
+                skip.insert(key.clone());
+                if let Some(key) = write_key {
+                    keyed_later.push((c.id, key));
+                }
+            }
+        }
+        let rates: Vec<RateWrite> = rates.into_values().collect();
+        if !rates.is_empty() {
+            rows.save_rates(&rates, now)?;
+        }
+        if !keyed_later.is_empty() {
+            rows.set_keys(&keyed_later)?;
+        }
+        if taken.is_empty() {
+            return Ok(Vec::new());
+        }
+        rows.take(claim, &taken)
+    })?;
+    Ok(Some(jobs))
+}

@@ -1,0 +1,171 @@
+//! The row operations of the keyed claim ([`crate::store::keyed`]) on
+//! SQLite: the claim holds the write lock, so counting a key's running
+//! jobs and taking them cannot interleave with another daemon's claim.
+
+use std::collections::HashMap;
+
+use rusqlite::params;
+
+use crate::job::{Claimed, Pool};
+use crate::store::contract::Claim;
+use crate::store::keyed::{Candidate, KeyState, KeyedRows, RateWrite};
+use crate::store::sqlite::*;
+use schema::cpu_kind_test;
+
+/// A keyed claim's view of one SQLite write transaction.
+pub(super) struct Keyed<'a, 'c>(pub(super) &'a rusqlite::Transaction<'c>);
+
+/// A list of keys as one JSON parameter, read back with `json_each`.
+fn json_list(keys: &[String]) -> String {
+    serde_json::to_string(keys).unwrap_or_else(|_| "[]".into())
+}
+
+impl KeyedRows for Keyed<'_, '_> {
+    type Error = rusqlite::Error;
+
+    fn closed_keys(&mut self, now: i64) -> rusqlite::Result<Vec<String>> {
+        self.0
+            .prepare_cached("SELECT key FROM limit_keys WHERE closed_until > ?1")?
+            .query_map([now], |r| text(r, 0))?
+            .collect()
+    }
+
+    fn running_by_key(
+        &mut self,
+        keys: Option<&[String]>,
+    ) -> rusqlite::Result<HashMap<String, u64>> {
+        let row = |r: &rusqlite::Row<'_>| Ok((text(r, 0)?, r.get::<_, i64>(1)? as u64));
+        match keys {
+            None => self
+                .0
+                .prepare_cached(
+                    "SELECT limit_key, count(*) FROM jobs INDEXED BY jobs_running_key \
+                     WHERE state = 'running' AND limit_key IS NOT NULL GROUP BY limit_key",
+                )?
+                .query_map([], row)?
+                .collect(),
+            Some(keys) => self
+                .0
+                .prepare_cached(
+                    "SELECT limit_key, count(*) FROM jobs INDEXED BY jobs_running_key \
+                     WHERE state = 'running' AND limit_key IS NOT NULL \
+                       AND limit_key IN (SELECT value FROM json_each(?1)) GROUP BY limit_key",
+                )?
+                .query_map([json_list(keys)], row)?
+                .collect(),
+        }
+    }
+
+    fn candidates(
+        &mut self,
+        queue: &str,
+        pool: Pool,
+        now: i64,
+        window: usize,
+        skip: &[String],
+    ) -> rusqlite::Result<Vec<Candidate>> {
+        // As the plain claim: the pool test and the window are literal
+        // text, so the ready index serves the scan and the statement is
+        // prepared once per pool and window.
+        let leave_out = if skip.is_empty() {
+            ""
+        } else {
+            "AND (limit_key IS NULL OR limit_key NOT IN (SELECT value FROM json_each(?3)))"
+        };
+        let sql = format!(
+            "SELECT id, kind, limit_key, \
+               CASE WHEN limit_key IS NULL AND kind = 'http' \
+                 AND json_type(payload, '$.url') = 'text' THEN json_extract(payload, '$.url') END \
+             FROM jobs WHERE state = 'queued' AND queue = ?1 AND {} = {} AND run_at <= ?2 \
+               AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1) {leave_out} \
+             ORDER BY priority DESC, run_at, id LIMIT {window}",
+            cpu_kind_test(),
+            i32::from(pool == Pool::Cpu)
+        );
+        let mut stmt = self.0.prepare_cached(&sql)?;
+        let row = |r: &rusqlite::Row<'_>| {
+            Ok(Candidate {
+                id: r.get(0)?,
+                kind: text(r, 1)?,
+                key: opt_text(r, 2)?,
+                url: opt_text(r, 3)?,
+            })
+        };
+        if skip.is_empty() {
+            stmt.query_map(params![queue, now], row)?.collect()
+        } else {
+            stmt.query_map(params![queue, now, json_list(skip)], row)?
+                .collect()
+        }
+    }
+
+    fn lock_keys(
+        &mut self,
+        keys: &[String],
+        _now: i64,
+    ) -> rusqlite::Result<HashMap<String, KeyState>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.0
+            .prepare_cached(
+                "SELECT key, tat, blocked_until FROM limit_keys \
+                 WHERE key IN (SELECT value FROM json_each(?1))",
+            )?
+            .query_map([json_list(keys)], |r| {
+                Ok((
+                    text(r, 0)?,
+                    KeyState {
+                        tat: r.get(1)?,
+                        blocked_until: r.get(2)?,
+                    },
+                ))
+            })?
+            .collect()
+    }
+
+    fn take(
+        &mut self,
+        claim: &Claim<'_>,
+        jobs: &[(i64, Option<String>)],
+    ) -> rusqlite::Result<Vec<Claimed>> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
+             finished_at = NULL, lease_until = ?2, worker = ?3, \
+             limit_key = coalesce(?5, limit_key) \
+             WHERE id = ?4 AND state = 'queued' RETURNING {CLAIMED_COLUMNS}"
+        ))?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for (id, key) in jobs {
+            let mut rows =
+                stmt.query(params![claim.now, claim.lease_until, claim.worker, id, key])?;
+            if let Some(row) = rows.next()? {
+                out.push(claimed_from_row(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_keys(&mut self, keyed: &[(i64, String)]) -> rusqlite::Result<()> {
+        let mut stmt = self.0.prepare_cached(
+            "UPDATE jobs SET limit_key = ?2 WHERE id = ?1 AND state = 'queued' AND limit_key IS NULL",
+        )?;
+        for (id, key) in keyed {
+            stmt.execute(params![id, key])?;
+        }
+        Ok(())
+    }
+
+    fn save_rates(&mut self, rates: &[RateWrite], now: i64) -> rusqlite::Result<()> {
+        let mut stmt = self.0.prepare_cached(
+            "INSERT INTO limit_keys (key, tat, closed_until, updated_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (key) DO UPDATE SET tat = excluded.tat, \
+               closed_until = max(excluded.closed_until, coalesce(blocked_until, 0)), \
+               updated_at = excluded.updated_at",
+        )?;
+        for r in rates {
+            stmt.execute(params![r.key, r.tat, r.next_start_at, now])?;
+        }
+        Ok(())
+    }
+}
