@@ -65,8 +65,16 @@ fn a_keys_concurrency_and_rate_hold_across_three_daemons() {
         let home = &backend.home;
         home.ok(&["migrate"]);
         let mut rows = jobs(24, &format!("{}/slow/a", server.base), "'customer:slow-a'");
-        rows.extend(jobs(24, &format!("{}/slow/b", server.base), "'customer:slow-b'"));
-        rows.extend(jobs(40, &format!("{}/paced", server.base), "'customer:paced'"));
+        rows.extend(jobs(
+            24,
+            &format!("{}/slow/b", server.base),
+            "'customer:slow-b'",
+        ));
+        rows.extend(jobs(
+            40,
+            &format!("{}/paced", server.base),
+            "'customer:paced'",
+        ));
         rows.extend(jobs(40, &format!("{}/slow/free", server.base), "NULL"));
         backend.value(&format!(
             "INSERT INTO jobs (kind, payload, limit_key) VALUES {};",
@@ -96,7 +104,11 @@ fn a_keys_concurrency_and_rate_hold_across_three_daemons() {
             );
         }
         // Three daemons of eight threads each would run far more at once.
-        assert!(loads["/slow/free"].most > 2, "{}: unkeyed jobs were held up", backend.name);
+        assert!(
+            loads["/slow/free"].most > 2,
+            "{}: unkeyed jobs were held up",
+            backend.name
+        );
         assert_eq!(
             backend.count("SELECT count(DISTINCT worker) FROM job_runs;"),
             3,
@@ -118,7 +130,11 @@ fn a_keys_concurrency_and_rate_hold_across_three_daemons() {
         // take at least 2.9 s, and no second after the burst holds more
         // than ten starts, plus one a late claim carried over.
         let span = starts[39] - starts[0];
-        assert!(span >= 2_900, "{}: 40 starts in {span} ms at 10/s", backend.name);
+        assert!(
+            span >= 2_900,
+            "{}: 40 starts in {span} ms at 10/s",
+            backend.name
+        );
         for (i, &s) in starts.iter().enumerate().skip(10) {
             let within = starts[i..].iter().take_while(|&&t| t < s + 1_000).count();
             assert!(
@@ -127,5 +143,52 @@ fn a_keys_concurrency_and_rate_hold_across_three_daemons() {
                 backend.name
             );
         }
+    }
+}
+
+/// A daemon killed with SIGKILL while it holds a key's whole concurrency
+/// gives the slots back when its jobs are rescued: another daemon then runs
+/// the key's waiting job (a dead daemon holds no capacity past its lease).
+/// The held jobs have one attempt, so the rescue makes them dead rather
+/// than queued again ahead of the waiting one.
+#[test]
+fn a_killed_daemons_key_slots_come_back_when_its_jobs_are_rescued() {
+    let limits = "[daemon]\nlease = \"1s\"\nshutdown_grace = \"100ms\"\n\
+        [keys.pair]\nmatch = \"customer:*\"\nconcurrency = 2\n";
+    for backend in common::homes_with("keyrescue", limits) {
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        backend.value(
+            "INSERT INTO jobs (kind, payload, limit_key, priority, max_attempts) VALUES \
+             ('noop', '{\"sleep_ms\":600000}', 'customer:1', 1, 1), \
+             ('noop', '{\"sleep_ms\":600000}', 'customer:1', 1, 1), \
+             ('noop', '{}', 'customer:1', 0, NULL);",
+        );
+        let a = home.daemon_logging_to("a.log");
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'running';",
+            "2",
+            "the first daemon holds the key's two slots",
+        );
+        assert_eq!(
+            backend.value("SELECT state FROM jobs WHERE priority = 0;"),
+            "queued",
+            "{}: the third job of the key waits",
+            backend.name
+        );
+        a.kill9();
+        let b = backend.another(limits).daemon_logging_to("b.log");
+        backend.wait_value(
+            "SELECT state FROM jobs WHERE priority = 0;",
+            "succeeded",
+            "the waiting job ran once the dead daemon's slots came back",
+        );
+        b.stop();
+        assert_eq!(
+            backend.count("SELECT count(*) FROM job_runs WHERE outcome = 'rescued';"),
+            2,
+            "{}: both held jobs were rescued",
+            backend.name
+        );
     }
 }
