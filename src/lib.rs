@@ -11,6 +11,9 @@
 //!   outcome of an attempt. [`fmt`]: times, durations and escaping shared
 //!   by the command line and the web pages. [`os`]: `/proc`, signals,
 //!   systemd's socket, confinement of the daemon and its workers.
+//!   [`keys`]: limit keys, what a job's key is when it names none, which
+//!   `[keys.*]` sections limit it, the rate arithmetic (the store applies
+//!   them in each claim, `store/keyed.rs`).
 //! - [`config`]: `config.toml` and `JOBD_SECTION__KEY` variables, validated
 //!   once into a [`config::Config`] that flows down to whatever needs it.
 //!   [`logging`]: named events written by [`event!`] in logfmt or JSON.

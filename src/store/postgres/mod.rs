@@ -18,9 +18,9 @@
 //! small runtime of its own inside, and jobd's code stays synchronous.
 
 mod admin;
+mod claim;
 mod connect;
 mod fleet;
-mod keyed;
 mod queue;
 mod reads;
 mod schedules;
@@ -36,7 +36,7 @@ use connect::{client, describe, failing};
 use postgres::Client;
 
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
-use crate::store::contract::{Applied, Claim, CronRow, Enqueued, JobRun, Moved, Result};
+use crate::store::contract::{Applied, CronRow, Enqueued, JobRun, Moved, Result};
 use crate::store::error::StoreError;
 use crate::store::shared::{cancelled_instead, RunRow, CANCELLED_ERROR};
 
@@ -513,32 +513,6 @@ pub fn claim_sql(pool: Pool) -> String {
              RETURNING {CLAIMED_COLUMNS}",
         pool_test(pool)
     )
-}
-
-/// Claims inside an open transaction (see [`PgStore::claim`]).
-fn claim_in(
-    tx: &mut postgres::Transaction<'_>,
-    statements: &mut Statements,
-    claim: &Claim<'_>,
-) -> std::result::Result<Vec<Claimed>, postgres::Error> {
-    let mut keyed = keyed::Keyed { tx, statements };
-    if let Some(jobs) = crate::store::keyed::claim_keyed(&mut keyed, claim)? {
-        return Ok(jobs);
-    }
-    crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
-        let statement = statements.get(tx, &claim_sql(pool))?;
-        let rows = tx.query(
-            &statement,
-            &[
-                &claim.now,
-                &claim.lease_until,
-                &claim.worker,
-                &queue,
-                &(limit as i64),
-            ],
-        )?;
-        Ok(rows.iter().map(claimed_from_pg_row).collect())
-    })
 }
 
 /// A claimed row ([`CLAIMED_COLUMNS`]).

@@ -4,6 +4,7 @@ use crate::job::{Claimed, Completion, NewJob, Pool};
 use crate::store::contract::Queue;
 use crate::store::contract::{Applied, Claim, Enqueued, Held, Result};
 use crate::store::postgres::*;
+use claim::claim_in;
 
 impl Queue for PgStore {
     fn enqueue(&mut self, jobs: &[NewJob], now: i64) -> Result<Vec<Enqueued>> {

@@ -7,8 +7,8 @@
 //! client with a busy timeout of a second never sees `database is locked`.
 
 mod admin;
+mod claim;
 mod fleet;
-mod keyed;
 mod queue;
 mod reads;
 mod schedules;
@@ -597,16 +597,6 @@ fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite:
             .execute(params_from_iter(args))?;
     }
     Ok(())
-}
-
-/// Claims inside an open transaction (see [`crate::store::Queue::claim`]).
-fn claim_in(tx: &rusqlite::Transaction<'_>, claim: &Claim<'_>) -> rusqlite::Result<Vec<Claimed>> {
-    if let Some(jobs) = crate::store::keyed::claim_keyed(&mut keyed::Keyed(tx), claim)? {
-        return Ok(jobs);
-    }
-    crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
-        claim_pool(tx, claim, queue, pool, limit)
-    })
 }
 
 /// Claims up to `limit` ready jobs of `queue` that run on `pool`.

@@ -5,6 +5,7 @@ use crate::store::contract::Queue;
 use crate::store::contract::{Applied, Claim, Enqueued, Held, Result};
 use crate::store::shared::earliest;
 use crate::store::sqlite::*;
+use claim::claim_in;
 use crossbeam_channel::Receiver;
 use rusqlite::params;
 use schema::cpu_kind_test;

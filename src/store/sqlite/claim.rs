@@ -1,6 +1,8 @@
-//! The row operations of the keyed claim ([`crate::store::keyed`]) on
-//! SQLite: the claim holds the write lock, so counting a key's running
-//! jobs and taking them cannot interleave with another daemon's claim.
+//! The claim on SQLite: [`claim_in`] runs the keyed claim
+//! ([`crate::store::keyed`]) when keys are in play, else the plain one; and
+//! the keyed claim's row operations. The claim holds the write lock, so
+//! counting a key's running jobs and taking them cannot interleave with
+//! another daemon's claim.
 
 use std::collections::HashMap;
 
@@ -168,4 +170,17 @@ impl KeyedRows for Keyed<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Claims inside an open transaction (see [`crate::store::Queue::claim`]).
+pub(super) fn claim_in(
+    tx: &rusqlite::Transaction<'_>,
+    claim: &Claim<'_>,
+) -> rusqlite::Result<Vec<Claimed>> {
+    if let Some(jobs) = crate::store::keyed::claim_keyed(&mut Keyed(tx), claim)? {
+        return Ok(jobs);
+    }
+    crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
+        claim_pool(tx, claim, queue, pool, limit)
+    })
 }

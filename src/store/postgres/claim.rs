@@ -1,6 +1,7 @@
-//! The row operations of the keyed claim ([`crate::store::keyed`]) on
-//! PostgreSQL. Candidates are read `FOR UPDATE SKIP LOCKED`, as the plain
-//! claim reads them; the `limit_keys` rows of the limited keys among them
+//! The claim on PostgreSQL: [`claim_in`] runs the keyed claim
+//! ([`crate::store::keyed`]) when keys are in play, else the plain one; and
+//! the keyed claim's row operations. Candidates are read `FOR UPDATE SKIP
+//! LOCKED`, as the plain claim reads them; the `limit_keys` rows of the limited keys among them
 //! are locked in key order before their running jobs are counted, so two
 //! daemons claiming one key count one after the other (READ COMMITTED: the
 //! count after the lock sees what the other committed).
@@ -190,4 +191,30 @@ impl KeyedRows for Keyed<'_, '_> {
         )?;
         Ok(())
     }
+}
+
+/// Claims inside an open transaction (see [`PgStore::claim`]).
+pub(super) fn claim_in(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &mut Statements,
+    claim: &Claim<'_>,
+) -> std::result::Result<Vec<Claimed>, postgres::Error> {
+    let mut keyed = Keyed { tx, statements };
+    if let Some(jobs) = crate::store::keyed::claim_keyed(&mut keyed, claim)? {
+        return Ok(jobs);
+    }
+    crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
+        let statement = statements.get(tx, &claim_sql(pool))?;
+        let rows = tx.query(
+            &statement,
+            &[
+                &claim.now,
+                &claim.lease_until,
+                &claim.worker,
+                &queue,
+                &(limit as i64),
+            ],
+        )?;
+        Ok(rows.iter().map(claimed_from_pg_row).collect())
+    })
 }
