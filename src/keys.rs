@@ -55,9 +55,12 @@ impl KeyLimit {
     }
 }
 
-/// `count` starts per `per`, with a burst of `count`: a generic cell rate
-/// algorithm (a token bucket that holds `count` tokens) kept as one number
-/// per key, its theoretical arrival time (TAT), so the state fits a row.
+/// At most `count` starts in any window of `per`: a sliding window over
+/// the key's last `count` start times (kept in its `limit_keys` row). It
+/// bursts up to `count` at once and never exceeds `count` in any period,
+/// however late the claims come; a token bucket would let a late claim
+/// spend the tokens that piled up meanwhile and put more than `count`
+/// starts into one period, which is what a remote service's limit counts.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KeyRate {
     /// Starts per period (and the burst).
@@ -66,28 +69,42 @@ pub struct KeyRate {
     pub per: Duration,
 }
 
+/// The largest `count` a rate may have: the window keeps that many start
+/// times per key.
+pub const MAX_RATE_COUNT: u32 = 10_000;
+
 impl KeyRate {
-    /// Milliseconds between starts at the steady rate.
-    fn interval(&self) -> f64 {
-        self.per.as_secs_f64() * 1000.0 / f64::from(self.count.max(1))
+    fn per_ms(&self) -> i64 {
+        self.per.as_millis() as i64
     }
 
-    /// How far ahead of now the TAT may run: the burst less one start.
-    fn tolerance(&self) -> f64 {
-        self.interval() * f64::from(self.count.max(1) - 1)
+    /// A start at `now` (epoch ms) against the key's recent `starts`
+    /// (ascending): true, with `now` recorded, if fewer than `count` starts
+    /// fall in the period before it; starts older than a period are
+    /// dropped either way.
+    pub fn admit(&self, starts: &mut Vec<i64>, now: i64) -> bool {
+        // A clock stepped back is judged at the latest start recorded, so
+        // the window never shrinks.
+        let now = now.max(starts.last().copied().unwrap_or(now));
+        let since = now - self.per_ms();
+        let old = starts.partition_point(|&s| s <= since);
+        starts.drain(..old);
+        if starts.len() >= self.count as usize {
+            return false;
+        }
+        starts.push(now);
+        true
     }
 
-    /// A start at `now` (epoch ms) against the key's TAT (None: never
-    /// started, a full bucket): the new TAT if the start fits, else None.
-    pub fn admit(&self, tat: Option<f64>, now: i64) -> Option<f64> {
-        let now = now as f64;
-        let tat = tat.unwrap_or(now).max(now);
-        (tat - self.tolerance() <= now).then(|| tat + self.interval())
-    }
-
-    /// When the next start fits after a TAT (epoch ms, rounded up).
-    pub fn next_start_at(&self, tat: f64) -> i64 {
-        (tat - self.tolerance()).ceil() as i64
+    /// When the next start fits, given the key's recent `starts`
+    /// (ascending, as [`KeyRate::admit`] leaves them): at once while fewer
+    /// than `count` are recorded, else a period after the `count`-th last.
+    pub fn next_start_at(&self, starts: &[i64]) -> i64 {
+        let n = self.count as usize;
+        if starts.len() < n {
+            return 0;
+        }
+        starts[starts.len() - n] + self.per_ms()
     }
 }
 
@@ -231,45 +248,38 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_allows_its_burst_then_one_start_per_interval() {
+    fn a_rate_bursts_its_count_and_never_holds_more_in_any_period() {
         let rate = KeyRate {
             count: 10,
             per: Duration::from_secs(1),
         };
         let now = 1_000_000;
-        let mut tat = None;
+        let mut starts = Vec::new();
         for _ in 0..10 {
-            tat = Some(rate.admit(tat, now).expect("the burst"));
+            assert!(rate.admit(&mut starts, now), "the burst");
         }
-        assert_eq!(rate.admit(tat, now), None, "the burst is spent");
-        let next = rate.next_start_at(tat.unwrap());
-        assert_eq!(next, now + 100);
-        assert_eq!(rate.admit(tat, next - 1), None);
-        let after = rate.admit(tat, next).expect("one interval later");
-        assert_eq!(rate.admit(Some(after), next), None);
-        // After the burst, a one-second window holds ten starts, and one
-        // more only when a late start carried its token over (the claims
-        // here come on a 7 ms grid); the long run keeps ten a second.
-        let mut tat = Some(after);
-        let mut starts = vec![next];
+        assert!(!rate.admit(&mut starts, now + 999), "the burst is spent");
+        let next = rate.next_start_at(&starts);
+        assert_eq!(next, now + 1_000);
+        assert!(!rate.admit(&mut starts, next - 1));
+        assert!(rate.admit(&mut starts, next));
+        // Claims on an irregular grid, some late: no one-second window
+        // ever holds more than ten starts, and the long run keeps ten a
+        // second.
+        let mut all = starts.clone();
         let mut t = next;
-        while t < next + 5_000 {
-            t += 7;
-            if let Some(new) = rate.admit(tat, t) {
-                tat = Some(new);
-                starts.push(t);
+        while t < next + 10_000 {
+            t += 7 + (t % 13) * 11;
+            if rate.admit(&mut starts, t) {
+                all.push(t);
             }
         }
-        for &s in &starts {
-            let within = starts.iter().filter(|&&x| x >= s && x < s + 1_000).count();
-            assert!(within <= 11, "{within} starts in the second from {s}");
+        for (i, &s) in all.iter().enumerate() {
+            let within = all[i..].iter().take_while(|&&x| x < s + 1_000).count();
+            assert!(within <= 10, "{within} starts in the second from {s}");
         }
-        assert!(starts.len() <= 51, "{} starts in 5 s", starts.len());
-        // An idle key has its whole burst again, no more.
-        let later = t + 60_000;
-        for _ in 0..10 {
-            tat = Some(rate.admit(tat, later).expect("a new burst"));
-        }
-        assert_eq!(rate.admit(tat, later), None);
+        assert!(all.len() <= 111, "{} starts in 11 s", all.len());
+        assert!(all.len() >= 100, "the rate is used: {}", all.len());
+        assert!(starts.len() <= 10, "only a period's starts are kept");
     }
 }

@@ -1019,3 +1019,71 @@ fn a_result_reads_back_as_the_same_json_on_either_backend() {
         assert_eq!(parse(&read), parse(written), "read back as {read}");
     });
 }
+
+/// Three connections claim one rate-limited key as fast as they can, on
+/// each backend, with the real clock: no second ever holds more than the
+/// rate's count of starts, and the window is used.
+#[test]
+fn a_keys_rate_holds_across_claimers_in_any_window() {
+    let rules = jobd::keys::KeyRules {
+        limits: vec![jobd::keys::KeyLimit::new(
+            "paced",
+            "paced",
+            None,
+            Some(jobd::keys::KeyRate {
+                count: 10,
+                per: Duration::from_secs(1),
+            }),
+        )
+        .unwrap()],
+        smtp_relay: None,
+    };
+    let rules = std::sync::Arc::new(rules);
+    for (name, open, _guard) in reopenable("rate") {
+        let mut store = open();
+        let mut paced = job("noop");
+        paced.limit_key = Some("paced".into());
+        store
+            .enqueue(&vec![paced; 35], jobd::job::now_ms())
+            .unwrap();
+        let handles: Vec<_> = ["w1", "w2", "w3"]
+            .into_iter()
+            .map(|worker| {
+                let (open, rules) = (open.clone(), rules.clone());
+                std::thread::spawn(move || {
+                    let mut s = open();
+                    let mut starts = Vec::new();
+                    let until = std::time::Instant::now() + Duration::from_millis(3_300);
+                    while std::time::Instant::now() < until {
+                        let now = jobd::job::now_ms();
+                        let got = s
+                            .claim(&Claim {
+                                worker,
+                                now,
+                                lease_until: now + 30_000,
+                                requests: &[ClaimRequest::any("default", 4)],
+                                keys: &rules,
+                            })
+                            .unwrap();
+                        starts.extend(got.iter().map(|j| j.started_at));
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    starts
+                })
+            })
+            .collect();
+        let mut starts: Vec<i64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        starts.sort_unstable();
+        assert!(starts.len() >= 30, "{name}: {} starts", starts.len());
+        for (i, &s) in starts.iter().enumerate() {
+            let within = starts[i..].iter().take_while(|&&t| t < s + 1_000).count();
+            assert!(
+                within <= 10,
+                "{name}: {within} in the second from {s}: {starts:?}"
+            );
+        }
+    }
+}

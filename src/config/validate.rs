@@ -128,6 +128,18 @@ impl Config {
             if let Some(c) = k.concurrency {
                 at_least(&key("concurrency"), u64::from(c), 1)?;
             }
+            if let Some(rate) = k.rate {
+                if rate.count > crate::keys::MAX_RATE_COUNT {
+                    return fail(
+                        &key("rate"),
+                        format!(
+                            "allows {} starts per period; a key's rate counts at most {} (each start is kept for a period): use a shorter period",
+                            rate.count,
+                            crate::keys::MAX_RATE_COUNT
+                        ),
+                    );
+                }
+            }
         }
 
         at_least("retry.max_attempts", u64::from(self.retry.max_attempts), 1)?;

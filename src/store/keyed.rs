@@ -29,10 +29,10 @@ pub(crate) struct Candidate {
 }
 
 /// A key's row in `limit_keys`, as the claim needs it.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct KeyState {
-    /// The rate's theoretical arrival time (epoch ms), None when unused.
-    pub(crate) tat: Option<f64>,
+    /// The key's recent starts (epoch ms, ascending), for its rate.
+    pub(crate) starts: Vec<i64>,
     /// No job of the key starts before this (a service's block).
     pub(crate) blocked_until: Option<i64>,
 }
@@ -40,9 +40,25 @@ pub(crate) struct KeyState {
 /// A key's rate state to write back after a claim.
 pub(crate) struct RateWrite {
     pub(crate) key: String,
-    pub(crate) tat: f64,
+    /// The starts of the last period, ascending.
+    pub(crate) starts: Vec<i64>,
     /// When the rate lets the next job of the key start.
     pub(crate) next_start_at: i64,
+}
+
+/// A key's recent starts as stored in `limit_keys.starts` (a JSON array of
+/// epoch ms); jobd writes it, and anything else reads as no starts.
+pub(crate) fn parse_starts(text: Option<String>) -> Vec<i64> {
+    let mut starts: Vec<i64> = text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    starts.sort_unstable();
+    starts
+}
+
+/// [`parse_starts`]'s inverse.
+pub(crate) fn starts_text(starts: &[i64]) -> String {
+    serde_json::to_string(starts).unwrap_or_else(|_| "[]".into())
 }
 
 /// The row operations of a keyed claim, inside the claim's transaction.
@@ -75,11 +91,13 @@ pub(crate) trait KeyedRows {
         keys: &[String],
         now: i64,
     ) -> Result<HashMap<String, KeyState>, Self::Error>;
-    /// Marks `jobs` running as a plain claim does, writing each one's key
+    /// Marks `jobs` running as a plain claim does, started at `started_at`
+    /// (the time their keys' rates were judged at), writing each one's key
     /// where given (a derived key).
     fn take(
         &mut self,
         claim: &Claim<'_>,
+        started_at: i64,
         jobs: &[(i64, Option<String>)],
     ) -> Result<Vec<Claimed>, Self::Error>;
     /// Writes derived keys into jobs left queued, so that later claims
@@ -146,6 +164,11 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
             })
             .collect();
         let mut states = rows.lock_keys(&limited, now)?;
+        // The clock for the keys' rates, read once their rows are locked
+        // (SQLite: the write lock): a time read before waiting for the lock
+        // may be older than starts another claim recorded meanwhile, and a
+        // window judged at that older time lets too many in.
+        let now = now.max(crate::job::now_ms());
         let mut running = if limited.is_empty() {
             HashMap::new()
         } else {
@@ -172,27 +195,27 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
                     Some(limit) => {
                         let busy = running.get(key).copied().unwrap_or(0);
                         let room = limit.concurrency.is_none_or(|c| busy < u64::from(c));
-                        let tat = match limit.rate {
-                            Some(rate) if room => rate.admit(state.tat, now).map(Some),
-                            _ => Some(None),
-                        };
-                        match (room, tat) {
-                            (true, Some(tat)) => {
-                                if let (Some(rate), Some(tat)) = (limit.rate, tat) {
-                                    state.tat = Some(tat);
+                        let fits = room
+                            && limit
+                                .rate
+                                .is_none_or(|rate| rate.admit(&mut state.starts, now));
+                        if fits {
+                            {
+                                if let Some(rate) = limit.rate {
                                     rates.insert(
                                         key.clone(),
                                         RateWrite {
                                             key: key.clone(),
-                                            tat,
-                                            next_start_at: rate.next_start_at(tat),
+                                            starts: state.starts.clone(),
+                                            next_start_at: rate.next_start_at(&state.starts),
                                         },
                                     );
                                 }
                                 *running.entry(key.clone()).or_default() += 1;
-                                true
                             }
-                            _ => false,
+                            true
+                        } else {
+                            false
                         }
                     }
                 };
@@ -217,7 +240,7 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
         if taken.is_empty() {
             return Ok(Vec::new());
         }
-        rows.take(claim, &taken)
+        rows.take(claim, now, &taken)
     })?;
     Ok(Some(jobs))
 }

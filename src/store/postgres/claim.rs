@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use crate::job::{Claimed, Pool};
 use crate::store::contract::Claim;
-use crate::store::keyed::{Candidate, KeyState, KeyedRows, RateWrite};
+use crate::store::keyed::{parse_starts, starts_text, Candidate, KeyState, KeyedRows, RateWrite};
 use crate::store::postgres::*;
 
 /// A keyed claim's view of one PostgreSQL transaction.
@@ -115,7 +115,7 @@ impl KeyedRows for Keyed<'_, '_> {
         )?;
         Ok(self
             .query(
-                "SELECT key, tat, blocked_until FROM limit_keys WHERE key = ANY($1) \
+                "SELECT key, starts, blocked_until FROM limit_keys WHERE key = ANY($1) \
                  ORDER BY key FOR UPDATE",
                 &[&keys],
             )?
@@ -124,7 +124,7 @@ impl KeyedRows for Keyed<'_, '_> {
                 (
                     r.get(0),
                     KeyState {
-                        tat: r.get(1),
+                        starts: parse_starts(r.get(1)),
                         blocked_until: r.get(2),
                     },
                 )
@@ -135,6 +135,7 @@ impl KeyedRows for Keyed<'_, '_> {
     fn take(
         &mut self,
         claim: &Claim<'_>,
+        started_at: i64,
         jobs: &[(i64, Option<String>)],
     ) -> std::result::Result<Vec<Claimed>, postgres::Error> {
         let returning: Vec<String> = CLAIMED_COLUMNS
@@ -154,7 +155,7 @@ impl KeyedRows for Keyed<'_, '_> {
         Ok(self
             .query(
                 &sql,
-                &[&claim.now, &claim.lease_until, &claim.worker, &ids, &keys],
+                &[&started_at, &claim.lease_until, &claim.worker, &ids, &keys],
             )?
             .iter()
             .map(claimed_from_pg_row)
@@ -178,16 +179,16 @@ impl KeyedRows for Keyed<'_, '_> {
         now: i64,
     ) -> std::result::Result<(), postgres::Error> {
         let keys: Vec<&str> = rates.iter().map(|r| r.key.as_str()).collect();
-        let tats: Vec<f64> = rates.iter().map(|r| r.tat).collect();
+        let starts: Vec<String> = rates.iter().map(|r| starts_text(&r.starts)).collect();
         let next: Vec<i64> = rates.iter().map(|r| r.next_start_at).collect();
         self.query(
-            "INSERT INTO limit_keys (key, tat, closed_until, updated_at) \
-             SELECT k.key, k.tat, k.next, $4 FROM unnest($1::text[], $2::float8[], $3::bigint[]) \
-               AS k(key, tat, next) ORDER BY k.key \
-             ON CONFLICT (key) DO UPDATE SET tat = EXCLUDED.tat, \
+            "INSERT INTO limit_keys (key, starts, closed_until, updated_at) \
+             SELECT k.key, k.starts, k.next, $4 FROM unnest($1::text[], $2::text[], $3::bigint[]) \
+               AS k(key, starts, next) ORDER BY k.key \
+             ON CONFLICT (key) DO UPDATE SET starts = EXCLUDED.starts, \
                closed_until = GREATEST(EXCLUDED.closed_until, COALESCE(limit_keys.blocked_until, 0)), \
                updated_at = EXCLUDED.updated_at",
-            &[&keys, &tats, &next, &now],
+            &[&keys, &starts, &next, &now],
         )?;
         Ok(())
     }

@@ -152,7 +152,7 @@ INSERT INTO meta(key, value)
 
 /// Version 5: keyed limits, as SQLite's version 6: `jobs.limit_key`, the
 /// indexes that count a key's running jobs and serve fair claims, and
-/// `limit_keys` (a key's rate state, its block, and when it opens again).
+/// `limit_keys` (a key's recent starts for its rate, its block, and when it opens again).
 const V5_LIMIT_KEYS: &str = "
 ALTER TABLE jobs ADD COLUMN limit_key TEXT NULL
     CONSTRAINT limit_key_not_empty CHECK (limit_key <> '');
@@ -161,7 +161,7 @@ CREATE INDEX jobs_ready_key ON jobs (queue, limit_key, priority DESC, run_at, id
     WHERE state = 'queued' AND limit_key IS NOT NULL;
 CREATE TABLE limit_keys (
     key            TEXT             PRIMARY KEY,
-    tat            DOUBLE PRECISION NULL,
+    starts         TEXT             NULL,
     blocked_until  BIGINT           NULL,
     blocked_for_ms BIGINT           NULL,
     blocked_status BIGINT           NULL,

@@ -10,7 +10,7 @@ use rusqlite::params;
 
 use crate::job::{Claimed, Pool};
 use crate::store::contract::Claim;
-use crate::store::keyed::{Candidate, KeyState, KeyedRows, RateWrite};
+use crate::store::keyed::{parse_starts, starts_text, Candidate, KeyState, KeyedRows, RateWrite};
 use crate::store::sqlite::*;
 use schema::cpu_kind_test;
 
@@ -111,14 +111,14 @@ impl KeyedRows for Keyed<'_, '_> {
         }
         self.0
             .prepare_cached(
-                "SELECT key, tat, blocked_until FROM limit_keys \
+                "SELECT key, starts, blocked_until FROM limit_keys \
                  WHERE key IN (SELECT value FROM json_each(?1))",
             )?
             .query_map([json_list(keys)], |r| {
                 Ok((
                     text(r, 0)?,
                     KeyState {
-                        tat: r.get(1)?,
+                        starts: parse_starts(opt_text(r, 1)?),
                         blocked_until: r.get(2)?,
                     },
                 ))
@@ -129,6 +129,7 @@ impl KeyedRows for Keyed<'_, '_> {
     fn take(
         &mut self,
         claim: &Claim<'_>,
+        started_at: i64,
         jobs: &[(i64, Option<String>)],
     ) -> rusqlite::Result<Vec<Claimed>> {
         let mut stmt = self.0.prepare_cached(&format!(
@@ -139,8 +140,13 @@ impl KeyedRows for Keyed<'_, '_> {
         ))?;
         let mut out = Vec::with_capacity(jobs.len());
         for (id, key) in jobs {
-            let mut rows =
-                stmt.query(params![claim.now, claim.lease_until, claim.worker, id, key])?;
+            let mut rows = stmt.query(params![
+                started_at,
+                claim.lease_until,
+                claim.worker,
+                id,
+                key
+            ])?;
             if let Some(row) = rows.next()? {
                 out.push(claimed_from_row(row)?);
             }
@@ -160,13 +166,13 @@ impl KeyedRows for Keyed<'_, '_> {
 
     fn save_rates(&mut self, rates: &[RateWrite], now: i64) -> rusqlite::Result<()> {
         let mut stmt = self.0.prepare_cached(
-            "INSERT INTO limit_keys (key, tat, closed_until, updated_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (key) DO UPDATE SET tat = excluded.tat, \
+            "INSERT INTO limit_keys (key, starts, closed_until, updated_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (key) DO UPDATE SET starts = excluded.starts, \
                closed_until = max(excluded.closed_until, coalesce(blocked_until, 0)), \
                updated_at = excluded.updated_at",
         )?;
         for r in rates {
-            stmt.execute(params![r.key, r.tat, r.next_start_at, now])?;
+            stmt.execute(params![r.key, starts_text(&r.starts), r.next_start_at, now])?;
         }
         Ok(())
     }

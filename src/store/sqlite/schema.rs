@@ -333,7 +333,7 @@ INSERT INTO meta(key, value) VALUES ('database_id', lower(hex(randomblob(6))));
 /// - `jobs_running_key` counts a key's running jobs for its concurrency,
 ///   `jobs_ready_key` serves the claims of fair queues key by key;
 /// - `limit_keys`: one row per key a rate or a block has touched: its
-///   rate's theoretical arrival time (`tat`), a block a service asked for,
+///   rate's recent starts (`starts`), a block a service asked for,
 ///   and `closed_until`, the time before which no job of the key starts
 ///   (indexed, so a claim reads only the keys closed now);
 /// - the UTF-8 guards cover `limit_key` too.
@@ -348,7 +348,7 @@ CREATE INDEX jobs_ready_key ON jobs (queue, limit_key, priority DESC, run_at, id
     WHERE state = 'queued' AND limit_key IS NOT NULL;
 CREATE TABLE limit_keys (
     key            TEXT    PRIMARY KEY,
-    tat            REAL    NULL,
+    starts         TEXT    NULL,
     blocked_until  INTEGER NULL,
     blocked_for_ms INTEGER NULL,
     blocked_status INTEGER NULL,
