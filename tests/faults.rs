@@ -183,7 +183,11 @@ fn a_write_lock_held_by_another_process_delays_outcomes_but_loses_none() {
             "every job finished once the lock was gone",
         );
         let log = daemon.stop();
-        assert!(log.contains("db.recovered"), "{}: {log}", backend.name);
+        // Outcomes held back by the lock are written once it is gone, and
+        // say so; a lock that caught only claims holds back no outcome.
+        if log.contains("op=\"write outcomes\"") {
+            assert!(log.contains("db.recovered"), "{}: {log}", backend.name);
+        }
         // Every job ran once: nothing lost, no attempt counted twice.
         assert_eq!(backend.count("SELECT count(*) FROM job_runs;"), JOBS as i64);
         assert_eq!(backend.count("SELECT max(attempts) FROM jobs;"), 1);
