@@ -511,6 +511,23 @@ pub struct Completion {
     pub transition: Transition,
     /// One readable sentence, for failures.
     pub error: Option<String>,
+    /// A block the service asked for on the job's key, written with the
+    /// outcome.
+    pub block: Option<KeyBlock>,
+}
+
+/// A remote service's "slow down" (an HTTP 429 or 503): no job of `key`
+/// starts on any daemon until the block ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyBlock {
+    /// The key to close.
+    pub key: String,
+    /// Until when, as the service said (`Retry-After`, epoch ms); None: a
+    /// backoff from 1 s that doubles while the key keeps being blocked, up
+    /// to 5 minutes.
+    pub until: Option<i64>,
+    /// The status the service answered.
+    pub status: u16,
 }
 
 /// Who ran an attempt and when: the common part of every [`Completion`].
@@ -557,6 +574,7 @@ impl Attempt {
             outcome,
             transition,
             error,
+            block: None,
         }
     }
 

@@ -15,6 +15,7 @@ struct Load {
     now: usize,
     most: usize,
     arrivals: usize,
+    times: Vec<std::time::Instant>,
 }
 
 /// What the recording server saw: per path, load and arrivals.
@@ -25,6 +26,16 @@ type Loads = Arc<Mutex<HashMap<String, Load>>>;
 /// records each path's load. (Written on std rather than tiny_http, which
 /// left some of two dozen simultaneous connections unread.)
 fn recording_server() -> (String, Loads) {
+    answering_server(|_, _| "200 OK".to_string())
+}
+
+/// [`recording_server`] whose status line (and any headers after it) for
+/// a request is `answer(path, arrivals at that path before it)`; each
+/// arrival's time is recorded too.
+fn answering_server(
+    answer: impl Fn(&str, usize) -> String + Send + Sync + 'static,
+) -> (String, Loads) {
+    let answer = Arc::new(answer);
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -34,6 +45,7 @@ fn recording_server() -> (String, Loads) {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let seen = Arc::clone(&seen);
+            let answer = Arc::clone(&answer);
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut line = String::new();
@@ -55,19 +67,25 @@ fn recording_server() -> (String, Loads) {
                 }
                 let mut body = vec![0; length];
                 let _ = reader.read_exact(&mut body);
-                {
+                let before = {
                     let mut loads = seen.lock().unwrap();
                     let load = loads.entry(path.clone()).or_default();
                     load.now += 1;
                     load.most = load.most.max(load.now);
                     load.arrivals += 1;
-                }
+                    load.times.push(std::time::Instant::now());
+                    load.arrivals - 1
+                };
+                let status = answer(&path, before);
                 if path.starts_with("/slow") {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 seen.lock().unwrap().get_mut(&path).unwrap().now -= 1;
                 let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    )
+                    .as_bytes(),
                 );
             });
         }
@@ -230,6 +248,93 @@ fn a_killed_daemons_key_slots_come_back_when_its_jobs_are_rescued() {
             backend.count("SELECT count(*) FROM job_runs WHERE outcome = 'rescued';"),
             2,
             "{}: both held jobs were rescued",
+            backend.name
+        );
+    }
+}
+
+/// A service answers key A's first request with 429 and `Retry-After: 2`:
+/// no request of A reaches it for two seconds from any of three daemons,
+/// key B's requests go on meanwhile, and every A job then succeeds: the one
+/// the service refused on its second attempt, the others on their first,
+/// having spent none on the block (`key.blocked`, then `key.unblocked`).
+#[test]
+fn a_429_blocks_its_key_on_every_daemon_and_its_other_jobs_spend_no_attempt() {
+    let limits = "[pool]\nthreads = 4\n[daemon]\nshutdown_grace = \"200ms\"\n\
+        [keys.one]\nmatch = \"svc:a\"\nconcurrency = 1\n";
+    for backend in common::homes_with("keyblock", limits) {
+        let (base, loads) = answering_server(|path, before| match (path, before) {
+            ("/a", 0) => "429 Too Many Requests\r\nRetry-After: 2".to_string(),
+            _ => "200 OK".to_string(),
+        });
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        let mut rows = jobs(6, &format!("{base}/a"), "'svc:a'");
+        rows.extend(jobs(60, &format!("{base}/slow/b"), "'svc:b'"));
+        backend.value(&format!(
+            "INSERT INTO jobs (kind, payload, limit_key) VALUES {};",
+            rows.join(", ")
+        ));
+        let daemons = [
+            home.daemon_logging_to("a.log"),
+            backend.another(limits).daemon_logging_to("b.log"),
+            backend.another(limits).daemon_logging_to("c.log"),
+        ];
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "66",
+            "every job ran",
+        );
+        let logs: String = daemons.into_iter().map(|d| d.stop()).collect();
+        let loads = loads.lock().unwrap();
+        let a = &loads["/a"].times;
+        assert_eq!(
+            a.len(),
+            7,
+            "{}: six jobs and the one blocked attempt",
+            backend.name
+        );
+        let blocked_at = a[0];
+        let next = a[1].duration_since(blocked_at);
+        assert!(
+            next >= Duration::from_millis(1_900),
+            "{}: key A was called again {next:?} after its 429 (Retry-After: 2)",
+            backend.name
+        );
+        let b_during = loads["/slow/b"]
+            .times
+            .iter()
+            .filter(|t| **t > blocked_at && **t < a[1])
+            .count();
+        assert!(
+            b_during >= 10,
+            "{}: key B sent {b_during} during A's block",
+            backend.name
+        );
+        assert_eq!(
+            backend.value(
+                "SELECT attempts || ':' || count(*) FROM jobs WHERE limit_key = 'svc:a' \
+                 GROUP BY attempts ORDER BY attempts;"
+            ),
+            "1:5\n2:1",
+            "{}: only the refused job spent a second attempt",
+            backend.name
+        );
+        assert_eq!(
+            backend.count("SELECT count(*) FROM job_runs WHERE outcome = 'retry';"),
+            1,
+            "{}",
+            backend.name
+        );
+        assert!(
+            logs.contains("key.blocked key=svc:a"),
+            "{}: {logs}",
+            backend.name
+        );
+        assert!(logs.contains("status=429"), "{}: {logs}", backend.name);
+        assert!(
+            logs.contains("key.unblocked key=svc:a"),
+            "{}: {logs}",
             backend.name
         );
     }

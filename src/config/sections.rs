@@ -373,6 +373,10 @@ pub struct HttpConfig {
     /// Query parameter names (any case) whose values are shown as
     /// `[redacted]`.
     pub redact_query: Vec<String>,
+    /// Statuses by which a service asks to slow down: the job's key is
+    /// blocked on every daemon for the answer's `Retry-After` (else a
+    /// backoff), and the job waits without losing the attempt.
+    pub block_on: Vec<u16>,
 }
 
 impl Default for HttpConfig {
@@ -392,6 +396,7 @@ impl Default for HttpConfig {
                 .map(|h| h.to_string())
                 .collect(),
             redact_query: DEFAULT_REDACT_QUERY.iter().map(|q| q.to_string()).collect(),
+            block_on: vec![429, 503],
         }
     }
 }

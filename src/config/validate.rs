@@ -108,6 +108,17 @@ impl Config {
             }
         }
 
+        if let Some(bad) = self
+            .http
+            .block_on
+            .iter()
+            .find(|s| !(100..=599).contains(*s))
+        {
+            return fail(
+                "http.block_on",
+                format!("lists {bad}, which is not an HTTP status (100 to 599)"),
+            );
+        }
         for (name, k) in &self.keys {
             let key = |k: &str| format!("keys.{name}.{k}");
             if k.pattern.trim().is_empty() {

@@ -42,7 +42,16 @@ pub struct Completer {
     retry_at: Option<Instant>,
     /// The Prometheus collectors, when `metrics.listen` is set.
     metrics: Option<Arc<Metrics>>,
+    /// The blocks this daemon set, by key: (until, length) in epoch ms, for
+    /// the backoff of a service that names no time and for `key.unblocked`.
+    blocks: std::collections::HashMap<String, (i64, i64)>,
 }
+
+/// A block's length when the service names none: 1 s, doubled while the
+/// key keeps being blocked within 5 minutes of its last block, at most 5
+/// minutes.
+const BLOCK_FIRST: i64 = 1_000;
+const BLOCK_MAX: i64 = 300_000;
 
 /// An outcome that was written (or found stale).
 #[derive(Debug)]
@@ -69,8 +78,56 @@ impl Completer {
     /// Queues an outcome for the next write.
     pub fn push(&mut self, finished: Finished) {
         self.first_at.get_or_insert_with(Instant::now);
-        self.pending.push(finished.completion);
+        let mut completion = finished.completion;
+        if let Some(block) = completion.block.as_mut() {
+            let now = completion.finished_at;
+            let until = block.until.unwrap_or_else(|| {
+                let length = match self.blocks.get(&block.key) {
+                    Some(&(until, length)) if until > now - BLOCK_MAX => {
+                        (length.abs() * 2).clamp(BLOCK_FIRST, BLOCK_MAX)
+                    }
+                    _ => BLOCK_FIRST,
+                };
+                now + length
+            });
+            block.until = Some(until);
+            // The job itself comes back no sooner than its key opens.
+            if let crate::job::Transition::Requeue { run_at } = &mut completion.transition {
+                *run_at = (*run_at).max(until);
+            }
+            let known = self.blocks.get(&block.key).map_or(0, |b| b.0);
+            self.blocks
+                .insert(block.key.clone(), (until.max(known), until - now));
+        }
+        self.pending.push(completion);
         self.meta.push((finished.queue, finished.kind));
+    }
+
+    /// The keys whose block (set by this daemon) has ended by `now`
+    /// (epoch ms), forgotten as they are returned; the dispatcher logs
+    /// `key.unblocked` for each. A key stays remembered for the backoff
+    /// until its block is 5 minutes old.
+    pub fn unblocked(&mut self, now: i64) -> Vec<String> {
+        let mut ended = Vec::new();
+        self.blocks.retain(|key, (until, length)| {
+            if *length > 0 && *until <= now {
+                ended.push(key.clone());
+                // Kept, with its length, for the backoff; a negative
+                // length marks it told.
+                *length = -*length;
+            }
+            *until > now - BLOCK_MAX
+        });
+        ended
+    }
+
+    /// When the next block this daemon set ends, for the dispatcher's wait.
+    pub fn next_unblock(&self) -> Option<i64> {
+        self.blocks
+            .values()
+            .filter(|(_, length)| *length > 0)
+            .map(|(until, _)| *until)
+            .min()
     }
 
     /// Outcomes waiting.
@@ -230,6 +287,13 @@ fn log_cancelled_instead(c: &Completion, queue: &str, kind: &str, metrics: Optio
 }
 
 // Long: one arm per outcome, each with its own log line and counters.
+/// Epoch ms as the log lines' own time format (`2026-11-24T12:00:00.123Z`).
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
 fn log_outcome(
     c: &Completion,
     queue: &str,
@@ -334,6 +398,19 @@ fn log_outcome(
                 error = error
             );
         }
+    }
+    if let Some(block) = &c.block {
+        event!(
+            Warn,
+            "key.blocked",
+            key = block.key,
+            until = rfc3339(block.until.unwrap_or(c.finished_at)),
+            status = block.status,
+            id = c.id,
+            kind = kind,
+            queue = queue,
+            detail = "no job of the key starts on any daemon until then"
+        );
     }
 }
 

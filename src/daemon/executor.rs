@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::RetryConfig;
 use crate::daemon::retry;
-use crate::job::{now_ms, Attempt, Claimed, Completion};
+use crate::job::{now_ms, Attempt, Claimed, Completion, KeyBlock};
 use crate::kinds::{Context, JobError, Kind};
 
 const RUNNING: u8 = 0;
@@ -174,16 +174,58 @@ pub fn settle(
         Err(JobError::Cancelled) => attempt.cancelled(),
         Err(JobError::TimedOut) => task.timed_out(now),
         Err(JobError::Permanent { message }) => attempt.dead(message),
-        Err(JobError::Transient { message, .. }) if !attempts_left => attempt.dead(format!(
-            "{message} (gave up after {} attempts)",
-            task.job.attempts
-        )),
+        Err(JobError::Blocked {
+            message,
+            status,
+            retry_at,
+        }) => {
+            let mut done = transient(task, attempt, message, retry_at, attempts_left, now, unit);
+            // The key is closed until the block ends (the completer sets a
+            // backoff when the service named no time), so the key's other
+            // jobs wait instead of spending their attempts on it.
+            done.block = key_of(&task.job).map(|key| KeyBlock {
+                key,
+                until: retry_at.map(|t| t.max(now)),
+                status,
+            });
+            done
+        }
         Err(JobError::Transient { message, retry_at }) => {
-            let backoff = retry::backoff(&task.retry, task.job.attempts, unit);
-            let run_at = retry_at.unwrap_or(now + backoff.as_millis() as i64);
-            attempt.retry(message, run_at.max(now))
+            transient(task, attempt, message, retry_at, attempts_left, now, unit)
         }
     }
+}
+
+/// A transient failure: retried after the backoff (or `retry_at`), dead
+/// when no attempts are left.
+fn transient(
+    task: &Task,
+    attempt: Attempt,
+    message: String,
+    retry_at: Option<i64>,
+    attempts_left: bool,
+    now: i64,
+    unit: f64,
+) -> Completion {
+    if !attempts_left {
+        return attempt.dead(format!(
+            "{message} (gave up after {} attempts)",
+            task.job.attempts
+        ));
+    }
+    let backoff = retry::backoff(&task.retry, task.job.attempts, unit);
+    let run_at = retry_at.unwrap_or(now + backoff.as_millis() as i64);
+    attempt.retry(message, run_at.max(now))
+}
+
+/// The key a job's block closes: its own, else the one derived from an
+/// http job's URL.
+fn key_of(job: &Claimed) -> Option<String> {
+    if let Some(key) = &job.limit_key {
+        return Some(key.clone());
+    }
+    let payload: serde_json::Value = serde_json::from_str(&job.payload).ok()?;
+    crate::keys::host_key(payload.get("url")?.as_str()?)
 }
 
 /// A task for unit tests: job `id` of `kind` with `payload`, on attempt

@@ -24,6 +24,18 @@ pub enum JobError {
         /// One readable sentence.
         message: String,
     },
+    /// The service asked to slow down (a status of `http.block_on`): the
+    /// job's key is blocked fleet-wide until `retry_at` (`Retry-After`,
+    /// else a backoff) and the job waits for it, the attempt not counted.
+    #[error("{message}")]
+    Blocked {
+        /// One readable sentence.
+        message: String,
+        /// The status the service answered.
+        status: u16,
+        /// When the service said to come back, if it did.
+        retry_at: Option<i64>,
+    },
     /// The attempt's deadline passed. A transient error; the executor words
     /// the message with the timeout.
     #[error("the deadline passed")]

@@ -341,6 +341,9 @@ impl Dispatcher {
                 self.run_cron();
             }
             self.write_step(now);
+            for key in self.completer.unblocked(now_ms()) {
+                crate::event!(Info, "key.unblocked", key = key);
+            }
             self.publish_counts();
             self.wait();
         }

@@ -110,6 +110,10 @@ impl Dispatcher {
                 until = until.min(now + Duration::from_millis(ms));
             }
         }
+        if let Some(end) = self.completer.next_unblock() {
+            let ms = (end - now_ms()).max(0) as u64;
+            until = until.min(now + Duration::from_millis(ms));
+        }
         for entry in self.in_flight.values().filter(|e| !e.reported) {
             until = until.min(overrun_at(entry));
         }

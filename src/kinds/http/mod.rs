@@ -130,6 +130,8 @@ const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
 pub struct Http {
     client: Client,
     max_response_bytes: u64,
+    /// `http.block_on`.
+    block_on: Vec<u16>,
     redaction: Redaction,
     /// The database's id, for the `Idempotency-Key` ([`crate::kinds::job_token`]).
     database_id: std::sync::OnceLock<String>,
@@ -281,6 +283,7 @@ impl Http {
                 agent: ureq3::Agent::with_parts(agent_config, connector, GuardedResolver(guard)),
             },
             max_response_bytes: config.max_response_bytes,
+            block_on: config.block_on.clone(),
             redaction: Redaction::new(config),
             database_id: std::sync::OnceLock::new(),
         }
@@ -403,6 +406,15 @@ impl Http {
             Some(codes) => codes.contains(&status),
             None => retried(status),
         };
+        // A status the job retries and the config lists as "slow down"
+        // blocks the job's key on every daemon.
+        if retry && self.block_on.contains(&status) {
+            return Err(JobError::Blocked {
+                message,
+                status,
+                retry_at: retry_after,
+            });
+        }
         if retry {
             let retry_at = matches!(status, 429 | 503).then_some(retry_after).flatten();
             Err(JobError::Transient { message, retry_at })

@@ -534,6 +534,43 @@ fn claimed_from_pg_row(r: &postgres::Row) -> Claimed {
     }
 }
 
+/// Writes the blocks services asked for (see [`crate::job::KeyBlock`])
+/// with the outcomes that applied; a key's block only ever lengthens.
+fn write_blocks(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &mut Statements,
+    completions: &[Completion],
+    applied: &[Applied],
+) -> std::result::Result<(), postgres::Error> {
+    for (c, a) in completions.iter().zip(applied) {
+        let (Some(block), Applied::Done) = (&c.block, a) else {
+            continue;
+        };
+        let Some(until) = block.until else { continue };
+        let statement = statements.get(
+            tx,
+            "INSERT INTO limit_keys (key, blocked_until, blocked_for_ms, blocked_status, \
+               closed_until, updated_at) VALUES ($1, $2, $3, $4, $2, $5) \
+             ON CONFLICT (key) DO UPDATE SET \
+               blocked_until = GREATEST(COALESCE(limit_keys.blocked_until, 0), EXCLUDED.blocked_until), \
+               blocked_for_ms = EXCLUDED.blocked_for_ms, blocked_status = EXCLUDED.blocked_status, \
+               closed_until = GREATEST(limit_keys.closed_until, EXCLUDED.blocked_until), \
+               updated_at = EXCLUDED.updated_at",
+        )?;
+        tx.execute(
+            &statement,
+            &[
+                &block.key,
+                &until,
+                &(until - c.finished_at),
+                &i64::from(block.status),
+                &c.finished_at,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// Writes a batch of outcomes inside an open transaction with two
 /// statements whatever its size: one fenced `UPDATE … FROM unnest(…)` (by
 /// state, worker and attempt; a late outcome after a rescue, or a second
@@ -667,6 +704,7 @@ fn complete_in(
         });
     }
     insert_runs(tx, statements, &runs)?;
+    write_blocks(tx, statements, completions, &out)?;
     Ok(out)
 }
 

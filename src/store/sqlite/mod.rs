@@ -671,6 +671,38 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
     }
 }
 
+/// Writes the blocks services asked for (see [`crate::job::KeyBlock`])
+/// with the outcomes that applied; a key's block only ever lengthens.
+fn write_blocks(
+    tx: &rusqlite::Transaction<'_>,
+    completions: &[Completion],
+    applied: &[Applied],
+) -> rusqlite::Result<()> {
+    for (c, a) in completions.iter().zip(applied) {
+        let (Some(block), Applied::Done) = (&c.block, a) else {
+            continue;
+        };
+        let Some(until) = block.until else { continue };
+        tx.prepare_cached(
+            "INSERT INTO limit_keys (key, blocked_until, blocked_for_ms, blocked_status, \
+               closed_until, updated_at) VALUES (?1, ?2, ?3, ?4, ?2, ?5) \
+             ON CONFLICT (key) DO UPDATE SET \
+               blocked_until = max(coalesce(blocked_until, 0), excluded.blocked_until), \
+               blocked_for_ms = excluded.blocked_for_ms, blocked_status = excluded.blocked_status, \
+               closed_until = max(closed_until, excluded.blocked_until), \
+               updated_at = excluded.updated_at",
+        )?
+        .execute(params![
+            block.key,
+            until,
+            until - c.finished_at,
+            block.status,
+            c.finished_at
+        ])?;
+    }
+    Ok(())
+}
+
 /// Writes outcomes inside an open transaction (see [`crate::store::Queue::complete`]).
 // Long: the whole completion transaction (fenced updates, cancel checks, attempt rows) in one place, as the hot path is easier to reason about whole.
 fn complete_in(
@@ -761,6 +793,7 @@ fn complete_in(
         })
         .collect();
     insert_runs(tx, &runs)?;
+    write_blocks(tx, completions, &out)?;
     Ok(out)
 }
 
