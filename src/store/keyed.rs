@@ -107,6 +107,41 @@ pub(crate) trait KeyedRows {
     fn save_rates(&mut self, rates: &[RateWrite], now: i64) -> Result<(), Self::Error>;
 }
 
+/// What a store last saw of `limit_keys`, so that a daemon with no
+/// `[keys]` of its own does not read the table on every claim: "no key is
+/// closed" is trusted for [`KeysSeen::TRUST_MS`] of the claims' clock,
+/// and forgotten as soon as this store writes a block. A block another
+/// daemon writes is honoured here within that time; with key limits
+/// configured every claim reads the table.
+#[derive(Debug, Default)]
+pub(crate) struct KeysSeen {
+    /// Until when (epoch ms) no key is known to be closed; 0: look.
+    none_closed_until: std::sync::atomic::AtomicI64,
+}
+
+impl KeysSeen {
+    pub(crate) const TRUST_MS: i64 = 100;
+
+    /// True when no key was closed at the last look, not long ago.
+    pub(crate) fn none_closed(&self, now: i64) -> bool {
+        now < self
+            .none_closed_until
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn saw(&self, closed: bool, now: i64) {
+        let until = if closed { 0 } else { now + Self::TRUST_MS };
+        self.none_closed_until
+            .store(until, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// This store wrote a block: look again at the next claim.
+    pub(crate) fn forget(&self) {
+        self.none_closed_until
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// How many candidates a claim for `limit` jobs reads: enough that the
 /// jobs of keys at their limit (not yet known to be closed) do not stop it.
 fn window(limit: usize) -> usize {
@@ -119,10 +154,15 @@ fn window(limit: usize) -> usize {
 pub(crate) fn claim_keyed<R: KeyedRows>(
     rows: &mut R,
     claim: &Claim<'_>,
+    seen: &KeysSeen,
 ) -> Result<Option<Vec<Claimed>>, R::Error> {
     let rules: &KeyRules = claim.keys;
     let now = claim.now;
+    if rules.is_empty() && seen.none_closed(now) {
+        return Ok(None);
+    }
     let closed = rows.closed_keys(now)?;
+    seen.saw(!closed.is_empty(), now);
     if rules.is_empty() && closed.is_empty() {
         return Ok(None);
     }

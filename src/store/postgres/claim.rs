@@ -199,9 +199,10 @@ pub(super) fn claim_in(
     tx: &mut postgres::Transaction<'_>,
     statements: &mut Statements,
     claim: &Claim<'_>,
+    seen: &crate::store::keyed::KeysSeen,
 ) -> std::result::Result<Vec<Claimed>, postgres::Error> {
     let mut keyed = Keyed { tx, statements };
-    if let Some(jobs) = crate::store::keyed::claim_keyed(&mut keyed, claim)? {
+    if let Some(jobs) = crate::store::keyed::claim_keyed(&mut keyed, claim, seen)? {
         return Ok(jobs);
     }
     crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {

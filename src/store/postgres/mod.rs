@@ -180,6 +180,8 @@ pub struct PgStore {
     url: String,
     lock_timeout: std::time::Duration,
     statements: Statements,
+    /// What the claims last saw of `limit_keys`.
+    keys_seen: crate::store::keyed::KeysSeen,
 }
 
 /// Prepared statements by their SQL, so that a statement run on every
@@ -227,6 +229,7 @@ impl PgStore {
             url: url.to_string(),
             lock_timeout,
             statements: Statements::default(),
+            keys_seen: Default::default(),
         })
     }
 

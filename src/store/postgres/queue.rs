@@ -28,7 +28,8 @@ impl Queue for PgStore {
         // daemons claim side by side and never take the same attempt.
         let fail = self.failing("claim");
         let mut tx = self.client.transaction().map_err(&fail)?;
-        let jobs = claim_in(&mut tx, &mut self.statements, claim).map_err(&fail)?;
+        let jobs =
+            claim_in(&mut tx, &mut self.statements, claim, &self.keys_seen).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(jobs)
     }
@@ -45,6 +46,9 @@ impl Queue for PgStore {
         let mut tx = self.client.transaction().map_err(&fail)?;
         let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
+        if completions.iter().any(|c| c.block.is_some()) {
+            self.keys_seen.forget();
+        }
         Ok(applied)
     }
 
@@ -58,7 +62,11 @@ impl Queue for PgStore {
         let fail = self.failing("complete and claim");
         let mut tx = self.client.transaction().map_err(&fail)?;
         let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
-        let jobs = claim_in(&mut tx, &mut self.statements, claim).map_err(&fail)?;
+        if completions.iter().any(|c| c.block.is_some()) {
+            self.keys_seen.forget();
+        }
+        let jobs =
+            claim_in(&mut tx, &mut self.statements, claim, &self.keys_seen).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok((applied, jobs))
     }
@@ -192,6 +200,9 @@ impl Queue for PgStore {
         }
         // A key that opens again (its rate's next start, a block's end)
         // may let a waiting job start then.
+        if self.keys_seen.none_closed(after) {
+            return Ok(next);
+        }
         let opens: Option<i64> = self
             .client
             .query_one(crate::store::shared::KEY_OPENS_SQL_PG, &[&after])

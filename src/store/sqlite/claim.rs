@@ -182,8 +182,9 @@ impl KeyedRows for Keyed<'_, '_> {
 pub(super) fn claim_in(
     tx: &rusqlite::Transaction<'_>,
     claim: &Claim<'_>,
+    seen: &crate::store::keyed::KeysSeen,
 ) -> rusqlite::Result<Vec<Claimed>> {
-    if let Some(jobs) = crate::store::keyed::claim_keyed(&mut Keyed(tx), claim)? {
+    if let Some(jobs) = crate::store::keyed::claim_keyed(&mut Keyed(tx), claim, seen)? {
         return Ok(jobs);
     }
     crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {

@@ -41,6 +41,8 @@ pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     busy_timeout: Duration,
+    /// What the claims last saw of `limit_keys`.
+    keys_seen: std::sync::Arc<crate::store::keyed::KeysSeen>,
 }
 
 const JOB_COLUMNS: &str = "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
@@ -119,6 +121,7 @@ impl SqliteStore {
             conn,
             path,
             busy_timeout,
+            keys_seen: Default::default(),
         };
         // Read the version before anything writes: a file from a newer jobd
         // is left exactly as it was.

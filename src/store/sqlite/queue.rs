@@ -21,12 +21,16 @@ impl Queue for SqliteStore {
         if claim.requests.iter().all(|r| r.limit == 0) {
             return Ok(Vec::new());
         }
-        self.write("claim", |tx| claim_in(tx, claim))
+        let seen = std::sync::Arc::clone(&self.keys_seen);
+        self.write("claim", |tx| claim_in(tx, claim, &seen))
     }
 
     fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>> {
         if completions.is_empty() {
             return Ok(Vec::new());
+        }
+        if completions.iter().any(|c| c.block.is_some()) {
+            self.keys_seen.forget();
         }
         self.write("complete", |tx| complete_in(tx, completions))
     }
@@ -40,10 +44,15 @@ impl Queue for SqliteStore {
         if completions.is_empty() && !claiming {
             return Ok((Vec::new(), Vec::new()));
         }
+        // A block written here is seen by this claim.
+        if completions.iter().any(|c| c.block.is_some()) {
+            self.keys_seen.forget();
+        }
+        let seen = std::sync::Arc::clone(&self.keys_seen);
         self.write("complete and claim", |tx| {
             let applied = complete_in(tx, completions)?;
             let jobs = if claiming {
-                claim_in(tx, claim)?
+                claim_in(tx, claim, &seen)?
             } else {
                 Vec::new()
             };
@@ -145,6 +154,9 @@ impl Queue for SqliteStore {
         }
         // A key that opens again (its rate's next start, a block's end)
         // may let a waiting job start then.
+        if self.keys_seen.none_closed(after) {
+            return Ok(next);
+        }
         let opens: Option<i64> = self
             .conn
             .prepare_cached(crate::store::shared::KEY_OPENS_SQL)
