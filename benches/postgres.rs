@@ -125,21 +125,26 @@ impl Database {
         }
     }
 
-    fn insert_noops(&self, n: i64) {
+    /// Inserts `n` noop jobs; with `keys`, spread over that many limit
+    /// keys (`k0`, `k1`, …).
+    fn insert_noops(&self, n: i64, keys: Option<i64>) {
+        let key = match keys {
+            Some(k) => format!("'k' || (i % {k})"),
+            None => "NULL".to_string(),
+        };
+        let sql = format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+             INSERT INTO jobs(kind, limit_key) SELECT 'noop', {key} FROM n"
+        );
         match self {
             Database::Sqlite(_) => {
                 self.sqlite_store()
                     .connection()
-                    .execute_batch(&format!(
-                        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
-                         INSERT INTO jobs(kind) SELECT 'noop' FROM n;"
-                    ))
+                    .execute_batch(&format!("{sql};"))
                     .unwrap();
             }
             Database::Postgres(_) => {
-                self.scalar(&format!(
-                    "INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, {n}); SELECT 0;"
-                ));
+                self.scalar(&format!("{sql}; SELECT 0;"));
             }
         }
     }
@@ -160,16 +165,16 @@ impl Drop for Database {
     }
 }
 
-/// Starts daemon `n` on `db` with 8 pool threads and 1 CPU worker; returns
-/// it with its log file.
-fn daemon(dir: &tempfile::TempDir, db: &Database, n: usize) -> (Child, PathBuf) {
+/// Starts daemon `n` on `db` with 8 pool threads and 1 CPU worker (and
+/// `extra` config); returns it with its log file.
+fn daemon(dir: &tempfile::TempDir, db: &Database, n: usize, extra: &str) -> (Child, PathBuf) {
     let config = dir.path().join(format!("d{n}.toml"));
     let log = dir.path().join(format!("d{n}-{}.log", db.name()));
     std::fs::remove_file(&log).ok();
     std::fs::write(
         &config,
         format!(
-            "[database]\n{}\n[pool]\nthreads = 8\n[cpu]\nworkers = 1\n[log]\nlevel = \"info\"\nfile = \"{}\"\n",
+            "[database]\n{}\n[pool]\nthreads = 8\n[cpu]\nworkers = 1\n[log]\nlevel = \"info\"\nfile = \"{}\"\n{extra}",
             db.config_line(),
             log.display()
         ),
@@ -208,10 +213,15 @@ fn stop(daemons: Vec<(Child, PathBuf)>) {
     }
 }
 
-/// Jobs per second of `daemons` daemons draining `JOBS` noop jobs.
-fn throughput(dir: &tempfile::TempDir, db: &Database, daemons: usize) -> f64 {
-    db.insert_noops(JOBS);
-    let running: Vec<_> = (0..daemons).map(|i| daemon(dir, db, i)).collect();
+/// Jobs per second of `daemons` daemons draining `JOBS` noop jobs; with
+/// `keys`, spread over that many keys, each limited to 4 at once.
+fn throughput(dir: &tempfile::TempDir, db: &Database, daemons: usize, keys: Option<i64>) -> f64 {
+    db.insert_noops(JOBS, keys);
+    let extra = match keys {
+        Some(_) => "[keys.k]\nmatch = \"k*\"\nconcurrency = 4\n",
+        None => "",
+    };
+    let running: Vec<_> = (0..daemons).map(|i| daemon(dir, db, i, extra)).collect();
     let deadline = Instant::now() + Duration::from_secs(600);
     while db.scalar("SELECT count(*) FROM job_runs") < JOBS {
         assert!(Instant::now() < deadline, "stalled");
@@ -234,15 +244,34 @@ fn main() {
             println!(
                 "{:<10} {n} daemon(s), pool.threads = 8, {JOBS} noop jobs: {:>6.0} jobs/s",
                 db.name(),
-                throughput(&dir, &db, n)
+                throughput(&dir, &db, n, None)
             );
         }
+    }
+    // Keyed limits: the same drain over 1 000 keys of concurrency 4, beside
+    // a run without keys (issue target: at least half of it).
+    for (plain_db, keyed_db) in [
+        (
+            Database::sqlite(&dir, "plain"),
+            Database::sqlite(&dir, "keyed"),
+        ),
+        (Database::postgres("plain"), Database::postgres("keyed")),
+    ] {
+        let plain = throughput(&dir, &plain_db, 1, None);
+        let keyed = throughput(&dir, &keyed_db, 1, Some(1_000));
+        let db = keyed_db;
+        println!(
+            "{:<10} 1 daemon, {JOBS} noop jobs over 1 000 keys (concurrency = 4 each): {keyed:>6.0} jobs/s, \
+             without keys {plain:>6.0} ({:.0} %)",
+            db.name(),
+            100.0 * keyed / plain
+        );
     }
     for db in [
         Database::sqlite(&dir, "pickup"),
         Database::postgres("pickup"),
     ] {
-        let (child, log) = daemon(&dir, &db, 9);
+        let (child, log) = daemon(&dir, &db, 9, "");
         wait_started(&log);
         let observed = db.pickup(PICKUPS);
         stop(vec![(child, log)]);
