@@ -132,26 +132,28 @@ impl KeyedRows for Keyed<'_, '_> {
         started_at: i64,
         jobs: &[(i64, Option<String>)],
     ) -> rusqlite::Result<Vec<Claimed>> {
-        let mut stmt = self.0.prepare_cached(&format!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
-             finished_at = NULL, lease_until = ?2, worker = ?3, \
-             limit_key = coalesce(?5, limit_key) \
-             WHERE id = ?4 AND state = 'queued' RETURNING {CLAIMED_COLUMNS}"
-        ))?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for (id, key) in jobs {
-            let mut rows = stmt.query(params![
-                started_at,
-                claim.lease_until,
-                claim.worker,
-                id,
-                key
-            ])?;
-            if let Some(row) = rows.next()? {
-                out.push(claimed_from_row(row)?);
-            }
+        // Derived keys first, then one statement takes every chosen job.
+        let keyed: Vec<(i64, String)> = jobs
+            .iter()
+            .filter_map(|(id, key)| Some((*id, key.clone()?)))
+            .collect();
+        if !keyed.is_empty() {
+            self.set_keys(&keyed)?;
         }
-        Ok(out)
+        let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
+        let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+        self.0
+            .prepare_cached(&format!(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
+                 finished_at = NULL, lease_until = ?2, worker = ?3 \
+                 WHERE id IN (SELECT value FROM json_each(?4)) AND state = 'queued' \
+                 RETURNING {CLAIMED_COLUMNS}"
+            ))?
+            .query_map(
+                params![started_at, claim.lease_until, claim.worker, ids],
+                claimed_from_row,
+            )?
+            .collect()
     }
 
     fn set_keys(&mut self, keyed: &[(i64, String)]) -> rusqlite::Result<()> {
