@@ -339,3 +339,49 @@ fn a_429_blocks_its_key_on_every_daemon_and_its_other_jobs_spend_no_attempt() {
         );
     }
 }
+
+/// Bad keys and bad key limits, from every door: an empty key is refused by
+/// the database even under `INSERT OR IGNORE` and by `jobd enqueue --key`,
+/// an over-long key by the CLI, and a `[keys]` section with a broken glob,
+/// no limit or a zero concurrency stops the config naming its key.
+#[test]
+fn bad_keys_and_bad_key_limits_are_refused_naming_what_is_wrong() {
+    let home = common::Home::new();
+    home.migrate();
+    home.sqlite3("INSERT OR IGNORE INTO jobs(kind, limit_key) VALUES ('noop', '');")
+        .fails(1, "limit_key_not_empty");
+    home.jobd(&["enqueue", "noop", "--key", ""])
+        .fails(2, "limit_key must not be empty");
+    let long = "k".repeat(201);
+    home.jobd(&["enqueue", "noop", "--key", &long])
+        .fails(2, "limit_key is 201 bytes, more than 200");
+    assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 0);
+    for (section, says) in [
+        (
+            "match = \"customer:[\"\nconcurrency = 1",
+            "keys.bad.match is not a glob",
+        ),
+        (
+            "match = \"customer:*\"",
+            "keys.bad sets neither concurrency nor rate",
+        ),
+        (
+            "match = \"customer:*\"\nconcurrency = 0",
+            "keys.bad.concurrency must be at least 1",
+        ),
+        (
+            "match = \"\"\nconcurrency = 1",
+            "keys.bad.match must be a glob",
+        ),
+        (
+            "match = \"c\"\nrate = \"20000/s\"",
+            "keys.bad.rate allows 20000 starts per period",
+        ),
+    ] {
+        home.write_config(&format!("[keys.bad]\n{section}\n"));
+        home.jobd(&["check-config"]).fails(1, says);
+    }
+    home.write_config("[http]\nblock_on = [429, 99]\n");
+    home.jobd(&["check-config"])
+        .fails(1, "http.block_on lists 99, which is not an HTTP status");
+}

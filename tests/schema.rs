@@ -321,6 +321,7 @@ fn text_that_is_not_utf8_is_refused_at_insert() {
             ("queue", format!("CAST(x'6d61696c' || x'{hex}' AS TEXT)")),
             ("kind", format!("CAST(x'{hex}' AS TEXT)")),
             ("unique_key", format!("CAST(x'6b' || x'{hex}' AS TEXT)")),
+            ("limit_key", format!("CAST(x'6b' || x'{hex}' AS TEXT)")),
         ] {
             let (columns, values) = match column {
                 "kind" => ("kind".to_string(), value.clone()),
