@@ -385,3 +385,56 @@ fn bad_keys_and_bad_key_limits_are_refused_naming_what_is_wrong() {
     home.jobd(&["check-config"])
         .fails(1, "http.block_on lists 99, which is not an HTTP status");
 }
+
+/// A fair queue: 20 000 jobs of key A, then 50 of key B while A drains:
+/// every B job starts within 200 ms of its insert, long before A is done.
+#[test]
+fn a_fair_queue_starts_a_small_keys_jobs_while_a_big_key_drains() {
+    let config = "[pool]\nthreads = 8\n[queues.default]\nfair = true\n\
+        [daemon]\nshutdown_grace = \"100ms\"\n";
+    for backend in common::homes_with("fair", config) {
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        let daemon = home.daemon_logging_to("d.log");
+        backend.insert_many(
+            20_000,
+            "kind, payload, limit_key",
+            "'noop', '{\"sleep_ms\":1}', 'customer:a'",
+        );
+        common::wait_for(common::PATIENCE, || {
+            (backend.count("SELECT count(*) FROM jobs WHERE state = 'succeeded';") >= 200)
+                .then_some(())
+        })
+        .expect("key A drains");
+        backend.insert_many(50, "kind, payload, limit_key", "'noop', '{}', 'customer:b'");
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE limit_key = 'customer:b' AND state = 'succeeded';",
+            "50",
+            "key B's jobs ran",
+        );
+        let waits: Vec<i64> = backend
+            .value(
+                "SELECT started_at - created_at FROM jobs WHERE limit_key = 'customer:b' \
+                 ORDER BY 1;",
+            )
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        let a_left = backend.count(
+            "SELECT count(*) FROM jobs WHERE limit_key = 'customer:a' AND (started_at IS NULL \
+             OR started_at > (SELECT max(started_at) FROM jobs WHERE limit_key = 'customer:b'));",
+        );
+        daemon.stop();
+        assert!(
+            a_left > 1_000,
+            "{}: A had drained ({a_left} left)",
+            backend.name
+        );
+        assert!(
+            waits[49] <= 200,
+            "{}: B's jobs waited up to {} ms: {waits:?}",
+            backend.name,
+            waits[49]
+        );
+    }
+}

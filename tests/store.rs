@@ -168,6 +168,7 @@ fn a_claim_asks_each_pool_only_for_what_it_has_room_for() {
                 limit,
                 cpu,
                 io,
+                fair_after: None,
             };
             let claimed = store
                 .claim(&Claim {
@@ -1086,4 +1087,73 @@ fn a_keys_rate_holds_across_claimers_in_any_window() {
             );
         }
     }
+}
+
+/// A fair claim takes one job of each key in rotation from the key after
+/// the one served last (jobs without a key as one more key at the end),
+/// a higher priority first, and each pool's jobs only; with fewer keys
+/// than the claim wants, their next jobs fill it.
+#[test]
+fn a_fair_claim_rotates_across_keys_with_priority_first() {
+    each(|s| {
+        let keyed = |key: Option<&str>, kind: &str, priority: i64| {
+            let mut j = job(kind);
+            j.limit_key = key.map(str::to_string);
+            j.priority = priority;
+            j
+        };
+        let mut jobs: Vec<NewJob> = vec![keyed(Some("k:a"), "noop", 0); 10];
+        jobs.extend(vec![keyed(Some("k:b"), "noop", 0); 3]);
+        jobs.extend(vec![keyed(Some("k:c"), "noop", 0); 2]);
+        jobs.extend(vec![keyed(None, "noop", 0); 2]);
+        jobs.push(keyed(Some("k:d"), "noop", 5));
+        jobs.push(keyed(Some("k:a"), "exec", 0));
+        let id = inserted(s, &jobs);
+        let (a, b, c, u, d, exec) = (
+            &id[0..10],
+            &id[10..13],
+            &id[13..15],
+            &id[15..17],
+            id[17],
+            id[18],
+        );
+        let fair = |s: &mut dyn Store, after: &str, cpu: usize, io: usize, limit: usize| {
+            let request = ClaimRequest {
+                queue: "default".into(),
+                limit,
+                cpu,
+                io,
+                fair_after: Some(after.into()),
+            };
+            let got = s
+                .claim(&Claim {
+                    worker: W1,
+                    now: NOW,
+                    lease_until: NOW + 30_000,
+                    keys: &jobd::keys::NO_KEYS,
+                    requests: &[request],
+                })
+                .unwrap();
+            // Which jobs, not their order: a claim returns them in claim order.
+            let mut got = ids(&got);
+            got.sort();
+            got
+        };
+        let set = |mut v: Vec<i64>| {
+            v.sort();
+            v
+        };
+        // Priority first, then a, b, c, d's turn taken, the unkeyed last.
+        assert_eq!(fair(s, "", 0, 3, 3), set(vec![d, a[0], b[0]]));
+        // From after b: c, then round to a (not a and b, as from the start).
+        assert_eq!(fair(s, "k:b", 0, 2, 2), set(vec![c[0], a[1]]));
+        // The CPU pool's claim sees only its own jobs.
+        assert_eq!(fair(s, "k:c", 1, 0, 1), vec![exec]);
+        // Four groups for a claim of eight: each one's next jobs in turn
+        // (b, c, a, unkeyed, then b, a, unkeyed, then a).
+        assert_eq!(
+            fair(s, "k:a", 0, 8, 8),
+            set(vec![b[1], c[1], a[2], u[0], b[2], a[3], u[1], a[4]])
+        );
+    });
 }

@@ -133,6 +133,10 @@ pub struct QueueConfig {
     pub concurrency: Option<usize>,
     /// At most this many starts per period (per daemon).
     pub rate: Option<Rate>,
+    /// Claims rotate across the queue's job keys, so a key with many ready
+    /// jobs does not starve one with a few behind them (priority first).
+    #[serde(default)]
+    pub fair: bool,
 }
 
 /// `[keys.NAME]`: a limit on every job key its `match` glob fits, shared

@@ -79,6 +79,8 @@ struct QueueState {
     concurrency: Option<usize>,
     bucket: Option<TokenBucket>,
     running: usize,
+    /// A fair queue's rotation: the key served last.
+    fair: Option<String>,
 }
 
 /// The limits of every queue and this daemon's running count per queue.
@@ -102,6 +104,9 @@ impl QueueLimits {
     pub fn reload(&mut self, config: &BTreeMap<String, QueueConfig>, now: Instant) {
         for (name, state) in self.queues.iter_mut() {
             state.concurrency = None;
+            if config.get(name).is_none_or(|q| !q.fair) {
+                state.fair = None;
+            }
             if config.get(name).is_none_or(|q| q.rate.is_none()) {
                 state.bucket = None;
             }
@@ -109,6 +114,9 @@ impl QueueLimits {
         for (name, queue) in config {
             let state = self.queues.entry(name.clone()).or_default();
             state.concurrency = queue.concurrency;
+            if queue.fair {
+                state.fair.get_or_insert_with(String::new);
+            }
             state.bucket = queue.rate.map(|rate| match state.bucket.take() {
                 Some(mut bucket) => {
                     bucket.set_rate(rate, now);
@@ -117,8 +125,26 @@ impl QueueLimits {
                 None => TokenBucket::new(rate, now),
             });
         }
-        self.queues
-            .retain(|_, s| s.running > 0 || s.concurrency.is_some() || s.bucket.is_some());
+        self.queues.retain(|_, s| {
+            s.running > 0 || s.concurrency.is_some() || s.bucket.is_some() || s.fair.is_some()
+        });
+    }
+
+    /// Moves each fair queue's rotation past the keys a claim served:
+    /// `keys` are the claimed jobs' (queue, key); the queue's cursor
+    /// becomes the last of them in rotation order from where it was.
+    pub fn served(&mut self, keys: &[(&str, &str)]) {
+        for (name, state) in self.queues.iter_mut() {
+            let Some(cursor) = state.fair.as_mut() else {
+                continue;
+            };
+            let mine = keys.iter().filter(|(q, _)| q == name).map(|(_, k)| *k);
+            let after = mine.clone().filter(|k| *k > cursor.as_str()).max();
+            let wrapped = mine.filter(|k| *k <= cursor.as_str()).max();
+            if let Some(last) = wrapped.or(after) {
+                *cursor = last.to_string();
+            }
+        }
     }
 
     /// How many more jobs `queue` may start now.
@@ -187,6 +213,7 @@ impl QueueLimits {
                 limit: caps[i].min(cpu[i] + io[i]),
                 cpu: cpu[i],
                 io: io[i],
+                fair_after: self.queues.get(queue).and_then(|s| s.fair.clone()),
             })
             .filter(|r| r.limit > 0)
             .collect()
@@ -254,6 +281,7 @@ mod tests {
                     QueueConfig {
                         concurrency: *concurrency,
                         rate: *rate,
+                        fair: false,
                     },
                 )
             })
@@ -340,5 +368,31 @@ mod tests {
         // A reload keeps the spent tokens rather than handing out a new burst.
         l.reload(&config(&[("api", None, Some(rate(5, 1_000)))]), t0);
         assert!(l.plan(io(8), &q, t0).is_empty());
+    }
+
+    #[test]
+    fn a_fair_queues_rotation_moves_past_the_keys_served_and_wraps() {
+        let t0 = Instant::now();
+        let mut fair = config(&[("api", None, None)]);
+        fair.get_mut("api").unwrap().fair = true;
+        let mut l = QueueLimits::new(&fair, t0);
+        let after = |l: &mut QueueLimits| {
+            let plan = l.plan(io(8), &names(&["api", "other"]), t0);
+            plan.into_iter()
+                .find(|r| r.queue == "api")
+                .unwrap()
+                .fair_after
+        };
+        assert_eq!(after(&mut l), Some(String::new()));
+        l.served(&[("api", "k:b"), ("other", "k:z"), ("api", "k:a")]);
+        assert_eq!(after(&mut l), Some("k:b".into()));
+        // From b the rotation went on to c, then round to a: a was last.
+        l.served(&[("api", "k:c"), ("api", "k:a")]);
+        assert_eq!(after(&mut l), Some("k:a".into()));
+        // A queue that is not fair has no rotation; a reload keeps it.
+        l.reload(&fair, t0);
+        assert_eq!(after(&mut l), Some("k:a".into()));
+        l.reload(&config(&[("api", None, None)]), t0);
+        assert_eq!(after(&mut l), None);
     }
 }

@@ -69,6 +69,10 @@ pub struct ClaimRequest {
     pub cpu: usize,
     /// At most this many jobs of IO kinds.
     pub io: usize,
+    /// A fair queue ([`crate::config::QueueConfig::fair`]): the claim
+    /// rotates across its job keys, starting after this one (`""`: from
+    /// the first). None: claim order alone.
+    pub fair_after: Option<String>,
 }
 
 impl ClaimRequest {
@@ -79,6 +83,7 @@ impl ClaimRequest {
             limit,
             cpu: limit,
             io: limit,
+            fair_after: None,
         }
     }
 

@@ -26,6 +26,8 @@ pub(crate) struct Candidate {
     pub(crate) key: Option<String>,
     /// An http job's URL, read only when it has no key of its own.
     pub(crate) url: Option<String>,
+    /// Its priority (fair claims order by it first).
+    pub(crate) priority: i64,
 }
 
 /// A key's row in `limit_keys`, as the claim needs it.
@@ -83,6 +85,42 @@ pub(crate) trait KeyedRows {
         now: i64,
         window: usize,
         skip: &[String],
+    ) -> Result<Vec<Candidate>, Self::Error>;
+    /// The first `per_key` ready jobs (claim order) of each of the next
+    /// `keys` keys of `queue` on `pool` after `after` in key order that
+    /// have one, passing over `skip`: a loose scan of `jobs_ready_key`, one
+    /// seek per key. In key order, then claim order.
+    #[allow(clippy::too_many_arguments)]
+    fn key_heads(
+        &mut self,
+        queue: &str,
+        pool: Pool,
+        now: i64,
+        after: &str,
+        skip: &[String],
+        keys: usize,
+        per_key: usize,
+    ) -> Result<Vec<Candidate>, Self::Error>;
+    /// Up to `n` ready jobs of `queue` on `pool` with key `key`, in claim
+    /// order.
+    fn heads(
+        &mut self,
+        queue: &str,
+        pool: Pool,
+        now: i64,
+        key: &str,
+        n: usize,
+    ) -> Result<Vec<Candidate>, Self::Error>;
+    /// Up to `n` jobs without a key among the first `look` ready jobs of
+    /// `queue` on `pool` (claim order): no index finds jobs without a key
+    /// past a backlog of keyed ones, so a fair claim looks only this far.
+    fn unkeyed(
+        &mut self,
+        queue: &str,
+        pool: Pool,
+        now: i64,
+        look: usize,
+        n: usize,
     ) -> Result<Vec<Candidate>, Self::Error>;
     /// The rows of `keys` (sorted), locked for the rest of the transaction
     /// where the backend needs it.
@@ -158,12 +196,21 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
 ) -> Result<Option<Vec<Claimed>>, R::Error> {
     let rules: &KeyRules = claim.keys;
     let now = claim.now;
-    if rules.is_empty() && seen.none_closed(now) {
+    let fair = claim.requests.iter().any(|r| r.fair_after.is_some());
+    let trusted = rules.is_empty() && seen.none_closed(now);
+    if trusted && !fair {
         return Ok(None);
     }
-    let closed = rows.closed_keys(now)?;
-    seen.saw(!closed.is_empty(), now);
-    if rules.is_empty() && closed.is_empty() {
+    // A fair queue on a daemon without [keys] rotates on every claim, but
+    // trusts "no key is closed" like the plain claim does.
+    let closed = if trusted {
+        Vec::new()
+    } else {
+        let closed = rows.closed_keys(now)?;
+        seen.saw(!closed.is_empty(), now);
+        closed
+    };
+    if rules.is_empty() && closed.is_empty() && !fair {
         return Ok(None);
     }
     // Keys no job may start under in this claim: closed ones, and those
@@ -182,8 +229,14 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
     }
     let mut limits: HashMap<String, Option<Limit>> = HashMap::new();
     let jobs = crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
-        let skipped: Vec<String> = skip.iter().cloned().collect();
-        let mut candidates = rows.candidates(queue, pool, now, window(limit), &skipped)?;
+        let request = claim.requests.iter().find(|r| r.queue == queue);
+        let mut candidates = match request.and_then(|r| r.fair_after.as_deref()) {
+            Some(after) => fair_candidates(rows, queue, pool, now, limit, after, &skip)?,
+            None => {
+                let skipped: Vec<String> = skip.iter().cloned().collect();
+                rows.candidates(queue, pool, now, window(limit), &skipped)?
+            }
+        };
         let mut derived = vec![false; candidates.len()];
         for (c, derived) in candidates.iter_mut().zip(&mut derived) {
             if c.key.is_none() {
@@ -283,4 +336,68 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
         rows.take(claim, now, &taken)
     })?;
     Ok(Some(jobs))
+}
+
+/// A fair queue's candidates: the queue's keys in rotation from `after`
+/// (the key served last), one ready job of each, then more of each while
+/// the claim would come up short, taken one key at a time round after
+/// round, with the jobs that have no key as one more key at the end; then
+/// by priority, the rotation kept within a priority. Keys in `skip` (closed
+/// or at their limit) are passed over. At most `window(limit)` keys are
+/// visited, so a claim costs the same however many keys wait.
+fn fair_candidates<R: KeyedRows>(
+    rows: &mut R,
+    queue: &str,
+    pool: Pool,
+    now: i64,
+    limit: usize,
+    after: &str,
+    skip: &BTreeSet<String>,
+) -> Result<Vec<Candidate>, R::Error> {
+    let want = window(limit);
+    let skip: Vec<String> = skip.iter().cloned().collect();
+    // The rotation's groups: each key's first `per_key` jobs from the
+    // cursor on, round to the first key, then the jobs without a key.
+    let pass = |rows: &mut R, per_key: usize| -> Result<Vec<Vec<Candidate>>, R::Error> {
+        let mut jobs = rows.key_heads(queue, pool, now, after, &skip, want, per_key)?;
+        let keys_seen = jobs
+            .iter()
+            .filter_map(|c| c.key.as_deref())
+            .collect::<BTreeSet<_>>()
+            .len();
+        if keys_seen < want && !after.is_empty() {
+            let rest = rows.key_heads(queue, pool, now, "", &skip, want - keys_seen, per_key)?;
+            jobs.extend(
+                rest.into_iter()
+                    .filter(|c| c.key.as_deref().is_some_and(|k| k <= after)),
+            );
+        }
+        let mut groups: Vec<Vec<Candidate>> = Vec::new();
+        for c in jobs {
+            match groups.last_mut() {
+                Some(group) if group[0].key == c.key => group.push(c),
+                _ => groups.push(vec![c]),
+            }
+        }
+        groups.push(rows.unkeyed(queue, pool, now, want, per_key)?);
+        Ok(groups)
+    };
+    let mut heads = pass(rows, 1)?;
+    // Fewer keys than the claim wants: their next jobs fill it (the
+    // rotation still comes first), so a fair claim is not a short one.
+    if heads.len() <= limit && limit > 1 {
+        heads = pass(rows, limit)?;
+    }
+    let rounds = heads.iter().map(Vec::len).max().unwrap_or(0);
+    let mut out: Vec<Candidate> = Vec::new();
+    for round in 0..rounds {
+        for group in &heads {
+            if let Some(c) = group.get(round) {
+                out.push(c.clone());
+            }
+        }
+    }
+    // Priority first; within a priority the rotation's order (stable).
+    out.sort_by_key(|c| std::cmp::Reverse(c.priority));
+    Ok(out)
 }

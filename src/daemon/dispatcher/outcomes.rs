@@ -153,6 +153,11 @@ impl Dispatcher {
         if !requests.is_empty() {
             let full = claim_came_up_full(requests, &jobs);
             self.maybe_ready = full || (!applied.is_empty() && held_back);
+            let served: Vec<(&str, &str)> = jobs
+                .iter()
+                .filter_map(|j| Some((j.queue.as_str(), j.limit_key.as_deref()?)))
+                .collect();
+            self.limits.served(&served);
             for job in jobs {
                 self.dispatch(job, now, now_i);
             }

@@ -814,5 +814,8 @@ mod tests {
             "(kind IN ('checksum', 'compress', 'exec'))"
         );
         assert!(schema::MIGRATIONS[0].contains(&format!("(queue, {}, priority", cpu_kind_test())));
+        assert!(
+            schema::MIGRATIONS[5].contains(&format!("limit_key, {}, priority", cpu_kind_test()))
+        );
     }
 }

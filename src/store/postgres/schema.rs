@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[&str] = &[
     V3_IMPORTED_JOBS,
     V4_DATABASE_ID,
     V5_LIMIT_KEYS,
+    V6_READY_KEY_BY_POOL,
 ];
 
 /// The schema version this build writes and reads.
@@ -169,4 +170,14 @@ CREATE TABLE limit_keys (
     updated_at     BIGINT           NOT NULL
 );
 CREATE INDEX limit_keys_closed ON limit_keys (closed_until);
+";
+
+/// Version 6: `jobs_ready_key` gains the pool after the key, as SQLite's
+/// version 7: a fair claim for one pool seeks its jobs of a key instead of
+/// filtering every queued job of the key.
+const V6_READY_KEY_BY_POOL: &str = "
+DROP INDEX jobs_ready_key;
+CREATE INDEX jobs_ready_key ON jobs
+    (queue, limit_key, (kind IN ('checksum', 'compress', 'exec')), priority DESC, run_at, id)
+    WHERE state = 'queued' AND limit_key IS NOT NULL;
 ";

@@ -22,6 +22,41 @@ fn json_list(keys: &[String]) -> String {
     serde_json::to_string(keys).unwrap_or_else(|_| "[]".into())
 }
 
+/// An http job's URL when it has no key of its own (to derive one).
+const URL_COLUMN: &str = "CASE WHEN limit_key IS NULL AND kind = 'http' \
+     AND json_type(payload, '$.url') = 'text' THEN json_extract(payload, '$.url') END";
+
+/// A candidate row: id, kind, limit_key, the URL column, priority.
+fn candidate(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
+    Ok(Candidate {
+        id: r.get(0)?,
+        kind: text(r, 1)?,
+        key: opt_text(r, 2)?,
+        url: opt_text(r, 3)?,
+        priority: r.get(4)?,
+    })
+}
+
+impl Keyed<'_, '_> {
+    /// Up to `n` keys with queued jobs in `queue`, in key order after
+    /// `after`: a loose scan of `jobs_ready_key`, one seek per key.
+    fn keys_after(&mut self, queue: &str, after: &str, n: usize) -> rusqlite::Result<Vec<String>> {
+        self.0
+            .prepare_cached(
+                "WITH RECURSIVE k(key) AS ( \
+                   SELECT (SELECT min(limit_key) FROM jobs \
+                           WHERE state = 'queued' AND queue = ?1 AND limit_key > ?2) \
+                   UNION ALL \
+                   SELECT (SELECT min(limit_key) FROM jobs \
+                           WHERE state = 'queued' AND queue = ?1 AND limit_key > k.key) \
+                   FROM k WHERE k.key IS NOT NULL LIMIT ?3) \
+                 SELECT key FROM k WHERE key IS NOT NULL",
+            )?
+            .query_map(params![queue, after, n as i64 + 1], |r| text(r, 0))?
+            .collect()
+    }
+}
+
 impl KeyedRows for Keyed<'_, '_> {
     type Error = rusqlite::Error;
 
@@ -75,9 +110,7 @@ impl KeyedRows for Keyed<'_, '_> {
             "AND (limit_key IS NULL OR limit_key NOT IN (SELECT value FROM json_each(?3)))"
         };
         let sql = format!(
-            "SELECT id, kind, limit_key, \
-               CASE WHEN limit_key IS NULL AND kind = 'http' \
-                 AND json_type(payload, '$.url') = 'text' THEN json_extract(payload, '$.url') END \
+            "SELECT id, kind, limit_key, {URL_COLUMN}, priority \
              FROM jobs WHERE state = 'queued' AND queue = ?1 AND {} = {} AND run_at <= ?2 \
                AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1) {leave_out} \
              ORDER BY priority DESC, run_at, id LIMIT {window}",
@@ -85,20 +118,93 @@ impl KeyedRows for Keyed<'_, '_> {
             i32::from(pool == Pool::Cpu)
         );
         let mut stmt = self.0.prepare_cached(&sql)?;
-        let row = |r: &rusqlite::Row<'_>| {
-            Ok(Candidate {
-                id: r.get(0)?,
-                kind: text(r, 1)?,
-                key: opt_text(r, 2)?,
-                url: opt_text(r, 3)?,
-            })
-        };
         if skip.is_empty() {
-            stmt.query_map(params![queue, now], row)?.collect()
+            stmt.query_map(params![queue, now], candidate)?.collect()
         } else {
-            stmt.query_map(params![queue, now, json_list(skip)], row)?
+            stmt.query_map(params![queue, now, json_list(skip)], candidate)?
                 .collect()
         }
+    }
+
+    fn key_heads(
+        &mut self,
+        queue: &str,
+        pool: Pool,
+        now: i64,
+        after: &str,
+        skip: &[String],
+        keys: usize,
+        per_key: usize,
+    ) -> rusqlite::Result<Vec<Candidate>> {
+        // One statement per key: in-process, so no round trips to save.
+        let mut out = Vec::new();
+        let mut seen = 0;
+        let mut from = after.to_string();
+        // Keys with only scheduled jobs are passed over, a bounded number.
+        let mut budget = keys * 4;
+        while seen < keys && budget > 0 {
+            let asked = (keys - seen).min(budget);
+            let next = self.keys_after(queue, &from, asked)?;
+            budget -= next.len().min(budget);
+            for key in next.iter().filter(|k| !skip.contains(k)) {
+                let heads = self.heads(queue, pool, now, key, per_key)?;
+                seen += usize::from(!heads.is_empty());
+                out.extend(heads);
+            }
+            match next.last() {
+                Some(last) if next.len() == asked => from = last.clone(),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn heads(
+        &mut self,
+        queue: &str,
+        pool: Pool,
+        now: i64,
+        key: &str,
+        n: usize,
+    ) -> rusqlite::Result<Vec<Candidate>> {
+        let sql = format!(
+            "SELECT id, kind, limit_key, {URL_COLUMN}, priority \
+             FROM jobs INDEXED BY jobs_ready_key \
+             WHERE state = 'queued' AND queue = ?1 AND limit_key = ?3 AND {} = {} \
+               AND run_at <= ?2 \
+               AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1) \
+             ORDER BY priority DESC, run_at, id LIMIT {n}",
+            cpu_kind_test(),
+            i32::from(pool == Pool::Cpu)
+        );
+        self.0
+            .prepare_cached(&sql)?
+            .query_map(params![queue, now, key], candidate)?
+            .collect()
+    }
+
+    fn unkeyed(
+        &mut self,
+        queue: &str,
+        pool: Pool,
+        now: i64,
+        look: usize,
+        n: usize,
+    ) -> rusqlite::Result<Vec<Candidate>> {
+        let sql = format!(
+            "SELECT * FROM ( \
+               SELECT id, kind, limit_key, {URL_COLUMN}, priority \
+               FROM jobs WHERE state = 'queued' AND queue = ?1 AND {} = {} AND run_at <= ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1) \
+               ORDER BY priority DESC, run_at, id LIMIT {look}) \
+             WHERE limit_key IS NULL LIMIT {n}",
+            cpu_kind_test(),
+            i32::from(pool == Pool::Cpu)
+        );
+        self.0
+            .prepare_cached(&sql)?
+            .query_map(params![queue, now], candidate)?
+            .collect()
     }
 
     fn lock_keys(

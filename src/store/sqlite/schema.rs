@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[&str] = &[
     V4_READY_BY_POOL,
     V5_IDS_AND_UTF8,
     V6_LIMIT_KEYS,
+    V7_READY_KEY_BY_POOL,
 ];
 
 /// The schema version this build writes and reads.
@@ -372,6 +373,17 @@ CREATE TRIGGER jobs_utf8 BEFORE INSERT ON jobs WHEN ",
     "END;\n"
 );
 
+/// Version 7: `jobs_ready_key` gains the pool after the key, as
+/// `jobs_ready` has it: a fair claim for the CPU pool read every queued
+/// job of a key with only IO jobs to find none (13 ms a claim with 20 000
+/// of them); with the pool in the index it is one seek.
+const V7_READY_KEY_BY_POOL: &str = "
+DROP INDEX jobs_ready_key;
+CREATE INDEX jobs_ready_key ON jobs
+    (queue, limit_key, (kind = 'checksum' OR kind = 'compress' OR kind = 'exec'), priority DESC, run_at, id)
+    WHERE state = 'queued' AND limit_key IS NOT NULL;
+";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,5 +395,6 @@ mod tests {
             "(kind = 'checksum' OR kind = 'compress' OR kind = 'exec')"
         );
         assert!(V4_READY_BY_POOL.contains(cpu_kind_test()));
+        assert!(V7_READY_KEY_BY_POOL.contains(&format!("limit_key, {}, priority", cpu_kind_test())));
     }
 }
