@@ -178,6 +178,162 @@ impl KeyRules {
     }
 }
 
+/// What is going on with one key, as the store reads it for `jobd keys`,
+/// the dashboard and the metrics (`Reads::keys`): a key with running jobs,
+/// or one no job may start under now (blocked, or held by its rate).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyActivity {
+    /// The key.
+    pub key: String,
+    /// Its jobs running now, on every daemon.
+    pub running: u64,
+    /// Its jobs ready to start now, counted up to [`READY_COUNTED`] (0
+    /// when the caller did not ask).
+    pub ready: u64,
+    /// Its recent starts (epoch ms, ascending), which its rate counts.
+    pub starts: Vec<i64>,
+    /// A service's block: until when, and the HTTP status that asked.
+    pub blocked: Option<(i64, i64)>,
+    /// No job of the key starts before this (its block or its rate).
+    pub closed_until: i64,
+}
+
+/// Ready jobs of a key are counted up to this many (a key with a million
+/// queued must not cost a million index entries per look).
+pub const READY_COUNTED: u64 = 1_000;
+
+/// Why a key's jobs do or do not start now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyHold {
+    /// A service asked to be left alone until `until` (status `status`).
+    Blocked {
+        /// Epoch ms.
+        until: i64,
+        /// The HTTP status of the answer.
+        status: i64,
+    },
+    /// Its rate lets the next job start at `until`.
+    Rate {
+        /// Epoch ms.
+        until: i64,
+    },
+    /// As many jobs run as its concurrency allows.
+    Full,
+    /// Jobs start as they come.
+    Open,
+}
+
+impl KeyHold {
+    /// One word for tables and metrics: blocked, rate, full or open.
+    pub fn word(&self) -> &'static str {
+        match self {
+            KeyHold::Blocked { .. } => "blocked",
+            KeyHold::Rate { .. } => "rate",
+            KeyHold::Full => "full",
+            KeyHold::Open => "open",
+        }
+    }
+}
+
+/// A key's activity read against the limits in force.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyStatus {
+    /// The names of the sections that fit the key (none: not limited).
+    pub limits: Vec<String>,
+    /// The limit in force, if any section fits.
+    pub limit: Option<Limit>,
+    /// Starts within the last period of its rate (0 without a rate).
+    pub recent_starts: usize,
+    /// Why its jobs do or do not start now.
+    pub hold: KeyHold,
+}
+
+impl KeyRules {
+    /// What `activity` means under these limits at `now` (epoch ms).
+    pub fn status(&self, activity: &KeyActivity, now: i64) -> KeyStatus {
+        let limit = self.limit_of(&activity.key);
+        let rate = limit.and_then(|l| l.rate);
+        let recent_starts = rate.map_or(0, |r| {
+            activity
+                .starts
+                .iter()
+                .filter(|&&s| s > now - r.per_ms())
+                .count()
+        });
+        let hold = match activity.blocked {
+            Some((until, status)) if until > now => KeyHold::Blocked { until, status },
+            _ if activity.closed_until > now => KeyHold::Rate {
+                until: activity.closed_until,
+            },
+            _ if limit
+                .and_then(|l| l.concurrency)
+                .is_some_and(|c| activity.running >= u64::from(c)) =>
+            {
+                KeyHold::Full
+            }
+            _ => KeyHold::Open,
+        };
+        KeyStatus {
+            limits: self
+                .limits_of(&activity.key)
+                .map(|l| l.name.clone())
+                .collect(),
+            limit,
+            recent_starts,
+            hold,
+        }
+    }
+}
+
+/// The columns of [`KeyRules::row`], as `jobd keys` and the dashboard
+/// head them.
+pub const KEY_COLUMNS: [&str; 6] = ["KEY", "LIMITS", "RUNNING", "READY", "RATE", "STATE"];
+
+impl KeyRules {
+    /// One key as a row of text under [`KEY_COLUMNS`]: running against
+    /// its concurrency (`2/4`), ready jobs (`1000+` past the count), starts
+    /// in its rate's last period (`7/10 per 1.0s`), and why jobs do or do
+    /// not start (`blocked until … (429)`, `rate: next start at …`,
+    /// `full`, `open`).
+    pub fn row(&self, activity: &KeyActivity, now: i64) -> Vec<String> {
+        let status = self.status(activity, now);
+        let limit = status.limit.unwrap_or(Limit {
+            concurrency: None,
+            rate: None,
+        });
+        let running = match limit.concurrency {
+            Some(c) => format!("{}/{c}", activity.running),
+            None => activity.running.to_string(),
+        };
+        let ready = if activity.ready >= READY_COUNTED {
+            format!("{READY_COUNTED}+")
+        } else {
+            activity.ready.to_string()
+        };
+        let rate = limit.rate.map_or("-".to_string(), |r| {
+            format!(
+                "{}/{} per {}",
+                status.recent_starts,
+                r.count,
+                crate::fmt::millis(r.per_ms())
+            )
+        });
+        let state = match status.hold {
+            KeyHold::Blocked { until, status } => {
+                format!("blocked until {} ({status})", crate::fmt::time(until))
+            }
+            KeyHold::Rate { until } => format!("rate: next start at {}", crate::fmt::time(until)),
+            hold => hold.word().to_string(),
+        };
+        let limits = if status.limits.is_empty() {
+            "-".to_string()
+        } else {
+            status.limits.join(",")
+        };
+        vec![activity.key.clone(), limits, running, ready, rate, state]
+    }
+}
+
 /// `host:<host>` of a URL, with `:<port>` when the URL names a port other
 /// than its scheme's default; hosts are lower-cased as URLs compare them.
 pub fn host_key(url: &str) -> Option<String> {

@@ -18,6 +18,7 @@ use prometheus::{
 
 use crate::daemon::state::DaemonState;
 use crate::job::now_ms;
+use crate::keys::{KeyHold, KeyRules};
 use crate::store::Store;
 
 /// The upper bounds of the duration histogram, in seconds: from a `noop`
@@ -56,6 +57,8 @@ pub struct Metrics {
     paused: IntGaugeVec,
     pool_size: IntGaugeVec,
     pool_busy: IntGaugeVec,
+    key_running: IntGaugeVec,
+    keys_held: IntGaugeVec,
     /// The daemon's resources, each its own gauge (see [`RESOURCES`]).
     resources: Vec<prometheus::Gauge>,
 }
@@ -152,6 +155,24 @@ impl Metrics {
             ),
             &["pool"],
         )?;
+        // Per `[keys.NAME]` section, never per key: a key is customer data,
+        // and one series per customer would grow without bound.
+        let key_running = IntGaugeVec::new(
+            Opts::new(
+                "jobd_key_running",
+                "Jobs running on every daemon under the keys each [keys.NAME] section fits \
+                 (limit=\"-\": keys no section fits).",
+            ),
+            &["limit"],
+        )?;
+        let keys_held = IntGaugeVec::new(
+            Opts::new(
+                "jobd_keys_held",
+                "Keys whose jobs cannot start now, by section and why: blocked (a service \
+                 asked), rate (until its next start), full (at its concurrency).",
+            ),
+            &["limit", "state"],
+        )?;
         let resources = RESOURCES
             .iter()
             .map(|(name, help)| prometheus::Gauge::new(*name, *help))
@@ -165,6 +186,8 @@ impl Metrics {
             Box::new(paused.clone()),
             Box::new(pool_size.clone()),
             Box::new(pool_busy.clone()),
+            Box::new(key_running.clone()),
+            Box::new(keys_held.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -182,6 +205,8 @@ impl Metrics {
             paused,
             pool_size,
             pool_busy,
+            key_running,
+            keys_held,
             resources,
         })
     }
@@ -197,12 +222,48 @@ impl Metrics {
         self.durations.with_label_values(&[kind]).observe(seconds);
     }
 
+    /// Sets the keyed-limit gauges from the keys running or closed now,
+    /// summed per section; every section of the config has its series,
+    /// at 0 when none of its keys is busy.
+    fn keys(&self, store: &mut dyn Store, rules: &KeyRules, now: i64) -> Result<(), String> {
+        let keys = store.keys(now, false).map_err(|e| e.to_string())?;
+        self.key_running.reset();
+        self.keys_held.reset();
+        for limit in &rules.limits {
+            self.key_running.with_label_values(&[&limit.name]).set(0);
+            for state in ["blocked", "rate", "full"] {
+                self.keys_held
+                    .with_label_values(&[&limit.name, state])
+                    .set(0);
+            }
+        }
+        for activity in &keys {
+            let status = rules.status(activity, now);
+            let mut names: Vec<&str> = status.limits.iter().map(String::as_str).collect();
+            if names.is_empty() {
+                names.push("-");
+            }
+            for name in names {
+                self.key_running
+                    .with_label_values(&[name])
+                    .add(activity.running as i64);
+                if status.hold != KeyHold::Open {
+                    self.keys_held
+                        .with_label_values(&[name, status.hold.word()])
+                        .inc();
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads what is measured at scrape time and renders every metric.
     pub fn scrape(
         &self,
         store: &mut dyn Store,
         state: &DaemonState,
         queues: Option<&[String]>,
+        rules: &KeyRules,
     ) -> Result<String, String> {
         let counts = store.job_counts().map_err(|e| e.to_string())?;
         self.jobs.reset();
@@ -235,6 +296,7 @@ impl Metrics {
                 .with_label_values(&[queue])
                 .set(i64::from(paused.iter().any(|p| p == queue)));
         }
+        self.keys(store, rules, now)?;
         for (pool, size, busy) in [
             ("io", &state.io_size, &state.io_busy),
             ("cpu", &state.cpu_size, &state.cpu_busy),

@@ -438,3 +438,165 @@ fn a_fair_queue_starts_a_small_keys_jobs_while_a_big_key_drains() {
         );
     }
 }
+
+/// `jobd keys` shows, on every backend, the keys with jobs running and
+/// the keys no job may start under, each with its limits and why: a key
+/// at its concurrency (`full`, its queued jobs counted), a key held by its
+/// rate until its next start, and a key a service blocked (with the
+/// status); a sentence when there are none, and the same as JSON. The
+/// metrics count them per section, and the dashboard's keys page shows
+/// them in chromium, a key with markup in it inert.
+#[test]
+fn jobd_keys_the_metrics_and_the_keys_page_show_full_rate_held_and_blocked_keys() {
+    let port = common::free_port();
+    let limits = format!(
+        "[pool]\nthreads = 4\n[daemon]\nshutdown_grace = \"100ms\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+         [keys.one]\nmatch = \"svc:*\"\nconcurrency = 1\n\
+         [keys.paced]\nmatch = \"paced:*\"\nrate = \"1/h\"\n"
+    );
+    for backend in common::homes_with("keylist", &limits) {
+        let (base, _loads) =
+            answering_server(|_, _| "429 Too Many Requests\r\nRetry-After: 3600".to_string());
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        let none = home.ok(&["keys"]);
+        assert!(none.starts_with("no job key has jobs running"), "{none}");
+        backend.value(&format!(
+            "INSERT INTO jobs (kind, payload, limit_key) VALUES \
+             ('noop', '{{\"sleep_ms\":60000}}', 'svc:busy'), ('noop', '{{}}', 'svc:busy'), \
+             ('noop', '{{}}', 'svc:busy'), ('noop', '{{}}', 'svc:busy'), \
+             ('noop', '{{}}', 'paced:p'), ('noop', '{{}}', 'paced:p'), \
+             ('http', '{{\"url\":\"{base}/a\"}}', 'svc:a'), \
+             ('noop', '{{\"sleep_ms\":60000}}', 'svc:<i>x</i>');"
+        ));
+        let daemon = home.daemon_logging_to("d.log");
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE (limit_key = 'svc:busy' AND state = 'running') \
+             OR (limit_key = 'paced:p' AND state = 'succeeded') \
+             OR (limit_key = 'svc:a' AND attempts = 1 AND state = 'queued') \
+             OR (limit_key = 'svc:<i>x</i>' AND state = 'running');",
+            "4",
+            "one busy job running, one paced job done, the 429 answered",
+        );
+        let table = home.ok(&["keys"]);
+        let line = |key: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(&format!("{key} ")))
+                .unwrap_or_else(|| panic!("{}: no line for {key}:\n{table}", backend.name))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(table.starts_with("KEY"), "{table}");
+        assert_eq!(
+            line("svc:busy"),
+            "svc:busy one 1/1 3 - full",
+            "{}",
+            backend.name
+        );
+        let paced = line("paced:p");
+        assert!(
+            paced.starts_with("paced:p paced 0 1 1/1 per 1h 0m rate: next start at "),
+            "{}: {paced}",
+            backend.name
+        );
+        let blocked = line("svc:a");
+        assert!(
+            blocked.starts_with("svc:a one 0/1 0 - blocked until ") && blocked.ends_with("(429)"),
+            "{}: {blocked}",
+            backend.name
+        );
+        let json: serde_json::Value = serde_json::from_str(&home.ok(&["keys", "--json"])).unwrap();
+        let states: Vec<(String, String)> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["key"].as_str().unwrap().into(),
+                    k["state"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("paced:p", "rate"),
+                ("svc:<i>x</i>", "full"),
+                ("svc:a", "blocked"),
+                ("svc:busy", "full")
+            ]
+            .map(|(k, s)| (k.to_string(), s.to_string()))
+            .to_vec(),
+            "{}",
+            backend.name
+        );
+        let a = &json[2];
+        assert_eq!(
+            (a["status"].as_i64(), a["limits"][0].as_str()),
+            (Some(429), Some("one"))
+        );
+        assert!(a["until"].as_i64().unwrap() > jobd::job::now_ms() + 3_500_000);
+
+        let base = format!("http://127.0.0.1:{port}");
+        let metrics = ureq::get(&format!("{base}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        for series in [
+            "jobd_key_running{limit=\"one\"} 2",
+            "jobd_key_running{limit=\"paced\"} 0",
+            "jobd_keys_held{limit=\"one\",state=\"blocked\"} 1",
+            "jobd_keys_held{limit=\"one\",state=\"full\"} 2",
+            "jobd_keys_held{limit=\"one\",state=\"rate\"} 0",
+            "jobd_keys_held{limit=\"paced\",state=\"rate\"} 1",
+        ] {
+            assert!(
+                metrics.contains(series),
+                "{}: no {series} in\n{metrics}",
+                backend.name
+            );
+        }
+        assert!(!metrics.contains("svc:busy"), "no series per key");
+
+        let page = ureq::get(&format!("{base}/keys"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        assert!(
+            page.contains("<td class=\"\">svc:&lt;i&gt;x&lt;/i&gt;</td>"),
+            "{page}"
+        );
+        assert!(!page.contains("<i>"), "a key's markup is inert: {page}");
+        if let Some(browser) = common::browser::chromium() {
+            let profile = tempfile::tempdir().unwrap();
+            let dom = common::browser::headless(
+                &browser,
+                profile.path(),
+                &["--dump-dom"],
+                &format!("{base}/keys"),
+            );
+            for (key, state) in [
+                ("svc:busy", "full"),
+                ("svc:a", "blocked"),
+                ("paced:p", "rate"),
+            ] {
+                assert!(
+                    dom.contains(&format!("data-key=\"{key}\" data-state=\"{state}\"")),
+                    "{}: {key} {state} in\n{dom}",
+                    backend.name
+                );
+            }
+            assert!(dom.contains("blocked until "), "{dom}");
+        } else {
+            eprintln!(
+                "chromium is not installed (.ci/run installs it): the page was checked without it"
+            );
+        }
+        daemon.stop();
+    }
+}

@@ -48,6 +48,8 @@ pub enum Command {
     Resume(QueueNames),
     /// The periodic schedules: expression, next time, last job and its state.
     Cron,
+    /// The job keys running, blocked or held by their limits, on every daemon.
+    Keys(KeysArgs),
     /// Create or upgrade the database schema and exit; with --from, then move the queued jobs of a SQLite file into the PostgreSQL database of the config.
     Migrate(MigrateArgs),
     /// Load and validate the config, print the effective values.
@@ -146,6 +148,14 @@ pub struct StatsArgs {
     /// Redraw every second until interrupted.
     #[arg(long)]
     pub watch: bool,
+}
+
+/// `jobd keys`
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `jobd tail`

@@ -10,6 +10,7 @@ mod admin;
 pub mod cli;
 mod enqueue;
 mod inspect;
+mod keys;
 mod migrate;
 mod open;
 pub(crate) mod output;
@@ -46,6 +47,7 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         Command::CheckConfig => admin::check_config(&config, out),
         Command::Migrate(args) => migrate::migrate(&config, args, out),
         Command::Cron => inspect::cron(&config, open(&config)?.as_mut(), out),
+        Command::Keys(args) => keys::keys(&config, open(&config)?.as_mut(), args, out),
         Command::Enqueue(args) => enqueue::enqueue(&config, args, out),
         Command::List(args) => {
             inspect::list(&redaction(&config), open(&config)?.as_mut(), args, out)

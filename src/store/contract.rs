@@ -563,6 +563,13 @@ pub trait Reads {
 
     /// Per-queue figures and the live daemons.
     fn stats(&mut self, now: i64) -> Result<Stats>;
+
+    /// The keys with jobs running and those no job may start under at
+    /// `now` (blocked, or held by their rate), by key, for `jobd keys`, the
+    /// dashboard and the metrics: as many as run or are closed, each with
+    /// its ready jobs counted up to [`crate::keys::READY_COUNTED`] when
+    /// `count_ready` (the metrics do without).
+    fn keys(&mut self, now: i64, count_ready: bool) -> Result<Vec<crate::keys::KeyActivity>>;
 }
 
 /// The queue store. Every method is one short transaction or one read.

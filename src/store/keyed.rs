@@ -4,6 +4,9 @@
 //! `limit_key`, else the key derived from their kind), and taken only
 //! while their key's fleet-wide concurrency and rate allow and no block
 //! holds it. Each backend supplies the row operations ([`KeyedRows`]).
+//! Also here: the fair claim's rotation ([`fair_candidates`]) and the
+//! assembly of `Reads::keys` ([`key_activity`]), the keys `jobd keys`,
+//! the dashboard and the metrics show.
 //!
 //! Exactness: on SQLite the claim holds the write lock throughout. On
 //! PostgreSQL the limited keys among the candidates are locked (`FOR
@@ -400,4 +403,57 @@ fn fair_candidates<R: KeyedRows>(
     // Priority first; within a priority the rotation's order (stable).
     out.sort_by_key(|c| std::cmp::Reverse(c.priority));
     Ok(out)
+}
+
+/// The SQL of [`crate::store::Reads::keys`] that is the same on both
+/// backends: the keys with running jobs and how many (the running-key
+/// index), and a key's ready jobs in one queue, counted up to
+/// [`crate::keys::READY_COUNTED`] (`?1`/`$1` swapped in: queue, key, now).
+pub(crate) const RUNNING_KEYS_SQL: &str = "SELECT limit_key, count(*) FROM jobs \
+     WHERE state = 'running' AND limit_key IS NOT NULL GROUP BY limit_key";
+
+/// See [`RUNNING_KEYS_SQL`]; `p` is the placeholder sigil (`?` or `$`).
+pub(crate) fn key_ready_sql(p: char) -> String {
+    format!(
+        "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' AND queue = {p}1 \
+           AND limit_key = {p}2 AND run_at <= {p}3 LIMIT {}) t",
+        crate::keys::READY_COUNTED
+    )
+}
+
+/// A `limit_keys` row as [`crate::store::Reads::keys`] reads it: key,
+/// starts, blocked_until, blocked_status, closed_until.
+pub(crate) type LimitKeyRow = (String, Option<String>, Option<i64>, Option<i64>, i64);
+
+/// Puts [`crate::store::Reads::keys`] together from each backend's rows:
+/// the keys with running jobs (`running`) and the `limit_keys` rows of
+/// those keys and of every key closed now (`rows`, already read), each
+/// key's ready jobs counted over `queues` by `ready` (none: not counted).
+/// By key.
+pub(crate) fn key_activity<E>(
+    running: Vec<(String, i64)>,
+    rows: Vec<LimitKeyRow>,
+    queues: &[String],
+    mut ready: impl FnMut(&str, &str) -> Result<i64, E>,
+) -> Result<Vec<crate::keys::KeyActivity>, E> {
+    let mut keys: std::collections::BTreeMap<String, crate::keys::KeyActivity> =
+        std::collections::BTreeMap::new();
+    for (key, n) in running {
+        keys.entry(key.clone()).or_default().running = n.max(0) as u64;
+    }
+    for (key, starts, blocked_until, blocked_status, closed_until) in rows {
+        let a = keys.entry(key).or_default();
+        a.starts = parse_starts(starts);
+        a.blocked = blocked_until.map(|until| (until, blocked_status.unwrap_or(0)));
+        a.closed_until = closed_until;
+    }
+    for (key, a) in keys.iter_mut() {
+        a.key = key.clone();
+        let mut n = 0;
+        for queue in queues {
+            n += ready(queue, key)?.max(0) as u64;
+        }
+        a.ready = n.min(crate::keys::READY_COUNTED);
+    }
+    Ok(keys.into_values().collect())
 }

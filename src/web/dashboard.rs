@@ -86,7 +86,7 @@ pub fn page(title: &str, refresh: bool, body: &str) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
          <title>{} · jobd</title><style>{STYLE}</style></head><body>\
          <header><strong>jobd</strong><a href=\"/\">overview</a><a href=\"/jobs\">jobs</a>\
-         <a href=\"/jobs?state=dead\">dead</a><a href=\"/metrics\">metrics</a>\
+         <a href=\"/jobs?state=dead\">dead</a><a href=\"/keys\">keys</a><a href=\"/metrics\">metrics</a>\
          <a id=\"login\" href=\"/login\">log in</a></header>\
          <main>{body}</main></body></html>",
         escape(title)
@@ -592,6 +592,57 @@ pub fn button(action: &str, label: &str, csrf: &str) -> String {
         escape(csrf),
         escape(label)
     )
+}
+
+/// Keys shown on the keys page at most (the rest are counted).
+pub const KEYS_SHOWN: usize = 500;
+
+/// The keys page: every key with jobs running on any daemon and every key
+/// no job may start under now, as `jobd keys` shows them
+/// ([`crate::keys::KeyRules::row`]): its limits, running against its
+/// concurrency, ready jobs, rate, and why its jobs wait. Keys are user
+/// input: escaped like everything else.
+pub fn keys(rules: &crate::keys::KeyRules, keys: &[crate::keys::KeyActivity], now: i64) -> String {
+    let mut b = String::from("<h1>Keys</h1>");
+    if keys.is_empty() {
+        b.push_str(
+            "<p id=\"no-keys\">No job key has jobs running, is blocked or is held by its rate.</p>",
+        );
+        return page("keys", true, &b);
+    }
+    b.push_str("<table id=\"keys\"><tr>");
+    for column in crate::keys::KEY_COLUMNS {
+        let _ = write!(b, "<th>{}</th>", column.to_lowercase());
+    }
+    b.push_str("</tr>");
+    for activity in keys.iter().take(KEYS_SHOWN) {
+        let hold = rules.status(activity, now).hold.word();
+        let class = match hold {
+            "blocked" => "dead",
+            "rate" | "full" => "warn",
+            _ => "ok",
+        };
+        let cells = rules.row(activity, now);
+        let _ = write!(
+            b,
+            "<tr data-key=\"{}\" data-state=\"{hold}\">",
+            escape(&activity.key)
+        );
+        for (i, cell) in cells.iter().enumerate() {
+            let class = if i + 1 == cells.len() { class } else { "" };
+            let _ = write!(b, "<td class=\"{class}\">{}</td>", escape(cell));
+        }
+        b.push_str("</tr>");
+    }
+    b.push_str("</table>");
+    if keys.len() > KEYS_SHOWN {
+        let _ = write!(
+            b,
+            "<p>The first {KEYS_SHOWN} of {} keys, by key; <code>jobd keys</code> lists them all.</p>",
+            keys.len()
+        );
+    }
+    page("keys", true, &b)
 }
 
 /// The login page.

@@ -485,7 +485,9 @@ fn get_page(
     };
     let failed = |e: String| message(503, "Unavailable", &e);
     match path {
-        "/metrics" => match db.with(|s| metrics.scrape(s, state, config.daemon.named_queues())) {
+        "/metrics" => match db
+            .with(|s| metrics.scrape(s, state, config.daemon.named_queues(), &config.key_rules()))
+        {
             Ok(text) => Reply::new(200, text, "text/plain; version=0.0.4; charset=utf-8"),
             Err(e) => Reply::new(503, format!("cannot read the metrics: {e}\n"), TEXT),
         },
@@ -526,6 +528,16 @@ fn get_page(
                         ),
                     )
                 }
+                Err(e) => failed(e),
+            }
+        }
+        "/keys" => {
+            let now = now_ms();
+            match db.with(|s| s.keys(now, true).map_err(|e| e.to_string())) {
+                Ok(keys) => html(
+                    200,
+                    crate::web::dashboard::keys(&config.key_rules(), &keys, now),
+                ),
                 Err(e) => failed(e),
             }
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use jobd::store::{OpenMode, SqliteStore};
 
+pub mod browser;
 mod daemon;
 mod home;
 mod http;

@@ -51,6 +51,45 @@ impl Reads for PgStore {
             .collect())
     }
 
+    fn keys(&mut self, now: i64, count_ready: bool) -> Result<Vec<crate::keys::KeyActivity>> {
+        let queues = if count_ready {
+            crate::store::contract::Queue::queued_queues(self)?
+        } else {
+            Vec::new()
+        };
+        self.revive()?;
+        let fail = self.failing("read keys");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let running: Vec<(String, i64)> = tx
+            .query(crate::store::keyed::RUNNING_KEYS_SQL, &[])
+            .map_err(&fail)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let names: Vec<&str> = running.iter().map(|(k, _)| k.as_str()).collect();
+        let rows = tx
+            .query(
+                "SELECT key, starts, blocked_until, blocked_status, closed_until FROM limit_keys \
+                 WHERE closed_until > $1 \
+                 UNION ALL \
+                 SELECT key, starts, blocked_until, blocked_status, closed_until FROM limit_keys \
+                 WHERE key = ANY($2) AND closed_until <= $1",
+                &[&now, &names],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect();
+        let ready_sql = crate::store::keyed::key_ready_sql('$');
+        let keys = crate::store::keyed::key_activity(running, rows, &queues, |queue, key| {
+            tx.query_one(&ready_sql, &[&queue, &key, &now])
+                .map(|r| r.get(0))
+        })
+        .map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(keys)
+    }
+
     fn paused_queues(&mut self) -> Result<Vec<String>> {
         self.revive()?;
         // The paused queues.

@@ -148,6 +148,60 @@ impl Reads for SqliteStore {
     }
 
     // Long: one query per part of the `stats` answer, in one read transaction so the parts agree.
+    fn keys(&mut self, now: i64, count_ready: bool) -> Result<Vec<crate::keys::KeyActivity>> {
+        let queues = if count_ready {
+            self.queued_queues()?
+        } else {
+            Vec::new()
+        };
+        let result: rusqlite::Result<Vec<crate::keys::KeyActivity>> = (|| {
+            let tx = self.conn.transaction()?;
+            let running: Vec<(String, i64)> = tx
+                .prepare_cached(crate::store::keyed::RUNNING_KEYS_SQL)?
+                .query_map([], |r| Ok((text(r, 0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let names: Vec<&str> = running.iter().map(|(k, _)| k.as_str()).collect();
+            let names = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
+            let mut rows = Vec::new();
+            // Two statements, so each is one index lookup (an OR is not).
+            for sql in [
+                "WHERE closed_until > ?1",
+                "WHERE key IN (SELECT value FROM json_each(?2)) AND closed_until <= ?1",
+            ] {
+                let sql = format!(
+                    "SELECT key, starts, blocked_until, blocked_status, closed_until \
+                     FROM limit_keys {sql}"
+                );
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let row = |r: &rusqlite::Row<'_>| {
+                    Ok((
+                        text(r, 0)?,
+                        opt_text(r, 1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                    ))
+                };
+                let found: Vec<_> = if sql.contains("?2") {
+                    stmt.query_map(params![now, names], row)?
+                        .collect::<rusqlite::Result<_>>()?
+                } else {
+                    stmt.query_map(params![now], row)?
+                        .collect::<rusqlite::Result<_>>()?
+                };
+                rows.extend(found);
+            }
+            let ready_sql = crate::store::keyed::key_ready_sql('?');
+            let keys = crate::store::keyed::key_activity(running, rows, &queues, |queue, key| {
+                tx.prepare_cached(&ready_sql)?
+                    .query_row(params![queue, key, now], |r| r.get(0))
+            })?;
+            tx.commit()?;
+            Ok(keys)
+        })();
+        result.map_err(|e| self.err("read keys", e))
+    }
+
     fn stats(&mut self, now: i64) -> Result<Stats> {
         let (minute, hour) = (StatsBuilder::MINUTE, StatsBuilder::HOUR);
         let result: rusqlite::Result<Stats> = (|| {
