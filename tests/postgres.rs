@@ -273,7 +273,7 @@ mod moving {
              INSERT INTO jobs(id, kind, payload, run_at) VALUES (2, 'noop', '{}', 4102444800000);
              INSERT INTO jobs(id, kind, payload, attempts, last_error, max_attempts, timeout_ms)
                  VALUES (3, 'noop', '{}', 2, 'timed out after 5 ms', 7, 900);
-             INSERT INTO jobs(id, kind, payload, unique_key, queue) VALUES (4, 'noop', '{}', 'welcome:42', 'mail');
+             INSERT INTO jobs(id, kind, payload, unique_key, queue, limit_key) VALUES (4, 'noop', '{}', 'welcome:42', 'mail', 'customer:42');
              INSERT INTO jobs(id, kind, payload, state, last_error) VALUES (5, 'noop', '{}', 'dead', 'gave up');
              INSERT INTO jobs(id, kind, payload, state) VALUES (6, 'noop', '{}', 'succeeded');
              INSERT INTO queues(name, paused) VALUES ('mail', 1);
@@ -319,6 +319,15 @@ mod moving {
         );
         assert!(rows[3].starts_with("mail|noop|{}|0|"), "{rows:?}");
         assert!(rows[3].contains("|welcome:42|queued|0|"), "{rows:?}");
+        // A job's limit key moves with it.
+        assert_eq!(
+            schema
+                .psql(
+                    "SELECT count(*) FROM jobs WHERE limit_key = 'customer:42' AND queue = 'mail';"
+                )
+                .unwrap(),
+            "1"
+        );
         assert_eq!(
             schema
                 .psql("SELECT name FROM queues WHERE paused;")

@@ -46,9 +46,9 @@ const IMPORT_SQL: &str = "
 WITH u AS (
     SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
         $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::bigint[], $12::bigint[],
-        $13::text[])
+        $13::text[], $15::text[])
       AS u(source_id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
-           unique_key, attempts, created_at, last_error)),
+           unique_key, attempts, created_at, last_error, limit_key)),
 before AS (
     SELECT i.source_id, i.job_id FROM imported_jobs i
     WHERE i.source = $1 AND i.source_id IN (SELECT source_id FROM u)),
@@ -57,9 +57,9 @@ s AS (
     WHERE u.source_id NOT IN (SELECT source_id FROM before)),
 ins AS (
     INSERT INTO jobs (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
-                      unique_key, attempts, created_at, last_error)
+                      unique_key, attempts, created_at, last_error, limit_key)
     SELECT new_id, queue, kind, payload::jsonb, priority, run_at, max_attempts, timeout_ms,
-           unique_key, attempts, created_at, last_error
+           unique_key, attempts, created_at, last_error, limit_key
     FROM s ORDER BY source_id
     ON CONFLICT DO NOTHING
     RETURNING id),
@@ -449,6 +449,7 @@ fn import_in(
             &column(jobs, |j| j.created_at),
             &column(jobs, |j| j.last_error.as_deref()),
             &now,
+            &column(jobs, |j| j.limit_key.as_deref()),
         ],
     )?;
     Ok(rows
