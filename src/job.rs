@@ -401,6 +401,12 @@ impl NewJob {
                     crate::keys::MAX_KEY_BYTES
                 ));
             }
+            if key.starts_with(crate::keys::RESERVED_PREFIX) {
+                return Err(format!(
+                    "limit_key {key:?} starts with {:?}, which jobd keeps for its own keys",
+                    crate::keys::RESERVED_PREFIX
+                ));
+            }
         }
         Ok(())
     }

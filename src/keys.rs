@@ -61,7 +61,7 @@ impl KeyLimit {
 /// however late the claims come; a token bucket would let a late claim
 /// spend the tokens that piled up meanwhile and put more than `count`
 /// starts into one period, which is what a remote service's limit counts.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyRate {
     /// Starts per period (and the burst).
     pub count: u32,
@@ -109,7 +109,7 @@ impl KeyRate {
 }
 
 /// The limit in force on one key (see [`KeyRules::limit_of`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit {
     /// Jobs of the key running at once, fleet-wide.
     pub concurrency: Option<u32>,
@@ -348,6 +348,10 @@ pub fn host_key(url: &str) -> Option<String> {
 /// Longest key jobd accepts; a longer one is a job fault (it is an index
 /// key, and a limit key is a name, not data).
 pub const MAX_KEY_BYTES: usize = 200;
+
+/// Keys starting with this are jobd's own (a fleet-wide queue limit keeps
+/// its rate under `jobd:queue:NAME`): `jobd enqueue` refuses them.
+pub const RESERVED_PREFIX: &str = "jobd:";
 
 #[cfg(test)]
 mod tests {

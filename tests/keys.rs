@@ -355,6 +355,11 @@ fn bad_keys_and_bad_key_limits_are_refused_naming_what_is_wrong() {
     let long = "k".repeat(201);
     home.jobd(&["enqueue", "noop", "--key", &long])
         .fails(2, "limit_key is 201 bytes, more than 200");
+    home.jobd(&["enqueue", "noop", "--key", "jobd:queue:default"])
+        .fails(
+            2,
+            "starts with \"jobd:\", which jobd keeps for its own keys",
+        );
     assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 0);
     for (section, says) in [
         (
@@ -598,5 +603,42 @@ fn jobd_keys_the_metrics_and_the_keys_page_show_full_rate_held_and_blocked_keys(
             );
         }
         daemon.stop();
+    }
+}
+
+/// `[queues.NAME] fleet = true`: three daemons share the queue's
+/// `concurrency = 2`, so the server never holds more than two of its
+/// requests at once (each daemon alone would allow two).
+#[test]
+fn a_fleet_wide_queue_concurrency_holds_across_three_daemons() {
+    let config = "[pool]\nthreads = 4\n[daemon]\nshutdown_grace = \"200ms\"\n\
+        [queues.api]\nconcurrency = 2\nfleet = true\n";
+    for backend in common::homes_with("fleetq", config) {
+        let (base, loads) = recording_server();
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        let daemons = [
+            home.daemon_logging_to("a.log"),
+            backend.another(config).daemon_logging_to("b.log"),
+            backend.another(config).daemon_logging_to("c.log"),
+        ];
+        // All three are up and idle when the jobs arrive, so each would
+        // take two at once if the limit were per daemon.
+        backend.wait_value("SELECT count(*) FROM workers;", "3", "three daemons");
+        let rows: Vec<String> = (0..18)
+            .map(|_| format!("('http', '{{\"url\":\"{base}/slow/q\"}}', 'api')"))
+            .collect();
+        backend.value(&format!(
+            "INSERT INTO jobs (kind, payload, queue) VALUES {};",
+            rows.join(", ")
+        ));
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "18",
+            "every job ran",
+        );
+        let logs: String = daemons.into_iter().map(|d| d.stop()).collect();
+        let most = loads.lock().unwrap()["/slow/q"].most;
+        assert_eq!(most, 2, "{}: {most} requests at once\n{logs}", backend.name);
     }
 }

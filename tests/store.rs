@@ -169,6 +169,7 @@ fn a_claim_asks_each_pool_only_for_what_it_has_room_for() {
                 cpu,
                 io,
                 fair_after: None,
+                fleet: None,
             };
             let claimed = store
                 .claim(&Claim {
@@ -1124,6 +1125,7 @@ fn a_fair_claim_rotates_across_keys_with_priority_first() {
                 cpu,
                 io,
                 fair_after: Some(after.into()),
+                fleet: None,
             };
             let got = s
                 .claim(&Claim {
@@ -1155,5 +1157,58 @@ fn a_fair_claim_rotates_across_keys_with_priority_first() {
             fair(s, "k:a", 0, 8, 8),
             set(vec![b[1], c[1], a[2], u[0], b[2], a[3], u[1], a[4]])
         );
+    });
+}
+
+/// A fleet-wide queue limit counts every claimer's jobs: two daemons
+/// (two workers on one store) asking for ten each get two between them
+/// under `concurrency = 2`, a third after one ends; under a rate of three
+/// an hour three start and the queue's row says when it opens again.
+#[test]
+fn a_fleet_wide_queue_limit_counts_every_daemons_jobs() {
+    each(|s| {
+        let mut jobs: Vec<NewJob> = (0..10).map(|_| job("noop")).collect();
+        for j in jobs.iter_mut().skip(5) {
+            j.queue = "paced".into();
+        }
+        inserted(s, &jobs);
+        let ask = |s: &mut dyn Store, worker: &str, queue: &str, limit: jobd::keys::Limit| {
+            let mut request = ClaimRequest::any(queue, 10);
+            request.fleet = Some(limit);
+            s.claim(&Claim {
+                worker,
+                now: NOW,
+                lease_until: NOW + 30_000,
+                keys: &jobd::keys::NO_KEYS,
+                requests: &[request],
+            })
+            .unwrap()
+        };
+        let two = jobd::keys::Limit {
+            concurrency: Some(2),
+            rate: None,
+        };
+        let first = ask(s, W1, "default", two);
+        assert_eq!(first.len(), 2);
+        assert!(ask(s, W2, "default", two).is_empty());
+        succeed(s, &first[..1]);
+        assert_eq!(ask(s, W2, "default", two).len(), 1);
+
+        let three_an_hour = jobd::keys::Limit {
+            concurrency: None,
+            rate: Some(jobd::keys::KeyRate {
+                count: 3,
+                per: Duration::from_secs(3_600),
+            }),
+        };
+        assert_eq!(ask(s, W1, "paced", three_an_hour).len(), 3);
+        assert!(ask(s, W2, "paced", three_an_hour).is_empty());
+        let keys = s.keys(NOW, false).unwrap();
+        let queue = keys
+            .iter()
+            .find(|k| k.key == "jobd:queue:paced")
+            .expect("the queue's rate state");
+        assert_eq!(queue.closed_until, NOW + 3_600_000);
+        assert_eq!(queue.starts, vec![NOW; 3]);
     });
 }

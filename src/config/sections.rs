@@ -133,6 +133,10 @@ pub struct QueueConfig {
     pub concurrency: Option<usize>,
     /// At most this many starts per period (per daemon).
     pub rate: Option<Rate>,
+    /// `concurrency` and `rate` count across every daemon on the database
+    /// (checked in the claim's own transaction) instead of per daemon.
+    #[serde(default)]
+    pub fleet: bool,
     /// Claims rotate across the queue's job keys, so a key with many ready
     /// jobs does not starve one with a few behind them (priority first).
     #[serde(default)]

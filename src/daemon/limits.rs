@@ -81,6 +81,8 @@ struct QueueState {
     running: usize,
     /// A fair queue's rotation: the key served last.
     fair: Option<String>,
+    /// The queue's limits when they count across the fleet.
+    fleet: Option<crate::keys::Limit>,
 }
 
 /// The limits of every queue and this daemon's running count per queue.
@@ -104,6 +106,7 @@ impl QueueLimits {
     pub fn reload(&mut self, config: &BTreeMap<String, QueueConfig>, now: Instant) {
         for (name, state) in self.queues.iter_mut() {
             state.concurrency = None;
+            state.fleet = None;
             if config.get(name).is_none_or(|q| !q.fair) {
                 state.fair = None;
             }
@@ -114,6 +117,13 @@ impl QueueLimits {
         for (name, queue) in config {
             let state = self.queues.entry(name.clone()).or_default();
             state.concurrency = queue.concurrency;
+            state.fleet = queue.fleet.then(|| crate::keys::Limit {
+                concurrency: queue.concurrency.map(|c| c.min(u32::MAX as usize) as u32),
+                rate: queue.rate.map(|r| crate::keys::KeyRate {
+                    count: r.count,
+                    per: r.per,
+                }),
+            });
             if queue.fair {
                 state.fair.get_or_insert_with(String::new);
             }
@@ -214,6 +224,7 @@ impl QueueLimits {
                 cpu: cpu[i],
                 io: io[i],
                 fair_after: self.queues.get(queue).and_then(|s| s.fair.clone()),
+                fleet: self.queues.get(queue).and_then(|s| s.fleet),
             })
             .filter(|r| r.limit > 0)
             .collect()
@@ -282,6 +293,7 @@ mod tests {
                         concurrency: *concurrency,
                         rate: *rate,
                         fair: false,
+                        fleet: false,
                     },
                 )
             })

@@ -73,6 +73,10 @@ pub struct ClaimRequest {
     /// rotates across its job keys, starting after this one (`""`: from
     /// the first). None: claim order alone.
     pub fair_after: Option<String>,
+    /// A fleet-wide queue limit ([`crate::config::QueueConfig::fleet`]):
+    /// the queue's running jobs and starts on every daemon count against
+    /// it, checked in the claim's own transaction. None: per daemon only.
+    pub fleet: Option<crate::keys::Limit>,
 }
 
 impl ClaimRequest {
@@ -84,6 +88,7 @@ impl ClaimRequest {
             cpu: limit,
             io: limit,
             fair_after: None,
+            fleet: None,
         }
     }
 

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::job::{Claimed, Pool};
 use crate::keys::{KeyRules, Limit};
-use crate::store::contract::Claim;
+use crate::store::contract::{Claim, ClaimRequest};
 
 /// One job a keyed claim may take.
 #[derive(Clone, Debug)]
@@ -146,6 +146,9 @@ pub(crate) trait KeyedRows {
     fn set_keys(&mut self, keyed: &[(i64, String)]) -> Result<(), Self::Error>;
     /// Writes keys' rate state.
     fn save_rates(&mut self, rates: &[RateWrite], now: i64) -> Result<(), Self::Error>;
+    /// The running jobs of each of `queues` on every daemon.
+    fn running_in_queues(&mut self, queues: &[String])
+        -> Result<HashMap<String, u64>, Self::Error>;
 }
 
 /// What a store last saw of `limit_keys`, so that a daemon with no
@@ -296,23 +299,19 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
                                 .rate
                                 .is_none_or(|rate| rate.admit(&mut state.starts, now));
                         if fits {
-                            {
-                                if let Some(rate) = limit.rate {
-                                    rates.insert(
-                                        key.clone(),
-                                        RateWrite {
-                                            key: key.clone(),
-                                            starts: state.starts.clone(),
-                                            next_start_at: rate.next_start_at(&state.starts),
-                                        },
-                                    );
-                                }
-                                *running.entry(key.clone()).or_default() += 1;
+                            if let Some(rate) = limit.rate {
+                                rates.insert(
+                                    key.clone(),
+                                    RateWrite {
+                                        key: key.clone(),
+                                        starts: state.starts.clone(),
+                                        next_start_at: rate.next_start_at(&state.starts),
+                                    },
+                                );
                             }
-                            true
-                        } else {
-                            false
+                            *running.entry(key.clone()).or_default() += 1;
                         }
+                        fits
                     }
                 };
             if allowed {
@@ -339,6 +338,111 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
         rows.take(claim, now, &taken)
     })?;
     Ok(Some(jobs))
+}
+
+/// The key under which a fleet-wide queue limit keeps its rate state and
+/// its lock in `limit_keys` (keys starting `jobd:` are jobd's own).
+pub(crate) fn queue_key(queue: &str) -> String {
+    format!("{}queue:{queue}", crate::keys::RESERVED_PREFIX)
+}
+
+/// The fleet-wide queue limits of a claim ([`ClaimRequest::fleet`]),
+/// applied before the claim takes anything: each such queue's row in
+/// `limit_keys` is locked (in key order, before any job key's), its
+/// running jobs on every daemon counted and its recent starts read, and
+/// its request capped to what is left; [`FleetQueues::record`] then
+/// writes the starts the claim made. Exact for the same reason keyed
+/// limits are: the lock (SQLite: the write lock) orders the claimers.
+pub(crate) struct FleetQueues {
+    /// The claim's requests, fleet-limited ones capped.
+    pub(crate) requests: Vec<ClaimRequest>,
+    /// Per rate-limited queue: its key, rate and starts as locked.
+    rates: Vec<(String, String, crate::keys::KeyRate, Vec<i64>)>,
+    /// The clock the caps were judged at (read after locking).
+    now: i64,
+}
+
+impl FleetQueues {
+    /// Locks and caps; None when no request is limited fleet-wide.
+    pub(crate) fn lock<R: KeyedRows>(
+        rows: &mut R,
+        claim: &Claim<'_>,
+    ) -> Result<Option<FleetQueues>, R::Error> {
+        let queues: BTreeSet<&str> = claim
+            .requests
+            .iter()
+            .filter(|r| r.fleet.is_some())
+            .map(|r| r.queue.as_str())
+            .collect();
+        if queues.is_empty() {
+            return Ok(None);
+        }
+        let keys: Vec<String> = queues.iter().map(|q| queue_key(q)).collect();
+        let mut states = rows.lock_keys(&keys, claim.now)?;
+        // As for key rates: judged at a clock read once the rows are locked.
+        let now = claim.now.max(crate::job::now_ms());
+        let names: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+        let running = rows.running_in_queues(&names)?;
+        let mut requests = claim.requests.to_vec();
+        let mut rates = Vec::new();
+        for request in requests.iter_mut() {
+            let Some(limit) = request.fleet else { continue };
+            let mut cap = request.limit;
+            if let Some(c) = limit.concurrency {
+                let busy = running.get(&request.queue).copied().unwrap_or(0);
+                cap = cap.min(u64::from(c).saturating_sub(busy) as usize);
+            }
+            if let Some(rate) = limit.rate {
+                let key = queue_key(&request.queue);
+                let starts = states.remove(&key).map(|s| s.starts).unwrap_or_default();
+                // What the window lets in now: admit on a copy until full.
+                let mut trial = starts.clone();
+                let mut room = 0;
+                while room < cap && rate.admit(&mut trial, now) {
+                    room += 1;
+                }
+                cap = room;
+                rates.push((request.queue.clone(), key, rate, starts));
+            }
+            request.limit = cap;
+        }
+        Ok(Some(FleetQueues {
+            requests,
+            rates,
+            now,
+        }))
+    }
+
+    /// Records the starts of `jobs` (the claim's result) in the rate
+    /// state of their fleet-limited queues; true when one of them is now
+    /// closed until its next start (the caller's [`KeysSeen`] must then
+    /// look, so the dispatcher wakes when it opens).
+    pub(crate) fn record<R: KeyedRows>(
+        self,
+        rows: &mut R,
+        jobs: &[Claimed],
+    ) -> Result<bool, R::Error> {
+        let mut writes = Vec::new();
+        for (queue, key, rate, mut starts) in self.rates {
+            let n = jobs.iter().filter(|j| j.queue == queue).count();
+            if n == 0 {
+                continue;
+            }
+            for _ in 0..n {
+                rate.admit(&mut starts, self.now);
+            }
+            writes.push(RateWrite {
+                key,
+                next_start_at: rate.next_start_at(&starts),
+                starts,
+            });
+        }
+        if writes.is_empty() {
+            return Ok(false);
+        }
+        rows.save_rates(&writes, self.now)?;
+        Ok(writes.iter().any(|w| w.next_start_at > self.now))
+    }
 }
 
 /// A fair queue's candidates: the queue's keys in rotation from `after`

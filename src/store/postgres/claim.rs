@@ -235,6 +235,21 @@ impl KeyedRows for Keyed<'_, '_> {
             .collect())
     }
 
+    fn running_in_queues(
+        &mut self,
+        queues: &[String],
+    ) -> std::result::Result<HashMap<String, u64>, postgres::Error> {
+        Ok(self
+            .query(
+                "SELECT queue, count(*) FROM jobs WHERE state = 'running' AND queue = ANY($1) \
+                 GROUP BY queue",
+                &[&queues],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
     fn lock_keys(
         &mut self,
         keys: &[String],
@@ -334,6 +349,37 @@ impl KeyedRows for Keyed<'_, '_> {
 
 /// Claims inside an open transaction (see [`PgStore::claim`]).
 pub(super) fn claim_in(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &mut Statements,
+    claim: &Claim<'_>,
+    seen: &crate::store::keyed::KeysSeen,
+) -> std::result::Result<Vec<Claimed>, postgres::Error> {
+    let mut rows = Keyed {
+        tx: &mut *tx,
+        statements: &mut *statements,
+        sort_off: false,
+    };
+    let Some(fleet) = crate::store::keyed::FleetQueues::lock(&mut rows, claim)? else {
+        return claim_unlocked(tx, statements, claim, seen);
+    };
+    let capped = Claim {
+        requests: &fleet.requests,
+        ..*claim
+    };
+    let jobs = claim_unlocked(tx, statements, &capped, seen)?;
+    let mut rows = Keyed {
+        tx,
+        statements,
+        sort_off: false,
+    };
+    if fleet.record(&mut rows, &jobs)? {
+        seen.forget();
+    }
+    Ok(jobs)
+}
+
+/// [`claim_in`] once the fleet-wide queue limits are applied.
+fn claim_unlocked(
     tx: &mut postgres::Transaction<'_>,
     statements: &mut Statements,
     claim: &Claim<'_>,

@@ -67,6 +67,19 @@ impl KeyedRows for Keyed<'_, '_> {
             .collect()
     }
 
+    fn running_in_queues(&mut self, queues: &[String]) -> rusqlite::Result<HashMap<String, u64>> {
+        self.0
+            .prepare_cached(
+                "SELECT queue, count(*) FROM jobs INDEXED BY jobs_running \
+                 WHERE state = 'running' AND queue IN (SELECT value FROM json_each(?1)) \
+                 GROUP BY queue",
+            )?
+            .query_map([json_list(queues)], |r| {
+                Ok((text(r, 0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect()
+    }
+
     fn running_by_key(
         &mut self,
         keys: Option<&[String]>,
@@ -288,6 +301,26 @@ impl KeyedRows for Keyed<'_, '_> {
 
 /// Claims inside an open transaction (see [`crate::store::Queue::claim`]).
 pub(super) fn claim_in(
+    tx: &rusqlite::Transaction<'_>,
+    claim: &Claim<'_>,
+    seen: &crate::store::keyed::KeysSeen,
+) -> rusqlite::Result<Vec<Claimed>> {
+    let Some(fleet) = crate::store::keyed::FleetQueues::lock(&mut Keyed(tx), claim)? else {
+        return claim_unlocked(tx, claim, seen);
+    };
+    let capped = Claim {
+        requests: &fleet.requests,
+        ..*claim
+    };
+    let jobs = claim_unlocked(tx, &capped, seen)?;
+    if fleet.record(&mut Keyed(tx), &jobs)? {
+        seen.forget();
+    }
+    Ok(jobs)
+}
+
+/// [`claim_in`] once the fleet-wide queue limits are applied.
+fn claim_unlocked(
     tx: &rusqlite::Transaction<'_>,
     claim: &Claim<'_>,
     seen: &crate::store::keyed::KeysSeen,
