@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[&str] = &[
     V4_DATABASE_ID,
     V5_LIMIT_KEYS,
     V6_READY_KEY_BY_POOL,
+    V7_READY_CPU,
 ];
 
 /// The schema version this build writes and reads.
@@ -180,4 +181,14 @@ DROP INDEX jobs_ready_key;
 CREATE INDEX jobs_ready_key ON jobs
     (queue, limit_key, (kind IN ('checksum', 'compress', 'exec')), priority DESC, run_at, id)
     WHERE state = 'queued' AND limit_key IS NOT NULL;
+";
+
+/// Version 7: the CPU jobs' own partial index. With a large analyzed table
+/// of IO jobs, the planner estimated the CPU pool's range of `jobs_ready`
+/// at half the table and scanned every row sequentially for each CPU
+/// claim and each wake-up time (210 ms a claim with 1 000 000 queued);
+/// on this index, which holds only queued CPU jobs, it is one seek.
+const V7_READY_CPU: &str = "
+CREATE INDEX jobs_ready_cpu ON jobs (queue, priority DESC, run_at, id)
+    WHERE state = 'queued' AND (kind IN ('checksum', 'compress', 'exec'));
 ";
