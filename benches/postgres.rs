@@ -3,7 +3,8 @@
 //! before the first starts; first start to last finish, from `job_runs`),
 //! and pickup latency on an idle daemon (300 jobs inserted 20 ms apart,
 //! each watched until it leaves `queued`): through LISTEN/NOTIFY on
-//! PostgreSQL, through the `-wal` watch on SQLite.
+//! PostgreSQL, through the `-wal` watch on SQLite; then the keyed figures
+//! ([`keyed_figures`]). `JOBD_BENCH=keys` runs only those.
 //!
 //! `cargo bench --bench postgres` (needs the machine's server at
 //! 127.0.0.1:5432, database `test`; each run works in a schema of its own,
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{percentile, pickup};
+use common::{percentile, pickup_keyed};
 use jobd::store::postgres::PgStore;
 use jobd::store::{OpenMode, SqliteStore};
 
@@ -149,10 +150,30 @@ impl Database {
         }
     }
 
-    fn pickup(&self, n: usize) -> Vec<f64> {
+    fn pickup(&self, n: usize, key: Option<&str>) -> Vec<f64> {
         match self {
-            Database::Sqlite(_) => pickup(&mut self.sqlite_store(), n),
-            Database::Postgres(_) => pickup(&mut self.pg(), n),
+            Database::Sqlite(_) => pickup_keyed(&mut self.sqlite_store(), n, key),
+            Database::Postgres(_) => pickup_keyed(&mut self.pg(), n, key),
+        }
+    }
+
+    /// Inserts `n` noop jobs of key `key` sleeping `sleep_ms` each.
+    fn insert_key(&self, n: i64, key: &str, sleep_ms: u32) {
+        let sql = format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+             INSERT INTO jobs(kind, payload, limit_key) \
+             SELECT 'noop', '{{\"sleep_ms\":{sleep_ms}}}', '{key}' FROM n"
+        );
+        match self {
+            Database::Sqlite(_) => {
+                self.sqlite_store()
+                    .connection()
+                    .execute_batch(&format!("{sql};"))
+                    .unwrap();
+            }
+            Database::Postgres(_) => {
+                self.scalar(&format!("{sql}; SELECT 0;"));
+            }
         }
     }
 }
@@ -213,29 +234,144 @@ fn stop(daemons: Vec<(Child, PathBuf)>) {
     }
 }
 
+/// The config of a daemon whose keys `k*` run at most 4 at once.
+const KEYS_K: &str = "[keys.k]\nmatch = \"k*\"\nconcurrency = 4\n";
+
 /// Jobs per second of `daemons` daemons draining `JOBS` noop jobs; with
 /// `keys`, spread over that many keys, each limited to 4 at once.
 fn throughput(dir: &tempfile::TempDir, db: &Database, daemons: usize, keys: Option<i64>) -> f64 {
     db.insert_noops(JOBS, keys);
-    let extra = match keys {
-        Some(_) => "[keys.k]\nmatch = \"k*\"\nconcurrency = 4\n",
-        None => "",
-    };
+    drain_rate(
+        dir,
+        db,
+        daemons,
+        if keys.is_some() { KEYS_K } else { "" },
+        JOBS,
+    )
+}
+
+/// Jobs per second of `daemons` daemons (config `extra`) over the first
+/// `count` jobs they finish: first start to last finish of those runs.
+fn drain_rate(
+    dir: &tempfile::TempDir,
+    db: &Database,
+    daemons: usize,
+    extra: &str,
+    count: i64,
+) -> f64 {
     let running: Vec<_> = (0..daemons).map(|i| daemon(dir, db, i, extra)).collect();
     let deadline = Instant::now() + Duration::from_secs(600);
-    while db.scalar("SELECT count(*) FROM job_runs") < JOBS {
+    while db.scalar("SELECT count(*) FROM job_runs") < count {
         assert!(Instant::now() < deadline, "stalled");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let span = db
-        .scalar("SELECT max(finished_at) - min(started_at) FROM job_runs")
-        .max(1);
     stop(running);
-    JOBS as f64 / (span as f64 / 1000.0)
+    let span = db
+        .scalar(&format!(
+            "SELECT max(finished_at) - min(started_at) FROM \
+             (SELECT started_at, finished_at FROM job_runs ORDER BY id LIMIT {count}) r"
+        ))
+        .max(1);
+    count as f64 / (span as f64 / 1000.0)
+}
+
+/// The keyed figures of issue 19, on both backends: the claim stays an
+/// index range scan under a deep backlog (the first 20 000 jobs of
+/// 1 000 000 queued over 10 000 keys against the same of 20 000 queued),
+/// pickup with keys in use, and a fair queue's small key starting while a
+/// big one drains (20 000 jobs of key A sleeping 1 ms, then 50 of key B:
+/// B's waits from insert to start).
+fn keyed_figures(dir: &tempfile::TempDir) {
+    const DRAINED: i64 = 20_000;
+    for (small, deep) in [
+        (
+            Database::sqlite(dir, "small"),
+            Database::sqlite(dir, "deep"),
+        ),
+        (Database::postgres("small"), Database::postgres("deep")),
+    ] {
+        small.insert_noops(DRAINED, Some(10_000));
+        deep.insert_noops(1_000_000, Some(10_000));
+        if let Database::Postgres(_) = deep {
+            // As an operator's table would be by then: analyzed.
+            deep.scalar("ANALYZE jobs; SELECT 0;");
+            small.scalar("ANALYZE jobs; SELECT 0;");
+        }
+        let shallow = drain_rate(dir, &small, 1, KEYS_K, DRAINED);
+        let backlog = drain_rate(dir, &deep, 1, KEYS_K, DRAINED);
+        println!(
+            "{:<10} 1 daemon, first {DRAINED} noop jobs over 10 000 keys (concurrency = 4 each): \
+             1 000 000 queued {backlog:>6.0} jobs/s, {DRAINED} queued {shallow:>6.0} ({:.0} %)",
+            deep.name(),
+            100.0 * backlog / shallow
+        );
+    }
+    for db in [
+        Database::sqlite(dir, "kpickup"),
+        Database::postgres("kpickup"),
+    ] {
+        let (child, log) = daemon(dir, &db, 8, KEYS_K);
+        wait_started(&log);
+        let plain = db.pickup(PICKUPS, None);
+        let keyed = db.pickup(PICKUPS, Some("k"));
+        stop(vec![(child, log)]);
+        println!(
+            "{:<10} pickup with [keys] in force, {PICKUPS} jobs 20 ms apart: keyed p50 {:.2} ms \
+             p99 {:.2} ms; unkeyed p50 {:.2} ms p99 {:.2} ms",
+            db.name(),
+            percentile(&keyed, 0.5),
+            percentile(&keyed, 0.99),
+            percentile(&plain, 0.5),
+            percentile(&plain, 0.99),
+        );
+    }
+    for db in [Database::sqlite(dir, "fair"), Database::postgres("fair")] {
+        let (child, log) = daemon(dir, &db, 7, "[queues.default]\nfair = true\n");
+        wait_started(&log);
+        db.insert_key(20_000, "customer:a", 1);
+        while db.scalar("SELECT count(*) FROM job_runs") < 200 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        db.insert_key(50, "customer:b", 0);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while db.scalar(
+            "SELECT count(*) FROM jobs WHERE limit_key = 'customer:b' AND started_at IS NOT NULL",
+        ) < 50
+        {
+            assert!(Instant::now() < deadline, "B never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let left = db.scalar(
+            "SELECT count(*) FROM jobs WHERE limit_key = 'customer:a' AND state = 'queued'",
+        );
+        stop(vec![(child, log)]);
+        let mut waits: Vec<f64> = (1..=50)
+            .map(|rank| {
+                db.scalar(&format!(
+                    "SELECT started_at - created_at FROM jobs WHERE limit_key = 'customer:b' \
+                     ORDER BY 1 LIMIT 1 OFFSET {}",
+                    rank - 1
+                )) as f64
+            })
+            .collect();
+        waits.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "{:<10} fair queue, 20 000 jobs of key A (1 ms each) then 50 of key B: B waited \
+             p50 {:.0} ms, p99 {:.0} ms; A had {left} jobs left",
+            db.name(),
+            percentile(&waits, 0.5),
+            percentile(&waits, 0.99),
+        );
+    }
 }
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
+    // JOBD_BENCH=keys: only the keyed figures.
+    if std::env::var("JOBD_BENCH").as_deref() == Ok("keys") {
+        keyed_figures(&dir);
+        return;
+    }
     for n in 1..=3 {
         for db in [
             Database::sqlite(&dir, &format!("t{n}")),
@@ -273,7 +409,7 @@ fn main() {
     ] {
         let (child, log) = daemon(&dir, &db, 9, "");
         wait_started(&log);
-        let observed = db.pickup(PICKUPS);
+        let observed = db.pickup(PICKUPS, None);
         stop(vec![(child, log)]);
         println!(
             "{:<10} pickup, {PICKUPS} jobs 20 ms apart: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -283,4 +419,5 @@ fn main() {
             observed[observed.len() - 1]
         );
     }
+    keyed_figures(&dir);
 }

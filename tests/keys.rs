@@ -392,7 +392,10 @@ fn bad_keys_and_bad_key_limits_are_refused_naming_what_is_wrong() {
 }
 
 /// A fair queue: 20 000 jobs of key A, then 50 of key B while A drains:
-/// every B job starts within 200 ms of its insert, long before A is done.
+/// B's jobs take turns with A's, so all of them start while only a few
+/// hundred more of A's do, long before A is done (claim order would run
+/// every A job first). How soon in milliseconds is a benchmark's figure
+/// (`cargo bench --bench postgres`), not a timed assertion here.
 #[test]
 fn a_fair_queue_starts_a_small_keys_jobs_while_a_big_key_drains() {
     let config = "[pool]\nthreads = 8\n[queues.default]\nfair = true\n\
@@ -417,29 +420,32 @@ fn a_fair_queue_starts_a_small_keys_jobs_while_a_big_key_drains() {
             "50",
             "key B's jobs ran",
         );
-        let waits: Vec<i64> = backend
-            .value(
-                "SELECT started_at - created_at FROM jobs WHERE limit_key = 'customer:b' \
-                 ORDER BY 1;",
-            )
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect();
-        let a_left = backend.count(
-            "SELECT count(*) FROM jobs WHERE limit_key = 'customer:a' AND (started_at IS NULL \
-             OR started_at > (SELECT max(started_at) FROM jobs WHERE limit_key = 'customer:b'));",
-        );
+        // A's jobs started from B's insert to B's last start: a claim's
+        // worth or two with fairness; every one of A's without.
+        let b_last = "(SELECT max(started_at) FROM jobs WHERE limit_key = 'customer:b')";
+        let a_meanwhile = backend.count(&format!(
+            "SELECT count(*) FROM jobs WHERE limit_key = 'customer:a' \
+             AND started_at >= (SELECT min(created_at) FROM jobs WHERE limit_key = 'customer:b') \
+             AND started_at <= {b_last};"
+        ));
+        let a_left = backend.count(&format!(
+            "SELECT count(*) FROM jobs WHERE limit_key = 'customer:a' \
+             AND (started_at IS NULL OR started_at > {b_last});"
+        ));
         daemon.stop();
+        eprintln!(
+            "{}: {a_meanwhile} of A's jobs started while B's 50 waited",
+            backend.name
+        );
+        assert!(
+            a_meanwhile <= 500,
+            "{}: {a_meanwhile} of A's jobs started while B's 50 waited",
+            backend.name
+        );
         assert!(
             a_left > 1_000,
             "{}: A had drained ({a_left} left)",
             backend.name
-        );
-        assert!(
-            waits[49] <= 200,
-            "{}: B's jobs waited up to {} ms: {waits:?}",
-            backend.name,
-            waits[49]
         );
     }
 }
@@ -640,5 +646,93 @@ fn a_fleet_wide_queue_concurrency_holds_across_three_daemons() {
         let logs: String = daemons.into_iter().map(|d| d.stop()).collect();
         let most = loads.lock().unwrap()["/slow/q"].most;
         assert_eq!(most, 2, "{}: {most} requests at once\n{logs}", backend.name);
+    }
+}
+
+/// A SIGHUP that raises a key's concurrency mid-drain: one request at a
+/// time at the server before, three at once after, never more.
+#[test]
+fn a_reload_changes_a_keys_limit_mid_drain() {
+    let limits = |n: usize| {
+        format!(
+            "[pool]\nthreads = 6\n[daemon]\nshutdown_grace = \"200ms\"\n\
+             [keys.svc]\nmatch = \"svc:*\"\nconcurrency = {n}\n"
+        )
+    };
+    for backend in common::homes_with("keyreload", &limits(1)) {
+        let (base, loads) = recording_server();
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        let rows = jobs(40, &format!("{base}/slow/s"), "'svc:s'");
+        backend.value(&format!(
+            "INSERT INTO jobs (kind, payload, limit_key) VALUES {};",
+            rows.join(", ")
+        ));
+        let daemon = home.daemon_logging_to("d.log");
+        backend.wait_value(
+            "SELECT count(*) >= 5 FROM jobs WHERE state = 'succeeded';",
+            if backend.schema.is_some() { "t" } else { "1" },
+            "five jobs one at a time",
+        );
+        // The most at once so far (reset: from here on the new limit may
+        // apply at any moment).
+        let before = std::mem::take(&mut loads.lock().unwrap().get_mut("/slow/s").unwrap().most);
+        backend.rewrite_config(&limits(3));
+        daemon.signal(libc::SIGHUP);
+        daemon.wait_log("config.reloaded");
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "40",
+            "every job ran",
+        );
+        let logs = daemon.stop();
+        let after = loads.lock().unwrap()["/slow/s"].most;
+        assert_eq!(before, 1, "{}: before the reload\n{logs}", backend.name);
+        assert_eq!(after, 3, "{}: after the reload\n{logs}", backend.name);
+    }
+}
+
+/// A daemon restarted while a service's block holds its key: the new one
+/// reads the block from the database, so the service hears nothing of
+/// that key until the block ends, and then every job of it succeeds.
+#[test]
+fn a_block_outlives_a_restart_of_the_daemon() {
+    let config = "[pool]\nthreads = 4\n[daemon]\nshutdown_grace = \"200ms\"\n\
+        [keys.one]\nmatch = \"svc:a\"\nconcurrency = 1\n";
+    for backend in common::homes_with("keyrestart", config) {
+        let (base, loads) = answering_server(|path, before| match (path, before) {
+            ("/a", 0) => "429 Too Many Requests\r\nRetry-After: 3".to_string(),
+            _ => "200 OK".to_string(),
+        });
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        let rows = jobs(4, &format!("{base}/a"), "'svc:a'");
+        backend.value(&format!(
+            "INSERT INTO jobs (kind, payload, limit_key) VALUES {};",
+            rows.join(", ")
+        ));
+        let first = home.daemon_logging_to("a.log");
+        first.wait_log("key.blocked key=svc:a");
+        let first_log = first.stop();
+        let second = home.daemon_logging_to("b.log");
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "4",
+            "every job ran after the block",
+        );
+        let logs = first_log + &second.stop();
+        let times = loads.lock().unwrap()["/a"].times.clone();
+        let next = times[1].duration_since(times[0]);
+        assert!(
+            next >= Duration::from_millis(2_900),
+            "{}: svc:a was called again {next:?} after its 429 (Retry-After: 3)\n{logs}",
+            backend.name
+        );
+        assert_eq!(
+            times.len(),
+            5,
+            "{}: four jobs and the refused attempt",
+            backend.name
+        );
     }
 }

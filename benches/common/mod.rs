@@ -280,9 +280,15 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Inserts `n` noop jobs 20 ms apart and returns the sorted latencies from
 /// each insert's commit to the job leaving `queued`, in ms (either backend).
 pub fn pickup(store: &mut impl Store, n: usize) -> Vec<f64> {
-    let job = NewJob::new("noop");
+    pickup_keyed(store, n, None)
+}
+
+/// [`pickup`] with each job keyed `{key}{i % 1000}` when `key` is given.
+pub fn pickup_keyed(store: &mut impl Store, n: usize, key: Option<&str>) -> Vec<f64> {
     let mut observed = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
+        let mut job = NewJob::new("noop");
+        job.limit_key = key.map(|k| format!("{k}{}", i % 1_000));
         let inserted = store.enqueue(std::slice::from_ref(&job), now_ms()).unwrap();
         let committed = Instant::now();
         let id = inserted[0].id();

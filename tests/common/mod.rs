@@ -190,6 +190,19 @@ impl BackendHome {
         }
     }
 
+    /// Replaces the home's config with its database and `extra` (for a
+    /// SIGHUP to read).
+    pub fn rewrite_config(&self, extra: &str) {
+        match &self.schema {
+            Some(schema) => std::fs::write(
+                self.home.config(),
+                format!("[database]\nurl = \"{}\"\n{extra}\n", schema.url()),
+            )
+            .expect("write config"),
+            None => self.home.write_config(extra),
+        }
+    }
+
     /// Inserts `n` jobs, each row `select` (SQL over `i`, 1 to `n`) into
     /// `columns`, in one statement either shell runs.
     pub fn insert_many(&self, n: usize, columns: &str, select: &str) {
