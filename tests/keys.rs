@@ -650,7 +650,8 @@ fn a_fleet_wide_queue_concurrency_holds_across_three_daemons() {
 }
 
 /// A SIGHUP that raises a key's concurrency mid-drain: one request at a
-/// time at the server before, three at once after, never more.
+/// time at the server before, three at once after, never more. The same
+/// reload makes the queue fair, and the daemon builds the key index.
 #[test]
 fn a_reload_changes_a_keys_limit_mid_drain() {
     let limits = |n: usize| {
@@ -677,9 +678,17 @@ fn a_reload_changes_a_keys_limit_mid_drain() {
         // The most at once so far (reset: from here on the new limit may
         // apply at any moment).
         let before = std::mem::take(&mut loads.lock().unwrap().get_mut("/slow/s").unwrap().most);
-        backend.rewrite_config(&limits(3));
+        backend.rewrite_config(&format!("{}[queues.default]\nfair = true\n", limits(3)));
         daemon.signal(libc::SIGHUP);
         daemon.wait_log("config.reloaded");
+        assert!(
+            daemon
+                .log()
+                .contains("db.index_created name=jobs_ready_key"),
+            "{}: {}",
+            backend.name,
+            daemon.log()
+        );
         backend.wait_value(
             "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
             "40",

@@ -1110,6 +1110,9 @@ fn a_fair_claim_rotates_across_keys_with_priority_first() {
         jobs.push(keyed(Some("k:d"), "noop", 5));
         jobs.push(keyed(Some("k:a"), "exec", 0));
         let id = inserted(s, &jobs);
+        // Built on demand, by the first daemon with a fair queue.
+        assert!(s.ensure_key_index().unwrap());
+        assert!(!s.ensure_key_index().unwrap());
         let (a, b, c, u, d, exec) = (
             &id[0..10],
             &id[10..13],

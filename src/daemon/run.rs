@@ -77,6 +77,7 @@ fn run_on(
         );
     }
 
+    crate::daemon::dispatcher::ensure_key_index(store.as_mut(), &config)?;
     registry.identify(&store.database_id()?);
     raise_open_file_limit();
     // The metrics listener first: a taken port stops start-up before this

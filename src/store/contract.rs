@@ -496,6 +496,11 @@ pub trait Fleet {
 
     /// Every row of `workers`.
     fn workers(&mut self) -> Result<Vec<WorkerInfo>>;
+
+    /// Builds `jobs_ready_key`, the index fair claims scan key by key, if
+    /// it is missing; true when this call built it. Only daemons with a
+    /// fair queue ask: every keyed job's claim pays for its upkeep.
+    fn ensure_key_index(&mut self) -> Result<bool>;
 }
 
 /// What operators change: the schema, cancel, retry, prune, pause.

@@ -66,6 +66,13 @@ impl Dispatcher {
                 event!(Error, "pool.error", pool = "cpu", error:% = e, action = "keeping the old pool size");
             }
         }
+        if let Err(e) = ensure_key_index(self.store.as_mut(), &config) {
+            crate::store::log_trouble(
+                "build the key index",
+                &e,
+                "fair claims fail until it is built",
+            );
+        }
         self.limits.reload(&config.queues, Instant::now());
         self.keys = config.key_rules();
         // Schedules added start, removed ones stop (their rows stay).

@@ -71,6 +71,21 @@ pub const PREFETCH_WAIT: Duration = Duration::from_millis(5);
 /// that.
 pub const PREFETCH_PER_THREAD: usize = 15;
 
+/// A daemon serving a fair queue makes sure the index its fair claims
+/// scan exists (at start and on each reload): the first one builds it,
+/// logging `db.index_created`.
+pub fn ensure_key_index(store: &mut dyn Store, config: &Config) -> crate::store::Result<()> {
+    if config.queues.values().any(|q| q.fair) && store.ensure_key_index()? {
+        crate::event!(
+            Info,
+            "db.index_created",
+            name = "jobs_ready_key",
+            reason = "a fair queue"
+        );
+    }
+    Ok(())
+}
+
 /// The slots of a pool of `threads` when attempts take `avg_duration`
 /// seconds on average: one per thread, plus as many prefetched jobs per
 /// thread as finish within [`PREFETCH_WAIT`], at most

@@ -112,6 +112,31 @@ impl Fleet for PgStore {
         Ok(())
     }
 
+    fn ensure_key_index(&mut self) -> Result<bool> {
+        self.revive()?;
+        let fail = self.failing("build the key index");
+        let exists = |client: &mut postgres::Client| -> std::result::Result<bool, postgres::Error> {
+            Ok(client
+                .query_one("SELECT to_regclass('jobs_ready_key') IS NOT NULL", &[])?
+                .get(0))
+        };
+        if exists(&mut self.client).map_err(&fail)? {
+            return Ok(false);
+        }
+        let sql = format!(
+            "CREATE INDEX IF NOT EXISTS jobs_ready_key ON jobs \
+             (queue, limit_key, {}, priority DESC, run_at, id) \
+             WHERE state = 'queued' AND limit_key IS NOT NULL",
+            cpu_kind_test()
+        );
+        match self.client.batch_execute(&sql) {
+            Ok(()) => Ok(true),
+            // Another daemon built it at the same moment.
+            Err(_) if exists(&mut self.client).unwrap_or(false) => Ok(false),
+            Err(e) => Err(fail(e)),
+        }
+    }
+
     fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
         self.revive()?;
         // The registered daemons.

@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[&str] = &[
     V5_LIMIT_KEYS,
     V6_READY_KEY_BY_POOL,
     V7_READY_CPU,
+    V8_KEY_INDEX_ON_DEMAND,
 ];
 
 /// The schema version this build writes and reads.
@@ -192,3 +193,7 @@ const V7_READY_CPU: &str = "
 CREATE INDEX jobs_ready_cpu ON jobs (queue, priority DESC, run_at, id)
     WHERE state = 'queued' AND (kind IN ('checksum', 'compress', 'exec'));
 ";
+
+/// Version 8: `jobs_ready_key` is built on demand, as SQLite's version 8
+/// has it: by the first daemon with a fair queue.
+const V8_KEY_INDEX_ON_DEMAND: &str = "DROP INDEX IF EXISTS jobs_ready_key;";

@@ -120,6 +120,23 @@ impl Fleet for SqliteStore {
         })
     }
 
+    fn ensure_key_index(&mut self) -> Result<bool> {
+        let found: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'jobs_ready_key'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err("look for the key index", e))?;
+        if found > 0 {
+            return Ok(false);
+        }
+        let sql = crate::store::sqlite::schema::ready_key_index();
+        self.write("build the key index", |tx| tx.execute_batch(&sql))?;
+        Ok(true)
+    }
+
     fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
         let result: rusqlite::Result<Vec<WorkerInfo>> = (|| {
             self.conn

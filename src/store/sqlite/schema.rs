@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[&str] = &[
     V5_IDS_AND_UTF8,
     V6_LIMIT_KEYS,
     V7_READY_KEY_BY_POOL,
+    V8_KEY_INDEX_ON_DEMAND,
 ];
 
 /// The schema version this build writes and reads.
@@ -383,6 +384,25 @@ CREATE INDEX jobs_ready_key ON jobs
     (queue, limit_key, (kind = 'checksum' OR kind = 'compress' OR kind = 'exec'), priority DESC, run_at, id)
     WHERE state = 'queued' AND limit_key IS NOT NULL;
 ";
+
+/// Version 8: `jobs_ready_key` is no longer part of every database. Its
+/// upkeep is one scattered page per claimed keyed job, which with
+/// 1 000 000 jobs queued over 10 000 keys cut a daemon's claims from
+/// 27 000 to 12 000 jobs/s, for the fair queues only few use: a daemon
+/// with a fair queue builds it ([`ready_key_index`]).
+const V8_KEY_INDEX_ON_DEMAND: &str = "DROP INDEX IF EXISTS jobs_ready_key;";
+
+/// The index fair claims scan key by key, as version 7 had it, built by
+/// the first daemon that serves a fair queue
+/// ([`crate::store::Fleet::ensure_key_index`]).
+pub fn ready_key_index() -> String {
+    format!(
+        "CREATE INDEX IF NOT EXISTS jobs_ready_key ON jobs \
+         (queue, limit_key, {}, priority DESC, run_at, id) \
+         WHERE state = 'queued' AND limit_key IS NOT NULL;",
+        cpu_kind_test()
+    )
+}
 
 #[cfg(test)]
 mod tests {
