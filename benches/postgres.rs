@@ -275,13 +275,33 @@ fn drain_rate(
     count as f64 / (span as f64 / 1000.0)
 }
 
-/// The keyed figures of issue 19, on both backends: the claim stays an
+/// The keyed figures of issue 19, on both backends: a drain with keys
+/// against one without, the claim staying an
 /// index range scan under a deep backlog (the first 20 000 jobs of
 /// 1 000 000 queued over 10 000 keys against the same of 20 000 queued),
 /// pickup with keys in use, and a fair queue's small key starting while a
 /// big one drains (20 000 jobs of key A sleeping 1 ms, then 50 of key B:
 /// B's waits from insert to start).
 fn keyed_figures(dir: &tempfile::TempDir) {
+    // Keyed limits: the same drain over 1 000 keys of concurrency 4, beside
+    // a run without keys (issue target: at least half of it).
+    for (plain_db, keyed_db) in [
+        (
+            Database::sqlite(dir, "plain"),
+            Database::sqlite(dir, "keyed"),
+        ),
+        (Database::postgres("plain"), Database::postgres("keyed")),
+    ] {
+        let plain = throughput(dir, &plain_db, 1, None);
+        let keyed = throughput(dir, &keyed_db, 1, Some(1_000));
+        let db = keyed_db;
+        println!(
+            "{:<10} 1 daemon, {JOBS} noop jobs over 1 000 keys (concurrency = 4 each): {keyed:>6.0} jobs/s, \
+             without keys {plain:>6.0} ({:.0} %)",
+            db.name(),
+            100.0 * keyed / plain
+        );
+    }
     const DRAINED: i64 = 20_000;
     for (small, deep) in [
         (
@@ -383,25 +403,6 @@ fn main() {
                 throughput(&dir, &db, n, None)
             );
         }
-    }
-    // Keyed limits: the same drain over 1 000 keys of concurrency 4, beside
-    // a run without keys (issue target: at least half of it).
-    for (plain_db, keyed_db) in [
-        (
-            Database::sqlite(&dir, "plain"),
-            Database::sqlite(&dir, "keyed"),
-        ),
-        (Database::postgres("plain"), Database::postgres("keyed")),
-    ] {
-        let plain = throughput(&dir, &plain_db, 1, None);
-        let keyed = throughput(&dir, &keyed_db, 1, Some(1_000));
-        let db = keyed_db;
-        println!(
-            "{:<10} 1 daemon, {JOBS} noop jobs over 1 000 keys (concurrency = 4 each): {keyed:>6.0} jobs/s, \
-             without keys {plain:>6.0} ({:.0} %)",
-            db.name(),
-            100.0 * keyed / plain
-        );
     }
     for db in [
         Database::sqlite(&dir, "pickup"),

@@ -9,10 +9,10 @@
 //! the dashboard and the metrics show.
 //!
 //! Exactness: on SQLite the claim holds the write lock throughout. On
-//! PostgreSQL the limited keys among the candidates are locked (`FOR
-//! UPDATE` on their `limit_keys` rows, in key order) before their running
-//! jobs are counted, so two daemons claiming the same key count one after
-//! the other and neither overshoots.
+//! PostgreSQL a claim with limited keys takes one transaction-level
+//! advisory lock (per schema) before it reads their rows and counts their
+//! running jobs, so two daemons' limited claims count one after the other
+//! and neither overshoots.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -347,8 +347,8 @@ pub(crate) fn queue_key(queue: &str) -> String {
 }
 
 /// The fleet-wide queue limits of a claim ([`ClaimRequest::fleet`]),
-/// applied before the claim takes anything: each such queue's row in
-/// `limit_keys` is locked (in key order, before any job key's), its
+/// applied before the claim takes anything: under the keys' lock, each
+/// such queue's row in `limit_keys` is read, its
 /// running jobs on every daemon counted and its recent starts read, and
 /// its request capped to what is left; [`FleetQueues::record`] then
 /// writes the starts the claim made. Exact for the same reason keyed
