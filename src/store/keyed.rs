@@ -125,8 +125,9 @@ pub(crate) trait KeyedRows {
         look: usize,
         n: usize,
     ) -> Result<Vec<Candidate>, Self::Error>;
-    /// The rows of `keys` (sorted), locked for the rest of the transaction
-    /// where the backend needs it.
+    /// The rows of `keys` (sorted), read under a lock held for the rest
+    /// of the transaction that makes limited claims take turns (SQLite:
+    /// its write lock; PostgreSQL: one advisory lock per schema).
     fn lock_keys(
         &mut self,
         keys: &[String],

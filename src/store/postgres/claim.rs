@@ -253,7 +253,7 @@ impl KeyedRows for Keyed<'_, '_> {
     fn lock_keys(
         &mut self,
         keys: &[String],
-        now: i64,
+        _now: i64,
     ) -> std::result::Result<HashMap<String, KeyState>, postgres::Error> {
         if keys.is_empty() {
             return Ok(HashMap::new());
@@ -264,7 +264,6 @@ impl KeyedRows for Keyed<'_, '_> {
         // row instead (FOR UPDATE, in key order) was exact too, but a
         // claim locked up to 512 rows, and that was nine tenths of a
         // keyed claim's time with 10 000 keys (pg_stat_activity samples).
-        let _ = now;
         self.query(
             "SELECT pg_advisory_xact_lock(hashtext('jobd.limit_keys.' || current_schema()))",
             &[],
