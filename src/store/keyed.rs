@@ -510,14 +510,9 @@ fn fair_candidates<R: KeyedRows>(
     Ok(out)
 }
 
-/// The SQL of [`crate::store::Reads::keys`] that is the same on both
-/// backends: the keys with running jobs and how many (the running-key
-/// index), and a key's ready jobs in one queue, counted up to
-/// [`crate::keys::READY_COUNTED`] (`?1`/`$1` swapped in: queue, key, now).
-pub(crate) const RUNNING_KEYS_SQL: &str = "SELECT limit_key, count(*) FROM jobs \
-     WHERE state = 'running' AND limit_key IS NOT NULL GROUP BY limit_key";
-
-/// See [`RUNNING_KEYS_SQL`]; `p` is the placeholder sigil (`?` or `$`).
+/// The SQL of [`crate::store::Reads::keys`] for a key's ready jobs in one
+/// queue, counted up to [`crate::keys::READY_COUNTED`]; `p` is the
+/// placeholder sigil (`?` or `$`) for queue, key, now.
 pub(crate) fn key_ready_sql(p: char) -> String {
     format!(
         "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' AND queue = {p}1 \
@@ -530,21 +525,33 @@ pub(crate) fn key_ready_sql(p: char) -> String {
 /// starts, blocked_until, blocked_status, closed_until.
 pub(crate) type LimitKeyRow = (String, Option<String>, Option<i64>, Option<i64>, i64);
 
+/// The SQL of [`crate::store::Reads::keys`] for its `limit_keys` rows:
+/// those closed at `now` (a placeholder) and those of the running keys
+/// (`in_running`: the backend's test of `key` against that list). Two
+/// halves, each one index lookup.
+pub(crate) fn limit_key_rows_sql(now: &str, in_running: &str) -> String {
+    let columns = "key, starts, blocked_until, blocked_status, closed_until";
+    format!(
+        "SELECT {columns} FROM limit_keys WHERE closed_until > {now} \
+         UNION ALL \
+         SELECT {columns} FROM limit_keys WHERE key {in_running} AND closed_until <= {now}"
+    )
+}
+
 /// Puts [`crate::store::Reads::keys`] together from each backend's rows:
 /// the keys with running jobs (`running`) and the `limit_keys` rows of
 /// those keys and of every key closed now (`rows`, already read), each
 /// key's ready jobs counted over `queues` by `ready` (none: not counted).
 /// By key.
 pub(crate) fn key_activity<E>(
-    running: Vec<(String, i64)>,
+    running: HashMap<String, u64>,
     rows: Vec<LimitKeyRow>,
     queues: &[String],
     mut ready: impl FnMut(&str, &str) -> Result<i64, E>,
 ) -> Result<Vec<crate::keys::KeyActivity>, E> {
-    let mut keys: std::collections::BTreeMap<String, crate::keys::KeyActivity> =
-        std::collections::BTreeMap::new();
+    let mut keys: BTreeMap<String, crate::keys::KeyActivity> = BTreeMap::new();
     for (key, n) in running {
-        keys.entry(key.clone()).or_default().running = n.max(0) as u64;
+        keys.entry(key).or_default().running = n;
     }
     for (key, starts, blocked_until, blocked_status, closed_until) in rows {
         let a = keys.entry(key).or_default();

@@ -60,20 +60,19 @@ impl Reads for PgStore {
         self.revive()?;
         let fail = self.failing("read keys");
         let mut tx = self.client.transaction().map_err(&fail)?;
-        let running: Vec<(String, i64)> = tx
-            .query(crate::store::keyed::RUNNING_KEYS_SQL, &[])
-            .map_err(&fail)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let names: Vec<&str> = running.iter().map(|(k, _)| k.as_str()).collect();
+        let running = crate::store::keyed::KeyedRows::running_by_key(
+            &mut crate::store::postgres::claim::Keyed {
+                tx: &mut tx,
+                statements: &mut self.statements,
+                sort_off: false,
+            },
+            None,
+        )
+        .map_err(&fail)?;
+        let names: Vec<&str> = running.keys().map(String::as_str).collect();
         let rows = tx
             .query(
-                "SELECT key, starts, blocked_until, blocked_status, closed_until FROM limit_keys \
-                 WHERE closed_until > $1 \
-                 UNION ALL \
-                 SELECT key, starts, blocked_until, blocked_status, closed_until FROM limit_keys \
-                 WHERE key = ANY($2) AND closed_until <= $1",
+                &crate::store::keyed::limit_key_rows_sql("$1", "= ANY($2)"),
                 &[&now, &names],
             )
             .map_err(&fail)?

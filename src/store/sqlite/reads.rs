@@ -156,24 +156,18 @@ impl Reads for SqliteStore {
         };
         let result: rusqlite::Result<Vec<crate::keys::KeyActivity>> = (|| {
             let tx = self.conn.transaction()?;
-            let running: Vec<(String, i64)> = tx
-                .prepare_cached(crate::store::keyed::RUNNING_KEYS_SQL)?
-                .query_map([], |r| Ok((text(r, 0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let names: Vec<&str> = running.iter().map(|(k, _)| k.as_str()).collect();
+            let running = crate::store::keyed::KeyedRows::running_by_key(
+                &mut crate::store::sqlite::claim::Keyed(&tx),
+                None,
+            )?;
+            let names: Vec<&str> = running.keys().map(String::as_str).collect();
             let names = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
-            let mut rows = Vec::new();
-            // Two statements, so each is one index lookup (an OR is not).
-            for sql in [
-                "WHERE closed_until > ?1",
-                "WHERE key IN (SELECT value FROM json_each(?2)) AND closed_until <= ?1",
-            ] {
-                let sql = format!(
-                    "SELECT key, starts, blocked_until, blocked_status, closed_until \
-                     FROM limit_keys {sql}"
-                );
-                let mut stmt = tx.prepare_cached(&sql)?;
-                let row = |r: &rusqlite::Row<'_>| {
+            let rows: Vec<crate::store::keyed::LimitKeyRow> = tx
+                .prepare_cached(&crate::store::keyed::limit_key_rows_sql(
+                    "?1",
+                    "IN (SELECT value FROM json_each(?2))",
+                ))?
+                .query_map(params![now, names], |r| {
                     Ok((
                         text(r, 0)?,
                         opt_text(r, 1)?,
@@ -181,16 +175,8 @@ impl Reads for SqliteStore {
                         r.get(3)?,
                         r.get(4)?,
                     ))
-                };
-                let found: Vec<_> = if sql.contains("?2") {
-                    stmt.query_map(params![now, names], row)?
-                        .collect::<rusqlite::Result<_>>()?
-                } else {
-                    stmt.query_map(params![now], row)?
-                        .collect::<rusqlite::Result<_>>()?
-                };
-                rows.extend(found);
-            }
+                })?
+                .collect::<rusqlite::Result<_>>()?;
             let ready_sql = crate::store::keyed::key_ready_sql('?');
             let keys = crate::store::keyed::key_activity(running, rows, &queues, |queue, key| {
                 tx.prepare_cached(&ready_sql)?
