@@ -39,13 +39,23 @@ fn job(kind: &str) -> NewJob {
 }
 
 fn claim(store: &mut dyn Store, worker: &str, now: i64, queue: &str, limit: usize) -> Vec<Claimed> {
+    claim_with(store, worker, now, ClaimRequest::any(queue, limit))
+}
+
+/// One request claimed by `worker` at `now` (30 s lease, no key limits).
+fn claim_with(
+    store: &mut dyn Store,
+    worker: &str,
+    now: i64,
+    request: ClaimRequest,
+) -> Vec<Claimed> {
     store
         .claim(&Claim {
             worker,
             now,
             lease_until: now + 30_000,
             keys: &jobd::keys::NO_KEYS,
-            requests: &[ClaimRequest::any(queue, limit)],
+            requests: &[request],
         })
         .unwrap()
 }
@@ -171,16 +181,7 @@ fn a_claim_asks_each_pool_only_for_what_it_has_room_for() {
                 fair_after: None,
                 fleet: None,
             };
-            let claimed = store
-                .claim(&Claim {
-                    worker: W1,
-                    now: NOW,
-                    lease_until: NOW + 30_000,
-                    keys: &jobd::keys::NO_KEYS,
-                    requests: &[request],
-                })
-                .unwrap();
-            ids(&claimed)
+            ids(&claim_with(store, W1, NOW, request))
         };
         // The CPU pool is full: IO jobs are reached past the CPU ones
         // (an unknown kind counts as IO, to fail on its first claim).
@@ -1130,15 +1131,7 @@ fn a_fair_claim_rotates_across_keys_with_priority_first() {
                 fair_after: Some(after.into()),
                 fleet: None,
             };
-            let got = s
-                .claim(&Claim {
-                    worker: W1,
-                    now: NOW,
-                    lease_until: NOW + 30_000,
-                    keys: &jobd::keys::NO_KEYS,
-                    requests: &[request],
-                })
-                .unwrap();
+            let got = claim_with(s, W1, NOW, request);
             // Which jobs, not their order: a claim returns them in claim order.
             let mut got = ids(&got);
             got.sort();
@@ -1178,14 +1171,7 @@ fn a_fleet_wide_queue_limit_counts_every_daemons_jobs() {
         let ask = |s: &mut dyn Store, worker: &str, queue: &str, limit: jobd::keys::Limit| {
             let mut request = ClaimRequest::any(queue, 10);
             request.fleet = Some(limit);
-            s.claim(&Claim {
-                worker,
-                now: NOW,
-                lease_until: NOW + 30_000,
-                keys: &jobd::keys::NO_KEYS,
-                requests: &[request],
-            })
-            .unwrap()
+            claim_with(s, worker, NOW, request)
         };
         let two = jobd::keys::Limit {
             concurrency: Some(2),
