@@ -133,9 +133,24 @@ impl Database {
             Some(k) => format!("'k' || (i % {k})"),
             None => "NULL".to_string(),
         };
+        self.insert(n, "'{}'", &key);
+    }
+
+    /// Inserts `n` noop jobs of key `key` sleeping `sleep_ms` each.
+    fn insert_key(&self, n: i64, key: &str, sleep_ms: u32) {
+        self.insert(
+            n,
+            &format!("'{{\"sleep_ms\":{sleep_ms}}}'"),
+            &format!("'{key}'"),
+        );
+    }
+
+    /// Inserts `n` noop jobs with `payload` and `key` (SQL over `i`, 1 to
+    /// `n`) in one statement.
+    fn insert(&self, n: i64, payload: &str, key: &str) {
         let sql = format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
-             INSERT INTO jobs(kind, limit_key) SELECT 'noop', {key} FROM n"
+             INSERT INTO jobs(kind, payload, limit_key) SELECT 'noop', {payload}, {key} FROM n"
         );
         match self {
             Database::Sqlite(_) => {
@@ -154,26 +169,6 @@ impl Database {
         match self {
             Database::Sqlite(_) => pickup_keyed(&mut self.sqlite_store(), n, key),
             Database::Postgres(_) => pickup_keyed(&mut self.pg(), n, key),
-        }
-    }
-
-    /// Inserts `n` noop jobs of key `key` sleeping `sleep_ms` each.
-    fn insert_key(&self, n: i64, key: &str, sleep_ms: u32) {
-        let sql = format!(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
-             INSERT INTO jobs(kind, payload, limit_key) \
-             SELECT 'noop', '{{\"sleep_ms\":{sleep_ms}}}', '{key}' FROM n"
-        );
-        match self {
-            Database::Sqlite(_) => {
-                self.sqlite_store()
-                    .connection()
-                    .execute_batch(&format!("{sql};"))
-                    .unwrap();
-            }
-            Database::Postgres(_) => {
-                self.scalar(&format!("{sql}; SELECT 0;"));
-            }
         }
     }
 }
