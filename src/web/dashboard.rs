@@ -616,12 +616,13 @@ pub fn keys(rules: &crate::keys::KeyRules, keys: &[crate::keys::KeyActivity], no
     }
     b.push_str("</tr>");
     for activity in keys.iter().take(KEYS_SHOWN) {
-        let hold = rules.status(activity, now).hold.word();
+        let hold = rules.status(activity, now).hold;
         let class = match hold {
-            "blocked" => "dead",
-            "rate" | "full" => "warn",
-            _ => "ok",
+            crate::keys::KeyHold::Blocked { .. } => "dead",
+            crate::keys::KeyHold::Rate { .. } | crate::keys::KeyHold::Full => "warn",
+            crate::keys::KeyHold::Open => "ok",
         };
+        let hold = hold.word();
         let cells = rules.row(activity, now);
         let _ = write!(
             b,
