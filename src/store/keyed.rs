@@ -40,6 +40,18 @@ pub(crate) struct KeyState {
     pub(crate) starts: Vec<i64>,
     /// No job of the key starts before this (a service's block).
     pub(crate) blocked_until: Option<i64>,
+    /// The key's running jobs on every daemon.
+    pub(crate) running: u64,
+}
+
+/// What a keyed claim reads before its candidates: the keys closed now
+/// (blocked, or waiting for their rate) and, when counted, the running
+/// jobs per key. A snapshot that keeps jobs of closed and full keys out
+/// of the candidates; the exact counts are read under the keys' lock.
+#[derive(Debug, Default)]
+pub(crate) struct KeyHints {
+    pub(crate) closed: Vec<String>,
+    pub(crate) running: HashMap<String, u64>,
 }
 
 /// A key's rate state to write back after a claim.
@@ -70,14 +82,9 @@ pub(crate) fn starts_text(starts: &[i64]) -> String {
 pub(crate) trait KeyedRows {
     /// The driver's error.
     type Error;
-    /// The keys closed now (`closed_until > now`): blocked, or waiting for
-    /// their rate.
-    fn closed_keys(&mut self, now: i64) -> Result<Vec<String>, Self::Error>;
-    /// Running jobs per key: of `keys`, or of every key when it is None.
-    fn running_by_key(
-        &mut self,
-        keys: Option<&[String]>,
-    ) -> Result<HashMap<String, u64>, Self::Error>;
+    /// The keys closed now (`closed_until > now`) and, with
+    /// `count_running`, the running jobs of every key: one read.
+    fn key_hints(&mut self, now: i64, count_running: bool) -> Result<KeyHints, Self::Error>;
     /// Up to `window` ready jobs of `queue` on `pool` in claim order,
     /// leaving out jobs whose stored key is in `skip` (paused queues give
     /// none).
@@ -125,9 +132,10 @@ pub(crate) trait KeyedRows {
         look: usize,
         n: usize,
     ) -> Result<Vec<Candidate>, Self::Error>;
-    /// The rows of `keys` (sorted), read under a lock held for the rest
-    /// of the transaction that makes limited claims take turns (SQLite:
-    /// its write lock; PostgreSQL: one advisory lock per schema).
+    /// The rows of `keys` (sorted) and their running jobs, read under a
+    /// lock held for the rest of the transaction that makes limited
+    /// claims take turns (SQLite: its write lock; PostgreSQL: one
+    /// advisory lock per schema). A key without a row may be left out.
     fn lock_keys(
         &mut self,
         keys: &[String],
@@ -210,28 +218,26 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
     }
     // A fair queue on a daemon without [keys] rotates on every claim, but
     // trusts "no key is closed" like the plain claim does.
-    let closed = if trusted {
-        Vec::new()
+    let hints = if trusted {
+        KeyHints::default()
     } else {
-        let closed = rows.closed_keys(now)?;
-        seen.saw(!closed.is_empty(), now);
-        closed
+        let hints = rows.key_hints(now, !rules.is_empty())?;
+        seen.saw(!hints.closed.is_empty(), now);
+        hints
     };
-    if rules.is_empty() && closed.is_empty() && !fair {
+    if rules.is_empty() && hints.closed.is_empty() && !fair {
         return Ok(None);
     }
     // Keys no job may start under in this claim: closed ones, and those
     // at their concurrency (a snapshot; the exact count comes below).
-    let mut skip: BTreeSet<String> = closed.into_iter().collect();
-    if !rules.is_empty() {
-        for (key, running) in rows.running_by_key(None)? {
-            let full = rules
-                .limit_of(&key)
-                .and_then(|l| l.concurrency)
-                .is_some_and(|c| running >= u64::from(c));
-            if full {
-                skip.insert(key);
-            }
+    let mut skip: BTreeSet<String> = hints.closed.into_iter().collect();
+    for (key, running) in hints.running {
+        let full = rules
+            .limit_of(&key)
+            .and_then(|l| l.concurrency)
+            .is_some_and(|c| running >= u64::from(c));
+        if full {
+            skip.insert(key);
         }
     }
     let mut limits: HashMap<String, Option<Limit>> = HashMap::new();
@@ -269,11 +275,6 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
         // may be older than starts another claim recorded meanwhile, and a
         // window judged at that older time lets too many in.
         let now = now.max(crate::job::now_ms());
-        let mut running = if limited.is_empty() {
-            HashMap::new()
-        } else {
-            rows.running_by_key(Some(&limited))?
-        };
         let mut taken: Vec<(i64, Option<String>)> = Vec::new();
         let mut keyed_later: Vec<(i64, String)> = Vec::new();
         let mut rates: BTreeMap<String, RateWrite> = BTreeMap::new();
@@ -293,8 +294,9 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
                 && match limits.get(key).copied().flatten() {
                     None => true,
                     Some(limit) => {
-                        let busy = running.get(key).copied().unwrap_or(0);
-                        let room = limit.concurrency.is_none_or(|c| busy < u64::from(c));
+                        let room = limit
+                            .concurrency
+                            .is_none_or(|c| state.running < u64::from(c));
                         let fits = room
                             && limit
                                 .rate
@@ -310,7 +312,7 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
                                     },
                                 );
                             }
-                            *running.entry(key.clone()).or_default() += 1;
+                            state.running += 1;
                         }
                         fits
                     }

@@ -1,16 +1,18 @@
 //! The claim on PostgreSQL: [`claim_in`] runs the keyed claim
 //! ([`crate::store::keyed`]) when keys are in play, else the plain one; and
 //! the keyed claim's row operations. Candidates are read `FOR UPDATE SKIP
-//! LOCKED`, as the plain claim reads them; the `limit_keys` rows of the limited keys among them
-//! are locked in key order before their running jobs are counted, so two
-//! daemons claiming one key count one after the other (READ COMMITTED: the
-//! count after the lock sees what the other committed).
+//! LOCKED`, as the plain claim reads them; the limited keys among them are
+//! then read and their running jobs counted after the keys' advisory lock,
+//! so two daemons claiming one key count one after the other (READ
+//! COMMITTED: the count after the lock sees what the other committed).
 
 use std::collections::HashMap;
 
 use crate::job::{Claimed, Pool};
 use crate::store::contract::Claim;
-use crate::store::keyed::{parse_starts, starts_text, Candidate, KeyState, KeyedRows, RateWrite};
+use crate::store::keyed::{
+    parse_starts, starts_text, Candidate, KeyHints, KeyState, KeyedRows, RateWrite,
+};
 use crate::store::postgres::*;
 
 /// A keyed claim's view of one PostgreSQL transaction.
@@ -69,37 +71,25 @@ fn candidate(r: &postgres::Row) -> Candidate {
 impl KeyedRows for Keyed<'_, '_> {
     type Error = postgres::Error;
 
-    fn closed_keys(&mut self, now: i64) -> std::result::Result<Vec<String>, postgres::Error> {
-        Ok(self
-            .query(
-                "SELECT key FROM limit_keys WHERE closed_until > $1",
-                &[&now],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-    }
-
-    fn running_by_key(
+    fn key_hints(
         &mut self,
-        keys: Option<&[String]>,
-    ) -> std::result::Result<HashMap<String, u64>, postgres::Error> {
-        let rows = match keys {
-            None => self.query(
-                "SELECT limit_key, count(*) FROM jobs \
-                 WHERE state = 'running' AND limit_key IS NOT NULL GROUP BY limit_key",
-                &[],
-            )?,
-            Some(keys) => self.query(
-                "SELECT limit_key, count(*) FROM jobs \
-                 WHERE state = 'running' AND limit_key = ANY($1) GROUP BY limit_key",
-                &[&keys],
-            )?,
-        };
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
-            .collect())
+        now: i64,
+        count_running: bool,
+    ) -> std::result::Result<KeyHints, postgres::Error> {
+        // A function: see schema version 9 for why.
+        let mut hints = KeyHints::default();
+        for r in self.query(
+            "SELECT out_key, out_running FROM jobd_key_hints($1, $2)",
+            &[&now, &count_running],
+        )? {
+            match r.get::<_, Option<i64>>(1) {
+                None => hints.closed.push(r.get(0)),
+                Some(n) => {
+                    hints.running.insert(r.get(0), n as u64);
+                }
+            }
+        }
+        Ok(hints)
     }
 
     fn candidates(
@@ -264,13 +254,11 @@ impl KeyedRows for Keyed<'_, '_> {
         // row instead (FOR UPDATE, in key order) was exact too, but a
         // claim locked up to 512 rows, and that was nine tenths of a
         // keyed claim's time with 10 000 keys (pg_stat_activity samples).
-        self.query(
-            "SELECT pg_advisory_xact_lock(hashtext('jobd.limit_keys.' || current_schema()))",
-            &[],
-        )?;
+        // The function takes the lock, then reads (schema version 9).
         Ok(self
             .query(
-                "SELECT key, starts, blocked_until FROM limit_keys WHERE key = ANY($1)",
+                "SELECT out_key, out_starts, out_blocked_until, out_running \
+                 FROM jobd_lock_keys($1)",
                 &[&keys],
             )?
             .iter()
@@ -280,6 +268,7 @@ impl KeyedRows for Keyed<'_, '_> {
                     KeyState {
                         starts: parse_starts(r.get(1)),
                         blocked_until: r.get(2),
+                        running: r.get::<_, i64>(3) as u64,
                     },
                 )
             })

@@ -60,15 +60,17 @@ impl Reads for PgStore {
         self.revive()?;
         let fail = self.failing("read keys");
         let mut tx = self.client.transaction().map_err(&fail)?;
-        let running = crate::store::keyed::KeyedRows::running_by_key(
+        let running = crate::store::keyed::KeyedRows::key_hints(
             &mut crate::store::postgres::claim::Keyed {
                 tx: &mut tx,
                 statements: &mut self.statements,
                 sort_off: false,
             },
-            None,
+            now,
+            true,
         )
-        .map_err(&fail)?;
+        .map_err(&fail)?
+        .running;
         let names: Vec<&str> = running.keys().map(String::as_str).collect();
         let rows = tx
             .query(

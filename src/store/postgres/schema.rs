@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[&str] = &[
     V6_READY_KEY_BY_POOL,
     V7_READY_CPU,
     V8_KEY_INDEX_ON_DEMAND,
+    V9_KEY_FUNCTIONS,
 ];
 
 /// The schema version this build writes and reads.
@@ -197,3 +198,40 @@ CREATE INDEX jobs_ready_cpu ON jobs (queue, priority DESC, run_at, id)
 /// Version 8: `jobs_ready_key` is built on demand, as SQLite's version 8
 /// has it: by the first daemon with a fair queue.
 const V8_KEY_INDEX_ON_DEMAND: &str = "DROP INDEX IF EXISTS jobs_ready_key;";
+
+/// Version 9: the keyed claim's two reads of running jobs per key, as
+/// functions that plan without bitmap scans. Every claim and completion
+/// leaves a dead entry in `jobs_running_key` until vacuum; a bitmap scan
+/// visits the heap for each of them every time (measured: 0.47 ms a
+/// claim after 50 000 jobs), where an index scan marks them dead once and
+/// then skips them (0.02 ms). Only a function can carry that setting
+/// without a round trip of its own. `jobd_lock_keys` also takes the keys'
+/// lock first: its query then runs on a snapshot taken after the lock, so
+/// it sees what the last holder committed (a function marked VOLATILE
+/// takes a new snapshot for each statement).
+const V9_KEY_FUNCTIONS: &str = "
+CREATE FUNCTION jobd_key_hints(at BIGINT, count_running BOOLEAN)
+    RETURNS TABLE (out_key TEXT, out_running BIGINT)
+    LANGUAGE plpgsql STABLE SET enable_bitmapscan = off AS $$
+BEGIN
+    RETURN QUERY
+        SELECT l.key, NULL::BIGINT FROM limit_keys l WHERE l.closed_until > at
+        UNION ALL
+        SELECT j.limit_key, count(*) FROM jobs j
+        WHERE count_running AND j.state = 'running' AND j.limit_key IS NOT NULL
+        GROUP BY j.limit_key;
+END $$;
+CREATE FUNCTION jobd_lock_keys(keys TEXT[])
+    RETURNS TABLE (out_key TEXT, out_starts TEXT, out_blocked_until BIGINT, out_running BIGINT)
+    LANGUAGE plpgsql VOLATILE SET enable_bitmapscan = off AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('jobd.limit_keys.' || current_schema()));
+    RETURN QUERY
+        SELECT k.key, l.starts, l.blocked_until, COALESCE(r.n, 0)
+        FROM unnest(keys) AS k(key)
+        LEFT JOIN limit_keys l ON l.key = k.key
+        LEFT JOIN (SELECT j.limit_key, count(*) AS n FROM jobs j
+                   WHERE j.state = 'running' AND j.limit_key = ANY(keys)
+                   GROUP BY j.limit_key) r ON r.limit_key = k.key;
+END $$;
+";

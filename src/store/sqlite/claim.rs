@@ -10,7 +10,9 @@ use rusqlite::params;
 
 use crate::job::{Claimed, Pool};
 use crate::store::contract::Claim;
-use crate::store::keyed::{parse_starts, starts_text, Candidate, KeyState, KeyedRows, RateWrite};
+use crate::store::keyed::{
+    parse_starts, starts_text, Candidate, KeyHints, KeyState, KeyedRows, RateWrite,
+};
 use crate::store::sqlite::*;
 use schema::cpu_kind_test;
 
@@ -60,11 +62,24 @@ impl Keyed<'_, '_> {
 impl KeyedRows for Keyed<'_, '_> {
     type Error = rusqlite::Error;
 
-    fn closed_keys(&mut self, now: i64) -> rusqlite::Result<Vec<String>> {
-        self.0
+    fn key_hints(&mut self, now: i64, count_running: bool) -> rusqlite::Result<KeyHints> {
+        let closed = self
+            .0
             .prepare_cached("SELECT key FROM limit_keys WHERE closed_until > ?1")?
             .query_map([now], |r| text(r, 0))?
-            .collect()
+            .collect::<rusqlite::Result<_>>()?;
+        let running = if count_running {
+            self.0
+                .prepare_cached(
+                    "SELECT limit_key, count(*) FROM jobs INDEXED BY jobs_running_key \
+                     WHERE state = 'running' AND limit_key IS NOT NULL GROUP BY limit_key",
+                )?
+                .query_map([], |r| Ok((text(r, 0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect::<rusqlite::Result<_>>()?
+        } else {
+            HashMap::new()
+        };
+        Ok(KeyHints { closed, running })
     }
 
     fn running_in_queues(&mut self, queues: &[String]) -> rusqlite::Result<HashMap<String, u64>> {
@@ -78,32 +93,6 @@ impl KeyedRows for Keyed<'_, '_> {
                 Ok((text(r, 0)?, r.get::<_, i64>(1)? as u64))
             })?
             .collect()
-    }
-
-    fn running_by_key(
-        &mut self,
-        keys: Option<&[String]>,
-    ) -> rusqlite::Result<HashMap<String, u64>> {
-        let row = |r: &rusqlite::Row<'_>| Ok((text(r, 0)?, r.get::<_, i64>(1)? as u64));
-        match keys {
-            None => self
-                .0
-                .prepare_cached(
-                    "SELECT limit_key, count(*) FROM jobs INDEXED BY jobs_running_key \
-                     WHERE state = 'running' AND limit_key IS NOT NULL GROUP BY limit_key",
-                )?
-                .query_map([], row)?
-                .collect(),
-            Some(keys) => self
-                .0
-                .prepare_cached(
-                    "SELECT limit_key, count(*) FROM jobs INDEXED BY jobs_running_key \
-                     WHERE state = 'running' AND limit_key IS NOT NULL \
-                       AND limit_key IN (SELECT value FROM json_each(?1)) GROUP BY limit_key",
-                )?
-                .query_map([json_list(keys)], row)?
-                .collect(),
-        }
     }
 
     fn candidates(
@@ -228,7 +217,9 @@ impl KeyedRows for Keyed<'_, '_> {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        self.0
+        // The write lock is held: rows and counts are exact.
+        let mut states: HashMap<String, KeyState> = self
+            .0
             .prepare_cached(
                 "SELECT key, starts, blocked_until FROM limit_keys \
                  WHERE key IN (SELECT value FROM json_each(?1))",
@@ -239,10 +230,26 @@ impl KeyedRows for Keyed<'_, '_> {
                     KeyState {
                         starts: parse_starts(opt_text(r, 1)?),
                         blocked_until: r.get(2)?,
+                        running: 0,
                     },
                 ))
             })?
-            .collect()
+            .collect::<rusqlite::Result<_>>()?;
+        let running = self
+            .0
+            .prepare_cached(
+                "SELECT limit_key, count(*) FROM jobs INDEXED BY jobs_running_key \
+                 WHERE state = 'running' AND limit_key IS NOT NULL \
+                   AND limit_key IN (SELECT value FROM json_each(?1)) GROUP BY limit_key",
+            )?
+            .query_map([json_list(keys)], |r| {
+                Ok((text(r, 0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (key, n) in running {
+            states.entry(key).or_default().running = n;
+        }
+        Ok(states)
     }
 
     fn take(

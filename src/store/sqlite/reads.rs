@@ -156,10 +156,12 @@ impl Reads for SqliteStore {
         };
         let result: rusqlite::Result<Vec<crate::keys::KeyActivity>> = (|| {
             let tx = self.conn.transaction()?;
-            let running = crate::store::keyed::KeyedRows::running_by_key(
+            let running = crate::store::keyed::KeyedRows::key_hints(
                 &mut crate::store::sqlite::claim::Keyed(&tx),
-                None,
-            )?;
+                now,
+                true,
+            )?
+            .running;
             let names: Vec<&str> = running.keys().map(String::as_str).collect();
             let names = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
             let rows: Vec<crate::store::keyed::LimitKeyRow> = tx
