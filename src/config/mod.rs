@@ -309,6 +309,22 @@ impl Config {
                 })
             }
         };
+        // The file's values, typed as written: the merge below coerces (a
+        // variable is always text, so "8" must become 8), and on its own it
+        // took `fair = "yes"` or `fleet = 1` in the file for true.
+        if let Err(e) = serde_path_to_error::deserialize::<_, RawConfig>(
+            toml::Deserializer::parse(&text).map_err(|e| ConfigError::Unreadable {
+                path: path.to_path_buf(),
+                detail: format!("is not valid TOML: {e}"),
+            })?,
+        ) {
+            let key = e.path().to_string();
+            return Err(ConfigError::Invalid {
+                source_name: path.display().to_string(),
+                detail: serde_detail(e.inner().message()),
+                key,
+            });
+        }
         let overrides = env_overrides(source.env);
         let environment = LIST_KEYS.iter().fold(
             config::Environment::default()

@@ -223,6 +223,33 @@ fn unknown_keys_and_types_are_named() {
 }
 
 #[test]
+fn the_file_is_typed_as_written_and_only_variables_are_read_from_text() {
+    // The merge of file and environment turned "yes" and 1 into true.
+    for (text, key, want) in [
+        (
+            "[queues.q]\nfair = \"yes\"",
+            "queues.q.fair",
+            "expected a boolean",
+        ),
+        (
+            "[queues.q]\nfleet = 1",
+            "queues.q.fleet",
+            "expected a boolean",
+        ),
+        ("[pool]\nthreads = \"8\"", "pool.threads", "expected usize"),
+    ] {
+        let e = load(text, &[]).unwrap_err();
+        assert!(
+            e.starts_with(&format!("config.toml: {key} is invalid: invalid type"))
+                && e.ends_with(want),
+            "{text}: {e}"
+        );
+    }
+    let c = load("", &[("JOBD_POOL__THREADS", "8")]).unwrap();
+    assert_eq!(c.pool.threads, 8);
+}
+
+#[test]
 fn environment_overrides_the_file_and_is_named_in_errors() {
     let c = load(
         "[pool]\nthreads = 4",
