@@ -100,6 +100,8 @@ impl Bench {
                 started_at: 0,
                 limit_key: None,
                 undecodable: None,
+                parents: Vec::new(),
+                inputs: None,
             },
             kind: Arc::clone(self.registry.get(kind).unwrap()),
             worker: Arc::from("bench"),
@@ -125,6 +127,7 @@ impl Bench {
                     deadline: Instant::now() + Duration::from_secs(600),
                     cancel: &cancel,
                     spawned: None,
+                    inputs: None,
                 };
                 let t = Instant::now();
                 kind.run(&ctx, payload).unwrap();

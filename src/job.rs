@@ -26,6 +26,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
+    /// Held until the jobs it waits for let it go (docs/reference.md,
+    /// "Flows"): left by its last parent's success (→ queued), a parent's
+    /// death or cancellation (→ cancelled), or `jobd cancel`.
+    Waiting,
     /// Waiting to run at or after `run_at`. Left by a daemon's claim
     /// (→ running) or by `jobd cancel` (→ cancelled).
     Queued,
@@ -43,7 +47,8 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in lifecycle order.
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
+        JobState::Waiting,
         JobState::Queued,
         JobState::Running,
         JobState::Succeeded,
@@ -54,6 +59,7 @@ impl JobState {
     /// The name stored in the `state` column.
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Waiting => "waiting",
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
@@ -77,9 +83,11 @@ impl fmt::Display for JobState {
     }
 }
 
-/// The error for a state name that is not one of the five.
+/// The error for a state name that is not one of the six.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown job state {0:?} (expected queued, running, succeeded, dead or cancelled)")]
+#[error(
+    "unknown job state {0:?} (expected waiting, queued, running, succeeded, dead or cancelled)"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for JobState {
@@ -177,6 +185,11 @@ pub struct Claimed {
     /// shown escaped above): the dispatcher makes it `dead` with this as
     /// `last_error` instead of running it.
     pub undecodable: Option<String>,
+    /// The jobs it waited for (docs/reference.md, "Flows").
+    pub parents: Vec<i64>,
+    /// What its flow hands it, as JSON text: `{"parents": [outcome, …]}`
+    /// (see [`crate::store::ParentOutcome`]); None outside a flow.
+    pub inputs: Option<String>,
 }
 
 impl Claimed {
@@ -217,6 +230,12 @@ pub struct NewJob {
     /// has a derived key.
     #[serde(default)]
     pub limit_key: Option<String>,
+    /// The jobs it waits for (docs/reference.md, "Flows"); empty: none.
+    #[serde(default)]
+    pub parents: Vec<i64>,
+    /// Runs once its parents have ended, whatever their outcome.
+    #[serde(default)]
+    pub run_always: bool,
 }
 
 /// The pool that runs a job, decided by its kind alone so that a claim can
@@ -358,6 +377,8 @@ impl NewJob {
             timeout_ms: None,
             unique_key: None,
             limit_key: None,
+            parents: Vec::new(),
+            run_always: false,
         }
     }
 

@@ -51,6 +51,9 @@ pub fn retry(store: &mut dyn Store, args: RetryArgs, out: &mut dyn Write) -> Res
             RetryResult::UniqueKeyTaken(other) => failed.push(format!(
                 "job {id} cannot be retried: job {other} holds its unique_key"
             )),
+            RetryResult::ParentEnded(parent, state) => failed.push(format!(
+                "job {id} cannot be retried: it depends on job {parent}, which is {state}; retry job {parent}"
+            )),
             RetryResult::NotFound => failed.push(format!("job {id} does not exist")),
         }
     }

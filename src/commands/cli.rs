@@ -104,6 +104,14 @@ pub struct EnqueueArgs {
     #[arg(long)]
     pub key: Option<String>,
 
+    /// Wait for these jobs to succeed before running (ids, comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "ID[,ID…]")]
+    pub after: Vec<i64>,
+
+    /// With --after: run once those jobs have ended, whatever their outcome.
+    #[arg(long, requires = "after")]
+    pub always: bool,
+
     /// Follow the job to its end; exit 0 only if it succeeded.
     #[arg(long)]
     pub wait: bool,

@@ -64,9 +64,20 @@ pub fn enqueue(config: &Config, args: EnqueueArgs, out: &mut dyn Write) -> Resul
         timeout_ms: args.timeout.map(|d| d.as_millis().max(1) as i64),
         unique_key: args.unique_key.clone(),
         limit_key: args.key.clone(),
+        parents: args.after.clone(),
+        run_always: args.always,
     };
     check(config, &job).map_err(Error::Usage)?;
     let mut store = open(config)?;
+    // The database refuses a missing parent too (parents_exist); asking
+    // first names it.
+    for &parent in &job.parents {
+        if store.job(parent)?.is_none() {
+            return Err(Error::Usage(format!(
+                "--after: job {parent} does not exist"
+            )));
+        }
+    }
     let result = store.enqueue(std::slice::from_ref(&job), now)?[0];
     writeln!(out, "{}", result.id()).map_err(stdout_error)?;
     out.flush().map_err(stdout_error)?;
@@ -123,7 +134,9 @@ fn wait(store: &mut dyn Store, id: i64, out: &mut dyn Write) -> Result<()> {
                     job.last_error.as_deref().unwrap_or("no error recorded")
                 )))
             }
-            JobState::Queued | JobState::Running => std::thread::sleep(WAIT_POLL),
+            JobState::Waiting | JobState::Queued | JobState::Running => {
+                std::thread::sleep(WAIT_POLL)
+            }
         }
     }
 }

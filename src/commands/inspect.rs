@@ -168,13 +168,22 @@ pub fn show(
         .job(args.id)?
         .ok_or_else(|| Error::Failed(format!("job {} does not exist", args.id)))?;
     let mut runs = store.runs(job.id)?;
+    let relatives = store.relatives(job.id)?;
     let redaction = Redaction::new(&config.http);
     for run in &mut runs {
         run.error = run.error.as_deref().map(|e| redaction.text(e));
     }
+    let listed = |jobs: &[(i64, String)]| -> Vec<serde_json::Value> {
+        jobs.iter()
+            .map(|(id, state)| serde_json::json!({"id": id, "state": state}))
+            .collect()
+    };
     if args.json {
         let mut value = job_json(&job, &redaction);
         value["runs"] = serde_json::to_value(&runs).unwrap_or_default();
+        value["parents"] = listed(&relatives.parents).into();
+        value["children"] = listed(&relatives.children).into();
+        value["run_always"] = relatives.run_always.into();
         return json_out(out, &value);
     }
     let w = |out: &mut dyn Write, key: &str, value: String| {
@@ -228,6 +237,37 @@ pub fn show(
     )?;
     if let Some(error) = &job.last_error {
         w(out, "last_error", redaction.text(error))?;
+    }
+    let family = |jobs: &[(i64, String)]| {
+        let each: Vec<String> = jobs
+            .iter()
+            .map(|(id, state)| format!("{id} {state}"))
+            .collect();
+        each.join(", ")
+    };
+    if !relatives.parents.is_empty() {
+        let always = if relatives.run_always {
+            " (runs whatever their outcome)"
+        } else {
+            ""
+        };
+        w(
+            out,
+            "parents",
+            format!("{}{always}", family(&relatives.parents)),
+        )?;
+    }
+    if !relatives.children.is_empty() {
+        let more = if relatives.children.len() as i64 == crate::store::RELATIVES_SHOWN {
+            ", …"
+        } else {
+            ""
+        };
+        w(
+            out,
+            "children",
+            format!("{}{more}", family(&relatives.children)),
+        )?;
     }
     let pretty = |text: &str| {
         serde_json::from_str::<serde_json::Value>(text)

@@ -138,6 +138,8 @@ impl Schedule {
             timeout_ms: config.timeout.map(|t| t.as_millis() as i64),
             unique_key: None,
             limit_key: None,
+            parents: Vec::new(),
+            run_always: false,
         };
         Ok(Schedule {
             name: name.to_string(),

@@ -133,6 +133,7 @@ pub fn execute(task: &Task) -> Completion {
         deadline: task.deadline,
         cancel: &task.control.cancel,
         spawned: None,
+        inputs: task.job.inputs.as_deref(),
     };
     let answer = run_kind(&*task.kind, &ctx, &task.job.payload);
     settle(task, answer, now_ms(), fastrand::f64())
@@ -252,6 +253,8 @@ pub(crate) fn test_task(
             started_at: 1_000,
             limit_key: None,
             undecodable: None,
+            parents: Vec::new(),
+            inputs: None,
         },
         kind,
         worker: Arc::from("w"),

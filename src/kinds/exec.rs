@@ -197,6 +197,9 @@ pub fn signal_name(signal: i32) -> &'static str {
     }
 }
 
+/// The descriptor on which a handler in a flow reads its inputs.
+const INPUTS_FD: i32 = 3;
+
 impl Kind for Exec {
     fn name(&self) -> &'static str {
         "exec"
@@ -232,9 +235,27 @@ impl Kind for Exec {
             }
             None => {}
         }
+        // A flow's inputs (the parents' outcomes) go on descriptor 3, so
+        // stdin stays the args every handler already reads.
+        let inputs = match ctx.inputs {
+            Some(text) => {
+                let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| {
+                        JobError::transient(format!("exec handler {name} cannot be started: {e}"))
+                    })?;
+                let writer = std::fs::File::from(writer);
+                command.env("JOBD_INPUTS_FD", INPUTS_FD.to_string());
+                Some((reader, writer, text.as_bytes().to_vec()))
+            }
+            None => None,
+        };
+        let inputs_fd = inputs
+            .as_ref()
+            .map(|(reader, _, _)| std::os::fd::AsRawFd::as_raw_fd(reader));
         let worker = rustix::process::getpid();
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes two system calls (prctl, getppid), which are safe there.
+        // makes system calls that are safe there (prctl, getppid, dup2,
+        // fcntl).
         unsafe {
             command.pre_exec(move || {
                 // The handler dies with the worker that started it; if the
@@ -244,6 +265,17 @@ impl Kind for Exec {
                 ))?;
                 if rustix::process::getppid() != Some(worker) {
                     return Err(std::io::Error::other("the worker exited"));
+                }
+                if let Some(fd) = inputs_fd {
+                    // dup2 onto itself would keep close-on-exec set.
+                    let moved = if fd == INPUTS_FD {
+                        libc::fcntl(fd, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, INPUTS_FD)
+                    };
+                    if moved < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -261,6 +293,13 @@ impl Kind for Exec {
         let pgid = child.id() as i32;
         if let Some(spawned) = ctx.spawned {
             spawned(pgid);
+        }
+        if let Some((reader, mut writer, text)) = inputs {
+            // The handler holds its own copy; like stdin, it may never read.
+            drop(reader);
+            std::thread::spawn(move || {
+                let _ = writer.write_all(&text);
+            });
         }
         let (tx, rx) = mpsc::channel();
         if let Some(mut stdin) = child.stdin.take() {

@@ -78,6 +78,9 @@ pub struct Context<'a> {
     /// handler), so that a kill of the attempt reaches it. None where no
     /// one outside the attempt kills it (the IO threads).
     pub spawned: Option<&'a dyn Fn(i32)>,
+    /// What the job's flow hands it (its parents' outcomes), as JSON text;
+    /// None outside a flow.
+    pub inputs: Option<&'a str>,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -139,6 +142,7 @@ impl<'a> Context<'a> {
             deadline: Instant::now() + within,
             cancel,
             spawned: None,
+            inputs: None,
         }
     }
 }

@@ -202,6 +202,20 @@ pub enum CancelResult {
     NotFound,
 }
 
+/// A job's place in its flow ([`Reads::relatives`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Relatives {
+    /// The jobs it waits for, in id order: id and state.
+    pub parents: Vec<(i64, String)>,
+    /// The jobs that wait for it, in id order: id and state.
+    pub children: Vec<(i64, String)>,
+    /// Whether it runs once its parents ended, whatever their outcome.
+    pub run_always: bool,
+}
+
+/// How many children [`Reads::relatives`] lists.
+pub const RELATIVES_SHOWN: i64 = 1000;
+
 /// What `retry` did to one job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -212,6 +226,8 @@ pub enum RetryResult {
     WrongState(JobState),
     /// Its unique_key is held by this queued or running job.
     UniqueKeyTaken(i64),
+    /// It was cancelled because this ancestor ended so: retry that one.
+    ParentEnded(i64, JobState),
     /// No such job.
     NotFound,
 }
@@ -556,6 +572,11 @@ pub trait Reads {
 
     /// A job's attempts, oldest first.
     fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>>;
+
+    /// The jobs a job waits for and those that wait for it, by id, with
+    /// their states (`pruned` for a parent no longer in the table); at
+    /// most [`RELATIVES_SHOWN`] children.
+    fn relatives(&mut self, job_id: i64) -> Result<Relatives>;
 
     /// Jobs matching the filter, newest first.
     fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>>;

@@ -16,6 +16,7 @@
 
 mod contract;
 mod error;
+mod flows;
 pub(crate) mod keyed;
 pub mod postgres;
 pub(crate) mod shared;
@@ -24,10 +25,11 @@ pub mod sqlite;
 pub use contract::{
     Admin, Applied, Backlog, BulkRetry, CancelResult, Claim, ClaimRequest, CronRow, Enqueued,
     Fleet, Held, JobRun, ListFilter, Moved, OpenMode, PruneCutoffs, Pruned, Queue, QueueStats,
-    Reads, RescueScope, Rescued, Result, RetryResult, RunTally, Schedules, Stats, Store,
-    WorkerInfo,
+    Reads, Relatives, RescueScope, Rescued, Result, RetryResult, RunTally, Schedules, Stats, Store,
+    WorkerInfo, RELATIVES_SHOWN,
 };
 pub use error::{event_name, log_trouble, StoreError};
+pub use flows::ParentOutcome;
 
 /// The five role traits at once, for code that calls methods of several
 /// roles on one store (`use jobd::store::prelude::*`).

@@ -212,8 +212,26 @@ pub(crate) trait JobEdits {
     /// The queued or running job that holds job `id`'s unique key.
     fn key_holder(&mut self, id: i64) -> Result<Option<i64>, Self::Error>;
     /// Puts the dead or cancelled job `id` back to `queued` at `now`, its
-    /// attempts reset.
+    /// attempts reset (to `waiting` while parents it waits for have not
+    /// succeeded).
     fn requeue(&mut self, id: i64, now: i64) -> Result<(), Self::Error>;
+    /// The dead or cancelled parent whose end cancelled job `id`, if any.
+    fn ended_parent(&mut self, id: i64) -> Result<Option<(i64, JobState)>, Self::Error>;
+    /// Undoes what the end of the jobs `parents` did to their children:
+    /// each child their end cancelled waits again, unless another parent's
+    /// end still holds it; the ids of those children.
+    fn revive_children(&mut self, parents: &[i64]) -> Result<Vec<i64>, Self::Error>;
+}
+
+/// `retry` of a parent: the children its end cancelled wait again, and
+/// their children likewise, level by level (a query per level, so a child
+/// that another ended parent still holds stops the walk there).
+pub(crate) fn revive_descendants<T: JobEdits>(rows: &mut T, id: i64) -> Result<(), T::Error> {
+    let mut level = vec![id];
+    while !level.is_empty() {
+        level = rows.revive_children(&level)?;
+    }
+    Ok(())
 }
 
 /// `cancel` on either backend: a queued job is cancelled at once, a running
@@ -240,7 +258,8 @@ pub(crate) fn cancel_each<T: JobEdits>(
 }
 
 /// `retry` on either backend: only a dead or cancelled job goes back to
-/// `queued`, and not while another job holds its unique key.
+/// `queued`, not while another job holds its unique key, and not while a
+/// parent whose end cancelled it is still dead or cancelled.
 pub(crate) fn retry_each<T: JobEdits>(
     rows: &mut T,
     ids: &[i64],
@@ -253,10 +272,19 @@ pub(crate) fn retry_each<T: JobEdits>(
             Some(state) if !matches!(state, JobState::Dead | JobState::Cancelled) => {
                 RetryResult::WrongState(state)
             }
-            Some(_) => match rows.key_holder(id)? {
-                Some(holder) => RetryResult::UniqueKeyTaken(holder),
-                None => {
+            Some(_) => match (rows.ended_parent(id)?, rows.key_holder(id)?) {
+                (Some(ended), _) => {
+                    // Name the ancestor whose end started it: the one to retry.
+                    let (mut parent, mut state) = ended;
+                    while let Some(further) = rows.ended_parent(parent)? {
+                        (parent, state) = further;
+                    }
+                    RetryResult::ParentEnded(parent, state)
+                }
+                (None, Some(holder)) => RetryResult::UniqueKeyTaken(holder),
+                (None, None) => {
                     rows.requeue(id, now)?;
+                    revive_descendants(rows, id)?;
                     RetryResult::Queued
                 }
             },
@@ -483,6 +511,12 @@ mod tests {
         fn requeue(&mut self, id: i64, _now: i64) -> Result<(), ()> {
             self.requeued.push(id);
             Ok(())
+        }
+        fn ended_parent(&mut self, _id: i64) -> Result<Option<(i64, JobState)>, ()> {
+            Ok(None)
+        }
+        fn revive_children(&mut self, _parents: &[i64]) -> Result<Vec<i64>, ()> {
+            Ok(Vec::new())
         }
     }
 

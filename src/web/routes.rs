@@ -406,6 +406,9 @@ fn post(
                         Some(RetryResult::UniqueKeyTaken(by)) => {
                             format!("refused: unique_key held by job {by}")
                         }
+                        Some(RetryResult::ParentEnded(parent, state)) => {
+                            format!("refused: it depends on job {parent}, which is {state}")
+                        }
                         Some(RetryResult::NotFound) | None => "not found".to_string(),
                     })
                     .map_err(|e| e.to_string()),

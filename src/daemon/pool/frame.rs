@@ -47,6 +47,8 @@ pub struct Order {
     pub payload: String,
     /// The attempt's time limit in milliseconds.
     pub timeout_ms: u64,
+    /// What the job's flow hands it ([`crate::job::Claimed::inputs`]).
+    pub inputs: Option<String>,
 }
 
 /// Daemon → worker.

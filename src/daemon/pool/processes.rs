@@ -527,6 +527,7 @@ fn attempt(
         kind: task.job.kind.clone(),
         payload: task.job.payload.clone(),
         timeout_ms: task.timeout.as_millis() as u64,
+        inputs: task.job.inputs.clone(),
     });
     if frame::write(&mut worker.stdin, &order).is_err() {
         // It died while idle: the job has not started, so a fresh worker

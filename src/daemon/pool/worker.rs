@@ -94,6 +94,7 @@ fn run_order(
         deadline: Instant::now() + Duration::from_millis(order.timeout_ms),
         cancel: &cancel,
         spawned: Some(&spawned),
+        inputs: order.inputs.as_deref(),
     };
     run_kind(&**kind, &ctx, &order.payload)
 }

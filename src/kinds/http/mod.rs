@@ -106,6 +106,10 @@ struct Payload {
     retry_on: Option<Vec<u16>>,
     #[serde(default = "yes")]
     follow_redirects: bool,
+    /// Adds the job's parents' outcomes to its JSON body, as `parents`
+    /// (docs/reference.md, "Flows").
+    #[serde(default)]
+    with_parents: bool,
 }
 
 /// 5xx answers that say the request itself is not supported: never retried
@@ -332,7 +336,15 @@ impl Kind for Http {
                 request = request.set("Authorization", &basic);
             }
         }
-        match (&args.body, &args.json) {
+        let json = match args.with_parents {
+            true => Some(with_parents(
+                args.json.clone(),
+                args.body.is_some(),
+                ctx.inputs,
+            )?),
+            false => args.json.clone(),
+        };
+        match (&args.body, &json) {
             (Some(body), _) => request.body = Some(body.clone().into_bytes()),
             (None, Some(json)) => {
                 if !request.has("content-type") {
@@ -344,6 +356,35 @@ impl Kind for Http {
         }
         CANCEL.set(ctx.cancel, || self.exchange(ctx, &args, request))
     }
+}
+
+/// The JSON body of a job with `with_parents`: its `json` object (or an
+/// empty one) with its parents' outcomes under `parents`.
+fn with_parents(
+    json: Option<serde_json::Value>,
+    has_body: bool,
+    inputs: Option<&str>,
+) -> Result<serde_json::Value, JobError> {
+    let refuse = |why: &str| JobError::permanent(format!("payload field with_parents: {why}"));
+    if has_body {
+        return Err(refuse(
+            "the parents go into a JSON body; give json, not body",
+        ));
+    }
+    let mut object = match json {
+        None => serde_json::Map::new(),
+        Some(serde_json::Value::Object(object)) => object,
+        Some(_) => return Err(refuse("json must be an object to take a parents field")),
+    };
+    if object.contains_key("parents") {
+        return Err(refuse("json already has a parents field"));
+    }
+    let parents = inputs
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+        .and_then(|mut inputs| inputs.get_mut("parents").map(serde_json::Value::take))
+        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    object.insert("parents".into(), parents);
+    Ok(serde_json::Value::Object(object))
 }
 
 impl Http {

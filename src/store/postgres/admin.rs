@@ -97,7 +97,7 @@ impl Admin for PgStore {
                  started_at = NULL, finished_at = NULL, lease_until = NULL, cancel_requested = false \
                  WHERE id = ANY($1) AND state = 'dead' AND (unique_key IS NULL OR ( \
                    NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.unique_key = jobs.unique_key \
-                     AND other.state IN ('queued', 'running')) \
+                     AND other.state IN ('queued', 'running', 'waiting')) \
                    AND NOT EXISTS (SELECT 1 FROM jobs AS twin WHERE twin.unique_key = jobs.unique_key \
                      AND twin.id = ANY($1) AND twin.state = 'dead' AND twin.id < jobs.id)))";
             let mut tries = 0;
@@ -181,7 +181,7 @@ impl JobEdits for Edits<'_, '_> {
     fn cancel_queued(&mut self, id: i64, now: i64) -> std::result::Result<bool, postgres::Error> {
         let n = self.0.execute(
             "UPDATE jobs SET state = 'cancelled', finished_at = $2, last_error = $3 \
-             WHERE id = $1 AND state = 'queued'",
+             WHERE id = $1 AND state IN ('queued', 'waiting')",
             &[&id, &now, &CANCELLED_BEFORE_RUN],
         )?;
         Ok(n == 1)
@@ -208,7 +208,7 @@ impl JobEdits for Edits<'_, '_> {
             .query_opt(
                 "SELECT other.id FROM jobs AS this JOIN jobs AS other \
                  ON other.unique_key = this.unique_key \
-                 WHERE this.id = $1 AND other.state IN ('queued', 'running')",
+                 WHERE this.id = $1 AND other.state IN ('queued', 'running', 'waiting')",
                 &[&id],
             )?
             .map(|r| r.get(0)))
@@ -216,11 +216,48 @@ impl JobEdits for Edits<'_, '_> {
 
     fn requeue(&mut self, id: i64, now: i64) -> std::result::Result<(), postgres::Error> {
         self.0.execute(
-            "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, started_at = NULL, \
+            "UPDATE jobs SET state = CASE WHEN waiting_for > 0 THEN 'waiting' ELSE 'queued' END, \
+             attempts = 0, run_at = $2, started_at = NULL, \
+             last_error = CASE WHEN waiting_for > 0 THEN NULL ELSE last_error END, \
              finished_at = NULL, lease_until = NULL, cancel_requested = false \
              WHERE id = $1 AND state IN ('dead', 'cancelled')",
             &[&id, &now],
         )?;
         Ok(())
+    }
+
+    fn ended_parent(
+        &mut self,
+        id: i64,
+    ) -> std::result::Result<Option<(i64, JobState)>, postgres::Error> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT j.id, j.state FROM job_deps d JOIN jobs j ON j.id = d.parent \
+                 WHERE d.child = $1 AND d.cut ORDER BY j.id LIMIT 1",
+                &[&id],
+            )?
+            .and_then(|r| Some((r.get(0), r.get::<_, String>(1).parse().ok()?))))
+    }
+
+    fn revive_children(
+        &mut self,
+        parents: &[i64],
+    ) -> std::result::Result<Vec<i64>, postgres::Error> {
+        Ok(self
+            .0
+            .query(
+                "WITH freed AS (UPDATE job_deps SET cut = false \
+                   WHERE cut AND parent = ANY($1) RETURNING child) \
+                 UPDATE jobs SET state = 'waiting', finished_at = NULL, last_error = NULL \
+                 WHERE id IN (SELECT child FROM freed) AND state = 'cancelled' \
+                   AND NOT EXISTS (SELECT 1 FROM job_deps d WHERE d.child = jobs.id AND d.cut \
+                                   AND d.parent <> ALL($1)) \
+                 RETURNING id",
+                &[&parents],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 }

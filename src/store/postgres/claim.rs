@@ -349,22 +349,43 @@ pub(super) fn claim_in(
         statements: &mut *statements,
         sort_off: false,
     };
-    let Some(fleet) = crate::store::keyed::FleetQueues::lock(&mut rows, claim)? else {
-        return claim_unlocked(tx, statements, claim, seen);
+    let mut jobs = match crate::store::keyed::FleetQueues::lock(&mut rows, claim)? {
+        None => claim_unlocked(tx, statements, claim, seen)?,
+        Some(fleet) => {
+            let capped = Claim {
+                requests: &fleet.requests,
+                ..*claim
+            };
+            let jobs = claim_unlocked(tx, statements, &capped, seen)?;
+            let mut rows = Keyed {
+                tx: &mut *tx,
+                statements: &mut *statements,
+                sort_off: false,
+            };
+            if fleet.record(&mut rows, &jobs)? {
+                seen.forget();
+            }
+            jobs
+        }
     };
-    let capped = Claim {
-        requests: &fleet.requests,
-        ..*claim
-    };
-    let jobs = claim_unlocked(tx, statements, &capped, seen)?;
-    let mut rows = Keyed {
-        tx,
-        statements,
-        sort_off: false,
-    };
-    if fleet.record(&mut rows, &jobs)? {
-        seen.forget();
-    }
+    crate::store::flows::attach_inputs(&mut jobs, |ids| {
+        Ok(tx
+            .query(
+                "SELECT id, kind, state, result::text, last_error FROM jobs WHERE id = ANY($1)",
+                &[&ids],
+            )?
+            .iter()
+            .map(|r| crate::store::ParentOutcome {
+                id: r.get(0),
+                kind: r.get(1),
+                state: r.get(2),
+                result: r
+                    .get::<_, Option<String>>(3)
+                    .and_then(|t| serde_json::from_str(&t).ok()),
+                error: r.get(4),
+            })
+            .collect())
+    })?;
     Ok(jobs)
 }
 

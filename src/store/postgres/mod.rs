@@ -87,14 +87,14 @@ const INSERT_JOBS_SQL: &str = "
 WITH input AS (
     SELECT i.*, nextval(pg_get_serial_sequence('jobs', 'id')) AS id
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-        $7::bigint[], $8::text[], $10::text[]) WITH ORDINALITY
+        $7::bigint[], $8::text[], $10::text[], $11::text[], $12::boolean[]) WITH ORDINALITY
       AS i(queue, kind, payload, priority, run_at, max_attempts, timeout_ms, unique_key,
-           limit_key, n)),
+           limit_key, parents, run_always, n)),
 ins AS (
     INSERT INTO jobs (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
-                      unique_key, limit_key, created_at)
+                      unique_key, limit_key, created_at, parents, run_always)
     SELECT id, queue, kind, payload::jsonb, priority, run_at, max_attempts, timeout_ms,
-           unique_key, limit_key, $9
+           unique_key, limit_key, $9, parents::bigint[], run_always
     FROM input ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING id, unique_key)
@@ -102,7 +102,7 @@ SELECT input.n, ins.id IS NOT NULL,
        COALESCE(ins.id,
                 (SELECT min(b.id) FROM ins b WHERE b.unique_key = input.unique_key),
                 (SELECT j.id FROM jobs j WHERE j.unique_key = input.unique_key
-                   AND j.state IN ('queued', 'running')))
+                   AND j.state IN ('queued', 'running', 'waiting')))
 FROM input LEFT JOIN ins ON ins.id = input.id
 ORDER BY input.n
 ";
@@ -126,7 +126,7 @@ fn insert_jobs(
         if out[i].is_none() {
             let holder: i64 = tx
                 .query_one(
-                    "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('queued', 'running')",
+                    "SELECT id FROM jobs WHERE unique_key = $1 AND state IN ('queued', 'running', 'waiting')",
                     &[&job.unique_key],
                 )?
                 .get(0);
@@ -158,6 +158,15 @@ fn insert_jobs_once(
             &column(jobs, |j| j.unique_key.as_deref()),
             &now,
             &column(jobs, |j| j.limit_key.as_deref()),
+            // An array of arrays cannot be unnested row by row: each
+            // row's parents travel as an array literal.
+            &column(jobs, |j| {
+                (!j.parents.is_empty()).then(|| {
+                    let ids: Vec<String> = j.parents.iter().map(i64::to_string).collect();
+                    format!("{{{}}}", ids.join(","))
+                })
+            }),
+            &column(jobs, |j| j.run_always),
         ],
     )?;
     Ok(rows
@@ -542,6 +551,8 @@ fn claimed_from_pg_row(r: &postgres::Row) -> Claimed {
         limit_key: r.get(10),
         // The server refuses text that is not UTF-8 at insert.
         undecodable: None,
+        parents: r.get::<_, Option<Vec<i64>>>(11).unwrap_or_default(),
+        inputs: None,
     }
 }
 
@@ -726,7 +737,7 @@ const JOB_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max
 
 /// What a claim returns of each job it takes (see [`Claimed`]).
 const CLAIMED_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max_attempts, \
-     timeout_ms, attempts, started_at, limit_key";
+     timeout_ms, attempts, started_at, limit_key, parents";
 
 /// The columns of an attempt record.
 const RUN_COLUMNS: &str =

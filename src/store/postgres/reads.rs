@@ -1,7 +1,9 @@
 //! [`crate::store::Reads`] on PostgreSQL.
 
 use crate::job::{Job, JobState};
-use crate::store::contract::{Backlog, JobRun, ListFilter, Result, RunTally, Stats};
+use crate::store::contract::{
+    Backlog, JobRun, ListFilter, Relatives, Result, RunTally, Stats, RELATIVES_SHOWN,
+};
 use crate::store::contract::{Fleet, Reads};
 use crate::store::postgres::*;
 use crate::store::shared::StatsBuilder;
@@ -135,6 +137,39 @@ impl Reads for PgStore {
             .iter()
             .map(run_from_row)
             .collect())
+    }
+
+    fn relatives(&mut self, job_id: i64) -> Result<Relatives> {
+        self.revive()?;
+        let fail = self.failing("read a job's parents and children");
+        let pairs = |rows: Vec<postgres::Row>| -> Vec<(i64, String)> {
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        };
+        Ok(Relatives {
+            parents: pairs(
+                self.client
+                    .query(
+                        "SELECT d.parent, coalesce(j.state, 'pruned') FROM job_deps d \
+                         LEFT JOIN jobs j ON j.id = d.parent WHERE d.child = $1 ORDER BY d.parent",
+                        &[&job_id],
+                    )
+                    .map_err(&fail)?,
+            ),
+            children: pairs(
+                self.client
+                    .query(
+                        "SELECT d.child, j.state FROM job_deps d JOIN jobs j ON j.id = d.child \
+                         WHERE d.parent = $1 ORDER BY d.child LIMIT $2",
+                        &[&job_id, &RELATIVES_SHOWN],
+                    )
+                    .map_err(&fail)?,
+            ),
+            run_always: self
+                .client
+                .query_opt("SELECT run_always FROM jobs WHERE id = $1", &[&job_id])
+                .map_err(&fail)?
+                .is_some_and(|r| r.get(0)),
+        })
     }
 
     fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>> {

@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[&str] = &[
     V7_READY_CPU,
     V8_KEY_INDEX_ON_DEMAND,
     V9_KEY_FUNCTIONS,
+    V10_DEPENDENCIES,
 ];
 
 /// The schema version this build writes and reads.
@@ -234,4 +235,158 @@ BEGIN
                    WHERE j.state = 'running' AND j.limit_key = ANY(keys)
                    GROUP BY j.limit_key) r ON r.limit_key = k.key;
 END $$;
+";
+
+/// Version 10: dependencies, as SQLite's version 9 has them (see there):
+/// `jobs.parents` (`BIGINT[]`), `run_always`, `waiting_for`,
+/// `has_children`, the state `waiting`, `job_deps`, and the triggers. Here
+/// the insert also locks its parents' rows, in id order, before it reads
+/// their states, and a parent's end locks its children in id order before
+/// it counts them down: a parent that ends while a child is inserted, or
+/// two parents of one child that end on two daemons at once, take turns
+/// instead of missing each other (READ COMMITTED: each statement of a
+/// trigger sees what the other committed). Children let go are announced
+/// with NOTIFY, as inserts are.
+const V10_DEPENDENCIES: &str = "
+ALTER TABLE jobs DROP CONSTRAINT state_known;
+ALTER TABLE jobs ADD CONSTRAINT state_known
+    CHECK (state IN ('queued', 'running', 'succeeded', 'dead', 'cancelled', 'waiting'));
+ALTER TABLE jobs ADD COLUMN parents BIGINT[] NULL,
+    ADD COLUMN run_always BOOLEAN NOT NULL DEFAULT false,
+    ADD COLUMN waiting_for BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN has_children BOOLEAN NOT NULL DEFAULT false;
+DROP INDEX jobs_unique_key;
+CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('queued', 'running', 'waiting');
+CREATE TABLE job_deps (
+    parent BIGINT  NOT NULL,
+    child  BIGINT  NOT NULL,
+    met    BOOLEAN NOT NULL DEFAULT false,
+    cut    BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (parent, child)
+);
+CREATE INDEX job_deps_child ON job_deps (child);
+
+CREATE FUNCTION jobd_flow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    missing BIGINT;
+    ended RECORD;
+    unmet BIGINT;
+BEGIN
+    PERFORM 1 FROM jobs WHERE id = ANY(NEW.parents) ORDER BY id FOR NO KEY UPDATE;
+    SELECT p INTO missing FROM unnest(NEW.parents) AS p
+        WHERE p IS NULL OR NOT EXISTS (SELECT 1 FROM jobs WHERE id = p) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'parents_exist: job % does not exist', coalesce(missing::text, 'NULL')
+            USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'parents_exist';
+    END IF;
+    UPDATE jobs SET has_children = true WHERE id = ANY(NEW.parents) AND NOT has_children;
+    INSERT INTO job_deps (parent, child, met, cut)
+        SELECT j.id, NEW.id,
+               j.state = 'succeeded' OR (NEW.run_always AND j.state IN ('dead', 'cancelled')),
+               NOT NEW.run_always AND j.state IN ('dead', 'cancelled')
+        FROM jobs j WHERE j.id = ANY(NEW.parents)
+        ON CONFLICT DO NOTHING;
+    SELECT count(*) INTO unmet FROM job_deps WHERE child = NEW.id AND NOT met;
+    SELECT j.id, j.state INTO ended FROM job_deps d JOIN jobs j ON j.id = d.parent
+        WHERE d.child = NEW.id AND d.cut ORDER BY j.id LIMIT 1;
+    IF FOUND THEN
+        UPDATE jobs SET state = 'cancelled', waiting_for = unmet,
+            finished_at = (floor(extract(epoch from clock_timestamp()) * 1000))::bigint,
+            last_error = 'cancelled: job ' || ended.id || ', which this job waits for, is ' || ended.state
+            WHERE id = NEW.id AND state = 'queued';
+    ELSIF unmet > 0 THEN
+        UPDATE jobs SET state = 'waiting', waiting_for = unmet WHERE id = NEW.id AND state = 'queued';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_flow_insert AFTER INSERT ON jobs FOR EACH ROW
+    WHEN (NEW.parents IS NOT NULL AND cardinality(NEW.parents) > 0)
+    EXECUTE FUNCTION jobd_flow_insert();
+
+CREATE FUNCTION jobd_parents_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'parents_fixed_at_insert: jobs.parents is set at insert and never changed'
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'parents_fixed_at_insert';
+END $$;
+CREATE TRIGGER jobs_parents_fixed BEFORE UPDATE OF parents ON jobs FOR EACH ROW
+    WHEN (NEW.parents IS DISTINCT FROM OLD.parents)
+    EXECUTE FUNCTION jobd_parents_fixed();
+
+CREATE FUNCTION jobd_flow_succeeded() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    queues TEXT[];
+BEGIN
+    PERFORM 1 FROM jobs WHERE id IN (SELECT child FROM job_deps WHERE parent = NEW.id AND NOT met)
+        ORDER BY id FOR NO KEY UPDATE;
+    WITH edges AS (
+        UPDATE job_deps SET met = true WHERE parent = NEW.id AND NOT met RETURNING child),
+    released AS (
+        UPDATE jobs SET waiting_for = waiting_for - 1,
+            state = CASE WHEN state = 'waiting' AND waiting_for = 1 THEN 'queued' ELSE state END,
+            run_at = CASE WHEN state = 'waiting' AND waiting_for = 1
+                          THEN GREATEST(run_at, coalesce(NEW.finished_at, run_at)) ELSE run_at END
+        WHERE id IN (SELECT child FROM edges)
+        RETURNING queue, state)
+    SELECT array_agg(DISTINCT queue) FILTER (WHERE state = 'queued') INTO queues FROM released;
+    PERFORM pg_notify('jobd_jobs_' || TG_TABLE_SCHEMA, q) FROM unnest(queues) AS q;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_flow_succeeded AFTER UPDATE OF state ON jobs FOR EACH ROW
+    WHEN (NEW.has_children AND NEW.state = 'succeeded' AND OLD.state <> 'succeeded')
+    EXECUTE FUNCTION jobd_flow_succeeded();
+
+CREATE FUNCTION jobd_flow_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    doomed BIGINT[];
+    queues TEXT[];
+BEGIN
+    WITH RECURSIVE d(id) AS (
+        SELECT e.child FROM job_deps e JOIN jobs c ON c.id = e.child
+        WHERE e.parent = NEW.id AND NOT e.met AND NOT c.run_always AND c.state = 'waiting'
+        UNION
+        SELECT e.child FROM d JOIN job_deps e ON e.parent = d.id JOIN jobs c ON c.id = e.child
+        WHERE NOT e.met AND NOT c.run_always AND c.state = 'waiting')
+    SELECT coalesce(array_agg(id), '{}') INTO doomed FROM d;
+    PERFORM 1 FROM jobs WHERE id IN (SELECT child FROM job_deps
+            WHERE NOT met AND (parent = NEW.id OR parent = ANY(doomed)))
+        ORDER BY id FOR NO KEY UPDATE;
+    UPDATE job_deps e SET cut = true FROM jobs c
+        WHERE c.id = e.child AND NOT e.met AND NOT e.cut AND NOT c.run_always
+          AND (e.parent = NEW.id OR e.parent = ANY(doomed));
+    WITH edges AS (
+        UPDATE job_deps e SET met = true FROM jobs c
+        WHERE c.id = e.child AND NOT e.met AND c.run_always
+          AND (e.parent = NEW.id OR e.parent = ANY(doomed))
+        RETURNING e.child),
+    counts AS (SELECT child, count(*) AS n FROM edges GROUP BY child),
+    released AS (
+        UPDATE jobs j SET waiting_for = j.waiting_for - counts.n,
+            state = CASE WHEN j.state = 'waiting' AND j.waiting_for = counts.n
+                         THEN 'queued' ELSE j.state END,
+            run_at = CASE WHEN j.state = 'waiting' AND j.waiting_for = counts.n
+                          THEN GREATEST(j.run_at, coalesce(NEW.finished_at, j.run_at)) ELSE j.run_at END
+        FROM counts WHERE j.id = counts.child
+        RETURNING j.queue, j.state)
+    SELECT array_agg(DISTINCT queue) FILTER (WHERE state = 'queued') INTO queues FROM released;
+    UPDATE jobs SET state = 'cancelled',
+        finished_at = coalesce(NEW.finished_at, (floor(extract(epoch from clock_timestamp()) * 1000))::bigint),
+        last_error = 'cancelled: job ' || NEW.id || ', which this job waits for, is ' || NEW.state
+        WHERE id = ANY(doomed) AND state = 'waiting';
+    PERFORM pg_notify('jobd_jobs_' || TG_TABLE_SCHEMA, q) FROM unnest(queues) AS q;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_flow_ended AFTER UPDATE OF state ON jobs FOR EACH ROW
+    WHEN (NEW.has_children AND NEW.state IN ('dead', 'cancelled')
+          AND OLD.state NOT IN ('dead', 'cancelled'))
+    EXECUTE FUNCTION jobd_flow_ended();
+
+CREATE FUNCTION jobd_flow_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM job_deps WHERE parent = OLD.id OR child = OLD.id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_flow_deleted AFTER DELETE ON jobs FOR EACH ROW
+    WHEN (OLD.has_children OR OLD.parents IS NOT NULL)
+    EXECUTE FUNCTION jobd_flow_deleted();
 ";

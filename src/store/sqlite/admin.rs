@@ -105,7 +105,7 @@ impl JobEdits for Edits<'_, '_> {
             .0
             .prepare_cached(
                 "UPDATE jobs SET state = 'cancelled', finished_at = ?2, last_error = ?3 \
-                 WHERE id = ?1 AND state = 'queued'",
+                 WHERE id = ?1 AND (state = 'queued' OR state = 'waiting')",
             )?
             .execute(params![id, now, CANCELLED_BEFORE_RUN])?;
         Ok(n == 1)
@@ -130,7 +130,8 @@ impl JobEdits for Edits<'_, '_> {
             .query_row(
                 "SELECT other.id FROM jobs AS this JOIN jobs AS other \
                  ON other.unique_key = this.unique_key \
-                 WHERE this.id = ?1 AND (other.state = 'queued' OR other.state = 'running')",
+                 WHERE this.id = ?1 AND (other.state = 'queued' OR other.state = 'running' \
+                   OR other.state = 'waiting')",
                 [id],
                 |r| r.get(0),
             )
@@ -140,11 +141,56 @@ impl JobEdits for Edits<'_, '_> {
     fn requeue(&mut self, id: i64, now: i64) -> rusqlite::Result<()> {
         self.0
             .prepare_cached(
-                "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, started_at = NULL, \
+                "UPDATE jobs SET state = CASE WHEN waiting_for > 0 THEN 'waiting' ELSE 'queued' END, \
+                 attempts = 0, run_at = ?2, started_at = NULL, last_error = CASE \
+                   WHEN waiting_for > 0 THEN NULL ELSE last_error END, \
                  finished_at = NULL, lease_until = NULL, cancel_requested = 0 \
                  WHERE id = ?1 AND (state = 'dead' OR state = 'cancelled')",
             )?
             .execute(params![id, now])?;
         Ok(())
+    }
+
+    fn ended_parent(&mut self, id: i64) -> rusqlite::Result<Option<(i64, JobState)>> {
+        self.0
+            .prepare_cached(
+                "SELECT j.id, j.state FROM job_deps d JOIN jobs j ON j.id = d.parent \
+                 WHERE d.child = ?1 AND d.cut = 1 ORDER BY j.id LIMIT 1",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, text(r, 1)?)))
+            .optional()?
+            .map(|(parent, state): (i64, String)| {
+                let state = state.parse().map_err(|e: crate::job::UnknownState| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+                Ok((parent, state))
+            })
+            .transpose()
+    }
+
+    fn revive_children(&mut self, parents: &[i64]) -> rusqlite::Result<Vec<i64>> {
+        let parents = serde_json::to_string(parents).unwrap_or_else(|_| "[]".into());
+        let children: Vec<i64> = self
+            .0
+            .prepare_cached(
+                "UPDATE job_deps SET cut = 0 \
+                 WHERE cut = 1 AND parent IN (SELECT value FROM json_each(?1)) RETURNING child",
+            )?
+            .query_map([&parents], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let children = serde_json::to_string(&children).unwrap_or_else(|_| "[]".into());
+        self.0
+            .prepare_cached(
+                "UPDATE jobs SET state = 'waiting', finished_at = NULL, last_error = NULL \
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'cancelled' \
+                   AND NOT EXISTS (SELECT 1 FROM job_deps WHERE child = jobs.id AND cut = 1) \
+                 RETURNING id",
+            )?
+            .query_map([&children], |r| r.get(0))?
+            .collect()
     }
 }

@@ -312,17 +312,36 @@ pub(super) fn claim_in(
     claim: &Claim<'_>,
     seen: &crate::store::keyed::KeysSeen,
 ) -> rusqlite::Result<Vec<Claimed>> {
-    let Some(fleet) = crate::store::keyed::FleetQueues::lock(&mut Keyed(tx), claim)? else {
-        return claim_unlocked(tx, claim, seen);
+    let mut jobs = match crate::store::keyed::FleetQueues::lock(&mut Keyed(tx), claim)? {
+        None => claim_unlocked(tx, claim, seen)?,
+        Some(fleet) => {
+            let capped = Claim {
+                requests: &fleet.requests,
+                ..*claim
+            };
+            let jobs = claim_unlocked(tx, &capped, seen)?;
+            if fleet.record(&mut Keyed(tx), &jobs)? {
+                seen.forget();
+            }
+            jobs
+        }
     };
-    let capped = Claim {
-        requests: &fleet.requests,
-        ..*claim
-    };
-    let jobs = claim_unlocked(tx, &capped, seen)?;
-    if fleet.record(&mut Keyed(tx), &jobs)? {
-        seen.forget();
-    }
+    crate::store::flows::attach_inputs(&mut jobs, |ids| {
+        tx.prepare_cached(
+            "SELECT id, kind, state, result, last_error FROM jobs \
+             WHERE id IN (SELECT value FROM json_each(?1))",
+        )?
+        .query_map([serde_json::to_string(ids).unwrap_or_default()], |r| {
+            Ok(crate::store::ParentOutcome {
+                id: r.get(0)?,
+                kind: text(r, 1)?,
+                state: text(r, 2)?,
+                result: opt_text(r, 3)?.and_then(|t| serde_json::from_str(&t).ok()),
+                error: opt_text(r, 4)?,
+            })
+        })?
+        .collect()
+    })?;
     Ok(jobs)
 }
 

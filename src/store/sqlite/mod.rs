@@ -52,7 +52,7 @@ const JOB_COLUMNS: &str = "id, queue, kind, payload, priority, run_at, max_attem
 /// What a claim returns (see [`Claimed`]).
 const CLAIMED_COLUMNS: &str =
     "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, attempts, started_at, \
-     limit_key";
+     limit_key, parents";
 
 const RUN_COLUMNS: &str =
     "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
@@ -442,6 +442,11 @@ fn claimed_from_row(row: &Row<'_>) -> rusqlite::Result<Claimed> {
         started_at: row.get(9)?,
         limit_key: opt_text(row, 10)?,
         undecodable,
+        // The insert trigger admits only an array of integers.
+        parents: opt_text(row, 11)?
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default(),
+        inputs: None,
     })
 }
 
@@ -641,8 +646,8 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
     let id: Option<i64> = tx
         .prepare_cached(
             "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, \
-             timeout_ms, unique_key, created_at, limit_key) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             timeout_ms, unique_key, created_at, limit_key, parents, run_always) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
              ON CONFLICT DO NOTHING RETURNING id",
         )?
         .query_row(
@@ -657,6 +662,9 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
                 job.unique_key,
                 now,
                 job.limit_key,
+                (!job.parents.is_empty())
+                    .then(|| serde_json::to_string(&job.parents).unwrap_or_default()),
+                i64::from(job.run_always),
             ],
             |r| r.get(0),
         )
@@ -667,7 +675,7 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
         None => tx
             .prepare_cached(
                 "SELECT id FROM jobs WHERE unique_key = ?1 \
-                 AND (state = 'queued' OR state = 'running')",
+                 AND (state = 'queued' OR state = 'running' OR state = 'waiting')",
             )?
             .query_row([&job.unique_key], |r| r.get(0))
             .map(Enqueued::Duplicate),

@@ -2,7 +2,9 @@
 
 use crate::job::{Job, JobState};
 use crate::store::contract::Reads;
-use crate::store::contract::{Backlog, JobRun, ListFilter, Result, RunTally, Stats};
+use crate::store::contract::{
+    Backlog, JobRun, ListFilter, Relatives, Result, RunTally, Stats, RELATIVES_SHOWN,
+};
 use crate::store::shared::{earliest, StatsBuilder, PERCENTILE_SAMPLE};
 use crate::store::sqlite::*;
 use rusqlite::{params, OptionalExtension};
@@ -84,6 +86,37 @@ impl Reads for SqliteStore {
                 .collect()
         })();
         result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn relatives(&mut self, job_id: i64) -> Result<Relatives> {
+        let result: rusqlite::Result<Relatives> = (|| {
+            let pair = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, text(r, 1)?));
+            Ok(Relatives {
+                parents: self
+                    .conn
+                    .prepare_cached(
+                        "SELECT d.parent, coalesce(j.state, 'pruned') FROM job_deps d \
+                         LEFT JOIN jobs j ON j.id = d.parent WHERE d.child = ?1 ORDER BY d.parent",
+                    )?
+                    .query_map([job_id], pair)?
+                    .collect::<rusqlite::Result<_>>()?,
+                children: self
+                    .conn
+                    .prepare_cached(
+                        "SELECT d.child, j.state FROM job_deps d JOIN jobs j ON j.id = d.child \
+                         WHERE d.parent = ?1 ORDER BY d.child LIMIT ?2",
+                    )?
+                    .query_map(params![job_id, RELATIVES_SHOWN], pair)?
+                    .collect::<rusqlite::Result<_>>()?,
+                run_always: self
+                    .conn
+                    .prepare_cached("SELECT run_always FROM jobs WHERE id = ?1")?
+                    .query_row([job_id], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .is_some_and(|v| v == 1),
+            })
+        })();
+        result.map_err(|e| self.err("read a job's parents and children", e))
     }
 
     fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>> {

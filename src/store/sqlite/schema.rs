@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[&str] = &[
     V6_LIMIT_KEYS,
     V7_READY_KEY_BY_POOL,
     V8_KEY_INDEX_ON_DEMAND,
+    V9_DEPENDENCIES,
 ];
 
 /// The schema version this build writes and reads.
@@ -329,6 +330,26 @@ INSERT INTO meta(key, value) VALUES ('database_id', lower(hex(randomblob(6))));
 "
 );
 
+/// The UTF-8 guards from version 6 on, `limit_key` included.
+macro_rules! utf8_guards_with_key {
+    () => {
+        concat!(
+            "CREATE TRIGGER jobs_utf8 BEFORE INSERT ON jobs WHEN ",
+            "(NEW.queue || NEW.kind || NEW.payload || coalesce(NEW.unique_key, '') || coalesce(NEW.limit_key, '')) GLOB ",
+            non_ascii!(),
+            "\nBEGIN\n",
+            utf8_refusals!("queue", "kind", "payload", "unique_key", "limit_key"),
+            "END;\n",
+            "CREATE TRIGGER jobs_utf8_update BEFORE UPDATE OF queue, kind, payload, unique_key, limit_key ON jobs WHEN ",
+            "(NEW.queue || NEW.kind || NEW.payload || coalesce(NEW.unique_key, '') || coalesce(NEW.limit_key, '')) GLOB ",
+            non_ascii!(),
+            "\nBEGIN\n",
+            utf8_refusals!("queue", "kind", "payload", "unique_key", "limit_key"),
+            "END;\n"
+        )
+    };
+}
+
 /// Version 6: keyed limits (docs/reference.md, "Keyed limits").
 /// - `jobs.limit_key`: the job's key, NULL for none; jobd writes the key
 ///   it derives (an http job's host) when it first looks at the job;
@@ -360,18 +381,8 @@ CREATE TABLE limit_keys (
 CREATE INDEX limit_keys_closed ON limit_keys (closed_until);
 DROP TRIGGER jobs_utf8;
 DROP TRIGGER jobs_utf8_update;
-CREATE TRIGGER jobs_utf8 BEFORE INSERT ON jobs WHEN ",
-    "(NEW.queue || NEW.kind || NEW.payload || coalesce(NEW.unique_key, '') || coalesce(NEW.limit_key, '')) GLOB ",
-    non_ascii!(),
-    "\nBEGIN\n",
-    utf8_refusals!("queue", "kind", "payload", "unique_key", "limit_key"),
-    "END;\n",
-    "CREATE TRIGGER jobs_utf8_update BEFORE UPDATE OF queue, kind, payload, unique_key, limit_key ON jobs WHEN ",
-    "(NEW.queue || NEW.kind || NEW.payload || coalesce(NEW.unique_key, '') || coalesce(NEW.limit_key, '')) GLOB ",
-    non_ascii!(),
-    "\nBEGIN\n",
-    utf8_refusals!("queue", "kind", "payload", "unique_key", "limit_key"),
-    "END;\n"
+",
+    utf8_guards_with_key!()
 );
 
 /// Version 7: `jobs_ready_key` gains the pool after the key, as
@@ -391,6 +402,212 @@ CREATE INDEX jobs_ready_key ON jobs
 /// 27 000 to 12 000 jobs/s, for the fair queues only few use: a daemon
 /// with a fair queue builds it ([`ready_key_index`]).
 const V8_KEY_INDEX_ON_DEMAND: &str = "DROP INDEX IF EXISTS jobs_ready_key;";
+
+/// The jobs a dead or cancelled job (`NEW`, in a trigger) takes with it:
+/// its waiting children that do not run whatever their parents' outcome
+/// (`run_always`), their waiting children likewise, and so on. A query, as
+/// a trigger may not recurse into itself unless the connection asks.
+macro_rules! doomed {
+    () => {
+        "(WITH RECURSIVE doomed(id) AS (
+            SELECT d.child FROM job_deps d JOIN jobs c ON c.id = d.child
+            WHERE d.parent = NEW.id AND d.met = 0 AND c.run_always = 0 AND c.state = 'waiting'
+            UNION
+            SELECT d.child FROM doomed JOIN job_deps d ON d.parent = doomed.id
+            JOIN jobs c ON c.id = d.child
+            WHERE d.met = 0 AND c.run_always = 0 AND c.state = 'waiting')
+        SELECT id FROM doomed)"
+    };
+}
+
+/// Version 9: dependencies (docs/reference.md, "Flows").
+/// - `jobs.parents`: the jobs this one waits for, a JSON array of ids set
+///   at insert and never changed (so no cycle can be built);
+///   `run_always`: it runs when they have ended whatever their outcome;
+///   `waiting_for`: how many of them have not yet succeeded (jobd's);
+///   `has_children`: some job waits for this one (jobd's), so the triggers
+///   on a change of state cost nothing for jobs without children;
+/// - a new state, `waiting`: held until its parents let it go; the table
+///   is rebuilt for its CHECK rule (ids, their sequence and every index
+///   and trigger carried over), and `jobs_unique_key` counts waiting jobs;
+/// - `job_deps`: one row per edge, `met` once the parent succeeded (or
+///   ended, for a `run_always` child), `cut` when its parent's end
+///   cancelled the child (what `jobd retry` of the parent undoes);
+/// - triggers: an insert checks the parents exist and becomes `waiting`
+///   (or `cancelled`, when a parent already ended so); a parent's success
+///   queues the children it was the last one for, in the same statement;
+///   a parent's death or cancellation cancels its waiting descendants.
+const V9_DEPENDENCIES: &str = concat!(
+    "CREATE TABLE jobs_v9 (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue            TEXT    NOT NULL DEFAULT 'default' CONSTRAINT queue_not_empty CHECK (queue <> ''),
+    kind             TEXT    NOT NULL CONSTRAINT kind_not_empty CHECK (kind <> ''),
+    payload          TEXT    NOT NULL DEFAULT '{}' CONSTRAINT payload_is_json CHECK (json_valid(payload)),
+    priority         INTEGER NOT NULL DEFAULT 0,
+    run_at           INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+    max_attempts     INTEGER NULL CONSTRAINT max_attempts_at_least_1 CHECK (max_attempts >= 1),
+    timeout_ms       INTEGER NULL CONSTRAINT timeout_ms_positive CHECK (timeout_ms > 0),
+    unique_key       TEXT    NULL,
+    state            TEXT    NOT NULL DEFAULT 'queued'
+                     CONSTRAINT state_known CHECK (state = 'queued' OR state = 'running'
+                         OR state = 'succeeded' OR state = 'dead' OR state = 'cancelled'
+                         OR state = 'waiting'),
+    attempts         INTEGER NOT NULL DEFAULT 0 CONSTRAINT attempts_not_negative CHECK (attempts >= 0),
+    created_at       INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+    started_at       INTEGER NULL,
+    finished_at      INTEGER NULL,
+    lease_until      INTEGER NULL,
+    worker           TEXT    NULL,
+    last_error       TEXT    NULL,
+    result           TEXT    NULL CONSTRAINT result_is_json CHECK (result IS NULL OR json_valid(result)),
+    cancel_requested INTEGER NOT NULL DEFAULT 0 CONSTRAINT cancel_requested_bool CHECK (cancel_requested = 0 OR cancel_requested = 1),
+    limit_key        TEXT    NULL CONSTRAINT limit_key_not_empty CHECK (limit_key <> ''),
+    parents          TEXT    NULL,
+    run_always       INTEGER NOT NULL DEFAULT 0 CONSTRAINT run_always_bool CHECK (run_always = 0 OR run_always = 1),
+    waiting_for      INTEGER NOT NULL DEFAULT 0,
+    has_children     INTEGER NOT NULL DEFAULT 0
+) STRICT;
+INSERT INTO jobs_v9 (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
+    unique_key, state, attempts, created_at, started_at, finished_at, lease_until, worker,
+    last_error, result, cancel_requested, limit_key)
+    SELECT id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
+    unique_key, state, attempts, created_at, started_at, finished_at, lease_until, worker,
+    last_error, result, cancel_requested, limit_key FROM jobs;
+DELETE FROM sqlite_sequence WHERE name = 'jobs_v9';
+INSERT INTO sqlite_sequence(name, seq)
+    SELECT 'jobs_v9', coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'jobs';
+DROP TABLE jobs;
+ALTER TABLE jobs_v9 RENAME TO jobs;
+CREATE INDEX jobs_ready ON jobs (queue, ",
+    cpu_kind_test!(),
+    ", priority DESC, run_at, id) WHERE state = 'queued';
+CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND (state = 'queued' OR state = 'running' OR state = 'waiting');
+CREATE INDEX jobs_running ON jobs (lease_until) WHERE state = 'running';
+CREATE INDEX jobs_succeeded ON jobs (finished_at, queue) WHERE state = 'succeeded';
+CREATE INDEX jobs_dead ON jobs (finished_at, queue) WHERE state = 'dead';
+CREATE INDEX jobs_cancelled ON jobs (finished_at, queue) WHERE state = 'cancelled';
+CREATE INDEX jobs_running_key ON jobs (limit_key) WHERE state = 'running' AND limit_key IS NOT NULL;
+CREATE TRIGGER jobs_guard_payload BEFORE INSERT ON jobs
+    WHEN NEW.payload IS NOT NULL AND NOT json_valid(NEW.payload)
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: payload_is_json'); END;
+CREATE TRIGGER jobs_guard_kind BEFORE INSERT ON jobs
+    WHEN NEW.kind = ''
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: kind_not_empty'); END;
+CREATE TRIGGER jobs_guard_max_attempts BEFORE INSERT ON jobs
+    WHEN NEW.max_attempts < 1
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: max_attempts_at_least_1'); END;
+CREATE TRIGGER jobs_guard_timeout BEFORE INSERT ON jobs
+    WHEN NEW.timeout_ms <= 0
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: timeout_ms_positive'); END;
+CREATE TRIGGER jobs_guard_limit_key BEFORE INSERT ON jobs
+    WHEN NEW.limit_key = ''
+    BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: limit_key_not_empty'); END;
+",
+    utf8_guards_with_key!(),
+    "CREATE TABLE job_deps (
+    parent INTEGER NOT NULL,
+    child  INTEGER NOT NULL,
+    met    INTEGER NOT NULL DEFAULT 0,
+    cut    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (parent, child)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX job_deps_child ON job_deps (child);
+CREATE TRIGGER jobs_guard_parents BEFORE INSERT ON jobs
+    WHEN NEW.parents IS NOT NULL
+BEGIN
+    SELECT RAISE(ABORT, 'CHECK constraint failed: parents_are_job_ids') WHERE CASE
+        WHEN NOT json_valid(NEW.parents) THEN 1
+        WHEN json_type(NEW.parents) <> 'array' THEN 1
+        ELSE EXISTS (SELECT 1 FROM json_each(NEW.parents) WHERE type <> 'integer') END;
+    SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: parents_exist')
+        WHERE EXISTS (SELECT 1 FROM json_each(NEW.parents) p
+                      WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = p.value));
+END;
+CREATE TRIGGER jobs_guard_parents_fixed BEFORE UPDATE OF parents ON jobs
+    WHEN NEW.parents IS NOT OLD.parents
+BEGIN
+    SELECT RAISE(ABORT, 'CHECK constraint failed: parents_fixed_at_insert');
+END;
+CREATE TRIGGER jobs_flow_insert AFTER INSERT ON jobs
+    WHEN NEW.parents IS NOT NULL AND json_array_length(NEW.parents) > 0
+BEGIN
+    INSERT OR IGNORE INTO job_deps (parent, child)
+        SELECT value, NEW.id FROM json_each(NEW.parents);
+    UPDATE jobs SET has_children = 1
+        WHERE has_children = 0 AND id IN (SELECT value FROM json_each(NEW.parents));
+    UPDATE job_deps SET met = 1 WHERE child = NEW.id AND parent IN (
+        SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(NEW.parents))
+        AND (state = 'succeeded'
+             OR (NEW.run_always = 1 AND (state = 'dead' OR state = 'cancelled'))));
+    UPDATE job_deps SET cut = 1 WHERE child = NEW.id AND met = 0 AND parent IN (
+        SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(NEW.parents))
+        AND (state = 'dead' OR state = 'cancelled'));
+    UPDATE jobs SET
+        waiting_for = (SELECT count(*) FROM job_deps WHERE child = NEW.id AND met = 0),
+        state = CASE
+            WHEN EXISTS (SELECT 1 FROM job_deps WHERE child = NEW.id AND cut = 1) THEN 'cancelled'
+            WHEN EXISTS (SELECT 1 FROM job_deps WHERE child = NEW.id AND met = 0) THEN 'waiting'
+            ELSE state END,
+        finished_at = CASE
+            WHEN EXISTS (SELECT 1 FROM job_deps WHERE child = NEW.id AND cut = 1)
+            THEN CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+            ELSE finished_at END,
+        last_error = (SELECT 'cancelled: job ' || j.id || ', which this job waits for, is ' || j.state
+                      FROM job_deps d JOIN jobs j ON j.id = d.parent
+                      WHERE d.child = NEW.id AND d.cut = 1 ORDER BY j.id LIMIT 1)
+        WHERE id = NEW.id AND state = 'queued';
+END;
+CREATE TRIGGER jobs_flow_succeeded AFTER UPDATE OF state ON jobs
+    WHEN NEW.has_children = 1 AND NEW.state = 'succeeded' AND OLD.state <> 'succeeded'
+BEGIN
+    UPDATE jobs SET waiting_for = waiting_for - 1,
+        state = CASE WHEN state = 'waiting' AND waiting_for = 1 THEN 'queued' ELSE state END,
+        run_at = CASE WHEN state = 'waiting' AND waiting_for = 1
+                      THEN max(run_at, coalesce(NEW.finished_at, run_at)) ELSE run_at END
+        WHERE id IN (SELECT child FROM job_deps WHERE parent = NEW.id AND met = 0);
+    UPDATE job_deps SET met = 1 WHERE parent = NEW.id AND met = 0;
+END;
+CREATE TRIGGER jobs_flow_ended AFTER UPDATE OF state ON jobs
+    WHEN NEW.has_children = 1 AND (NEW.state = 'dead' OR NEW.state = 'cancelled')
+        AND OLD.state <> 'dead' AND OLD.state <> 'cancelled'
+BEGIN
+    UPDATE job_deps SET cut = 1 WHERE met = 0
+        AND (parent = NEW.id OR parent IN ",
+    doomed!(),
+    ")
+        AND child IN (SELECT id FROM jobs WHERE id = child AND run_always = 0);
+    UPDATE jobs SET
+        waiting_for = waiting_for - (SELECT count(*) FROM job_deps d WHERE d.child = jobs.id
+            AND d.met = 0 AND (d.parent = NEW.id OR d.parent IN ",
+    doomed!(),
+    ")),
+        state = CASE WHEN state = 'waiting' AND waiting_for = (SELECT count(*) FROM job_deps d
+            WHERE d.child = jobs.id AND d.met = 0 AND (d.parent = NEW.id OR d.parent IN ",
+    doomed!(),
+    ")) THEN 'queued' ELSE state END
+        WHERE run_always = 1 AND id IN (SELECT child FROM job_deps WHERE met = 0
+            AND (parent = NEW.id OR parent IN ",
+    doomed!(),
+    "));
+    UPDATE job_deps SET met = 1 WHERE met = 0 AND (parent = NEW.id OR parent IN ",
+    doomed!(),
+    ")
+        AND child IN (SELECT id FROM jobs WHERE id = child AND run_always = 1);
+    UPDATE jobs SET state = 'cancelled',
+        finished_at = coalesce(NEW.finished_at, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+        last_error = 'cancelled: job ' || NEW.id || ', which this job waits for, is ' || NEW.state
+        WHERE id IN ",
+    doomed!(),
+    ";
+END;
+CREATE TRIGGER jobs_flow_deleted AFTER DELETE ON jobs
+    WHEN OLD.has_children = 1 OR OLD.parents IS NOT NULL
+BEGIN
+    DELETE FROM job_deps WHERE parent = OLD.id OR child = OLD.id;
+END;
+"
+);
 
 /// The index fair claims scan key by key, as version 7 had it, built by
 /// the first daemon that serves a fair queue

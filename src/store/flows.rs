@@ -1,0 +1,53 @@
+//! Flows as both backends keep them (docs/reference.md, "Flows"): what a
+//! child is handed of its parents when it is claimed. The rules that move
+//! jobs between `waiting`, `queued` and `cancelled` live in each backend's
+//! schema as triggers, so that a client's plain SQL obeys them too; `retry`
+//! of a parent is in `shared.rs` ([`crate::store::shared::revive_descendants`]).
+
+use serde::Serialize;
+
+use crate::job::Claimed;
+
+/// How one parent of a claimed job ended, as the child sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ParentOutcome {
+    /// The parent's id.
+    pub id: i64,
+    /// Its kind.
+    pub kind: String,
+    /// Its state: `succeeded`, or for a child that runs whatever its
+    /// parents' outcome, `dead` or `cancelled` too.
+    pub state: String,
+    /// Its result, as stored.
+    pub result: Option<serde_json::Value>,
+    /// Its `last_error`.
+    pub error: Option<String>,
+}
+
+/// Gives each claimed job with parents its `inputs`: the outcomes of those
+/// parents still in the table (`outcomes` reads them by id, in one query
+/// for the whole claim), in the order the job names them.
+pub(crate) fn attach_inputs<E>(
+    jobs: &mut [Claimed],
+    outcomes: impl FnOnce(&[i64]) -> Result<Vec<ParentOutcome>, E>,
+) -> Result<(), E> {
+    let mut wanted: Vec<i64> = jobs
+        .iter()
+        .flat_map(|j| j.parents.iter().copied())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    let found = outcomes(&wanted)?;
+    for job in jobs.iter_mut().filter(|j| !j.parents.is_empty()) {
+        let parents: Vec<&ParentOutcome> = job
+            .parents
+            .iter()
+            .filter_map(|id| found.iter().find(|o| o.id == *id))
+            .collect();
+        job.inputs = serde_json::to_string(&serde_json::json!({ "parents": parents })).ok();
+    }
+    Ok(())
+}

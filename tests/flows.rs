@@ -1,0 +1,320 @@
+//! Flows (docs/reference.md, "Flows"): jobs that wait for other jobs,
+//! written with plain SQL in one transaction and run by the real daemon,
+//! on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::BackendHome;
+
+/// A JSON array (SQLite) or an array (PostgreSQL) of the ids, as SQL.
+fn ids(b: &BackendHome, ids: &[i64]) -> String {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    match b.schema {
+        Some(_) => format!("'{{{}}}'", list.join(",")),
+        None => format!("'[{}]'", list.join(",")),
+    }
+}
+
+/// The job's state.
+fn state(b: &BackendHome, id: i64) -> String {
+    b.value(&format!("SELECT state FROM jobs WHERE id = {id};"))
+}
+
+/// `sql` run by the backend's own shell: what it printed, or its error.
+fn try_sql(b: &BackendHome, sql: &str) -> Result<String, String> {
+    match &b.schema {
+        Some(schema) => schema.psql(sql),
+        None => {
+            let run = b.home.sqlite3(sql);
+            match run.code() {
+                0 => Ok(run.stdout()),
+                _ => Err(run.stderr()),
+            }
+        }
+    }
+}
+
+/// Config naming a handlers folder in `dir` with two handlers: `emit`
+/// answers its args, `gather` what descriptor 3 hands it.
+fn handlers(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, script) in [
+        ("emit", "#!/bin/sh\ncat\n"),
+        ("gather", "#!/bin/sh\ncat <&3\n"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!("[exec]\ndir = \"{}\"\n", dir.display())
+}
+
+#[test]
+fn a_diamond_written_in_one_transaction_runs_each_job_after_its_parents_with_their_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::HttpServer::start(|_, _| common::Reply::new(200, "ok"));
+    for b in common::homes_with("flow_diamond", &handlers(dir.path())) {
+        // A → B, C → D, and B → E (an http call carrying B's outcome), all
+        // inserted in one transaction before any daemon runs.
+        b.home.migrate();
+        let (a, bb, c, d, e) = (1, 2, 3, 4, 5);
+        try_sql(
+            &b,
+            &format!(
+                "BEGIN; \
+                 INSERT INTO jobs(id, kind, payload) VALUES ({a}, 'noop', '{{\"sleep_ms\":30}}'); \
+                 INSERT INTO jobs(id, kind, payload, parents) VALUES \
+                   ({bb}, 'exec', '{{\"handler\":\"emit\",\"args\":{{\"from\":\"B\"}}}}', {pa}); \
+                 INSERT INTO jobs(id, kind, payload, parents) VALUES \
+                   ({c}, 'exec', '{{\"handler\":\"emit\",\"args\":[\"C\"]}}', {pa}); \
+                 INSERT INTO jobs(id, kind, payload, parents) VALUES \
+                   ({d}, 'exec', '{{\"handler\":\"gather\"}}', {pbc}); \
+                 INSERT INTO jobs(id, kind, payload, parents) VALUES ({e}, 'http', \
+                   '{{\"url\":\"{url}/e\",\"method\":\"POST\",\"json\":{{\"n\":1}},\"with_parents\":true}}', {pb}); \
+                 COMMIT;",
+                pa = ids(&b, &[a]),
+                pb = ids(&b, &[bb]),
+                pbc = ids(&b, &[bb, c]),
+                url = server.base,
+            ),
+        )
+        .unwrap();
+        if b.schema.is_some() {
+            // Explicit ids leave the sequence behind; later inserts need it past them.
+            b.value("SELECT setval(pg_get_serial_sequence('jobs', 'id'), 10);");
+        }
+        assert_eq!(
+            [
+                state(&b, a),
+                state(&b, bb),
+                state(&b, c),
+                state(&b, d),
+                state(&b, e)
+            ],
+            ["queued", "waiting", "waiting", "waiting", "waiting"],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            b.value(&format!("SELECT waiting_for FROM jobs WHERE id = {d};")),
+            "2"
+        );
+        let daemon = b.home.daemon();
+        b.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "5",
+            "the diamond and the call",
+        );
+        daemon.stop();
+        let time =
+            |column: &str, id: i64| b.count(&format!("SELECT {column} FROM jobs WHERE id = {id};"));
+        for (child, parent) in [(bb, a), (c, a), (d, bb), (d, c), (e, bb)] {
+            assert!(
+                time("started_at", child) >= time("finished_at", parent),
+                "{}: job {child} started before its parent {parent} finished",
+                b.name
+            );
+        }
+        // D read both parents' outcomes on descriptor 3, in the order it named them.
+        let result: serde_json::Value =
+            serde_json::from_str(&b.value(&format!("SELECT result FROM jobs WHERE id = {d};")))
+                .unwrap();
+        assert_eq!(
+            result,
+            serde_json::json!({"parents": [
+                {"id": bb, "kind": "exec", "state": "succeeded", "result": {"from": "B"}, "error": null},
+                {"id": c, "kind": "exec", "state": "succeeded", "result": ["C"], "error": null},
+            ]}),
+            "{}",
+            b.name
+        );
+        // E's JSON body carried B's outcome beside its own fields.
+        let body = server
+            .received()
+            .into_iter()
+            .rev()
+            .find(|r| r.url == "/e")
+            .expect("E called the server")
+            .body;
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["n"], 1, "{}", b.name);
+        assert_eq!(
+            body["parents"][0]["result"],
+            serde_json::json!({"from": "B"}),
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[test]
+fn a_dead_parent_cancels_only_its_own_descendants_and_its_retry_brings_them_back() {
+    for b in common::homes("flow_dead") {
+        // P has no handler (kind "missing"): it dies on its first claim.
+        // P → C1 → C2, P → K (runs whatever), Q → R beside them.
+        let sql = format!(
+            "BEGIN; \
+             INSERT INTO jobs(id, kind) VALUES (1, 'missing'); \
+             INSERT INTO jobs(id, kind, parents) VALUES (2, 'noop', {p}); \
+             INSERT INTO jobs(id, kind, parents) VALUES (3, 'noop', {c1}); \
+             INSERT INTO jobs(id, kind, parents, run_always) VALUES (4, 'noop', {p}, {yes}); \
+             INSERT INTO jobs(id, kind) VALUES (5, 'noop'); \
+             INSERT INTO jobs(id, kind, parents) VALUES (6, 'noop', {q}); \
+             COMMIT;",
+            p = ids(&b, &[1]),
+            c1 = ids(&b, &[2]),
+            q = ids(&b, &[5]),
+            yes = if b.schema.is_some() { "true" } else { "1" },
+        );
+        b.home.migrate();
+        try_sql(&b, &sql).unwrap();
+        if b.schema.is_some() {
+            b.value("SELECT setval(pg_get_serial_sequence('jobs', 'id'), 10);");
+        }
+        let daemon = b.home.daemon();
+        b.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "3",
+            "the clean-up job and the unrelated pair",
+        );
+        assert_eq!(
+            [
+                state(&b, 1),
+                state(&b, 2),
+                state(&b, 3),
+                state(&b, 4),
+                state(&b, 5),
+                state(&b, 6)
+            ],
+            [
+                "dead",
+                "cancelled",
+                "cancelled",
+                "succeeded",
+                "succeeded",
+                "succeeded"
+            ],
+            "{}",
+            b.name
+        );
+        let error = |id: i64| b.value(&format!("SELECT last_error FROM jobs WHERE id = {id};"));
+        assert_eq!(
+            error(2),
+            "cancelled: job 1, which this job waits for, is dead",
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            error(3),
+            "cancelled: job 1, which this job waits for, is dead",
+            "{}",
+            b.name
+        );
+        let show = b.home.ok(&["show", "2"]);
+        assert!(
+            show.contains("  parents          1 dead\n"),
+            "{}: {show}",
+            b.name
+        );
+        assert!(
+            show.contains("  children         3 cancelled\n"),
+            "{}: {show}",
+            b.name
+        );
+        let shown: serde_json::Value =
+            serde_json::from_str(&b.home.ok(&["show", "1", "--json"])).unwrap();
+        assert_eq!(
+            shown["children"],
+            serde_json::json!([{"id": 2, "state": "cancelled"}, {"id": 4, "state": "succeeded"}]),
+            "{}",
+            b.name
+        );
+        // A child cannot be retried while the parent that cancelled it is dead.
+        b.home.jobd(&["retry", "3"]).fails(
+            1,
+            "job 3 cannot be retried: it depends on job 1, which is dead; retry job 1",
+        );
+        // Give the parent a handler and retry it: its descendants wait again
+        // and then run.
+        b.value("UPDATE jobs SET kind = 'noop' WHERE id = 1;");
+        b.home.ok(&["retry", "1"]);
+        b.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "6",
+            "the retried parent and its children",
+        );
+        daemon.stop();
+        assert_eq!(error(3), "", "{}", b.name);
+    }
+}
+
+#[test]
+fn a_missing_parent_is_refused_at_insert_naming_the_constraint_and_a_cancel_reaches_the_children() {
+    for b in common::homes("flow_refused") {
+        b.home.migrate();
+        let e = try_sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(kind, parents) VALUES ('noop', {});",
+                ids(&b, &[999])
+            ),
+        )
+        .unwrap_err();
+        assert!(e.contains("parents_exist"), "{}: {e}", b.name);
+        if b.schema.is_none() {
+            let e = try_sql(
+                &b,
+                "INSERT INTO jobs(kind, parents) VALUES ('noop', '[\"1\"]');",
+            )
+            .unwrap_err();
+            assert!(e.contains("parents_are_job_ids"), "{e}");
+        }
+        assert_eq!(b.count("SELECT count(*) FROM jobs;"), 0, "{}", b.name);
+        b.home
+            .jobd(&["enqueue", "noop", "--after", "999"])
+            .fails(2, "--after: job 999 does not exist");
+        // A parent scheduled for later, a child and a grandchild.
+        let parent: i64 = b
+            .home
+            .ok(&["enqueue", "noop", "--delay", "1h"])
+            .trim()
+            .parse()
+            .unwrap();
+        let child: i64 = b
+            .home
+            .ok(&["enqueue", "noop", "--after", &parent.to_string()])
+            .trim()
+            .parse()
+            .unwrap();
+        let grandchild: i64 = b
+            .home
+            .ok(&["enqueue", "noop", "--after", &child.to_string()])
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(state(&b, grandchild), "waiting", "{}", b.name);
+        let e = try_sql(
+            &b,
+            &format!(
+                "UPDATE jobs SET parents = {} WHERE id = {child};",
+                ids(&b, &[grandchild])
+            ),
+        )
+        .unwrap_err();
+        assert!(e.contains("parents_fixed_at_insert"), "{}: {e}", b.name);
+        b.home.ok(&["cancel", &parent.to_string()]);
+        assert_eq!(
+            [state(&b, parent), state(&b, child), state(&b, grandchild)],
+            ["cancelled", "cancelled", "cancelled"],
+            "{}",
+            b.name
+        );
+        assert!(b
+            .value(&format!(
+                "SELECT last_error FROM jobs WHERE id = {grandchild};"
+            ))
+            .contains(&format!(
+                "job {parent}, which this job waits for, is cancelled"
+            )));
+    }
+}
