@@ -101,6 +101,7 @@ impl Bench {
                 limit_key: None,
                 undecodable: None,
                 parents: Vec::new(),
+                callback_for: None,
                 inputs: None,
             },
             kind: Arc::clone(self.registry.get(kind).unwrap()),

@@ -187,8 +187,12 @@ pub struct Claimed {
     pub undecodable: Option<String>,
     /// The jobs it waited for (docs/reference.md, "Flows").
     pub parents: Vec<i64>,
+    /// The batch it is the callback of.
+    pub callback_for: Option<String>,
     /// What its flow hands it, as JSON text: `{"parents": [outcome, …]}`
-    /// (see [`crate::store::ParentOutcome`]); None outside a flow.
+    /// (see [`crate::store::ParentOutcome`]) or, for a batch's callback,
+    /// `{"batch": counts}` ([`crate::store::BatchCounts`]); None outside a
+    /// flow.
     pub inputs: Option<String>,
 }
 
@@ -236,6 +240,13 @@ pub struct NewJob {
     /// Runs once its parents have ended, whatever their outcome.
     #[serde(default)]
     pub run_always: bool,
+    /// The batch it belongs to.
+    #[serde(default)]
+    pub batch: Option<String>,
+    /// The batch it is the callback of: it waits for the batch's jobs,
+    /// and inserting it seals the batch.
+    #[serde(default)]
+    pub callback_for: Option<String>,
 }
 
 /// The pool that runs a job, decided by its kind alone so that a claim can
@@ -379,6 +390,8 @@ impl NewJob {
             limit_key: None,
             parents: Vec::new(),
             run_always: false,
+            batch: None,
+            callback_for: None,
         }
     }
 

@@ -318,3 +318,145 @@ fn a_missing_parent_is_refused_at_insert_naming_the_constraint_and_a_cancel_reac
             )));
     }
 }
+
+#[test]
+fn a_batch_callback_runs_once_after_every_job_of_the_batch_with_the_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    for b in common::homes_with("flow_batch", &handlers(dir.path())) {
+        b.home.migrate();
+        // Two jobs that succeed, one that dies (no such kind), then the
+        // callback, which seals the batch: in one transaction.
+        try_sql(
+            &b,
+            "BEGIN; \
+             INSERT INTO jobs(kind, payload, batch) VALUES ('noop', '{\"sleep_ms\":20}', 'nightly'); \
+             INSERT INTO jobs(kind, batch) VALUES ('noop', 'nightly'); \
+             INSERT INTO jobs(kind, batch, max_attempts) VALUES ('missing', 'nightly', 1); \
+             INSERT INTO jobs(kind, payload, callback_for) VALUES ('exec', '{\"handler\":\"gather\"}', 'nightly'); \
+             COMMIT;",
+        )
+        .unwrap();
+        let callback = b.count("SELECT id FROM jobs WHERE callback_for = 'nightly';");
+        assert_eq!(state(&b, callback), "waiting", "{}", b.name);
+        // Sealed: no job joins it, and it has one callback.
+        let e = try_sql(
+            &b,
+            "INSERT INTO jobs(kind, batch) VALUES ('noop', 'nightly');",
+        )
+        .unwrap_err();
+        assert!(e.contains("batch_open"), "{}: {e}", b.name);
+        let e = try_sql(
+            &b,
+            "INSERT INTO jobs(kind, callback_for) VALUES ('noop', 'nightly');",
+        )
+        .unwrap_err();
+        assert!(e.contains("batch_one_callback"), "{}: {e}", b.name);
+        b.home
+            .jobd(&["enqueue", "noop", "--batch", "nightly"])
+            .fails(1, "batch_open");
+        let daemon = b.home.daemon();
+        b.wait_value(
+            &format!("SELECT state FROM jobs WHERE id = {callback};"),
+            "succeeded",
+            "the callback",
+        );
+        daemon.stop();
+        let result: serde_json::Value = serde_json::from_str(
+            &b.value(&format!("SELECT result FROM jobs WHERE id = {callback};")),
+        )
+        .unwrap();
+        assert_eq!(
+            result,
+            serde_json::json!({"batch": {"name": "nightly", "total": 3, "succeeded": 2, "dead": 1, "cancelled": 0}}),
+            "{}",
+            b.name
+        );
+        let shown = b.home.ok(&["batch", "nightly"]);
+        assert!(
+            shown.contains(&format!(
+                "  sealed      yes, callback job {callback} (succeeded)\n"
+            )) && shown.contains("  jobs        3: 2 succeeded, 1 dead, 0 cancelled\n")
+                && shown.contains("  ended       100.0 %\n"),
+            "{}: {shown}",
+            b.name
+        );
+        // A batch without a callback is sealed by hand.
+        b.home
+            .ok(&["enqueue", "noop", "--batch", "manual", "--delay", "1h"]);
+        let open = b.home.ok(&["batch", "manual"]);
+        assert!(open.contains("  sealed      no:"), "{open}");
+        let sealed = b.home.ok(&["batch", "manual", "--seal", "--json"]);
+        let sealed: serde_json::Value = serde_json::from_str(&sealed).unwrap();
+        assert_eq!(sealed["sealed"], true, "{}", b.name);
+        assert_eq!(sealed["total"], 1, "{}", b.name);
+        assert_eq!(sealed["states"]["queued"], 1, "{}", b.name);
+    }
+}
+
+#[test]
+fn a_10_000_job_batch_runs_its_callback_exactly_once_while_three_daemons_drain_it_and_one_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}[daemon]\nlease = \"2s\"\n", handlers(dir.path()));
+    for b in common::homes_with("flow_batch_kill", &config) {
+        b.home.migrate();
+        b.insert_many(
+            10_000,
+            "kind, payload, batch",
+            "'noop', '{\"sleep_ms\":1}', 'big'",
+        );
+        b.home.ok(&[
+            "enqueue",
+            "exec",
+            "{\"handler\":\"gather\"}",
+            "--batch-callback",
+            "big",
+        ]);
+        let others: Vec<common::Home> = (0..2).map(|_| b.another(&config)).collect();
+        let victim = b.home.daemon();
+        let daemons: Vec<common::Daemon> = others.iter().map(|h| h.daemon()).collect();
+        // Kill one daemon while it holds jobs of the batch.
+        b.wait_value(
+            "SELECT count(*) > 2000 FROM jobs WHERE state = 'succeeded';",
+            if b.schema.is_some() { "t" } else { "1" },
+            "a fifth of the batch",
+        );
+        victim.kill9();
+        b.wait_value(
+            "SELECT state FROM jobs WHERE callback_for = 'big';",
+            "succeeded",
+            "the callback",
+        );
+        for d in daemons {
+            d.stop();
+        }
+        let callback = b.count("SELECT id FROM jobs WHERE callback_for = 'big';");
+        assert_eq!(
+            b.count(&format!(
+                "SELECT count(*) FROM job_runs WHERE job_id = {callback};"
+            )),
+            1,
+            "{}: the callback ran more than once",
+            b.name
+        );
+        assert_eq!(
+            b.count("SELECT count(*) FROM jobs WHERE batch = 'big' AND state = 'succeeded';"),
+            10_000,
+            "{}",
+            b.name
+        );
+        let result: serde_json::Value = serde_json::from_str(
+            &b.value(&format!("SELECT result FROM jobs WHERE id = {callback};")),
+        )
+        .unwrap();
+        assert_eq!(result["batch"]["succeeded"], 10_000, "{}", b.name);
+        assert_eq!(result["batch"]["total"], 10_000, "{}", b.name);
+        // It started after the last job of the batch finished.
+        assert!(
+            b.count(&format!(
+                "SELECT started_at FROM jobs WHERE id = {callback};"
+            )) >= b.count("SELECT max(finished_at) FROM jobs WHERE batch = 'big';"),
+            "{}",
+            b.name
+        );
+    }
+}

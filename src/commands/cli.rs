@@ -27,7 +27,7 @@ pub enum Command {
     /// Run the daemon in the foreground (what systemd starts).
     Run,
     /// Add a job (or many with --file) and print its id.
-    Enqueue(EnqueueArgs),
+    Enqueue(Box<EnqueueArgs>),
     /// Show a table of jobs, newest first.
     List(ListArgs),
     /// Show one job with its payload, result and attempt history.
@@ -50,6 +50,8 @@ pub enum Command {
     Cron,
     /// The job keys running, blocked or held by their limits, on every daemon.
     Keys(KeysArgs),
+    /// A batch's progress: its jobs by state, its seal and its callback.
+    Batch(BatchArgs),
     /// Create or upgrade the database schema and exit; with --from, then move the queued jobs of a SQLite file into the PostgreSQL database of the config.
     Migrate(MigrateArgs),
     /// Load and validate the config, print the effective values.
@@ -112,6 +114,15 @@ pub struct EnqueueArgs {
     #[arg(long, requires = "after")]
     pub always: bool,
 
+    /// Add the job to this batch (refused once the batch is sealed).
+    #[arg(long, value_name = "NAME")]
+    pub batch: Option<String>,
+
+    /// Make the job this batch's callback: it runs once every job of the
+    /// batch has ended, and adding it seals the batch.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["after", "batch"])]
+    pub batch_callback: Option<String>,
+
     /// Follow the job to its end; exit 0 only if it succeeded.
     #[arg(long)]
     pub wait: bool,
@@ -162,6 +173,19 @@ pub struct StatsArgs {
 #[derive(Debug, Args)]
 pub struct KeysArgs {
     /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `jobd batch`
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// The batch's name.
+    pub name: String,
+    /// Seal it first: no job joins it after this (a batch without a callback).
+    #[arg(long)]
+    pub seal: bool,
+    /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

@@ -66,6 +66,8 @@ pub fn enqueue(config: &Config, args: EnqueueArgs, out: &mut dyn Write) -> Resul
         limit_key: args.key.clone(),
         parents: args.after.clone(),
         run_always: args.always,
+        batch: args.batch.clone(),
+        callback_for: args.batch_callback.clone(),
     };
     check(config, &job).map_err(Error::Usage)?;
     let mut store = open(config)?;

@@ -7,6 +7,7 @@
 //! sentence on stderr and an exit status.
 
 mod admin;
+mod batch;
 pub mod cli;
 mod enqueue;
 mod inspect;
@@ -48,7 +49,8 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         Command::Migrate(args) => migrate::migrate(&config, args, out),
         Command::Cron => inspect::cron(&config, open(&config)?.as_mut(), out),
         Command::Keys(args) => keys::keys(&config, open(&config)?.as_mut(), args, out),
-        Command::Enqueue(args) => enqueue::enqueue(&config, args, out),
+        Command::Batch(args) => batch::batch(open(&config)?.as_mut(), args, out),
+        Command::Enqueue(args) => enqueue::enqueue(&config, *args, out),
         Command::List(args) => {
             inspect::list(&redaction(&config), open(&config)?.as_mut(), args, out)
         }

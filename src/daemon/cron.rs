@@ -140,6 +140,8 @@ impl Schedule {
             limit_key: None,
             parents: Vec::new(),
             run_always: false,
+            batch: None,
+            callback_for: None,
         };
         Ok(Schedule {
             name: name.to_string(),

@@ -254,6 +254,7 @@ pub(crate) fn test_task(
             limit_key: None,
             undecodable: None,
             parents: Vec::new(),
+            callback_for: None,
             inputs: None,
         },
         kind,

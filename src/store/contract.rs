@@ -213,6 +213,24 @@ pub struct Relatives {
     pub run_always: bool,
 }
 
+/// A batch as `jobd batch` shows it ([`Reads::batch`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BatchInfo {
+    /// Its counters (`total` final once sealed).
+    #[serde(flatten)]
+    pub counts: crate::store::BatchCounts,
+    /// No job joins it any more.
+    pub sealed: bool,
+    /// Its callback: id and state.
+    pub callback: Option<(i64, String)>,
+    /// When its row was made (epoch ms).
+    pub created_at: i64,
+    /// When its jobs had all ended, once sealed (epoch ms).
+    pub finished_at: Option<i64>,
+    /// Its jobs by state, counted now.
+    pub states: std::collections::BTreeMap<String, i64>,
+}
+
 /// How many children [`Reads::relatives`] lists.
 pub const RELATIVES_SHOWN: i64 = 1000;
 
@@ -544,6 +562,11 @@ pub trait Admin {
 
     /// Pauses or resumes queues.
     fn set_paused(&mut self, queues: &[String], paused: bool, now: i64) -> Result<()>;
+
+    /// Seals batch `name` (making it if it has no row yet): no job joins
+    /// it after this, and it finishes once its jobs have ended. False if it
+    /// was sealed already.
+    fn seal_batch(&mut self, name: &str) -> Result<bool>;
 }
 
 /// What the CLI, the dashboard and the metrics read; changes nothing.
@@ -572,6 +595,10 @@ pub trait Reads {
 
     /// A job's attempts, oldest first.
     fn runs(&mut self, job_id: i64) -> Result<Vec<JobRun>>;
+
+    /// A batch's row and its jobs counted by state now; None if no job or
+    /// callback ever named it.
+    fn batch(&mut self, name: &str) -> Result<Option<BatchInfo>>;
 
     /// The jobs a job waits for and those that wait for it, by id, with
     /// their states (`pruned` for a parent no longer in the table); at

@@ -24,10 +24,43 @@ pub struct ParentOutcome {
     pub error: Option<String>,
 }
 
+/// A batch's counters, as its callback sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BatchCounts {
+    /// The batch's name.
+    pub name: String,
+    /// Its jobs.
+    pub total: i64,
+    /// Those that succeeded.
+    pub succeeded: i64,
+    /// Those that ended dead.
+    pub dead: i64,
+    /// Those cancelled.
+    pub cancelled: i64,
+}
+
+/// Gives each claimed batch callback its `inputs`: its batch's counters,
+/// read by `batch`.
+pub(crate) fn attach_batches<E>(
+    jobs: &mut [Claimed],
+    mut batch: impl FnMut(&str) -> Result<Option<BatchCounts>, E>,
+) -> Result<(), E> {
+    for job in jobs.iter_mut() {
+        if let Some(name) = &job.callback_for {
+            let counts = batch(name)?.unwrap_or_else(|| BatchCounts {
+                name: name.clone(),
+                ..BatchCounts::default()
+            });
+            job.inputs = serde_json::to_string(&serde_json::json!({ "batch": counts })).ok();
+        }
+    }
+    Ok(())
+}
+
 /// Gives each claimed job with parents its `inputs`: the outcomes of those
 /// parents still in the table (`outcomes` reads them by id, in one query
 /// for the whole claim), in the order the job names them.
-pub(crate) fn attach_inputs<E>(
+pub(crate) fn attach_parents<E>(
     jobs: &mut [Claimed],
     outcomes: impl FnOnce(&[i64]) -> Result<Vec<ParentOutcome>, E>,
 ) -> Result<(), E> {

@@ -23,13 +23,13 @@ pub(crate) mod shared;
 pub mod sqlite;
 
 pub use contract::{
-    Admin, Applied, Backlog, BulkRetry, CancelResult, Claim, ClaimRequest, CronRow, Enqueued,
-    Fleet, Held, JobRun, ListFilter, Moved, OpenMode, PruneCutoffs, Pruned, Queue, QueueStats,
-    Reads, Relatives, RescueScope, Rescued, Result, RetryResult, RunTally, Schedules, Stats, Store,
-    WorkerInfo, RELATIVES_SHOWN,
+    Admin, Applied, Backlog, BatchInfo, BulkRetry, CancelResult, Claim, ClaimRequest, CronRow,
+    Enqueued, Fleet, Held, JobRun, ListFilter, Moved, OpenMode, PruneCutoffs, Pruned, Queue,
+    QueueStats, Reads, Relatives, RescueScope, Rescued, Result, RetryResult, RunTally, Schedules,
+    Stats, Store, WorkerInfo, RELATIVES_SHOWN,
 };
 pub use error::{event_name, log_trouble, StoreError};
-pub use flows::ParentOutcome;
+pub use flows::{BatchCounts, ParentOutcome};
 
 /// The five role traits at once, for code that calls methods of several
 /// roles on one store (`use jobd::store::prelude::*`).

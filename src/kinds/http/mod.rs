@@ -359,7 +359,8 @@ impl Kind for Http {
 }
 
 /// The JSON body of a job with `with_parents`: its `json` object (or an
-/// empty one) with its parents' outcomes under `parents`.
+/// empty one) with what its flow hands it: its parents' outcomes under
+/// `parents`, or a callback's batch counters under `batch`.
 fn with_parents(
     json: Option<serde_json::Value>,
     has_body: bool,
@@ -376,14 +377,17 @@ fn with_parents(
         Some(serde_json::Value::Object(object)) => object,
         Some(_) => return Err(refuse("json must be an object to take a parents field")),
     };
-    if object.contains_key("parents") {
-        return Err(refuse("json already has a parents field"));
+    // A child's `parents`, a callback's `batch`; outside a flow, no parents.
+    let inputs = match inputs.and_then(|text| serde_json::from_str(text).ok()) {
+        Some(serde_json::Value::Object(inputs)) => inputs,
+        _ => serde_json::Map::from_iter([("parents".into(), serde_json::Value::Array(Vec::new()))]),
+    };
+    for (field, value) in inputs {
+        if object.contains_key(&field) {
+            return Err(refuse(&format!("json already has a {field} field")));
+        }
+        object.insert(field, value);
     }
-    let parents = inputs
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
-        .and_then(|mut inputs| inputs.get_mut("parents").map(serde_json::Value::take))
-        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
-    object.insert("parents".into(), parents);
     Ok(serde_json::Value::Object(object))
 }
 

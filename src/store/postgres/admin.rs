@@ -154,6 +154,25 @@ impl Admin for PgStore {
         Ok(pruned)
     }
 
+    fn seal_batch(&mut self, name: &str) -> Result<bool> {
+        self.revive()?;
+        let fail = self.failing("seal a batch");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        tx.execute(
+            "INSERT INTO batches (name) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&name],
+        )
+        .map_err(&fail)?;
+        let sealed = tx
+            .execute(
+                "UPDATE batches SET sealed = true WHERE name = $1 AND NOT sealed",
+                &[&name],
+            )
+            .map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok(sealed == 1)
+    }
+
     fn set_paused(&mut self, queues: &[String], paused: bool, now: i64) -> Result<()> {
         self.revive()?;
         // Pauses or resumes queues.

@@ -368,7 +368,7 @@ pub(super) fn claim_in(
             jobs
         }
     };
-    crate::store::flows::attach_inputs(&mut jobs, |ids| {
+    crate::store::flows::attach_parents(&mut jobs, |ids| {
         Ok(tx
             .query(
                 "SELECT id, kind, state, result::text, last_error FROM jobs WHERE id = ANY($1)",
@@ -385,6 +385,20 @@ pub(super) fn claim_in(
                 error: r.get(4),
             })
             .collect())
+    })?;
+    crate::store::flows::attach_batches(&mut jobs, |name| {
+        Ok(tx
+            .query_opt(
+                "SELECT name, total, succeeded, dead, cancelled FROM batches WHERE name = $1",
+                &[&name],
+            )?
+            .map(|r| crate::store::BatchCounts {
+                name: r.get(0),
+                total: r.get(1),
+                succeeded: r.get(2),
+                dead: r.get(3),
+                cancelled: r.get(4),
+            }))
     })?;
     Ok(jobs)
 }

@@ -87,14 +87,15 @@ const INSERT_JOBS_SQL: &str = "
 WITH input AS (
     SELECT i.*, nextval(pg_get_serial_sequence('jobs', 'id')) AS id
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-        $7::bigint[], $8::text[], $10::text[], $11::text[], $12::boolean[]) WITH ORDINALITY
+        $7::bigint[], $8::text[], $10::text[], $11::text[], $12::boolean[], $13::text[],
+        $14::text[]) WITH ORDINALITY
       AS i(queue, kind, payload, priority, run_at, max_attempts, timeout_ms, unique_key,
-           limit_key, parents, run_always, n)),
+           limit_key, parents, run_always, batch, callback_for, n)),
 ins AS (
     INSERT INTO jobs (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
-                      unique_key, limit_key, created_at, parents, run_always)
+                      unique_key, limit_key, created_at, parents, run_always, batch, callback_for)
     SELECT id, queue, kind, payload::jsonb, priority, run_at, max_attempts, timeout_ms,
-           unique_key, limit_key, $9, parents::bigint[], run_always
+           unique_key, limit_key, $9, parents::bigint[], run_always, batch, callback_for
     FROM input ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING id, unique_key)
@@ -167,6 +168,8 @@ fn insert_jobs_once(
                 })
             }),
             &column(jobs, |j| j.run_always),
+            &column(jobs, |j| j.batch.as_deref()),
+            &column(jobs, |j| j.callback_for.as_deref()),
         ],
     )?;
     Ok(rows
@@ -552,6 +555,7 @@ fn claimed_from_pg_row(r: &postgres::Row) -> Claimed {
         // The server refuses text that is not UTF-8 at insert.
         undecodable: None,
         parents: r.get::<_, Option<Vec<i64>>>(11).unwrap_or_default(),
+        callback_for: r.get(12),
         inputs: None,
     }
 }
@@ -737,7 +741,7 @@ const JOB_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max
 
 /// What a claim returns of each job it takes (see [`Claimed`]).
 const CLAIMED_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max_attempts, \
-     timeout_ms, attempts, started_at, limit_key, parents";
+     timeout_ms, attempts, started_at, limit_key, parents, callback_for";
 
 /// The columns of an attempt record.
 const RUN_COLUMNS: &str =

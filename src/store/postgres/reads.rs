@@ -2,7 +2,7 @@
 
 use crate::job::{Job, JobState};
 use crate::store::contract::{
-    Backlog, JobRun, ListFilter, Relatives, Result, RunTally, Stats, RELATIVES_SHOWN,
+    Backlog, BatchInfo, JobRun, ListFilter, Relatives, Result, RunTally, Stats, RELATIVES_SHOWN,
 };
 use crate::store::contract::{Fleet, Reads};
 use crate::store::postgres::*;
@@ -137,6 +137,50 @@ impl Reads for PgStore {
             .iter()
             .map(run_from_row)
             .collect())
+    }
+
+    fn batch(&mut self, name: &str) -> Result<Option<BatchInfo>> {
+        self.revive()?;
+        let fail = self.failing("read a batch");
+        let Some(mut info) = self
+            .client
+            .query_opt(
+                "SELECT b.name, b.total, b.succeeded, b.dead, b.cancelled, b.sealed, \
+                   b.callback_id, j.state, b.created_at, b.finished_at \
+                 FROM batches b LEFT JOIN jobs j ON j.id = b.callback_id WHERE b.name = $1",
+                &[&name],
+            )
+            .map_err(&fail)?
+            .map(|r| BatchInfo {
+                counts: crate::store::BatchCounts {
+                    name: r.get(0),
+                    total: r.get(1),
+                    succeeded: r.get(2),
+                    dead: r.get(3),
+                    cancelled: r.get(4),
+                },
+                sealed: r.get(5),
+                callback: r
+                    .get::<_, Option<i64>>(6)
+                    .map(|id| (id, r.get::<_, Option<String>>(7).unwrap_or("pruned".into()))),
+                created_at: r.get(8),
+                finished_at: r.get(9),
+                states: Default::default(),
+            })
+        else {
+            return Ok(None);
+        };
+        info.states = self
+            .client
+            .query(
+                "SELECT state, count(*) FROM jobs WHERE batch = $1 GROUP BY state",
+                &[&name],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(Some(info))
     }
 
     fn relatives(&mut self, job_id: i64) -> Result<Relatives> {

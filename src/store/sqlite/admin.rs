@@ -86,6 +86,17 @@ impl Admin for SqliteStore {
         })
     }
 
+    fn seal_batch(&mut self, name: &str) -> Result<bool> {
+        self.write("seal a batch", |tx| {
+            tx.prepare_cached("INSERT OR IGNORE INTO batches (name) VALUES (?1)")?
+                .execute([name])?;
+            Ok(tx
+                .prepare_cached("UPDATE batches SET sealed = 1 WHERE name = ?1 AND sealed = 0")?
+                .execute([name])?
+                == 1)
+        })
+    }
+
     fn database_id(&mut self) -> Result<String> {
         self.conn
             .prepare_cached("SELECT value FROM meta WHERE key = 'database_id'")

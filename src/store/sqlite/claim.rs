@@ -326,7 +326,7 @@ pub(super) fn claim_in(
             jobs
         }
     };
-    crate::store::flows::attach_inputs(&mut jobs, |ids| {
+    crate::store::flows::attach_parents(&mut jobs, |ids| {
         tx.prepare_cached(
             "SELECT id, kind, state, result, last_error FROM jobs \
              WHERE id IN (SELECT value FROM json_each(?1))",
@@ -341,6 +341,21 @@ pub(super) fn claim_in(
             })
         })?
         .collect()
+    })?;
+    crate::store::flows::attach_batches(&mut jobs, |name| {
+        tx.prepare_cached(
+            "SELECT name, total, succeeded, dead, cancelled FROM batches WHERE name = ?1",
+        )?
+        .query_row([name], |r| {
+            Ok(crate::store::BatchCounts {
+                name: text(r, 0)?,
+                total: r.get(1)?,
+                succeeded: r.get(2)?,
+                dead: r.get(3)?,
+                cancelled: r.get(4)?,
+            })
+        })
+        .optional()
     })?;
     Ok(jobs)
 }

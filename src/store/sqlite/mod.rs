@@ -52,7 +52,7 @@ const JOB_COLUMNS: &str = "id, queue, kind, payload, priority, run_at, max_attem
 /// What a claim returns (see [`Claimed`]).
 const CLAIMED_COLUMNS: &str =
     "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, attempts, started_at, \
-     limit_key, parents";
+     limit_key, parents, callback_for";
 
 const RUN_COLUMNS: &str =
     "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
@@ -446,6 +446,7 @@ fn claimed_from_row(row: &Row<'_>) -> rusqlite::Result<Claimed> {
         parents: opt_text(row, 11)?
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default(),
+        callback_for: opt_text(row, 12)?,
         inputs: None,
     })
 }
@@ -646,8 +647,9 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
     let id: Option<i64> = tx
         .prepare_cached(
             "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, \
-             timeout_ms, unique_key, created_at, limit_key, parents, run_always) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             timeout_ms, unique_key, created_at, limit_key, parents, run_always, batch, \
+             callback_for) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
              ON CONFLICT DO NOTHING RETURNING id",
         )?
         .query_row(
@@ -665,6 +667,8 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
                 (!job.parents.is_empty())
                     .then(|| serde_json::to_string(&job.parents).unwrap_or_default()),
                 i64::from(job.run_always),
+                job.batch,
+                job.callback_for,
             ],
             |r| r.get(0),
         )

@@ -3,7 +3,7 @@
 use crate::job::{Job, JobState};
 use crate::store::contract::Reads;
 use crate::store::contract::{
-    Backlog, JobRun, ListFilter, Relatives, Result, RunTally, Stats, RELATIVES_SHOWN,
+    Backlog, BatchInfo, JobRun, ListFilter, Relatives, Result, RunTally, Stats, RELATIVES_SHOWN,
 };
 use crate::store::shared::{earliest, StatsBuilder, PERCENTILE_SAMPLE};
 use crate::store::sqlite::*;
@@ -86,6 +86,51 @@ impl Reads for SqliteStore {
                 .collect()
         })();
         result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn batch(&mut self, name: &str) -> Result<Option<BatchInfo>> {
+        let result: rusqlite::Result<Option<BatchInfo>> = (|| {
+            let Some(mut info) = self
+                .conn
+                .prepare_cached(
+                    "SELECT b.name, b.total, b.succeeded, b.dead, b.cancelled, b.sealed, \
+                       b.callback_id, j.state, b.created_at, b.finished_at \
+                     FROM batches b LEFT JOIN jobs j ON j.id = b.callback_id WHERE b.name = ?1",
+                )?
+                .query_row([name], |r| {
+                    Ok(BatchInfo {
+                        counts: crate::store::BatchCounts {
+                            name: text(r, 0)?,
+                            total: r.get(1)?,
+                            succeeded: r.get(2)?,
+                            dead: r.get(3)?,
+                            cancelled: r.get(4)?,
+                        },
+                        sealed: r.get::<_, i64>(5)? == 1,
+                        callback: match r.get::<_, Option<i64>>(6)? {
+                            Some(id) => Some((id, opt_text(r, 7)?.unwrap_or("pruned".into()))),
+                            None => None,
+                        },
+                        created_at: r.get(8)?,
+                        finished_at: r.get(9)?,
+                        states: Default::default(),
+                    })
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            info.states = self
+                .conn
+                .prepare_cached(
+                    "SELECT state, count(*) FROM jobs INDEXED BY jobs_batch \
+                     WHERE batch = ?1 GROUP BY state",
+                )?
+                .query_map([name], |r| Ok((text(r, 0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Some(info))
+        })();
+        result.map_err(|e| self.err("read a batch", e))
     }
 
     fn relatives(&mut self, job_id: i64) -> Result<Relatives> {

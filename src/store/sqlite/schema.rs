@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[&str] = &[
     V7_READY_KEY_BY_POOL,
     V8_KEY_INDEX_ON_DEMAND,
     V9_DEPENDENCIES,
+    V10_BATCHES,
 ];
 
 /// The schema version this build writes and reads.
@@ -605,6 +606,142 @@ CREATE TRIGGER jobs_flow_deleted AFTER DELETE ON jobs
     WHEN OLD.has_children = 1 OR OLD.parents IS NOT NULL
 BEGIN
     DELETE FROM job_deps WHERE parent = OLD.id OR child = OLD.id;
+END;
+"
+);
+
+/// The body of the triggers that move a batch's counters: `job` (`NEW` or
+/// `OLD`) entered or left the final state `state`, `delta` (`+ 1` or
+/// `- 1`). The row is made first, so the counters land whatever order the
+/// insert triggers run in.
+macro_rules! batch_count {
+    ($job:literal, $delta:literal) => {
+        concat!(
+            "INSERT OR IGNORE INTO batches (name) VALUES (",
+            $job,
+            ".batch);\n",
+            "    UPDATE batches SET\n",
+            "        succeeded = succeeded ",
+            $delta,
+            " * (",
+            $job,
+            ".state = 'succeeded'),\n",
+            "        dead = dead ",
+            $delta,
+            " * (",
+            $job,
+            ".state = 'dead'),\n",
+            "        cancelled = cancelled ",
+            $delta,
+            " * (",
+            $job,
+            ".state = 'cancelled')\n",
+            "        WHERE name = ",
+            $job,
+            ".batch;\n"
+        )
+    };
+}
+
+/// Version 10: batches (docs/reference.md, "Flows").
+/// - `jobs.batch`: the batch a job belongs to; `jobs.callback_for`: the
+///   batch this job is the callback of (it waits for it, and inserting it
+///   seals the batch);
+/// - `batches`: one row per batch with counters, never scans: `total`
+///   (jobs inserted into it; one pruned before the seal no longer counts),
+///   `succeeded`, `dead`, `cancelled` (its jobs in those states now),
+///   `sealed`, `callback_id`, and `finished_at`, set
+///   once, when the sealed batch's jobs have all ended; that same
+///   statement lets the callback go, so it is let go exactly once;
+/// - triggers: the guards (`batch_open`, `batch_one_callback`,
+///   `callback_has_no_parents`), the counters on insert and on every
+///   change into or out of a final state, the sealing insert of a
+///   callback, and the check that finishes a batch when its counters or
+///   its seal change.
+const V10_BATCHES: &str = concat!(
+    "ALTER TABLE jobs ADD COLUMN batch TEXT NULL CONSTRAINT batch_not_empty CHECK (batch <> '');
+ALTER TABLE jobs ADD COLUMN callback_for TEXT NULL
+    CONSTRAINT callback_for_not_empty CHECK (callback_for <> '');
+CREATE INDEX jobs_batch ON jobs (batch, state) WHERE batch IS NOT NULL;
+CREATE TABLE batches (
+    name        TEXT    PRIMARY KEY,
+    total       INTEGER NOT NULL DEFAULT 0,
+    succeeded   INTEGER NOT NULL DEFAULT 0,
+    dead        INTEGER NOT NULL DEFAULT 0,
+    cancelled   INTEGER NOT NULL DEFAULT 0,
+    sealed      INTEGER NOT NULL DEFAULT 0 CONSTRAINT sealed_bool CHECK (sealed = 0 OR sealed = 1),
+    callback_id INTEGER NULL,
+    created_at  INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+    finished_at INTEGER NULL
+) STRICT;
+CREATE TRIGGER jobs_guard_batch BEFORE INSERT ON jobs
+    WHEN NEW.batch IS NOT NULL OR NEW.callback_for IS NOT NULL
+BEGIN
+    SELECT RAISE(ABORT, 'CHECK constraint failed: batch_open') WHERE NEW.batch IS NOT NULL
+        AND EXISTS (SELECT 1 FROM batches WHERE name = NEW.batch AND sealed = 1);
+    SELECT RAISE(ABORT, 'CHECK constraint failed: batch_one_callback')
+        WHERE NEW.callback_for IS NOT NULL
+        AND EXISTS (SELECT 1 FROM batches WHERE name = NEW.callback_for AND sealed = 1);
+    SELECT RAISE(ABORT, 'CHECK constraint failed: callback_has_no_parents')
+        WHERE NEW.callback_for IS NOT NULL AND NEW.parents IS NOT NULL AND NEW.parents <> '[]';
+    SELECT RAISE(ABORT, 'CHECK constraint failed: callback_outside_its_batch')
+        WHERE NEW.callback_for IS NOT NULL AND NEW.batch IS NOT NULL AND NEW.batch = NEW.callback_for;
+END;
+CREATE TRIGGER jobs_guard_batch_fixed BEFORE UPDATE OF batch, callback_for ON jobs
+    WHEN NEW.batch IS NOT OLD.batch OR NEW.callback_for IS NOT OLD.callback_for
+BEGIN
+    SELECT RAISE(ABORT, 'CHECK constraint failed: batch_fixed_at_insert');
+END;
+CREATE TRIGGER jobs_batch_insert AFTER INSERT ON jobs WHEN NEW.batch IS NOT NULL
+BEGIN
+    INSERT OR IGNORE INTO batches (name) VALUES (NEW.batch);
+    UPDATE batches SET total = total + 1 WHERE name = NEW.batch;
+END;
+CREATE TRIGGER jobs_batch_ended AFTER UPDATE OF state ON jobs
+    WHEN NEW.batch IS NOT NULL
+        AND (NEW.state = 'succeeded' OR NEW.state = 'dead' OR NEW.state = 'cancelled')
+        AND NEW.state IS NOT OLD.state
+BEGIN
+    ",
+    batch_count!("OLD", "- 1"),
+    "    ",
+    batch_count!("NEW", "+ 1"),
+    "END;
+CREATE TRIGGER jobs_batch_reopened AFTER UPDATE OF state ON jobs
+    WHEN NEW.batch IS NOT NULL
+        AND (OLD.state = 'succeeded' OR OLD.state = 'dead' OR OLD.state = 'cancelled')
+        AND NOT (NEW.state = 'succeeded' OR NEW.state = 'dead' OR NEW.state = 'cancelled')
+BEGIN
+    ",
+    batch_count!("OLD", "- 1"),
+    "END;
+CREATE TRIGGER jobs_batch_callback AFTER INSERT ON jobs WHEN NEW.callback_for IS NOT NULL
+BEGIN
+    UPDATE jobs SET state = 'waiting', waiting_for = waiting_for + 1
+        WHERE id = NEW.id AND state = 'queued';
+    INSERT OR IGNORE INTO batches (name) VALUES (NEW.callback_for);
+    UPDATE batches SET sealed = 1, callback_id = NEW.id WHERE name = NEW.callback_for;
+END;
+CREATE TRIGGER jobs_batch_deleted AFTER DELETE ON jobs WHEN OLD.batch IS NOT NULL
+BEGIN
+    UPDATE batches SET total = total - 1,
+        succeeded = succeeded - (OLD.state = 'succeeded'),
+        dead = dead - (OLD.state = 'dead'),
+        cancelled = cancelled - (OLD.state = 'cancelled')
+        WHERE name = OLD.batch AND sealed = 0;
+END;
+CREATE TRIGGER batches_finished AFTER UPDATE ON batches
+    WHEN NEW.sealed = 1 AND NEW.finished_at IS NULL
+        AND NEW.succeeded + NEW.dead + NEW.cancelled >= NEW.total
+BEGIN
+    UPDATE batches SET finished_at = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+        WHERE name = NEW.name;
+    UPDATE jobs SET waiting_for = waiting_for - 1,
+        state = CASE WHEN state = 'waiting' AND waiting_for = 1 THEN 'queued' ELSE state END,
+        run_at = CASE WHEN state = 'waiting' AND waiting_for = 1
+            THEN max(run_at, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
+            ELSE run_at END
+        WHERE id = NEW.callback_id AND callback_for = NEW.name;
 END;
 "
 );
