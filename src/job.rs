@@ -247,6 +247,9 @@ pub struct NewJob {
     /// and inserting it seals the batch.
     #[serde(default)]
     pub callback_for: Option<String>,
+    /// Its sequence: jobs sharing one run one at a time, in id order.
+    #[serde(default)]
+    pub sequence: Option<String>,
 }
 
 /// The pool that runs a job, decided by its kind alone so that a claim can
@@ -392,6 +395,7 @@ impl NewJob {
             run_always: false,
             batch: None,
             callback_for: None,
+            sequence: None,
         }
     }
 

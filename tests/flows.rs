@@ -460,3 +460,120 @@ fn a_10_000_job_batch_runs_its_callback_exactly_once_while_three_daemons_drain_i
         );
     }
 }
+
+#[test]
+fn a_sequence_of_1_000_jobs_runs_one_at_a_time_in_insertion_order_beside_other_jobs() {
+    for b in common::homes_with("flow_sequence", "[pool]\nthreads = 8\n") {
+        b.home.migrate();
+        b.insert_many(1_000, "kind, sequence", "'noop', 'ledger'");
+        b.insert_many(200, "kind, payload", "'noop', '{\"sleep_ms\":5}'");
+        assert_eq!(
+            b.count("SELECT count(*) FROM jobs WHERE sequence = 'ledger' AND state = 'waiting';"),
+            999,
+            "{}",
+            b.name
+        );
+        let daemon = b.home.daemon();
+        b.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "1200",
+            "the sequence and the others",
+        );
+        daemon.stop();
+        let times = b.value(
+            "SELECT started_at || ' ' || finished_at FROM jobs WHERE sequence = 'ledger' ORDER BY id;",
+        );
+        let times: Vec<(i64, i64)> = times
+            .lines()
+            .map(|l| {
+                let (s, f) = l.split_once(' ').unwrap();
+                (s.parse().unwrap(), f.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(times.len(), 1_000, "{}", b.name);
+        for (i, pair) in times.windows(2).enumerate() {
+            assert!(
+                pair[1].0 >= pair[0].1,
+                "{}: member {} started before member {} finished",
+                b.name,
+                i + 1,
+                i
+            );
+        }
+        // The other jobs did not queue behind the sequence.
+        assert!(
+            b.count("SELECT max(finished_at) FROM jobs WHERE sequence IS NULL;")
+                < b.count("SELECT max(finished_at) FROM jobs WHERE sequence = 'ledger';"),
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[test]
+fn a_dead_member_halts_its_sequence_until_retried_and_a_cancelled_one_hands_on_its_turn() {
+    for b in common::homes("flow_sequence_halt") {
+        b.home.migrate();
+        let enqueue = |args: &[&str]| -> i64 {
+            let mut all = vec!["enqueue"];
+            all.extend_from_slice(args);
+            b.home.ok(&all).trim().parse().unwrap()
+        };
+        // h1 dies (nothing listens on port 1), so h2 and h3 wait.
+        let h1 = enqueue(&[
+            "http",
+            r#"{"url":"http://127.0.0.1:1/"}"#,
+            "--sequence",
+            "h",
+            "--max-attempts",
+            "1",
+        ]);
+        let h2 = enqueue(&["noop", "--sequence", "h"]);
+        let h3 = enqueue(&["noop", "--sequence", "h"]);
+        // c1 is scheduled for later; cancelling c2 hands c3 to c1.
+        let c1 = enqueue(&["noop", "--sequence", "c", "--delay", "1h"]);
+        let c2 = enqueue(&["noop", "--sequence", "c"]);
+        let c3 = enqueue(&["noop", "--sequence", "c"]);
+        let daemon = b.home.daemon();
+        b.wait_value(
+            &format!("SELECT state FROM jobs WHERE id = {h1};"),
+            "dead",
+            "h1",
+        );
+        b.home.ok(&["cancel", &c2.to_string()]);
+        let show = b.home.ok(&["show", &c3.to_string()]);
+        assert!(
+            show.contains(&format!("  parents          {c1} queued\n")),
+            "{}: {show}",
+            b.name
+        );
+        assert!(
+            show.contains("  sequence         c\n"),
+            "{}: {show}",
+            b.name
+        );
+        assert_eq!(
+            [state(&b, h2), state(&b, h3), state(&b, c3)],
+            ["waiting", "waiting", "waiting"]
+        );
+        // Cancelling c1 lets c3 go; retrying h1 (now a noop) runs h1, h2, h3.
+        b.home.ok(&["cancel", &c1.to_string()]);
+        b.value(&format!(
+            "UPDATE jobs SET kind = 'noop', payload = '{{}}' WHERE id = {h1};"
+        ));
+        b.home.ok(&["retry", &h1.to_string()]);
+        b.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "4",
+            "h1, h2, h3 and c3",
+        );
+        daemon.stop();
+        let started = |id: i64| b.count(&format!("SELECT started_at FROM jobs WHERE id = {id};"));
+        let finished = |id: i64| b.count(&format!("SELECT finished_at FROM jobs WHERE id = {id};"));
+        assert!(
+            started(h2) >= finished(h1) && started(h3) >= finished(h2),
+            "{}",
+            b.name
+        );
+    }
+}

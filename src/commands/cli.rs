@@ -123,6 +123,10 @@ pub struct EnqueueArgs {
     #[arg(long, value_name = "NAME", conflicts_with_all = ["after", "batch"])]
     pub batch_callback: Option<String>,
 
+    /// Run it after every earlier job of this sequence, one at a time.
+    #[arg(long, value_name = "KEY")]
+    pub sequence: Option<String>,
+
     /// Follow the job to its end; exit 0 only if it succeeded.
     #[arg(long)]
     pub wait: bool,

@@ -68,6 +68,7 @@ pub fn enqueue(config: &Config, args: EnqueueArgs, out: &mut dyn Write) -> Resul
         run_always: args.always,
         batch: args.batch.clone(),
         callback_for: args.batch_callback.clone(),
+        sequence: args.sequence.clone(),
     };
     check(config, &job).map_err(Error::Usage)?;
     let mut store = open(config)?;

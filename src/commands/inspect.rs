@@ -184,6 +184,9 @@ pub fn show(
         value["parents"] = listed(&relatives.parents).into();
         value["children"] = listed(&relatives.children).into();
         value["run_always"] = relatives.run_always.into();
+        value["batch"] = relatives.batch.clone().into();
+        value["callback_for"] = relatives.callback_for.clone().into();
+        value["sequence"] = relatives.sequence.clone().into();
         return json_out(out, &value);
     }
     let w = |out: &mut dyn Write, key: &str, value: String| {
@@ -245,6 +248,15 @@ pub fn show(
             .collect();
         each.join(", ")
     };
+    for (key, value) in [
+        ("batch", &relatives.batch),
+        ("callback_for", &relatives.callback_for),
+        ("sequence", &relatives.sequence),
+    ] {
+        if let Some(value) = value {
+            w(out, key, value.clone())?;
+        }
+    }
     if !relatives.parents.is_empty() {
         let always = if relatives.run_always {
             " (runs whatever their outcome)"

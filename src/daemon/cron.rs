@@ -142,6 +142,7 @@ impl Schedule {
             run_always: false,
             batch: None,
             callback_for: None,
+            sequence: None,
         };
         Ok(Schedule {
             name: name.to_string(),

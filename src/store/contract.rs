@@ -211,6 +211,12 @@ pub struct Relatives {
     pub children: Vec<(i64, String)>,
     /// Whether it runs once its parents ended, whatever their outcome.
     pub run_always: bool,
+    /// The batch it belongs to.
+    pub batch: Option<String>,
+    /// The batch it is the callback of.
+    pub callback_for: Option<String>,
+    /// Its sequence.
+    pub sequence: Option<String>,
 }
 
 /// A batch as `jobd batch` shows it ([`Reads::batch`]).

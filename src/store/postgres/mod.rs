@@ -88,14 +88,15 @@ WITH input AS (
     SELECT i.*, nextval(pg_get_serial_sequence('jobs', 'id')) AS id
     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
         $7::bigint[], $8::text[], $10::text[], $11::text[], $12::boolean[], $13::text[],
-        $14::text[]) WITH ORDINALITY
+        $14::text[], $15::text[]) WITH ORDINALITY
       AS i(queue, kind, payload, priority, run_at, max_attempts, timeout_ms, unique_key,
-           limit_key, parents, run_always, batch, callback_for, n)),
+           limit_key, parents, run_always, batch, callback_for, sequence, n)),
 ins AS (
     INSERT INTO jobs (id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms,
-                      unique_key, limit_key, created_at, parents, run_always, batch, callback_for)
+                      unique_key, limit_key, created_at, parents, run_always, batch, callback_for,
+                      sequence)
     SELECT id, queue, kind, payload::jsonb, priority, run_at, max_attempts, timeout_ms,
-           unique_key, limit_key, $9, parents::bigint[], run_always, batch, callback_for
+           unique_key, limit_key, $9, parents::bigint[], run_always, batch, callback_for, sequence
     FROM input ORDER BY n
     ON CONFLICT DO NOTHING
     RETURNING id, unique_key)
@@ -170,6 +171,7 @@ fn insert_jobs_once(
             &column(jobs, |j| j.run_always),
             &column(jobs, |j| j.batch.as_deref()),
             &column(jobs, |j| j.callback_for.as_deref()),
+            &column(jobs, |j| j.sequence.as_deref()),
         ],
     )?;
     Ok(rows

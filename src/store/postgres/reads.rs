@@ -189,7 +189,7 @@ impl Reads for PgStore {
         let pairs = |rows: Vec<postgres::Row>| -> Vec<(i64, String)> {
             rows.iter().map(|r| (r.get(0), r.get(1))).collect()
         };
-        Ok(Relatives {
+        let mut relatives = Relatives {
             parents: pairs(
                 self.client
                     .query(
@@ -208,12 +208,22 @@ impl Reads for PgStore {
                     )
                     .map_err(&fail)?,
             ),
-            run_always: self
-                .client
-                .query_opt("SELECT run_always FROM jobs WHERE id = $1", &[&job_id])
-                .map_err(&fail)?
-                .is_some_and(|r| r.get(0)),
-        })
+            ..Relatives::default()
+        };
+        if let Some(r) = self
+            .client
+            .query_opt(
+                "SELECT run_always, batch, callback_for, sequence FROM jobs WHERE id = $1",
+                &[&job_id],
+            )
+            .map_err(&fail)?
+        {
+            relatives.run_always = r.get(0);
+            relatives.batch = r.get(1);
+            relatives.callback_for = r.get(2);
+            relatives.sequence = r.get(3);
+        }
+        Ok(relatives)
     }
 
     fn list(&mut self, filter: &ListFilter) -> Result<Vec<Job>> {

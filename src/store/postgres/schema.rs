@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[&str] = &[
     V9_KEY_FUNCTIONS,
     V10_DEPENDENCIES,
     V11_BATCHES,
+    V12_SEQUENCES,
 ];
 
 /// The schema version this build writes and reads.
@@ -537,4 +538,136 @@ CREATE TRIGGER batches_finished AFTER UPDATE ON batches FOR EACH ROW
     WHEN (NEW.sealed AND NEW.finished_at IS NULL
           AND NEW.succeeded + NEW.dead + NEW.cancelled >= NEW.total)
     EXECUTE FUNCTION jobd_batch_finished();
+";
+
+/// Version 12: sequences, as SQLite's version 11 has them (see there). A
+/// member's insert takes an advisory lock per sequence, so two clients
+/// adding to one sequence take turns, then locks the member it will wait
+/// for and reads its state again under the lock: a member that ends
+/// meanwhile is seen ended, and the insert looks further back. Members
+/// of one sequence inserted by concurrent transactions run in the order
+/// their inserts took the lock. The end trigger is made again: parent
+/// edges cancel, sequence edges halt (dead) or are handed back (cancelled);
+/// here each cancelled member runs it for itself (triggers nest).
+const V12_SEQUENCES: &str = "
+ALTER TABLE jobs ADD COLUMN sequence TEXT NULL CONSTRAINT sequence_not_empty CHECK (sequence <> '');
+ALTER TABLE job_deps ADD COLUMN seq BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX jobs_sequence_live ON jobs (sequence, id)
+    WHERE sequence IS NOT NULL AND state IN ('waiting', 'queued', 'running', 'dead');
+
+CREATE FUNCTION jobd_sequence_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'sequence_fixed_at_insert: jobs.sequence is set at insert and never changed'
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'sequence_fixed_at_insert';
+END $$;
+CREATE TRIGGER jobs_sequence_fixed BEFORE UPDATE OF sequence ON jobs FOR EACH ROW
+    WHEN (NEW.sequence IS DISTINCT FROM OLD.sequence)
+    EXECUTE FUNCTION jobd_sequence_fixed();
+
+-- The latest member of `seq` before `child` still live (a dead one halts
+-- the members after it unless they run whatever its outcome).
+CREATE FUNCTION jobd_sequence_before(seq TEXT, child BIGINT) RETURNS BIGINT
+    LANGUAGE sql STABLE AS $$
+    SELECT id FROM jobs
+    WHERE sequence = seq AND id < child AND state IN ('waiting', 'queued', 'running', 'dead')
+    ORDER BY id DESC LIMIT 1
+$$;
+
+CREATE FUNCTION jobd_sequence_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    before BIGINT;
+    before_state TEXT;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('jobd.sequence.' || current_schema() || '.' || NEW.sequence));
+    LOOP
+        before := jobd_sequence_before(NEW.sequence, NEW.id);
+        EXIT WHEN before IS NULL;
+        SELECT state INTO before_state FROM jobs WHERE id = before FOR NO KEY UPDATE;
+        IF before_state IN ('waiting', 'queued', 'running') THEN
+            EXIT;
+        ELSIF before_state = 'dead' THEN
+            IF NEW.run_always THEN
+                before := NULL;
+            END IF;
+            EXIT;
+        END IF;
+        -- It ended while this insert waited for its lock: look again.
+    END LOOP;
+    IF before IS NOT NULL THEN
+        INSERT INTO job_deps (parent, child, seq) VALUES (before, NEW.id, true)
+            ON CONFLICT DO NOTHING;
+        UPDATE jobs SET has_children = true WHERE id = before AND NOT has_children;
+        UPDATE jobs SET waiting_for = waiting_for + 1,
+            state = CASE WHEN state = 'queued' THEN 'waiting' ELSE state END
+            WHERE id = NEW.id;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_sequence_insert AFTER INSERT ON jobs FOR EACH ROW
+    WHEN (NEW.sequence IS NOT NULL)
+    EXECUTE FUNCTION jobd_sequence_insert();
+
+CREATE OR REPLACE FUNCTION jobd_flow_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    doomed BIGINT[];
+    queues TEXT[];
+    edge RECORD;
+    before BIGINT;
+    moved BIGINT;
+BEGIN
+    WITH RECURSIVE d(id) AS (
+        SELECT e.child FROM job_deps e JOIN jobs c ON c.id = e.child
+        WHERE e.parent = NEW.id AND NOT e.met AND NOT e.seq AND NOT c.run_always
+          AND c.state = 'waiting'
+        UNION
+        SELECT e.child FROM d JOIN job_deps e ON e.parent = d.id JOIN jobs c ON c.id = e.child
+        WHERE NOT e.met AND NOT e.seq AND NOT c.run_always AND c.state = 'waiting')
+    SELECT coalesce(array_agg(id), '{}') INTO doomed FROM d;
+    PERFORM 1 FROM jobs WHERE id IN (SELECT child FROM job_deps
+            WHERE NOT met AND (parent = NEW.id OR parent = ANY(doomed)))
+        ORDER BY id FOR NO KEY UPDATE;
+    UPDATE job_deps e SET cut = true FROM jobs c
+        WHERE c.id = e.child AND NOT e.met AND NOT e.cut AND NOT e.seq AND NOT c.run_always
+          AND (e.parent = NEW.id OR e.parent = ANY(doomed));
+    -- A cancelled member hands its next member to the latest earlier live one.
+    IF NEW.state = 'cancelled' THEN
+        FOR edge IN SELECT e.child, s.sequence, s.run_always FROM job_deps e
+                JOIN jobs s ON s.id = e.child
+                WHERE e.parent = NEW.id AND e.seq AND NOT e.met LOOP
+            before := jobd_sequence_before(edge.sequence, edge.child);
+            IF before IS NOT NULL AND NOT (edge.run_always
+                    AND (SELECT state FROM jobs WHERE id = before) = 'dead') THEN
+                INSERT INTO job_deps (parent, child, seq) VALUES (before, edge.child, true)
+                    ON CONFLICT DO NOTHING;
+                GET DIAGNOSTICS moved = ROW_COUNT;
+                IF moved = 1 THEN
+                    DELETE FROM job_deps WHERE parent = NEW.id AND child = edge.child;
+                    UPDATE jobs SET has_children = true WHERE id = before AND NOT has_children;
+                END IF;
+            END IF;
+        END LOOP;
+    END IF;
+    WITH edges AS (
+        UPDATE job_deps e SET met = true FROM jobs c
+        WHERE c.id = e.child AND NOT e.met
+          AND (e.parent = NEW.id OR e.parent = ANY(doomed))
+          AND (c.run_always OR (e.seq AND e.parent = NEW.id AND NEW.state = 'cancelled'))
+        RETURNING e.child),
+    counts AS (SELECT child, count(*) AS n FROM edges GROUP BY child),
+    released AS (
+        UPDATE jobs j SET waiting_for = j.waiting_for - counts.n,
+            state = CASE WHEN j.state = 'waiting' AND j.waiting_for = counts.n
+                         THEN 'queued' ELSE j.state END,
+            run_at = CASE WHEN j.state = 'waiting' AND j.waiting_for = counts.n
+                          THEN GREATEST(j.run_at, coalesce(NEW.finished_at, j.run_at)) ELSE j.run_at END
+        FROM counts WHERE j.id = counts.child
+        RETURNING j.queue, j.state)
+    SELECT array_agg(DISTINCT queue) FILTER (WHERE state = 'queued') INTO queues FROM released;
+    UPDATE jobs SET state = 'cancelled',
+        finished_at = coalesce(NEW.finished_at, (floor(extract(epoch from clock_timestamp()) * 1000))::bigint),
+        last_error = 'cancelled: job ' || NEW.id || ', which this job waits for, is ' || NEW.state
+        WHERE id = ANY(doomed) AND state = 'waiting';
+    PERFORM pg_notify('jobd_jobs_' || TG_TABLE_SCHEMA, q) FROM unnest(queues) AS q;
+    RETURN NULL;
+END $$;
 ";

@@ -648,8 +648,8 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
         .prepare_cached(
             "INSERT INTO jobs (queue, kind, payload, priority, run_at, max_attempts, \
              timeout_ms, unique_key, created_at, limit_key, parents, run_always, batch, \
-             callback_for) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             callback_for, sequence) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
              ON CONFLICT DO NOTHING RETURNING id",
         )?
         .query_row(
@@ -669,6 +669,7 @@ fn insert_in(tx: &rusqlite::Transaction<'_>, job: &NewJob, now: i64) -> rusqlite
                 i64::from(job.run_always),
                 job.batch,
                 job.callback_for,
+                job.sequence,
             ],
             |r| r.get(0),
         )

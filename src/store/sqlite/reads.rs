@@ -136,7 +136,7 @@ impl Reads for SqliteStore {
     fn relatives(&mut self, job_id: i64) -> Result<Relatives> {
         let result: rusqlite::Result<Relatives> = (|| {
             let pair = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, text(r, 1)?));
-            Ok(Relatives {
+            let mut relatives = Relatives {
                 parents: self
                     .conn
                     .prepare_cached(
@@ -153,13 +153,29 @@ impl Reads for SqliteStore {
                     )?
                     .query_map(params![job_id, RELATIVES_SHOWN], pair)?
                     .collect::<rusqlite::Result<_>>()?,
-                run_always: self
-                    .conn
-                    .prepare_cached("SELECT run_always FROM jobs WHERE id = ?1")?
-                    .query_row([job_id], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .is_some_and(|v| v == 1),
-            })
+                ..Relatives::default()
+            };
+            if let Some((always, batch, callback_for, sequence)) = self
+                .conn
+                .prepare_cached(
+                    "SELECT run_always, batch, callback_for, sequence FROM jobs WHERE id = ?1",
+                )?
+                .query_row([job_id], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        opt_text(r, 1)?,
+                        opt_text(r, 2)?,
+                        opt_text(r, 3)?,
+                    ))
+                })
+                .optional()?
+            {
+                relatives.run_always = always == 1;
+                relatives.batch = batch;
+                relatives.callback_for = callback_for;
+                relatives.sequence = sequence;
+            }
+            Ok(relatives)
         })();
         result.map_err(|e| self.err("read a job's parents and children", e))
     }

@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[&str] = &[
     V8_KEY_INDEX_ON_DEMAND,
     V9_DEPENDENCIES,
     V10_BATCHES,
+    V11_SEQUENCES,
 ];
 
 /// The schema version this build writes and reads.
@@ -742,6 +743,151 @@ BEGIN
             THEN max(run_at, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
             ELSE run_at END
         WHERE id = NEW.callback_id AND callback_for = NEW.name;
+END;
+"
+);
+
+/// Version 11's [`doomed!`]: the jobs a dead or cancelled job takes with
+/// it through parent edges only (a sequence's next member is not its
+/// child: it halts or goes on instead).
+macro_rules! doomed_by_parents {
+    () => {
+        "(WITH RECURSIVE doomed(id) AS (
+            SELECT d.child FROM job_deps d JOIN jobs c ON c.id = d.child
+            WHERE d.parent = NEW.id AND d.met = 0 AND d.seq = 0 AND c.run_always = 0
+              AND c.state = 'waiting'
+            UNION
+            SELECT d.child FROM doomed JOIN job_deps d ON d.parent = doomed.id
+            JOIN jobs c ON c.id = d.child
+            WHERE d.met = 0 AND d.seq = 0 AND c.run_always = 0 AND c.state = 'waiting')
+        SELECT id FROM doomed)"
+    };
+}
+
+/// The jobs whose end lets a sequence's next member go on, or hand it to
+/// an earlier member: `NEW` when it is cancelled, and the jobs it takes
+/// with it.
+macro_rules! gone {
+    () => {
+        concat!(
+            "(SELECT NEW.id WHERE NEW.state = 'cancelled' UNION ALL SELECT id FROM ",
+            doomed_by_parents!(),
+            ")"
+        )
+    };
+}
+
+/// The member a sequence's next member (the edge's child) waits for
+/// instead of a member that is gone: the latest earlier one still live
+/// (waiting, queued, running, or dead: a halt, unless the next member runs
+/// whatever its predecessor's outcome).
+macro_rules! earlier_live {
+    () => {
+        concat!(
+            "(SELECT max(j.id) FROM jobs j, jobs s \
+              WHERE s.id = job_deps.child AND j.sequence = s.sequence AND j.id < s.id \
+              AND (j.state = 'waiting' OR j.state = 'queued' OR j.state = 'running' \
+                   OR (j.state = 'dead' AND s.run_always = 0)) \
+              AND j.id NOT IN ",
+            gone!(),
+            ")"
+        )
+    };
+}
+
+/// Version 11: sequences (docs/reference.md, "Flows").
+/// - `jobs.sequence`: jobs sharing it run one at a time in id order: each
+///   member waits, through an edge of `job_deps` marked `seq`, for the
+///   latest earlier member still live (`jobs_sequence_live` finds it);
+/// - a member's success lets the next go (the success trigger, as for a
+///   parent); its death halts the sequence (the next keeps waiting, unless
+///   it runs whatever its predecessor's outcome), until `jobd retry`;
+///   its cancellation hands the next to the latest earlier live member,
+///   or lets it go when there is none;
+/// - the end trigger is made again so that a dead or cancelled member
+///   cancels only its children through parent edges.
+const V11_SEQUENCES: &str = concat!(
+    "ALTER TABLE jobs ADD COLUMN sequence TEXT NULL
+    CONSTRAINT sequence_not_empty CHECK (sequence <> '');
+ALTER TABLE job_deps ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX jobs_sequence_live ON jobs (sequence, id) WHERE sequence IS NOT NULL
+    AND (state = 'waiting' OR state = 'queued' OR state = 'running' OR state = 'dead');
+CREATE TRIGGER jobs_guard_sequence_fixed BEFORE UPDATE OF sequence ON jobs
+    WHEN NEW.sequence IS NOT OLD.sequence
+BEGIN
+    SELECT RAISE(ABORT, 'CHECK constraint failed: sequence_fixed_at_insert');
+END;
+CREATE TRIGGER jobs_sequence_insert AFTER INSERT ON jobs WHEN NEW.sequence IS NOT NULL
+BEGIN
+    INSERT OR IGNORE INTO job_deps (parent, child, seq)
+        SELECT p.id, NEW.id, 1 FROM jobs p
+        WHERE p.id = (SELECT max(id) FROM jobs
+                      WHERE sequence = NEW.sequence AND id < NEW.id
+                        AND (state = 'waiting' OR state = 'queued' OR state = 'running'
+                             OR state = 'dead'))
+          AND NOT (p.state = 'dead' AND NEW.run_always = 1);
+    UPDATE jobs SET has_children = 1 WHERE has_children = 0
+        AND id = (SELECT parent FROM job_deps WHERE child = NEW.id AND seq = 1);
+    UPDATE jobs SET waiting_for = waiting_for + 1,
+        state = CASE WHEN state = 'queued' THEN 'waiting' ELSE state END
+        WHERE id = NEW.id AND EXISTS (SELECT 1 FROM job_deps WHERE child = NEW.id AND seq = 1);
+END;
+DROP TRIGGER jobs_flow_ended;
+CREATE TRIGGER jobs_flow_ended AFTER UPDATE OF state ON jobs
+    WHEN NEW.has_children = 1 AND (NEW.state = 'dead' OR NEW.state = 'cancelled')
+        AND OLD.state <> 'dead' AND OLD.state <> 'cancelled'
+BEGIN
+    UPDATE job_deps SET cut = 1 WHERE met = 0 AND seq = 0
+        AND (parent = NEW.id OR parent IN ",
+    doomed_by_parents!(),
+    ")
+        AND child IN (SELECT id FROM jobs WHERE id = child AND run_always = 0);
+    -- Next members of the sequence whose member is gone wait for an earlier one.
+    UPDATE OR IGNORE job_deps SET parent = ",
+    earlier_live!(),
+    "
+        WHERE met = 0 AND seq = 1 AND parent IN ",
+    gone!(),
+    " AND ",
+    earlier_live!(),
+    " IS NOT NULL;
+    UPDATE jobs SET has_children = 1 WHERE has_children = 0 AND id IN (
+        SELECT parent FROM job_deps WHERE met = 0 AND seq = 1);
+    -- What is left is let go: run_always children, next members of a
+    -- sequence with no earlier live member, and next members that run
+    -- whatever their dead predecessor's outcome.
+    UPDATE jobs SET
+        waiting_for = waiting_for - (SELECT count(*) FROM job_deps d WHERE d.child = jobs.id
+            AND d.met = 0 AND (d.parent = NEW.id OR d.parent IN ",
+    doomed_by_parents!(),
+    ")
+            AND (jobs.run_always = 1 OR (d.seq = 1 AND d.parent IN ",
+    gone!(),
+    "))),
+        state = CASE WHEN state = 'waiting' AND waiting_for = (SELECT count(*) FROM job_deps d
+            WHERE d.child = jobs.id AND d.met = 0 AND (d.parent = NEW.id OR d.parent IN ",
+    doomed_by_parents!(),
+    ")
+            AND (jobs.run_always = 1 OR (d.seq = 1 AND d.parent IN ",
+    gone!(),
+    "))) THEN 'queued' ELSE state END
+        WHERE id IN (SELECT child FROM job_deps WHERE met = 0
+            AND (parent = NEW.id OR parent IN ",
+    doomed_by_parents!(),
+    "));
+    UPDATE job_deps SET met = 1 WHERE met = 0 AND (parent = NEW.id OR parent IN ",
+    doomed_by_parents!(),
+    ")
+        AND (child IN (SELECT id FROM jobs WHERE id = child AND run_always = 1)
+             OR (seq = 1 AND parent IN ",
+    gone!(),
+    "));
+    UPDATE jobs SET state = 'cancelled',
+        finished_at = coalesce(NEW.finished_at, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+        last_error = 'cancelled: job ' || NEW.id || ', which this job waits for, is ' || NEW.state
+        WHERE id IN ",
+    doomed_by_parents!(),
+    ";
 END;
 "
 );
