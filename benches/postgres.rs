@@ -4,7 +4,8 @@
 //! and pickup latency on an idle daemon (300 jobs inserted 20 ms apart,
 //! each watched until it leaves `queued`): through LISTEN/NOTIFY on
 //! PostgreSQL, through the `-wal` watch on SQLite; then the keyed figures
-//! ([`keyed_figures`]). `JOBD_BENCH=keys` runs only those.
+//! ([`keyed_figures`]) and flows ([`flow_figures`]). `JOBD_BENCH=keys` or
+//! `JOBD_BENCH=flows` runs only those.
 //!
 //! `cargo bench --bench postgres` (needs the machine's server at
 //! 127.0.0.1:5432, database `test`; each run works in a schema of its own,
@@ -105,6 +106,23 @@ impl Database {
             Database::Postgres(schema) => format!(
                 "url = \"postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}\""
             ),
+        }
+    }
+
+    /// Every row of a one-column query, a line each.
+    fn text(&self, sql: &str) -> String {
+        match self {
+            Database::Sqlite(_) => {
+                let mut store = self.sqlite_store();
+                let mut stmt = store.connection().prepare(sql).unwrap();
+                let rows: Vec<String> = stmt
+                    .query_map([], |r| r.get::<_, i64>(0))
+                    .unwrap()
+                    .map(|v| v.unwrap().to_string())
+                    .collect();
+                rows.join("\n")
+            }
+            Database::Postgres(schema) => psql(&format!("SET search_path = {schema}; {sql}")),
         }
     }
 
@@ -380,12 +398,99 @@ fn keyed_figures(dir: &tempfile::TempDir) {
     }
 }
 
+/// Waits until `sql` (one integer) reaches `want`.
+fn wait_count(db: &Database, sql: &str, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while db.scalar(sql) < want {
+        assert!(Instant::now() < deadline, "stalled: {sql}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The flow figures of issue 20, on both backends: a chain of 10 000 jobs
+/// (each waiting for the one before) with the delay from a parent's finish
+/// to its child's start, and a batch of 100 000 jobs with one callback
+/// against the same 100 000 jobs with no batch, with the delay from the
+/// batch's last finish to the callback's start.
+fn flow_figures(dir: &tempfile::TempDir) {
+    const CHAIN: i64 = 10_000;
+    const FAN: i64 = 100_000;
+    for backend in ["sqlite", "postgres"] {
+        let fresh = |tag: &str| match backend {
+            "sqlite" => Database::sqlite(dir, tag),
+            _ => Database::postgres(tag),
+        };
+        // A chain, written in one statement: job i waits for job i - 1.
+        let db = fresh("chain");
+        let parent = match db {
+            Database::Sqlite(_) => "CASE WHEN i = 1 THEN NULL ELSE json_array(i - 1) END",
+            Database::Postgres(_) => "CASE WHEN i = 1 THEN NULL ELSE ARRAY[i - 1]::bigint[] END",
+        };
+        db.scalar(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {CHAIN}) \
+             INSERT INTO jobs(kind, parents) SELECT 'noop', {parent} FROM n; SELECT 0;"
+        ));
+        let running = vec![daemon(dir, &db, 20, "")];
+        wait_count(&db, "SELECT count(*) FROM job_runs", CHAIN);
+        stop(running);
+        let span = db
+            .scalar("SELECT max(finished_at) - min(started_at) FROM jobs")
+            .max(1);
+        let gaps = db.text(
+            "SELECT c.started_at - p.finished_at FROM jobs c JOIN jobs p ON p.id = c.id - 1 \
+             ORDER BY 1",
+        );
+        let mut gaps: Vec<f64> = gaps.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        gaps.sort_by(f64::total_cmp);
+        println!(
+            "{:<10} chain of {CHAIN} jobs, each after the one before: {:>6.0} jobs/s; \
+             parent's finish to child's start p50 {:.0} ms, p99 {:.0} ms",
+            db.name(),
+            CHAIN as f64 / (span as f64 / 1000.0),
+            percentile(&gaps, 0.5),
+            percentile(&gaps, 0.99)
+        );
+        // Fan-out and fan-in: a batch with one callback, against no batch.
+        let plain = fresh("fan_plain");
+        plain.insert(FAN, "'{}'", "NULL");
+        let plain_rate = drain_rate(dir, &plain, 1, "", FAN);
+        let db = fresh("fan_batch");
+        db.scalar(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {FAN}) \
+             INSERT INTO jobs(kind, batch) SELECT 'noop', 'fan' FROM n; \
+             INSERT INTO jobs(kind, callback_for) VALUES ('noop', 'fan'); SELECT 0;"
+        ));
+        let running = vec![daemon(dir, &db, 21, "")];
+        wait_count(
+            &db,
+            "SELECT count(*) FROM jobs WHERE callback_for = 'fan' AND state = 'succeeded'",
+            1,
+        );
+        stop(running);
+        let span = db
+            .scalar("SELECT max(finished_at) - min(started_at) FROM jobs WHERE batch = 'fan'")
+            .max(1);
+        let batch_rate = FAN as f64 / (span as f64 / 1000.0);
+        let callback = db.scalar(
+            "SELECT (SELECT started_at FROM jobs WHERE callback_for = 'fan') \
+                    - (SELECT max(finished_at) FROM jobs WHERE batch = 'fan')",
+        );
+        println!(
+            "{:<10} batch of {FAN} jobs and a callback: {batch_rate:>6.0} jobs/s, the same without \
+             a batch {plain_rate:>6.0} ({:.0} %); callback started {callback} ms after the last job",
+            db.name(),
+            100.0 * batch_rate / plain_rate
+        );
+    }
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    // JOBD_BENCH=keys: only the keyed figures.
-    if std::env::var("JOBD_BENCH").as_deref() == Ok("keys") {
-        keyed_figures(&dir);
-        return;
+    // JOBD_BENCH=keys or flows: only those figures.
+    match std::env::var("JOBD_BENCH").as_deref() {
+        Ok("keys") => return keyed_figures(&dir),
+        Ok("flows") => return flow_figures(&dir),
+        _ => {}
     }
     for n in 1..=3 {
         for db in [
@@ -416,4 +521,5 @@ fn main() {
         );
     }
     keyed_figures(&dir);
+    flow_figures(&dir);
 }

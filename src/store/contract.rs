@@ -224,7 +224,7 @@ pub struct Relatives {
 pub struct BatchInfo {
     /// Its counters (`total` final once sealed).
     #[serde(flatten)]
-    pub counts: crate::store::BatchCounts,
+    pub counts: crate::store::flows::BatchCounts,
     /// No job joins it any more.
     pub sealed: bool,
     /// Its callback: id and state.

@@ -375,7 +375,7 @@ pub(super) fn claim_in(
                 &[&ids],
             )?
             .iter()
-            .map(|r| crate::store::ParentOutcome {
+            .map(|r| crate::store::flows::ParentOutcome {
                 id: r.get(0),
                 kind: r.get(1),
                 state: r.get(2),
@@ -392,7 +392,7 @@ pub(super) fn claim_in(
                 "SELECT name, total, succeeded, dead, cancelled FROM batches WHERE name = $1",
                 &[&name],
             )?
-            .map(|r| crate::store::BatchCounts {
+            .map(|r| crate::store::flows::BatchCounts {
                 name: r.get(0),
                 total: r.get(1),
                 succeeded: r.get(2),

@@ -152,7 +152,7 @@ impl Reads for PgStore {
             )
             .map_err(&fail)?
             .map(|r| BatchInfo {
-                counts: crate::store::BatchCounts {
+                counts: crate::store::flows::BatchCounts {
                     name: r.get(0),
                     total: r.get(1),
                     succeeded: r.get(2),

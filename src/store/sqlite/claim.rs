@@ -332,7 +332,7 @@ pub(super) fn claim_in(
              WHERE id IN (SELECT value FROM json_each(?1))",
         )?
         .query_map([serde_json::to_string(ids).unwrap_or_default()], |r| {
-            Ok(crate::store::ParentOutcome {
+            Ok(crate::store::flows::ParentOutcome {
                 id: r.get(0)?,
                 kind: text(r, 1)?,
                 state: text(r, 2)?,
@@ -347,7 +347,7 @@ pub(super) fn claim_in(
             "SELECT name, total, succeeded, dead, cancelled FROM batches WHERE name = ?1",
         )?
         .query_row([name], |r| {
-            Ok(crate::store::BatchCounts {
+            Ok(crate::store::flows::BatchCounts {
                 name: text(r, 0)?,
                 total: r.get(1)?,
                 succeeded: r.get(2)?,

@@ -99,7 +99,7 @@ impl Reads for SqliteStore {
                 )?
                 .query_row([name], |r| {
                     Ok(BatchInfo {
-                        counts: crate::store::BatchCounts {
+                        counts: crate::store::flows::BatchCounts {
                             name: text(r, 0)?,
                             total: r.get(1)?,
                             succeeded: r.get(2)?,
