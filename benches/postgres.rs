@@ -109,6 +109,16 @@ impl Database {
         }
     }
 
+    /// Runs statements, answering nothing.
+    fn exec(&self, sql: &str) {
+        match self {
+            Database::Sqlite(_) => self.sqlite_store().connection().execute_batch(sql).unwrap(),
+            Database::Postgres(schema) => {
+                psql(&format!("SET search_path = {schema}; {sql}"));
+            }
+        }
+    }
+
     /// Every row of a one-column query, a line each.
     fn text(&self, sql: &str) -> String {
         match self {
@@ -426,9 +436,9 @@ fn flow_figures(dir: &tempfile::TempDir) {
             Database::Sqlite(_) => "CASE WHEN i = 1 THEN NULL ELSE json_array(i - 1) END",
             Database::Postgres(_) => "CASE WHEN i = 1 THEN NULL ELSE ARRAY[i - 1]::bigint[] END",
         };
-        db.scalar(&format!(
+        db.exec(&format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {CHAIN}) \
-             INSERT INTO jobs(kind, parents) SELECT 'noop', {parent} FROM n; SELECT 0;"
+             INSERT INTO jobs(kind, parents) SELECT 'noop', {parent} FROM n;"
         ));
         let running = vec![daemon(dir, &db, 20, "")];
         wait_count(&db, "SELECT count(*) FROM job_runs", CHAIN);
@@ -455,10 +465,10 @@ fn flow_figures(dir: &tempfile::TempDir) {
         plain.insert(FAN, "'{}'", "NULL");
         let plain_rate = drain_rate(dir, &plain, 1, "", FAN);
         let db = fresh("fan_batch");
-        db.scalar(&format!(
+        db.exec(&format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {FAN}) \
              INSERT INTO jobs(kind, batch) SELECT 'noop', 'fan' FROM n; \
-             INSERT INTO jobs(kind, callback_for) VALUES ('noop', 'fan'); SELECT 0;"
+             INSERT INTO jobs(kind, callback_for) VALUES ('noop', 'fan');"
         ));
         let running = vec![daemon(dir, &db, 21, "")];
         wait_count(

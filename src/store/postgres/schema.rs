@@ -405,7 +405,7 @@ CREATE TRIGGER jobs_flow_deleted AFTER DELETE ON jobs FOR EACH ROW
 const V11_BATCHES: &str = "
 ALTER TABLE jobs ADD COLUMN batch TEXT NULL CONSTRAINT batch_not_empty CHECK (batch <> ''),
     ADD COLUMN callback_for TEXT NULL CONSTRAINT callback_for_not_empty CHECK (callback_for <> '');
-CREATE INDEX jobs_batch ON jobs (batch, state) WHERE batch IS NOT NULL;
+CREATE INDEX jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
 CREATE TABLE batches (
     name        TEXT    PRIMARY KEY,
     total       BIGINT  NOT NULL DEFAULT 0,

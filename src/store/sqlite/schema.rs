@@ -612,16 +612,13 @@ END;
 );
 
 /// The body of the triggers that move a batch's counters: `job` (`NEW` or
-/// `OLD`) entered or left the final state `state`, `delta` (`+ 1` or
-/// `- 1`). The row is made first, so the counters land whatever order the
-/// insert triggers run in.
+/// `OLD`) entered or left its final state, `delta` (`+ 1` or `- 1`). The
+/// batch's row was made by the guard on the job's insert, before any other
+/// trigger can end the job.
 macro_rules! batch_count {
     ($job:literal, $delta:literal) => {
         concat!(
-            "INSERT OR IGNORE INTO batches (name) VALUES (",
-            $job,
-            ".batch);\n",
-            "    UPDATE batches SET\n",
+            "UPDATE batches SET\n",
             "        succeeded = succeeded ",
             $delta,
             " * (",
@@ -663,7 +660,7 @@ const V10_BATCHES: &str = concat!(
     "ALTER TABLE jobs ADD COLUMN batch TEXT NULL CONSTRAINT batch_not_empty CHECK (batch <> '');
 ALTER TABLE jobs ADD COLUMN callback_for TEXT NULL
     CONSTRAINT callback_for_not_empty CHECK (callback_for <> '');
-CREATE INDEX jobs_batch ON jobs (batch, state) WHERE batch IS NOT NULL;
+CREATE INDEX jobs_batch ON jobs (batch) WHERE batch IS NOT NULL;
 CREATE TABLE batches (
     name        TEXT    PRIMARY KEY,
     total       INTEGER NOT NULL DEFAULT 0,
@@ -680,6 +677,7 @@ CREATE TRIGGER jobs_guard_batch BEFORE INSERT ON jobs
 BEGIN
     SELECT RAISE(ABORT, 'CHECK constraint failed: batch_open') WHERE NEW.batch IS NOT NULL
         AND EXISTS (SELECT 1 FROM batches WHERE name = NEW.batch AND sealed = 1);
+    INSERT OR IGNORE INTO batches (name) SELECT NEW.batch WHERE NEW.batch IS NOT NULL;
     SELECT RAISE(ABORT, 'CHECK constraint failed: batch_one_callback')
         WHERE NEW.callback_for IS NOT NULL
         AND EXISTS (SELECT 1 FROM batches WHERE name = NEW.callback_for AND sealed = 1);
@@ -695,17 +693,14 @@ BEGIN
 END;
 CREATE TRIGGER jobs_batch_insert AFTER INSERT ON jobs WHEN NEW.batch IS NOT NULL
 BEGIN
-    INSERT OR IGNORE INTO batches (name) VALUES (NEW.batch);
     UPDATE batches SET total = total + 1 WHERE name = NEW.batch;
 END;
 CREATE TRIGGER jobs_batch_ended AFTER UPDATE OF state ON jobs
     WHEN NEW.batch IS NOT NULL
         AND (NEW.state = 'succeeded' OR NEW.state = 'dead' OR NEW.state = 'cancelled')
-        AND NEW.state IS NOT OLD.state
+        AND NOT (OLD.state = 'succeeded' OR OLD.state = 'dead' OR OLD.state = 'cancelled')
 BEGIN
     ",
-    batch_count!("OLD", "- 1"),
-    "    ",
     batch_count!("NEW", "+ 1"),
     "END;
 CREATE TRIGGER jobs_batch_reopened AFTER UPDATE OF state ON jobs
