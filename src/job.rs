@@ -190,8 +190,8 @@ pub struct Claimed {
     /// The batch it is the callback of.
     pub callback_for: Option<String>,
     /// What its flow hands it, as JSON text: `{"parents": [outcome, …]}`
-    /// (see [`crate::store::flows::ParentOutcome`]) or, for a batch's callback,
-    /// `{"batch": counts}` ([`crate::store::flows::BatchCounts`]); None outside a
+    /// (see [`crate::store::ParentOutcome`]) or, for a batch's callback,
+    /// `{"batch": counts}` ([`crate::store::BatchCounts`]); None outside a
     /// flow.
     pub inputs: Option<String>,
 }

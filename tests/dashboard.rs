@@ -491,3 +491,77 @@ fn the_dashboard_charts_every_daemons_attempts() {
         );
     }
 }
+
+#[test]
+fn a_job_page_shows_its_flow_as_a_tree_and_a_batch_page_its_progress() {
+    let d = dash("", "");
+    let enqueue = |args: &[&str]| -> String {
+        let mut all = vec!["enqueue"];
+        all.extend_from_slice(args);
+        d.home.ok(&all).trim().to_string()
+    };
+    // A (an hour from now) → B → C, and A → D; a batch "a<b>" of two jobs
+    // with a callback.
+    let a = enqueue(&["noop", "--delay", "1h"]);
+    let b = enqueue(&["noop", "--after", &a]);
+    let c = enqueue(&["noop", "--after", &b]);
+    let e = enqueue(&["noop", "--after", &a]);
+    enqueue(&["noop", "--batch", "a<b>", "--delay", "1h"]);
+    enqueue(&["noop", "--batch", "a<b>", "--delay", "1h"]);
+    let callback = enqueue(&["noop", "--batch-callback", "a<b>"]);
+    let _daemon = d.home.daemon();
+    let page = d.page(&format!("/jobs/{a}"));
+    let flow = &page[page.find("<ul id=\"flow\">").expect("a flow section")..];
+    let tree = format!(
+        "<li><strong><a href=\"/jobs/{a}\">{a}</a> <span class=\"\">queued</span></strong>\
+         <ul><li><a href=\"/jobs/{b}\">{b}</a> <span class=\"\">waiting</span>\
+         <ul><li><a href=\"/jobs/{c}\">{c}</a> <span class=\"\">waiting</span></li></ul></li>\
+         <li><a href=\"/jobs/{e}\">{e}</a> <span class=\"\">waiting</span></li></ul></li></ul>"
+    );
+    assert!(
+        flow.starts_with(&format!("<ul id=\"flow\">{tree}")),
+        "{flow}"
+    );
+    let page = d.page(&format!("/jobs/{c}"));
+    assert!(
+        page.contains(&format!("<li>waits for <a href=\"/jobs/{b}\">{b}</a>")),
+        "{page}"
+    );
+    let page = d.page(&format!("/jobs/{callback}"));
+    assert!(
+        page.contains("<th>callback of</th><td><a href=\"/batches/a%3Cb%3E\">a&lt;b&gt;</a>"),
+        "{page}"
+    );
+    let page = d.page("/batches/a%3Cb%3E");
+    assert!(page.contains("<h1>Batch a&lt;b&gt;</h1>"), "{page}");
+    assert!(
+        page.contains("value=\"0\"></progress> 0.0 % ended"),
+        "{page}"
+    );
+    assert!(page.contains("<th>queued</th><td>2</td>"), "{page}");
+    assert!(
+        page.contains(&format!(
+            "<th>sealed</th><td>yes, callback <a href=\"/jobs/{callback}\">{callback}</a>"
+        )),
+        "{page}"
+    );
+    let (status, body, _) = d.get("/batches/nothing");
+    assert_eq!(status, 404, "{body}");
+    if let Some(browser) = common::browser::chromium() {
+        let profile = tempfile::tempdir().unwrap();
+        let dom = common::browser::headless(
+            &browser,
+            profile.path(),
+            &["--dump-dom"],
+            &format!("{}/jobs/{a}", d.base),
+        );
+        assert!(
+            dom.contains(&format!("<a href=\"/jobs/{c}\">{c}</a>")),
+            "{dom}"
+        );
+    } else {
+        eprintln!(
+            "chromium is not installed (.ci/run installs it): the page was checked without it"
+        );
+    }
+}

@@ -52,7 +52,8 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// Percent-encodes a query value.
+/// `text` percent-encoded but for the unreserved characters: a query
+/// value or a path segment.
 fn query_value(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
@@ -103,6 +104,135 @@ fn state_class(state: JobState) -> &'static str {
         JobState::Dead => "dead",
         _ => "",
     }
+}
+
+/// A job's flow as the job page shows it: its parents, and its descendants
+/// as an indented tree (depth first, at most [`Flow::SHOWN`] of them).
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// The job's parents and children, batch and sequence.
+    pub relatives: crate::store::Relatives,
+    /// Its descendants: depth (1 for a child), id, state.
+    pub descendants: Vec<(usize, i64, String)>,
+}
+
+impl Flow {
+    /// How many descendants the tree shows.
+    pub const SHOWN: usize = 100;
+}
+
+fn batch_link(name: &str) -> String {
+    format!(
+        "<a href=\"/batches/{}\">{}</a>",
+        query_value(name),
+        escape(name)
+    )
+}
+
+fn job_link(id: i64, state: &str) -> String {
+    format!(
+        "<a href=\"/jobs/{id}\">{id}</a> <span class=\"{}\">{}</span>",
+        state.parse().map(state_class).unwrap_or(""),
+        escape(state)
+    )
+}
+
+/// The job page's flow section: empty for a job outside any flow.
+fn flow_tree(job: &Job, flow: &Flow) -> String {
+    let r = &flow.relatives;
+    if r.parents.is_empty() && flow.descendants.is_empty() {
+        return String::new();
+    }
+    let mut b = String::from("<h2>Flow</h2><ul id=\"flow\">");
+    if !r.parents.is_empty() {
+        let parents: Vec<String> = r.parents.iter().map(|(id, s)| job_link(*id, s)).collect();
+        let _ = write!(
+            b,
+            "<li>waits for {}{}</li>",
+            parents.join(", "),
+            if r.run_always {
+                " (runs whatever their outcome)"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = write!(
+        b,
+        "<li><strong>{}</strong>",
+        job_link(job.id, job.state.as_str())
+    );
+    let mut depth = 0;
+    for (d, id, state) in &flow.descendants {
+        while depth < *d {
+            b.push_str("<ul>");
+            depth += 1;
+        }
+        while depth > *d {
+            b.push_str("</li></ul>");
+            depth -= 1;
+        }
+        if depth == *d && !b.ends_with("<ul>") {
+            b.push_str("</li>");
+        }
+        let _ = write!(b, "<li>{}", job_link(*id, state));
+    }
+    while depth > 0 {
+        b.push_str("</li></ul>");
+        depth -= 1;
+    }
+    b.push_str("</li></ul>");
+    if flow.descendants.len() >= Flow::SHOWN {
+        let _ = write!(b, "<p>The first {} descendants.</p>", Flow::SHOWN);
+    }
+    b
+}
+
+/// A batch: its progress, counts and callback.
+pub fn batch(info: &crate::store::BatchInfo) -> String {
+    let c = &info.counts;
+    let jobs: i64 = info.states.values().sum();
+    let total = if info.sealed { c.total } else { jobs };
+    let ended = c.succeeded + c.dead + c.cancelled;
+    let percent = if total > 0 {
+        100.0 * ended as f64 / total as f64
+    } else {
+        100.0
+    };
+    let mut b = format!(
+        "<h1>Batch {}</h1><p><progress id=\"batch-progress\" max=\"100\" value=\"{percent:.0}\"></progress> \
+         {percent:.1} % ended</p><table id=\"batch\">",
+        escape(&c.name)
+    );
+    let mut row = |k: &str, v: String| {
+        let _ = write!(b, "<tr><th>{k}</th><td>{v}</td></tr>");
+    };
+    row("jobs", total.to_string());
+    row("succeeded", c.succeeded.to_string());
+    row("dead", c.dead.to_string());
+    row("cancelled", c.cancelled.to_string());
+    for state in ["waiting", "queued", "running"] {
+        row(
+            state,
+            info.states.get(state).copied().unwrap_or(0).to_string(),
+        );
+    }
+    row(
+        "sealed",
+        match (info.sealed, &info.callback) {
+            (true, Some((id, state))) => format!("yes, callback {}", job_link(*id, state)),
+            (true, None) => "yes, no callback".into(),
+            (false, _) => "no".into(),
+        },
+    );
+    row("created", time(info.created_at));
+    row("finished", info.finished_at.map_or("-".into(), time));
+    b.push_str("</table>");
+    page(
+        &format!("batch {}", c.name),
+        !info.finished_at.is_some(),
+        &b,
+    )
 }
 
 /// The overview: queues, charts, long-running jobs, live daemons.
@@ -378,7 +508,8 @@ pub fn form_pairs(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn percent_decode(text: &str) -> String {
+/// Decodes percent-escapes (and `+` as a space, as forms send it).
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -459,7 +590,13 @@ pub fn jobs(query: &ListQuery, jobs: &[Job], redaction: &Redaction) -> String {
 /// attempt history; `actions` is the buttons section (empty when
 /// read-only).
 // Long: the job page's HTML, section by section in page order.
-pub fn job(job: &Job, runs: &[JobRun], actions: &str, redaction: &Redaction) -> String {
+pub fn job(
+    job: &Job,
+    runs: &[JobRun],
+    flow: &Flow,
+    actions: &str,
+    redaction: &Redaction,
+) -> String {
     let pretty = |text: &str| {
         serde_json::from_str::<serde_json::Value>(text)
             .and_then(|v| serde_json::to_string_pretty(&v))
@@ -500,7 +637,17 @@ pub fn job(job: &Job, runs: &[JobRun], actions: &str, redaction: &Redaction) -> 
     if let Some(key) = &job.limit_key {
         row("limit key", escape(key));
     }
+    if let Some(batch) = flow.relatives.batch.as_deref() {
+        row("batch", batch_link(batch));
+    }
+    if let Some(batch) = flow.relatives.callback_for.as_deref() {
+        row("callback of", batch_link(batch));
+    }
+    if let Some(sequence) = &flow.relatives.sequence {
+        row("sequence", escape(sequence));
+    }
     b.push_str("</table>");
+    b.push_str(&flow_tree(job, flow));
     if let Some(error) = &job.last_error {
         let _ = write!(
             b,

@@ -544,6 +544,15 @@ fn get_page(
                 Err(e) => failed(e),
             }
         }
+        _ if path.starts_with("/batches/") => {
+            // Links encode every byte but the unreserved ones, `+` too.
+            let name = crate::web::dashboard::percent_decode(&path["/batches/".len()..]);
+            match db.with(|s| s.batch(&name).map_err(|e| e.to_string())) {
+                Ok(Some(info)) => html(200, crate::web::dashboard::batch(&info)),
+                Ok(None) => message(404, "No such batch", &format!("No job names batch {name}.")),
+                Err(e) => failed(e),
+            }
+        }
         "/jobs" => {
             let q = crate::web::dashboard::ListQuery::parse(query);
             let read = db.with(|s| {
@@ -599,10 +608,11 @@ fn get_page(
                 let read = db.with(|s| {
                     let job = s.job(id).map_err(|e| e.to_string())?;
                     let runs = s.runs(id).map_err(|e| e.to_string())?;
-                    Ok((job, runs))
+                    let flow = flow(s, id).map_err(|e| e.to_string())?;
+                    Ok((job, runs, flow))
                 });
                 match read {
-                    Ok((Some(job), runs)) => {
+                    Ok((Some(job), runs, flow)) => {
                         let actions = csrf.map_or(String::new(), |csrf| {
                             let mut a = String::from("<p id=\"actions\">");
                             if matches!(
@@ -617,7 +627,9 @@ fn get_page(
                             }
                             if matches!(
                                 job.state,
-                                crate::job::JobState::Queued | crate::job::JobState::Running
+                                crate::job::JobState::Waiting
+                                    | crate::job::JobState::Queued
+                                    | crate::job::JobState::Running
                             ) {
                                 a.push_str(&crate::web::dashboard::button(
                                     &format!("/jobs/{id}/cancel"),
@@ -631,14 +643,50 @@ fn get_page(
                         let redaction = crate::kinds::Redaction::new(&config.http);
                         html(
                             200,
-                            crate::web::dashboard::job(&job, &runs, &actions, &redaction),
+                            crate::web::dashboard::job(&job, &runs, &flow, &actions, &redaction),
                         )
                     }
-                    Ok((None, _)) => message(404, "No such job", &format!("There is no job {id}.")),
+                    Ok((None, _, _)) => {
+                        message(404, "No such job", &format!("There is no job {id}."))
+                    }
                     Err(e) => failed(e),
                 }
             }
             _ => message(404, "Not found", &format!("There is no page {path}.")),
         },
     }
+}
+
+/// A job's flow for its page: its relatives, and its descendants depth
+/// first, at most [`crate::web::dashboard::Flow::SHOWN`] (a query per job
+/// shown, so a page stays cheap however large the flow).
+fn flow(
+    s: &mut dyn crate::store::Store,
+    id: i64,
+) -> crate::store::Result<crate::web::dashboard::Flow> {
+    let relatives = s.relatives(id)?;
+    let mut descendants = Vec::new();
+    let mut stack: Vec<(usize, i64, String)> = relatives
+        .children
+        .iter()
+        .rev()
+        .map(|(child, state)| (1, *child, state.clone()))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some((depth, child, state)) = stack.pop() {
+        if descendants.len() >= crate::web::dashboard::Flow::SHOWN {
+            break;
+        }
+        descendants.push((depth, child, state));
+        // A job reached twice (a diamond) is listed again, but not walked again.
+        if seen.insert(child) {
+            for (grandchild, state) in s.relatives(child)?.children.into_iter().rev() {
+                stack.push((depth + 1, grandchild, state));
+            }
+        }
+    }
+    Ok(crate::web::dashboard::Flow {
+        relatives,
+        descendants,
+    })
 }
