@@ -228,11 +228,7 @@ pub fn batch(info: &crate::store::BatchInfo) -> String {
     row("created", time(info.created_at));
     row("finished", info.finished_at.map_or("-".into(), time));
     b.push_str("</table>");
-    page(
-        &format!("batch {}", c.name),
-        !info.finished_at.is_some(),
-        &b,
-    )
+    page(&format!("batch {}", c.name), info.finished_at.is_none(), &b)
 }
 
 /// The overview: queues, charts, long-running jobs, live daemons.
