@@ -58,7 +58,7 @@ impl Bench {
         };
         let exec = ExecConfig {
             dir: handlers,
-            user: None,
+            ..ExecConfig::default()
         };
         let registry = Registry::cpu(&file, &exec);
         Bench {

@@ -1,6 +1,7 @@
 //! The config's sections as typed values with their defaults: one struct per
 //! `[section]`, each field a key of `config.toml` (which documents them all).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -522,6 +523,9 @@ pub struct ExecConfig {
     /// The user handlers run as, for a daemon started as root; none: the
     /// daemon's own user.
     pub user: Option<String>,
+    /// `[exec.handlers.NAME]`: handlers that run otherwise than one
+    /// process per job.
+    pub handlers: BTreeMap<String, HandlerConfig>,
 }
 
 impl Default for ExecConfig {
@@ -529,6 +533,48 @@ impl Default for ExecConfig {
         ExecConfig {
             dir: PathBuf::from("jobs"),
             user: None,
+            handlers: BTreeMap::new(),
+        }
+    }
+}
+
+/// How a handler runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerMode {
+    /// A process per job (the args on stdin, the result on stdout).
+    #[default]
+    Oneshot,
+    /// One process per CPU worker, fed jobs one at a time over a line
+    /// protocol (docs/reference.md, "Warm handlers").
+    Persistent,
+}
+
+/// `[exec.handlers.NAME]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// `oneshot` or `persistent`.
+    pub mode: HandlerMode,
+    /// A persistent handler is replaced after this many jobs.
+    pub max_jobs: u64,
+    /// A persistent handler whose resident memory passes this after a job
+    /// is replaced (0: only `cpu.memory_limit`, which bounds every
+    /// process of the worker).
+    #[serde(with = "size_str")]
+    pub memory_limit: u64,
+    /// A persistent handler idle this long is stopped.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for HandlerConfig {
+    fn default() -> Self {
+        HandlerConfig {
+            mode: HandlerMode::Oneshot,
+            max_jobs: 1000,
+            memory_limit: 0,
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -64,6 +64,10 @@ pub struct Exec {
     /// `exec.user`: the user and group handlers run as, or why that user
     /// cannot be found on this machine.
     run_as: Option<Result<(u32, u32), String>>,
+    /// `[exec.handlers.NAME]`: how each named handler runs.
+    handlers: std::collections::BTreeMap<String, crate::config::HandlerConfig>,
+    /// This worker's warm handler processes.
+    warm: crate::kinds::warm::Warm,
 }
 
 impl Exec {
@@ -77,7 +81,57 @@ impl Exec {
             .first()
             .map_or_else(|| dir.clone(), |r| absolute(r));
         let run_as = exec.user.as_deref().map(crate::os::confine::lookup_user);
-        Exec { dir, cwd, run_as }
+        Exec {
+            dir,
+            cwd,
+            run_as,
+            handlers: exec.handlers.clone(),
+            warm: crate::kinds::warm::Warm::default(),
+        }
+    }
+
+    /// The handler's process, set up as every handler runs: a minimal
+    /// environment, the first file root as its folder, piped stdio, its own
+    /// process group, `exec.user`, and death with the worker that starts
+    /// it (if the worker is already gone, it does not start at all).
+    fn command(&self, path: &Path, name: &str) -> Result<Command, JobError> {
+        let mut command = Command::new(path);
+        command
+            .env_clear()
+            .env("PATH", HANDLER_PATH)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        match &self.run_as {
+            // std drops supplementary groups too when it switches a root
+            // process's user.
+            Some(Ok((uid, gid))) => {
+                command.uid(*uid).gid(*gid);
+            }
+            Some(Err(why)) => {
+                return Err(JobError::transient(format!(
+                    "exec handler {name} cannot be started: exec.user {why}"
+                )))
+            }
+            None => {}
+        }
+        let worker = rustix::process::getpid();
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes two system calls (prctl, getppid), which are safe there.
+        unsafe {
+            command.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
+                if rustix::process::getppid() != Some(worker) {
+                    return Err(std::io::Error::other("the worker exited"));
+                }
+                Ok(())
+            });
+        }
+        Ok(command)
     }
 
     /// The handler's file, checked: a plain name, a regular file directly
@@ -177,26 +231,6 @@ fn read_tail(mut input: impl Read, limit: usize) -> (Vec<u8>, bool) {
     (kept, cut)
 }
 
-/// A short name for a signal number, for messages.
-pub fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        15 => "SIGTERM",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        _ => "a signal",
-    }
-}
-
 /// The descriptor on which a handler in a flow reads its inputs.
 const INPUTS_FD: i32 = 3;
 
@@ -210,31 +244,18 @@ impl Kind for Exec {
         let args: Payload = parse_payload(payload)?;
         let name = args.handler.as_str();
         let path = self.handler(name)?;
-        let mut command = Command::new(&path);
+        if let Some(handler) = self.handlers.get(name) {
+            if handler.mode == crate::config::HandlerMode::Persistent {
+                return self.warm.run(name, &path, handler, ctx, &args.args, || {
+                    self.command(&path, name)
+                });
+            }
+        }
+        let mut command = self.command(&path, name)?;
         command
-            .env_clear()
-            .env("PATH", HANDLER_PATH)
             .env("JOBD_JOB_ID", ctx.id.to_string())
             .env("JOBD_ATTEMPT", ctx.attempt.to_string())
-            .env("JOBD_QUEUE", ctx.queue)
-            .current_dir(&self.cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        match &self.run_as {
-            // std drops supplementary groups too when it switches a root
-            // process's user.
-            Some(Ok((uid, gid))) => {
-                command.uid(*uid).gid(*gid);
-            }
-            Some(Err(why)) => {
-                return Err(JobError::transient(format!(
-                    "exec handler {name} cannot be started: exec.user {why}"
-                )))
-            }
-            None => {}
-        }
+            .env("JOBD_QUEUE", ctx.queue);
         // A flow's inputs (the parents' outcomes) go on descriptor 3, so
         // stdin stays the args every handler already reads.
         let inputs = match ctx.inputs {
@@ -252,21 +273,11 @@ impl Kind for Exec {
         let inputs_fd = inputs
             .as_ref()
             .map(|(reader, _, _)| std::os::fd::AsRawFd::as_raw_fd(reader));
-        let worker = rustix::process::getpid();
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes system calls that are safe there (prctl, getppid, dup2,
-        // fcntl).
-        unsafe {
-            command.pre_exec(move || {
-                // The handler dies with the worker that started it; if the
-                // worker is already gone, it does not start at all.
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))?;
-                if rustix::process::getppid() != Some(worker) {
-                    return Err(std::io::Error::other("the worker exited"));
-                }
-                if let Some(fd) = inputs_fd {
+        if let Some(fd) = inputs_fd {
+            // SAFETY: the closure runs in the forked child before exec and
+            // only makes system calls that are safe there (dup2, fcntl).
+            unsafe {
+                command.pre_exec(move || {
                     // dup2 onto itself would keep close-on-exec set.
                     let moved = if fd == INPUTS_FD {
                         libc::fcntl(fd, libc::F_SETFD, 0)
@@ -276,9 +287,9 @@ impl Kind for Exec {
                     if moved < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                }
-                Ok(())
-            });
+                    Ok(())
+                });
+            }
         }
         let mut child = command.spawn().map_err(|e| {
             let message = format!("exec handler {name} cannot be started: {e}");
@@ -334,7 +345,7 @@ impl Kind for Exec {
         if let Some(group) = rustix::process::Pid::from_raw(pgid) {
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
-        crate::os::confine::kill_leftovers(OUTPUT_WAIT);
+        crate::os::confine::kill_leftovers(OUTPUT_WAIT, &self.warm.pids());
         let (mut stdout, mut truncated, mut stderr, mut cut) =
             (Vec::new(), false, Vec::new(), false);
         let until = Instant::now() + OUTPUT_WAIT;
@@ -382,7 +393,7 @@ impl Kind for Exec {
             ))),
             (None, Some(signal)) => Err(JobError::transient(format!(
                 "exec handler {name} was killed by signal {signal} ({}){}",
-                signal_name(signal),
+                crate::os::signals::signal_name(signal),
                 stderr_note()
             ))),
             (None, None) => Err(JobError::transient(format!(
@@ -420,7 +431,7 @@ mod tests {
         let exec = Exec::new(
             &ExecConfig {
                 dir: dir.path().to_path_buf(),
-                user: None,
+                ..ExecConfig::default()
             },
             &FileConfig {
                 roots: vec![],

@@ -20,6 +20,7 @@ pub mod http;
 mod kind;
 mod noop;
 mod redaction;
+mod warm;
 
 pub use checksum::Checksum;
 pub use compress::Compress;

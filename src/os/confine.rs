@@ -80,14 +80,16 @@ pub fn become_subreaper() -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
-/// Kills and reaps every child of this process, and the children they
-/// leave in turn, for at most `within`: what a finished handler left
-/// running.
-pub fn kill_leftovers(within: Duration) {
+/// Kills and reaps every child of this process but `keep`, and the
+/// children they leave in turn, for at most `within`: what a finished
+/// handler left running (`keep`: the warm handlers, which stay).
+pub fn kill_leftovers(within: Duration, keep: &[i32]) {
     let me = std::process::id() as i32;
     let deadline = Instant::now() + within;
     loop {
-        let alive = reap(&crate::os::procfs::children(me));
+        let mut children = crate::os::procfs::children(me);
+        children.retain(|pid| !keep.contains(pid));
+        let alive = reap(&children);
         if alive.is_empty() || Instant::now() >= deadline {
             return;
         }

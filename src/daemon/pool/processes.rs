@@ -38,8 +38,8 @@ use crate::daemon::pool::threads::Finished;
 use crate::daemon::pool::worker::WORKER_COMMAND;
 use crate::event;
 use crate::job::now_ms;
-use crate::kinds::exec::signal_name;
 use crate::kinds::{JobError, CANCEL_CHECK};
+use crate::os::signals::signal_name;
 
 /// Between SIGTERM and SIGKILL when a job is killed: time for a handler to
 /// remove its temporary files, short enough that a slot is not held long.

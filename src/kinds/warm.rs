@@ -1,0 +1,473 @@
+//! Warm handlers (docs/reference.md, "Warm handlers"): an `exec` handler
+//! declared `mode = "persistent"` is started once per CPU worker and fed
+//! its jobs one at a time, one JSON object a line on its stdin, answering
+//! one JSON object a line on its stdout: messages, then one outcome.
+//!
+//! It is set up as a one-shot handler is (see [`crate::kinds::exec`]): own
+//! process group, minimal environment, death with its worker. The worker
+//! reports its group at each job, so the daemon's kill at the deadline or
+//! on a cancel reaches it (and a fresh worker starts a fresh handler). The
+//! worker replaces it when it exits, answers something that is not the
+//! protocol, has served `max_jobs`, passes `memory_limit`, has been idle
+//! for `idle_timeout`, or its file changed; a handler that fails ends only
+//! the job it was running.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::HandlerConfig;
+use crate::kinds::kind::{Context, JobError};
+
+/// The longest line a handler may write; a longer one is a protocol fault.
+pub const MAX_LINE: usize = 4 << 20;
+
+/// How much of the end of a handler's stderr during one job goes into
+/// `last_error`.
+const STDERR_TAIL: usize = 4096;
+
+/// How often the idle reaper looks.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// A line a handler wrote, as its reader thread hands it over.
+enum Line {
+    Text(Vec<u8>),
+    TooLong,
+    Closed,
+}
+
+/// What identifies a handler's file: a change means a new version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    size: u64,
+    modified: Option<SystemTime>,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        inode: meta.ino(),
+        size: meta.len(),
+        modified: meta.modified().ok(),
+    })
+}
+
+/// One running handler process.
+struct Process {
+    child: Child,
+    pgid: i32,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<Line>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    served: u64,
+    stamp: Option<Stamp>,
+    idle_since: Instant,
+    idle_timeout: Duration,
+}
+
+impl Process {
+    /// Kills its whole group and reaps it.
+    fn retire(mut self) {
+        if let Some(group) = rustix::process::Pid::from_raw(self.pgid) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Its resident memory in bytes, from `/proc`.
+    fn resident(&self) -> Option<u64> {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.child.id())).ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        Some(pages * page)
+    }
+
+    /// The tail of what it wrote to stderr since the job began, as the end
+    /// of an error sentence.
+    fn stderr_note(&self) -> String {
+        let tail = self.stderr.lock().map(|t| t.clone()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&tail);
+        let text = text.trim();
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!("; stderr: {text}")
+        }
+    }
+}
+
+/// A worker's warm handlers, by name (one process each: a worker runs one
+/// job at a time).
+#[derive(Default)]
+pub struct Warm {
+    processes: Arc<Mutex<HashMap<String, Process>>>,
+    reaper: std::sync::OnceLock<()>,
+}
+
+impl Warm {
+    /// The process ids of the warm handlers running now.
+    pub fn pids(&self) -> Vec<i32> {
+        self.processes
+            .lock()
+            .map(|p| p.values().map(|p| p.child.id() as i32).collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs one job on the warm handler `name` (starting it with `start`
+    /// when there is none, or the one there must be replaced) and returns
+    /// its outcome as the kind's.
+    pub fn run(
+        &self,
+        name: &str,
+        path: &Path,
+        config: &HandlerConfig,
+        ctx: &Context<'_>,
+        args: &serde_json::Value,
+        start: impl FnOnce() -> Result<Command, JobError>,
+    ) -> Result<Option<String>, JobError> {
+        self.start_reaper();
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        let current = stamp(path);
+        let stale = processes.get_mut(name).is_none_or(|p| {
+            !matches!(p.child.try_wait(), Ok(None))
+                || p.served >= config.max_jobs
+                || p.stamp != current
+        });
+        if stale {
+            if let Some(old) = processes.remove(name) {
+                old.retire();
+            }
+            let process = spawn(name, start()?, current, config.idle_timeout)?;
+            processes.insert(name.to_string(), process);
+        }
+        let process = processes.get_mut(name).expect("inserted above");
+        let answer = feed(name, process, ctx, args);
+        process.served += 1;
+        process.idle_since = Instant::now();
+        let over_memory = config.memory_limit > 0
+            && process
+                .resident()
+                .is_some_and(|bytes| bytes > config.memory_limit);
+        let broken = match &answer {
+            Ok(_) => false,
+            Err(fault) => fault.ends_handler,
+        };
+        if broken || over_memory || process.served >= config.max_jobs {
+            if let Some(old) = processes.remove(name) {
+                old.retire();
+            }
+        }
+        answer.map_err(|fault| fault.error)
+    }
+
+    /// Stops handlers idle past their `idle_timeout`, from a thread of its
+    /// own (the worker itself waits for its next job).
+    fn start_reaper(&self) {
+        self.reaper.get_or_init(|| {
+            let processes = Arc::downgrade(&self.processes);
+            std::thread::spawn(move || loop {
+                std::thread::sleep(REAP_EVERY);
+                let Some(processes) = processes.upgrade() else {
+                    return;
+                };
+                let Ok(mut processes) = processes.try_lock() else {
+                    // A job is running on one of them.
+                    continue;
+                };
+                let idle: Vec<String> = processes
+                    .iter()
+                    .filter(|(_, p)| p.idle_since.elapsed() >= p.idle_timeout)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in idle {
+                    if let Some(p) = processes.remove(&name) {
+                        p.retire();
+                    }
+                }
+            });
+        });
+    }
+}
+
+/// Starts a handler process and its reader threads.
+fn spawn(
+    name: &str,
+    mut command: Command,
+    stamp: Option<Stamp>,
+    idle_timeout: Duration,
+) -> Result<Process, JobError> {
+    command.env("JOBD_HANDLER_MODE", "persistent");
+    let mut child = command
+        .spawn()
+        .map_err(|e| JobError::transient(format!("exec handler {name} cannot be started: {e}")))?;
+    let pgid = child.id() as i32;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        loop {
+            let mut line = Vec::new();
+            match (&mut reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+            {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(Line::Closed);
+                    return;
+                }
+                Ok(_) if line.len() > MAX_LINE => {
+                    let _ = tx.send(Line::TooLong);
+                    return;
+                }
+                Ok(_) => {
+                    if tx.send(Line::Text(line)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&tail);
+    std::thread::spawn(move || {
+        let mut stderr = stderr;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            let Ok(mut tail) = kept.lock() else { return };
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 2 * STDERR_TAIL {
+                let cut = tail.len() - STDERR_TAIL;
+                tail.drain(..cut);
+            }
+        }
+    });
+    Ok(Process {
+        child,
+        pgid,
+        stdin,
+        lines,
+        stderr: tail,
+        served: 0,
+        stamp,
+        idle_since: Instant::now(),
+        idle_timeout,
+    })
+}
+
+/// A job that did not end well, and whether its handler must go.
+struct Fault {
+    error: JobError,
+    ends_handler: bool,
+}
+
+impl Fault {
+    fn of_job(error: JobError) -> Fault {
+        Fault {
+            error,
+            ends_handler: false,
+        }
+    }
+
+    fn of_handler(error: JobError) -> Fault {
+        Fault {
+            error,
+            ends_handler: true,
+        }
+    }
+}
+
+/// Hands one job to `process` and reads its messages up to its outcome.
+fn feed(
+    name: &str,
+    process: &mut Process,
+    ctx: &Context<'_>,
+    args: &serde_json::Value,
+) -> Result<Option<String>, Fault> {
+    if let Ok(mut tail) = process.stderr.lock() {
+        tail.clear();
+    }
+    if let Some(spawned) = ctx.spawned {
+        spawned(process.pgid);
+    }
+    let deadline_ms = crate::job::now_ms() + ctx.remaining().as_millis() as i64;
+    let inputs: Option<serde_json::Value> = ctx.inputs.and_then(|t| serde_json::from_str(t).ok());
+    let mut request = serde_json::json!({
+        "id": ctx.id,
+        "attempt": ctx.attempt,
+        "queue": ctx.queue,
+        "args": args,
+        "deadline_ms": deadline_ms,
+    });
+    if let Some(inputs) = inputs {
+        request["inputs"] = inputs;
+    }
+    let mut line = request.to_string().into_bytes();
+    line.push(b'\n');
+    if let Err(e) = process
+        .stdin
+        .write_all(&line)
+        .and_then(|()| process.stdin.flush())
+    {
+        return Err(Fault::of_handler(JobError::transient(format!(
+            "exec handler {name} stopped reading its jobs: {e}{}",
+            process.stderr_note()
+        ))));
+    }
+    loop {
+        let line = match process.lines.recv_timeout(ctx.remaining()) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(Fault::of_handler(JobError::TimedOut));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Line::Closed,
+        };
+        let text = match line {
+            Line::Text(text) => text,
+            Line::TooLong => {
+                return Err(Fault::of_handler(JobError::transient(format!(
+                    "exec handler {name} broke the protocol: it wrote a line longer than {MAX_LINE} bytes"
+                ))));
+            }
+            Line::Closed => {
+                // Give the exit a moment to be reaped, to name its status.
+                let status = (0..50).find_map(|_| match process.child.try_wait() {
+                    Ok(Some(status)) => Some(status),
+                    _ => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        None
+                    }
+                });
+                let how = match status {
+                    Some(s) => match (s.code(), s.signal()) {
+                        (Some(code), _) => format!("exited with status {code}"),
+                        (None, Some(signal)) => format!(
+                            "was killed by signal {signal} ({})",
+                            crate::os::signals::signal_name(signal)
+                        ),
+                        _ => format!("ended with {s}"),
+                    },
+                    None => "closed its stdout".to_string(),
+                };
+                return Err(Fault::of_handler(JobError::transient(format!(
+                    "exec handler {name} {how} during the job{}",
+                    process.stderr_note()
+                ))));
+            }
+        };
+        match message(&text) {
+            Ok(Message::Result(result)) => return Ok(Some(result.to_string())),
+            Ok(Message::Error { message, retry }) => {
+                let message = format!("exec handler {name}: {message}");
+                return Err(Fault::of_job(if retry {
+                    JobError::transient(message)
+                } else {
+                    JobError::permanent(message)
+                }));
+            }
+            Ok(Message::Other) => {}
+            Err(why) => {
+                return Err(Fault::of_handler(JobError::transient(format!(
+                    "exec handler {name} broke the protocol: {why}{}",
+                    process.stderr_note()
+                ))));
+            }
+        }
+    }
+}
+
+/// A line from a handler, understood.
+#[derive(Debug, PartialEq)]
+enum Message {
+    /// The job's outcome: its result.
+    Result(serde_json::Value),
+    /// The job's outcome: it failed (and may be retried).
+    Error { message: String, retry: bool },
+    /// A message on the way (progress, a log line, a heartbeat).
+    Other,
+}
+
+/// The messages a handler may send before its outcome.
+const MESSAGES: [&str; 4] = ["progress", "log", "heartbeat", "note"];
+
+/// Reads one line of the protocol, or says in a phrase what is wrong with it.
+fn message(line: &[u8]) -> Result<Message, String> {
+    let shown = || {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end();
+        if text.chars().count() > 80 {
+            format!("{}…", text.chars().take(80).collect::<String>())
+        } else {
+            text.to_string()
+        }
+    };
+    let value: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|_| format!("it wrote {:?}, which is not a JSON object", shown()))?;
+    let serde_json::Value::Object(object) = value else {
+        return Err(format!(
+            "it wrote {:?}, which is not a JSON object",
+            shown()
+        ));
+    };
+    if let Some(result) = object.get("result") {
+        return Ok(Message::Result(result.clone()));
+    }
+    if let Some(error) = object.get("error") {
+        let message = match error {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let retry = object
+            .get("retry")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true);
+        return Ok(Message::Error { message, retry });
+    }
+    if object.keys().any(|k| MESSAGES.contains(&k.as_str())) {
+        return Ok(Message::Other);
+    }
+    Err(format!(
+        "it wrote {:?}, which has none of result, error, {}",
+        shown(),
+        MESSAGES.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_outcomes_messages_or_faults() {
+        assert_eq!(
+            message(b"{\"result\": {\"n\": 1}}\n"),
+            Ok(Message::Result(serde_json::json!({"n": 1})))
+        );
+        assert_eq!(
+            message(b"{\"error\": \"no such file\", \"retry\": false}"),
+            Ok(Message::Error {
+                message: "no such file".into(),
+                retry: false
+            })
+        );
+        assert_eq!(message(b"{\"progress\": 0.5}"), Ok(Message::Other));
+        assert_eq!(
+            message(b"hello\n"),
+            Err("it wrote \"hello\", which is not a JSON object".into())
+        );
+        assert!(message(b"{\"resalt\": 1}")
+            .unwrap_err()
+            .contains("has none of result"));
+    }
+}

@@ -1,0 +1,187 @@
+//! Warm handlers (docs/reference.md, "Warm handlers"): a persistent Python
+//! handler run by the real daemon's CPU pool, fed jobs over its stdin and
+//! answering on its stdout, and what happens when it dies, hangs, grows or
+//! breaks the protocol.
+
+mod common;
+
+use common::{wait_for, Home, PATIENCE};
+
+/// A persistent handler `warm` (standard library only) that answers its
+/// pid, or does what its args say: `die`, `garbage`, `fail`, `hang`
+/// (starting a `sleep` child whose pid it writes to `pidfile`), `grow`
+/// (keeping `mb` MiB).
+const HANDLER: &str = r#"#!/usr/bin/env python3
+import json, os, subprocess, sys, time
+kept = []
+for line in sys.stdin:
+    job = json.loads(line)
+    args = job["args"] or {}
+    what = args.get("do")
+    if what == "die":
+        os._exit(3)
+    if what == "garbage":
+        print("hello", flush=True)
+        continue
+    if what == "fail":
+        print(json.dumps({"error": "asked to fail", "retry": False}), flush=True)
+        continue
+    if what == "hang":
+        child = subprocess.Popen(["sleep", "60"])
+        with open(args["pidfile"], "w") as f:
+            f.write(str(child.pid))
+        time.sleep(60)
+    if what == "grow":
+        blob = bytearray(args["mb"] << 20)
+        for i in range(0, len(blob), 4096):
+            blob[i] = 1
+        kept.append(blob)
+    print(json.dumps({"progress": 0.5, "note": "halfway"}), flush=True)
+    print(json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}}), flush=True)
+"#;
+
+/// A home with the handler, one CPU worker, and `extra` config.
+fn warm_home(extra: &str) -> Home {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    let handlers = home.path().join("handlers");
+    std::fs::create_dir_all(&handlers).unwrap();
+    let path = handlers.join("warm");
+    std::fs::write(&path, HANDLER).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    home.write_config(&format!(
+        "[cpu]\nworkers = 1\n[exec]\ndir = \"{}\"\n[exec.handlers.warm]\nmode = \"persistent\"\n{extra}\n\
+         [daemon]\nshutdown_grace = \"200ms\"\n",
+        handlers.display()
+    ));
+    home.migrate();
+    home
+}
+
+/// Inserts an exec job for `warm` with `args`; returns its id.
+fn job(home: &Home, args: &str, timeout_ms: &str) -> i64 {
+    home.insert_job(
+        "exec",
+        &format!("{{\"handler\":\"warm\",\"args\":{args}}}"),
+        "1",
+        timeout_ms,
+    )
+}
+
+/// Waits until job `id` is final; returns (state, result or last_error).
+fn finish(home: &Home, id: i64) -> (String, String) {
+    let state = wait_for(PATIENCE, || {
+        let state = home.state(id);
+        (state != "queued" && state != "running").then_some(state)
+    })
+    .unwrap_or_else(|| panic!("job {id} never finished"));
+    let detail = home.text(&format!(
+        "SELECT coalesce(result, last_error) FROM jobs WHERE id = {id};"
+    ));
+    (state, detail.trim().to_string())
+}
+
+/// The pid a successful job's handler answered.
+fn pid_of(home: &Home, id: i64) -> i64 {
+    let (state, detail) = finish(home, id);
+    assert_eq!(state, "succeeded", "job {id}: {detail}");
+    let result: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    result["pid"].as_i64().unwrap()
+}
+
+#[test]
+fn one_persistent_process_serves_a_thousand_jobs() {
+    let home = warm_home("");
+    home.sqlite3(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) \
+         INSERT INTO jobs(kind, payload) SELECT 'exec', '{\"handler\":\"warm\",\"args\":{}}' FROM n;",
+    )
+    .succeeds();
+    let daemon = home.daemon();
+    home.wait_count(
+        "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+        1_000,
+    );
+    daemon.stop();
+    let pids = home.text("SELECT count(DISTINCT json_extract(result, '$.pid')) FROM jobs;");
+    assert_eq!(pids.trim(), "1", "one handler process served them all");
+}
+
+#[test]
+fn a_handler_that_dies_or_breaks_the_protocol_fails_only_its_job_and_is_replaced() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let first = pid_of(&home, job(&home, "{}", "NULL"));
+    let (state, error) = finish(&home, job(&home, "{\"do\":\"die\"}", "NULL"));
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with("exec handler warm exited with status 3 during the job"),
+        "{error}"
+    );
+    let second = pid_of(&home, job(&home, "{}", "NULL"));
+    assert_ne!(first, second, "a new handler after the crash");
+    let (state, error) = finish(&home, job(&home, "{\"do\":\"garbage\"}", "NULL"));
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(
+            "exec handler warm broke the protocol: it wrote \"hello\", which is not a JSON object"
+        ),
+        "{error}"
+    );
+    let third = pid_of(&home, job(&home, "{}", "NULL"));
+    assert_ne!(second, third, "a new handler after the protocol fault");
+    // A job the handler reports failed keeps the handler.
+    let (state, error) = finish(&home, job(&home, "{\"do\":\"fail\"}", "NULL"));
+    assert_eq!(state, "dead", "{error}");
+    assert_eq!(error, "exec handler warm: asked to fail");
+    assert_eq!(pid_of(&home, job(&home, "{}", "NULL")), third);
+}
+
+#[test]
+fn a_hanging_handler_is_killed_at_the_deadline_with_its_children() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let before = pid_of(&home, job(&home, "{}", "NULL"));
+    let pidfile = home.path().join("child.pid");
+    let id = job(
+        &home,
+        &format!("{{\"do\":\"hang\",\"pidfile\":\"{}\"}}", pidfile.display()),
+        "1000",
+    );
+    let (state, error) = finish(&home, id);
+    assert_eq!(state, "dead", "{error}");
+    assert!(error.starts_with("timed out after 1000 ms"), "{error}");
+    let child: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gone = wait_for(PATIENCE, || {
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        (unsafe { libc::kill(child, 0) } != 0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the handler's child {child} outlived the deadline"
+    );
+    assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), before);
+}
+
+#[test]
+fn a_handler_past_its_memory_limit_or_max_jobs_is_replaced() {
+    let home = warm_home("memory_limit = \"64MiB\"\nmax_jobs = 3\n");
+    let _daemon = home.daemon();
+    let first = pid_of(&home, job(&home, "{}", "NULL"));
+    let grown = pid_of(&home, job(&home, "{\"do\":\"grow\",\"mb\":100}", "NULL"));
+    assert_eq!(grown, first, "the job that grew it ran on it");
+    let second = pid_of(&home, job(&home, "{}", "NULL"));
+    assert_ne!(second, first, "replaced after passing 64 MiB");
+    let pids: Vec<i64> = (0..4)
+        .map(|_| pid_of(&home, job(&home, "{}", "NULL")))
+        .collect();
+    // Three jobs a process: the second served one more, then two more, then a third came.
+    assert_eq!(pids[0], second);
+    assert_eq!(pids[1], second);
+    assert_ne!(pids[2], second);
+    assert_eq!(pids[3], pids[2]);
+}
