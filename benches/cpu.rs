@@ -129,6 +129,7 @@ impl Bench {
                     cancel: &cancel,
                     spawned: None,
                     inputs: None,
+                    report: None,
                 };
                 let t = Instant::now();
                 kind.run(&ctx, payload).unwrap();

@@ -144,9 +144,27 @@ pub struct Job {
     pub result: Option<String>,
     /// Set by `jobd cancel` on a running job.
     pub cancel_requested: bool,
+    /// Its handler's latest progress report, JSON text `{"attempt",
+    /// "fraction", "note"}`.
+    pub progress: Option<String>,
 }
 
 impl Job {
+    /// Its handler's progress in the attempt running now: the fraction
+    /// (0 to 1) and the note.
+    pub fn running_progress(&self) -> Option<(f64, String)> {
+        if self.state != JobState::Running {
+            return None;
+        }
+        let value: serde_json::Value = serde_json::from_str(self.progress.as_deref()?).ok()?;
+        if value.get("attempt")?.as_i64()? != self.attempts {
+            return None;
+        }
+        let fraction = value.get("fraction")?.as_f64()?;
+        let note = value.get("note").and_then(|n| n.as_str()).unwrap_or("");
+        Some((fraction, note.to_string()))
+    }
+
     /// The attempt limit in force: the job's own, else the configured default.
     pub fn effective_max_attempts(&self, default: u32) -> i64 {
         self.max_attempts.unwrap_or(i64::from(default))

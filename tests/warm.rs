@@ -9,7 +9,8 @@ use common::{wait_for, Home, PATIENCE};
 
 /// A persistent handler `warm` (standard library only) that answers its
 /// pid, or does what its args say: `die`, `garbage`, `fail`, `hang`
-/// (starting a `sleep` child whose pid it writes to `pidfile`), `grow`
+/// (starting a `sleep` child whose pid it writes to `pidfile`), `wait`
+/// (reporting progress and a log line, then waiting for `file`), `grow`
 /// (keeping `mb` MiB).
 const HANDLER: &str = r#"#!/usr/bin/env python3
 import json, os, subprocess, sys, time
@@ -31,6 +32,11 @@ for line in sys.stdin:
         with open(args["pidfile"], "w") as f:
             f.write(str(child.pid))
         time.sleep(60)
+    if what == "wait":
+        print(json.dumps({"progress": 0.5, "note": "halfway"}), flush=True)
+        print(json.dumps({"log": "waiting for " + args["file"]}), flush=True)
+        while not os.path.exists(args["file"]):
+            time.sleep(0.01)
     if what == "grow":
         blob = bytearray(args["mb"] << 20)
         for i in range(0, len(blob), 4096):
@@ -184,4 +190,39 @@ fn a_handler_past_its_memory_limit_or_max_jobs_is_replaced() {
     assert_eq!(pids[1], second);
     assert_ne!(pids[2], second);
     assert_eq!(pids[3], pids[2]);
+}
+
+#[test]
+fn progress_reaches_jobd_show_while_the_job_runs_and_log_lines_the_daemon_log() {
+    let home = warm_home("");
+    let daemon = home.daemon();
+    let file = home.path().join("go");
+    let id = job(
+        &home,
+        &format!("{{\"do\":\"wait\",\"file\":\"{}\"}}", file.display()),
+        "NULL",
+    );
+    let shown = wait_for(PATIENCE, || {
+        let show = home.ok(&["show", &id.to_string()]);
+        show.contains("  progress         50 %: halfway\n")
+            .then_some(show)
+    });
+    assert!(
+        shown.is_some(),
+        "no progress in jobd show while job {id} ran"
+    );
+    assert_eq!(home.state(id), "running");
+    daemon.wait_log(&format!("job.log id={id}"));
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("waiting for {}", file.display())),
+        "{}",
+        daemon.log()
+    );
+    std::fs::write(&file, "").unwrap();
+    pid_of(&home, id);
+    // Finished, the job shows no progress.
+    let show = home.ok(&["show", &id.to_string()]);
+    assert!(!show.contains("progress"), "{show}");
 }

@@ -241,6 +241,14 @@ pub fn show(
     if let Some(error) = &job.last_error {
         w(out, "last_error", redaction.text(error))?;
     }
+    if let Some((fraction, note)) = job.running_progress() {
+        let note = if note.is_empty() {
+            String::new()
+        } else {
+            format!(": {note}")
+        };
+        w(out, "progress", format!("{:.0} %{note}", fraction * 100.0))?;
+    }
     let family = |jobs: &[(i64, String)]| {
         let each: Vec<String> = jobs
             .iter()

@@ -28,9 +28,25 @@ pub struct Control {
     /// Who gets to report the attempt: the thread when it finishes, or the
     /// dispatcher when the job overran its deadline. Exactly one wins.
     state: AtomicU8,
+    /// The latest progress its handler reported and the dispatcher has not
+    /// written yet: the fraction and the note.
+    progress: std::sync::Mutex<Option<(f64, String)>>,
 }
 
 impl Control {
+    /// Keeps a progress report for the dispatcher to write (the latest
+    /// one wins: reports between two writes are not all kept).
+    pub fn report_progress(&self, fraction: f64, note: String) {
+        if let Ok(mut progress) = self.progress.lock() {
+            *progress = Some((fraction, note));
+        }
+    }
+
+    /// The progress reported since the last call, if any.
+    pub fn take_progress(&self) -> Option<(f64, String)> {
+        self.progress.lock().ok().and_then(|mut p| p.take())
+    }
+
     /// A fresh control for a job that is about to run.
     pub fn new() -> Arc<Control> {
         Arc::new(Control::default())
@@ -134,6 +150,7 @@ pub fn execute(task: &Task) -> Completion {
         cancel: &task.control.cancel,
         spawned: None,
         inputs: task.job.inputs.as_deref(),
+        report: None,
     };
     let answer = run_kind(&*task.kind, &ctx, &task.job.payload);
     settle(task, answer, now_ms(), fastrand::f64())

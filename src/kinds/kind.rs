@@ -62,6 +62,20 @@ impl JobError {
     }
 }
 
+/// A message a running handler sends before its outcome.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Report {
+    /// How far along it is (0 to 1) and what it is doing.
+    Progress {
+        /// The fraction done, 0 to 1.
+        fraction: f64,
+        /// A short note ("resized").
+        note: String,
+    },
+    /// A line for the daemon's log (`job.log`).
+    Log(String),
+}
+
 /// What a kind knows about the attempt it runs.
 pub struct Context<'a> {
     /// The job's id.
@@ -81,6 +95,8 @@ pub struct Context<'a> {
     /// What the job's flow hands it (its parents' outcomes), as JSON text;
     /// None outside a flow.
     pub inputs: Option<&'a str>,
+    /// Where the handler's messages go (progress, log lines); None: nowhere.
+    pub report: Option<&'a dyn Fn(Report)>,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -143,6 +159,7 @@ impl<'a> Context<'a> {
             cancel,
             spawned: None,
             inputs: None,
+            report: None,
         }
     }
 }

@@ -28,7 +28,7 @@ pub use email::Email;
 pub use exec::Exec;
 pub use file::FileKind;
 pub use http::Http;
-pub use kind::{job_token, parse_payload, Context, JobError, Kind, CANCEL_CHECK};
+pub use kind::{job_token, parse_payload, Context, JobError, Kind, Report, CANCEL_CHECK};
 pub use noop::Noop;
 pub use redaction::*;
 

@@ -22,7 +22,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::HandlerConfig;
-use crate::kinds::kind::{Context, JobError};
+use crate::kinds::kind::{Context, JobError, Report};
 
 /// The longest line a handler may write; a longer one is a protocol fault.
 pub const MAX_LINE: usize = 4 << 20;
@@ -376,6 +376,11 @@ fn feed(
                     JobError::permanent(message)
                 }));
             }
+            Ok(Message::Report(report)) => {
+                if let Some(send) = ctx.report {
+                    send(report);
+                }
+            }
             Ok(Message::Other) => {}
             Err(why) => {
                 return Err(Fault::of_handler(JobError::transient(format!(
@@ -394,12 +399,25 @@ enum Message {
     Result(serde_json::Value),
     /// The job's outcome: it failed (and may be retried).
     Error { message: String, retry: bool },
-    /// A message on the way (progress, a log line, a heartbeat).
+    /// A message for the daemon (progress, a log line).
+    Report(Report),
+    /// A message with nothing to pass on (a heartbeat: the daemon renews
+    /// the job's lease while it runs anyway).
     Other,
 }
 
+/// The longest note or log line kept from a message; the rest is cut.
+const MAX_NOTE: usize = 4096;
+
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(MAX_NOTE) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 /// The messages a handler may send before its outcome.
-const MESSAGES: [&str; 4] = ["progress", "log", "heartbeat", "note"];
+const MESSAGES: [&str; 3] = ["progress", "log", "heartbeat"];
 
 /// Reads one line of the protocol, or says in a phrase what is wrong with it.
 fn message(line: &[u8]) -> Result<Message, String> {
@@ -434,6 +452,24 @@ fn message(line: &[u8]) -> Result<Message, String> {
             .unwrap_or(true);
         return Ok(Message::Error { message, retry });
     }
+    if let Some(progress) = object.get("progress") {
+        let fraction = progress
+            .as_f64()
+            .filter(|f| (0.0..=1.0).contains(f))
+            .ok_or_else(|| format!("progress {progress} is not a number from 0 to 1"))?;
+        let note = object.get("note").and_then(|n| n.as_str()).unwrap_or("");
+        return Ok(Message::Report(Report::Progress {
+            fraction,
+            note: cut(note),
+        }));
+    }
+    if let Some(line) = object.get("log") {
+        let line = match line {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        return Ok(Message::Report(Report::Log(cut(&line))));
+    }
     if object.keys().any(|k| MESSAGES.contains(&k.as_str())) {
         return Ok(Message::Other);
     }
@@ -461,7 +497,22 @@ mod tests {
                 retry: false
             })
         );
-        assert_eq!(message(b"{\"progress\": 0.5}"), Ok(Message::Other));
+        assert_eq!(
+            message(b"{\"progress\": 0.5, \"note\": \"resized\"}"),
+            Ok(Message::Report(Report::Progress {
+                fraction: 0.5,
+                note: "resized".into()
+            }))
+        );
+        assert_eq!(
+            message(b"{\"log\": \"hi\"}"),
+            Ok(Message::Report(Report::Log("hi".into())))
+        );
+        assert_eq!(message(b"{\"heartbeat\": true}"), Ok(Message::Other));
+        assert_eq!(
+            message(b"{\"progress\": 2}"),
+            Err("progress 2 is not a number from 0 to 1".into())
+        );
         assert_eq!(
             message(b"hello\n"),
             Err("it wrote \"hello\", which is not a JSON object".into())

@@ -467,6 +467,11 @@ pub trait Queue {
     /// Extends the leases of `ids` held by `worker`; returns how many were.
     fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize>;
 
+    /// Writes the latest progress of running jobs `worker` holds, each as
+    /// (id, attempt, fraction, note); a job no longer in that attempt is
+    /// left alone.
+    fn set_progress(&mut self, worker: &str, reports: &[(i64, i64, f64, String)]) -> Result<()>;
+
     /// The running jobs of `worker` that an operator asked to cancel.
     fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>>;
 

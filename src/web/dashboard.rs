@@ -633,6 +633,17 @@ pub fn job(
     if let Some(key) = &job.limit_key {
         row("limit key", escape(key));
     }
+    if let Some((fraction, note)) = job.running_progress() {
+        row(
+            "progress",
+            format!(
+                "<progress id=\"job-progress\" max=\"100\" value=\"{:.0}\"></progress> {:.0} % {}",
+                fraction * 100.0,
+                fraction * 100.0,
+                escape(&note)
+            ),
+        );
+    }
     if let Some(batch) = flow.relatives.batch.as_deref() {
         row("batch", batch_link(batch));
     }

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::daemon::dispatcher::*;
 
+/// How often the progress handlers report is written.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
 impl Dispatcher {
     /// Gives up on jobs that ran well past their deadline: `timed out`, and a
     /// fresh thread in place of the stuck one. (A CPU job is killed at its
@@ -72,6 +75,27 @@ impl Dispatcher {
                 &e,
                 "looking again at the next change",
             ),
+        }
+    }
+
+    /// Writes the progress the running jobs' handlers reported since the
+    /// last write, at most every [`PROGRESS_EVERY`].
+    pub(super) fn write_progress(&mut self, now: Instant) {
+        if now < self.next_progress {
+            return;
+        }
+        self.next_progress = now + PROGRESS_EVERY;
+        let reports: Vec<(i64, i64, f64, String)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, entry)| !entry.reported)
+            .filter_map(|(&(id, _), entry)| {
+                let (fraction, note) = entry.control.take_progress()?;
+                Some((id, entry.attempt, fraction, note))
+            })
+            .collect();
+        if let Err(e) = self.store.set_progress(&self.worker, &reports) {
+            crate::store::log_trouble("write progress", &e, "writing the next reports");
         }
     }
 

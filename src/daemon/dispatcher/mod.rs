@@ -250,6 +250,8 @@ pub struct Dispatcher {
     last_write: Instant,
     next_poll: Instant,
     next_renew: Instant,
+    /// When the handlers' progress is written next.
+    next_progress: Instant,
     claim_retry_at: Option<Instant>,
     /// When lease renewal last failed, while it keeps failing.
     next_renew_failed: Option<Instant>,
@@ -305,6 +307,7 @@ impl Dispatcher {
             last_write: now,
             next_poll: now,
             next_renew: now + setup.config.daemon.lease / 3,
+            next_progress: now,
             claim_retry_at: None,
             next_renew_failed: None,
             draining: None,
@@ -337,6 +340,7 @@ impl Dispatcher {
             if now >= self.next_renew {
                 self.renew_leases(now);
             }
+            self.write_progress(now);
             if let Some(until) = self.draining {
                 if self.in_flight.is_empty() {
                     self.stop_cpu_pool();

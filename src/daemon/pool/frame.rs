@@ -71,6 +71,8 @@ pub enum FromWorker {
         /// The group's id (the handler's pid).
         pgid: i32,
     },
+    /// A message from the attempt's handler (progress, a log line).
+    Report(crate::kinds::Report),
     /// The attempt's answer.
     Done(Result<Option<String>, JobError>),
 }

@@ -570,6 +570,19 @@ fn attempt(
                 return (answer, After::Keep(worker));
             }
             Ok(Some(FromWorker::Ready)) => {}
+            Ok(Some(FromWorker::Report(report))) => match report {
+                crate::kinds::Report::Progress { fraction, note } => {
+                    task.control.report_progress(fraction, note)
+                }
+                crate::kinds::Report::Log(line) => event!(
+                    Info,
+                    "job.log",
+                    id = task.job.id,
+                    attempt = task.job.attempts,
+                    kind = task.job.kind.as_str(),
+                    line = line
+                ),
+            },
             Ok(None) | Err(_) => return died(common, worker),
         }
     }

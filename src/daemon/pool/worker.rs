@@ -82,6 +82,9 @@ fn run_order(
     // Nobody inside the worker cancels: the daemon kills the worker instead.
     let cancel = AtomicBool::new(false);
     let output = std::cell::RefCell::new(output);
+    let report = |report: crate::kinds::Report| {
+        let _ = frame::write(*output.borrow_mut(), &FromWorker::Report(report));
+    };
     let spawned = |pgid: i32| {
         // If the daemon cannot hear this, it cannot hear the answer either,
         // and it treats the silence as the worker's death.
@@ -95,6 +98,7 @@ fn run_order(
         cancel: &cancel,
         spawned: Some(&spawned),
         inputs: order.inputs.as_deref(),
+        report: Some(&report),
     };
     run_kind(&**kind, &ctx, &order.payload)
 }

@@ -739,7 +739,7 @@ fn complete_in(
 /// The columns of a whole job, with `jsonb` read back as text.
 const JOB_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max_attempts, \
      timeout_ms, unique_key, state, attempts, created_at, started_at, finished_at, lease_until, \
-     worker, last_error, result::text, cancel_requested, limit_key";
+     worker, last_error, result::text, cancel_requested, limit_key, progress::text";
 
 /// What a claim returns of each job it takes (see [`Claimed`]).
 const CLAIMED_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max_attempts, \
@@ -790,6 +790,7 @@ fn job_from_row(r: &postgres::Row) -> Job {
         result: r.get::<_, Option<String>>(17).map(compact),
         cancel_requested: r.get(18),
         limit_key: r.get(19),
+        progress: r.get(20),
     }
 }
 

@@ -115,6 +115,30 @@ impl Queue for PgStore {
         Ok(renewed as usize)
     }
 
+    fn set_progress(&mut self, worker: &str, reports: &[(i64, i64, f64, String)]) -> Result<()> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        self.revive()?;
+        let fail = self.failing("write progress");
+        let ids: Vec<i64> = reports.iter().map(|r| r.0).collect();
+        let attempts: Vec<i64> = reports.iter().map(|r| r.1).collect();
+        let fractions: Vec<f64> = reports.iter().map(|r| r.2).collect();
+        let notes: Vec<&str> = reports.iter().map(|r| r.3.as_str()).collect();
+        self.client
+            .execute(
+                "UPDATE jobs SET progress = jsonb_build_object('attempt', r.attempt, \
+                   'fraction', r.fraction, 'note', r.note) \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::text[]) \
+                   AS r(id, attempt, fraction, note) \
+                 WHERE jobs.id = r.id AND jobs.state = 'running' AND jobs.worker = $5 \
+                   AND jobs.attempts = r.attempt",
+                &[&ids, &attempts, &fractions, &notes, &worker],
+            )
+            .map_err(&fail)?;
+        Ok(())
+    }
+
     fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>> {
         self.revive()?;
         // Running jobs of `worker` that an operator asked to cancel.

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[&str] = &[
     V10_DEPENDENCIES,
     V11_BATCHES,
     V12_SEQUENCES,
+    V13_PROGRESS,
 ];
 
 /// The schema version this build writes and reads.
@@ -671,3 +672,6 @@ BEGIN
     RETURN NULL;
 END $$;
 ";
+
+/// Version 13: `jobs.progress`, as SQLite's version 12.
+const V13_PROGRESS: &str = "ALTER TABLE jobs ADD COLUMN progress JSONB NULL;";

@@ -47,7 +47,7 @@ pub struct SqliteStore {
 
 const JOB_COLUMNS: &str = "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, \
      unique_key, state, attempts, created_at, started_at, finished_at, lease_until, worker, \
-     last_error, result, cancel_requested, limit_key";
+     last_error, result, cancel_requested, limit_key, progress";
 
 /// What a claim returns (see [`Claimed`]).
 const CLAIMED_COLUMNS: &str =
@@ -411,6 +411,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         result: opt_text(row, 17)?,
         cancel_requested: row.get::<_, i64>(18)? != 0,
         limit_key: opt_text(row, 19)?,
+        progress: opt_text(row, 20)?,
     })
 }
 

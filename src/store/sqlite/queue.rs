@@ -76,6 +76,22 @@ impl Queue for SqliteStore {
         })
     }
 
+    fn set_progress(&mut self, worker: &str, reports: &[(i64, i64, f64, String)]) -> Result<()> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        self.write("write progress", |tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET progress = json_object('attempt', ?3, 'fraction', ?4, 'note', ?5) \
+                 WHERE id = ?1 AND state = 'running' AND worker = ?2 AND attempts = ?3",
+            )?;
+            for (id, attempt, fraction, note) in reports {
+                stmt.execute(params![id, worker, attempt, fraction, note])?;
+            }
+            Ok(())
+        })
+    }
+
     fn held_by(&mut self, worker: &str) -> Result<Vec<Held>> {
         let result: rusqlite::Result<Vec<Held>> = (|| {
             self.conn

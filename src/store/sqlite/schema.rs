@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[&str] = &[
     V9_DEPENDENCIES,
     V10_BATCHES,
     V11_SEQUENCES,
+    V12_PROGRESS,
 ];
 
 /// The schema version this build writes and reads.
@@ -886,6 +887,12 @@ BEGIN
 END;
 "
 );
+
+/// Version 12: what a running handler reports (docs/reference.md, "Warm
+/// handlers"): `jobs.progress`, JSON text `{"attempt", "fraction",
+/// "note"}` of the latest report (shown while that attempt runs).
+const V12_PROGRESS: &str = "ALTER TABLE jobs ADD COLUMN progress TEXT NULL
+    CONSTRAINT progress_is_json CHECK (progress IS NULL OR json_valid(progress));";
 
 /// The index fair claims scan key by key, as version 7 had it, built by
 /// the first daemon that serves a fair queue
