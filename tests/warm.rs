@@ -226,3 +226,153 @@ fn progress_reaches_jobd_show_while_the_job_runs_and_log_lines_the_daemon_log() 
     let show = home.ok(&["show", &id.to_string()]);
     assert!(!show.contains("progress"), "{show}");
 }
+
+#[test]
+fn the_python_helper_runs_a_handler_warm_or_one_shot_and_the_thumbnail_example_warm() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    let handlers = home.path().join("handlers");
+    let root = home.path().join("root");
+    std::fs::create_dir_all(&handlers).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");
+    for file in ["jobd.py", "thumbnail"] {
+        std::fs::copy(examples.join(file), handlers.join(file)).unwrap();
+    }
+    let helper = "#!/usr/bin/env python3\nimport os\nimport jobd\n\n\
+        def run(args, ctx):\n    print('chatter that must not break the protocol')\n    \
+        ctx.progress(0.5, 'half')\n    what = (args or {}).get('do')\n    \
+        if what == 'fail':\n        raise jobd.Fail('no such picture')\n    \
+        if what == 'oops':\n        raise ValueError('bad luck')\n    \
+        return {'pid': os.getpid(), 'id': ctx.id, 'attempt': ctx.attempt}\n\n\
+        jobd.serve(run)\n";
+    for name in ["helped", "helped_once"] {
+        let path = handlers.join(name);
+        std::fs::write(&path, helper).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    home.write_config(&format!(
+        "[cpu]\nworkers = 1\n[file]\nroots = [\"{}\"]\n[exec]\ndir = \"{}\"\n\
+         [exec.handlers.helped]\nmode = \"persistent\"\n\
+         [exec.handlers.thumbnail]\nmode = \"persistent\"\n",
+        root.display(),
+        handlers.display()
+    ));
+    home.migrate();
+    let mut ppm = b"P6\n40 20\n255\n".to_vec();
+    ppm.extend(std::iter::repeat_n(200u8, 40 * 20 * 3));
+    std::fs::write(root.join("img.ppm"), &ppm).unwrap();
+    let _daemon = home.daemon();
+    let run = |handler: &str, args: &str, attempts: &str| -> (String, String) {
+        let id = home.insert_job(
+            "exec",
+            &format!("{{\"handler\":\"{handler}\",\"args\":{args}}}"),
+            attempts,
+            "NULL",
+        );
+        finish(&home, id)
+    };
+    let first: serde_json::Value = serde_json::from_str(&run("helped", "{}", "1").1).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&run("helped", "{}", "1").1).unwrap();
+    assert_eq!(first["pid"], second["pid"], "one warm process");
+    assert_eq!(second["attempt"], 1);
+    assert_eq!(
+        run("helped", "{\"do\":\"fail\"}", "3"),
+        (
+            "dead".to_string(),
+            "exec handler helped: no such picture".to_string()
+        )
+    );
+    let (state, error) = run("helped", "{\"do\":\"oops\"}", "1");
+    assert_eq!(state, "dead");
+    assert!(
+        error.starts_with("exec handler helped: ValueError: bad luck"),
+        "{error}"
+    );
+    // One-shot, the same file answers once per process.
+    let once: serde_json::Value = serde_json::from_str(&run("helped_once", "{}", "1").1).unwrap();
+    assert_ne!(once["pid"], first["pid"]);
+    // The example, warm.
+    for _ in 0..2 {
+        let (state, detail) = run(
+            "thumbnail",
+            "{\"from\":\"img.ppm\",\"to\":\"small.ppm\",\"max\":10}",
+            "1",
+        );
+        assert_eq!(state, "succeeded", "{detail}");
+        let thumb: serde_json::Value = serde_json::from_str(&detail).unwrap();
+        assert_eq!(
+            (thumb["width"].as_i64(), thumb["height"].as_i64()),
+            (Some(10), Some(5))
+        );
+    }
+    let (state, error) = run("thumbnail", "{\"from\":\"../x\",\"to\":\"y\"}", "3");
+    assert_eq!(
+        state, "dead",
+        "bad input fails a warm thumbnail for good: {error}"
+    );
+    assert!(
+        error.contains("must be relative and stay inside the file root"),
+        "{error}"
+    );
+}
+
+/// The code block of `jobs/README.md` that follows the line starting with
+/// `marker`.
+fn readme_block(marker: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/README.md")).unwrap();
+    let after = &readme[readme.find(marker).expect("the marker")..];
+    let start = after.find("```").unwrap();
+    let body = &after[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").unwrap()].to_string()
+}
+
+#[test]
+fn the_node_and_shell_examples_of_the_readme_run_warm() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    let handlers = home.path().join("handlers");
+    std::fs::create_dir_all(&handlers).unwrap();
+    let mut config = format!(
+        "[cpu]\nworkers = 1\n[exec]\ndir = \"{}\"\n",
+        handlers.display()
+    );
+    let mut names = Vec::new();
+    for (name, marker, tool) in [
+        ("node_echo", "**Node**", "node"),
+        ("sh_echo", "**Shell**", "jq"),
+    ] {
+        if std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("{tool} is not installed: the {name} example was not run");
+            continue;
+        }
+        let path = handlers.join(name);
+        std::fs::write(&path, readme_block(marker)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        config.push_str(&format!("[exec.handlers.{name}]\nmode = \"persistent\"\n"));
+        names.push(name);
+    }
+    home.write_config(&config);
+    home.migrate();
+    let _daemon = home.daemon();
+    for name in names {
+        for n in 0..2 {
+            let id = home.insert_job(
+                "exec",
+                &format!("{{\"handler\":\"{name}\",\"args\":{{\"n\":{n}}}}}"),
+                "1",
+                "NULL",
+            );
+            let (state, detail) = finish(&home, id);
+            assert_eq!(state, "succeeded", "{name}: {detail}");
+            let result: serde_json::Value = serde_json::from_str(&detail).unwrap();
+            assert_eq!(result, serde_json::json!({"echo": {"n": n}}), "{name}");
+        }
+    }
+}
