@@ -12,7 +12,11 @@
 //!   `checksum` jobs of 64 MiB files, and `noop` jobs inserted 20 ms apart
 //!   into the same queue: pickup latency, against the same without CPU load.
 //!
-//! `BENCH_ONLY=overhead,scaling,isolation` picks parts. Figures vary with the
+//! - warm: a Python handler that does nothing (through `jobs/jobd.py`), warm
+//!   against one-shot: per job one at a time, and 10 000 jobs with two
+//!   workers.
+//!
+//! `BENCH_ONLY=overhead,warm,scaling,isolation` picks parts. Figures vary with the
 //! machine's load; compare within one run.
 
 mod common;
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::{fresh, percentile, pickup, query_i64, Daemon};
 use crossbeam_channel::Receiver;
-use jobd::config::{ExecConfig, FileConfig, RetryConfig};
+use jobd::config::{ExecConfig, FileConfig, HandlerConfig, HandlerMode, RetryConfig};
 use jobd::daemon::executor::{Control, Task};
 use jobd::daemon::pool::frame::Setup;
 use jobd::daemon::pool::processes::{ProcessPool, Settings, WorkerPids, CPU_NICE};
@@ -56,10 +60,35 @@ impl Bench {
             roots: vec![root],
             ..FileConfig::default()
         };
-        let exec = ExecConfig {
+        // A Python handler that does nothing, through jobd.py: warm under
+        // one name, one-shot under the other.
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/jobd.py"),
+            handlers.join("jobd.py"),
+        )
+        .unwrap();
+        for name in ["py_warm", "py_once"] {
+            let path = handlers.join(name);
+            std::fs::write(
+                &path,
+                "#!/usr/bin/env python3\nimport jobd\njobd.serve(lambda args, ctx: None)\n",
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut exec = ExecConfig {
             dir: handlers,
             ..ExecConfig::default()
         };
+        exec.handlers.insert(
+            "py_warm".into(),
+            HandlerConfig {
+                mode: HandlerMode::Persistent,
+                max_jobs: u64::MAX,
+                ..HandlerConfig::default()
+            },
+        );
         let registry = Registry::cpu(&file, &exec);
         Bench {
             file,
@@ -138,10 +167,38 @@ impl Bench {
             .collect()
     }
 
+    /// `n` jobs submitted at once to `workers` workers: jobs per second.
+    fn drain(&self, workers: usize, n: usize, kind: &str, payload: &str) -> f64 {
+        let (pool, done) = self.pool(workers, u64::MAX);
+        // One job per worker first, so start-up is not in the figure.
+        for i in 0..workers {
+            pool.submit(self.task(i as i64, kind, payload));
+        }
+        for _ in 0..workers {
+            done.recv().unwrap();
+        }
+        let t = Instant::now();
+        for i in 0..n {
+            pool.submit(self.task(i as i64, kind, payload));
+        }
+        for _ in 0..n {
+            let f = done.recv().unwrap();
+            assert_eq!(f.completion.outcome, jobd::job::RunOutcome::Succeeded);
+        }
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        pool.shutdown();
+        rate
+    }
+
     /// Through the pool, one job at a time (submit, wait for the answer).
     fn through_pool(&self, max_jobs: u64, kind: &str, payload: &str) -> Vec<f64> {
+        self.through_pool_n(max_jobs, kind, payload, JOBS)
+    }
+
+    /// [`Bench::through_pool`] for `n` jobs.
+    fn through_pool_n(&self, max_jobs: u64, kind: &str, payload: &str, n: usize) -> Vec<f64> {
         let (pool, done) = self.pool(1, max_jobs);
-        let times = (0..JOBS)
+        let times = (0..n)
             .map(|i| {
                 let t = Instant::now();
                 pool.submit(self.task(i as i64, kind, payload));
@@ -221,6 +278,34 @@ fn main() {
                 f50 - w50,
             );
         }
+    }
+
+    if wants("warm") {
+        // A Python handler that does nothing: warm (one process per worker)
+        // against one-shot (an interpreter per job), one job at a time, and
+        // the pool's own cost for a job with no process (`checksum` of 1 KiB).
+        let base = sorted(bench.through_pool(u64::MAX, "checksum", r#"{"path":"small"}"#));
+        let work = sorted(bench.in_process("checksum", r#"{"path":"small"}"#));
+        let warm = sorted(bench.through_pool(u64::MAX, "exec", r#"{"handler":"py_warm"}"#));
+        let once = sorted(bench.through_pool_n(u64::MAX, "exec", r#"{"handler":"py_once"}"#, 200));
+        let pool_cost = percentile(&base, 0.5) - percentile(&work, 0.5);
+        println!(
+            "warm, a Python handler doing nothing through one worker: warm p50 {:.3} ms, p99 {:.3} ms \
+             ({:.3} ms beyond the pool's own {pool_cost:.3} ms); one-shot p50 {:.1} ms, p99 {:.1} ms \
+             ({:.0} × the warm one)",
+            percentile(&warm, 0.5),
+            percentile(&warm, 0.99),
+            percentile(&warm, 0.5) - pool_cost,
+            percentile(&once, 0.5),
+            percentile(&once, 0.99),
+            percentile(&once, 0.5) / percentile(&warm, 0.5),
+        );
+        let warm_rate = bench.drain(2, 10_000, "exec", r#"{"handler":"py_warm"}"#);
+        let once_rate = bench.drain(2, 500, "exec", r#"{"handler":"py_once"}"#);
+        println!(
+            "warm, 10 000 jobs of that handler with cpu.workers = 2: {warm_rate:.0} jobs/s \
+             (one-shot, 500 jobs: {once_rate:.0} jobs/s)"
+        );
     }
 
     if wants("scaling") {
