@@ -376,3 +376,26 @@ fn the_node_and_shell_examples_of_the_readme_run_warm() {
         }
     }
 }
+
+#[test]
+fn cancelling_a_running_job_kills_its_warm_handler_and_the_next_job_gets_a_fresh_one() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let before = pid_of(&home, job(&home, "{}", "NULL"));
+    let file = home.path().join("never");
+    let id = job(
+        &home,
+        &format!("{{\"do\":\"wait\",\"file\":\"{}\"}}", file.display()),
+        "NULL",
+    );
+    home.wait_state(id, "running");
+    home.ok(&["cancel", &id.to_string()]);
+    let (state, _) = finish(&home, id);
+    assert_eq!(state, "cancelled");
+    let gone = wait_for(PATIENCE, || {
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        (unsafe { libc::kill(before as i32, 0) } != 0).then_some(())
+    });
+    assert!(gone.is_some(), "the handler {before} outlived the cancel");
+    assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), before);
+}

@@ -552,7 +552,7 @@ pub enum HandlerMode {
 
 /// `[exec.handlers.NAME]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct HandlerConfig {
     /// `oneshot` or `persistent`.
     pub mode: HandlerMode,

@@ -223,6 +223,31 @@ fn unknown_keys_and_types_are_named() {
 }
 
 #[test]
+fn handler_sections_name_their_faults() {
+    for (text, want) in [
+        (
+            "[exec.handlers.x]\nmode = \"warm\"",
+            "config.toml: exec.handlers.x.mode is invalid: unknown variant `warm`, expected `oneshot` or `persistent`",
+        ),
+        (
+            "[exec.handlers.x]\nmax_job = 3",
+            "config.toml: unknown key exec.handlers.x.max_job",
+        ),
+        (
+            "[exec.handlers.x]\nmax_jobs = 0",
+            "config.toml: exec.handlers.x.max_jobs must be at least 1 (got 0)",
+        ),
+    ] {
+        assert_eq!(load(text, &[]).unwrap_err(), want);
+    }
+    let c = load("[exec.handlers.x]\nmode = \"persistent\"", &[]).unwrap();
+    assert_eq!(
+        c.exec.handlers["x"].mode,
+        crate::config::HandlerMode::Persistent
+    );
+}
+
+#[test]
 fn the_file_is_typed_as_written_and_only_variables_are_read_from_text() {
     // The merge of file and environment turned "yes" and 1 into true.
     for (text, key, want) in [

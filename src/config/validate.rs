@@ -101,6 +101,15 @@ impl Config {
             );
         }
         at_least("cpu.max_jobs_per_worker", self.cpu.max_jobs_per_worker, 1)?;
+        for (name, h) in &self.exec.handlers {
+            at_least(&format!("exec.handlers.{name}.max_jobs"), h.max_jobs, 1)?;
+            if h.idle_timeout.is_zero() {
+                return fail(
+                    &format!("exec.handlers.{name}.idle_timeout"),
+                    "must be more than 0s",
+                );
+            }
+        }
 
         for (name, q) in &self.queues {
             if let Some(c) = q.concurrency {
