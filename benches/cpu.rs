@@ -131,6 +131,7 @@ impl Bench {
                 undecodable: None,
                 parents: Vec::new(),
                 callback_for: None,
+                snoozes: 0,
                 inputs: None,
             },
             kind: Arc::clone(self.registry.get(kind).unwrap()),

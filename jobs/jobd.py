@@ -31,7 +31,8 @@ handler:
 - `ctx.log(text)`: a `job.log` line in jobd's log (persistent handlers;
   one-shot ones write to stderr).
 
-Raise `Retry("why")` for a failure worth retrying and `Fail("why")` for
+Raise `Snooze(seconds)` to run the job again later without using an
+attempt (persistent handlers; a one-shot one exits 75, a retry), `Retry("why")` for a failure worth retrying and `Fail("why")` for
 one retrying cannot fix: a persistent handler's job then goes `dead` at
 once; a one-shot handler can only exit 1, which jobd retries while the
 job's attempts last.
@@ -42,7 +43,7 @@ import os
 import sys
 import time
 
-__all__ = ["serve", "Fail", "Retry", "Context"]
+__all__ = ["serve", "Fail", "Retry", "Snooze", "Context"]
 
 
 class Fail(Exception):
@@ -51,6 +52,15 @@ class Fail(Exception):
 
 class Retry(Exception):
     """The job failed but may succeed later: jobd retries it with backoff."""
+
+
+class Snooze(Exception):
+    """Not now: run the job again in `seconds`, the attempt not counted
+    (persistent handlers; at most `retry.max_snoozes` times)."""
+
+    def __init__(self, seconds):
+        super().__init__(f"snooze for {seconds} s")
+        self.seconds = seconds
 
 
 class Context:
@@ -106,7 +116,8 @@ def _one_shot(run):
     args = json.loads(text) if text.strip() else None
     try:
         result = run(args, Context(job, to_stderr))
-    except Retry as e:
+    except (Retry, Snooze) as e:
+        # A one-shot handler cannot put a job off: it asks for a retry.
         print(str(e), file=sys.stderr)
         sys.exit(75)
     except Fail as e:
@@ -135,6 +146,8 @@ def _persistent(run):
         try:
             result = run(job.get("args"), Context(job, send))
             outcome = {"result": result}
+        except Snooze as e:
+            outcome = {"snooze_ms": max(0, int(e.seconds * 1000))}
         except Fail as e:
             outcome = {"error": str(e) or type(e).__name__, "retry": False}
         except Exception as e:  # noqa: BLE001 — any other failure is retried

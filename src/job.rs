@@ -207,6 +207,8 @@ pub struct Claimed {
     pub parents: Vec<i64>,
     /// The batch it is the callback of.
     pub callback_for: Option<String>,
+    /// How many times its handler put it off so far.
+    pub snoozes: i64,
     /// What its flow hands it, as JSON text: `{"parents": [outcome, …]}`
     /// (see [`crate::store::ParentOutcome`]) or, for a batch's callback,
     /// `{"batch": counts}` ([`crate::store::BatchCounts`]); None outside a
@@ -486,11 +488,13 @@ pub enum RunOutcome {
     Interrupted,
     /// An operator cancelled it while it ran.
     Cancelled,
+    /// Its handler asked to run again later; the attempt does not count.
+    Snoozed,
 }
 
 impl RunOutcome {
     /// Every outcome.
-    pub const ALL: [RunOutcome; 7] = [
+    pub const ALL: [RunOutcome; 8] = [
         RunOutcome::Succeeded,
         RunOutcome::Retry,
         RunOutcome::Dead,
@@ -498,6 +502,7 @@ impl RunOutcome {
         RunOutcome::Rescued,
         RunOutcome::Interrupted,
         RunOutcome::Cancelled,
+        RunOutcome::Snoozed,
     ];
 
     /// The name stored in `job_runs.outcome`.
@@ -510,6 +515,7 @@ impl RunOutcome {
             RunOutcome::Rescued => "rescued",
             RunOutcome::Interrupted => "interrupted",
             RunOutcome::Cancelled => "cancelled",
+            RunOutcome::Snoozed => "snoozed",
         }
     }
 }
@@ -546,6 +552,12 @@ pub enum Transition {
     },
     /// → queued now; the attempt does not count (`attempts - 1`).
     Release,
+    /// → queued at `run_at`; the attempt does not count, the job's
+    /// `snoozes` does.
+    Snooze {
+        /// When to run again (epoch ms).
+        run_at: i64,
+    },
     /// → dead.
     Dead,
     /// → cancelled.
@@ -675,6 +687,16 @@ impl Attempt {
             RunOutcome::Cancelled,
             Transition::Cancel,
             Some("cancelled by an operator while running".to_string()),
+        )
+    }
+
+    /// Its handler asked to run again at `run_at`: back to queued, the
+    /// attempt not counted.
+    pub fn snoozed(self, run_at: i64, message: String) -> Completion {
+        self.complete(
+            RunOutcome::Snoozed,
+            Transition::Snooze { run_at },
+            Some(message),
         )
     }
 

@@ -15,6 +15,7 @@ use common::{wait_for, Home, PATIENCE};
 const HANDLER: &str = r#"#!/usr/bin/env python3
 import json, os, subprocess, sys, time
 kept = []
+snoozed = set()
 for line in sys.stdin:
     job = json.loads(line)
     args = job["args"] or {}
@@ -32,6 +33,10 @@ for line in sys.stdin:
         with open(args["pidfile"], "w") as f:
             f.write(str(child.pid))
         time.sleep(60)
+    if what == "snooze" or (what == "snooze_once" and job["id"] not in snoozed):
+        snoozed.add(job["id"])
+        print(json.dumps({"snooze_ms": 50}), flush=True)
+        continue
     if what == "wait":
         print(json.dumps({"progress": 0.5, "note": "halfway"}), flush=True)
         print(json.dumps({"log": "waiting for " + args["file"]}), flush=True)
@@ -398,4 +403,31 @@ fn cancelling_a_running_job_kills_its_warm_handler_and_the_next_job_gets_a_fresh
     });
     assert!(gone.is_some(), "the handler {before} outlived the cancel");
     assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), before);
+}
+
+#[test]
+fn a_snooze_uses_no_attempt_and_is_bounded_by_max_snoozes() {
+    let home = warm_home("[retry]\nmax_snoozes = 3\n");
+    let _daemon = home.daemon();
+    let once = job(&home, "{\"do\":\"snooze_once\"}", "NULL");
+    pid_of(&home, once);
+    let row = home.text(&format!(
+        "SELECT attempts || ' ' || snoozes FROM jobs WHERE id = {once};"
+    ));
+    assert_eq!(row.trim(), "1 1", "one attempt counted, one snooze");
+    let outcomes = home.text(&format!(
+        "SELECT group_concat(outcome, ',') FROM (SELECT outcome FROM job_runs WHERE job_id = {once} ORDER BY id);"
+    ));
+    assert_eq!(outcomes.trim(), "snoozed,succeeded");
+    let always = job(&home, "{\"do\":\"snooze\"}", "NULL");
+    let (state, error) = finish(&home, always);
+    assert_eq!(state, "dead", "{error}");
+    assert_eq!(
+        error,
+        "its handler put it off 3 times, the most retry.max_snoozes allows (3)"
+    );
+    let outcomes = home.text(&format!(
+        "SELECT group_concat(outcome, ',') FROM (SELECT outcome FROM job_runs WHERE job_id = {always} ORDER BY id);"
+    ));
+    assert_eq!(outcomes.trim(), "snoozed,snoozed,snoozed,dead");
 }

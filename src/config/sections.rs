@@ -222,6 +222,9 @@ pub struct RetryConfig {
     /// The longest delay between attempts.
     #[serde(with = "duration_str")]
     pub backoff_max: Duration,
+    /// How many times a handler may put a job off (a snooze) before the
+    /// job goes dead.
+    pub max_snoozes: u32,
 }
 
 impl Default for RetryConfig {
@@ -232,6 +235,7 @@ impl Default for RetryConfig {
             max_attempts: 20,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(3600),
+            max_snoozes: 100,
         }
     }
 }

@@ -376,6 +376,16 @@ fn log_outcome(
             attempt = c.attempt,
             duration_ms = duration_ms
         ),
+        (RunOutcome::Snoozed, Transition::Snooze { run_at }) => event!(
+            Info,
+            "job.snoozed",
+            id = c.id,
+            kind = kind,
+            queue = queue,
+            attempt = c.attempt,
+            next_run_in = next_run_in(*run_at),
+            detail = "its handler put it off; the attempt does not count"
+        ),
         (RunOutcome::Interrupted, _) => event!(
             Info,
             "job.interrupted",

@@ -190,6 +190,21 @@ pub fn settle(
     match answer {
         Ok(result) => attempt.succeeded(result),
         Err(JobError::Cancelled) => attempt.cancelled(),
+        Err(JobError::Snoozed { until }) => {
+            let max = task.retry.max_snoozes;
+            if task.job.snoozes >= i64::from(max) {
+                attempt.dead(format!(
+                    "its handler put it off {} times, the most retry.max_snoozes allows ({max})",
+                    task.job.snoozes
+                ))
+            } else {
+                let delay = until.saturating_sub(now).max(0);
+                attempt.snoozed(
+                    until.max(now),
+                    format!("snoozed for {} ms by its handler", delay),
+                )
+            }
+        }
         Err(JobError::TimedOut) => task.timed_out(now),
         Err(JobError::Permanent { message }) => attempt.dead(message),
         Err(JobError::Blocked {
@@ -272,6 +287,7 @@ pub(crate) fn test_task(
             undecodable: None,
             parents: Vec::new(),
             callback_for: None,
+            snoozes: 0,
             inputs: None,
         },
         kind,
@@ -284,6 +300,7 @@ pub(crate) fn test_task(
             max_attempts: 20,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            max_snoozes: 100,
         }),
         control: Control::new(),
     }

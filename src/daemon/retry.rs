@@ -40,6 +40,7 @@ mod tests {
             max_attempts: 20,
             backoff_base: Duration::from_millis(base_ms),
             backoff_max: Duration::from_millis(max_ms),
+            max_snoozes: 100,
         }
     }
 

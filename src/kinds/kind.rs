@@ -43,6 +43,13 @@ pub enum JobError {
     /// An operator cancelled the job while it ran.
     #[error("cancelled by an operator")]
     Cancelled,
+    /// The handler asked to run the job again at `until` (epoch ms): not a
+    /// failure, and the attempt does not count.
+    #[error("snoozed")]
+    Snoozed {
+        /// When to run it again.
+        until: i64,
+    },
 }
 
 impl JobError {

@@ -376,6 +376,11 @@ fn feed(
                     JobError::permanent(message)
                 }));
             }
+            Ok(Message::Snooze(delay)) => {
+                return Err(Fault::of_job(JobError::Snoozed {
+                    until: crate::job::now_ms() + delay as i64,
+                }));
+            }
             Ok(Message::Report(report)) => {
                 if let Some(send) = ctx.report {
                     send(report);
@@ -399,12 +404,18 @@ enum Message {
     Result(serde_json::Value),
     /// The job's outcome: it failed (and may be retried).
     Error { message: String, retry: bool },
+    /// The job's outcome: run it again in this many milliseconds, the
+    /// attempt not counted.
+    Snooze(u64),
     /// A message for the daemon (progress, a log line).
     Report(Report),
     /// A message with nothing to pass on (a heartbeat: the daemon renews
     /// the job's lease while it runs anyway).
     Other,
 }
+
+/// The longest a handler may put a job off: 30 days.
+const MAX_SNOOZE_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// The longest note or log line kept from a message; the rest is cut.
 const MAX_NOTE: usize = 4096;
@@ -441,6 +452,15 @@ fn message(line: &[u8]) -> Result<Message, String> {
     if let Some(result) = object.get("result") {
         return Ok(Message::Result(result.clone()));
     }
+    if let Some(delay) = object.get("snooze_ms") {
+        let delay = delay
+            .as_u64()
+            .filter(|ms| *ms <= MAX_SNOOZE_MS)
+            .ok_or_else(|| {
+                format!("snooze_ms {delay} is not a whole number of milliseconds up to 30 days")
+            })?;
+        return Ok(Message::Snooze(delay));
+    }
     if let Some(error) = object.get("error") {
         let message = match error {
             serde_json::Value::String(s) => s.clone(),
@@ -474,7 +494,7 @@ fn message(line: &[u8]) -> Result<Message, String> {
         return Ok(Message::Other);
     }
     Err(format!(
-        "it wrote {:?}, which has none of result, error, {}",
+        "it wrote {:?}, which has none of result, error, snooze_ms, {}",
         shown(),
         MESSAGES.join(", ")
     ))
@@ -509,6 +529,8 @@ mod tests {
             Ok(Message::Report(Report::Log("hi".into())))
         );
         assert_eq!(message(b"{\"heartbeat\": true}"), Ok(Message::Other));
+        assert_eq!(message(b"{\"snooze_ms\": 500}"), Ok(Message::Snooze(500)));
+        assert!(message(b"{\"snooze_ms\": -1}").is_err());
         assert_eq!(
             message(b"{\"progress\": 2}"),
             Err("progress 2 is not a number from 0 to 1".into())

@@ -558,6 +558,7 @@ fn claimed_from_pg_row(r: &postgres::Row) -> Claimed {
         undecodable: None,
         parents: r.get::<_, Option<Vec<i64>>>(11).unwrap_or_default(),
         callback_for: r.get(12),
+        snoozes: r.get(13),
         inputs: None,
     }
 }
@@ -620,6 +621,7 @@ fn complete_in(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut snoozes = Vec::with_capacity(n);
     let (mut finished, mut run_ats, mut results, mut errors, mut releases) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -632,6 +634,7 @@ fn complete_in(
             Transition::Succeed { result } => ("succeeded", None, result.clone(), false),
             Transition::Requeue { run_at } => ("queued", Some(*run_at), None, false),
             Transition::Release => ("queued", None, None, true),
+            Transition::Snooze { run_at } => ("queued", Some(*run_at), None, true),
             Transition::Dead => ("dead", None, None, false),
             Transition::Cancel => ("cancelled", None, None, false),
         };
@@ -647,6 +650,7 @@ fn complete_in(
             _ => c.error.clone(),
         });
         releases.push(release);
+        snoozes.push(matches!(c.transition, Transition::Snooze { .. }));
     }
     // One row per job even if the batch holds two outcomes for it: of
     // those that pass the fence, the first in the batch is written; the
@@ -660,8 +664,9 @@ fn complete_in(
         &format!(
             "WITH c AS ( \
            SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], \
-             $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bool[]) WITH ORDINALITY \
-             AS c(id, worker, attempt, state, finished_at, run_at, result, last_error, release, n)), \
+             $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bool[], $10::bool[]) \
+             WITH ORDINALITY AS c(id, worker, attempt, state, finished_at, run_at, result, \
+               last_error, release, snooze, n)), \
          m AS ( \
            SELECT DISTINCT ON (c.id) c.*, \
              (jobs.cancel_requested AND c.state <> 'succeeded') AS cancel \
@@ -675,7 +680,8 @@ fn complete_in(
            result = CASE WHEN m.state = 'succeeded' THEN m.result::jsonb ELSE jobs.result END, \
            last_error = CASE WHEN m.cancel THEN '{CANCELLED_ERROR}' \
              WHEN m.release THEN jobs.last_error ELSE m.last_error END, \
-           attempts = jobs.attempts - CASE WHEN m.release AND NOT m.cancel THEN 1 ELSE 0 END \
+           attempts = jobs.attempts - CASE WHEN m.release AND NOT m.cancel THEN 1 ELSE 0 END, \
+           snoozes = jobs.snoozes + CASE WHEN m.snooze AND NOT m.cancel THEN 1 ELSE 0 END \
          FROM m WHERE jobs.id = m.id AND jobs.state = 'running' AND jobs.worker = m.worker \
            AND jobs.attempts = m.attempt \
          RETURNING m.n, jobs.queue, jobs.kind, jobs.state"
@@ -685,6 +691,7 @@ fn complete_in(
         &statement,
         &[
             &ids, &workers, &attempts, &states, &finished, &run_ats, &results, &errors, &releases,
+            &snoozes,
         ],
     )?;
     // Ordinalities count from 1.
@@ -743,7 +750,7 @@ const JOB_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max
 
 /// What a claim returns of each job it takes (see [`Claimed`]).
 const CLAIMED_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at, max_attempts, \
-     timeout_ms, attempts, started_at, limit_key, parents, callback_for";
+     timeout_ms, attempts, started_at, limit_key, parents, callback_for, snoozes";
 
 /// The columns of an attempt record.
 const RUN_COLUMNS: &str =

@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[&str] = &[
     V11_BATCHES,
     V12_SEQUENCES,
     V13_PROGRESS,
+    V14_SNOOZES,
 ];
 
 /// The schema version this build writes and reads.
@@ -675,3 +676,12 @@ END $$;
 
 /// Version 13: `jobs.progress`, as SQLite's version 12.
 const V13_PROGRESS: &str = "ALTER TABLE jobs ADD COLUMN progress JSONB NULL;";
+
+/// Version 14: snoozes, as SQLite's version 13: `jobs.snoozes` and the
+/// outcome `snoozed`.
+const V14_SNOOZES: &str = "
+ALTER TABLE jobs ADD COLUMN snoozes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE job_runs DROP CONSTRAINT outcome_known;
+ALTER TABLE job_runs ADD CONSTRAINT outcome_known CHECK (outcome IN
+    ('succeeded', 'retry', 'dead', 'timeout', 'rescued', 'interrupted', 'cancelled', 'snoozed'));
+";

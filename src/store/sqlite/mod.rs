@@ -52,7 +52,7 @@ const JOB_COLUMNS: &str = "id, queue, kind, payload, priority, run_at, max_attem
 /// What a claim returns (see [`Claimed`]).
 const CLAIMED_COLUMNS: &str =
     "id, queue, kind, payload, priority, run_at, max_attempts, timeout_ms, attempts, started_at, \
-     limit_key, parents, callback_for";
+     limit_key, parents, callback_for, snoozes";
 
 const RUN_COLUMNS: &str =
     "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
@@ -448,6 +448,7 @@ fn claimed_from_row(row: &Row<'_>) -> rusqlite::Result<Claimed> {
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default(),
         callback_for: opt_text(row, 12)?,
+        snoozes: row.get(13)?,
         inputs: None,
     })
 }
@@ -528,8 +529,8 @@ fn complete_sql(rows: usize) -> String {
     // looked is honoured too.
     let cancel = "(jobs.cancel_requested = 1 AND c.state <> 'succeeded')";
     format!(
-        "WITH c(id, worker, attempt, state, finished_at, run_at, result, last_error, release) AS \
-         (VALUES {values}) \
+        "WITH c(id, worker, attempt, state, finished_at, run_at, result, last_error, release, \
+           snooze) AS (VALUES {values}) \
          UPDATE jobs SET state = CASE WHEN {cancel} THEN 'cancelled' ELSE c.state END, \
            finished_at = CASE WHEN c.release AND NOT {cancel} THEN jobs.finished_at ELSE c.finished_at END, \
            lease_until = NULL, \
@@ -537,28 +538,34 @@ fn complete_sql(rows: usize) -> String {
            result = CASE WHEN c.state = 'succeeded' THEN c.result ELSE jobs.result END, \
            last_error = CASE WHEN {cancel} THEN '{CANCELLED_ERROR}' \
              WHEN c.release THEN jobs.last_error ELSE c.last_error END, \
-           attempts = jobs.attempts - CASE WHEN {cancel} THEN 0 ELSE c.release END \
+           attempts = jobs.attempts - CASE WHEN {cancel} THEN 0 ELSE c.release END, \
+           snoozes = jobs.snoozes + CASE WHEN {cancel} THEN 0 ELSE c.snooze END \
          FROM c WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.worker = c.worker \
            AND jobs.attempts = c.attempt \
          RETURNING jobs.id, jobs.worker, jobs.attempts, jobs.queue, jobs.kind, jobs.state",
-        values = values_list(rows, 9)
+        values = values_list(rows, 10)
     )
 }
 
-/// The nine values of one row of [`complete_sql`].
-fn completion_values(c: &Completion) -> [rusqlite::types::Value; 9] {
+/// The ten values of one row of [`complete_sql`].
+fn completion_values(c: &Completion) -> [rusqlite::types::Value; 10] {
     use rusqlite::types::Value;
     let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
     let (state, run_at, result, release) = match &c.transition {
         Transition::Succeed { result } => ("succeeded", None, result.as_deref(), 0),
         Transition::Requeue { run_at } => ("queued", Some(*run_at), None, 0),
-        Transition::Release => ("queued", None, None, 1),
+        Transition::Release | Transition::Snooze { .. } => ("queued", None, None, 1),
         Transition::Dead => ("dead", None, None, 0),
         Transition::Cancel => ("cancelled", None, None, 0),
     };
     let error = match c.transition {
         Transition::Succeed { .. } => None,
         _ => c.error.as_deref(),
+    };
+    // A snooze is a release with a time of its own, counted.
+    let (run_at, snooze) = match c.transition {
+        Transition::Snooze { run_at } => (Some(run_at), 1),
+        _ => (run_at, 0),
     };
     [
         Value::Integer(c.id),
@@ -570,6 +577,7 @@ fn completion_values(c: &Completion) -> [rusqlite::types::Value; 9] {
         text(result),
         text(error),
         Value::Integer(release),
+        Value::Integer(snooze),
     ]
 }
 
@@ -764,7 +772,11 @@ fn complete_in(
             .get(&c.id)
             .is_some_and(|(worker, attempts, _, _, state)| {
                 let overridden = cancelled_instead(c, state);
-                let counted = i64::from(c.transition == Transition::Release && !overridden);
+                let released = matches!(
+                    c.transition,
+                    Transition::Release | Transition::Snooze { .. }
+                );
+                let counted = i64::from(released && !overridden);
                 *worker == c.worker && *attempts + counted == c.attempt
             });
         match applied.then(|| moved.remove(&c.id)).flatten() {

@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[&str] = &[
     V10_BATCHES,
     V11_SEQUENCES,
     V12_PROGRESS,
+    V13_SNOOZES,
 ];
 
 /// The schema version this build writes and reads.
@@ -893,6 +894,35 @@ END;
 /// "note"}` of the latest report (shown while that attempt runs).
 const V12_PROGRESS: &str = "ALTER TABLE jobs ADD COLUMN progress TEXT NULL
     CONSTRAINT progress_is_json CHECK (progress IS NULL OR json_valid(progress));";
+
+/// Version 13: snoozes (docs/reference.md, "Warm handlers"): `jobs.snoozes`
+/// counts a job's attempts its handler put off (bounded by
+/// `retry.max_snoozes`), and `job_runs` is rebuilt for its CHECK rule to
+/// admit the outcome `snoozed` (ids kept: the stats read runs by id).
+const V13_SNOOZES: &str = "
+ALTER TABLE jobs ADD COLUMN snoozes INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE job_runs_v13 (
+    id          INTEGER PRIMARY KEY,
+    job_id      INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    worker      TEXT    NOT NULL,
+    queue       TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    outcome     TEXT    NOT NULL CONSTRAINT outcome_known CHECK (outcome = 'succeeded'
+                OR outcome = 'retry' OR outcome = 'dead' OR outcome = 'timeout'
+                OR outcome = 'rescued' OR outcome = 'interrupted' OR outcome = 'cancelled'
+                OR outcome = 'snoozed'),
+    error       TEXT    NULL,
+    duration_ms INTEGER NOT NULL
+) STRICT;
+INSERT INTO job_runs_v13 SELECT id, job_id, attempt, worker, queue, kind, started_at,
+    finished_at, outcome, error, duration_ms FROM job_runs;
+DROP TABLE job_runs;
+ALTER TABLE job_runs_v13 RENAME TO job_runs;
+CREATE INDEX job_runs_job ON job_runs (job_id, attempt);
+";
 
 /// The index fair claims scan key by key, as version 7 had it, built by
 /// the first daemon that serves a fair queue
