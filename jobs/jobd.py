@@ -152,6 +152,8 @@ def _persistent(run):
             outcome = {"error": str(e) or type(e).__name__, "retry": False}
         except Exception as e:  # noqa: BLE001 — any other failure is retried
             outcome = {"error": f"{type(e).__name__}: {e}", "retry": True}
+        # Naming the job lets jobd catch a handler that answers out of step.
+        outcome["id"] = job.get("id")
         send(outcome)
 
 

@@ -33,6 +33,10 @@ for line in sys.stdin:
         with open(args["pidfile"], "w") as f:
             f.write(str(child.pid))
         time.sleep(60)
+    if what == "double":
+        answer = json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}})
+        print(answer + "\n" + answer, flush=True)
+        continue
     if what == "snooze" or (what == "snooze_once" and job["id"] not in snoozed):
         snoozed.add(job["id"])
         print(json.dumps({"snooze_ms": 50}), flush=True)
@@ -430,4 +434,21 @@ fn a_snooze_uses_no_attempt_and_is_bounded_by_max_snoozes() {
         "SELECT group_concat(outcome, ',') FROM (SELECT outcome FROM job_runs WHERE job_id = {always} ORDER BY id);"
     ));
     assert_eq!(outcomes.trim(), "snoozed,snoozed,snoozed,dead");
+}
+
+#[test]
+fn a_handler_that_answers_twice_is_replaced_before_the_next_job() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let first = job(&home, "{\"do\":\"double\"}", "NULL");
+    let doubled = pid_of(&home, first);
+    let next = job(&home, "{}", "NULL");
+    let (state, detail) = finish(&home, next);
+    assert_eq!(state, "succeeded", "{detail}");
+    let result: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    assert_eq!(
+        result["id"], next,
+        "the next job got its own answer: {detail}"
+    );
+    assert_ne!(result["pid"], doubled, "from a fresh handler");
 }

@@ -135,10 +135,14 @@ impl Warm {
         self.start_reaper();
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
         let current = stamp(path);
+        // A line waiting before the job is sent was written after the last
+        // outcome: the handler is out of step, and its next answer could
+        // be taken for this job's.
         let stale = processes.get_mut(name).is_none_or(|p| {
             !matches!(p.child.try_wait(), Ok(None))
                 || p.served >= config.max_jobs
                 || p.stamp != current
+                || p.lines.try_recv().is_ok()
         });
         if stale {
             if let Some(old) = processes.remove(name) {
@@ -366,6 +370,17 @@ fn feed(
                 ))));
             }
         };
+        // An answer may name its job; one for another job is out of step.
+        if let Some(other) = serde_json::from_slice::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("id").and_then(serde_json::Value::as_i64))
+            .filter(|id| *id != ctx.id)
+        {
+            return Err(Fault::of_handler(JobError::transient(format!(
+                "exec handler {name} broke the protocol: it answered for job {other} during job {}",
+                ctx.id
+            ))));
+        }
         match message(&text) {
             Ok(Message::Result(result)) => return Ok(Some(result.to_string())),
             Ok(Message::Error { message, retry }) => {
