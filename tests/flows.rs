@@ -577,3 +577,288 @@ fn a_dead_member_halts_its_sequence_until_retried_and_a_cancelled_one_hands_on_i
         );
     }
 }
+
+/// The states of `jobs`, in order, joined by spaces.
+fn states(b: &BackendHome, jobs: &[i64]) -> String {
+    jobs.iter()
+        .map(|&id| state(b, id))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn a_job_with_parents_and_a_sequence_or_a_batch_waits_for_all_of_them() {
+    for b in common::homes("flow_rules_order") {
+        b.home.migrate();
+        // C waits for parent P and for S, the member before it in "s".
+        try_sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind) VALUES (1, 'noop'); \
+                 INSERT INTO jobs(id, kind, sequence) VALUES (2, 'noop', 's'); \
+                 INSERT INTO jobs(id, kind, parents, sequence) VALUES (3, 'noop', {p}, 's');",
+                p = ids(&b, &[1])
+            ),
+        )
+        .unwrap();
+        try_sql(&b, "UPDATE jobs SET state = 'succeeded' WHERE id = 2;").unwrap();
+        assert_eq!(
+            state(&b, 3),
+            "waiting",
+            "{}: let go before its parent",
+            b.name
+        );
+        try_sql(&b, "UPDATE jobs SET state = 'succeeded' WHERE id = 1;").unwrap();
+        assert_eq!(state(&b, 3), "queued", "{}", b.name);
+        // A child that names the member before it as its parent: cancelling
+        // that member cancels it, as a parent's cancellation does.
+        try_sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind, sequence) VALUES (10, 'noop', 't'); \
+                 INSERT INTO jobs(id, kind, parents, sequence) VALUES (11, 'noop', {p}, 't');",
+                p = ids(&b, &[10])
+            ),
+        )
+        .unwrap();
+        assert_eq!(state(&b, 11), "waiting", "{}", b.name);
+        b.home.ok(&["cancel", "10"]);
+        assert_eq!(state(&b, 11), "cancelled", "{}", b.name);
+        // … and its success lets it go, once.
+        try_sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind, sequence) VALUES (12, 'noop', 'v'); \
+                 INSERT INTO jobs(id, kind, parents, sequence) VALUES (13, 'noop', {p}, 'v');",
+                p = ids(&b, &[12])
+            ),
+        )
+        .unwrap();
+        try_sql(&b, "UPDATE jobs SET state = 'succeeded' WHERE id = 12;").unwrap();
+        assert_eq!(state(&b, 13), "queued", "{}: stranded", b.name);
+        // A batch's callback in a sequence waits for both.
+        try_sql(
+            &b,
+            "INSERT INTO jobs(id, kind, sequence) VALUES (20, 'noop', 'u'); \
+             INSERT INTO jobs(id, kind, batch) VALUES (21, 'noop', 'b'); \
+             INSERT INTO jobs(id, kind, callback_for, sequence) VALUES (22, 'noop', 'b', 'u');",
+        )
+        .unwrap();
+        try_sql(&b, "UPDATE jobs SET state = 'succeeded' WHERE id = 21;").unwrap();
+        assert_eq!(
+            state(&b, 22),
+            "waiting",
+            "{}: let go before its sequence",
+            b.name
+        );
+        try_sql(&b, "UPDATE jobs SET state = 'succeeded' WHERE id = 20;").unwrap();
+        assert_eq!(state(&b, 22), "queued", "{}", b.name);
+        // A member inserted already ended counts in its batch.
+        try_sql(
+            &b,
+            "INSERT INTO jobs(id, kind, batch, state) VALUES (30, 'noop', 'done', 'succeeded'); \
+             INSERT INTO jobs(id, kind, callback_for) VALUES (31, 'noop', 'done');",
+        )
+        .unwrap();
+        assert_eq!(state(&b, 31), "queued", "{}", b.name);
+    }
+}
+
+#[test]
+fn a_sequence_runs_in_insertion_order_even_when_ids_were_drawn_in_another() {
+    for b in common::homes("flow_sequence_ids") {
+        b.home.migrate();
+        // A client that draws ids first may insert them in any order.
+        try_sql(
+            &b,
+            "INSERT INTO jobs(id, kind, sequence) VALUES (2000, 'noop', 'x'); \
+             INSERT INTO jobs(id, kind, sequence) VALUES (1000, 'noop', 'x');",
+        )
+        .unwrap();
+        assert_eq!(states(&b, &[2000, 1000]), "queued waiting", "{}", b.name);
+        // A member cancelled in the line is taken out of it: the next one
+        // waits for what it waited for.
+        try_sql(
+            &b,
+            "INSERT INTO jobs(id, kind, sequence) VALUES (3001, 'noop', 'y'); \
+             INSERT INTO jobs(id, kind, sequence) VALUES (3002, 'noop', 'y'); \
+             INSERT INTO jobs(id, kind, sequence) VALUES (3003, 'noop', 'y');",
+        )
+        .unwrap();
+        b.home.ok(&["cancel", "3002"]);
+        assert_eq!(state(&b, 3003), "waiting", "{}", b.name);
+        try_sql(&b, "UPDATE jobs SET state = 'succeeded' WHERE id = 3001;").unwrap();
+        assert_eq!(state(&b, 3003), "queued", "{}", b.name);
+    }
+}
+
+#[test]
+fn a_retry_brings_back_only_what_the_end_cancelled_and_never_two_members_at_once() {
+    for b in common::homes("flow_retry_rules") {
+        b.home.migrate();
+        let dead = |id: i64| {
+            try_sql(
+                &b,
+                &format!("UPDATE jobs SET state = 'dead' WHERE id = {id};"),
+            )
+            .unwrap();
+        };
+        // P's children: C1 an operator cancelled, C2 cancelled by P's death.
+        try_sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind) VALUES (1, 'noop'); \
+                 INSERT INTO jobs(id, kind, parents) VALUES (2, 'noop', {p}); \
+                 INSERT INTO jobs(id, kind, parents) VALUES (3, 'noop', {p});",
+                p = ids(&b, &[1])
+            ),
+        )
+        .unwrap();
+        b.home.ok(&["cancel", "2"]);
+        dead(1);
+        b.home.ok(&["retry", "1"]);
+        assert_eq!(
+            states(&b, &[1, 2, 3]),
+            "queued cancelled waiting",
+            "{}",
+            b.name
+        );
+        // `retry --dead` brings back the children too.
+        try_sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind) VALUES (10, 'noop'); \
+                 INSERT INTO jobs(id, kind, parents) VALUES (11, 'noop', {p});",
+                p = ids(&b, &[10])
+            ),
+        )
+        .unwrap();
+        dead(10);
+        assert_eq!(state(&b, 11), "cancelled", "{}", b.name);
+        b.home.ok(&["retry", "--dead"]);
+        assert_eq!(states(&b, &[10, 11]), "queued waiting", "{}", b.name);
+        // A child whose unique key another job took meanwhile stays
+        // cancelled; its parent's retry still goes through.
+        try_sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind) VALUES (20, 'noop'); \
+                 INSERT INTO jobs(id, kind, parents, unique_key) VALUES (21, 'noop', {p}, 'k');",
+                p = ids(&b, &[20])
+            ),
+        )
+        .unwrap();
+        dead(20);
+        try_sql(
+            &b,
+            "INSERT INTO jobs(id, kind, unique_key) VALUES (22, 'noop', 'k');",
+        )
+        .unwrap();
+        b.home.ok(&["retry", "20"]);
+        assert_eq!(
+            states(&b, &[20, 21, 22]),
+            "queued cancelled queued",
+            "{}",
+            b.name
+        );
+        // Sequence w: 31 cancelled while waiting, 30 done, 32 running:
+        // retrying 31 puts it behind 32, not beside it.
+        try_sql(
+            &b,
+            "INSERT INTO jobs(id, kind, sequence) VALUES (30, 'noop', 'w'); \
+             INSERT INTO jobs(id, kind, sequence) VALUES (31, 'noop', 'w'); \
+             INSERT INTO jobs(id, kind, sequence) VALUES (32, 'noop', 'w');",
+        )
+        .unwrap();
+        b.home.ok(&["cancel", "31"]);
+        try_sql(&b, "UPDATE jobs SET state = 'succeeded' WHERE id = 30;").unwrap();
+        assert_eq!(state(&b, 32), "queued", "{}", b.name);
+        try_sql(&b, "UPDATE jobs SET state = 'running' WHERE id = 32;").unwrap();
+        b.home.ok(&["retry", "31"]);
+        assert_eq!(state(&b, 31), "waiting", "{}: beside its successor", b.name);
+        try_sql(&b, "UPDATE jobs SET state = 'succeeded' WHERE id = 32;").unwrap();
+        assert_eq!(state(&b, 31), "queued", "{}", b.name);
+    }
+}
+
+#[test]
+fn prune_keeps_a_dead_member_its_sequence_waits_for_and_a_deleted_job_lets_go_of_the_rest() {
+    for b in common::homes("flow_prune") {
+        b.home.migrate();
+        // H died long ago and halts S.
+        try_sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind, sequence) VALUES (1, 'noop', 'h'); \
+                 INSERT INTO jobs(id, kind, sequence) VALUES (2, 'noop', 'h'); \
+                 INSERT INTO jobs(id, kind) VALUES (3, 'noop'); \
+                 INSERT INTO jobs(id, kind, parents) VALUES (4, 'noop', {p}); \
+                 INSERT INTO jobs(id, kind, parents, run_always) VALUES (5, 'noop', {p}, true); \
+                 UPDATE jobs SET state = 'dead', finished_at = 1000 WHERE id = 1;",
+                p = ids(&b, &[3])
+            ),
+        )
+        .unwrap();
+        b.home.ok(&["prune", "--older-than", "1s"]);
+        assert_eq!(states(&b, &[1, 2]), "dead waiting", "{}", b.name);
+        // Deleted by hand, it lets S go; a queued parent deleted by hand
+        // cancels its child (naming it) and lets its run_always child go.
+        try_sql(&b, "DELETE FROM jobs WHERE id = 1;").unwrap();
+        assert_eq!(state(&b, 2), "queued", "{}", b.name);
+        try_sql(&b, "DELETE FROM jobs WHERE id = 3;").unwrap();
+        assert_eq!(states(&b, &[4, 5]), "cancelled queued", "{}", b.name);
+        assert_eq!(
+            b.value("SELECT last_error FROM jobs WHERE id = 4;"),
+            "cancelled: job 3, which this job waits for, was deleted",
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[test]
+fn a_client_adding_to_a_batch_in_an_open_transaction_does_not_stall_the_batch_on_postgres() {
+    for b in common::homes("flow_batch_open_tx") {
+        let Some(schema) = &b.schema else { continue };
+        b.home.migrate();
+        let first = b.home.ok(&["enqueue", "noop", "--batch", "open"]);
+        // Another client adds a member and keeps its transaction open.
+        let mut client = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
+            .arg(format!(
+                "SET search_path = {}; BEGIN; \
+                 INSERT INTO jobs(kind, batch) VALUES ('noop', 'open'); \
+                 SELECT pg_sleep(120); COMMIT;",
+                schema.name
+            ))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        common::wait_for(common::PATIENCE, || {
+            (common::pg::psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+                 AND query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid();",
+            )
+            .as_deref()
+                == Ok("1"))
+            .then_some(())
+        })
+        .expect("the client's transaction is open");
+        // The daemon ends the first member meanwhile: counting it on the
+        // batch's row must not wait for the client.
+        let daemon = b.home.daemon();
+        b.wait_value(
+            &format!("SELECT state FROM jobs WHERE id = {};", first.trim()),
+            "succeeded",
+            "the member ended while a client adds to its batch",
+        );
+        // Its backend would sleep on, holding its locks, after psql died.
+        common::pg::psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid();",
+        )
+        .unwrap();
+        let _ = client.wait();
+        daemon.stop();
+    }
+}

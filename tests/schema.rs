@@ -385,7 +385,7 @@ mod postgres {
             .unwrap();
         assert_eq!(
             tables,
-            "batches,cron,imported_jobs,job_deps,job_runs,jobd_schema,jobs,limit_keys,meta,queues,workers"
+            "batches,cron,imported_jobs,job_deps,job_runs,jobd_schema,jobs,limit_keys,meta,queues,sequences,workers"
         );
         // A schema from a newer jobd is refused, not touched.
         schema.psql("UPDATE jobd_schema SET version = 99;").unwrap();

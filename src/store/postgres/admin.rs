@@ -4,7 +4,8 @@ use crate::store::contract::Admin;
 use crate::store::contract::{BulkRetry, CancelResult, PruneCutoffs, Pruned, Result, RetryResult};
 use crate::store::postgres::*;
 use crate::store::shared::{
-    cancel_each, prune_by_state, retry_dead_in_batches, retry_each, JobEdits, CANCELLED_BEFORE_RUN,
+    cancel_each, prune_by_state, retry_dead_in_batches, retry_each, revive_descendants, JobEdits,
+    CANCELLED_BEFORE_RUN,
 };
 
 impl Admin for PgStore {
@@ -99,17 +100,18 @@ impl Admin for PgStore {
                    NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.unique_key = jobs.unique_key \
                      AND other.state IN ('queued', 'running', 'waiting')) \
                    AND NOT EXISTS (SELECT 1 FROM jobs AS twin WHERE twin.unique_key = jobs.unique_key \
-                     AND twin.id = ANY($1) AND twin.state = 'dead' AND twin.id < jobs.id)))";
+                     AND twin.id = ANY($1) AND twin.state = 'dead' AND twin.id < jobs.id))) \
+                 RETURNING id";
             let mut tries = 0;
             let queued = loop {
                 // A client that enqueues one of these keys while the
                 // statement runs makes it fail on the index; the next try
                 // sees that job as the holder.
                 let mut attempt = tx.savepoint("requeue")?;
-                match attempt.execute(requeue, &[&ids, &now]) {
-                    Ok(n) => {
+                match attempt.query(requeue, &[&ids, &now]) {
+                    Ok(rows) => {
                         attempt.commit()?;
-                        break n;
+                        break rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>();
                     }
                     // Dropping the savepoint rolls it back.
                     Err(e)
@@ -121,8 +123,12 @@ impl Admin for PgStore {
                     Err(e) => return Err(e),
                 }
             };
+            // The children their end cancelled wait again, as for `retry`.
+            for &id in &queued {
+                revive_descendants(&mut Edits(&mut tx), id)?;
+            }
             tx.commit()?;
-            Ok((ids, queued))
+            Ok((ids, queued.len() as u64))
         })
         .map_err(fail)
     }
@@ -135,7 +141,12 @@ impl Admin for PgStore {
             let ids: Vec<i64> = tx
                 .query(
                     &format!(
-                        "SELECT id FROM jobs WHERE state = '{state}' AND finished_at < $1 LIMIT $2"
+                        // A job that others still wait for (a dead member
+                        // halting its sequence) is kept: deleting it would
+                        // let them go.
+                        "SELECT id FROM jobs WHERE state = '{state}' AND finished_at < $1 \
+                         AND NOT (has_children AND EXISTS (SELECT 1 FROM job_deps \
+                           WHERE parent = jobs.id AND NOT met AND NOT cut)) LIMIT $2"
                     ),
                     &[&cutoff, &left],
                 )?
@@ -158,6 +169,13 @@ impl Admin for PgStore {
         self.revive()?;
         let fail = self.failing("seal a batch");
         let mut tx = self.client.transaction().map_err(&fail)?;
+        // The batch's advisory lock before its row, as every sealer takes
+        // them (see schema version 15).
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(jobd_batch_lock($1))",
+            &[&name],
+        )
+        .map_err(&fail)?;
         tx.execute(
             "INSERT INTO batches (name) VALUES ($1) ON CONFLICT DO NOTHING",
             &[&name],
@@ -235,9 +253,9 @@ impl JobEdits for Edits<'_, '_> {
 
     fn requeue(&mut self, id: i64, now: i64) -> std::result::Result<(), postgres::Error> {
         self.0.execute(
-            "UPDATE jobs SET state = CASE WHEN waiting_for > 0 THEN 'waiting' ELSE 'queued' END, \
-             attempts = 0, run_at = $2, started_at = NULL, \
-             last_error = CASE WHEN waiting_for > 0 THEN NULL ELSE last_error END, \
+            // A job in a flow is put back to waiting by the schema's
+            // trigger `jobs_flow_requeued` when it still waits.
+            "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, started_at = NULL, \
              finished_at = NULL, lease_until = NULL, cancel_requested = false \
              WHERE id = $1 AND state IN ('dead', 'cancelled')",
             &[&id, &now],
@@ -272,6 +290,9 @@ impl JobEdits for Edits<'_, '_> {
                  WHERE id IN (SELECT child FROM freed) AND state = 'cancelled' \
                    AND NOT EXISTS (SELECT 1 FROM job_deps d WHERE d.child = jobs.id AND d.cut \
                                    AND d.parent <> ALL($1)) \
+                   AND (unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS other \
+                     WHERE other.unique_key = jobs.unique_key \
+                       AND other.state IN ('queued', 'running', 'waiting'))) \
                  RETURNING id",
                 &[&parents],
             )?

@@ -655,6 +655,10 @@ fn complete_in(
     // One row per job even if the batch holds two outcomes for it: of
     // those that pass the fence, the first in the batch is written; the
     // rest are stale.
+    // The rows of the batches these jobs belong to are locked first, in
+    // name order (`locked`, run once before the update as an init plan):
+    // the triggers count each outcome on its batch's row, and two daemons
+    // ending jobs of two batches in opposite orders deadlocked.
     // A job an operator asked to cancel ends cancelled whatever its attempt
     // ended in, except a success (the work happened): the flag is read here,
     // in the fenced write, so a cancel that lands after the daemon last
@@ -669,10 +673,13 @@ fn complete_in(
                last_error, release, snooze, n)), \
          m AS ( \
            SELECT DISTINCT ON (c.id) c.*, \
-             (jobs.cancel_requested AND c.state <> 'succeeded') AS cancel \
+             (jobs.cancel_requested AND c.state <> 'succeeded') AS cancel, jobs.batch \
              FROM c JOIN jobs ON jobs.id = c.id \
              AND jobs.state = 'running' AND jobs.worker = c.worker AND jobs.attempts = c.attempt \
-           ORDER BY c.id, c.n) \
+           ORDER BY c.id, c.n), \
+         locked AS ( \
+           SELECT 1 FROM batches WHERE name IN (SELECT m.batch FROM m WHERE m.batch IS NOT NULL) \
+           ORDER BY name FOR NO KEY UPDATE) \
          UPDATE jobs SET state = CASE WHEN m.cancel THEN 'cancelled' ELSE m.state END, \
            finished_at = CASE WHEN m.release AND NOT m.cancel THEN jobs.finished_at ELSE m.finished_at END, \
            lease_until = NULL, \
@@ -683,7 +690,7 @@ fn complete_in(
            attempts = jobs.attempts - CASE WHEN m.release AND NOT m.cancel THEN 1 ELSE 0 END, \
            snoozes = jobs.snoozes + CASE WHEN m.snooze AND NOT m.cancel THEN 1 ELSE 0 END \
          FROM m WHERE jobs.id = m.id AND jobs.state = 'running' AND jobs.worker = m.worker \
-           AND jobs.attempts = m.attempt \
+           AND jobs.attempts = m.attempt AND (SELECT count(*) FROM locked) >= 0 \
          RETURNING m.n, jobs.queue, jobs.kind, jobs.state"
         ),
     )?;

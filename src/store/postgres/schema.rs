@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[&str] = &[
     V12_SEQUENCES,
     V13_PROGRESS,
     V14_SNOOZES,
+    V15_FLOW_RULES,
 ];
 
 /// The schema version this build writes and reads.
@@ -685,3 +686,390 @@ ALTER TABLE job_runs DROP CONSTRAINT outcome_known;
 ALTER TABLE job_runs ADD CONSTRAINT outcome_known CHECK (outcome IN
     ('succeeded', 'retry', 'dead', 'timeout', 'rescued', 'interrupted', 'cancelled', 'snoozed'));
 ";
+
+/// Version 15: the flow rules made again, as SQLite's version 14 (see
+/// there), with what PostgreSQL's concurrency needs besides:
+/// - a sequence's order is the order in which inserts took the
+///   sequence's row in `sequences` (`jobs.seq_pos`, set before the
+///   insert), not id order: ids are drawn before that lock, so two
+///   concurrent inserts each saw no earlier member and both ran at once;
+/// - every wait is recounted from the edges (`jobd_settle`), so an edge
+///   that was not added (a parent that is also the predecessor) cannot
+///   leave a count that never reaches zero;
+/// - a member's insert no longer locks its batch's row (a client's open
+///   transaction stalled every completion of that batch, and could
+///   deadlock with one): inserts take a shared advisory lock on the
+///   batch, the seal the exclusive one, so the seal's count still sees
+///   every member; the seal counts the members' states too, so one
+///   inserted already ended counts;
+/// - a member waits for another only once that member is locked and
+///   seen live (`jobd_sequence_before`), so one that ends meanwhile is not
+///   waited for forever;
+/// - the daemons' completions lock the rows of their jobs' batches in
+///   name order first (in the completion statement), so two daemons
+///   ending jobs of two batches no longer deadlock on them.
+const V15_FLOW_RULES: &str = concat!(
+    "
+ALTER TABLE jobs ADD COLUMN seq_pos BIGINT NULL;
+UPDATE jobs SET seq_pos = id WHERE sequence IS NOT NULL;
+CREATE TABLE sequences (
+    name     TEXT   PRIMARY KEY,
+    last_pos BIGINT NOT NULL
+);
+INSERT INTO sequences (name, last_pos)
+    SELECT sequence, max(id) FROM jobs WHERE sequence IS NOT NULL GROUP BY sequence;
+DROP INDEX jobs_sequence_live;
+CREATE INDEX jobs_sequence_live ON jobs (sequence, seq_pos)
+    WHERE sequence IS NOT NULL AND state IN ('waiting', 'queued', 'running', 'dead');
+
+-- A member's place in its sequence, drawn under the sequence's row lock,
+-- held until the insert commits: concurrent inserters take turns, and
+-- every member placed before this one is committed when it looks back.
+CREATE FUNCTION jobd_sequence_place() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO sequences (name, last_pos) VALUES (NEW.sequence, 1)
+        ON CONFLICT (name) DO UPDATE SET last_pos = sequences.last_pos + 1
+        RETURNING last_pos INTO NEW.seq_pos;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER jobs_sequence_place BEFORE INSERT ON jobs FOR EACH ROW
+    WHEN (NEW.sequence IS NOT NULL)
+    EXECUTE FUNCTION jobd_sequence_place();
+
+-- The member of `seq` a job waits for: the latest live one placed before
+-- `pos` (any, when `pos` is NULL), not one of `besides`; a dead one halts
+-- the job unless it runs whatever its predecessor's outcome. The member
+-- is locked and read again: one that ended meanwhile is passed over.
+DROP FUNCTION jobd_sequence_before(TEXT, BIGINT);
+CREATE FUNCTION jobd_sequence_before(seq TEXT, pos BIGINT, always BOOLEAN, besides BIGINT[])
+    RETURNS BIGINT LANGUAGE plpgsql AS $$
+DECLARE
+    candidate BIGINT;
+    candidate_state TEXT;
+BEGIN
+    LOOP
+        SELECT id INTO candidate FROM jobs
+            WHERE sequence = seq AND (pos IS NULL OR seq_pos < pos)
+              AND state IN ('waiting', 'queued', 'running', 'dead')
+              AND NOT (always AND state = 'dead') AND id <> ALL(besides)
+            ORDER BY seq_pos DESC LIMIT 1;
+        IF candidate IS NULL THEN
+            RETURN NULL;
+        END IF;
+        SELECT state INTO candidate_state FROM jobs WHERE id = candidate FOR NO KEY UPDATE;
+        IF candidate_state IN ('waiting', 'queued', 'running')
+                OR (candidate_state = 'dead' AND NOT always) THEN
+            RETURN candidate;
+        END IF;
+    END LOOP;
+END $$;
+
+-- Recounts what the waiting jobs among `ids` wait for (edges not met,
+-- and a callback's unfinished batch) and queues those that wait for
+-- nothing more, with the pickup NOTIFY.
+CREATE FUNCTION jobd_settle(ids BIGINT[], schema TEXT) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    queues TEXT[];
+BEGIN
+    IF ids IS NULL OR cardinality(ids) = 0 THEN
+        RETURN;
+    END IF;
+    WITH w AS (
+        SELECT j.id,
+            (SELECT count(*) FROM job_deps d WHERE d.child = j.id AND NOT d.met)
+            + (SELECT count(*) FROM batches b WHERE b.name = j.callback_for AND b.finished_at IS NULL) AS n
+        FROM jobs j WHERE j.id = ANY(ids) AND j.state = 'waiting'),
+    released AS (
+        UPDATE jobs SET waiting_for = w.n,
+            state = CASE WHEN w.n = 0 THEN 'queued' ELSE jobs.state END,
+            run_at = CASE WHEN w.n = 0 THEN GREATEST(jobs.run_at, ",
+    now_ms!(),
+    ") ELSE jobs.run_at END
+        FROM w WHERE jobs.id = w.id AND jobs.state = 'waiting'
+        RETURNING jobs.queue, jobs.state)
+    SELECT array_agg(DISTINCT queue) FILTER (WHERE state = 'queued') INTO queues FROM released;
+    PERFORM pg_notify('jobd_jobs_' || schema, q) FROM unnest(queues) AS q;
+END $$;
+
+DROP TRIGGER jobs_batch_callback ON jobs;
+DROP FUNCTION jobd_batch_callback();
+DROP TRIGGER jobs_sequence_insert ON jobs;
+DROP FUNCTION jobd_sequence_insert();
+DROP TRIGGER jobs_flow_insert ON jobs;
+
+-- Everything a job's insert means for its flow, in this order: parent
+-- edges, the sequence edge (none to a member that is already a parent,
+-- none for a job cancelled at insert), the wait, and the seal of the
+-- batch it is the callback of.
+CREATE OR REPLACE FUNCTION jobd_flow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    missing BIGINT;
+    ended RECORD;
+    before BIGINT;
+    n BIGINT;
+BEGIN
+    IF NEW.parents IS NOT NULL AND cardinality(NEW.parents) > 0 THEN
+        PERFORM 1 FROM jobs WHERE id = ANY(NEW.parents) ORDER BY id FOR NO KEY UPDATE;
+        SELECT p INTO missing FROM unnest(NEW.parents) AS p
+            WHERE p IS NULL OR NOT EXISTS (SELECT 1 FROM jobs WHERE id = p) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'parents_exist: job % does not exist', coalesce(missing::text, 'NULL')
+                USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'parents_exist';
+        END IF;
+        UPDATE jobs SET has_children = true WHERE id = ANY(NEW.parents) AND NOT has_children;
+        INSERT INTO job_deps (parent, child, met, cut)
+            SELECT j.id, NEW.id,
+                   j.state = 'succeeded' OR (NEW.run_always AND j.state IN ('dead', 'cancelled')),
+                   NOT NEW.run_always AND j.state IN ('dead', 'cancelled')
+            FROM jobs j WHERE j.id = ANY(NEW.parents)
+            ON CONFLICT DO NOTHING;
+    END IF;
+    SELECT j.id, j.state INTO ended FROM job_deps d JOIN jobs j ON j.id = d.parent
+        WHERE d.child = NEW.id AND d.cut ORDER BY j.id LIMIT 1;
+    IF FOUND THEN
+        UPDATE jobs SET state = 'cancelled',
+            finished_at = ",
+    now_ms!(),
+    ",
+            last_error = 'cancelled: job ' || ended.id || ', which this job waits for, is ' || ended.state
+            WHERE id = NEW.id;
+        RETURN NULL;
+    END IF;
+    IF NEW.sequence IS NOT NULL THEN
+        before := jobd_sequence_before(NEW.sequence, NEW.seq_pos, NEW.run_always, ARRAY[NEW.id]);
+        IF before IS NOT NULL THEN
+            INSERT INTO job_deps (parent, child, seq) VALUES (before, NEW.id, true)
+                ON CONFLICT DO NOTHING;
+            UPDATE jobs SET has_children = true WHERE id = before AND NOT has_children;
+        END IF;
+    END IF;
+    IF NEW.callback_for IS NOT NULL THEN
+        -- The seal's advisory lock before the batch's row, as every sealer
+        -- takes them.
+        PERFORM pg_advisory_xact_lock(jobd_batch_lock(NEW.callback_for));
+        INSERT INTO batches (name) VALUES (NEW.callback_for) ON CONFLICT DO NOTHING;
+    END IF;
+    n := (SELECT count(*) FROM job_deps WHERE child = NEW.id AND NOT met)
+        + (SELECT count(*) FROM batches WHERE name = NEW.callback_for AND finished_at IS NULL);
+    IF n > 0 THEN
+        UPDATE jobs SET state = 'waiting', waiting_for = n WHERE id = NEW.id;
+    END IF;
+    IF NEW.callback_for IS NOT NULL THEN
+        UPDATE batches SET sealed = true, callback_id = NEW.id
+            WHERE name = NEW.callback_for AND NOT sealed;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'batch_one_callback: batch % already has its callback', NEW.callback_for
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'batch_one_callback';
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_flow_insert AFTER INSERT ON jobs FOR EACH ROW
+    WHEN (NEW.state = 'queued' AND ((NEW.parents IS NOT NULL AND cardinality(NEW.parents) > 0)
+          OR NEW.sequence IS NOT NULL OR NEW.callback_for IS NOT NULL))
+    EXECUTE FUNCTION jobd_flow_insert();
+
+CREATE OR REPLACE FUNCTION jobd_flow_succeeded() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    kids BIGINT[];
+BEGIN
+    PERFORM 1 FROM jobs WHERE id IN (SELECT child FROM job_deps WHERE parent = NEW.id AND NOT met)
+        ORDER BY id FOR NO KEY UPDATE;
+    WITH e AS (UPDATE job_deps SET met = true WHERE parent = NEW.id AND NOT met RETURNING child)
+    SELECT array_agg(child) INTO kids FROM e;
+    PERFORM jobd_settle(kids, TG_TABLE_SCHEMA);
+    RETURN NULL;
+END $$;
+
+-- What a job's end (`gone_state`: dead or cancelled) or deletion
+-- (`deleted`) does to the jobs that wait for it: its waiting
+-- descendants through parent edges are cancelled (except those that run
+-- whatever their parents' outcome), which are let go, as are the next
+-- members of its sequence when it is cancelled or deleted (they wait for
+-- what it waited for, where it was not at the head); a dead member halts
+-- the next one. Only edges into a cancelled child are marked `cut`.
+CREATE FUNCTION jobd_flow_let_go(gone BIGINT, gone_state TEXT, finished BIGINT,
+        deleted BOOLEAN, schema TEXT) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    doomed BIGINT[];
+    kids BIGINT[];
+    edge RECORD;
+    before BIGINT;
+    moved BIGINT;
+BEGIN
+    WITH RECURSIVE d(id) AS (
+        SELECT e.child FROM job_deps e JOIN jobs c ON c.id = e.child
+        WHERE e.parent = gone AND NOT e.met AND NOT e.seq AND NOT c.run_always
+          AND c.state = 'waiting'
+        UNION
+        SELECT e.child FROM d JOIN job_deps e ON e.parent = d.id JOIN jobs c ON c.id = e.child
+        WHERE NOT e.met AND NOT e.seq AND NOT c.run_always AND c.state = 'waiting')
+    SELECT coalesce(array_agg(id), '{}') INTO doomed FROM d;
+    PERFORM 1 FROM jobs WHERE id IN (SELECT child FROM job_deps
+            WHERE NOT met AND (parent = gone OR parent = ANY(doomed)))
+        ORDER BY id FOR NO KEY UPDATE;
+    UPDATE job_deps SET cut = true
+        WHERE NOT met AND NOT cut AND NOT seq AND (parent = gone OR parent = ANY(doomed))
+          AND child = ANY(doomed);
+    UPDATE jobs SET state = 'cancelled',
+        finished_at = coalesce(finished, ",
+    now_ms!(),
+    "),
+        last_error = 'cancelled: job ' || gone || ', which this job waits for, '
+            || CASE WHEN deleted THEN 'was deleted' ELSE 'is ' || gone_state END
+        WHERE id = ANY(doomed) AND state = 'waiting';
+    -- A member that is gone is taken out of its sequence's line: the next
+    -- one waits for what it waited for (none when it was at the head).
+    -- Its row is locked by the statement that ended or deleted it, so the
+    -- member it waited for cannot end unseen meanwhile: that member's
+    -- success locks the rows of its children first.
+    FOR edge IN SELECT e.child, s.run_always FROM job_deps e JOIN jobs s ON s.id = e.child
+            WHERE e.parent = gone AND e.seq AND NOT e.met
+              AND (deleted OR gone_state = 'cancelled' OR s.run_always) LOOP
+        SELECT p.parent INTO before FROM job_deps p JOIN jobs q ON q.id = p.parent
+            WHERE p.child = gone AND p.seq AND NOT p.met AND NOT (q.state = 'dead' AND edge.run_always)
+            ORDER BY q.seq_pos DESC LIMIT 1;
+        IF FOUND THEN
+            INSERT INTO job_deps (parent, child, seq) VALUES (before, edge.child, true)
+                ON CONFLICT DO NOTHING;
+            GET DIAGNOSTICS moved = ROW_COUNT;
+            IF moved = 1 THEN
+                -- (Otherwise the child already waits for `before`.)
+                DELETE FROM job_deps WHERE parent = gone AND child = edge.child;
+                UPDATE jobs SET has_children = true WHERE id = before AND NOT has_children;
+            END IF;
+        END IF;
+    END LOOP;
+    WITH e AS (
+        UPDATE job_deps e SET met = true FROM jobs c
+        WHERE c.id = e.child AND e.parent = gone AND NOT e.met AND NOT e.cut
+          AND (deleted OR c.run_always OR (e.seq AND gone_state = 'cancelled'))
+        RETURNING e.child)
+    SELECT array_agg(child) INTO kids FROM e;
+    PERFORM jobd_settle(kids, schema);
+END $$;
+
+CREATE OR REPLACE FUNCTION jobd_flow_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM jobd_flow_let_go(NEW.id, NEW.state, NEW.finished_at, false, TG_TABLE_SCHEMA);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION jobd_flow_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM jobd_flow_let_go(OLD.id, OLD.state, NULL, true, TG_TABLE_SCHEMA);
+    DELETE FROM job_deps WHERE parent = OLD.id OR child = OLD.id;
+    RETURN NULL;
+END $$;
+DROP TRIGGER jobs_flow_deleted ON jobs;
+CREATE TRIGGER jobs_flow_deleted AFTER DELETE ON jobs FOR EACH ROW
+    WHEN (OLD.has_children OR OLD.parents IS NOT NULL OR OLD.sequence IS NOT NULL)
+    EXECUTE FUNCTION jobd_flow_deleted();
+
+-- A retry (dead or cancelled back to queued or waiting): the wait is
+-- recounted, and a sequence member goes behind the latest live member
+-- of its sequence that does not wait for it, so two never run at once.
+CREATE FUNCTION jobd_flow_requeued() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    later BIGINT[];
+    before BIGINT;
+    place BIGINT;
+    n BIGINT;
+BEGIN
+    IF NEW.sequence IS NOT NULL THEN
+        -- The sequence's row first, as inserts take it.
+        INSERT INTO sequences (name, last_pos) VALUES (NEW.sequence, 0)
+            ON CONFLICT (name) DO UPDATE SET last_pos = sequences.last_pos
+            RETURNING last_pos INTO place;
+        WITH RECURSIVE l(id) AS (
+            SELECT child FROM job_deps WHERE parent = NEW.id AND NOT met
+            UNION
+            SELECT e.child FROM l JOIN job_deps e ON e.parent = l.id AND NOT e.met)
+        SELECT coalesce(array_agg(id), '{}') INTO later FROM l;
+        before := jobd_sequence_before(NEW.sequence, NULL, NEW.run_always, later || NEW.id);
+        IF before IS NOT NULL THEN
+            INSERT INTO job_deps (parent, child, seq) VALUES (before, NEW.id, true)
+                ON CONFLICT DO NOTHING;
+            UPDATE jobs SET has_children = true WHERE id = before AND NOT has_children;
+        END IF;
+        -- Behind the line's last member, it takes the last place (unless
+        -- members still wait for it: then it heads them where it stood).
+        IF cardinality(later) = 0 THEN
+            UPDATE sequences SET last_pos = last_pos + 1 WHERE name = NEW.sequence
+                RETURNING last_pos INTO place;
+        ELSE
+            place := NULL;
+        END IF;
+    END IF;
+    n := (SELECT count(*) FROM job_deps WHERE child = NEW.id AND NOT met)
+        + (SELECT count(*) FROM batches WHERE name = NEW.callback_for AND finished_at IS NULL);
+    UPDATE jobs SET waiting_for = n, state = CASE WHEN n > 0 THEN 'waiting' ELSE 'queued' END,
+        seq_pos = coalesce(place, seq_pos)
+        WHERE id = NEW.id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_flow_requeued AFTER UPDATE OF state ON jobs FOR EACH ROW
+    WHEN (OLD.state IN ('dead', 'cancelled') AND NEW.state IN ('queued', 'waiting')
+          AND ((NEW.parents IS NOT NULL AND cardinality(NEW.parents) > 0)
+               OR NEW.sequence IS NOT NULL OR NEW.callback_for IS NOT NULL))
+    EXECUTE FUNCTION jobd_flow_requeued();
+
+-- The advisory lock key of a batch: members' inserts share it, a seal
+-- takes it alone.
+CREATE FUNCTION jobd_batch_lock(batch TEXT) RETURNS BIGINT LANGUAGE sql IMMUTABLE AS $$
+    SELECT hashtextextended('jobd.batch.' || batch, 0)
+$$;
+
+CREATE OR REPLACE FUNCTION jobd_batch_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.callback_for IS NOT NULL THEN
+        IF NEW.parents IS NOT NULL AND cardinality(NEW.parents) > 0 THEN
+            RAISE EXCEPTION 'callback_has_no_parents: a batch callback waits for its batch only'
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'callback_has_no_parents';
+        END IF;
+        IF NEW.batch IS NOT NULL AND NEW.batch = NEW.callback_for THEN
+            RAISE EXCEPTION 'callback_outside_its_batch: a callback cannot belong to its own batch'
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'callback_outside_its_batch';
+        END IF;
+    END IF;
+    IF NEW.batch IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock_shared(jobd_batch_lock(NEW.batch));
+        INSERT INTO batches (name) VALUES (NEW.batch) ON CONFLICT DO NOTHING;
+        IF EXISTS (SELECT 1 FROM batches WHERE name = NEW.batch AND sealed) THEN
+            RAISE EXCEPTION 'batch_open: batch % is sealed (its callback is in)', NEW.batch
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'batch_open';
+        END IF;
+    END IF;
+    RETURN NEW;
+END $$;
+
+-- The seal counts the members and their states, under the batch's
+-- advisory lock: every member's insert has committed by then, or waits
+-- and is refused.
+CREATE OR REPLACE FUNCTION jobd_batch_sealed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(jobd_batch_lock(NEW.name));
+    SELECT count(*), count(*) FILTER (WHERE state = 'succeeded'),
+           count(*) FILTER (WHERE state = 'dead'), count(*) FILTER (WHERE state = 'cancelled')
+        INTO NEW.total, NEW.succeeded, NEW.dead, NEW.cancelled
+        FROM jobs WHERE batch = NEW.name;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION jobd_batch_finished() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE batches SET finished_at = ",
+    now_ms!(),
+    "
+        WHERE name = NEW.name AND finished_at IS NULL;
+    IF FOUND AND NEW.callback_id IS NOT NULL THEN
+        PERFORM 1 FROM jobs WHERE id = NEW.callback_id FOR NO KEY UPDATE;
+        PERFORM jobd_settle(ARRAY[NEW.callback_id], TG_TABLE_SCHEMA);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Waits that drifted under version 14 are counted again.
+SELECT jobd_settle(array_agg(id), current_schema()) FROM jobs WHERE state = 'waiting';
+"
+);

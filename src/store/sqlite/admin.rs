@@ -4,8 +4,8 @@ use crate::job::JobState;
 use crate::store::contract::Admin;
 use crate::store::contract::{BulkRetry, CancelResult, PruneCutoffs, Pruned, Result, RetryResult};
 use crate::store::shared::{
-    cancel_each, prune_by_state, retry_dead_in_batches, retry_each, JobEdits, BULK_RETRY_BATCH,
-    CANCELLED_BEFORE_RUN,
+    cancel_each, prune_by_state, retry_dead_in_batches, retry_each, revive_descendants, JobEdits,
+    BULK_RETRY_BATCH, CANCELLED_BEFORE_RUN,
 };
 use crate::store::sqlite::*;
 use rusqlite::{params, OptionalExtension};
@@ -41,8 +41,16 @@ impl Admin for SqliteStore {
                      WHERE id = ?1 AND state = 'dead'",
                 )?;
                 let mut queued = 0u64;
+                let mut parents = Vec::new();
                 for id in &ids {
-                    queued += stmt.execute(params![id, now])? as u64;
+                    if stmt.execute(params![id, now])? == 1 {
+                        queued += 1;
+                        parents.push(*id);
+                    }
+                }
+                drop(stmt);
+                for id in parents {
+                    revive_descendants(&mut Edits(tx), id)?;
                 }
                 Ok((ids, queued))
             })
@@ -54,8 +62,13 @@ impl Admin for SqliteStore {
             prune_by_state(cutoffs, batch, |state, cutoff, left| {
                 let ids: Vec<i64> = tx
                     .prepare_cached(&format!(
+                        // A job that others still wait for (a dead member
+                        // halting its sequence) is kept: deleting it would
+                        // let them go.
                         "SELECT id FROM jobs INDEXED BY jobs_{state} \
-                         WHERE state = '{state}' AND finished_at < ?1 LIMIT ?2"
+                         WHERE state = '{state}' AND finished_at < ?1 \
+                         AND NOT (has_children = 1 AND EXISTS (SELECT 1 FROM job_deps \
+                           WHERE parent = jobs.id AND met = 0 AND cut = 0)) LIMIT ?2"
                     ))?
                     .query_map(params![cutoff, left], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
@@ -152,9 +165,9 @@ impl JobEdits for Edits<'_, '_> {
     fn requeue(&mut self, id: i64, now: i64) -> rusqlite::Result<()> {
         self.0
             .prepare_cached(
-                "UPDATE jobs SET state = CASE WHEN waiting_for > 0 THEN 'waiting' ELSE 'queued' END, \
-                 attempts = 0, run_at = ?2, started_at = NULL, last_error = CASE \
-                   WHEN waiting_for > 0 THEN NULL ELSE last_error END, \
+                // A job in a flow is put back to waiting by the schema's
+                // trigger `jobs_flow_requeued` when it still waits.
+                "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, started_at = NULL, \
                  finished_at = NULL, lease_until = NULL, cancel_requested = 0 \
                  WHERE id = ?1 AND (state = 'dead' OR state = 'cancelled')",
             )?
@@ -196,7 +209,10 @@ impl JobEdits for Edits<'_, '_> {
         let children = serde_json::to_string(&children).unwrap_or_else(|_| "[]".into());
         self.0
             .prepare_cached(
-                "UPDATE jobs SET state = 'waiting', finished_at = NULL, last_error = NULL \
+                // OR IGNORE: a child whose unique key another job took
+                // meanwhile stays cancelled (it can be retried by itself
+                // once the key is free) instead of failing this retry.
+                "UPDATE OR IGNORE jobs SET state = 'waiting', finished_at = NULL, last_error = NULL \
                  WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'cancelled' \
                    AND NOT EXISTS (SELECT 1 FROM job_deps WHERE child = jobs.id AND cut = 1) \
                  RETURNING id",

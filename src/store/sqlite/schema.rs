@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[&str] = &[
     V11_SEQUENCES,
     V12_PROGRESS,
     V13_SNOOZES,
+    V14_FLOW_RULES,
 ];
 
 /// The schema version this build writes and reads.
@@ -923,6 +924,323 @@ DROP TABLE job_runs;
 ALTER TABLE job_runs_v13 RENAME TO job_runs;
 CREATE INDEX job_runs_job ON job_runs (job_id, attempt);
 ";
+
+/// Now, in epoch ms, as the schema's defaults write it.
+macro_rules! now_ms {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    };
+}
+
+/// What the job being updated (`jobs`) still waits for, counted from the
+/// edges rather than kept by increments (a count that drifts strands a
+/// job for good): its edges not yet met, and, for a batch's callback,
+/// its batch until the batch has finished.
+macro_rules! waits {
+    () => {
+        "((SELECT count(*) FROM job_deps w WHERE w.child = jobs.id AND w.met = 0) \
+         + (SELECT count(*) FROM batches b WHERE b.name = jobs.callback_for AND b.finished_at IS NULL))"
+    };
+}
+
+/// Recounts what the waiting jobs that match the condition (given in
+/// pieces) wait for, and queues those that wait for nothing more.
+macro_rules! settle {
+    ($($which:literal),+) => {
+        concat!(
+            "UPDATE jobs SET waiting_for = ", waits!(), ",
+        state = CASE WHEN ", waits!(), " = 0 THEN 'queued' ELSE state END,
+        run_at = CASE WHEN ", waits!(), " = 0 THEN max(run_at, ", now_ms!(), ") ELSE run_at END
+        WHERE state = 'waiting' AND ", $($which),+, ";\n"
+        )
+    };
+}
+
+/// The jobs the end of `$row` (`NEW` or `OLD`) cancels: its waiting
+/// children through parent edges that do not run whatever their parents'
+/// outcome, their children likewise, and so on. A query, because a
+/// trigger does not fire itself again unless the connection asks.
+macro_rules! doomed_of {
+    ($row:literal) => {
+        concat!(
+            "(WITH RECURSIVE doomed(id) AS (
+            SELECT d.child FROM job_deps d JOIN jobs c ON c.id = d.child
+            WHERE d.parent = ",
+            $row,
+            ".id AND d.met = 0 AND d.seq = 0 AND c.run_always = 0 AND c.state = 'waiting'
+            UNION
+            SELECT d.child FROM doomed JOIN job_deps d ON d.parent = doomed.id
+            JOIN jobs c ON c.id = d.child
+            WHERE d.met = 0 AND d.seq = 0 AND c.run_always = 0 AND c.state = 'waiting')
+        SELECT id FROM doomed)"
+        )
+    };
+}
+
+/// Whether the child of the `job_deps` row at hand runs whatever its
+/// parents' outcome.
+macro_rules! child_runs_always {
+    () => {
+        "(SELECT s.run_always FROM jobs s WHERE s.id = job_deps.child) = 1"
+    };
+}
+
+/// The member the child of the `job_deps` row at hand waits for instead
+/// of `$row`, a member of its sequence that is gone: the member `$row`
+/// itself waited for (it is taken out of the line, the rest keep their
+/// places), none when `$row` was at the head; never a dead one for a
+/// child that runs whatever its predecessor's outcome.
+macro_rules! splice_of {
+    ($row:literal) => {
+        concat!(
+            "(SELECT p.parent FROM job_deps p JOIN jobs q ON q.id = p.parent
+            WHERE p.child = ",
+            $row,
+            ".id AND p.seq = 1 AND p.met = 0 AND NOT (q.state = 'dead' AND ",
+            child_runs_always!(),
+            ") ORDER BY q.seq_pos DESC LIMIT 1)"
+        )
+    };
+}
+
+/// Hands the next members of a sequence that waited for `$row` (those
+/// matching `$which`) to the member it waited for, where there is one.
+macro_rules! hand_on {
+    ($row:literal, $which:literal) => {
+        concat!(
+            "UPDATE jobs SET has_children = 1 WHERE has_children = 0 AND id IN (
+        SELECT ",
+            splice_of!($row),
+            " FROM job_deps WHERE parent = ",
+            $row,
+            ".id AND seq = 1 AND met = 0 AND ",
+            $which,
+            ");
+    UPDATE OR IGNORE job_deps SET parent = ",
+            splice_of!($row),
+            "
+        WHERE parent = ",
+            $row,
+            ".id AND seq = 1 AND met = 0 AND ",
+            $which,
+            " AND ",
+            splice_of!($row),
+            " IS NOT NULL;\n"
+        )
+    };
+}
+
+/// Version 14: the flow rules made again, one trigger per event, each
+/// independent of the order in which SQLite fires them (it fires the
+/// newest first, so a job with parents and a sequence was let go when its
+/// sequence let it go), and every wait counted from the edges:
+/// - a sequence's order is the order of the inserts (`jobs.seq_pos`,
+///   drawn from `sequences`), not id order: a client that draws ids
+///   first may insert them in any order;
+/// - one insert trigger: parent edges, then the sequence edge (none to a
+///   member that is already a parent, none for a job cancelled at
+///   insert), then the callback's wait for its batch, then the seal;
+/// - a success meets its edges; an end cancels the waiting descendants
+///   (`jobs_flow_ended`) and lets go of `run_always` children, and a
+///   cancelled member of a sequence is taken out of the line: the next
+///   member waits for what it waited for (`jobs_flow_gone`, which also
+///   runs for every job the first one cancels); only edges into a
+///   cancelled child are marked `cut`, so a retry never revives a job an
+///   operator cancelled;
+/// - a retry (dead or cancelled back to queued or waiting) recounts the
+///   job's wait and puts a sequence member behind its sequence's latest
+///   live member that does not wait for it, so two never run at once;
+/// - a deleted job cancels its waiting children and hands on its next
+///   members, as a cancelled one does;
+/// - a member inserted already ended counts in its batch;
+/// - what waiting jobs wait for is recounted once, for files whose counts
+///   drifted under version 13.
+const V14_FLOW_RULES: &str = concat!(
+    "ALTER TABLE jobs ADD COLUMN seq_pos INTEGER NULL;
+UPDATE jobs SET seq_pos = id WHERE sequence IS NOT NULL;
+CREATE TABLE sequences (
+    name     TEXT    PRIMARY KEY,
+    last_pos INTEGER NOT NULL
+) STRICT;
+INSERT INTO sequences (name, last_pos)
+    SELECT sequence, max(id) FROM jobs WHERE sequence IS NOT NULL GROUP BY sequence;
+DROP INDEX jobs_sequence_live;
+CREATE INDEX jobs_sequence_live ON jobs (sequence, seq_pos) WHERE sequence IS NOT NULL
+    AND (state = 'waiting' OR state = 'queued' OR state = 'running' OR state = 'dead');
+DROP TRIGGER jobs_flow_insert;
+DROP TRIGGER jobs_flow_succeeded;
+DROP TRIGGER jobs_flow_ended;
+DROP TRIGGER jobs_flow_deleted;
+DROP TRIGGER jobs_batch_callback;
+DROP TRIGGER jobs_batch_insert;
+DROP TRIGGER jobs_sequence_insert;
+DROP TRIGGER batches_finished;
+CREATE TRIGGER jobs_flow_insert AFTER INSERT ON jobs
+    WHEN NEW.state = 'queued' AND ((NEW.parents IS NOT NULL AND NEW.parents <> '[]')
+        OR NEW.sequence IS NOT NULL OR NEW.callback_for IS NOT NULL)
+BEGIN
+    INSERT OR IGNORE INTO job_deps (parent, child, met, cut)
+        SELECT p.id, NEW.id,
+            p.state = 'succeeded' OR (NEW.run_always = 1 AND (p.state = 'dead' OR p.state = 'cancelled')),
+            NEW.run_always = 0 AND (p.state = 'dead' OR p.state = 'cancelled')
+        FROM jobs p WHERE p.id IN (SELECT value FROM json_each(NEW.parents));
+    UPDATE jobs SET has_children = 1
+        WHERE has_children = 0 AND id IN (SELECT value FROM json_each(NEW.parents));
+    INSERT INTO sequences (name, last_pos) SELECT NEW.sequence, 1 WHERE NEW.sequence IS NOT NULL
+        ON CONFLICT (name) DO UPDATE SET last_pos = last_pos + 1;
+    UPDATE jobs SET seq_pos = (SELECT last_pos FROM sequences WHERE name = NEW.sequence)
+        WHERE id = NEW.id AND NEW.sequence IS NOT NULL;
+    INSERT OR IGNORE INTO job_deps (parent, child, seq)
+        SELECT j.id, NEW.id, 1 FROM jobs j
+        WHERE j.sequence = NEW.sequence AND j.id <> NEW.id
+          AND (j.state = 'waiting' OR j.state = 'queued' OR j.state = 'running' OR j.state = 'dead')
+          AND NOT (j.state = 'dead' AND NEW.run_always = 1)
+          AND NOT EXISTS (SELECT 1 FROM job_deps WHERE child = NEW.id AND cut = 1)
+        ORDER BY j.seq_pos DESC LIMIT 1;
+    UPDATE jobs SET has_children = 1 WHERE has_children = 0
+        AND id = (SELECT parent FROM job_deps WHERE child = NEW.id AND seq = 1);
+    INSERT OR IGNORE INTO batches (name) SELECT NEW.callback_for WHERE NEW.callback_for IS NOT NULL;
+    UPDATE jobs SET waiting_for = ",
+    waits!(),
+    ",
+        state = CASE WHEN EXISTS (SELECT 1 FROM job_deps WHERE child = NEW.id AND cut = 1) THEN 'cancelled'
+                     WHEN ",
+    waits!(),
+    " > 0 THEN 'waiting' ELSE state END,
+        finished_at = CASE WHEN EXISTS (SELECT 1 FROM job_deps WHERE child = NEW.id AND cut = 1)
+                           THEN ",
+    now_ms!(),
+    " ELSE finished_at END,
+        last_error = coalesce((SELECT 'cancelled: job ' || j.id || ', which this job waits for, is ' || j.state
+                               FROM job_deps d JOIN jobs j ON j.id = d.parent
+                               WHERE d.child = NEW.id AND d.cut = 1 ORDER BY j.id LIMIT 1), last_error)
+        WHERE id = NEW.id;
+    UPDATE batches SET sealed = 1, callback_id = NEW.id WHERE name = NEW.callback_for;
+END;
+CREATE TRIGGER jobs_batch_insert AFTER INSERT ON jobs WHEN NEW.batch IS NOT NULL
+BEGIN
+    UPDATE batches SET total = total + 1,
+        succeeded = succeeded + (NEW.state = 'succeeded'),
+        dead = dead + (NEW.state = 'dead'),
+        cancelled = cancelled + (NEW.state = 'cancelled')
+        WHERE name = NEW.batch;
+END;
+CREATE TRIGGER jobs_flow_succeeded AFTER UPDATE OF state ON jobs
+    WHEN NEW.has_children = 1 AND NEW.state = 'succeeded' AND OLD.state <> 'succeeded'
+BEGIN
+    UPDATE job_deps SET met = 1 WHERE parent = NEW.id AND met = 0;
+    ",
+    settle!("id IN (SELECT child FROM job_deps WHERE parent = NEW.id)"),
+    "END;
+CREATE TRIGGER jobs_flow_ended AFTER UPDATE OF state ON jobs
+    WHEN NEW.has_children = 1 AND (NEW.state = 'dead' OR NEW.state = 'cancelled')
+        AND OLD.state <> 'dead' AND OLD.state <> 'cancelled'
+BEGIN
+    UPDATE job_deps SET cut = 1 WHERE met = 0 AND seq = 0 AND cut = 0
+        AND parent IN (SELECT NEW.id UNION ALL SELECT id FROM ",
+    doomed_of!("NEW"),
+    ")
+        AND child IN ",
+    doomed_of!("NEW"),
+    ";
+    UPDATE jobs SET state = 'cancelled',
+        finished_at = coalesce(NEW.finished_at, ",
+    now_ms!(),
+    "),
+        last_error = 'cancelled: job ' || NEW.id || ', which this job waits for, is ' || NEW.state
+        WHERE id IN ",
+    doomed_of!("NEW"),
+    ";
+END;
+CREATE TRIGGER jobs_flow_gone AFTER UPDATE OF state ON jobs
+    WHEN NEW.has_children = 1 AND (NEW.state = 'dead' OR NEW.state = 'cancelled')
+        AND OLD.state <> 'dead' AND OLD.state <> 'cancelled'
+BEGIN
+    ",
+    hand_on!(
+        "NEW",
+        "(NEW.state = 'cancelled' OR (SELECT s.run_always FROM jobs s WHERE s.id = job_deps.child) = 1)"
+    ),
+    "    UPDATE job_deps SET met = 1 WHERE parent = NEW.id AND met = 0 AND cut = 0
+        AND (",
+    child_runs_always!(),
+    " OR (seq = 1 AND NEW.state = 'cancelled'));
+    ",
+    settle!("id IN (SELECT child FROM job_deps WHERE parent = NEW.id)"),
+    "END;
+CREATE TRIGGER jobs_flow_requeued AFTER UPDATE OF state ON jobs
+    WHEN (OLD.state = 'dead' OR OLD.state = 'cancelled') AND (NEW.state = 'queued' OR NEW.state = 'waiting')
+        AND ((NEW.parents IS NOT NULL AND NEW.parents <> '[]') OR NEW.sequence IS NOT NULL
+             OR NEW.callback_for IS NOT NULL)
+BEGIN
+    INSERT OR IGNORE INTO job_deps (parent, child, seq)
+        SELECT j.id, NEW.id, 1 FROM jobs j
+        WHERE j.sequence = NEW.sequence AND j.id <> NEW.id
+          AND (j.state = 'waiting' OR j.state = 'queued' OR j.state = 'running' OR j.state = 'dead')
+          AND NOT (j.state = 'dead' AND NEW.run_always = 1)
+          AND j.id NOT IN (WITH RECURSIVE later(id) AS (
+                  SELECT child FROM job_deps WHERE parent = NEW.id AND met = 0
+                  UNION
+                  SELECT d.child FROM later JOIN job_deps d ON d.parent = later.id AND d.met = 0)
+              SELECT id FROM later)
+        ORDER BY j.seq_pos DESC LIMIT 1;
+    UPDATE jobs SET has_children = 1 WHERE has_children = 0
+        AND id IN (SELECT parent FROM job_deps WHERE child = NEW.id AND met = 0);
+    -- Behind the line's last member, it takes the last place (unless
+    -- members still wait for it: then it heads them where it stood).
+    INSERT INTO sequences (name, last_pos) SELECT NEW.sequence, 1
+        WHERE NEW.sequence IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM job_deps WHERE parent = NEW.id AND met = 0)
+        ON CONFLICT (name) DO UPDATE SET last_pos = last_pos + 1;
+    UPDATE jobs SET seq_pos = (SELECT last_pos FROM sequences WHERE name = NEW.sequence)
+        WHERE id = NEW.id AND NEW.sequence IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM job_deps WHERE parent = NEW.id AND met = 0);
+    UPDATE jobs SET waiting_for = ",
+    waits!(),
+    ",
+        state = CASE WHEN ",
+    waits!(),
+    " > 0 THEN 'waiting' ELSE 'queued' END
+        WHERE id = NEW.id;
+END;
+CREATE TRIGGER jobs_flow_deleted AFTER DELETE ON jobs
+    WHEN OLD.has_children = 1 OR OLD.parents IS NOT NULL OR OLD.sequence IS NOT NULL
+BEGIN
+    UPDATE job_deps SET cut = 1 WHERE met = 0 AND seq = 0 AND cut = 0
+        AND parent IN (SELECT OLD.id UNION ALL SELECT id FROM ",
+    doomed_of!("OLD"),
+    ")
+        AND child IN ",
+    doomed_of!("OLD"),
+    ";
+    UPDATE jobs SET state = 'cancelled', finished_at = ",
+    now_ms!(),
+    ",
+        last_error = 'cancelled: job ' || OLD.id || ', which this job waits for, was deleted'
+        WHERE id IN ",
+    doomed_of!("OLD"),
+    ";
+    ",
+    hand_on!("OLD", "1"),
+    "    UPDATE job_deps SET met = 1 WHERE parent = OLD.id AND met = 0 AND cut = 0;
+    ",
+    settle!("id IN (SELECT child FROM job_deps WHERE parent = OLD.id)"),
+    "    DELETE FROM job_deps WHERE parent = OLD.id;
+    DELETE FROM job_deps WHERE child = OLD.id;
+END;
+CREATE TRIGGER batches_finished AFTER UPDATE ON batches
+    WHEN NEW.sealed = 1 AND NEW.finished_at IS NULL
+        AND NEW.succeeded + NEW.dead + NEW.cancelled >= NEW.total
+BEGIN
+    UPDATE batches SET finished_at = ",
+    now_ms!(),
+    " WHERE name = NEW.name;
+    ",
+    settle!("id = NEW.callback_id"),
+    "END;
+",
+    settle!("1"),
+);
 
 /// The index fair claims scan key by key, as version 7 had it, built by
 /// the first daemon that serves a fair queue
