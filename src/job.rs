@@ -718,6 +718,23 @@ pub fn now_ms() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A warm handler process (docs/reference.md, "Warm handlers"), as a
+/// daemon reports it in its heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandlerProcess {
+    /// The handler's name (its file in `exec.dir`).
+    pub name: String,
+    /// Its process id.
+    pub pid: i64,
+    /// Jobs it has served.
+    pub jobs: u64,
+    /// Its resident memory with its children's, in bytes, when the
+    /// heartbeat was written.
+    pub rss_bytes: u64,
+    /// When it was started (epoch ms).
+    pub started_at: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,8 @@ pub enum Command {
     Keys(KeysArgs),
     /// A batch's progress: its jobs by state, its seal and its callback.
     Batch(BatchArgs),
+    /// The warm handler processes of every daemon: name, pid, jobs served, memory, start.
+    Handlers(HandlersArgs),
     /// Create or upgrade the database schema and exit; with --from, then move the queued jobs of a SQLite file into the PostgreSQL database of the config.
     Migrate(MigrateArgs),
     /// Load and validate the config, print the effective values.
@@ -189,6 +191,14 @@ pub struct BatchArgs {
     /// Seal it first: no job joins it after this (a batch without a callback).
     #[arg(long)]
     pub seal: bool,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `jobd handlers`
+#[derive(Debug, Args)]
+pub struct HandlersArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -10,6 +10,7 @@ mod admin;
 mod batch;
 pub mod cli;
 mod enqueue;
+mod handlers;
 mod inspect;
 mod keys;
 mod migrate;
@@ -50,6 +51,7 @@ pub fn run(cli: Cli, env: &HashMap<String, String>, out: &mut dyn Write) -> Resu
         Command::Cron => inspect::cron(&config, open(&config)?.as_mut(), out),
         Command::Keys(args) => keys::keys(&config, open(&config)?.as_mut(), args, out),
         Command::Batch(args) => batch::batch(open(&config)?.as_mut(), args, out),
+        Command::Handlers(args) => handlers::handlers(open(&config)?.as_mut(), args, out),
         Command::Enqueue(args) => enqueue::enqueue(&config, *args, out),
         Command::List(args) => {
             inspect::list(&redaction(&config), open(&config)?.as_mut(), args, out)

@@ -223,7 +223,8 @@ impl Maintenance {
                 }
             }
         }
-        if let Err(e) = self.store.heartbeat(&self.worker, now, running) {
+        let handlers = self.state.warm.now();
+        if let Err(e) = self.store.heartbeat(&self.worker, now, running, &handlers) {
             crate::store::log_trouble("heartbeat", &e, "trying again at the next beat");
         }
         match self.store.rescue(

@@ -119,6 +119,7 @@ fn run_on(
         heartbeat_at: started_at,
         queues: queues.clone(),
         running: 0,
+        handlers: Vec::new(),
     })?;
     let max_attempts = config.retry.max_attempts;
     let rescued =

@@ -8,7 +8,7 @@ use std::path::Path;
 use crossbeam_channel::Receiver;
 use serde::Serialize;
 
-use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome};
+use crate::job::{Claimed, Completion, HandlerProcess, Job, JobState, NewJob, Pool, RunOutcome};
 use crate::store::error::StoreError;
 
 /// The store's result type.
@@ -380,6 +380,21 @@ pub struct WorkerInfo {
     /// last heartbeat (which lagged by up to a beat: a daemon showed 128
     /// running beside queues all at 0).
     pub running: i64,
+    /// The warm handler processes its CPU workers keep, as of its latest
+    /// heartbeat.
+    pub handlers: Vec<HandlerProcess>,
+}
+
+/// The `workers.handlers` column's JSON for `handlers`.
+pub(crate) fn handlers_json(handlers: &[HandlerProcess]) -> String {
+    serde_json::to_string(handlers).unwrap_or_else(|_| "[]".into())
+}
+
+/// The handlers in a `workers.handlers` column; a value that is not
+/// what jobd writes reads as none.
+pub(crate) fn handlers_from_json(json: Option<&str>) -> Vec<HandlerProcess> {
+    json.and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default()
 }
 
 /// A periodic schedule's row in `cron`.
@@ -534,7 +549,13 @@ pub trait Fleet {
     fn register_worker(&mut self, worker: &WorkerInfo) -> Result<()>;
 
     /// Refreshes a daemon's heartbeat and running count.
-    fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<()>;
+    fn heartbeat(
+        &mut self,
+        worker: &str,
+        now: i64,
+        running: i64,
+        handlers: &[HandlerProcess],
+    ) -> Result<()>;
 
     /// Removes a daemon's row.
     fn deregister_worker(&mut self, worker: &str) -> Result<()>;

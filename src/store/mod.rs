@@ -22,6 +22,7 @@ pub mod postgres;
 pub(crate) mod shared;
 pub mod sqlite;
 
+pub use crate::job::HandlerProcess;
 pub use contract::{
     Admin, Applied, Backlog, BatchInfo, BulkRetry, CancelResult, Claim, ClaimRequest, CronRow,
     Enqueued, Fleet, Held, JobRun, ListFilter, Moved, OpenMode, PruneCutoffs, Pruned, Queue,

@@ -345,6 +345,27 @@ pub fn overview(
         );
     }
     b.push_str("</table>");
+    let warm: Vec<_> = stats
+        .workers
+        .iter()
+        .flat_map(|w| w.handlers.iter().map(move |h| (w, h)))
+        .collect();
+    if !warm.is_empty() {
+        b.push_str("<h2>Warm handlers</h2><table id=\"handlers\"><tr><th>handler</th><th>pid</th><th>jobs</th><th>memory</th><th>started</th><th>worker</th></tr>");
+        for (w, h) in warm {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{:.1} MiB</td><td>{}</td><td>{}</td></tr>",
+                escape(&h.name),
+                h.pid,
+                h.jobs,
+                h.rss_bytes as f64 / (1024.0 * 1024.0),
+                time(h.started_at),
+                escape(&w.id),
+            );
+        }
+        b.push_str("</table>");
+    }
     let _ = write!(
         b,
         "<p id=\"pools\">This daemon: IO pool {} of {} busy, CPU pool {} of {} busy \

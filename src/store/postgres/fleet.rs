@@ -1,7 +1,10 @@
 //! [`crate::store::Fleet`] on PostgreSQL.
 
+use crate::job::HandlerProcess;
 use crate::store::contract::Fleet;
-use crate::store::contract::{RescueScope, Rescued, Result, WorkerInfo};
+use crate::store::contract::{
+    handlers_from_json, handlers_json, RescueScope, Rescued, Result, WorkerInfo,
+};
 use crate::store::postgres::*;
 
 impl Fleet for PgStore {
@@ -89,14 +92,22 @@ impl Fleet for PgStore {
         Ok(())
     }
 
-    fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<()> {
+    fn heartbeat(
+        &mut self,
+        worker: &str,
+        now: i64,
+        running: i64,
+        handlers: &[HandlerProcess],
+    ) -> Result<()> {
         self.revive()?;
         // A daemon's heartbeat.
         let fail = self.failing("heartbeat");
+        let handlers = handlers_json(handlers);
         self.client
             .execute(
-                "UPDATE workers SET heartbeat_at = $2, running = $3 WHERE id = $1",
-                &[&worker, &now, &running],
+                "UPDATE workers SET heartbeat_at = $2, running = $3, handlers = $4::text::jsonb \
+                 WHERE id = $1",
+                &[&worker, &now, &running, &handlers],
             )
             .map_err(&fail)?;
         Ok(())
@@ -145,8 +156,8 @@ impl Fleet for PgStore {
             .client
             .query(
                 "SELECT id, host, pid, version, started_at, heartbeat_at, queues, \
-                 (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id) \
-                 FROM workers ORDER BY id",
+                 (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id), \
+                 handlers::text FROM workers ORDER BY id",
                 &[],
             )
             .map_err(&fail)?;
@@ -161,6 +172,7 @@ impl Fleet for PgStore {
                 heartbeat_at: r.get(5),
                 queues: r.get(6),
                 running: r.get(7),
+                handlers: handlers_from_json(r.get::<_, Option<String>>(8).as_deref()),
             })
             .collect())
     }

@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[&str] = &[
     V13_PROGRESS,
     V14_SNOOZES,
     V15_FLOW_RULES,
+    V16_HANDLERS,
 ];
 
 /// The schema version this build writes and reads.
@@ -1073,3 +1074,6 @@ END $$;
 SELECT jobd_settle(array_agg(id), current_schema()) FROM jobs WHERE state = 'waiting';
 "
 );
+
+/// Version 16: `workers.handlers`, as SQLite's version 15.
+const V16_HANDLERS: &str = "ALTER TABLE workers ADD COLUMN handlers JSONB NULL;";

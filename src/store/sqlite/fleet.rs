@@ -1,8 +1,9 @@
 //! [`crate::store::Fleet`] on SQLite.
 
+use crate::job::HandlerProcess;
 use crate::job::JobState;
 use crate::store::contract::Fleet;
-use crate::store::contract::{RescueScope, Rescued, Result, WorkerInfo};
+use crate::store::contract::{handlers_json, RescueScope, Rescued, Result, WorkerInfo};
 use crate::store::sqlite::*;
 use rusqlite::{params, params_from_iter};
 
@@ -104,10 +105,19 @@ impl Fleet for SqliteStore {
         })
     }
 
-    fn heartbeat(&mut self, worker: &str, now: i64, running: i64) -> Result<()> {
+    fn heartbeat(
+        &mut self,
+        worker: &str,
+        now: i64,
+        running: i64,
+        handlers: &[HandlerProcess],
+    ) -> Result<()> {
+        let handlers = handlers_json(handlers);
         self.write("heartbeat", |tx| {
-            tx.prepare_cached("UPDATE workers SET heartbeat_at = ?2, running = ?3 WHERE id = ?1")?
-                .execute(params![worker, now, running])?;
+            tx.prepare_cached(
+                "UPDATE workers SET heartbeat_at = ?2, running = ?3, handlers = ?4 WHERE id = ?1",
+            )?
+            .execute(params![worker, now, running, handlers])?;
             Ok(())
         })
     }
@@ -142,8 +152,8 @@ impl Fleet for SqliteStore {
             self.conn
                 .prepare_cached(
                     "SELECT id, host, pid, version, started_at, heartbeat_at, queues, \
-                     (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id) \
-                 FROM workers ORDER BY id",
+                     (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id), \
+                 handlers FROM workers ORDER BY id",
                 )?
                 .query_map([], worker_from_row)?
                 .collect()

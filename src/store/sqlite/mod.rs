@@ -26,7 +26,7 @@ use rusqlite::{
 
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 use crate::store::contract::{
-    Applied, Claim, Enqueued, JobRun, Moved, OpenMode, Result, WorkerInfo,
+    handlers_from_json, Applied, Claim, Enqueued, JobRun, Moved, OpenMode, Result, WorkerInfo,
 };
 use crate::store::error::StoreError;
 use crate::store::shared::{cancelled_instead, RunRow, CANCELLED_ERROR};
@@ -482,6 +482,7 @@ fn worker_from_row(row: &Row<'_>) -> rusqlite::Result<WorkerInfo> {
         heartbeat_at: row.get(5)?,
         queues: text(row, 6)?,
         running: row.get(7)?,
+        handlers: handlers_from_json(opt_text(row, 8)?.as_deref()),
     })
 }
 

@@ -338,8 +338,8 @@ impl Reads for SqliteStore {
                 let workers = tx
                     .prepare_cached(
                         "SELECT id, host, pid, version, started_at, heartbeat_at, queues, \
-                     (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id) \
-                 FROM workers ORDER BY id",
+                     (SELECT count(*) FROM jobs WHERE state = 'running' AND worker = workers.id), \
+                 handlers FROM workers ORDER BY id",
                     )?
                     .query_map([], worker_from_row)?
                     .collect::<rusqlite::Result<Vec<_>>>()?;

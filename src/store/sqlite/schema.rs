@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[&str] = &[
     V12_PROGRESS,
     V13_SNOOZES,
     V14_FLOW_RULES,
+    V15_HANDLERS,
 ];
 
 /// The schema version this build writes and reads.
@@ -1241,6 +1242,12 @@ BEGIN
 ",
     settle!("1"),
 );
+
+/// Version 15: `workers.handlers`, JSON text: the warm handler processes
+/// a daemon's CPU workers keep (docs/reference.md, "Warm handlers"),
+/// written with each heartbeat.
+const V15_HANDLERS: &str = "ALTER TABLE workers ADD COLUMN handlers TEXT NULL
+    CONSTRAINT handlers_is_json CHECK (handlers IS NULL OR json_valid(handlers));";
 
 /// The index fair claims scan key by key, as version 7 had it, built by
 /// the first daemon that serves a fair queue
