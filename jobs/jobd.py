@@ -135,7 +135,9 @@ def _persistent(run):
         try:
             line = json.dumps(message)
         except (TypeError, ValueError) as e:
-            line = json.dumps({"error": f"the result is not JSON: {e}", "retry": False})
+            line = json.dumps(
+                {"error": f"the result is not JSON: {e}", "retry": False, "id": message.get("id")}
+            )
         protocol.write(line + "\n")
         protocol.flush()
 

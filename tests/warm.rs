@@ -11,22 +11,29 @@ use common::{wait_for, Home, PATIENCE};
 /// pid, or does what its args say: `die`, `garbage`, `fail`, `hang`
 /// (starting a `sleep` child whose pid it writes to `pidfile`), `wait`
 /// (reporting progress and a log line, then waiting for `file`), `grow`
-/// (keeping `mb` MiB).
+/// (keeping `mb` MiB), `late_double` (answering the job again once the
+/// next one has arrived).
 const HANDLER: &str = r#"#!/usr/bin/env python3
 import json, os, subprocess, sys, time
 kept = []
 snoozed = set()
+late = None
 for line in sys.stdin:
     job = json.loads(line)
     args = job["args"] or {}
     what = args.get("do")
+    if late is not None:
+        print(late, flush=True)
+        late = None
+    if what == "late_double":
+        late = json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}, "id": job["id"]})
     if what == "die":
         os._exit(3)
     if what == "garbage":
         print("hello", flush=True)
         continue
     if what == "fail":
-        print(json.dumps({"error": "asked to fail", "retry": False}), flush=True)
+        print(json.dumps({"error": "asked to fail", "retry": False, "id": job["id"]}), flush=True)
         continue
     if what == "hang":
         child = subprocess.Popen(["sleep", "60"])
@@ -34,12 +41,12 @@ for line in sys.stdin:
             f.write(str(child.pid))
         time.sleep(60)
     if what == "double":
-        answer = json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}})
+        answer = json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}, "id": job["id"]})
         print(answer + "\n" + answer, flush=True)
         continue
     if what == "snooze" or (what == "snooze_once" and job["id"] not in snoozed):
         snoozed.add(job["id"])
-        print(json.dumps({"snooze_ms": 50}), flush=True)
+        print(json.dumps({"snooze_ms": 50, "id": job["id"]}), flush=True)
         continue
     if what == "wait":
         print(json.dumps({"progress": 0.5, "note": "halfway"}), flush=True)
@@ -52,7 +59,7 @@ for line in sys.stdin:
             blob[i] = 1
         kept.append(blob)
     print(json.dumps({"progress": 0.5, "note": "halfway"}), flush=True)
-    print(json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}}), flush=True)
+    print(json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}, "id": job["id"]}), flush=True)
 "#;
 
 /// A home with the handler, one CPU worker, and `extra` config.
@@ -71,6 +78,15 @@ fn warm_home(extra: &str) -> Home {
     ));
     home.migrate();
     home
+}
+
+/// Adds the handler `name` with the text `script` to the home's handlers
+/// folder (its section, if any, goes in `warm_home`'s `extra`).
+fn add_handler(home: &Home, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = home.path().join("handlers").join(name);
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// Inserts an exec job for `warm` with `args`; returns its id.
@@ -451,4 +467,83 @@ fn a_handler_that_answers_twice_is_replaced_before_the_next_job() {
         "the next job got its own answer: {detail}"
     );
     assert_ne!(result["pid"], doubled, "from a fresh handler");
+}
+
+/// A handler that answers without naming its job, and answers a job marked
+/// `twice` a second time once the next job has arrived.
+const LAX: &str = r#"#!/usr/bin/env python3
+import json, sys
+late = None
+for line in sys.stdin:
+    job = json.loads(line)
+    if late is not None:
+        print(late, flush=True)
+        late = None
+    answer = json.dumps({"result": {"for": job["id"]}})
+    if (job["args"] or {}).get("twice"):
+        late = answer
+    print(answer, flush=True)
+"#;
+
+/// Regression: a second answer to a job that came after jobd had read the
+/// first and sent the next job was taken as the next job's answer. An
+/// outcome must now name its job, so no line can be taken for another's.
+#[test]
+fn an_outcome_that_names_no_job_is_a_fault_so_a_late_answer_is_never_taken_for_the_next_job() {
+    let home = warm_home("[exec.handlers.lax]\nmode = \"persistent\"\n");
+    add_handler(&home, "lax", LAX);
+    let _daemon = home.daemon();
+    let lax = |args: &str| {
+        home.insert_job(
+            "exec",
+            &format!("{{\"handler\":\"lax\",\"args\":{args}}}"),
+            "1",
+            "NULL",
+        )
+    };
+    let first = lax("{\"twice\":true}");
+    let first_outcome = finish(&home, first);
+    let second = lax("{}");
+    let (state, detail) = finish(&home, second);
+    assert_ne!(
+        detail,
+        format!("{{\"for\":{first}}}"),
+        "job {second} ({state}) was given job {first}'s late answer"
+    );
+    for (id, (state, error)) in [(first, first_outcome), (second, (state, detail))] {
+        assert_eq!(state, "dead", "job {id}: {error}");
+        assert!(
+            error.starts_with(&format!(
+                "exec handler lax broke the protocol: its outcome {{\"result\": {{\"for\": {id}}}}} does not name its job (add \"id\": {id})"
+            )),
+            "job {id}: {error}"
+        );
+    }
+}
+
+/// A handler whose outcomes name their job, answering one a second time
+/// after jobd sent the next: the late line fails only the job running (its
+/// handler is out of step), the answered job keeps its outcome, and the
+/// next job gets a fresh handler.
+#[test]
+fn a_late_second_answer_naming_an_earlier_job_replaces_the_handler_and_fails_nothing_finished() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let first = job(&home, "{\"do\":\"late_double\"}", "NULL");
+    let pid = pid_of(&home, first);
+    let second = job(&home, "{}", "NULL");
+    let (state, error) = finish(&home, second);
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(&format!(
+            "exec handler warm broke the protocol: it wrote a line for job {first} while running job {second}"
+        )),
+        "{error}"
+    );
+    assert_eq!(
+        pid_of(&home, first),
+        pid,
+        "the answered job keeps its outcome"
+    );
+    assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), pid);
 }

@@ -1,7 +1,8 @@
 //! Warm handlers (docs/reference.md, "Warm handlers"): an `exec` handler
 //! declared `mode = "persistent"` is started once per CPU worker and fed
 //! its jobs one at a time, one JSON object a line on its stdin, answering
-//! one JSON object a line on its stdout: messages, then one outcome.
+//! one JSON object a line on its stdout: messages, then one outcome that
+//! names its job.
 //!
 //! It is set up as a one-shot handler is (see [`crate::kinds::exec`]): own
 //! process group, minimal environment, death with its worker. The worker
@@ -370,18 +371,7 @@ fn feed(
                 ))));
             }
         };
-        // An answer may name its job; one for another job is out of step.
-        if let Some(other) = serde_json::from_slice::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("id").and_then(serde_json::Value::as_i64))
-            .filter(|id| *id != ctx.id)
-        {
-            return Err(Fault::of_handler(JobError::transient(format!(
-                "exec handler {name} broke the protocol: it answered for job {other} during job {}",
-                ctx.id
-            ))));
-        }
-        match message(&text) {
+        match message(&text, ctx.id) {
             Ok(Message::Result(result)) => return Ok(Some(result.to_string())),
             Ok(Message::Error { message, retry }) => {
                 let message = format!("exec handler {name}: {message}");
@@ -445,8 +435,12 @@ fn cut(text: &str) -> String {
 /// The messages a handler may send before its outcome.
 const MESSAGES: [&str; 3] = ["progress", "log", "heartbeat"];
 
-/// Reads one line of the protocol, or says in a phrase what is wrong with it.
-fn message(line: &[u8]) -> Result<Message, String> {
+/// The keys that make a line an outcome, which must name its job.
+const OUTCOMES: [&str; 3] = ["result", "error", "snooze_ms"];
+
+/// Reads one line of the protocol written while job `job` runs, or says in
+/// a phrase what is wrong with it.
+fn message(line: &[u8], job: i64) -> Result<Message, String> {
     let shown = || {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end();
@@ -464,6 +458,28 @@ fn message(line: &[u8]) -> Result<Message, String> {
             shown()
         ));
     };
+    // Any line may name its job and an outcome must: a handler that
+    // answered a job twice, the second time after jobd had read the first
+    // and sent the next job, would otherwise have that line taken for the
+    // next job's answer. Naming the job makes it a fault instead.
+    let named = match object.get("id") {
+        None => None,
+        Some(id) => Some(
+            id.as_i64()
+                .ok_or_else(|| format!("it wrote {}, whose id {id} is not a job id", shown()))?,
+        ),
+    };
+    if let Some(other) = named.filter(|named| *named != job) {
+        return Err(format!(
+            "it wrote a line for job {other} while running job {job}"
+        ));
+    }
+    if named.is_none() && OUTCOMES.iter().any(|k| object.contains_key(*k)) {
+        return Err(format!(
+            "its outcome {} does not name its job (add \"id\": {job})",
+            shown()
+        ));
+    }
     if let Some(result) = object.get("result") {
         return Ok(Message::Result(result.clone()));
     }
@@ -509,8 +525,9 @@ fn message(line: &[u8]) -> Result<Message, String> {
         return Ok(Message::Other);
     }
     Err(format!(
-        "it wrote {:?}, which has none of result, error, snooze_ms, {}",
+        "it wrote {:?}, which has none of {}, {}",
         shown(),
+        OUTCOMES.join(", "),
         MESSAGES.join(", ")
     ))
 }
@@ -521,41 +538,73 @@ mod tests {
 
     #[test]
     fn lines_are_outcomes_messages_or_faults() {
+        let job = 7;
         assert_eq!(
-            message(b"{\"result\": {\"n\": 1}}\n"),
+            message(b"{\"result\": {\"n\": 1}, \"id\": 7}\n", job),
             Ok(Message::Result(serde_json::json!({"n": 1})))
         );
         assert_eq!(
-            message(b"{\"error\": \"no such file\", \"retry\": false}"),
+            message(
+                b"{\"error\": \"no such file\", \"retry\": false, \"id\": 7}",
+                job
+            ),
             Ok(Message::Error {
                 message: "no such file".into(),
                 retry: false
             })
         );
         assert_eq!(
-            message(b"{\"progress\": 0.5, \"note\": \"resized\"}"),
+            message(b"{\"progress\": 0.5, \"note\": \"resized\"}", job),
             Ok(Message::Report(Report::Progress {
                 fraction: 0.5,
                 note: "resized".into()
             }))
         );
         assert_eq!(
-            message(b"{\"log\": \"hi\"}"),
+            message(b"{\"log\": \"hi\", \"id\": 7}", job),
             Ok(Message::Report(Report::Log("hi".into())))
         );
-        assert_eq!(message(b"{\"heartbeat\": true}"), Ok(Message::Other));
-        assert_eq!(message(b"{\"snooze_ms\": 500}"), Ok(Message::Snooze(500)));
-        assert!(message(b"{\"snooze_ms\": -1}").is_err());
+        assert_eq!(message(b"{\"heartbeat\": true}", job), Ok(Message::Other));
         assert_eq!(
-            message(b"{\"progress\": 2}"),
+            message(b"{\"snooze_ms\": 500, \"id\": 7}", job),
+            Ok(Message::Snooze(500))
+        );
+        assert!(message(b"{\"snooze_ms\": -1, \"id\": 7}", job).is_err());
+        assert_eq!(
+            message(b"{\"progress\": 2}", job),
             Err("progress 2 is not a number from 0 to 1".into())
         );
         assert_eq!(
-            message(b"hello\n"),
+            message(b"hello\n", job),
             Err("it wrote \"hello\", which is not a JSON object".into())
         );
-        assert!(message(b"{\"resalt\": 1}")
+        assert!(message(b"{\"resalt\": 1}", job)
             .unwrap_err()
             .contains("has none of result"));
+    }
+
+    #[test]
+    fn an_outcome_names_its_job_and_no_line_names_another() {
+        let job = 7;
+        assert_eq!(
+            message(b"{\"result\": 1}", job),
+            Err("its outcome {\"result\": 1} does not name its job (add \"id\": 7)".into())
+        );
+        assert_eq!(
+            message(b"{\"error\": \"x\"}", job),
+            Err("its outcome {\"error\": \"x\"} does not name its job (add \"id\": 7)".into())
+        );
+        assert_eq!(
+            message(b"{\"result\": 1, \"id\": 6}", job),
+            Err("it wrote a line for job 6 while running job 7".into())
+        );
+        assert_eq!(
+            message(b"{\"log\": \"x\", \"id\": 6}", job),
+            Err("it wrote a line for job 6 while running job 7".into())
+        );
+        assert_eq!(
+            message(b"{\"result\": 1, \"id\": \"7\"}", job),
+            Err("it wrote {\"result\": 1, \"id\": \"7\"}, whose id \"7\" is not a job id".into())
+        );
     }
 }
