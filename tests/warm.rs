@@ -547,3 +547,124 @@ fn a_late_second_answer_naming_an_earlier_job_replaces_the_handler_and_fails_not
     );
     assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), pid);
 }
+
+/// A persistent shell handler that starts a long-lived child in its process
+/// group at each job and writes "HANDLER_PID CHILD_PID" to `pids-JOB_ID`
+/// in `folder` before answering.
+fn forker(folder: &std::path::Path) -> String {
+    format!(
+        r#"#!/bin/sh
+while IFS= read -r job; do
+  id=$(printf '%s' "$job" | sed 's/.*"id":\([0-9]*\).*/\1/')
+  sleep 1000 >/dev/null 2>&1 </dev/null &
+  echo "$$ $!" > "{}/pids-$id"
+  printf '{{"id": %s, "result": {{}}}}\n' "$id"
+done
+"#,
+        folder.display()
+    )
+}
+
+/// True once `pid` has left the process table: not running, and not a
+/// zombie that nobody reaped either.
+fn vanished(pid: i32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Runs one job of the `forker` handler in `home` and checks that, once
+/// the handler is retired, neither it nor the child it forked is left: not
+/// running, and not a zombie.
+fn forker_leaves_nothing(home: &Home, why: &str) {
+    let id = home.insert_job("exec", "{\"handler\":\"forker\"}", "1", "NULL");
+    let (state, detail) = finish(home, id);
+    assert_eq!(state, "succeeded", "{detail}");
+    let pids = std::fs::read_to_string(home.path().join(format!("pids-{id}"))).unwrap();
+    let pids: Vec<i32> = pids
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    for (what, pid) in [("handler", pids[0]), ("child the handler forked", pids[1])] {
+        let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            wait_for(PATIENCE, || vanished(pid).then_some(())).is_some(),
+            "after {why}, the {what} {pid} is still in the process table: {}",
+            stat()
+        );
+    }
+}
+
+/// Regression: a retired handler's group was killed but what it forked,
+/// adopted by the worker (a child subreaper), was never reaped.
+#[test]
+fn a_handler_retired_after_max_jobs_leaves_no_process_or_zombie() {
+    let home = warm_home("[exec.handlers.forker]\nmode = \"persistent\"\nmax_jobs = 1\n");
+    add_handler(&home, "forker", &forker(home.path()));
+    let _daemon = home.daemon();
+    forker_leaves_nothing(&home, "max_jobs");
+}
+
+/// Regression: a handler idle past its idle_timeout leaves nothing either.
+#[test]
+fn a_handler_stopped_after_its_idle_timeout_leaves_no_process_or_zombie() {
+    let home =
+        warm_home("[exec.handlers.forker]\nmode = \"persistent\"\nidle_timeout = \"100ms\"\n");
+    add_handler(&home, "forker", &forker(home.path()));
+    let _daemon = home.daemon();
+    forker_leaves_nothing(&home, "idle_timeout");
+}
+
+/// Regression: when its worker is retired (cpu.max_jobs_per_worker), the
+/// worker's warm handlers went with it only by their death signal, and
+/// what they had forked lived on.
+#[test]
+fn a_retired_worker_leaves_no_warm_handler_process_or_zombie() {
+    let home = warm_home("[exec.handlers.forker]\nmode = \"persistent\"\n");
+    add_handler(&home, "forker", &forker(home.path()));
+    let config = std::fs::read_to_string(home.config()).unwrap();
+    std::fs::write(
+        home.config(),
+        config.replace(
+            "[cpu]\nworkers = 1\n",
+            "[cpu]\nworkers = 1\nmax_jobs_per_worker = 1\n",
+        ),
+    )
+    .unwrap();
+    let _daemon = home.daemon();
+    forker_leaves_nothing(&home, "the worker's retirement");
+}
+
+/// Regression: a worker killed for a job that runs in the worker itself (a
+/// cancelled `checksum`) took its idle warm handlers down only by their
+/// death signal, and what they had forked lived on.
+#[test]
+fn a_worker_killed_for_another_job_leaves_no_warm_handler_process_or_zombie() {
+    let home = warm_home("[exec.handlers.forker]\nmode = \"persistent\"\n");
+    add_handler(&home, "forker", &forker(home.path()));
+    let files = home.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    // Sparse: hashing it takes minutes, and it takes no room.
+    std::fs::File::create(files.join("big"))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let _daemon = home.daemon();
+    let id = home.insert_job("exec", "{\"handler\":\"forker\"}", "1", "NULL");
+    assert_eq!(finish(&home, id).0, "succeeded");
+    let pids = std::fs::read_to_string(home.path().join(format!("pids-{id}"))).unwrap();
+    let pids: Vec<i32> = pids
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let hashing = home.insert_job("checksum", "{\"path\":\"big\"}", "1", "NULL");
+    home.wait_state(hashing, "running");
+    home.ok(&["cancel", &hashing.to_string()]);
+    assert_eq!(finish(&home, hashing).0, "cancelled");
+    for (what, pid) in [("handler", pids[0]), ("child the handler forked", pids[1])] {
+        let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            wait_for(PATIENCE, || vanished(pid).then_some(())).is_some(),
+            "after the worker was killed, the {what} {pid} is still in the process table: {}",
+            stat()
+        );
+    }
+}

@@ -11,7 +11,8 @@
 //! worker replaces it when it exits, answers something that is not the
 //! protocol, has served `max_jobs`, passes `memory_limit`, has been idle
 //! for `idle_timeout`, or its file changed; a handler that fails ends only
-//! the job it was running.
+//! the job it was running. Replacing one, or the worker exiting, kills its
+//! process group and what it forked outside it, and reaps them all.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +35,11 @@ const STDERR_TAIL: usize = 4096;
 
 /// How often the idle reaper looks.
 const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a retirement waits for what the handler forked to die and be
+/// reaped. SIGKILL ends a process within milliseconds; only one stuck in
+/// the kernel takes longer, and is left behind rather than hold the worker.
+const RETIRE_WAIT: Duration = Duration::from_secs(1);
 
 /// A line a handler wrote, as its reader thread hands it over.
 enum Line {
@@ -73,12 +79,39 @@ struct Process {
 }
 
 impl Process {
-    /// Kills its whole group and reaps it.
+    /// Kills it with its whole process group and what it started outside
+    /// the group (`setsid`), and reaps them all: once the handler is gone,
+    /// the processes it forked are this worker's children (a child
+    /// subreaper, see [`crate::os::confine`]), left as zombies unless
+    /// reaped here, or running on if nothing killed them.
     fn retire(mut self) {
+        let handler = self.child.id() as i32;
+        // Listed while the handler lives: once it dies they are no longer
+        // below it.
+        let mut doomed = crate::os::procfs::descendants(handler);
         if let Some(group) = rustix::process::Pid::from_raw(self.pgid) {
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
+        for pid in doomed
+            .iter()
+            .copied()
+            .filter_map(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
         let _ = self.child.wait();
+        // What joined the group after the listing died with it, and is
+        // this worker's child now.
+        let me = std::process::id() as i32;
+        for pid in crate::os::procfs::children(me) {
+            if pid != handler
+                && !doomed.contains(&pid)
+                && crate::os::procfs::process_group(pid) == Some(self.pgid)
+            {
+                doomed.push(pid);
+            }
+        }
+        crate::os::confine::reap_killed(&doomed, RETIRE_WAIT);
     }
 
     /// Its resident memory in bytes, from `/proc`.
@@ -186,10 +219,15 @@ impl Warm {
                     // A job is running on one of them.
                     continue;
                 };
+                // An idle handler that exited on its own is reaped now,
+                // not left a zombie until the next job of its name.
                 let idle: Vec<String> = processes
-                    .iter()
-                    .filter(|(_, p)| p.idle_since.elapsed() >= p.idle_timeout)
-                    .map(|(name, _)| name.clone())
+                    .iter_mut()
+                    .filter_map(|(name, p)| {
+                        let done = p.idle_since.elapsed() >= p.idle_timeout
+                            || !matches!(p.child.try_wait(), Ok(None));
+                        done.then(|| name.clone())
+                    })
                     .collect();
                 for name in idle {
                     if let Some(p) = processes.remove(&name) {
@@ -198,6 +236,17 @@ impl Warm {
                 }
             });
         });
+    }
+}
+
+impl Drop for Warm {
+    /// The worker is exiting: its handlers and what they forked go with it
+    /// (their death signal would end only the handlers themselves).
+    fn drop(&mut self) {
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, process) in processes.drain() {
+            process.retire();
+        }
     }
 }
 

@@ -165,6 +165,12 @@ pub fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The process group of `pid` (a zombie's too), from `/proc/<pid>/stat`.
+pub fn process_group(pid: i32) -> Option<i32> {
+    // Fields after the name: state, parent, group.
+    stat_fields(&pid.to_string())?.get(2)?.parse().ok()
+}
+
 /// Every live process below `pid` (children, their children, …), zombies
 /// left out: what a killed CPU worker would leave behind.
 pub fn descendants(pid: i32) -> Vec<i32> {
