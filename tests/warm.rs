@@ -12,7 +12,8 @@ use common::{wait_for, Home, PATIENCE};
 /// (starting a `sleep` child whose pid it writes to `pidfile`), `wait`
 /// (reporting progress and a log line, then waiting for `file`), `grow`
 /// (keeping `mb` MiB), `late_double` (answering the job again once the
-/// next one has arrived).
+/// next one has arrived), `exit_leaving_child` (exiting with status 4
+/// while a `sleep` child, its pid in `pidfile`, holds its stdout).
 const HANDLER: &str = r#"#!/usr/bin/env python3
 import json, os, subprocess, sys, time
 kept = []
@@ -29,6 +30,13 @@ for line in sys.stdin:
         late = json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}, "id": job["id"]})
     if what == "die":
         os._exit(3)
+    if what == "exit_leaving_child":
+        # The child inherits stdout and holds it open after the exit.
+        child = subprocess.Popen(["sleep", "1000"])
+        with open(args["pidfile"], "w") as f:
+            f.write(str(child.pid))
+        print("leaving a child behind", file=sys.stderr, flush=True)
+        os._exit(4)
     if what == "garbage":
         print("hello", flush=True)
         continue
@@ -667,4 +675,41 @@ fn a_worker_killed_for_another_job_leaves_no_warm_handler_process_or_zombie() {
             stat()
         );
     }
+}
+
+/// Regression: a handler that exited while a child it started still held
+/// its stdout left jobd waiting for a line until the job's deadline; the
+/// job now fails at once naming the exit status, and the child is killed.
+#[test]
+fn a_handler_that_exits_while_its_child_holds_its_stdout_fails_the_job_at_once() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let pidfile = home.path().join("child.pid");
+    // The deadline lies past the test's patience: only a prompt answer passes.
+    let id = job(
+        &home,
+        &format!(
+            "{{\"do\":\"exit_leaving_child\",\"pidfile\":\"{}\"}}",
+            pidfile.display()
+        ),
+        "600000",
+    );
+    let (state, error) = finish(&home, id);
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(
+            "exec handler warm exited with status 4 during the job; stderr: leaving a child behind"
+        ),
+        "{error}"
+    );
+    let child: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_for(PATIENCE, || vanished(child).then_some(())).is_some(),
+        "the child {child} outlived its handler"
+    );
+    pid_of(&home, job(&home, "{}", "NULL"));
 }

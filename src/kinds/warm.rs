@@ -36,6 +36,17 @@ const STDERR_TAIL: usize = 4096;
 /// How often the idle reaper looks.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
+/// How often a job's wait for its handler's next line looks whether the
+/// handler is still alive: a child it started may hold its stdout open
+/// after it exited, so the pipe's end alone does not tell.
+const EXIT_CHECK: Duration = Duration::from_millis(50);
+
+/// Once the handler exited, how long to wait for what is left in its pipes
+/// (the lines it wrote before exiting, the end of its stderr) and for its
+/// exit to be reaped. Its group is killed first, so only a process that
+/// left the group (`setsid`) can hold the pipes longer.
+const EXIT_DRAIN: Duration = Duration::from_millis(500);
+
 /// How long a retirement waits for what the handler forked to die and be
 /// reaped. SIGKILL ends a process within milliseconds; only one stuck in
 /// the kernel takes longer, and is left behind rather than hold the worker.
@@ -72,6 +83,8 @@ struct Process {
     stdin: ChildStdin,
     lines: mpsc::Receiver<Line>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Disconnected once the stderr reader reached the pipe's end.
+    stderr_done: mpsc::Receiver<()>,
     served: u64,
     stamp: Option<Stamp>,
     idle_since: Instant,
@@ -121,6 +134,30 @@ impl Process {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
         Some(pages * page)
+    }
+
+    /// Waits up to [`EXIT_DRAIN`] for it to have exited; how it ended.
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + EXIT_DRAIN;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Kills what is left of its group once it exited, and waits (up to
+    /// [`EXIT_DRAIN`]) for the end of its stderr, so the note names what
+    /// it wrote last.
+    fn after_exit(&self) {
+        if let Some(group) = rustix::process::Pid::from_raw(self.pgid) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let _ = self.stderr_done.recv_timeout(EXIT_DRAIN);
     }
 
     /// The tail of what it wrote to stderr since the job began, as the end
@@ -292,7 +329,10 @@ fn spawn(
     });
     let tail = Arc::new(Mutex::new(Vec::new()));
     let kept = Arc::clone(&tail);
+    let (done, stderr_done) = mpsc::channel::<()>();
     std::thread::spawn(move || {
+        // Dropped at the pipe's end (or when the worker drops the handler).
+        let _done = done;
         let mut stderr = stderr;
         let mut buf = [0u8; 4096];
         while let Ok(n) = stderr.read(&mut buf) {
@@ -313,6 +353,7 @@ fn spawn(
         stdin,
         lines,
         stderr: tail,
+        stderr_done,
         served: 0,
         stamp,
         idle_since: Instant::now(),
@@ -374,16 +415,44 @@ fn feed(
         .write_all(&line)
         .and_then(|()| process.stdin.flush())
     {
+        // Most often it has exited (the check before the job raced its
+        // exit); say how, else what the write met.
+        let why = match process.exit_status() {
+            Some(status) => format!("it {}", ended(status)),
+            None => e.to_string(),
+        };
+        process.after_exit();
         return Err(Fault::of_handler(JobError::transient(format!(
-            "exec handler {name} stopped reading its jobs: {e}{}",
+            "exec handler {name} stopped reading its jobs: {why}{}",
             process.stderr_note()
         ))));
     }
+    // Set once the handler has exited: until then the lines it wrote
+    // before it exited are still taken, up to the end of the pipe or this
+    // instant.
+    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
     loop {
-        let line = match process.lines.recv_timeout(ctx.remaining()) {
+        let wait = match exited {
+            Some((_, until)) => until.saturating_duration_since(Instant::now()),
+            None => ctx.remaining().min(EXIT_CHECK),
+        };
+        let line = match process.lines.recv_timeout(wait) {
             Ok(line) => line,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                return Err(Fault::of_handler(JobError::TimedOut));
+                if exited.is_some() {
+                    // A process that left the group holds the pipe.
+                    Line::Closed
+                } else if ctx.remaining().is_zero() {
+                    return Err(Fault::of_handler(JobError::TimedOut));
+                } else {
+                    if let Ok(Some(status)) = process.child.try_wait() {
+                        // Exited, while something it started holds its
+                        // stdout open: end that, so the pipe ends too.
+                        process.after_exit();
+                        exited = Some((status, Instant::now() + EXIT_DRAIN));
+                    }
+                    continue;
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => Line::Closed,
         };
@@ -395,25 +464,14 @@ fn feed(
                 ))));
             }
             Line::Closed => {
-                // Give the exit a moment to be reaped, to name its status.
-                let status = (0..50).find_map(|_| match process.child.try_wait() {
-                    Ok(Some(status)) => Some(status),
-                    _ => {
-                        std::thread::sleep(Duration::from_millis(10));
-                        None
-                    }
-                });
-                let how = match status {
-                    Some(s) => match (s.code(), s.signal()) {
-                        (Some(code), _) => format!("exited with status {code}"),
-                        (None, Some(signal)) => format!(
-                            "was killed by signal {signal} ({})",
-                            crate::os::signals::signal_name(signal)
-                        ),
-                        _ => format!("ended with {s}"),
-                    },
+                let how = match exited
+                    .map(|(status, _)| status)
+                    .or_else(|| process.exit_status())
+                {
+                    Some(status) => ended(status),
                     None => "closed its stdout".to_string(),
                 };
+                process.after_exit();
                 return Err(Fault::of_handler(JobError::transient(format!(
                     "exec handler {name} {how} during the job{}",
                     process.stderr_note()
@@ -448,6 +506,18 @@ fn feed(
                 ))));
             }
         }
+    }
+}
+
+/// How a handler ended, as the end of a sentence about it.
+fn ended(status: std::process::ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!(
+            "was killed by signal {signal} ({})",
+            crate::os::signals::signal_name(signal)
+        ),
+        _ => format!("ended with {status}"),
     }
 }
 
