@@ -713,3 +713,71 @@ fn a_handler_that_exits_while_its_child_holds_its_stdout_fails_the_job_at_once()
     );
     pid_of(&home, job(&home, "{}", "NULL"));
 }
+
+/// A jobd.py handler that writes to its stdout every way a program can (a
+/// print, a write to descriptor 1, a child process), reads its stdin, and
+/// with `{"do": "nan"}` returns a result that JSON cannot hold.
+const NOISY: &str = r#"#!/usr/bin/env python3
+import os, subprocess, sys
+import jobd
+
+def run(args, ctx):
+    if (args or {}).get("do") == "nan":
+        return {"x": float("nan")}
+    print("chatter from print")
+    sys.stdout.flush()
+    os.write(1, b"chatter written to descriptor 1\n")
+    subprocess.run(["echo", "chatter from a child"], check=True)
+    return {"id": ctx.id, "stdin": sys.stdin.read()}
+
+jobd.serve(run)
+"#;
+
+/// Regression: jobd.py only swapped `sys.stdout`, and only when warm: a
+/// print in one-shot mode, a write to descriptor 1 or a child process's
+/// output went into the protocol, and a read of stdin took its jobs. A
+/// NaN in a result was sent as invalid JSON.
+#[test]
+fn the_python_helper_keeps_stray_output_off_the_protocol_and_refuses_nan_in_both_modes() {
+    let home = warm_home("[exec.handlers.noisy]\nmode = \"persistent\"\n");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/jobd.py"),
+        home.path().join("handlers/jobd.py"),
+    )
+    .unwrap();
+    add_handler(&home, "noisy", NOISY);
+    add_handler(&home, "noisy_once", NOISY);
+    let _daemon = home.daemon();
+    for handler in ["noisy", "noisy_once"] {
+        for _ in 0..2 {
+            let id = home.insert_job(
+                "exec",
+                &format!("{{\"handler\":\"{handler}\",\"args\":{{}}}}"),
+                "1",
+                "20000",
+            );
+            let (state, detail) = finish(&home, id);
+            assert_eq!(state, "succeeded", "{handler}: {detail}");
+            let result: serde_json::Value = serde_json::from_str(&detail).unwrap();
+            assert_eq!(
+                result,
+                serde_json::json!({"id": id, "stdin": ""}),
+                "{handler}"
+            );
+        }
+        let id = home.insert_job(
+            "exec",
+            &format!("{{\"handler\":\"{handler}\",\"args\":{{\"do\":\"nan\"}}}}"),
+            "1",
+            "20000",
+        );
+        let (state, error) = finish(&home, id);
+        assert_eq!(state, "dead", "{handler}: {error}");
+        assert!(
+            error.contains(
+                "the result is not JSON: Out of range float values are not JSON compliant"
+            ),
+            "{handler}: {error}"
+        );
+    }
+}
