@@ -13,7 +13,8 @@ use common::{wait_for, Home, PATIENCE};
 /// (reporting progress and a log line, then waiting for `file`), `grow`
 /// (keeping `mb` MiB), `late_double` (answering the job again once the
 /// next one has arrived), `exit_leaving_child` (exiting with status 4
-/// while a `sleep` child, its pid in `pidfile`, holds its stdout).
+/// while a `sleep` child, its pid in `pidfile`, holds its stdout),
+/// `grow_child` (starting a child that keeps `mb` MiB).
 const HANDLER: &str = r#"#!/usr/bin/env python3
 import json, os, subprocess, sys, time
 kept = []
@@ -61,6 +62,13 @@ for line in sys.stdin:
         print(json.dumps({"log": "waiting for " + args["file"]}), flush=True)
         while not os.path.exists(args["file"]):
             time.sleep(0.01)
+    if what == "grow_child":
+        # A child in the handler's group keeps `mb` MiB until the handler goes.
+        code = ("import sys\nb = bytearray(%d << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+                "print('ready', flush=True)\nsys.stdin.read()" % args["mb"])
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        child.stdout.readline()
+        kept.append(child)
     if what == "grow":
         blob = bytearray(args["mb"] << 20)
         for i in range(0, len(blob), 4096):
@@ -780,4 +788,20 @@ fn the_python_helper_keeps_stray_output_off_the_protocol_and_refuses_nan_in_both
             "{handler}: {error}"
         );
     }
+}
+
+/// Regression: memory_limit counted only the handler's own process, so a
+/// handler whose child grew past it was never replaced.
+#[test]
+fn memory_limit_counts_what_the_handler_started() {
+    let home = warm_home("memory_limit = \"64MiB\"\n");
+    let _daemon = home.daemon();
+    let first = pid_of(&home, job(&home, "{}", "NULL"));
+    let grown = pid_of(
+        &home,
+        job(&home, "{\"do\":\"grow_child\",\"mb\":100}", "NULL"),
+    );
+    assert_eq!(grown, first, "the job that grew its child ran on it");
+    let next = pid_of(&home, job(&home, "{}", "NULL"));
+    assert_ne!(next, first, "replaced once its group passed 64 MiB");
 }

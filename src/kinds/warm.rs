@@ -127,13 +127,11 @@ impl Process {
         crate::os::confine::reap_killed(&doomed, RETIRE_WAIT);
     }
 
-    /// Its resident memory in bytes, from `/proc`.
-    fn resident(&self) -> Option<u64> {
-        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.child.id())).ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        Some(pages * page)
+    /// The resident memory in bytes of it and everything it started (its
+    /// process group, and what left it), from `/proc`: a handler that
+    /// hands its work to child processes is measured with them.
+    fn resident(&self) -> u64 {
+        crate::os::procfs::tree_rss(self.child.id() as i32, self.pgid)
     }
 
     /// Waits up to [`EXIT_DRAIN`] for it to have exited; how it ended.
@@ -226,10 +224,7 @@ impl Warm {
         let answer = feed(name, process, ctx, args);
         process.served += 1;
         process.idle_since = Instant::now();
-        let over_memory = config.memory_limit > 0
-            && process
-                .resident()
-                .is_some_and(|bytes| bytes > config.memory_limit);
+        let over_memory = config.memory_limit > 0 && process.resident() > config.memory_limit;
         let broken = match &answer {
             Ok(_) => false,
             Err(fault) => fault.ends_handler,
