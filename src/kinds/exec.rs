@@ -118,18 +118,10 @@ impl Exec {
             None => {}
         }
         let worker = rustix::process::getpid();
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes two system calls (prctl, getppid), which are safe there.
+        // SAFETY: the closure runs in the forked child before exec, and
+        // `die_with` only makes system calls that are safe there.
         unsafe {
-            command.pre_exec(move || {
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))?;
-                if rustix::process::getppid() != Some(worker) {
-                    return Err(std::io::Error::other("the worker exited"));
-                }
-                Ok(())
-            });
+            command.pre_exec(move || die_with(worker));
         }
         Ok(command)
     }
@@ -178,6 +170,21 @@ impl Exec {
         }
         Ok(path)
     }
+}
+
+/// Run in a handler's forked child before exec: asks to die with `worker`,
+/// and fails the start if `worker` is already gone (the child would
+/// otherwise outlive it). Between fork and exec a child of a threaded
+/// process may only make async-signal-safe calls, and must not allocate:
+/// another thread may have held the allocator's lock at the fork.
+fn die_with(worker: rustix::process::Pid) -> std::io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::getppid() != Some(worker) {
+        // ESRCH, "no such process": the worker. A raw code allocates
+        // nothing, and is all std passes back to the parent anyway.
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
 }
 
 /// What the reader threads hand back.
@@ -423,6 +430,23 @@ mod tests {
         assert_eq!((tail.as_slice(), cut), (&data[data.len() - 100..], true));
         let (all, cut) = read_tail(&data[..50], 100);
         assert_eq!((all.len(), cut), (50, false));
+    }
+
+    /// Regression: the check built its error with `io::Error::other`,
+    /// which allocates, after fork; std, which sends the child's error to
+    /// the parent as an OS error code, then reported EINVAL.
+    #[test]
+    fn a_handler_whose_worker_is_gone_does_not_start_and_says_so_without_allocating() {
+        let mut command = Command::new("true");
+        // Not the child's parent (that is this process): as if the worker
+        // had exited and the child been adopted.
+        let gone = rustix::process::Pid::from_raw(i32::MAX).unwrap();
+        // SAFETY: as in `Exec::command`.
+        unsafe {
+            command.pre_exec(move || die_with(gone));
+        }
+        let err = command.spawn().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH), "{err}");
     }
 
     #[test]
