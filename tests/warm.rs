@@ -14,7 +14,8 @@ use common::{wait_for, Home, PATIENCE};
 /// (keeping `mb` MiB), `late_double` (answering the job again once the
 /// next one has arrived), `exit_leaving_child` (exiting with status 4
 /// while a `sleep` child, its pid in `pidfile`, holds its stdout),
-/// `grow_child` (starting a child that keeps `mb` MiB).
+/// `grow_child` (starting a child that keeps `mb` MiB), `long_line`
+/// (writing one line of `mb` MiB), `not_utf8` (an answer in Latin-1).
 const HANDLER: &str = r#"#!/usr/bin/env python3
 import json, os, subprocess, sys, time
 kept = []
@@ -69,6 +70,18 @@ for line in sys.stdin:
         child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         child.stdout.readline()
         kept.append(child)
+    if what == "long_line":
+        # `mb` MiB in one line, a MiB at a time (jobd stops reading at 4 MiB).
+        chunk = b"x" * (1 << 20)
+        for _ in range(args["mb"]):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+        continue
+    if what == "not_utf8":
+        sys.stdout.buffer.write(b'{"id": %d, "result": "caf\xe9"}\n' % job["id"])
+        sys.stdout.flush()
+        continue
     if what == "grow":
         blob = bytearray(args["mb"] << 20)
         for i in range(0, len(blob), 4096):
@@ -804,4 +817,57 @@ fn memory_limit_counts_what_the_handler_started() {
     assert_eq!(grown, first, "the job that grew its child ran on it");
     let next = pid_of(&home, job(&home, "{}", "NULL"));
     assert_ne!(next, first, "replaced once its group passed 64 MiB");
+}
+
+/// The peak resident memory of process `pid` in bytes (`VmHWM`).
+fn peak_memory(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib << 10
+}
+
+/// A line over 4 MiB fails the job naming the fault, without the worker
+/// buffering it: its peak memory stays far below the line's 256 MiB.
+#[test]
+fn a_line_over_4_mib_fails_the_job_naming_the_fault_and_is_not_buffered() {
+    let home = warm_home("");
+    let daemon = home.daemon();
+    let before = pid_of(&home, job(&home, "{}", "NULL"));
+    let (state, error) = finish(
+        &home,
+        job(&home, "{\"do\":\"long_line\",\"mb\":256}", "NULL"),
+    );
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(
+            "exec handler warm broke the protocol: it wrote a line longer than 4 MiB (4194304 bytes), the most a line may hold"
+        ),
+        "{error}"
+    );
+    let workers = common::procs::workers(daemon.pid());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let peak = peak_memory(workers[0]);
+    assert!(peak < 64 << 20, "the worker peaked at {peak} bytes");
+    assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), before);
+}
+
+/// A line that is not UTF-8 fails the job with one sentence naming that.
+#[test]
+fn a_line_that_is_not_utf8_fails_the_job_naming_the_fault() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let before = pid_of(&home, job(&home, "{}", "NULL"));
+    let (state, error) = finish(&home, job(&home, "{\"do\":\"not_utf8\"}", "NULL"));
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(
+            "exec handler warm broke the protocol: it wrote a line that is not UTF-8: byte 0xE9 at offset 24, after \"{\\\"id\\\": 2, \\\"result\\\": \\\"caf\""
+        ),
+        "{error}"
+    );
+    assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), before);
 }

@@ -455,7 +455,8 @@ fn feed(
             Line::Text(text) => text,
             Line::TooLong => {
                 return Err(Fault::of_handler(JobError::transient(format!(
-                    "exec handler {name} broke the protocol: it wrote a line longer than {MAX_LINE} bytes"
+                    "exec handler {name} broke the protocol: it wrote a line longer than {} MiB ({MAX_LINE} bytes), the most a line may hold",
+                    MAX_LINE >> 20
                 ))));
             }
             Line::Closed => {
@@ -549,6 +550,10 @@ fn cut(text: &str) -> String {
 /// The messages a handler may send before its outcome.
 const MESSAGES: [&str; 3] = ["progress", "log", "heartbeat"];
 
+/// How much of a line before a byte that is not UTF-8 its fault shows, in
+/// characters: enough to find the place.
+const SHOWN_BEFORE: usize = 40;
+
 /// The keys that make a line an outcome, which must name its job.
 const OUTCOMES: [&str; 3] = ["result", "error", "snooze_ms"];
 
@@ -564,6 +569,21 @@ fn message(line: &[u8], job: i64) -> Result<Message, String> {
             text.to_string()
         }
     };
+    // Said apart: shown lossily, such a line would read as a JSON object.
+    if let Err(e) = std::str::from_utf8(line) {
+        let at = e.valid_up_to();
+        let before = String::from_utf8_lossy(&line[..at]);
+        let start = before
+            .char_indices()
+            .rev()
+            .nth(SHOWN_BEFORE - 1)
+            .map_or(0, |(i, _)| i);
+        return Err(format!(
+            "it wrote a line that is not UTF-8: byte {:#04X} at offset {at}, after {:?}",
+            line[at],
+            &before[start..]
+        ));
+    }
     let value: serde_json::Value = serde_json::from_slice(line)
         .map_err(|_| format!("it wrote {:?}, which is not a JSON object", shown()))?;
     let serde_json::Value::Object(object) = value else {
@@ -695,6 +715,18 @@ mod tests {
         assert!(message(b"{\"resalt\": 1}", job)
             .unwrap_err()
             .contains("has none of result"));
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_said_to_be_so() {
+        assert_eq!(
+            message(b"{\"log\": \"caf\xe9\"}", 7),
+            Err("it wrote a line that is not UTF-8: byte 0xE9 at offset 12, after \"{\\\"log\\\": \\\"caf\"".into())
+        );
+        assert_eq!(
+            message(b"\xff", 7),
+            Err("it wrote a line that is not UTF-8: byte 0xFF at offset 0, after \"\"".into())
+        );
     }
 
     #[test]
