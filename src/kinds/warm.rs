@@ -205,8 +205,8 @@ impl Warm {
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
         let current = stamp(path);
         // A line waiting before the job is sent was written after the last
-        // outcome: the handler is out of step, and its next answer could
-        // be taken for this job's.
+        // outcome (a second answer, say): the handler is out of step, and
+        // is replaced before it is handed a job, so nothing fails.
         let stale = processes.get_mut(name).is_none_or(|p| {
             !matches!(p.child.try_wait(), Ok(None))
                 || p.served >= config.max_jobs
