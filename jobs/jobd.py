@@ -32,9 +32,11 @@ A result JSON cannot hold (NaN, an object) fails the job, as `Fail` does.
 `inputs` (a flow's parents or batch counts, else None), and:
 
 - `ctx.progress(fraction, note="")`: how far along the job is, 0 to 1
-  (shown by `jobd show` and the dashboard; persistent handlers only);
-- `ctx.log(text)`: a `job.log` line in jobd's log (persistent handlers;
-  one-shot ones write to stderr).
+  (shown by `jobd show` and the dashboard);
+- `ctx.log(text)`: a `job.log` line in jobd's log.
+
+A one-shot handler sends those on jobd's messages descriptor
+(`JOBD_MESSAGES_FD`), apart from its result on stdout.
 
 Raise `Snooze(seconds)` to run the job again later without using an
 attempt (persistent handlers; a one-shot one exits 75, a retry), `Retry("why")` for a failure worth retrying and `Fail("why")` for
@@ -131,11 +133,30 @@ def _json(value):
     return json.dumps(value, allow_nan=False)
 
 
-def _one_shot(run, jobs, answers):
-    def to_stderr(message):
-        if "log" in message:
-            print(message["log"], file=sys.stderr, flush=True)
+def _messages():
+    """How a one-shot handler sends progress and log lines: on jobd's
+    messages descriptor, moved to one of its own so that child processes do
+    not hold it open; log lines go to stderr under a jobd without one."""
+    fd = os.environ.get("JOBD_MESSAGES_FD")
+    if not fd:
+        def to_stderr(message):
+            if "log" in message:
+                print(message["log"], file=sys.stderr, flush=True)
 
+        return to_stderr
+    private = os.dup(int(fd))
+    os.close(int(fd))
+    out = os.fdopen(private, "w", encoding="utf-8")
+
+    def send(message):
+        out.write(_json(message) + "\n")
+        out.flush()
+
+    return send
+
+
+def _one_shot(run, jobs, answers):
+    send = _messages()
     job = {
         "id": _int(os.environ.get("JOBD_JOB_ID")),
         "attempt": _int(os.environ.get("JOBD_ATTEMPT")),
@@ -148,7 +169,7 @@ def _one_shot(run, jobs, answers):
     text = jobs.read()
     args = json.loads(text) if text.strip() else None
     try:
-        result = run(args, Context(job, to_stderr))
+        result = run(args, Context(job, send))
     except (Retry, Snooze) as e:
         # A one-shot handler cannot put a job off: it asks for a retry.
         print(str(e), file=sys.stderr)

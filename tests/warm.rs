@@ -871,3 +871,86 @@ fn a_line_that_is_not_utf8_fails_the_job_naming_the_fault() {
     );
     assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), before);
 }
+
+/// A one-shot jobd.py handler that reports progress and a log line, then
+/// waits for the file its args name.
+const ONE_SHOT_WAITER: &str = r#"#!/usr/bin/env python3
+import os, time
+import jobd
+
+def run(args, ctx):
+    ctx.progress(0.5, "halfway")
+    ctx.log("waiting for " + args["file"])
+    while not os.path.exists(args["file"]):
+        time.sleep(0.01)
+    return {"id": ctx.id}
+
+jobd.serve(run)
+"#;
+
+/// One-shot handlers send progress and log lines on their messages
+/// descriptor (JOBD_MESSAGES_FD), apart from the result on stdout.
+#[test]
+fn a_one_shot_handlers_progress_reaches_jobd_show_and_its_log_line_the_daemon_log() {
+    let home = warm_home("");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/jobd.py"),
+        home.path().join("handlers/jobd.py"),
+    )
+    .unwrap();
+    add_handler(&home, "waiter", ONE_SHOT_WAITER);
+    let daemon = home.daemon();
+    let file = home.path().join("go");
+    let id = home.insert_job(
+        "exec",
+        &format!(
+            "{{\"handler\":\"waiter\",\"args\":{{\"file\":\"{}\"}}}}",
+            file.display()
+        ),
+        "1",
+        "NULL",
+    );
+    let shown = wait_for(PATIENCE, || {
+        let show = home.ok(&["show", &id.to_string()]);
+        show.contains("  progress         50 %: halfway\n")
+            .then_some(show)
+    });
+    assert!(
+        shown.is_some(),
+        "no progress in jobd show while job {id} ran"
+    );
+    assert_eq!(home.state(id), "running");
+    let line = daemon.wait_log(&format!("job.log id={id}"));
+    assert!(
+        line.contains(&format!("waiting for {}", file.display())),
+        "{line}"
+    );
+    std::fs::write(&file, "").unwrap();
+    let (state, detail) = finish(&home, id);
+    assert_eq!(
+        (state.as_str(), detail),
+        ("succeeded", format!("{{\"id\":{id}}}"))
+    );
+}
+
+/// A line on the messages descriptor that is not the protocol fails the
+/// job naming the fault, as on a warm handler's stdout.
+#[test]
+fn a_bad_line_on_a_one_shot_handlers_messages_descriptor_fails_the_job() {
+    let home = warm_home("");
+    add_handler(
+        &home,
+        "chatty",
+        "#!/bin/sh\necho hello >&\"$JOBD_MESSAGES_FD\"\nsleep 1000\n",
+    );
+    let _daemon = home.daemon();
+    let id = home.insert_job("exec", "{\"handler\":\"chatty\"}", "1", "600000");
+    let (state, error) = finish(&home, id);
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(
+            "exec handler chatty broke the protocol on its messages descriptor (4): it wrote \"hello\", which is not a JSON object"
+        ),
+        "{error}"
+    );
+}

@@ -53,7 +53,7 @@ const EXIT_DRAIN: Duration = Duration::from_millis(500);
 const RETIRE_WAIT: Duration = Duration::from_secs(1);
 
 /// A line a handler wrote, as its reader thread hands it over.
-enum Line {
+pub(crate) enum Line {
     Text(Vec<u8>),
     TooLong,
     Closed,
@@ -282,24 +282,14 @@ impl Drop for Warm {
     }
 }
 
-/// Starts a handler process and its reader threads.
-fn spawn(
-    name: &str,
-    mut command: Command,
-    stamp: Option<Stamp>,
-    idle_timeout: Duration,
-) -> Result<Process, JobError> {
-    command.env("JOBD_HANDLER_MODE", "persistent");
-    let mut child = command
-        .spawn()
-        .map_err(|e| JobError::transient(format!("exec handler {name} cannot be started: {e}")))?;
-    let pgid = child.id() as i32;
-    let stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
+/// Reads `input` a line at a time on a thread of its own, handing each one
+/// over, then [`Line::Closed`] at its end. A line longer than [`MAX_LINE`]
+/// is reported as [`Line::TooLong`] and reading stops there, so a runaway
+/// line costs the worker at most that much memory.
+pub(crate) fn read_lines(input: impl Read + Send + 'static) -> mpsc::Receiver<Line> {
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
+        let mut reader = BufReader::new(input);
         loop {
             let mut line = Vec::new();
             match (&mut reader)
@@ -322,6 +312,25 @@ fn spawn(
             }
         }
     });
+    lines
+}
+
+/// Starts a handler process and its reader threads.
+fn spawn(
+    name: &str,
+    mut command: Command,
+    stamp: Option<Stamp>,
+    idle_timeout: Duration,
+) -> Result<Process, JobError> {
+    command.env("JOBD_HANDLER_MODE", "persistent");
+    let mut child = command
+        .spawn()
+        .map_err(|e| JobError::transient(format!("exec handler {name} cannot be started: {e}")))?;
+    let pgid = child.id() as i32;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let lines = read_lines(stdout);
     let tail = Arc::new(Mutex::new(Vec::new()));
     let kept = Arc::clone(&tail);
     let (done, stderr_done) = mpsc::channel::<()>();
@@ -514,6 +523,25 @@ fn ended(status: std::process::ExitStatus) -> String {
             crate::os::signals::signal_name(signal)
         ),
         _ => format!("ended with {status}"),
+    }
+}
+
+/// Reads one line a one-shot handler wrote on its messages descriptor
+/// while job `job` runs: a report to pass on, nothing (a heartbeat), or
+/// what is wrong with it in a phrase. Its outcome is not for this
+/// descriptor: its stdout and exit status give it.
+pub(crate) fn side_message(line: &[u8], job: i64) -> Result<Option<Report>, String> {
+    let outcome = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line)
+        .is_ok_and(|object| OUTCOMES.iter().any(|k| object.contains_key(*k)));
+    if outcome {
+        return Err(format!(
+            "it wrote an outcome ({}), which a one-shot handler gives by its stdout and exit status",
+            OUTCOMES.join(", ")
+        ));
+    }
+    match message(line, job)? {
+        Message::Report(report) => Ok(Some(report)),
+        _ => Ok(None),
     }
 }
 
