@@ -15,7 +15,8 @@ use common::{wait_for, Home, PATIENCE};
 /// next one has arrived), `exit_leaving_child` (exiting with status 4
 /// while a `sleep` child, its pid in `pidfile`, holds its stdout),
 /// `grow_child` (starting a child that keeps `mb` MiB), `long_line`
-/// (writing one line of `mb` MiB), `not_utf8` (an answer in Latin-1).
+/// (writing one line of `mb` MiB), `not_utf8` (an answer in Latin-1),
+/// `answer_and_exit` (exiting once it answered).
 const HANDLER: &str = r#"#!/usr/bin/env python3
 import json, os, subprocess, sys, time
 kept = []
@@ -70,6 +71,9 @@ for line in sys.stdin:
         child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         child.stdout.readline()
         kept.append(child)
+    if what == "answer_and_exit":
+        print(json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}, "id": job["id"]}), flush=True)
+        os._exit(0)
     if what == "long_line":
         # `mb` MiB in one line, a MiB at a time (jobd stops reading at 4 MiB).
         chunk = b"x" * (1 << 20)
@@ -952,5 +956,20 @@ fn a_bad_line_on_a_one_shot_handlers_messages_descriptor_fails_the_job() {
             "exec handler chatty broke the protocol on its messages descriptor (4): it wrote \"hello\", which is not a JSON object"
         ),
         "{error}"
+    );
+}
+
+/// Regression: a warm handler that exited on its own between jobs stayed a
+/// zombie until the next job of its name, or its idle_timeout (minutes).
+#[test]
+fn a_handler_that_exits_between_jobs_is_reaped_without_waiting_for_the_next_job() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let pid = pid_of(&home, job(&home, "{\"do\":\"answer_and_exit\"}", "NULL")) as i32;
+    let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        wait_for(PATIENCE, || vanished(pid).then_some(())).is_some(),
+        "the handler {pid} that exited is still in the process table: {}",
+        stat()
     );
 }
