@@ -4,8 +4,8 @@
 //! The handler name is a plain name (`[A-Za-z0-9_-]+`) looked up directly
 //! in the folder: no path, no shell. The handler runs in its own process
 //! group with a minimal environment (`PATH`, `JOBD_JOB_ID`, `JOBD_ATTEMPT`,
-//! `JOBD_QUEUE`, `JOBD_MESSAGES_FD`), in the first file root, and dies with the worker that
-//! started it (`PR_SET_PDEATHSIG`). Its group is reported through
+//! `JOBD_QUEUE`, `JOBD_MESSAGES_FD`), in the first file root, and dies
+//! with the worker that started it (`PR_SET_PDEATHSIG`). Its group is reported through
 //! [`Context::spawned`] so the pool's kill at the deadline reaches every
 //! process in it; when the handler exits, whatever it left running is
 //! killed too, in its group or out of it (the worker is a child subreaper,
