@@ -20,16 +20,23 @@ handler:
 - persistent (`[exec.handlers.NAME] mode = "persistent"` in jobd's
   config): jobs arrive one JSON line at a time on stdin and each outcome
   leaves as one JSON line on stdout (docs/reference.md, "Warm handlers").
-  Imports and set-up above `serve` then run once, not once per job. While
-  `run` runs, `print` goes to stderr, so it cannot break the protocol.
+  Imports and set-up above `serve` then run once, not once per job.
+
+Either way `serve` first moves jobd's stdin and stdout to private
+descriptors and points descriptor 0 at /dev/null and 1 at stderr, so
+nothing the handler does (a `print`, a C library writing to its stdout, a
+child process it starts, a read of stdin) can reach or take the protocol.
+A result JSON cannot hold (NaN, an object) fails the job, as `Fail` does.
 
 `ctx` has the job's `id`, `attempt`, `queue`, `deadline_ms` (epoch ms) and
 `inputs` (a flow's parents or batch counts, else None), and:
 
 - `ctx.progress(fraction, note="")`: how far along the job is, 0 to 1
-  (shown by `jobd show` and the dashboard; persistent handlers only);
-- `ctx.log(text)`: a `job.log` line in jobd's log (persistent handlers;
-  one-shot ones write to stderr).
+  (shown by `jobd show` and the dashboard);
+- `ctx.log(text)`: a `job.log` line in jobd's log.
+
+A one-shot handler sends those on jobd's messages descriptor
+(`JOBD_MESSAGES_FD`), apart from its result on stdout.
 
 Raise `Snooze(seconds)` to run the job again later without using an
 attempt (persistent handlers; a one-shot one exits 75, a retry), `Retry("why")` for a failure worth retrying and `Fail("why")` for
@@ -39,6 +46,7 @@ job's attempts last.
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -76,7 +84,10 @@ class Context:
 
     def progress(self, fraction, note=""):
         """Reports how far along the job is (0 to 1) and what it is doing."""
-        fraction = min(max(float(fraction), 0.0), 1.0)
+        fraction = float(fraction)
+        if math.isnan(fraction):
+            raise ValueError("progress is NaN, not a number from 0 to 1")
+        fraction = min(max(fraction, 0.0), 1.0)
         self._send({"progress": fraction, "note": str(note)})
 
     def log(self, text):
@@ -92,17 +103,60 @@ class Context:
 
 def serve(run):
     """Runs `run(args, ctx)` for every job jobd hands this process."""
+    jobs, answers = _private_protocol()
     if os.environ.get("JOBD_HANDLER_MODE") == "persistent":
-        _persistent(run)
+        _persistent(run, jobs, answers)
     else:
-        _one_shot(run)
+        _one_shot(run, jobs, answers)
 
 
-def _one_shot(run):
-    def to_stderr(message):
-        if "log" in message:
-            print(message["log"], file=sys.stderr, flush=True)
+def _private_protocol():
+    """Moves jobd's stdin and stdout to descriptors of their own (not
+    inherited by child processes) and points 0 at /dev/null and 1 at
+    stderr: `sys.stdout` swapped alone would leave a C library, `os.write`
+    and every child process writing into the protocol."""
+    sys.stdout.flush()
+    jobs = os.fdopen(os.dup(0), "r", encoding="utf-8")
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    # Now writing to stderr: keep its lines in step with stderr's own.
+    sys.stdout.reconfigure(line_buffering=True)
+    return jobs, answers
 
+
+def _json(value):
+    """The value as JSON, refusing what JSON cannot hold (NaN, infinity)
+    instead of writing it anyway as Python's json module would."""
+    return json.dumps(value, allow_nan=False)
+
+
+def _messages():
+    """How a one-shot handler sends progress and log lines: on jobd's
+    messages descriptor, moved to one of its own so that child processes do
+    not hold it open; log lines go to stderr under a jobd without one."""
+    fd = os.environ.get("JOBD_MESSAGES_FD")
+    if not fd:
+        def to_stderr(message):
+            if "log" in message:
+                print(message["log"], file=sys.stderr, flush=True)
+
+        return to_stderr
+    private = os.dup(int(fd))
+    os.close(int(fd))
+    out = os.fdopen(private, "w", encoding="utf-8")
+
+    def send(message):
+        out.write(_json(message) + "\n")
+        out.flush()
+
+    return send
+
+
+def _one_shot(run, jobs, answers):
+    send = _messages()
     job = {
         "id": _int(os.environ.get("JOBD_JOB_ID")),
         "attempt": _int(os.environ.get("JOBD_ATTEMPT")),
@@ -112,10 +166,10 @@ def _one_shot(run):
     if fd:
         with os.fdopen(int(fd)) as inputs:
             job["inputs"] = json.load(inputs)
-    text = sys.stdin.read()
+    text = jobs.read()
     args = json.loads(text) if text.strip() else None
     try:
-        result = run(args, Context(job, to_stderr))
+        result = run(args, Context(job, send))
     except (Retry, Snooze) as e:
         # A one-shot handler cannot put a job off: it asks for a retry.
         print(str(e), file=sys.stderr)
@@ -123,23 +177,21 @@ def _one_shot(run):
     except Fail as e:
         print(str(e), file=sys.stderr)
         sys.exit(1)
-    print(json.dumps(result))
+    try:
+        line = _json(result)
+    except (TypeError, ValueError) as e:
+        print(f"the result is not JSON: {e}", file=sys.stderr)
+        sys.exit(1)
+    answers.write(line + "\n")
+    answers.flush()
 
 
-def _persistent(run):
-    protocol = sys.stdout
-    # What the handler prints goes to stderr; only jobd.py writes the protocol.
-    sys.stdout = sys.stderr
-
+def _persistent(run, jobs, answers):
     def send(message):
-        try:
-            line = json.dumps(message)
-        except (TypeError, ValueError) as e:
-            line = json.dumps({"error": f"the result is not JSON: {e}", "retry": False})
-        protocol.write(line + "\n")
-        protocol.flush()
+        answers.write(_json(message) + "\n")
+        answers.flush()
 
-    for line in sys.stdin:
+    for line in jobs:
         if not line.strip():
             continue
         job = json.loads(line)
@@ -154,7 +206,10 @@ def _persistent(run):
             outcome = {"error": f"{type(e).__name__}: {e}", "retry": True}
         # Naming the job lets jobd catch a handler that answers out of step.
         outcome["id"] = job.get("id")
-        send(outcome)
+        try:
+            send(outcome)
+        except (TypeError, ValueError) as e:
+            send({"error": f"the result is not JSON: {e}", "retry": False, "id": job.get("id")})
 
 
 def _int(text):

@@ -11,22 +11,40 @@ use common::{wait_for, Home, PATIENCE};
 /// pid, or does what its args say: `die`, `garbage`, `fail`, `hang`
 /// (starting a `sleep` child whose pid it writes to `pidfile`), `wait`
 /// (reporting progress and a log line, then waiting for `file`), `grow`
-/// (keeping `mb` MiB).
+/// (keeping `mb` MiB), `late_double` (answering the job again once the
+/// next one has arrived), `exit_leaving_child` (exiting with status 4
+/// while a `sleep` child, its pid in `pidfile`, holds its stdout),
+/// `grow_child` (starting a child that keeps `mb` MiB), `long_line`
+/// (writing one line of `mb` MiB), `not_utf8` (an answer in Latin-1),
+/// `answer_and_exit` (exiting once it answered).
 const HANDLER: &str = r#"#!/usr/bin/env python3
 import json, os, subprocess, sys, time
 kept = []
 snoozed = set()
+late = None
 for line in sys.stdin:
     job = json.loads(line)
     args = job["args"] or {}
     what = args.get("do")
+    if late is not None:
+        print(late, flush=True)
+        late = None
+    if what == "late_double":
+        late = json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}, "id": job["id"]})
     if what == "die":
         os._exit(3)
+    if what == "exit_leaving_child":
+        # The child inherits stdout and holds it open after the exit.
+        child = subprocess.Popen(["sleep", "1000"])
+        with open(args["pidfile"], "w") as f:
+            f.write(str(child.pid))
+        print("leaving a child behind", file=sys.stderr, flush=True)
+        os._exit(4)
     if what == "garbage":
         print("hello", flush=True)
         continue
     if what == "fail":
-        print(json.dumps({"error": "asked to fail", "retry": False}), flush=True)
+        print(json.dumps({"error": "asked to fail", "retry": False, "id": job["id"]}), flush=True)
         continue
     if what == "hang":
         child = subprocess.Popen(["sleep", "60"])
@@ -34,25 +52,47 @@ for line in sys.stdin:
             f.write(str(child.pid))
         time.sleep(60)
     if what == "double":
-        answer = json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}})
+        answer = json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}, "id": job["id"]})
         print(answer + "\n" + answer, flush=True)
         continue
     if what == "snooze" or (what == "snooze_once" and job["id"] not in snoozed):
         snoozed.add(job["id"])
-        print(json.dumps({"snooze_ms": 50}), flush=True)
+        print(json.dumps({"snooze_ms": 50, "id": job["id"]}), flush=True)
         continue
     if what == "wait":
         print(json.dumps({"progress": 0.5, "note": "halfway"}), flush=True)
         print(json.dumps({"log": "waiting for " + args["file"]}), flush=True)
         while not os.path.exists(args["file"]):
             time.sleep(0.01)
+    if what == "grow_child":
+        # A child in the handler's group keeps `mb` MiB until the handler goes.
+        code = ("import sys\nb = bytearray(%d << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
+                "print('ready', flush=True)\nsys.stdin.read()" % args["mb"])
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        child.stdout.readline()
+        kept.append(child)
+    if what == "answer_and_exit":
+        print(json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}, "id": job["id"]}), flush=True)
+        os._exit(0)
+    if what == "long_line":
+        # `mb` MiB in one line, a MiB at a time (jobd stops reading at 4 MiB).
+        chunk = b"x" * (1 << 20)
+        for _ in range(args["mb"]):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+        continue
+    if what == "not_utf8":
+        sys.stdout.buffer.write(b'{"id": %d, "result": "caf\xe9"}\n' % job["id"])
+        sys.stdout.flush()
+        continue
     if what == "grow":
         blob = bytearray(args["mb"] << 20)
         for i in range(0, len(blob), 4096):
             blob[i] = 1
         kept.append(blob)
     print(json.dumps({"progress": 0.5, "note": "halfway"}), flush=True)
-    print(json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}}), flush=True)
+    print(json.dumps({"result": {"pid": os.getpid(), "id": job["id"]}, "id": job["id"]}), flush=True)
 "#;
 
 /// A home with the handler, one CPU worker, and `extra` config.
@@ -71,6 +111,15 @@ fn warm_home(extra: &str) -> Home {
     ));
     home.migrate();
     home
+}
+
+/// Adds the handler `name` with the text `script` to the home's handlers
+/// folder (its section, if any, goes in `warm_home`'s `extra`).
+fn add_handler(home: &Home, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = home.path().join("handlers").join(name);
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// Inserts an exec job for `warm` with `args`; returns its id.
@@ -451,4 +500,476 @@ fn a_handler_that_answers_twice_is_replaced_before_the_next_job() {
         "the next job got its own answer: {detail}"
     );
     assert_ne!(result["pid"], doubled, "from a fresh handler");
+}
+
+/// A handler that answers without naming its job, and answers a job marked
+/// `twice` a second time once the next job has arrived.
+const LAX: &str = r#"#!/usr/bin/env python3
+import json, sys
+late = None
+for line in sys.stdin:
+    job = json.loads(line)
+    if late is not None:
+        print(late, flush=True)
+        late = None
+    answer = json.dumps({"result": {"for": job["id"]}})
+    if (job["args"] or {}).get("twice"):
+        late = answer
+    print(answer, flush=True)
+"#;
+
+/// Regression: a second answer to a job that came after jobd had read the
+/// first and sent the next job was taken as the next job's answer. An
+/// outcome must now name its job, so no line can be taken for another's.
+#[test]
+fn an_outcome_that_names_no_job_is_a_fault_so_a_late_answer_is_never_taken_for_the_next_job() {
+    let home = warm_home("[exec.handlers.lax]\nmode = \"persistent\"\n");
+    add_handler(&home, "lax", LAX);
+    let _daemon = home.daemon();
+    let lax = |args: &str| {
+        home.insert_job(
+            "exec",
+            &format!("{{\"handler\":\"lax\",\"args\":{args}}}"),
+            "1",
+            "NULL",
+        )
+    };
+    let first = lax("{\"twice\":true}");
+    let first_outcome = finish(&home, first);
+    let second = lax("{}");
+    let (state, detail) = finish(&home, second);
+    assert_ne!(
+        detail,
+        format!("{{\"for\":{first}}}"),
+        "job {second} ({state}) was given job {first}'s late answer"
+    );
+    for (id, (state, error)) in [(first, first_outcome), (second, (state, detail))] {
+        assert_eq!(state, "dead", "job {id}: {error}");
+        assert!(
+            error.starts_with(&format!(
+                "exec handler lax broke the protocol: its outcome {{\"result\": {{\"for\": {id}}}}} does not name its job (add \"id\": {id})"
+            )),
+            "job {id}: {error}"
+        );
+    }
+}
+
+/// A handler whose outcomes name their job, answering one a second time
+/// after jobd sent the next: the late line fails only the job running (its
+/// handler is out of step), the answered job keeps its outcome, and the
+/// next job gets a fresh handler.
+#[test]
+fn a_late_second_answer_naming_an_earlier_job_replaces_the_handler_and_fails_nothing_finished() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let first = job(&home, "{\"do\":\"late_double\"}", "NULL");
+    let pid = pid_of(&home, first);
+    let second = job(&home, "{}", "NULL");
+    let (state, error) = finish(&home, second);
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(&format!(
+            "exec handler warm broke the protocol: it wrote a line for job {first} while running job {second}"
+        )),
+        "{error}"
+    );
+    assert_eq!(
+        pid_of(&home, first),
+        pid,
+        "the answered job keeps its outcome"
+    );
+    assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), pid);
+}
+
+/// A persistent shell handler that starts a long-lived child in its process
+/// group at each job and writes "HANDLER_PID CHILD_PID" to `pids-JOB_ID`
+/// in `folder` before answering.
+fn forker(folder: &std::path::Path) -> String {
+    format!(
+        r#"#!/bin/sh
+while IFS= read -r job; do
+  id=$(printf '%s' "$job" | sed 's/.*"id":\([0-9]*\).*/\1/')
+  sleep 1000 >/dev/null 2>&1 </dev/null &
+  echo "$$ $!" > "{}/pids-$id"
+  printf '{{"id": %s, "result": {{}}}}\n' "$id"
+done
+"#,
+        folder.display()
+    )
+}
+
+/// True once `pid` has left the process table: not running, and not a
+/// zombie that nobody reaped either.
+fn vanished(pid: i32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Runs one job of the `forker` handler in `home` and checks that, once
+/// the handler is retired, neither it nor the child it forked is left: not
+/// running, and not a zombie.
+fn forker_leaves_nothing(home: &Home, why: &str) {
+    let id = home.insert_job("exec", "{\"handler\":\"forker\"}", "1", "NULL");
+    let (state, detail) = finish(home, id);
+    assert_eq!(state, "succeeded", "{detail}");
+    let pids = std::fs::read_to_string(home.path().join(format!("pids-{id}"))).unwrap();
+    let pids: Vec<i32> = pids
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    for (what, pid) in [("handler", pids[0]), ("child the handler forked", pids[1])] {
+        let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            wait_for(PATIENCE, || vanished(pid).then_some(())).is_some(),
+            "after {why}, the {what} {pid} is still in the process table: {}",
+            stat()
+        );
+    }
+}
+
+/// Regression: a retired handler's group was killed but what it forked,
+/// adopted by the worker (a child subreaper), was never reaped.
+#[test]
+fn a_handler_retired_after_max_jobs_leaves_no_process_or_zombie() {
+    let home = warm_home("[exec.handlers.forker]\nmode = \"persistent\"\nmax_jobs = 1\n");
+    add_handler(&home, "forker", &forker(home.path()));
+    let _daemon = home.daemon();
+    forker_leaves_nothing(&home, "max_jobs");
+}
+
+/// Regression: a handler idle past its idle_timeout leaves nothing either.
+#[test]
+fn a_handler_stopped_after_its_idle_timeout_leaves_no_process_or_zombie() {
+    let home =
+        warm_home("[exec.handlers.forker]\nmode = \"persistent\"\nidle_timeout = \"100ms\"\n");
+    add_handler(&home, "forker", &forker(home.path()));
+    let _daemon = home.daemon();
+    forker_leaves_nothing(&home, "idle_timeout");
+}
+
+/// Regression: when its worker is retired (cpu.max_jobs_per_worker), the
+/// worker's warm handlers went with it only by their death signal, and
+/// what they had forked lived on.
+#[test]
+fn a_retired_worker_leaves_no_warm_handler_process_or_zombie() {
+    let home = warm_home("[exec.handlers.forker]\nmode = \"persistent\"\n");
+    add_handler(&home, "forker", &forker(home.path()));
+    let config = std::fs::read_to_string(home.config()).unwrap();
+    std::fs::write(
+        home.config(),
+        config.replace(
+            "[cpu]\nworkers = 1\n",
+            "[cpu]\nworkers = 1\nmax_jobs_per_worker = 1\n",
+        ),
+    )
+    .unwrap();
+    let _daemon = home.daemon();
+    forker_leaves_nothing(&home, "the worker's retirement");
+}
+
+/// Regression: a worker killed for a job that runs in the worker itself (a
+/// cancelled `checksum`) took its idle warm handlers down only by their
+/// death signal, and what they had forked lived on.
+#[test]
+fn a_worker_killed_for_another_job_leaves_no_warm_handler_process_or_zombie() {
+    let home = warm_home("[exec.handlers.forker]\nmode = \"persistent\"\n");
+    add_handler(&home, "forker", &forker(home.path()));
+    let files = home.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    // Sparse: hashing it takes minutes, and it takes no room.
+    std::fs::File::create(files.join("big"))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let _daemon = home.daemon();
+    let id = home.insert_job("exec", "{\"handler\":\"forker\"}", "1", "NULL");
+    assert_eq!(finish(&home, id).0, "succeeded");
+    let pids = std::fs::read_to_string(home.path().join(format!("pids-{id}"))).unwrap();
+    let pids: Vec<i32> = pids
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let hashing = home.insert_job("checksum", "{\"path\":\"big\"}", "1", "NULL");
+    home.wait_state(hashing, "running");
+    home.ok(&["cancel", &hashing.to_string()]);
+    assert_eq!(finish(&home, hashing).0, "cancelled");
+    for (what, pid) in [("handler", pids[0]), ("child the handler forked", pids[1])] {
+        let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            wait_for(PATIENCE, || vanished(pid).then_some(())).is_some(),
+            "after the worker was killed, the {what} {pid} is still in the process table: {}",
+            stat()
+        );
+    }
+}
+
+/// Regression: a handler that exited while a child it started still held
+/// its stdout left jobd waiting for a line until the job's deadline; the
+/// job now fails at once naming the exit status, and the child is killed.
+#[test]
+fn a_handler_that_exits_while_its_child_holds_its_stdout_fails_the_job_at_once() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let pidfile = home.path().join("child.pid");
+    // The deadline lies past the test's patience: only a prompt answer passes.
+    let id = job(
+        &home,
+        &format!(
+            "{{\"do\":\"exit_leaving_child\",\"pidfile\":\"{}\"}}",
+            pidfile.display()
+        ),
+        "600000",
+    );
+    let (state, error) = finish(&home, id);
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(
+            "exec handler warm exited with status 4 during the job; stderr: leaving a child behind"
+        ),
+        "{error}"
+    );
+    let child: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_for(PATIENCE, || vanished(child).then_some(())).is_some(),
+        "the child {child} outlived its handler"
+    );
+    pid_of(&home, job(&home, "{}", "NULL"));
+}
+
+/// A jobd.py handler that writes to its stdout every way a program can (a
+/// print, a write to descriptor 1, a child process), reads its stdin, and
+/// with `{"do": "nan"}` returns a result that JSON cannot hold.
+const NOISY: &str = r#"#!/usr/bin/env python3
+import os, subprocess, sys
+import jobd
+
+def run(args, ctx):
+    if (args or {}).get("do") == "nan":
+        return {"x": float("nan")}
+    print("chatter from print")
+    sys.stdout.flush()
+    os.write(1, b"chatter written to descriptor 1\n")
+    subprocess.run(["echo", "chatter from a child"], check=True)
+    return {"id": ctx.id, "stdin": sys.stdin.read()}
+
+jobd.serve(run)
+"#;
+
+/// Regression: jobd.py only swapped `sys.stdout`, and only when warm: a
+/// print in one-shot mode, a write to descriptor 1 or a child process's
+/// output went into the protocol, and a read of stdin took its jobs. A
+/// NaN in a result was sent as invalid JSON.
+#[test]
+fn the_python_helper_keeps_stray_output_off_the_protocol_and_refuses_nan_in_both_modes() {
+    let home = warm_home("[exec.handlers.noisy]\nmode = \"persistent\"\n");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/jobd.py"),
+        home.path().join("handlers/jobd.py"),
+    )
+    .unwrap();
+    add_handler(&home, "noisy", NOISY);
+    add_handler(&home, "noisy_once", NOISY);
+    let _daemon = home.daemon();
+    for handler in ["noisy", "noisy_once"] {
+        for _ in 0..2 {
+            let id = home.insert_job(
+                "exec",
+                &format!("{{\"handler\":\"{handler}\",\"args\":{{}}}}"),
+                "1",
+                "20000",
+            );
+            let (state, detail) = finish(&home, id);
+            assert_eq!(state, "succeeded", "{handler}: {detail}");
+            let result: serde_json::Value = serde_json::from_str(&detail).unwrap();
+            assert_eq!(
+                result,
+                serde_json::json!({"id": id, "stdin": ""}),
+                "{handler}"
+            );
+        }
+        let id = home.insert_job(
+            "exec",
+            &format!("{{\"handler\":\"{handler}\",\"args\":{{\"do\":\"nan\"}}}}"),
+            "1",
+            "20000",
+        );
+        let (state, error) = finish(&home, id);
+        assert_eq!(state, "dead", "{handler}: {error}");
+        assert!(
+            error.contains(
+                "the result is not JSON: Out of range float values are not JSON compliant"
+            ),
+            "{handler}: {error}"
+        );
+    }
+}
+
+/// Regression: memory_limit counted only the handler's own process, so a
+/// handler whose child grew past it was never replaced.
+#[test]
+fn memory_limit_counts_what_the_handler_started() {
+    let home = warm_home("memory_limit = \"64MiB\"\n");
+    let _daemon = home.daemon();
+    let first = pid_of(&home, job(&home, "{}", "NULL"));
+    let grown = pid_of(
+        &home,
+        job(&home, "{\"do\":\"grow_child\",\"mb\":100}", "NULL"),
+    );
+    assert_eq!(grown, first, "the job that grew its child ran on it");
+    let next = pid_of(&home, job(&home, "{}", "NULL"));
+    assert_ne!(next, first, "replaced once its group passed 64 MiB");
+}
+
+/// The peak resident memory of process `pid` in bytes (`VmHWM`).
+fn peak_memory(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib << 10
+}
+
+/// A line over 4 MiB fails the job naming the fault, without the worker
+/// buffering it: its peak memory stays far below the line's 256 MiB.
+#[test]
+fn a_line_over_4_mib_fails_the_job_naming_the_fault_and_is_not_buffered() {
+    let home = warm_home("");
+    let daemon = home.daemon();
+    let before = pid_of(&home, job(&home, "{}", "NULL"));
+    let (state, error) = finish(
+        &home,
+        job(&home, "{\"do\":\"long_line\",\"mb\":256}", "NULL"),
+    );
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(
+            "exec handler warm broke the protocol: it wrote a line longer than 4 MiB (4194304 bytes), the most a line may hold"
+        ),
+        "{error}"
+    );
+    let workers = common::procs::workers(daemon.pid());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let peak = peak_memory(workers[0]);
+    assert!(peak < 64 << 20, "the worker peaked at {peak} bytes");
+    assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), before);
+}
+
+/// A line that is not UTF-8 fails the job with one sentence naming that.
+#[test]
+fn a_line_that_is_not_utf8_fails_the_job_naming_the_fault() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let before = pid_of(&home, job(&home, "{}", "NULL"));
+    let (state, error) = finish(&home, job(&home, "{\"do\":\"not_utf8\"}", "NULL"));
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(
+            "exec handler warm broke the protocol: it wrote a line that is not UTF-8: byte 0xE9 at offset 24, after \"{\\\"id\\\": 2, \\\"result\\\": \\\"caf\""
+        ),
+        "{error}"
+    );
+    assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), before);
+}
+
+/// A one-shot jobd.py handler that reports progress and a log line, then
+/// waits for the file its args name.
+const ONE_SHOT_WAITER: &str = r#"#!/usr/bin/env python3
+import os, time
+import jobd
+
+def run(args, ctx):
+    ctx.progress(0.5, "halfway")
+    ctx.log("waiting for " + args["file"])
+    while not os.path.exists(args["file"]):
+        time.sleep(0.01)
+    return {"id": ctx.id}
+
+jobd.serve(run)
+"#;
+
+/// One-shot handlers send progress and log lines on their messages
+/// descriptor (JOBD_MESSAGES_FD), apart from the result on stdout.
+#[test]
+fn a_one_shot_handlers_progress_reaches_jobd_show_and_its_log_line_the_daemon_log() {
+    let home = warm_home("");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/jobd.py"),
+        home.path().join("handlers/jobd.py"),
+    )
+    .unwrap();
+    add_handler(&home, "waiter", ONE_SHOT_WAITER);
+    let daemon = home.daemon();
+    let file = home.path().join("go");
+    let id = home.insert_job(
+        "exec",
+        &format!(
+            "{{\"handler\":\"waiter\",\"args\":{{\"file\":\"{}\"}}}}",
+            file.display()
+        ),
+        "1",
+        "NULL",
+    );
+    let shown = wait_for(PATIENCE, || {
+        let show = home.ok(&["show", &id.to_string()]);
+        show.contains("  progress         50 %: halfway\n")
+            .then_some(show)
+    });
+    assert!(
+        shown.is_some(),
+        "no progress in jobd show while job {id} ran"
+    );
+    assert_eq!(home.state(id), "running");
+    let line = daemon.wait_log(&format!("job.log id={id}"));
+    assert!(
+        line.contains(&format!("waiting for {}", file.display())),
+        "{line}"
+    );
+    std::fs::write(&file, "").unwrap();
+    let (state, detail) = finish(&home, id);
+    assert_eq!(
+        (state.as_str(), detail),
+        ("succeeded", format!("{{\"id\":{id}}}"))
+    );
+}
+
+/// A line on the messages descriptor that is not the protocol fails the
+/// job naming the fault, as on a warm handler's stdout.
+#[test]
+fn a_bad_line_on_a_one_shot_handlers_messages_descriptor_fails_the_job() {
+    let home = warm_home("");
+    add_handler(
+        &home,
+        "chatty",
+        "#!/bin/sh\necho hello >&\"$JOBD_MESSAGES_FD\"\nsleep 1000\n",
+    );
+    let _daemon = home.daemon();
+    let id = home.insert_job("exec", "{\"handler\":\"chatty\"}", "1", "600000");
+    let (state, error) = finish(&home, id);
+    assert_eq!(state, "dead", "{error}");
+    assert!(
+        error.starts_with(
+            "exec handler chatty broke the protocol on its messages descriptor (4): it wrote \"hello\", which is not a JSON object"
+        ),
+        "{error}"
+    );
+}
+
+/// Regression: a warm handler that exited on its own between jobs stayed a
+/// zombie until the next job of its name, or its idle_timeout (minutes).
+#[test]
+fn a_handler_that_exits_between_jobs_is_reaped_without_waiting_for_the_next_job() {
+    let home = warm_home("");
+    let _daemon = home.daemon();
+    let pid = pid_of(&home, job(&home, "{\"do\":\"answer_and_exit\"}", "NULL")) as i32;
+    let stat = || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        wait_for(PATIENCE, || vanished(pid).then_some(())).is_some(),
+        "the handler {pid} that exited is still in the process table: {}",
+        stat()
+    );
 }

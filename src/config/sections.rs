@@ -562,9 +562,9 @@ pub struct HandlerConfig {
     pub mode: HandlerMode,
     /// A persistent handler is replaced after this many jobs.
     pub max_jobs: u64,
-    /// A persistent handler whose resident memory passes this after a job
-    /// is replaced (0: only `cpu.memory_limit`, which bounds every
-    /// process of the worker).
+    /// A persistent handler whose resident memory, summed with every
+    /// process it started, passes this after a job is replaced (0: only
+    /// `cpu.memory_limit`, which bounds every process of the worker).
     #[serde(with = "size_str")]
     pub memory_limit: u64,
     /// A persistent handler idle this long is stopped.

@@ -4,8 +4,8 @@
 //! The handler name is a plain name (`[A-Za-z0-9_-]+`) looked up directly
 //! in the folder: no path, no shell. The handler runs in its own process
 //! group with a minimal environment (`PATH`, `JOBD_JOB_ID`, `JOBD_ATTEMPT`,
-//! `JOBD_QUEUE`), in the first file root, and dies with the worker that
-//! started it (`PR_SET_PDEATHSIG`). Its group is reported through
+//! `JOBD_QUEUE`, `JOBD_MESSAGES_FD`), in the first file root, and dies
+//! with the worker that started it (`PR_SET_PDEATHSIG`). Its group is reported through
 //! [`Context::spawned`] so the pool's kill at the deadline reaches every
 //! process in it; when the handler exits, whatever it left running is
 //! killed too, in its group or out of it (the worker is a child subreaper,
@@ -16,9 +16,12 @@
 //! Its output is read concurrently and bounded: stdout up to
 //! [`MAX_STDOUT`] (the rest is read and dropped), stderr keeping its last
 //! [`STDERR_TAIL`] bytes, so a handler that writes megabytes neither
-//! blocks nor grows the worker's memory.
+//! blocks nor grows the worker's memory. Messages (progress, log lines,
+//! heartbeats) come as JSON lines on descriptor 4 (`MESSAGES_FD`) and
+//! are passed on while it runs; a flow's inputs go out on descriptor 3.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
@@ -30,6 +33,7 @@ use serde::Deserialize;
 
 use crate::config::{ExecConfig, FileConfig};
 use crate::kinds::kind::{parse_payload, Context, JobError, Kind};
+use crate::kinds::warm::{side_message, Line, MAX_LINE};
 
 /// Stdout beyond this is read and dropped; the result says `truncated`.
 pub const MAX_STDOUT: usize = 1 << 20;
@@ -118,18 +122,10 @@ impl Exec {
             None => {}
         }
         let worker = rustix::process::getpid();
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes two system calls (prctl, getppid), which are safe there.
+        // SAFETY: the closure runs in the forked child before exec, and
+        // `die_with` only makes system calls that are safe there.
         unsafe {
-            command.pre_exec(move || {
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))?;
-                if rustix::process::getppid() != Some(worker) {
-                    return Err(std::io::Error::other("the worker exited"));
-                }
-                Ok(())
-            });
+            command.pre_exec(move || die_with(worker));
         }
         Ok(command)
     }
@@ -178,6 +174,21 @@ impl Exec {
         }
         Ok(path)
     }
+}
+
+/// Run in a handler's forked child before exec: asks to die with `worker`,
+/// and fails the start if `worker` is already gone (the child would
+/// otherwise outlive it). Between fork and exec a child of a threaded
+/// process may only make async-signal-safe calls, and must not allocate:
+/// another thread may have held the allocator's lock at the fork.
+fn die_with(worker: rustix::process::Pid) -> std::io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::getppid() != Some(worker) {
+        // ESRCH, "no such process": the worker. A raw code allocates
+        // nothing, and is all std passes back to the parent anyway.
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
 }
 
 /// What the reader threads hand back.
@@ -234,6 +245,54 @@ fn read_tail(mut input: impl Read, limit: usize) -> (Vec<u8>, bool) {
 /// The descriptor on which a handler in a flow reads its inputs.
 const INPUTS_FD: i32 = 3;
 
+/// The descriptor on which a one-shot handler may write messages
+/// (progress, log lines, heartbeats: the JSON lines a warm handler writes
+/// before its outcome), apart from stdout, which is its result.
+const MESSAGES_FD: i32 = 4;
+
+/// The descriptors a handler gets beyond stdio are first made at or above
+/// this, above those they are moved to, so moving one in the child never
+/// overwrites the source of another.
+const FIRST_SPARE_FD: i32 = 10;
+
+/// How often the wait for a one-shot handler whose messages descriptor is
+/// still open looks whether it exited.
+const MESSAGES_CHECK: Duration = Duration::from_millis(50);
+
+/// Run in a handler's forked child before exec: moves each descriptor to
+/// its number (dup2 leaves the copy without close-on-exec; the sources,
+/// at [`FIRST_SPARE_FD`] or above, close at exec). Only dup2, no
+/// allocation (see [`die_with`]).
+fn move_descriptors(moves: &[Option<(RawFd, RawFd)>]) -> std::io::Result<()> {
+    for &(from, to) in moves.iter().flatten() {
+        // SAFETY: dup2 takes plain numbers; the sources are open.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Passes on one line of a one-shot handler's messages; false at their
+/// end, or the fault the line is.
+fn pass_on(ctx: &Context<'_>, line: Line) -> Result<bool, String> {
+    match line {
+        Line::Text(text) => {
+            if let Some(report) = side_message(&text, ctx.id)? {
+                if let Some(send) = ctx.report {
+                    send(report);
+                }
+            }
+            Ok(true)
+        }
+        Line::TooLong => Err(format!(
+            "it wrote a line longer than {} MiB ({MAX_LINE} bytes), the most a line may hold",
+            MAX_LINE >> 20
+        )),
+        Line::Closed => Ok(false),
+    }
+}
+
 impl Kind for Exec {
     fn name(&self) -> &'static str {
         "exec"
@@ -256,40 +315,43 @@ impl Kind for Exec {
             .env("JOBD_JOB_ID", ctx.id.to_string())
             .env("JOBD_ATTEMPT", ctx.attempt.to_string())
             .env("JOBD_QUEUE", ctx.queue);
+        let cannot_start = |e: rustix::io::Errno| {
+            JobError::transient(format!("exec handler {name} cannot be started: {e}"))
+        };
+        let spare = |fd: OwnedFd| {
+            rustix::io::fcntl_dupfd_cloexec(&fd, FIRST_SPARE_FD).map_err(cannot_start)
+        };
         // A flow's inputs (the parents' outcomes) go on descriptor 3, so
         // stdin stays the args every handler already reads.
         let inputs = match ctx.inputs {
             Some(text) => {
                 let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                    .map_err(|e| {
-                        JobError::transient(format!("exec handler {name} cannot be started: {e}"))
-                    })?;
-                let writer = std::fs::File::from(writer);
+                    .map_err(cannot_start)?;
                 command.env("JOBD_INPUTS_FD", INPUTS_FD.to_string());
-                Some((reader, writer, text.as_bytes().to_vec()))
+                Some((
+                    spare(reader)?,
+                    std::fs::File::from(writer),
+                    text.as_bytes().to_vec(),
+                ))
             }
             None => None,
         };
-        let inputs_fd = inputs
-            .as_ref()
-            .map(|(reader, _, _)| std::os::fd::AsRawFd::as_raw_fd(reader));
-        if let Some(fd) = inputs_fd {
-            // SAFETY: the closure runs in the forked child before exec and
-            // only makes system calls that are safe there (dup2, fcntl).
-            unsafe {
-                command.pre_exec(move || {
-                    // dup2 onto itself would keep close-on-exec set.
-                    let moved = if fd == INPUTS_FD {
-                        libc::fcntl(fd, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(fd, INPUTS_FD)
-                    };
-                    if moved < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+        // Messages (progress, log lines) come on descriptor 4, apart from
+        // stdout, which is the result.
+        let (messages, messages_writer) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(cannot_start)?;
+        let messages_writer = spare(messages_writer)?;
+        command.env("JOBD_MESSAGES_FD", MESSAGES_FD.to_string());
+        let moves = [
+            inputs
+                .as_ref()
+                .map(|(reader, _, _)| (reader.as_raw_fd(), INPUTS_FD)),
+            Some((messages_writer.as_raw_fd(), MESSAGES_FD)),
+        ];
+        // SAFETY: the closure runs in the forked child before exec, and
+        // `move_descriptors` only calls dup2 and allocates nothing.
+        unsafe {
+            command.pre_exec(move || move_descriptors(&moves));
         }
         let mut child = command.spawn().map_err(|e| {
             let message = format!("exec handler {name} cannot be started: {e}");
@@ -305,6 +367,10 @@ impl Kind for Exec {
         if let Some(spawned) = ctx.spawned {
             spawned(pgid);
         }
+        // The handler holds its own copy: the pipe ends when it (and what
+        // it started) closed that.
+        drop(messages_writer);
+        let messages = crate::kinds::warm::read_lines(std::fs::File::from(messages));
         if let Some((reader, mut writer, text)) = inputs {
             // The handler holds its own copy; like stdin, it may never read.
             drop(reader);
@@ -336,9 +402,41 @@ impl Kind for Exec {
             });
         }
         drop(tx);
-        let status = child.wait().map_err(|e| {
+        let cannot_wait = |e: std::io::Error| {
             JobError::transient(format!("exec handler {name}: cannot wait for it: {e}"))
-        })?;
+        };
+        // Messages are passed on as they come. The end of their pipe does
+        // not say the handler exited (a process it started may hold the
+        // descriptor), so the handler is looked at too.
+        let mut fault: Option<String> = None;
+        let mut open = true;
+        let status = loop {
+            if !open {
+                break child.wait().map_err(cannot_wait)?;
+            }
+            match messages.recv_timeout(MESSAGES_CHECK) {
+                Ok(line) => match pass_on(ctx, line) {
+                    Ok(more) => open = more,
+                    Err(why) => {
+                        // The attempt has failed: end it now, not at its
+                        // deadline.
+                        if let Some(group) = rustix::process::Pid::from_raw(pgid) {
+                            let _ = rustix::process::kill_process_group(
+                                group,
+                                rustix::process::Signal::KILL,
+                            );
+                        }
+                        fault = Some(why);
+                        open = false;
+                    }
+                },
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+            }
+            if let Some(status) = child.try_wait().map_err(cannot_wait)? {
+                break status;
+            }
+        };
         // Whatever the handler left running in its group ends with the job,
         // and so does what left the group (`setsid`): the worker is a child
         // subreaper, so those became its children when their parents died.
@@ -346,9 +444,19 @@ impl Kind for Exec {
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
         crate::os::confine::kill_leftovers(OUTPUT_WAIT, &self.warm.pids());
+        let until = Instant::now() + OUTPUT_WAIT;
+        // What it wrote just before it exited is still in the pipe.
+        while open && fault.is_none() {
+            match messages.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(line) => match pass_on(ctx, line) {
+                    Ok(more) => open = more,
+                    Err(why) => fault = Some(why),
+                },
+                Err(_) => break,
+            }
+        }
         let (mut stdout, mut truncated, mut stderr, mut cut) =
             (Vec::new(), false, Vec::new(), false);
-        let until = Instant::now() + OUTPUT_WAIT;
         for _ in 0..2 {
             match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
                 Ok(Output::Stdout {
@@ -368,6 +476,12 @@ impl Kind for Exec {
                 (false, true) => format!("; stderr (last {STDERR_TAIL} bytes): …{text}"),
             }
         };
+        if let Some(why) = fault {
+            return Err(JobError::transient(format!(
+                "exec handler {name} broke the protocol on its messages descriptor ({MESSAGES_FD}): {why}{}",
+                stderr_note()
+            )));
+        }
         match (status.code(), status.signal()) {
             (Some(0), _) => {
                 let parsed = (!truncated)
@@ -423,6 +537,23 @@ mod tests {
         assert_eq!((tail.as_slice(), cut), (&data[data.len() - 100..], true));
         let (all, cut) = read_tail(&data[..50], 100);
         assert_eq!((all.len(), cut), (50, false));
+    }
+
+    /// Regression: the check built its error with `io::Error::other`,
+    /// which allocates, after fork; std, which sends the child's error to
+    /// the parent as an OS error code, then reported EINVAL.
+    #[test]
+    fn a_handler_whose_worker_is_gone_does_not_start_and_says_so_without_allocating() {
+        let mut command = Command::new("true");
+        // Not the child's parent (that is this process): as if the worker
+        // had exited and the child been adopted.
+        let gone = rustix::process::Pid::from_raw(i32::MAX).unwrap();
+        // SAFETY: as in `Exec::command`.
+        unsafe {
+            command.pre_exec(move || die_with(gone));
+        }
+        let err = command.spawn().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH), "{err}");
     }
 
     #[test]

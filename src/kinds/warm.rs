@@ -1,7 +1,8 @@
 //! Warm handlers (docs/reference.md, "Warm handlers"): an `exec` handler
 //! declared `mode = "persistent"` is started once per CPU worker and fed
 //! its jobs one at a time, one JSON object a line on its stdin, answering
-//! one JSON object a line on its stdout: messages, then one outcome.
+//! one JSON object a line on its stdout: messages, then one outcome that
+//! names its job.
 //!
 //! It is set up as a one-shot handler is (see [`crate::kinds::exec`]): own
 //! process group, minimal environment, death with its worker. The worker
@@ -10,7 +11,8 @@
 //! worker replaces it when it exits, answers something that is not the
 //! protocol, has served `max_jobs`, passes `memory_limit`, has been idle
 //! for `idle_timeout`, or its file changed; a handler that fails ends only
-//! the job it was running.
+//! the job it was running. Replacing one, or the worker exiting, kills its
+//! process group and what it forked outside it, and reaps them all.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,8 +36,24 @@ const STDERR_TAIL: usize = 4096;
 /// How often the idle reaper looks.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
+/// How often a job's wait for its handler's next line looks whether the
+/// handler is still alive: a child it started may hold its stdout open
+/// after it exited, so the pipe's end alone does not tell.
+const EXIT_CHECK: Duration = Duration::from_millis(50);
+
+/// Once the handler exited, how long to wait for what is left in its pipes
+/// (the lines it wrote before exiting, the end of its stderr) and for its
+/// exit to be reaped. Its group is killed first, so only a process that
+/// left the group (`setsid`) can hold the pipes longer.
+const EXIT_DRAIN: Duration = Duration::from_millis(500);
+
+/// How long a retirement waits for what the handler forked to die and be
+/// reaped. SIGKILL ends a process within milliseconds; only one stuck in
+/// the kernel takes longer, and is left behind rather than hold the worker.
+const RETIRE_WAIT: Duration = Duration::from_secs(1);
+
 /// A line a handler wrote, as its reader thread hands it over.
-enum Line {
+pub(crate) enum Line {
     Text(Vec<u8>),
     TooLong,
     Closed,
@@ -65,6 +83,8 @@ struct Process {
     stdin: ChildStdin,
     lines: mpsc::Receiver<Line>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Disconnected once the stderr reader reached the pipe's end.
+    stderr_done: mpsc::Receiver<()>,
     served: u64,
     stamp: Option<Stamp>,
     idle_since: Instant,
@@ -72,21 +92,70 @@ struct Process {
 }
 
 impl Process {
-    /// Kills its whole group and reaps it.
+    /// Kills it with its whole process group and what it started outside
+    /// the group (`setsid`), and reaps them all: once the handler is gone,
+    /// the processes it forked are this worker's children (a child
+    /// subreaper, see [`crate::os::confine`]), left as zombies unless
+    /// reaped here, or running on if nothing killed them.
     fn retire(mut self) {
+        let handler = self.child.id() as i32;
+        // Listed while the handler lives: once it dies they are no longer
+        // below it.
+        let mut doomed = crate::os::procfs::descendants(handler);
         if let Some(group) = rustix::process::Pid::from_raw(self.pgid) {
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
+        for pid in doomed
+            .iter()
+            .copied()
+            .filter_map(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
         let _ = self.child.wait();
+        // What joined the group after the listing died with it, and is
+        // this worker's child now.
+        let me = std::process::id() as i32;
+        for pid in crate::os::procfs::children(me) {
+            if pid != handler
+                && !doomed.contains(&pid)
+                && crate::os::procfs::process_group(pid) == Some(self.pgid)
+            {
+                doomed.push(pid);
+            }
+        }
+        crate::os::confine::reap_killed(&doomed, RETIRE_WAIT);
     }
 
-    /// Its resident memory in bytes, from `/proc`.
-    fn resident(&self) -> Option<u64> {
-        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.child.id())).ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        Some(pages * page)
+    /// The resident memory in bytes of it and everything it started (its
+    /// process group, and what left it), from `/proc`: a handler that
+    /// hands its work to child processes is measured with them.
+    fn resident(&self) -> u64 {
+        crate::os::procfs::tree_rss(self.child.id() as i32, self.pgid)
+    }
+
+    /// Waits up to [`EXIT_DRAIN`] for it to have exited; how it ended.
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + EXIT_DRAIN;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Kills what is left of its group once it exited, and waits (up to
+    /// [`EXIT_DRAIN`]) for the end of its stderr, so the note names what
+    /// it wrote last.
+    fn after_exit(&self) {
+        if let Some(group) = rustix::process::Pid::from_raw(self.pgid) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let _ = self.stderr_done.recv_timeout(EXIT_DRAIN);
     }
 
     /// The tail of what it wrote to stderr since the job began, as the end
@@ -136,8 +205,8 @@ impl Warm {
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
         let current = stamp(path);
         // A line waiting before the job is sent was written after the last
-        // outcome: the handler is out of step, and its next answer could
-        // be taken for this job's.
+        // outcome (a second answer, say): the handler is out of step, and
+        // is replaced before it is handed a job, so nothing fails.
         let stale = processes.get_mut(name).is_none_or(|p| {
             !matches!(p.child.try_wait(), Ok(None))
                 || p.served >= config.max_jobs
@@ -155,10 +224,7 @@ impl Warm {
         let answer = feed(name, process, ctx, args);
         process.served += 1;
         process.idle_since = Instant::now();
-        let over_memory = config.memory_limit > 0
-            && process
-                .resident()
-                .is_some_and(|bytes| bytes > config.memory_limit);
+        let over_memory = config.memory_limit > 0 && process.resident() > config.memory_limit;
         let broken = match &answer {
             Ok(_) => false,
             Err(fault) => fault.ends_handler,
@@ -185,10 +251,15 @@ impl Warm {
                     // A job is running on one of them.
                     continue;
                 };
+                // An idle handler that exited on its own is reaped now,
+                // not left a zombie until the next job of its name.
                 let idle: Vec<String> = processes
-                    .iter()
-                    .filter(|(_, p)| p.idle_since.elapsed() >= p.idle_timeout)
-                    .map(|(name, _)| name.clone())
+                    .iter_mut()
+                    .filter_map(|(name, p)| {
+                        let done = p.idle_since.elapsed() >= p.idle_timeout
+                            || !matches!(p.child.try_wait(), Ok(None));
+                        done.then(|| name.clone())
+                    })
                     .collect();
                 for name in idle {
                     if let Some(p) = processes.remove(&name) {
@@ -200,24 +271,25 @@ impl Warm {
     }
 }
 
-/// Starts a handler process and its reader threads.
-fn spawn(
-    name: &str,
-    mut command: Command,
-    stamp: Option<Stamp>,
-    idle_timeout: Duration,
-) -> Result<Process, JobError> {
-    command.env("JOBD_HANDLER_MODE", "persistent");
-    let mut child = command
-        .spawn()
-        .map_err(|e| JobError::transient(format!("exec handler {name} cannot be started: {e}")))?;
-    let pgid = child.id() as i32;
-    let stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
+impl Drop for Warm {
+    /// The worker is exiting: its handlers and what they forked go with it
+    /// (their death signal would end only the handlers themselves).
+    fn drop(&mut self) {
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, process) in processes.drain() {
+            process.retire();
+        }
+    }
+}
+
+/// Reads `input` a line at a time on a thread of its own, handing each one
+/// over, then [`Line::Closed`] at its end. A line longer than [`MAX_LINE`]
+/// is reported as [`Line::TooLong`] and reading stops there, so a runaway
+/// line costs the worker at most that much memory.
+pub(crate) fn read_lines(input: impl Read + Send + 'static) -> mpsc::Receiver<Line> {
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
+        let mut reader = BufReader::new(input);
         loop {
             let mut line = Vec::new();
             match (&mut reader)
@@ -240,9 +312,31 @@ fn spawn(
             }
         }
     });
+    lines
+}
+
+/// Starts a handler process and its reader threads.
+fn spawn(
+    name: &str,
+    mut command: Command,
+    stamp: Option<Stamp>,
+    idle_timeout: Duration,
+) -> Result<Process, JobError> {
+    command.env("JOBD_HANDLER_MODE", "persistent");
+    let mut child = command
+        .spawn()
+        .map_err(|e| JobError::transient(format!("exec handler {name} cannot be started: {e}")))?;
+    let pgid = child.id() as i32;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let lines = read_lines(stdout);
     let tail = Arc::new(Mutex::new(Vec::new()));
     let kept = Arc::clone(&tail);
+    let (done, stderr_done) = mpsc::channel::<()>();
     std::thread::spawn(move || {
+        // Dropped at the pipe's end (or when the worker drops the handler).
+        let _done = done;
         let mut stderr = stderr;
         let mut buf = [0u8; 4096];
         while let Ok(n) = stderr.read(&mut buf) {
@@ -263,6 +357,7 @@ fn spawn(
         stdin,
         lines,
         stderr: tail,
+        stderr_done,
         served: 0,
         stamp,
         idle_since: Instant::now(),
@@ -324,16 +419,44 @@ fn feed(
         .write_all(&line)
         .and_then(|()| process.stdin.flush())
     {
+        // Most often it has exited (the check before the job raced its
+        // exit); say how, else what the write met.
+        let why = match process.exit_status() {
+            Some(status) => format!("it {}", ended(status)),
+            None => e.to_string(),
+        };
+        process.after_exit();
         return Err(Fault::of_handler(JobError::transient(format!(
-            "exec handler {name} stopped reading its jobs: {e}{}",
+            "exec handler {name} stopped reading its jobs: {why}{}",
             process.stderr_note()
         ))));
     }
+    // Set once the handler has exited: until then the lines it wrote
+    // before it exited are still taken, up to the end of the pipe or this
+    // instant.
+    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
     loop {
-        let line = match process.lines.recv_timeout(ctx.remaining()) {
+        let wait = match exited {
+            Some((_, until)) => until.saturating_duration_since(Instant::now()),
+            None => ctx.remaining().min(EXIT_CHECK),
+        };
+        let line = match process.lines.recv_timeout(wait) {
             Ok(line) => line,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                return Err(Fault::of_handler(JobError::TimedOut));
+                if exited.is_some() {
+                    // A process that left the group holds the pipe.
+                    Line::Closed
+                } else if ctx.remaining().is_zero() {
+                    return Err(Fault::of_handler(JobError::TimedOut));
+                } else {
+                    if let Ok(Some(status)) = process.child.try_wait() {
+                        // Exited, while something it started holds its
+                        // stdout open: end that, so the pipe ends too.
+                        process.after_exit();
+                        exited = Some((status, Instant::now() + EXIT_DRAIN));
+                    }
+                    continue;
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => Line::Closed,
         };
@@ -341,47 +464,26 @@ fn feed(
             Line::Text(text) => text,
             Line::TooLong => {
                 return Err(Fault::of_handler(JobError::transient(format!(
-                    "exec handler {name} broke the protocol: it wrote a line longer than {MAX_LINE} bytes"
+                    "exec handler {name} broke the protocol: it wrote a line longer than {} MiB ({MAX_LINE} bytes), the most a line may hold",
+                    MAX_LINE >> 20
                 ))));
             }
             Line::Closed => {
-                // Give the exit a moment to be reaped, to name its status.
-                let status = (0..50).find_map(|_| match process.child.try_wait() {
-                    Ok(Some(status)) => Some(status),
-                    _ => {
-                        std::thread::sleep(Duration::from_millis(10));
-                        None
-                    }
-                });
-                let how = match status {
-                    Some(s) => match (s.code(), s.signal()) {
-                        (Some(code), _) => format!("exited with status {code}"),
-                        (None, Some(signal)) => format!(
-                            "was killed by signal {signal} ({})",
-                            crate::os::signals::signal_name(signal)
-                        ),
-                        _ => format!("ended with {s}"),
-                    },
+                let how = match exited
+                    .map(|(status, _)| status)
+                    .or_else(|| process.exit_status())
+                {
+                    Some(status) => ended(status),
                     None => "closed its stdout".to_string(),
                 };
+                process.after_exit();
                 return Err(Fault::of_handler(JobError::transient(format!(
                     "exec handler {name} {how} during the job{}",
                     process.stderr_note()
                 ))));
             }
         };
-        // An answer may name its job; one for another job is out of step.
-        if let Some(other) = serde_json::from_slice::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("id").and_then(serde_json::Value::as_i64))
-            .filter(|id| *id != ctx.id)
-        {
-            return Err(Fault::of_handler(JobError::transient(format!(
-                "exec handler {name} broke the protocol: it answered for job {other} during job {}",
-                ctx.id
-            ))));
-        }
-        match message(&text) {
+        match message(&text, ctx.id) {
             Ok(Message::Result(result)) => return Ok(Some(result.to_string())),
             Ok(Message::Error { message, retry }) => {
                 let message = format!("exec handler {name}: {message}");
@@ -409,6 +511,37 @@ fn feed(
                 ))));
             }
         }
+    }
+}
+
+/// How a handler ended, as the end of a sentence about it.
+fn ended(status: std::process::ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!(
+            "was killed by signal {signal} ({})",
+            crate::os::signals::signal_name(signal)
+        ),
+        _ => format!("ended with {status}"),
+    }
+}
+
+/// Reads one line a one-shot handler wrote on its messages descriptor
+/// while job `job` runs: a report to pass on, nothing (a heartbeat), or
+/// what is wrong with it in a phrase. Its outcome is not for this
+/// descriptor: its stdout and exit status give it.
+pub(crate) fn side_message(line: &[u8], job: i64) -> Result<Option<Report>, String> {
+    let outcome = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line)
+        .is_ok_and(|object| OUTCOMES.iter().any(|k| object.contains_key(*k)));
+    if outcome {
+        return Err(format!(
+            "it wrote an outcome ({}), which a one-shot handler gives by its stdout and exit status",
+            OUTCOMES.join(", ")
+        ));
+    }
+    match message(line, job)? {
+        Message::Report(report) => Ok(Some(report)),
+        _ => Ok(None),
     }
 }
 
@@ -445,8 +578,16 @@ fn cut(text: &str) -> String {
 /// The messages a handler may send before its outcome.
 const MESSAGES: [&str; 3] = ["progress", "log", "heartbeat"];
 
-/// Reads one line of the protocol, or says in a phrase what is wrong with it.
-fn message(line: &[u8]) -> Result<Message, String> {
+/// How much of a line before a byte that is not UTF-8 its fault shows, in
+/// characters: enough to find the place.
+const SHOWN_BEFORE: usize = 40;
+
+/// The keys that make a line an outcome, which must name its job.
+const OUTCOMES: [&str; 3] = ["result", "error", "snooze_ms"];
+
+/// Reads one line of the protocol written while job `job` runs, or says in
+/// a phrase what is wrong with it.
+fn message(line: &[u8], job: i64) -> Result<Message, String> {
     let shown = || {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end();
@@ -456,6 +597,21 @@ fn message(line: &[u8]) -> Result<Message, String> {
             text.to_string()
         }
     };
+    // Said apart: shown lossily, such a line would read as a JSON object.
+    if let Err(e) = std::str::from_utf8(line) {
+        let at = e.valid_up_to();
+        let before = String::from_utf8_lossy(&line[..at]);
+        let start = before
+            .char_indices()
+            .rev()
+            .nth(SHOWN_BEFORE - 1)
+            .map_or(0, |(i, _)| i);
+        return Err(format!(
+            "it wrote a line that is not UTF-8: byte {:#04X} at offset {at}, after {:?}",
+            line[at],
+            &before[start..]
+        ));
+    }
     let value: serde_json::Value = serde_json::from_slice(line)
         .map_err(|_| format!("it wrote {:?}, which is not a JSON object", shown()))?;
     let serde_json::Value::Object(object) = value else {
@@ -464,6 +620,28 @@ fn message(line: &[u8]) -> Result<Message, String> {
             shown()
         ));
     };
+    // Any line may name its job and an outcome must: a handler that
+    // answered a job twice, the second time after jobd had read the first
+    // and sent the next job, would otherwise have that line taken for the
+    // next job's answer. Naming the job makes it a fault instead.
+    let named = match object.get("id") {
+        None => None,
+        Some(id) => Some(
+            id.as_i64()
+                .ok_or_else(|| format!("it wrote {}, whose id {id} is not a job id", shown()))?,
+        ),
+    };
+    if let Some(other) = named.filter(|named| *named != job) {
+        return Err(format!(
+            "it wrote a line for job {other} while running job {job}"
+        ));
+    }
+    if named.is_none() && OUTCOMES.iter().any(|k| object.contains_key(*k)) {
+        return Err(format!(
+            "its outcome {} does not name its job (add \"id\": {job})",
+            shown()
+        ));
+    }
     if let Some(result) = object.get("result") {
         return Ok(Message::Result(result.clone()));
     }
@@ -509,8 +687,9 @@ fn message(line: &[u8]) -> Result<Message, String> {
         return Ok(Message::Other);
     }
     Err(format!(
-        "it wrote {:?}, which has none of result, error, snooze_ms, {}",
+        "it wrote {:?}, which has none of {}, {}",
         shown(),
+        OUTCOMES.join(", "),
         MESSAGES.join(", ")
     ))
 }
@@ -521,41 +700,85 @@ mod tests {
 
     #[test]
     fn lines_are_outcomes_messages_or_faults() {
+        let job = 7;
         assert_eq!(
-            message(b"{\"result\": {\"n\": 1}}\n"),
+            message(b"{\"result\": {\"n\": 1}, \"id\": 7}\n", job),
             Ok(Message::Result(serde_json::json!({"n": 1})))
         );
         assert_eq!(
-            message(b"{\"error\": \"no such file\", \"retry\": false}"),
+            message(
+                b"{\"error\": \"no such file\", \"retry\": false, \"id\": 7}",
+                job
+            ),
             Ok(Message::Error {
                 message: "no such file".into(),
                 retry: false
             })
         );
         assert_eq!(
-            message(b"{\"progress\": 0.5, \"note\": \"resized\"}"),
+            message(b"{\"progress\": 0.5, \"note\": \"resized\"}", job),
             Ok(Message::Report(Report::Progress {
                 fraction: 0.5,
                 note: "resized".into()
             }))
         );
         assert_eq!(
-            message(b"{\"log\": \"hi\"}"),
+            message(b"{\"log\": \"hi\", \"id\": 7}", job),
             Ok(Message::Report(Report::Log("hi".into())))
         );
-        assert_eq!(message(b"{\"heartbeat\": true}"), Ok(Message::Other));
-        assert_eq!(message(b"{\"snooze_ms\": 500}"), Ok(Message::Snooze(500)));
-        assert!(message(b"{\"snooze_ms\": -1}").is_err());
+        assert_eq!(message(b"{\"heartbeat\": true}", job), Ok(Message::Other));
         assert_eq!(
-            message(b"{\"progress\": 2}"),
+            message(b"{\"snooze_ms\": 500, \"id\": 7}", job),
+            Ok(Message::Snooze(500))
+        );
+        assert!(message(b"{\"snooze_ms\": -1, \"id\": 7}", job).is_err());
+        assert_eq!(
+            message(b"{\"progress\": 2}", job),
             Err("progress 2 is not a number from 0 to 1".into())
         );
         assert_eq!(
-            message(b"hello\n"),
+            message(b"hello\n", job),
             Err("it wrote \"hello\", which is not a JSON object".into())
         );
-        assert!(message(b"{\"resalt\": 1}")
+        assert!(message(b"{\"resalt\": 1}", job)
             .unwrap_err()
             .contains("has none of result"));
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_said_to_be_so() {
+        assert_eq!(
+            message(b"{\"log\": \"caf\xe9\"}", 7),
+            Err("it wrote a line that is not UTF-8: byte 0xE9 at offset 12, after \"{\\\"log\\\": \\\"caf\"".into())
+        );
+        assert_eq!(
+            message(b"\xff", 7),
+            Err("it wrote a line that is not UTF-8: byte 0xFF at offset 0, after \"\"".into())
+        );
+    }
+
+    #[test]
+    fn an_outcome_names_its_job_and_no_line_names_another() {
+        let job = 7;
+        assert_eq!(
+            message(b"{\"result\": 1}", job),
+            Err("its outcome {\"result\": 1} does not name its job (add \"id\": 7)".into())
+        );
+        assert_eq!(
+            message(b"{\"error\": \"x\"}", job),
+            Err("its outcome {\"error\": \"x\"} does not name its job (add \"id\": 7)".into())
+        );
+        assert_eq!(
+            message(b"{\"result\": 1, \"id\": 6}", job),
+            Err("it wrote a line for job 6 while running job 7".into())
+        );
+        assert_eq!(
+            message(b"{\"log\": \"x\", \"id\": 6}", job),
+            Err("it wrote a line for job 6 while running job 7".into())
+        );
+        assert_eq!(
+            message(b"{\"result\": 1, \"id\": \"7\"}", job),
+            Err("it wrote {\"result\": 1, \"id\": \"7\"}, whose id \"7\" is not a job id".into())
+        );
     }
 }

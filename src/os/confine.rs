@@ -100,6 +100,31 @@ pub fn kill_leftovers(within: Duration, keep: &[i32]) {
     }
 }
 
+/// Reaps `pids`, killed already, as they exit, for at most `within`. A pid
+/// that is not this process's child yet (its parent, killed too, has not
+/// finished dying, after which this subreaper adopts it) is waited for
+/// while it exists; one reaped by someone else is gone from `/proc`.
+pub fn reap_killed(pids: &[i32], within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut left = pids.to_vec();
+    loop {
+        left.retain(|&pid| {
+            let Some(id) = rustix::process::Pid::from_raw(pid) else {
+                return false;
+            };
+            match rustix::process::waitpid(Some(id), rustix::process::WaitOptions::NOHANG) {
+                Ok(Some(_)) => false,
+                Ok(None) => true,
+                Err(_) => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            }
+        });
+        if left.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Reaps those of `pids` that have exited, without waiting, and returns
 /// the rest. Each by its pid: rustix's `waitpid(None, …)` waits only for
 /// children in this process's own group, which a handler's leftovers are

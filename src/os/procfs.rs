@@ -143,6 +143,51 @@ pub fn rss_with_children(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// Resident memory in bytes of the process group `pgid` and of every
+/// process below `root`, those that left the group (`setsid`) included:
+/// a warm handler and everything it started.
+pub fn tree_rss(root: i32, pgid: i32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    // (pid, parent, group) of every process, from one pass over /proc.
+    let table: Vec<(i32, i32, i32)> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let fields = stat_fields(&pid.to_string())?;
+            Some((
+                pid,
+                fields.get(1)?.parse().ok()?,
+                fields.get(2)?.parse().ok()?,
+            ))
+        })
+        .collect();
+    let mut members: Vec<i32> = table
+        .iter()
+        .filter(|(_, _, group)| *group == pgid)
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    let mut next = vec![root];
+    while let Some(parent) = next.pop() {
+        for &(pid, _, _) in table.iter().filter(|(_, p, _)| *p == parent) {
+            if !members.contains(&pid) {
+                members.push(pid);
+            }
+            // Each pid has one parent, so none is walked twice.
+            next.push(pid);
+        }
+    }
+    if !members.contains(&root) {
+        members.push(root);
+    }
+    members
+        .iter()
+        .filter_map(|pid| usage(&pid.to_string()))
+        .map(|u| u.rss_bytes)
+        .sum()
+}
+
 /// The pids whose parent is `pid` (zombies included), from `/proc/*/stat`.
 pub fn children(pid: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -163,6 +208,12 @@ pub fn children(pid: i32) -> Vec<i32> {
                 == Some(pid)
         })
         .collect()
+}
+
+/// The process group of `pid` (a zombie's too), from `/proc/<pid>/stat`.
+pub fn process_group(pid: i32) -> Option<i32> {
+    // Fields after the name: state, parent, group.
+    stat_fields(&pid.to_string())?.get(2)?.parse().ok()
 }
 
 /// Every live process below `pid` (children, their children, …), zombies
@@ -223,6 +274,40 @@ mod tests {
         let _ = shell.wait();
         assert!(with > alone, "{with} vs {alone}");
         assert_eq!(rss_with_children(&[]), 0);
+    }
+
+    #[test]
+    fn rss_of_a_tree_counts_its_group_and_what_is_below_it() {
+        use std::os::unix::process::CommandExt as _;
+        // A child in the group and one that left it.
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & setsid sleep 30 & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = shell.id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while descendants(pid).len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let below = descendants(pid);
+        let expected: u64 = std::iter::once(pid)
+            .chain(below.iter().copied())
+            .filter_map(|p| usage(&p.to_string()))
+            .map(|u| u.rss_bytes)
+            .sum();
+        let counted = tree_rss(pid, pid);
+        let alone = usage(&pid.to_string()).map_or(0, |u| u.rss_bytes);
+        for p in below.iter().copied().chain([pid]) {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(p).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        let _ = shell.wait();
+        assert_eq!(below.len(), 2, "{below:?}");
+        assert_eq!(counted, expected);
+        assert!(counted > alone, "{counted} vs {alone}");
     }
 
     #[test]

@@ -350,30 +350,26 @@ impl Worker {
     }
 
     /// Kills the job's process group and the worker's (SIGTERM, then
-    /// SIGKILL after [`KILL_GRACE`]) and reaps the worker. Returns the
-    /// worker's pid and how it ended.
+    /// SIGKILL after [`KILL_GRACE`]), and everything below the worker, and
+    /// reaps the worker. Returns the worker's pid and how it ended.
     fn kill(&mut self, pids: &WorkerPids) -> (Pid, Option<ExitStatus>) {
         let until = Instant::now() + KILL_GRACE;
         let exited = |w: &mut Worker| matches!(w.child.try_wait(), Ok(Some(_)) | Err(_));
-        match self.group {
-            // The handler first: it gets the grace, and its worker, still
-            // alive, reaps it.
-            Some(group) => {
-                let _ = rustix::process::kill_process_group(group, Signal::TERM);
-                wait_until_gone(until, || {
-                    rustix::process::test_kill_process_group(group).is_err()
-                });
-                let _ = rustix::process::kill_process_group(group, Signal::KILL);
-            }
-            None => {
-                let _ = rustix::process::kill_process_group(self.pid, Signal::TERM);
-                wait_until_gone(until, || exited(self));
-            }
+        // The handler first: it gets the grace, and its worker, still
+        // alive, reaps it.
+        if let Some(group) = self.group {
+            let _ = rustix::process::kill_process_group(group, Signal::TERM);
+            wait_until_gone(until, || {
+                rustix::process::test_kill_process_group(group).is_err()
+            });
+            let _ = rustix::process::kill_process_group(group, Signal::KILL);
         }
-        // What left the handler's group (`setsid`) is found through the
-        // process tree while the worker, its parent or adopter (a child
-        // subreaper), still holds it there; once the worker is gone, init
-        // would adopt it and nothing would end it.
+        // Everything else below the worker (what the job's handler left
+        // outside its group with `setsid`, the worker's idle warm handlers
+        // and what they forked) is found through the process tree while
+        // the worker, its parent or adopter (a child subreaper), still
+        // holds it there. Once the worker is gone, init would adopt it and
+        // nothing would end it, so it goes before the worker does.
         let worker = self.pid.as_raw_pid();
         wait_until_gone(Instant::now() + KILL_GRACE, || {
             let below = crate::os::procfs::descendants(worker);
@@ -382,6 +378,10 @@ impl Worker {
             }
             below.is_empty()
         });
+        if self.group.is_none() {
+            let _ = rustix::process::kill_process_group(self.pid, Signal::TERM);
+            wait_until_gone(until, || exited(self));
+        }
         let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
         let status = self.child.wait().ok();
         pids.remove(self.pid.as_raw_pid() as u32);
