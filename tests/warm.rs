@@ -973,3 +973,53 @@ fn a_handler_that_exits_between_jobs_is_reaped_without_waiting_for_the_next_job(
         stat()
     );
 }
+
+#[test]
+fn jobd_handlers_and_the_dashboard_list_the_warm_process_with_its_jobs_and_memory() {
+    let home = warm_home("");
+    let port = common::free_port();
+    // A short lease brings the heartbeat, which reports the handlers,
+    // every third of a second.
+    let config = std::fs::read_to_string(home.config()).unwrap();
+    std::fs::write(
+        home.config(),
+        config.replace(
+            "shutdown_grace = \"200ms\"",
+            &format!("shutdown_grace = \"200ms\"\nlease = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\""),
+        ),
+    )
+    .unwrap();
+    assert!(home
+        .ok(&["handlers"])
+        .contains("no warm handler is running"));
+    let daemon = home.daemon();
+    let jobs: Vec<i64> = (0..3).map(|_| job(&home, "{}", "10000")).collect();
+    let pid = pid_of(&home, jobs[2]);
+    let listed = wait_for(PATIENCE, || {
+        let out = home.ok(&["handlers", "--json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        (rows.len() == 1 && rows[0]["jobs"] == 3).then(|| rows[0].clone())
+    })
+    .expect("jobd handlers lists the handler after its third job");
+    assert_eq!(listed["name"], "warm");
+    assert_eq!(listed["pid"].as_i64(), Some(pid));
+    assert!(listed["rss_bytes"].as_u64().unwrap() > 1 << 20, "{listed}");
+    assert!(listed["daemon"].as_str().unwrap().contains(':'), "{listed}");
+    let table = home.ok(&["handlers"]);
+    assert!(
+        table.starts_with("HANDLER  PID") && table.contains(&format!("warm     {pid}")),
+        "{table}"
+    );
+    let page = ureq::get(&format!("http://127.0.0.1:{port}/"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        page.contains(&format!(
+            "<table id=\"handlers\"><tr><th>handler</th><th>pid</th><th>jobs</th><th>memory</th><th>started</th><th>worker</th></tr><tr><td>warm</td><td class=\"n\">{pid}</td><td class=\"n\">3</td>"
+        )),
+        "{page}"
+    );
+    daemon.stop();
+}

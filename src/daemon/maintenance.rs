@@ -223,7 +223,7 @@ impl Maintenance {
                 }
             }
         }
-        let handlers = self.state.warm.now();
+        let handlers = self.state.cpu_pids.warm_handlers();
         if let Err(e) = self.store.heartbeat(&self.worker, now, running, &handlers) {
             crate::store::log_trouble("heartbeat", &e, "trying again at the next beat");
         }

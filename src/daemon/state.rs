@@ -3,7 +3,7 @@
 //! by the web layer (`/metrics`, `/healthz`, the dashboard), which knows the
 //! daemon only through this.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use crate::daemon::pool::processes::WorkerPids;
 use crate::os::notify::Notifier;
 use crate::os::procfs::{file_identity, FileIdentity};
-use crate::store::HandlerProcess;
 
 /// What the running daemon shows of itself: the dispatcher and the pools
 /// write it, maintenance reads it for the heartbeat and the `stats` line
@@ -37,11 +36,9 @@ pub struct DaemonState {
     /// The SQLite file the daemon opened (device and inode), so that a file
     /// deleted or replaced under it is noticed (None on PostgreSQL).
     pub database_file: Option<FileIdentity>,
-    /// The CPU workers' pids, for resource figures.
+    /// The CPU workers' pids, for resource figures, and the warm handler
+    /// processes each keeps (`jobd handlers`).
     pub cpu_pids: Arc<WorkerPids>,
-    /// The warm handler processes each CPU worker keeps, by the worker's
-    /// pid, as the worker last reported them (`jobd handlers`).
-    pub warm: Arc<WarmHandlers>,
     /// systemd notifications.
     pub notifier: Notifier,
     /// IO threads configured now.
@@ -55,40 +52,6 @@ pub struct DaemonState {
     /// The last hour of heartbeat samples, for the dashboard's charts
     /// (kept only while the metrics listener runs).
     pub history: Mutex<VecDeque<Sample>>,
-}
-
-/// The warm handler processes of the CPU workers, by worker pid: each
-/// worker reports its own after every job, and its entry goes with it.
-#[derive(Debug, Default)]
-pub struct WarmHandlers(Mutex<BTreeMap<u32, Vec<HandlerProcess>>>);
-
-impl WarmHandlers {
-    /// Records what the worker `worker` keeps now.
-    pub fn set(&self, worker: u32, handlers: Vec<HandlerProcess>) {
-        if let Ok(mut all) = self.0.lock() {
-            if handlers.is_empty() {
-                all.remove(&worker);
-            } else {
-                all.insert(worker, handlers);
-            }
-        }
-    }
-
-    /// Every worker's handlers, each with its resident memory (and its
-    /// children's) read now.
-    pub fn now(&self) -> Vec<HandlerProcess> {
-        let mut out: Vec<HandlerProcess> = self
-            .0
-            .lock()
-            .map(|all| all.values().flatten().cloned().collect())
-            .unwrap_or_default();
-        for handler in &mut out {
-            handler.rss_bytes = u32::try_from(handler.pid)
-                .map(|pid| crate::os::procfs::rss_with_children(&[pid]))
-                .unwrap_or(0);
-        }
-        out
-    }
 }
 
 /// Heartbeat samples kept for the dashboard: an hour at one per 5 s.

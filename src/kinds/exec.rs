@@ -298,6 +298,10 @@ impl Kind for Exec {
         "exec"
     }
 
+    fn warm_handlers(&self) -> Vec<crate::job::HandlerProcess> {
+        self.warm.processes()
+    }
+
     // Long: one attempt of a handler from spawn to classified outcome (limits, stdin, output caps, deadline, exit status), in the order they happen.
     fn run(&self, ctx: &Context<'_>, payload: &str) -> Result<Option<String>, JobError> {
         let args: Payload = parse_payload(payload)?;

@@ -184,6 +184,11 @@ pub trait Kind: Send + Sync {
     /// the daemon has opened it, for kinds that name jobs to the outside
     /// world ([`job_token`]).
     fn identify(&self, _database_id: &str) {}
+
+    /// The warm handler processes it keeps (`exec`'s persistent handlers).
+    fn warm_handlers(&self) -> Vec<crate::job::HandlerProcess> {
+        Vec::new()
+    }
 }
 
 /// How a job is named to the outside world (`Idempotency-Key`,

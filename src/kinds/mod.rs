@@ -113,6 +113,14 @@ impl Registry {
         names
     }
 
+    /// The warm handler processes every kind keeps ([`Kind::warm_handlers`]).
+    pub fn warm_handlers(&self) -> Vec<crate::job::HandlerProcess> {
+        self.kinds
+            .values()
+            .flat_map(|k| k.warm_handlers())
+            .collect()
+    }
+
     /// Tells every kind the database's id ([`Kind::identify`]).
     pub fn identify(&self, database_id: &str) {
         for kind in self.kinds.values() {

@@ -86,6 +86,8 @@ struct Process {
     /// Disconnected once the stderr reader reached the pipe's end.
     stderr_done: mpsc::Receiver<()>,
     served: u64,
+    /// When it was started (epoch ms), for `jobd handlers`.
+    started_at: i64,
     stamp: Option<Stamp>,
     idle_since: Instant,
     idle_timeout: Duration,
@@ -187,6 +189,28 @@ impl Warm {
             .lock()
             .map(|p| p.values().map(|p| p.child.id() as i32).collect())
             .unwrap_or_default()
+    }
+
+    /// The warm handlers running now, as `jobd handlers` lists them (the
+    /// daemon reads their memory).
+    pub fn processes(&self) -> Vec<crate::job::HandlerProcess> {
+        let mut out: Vec<_> = self
+            .processes
+            .lock()
+            .map(|all| {
+                all.iter()
+                    .map(|(name, p)| crate::job::HandlerProcess {
+                        name: name.clone(),
+                        pid: i64::from(p.child.id()),
+                        jobs: p.served,
+                        rss_bytes: 0,
+                        started_at: p.started_at,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Runs one job on the warm handler `name` (starting it with `start`
@@ -359,6 +383,7 @@ fn spawn(
         stderr: tail,
         stderr_done,
         served: 0,
+        started_at: crate::job::now_ms(),
         stamp,
         idle_since: Instant::now(),
         idle_timeout,

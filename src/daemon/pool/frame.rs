@@ -73,6 +73,9 @@ pub enum FromWorker {
     },
     /// A message from the attempt's handler (progress, a log line).
     Report(crate::kinds::Report),
+    /// The warm handler processes the worker keeps now, sent before each
+    /// answer (`jobd handlers`).
+    Warm(Vec<crate::job::HandlerProcess>),
     /// The attempt's answer.
     Done(Result<Option<String>, JobError>),
 }

@@ -19,7 +19,7 @@
 //! its supervisor thread, which lives exactly as long as the worker) and
 //! exits when its stdin closes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ use crate::daemon::pool::frame::{self, FromWorker, Order, Setup, ToWorker};
 use crate::daemon::pool::threads::Finished;
 use crate::daemon::pool::worker::WORKER_COMMAND;
 use crate::event;
-use crate::job::now_ms;
+use crate::job::{now_ms, HandlerProcess};
 use crate::kinds::{JobError, CANCEL_CHECK};
 use crate::os::signals::signal_name;
 
@@ -89,9 +89,14 @@ pub struct Settings {
     pub max_jobs: u64,
 }
 
-/// The pids of the live workers, for the `stats` line and metrics.
+/// The pids of the live workers, for the `stats` line and metrics, and
+/// the warm handler processes each keeps, as it last reported them (after
+/// every job); a worker's go with it.
 #[derive(Debug, Default)]
-pub struct WorkerPids(Mutex<BTreeSet<u32>>);
+pub struct WorkerPids(
+    Mutex<BTreeSet<u32>>,
+    Mutex<BTreeMap<u32, Vec<HandlerProcess>>>,
+);
 
 impl WorkerPids {
     /// The pids now.
@@ -100,6 +105,28 @@ impl WorkerPids {
             .lock()
             .map(|p| p.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// The warm handler processes of every worker still running, each
+    /// with its resident memory (and its children's) read now.
+    pub fn warm_handlers(&self) -> Vec<HandlerProcess> {
+        let all: Vec<HandlerProcess> = self
+            .1
+            .lock()
+            .map(|all| all.values().flatten().cloned().collect())
+            .unwrap_or_default();
+        all.into_iter()
+            .filter_map(|mut handler| {
+                let pid = u32::try_from(handler.pid).ok()?;
+                // One retired while idle is gone before its worker's next job.
+                std::path::Path::new(&format!("/proc/{pid}"))
+                    .exists()
+                    .then(|| {
+                        handler.rss_bytes = crate::os::procfs::rss_with_children(&[pid]);
+                        handler
+                    })
+            })
+            .collect()
     }
 
     fn add(&self, pid: u32) {
@@ -111,6 +138,17 @@ impl WorkerPids {
     fn remove(&self, pid: u32) {
         if let Ok(mut p) = self.0.lock() {
             p.remove(&pid);
+        }
+        self.set_warm(pid, Vec::new());
+    }
+
+    fn set_warm(&self, worker: u32, handlers: Vec<HandlerProcess>) {
+        if let Ok(mut all) = self.1.lock() {
+            if handlers.is_empty() {
+                all.remove(&worker);
+            } else {
+                all.insert(worker, handlers);
+            }
         }
     }
 }
@@ -570,6 +608,9 @@ fn attempt(
                 return (answer, After::Keep(worker));
             }
             Ok(Some(FromWorker::Ready)) => {}
+            Ok(Some(FromWorker::Warm(handlers))) => common
+                .pids
+                .set_warm(worker.pid.as_raw_pid() as u32, handlers),
             Ok(Some(FromWorker::Report(report))) => match report {
                 crate::kinds::Report::Progress { fraction, note } => {
                     task.control.report_progress(fraction, note)

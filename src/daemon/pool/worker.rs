@@ -43,6 +43,7 @@ pub fn run() -> io::Result<()> {
             continue;
         };
         let answer = run_order(&registry, &order, &mut output);
+        frame::write(&mut output, &FromWorker::Warm(registry.warm_handlers()))?;
         frame::write(&mut output, &FromWorker::Done(answer))?;
     }
     Ok(())
