@@ -862,3 +862,179 @@ fn a_client_adding_to_a_batch_in_an_open_transaction_does_not_stall_the_batch_on
         daemon.stop();
     }
 }
+
+/// Runs `sql` on the backend, which must accept it.
+fn sql(b: &BackendHome, sql: &str) {
+    if let Err(e) = try_sql(b, sql) {
+        panic!("{}: {sql}: {e}", b.name);
+    }
+}
+
+/// Job `id` goes from queued to running to `end`, as a daemon moves it.
+fn ends(b: &BackendHome, id: i64, end: &str) {
+    sql(
+        b,
+        &format!(
+            "UPDATE jobs SET state = 'running' WHERE id = {id}; \
+             UPDATE jobs SET state = '{end}', finished_at = 1000 WHERE id = {id};"
+        ),
+    );
+}
+
+#[test]
+fn members_brought_back_or_handed_on_still_run_one_at_a_time() {
+    for b in common::homes("flow_line_rules") {
+        b.home.migrate();
+        // Members 2, 3 and 4 all wait for parent 1; its death cancels them
+        // and its retry revives them: one at a time still.
+        sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind) VALUES (1, 'noop'); \
+                 INSERT INTO jobs(id, kind, sequence, parents) VALUES \
+                   (2, 'noop', 's', {p}), (3, 'noop', 's', {p}), (4, 'noop', 's', {p});",
+                p = ids(&b, &[1])
+            ),
+        );
+        ends(&b, 1, "dead");
+        b.home.ok(&["retry", "1"]);
+        ends(&b, 1, "succeeded");
+        assert_eq!(
+            states(&b, &[2, 3, 4]),
+            "queued waiting waiting",
+            "{}",
+            b.name
+        );
+        // A member whose predecessor is also its parent leaves the line:
+        // the next waits for that predecessor.
+        sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind, sequence) VALUES (10, 'noop', 't'); \
+                 INSERT INTO jobs(id, kind, sequence, parents) VALUES (11, 'noop', 't', {p}); \
+                 INSERT INTO jobs(id, kind, sequence) VALUES (12, 'noop', 't'); \
+                 UPDATE jobs SET state = 'running' WHERE id = 10;",
+                p = ids(&b, &[10])
+            ),
+        );
+        b.home.ok(&["cancel", "11"]);
+        assert_eq!(
+            state(&b, 12),
+            "waiting",
+            "{}: beside its predecessor",
+            b.name
+        );
+        // … and a dead predecessor halts it.
+        sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind, sequence) VALUES (20, 'noop', 'u'); \
+                 INSERT INTO jobs(id, kind, sequence, parents) VALUES (21, 'noop', 'u', {p}); \
+                 INSERT INTO jobs(id, kind, sequence) VALUES (22, 'noop', 'u');",
+                p = ids(&b, &[20])
+            ),
+        );
+        ends(&b, 20, "dead");
+        assert_eq!(states(&b, &[21, 22]), "cancelled waiting", "{}", b.name);
+        // A dead member whose death cancelled a child outside its sequence,
+        // retried behind a run_always member: a member inserted then waits
+        // for it, not beside it.
+        sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind, sequence) VALUES (30, 'noop', 'v'); \
+                 INSERT INTO jobs(id, kind, parents) VALUES (31, 'noop', {p});",
+                p = ids(&b, &[30])
+            ),
+        );
+        ends(&b, 30, "dead");
+        sql(
+            &b,
+            "INSERT INTO jobs(id, kind, sequence, run_always) VALUES (32, 'noop', 'v', true);",
+        );
+        b.home.ok(&["retry", "30"]);
+        sql(
+            &b,
+            "INSERT INTO jobs(id, kind, sequence) VALUES (33, 'noop', 'v');",
+        );
+        ends(&b, 32, "succeeded");
+        assert_eq!(states(&b, &[30, 33]), "queued waiting", "{}", b.name);
+        // A member cancelled while it waited and retried waits behind the
+        // line's last member, not for its old predecessor.
+        sql(
+            &b,
+            "INSERT INTO jobs(id, kind, sequence) VALUES (40, 'noop', 'w'); \
+             INSERT INTO jobs(id, kind, sequence) VALUES (41, 'noop', 'w'); \
+             INSERT INTO jobs(id, kind, sequence, run_always) VALUES (42, 'noop', 'w', true); \
+             UPDATE jobs SET state = 'running' WHERE id = 40;",
+        );
+        b.home.ok(&["cancel", "41"]);
+        b.home.ok(&["retry", "41"]);
+        sql(
+            &b,
+            "UPDATE jobs SET state = 'dead', finished_at = 1000 WHERE id = 40;",
+        );
+        ends(&b, 42, "succeeded");
+        assert_eq!(state(&b, 41), "queued", "{}: stranded", b.name);
+    }
+}
+
+#[test]
+fn a_retry_is_refused_while_a_parent_is_dead_and_a_deleted_member_ends_its_batch() {
+    for b in common::homes("flow_refusals") {
+        b.home.migrate();
+        // An operator cancelled 2; then its parent died: retrying 2 names 1.
+        sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind) VALUES (1, 'noop'); \
+                 INSERT INTO jobs(id, kind, parents) VALUES (2, 'noop', {p}); \
+                 UPDATE jobs SET state = 'running' WHERE id = 1;",
+                p = ids(&b, &[1])
+            ),
+        );
+        b.home.ok(&["cancel", "2"]);
+        sql(
+            &b,
+            "UPDATE jobs SET state = 'dead', finished_at = 1000 WHERE id = 1;",
+        );
+        b.home
+            .jobd(&["retry", "2"])
+            .fails(1, "it depends on job 1, which is dead; retry job 1");
+        // The operator's cancel holds through the parent's retry; then the
+        // child can be retried.
+        b.home.ok(&["retry", "1"]);
+        assert_eq!(state(&b, 2), "cancelled", "{}", b.name);
+        b.home.ok(&["retry", "2"]);
+        assert_eq!(state(&b, 2), "waiting", "{}", b.name);
+        // Two children with one unique key: the retry revives the first.
+        sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind) VALUES (10, 'noop'); \
+                 INSERT INTO jobs(id, kind, parents, unique_key) VALUES (11, 'noop', {p}, 'k');",
+                p = ids(&b, &[10])
+            ),
+        );
+        ends(&b, 10, "dead");
+        sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind, parents, unique_key) VALUES (12, 'noop', {p}, 'k');",
+                p = ids(&b, &[10])
+            ),
+        );
+        b.home.ok(&["retry", "10"]);
+        assert_eq!(states(&b, &[11, 12]), "waiting cancelled", "{}", b.name);
+        // A member deleted after the seal before it ended counts as
+        // cancelled: the callback goes.
+        sql(
+            &b,
+            "INSERT INTO jobs(id, kind, batch) VALUES (20, 'noop', 'b'), (21, 'noop', 'b'); \
+             INSERT INTO jobs(id, kind, callback_for) VALUES (22, 'noop', 'b'); \
+             UPDATE jobs SET state = 'succeeded' WHERE id = 20; \
+             DELETE FROM jobs WHERE id = 21;",
+        );
+        assert_eq!(state(&b, 22), "queued", "{}: callback stranded", b.name);
+    }
+}

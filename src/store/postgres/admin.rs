@@ -145,8 +145,9 @@ impl Admin for PgStore {
                         // halting its sequence) is kept: deleting it would
                         // let them go.
                         "SELECT id FROM jobs WHERE state = '{state}' AND finished_at < $1 \
-                         AND NOT (has_children AND EXISTS (SELECT 1 FROM job_deps \
-                           WHERE parent = jobs.id AND NOT met AND NOT cut)) LIMIT $2"
+                         AND NOT (has_children AND EXISTS (SELECT 1 FROM job_deps d \
+                           JOIN jobs c ON c.id = d.child WHERE d.parent = jobs.id \
+                           AND NOT d.met AND NOT d.cut AND c.state = 'waiting')) LIMIT $2"
                     ),
                     &[&cutoff, &left],
                 )?
@@ -270,8 +271,12 @@ impl JobEdits for Edits<'_, '_> {
         Ok(self
             .0
             .query_opt(
+                // A parent that is dead or cancelled now (whether its end
+                // cancelled this job or an operator had before).
                 "SELECT j.id, j.state FROM job_deps d JOIN jobs j ON j.id = d.parent \
-                 WHERE d.child = $1 AND d.cut ORDER BY j.id LIMIT 1",
+                 JOIN jobs c ON c.id = d.child \
+                 WHERE d.child = $1 AND NOT d.seq AND NOT d.met AND NOT c.run_always \
+                   AND j.state IN ('dead', 'cancelled') ORDER BY j.id LIMIT 1",
                 &[&id],
             )?
             .and_then(|r| Some((r.get(0), r.get::<_, String>(1).parse().ok()?))))
@@ -281,23 +286,42 @@ impl JobEdits for Edits<'_, '_> {
         &mut self,
         parents: &[i64],
     ) -> std::result::Result<Vec<i64>, postgres::Error> {
-        Ok(self
+        let freed: Vec<i64> = self
             .0
             .query(
                 "WITH freed AS (UPDATE job_deps SET cut = false \
                    WHERE cut AND parent = ANY($1) RETURNING child) \
-                 UPDATE jobs SET state = 'waiting', finished_at = NULL, last_error = NULL \
-                 WHERE id IN (SELECT child FROM freed) AND state = 'cancelled' \
-                   AND NOT EXISTS (SELECT 1 FROM job_deps d WHERE d.child = jobs.id AND d.cut \
-                                   AND d.parent <> ALL($1)) \
-                   AND (unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS other \
-                     WHERE other.unique_key = jobs.unique_key \
-                       AND other.state IN ('queued', 'running', 'waiting'))) \
-                 RETURNING id",
+                 SELECT j.id FROM jobs j WHERE j.id IN (SELECT child FROM freed) \
+                 ORDER BY j.seq_pos NULLS FIRST, j.id",
                 &[&parents],
             )?
             .iter()
             .map(|r| r.get(0))
-            .collect())
+            .collect();
+        // One statement a child, in their sequences' order: the trigger that
+        // puts a revived member back in its line runs after each, seeing
+        // the ones before it back and the ones after it not yet (as SQLite
+        // runs it row by row), so they keep their order. A child whose key
+        // another job (or a twin revived just before) holds stays
+        // cancelled.
+        let mut revived = Vec::with_capacity(freed.len());
+        for child in freed {
+            let row = self.0.query_opt(
+                "UPDATE jobs SET state = 'waiting', finished_at = NULL, last_error = NULL \
+                 WHERE id = $1 AND state = 'cancelled' \
+                   AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.parent \
+                     WHERE d.child = jobs.id AND NOT d.seq AND NOT d.met \
+                       AND p.state IN ('dead', 'cancelled')) \
+                   AND (unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS other \
+                     WHERE other.unique_key = jobs.unique_key \
+                       AND other.state IN ('queued', 'running', 'waiting'))) \
+                 RETURNING id",
+                &[&child],
+            )?;
+            if let Some(row) = row {
+                revived.push(row.get(0));
+            }
+        }
+        Ok(revived)
     }
 }

@@ -870,15 +870,30 @@ CREATE TRIGGER jobs_flow_insert AFTER INSERT ON jobs FOR EACH ROW
           OR NEW.sequence IS NOT NULL OR NEW.callback_for IS NOT NULL))
     EXECUTE FUNCTION jobd_flow_insert();
 
+-- A success meets its edges and recounts its children's waits in one
+-- statement (a chain pays it once a link): the count sees the edges as
+-- they were before the statement, so those from this job are left out.
 CREATE OR REPLACE FUNCTION jobd_flow_succeeded() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    kids BIGINT[];
+    queues TEXT[];
 BEGIN
     PERFORM 1 FROM jobs WHERE id IN (SELECT child FROM job_deps WHERE parent = NEW.id AND NOT met)
         ORDER BY id FOR NO KEY UPDATE;
-    WITH e AS (UPDATE job_deps SET met = true WHERE parent = NEW.id AND NOT met RETURNING child)
-    SELECT array_agg(child) INTO kids FROM e;
-    PERFORM jobd_settle(kids, TG_TABLE_SCHEMA);
+    WITH e AS (UPDATE job_deps SET met = true WHERE parent = NEW.id AND NOT met RETURNING child),
+    w AS (
+        SELECT j.id,
+            (SELECT count(*) FROM job_deps d WHERE d.child = j.id AND NOT d.met AND d.parent <> NEW.id)
+            + (SELECT count(*) FROM batches b WHERE b.name = j.callback_for AND b.finished_at IS NULL) AS n
+        FROM jobs j WHERE j.id IN (SELECT child FROM e) AND j.state = 'waiting'),
+    released AS (
+        UPDATE jobs SET waiting_for = w.n,
+            state = CASE WHEN w.n = 0 THEN 'queued' ELSE jobs.state END,
+            run_at = CASE WHEN w.n = 0 THEN GREATEST(jobs.run_at, coalesce(NEW.finished_at, jobs.run_at))
+                     ELSE jobs.run_at END
+        FROM w WHERE jobs.id = w.id
+        RETURNING jobs.queue, jobs.state)
+    SELECT array_agg(DISTINCT queue) FILTER (WHERE state = 'queued') INTO queues FROM released;
+    PERFORM pg_notify('jobd_jobs_' || TG_TABLE_SCHEMA, q) FROM unnest(queues) AS q;
     RETURN NULL;
 END $$;
 
@@ -889,14 +904,13 @@ END $$;
 -- members of its sequence when it is cancelled or deleted (they wait for
 -- what it waited for, where it was not at the head); a dead member halts
 -- the next one. Only edges into a cancelled child are marked `cut`.
-CREATE FUNCTION jobd_flow_let_go(gone BIGINT, gone_state TEXT, finished BIGINT,
-        deleted BOOLEAN, schema TEXT) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION jobd_flow_let_go(gone BIGINT, gone_state TEXT, gone_sequence TEXT,
+        finished BIGINT, deleted BOOLEAN, schema TEXT) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     doomed BIGINT[];
     kids BIGINT[];
     edge RECORD;
     before BIGINT;
-    moved BIGINT;
 BEGIN
     WITH RECURSIVE d(id) AS (
         SELECT e.child FROM job_deps e JOIN jobs c ON c.id = e.child
@@ -927,18 +941,19 @@ BEGIN
     FOR edge IN SELECT e.child, s.run_always FROM job_deps e JOIN jobs s ON s.id = e.child
             WHERE e.parent = gone AND e.seq AND NOT e.met
               AND (deleted OR gone_state = 'cancelled' OR s.run_always) LOOP
+        -- (A predecessor it also named as a parent counts.)
         SELECT p.parent INTO before FROM job_deps p JOIN jobs q ON q.id = p.parent
-            WHERE p.child = gone AND p.seq AND NOT p.met AND NOT (q.state = 'dead' AND edge.run_always)
+            WHERE p.child = gone AND NOT p.met AND (p.seq OR q.sequence = gone_sequence)
+              AND NOT (q.state = 'dead' AND edge.run_always)
             ORDER BY q.seq_pos DESC LIMIT 1;
         IF FOUND THEN
+            -- A new edge, or an old one from an earlier turn waiting again
+            -- (left met, it would make the member wait for nothing).
             INSERT INTO job_deps (parent, child, seq) VALUES (before, edge.child, true)
-                ON CONFLICT DO NOTHING;
-            GET DIAGNOSTICS moved = ROW_COUNT;
-            IF moved = 1 THEN
-                -- (Otherwise the child already waits for `before`.)
-                DELETE FROM job_deps WHERE parent = gone AND child = edge.child;
-                UPDATE jobs SET has_children = true WHERE id = before AND NOT has_children;
-            END IF;
+                ON CONFLICT (parent, child) DO UPDATE SET met = false, cut = false,
+                    seq = job_deps.seq OR job_deps.met;
+            DELETE FROM job_deps WHERE parent = gone AND child = edge.child;
+            UPDATE jobs SET has_children = true WHERE id = before AND NOT has_children;
         END IF;
     END LOOP;
     WITH e AS (
@@ -948,17 +963,19 @@ BEGIN
         RETURNING e.child)
     SELECT array_agg(child) INTO kids FROM e;
     PERFORM jobd_settle(kids, schema);
+    -- Its place in the line is gone.
+    DELETE FROM job_deps WHERE parent = gone AND seq AND met;
 END $$;
 
 CREATE OR REPLACE FUNCTION jobd_flow_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM jobd_flow_let_go(NEW.id, NEW.state, NEW.finished_at, false, TG_TABLE_SCHEMA);
+    PERFORM jobd_flow_let_go(NEW.id, NEW.state, NEW.sequence, NEW.finished_at, false, TG_TABLE_SCHEMA);
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION jobd_flow_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM jobd_flow_let_go(OLD.id, OLD.state, NULL, true, TG_TABLE_SCHEMA);
+    PERFORM jobd_flow_let_go(OLD.id, OLD.state, OLD.sequence, NULL, true, TG_TABLE_SCHEMA);
     DELETE FROM job_deps WHERE parent = OLD.id OR child = OLD.id;
     RETURN NULL;
 END $$;
@@ -982,15 +999,24 @@ BEGIN
         INSERT INTO sequences (name, last_pos) VALUES (NEW.sequence, 0)
             ON CONFLICT (name) DO UPDATE SET last_pos = sequences.last_pos
             RETURNING last_pos INTO place;
+        -- Its old place in the line is gone (a member cancelled while it
+        -- waited still had its edge from the member before it).
+        DELETE FROM job_deps WHERE child = NEW.id AND seq;
+        -- The live members of the line that wait for it: it heads them.
         WITH RECURSIVE l(id) AS (
-            SELECT child FROM job_deps WHERE parent = NEW.id AND NOT met
+            SELECT d.child FROM job_deps d JOIN jobs c ON c.id = d.child
+            WHERE d.parent = NEW.id AND NOT d.met AND c.sequence = NEW.sequence
+              AND c.state IN ('waiting', 'queued', 'running')
             UNION
-            SELECT e.child FROM l JOIN job_deps e ON e.parent = l.id AND NOT e.met)
+            SELECT d.child FROM l JOIN job_deps d ON d.parent = l.id JOIN jobs c ON c.id = d.child
+            WHERE NOT d.met AND c.sequence = NEW.sequence
+              AND c.state IN ('waiting', 'queued', 'running'))
         SELECT coalesce(array_agg(id), '{}') INTO later FROM l;
         before := jobd_sequence_before(NEW.sequence, NULL, NEW.run_always, later || NEW.id);
         IF before IS NOT NULL THEN
             INSERT INTO job_deps (parent, child, seq) VALUES (before, NEW.id, true)
-                ON CONFLICT DO NOTHING;
+                ON CONFLICT (parent, child) DO UPDATE SET met = false, cut = false,
+                    seq = job_deps.seq OR job_deps.met;
             UPDATE jobs SET has_children = true WHERE id = before AND NOT has_children;
         END IF;
         -- Behind the line's last member, it takes the last place (unless
@@ -1014,6 +1040,19 @@ CREATE TRIGGER jobs_flow_requeued AFTER UPDATE OF state ON jobs FOR EACH ROW
           AND ((NEW.parents IS NOT NULL AND cardinality(NEW.parents) > 0)
                OR NEW.sequence IS NOT NULL OR NEW.callback_for IS NOT NULL))
     EXECUTE FUNCTION jobd_flow_requeued();
+
+-- A member deleted after the seal before it ended counts as cancelled.
+CREATE OR REPLACE FUNCTION jobd_batch_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE batches SET
+        succeeded = succeeded - (OLD.state = 'succeeded')::int,
+        dead = dead - (OLD.state = 'dead')::int,
+        cancelled = cancelled - (OLD.state = 'cancelled')::int
+        WHERE name = OLD.batch AND NOT sealed;
+    UPDATE batches SET cancelled = cancelled + 1
+        WHERE name = OLD.batch AND sealed AND OLD.state NOT IN ('succeeded', 'dead', 'cancelled');
+    RETURN NULL;
+END $$;
 
 -- The advisory lock key of a batch: members' inserts share it, a seal
 -- takes it alone.

@@ -67,8 +67,9 @@ impl Admin for SqliteStore {
                         // let them go.
                         "SELECT id FROM jobs INDEXED BY jobs_{state} \
                          WHERE state = '{state}' AND finished_at < ?1 \
-                         AND NOT (has_children = 1 AND EXISTS (SELECT 1 FROM job_deps \
-                           WHERE parent = jobs.id AND met = 0 AND cut = 0)) LIMIT ?2"
+                         AND NOT (has_children = 1 AND EXISTS (SELECT 1 FROM job_deps d \
+                           JOIN jobs c ON c.id = d.child WHERE d.parent = jobs.id \
+                           AND d.met = 0 AND d.cut = 0 AND c.state = 'waiting')) LIMIT ?2"
                     ))?
                     .query_map(params![cutoff, left], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
@@ -178,8 +179,12 @@ impl JobEdits for Edits<'_, '_> {
     fn ended_parent(&mut self, id: i64) -> rusqlite::Result<Option<(i64, JobState)>> {
         self.0
             .prepare_cached(
+                // A parent that is dead or cancelled now (whether its end
+                // cancelled this job or an operator had before).
                 "SELECT j.id, j.state FROM job_deps d JOIN jobs j ON j.id = d.parent \
-                 WHERE d.child = ?1 AND d.cut = 1 ORDER BY j.id LIMIT 1",
+                 JOIN jobs c ON c.id = d.child \
+                 WHERE d.child = ?1 AND d.seq = 0 AND d.met = 0 AND c.run_always = 0 \
+                   AND (j.state = 'dead' OR j.state = 'cancelled') ORDER BY j.id LIMIT 1",
             )?
             .query_row([id], |r| Ok((r.get(0)?, text(r, 1)?)))
             .optional()?
@@ -214,7 +219,9 @@ impl JobEdits for Edits<'_, '_> {
                 // once the key is free) instead of failing this retry.
                 "UPDATE OR IGNORE jobs SET state = 'waiting', finished_at = NULL, last_error = NULL \
                  WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'cancelled' \
-                   AND NOT EXISTS (SELECT 1 FROM job_deps WHERE child = jobs.id AND cut = 1) \
+                   AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs p ON p.id = d.parent \
+                     WHERE d.child = jobs.id AND d.seq = 0 AND d.met = 0 \
+                       AND (p.state = 'dead' OR p.state = 'cancelled')) \
                  RETURNING id",
             )?
             .query_map([&children], |r| r.get(0))?

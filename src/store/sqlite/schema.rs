@@ -989,23 +989,46 @@ macro_rules! child_runs_always {
 /// The member the child of the `job_deps` row at hand waits for instead
 /// of `$row`, a member of its sequence that is gone: the member `$row`
 /// itself waited for (it is taken out of the line, the rest keep their
-/// places), none when `$row` was at the head; never a dead one for a
-/// child that runs whatever its predecessor's outcome.
+/// places; a predecessor it also named as a parent counts), none when
+/// `$row` was at the head; never a dead one for a child that runs
+/// whatever its predecessor's outcome.
 macro_rules! splice_of {
     ($row:literal) => {
         concat!(
             "(SELECT p.parent FROM job_deps p JOIN jobs q ON q.id = p.parent
             WHERE p.child = ",
             $row,
-            ".id AND p.seq = 1 AND p.met = 0 AND NOT (q.state = 'dead' AND ",
+            ".id AND p.met = 0 AND (p.seq = 1 OR q.sequence = ",
+            $row,
+            ".sequence) AND NOT (q.state = 'dead' AND ",
             child_runs_always!(),
             ") ORDER BY q.seq_pos DESC LIMIT 1)"
         )
     };
 }
 
+/// The live members of `NEW`'s sequence that wait for it, directly or
+/// through other members: the part of the line it heads.
+macro_rules! line_after {
+    () => {
+        "(WITH RECURSIVE later(id) AS (
+                  SELECT d.child FROM job_deps d JOIN jobs c ON c.id = d.child
+                  WHERE d.parent = NEW.id AND d.met = 0 AND c.sequence = NEW.sequence
+                    AND (c.state = 'waiting' OR c.state = 'queued' OR c.state = 'running')
+                  UNION
+                  SELECT d.child FROM later JOIN job_deps d ON d.parent = later.id
+                  JOIN jobs c ON c.id = d.child
+                  WHERE d.met = 0 AND c.sequence = NEW.sequence
+                    AND (c.state = 'waiting' OR c.state = 'queued' OR c.state = 'running'))
+              SELECT id FROM later)"
+    };
+}
+
 /// Hands the next members of a sequence that waited for `$row` (those
-/// matching `$which`) to the member it waited for, where there is one.
+/// matching `$which`) to the member it waited for, where there is one: a
+/// new edge, or an old one from an earlier turn waiting again (an edge
+/// left met would make the member wait for nothing). Their edges from
+/// `$row` are met then, by the statement after this.
 macro_rules! hand_on {
     ($row:literal, $which:literal) => {
         concat!(
@@ -1017,16 +1040,19 @@ macro_rules! hand_on {
             ".id AND seq = 1 AND met = 0 AND ",
             $which,
             ");
-    UPDATE OR IGNORE job_deps SET parent = ",
+    INSERT INTO job_deps (parent, child, seq)
+        SELECT ",
             splice_of!($row),
-            "
+            ", child, 1 FROM job_deps
         WHERE parent = ",
             $row,
             ".id AND seq = 1 AND met = 0 AND ",
             $which,
             " AND ",
             splice_of!($row),
-            " IS NOT NULL;\n"
+            " IS NOT NULL
+        ON CONFLICT (parent, child) DO UPDATE SET met = 0, cut = 0,
+            seq = CASE WHEN met = 1 THEN 1 ELSE seq END;\n"
         )
     };
 }
@@ -1076,6 +1102,19 @@ DROP TRIGGER jobs_batch_callback;
 DROP TRIGGER jobs_batch_insert;
 DROP TRIGGER jobs_sequence_insert;
 DROP TRIGGER batches_finished;
+DROP TRIGGER jobs_batch_deleted;
+CREATE TRIGGER jobs_batch_deleted AFTER DELETE ON jobs WHEN OLD.batch IS NOT NULL
+BEGIN
+    UPDATE batches SET total = total - 1,
+        succeeded = succeeded - (OLD.state = 'succeeded'),
+        dead = dead - (OLD.state = 'dead'),
+        cancelled = cancelled - (OLD.state = 'cancelled')
+        WHERE name = OLD.batch AND sealed = 0;
+    -- Deleted after the seal before it ended, it counts as cancelled.
+    UPDATE batches SET cancelled = cancelled + 1
+        WHERE name = OLD.batch AND sealed = 1
+          AND NOT (OLD.state = 'succeeded' OR OLD.state = 'dead' OR OLD.state = 'cancelled');
+END;
 CREATE TRIGGER jobs_flow_insert AFTER INSERT ON jobs
     WHEN NEW.state = 'queued' AND ((NEW.parents IS NOT NULL AND NEW.parents <> '[]')
         OR NEW.sequence IS NOT NULL OR NEW.callback_for IS NOT NULL)
@@ -1101,9 +1140,10 @@ BEGIN
     UPDATE jobs SET has_children = 1 WHERE has_children = 0
         AND id = (SELECT parent FROM job_deps WHERE child = NEW.id AND seq = 1);
     INSERT OR IGNORE INTO batches (name) SELECT NEW.callback_for WHERE NEW.callback_for IS NOT NULL;
-    UPDATE jobs SET waiting_for = ",
+    UPDATE jobs SET waiting_for = CASE
+            WHEN EXISTS (SELECT 1 FROM job_deps WHERE child = NEW.id AND cut = 1) THEN 0 ELSE ",
     waits!(),
-    ",
+    " END,
         state = CASE WHEN EXISTS (SELECT 1 FROM job_deps WHERE child = NEW.id AND cut = 1) THEN 'cancelled'
                      WHEN ",
     waits!(),
@@ -1168,34 +1208,41 @@ BEGIN
     " OR (seq = 1 AND NEW.state = 'cancelled'));
     ",
     settle!("id IN (SELECT child FROM job_deps WHERE parent = NEW.id)"),
-    "END;
+    "    -- Its place in the line is gone.
+    DELETE FROM job_deps WHERE parent = NEW.id AND seq = 1 AND met = 1;
+END;
 CREATE TRIGGER jobs_flow_requeued AFTER UPDATE OF state ON jobs
     WHEN (OLD.state = 'dead' OR OLD.state = 'cancelled') AND (NEW.state = 'queued' OR NEW.state = 'waiting')
         AND ((NEW.parents IS NOT NULL AND NEW.parents <> '[]') OR NEW.sequence IS NOT NULL
              OR NEW.callback_for IS NOT NULL)
 BEGIN
-    INSERT OR IGNORE INTO job_deps (parent, child, seq)
+    -- Its old place in the line is gone (a member cancelled while it
+    -- waited still had its edge from the member before it).
+    DELETE FROM job_deps WHERE child = NEW.id AND seq = 1 AND NEW.sequence IS NOT NULL;
+    INSERT INTO job_deps (parent, child, seq)
         SELECT j.id, NEW.id, 1 FROM jobs j
         WHERE j.sequence = NEW.sequence AND j.id <> NEW.id
           AND (j.state = 'waiting' OR j.state = 'queued' OR j.state = 'running' OR j.state = 'dead')
           AND NOT (j.state = 'dead' AND NEW.run_always = 1)
-          AND j.id NOT IN (WITH RECURSIVE later(id) AS (
-                  SELECT child FROM job_deps WHERE parent = NEW.id AND met = 0
-                  UNION
-                  SELECT d.child FROM later JOIN job_deps d ON d.parent = later.id AND d.met = 0)
-              SELECT id FROM later)
-        ORDER BY j.seq_pos DESC LIMIT 1;
+          AND j.id NOT IN ",
+    line_after!(),
+    "
+        ORDER BY j.seq_pos DESC LIMIT 1
+        ON CONFLICT (parent, child) DO UPDATE SET met = 0, cut = 0,
+            seq = CASE WHEN met = 1 THEN 1 ELSE seq END;
     UPDATE jobs SET has_children = 1 WHERE has_children = 0
         AND id IN (SELECT parent FROM job_deps WHERE child = NEW.id AND met = 0);
     -- Behind the line's last member, it takes the last place (unless
     -- members still wait for it: then it heads them where it stood).
     INSERT INTO sequences (name, last_pos) SELECT NEW.sequence, 1
-        WHERE NEW.sequence IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM job_deps WHERE parent = NEW.id AND met = 0)
+        WHERE NEW.sequence IS NOT NULL AND NOT EXISTS ",
+    line_after!(),
+    "
         ON CONFLICT (name) DO UPDATE SET last_pos = last_pos + 1;
     UPDATE jobs SET seq_pos = (SELECT last_pos FROM sequences WHERE name = NEW.sequence)
-        WHERE id = NEW.id AND NEW.sequence IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM job_deps WHERE parent = NEW.id AND met = 0);
+        WHERE id = NEW.id AND NEW.sequence IS NOT NULL AND NOT EXISTS ",
+    line_after!(),
+    ";
     UPDATE jobs SET waiting_for = ",
     waits!(),
     ",
