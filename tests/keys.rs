@@ -583,14 +583,7 @@ fn jobd_keys_the_metrics_and_the_keys_page_show_full_rate_held_and_blocked_keys(
             "{page}"
         );
         assert!(!page.contains("<i>"), "a key's markup is inert: {page}");
-        if let Some(browser) = common::browser::chromium() {
-            let profile = tempfile::tempdir().unwrap();
-            let dom = common::browser::headless(
-                &browser,
-                profile.path(),
-                &["--dump-dom"],
-                &format!("{base}/keys"),
-            );
+        if let Some(dom) = common::browser::dump_dom(&format!("{base}/keys")) {
             for (key, state) in [
                 ("svc:busy", "full"),
                 ("svc:a", "blocked"),
@@ -603,10 +596,6 @@ fn jobd_keys_the_metrics_and_the_keys_page_show_full_rate_held_and_blocked_keys(
                 );
             }
             assert!(dom.contains("blocked until "), "{dom}");
-        } else {
-            eprintln!(
-                "chromium is not installed (.ci/run installs it): the page was checked without it"
-            );
         }
         daemon.stop();
     }

@@ -16,6 +16,20 @@ pub fn chromium() -> Option<PathBuf> {
         })
 }
 
+/// The DOM chromium builds from the page at `url` (after its scripts
+/// ran), or None, having said so, where no browser is installed: the
+/// caller has checked the page's HTML without one.
+pub fn dump_dom(url: &str) -> Option<String> {
+    let Some(browser) = chromium() else {
+        eprintln!(
+            "chromium is not installed (.ci/run installs it): the page was checked without it"
+        );
+        return None;
+    };
+    let profile = tempfile::tempdir().expect("a profile folder");
+    Some(headless(&browser, profile.path(), &["--dump-dom"], url))
+}
+
 /// Runs headless chromium with `args` then `url`; returns stdout.
 pub fn headless(browser: &Path, profile: &Path, args: &[&str], url: &str) -> String {
     let out = Command::new(browser)
