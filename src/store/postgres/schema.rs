@@ -1041,6 +1041,22 @@ CREATE TRIGGER jobs_flow_requeued AFTER UPDATE OF state ON jobs FOR EACH ROW
                OR NEW.sequence IS NOT NULL OR NEW.callback_for IS NOT NULL))
     EXECUTE FUNCTION jobd_flow_requeued();
 
+-- A member's state crossed into or out of the final states; a running
+-- job's end written by a daemon's completion is counted there, per batch
+-- and statement (it says so in `jobd.batches_counted`).
+CREATE OR REPLACE FUNCTION jobd_batch_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.state = 'running' AND current_setting('jobd.batches_counted', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    UPDATE batches SET
+        succeeded = succeeded + (NEW.state = 'succeeded')::int - (OLD.state = 'succeeded')::int,
+        dead = dead + (NEW.state = 'dead')::int - (OLD.state = 'dead')::int,
+        cancelled = cancelled + (NEW.state = 'cancelled')::int - (OLD.state = 'cancelled')::int
+        WHERE name = NEW.batch;
+    RETURN NULL;
+END $$;
+
 -- A member deleted after the seal before it ended counts as cancelled.
 CREATE OR REPLACE FUNCTION jobd_batch_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
