@@ -1038,3 +1038,115 @@ fn a_retry_is_refused_while_a_parent_is_dead_and_a_deleted_member_ends_its_batch
         assert_eq!(state(&b, 22), "queued", "{}: callback stranded", b.name);
     }
 }
+
+#[test]
+fn a_line_holds_when_a_predecessor_named_as_a_parent_or_a_deleted_member_leaves_it() {
+    for b in common::homes("flow_line_parents") {
+        b.home.migrate();
+        // 2 names its predecessor 1 as its parent; cancelling 1 cancels 2
+        // and lets 3 go (1 was the head).
+        sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind, sequence) VALUES (1, 'noop', 's'); \
+                 INSERT INTO jobs(id, kind, sequence, parents) VALUES (2, 'noop', 's', {p}); \
+                 INSERT INTO jobs(id, kind, sequence) VALUES (3, 'noop', 's');",
+                p = ids(&b, &[1])
+            ),
+        );
+        b.home.ok(&["cancel", "1"]);
+        assert_eq!(
+            states(&b, &[2, 3]),
+            "cancelled queued",
+            "{}: stranded",
+            b.name
+        );
+        // A waiting member deleted by hand takes a member that waits for it
+        // through another job; the member after them waits for the head.
+        sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind, sequence) VALUES (10, 'noop', 't'); \
+                 INSERT INTO jobs(id, kind, sequence) VALUES (11, 'noop', 't'); \
+                 INSERT INTO jobs(id, kind, parents) VALUES (12, 'noop', {p11}); \
+                 INSERT INTO jobs(id, kind, sequence, parents) VALUES (13, 'noop', 't', {p12}); \
+                 INSERT INTO jobs(id, kind, sequence) VALUES (14, 'noop', 't'); \
+                 UPDATE jobs SET state = 'running' WHERE id = 10; \
+                 DELETE FROM jobs WHERE id = 11;",
+                p11 = ids(&b, &[11]),
+                p12 = ids(&b, &[12])
+            ),
+        );
+        assert_eq!(
+            states(&b, &[12, 13, 14]),
+            "cancelled cancelled waiting",
+            "{}: beside the head",
+            b.name
+        );
+        // A run_always member whose predecessor is also its parent waits
+        // for the head when that predecessor is cancelled.
+        sql(
+            &b,
+            &format!(
+                "INSERT INTO jobs(id, kind, sequence) VALUES (20, 'noop', 'u'); \
+                 INSERT INTO jobs(id, kind, sequence) VALUES (21, 'noop', 'u'); \
+                 INSERT INTO jobs(id, kind, sequence, parents, run_always) \
+                   VALUES (22, 'noop', 'u', {p}, true); \
+                 UPDATE jobs SET state = 'running' WHERE id = 20;",
+                p = ids(&b, &[21])
+            ),
+        );
+        b.home.ok(&["cancel", "21"]);
+        assert_eq!(state(&b, 22), "waiting", "{}: beside the head", b.name);
+        ends(&b, 20, "succeeded");
+        assert_eq!(state(&b, 22), "queued", "{}", b.name);
+        // `retry --dead` puts a line's dead members back in line order.
+        sql(
+            &b,
+            "INSERT INTO jobs(id, kind, sequence, run_always) VALUES (30, 'noop', 'v', true); \
+             INSERT INTO jobs(id, kind, sequence, run_always) VALUES (31, 'noop', 'v', true);",
+        );
+        ends(&b, 30, "dead");
+        ends(&b, 31, "dead");
+        b.home.ok(&["retry", "--dead"]);
+        assert_eq!(states(&b, &[30, 31]), "queued waiting", "{}", b.name);
+    }
+}
+
+#[test]
+fn prune_on_postgres_keeps_a_dead_member_a_concurrent_insert_makes_wait_for_it() {
+    for b in common::homes("flow_prune_race") {
+        let Some(schema) = &b.schema else { continue };
+        b.home.migrate();
+        sql(
+            &b,
+            "INSERT INTO jobs(id, kind, sequence) VALUES (1, 'noop', 's'); \
+             UPDATE jobs SET state = 'dead', finished_at = 1000 WHERE id = 1;",
+        );
+        // A client inserts the next member and holds its transaction open.
+        let mut client = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
+            .arg(format!(
+                "SET search_path = {}; BEGIN; \
+                 INSERT INTO jobs(id, kind, sequence) VALUES (2, 'noop', 's'); \
+                 SELECT pg_sleep(2); COMMIT;",
+                schema.name
+            ))
+            .spawn()
+            .unwrap();
+        common::wait_for(common::PATIENCE, || {
+            (common::pg::psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+                 AND query LIKE '%pg_sleep(2)%' AND pid <> pg_backend_pid();",
+            )
+            .as_deref()
+                == Ok("1"))
+            .then_some(())
+        })
+        .expect("the client's transaction is open");
+        // Prune waits for the client's commit, then sees the member waits.
+        let pruned = b.home.ok(&["prune", "--older-than", "1s"]);
+        assert!(client.wait().unwrap().success());
+        assert_eq!(states(&b, &[1, 2]), "dead waiting", "{pruned}");
+    }
+}

@@ -79,15 +79,30 @@ impl Admin for PgStore {
         let client = &mut self.client;
         retry_dead_in_batches(|after| {
             let mut tx = client.transaction()?;
-            let ids: Vec<i64> = tx
+            let found: Vec<(i64, Option<i64>)> = tx
                 .query(
-                    "SELECT id FROM jobs WHERE state = 'dead' AND id > $1 \
+                    "SELECT id, seq_pos FROM jobs WHERE state = 'dead' AND id > $1 \
                      AND ($2::text IS NULL OR queue = $2) ORDER BY id LIMIT $3",
                     &[&after, &queue, &BULK_RETRY_BATCH],
                 )?
                 .iter()
-                .map(|r| r.get(0))
+                .map(|r| (r.get(0), r.get(1)))
                 .collect();
+            let ids: Vec<i64> = found.iter().map(|(id, _)| *id).collect();
+            // Members of sequences go back one statement each, in their
+            // lines' order: the trigger that puts a member back in its line
+            // runs after its statement, and with all of them queued by one
+            // statement each would go behind the others.
+            let plain: Vec<i64> = found
+                .iter()
+                .filter(|(_, pos)| pos.is_none())
+                .map(|(id, _)| *id)
+                .collect();
+            let mut members: Vec<(i64, i64)> = found
+                .iter()
+                .filter_map(|(id, pos)| pos.map(|p| (p, *id)))
+                .collect();
+            members.sort_unstable();
             // A key goes to the oldest of the batch's dead jobs that carry
             // it (as SQLite's UPDATE OR IGNORE in id order does), and only
             // when no live job holds it: one statement sees the table as it
@@ -108,7 +123,7 @@ impl Admin for PgStore {
                 // statement runs makes it fail on the index; the next try
                 // sees that job as the holder.
                 let mut attempt = tx.savepoint("requeue")?;
-                match attempt.query(requeue, &[&ids, &now]) {
+                match attempt.query(requeue, &[&plain, &now]) {
                     Ok(rows) => {
                         attempt.commit()?;
                         break rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>();
@@ -123,6 +138,20 @@ impl Admin for PgStore {
                     Err(e) => return Err(e),
                 }
             };
+            let mut queued = queued;
+            for (_, id) in members {
+                let back = tx.query_opt(
+                    "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, \
+                     started_at = NULL, finished_at = NULL, lease_until = NULL, \
+                     cancel_requested = false \
+                     WHERE id = $1 AND state = 'dead' AND (unique_key IS NULL OR NOT EXISTS ( \
+                       SELECT 1 FROM jobs AS other WHERE other.unique_key = jobs.unique_key \
+                       AND other.state IN ('queued', 'running', 'waiting'))) \
+                     RETURNING id",
+                    &[&id, &now],
+                )?;
+                queued.extend(back.map(|r| r.get::<_, i64>(0)));
+            }
             // The children their end cancelled wait again, as for `retry`.
             for &id in &queued {
                 revive_descendants(&mut Edits(&mut tx), id)?;
@@ -147,19 +176,37 @@ impl Admin for PgStore {
                         "SELECT id FROM jobs WHERE state = '{state}' AND finished_at < $1 \
                          AND NOT (has_children AND EXISTS (SELECT 1 FROM job_deps d \
                            JOIN jobs c ON c.id = d.child WHERE d.parent = jobs.id \
-                           AND NOT d.met AND NOT d.cut AND c.state = 'waiting')) LIMIT $2"
+                           AND NOT d.met AND NOT d.cut AND c.state = 'waiting')) \
+                         LIMIT $2 FOR UPDATE"
                     ),
                     &[&cutoff, &left],
                 )?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let runs = tx.execute("DELETE FROM job_runs WHERE job_id = ANY($1)", &[&ids])?;
-            let jobs = tx.execute(
-                "DELETE FROM jobs WHERE id = ANY($1) AND state = $2",
-                &[&ids, &state],
-            )?;
-            Ok((ids.len(), Pruned { jobs, runs }))
+            // Asked again once they are locked, in a statement that sees
+            // what committed meanwhile: a client that made a job wait for
+            // one of them held it locked until it committed.
+            let deleted: Vec<i64> = tx
+                .query(
+                    "DELETE FROM jobs WHERE id = ANY($1) AND state = $2 \
+                     AND NOT (has_children AND EXISTS (SELECT 1 FROM job_deps d \
+                       JOIN jobs c ON c.id = d.child WHERE d.parent = jobs.id \
+                       AND NOT d.met AND NOT d.cut AND c.state = 'waiting')) \
+                     RETURNING id",
+                    &[&ids, &state],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let runs = tx.execute("DELETE FROM job_runs WHERE job_id = ANY($1)", &[&deleted])?;
+            Ok((
+                ids.len(),
+                Pruned {
+                    jobs: deleted.len() as u64,
+                    runs,
+                },
+            ))
         })
         .map_err(&fail)?;
         tx.commit().map_err(&fail)?;

@@ -923,6 +923,35 @@ BEGIN
     PERFORM 1 FROM jobs WHERE id IN (SELECT child FROM job_deps
             WHERE NOT met AND (parent = gone OR parent = ANY(doomed)))
         ORDER BY id FOR NO KEY UPDATE;
+    -- A member that is gone is taken out of its sequence's line: the next
+    -- one waits for what it waited for (none when it was at the head).
+    -- Its row is locked by the statement that ended or deleted it, so the
+    -- member it waited for cannot end unseen meanwhile: that member's
+    -- success locks the rows of its children first. This comes before the
+    -- cancellations below, so that the members its end cancels find, when
+    -- they are cancelled in turn, where their line goes on.
+    FOR edge IN SELECT e.child, e.seq, s.run_always FROM job_deps e JOIN jobs s ON s.id = e.child
+            WHERE e.parent = gone AND NOT e.met AND NOT e.cut
+              AND (e.seq OR s.sequence = gone_sequence)
+              AND (deleted OR gone_state = 'cancelled' OR s.run_always) LOOP
+        -- (A predecessor it also named as a parent counts.)
+        SELECT p.parent INTO before FROM job_deps p JOIN jobs q ON q.id = p.parent
+            WHERE p.child = gone AND NOT p.met AND (p.seq OR q.sequence = gone_sequence)
+              AND q.state IN ('waiting', 'queued', 'running', 'dead')
+              AND NOT (q.state = 'dead' AND edge.run_always)
+            ORDER BY q.seq_pos DESC LIMIT 1;
+        IF FOUND THEN
+            -- A new edge, or an old one from an earlier turn waiting again
+            -- (left met, it would make the member wait for nothing).
+            INSERT INTO job_deps (parent, child, seq) VALUES (before, edge.child, true)
+                ON CONFLICT (parent, child) DO UPDATE SET met = false, cut = false,
+                    seq = job_deps.seq OR job_deps.met;
+            IF edge.seq THEN
+                DELETE FROM job_deps WHERE parent = gone AND child = edge.child;
+            END IF;
+            UPDATE jobs SET has_children = true WHERE id = before AND NOT has_children;
+        END IF;
+    END LOOP;
     UPDATE job_deps SET cut = true
         WHERE NOT met AND NOT cut AND NOT seq AND (parent = gone OR parent = ANY(doomed))
           AND child = ANY(doomed);
@@ -933,29 +962,6 @@ BEGIN
         last_error = 'cancelled: job ' || gone || ', which this job waits for, '
             || CASE WHEN deleted THEN 'was deleted' ELSE 'is ' || gone_state END
         WHERE id = ANY(doomed) AND state = 'waiting';
-    -- A member that is gone is taken out of its sequence's line: the next
-    -- one waits for what it waited for (none when it was at the head).
-    -- Its row is locked by the statement that ended or deleted it, so the
-    -- member it waited for cannot end unseen meanwhile: that member's
-    -- success locks the rows of its children first.
-    FOR edge IN SELECT e.child, s.run_always FROM job_deps e JOIN jobs s ON s.id = e.child
-            WHERE e.parent = gone AND e.seq AND NOT e.met
-              AND (deleted OR gone_state = 'cancelled' OR s.run_always) LOOP
-        -- (A predecessor it also named as a parent counts.)
-        SELECT p.parent INTO before FROM job_deps p JOIN jobs q ON q.id = p.parent
-            WHERE p.child = gone AND NOT p.met AND (p.seq OR q.sequence = gone_sequence)
-              AND NOT (q.state = 'dead' AND edge.run_always)
-            ORDER BY q.seq_pos DESC LIMIT 1;
-        IF FOUND THEN
-            -- A new edge, or an old one from an earlier turn waiting again
-            -- (left met, it would make the member wait for nothing).
-            INSERT INTO job_deps (parent, child, seq) VALUES (before, edge.child, true)
-                ON CONFLICT (parent, child) DO UPDATE SET met = false, cut = false,
-                    seq = job_deps.seq OR job_deps.met;
-            DELETE FROM job_deps WHERE parent = gone AND child = edge.child;
-            UPDATE jobs SET has_children = true WHERE id = before AND NOT has_children;
-        END IF;
-    END LOOP;
     WITH e AS (
         UPDATE job_deps e SET met = true FROM jobs c
         WHERE c.id = e.child AND e.parent = gone AND NOT e.met AND NOT e.cut

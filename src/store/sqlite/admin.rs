@@ -27,13 +27,20 @@ impl Admin for SqliteStore {
     fn retry_dead(&mut self, queue: Option<&str>, now: i64) -> Result<BulkRetry> {
         retry_dead_in_batches(|after| {
             self.write("retry dead jobs", |tx| {
-                let ids: Vec<i64> = tx
+                let found: Vec<(i64, Option<i64>)> = tx
                     .prepare_cached(
-                        "SELECT id FROM jobs WHERE state = 'dead' AND id > ?1 \
+                        "SELECT id, seq_pos FROM jobs WHERE state = 'dead' AND id > ?1 \
                          AND (?2 IS NULL OR queue = ?2) ORDER BY id LIMIT ?3",
                     )?
-                    .query_map(params![after, queue, BULK_RETRY_BATCH as i64], |r| r.get(0))?
+                    .query_map(params![after, queue, BULK_RETRY_BATCH as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
                     .collect::<rusqlite::Result<_>>()?;
+                let ids: Vec<i64> = found.iter().map(|(id, _)| *id).collect();
+                // Members of one sequence go back in their line's order (the
+                // trigger puts each behind the line's last live member).
+                let mut order = found.clone();
+                order.sort_by_key(|(id, pos)| (pos.is_some(), *pos, *id));
                 // OR IGNORE leaves a job dead when its unique_key is taken.
                 let mut stmt = tx.prepare_cached(
                     "UPDATE OR IGNORE jobs SET state = 'queued', attempts = 0, run_at = ?2, \
@@ -42,7 +49,7 @@ impl Admin for SqliteStore {
                 )?;
                 let mut queued = 0u64;
                 let mut parents = Vec::new();
-                for id in &ids {
+                for (id, _) in &order {
                     if stmt.execute(params![id, now])? == 1 {
                         queued += 1;
                         parents.push(*id);

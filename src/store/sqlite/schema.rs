@@ -1000,7 +1000,9 @@ macro_rules! splice_of {
             $row,
             ".id AND p.met = 0 AND (p.seq = 1 OR q.sequence = ",
             $row,
-            ".sequence) AND NOT (q.state = 'dead' AND ",
+            ".sequence)
+            AND (q.state = 'waiting' OR q.state = 'queued' OR q.state = 'running' OR q.state = 'dead')
+            AND NOT (q.state = 'dead' AND ",
             child_runs_always!(),
             ") ORDER BY q.seq_pos DESC LIMIT 1)"
         )
@@ -1024,6 +1026,23 @@ macro_rules! line_after {
     };
 }
 
+/// The edges from `$row` to the next members of its line, still waiting
+/// for it: sequence edges, and parent edges to a member of its sequence
+/// (a predecessor named as a parent). A member its end cancels is handed
+/// on too, so that its own cancellation finds where its line goes on.
+macro_rules! line_edges {
+    ($row:literal) => {
+        concat!(
+            "parent = ",
+            $row,
+            ".id AND met = 0 AND cut = 0
+            AND (seq = 1 OR (SELECT s.sequence FROM jobs s WHERE s.id = job_deps.child) = ",
+            $row,
+            ".sequence)"
+        )
+    };
+}
+
 /// Hands the next members of a sequence that waited for `$row` (those
 /// matching `$which`) to the member it waited for, where there is one: a
 /// new edge, or an old one from an earlier turn waiting again (an edge
@@ -1035,18 +1054,18 @@ macro_rules! hand_on {
             "UPDATE jobs SET has_children = 1 WHERE has_children = 0 AND id IN (
         SELECT ",
             splice_of!($row),
-            " FROM job_deps WHERE parent = ",
-            $row,
-            ".id AND seq = 1 AND met = 0 AND ",
+            " FROM job_deps WHERE ",
+            line_edges!($row),
+            " AND ",
             $which,
             ");
     INSERT INTO job_deps (parent, child, seq)
         SELECT ",
             splice_of!($row),
             ", child, 1 FROM job_deps
-        WHERE parent = ",
-            $row,
-            ".id AND seq = 1 AND met = 0 AND ",
+        WHERE ",
+            line_edges!($row),
+            " AND ",
             $which,
             " AND ",
             splice_of!($row),
@@ -1254,7 +1273,11 @@ END;
 CREATE TRIGGER jobs_flow_deleted AFTER DELETE ON jobs
     WHEN OLD.has_children = 1 OR OLD.parents IS NOT NULL OR OLD.sequence IS NOT NULL
 BEGIN
-    UPDATE job_deps SET cut = 1 WHERE met = 0 AND seq = 0 AND cut = 0
+    -- Its line first, while the members it takes with it are still
+    -- there to hand on theirs to what it waited for.
+    ",
+    hand_on!("OLD", "1"),
+    "    UPDATE job_deps SET cut = 1 WHERE met = 0 AND seq = 0 AND cut = 0
         AND parent IN (SELECT OLD.id UNION ALL SELECT id FROM ",
     doomed_of!("OLD"),
     ")
@@ -1268,9 +1291,7 @@ BEGIN
         WHERE id IN ",
     doomed_of!("OLD"),
     ";
-    ",
-    hand_on!("OLD", "1"),
-    "    UPDATE job_deps SET met = 1 WHERE parent = OLD.id AND met = 0 AND cut = 0;
+    UPDATE job_deps SET met = 1 WHERE parent = OLD.id AND met = 0 AND cut = 0;
     ",
     settle!("id IN (SELECT child FROM job_deps WHERE parent = OLD.id)"),
     "    DELETE FROM job_deps WHERE parent = OLD.id;
