@@ -121,6 +121,7 @@ pub struct Limit {
 pub static NO_KEYS: KeyRules = KeyRules {
     limits: Vec::new(),
     smtp_relay: None,
+    handlers: Vec::new(),
 };
 
 /// Every limit in force and what is needed to derive keys: built from the
@@ -132,6 +133,30 @@ pub struct KeyRules {
     /// `email.smtp.host` when email goes over SMTP: email jobs without a
     /// key of their own are keyed `smtp:<host>`.
     pub smtp_relay: Option<String>,
+    /// The persistent exec handlers with `instances`: their jobs without a
+    /// key of their own are keyed `handler:<name>` (and [`Self::limits`]
+    /// holds the limit of each, see [`handler_limit`]).
+    pub handlers: Vec<String>,
+}
+
+/// The limit `[exec.handlers.NAME] instances = N` puts on the key
+/// `handler:NAME`: N jobs running at once, across every daemon.
+pub fn handler_limit(name: &str, instances: u32) -> KeyLimit {
+    let mut pattern = String::from("handler:");
+    for ch in name.chars() {
+        // The name is matched literally: a glob's own characters escaped.
+        if matches!(ch, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(ch);
+    }
+    KeyLimit::new(
+        &format!("exec.handlers.{name}.instances"),
+        &pattern,
+        Some(instances),
+        None,
+    )
+    .expect("an escaped literal is a glob")
 }
 
 impl KeyRules {
@@ -166,13 +191,17 @@ impl KeyRules {
     }
 
     /// The key of a job that names none: `host:<host>[:port]` of an http
-    /// job's URL (`url`, from its payload), `smtp:<relay>` of an email job
-    /// when email goes over SMTP; None for other kinds and unparsable URLs
-    /// (the kind refuses those itself).
-    pub fn derived_key(&self, kind: &str, url: Option<&str>) -> Option<String> {
+    /// job's URL (`source`, from its payload), `smtp:<relay>` of an email
+    /// job when email goes over SMTP, `handler:<name>` of an exec job
+    /// whose handler (`source`) has `instances`; None for other kinds and
+    /// unparsable URLs (the kind refuses those itself).
+    pub fn derived_key(&self, kind: &str, source: Option<&str>) -> Option<String> {
         match kind {
-            "http" => host_key(url?),
+            "http" => host_key(source?),
             "email" => self.smtp_relay.as_ref().map(|host| format!("smtp:{host}")),
+            "exec" => source
+                .filter(|name| self.handlers.iter().any(|h| h == name))
+                .map(|name| format!("handler:{name}")),
             _ => None,
         }
     }
@@ -396,7 +425,7 @@ mod tests {
                 KeyLimit::new("big", "customer:4?", Some(9), None).unwrap(),
                 KeyLimit::new("hosts", "host:*.example.com", None, None).unwrap(),
             ],
-            smtp_relay: None,
+            ..KeyRules::default()
         };
         let names =
             |key: &str| -> Vec<String> { rules.limits_of(key).map(|l| l.name.clone()).collect() };

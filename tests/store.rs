@@ -1050,7 +1050,7 @@ fn a_keys_rate_holds_across_claimers_in_any_window() {
             }),
         )
         .unwrap()],
-        smtp_relay: None,
+        ..Default::default()
     };
     let rules = std::sync::Arc::new(rules);
     for (name, open, _guard) in reopenable("rate") {

@@ -64,6 +64,8 @@ for line in sys.stdin:
         print(json.dumps({"log": "waiting for " + args["file"]}), flush=True)
         while not os.path.exists(args["file"]):
             time.sleep(0.01)
+    if what == "nap":
+        time.sleep(args["ms"] / 1000)
     if what == "grow_child":
         # A child in the handler's group keeps `mb` MiB until the handler goes.
         code = ("import sys\nb = bytearray(%d << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n"
@@ -1022,4 +1024,36 @@ fn jobd_handlers_and_the_dashboard_list_the_warm_process_with_its_jobs_and_memor
         "{page}"
     );
     daemon.stop();
+}
+
+#[test]
+fn instances_caps_how_many_of_a_handlers_jobs_run_at_once() {
+    let home = warm_home("instances = 1\n");
+    // Two CPU workers, so without the cap two jobs would run side by side.
+    let config = std::fs::read_to_string(home.config()).unwrap();
+    std::fs::write(
+        home.config(),
+        config.replace("[cpu]\nworkers = 1", "[cpu]\nworkers = 2"),
+    )
+    .unwrap();
+    let jobs: Vec<i64> = (0..6)
+        .map(|_| job(&home, r#"{"do":"nap","ms":150}"#, "10000"))
+        .collect();
+    let daemon = home.daemon();
+    for &id in &jobs {
+        let (state, detail) = finish(&home, id);
+        assert_eq!(state, "succeeded", "job {id}: {detail}");
+    }
+    daemon.stop();
+    let spans = home.text(
+        "SELECT started_at || ' ' || finished_at || ' ' || limit_key FROM jobs ORDER BY started_at;",
+    );
+    let mut last_end = 0i64;
+    for line in spans.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let (start, end): (i64, i64) = (parts[0].parse().unwrap(), parts[1].parse().unwrap());
+        assert!(start >= last_end, "two ran at once:\n{spans}");
+        assert_eq!(parts[2], "handler:warm", "{spans}");
+        last_end = end;
+    }
 }

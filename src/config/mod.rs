@@ -447,10 +447,28 @@ impl Config {
                     )
                     .ok()
                 })
+                .chain(
+                    self.capped_handlers()
+                        .map(|(name, n)| crate::keys::handler_limit(name, n)),
+                )
                 .collect(),
             smtp_relay: (self.email.transport == EmailTransport::Smtp)
                 .then(|| self.email.smtp.host.clone()),
+            handlers: self
+                .capped_handlers()
+                .map(|(name, _)| name.to_string())
+                .collect(),
         }
+    }
+
+    /// The persistent handlers with `instances`, and how many.
+    fn capped_handlers(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        self.exec.handlers.iter().filter_map(|(name, h)| {
+            (h.mode == HandlerMode::Persistent)
+                .then_some(h.instances)
+                .flatten()
+                .map(|n| (name.as_str(), n))
+        })
     }
 
     /// The daemon's queue limits for `queue`, or none.

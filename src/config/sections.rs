@@ -570,6 +570,9 @@ pub struct HandlerConfig {
     /// A persistent handler idle this long is stopped.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
+    /// At most this many of a persistent handler's jobs run at once,
+    /// across every daemon (None: one per CPU worker of each daemon).
+    pub instances: Option<u32>,
 }
 
 impl Default for HandlerConfig {
@@ -579,6 +582,7 @@ impl Default for HandlerConfig {
             max_jobs: 1000,
             memory_limit: 0,
             idle_timeout: Duration::from_secs(300),
+            instances: None,
         }
     }
 }

@@ -237,6 +237,14 @@ fn handler_sections_name_their_faults() {
             "[exec.handlers.x]\nmax_jobs = 0",
             "config.toml: exec.handlers.x.max_jobs must be at least 1 (got 0)",
         ),
+        (
+            "[exec.handlers.x]\nmode = \"persistent\"\ninstances = 0",
+            "config.toml: exec.handlers.x.instances must be at least 1 (got 0)",
+        ),
+        (
+            "[exec.handlers.x]\ninstances = 2",
+            "config.toml: exec.handlers.x.instances applies to a persistent handler only (mode = \"persistent\")",
+        ),
     ] {
         assert_eq!(load(text, &[]).unwrap_err(), want);
     }
@@ -244,6 +252,24 @@ fn handler_sections_name_their_faults() {
     assert_eq!(
         c.exec.handlers["x"].mode,
         crate::config::HandlerMode::Persistent
+    );
+    // `instances` limits the handler's derived key, `handler:NAME`.
+    let c = load(
+        "[exec.handlers.\"re*size\"]\nmode = \"persistent\"\ninstances = 2",
+        &[],
+    )
+    .unwrap();
+    let rules = c.key_rules();
+    assert_eq!(
+        rules.derived_key("exec", Some("re*size")).as_deref(),
+        Some("handler:re*size")
+    );
+    assert_eq!(rules.derived_key("exec", Some("other")), None);
+    let limit = rules.limit_of("handler:re*size").unwrap();
+    assert_eq!(limit.concurrency, Some(2));
+    assert!(
+        rules.limit_of("handler:resize").is_none(),
+        "the name is literal"
     );
 }
 

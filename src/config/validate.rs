@@ -103,6 +103,15 @@ impl Config {
         at_least("cpu.max_jobs_per_worker", self.cpu.max_jobs_per_worker, 1)?;
         for (name, h) in &self.exec.handlers {
             at_least(&format!("exec.handlers.{name}.max_jobs"), h.max_jobs, 1)?;
+            if let Some(n) = h.instances {
+                at_least(&format!("exec.handlers.{name}.instances"), u64::from(n), 1)?;
+                if h.mode != crate::config::HandlerMode::Persistent {
+                    return fail(
+                        &format!("exec.handlers.{name}.instances"),
+                        "applies to a persistent handler only (mode = \"persistent\")",
+                    );
+                }
+            }
             if h.idle_timeout.is_zero() {
                 return fail(
                     &format!("exec.handlers.{name}.idle_timeout"),

@@ -27,8 +27,9 @@ pub(crate) struct Candidate {
     pub(crate) kind: String,
     /// Its `limit_key` as stored.
     pub(crate) key: Option<String>,
-    /// An http job's URL, read only when it has no key of its own.
-    pub(crate) url: Option<String>,
+    /// What its key is derived from when it has none of its own: an http
+    /// job's URL, an exec job's handler.
+    pub(crate) source: Option<String>,
     /// Its priority (fair claims order by it first).
     pub(crate) priority: i64,
 }
@@ -253,7 +254,7 @@ pub(crate) fn claim_keyed<R: KeyedRows>(
         let mut derived = vec![false; candidates.len()];
         for (c, derived) in candidates.iter_mut().zip(&mut derived) {
             if c.key.is_none() {
-                c.key = rules.derived_key(&c.kind, c.url.as_deref());
+                c.key = rules.derived_key(&c.kind, c.source.as_deref());
                 *derived = c.key.is_some();
             }
         }

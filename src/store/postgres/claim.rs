@@ -53,17 +53,20 @@ impl Keyed<'_, '_> {
     }
 }
 
-/// An http job's URL when it has no key of its own (to derive one).
-const URL_COLUMN: &str = "CASE WHEN limit_key IS NULL AND kind = 'http' \
-     AND jsonb_typeof(payload -> 'url') = 'string' THEN payload ->> 'url' END";
+/// What a job's key is derived from when it has none of its own: an http
+/// job's URL, an exec job's handler.
+const SOURCE_COLUMN: &str = "CASE WHEN limit_key IS NULL AND kind = 'http' \
+     AND jsonb_typeof(payload -> 'url') = 'string' THEN payload ->> 'url' \
+     WHEN limit_key IS NULL AND kind = 'exec' \
+     AND jsonb_typeof(payload -> 'handler') = 'string' THEN payload ->> 'handler' END";
 
-/// A candidate row: id, kind, limit_key, the URL column, priority.
+/// A candidate row: id, kind, limit_key, the source column, priority.
 fn candidate(r: &postgres::Row) -> Candidate {
     Candidate {
         id: r.get(0),
         kind: r.get(1),
         key: r.get(2),
-        url: r.get(3),
+        source: r.get(3),
         priority: r.get(4),
     }
 }
@@ -101,7 +104,7 @@ impl KeyedRows for Keyed<'_, '_> {
         skip: &[String],
     ) -> std::result::Result<Vec<Candidate>, postgres::Error> {
         let sql = format!(
-            "SELECT id, kind, limit_key, {URL_COLUMN}, priority \
+            "SELECT id, kind, limit_key, {SOURCE_COLUMN}, priority \
              FROM jobs WHERE state = 'queued' AND queue = $1 AND {} AND run_at <= $2 \
                AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) \
                AND (limit_key IS NULL OR limit_key <> ALL($3)) \
@@ -142,7 +145,7 @@ impl KeyedRows for Keyed<'_, '_> {
              SELECT j.* FROM (SELECT key FROM k WHERE key IS NOT NULL AND key <> ALL($3) \
                               LIMIT $4) ks \
              CROSS JOIN LATERAL ( \
-               SELECT id, kind, limit_key, {URL_COLUMN}, priority FROM jobs \
+               SELECT id, kind, limit_key, {SOURCE_COLUMN}, priority FROM jobs \
                WHERE state = 'queued' AND queue = $1 AND {} AND run_at <= $5 \
                  AND {ONE_KEY} \
                  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) \
@@ -180,7 +183,7 @@ impl KeyedRows for Keyed<'_, '_> {
         self.sort_off()?;
         // The key as a range: see sort_off.
         let sql = format!(
-            "SELECT id, kind, limit_key, {URL_COLUMN}, priority \
+            "SELECT id, kind, limit_key, {SOURCE_COLUMN}, priority \
              FROM jobs WHERE state = 'queued' AND queue = $1 AND {} AND run_at <= $2 \
                AND limit_key >= $3 AND limit_key <= $3 \
                AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) \
@@ -208,7 +211,7 @@ impl KeyedRows for Keyed<'_, '_> {
         // unlocked; those without a key are then locked (their state
         // checked again under the lock).
         let sql = format!(
-            "SELECT id, kind, limit_key, {URL_COLUMN}, priority FROM jobs \
+            "SELECT id, kind, limit_key, {SOURCE_COLUMN}, priority FROM jobs \
              WHERE id IN (SELECT id FROM jobs \
                           WHERE state = 'queued' AND queue = $1 AND {} AND run_at <= $2 \
                             AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $1 AND paused) \

@@ -24,17 +24,20 @@ fn json_list(keys: &[String]) -> String {
     serde_json::to_string(keys).unwrap_or_else(|_| "[]".into())
 }
 
-/// An http job's URL when it has no key of its own (to derive one).
-const URL_COLUMN: &str = "CASE WHEN limit_key IS NULL AND kind = 'http' \
-     AND json_type(payload, '$.url') = 'text' THEN json_extract(payload, '$.url') END";
+/// What a job's key is derived from when it has none of its own: an http
+/// job's URL, an exec job's handler.
+const SOURCE_COLUMN: &str = "CASE WHEN limit_key IS NULL AND kind = 'http' \
+     AND json_type(payload, '$.url') = 'text' THEN json_extract(payload, '$.url') \
+     WHEN limit_key IS NULL AND kind = 'exec' \
+     AND json_type(payload, '$.handler') = 'text' THEN json_extract(payload, '$.handler') END";
 
-/// A candidate row: id, kind, limit_key, the URL column, priority.
+/// A candidate row: id, kind, limit_key, the source column, priority.
 fn candidate(r: &rusqlite::Row<'_>) -> rusqlite::Result<Candidate> {
     Ok(Candidate {
         id: r.get(0)?,
         kind: text(r, 1)?,
         key: opt_text(r, 2)?,
-        url: opt_text(r, 3)?,
+        source: opt_text(r, 3)?,
         priority: r.get(4)?,
     })
 }
@@ -112,7 +115,7 @@ impl KeyedRows for Keyed<'_, '_> {
             "AND (limit_key IS NULL OR limit_key NOT IN (SELECT value FROM json_each(?3)))"
         };
         let sql = format!(
-            "SELECT id, kind, limit_key, {URL_COLUMN}, priority \
+            "SELECT id, kind, limit_key, {SOURCE_COLUMN}, priority \
              FROM jobs WHERE state = 'queued' AND queue = ?1 AND {} = {} AND run_at <= ?2 \
                AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1) {leave_out} \
              ORDER BY priority DESC, run_at, id LIMIT {window}",
@@ -170,7 +173,7 @@ impl KeyedRows for Keyed<'_, '_> {
         n: usize,
     ) -> rusqlite::Result<Vec<Candidate>> {
         let sql = format!(
-            "SELECT id, kind, limit_key, {URL_COLUMN}, priority \
+            "SELECT id, kind, limit_key, {SOURCE_COLUMN}, priority \
              FROM jobs INDEXED BY jobs_ready_key \
              WHERE state = 'queued' AND queue = ?1 AND limit_key = ?3 AND {} = {} \
                AND run_at <= ?2 \
@@ -195,7 +198,7 @@ impl KeyedRows for Keyed<'_, '_> {
     ) -> rusqlite::Result<Vec<Candidate>> {
         let sql = format!(
             "SELECT * FROM ( \
-               SELECT id, kind, limit_key, {URL_COLUMN}, priority \
+               SELECT id, kind, limit_key, {SOURCE_COLUMN}, priority \
                FROM jobs WHERE state = 'queued' AND queue = ?1 AND {} = {} AND run_at <= ?2 \
                  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = ?1 AND paused = 1) \
                ORDER BY priority DESC, run_at, id LIMIT {look}) \
