@@ -1027,13 +1027,14 @@ fn jobd_handlers_and_the_dashboard_list_the_warm_process_with_its_jobs_and_memor
 }
 
 #[test]
-fn instances_caps_how_many_of_a_handlers_jobs_run_at_once() {
+fn instances_caps_how_many_of_a_handlers_jobs_run_at_once_and_its_processes() {
     let home = warm_home("instances = 1\n");
-    // Two CPU workers, so without the cap two jobs would run side by side.
+    // Three CPU workers: without the cap, jobs would run side by side, and
+    // each worker would start a process of its own.
     let config = std::fs::read_to_string(home.config()).unwrap();
     std::fs::write(
         home.config(),
-        config.replace("[cpu]\nworkers = 1", "[cpu]\nworkers = 2"),
+        config.replace("[cpu]\nworkers = 1", "[cpu]\nworkers = 3"),
     )
     .unwrap();
     let jobs: Vec<i64> = (0..6)
@@ -1056,4 +1057,6 @@ fn instances_caps_how_many_of_a_handlers_jobs_run_at_once() {
         assert_eq!(parts[2], "handler:warm", "{spans}");
         last_end = end;
     }
+    let pids = home.text("SELECT count(DISTINCT json_extract(result, '$.pid')) FROM jobs;");
+    assert_eq!(pids.trim(), "1", "one process served them all");
 }

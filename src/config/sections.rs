@@ -570,8 +570,9 @@ pub struct HandlerConfig {
     /// A persistent handler idle this long is stopped.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
-    /// At most this many of a persistent handler's jobs run at once,
-    /// across every daemon (None: one per CPU worker of each daemon).
+    /// At most this many of a persistent handler's processes per daemon,
+    /// and of its jobs running at once across every daemon (None: one
+    /// process per CPU worker).
     pub instances: Option<u32>,
 }
 

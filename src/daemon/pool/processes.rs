@@ -19,7 +19,7 @@
 //! its supervisor thread, which lives exactly as long as the worker) and
 //! exits when its stdin closes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::PathBuf;
@@ -129,6 +129,15 @@ impl WorkerPids {
             .collect()
     }
 
+    /// The warm handlers worker `pid` last reported.
+    fn warm_of(&self, pid: u32) -> Vec<HandlerProcess> {
+        self.1
+            .lock()
+            .ok()
+            .and_then(|all| all.get(&pid).cloned())
+            .unwrap_or_default()
+    }
+
     fn add(&self, pid: u32) {
         if let Ok(mut p) = self.0.lock() {
             p.insert(pid);
@@ -161,10 +170,96 @@ enum Message {
 /// What every supervisor shares.
 struct Common {
     queue: Receiver<Message>,
+    /// The same queue's sending end, to put back what a retiring
+    /// supervisor was handed.
+    requeue: Sender<Message>,
     done: Sender<Finished>,
     /// The settings new workers start with (replaced on reload).
     settings: Mutex<Arc<Settings>>,
     pids: Arc<WorkerPids>,
+    hosts: Mutex<Hosts>,
+}
+
+/// Which supervisors' workers keep each warm handler that has
+/// `instances`: its jobs run on those only, so that a daemon keeps at most
+/// `instances` of its processes (the claims keep at most that many of its
+/// jobs running, across every daemon).
+#[derive(Default)]
+struct Hosts {
+    /// Handler → the supervisors (by number) whose worker keeps it.
+    by_handler: HashMap<String, Vec<usize>>,
+    /// Each live supervisor's inbox, for the jobs handed to it.
+    inboxes: HashMap<usize, Sender<Box<Task>>>,
+}
+
+/// The handler `task` runs and its `instances`, when it is a persistent
+/// exec handler that has them.
+fn capped(settings: &Settings, task: &Task) -> Option<(String, usize)> {
+    if task.job.kind != "exec" {
+        return None;
+    }
+    let payload: serde_json::Value = serde_json::from_str(&task.job.payload).ok()?;
+    let name = payload.get("handler")?.as_str()?;
+    let handler = settings.setup.exec.handlers.get(name)?;
+    if handler.mode != crate::config::HandlerMode::Persistent {
+        return None;
+    }
+    Some((name.to_string(), handler.instances? as usize))
+}
+
+impl Common {
+    /// Whether supervisor `me` runs `task`: always, unless it is a capped
+    /// handler's job that `me` does not host while its hosts are all
+    /// there; then it is handed to one of them (None).
+    fn route(&self, me: usize, task: Box<Task>) -> Option<Box<Task>> {
+        let Some((name, instances)) = capped(&self.settings(), &task) else {
+            return Some(task);
+        };
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let hosts = &mut *hosts;
+        let list = hosts.by_handler.entry(name).or_default();
+        if list.contains(&me) {
+            return Some(task);
+        }
+        if list.len() < instances {
+            list.push(me);
+            return Some(task);
+        }
+        let mut task = task;
+        for host in list.iter() {
+            let Some(inbox) = hosts.inboxes.get(host) else {
+                continue;
+            };
+            match inbox.send(task) {
+                Ok(()) => return None,
+                Err(back) => task = back.into_inner(),
+            }
+        }
+        Some(task)
+    }
+
+    /// Supervisor `me`'s worker keeps only the handlers `kept` now (all
+    /// gone: None).
+    fn hosting(&self, me: usize, kept: Option<&[HandlerProcess]>) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, list) in hosts.by_handler.iter_mut() {
+            let keeps = kept.is_some_and(|k| k.iter().any(|h| &h.name == name));
+            if !keeps {
+                list.retain(|&id| id != me);
+            }
+        }
+    }
+
+    /// Supervisor `me` is gone: what it was handed goes back to the queue.
+    fn leave(&self, me: usize, inbox: &Receiver<Box<Task>>) {
+        self.hosting(me, None);
+        if let Ok(mut hosts) = self.hosts.lock() {
+            hosts.inboxes.remove(&me);
+        }
+        while let Ok(task) = inbox.try_recv() {
+            let _ = self.requeue.send(Message::Run(task));
+        }
+    }
 }
 
 impl Common {
@@ -195,13 +290,16 @@ impl ProcessPool {
         pids: Arc<WorkerPids>,
     ) -> io::Result<ProcessPool> {
         let (tasks, queue) = crossbeam_channel::unbounded();
+        let requeue = tasks.clone();
         let mut pool = ProcessPool {
             tasks,
             common: Arc::new(Common {
                 queue,
+                requeue,
                 done,
                 settings: Mutex::new(Arc::new(settings)),
                 pids,
+                hosts: Mutex::new(Hosts::default()),
             }),
             size: 0,
             supervisors: Vec::new(),
@@ -245,9 +343,10 @@ impl ProcessPool {
             self.spawned += 1;
             let common = Arc::clone(&self.common);
             let ready_tx = ready_tx.clone();
+            let me = self.spawned;
             let handle = std::thread::Builder::new()
-                .name(format!("jobd-cpu-{}", self.spawned))
-                .spawn(move || supervise(&common, ready_tx))?;
+                .name(format!("jobd-cpu-{me}"))
+                .spawn(move || supervise(&common, me, ready_tx))?;
             self.supervisors.push(handle);
             self.size += 1;
             starting += 1;
@@ -460,10 +559,14 @@ enum After {
 
 /// The supervisor thread of one worker.
 // Long: the supervisor's loop over one worker's life (start, feed, watch, kill, replace), its states in one place.
-fn supervise(common: &Common, ready: Sender<()>) {
+fn supervise(common: &Common, me: usize, ready: Sender<()>) {
     let mut worker: Option<Worker> = None;
     let mut start_error: Option<String> = None;
     let mut ready = Some(ready);
+    let (handed, inbox) = crossbeam_channel::unbounded::<Box<Task>>();
+    if let Ok(mut hosts) = common.hosts.lock() {
+        hosts.inboxes.insert(me, handed);
+    }
     loop {
         if worker.is_none() {
             match Worker::start(common.settings(), &common.pids) {
@@ -497,11 +600,21 @@ fn supervise(common: &Common, ready: Sender<()>) {
             }
         }
         let wait = IDLE_CHECK;
-        let message = match common.queue.recv_timeout(wait) {
+        // A job handed to this worker (it keeps the job's handler) first.
+        let received = match inbox.try_recv() {
+            Ok(task) => Ok(Message::Run(task)),
+            Err(_) => crossbeam_channel::select! {
+                recv(inbox) -> task => task.map(Message::Run).map_err(|_| RecvTimeoutError::Disconnected),
+                recv(common.queue) -> message => message.map_err(|_| RecvTimeoutError::Disconnected),
+                default(wait) => Err(RecvTimeoutError::Timeout),
+            },
+        };
+        let message = match received {
             Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => {
                 if let Some(w) = worker.as_mut() {
                     if !matches!(w.child.try_wait(), Ok(None)) {
+                        common.hosting(me, None);
                         let (pid, status) = w.kill(&common.pids);
                         event!(
                             Warn,
@@ -522,9 +635,13 @@ fn supervise(common: &Common, ready: Sender<()>) {
                 if let Some(w) = worker.take() {
                     w.retire(&common.pids);
                 }
+                common.leave(me, &inbox);
                 return;
             }
             Message::Run(task) => task,
+        };
+        let Some(task) = common.route(me, task) else {
+            continue;
         };
         if task.control.is_abandoned() {
             // Given up before it started (shutdown); already put back.
@@ -548,6 +665,12 @@ fn supervise(common: &Common, ready: Sender<()>) {
         if let Some(w) = worker.take_if(|w| w.jobs >= w.settings.max_jobs) {
             w.retire(&common.pids);
         }
+        // The handlers its worker keeps after this job (none once the
+        // worker is gone): it hosts those only.
+        let kept = worker
+            .as_ref()
+            .map(|w| common.pids.warm_of(w.pid.as_raw_pid() as u32));
+        common.hosting(me, kept.as_deref());
     }
 }
 
