@@ -253,8 +253,14 @@ fn a_handler_past_its_memory_limit_or_max_jobs_is_replaced() {
 }
 
 #[test]
-fn progress_reaches_jobd_show_while_the_job_runs_and_log_lines_the_daemon_log() {
+fn progress_reaches_jobd_show_and_tail_while_the_job_runs_and_log_lines_the_daemon_log() {
     let home = warm_home("");
+    let mut tail = home
+        .cmd(&["tail", "--kind", "exec"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tailed = common::lines(tail.stdout.take().unwrap());
     let daemon = home.daemon();
     let file = home.path().join("go");
     let id = job(
@@ -271,6 +277,15 @@ fn progress_reaches_jobd_show_while_the_job_runs_and_log_lines_the_daemon_log() 
         shown.is_some(),
         "no progress in jobd show while job {id} ran"
     );
+    let line = tailed
+        .recv_timeout(PATIENCE)
+        .expect("jobd tail printed the progress");
+    assert!(
+        line.contains(&format!(
+            " progress job={id} kind=exec queue=default attempt=1 done=50% note=halfway"
+        )),
+        "{line}"
+    );
     assert_eq!(home.state(id), "running");
     daemon.wait_log(&format!("job.log id={id}"));
     assert!(
@@ -282,6 +297,12 @@ fn progress_reaches_jobd_show_while_the_job_runs_and_log_lines_the_daemon_log() 
     );
     std::fs::write(&file, "").unwrap();
     pid_of(&home, id);
+    let line = tailed
+        .recv_timeout(PATIENCE)
+        .expect("jobd tail printed the attempt");
+    assert!(line.contains(&format!(" succeeded job={id} ")), "{line}");
+    tail.kill().unwrap();
+    tail.wait().unwrap();
     // Finished, the job shows no progress.
     let show = home.ok(&["show", &id.to_string()]);
     assert!(!show.contains("progress"), "{show}");

@@ -432,9 +432,27 @@ pub fn run_line(run: &JobRun, redaction: &Redaction) -> String {
     line
 }
 
-/// Runs `jobd tail`: prints attempts written from now on. The filter is
-/// applied here rather than in SQL so the cursor always moves past every
-/// row read, whatever matches.
+/// A running job's progress as a `tail` line, stamped `at`.
+pub fn progress_line(job: &crate::job::Job, fraction: f64, note: &str, at: i64) -> String {
+    let mut line = format!(
+        "{} progress job={} kind={} queue={} attempt={} done={:.0}%",
+        time(at),
+        job.id,
+        quote(&job.kind),
+        quote(&job.queue),
+        job.attempts,
+        fraction * 100.0
+    );
+    if !note.is_empty() {
+        line.push_str(&format!(" note={}", quote(note)));
+    }
+    line
+}
+
+/// Runs `jobd tail`: prints attempts written from now on, and each new
+/// progress report of a running job. The filter is applied here rather
+/// than in SQL so the cursor always moves past every row read, whatever
+/// matches.
 pub fn tail(
     redaction: &Redaction,
     store: &mut dyn Store,
@@ -442,12 +460,30 @@ pub fn tail(
     out: &mut dyn Write,
 ) -> Result<()> {
     let mut cursor = store.last_run_id()?;
+    // The progress last printed, by job: (attempt, fraction, note).
+    let mut shown: std::collections::HashMap<i64, (i64, f64, String)> = Default::default();
     loop {
+        let wanted_job = |queue: &str, kind: &str| {
+            args.queue.as_ref().is_none_or(|q| q == queue)
+                && args.kind.as_ref().is_none_or(|k| k == kind)
+        };
+        let running = store.running_with_progress()?;
+        let now = crate::job::now_ms();
+        let mut still = std::collections::HashMap::with_capacity(running.len());
+        for job in &running {
+            let Some((fraction, note)) = job.running_progress() else {
+                continue;
+            };
+            let report = (job.attempts, fraction, note);
+            if wanted_job(&job.queue, &job.kind) && shown.get(&job.id) != Some(&report) {
+                let line = progress_line(job, report.1, &redaction.text(&report.2), now);
+                writeln!(out, "{line}").map_err(stdout_error)?;
+            }
+            still.insert(job.id, report);
+        }
+        shown = still;
         let runs = store.runs_after(cursor, TAIL_BATCH)?;
-        let wanted = runs.iter().filter(|run| {
-            args.queue.as_ref().is_none_or(|q| *q == run.queue)
-                && args.kind.as_ref().is_none_or(|k| *k == run.kind)
-        });
+        let wanted = runs.iter().filter(|run| wanted_job(&run.queue, &run.kind));
         for run in wanted {
             writeln!(out, "{}", run_line(run, redaction)).map_err(stdout_error)?;
         }

@@ -397,6 +397,9 @@ pub(crate) fn handlers_from_json(json: Option<&str>) -> Vec<HandlerProcess> {
         .unwrap_or_default()
 }
 
+/// At most this many running jobs' progress is read for `jobd tail`.
+pub const PROGRESS_SHOWN: i64 = 1_000;
+
 /// A periodic schedule's row in `cron`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CronRow {
@@ -650,6 +653,11 @@ pub trait Reads {
 
     /// At most `limit` runs written after `after_id`, oldest first.
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>>;
+
+    /// The running jobs whose handler has reported progress (at most
+    /// [`PROGRESS_SHOWN`], by id), for `jobd tail`; see
+    /// [`Job::running_progress`] for whether it is this attempt's.
+    fn running_with_progress(&mut self) -> Result<Vec<Job>>;
 
     /// Per-queue figures and the live daemons.
     fn stats(&mut self, now: i64) -> Result<Stats>;

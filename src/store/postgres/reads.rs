@@ -285,6 +285,24 @@ impl Reads for PgStore {
         })
     }
 
+    fn running_with_progress(&mut self) -> Result<Vec<Job>> {
+        self.revive()?;
+        let fail = self.schedules_and_reads_error("read progress");
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' \
+                     AND progress IS NOT NULL ORDER BY id LIMIT $1"
+                ),
+                &[&crate::store::contract::PROGRESS_SHOWN],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(job_from_row)
+            .collect())
+    }
+
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
         self.revive()?;
         let fail = self.schedules_and_reads_error("read job runs");

@@ -229,6 +229,19 @@ impl Reads for SqliteStore {
         result.map_err(|e| self.err("read job runs", e))
     }
 
+    fn running_with_progress(&mut self) -> Result<Vec<Job>> {
+        let result: rusqlite::Result<Vec<Job>> = (|| {
+            self.conn
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_running \
+                     WHERE state = 'running' AND progress IS NOT NULL ORDER BY id LIMIT ?1"
+                ))?
+                .query_map([crate::store::contract::PROGRESS_SHOWN], job_from_row)?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read progress", e))
+    }
+
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
         let result: rusqlite::Result<Vec<JobRun>> = (|| {
             self.conn
