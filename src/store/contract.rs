@@ -655,7 +655,7 @@ pub trait Reads {
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>>;
 
     /// The running jobs whose handler has reported progress (at most
-    /// [`PROGRESS_SHOWN`], by id), for `jobd tail`; see
+    /// [`crate::store::PROGRESS_SHOWN`], by id), for `jobd tail`; see
     /// [`Job::running_progress`] for whether it is this attempt's.
     fn running_with_progress(&mut self) -> Result<Vec<Job>>;
 
