@@ -1081,3 +1081,34 @@ fn instances_caps_how_many_of_a_handlers_jobs_run_at_once_and_its_processes() {
     let pids = home.text("SELECT count(DISTINCT json_extract(result, '$.pid')) FROM jobs;");
     assert_eq!(pids.trim(), "1", "one process served them all");
 }
+
+/// Regression: a capped handler's job was handed to its host while the
+/// host ran another job, and timed out waiting there beside an idle worker.
+#[test]
+fn a_capped_handlers_job_does_not_wait_out_its_deadline_behind_a_busy_host() {
+    let home = warm_home("instances = 1\n");
+    let config = std::fs::read_to_string(home.config()).unwrap();
+    std::fs::write(
+        home.config(),
+        config.replace("[cpu]\nworkers = 1", "[cpu]\nworkers = 2"),
+    )
+    .unwrap();
+    let daemon = home.daemon();
+    // The host is busy with a long job of the handler...
+    let long = job(&home, r#"{"do":"nap","ms":3000}"#, "20000");
+    home.wait_count(
+        &format!("SELECT count(*) FROM jobs WHERE id = {long} AND state = 'running';"),
+        1,
+    );
+    // ... when a job of it that names its own key (so the claim does not
+    // hold it back) comes, with a deadline shorter than that.
+    home.sqlite3(
+        "INSERT INTO jobs(id, kind, payload, max_attempts, timeout_ms, limit_key) \
+         VALUES (100, 'exec', '{\"handler\":\"warm\",\"args\":{}}', 1, 1500, 'own');",
+    )
+    .succeeds();
+    let (state, detail) = finish(&home, 100);
+    assert_eq!(state, "succeeded", "{detail}");
+    assert_eq!(finish(&home, long).0, "succeeded");
+    daemon.stop();
+}

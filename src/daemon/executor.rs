@@ -31,6 +31,8 @@ pub struct Control {
     /// The latest progress its handler reported and the dispatcher has not
     /// written yet: the fraction and the note.
     progress: std::sync::Mutex<Option<(f64, String)>>,
+    /// Set by the first report.
+    reports: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
@@ -40,6 +42,14 @@ impl Control {
         if let Ok(mut progress) = self.progress.lock() {
             *progress = Some((fraction, note));
         }
+        self.reports.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether its handler has reported progress at all: the dispatcher
+    /// then looks for more every time it may write them (200 ms), not
+    /// only at its next poll.
+    pub fn reports_progress(&self) -> bool {
+        self.reports.load(Ordering::Relaxed)
     }
 
     /// The progress reported since the last call, if any.

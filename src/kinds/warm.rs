@@ -240,6 +240,7 @@ impl Warm {
         if stale {
             if let Some(old) = processes.remove(name) {
                 old.retire();
+                sweep_after_retire(&processes);
             }
             let process = spawn(name, start()?, current, config.idle_timeout)?;
             processes.insert(name.to_string(), process);
@@ -256,7 +257,10 @@ impl Warm {
         if broken || over_memory || process.served >= config.max_jobs {
             if let Some(old) = processes.remove(name) {
                 old.retire();
+                sweep_after_retire(&processes);
             }
+        } else {
+            reap_adopted(&processes);
         }
         answer.map_err(|fault| fault.error)
     }
@@ -285,13 +289,44 @@ impl Warm {
                         done.then(|| name.clone())
                     })
                     .collect();
+                let retired = !idle.is_empty();
                 for name in idle {
                     if let Some(p) = processes.remove(&name) {
                         p.retire();
                     }
                 }
+                if retired {
+                    sweep_after_retire(&processes);
+                }
+                reap_adopted(&processes);
             });
         });
+    }
+}
+
+/// The live handlers' pids: what a sweep of this worker's children keeps.
+fn handler_pids(processes: &HashMap<String, Process>) -> Vec<i32> {
+    processes.values().map(|p| p.child.id() as i32).collect()
+}
+
+/// After a handler is retired: what it started in a session of its own
+/// (`setsid`), which neither its group nor its tree holds once it is gone,
+/// is this worker's child now (a subreaper's); killed and reaped with it.
+fn sweep_after_retire(processes: &HashMap<String, Process>) {
+    crate::os::confine::kill_leftovers(RETIRE_WAIT, &handler_pids(processes));
+}
+
+/// While handlers live: the processes they started that exited and were
+/// handed to this worker (a `sh -c "cmd &"`) are reaped, not left zombies
+/// until the handler goes.
+fn reap_adopted(processes: &HashMap<String, Process>) {
+    let keep = handler_pids(processes);
+    for pid in crate::os::procfs::children(std::process::id() as i32) {
+        if !keep.contains(&pid) && crate::os::procfs::is_zombie(pid) {
+            if let Some(id) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::waitpid(Some(id), rustix::process::WaitOptions::NOHANG);
+            }
+        }
     }
 }
 
@@ -303,6 +338,7 @@ impl Drop for Warm {
         for (_, process) in processes.drain() {
             process.retire();
         }
+        sweep_after_retire(&processes);
     }
 }
 
@@ -311,7 +347,10 @@ impl Drop for Warm {
 /// is reported as [`Line::TooLong`] and reading stops there, so a runaway
 /// line costs the worker at most that much memory.
 pub(crate) fn read_lines(input: impl Read + Send + 'static) -> mpsc::Receiver<Line> {
-    let (tx, lines) = mpsc::channel();
+    // A few lines ahead at most: a handler that writes faster than they
+    // are read (a loop of heartbeats, between jobs too) blocks on its own
+    // pipe instead of growing the worker's memory until it dies.
+    let (tx, lines) = mpsc::sync_channel(LINES_AHEAD);
     std::thread::spawn(move || {
         let mut reader = BufReader::new(input);
         loop {
@@ -338,6 +377,10 @@ pub(crate) fn read_lines(input: impl Read + Send + 'static) -> mpsc::Receiver<Li
     });
     lines
 }
+
+/// Lines read ahead of the one being handled, at most (each at most
+/// [`MAX_LINE`]).
+const LINES_AHEAD: usize = 8;
 
 /// Starts a handler process and its reader threads.
 fn spawn(

@@ -210,6 +210,11 @@ pub fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether `pid` is a zombie (exited, not yet reaped).
+pub fn is_zombie(pid: i32) -> bool {
+    stat_fields(&pid.to_string()).is_some_and(|f| f.first().map(String::as_str) == Some("Z"))
+}
+
 /// The process group of `pid` (a zombie's too), from `/proc/<pid>/stat`.
 pub fn process_group(pid: i32) -> Option<i32> {
     // Fields after the name: state, parent, group.

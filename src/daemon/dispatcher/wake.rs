@@ -116,6 +116,11 @@ impl Dispatcher {
         }
         for entry in self.in_flight.values().filter(|e| !e.reported) {
             until = until.min(overrun_at(entry));
+            // Reports are written every PROGRESS_EVERY while they come,
+            // not only when something else wakes the loop.
+            if entry.control.reports_progress() {
+                until = until.min(self.next_progress.max(now));
+            }
         }
         for t in [
             self.completer.deadline(),

@@ -190,6 +190,8 @@ struct Hosts {
     by_handler: HashMap<String, Vec<usize>>,
     /// Each live supervisor's inbox, for the jobs handed to it.
     inboxes: HashMap<usize, Sender<Box<Task>>>,
+    /// The supervisors running a job now.
+    busy: BTreeSet<usize>,
 }
 
 /// The handler `task` runs and its `instances`, when it is a persistent
@@ -210,7 +212,10 @@ fn capped(settings: &Settings, task: &Task) -> Option<(String, usize)> {
 impl Common {
     /// Whether supervisor `me` runs `task`: always, unless it is a capped
     /// handler's job that `me` does not host while its hosts are all
-    /// there; then it is handed to one of them (None).
+    /// there and one of them is not running a job; then it is handed to
+    /// that one (None). With every host busy (with other jobs: the claims keep its
+    /// own jobs within `instances`), `me` takes the handler up too rather
+    /// than let the job's deadline run out waiting for them.
     fn route(&self, me: usize, task: Box<Task>) -> Option<Box<Task>> {
         let Some((name, instances)) = capped(&self.settings(), &task) else {
             return Some(task);
@@ -227,14 +232,22 @@ impl Common {
         }
         let mut task = task;
         for host in list.iter() {
+            if hosts.busy.contains(host) {
+                continue;
+            }
             let Some(inbox) = hosts.inboxes.get(host) else {
                 continue;
             };
             match inbox.send(task) {
-                Ok(()) => return None,
+                Ok(()) => {
+                    // Busy from now: the next job goes elsewhere.
+                    hosts.busy.insert(*host);
+                    return None;
+                }
                 Err(back) => task = back.into_inner(),
             }
         }
+        list.push(me);
         Some(task)
     }
 
@@ -250,11 +263,23 @@ impl Common {
         }
     }
 
+    /// Supervisor `me` runs a job (`true`) or is done with it.
+    fn busy(&self, me: usize, busy: bool) {
+        if let Ok(mut hosts) = self.hosts.lock() {
+            if busy {
+                hosts.busy.insert(me);
+            } else {
+                hosts.busy.remove(&me);
+            }
+        }
+    }
+
     /// Supervisor `me` is gone: what it was handed goes back to the queue.
     fn leave(&self, me: usize, inbox: &Receiver<Box<Task>>) {
         self.hosting(me, None);
         if let Ok(mut hosts) = self.hosts.lock() {
             hosts.inboxes.remove(&me);
+            hosts.busy.remove(&me);
         }
         while let Ok(task) = inbox.try_recv() {
             let _ = self.requeue.send(Message::Run(task));
@@ -643,8 +668,10 @@ fn supervise(common: &Common, me: usize, ready: Sender<()>) {
         let Some(task) = common.route(me, task) else {
             continue;
         };
+        common.busy(me, true);
         if task.control.is_abandoned() {
             // Given up before it started (shutdown); already put back.
+            common.busy(me, !inbox.is_empty());
             continue;
         }
         let began = Instant::now();
@@ -661,16 +688,23 @@ fn supervise(common: &Common, me: usize, ready: Sender<()>) {
                 start_error.as_deref().unwrap_or("unknown error")
             ))),
         };
-        report(common, &task, answer, began);
-        if let Some(w) = worker.take_if(|w| w.jobs >= w.settings.max_jobs) {
-            w.retire(&common.pids);
-        }
+        let retiring = worker.take_if(|w| w.jobs >= w.settings.max_jobs);
         // The handlers its worker keeps after this job (none once the
-        // worker is gone): it hosts those only.
+        // worker is gone): it hosts those only. Said before the answer is
+        // reported, which lets the next job of such a handler be claimed:
+        // that job must find this worker free, or another worker would
+        // take the handler up.
         let kept = worker
             .as_ref()
             .map(|w| common.pids.warm_of(w.pid.as_raw_pid() as u32));
         common.hosting(me, kept.as_deref());
+        // A job handed over while this one ran waits in the inbox, taken
+        // first at the top of the loop.
+        common.busy(me, !inbox.is_empty());
+        report(common, &task, answer, began);
+        if let Some(w) = retiring {
+            w.retire(&common.pids);
+        }
     }
 }
 
