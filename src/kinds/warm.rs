@@ -320,6 +320,11 @@ fn sweep_after_retire(processes: &HashMap<String, Process>) {
 /// handed to this worker (a `sh -c "cmd &"`) are reaped, not left zombies
 /// until the handler goes.
 fn reap_adopted(processes: &HashMap<String, Process>) {
+    // Elsewhere (a test running kinds in its own process) the children
+    // are not this code's to reap.
+    if processes.is_empty() || !crate::os::confine::is_worker() {
+        return;
+    }
     let keep = handler_pids(processes);
     for pid in crate::os::procfs::children(std::process::id() as i32) {
         if !keep.contains(&pid) && crate::os::procfs::is_zombie(pid) {
@@ -335,10 +340,13 @@ impl Drop for Warm {
     /// (their death signal would end only the handlers themselves).
     fn drop(&mut self) {
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        let had = !processes.is_empty();
         for (_, process) in processes.drain() {
             process.retire();
         }
-        sweep_after_retire(&processes);
+        if had {
+            sweep_after_retire(&processes);
+        }
     }
 }
 

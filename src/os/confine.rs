@@ -80,10 +80,21 @@ pub fn become_subreaper() -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
+/// Whether this process is a CPU worker, which alone may treat every
+/// child of its own as a handler's leftover ([`become_subreaper`]).
+pub fn is_worker() -> bool {
+    rustix::process::child_subreaper().is_ok_and(|p| p.is_some())
+}
+
 /// Kills and reaps every child of this process but `keep`, and the
 /// children they leave in turn, for at most `within`: what a finished
-/// handler left running (`keep`: the warm handlers, which stay).
+/// handler left running (`keep`: the warm handlers, which stay). Only in
+/// a CPU worker: a kind run anywhere else (the daemon's registry, a test)
+/// must not kill the children of the process it runs in.
 pub fn kill_leftovers(within: Duration, keep: &[i32]) {
+    if !is_worker() {
+        return;
+    }
     let me = std::process::id() as i32;
     let deadline = Instant::now() + within;
     loop {
