@@ -1112,3 +1112,36 @@ fn a_capped_handlers_job_does_not_wait_out_its_deadline_behind_a_busy_host() {
     assert_eq!(finish(&home, long).0, "succeeded");
     daemon.stop();
 }
+
+#[test]
+fn a_handler_whose_file_changed_is_replaced_by_the_new_version_at_its_next_job() {
+    let home = warm_home("");
+    let daemon = home.daemon();
+    let first = pid_of(&home, job(&home, "{}", "NULL"));
+    assert_eq!(pid_of(&home, job(&home, "{}", "NULL")), first, "kept warm");
+    // A new version, installed the way a deploy does (written beside, then
+    // renamed over), and the reload an operator sends after it.
+    let dir = home.path().join("handlers");
+    std::fs::write(
+        dir.join("warm.new"),
+        HANDLER.replace(
+            "{\"pid\": os.getpid(),",
+            "{\"pid\": os.getpid(), \"version\": 2,",
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("warm.new"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+    std::fs::rename(dir.join("warm.new"), dir.join("warm")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let id = job(&home, "{}", "NULL");
+    let (state, result) = finish(&home, id);
+    assert_eq!(state, "succeeded", "{result}");
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(result["version"], 2, "the new version ran: {result}");
+    assert_ne!(result["pid"].as_i64(), Some(first), "a fresh process");
+    daemon.stop();
+}
