@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use crate::config::{ExecConfig, FileConfig};
 use crate::kinds::kind::{parse_payload, Context, JobError, Kind};
-use crate::kinds::warm::{side_message, Line, MAX_LINE};
+use crate::kinds::warm::{side_message, Line};
 
 /// Stdout beyond this is read and dropped; the result says `truncated`.
 pub const MAX_STDOUT: usize = 1 << 20;
@@ -285,10 +285,7 @@ fn pass_on(ctx: &Context<'_>, line: Line) -> Result<bool, String> {
             }
             Ok(true)
         }
-        Line::TooLong => Err(format!(
-            "it wrote a line longer than {} MiB ({MAX_LINE} bytes), the most a line may hold",
-            MAX_LINE >> 20
-        )),
+        Line::TooLong => Err(crate::kinds::warm::too_long()),
         Line::Closed => Ok(false),
     }
 }

@@ -238,10 +238,7 @@ impl Warm {
                 || p.lines.try_recv().is_ok()
         });
         if stale {
-            if let Some(old) = processes.remove(name) {
-                old.retire();
-                sweep_after_retire(&processes);
-            }
+            retire(&mut processes, [name.to_string()]);
             let process = spawn(name, start()?, current, config.idle_timeout)?;
             processes.insert(name.to_string(), process);
         }
@@ -255,10 +252,7 @@ impl Warm {
             Err(fault) => fault.ends_handler,
         };
         if broken || over_memory || process.served >= config.max_jobs {
-            if let Some(old) = processes.remove(name) {
-                old.retire();
-                sweep_after_retire(&processes);
-            }
+            retire(&mut processes, [name.to_string()]);
         } else {
             reap_adopted(&processes);
         }
@@ -289,15 +283,7 @@ impl Warm {
                         done.then(|| name.clone())
                     })
                     .collect();
-                let retired = !idle.is_empty();
-                for name in idle {
-                    if let Some(p) = processes.remove(&name) {
-                        p.retire();
-                    }
-                }
-                if retired {
-                    sweep_after_retire(&processes);
-                }
+                retire(&mut processes, idle);
                 reap_adopted(&processes);
             });
         });
@@ -309,11 +295,21 @@ fn handler_pids(processes: &HashMap<String, Process>) -> Vec<i32> {
     processes.values().map(|p| p.child.id() as i32).collect()
 }
 
-/// After a handler is retired: what it started in a session of its own
-/// (`setsid`), which neither its group nor its tree holds once it is gone,
-/// is this worker's child now (a subreaper's); killed and reaped with it.
-fn sweep_after_retire(processes: &HashMap<String, Process>) {
-    crate::os::confine::kill_leftovers(RETIRE_WAIT, &handler_pids(processes));
+/// Retires the handlers `names` (those running), and then what they
+/// started in a session of their own (`setsid`), which neither their
+/// group nor their tree holds once they are gone: this worker's children
+/// now (a subreaper's), killed and reaped with them.
+fn retire(processes: &mut HashMap<String, Process>, names: impl IntoIterator<Item = String>) {
+    let mut retired = false;
+    for name in names {
+        if let Some(process) = processes.remove(&name) {
+            process.retire();
+            retired = true;
+        }
+    }
+    if retired {
+        crate::os::confine::kill_leftovers(RETIRE_WAIT, &handler_pids(processes));
+    }
 }
 
 /// While handlers live: the processes they started that exited and were
@@ -340,13 +336,8 @@ impl Drop for Warm {
     /// (their death signal would end only the handlers themselves).
     fn drop(&mut self) {
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        let had = !processes.is_empty();
-        for (_, process) in processes.drain() {
-            process.retire();
-        }
-        if had {
-            sweep_after_retire(&processes);
-        }
+        let all: Vec<String> = processes.keys().cloned().collect();
+        retire(&mut processes, all);
     }
 }
 
@@ -384,6 +375,14 @@ pub(crate) fn read_lines(input: impl Read + Send + 'static) -> mpsc::Receiver<Li
         }
     });
     lines
+}
+
+/// What a handler did when it wrote a line over [`MAX_LINE`].
+pub(crate) fn too_long() -> String {
+    format!(
+        "it wrote a line longer than {} MiB ({MAX_LINE} bytes), the most a line may hold",
+        MAX_LINE >> 20
+    )
 }
 
 /// Lines read ahead of the one being handled, at most (each at most
@@ -540,8 +539,8 @@ fn feed(
             Line::Text(text) => text,
             Line::TooLong => {
                 return Err(Fault::of_handler(JobError::transient(format!(
-                    "exec handler {name} broke the protocol: it wrote a line longer than {} MiB ({MAX_LINE} bytes), the most a line may hold",
-                    MAX_LINE >> 20
+                    "exec handler {name} broke the protocol: {}",
+                    too_long()
                 ))));
             }
             Line::Closed => {

@@ -122,7 +122,9 @@ impl WorkerPids {
                 std::path::Path::new(&format!("/proc/{pid}"))
                     .exists()
                     .then(|| {
-                        handler.rss_bytes = crate::os::procfs::rss_with_children(&[pid]);
+                        // As `memory_limit` measures it: its group and all
+                        // below it (a handler's group is its own pid).
+                        handler.rss_bytes = crate::os::procfs::tree_rss(pid as i32, pid as i32);
                         handler
                     })
             })
