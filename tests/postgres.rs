@@ -157,6 +157,150 @@ fn a_daemon_rides_out_its_connections_being_cut() {
     );
 }
 
+/// The number `sql` answers in `schema`.
+fn number(schema: &Schema, sql: &str) -> i64 {
+    let text = schema.psql(sql).unwrap();
+    text.parse()
+        .unwrap_or_else(|_| panic!("{sql} gave {text:?}"))
+}
+
+#[test]
+fn outcomes_written_beside_the_claim_survive_their_session_being_cut() {
+    let Some(schema) = Schema::create("outcomes_cut") else {
+        return;
+    };
+    let app = schema.name.clone();
+    let home = home_on(&format!("{}&application_name={app}", schema.url()));
+    home.ok(&["migrate"]);
+    schema
+        .psql("INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, 4000);")
+        .unwrap();
+    let daemon = home.daemon_logging_to("d.log");
+    // The session that writes outcomes while the dispatcher's claims, cut
+    // again and again while the jobs drain.
+    let cut_sql = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = '{app} outcomes';"
+    );
+    let mut cut = 0;
+    let drained = common::wait_for(common::PATIENCE, || {
+        cut += common::pg::psql(&cut_sql).unwrap().parse::<i64>().unwrap();
+        let left = number(
+            &schema,
+            "SELECT count(*) FROM jobs WHERE state <> 'succeeded';",
+        );
+        (left == 0).then_some(())
+    });
+    assert!(drained.is_some(), "the jobs did not all succeed");
+    let log = daemon.stop();
+    assert!(cut >= 1, "the outcome session was never there to cut");
+    assert!(log.contains("db.error"), "{log}");
+    // Every job ran once, and every attempt has its one record.
+    assert_eq!(number(&schema, "SELECT max(attempts) FROM jobs;"), 1);
+    assert_eq!(
+        schema
+            .psql("SELECT count(DISTINCT job_id), count(*) FROM job_runs WHERE outcome = 'succeeded';")
+            .unwrap(),
+        "4000|4000"
+    );
+}
+
+#[test]
+fn claims_stay_bounded_while_outcomes_cannot_be_written() {
+    let Some(schema) = Schema::create("outcomes_held") else {
+        return;
+    };
+    // Two threads: at most 2 + 2 × 15 jobs held, plus one batch claimed
+    // for the slots whose outcomes were being written when the write failed.
+    let home = Home::new();
+    let handlers = home.path().join("handlers");
+    std::fs::create_dir(&handlers).unwrap();
+    let hold = handlers.join("hold");
+    std::fs::write(&hold, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(&hold, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let home = home_with(
+        &schema.url(),
+        &format!(
+            "[pool]\nthreads = 2\n[cpu]\nworkers = 1\n[exec]\ndir = \"{}\"\n",
+            handlers.display()
+        ),
+    );
+    std::fs::write(
+        home.config(),
+        std::fs::read_to_string(home.config())
+            .unwrap()
+            .replace("[database]\n", "[database]\nbusy_timeout = \"200ms\"\n"),
+    )
+    .unwrap();
+    home.ok(&["migrate"]);
+    // The CPU worker is kept busy, so the only free slots are those of
+    // outcomes written (or not) beside the claim.
+    schema
+        .psql(
+            "INSERT INTO jobs(kind, payload, timeout_ms, max_attempts) \
+             VALUES ('exec', '{\"handler\":\"hold\"}', 5000, 1); \
+             INSERT INTO jobs(kind, batch) SELECT 'noop', 'held' FROM generate_series(1, 2000);",
+        )
+        .unwrap();
+    // A client locks the batch's row: ending a member (which counts it on
+    // that row) waits, and fails after the busy timeout; claiming does not.
+    let mut client = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
+        .arg(format!(
+            "SET search_path = {}; BEGIN; \
+             SELECT name FROM batches WHERE name = 'held' FOR UPDATE; \
+             SELECT pg_sleep(120); COMMIT;",
+            schema.name
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let holding = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+         AND query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
+        schema.name
+    );
+    common::wait_for(common::PATIENCE, || {
+        (common::pg::psql(&holding).as_deref() == Ok("1")).then_some(())
+    })
+    .expect("the client holds the batch's row");
+    let daemon = home.daemon_logging_to("d.log");
+    daemon.wait_log("db.busy");
+    // Watch the running jobs over a dozen retries of the write.
+    let mut most = 0;
+    let watch = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < watch {
+        // New work keeps arriving, and tells the daemon so.
+        schema
+            .psql("INSERT INTO jobs(kind) VALUES ('noop');")
+            .unwrap();
+        most = most.max(number(
+            &schema,
+            "SELECT count(*) FROM jobs WHERE state = 'running';",
+        ));
+    }
+    common::pg::psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
+        schema.name
+    ))
+    .unwrap();
+    let _ = client.wait();
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running');",
+        "0",
+        "the jobs ran once the row was let go",
+    );
+    daemon.stop();
+    assert!(
+        most <= 64,
+        "{most} jobs held while no outcome could be written"
+    );
+    assert!(most > 0, "nothing was claimed while the row was held");
+    assert_eq!(number(&schema, "SELECT max(attempts) FROM jobs;"), 1);
+}
+
 #[test]
 fn tls_verifies_the_servers_certificate_and_names_what_is_wrong() {
     let Some(schema) = Schema::create("tls") else {

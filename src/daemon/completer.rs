@@ -140,6 +140,11 @@ impl Completer {
         self.pending.is_empty()
     }
 
+    /// True while the last write of outcomes failed.
+    pub fn failing(&self) -> bool {
+        self.failing_since.is_some()
+    }
+
     /// True when there is something to write and no back-off holds it.
     pub fn ready(&self, now: Instant) -> bool {
         !self.pending.is_empty() && self.retry_at.is_none_or(|t| now >= t)

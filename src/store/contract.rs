@@ -440,6 +440,34 @@ pub struct Stats {
     pub workers: Vec<WorkerInfo>,
 }
 
+/// What one write step ([`Queue::complete_and_claim`]) did.
+#[derive(Debug)]
+pub enum Stepped {
+    /// Outcomes and claim in one transaction: both happened or neither, and
+    /// the claim saw the outcomes (a child a success released, a slot a key
+    /// freed).
+    Together(Result<(Vec<Applied>, Vec<Claimed>)>),
+    /// Outcomes and claim in two transactions side by side: either may
+    /// fail alone, and the claim did not see the outcomes, so what they
+    /// released is claimed by the next one.
+    Apart {
+        /// The outcomes' fate, in the order given.
+        applied: Result<Vec<Applied>>,
+        /// The jobs claimed.
+        claimed: Result<Vec<Claimed>>,
+    },
+}
+
+impl Stepped {
+    /// The outcomes' part of the step.
+    pub fn outcomes(self) -> Result<Vec<Applied>> {
+        match self {
+            Stepped::Together(done) => done.map(|(applied, _)| applied),
+            Stepped::Apart { applied, .. } => applied,
+        }
+    }
+}
+
 /// The dispatcher's turn: enqueue, claim for free slots, write outcomes,
 /// keep leases, and notice new work and cancel requests.
 pub trait Queue {
@@ -456,17 +484,16 @@ pub trait Queue {
     /// state, worker and attempt, with a `job_runs` row for each that applied.
     fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>>;
 
-    /// Writes outcomes and then claims, as one transaction where the backend
-    /// can: the daemon's group commit, so each turn of its loop costs one
-    /// write lock instead of two. Either part may be empty.
-    fn complete_and_claim(
-        &mut self,
-        completions: &[Completion],
-        claim: &Claim<'_>,
-    ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
-        let applied = self.complete(completions)?;
-        let jobs = self.claim(claim)?;
-        Ok((applied, jobs))
+    /// Writes outcomes and claims: the daemon's group commit, one turn of
+    /// its loop. SQLite does both in one transaction, so each turn costs one
+    /// write lock instead of two. PostgreSQL writes the outcomes on a second
+    /// connection while this one claims, so a turn keeps two server backends
+    /// busy instead of one ([`Stepped::Apart`]). Either part may be empty.
+    fn complete_and_claim(&mut self, completions: &[Completion], claim: &Claim<'_>) -> Stepped {
+        Stepped::Together(
+            self.complete(completions)
+                .and_then(|applied| Ok((applied, self.claim(claim)?))),
+        )
     }
 
     /// A number that changes whenever another connection commits (SQLite's

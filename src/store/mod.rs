@@ -27,7 +27,7 @@ pub use contract::{
     Admin, Applied, Backlog, BatchInfo, BulkRetry, CancelResult, Claim, ClaimRequest, CronRow,
     Enqueued, Fleet, Held, JobRun, ListFilter, Moved, OpenMode, PruneCutoffs, Pruned, Queue,
     QueueStats, Reads, Relatives, RescueScope, Rescued, Result, RetryResult, RunTally, Schedules,
-    Stats, Store, WorkerInfo, PROGRESS_SHOWN, RELATIVES_SHOWN,
+    Stats, Stepped, Store, WorkerInfo, PROGRESS_SHOWN, RELATIVES_SHOWN,
 };
 pub use error::{event_name, log_trouble, StoreError};
 pub use flows::{BatchCounts, ParentOutcome};

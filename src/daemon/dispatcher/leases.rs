@@ -173,8 +173,9 @@ impl Dispatcher {
             match self
                 .store
                 .complete_and_claim(self.completer.batch(now_i), &claim)
+                .outcomes()
             {
-                Ok((applied, _)) => {
+                Ok(applied) => {
                     self.completer.written(&applied, &self.state.counters);
                 }
                 Err(e) => self.completer.failed(&e, now_i),

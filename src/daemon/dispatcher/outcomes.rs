@@ -7,7 +7,7 @@ use crate::daemon::executor::Control;
 use crate::daemon::pool::threads::Finished;
 use crate::event;
 use crate::job::{now_ms, Attempt, Claimed, Pool};
-use crate::store::{Claim, StoreError};
+use crate::store::{Claim, Stepped, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -57,7 +57,10 @@ impl Dispatcher {
         // Outcomes written in this transaction free their slots for the
         // claim that follows in the same transaction.
         let mut slots = self.free_slots();
-        if flush {
+        // Not while writes fail: outcomes written beside the claim (on
+        // PostgreSQL) may fail while it succeeds, and each retry would
+        // claim again for the same slots.
+        if flush && !self.completer.failing() {
             for entry in self.in_flight.values().filter(|e| e.reported) {
                 match entry.pool {
                     Pool::Cpu => slots.cpu += 1,
@@ -98,14 +101,15 @@ impl Dispatcher {
             requests: &requests,
             keys: &self.keys,
         };
-        let result = self
+        let stepped = self
             .store
             .complete_and_claim(self.completer.batch(now_i), &claim);
-        match result {
-            Ok((applied, jobs)) => {
-                self.wrote(applied, jobs, &requests, &queues, held_back, now, now_i)
+        let (applied, claimed) = match stepped {
+            Stepped::Together(Ok((applied, jobs))) => {
+                let step = Step::together(&requests, &queues, held_back);
+                return self.wrote(applied, jobs, step, now, now_i);
             }
-            Err(e) => {
+            Stepped::Together(Err(e)) => {
                 self.store_failed(&e);
                 if self.completer.ready(now_i) {
                     self.completer.failed(&e, now_i);
@@ -113,24 +117,54 @@ impl Dispatcher {
                 if !requests.is_empty() {
                     self.claim_failed(&e, now_i);
                 }
+                return;
             }
+            Stepped::Apart { applied, claimed } => (applied, claimed),
+        };
+        // Two transactions: what committed is taken first, then what
+        // failed is noted (so `/healthz` keeps saying so).
+        let (applied, write_error) = match applied {
+            Ok(applied) => (applied, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let (jobs, claim_error, asked) = match claimed {
+            Ok(jobs) => (jobs, None, &requests[..]),
+            Err(e) => (Vec::new(), Some(e), &[][..]),
+        };
+        let step = Step {
+            requests: asked,
+            queues: &queues,
+            held_back,
+            claim_saw_outcomes: false,
+        };
+        self.wrote(applied, jobs, step, now, now_i);
+        if let Some(e) = write_error {
+            self.store_failed(&e);
+            self.completer.failed(&e, now_i);
+        }
+        if let Some(e) = claim_error {
+            self.store_failed(&e);
+            self.claim_failed(&e, now_i);
         }
     }
 
     /// After a write step committed: frees the written outcomes' slots,
     /// hands out the claimed jobs, and notes whether ready jobs may be left
     /// behind (look again at once) or when to look next.
-    #[allow(clippy::too_many_arguments)] // the write step's own locals, handed over whole
     fn wrote(
         &mut self,
         applied: Vec<Applied>,
         jobs: Vec<Claimed>,
-        requests: &[ClaimRequest],
-        queues: &[String],
-        held_back: bool,
+        step: Step<'_>,
         now: i64,
         now_i: Instant,
     ) {
+        let Step {
+            requests,
+            queues,
+            held_back,
+            claim_saw_outcomes,
+        } = step;
         if self.state.failing_since.swap(0, Ordering::Relaxed) != 0 {
             // A failed claim may have committed with its reply
             // lost: look for such jobs now, not a lease later.
@@ -140,6 +174,7 @@ impl Dispatcher {
         self.writes += 1;
         self.claimed += jobs.len() as u64;
         self.claim_retry_at = None;
+        let applied_none = applied.is_empty();
         if !applied.is_empty() {
             for written in self.completer.written(&applied, &self.state.counters) {
                 self.release(written.id, written.attempt);
@@ -175,6 +210,11 @@ impl Dispatcher {
                     .collect();
                 self.refresh_next_due(queues, &asked);
             }
+        }
+        // A claim beside the outcomes could not take what they released
+        // (a flow's next job, a key's freed slot): the next one looks.
+        if !claim_saw_outcomes && !applied_none {
+            self.maybe_ready = true;
         }
     }
 
@@ -277,6 +317,29 @@ impl Dispatcher {
                 },
             );
             self.completer.push(finished);
+        }
+    }
+}
+
+/// What a write step asked for, for [`Dispatcher::wrote`].
+struct Step<'a> {
+    /// The claim requests (none when the claim failed).
+    requests: &'a [ClaimRequest],
+    /// The queues served.
+    queues: &'a [String],
+    /// Whether a queue was held back by its own limit.
+    held_back: bool,
+    /// Whether the claim ran after the outcomes, in their transaction.
+    claim_saw_outcomes: bool,
+}
+
+impl<'a> Step<'a> {
+    fn together(requests: &'a [ClaimRequest], queues: &'a [String], held_back: bool) -> Self {
+        Step {
+            requests,
+            queues,
+            held_back,
+            claim_saw_outcomes: true,
         }
     }
 }

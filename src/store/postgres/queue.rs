@@ -2,7 +2,7 @@
 
 use crate::job::{Claimed, Completion, NewJob, Pool};
 use crate::store::contract::Queue;
-use crate::store::contract::{Applied, Claim, Enqueued, Held, Result};
+use crate::store::contract::{Applied, Claim, Enqueued, Held, Result, Stepped};
 use crate::store::postgres::*;
 use claim::claim_in;
 
@@ -52,23 +52,27 @@ impl Queue for PgStore {
         Ok(applied)
     }
 
-    fn complete_and_claim(
-        &mut self,
-        completions: &[Completion],
-        claim: &Claim<'_>,
-    ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
-        self.revive()?;
-        // Writes outcomes and claims in one transaction: the group commit.
-        let fail = self.failing("complete and claim");
-        let mut tx = self.client.transaction().map_err(&fail)?;
-        let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
-        if completions.iter().any(|c| c.block.is_some()) {
-            self.keys_seen.forget();
+    fn complete_and_claim(&mut self, completions: &[Completion], claim: &Claim<'_>) -> Stepped {
+        let claiming = claim.requests.iter().any(|r| r.limit > 0);
+        // A step with one part has nothing to overlap, and a block must be
+        // seen by the claim after it: one transaction, as on SQLite.
+        if completions.is_empty() || !claiming || completions.iter().any(|c| c.block.is_some()) {
+            return Stepped::Together(self.together(completions, claim));
         }
-        let jobs =
-            claim_in(&mut tx, &mut self.statements, claim, &self.keys_seen).map_err(&fail)?;
-        tx.commit().map_err(&fail)?;
-        Ok((applied, jobs))
+        let Some(mut writer) = self.outcome_writer() else {
+            return Stepped::Together(self.together(completions, claim));
+        };
+        // The outcomes go out on the second session while this one claims:
+        // each part is a fenced transaction of its own, the outcomes still
+        // one group commit.
+        let (applied, claimed) = std::thread::scope(|scope| {
+            let written = scope.spawn(|| writer.complete(completions));
+            let claimed = self.claim(claim);
+            (written.join(), claimed)
+        });
+        self.outcomes = Some(writer);
+        let applied = applied.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Stepped::Apart { applied, claimed }
     }
 
     fn change_counter(&mut self) -> Result<i64> {
@@ -233,5 +237,26 @@ impl Queue for PgStore {
             .map_err(&fail)?
             .get(0);
         Ok(crate::store::shared::earliest(next, opens))
+    }
+}
+
+impl PgStore {
+    /// Outcomes, then the claim, in one transaction on this session.
+    fn together(
+        &mut self,
+        completions: &[Completion],
+        claim: &Claim<'_>,
+    ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
+        self.revive()?;
+        let fail = self.failing("complete and claim");
+        let mut tx = self.client.transaction().map_err(&fail)?;
+        let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
+        if completions.iter().any(|c| c.block.is_some()) {
+            self.keys_seen.forget();
+        }
+        let jobs =
+            claim_in(&mut tx, &mut self.statements, claim, &self.keys_seen).map_err(&fail)?;
+        tx.commit().map_err(&fail)?;
+        Ok((applied, jobs))
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::job::{Claimed, Completion, NewJob, Pool};
 use crate::store::contract::Queue;
-use crate::store::contract::{Applied, Claim, Enqueued, Held, Result};
+use crate::store::contract::{Applied, Claim, Enqueued, Held, Result, Stepped};
 use crate::store::shared::earliest;
 use crate::store::sqlite::*;
 use claim::claim_in;
@@ -35,21 +35,17 @@ impl Queue for SqliteStore {
         self.write("complete", |tx| complete_in(tx, completions))
     }
 
-    fn complete_and_claim(
-        &mut self,
-        completions: &[Completion],
-        claim: &Claim<'_>,
-    ) -> Result<(Vec<Applied>, Vec<Claimed>)> {
+    fn complete_and_claim(&mut self, completions: &[Completion], claim: &Claim<'_>) -> Stepped {
         let claiming = claim.requests.iter().any(|r| r.limit > 0);
         if completions.is_empty() && !claiming {
-            return Ok((Vec::new(), Vec::new()));
+            return Stepped::Together(Ok((Vec::new(), Vec::new())));
         }
         // A block written here is seen by this claim.
         if completions.iter().any(|c| c.block.is_some()) {
             self.keys_seen.forget();
         }
         let seen = std::sync::Arc::clone(&self.keys_seen);
-        self.write("complete and claim", |tx| {
+        Stepped::Together(self.write("complete and claim", |tx| {
             let applied = complete_in(tx, completions)?;
             let jobs = if claiming {
                 claim_in(tx, claim, &seen)?
@@ -57,7 +53,7 @@ impl Queue for SqliteStore {
                 Vec::new()
             };
             Ok((applied, jobs))
-        })
+        }))
     }
 
     fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize> {
