@@ -492,6 +492,51 @@ mod postgres {
     }
 
     #[test]
+    fn the_reads_before_a_claim_seek_even_when_planned_while_the_table_was_empty() {
+        use jobd::job::Pool;
+        use jobd::store::postgres::{next_run_at_sql, queued_queues_sql};
+        let Some(schema) = Schema::create("loose_plan") else {
+            return;
+        };
+        let home = home_on(&schema.url());
+        home.ok(&["migrate"]);
+        // One session, as a daemon's: the statements are prepared and run
+        // (more than the server's five custom plans) on an empty table,
+        // then 20 000 jobs arrive and the cached plans run again.
+        let mut sql = format!(
+            "PREPARE q AS {}; PREPARE n(text, bigint) AS {};",
+            queued_queues_sql(),
+            next_run_at_sql(Pool::Io)
+        );
+        for _ in 0..8 {
+            sql.push_str("EXECUTE q; EXECUTE n('default', 0);");
+        }
+        sql.push_str(
+            "INSERT INTO jobs(kind, run_at) SELECT 'noop', i FROM generate_series(1, 20000) i; \
+             EXPLAIN (ANALYZE, TIMING OFF, COSTS OFF) EXECUTE q; \
+             EXPLAIN (ANALYZE, TIMING OFF, COSTS OFF) EXECUTE n('default', 0);",
+        );
+        let plans = schema.psql(&sql).unwrap();
+        // Every node reads a row or two, never the queued jobs.
+        let most = plans
+            .split("rows=")
+            .skip(1)
+            .filter_map(|r| {
+                r.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap();
+        assert!(most <= 2, "a node read {most} rows: {plans}");
+        assert!(
+            plans.contains("Index Only Scan using jobs_ready"),
+            "{plans}"
+        );
+    }
+
+    #[test]
     fn the_claim_of_either_pool_is_an_index_range_scan_however_many_are_queued() {
         use jobd::job::Pool;
         use jobd::store::postgres::claim_sql;

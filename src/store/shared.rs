@@ -113,10 +113,18 @@ pub(crate) fn claim_by_plan<E>(
 /// The queues that hold queued jobs, by a loose index scan: one index seek
 /// per distinct queue, so the cost does not grow with the number of queued
 /// jobs (a `DISTINCT` reads every one). The same text on both backends.
+///
+/// Each seek is `ORDER BY … LIMIT 1`, never `min()`: PostgreSQL plans a
+/// prepared statement once, and `min()` planned while the table was empty
+/// stays an aggregate over every queued row for the life of the connection
+/// (a daemon started before its jobs arrived read them all, heap included,
+/// on every claim: 4 000 jobs/s instead of 13 000). An ordered `LIMIT 1`
+/// has no plan but the index seek.
 pub(crate) const QUEUED_QUEUES_SQL: &str = "WITH RECURSIVE q(name) AS ( \
-       SELECT (SELECT min(queue) FROM jobs WHERE state = 'queued') \
+       SELECT (SELECT queue FROM jobs WHERE state = 'queued' ORDER BY queue LIMIT 1) \
        UNION ALL \
-       SELECT (SELECT min(queue) FROM jobs WHERE state = 'queued' AND queue > q.name) \
+       SELECT (SELECT queue FROM jobs WHERE state = 'queued' AND queue > q.name \
+               ORDER BY queue LIMIT 1) \
        FROM q WHERE q.name IS NOT NULL) \
      SELECT name FROM q WHERE name IS NOT NULL";
 
@@ -124,16 +132,19 @@ pub(crate) const QUEUED_QUEUES_SQL: &str = "WITH RECURSIVE q(name) AS ( \
 /// that `within` selects (one queue's part of one pool): a loose scan over
 /// their distinct priorities and one index seek each, since the ready index
 /// orders `run_at` within a priority. Each backend spells its placeholders
-/// and its pool test.
+/// and its pool test. Seeks are ordered `LIMIT 1`s, as in
+/// [`QUEUED_QUEUES_SQL`].
 pub(crate) fn next_run_at_sql(within: &str, after: &str) -> String {
     format!(
         "WITH RECURSIVE p(pr) AS ( \
-           SELECT (SELECT max(priority) FROM jobs WHERE {within}) \
+           SELECT (SELECT priority FROM jobs WHERE {within} ORDER BY priority DESC LIMIT 1) \
            UNION ALL \
-           SELECT (SELECT max(priority) FROM jobs WHERE {within} AND priority < p.pr) \
+           SELECT (SELECT priority FROM jobs WHERE {within} AND priority < p.pr \
+                   ORDER BY priority DESC LIMIT 1) \
            FROM p WHERE p.pr IS NOT NULL) \
-         SELECT min((SELECT min(run_at) FROM jobs \
-                     WHERE {within} AND priority = p.pr AND run_at > {after})) \
+         SELECT min((SELECT run_at FROM jobs \
+                     WHERE {within} AND priority = p.pr AND run_at > {after} \
+                     ORDER BY run_at LIMIT 1)) \
          FROM p WHERE p.pr IS NOT NULL"
     )
 }

@@ -607,6 +607,20 @@ fn insert_runs(
     Ok(())
 }
 
+/// The queues holding queued jobs (a loose index scan, no parameters), as
+/// the dispatcher reads them before each claim. Public, as [`claim_sql`]
+/// is, so that a test can `EXPLAIN` the very statement.
+pub fn queued_queues_sql() -> &'static str {
+    crate::store::shared::QUEUED_QUEUES_SQL
+}
+
+/// The earliest `run_at` after `$2` among queue `$1`'s queued jobs of
+/// `pool`, as the dispatcher reads it to know when to look next.
+pub fn next_run_at_sql(pool: Pool) -> String {
+    let within = format!("state = 'queued' AND queue = $1 AND {}", pool_test(pool));
+    crate::store::shared::next_run_at_sql(&within, "$2")
+}
+
 /// The claim of one queue's jobs of one pool: the oldest of the highest
 /// priority first, as one `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP
 /// LOCKED)` over the ready index. Parameters: now, lease end, worker,

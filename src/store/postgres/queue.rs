@@ -186,7 +186,7 @@ impl Queue for PgStore {
         let fail = self.schedules_and_reads_error("read queues");
         let statement = self
             .statements
-            .get(&mut self.client, crate::store::shared::QUEUED_QUEUES_SQL)
+            .get(&mut self.client, queued_queues_sql())
             .map_err(&fail)?;
         Ok(self
             .client
@@ -210,13 +210,9 @@ impl Queue for PgStore {
         let mut next: Option<i64> = None;
         for queue in &queues {
             for &pool in pools {
-                let within = format!("state = 'queued' AND queue = $1 AND {}", pool_test(pool));
                 let statement = self
                     .statements
-                    .get(
-                        &mut self.client,
-                        &crate::store::shared::next_run_at_sql(&within, "$2"),
-                    )
+                    .get(&mut self.client, &next_run_at_sql(pool))
                     .map_err(&fail)?;
                 let at: Option<i64> = self
                     .client
