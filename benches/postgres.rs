@@ -4,8 +4,12 @@
 //! and pickup latency on an idle daemon (300 jobs inserted 20 ms apart,
 //! each watched until it leaves `queued`): through LISTEN/NOTIFY on
 //! PostgreSQL, through the `-wal` watch on SQLite; then the keyed figures
-//! ([`keyed_figures`]) and flows ([`flow_figures`]). `JOBD_BENCH=keys` or
-//! `JOBD_BENCH=flows` runs only those.
+//! ([`keyed_figures`]), flows ([`flow_figures`]), and jobd against
+//! graphile-worker on PostgreSQL ([`speed_figures`]: jobs/s with one and
+//! two processes, CPU and WAL per job, pickup; graphile-worker only when
+//! `npm` is found). `JOBD_BENCH=keys`, `JOBD_BENCH=flows` or
+//! `JOBD_BENCH=speed` runs only those; `JOBD_BENCH=speed
+//! JOBD_SPEED_ROUNDS=1` is the quick comparison.
 //!
 //! `cargo bench --bench postgres` (needs the machine's server at
 //! 127.0.0.1:5432, database `test`; each run works in a schema of its own,
@@ -18,12 +22,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{percentile, pickup_keyed};
+use common::{median, percentile, pickup_keyed};
 use jobd::store::postgres::PgStore;
 use jobd::store::{OpenMode, SqliteStore};
 
 const JOBS: i64 = 50_000;
 const PICKUPS: usize = 300;
+/// The machine's server, trust authentication.
+const PG_URL: &str = "postgres://root@127.0.0.1:5432/test";
 
 fn psql(sql: &str) -> String {
     let out = Command::new("psql")
@@ -81,15 +87,16 @@ impl Database {
         }
     }
 
-    fn pg(&self) -> PgStore {
+    /// The URL of a PostgreSQL database, its schema first on the path.
+    fn url(&self) -> String {
         let Database::Postgres(schema) = self else {
             unreachable!()
         };
-        PgStore::connect(
-            &format!("postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}"),
-            Duration::from_secs(5),
-        )
-        .unwrap()
+        format!("{PG_URL}?options=-c%20search_path%3D{schema}")
+    }
+
+    fn pg(&self) -> PgStore {
+        PgStore::connect(&self.url(), Duration::from_secs(5)).unwrap()
     }
 
     fn sqlite_store(&self) -> SqliteStore {
@@ -103,9 +110,7 @@ impl Database {
     fn config_line(&self) -> String {
         match self {
             Database::Sqlite(path) => format!("path = \"{}\"", path.display()),
-            Database::Postgres(schema) => format!(
-                "url = \"postgres://root@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}\""
-            ),
+            Database::Postgres(_) => format!("url = \"{}\"", self.url()),
         }
     }
 
@@ -210,15 +215,27 @@ impl Drop for Database {
 }
 
 /// Starts daemon `n` on `db` with 8 pool threads and 1 CPU worker (and
-/// `extra` config); returns it with its log file.
+/// `extra` config), logging at `info`; returns it with its log file.
 fn daemon(dir: &tempfile::TempDir, db: &Database, n: usize, extra: &str) -> (Child, PathBuf) {
+    daemon_at(dir, db, n, "info", extra, &[])
+}
+
+/// [`daemon`] logging at `level`, with `env` added to its environment.
+fn daemon_at(
+    dir: &tempfile::TempDir,
+    db: &Database,
+    n: usize,
+    level: &str,
+    extra: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Child, PathBuf) {
     let config = dir.path().join(format!("d{n}.toml"));
     let log = dir.path().join(format!("d{n}-{}.log", db.name()));
     std::fs::remove_file(&log).ok();
     std::fs::write(
         &config,
         format!(
-            "[database]\n{}\n[pool]\nthreads = 8\n[cpu]\nworkers = 1\n[log]\nlevel = \"info\"\nfile = \"{}\"\n{extra}",
+            "[database]\n{}\n[pool]\nthreads = 8\n[cpu]\nworkers = 1\n[log]\nlevel = \"{level}\"\nfile = \"{}\"\n{extra}",
             db.config_line(),
             log.display()
         ),
@@ -228,6 +245,7 @@ fn daemon(dir: &tempfile::TempDir, db: &Database, n: usize, extra: &str) -> (Chi
         .arg("--config")
         .arg(&config)
         .arg("run")
+        .envs(env.iter().copied())
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -494,12 +512,544 @@ fn flow_figures(dir: &tempfile::TempDir) {
     }
 }
 
+/// What one drain cost, per job: see [`speed_figures`].
+#[derive(Clone, Copy)]
+struct Drain {
+    rate: f64,
+    worker_us: f64,
+    server_us: f64,
+    wal: f64,
+    insert_wal: f64,
+}
+
+/// CPU time so far, in clock ticks, of worker process trees and of the
+/// PostgreSQL server.
+struct Cpu {
+    workers: u64,
+    server: u64,
+}
+
+impl Cpu {
+    /// Reads /proc: the trees under `workers` (each process's utime, stime,
+    /// cutime and cstime, so that threads and children, reaped or not,
+    /// count), and every process whose comm starts with `postgres` (the
+    /// same four, so that backends and autovacuum workers that exit during
+    /// the run still count, through the postmaster) except the backend
+    /// `exclude` (the benchmark's own connection).
+    fn now(workers: &[u32], exclude: u32) -> Cpu {
+        let mut procs = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid … utime(14) stime cutime cstime(17)
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = stat[open + 1..close].to_string();
+            let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+            let ppid: u32 = fields[1].parse().unwrap_or(0);
+            let ticks: u64 = fields[11..15]
+                .iter()
+                .map(|f| f.parse::<u64>().unwrap_or(0))
+                .sum();
+            procs.push((pid, ppid, comm, ticks));
+        }
+        let mut tree: Vec<u32> = workers.to_vec();
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
+            i += 1;
+        }
+        Cpu {
+            workers: procs
+                .iter()
+                .filter(|p| tree.contains(&p.0))
+                .map(|p| p.3)
+                .sum(),
+            server: procs
+                .iter()
+                .filter(|p| p.2.starts_with("postgres") && p.0 != exclude)
+                .map(|p| p.3)
+                .sum(),
+        }
+    }
+}
+
+/// Microseconds in a clock tick.
+fn tick_us() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// A connection of the benchmark's own (its backend's CPU is left out).
+fn client(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).unwrap()
+}
+
+/// When the jobs of a drain arrive: all queued before the workers start,
+/// or all at once while they idle.
+#[derive(Clone, Copy, PartialEq)]
+enum Arrival {
+    Backlog,
+    Burst,
+}
+
+/// Measures one drain of `jobs` jobs: `insert` (statements run in one
+/// transaction on `client`, the last answering
+/// `pg_current_wal_insert_lsn()`) queues them all, and `start` starts the
+/// workers, waits until they are ready (before their first claim for
+/// jobd, just after it for graphile-worker) and answers their pids: first
+/// `start` then `insert` for a burst, and the clock runs from the insert's
+/// commit; the other way round for a backlog, from ready. It stops when
+/// `left` (the smallest id of a job not done yet from `$1` on, polled
+/// every 10 ms from the last id it answered: each poll reads only what was
+/// done since the one before) answers no row. CPU is read at the same two
+/// moments; WAL from the insert's end (its own from its start) to the end.
+fn measure(
+    client: &mut postgres::Client,
+    arrival: Arrival,
+    start: &mut dyn FnMut() -> Vec<u32>,
+    insert: &str,
+    left: &str,
+    jobs: i64,
+) -> Drain {
+    let mut pids = Vec::new();
+    if arrival == Arrival::Burst {
+        pids = start();
+    }
+    // Each run starts after a checkpoint, so that all pay for the first
+    // write of a page after one alike (full-page images).
+    client.batch_execute("CHECKPOINT").unwrap();
+    let me = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get::<_, i32>(0) as u32;
+    let before_insert: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    let left = client.prepare(left).unwrap();
+    let inserted = client.simple_query(insert).unwrap();
+    if arrival == Arrival::Backlog {
+        pids = start();
+    }
+    let started = Instant::now();
+    let cpu_before = Cpu::now(&pids, me);
+    let after_insert = inserted
+        .iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .last()
+        .expect("the insert's last statement answers pg_current_wal_insert_lsn()");
+    let deadline = started + Duration::from_secs(600);
+    let mut cursor = 0i64;
+    while let Some(row) = client.query_opt(&left, &[&cursor]).unwrap() {
+        cursor = row.get(0);
+        assert!(Instant::now() < deadline, "stalled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let elapsed = started.elapsed();
+    let cpu_after = Cpu::now(&pids, me);
+    let wal = client
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)::bigint, \
+                    pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)::bigint",
+            &[&after_insert, &before_insert],
+        )
+        .unwrap();
+    let per_job = |ticks: u64| ticks as f64 * tick_us() / jobs as f64;
+    Drain {
+        rate: jobs as f64 / elapsed.as_secs_f64(),
+        worker_us: per_job(cpu_after.workers - cpu_before.workers),
+        server_us: per_job(cpu_after.server - cpu_before.server),
+        wal: wal.get::<_, i64>(0) as f64 / jobs as f64,
+        insert_wal: wal.get::<_, i64>(1) as f64 / jobs as f64,
+    }
+}
+
+/// Starts daemon `n` on `db` as the speed figures run it (8 pool threads,
+/// 1 CPU worker, `log.level = "warn"`) and waits for its `READY=1` (the
+/// database open and both pools running), sent to a notify socket of the
+/// benchmark's as it is to systemd's.
+fn ready_daemon(dir: &tempfile::TempDir, db: &Database, n: usize) -> (Child, PathBuf) {
+    let socket = dir.path().join(format!("d{n}.notify"));
+    std::fs::remove_file(&socket).ok();
+    let listener = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let daemon = daemon_at(
+        dir,
+        db,
+        n,
+        "warn",
+        "",
+        &[("NOTIFY_SOCKET", socket.as_os_str())],
+    );
+    let mut buf = [0u8; 4096];
+    loop {
+        let got = listener.recv(&mut buf).expect("no READY=1 within 30 s");
+        if String::from_utf8_lossy(&buf[..got]).contains("READY=1") {
+            break;
+        }
+    }
+    // Later notifications find no socket; the daemon ignores that.
+    std::fs::remove_file(&socket).ok();
+    daemon
+}
+
+/// `procs` jobd daemons draining `jobs` noop jobs on one fresh schema.
+fn jobd_drain(dir: &tempfile::TempDir, arrival: Arrival, procs: usize, jobs: i64) -> Drain {
+    let db = Database::postgres(&format!("speed{procs}"));
+    let mut running = Vec::new();
+    let drain = measure(
+        &mut client(&db.url()),
+        arrival,
+        &mut || {
+            running = (0..procs).map(|i| ready_daemon(dir, &db, 30 + i)).collect();
+            running.iter().map(|(c, _)| c.id()).collect()
+        },
+        &format!(
+            "INSERT INTO jobs(kind, payload) SELECT 'noop', '{{}}' FROM generate_series(1, {jobs}); \
+             SELECT pg_current_wal_insert_lsn()::text"
+        ),
+        "SELECT id FROM jobs WHERE id >= $1 AND state IN ('queued', 'running') \
+         ORDER BY id LIMIT 1",
+        jobs,
+    );
+    stop(running);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'"),
+        jobs
+    );
+    drain
+}
+
+/// A graphile-worker schema of its own, dropped at the end.
+struct GraphileSchema(String);
+
+impl GraphileSchema {
+    fn new(tag: &str) -> GraphileSchema {
+        let schema = format!("jobd_bench_gw_{tag}_{}", std::process::id());
+        psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE;"));
+        GraphileSchema(schema)
+    }
+}
+
+impl Drop for GraphileSchema {
+    fn drop(&mut self) {
+        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE;", self.0));
+    }
+}
+
+/// graphile-worker, installed by npm from `benches/graphile/package-lock.json`
+/// into `target/graphile-worker` (or `JOBD_GRAPHILE_DIR`) once, and run as
+/// `node worker.mjs` (`benches/graphile/worker.mjs`: the perfTest settings).
+struct Graphile {
+    dir: PathBuf,
+    version: String,
+}
+
+impl Graphile {
+    /// Installs it unless the same lock file was installed before; the
+    /// error says why it cannot run.
+    fn install() -> Result<Graphile, String> {
+        for tool in ["npm", "node"] {
+            match Command::new(tool).arg("--version").output() {
+                Ok(out) if out.status.success() => {}
+                _ => return Err(format!("`{tool}` not found on PATH")),
+            }
+        }
+        let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/graphile");
+        let dir = std::env::var_os("JOBD_GRAPHILE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/graphile-worker")
+            });
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let lock = std::fs::read(source.join("package-lock.json")).unwrap();
+        let marker = dir.join("installed.lock");
+        if std::fs::read(&marker).ok() != Some(lock.clone()) {
+            for file in ["package.json", "package-lock.json"] {
+                std::fs::copy(source.join(file), dir.join(file)).unwrap();
+            }
+            let out = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .output()
+                .map_err(|e| format!("npm ci: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "`npm ci` in {} failed: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            std::fs::write(&marker, &lock).unwrap();
+        }
+        std::fs::copy(source.join("worker.mjs"), dir.join("worker.mjs")).unwrap();
+        let package: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("node_modules/graphile-worker/package.json"))
+                .map_err(|e| format!("graphile-worker not installed: {e}"))?,
+        )
+        .unwrap();
+        Ok(Graphile {
+            version: package["version"].as_str().unwrap_or("?").to_string(),
+            dir,
+        })
+    }
+
+    /// Starts worker process `n` on `schema` (migrating it) and waits for
+    /// its "ready".
+    fn start(&self, dir: &tempfile::TempDir, schema: &str, n: usize) -> Child {
+        let log = dir.path().join(format!("gw{n}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new("node")
+            .arg(self.dir.join("worker.mjs"))
+            .args([PG_URL, schema])
+            // As perfTest/run.js: no log line per job.
+            .env("NO_LOG_SUCCESS", "1")
+            .current_dir(dir.path())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().any(|l| l == "ready") {
+                return child;
+            }
+            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("graphile-worker did not start:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// SIGTERM (graphile-worker's graceful shutdown) and wait.
+    fn stop(workers: Vec<Child>) {
+        for w in &workers {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
+        }
+        for mut w in workers {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while w.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = w.kill();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// `procs` worker processes draining `jobs` noop jobs on one fresh
+    /// schema, queued as perfTest/init.js queues them (`add_jobs`; for a
+    /// backlog, into a schema a worker started and stopped has migrated).
+    fn drain(&self, dir: &tempfile::TempDir, arrival: Arrival, procs: usize, jobs: i64) -> Drain {
+        let schema = GraphileSchema::new(&format!("speed{procs}"));
+        let s = &schema.0;
+        if arrival == Arrival::Backlog {
+            Graphile::stop(vec![self.start(dir, s, 0)]);
+        }
+        let mut workers = Vec::new();
+        let drain = measure(
+            &mut client(PG_URL),
+            arrival,
+            &mut || {
+                workers = (0..procs).map(|i| self.start(dir, s, i)).collect();
+                workers.iter().map(Child::id).collect()
+            },
+            &format!(
+                "SELECT count(*) FROM {s}.add_jobs(array(SELECT json_populate_record(null::{s}.job_spec, \
+                 json_build_object('identifier', 'noop', 'payload', '{{}}'::json)) \
+                 FROM generate_series(1, {jobs}))); \
+                 SELECT pg_current_wal_insert_lsn()::text"
+            ),
+            // Finished jobs are deleted; a failed one would stay (and stall).
+            &format!("SELECT id FROM {s}._private_jobs WHERE id >= $1 ORDER BY id LIMIT 1"),
+            jobs,
+        );
+        Graphile::stop(workers);
+        drain
+    }
+
+    /// Pickup as [`pickup_keyed`] measures it for jobd: `n` jobs added 20 ms
+    /// apart (`add_job`), each watched from its commit until it is locked
+    /// by a worker (or already gone).
+    fn pickup(&self, dir: &tempfile::TempDir, n: usize) -> Vec<f64> {
+        let schema = GraphileSchema::new("pickup");
+        let s = &schema.0;
+        let worker = self.start(dir, s, 9);
+        let mut client = client(PG_URL);
+        let add = client
+            .prepare(&format!("SELECT (({s}.add_job('noop', '{{}}'::json))).id"))
+            .unwrap();
+        let locked = client
+            .prepare(&format!(
+                "SELECT locked_at IS NOT NULL FROM {s}._private_jobs WHERE id = $1"
+            ))
+            .unwrap();
+        let mut observed = Vec::new();
+        for _ in 0..n {
+            let id: i64 = client.query_one(&add, &[]).unwrap().get(0);
+            let committed = Instant::now();
+            while let Some(row) = client.query_opt(&locked, &[&id]).unwrap() {
+                if row.get::<_, bool>(0) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            observed.push(committed.elapsed().as_secs_f64() * 1000.0);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Graphile::stop(vec![worker]);
+        observed.sort_by(f64::total_cmp);
+        observed
+    }
+}
+
+/// A positive number from the environment, else `default`.
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
+
+/// jobd against graphile-worker on the same server, in one run (issue
+/// "Speed"): `JOBD_SPEED_ROUNDS` rounds (3) of graphile-worker and jobd
+/// alternating (who goes first alternates too), each draining
+/// `JOBD_SPEED_JOBS` (50 000) trivial jobs with one process and with two on
+/// one schema, the jobs arriving two ways (a backlog queued before the
+/// workers start, a burst queued in one transaction while they idle); the
+/// medians of each figure, and pickup. graphile-worker runs when `npm` and
+/// `node` are found (see [`Graphile`]), with the settings of its own
+/// perfTest in batching mode (`benches/graphile/worker.mjs`); jobd as
+/// [`ready_daemon`]. Each run is a fresh schema, after a CHECKPOINT.
+///
+/// What is timed ([`measure`]): from the workers' ready (backlog) or the
+/// insert's commit (burst) until no job is left (graphile-worker: no row in
+/// `_private_jobs`, as it deletes finished jobs; jobd: none `queued` or
+/// `running`), polled every 10 ms. So process start-up and migrations are
+/// out, and wake-up, the last completions' commits and the poll's 10 ms are
+/// in, alike for both. CPU is per job, of the worker processes (their
+/// trees, node's threads included) and of every `postgres` process but the
+/// benchmark's own backend; WAL per job is the advance of
+/// `pg_current_wal_insert_lsn()` over the run (`pg_current_wal_lsn()` is
+/// where WAL was written out to, which lags), the insert's shown apart.
+/// Both are server-wide: another session's load counts (the load average
+/// is printed first).
+fn speed_figures(dir: &tempfile::TempDir) {
+    let rounds = env_number("JOBD_SPEED_ROUNDS", 3);
+    let jobs = env_number("JOBD_SPEED_JOBS", JOBS as usize) as i64;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "speed: {rounds} round(s) of {jobs} noop jobs; load average {}",
+        load.split(' ').take(3).collect::<Vec<_>>().join(" ")
+    );
+    let graphile = match Graphile::install() {
+        Ok(g) => Some(g),
+        Err(why) => {
+            println!("graphile-worker skipped: {why}");
+            None
+        }
+    };
+    let gw_name = |procs: usize| {
+        format!(
+            "graphile-worker {} x{procs}",
+            graphile.as_ref().map_or("", |g| g.version.as_str())
+        )
+    };
+    // (name, processes) → one Drain a round.
+    let mut runs: Vec<(String, usize, Vec<Drain>)> = Vec::new();
+    let mut record = |name: String, procs: usize, d: Drain| {
+        println!(
+            "  {name:<36} {:>7.0} jobs/s, CPU {:>5.1} + {:>5.1} us/job, WAL {:>5.0} B/job (insert {:.0})",
+            d.rate, d.worker_us, d.server_us, d.wal, d.insert_wal
+        );
+        match runs.iter_mut().find(|r| r.0 == name) {
+            Some(r) => r.2.push(d),
+            None => runs.push((name, procs, vec![d])),
+        }
+    };
+    for round in 0..rounds {
+        for (arrival, label) in [(Arrival::Backlog, "backlog"), (Arrival::Burst, "burst")] {
+            for procs in [1, 2] {
+                // graphile-worker first in even rounds, jobd first in odd ones.
+                for jobd_turn in [round % 2 == 1, round % 2 == 0] {
+                    if jobd_turn {
+                        let d = jobd_drain(dir, arrival, procs, jobs);
+                        record(format!("{label}: jobd x{procs}"), procs, d);
+                    } else if let Some(g) = &graphile {
+                        let d = g.drain(dir, arrival, procs, jobs);
+                        record(format!("{label}: {}", gw_name(procs)), procs, d);
+                    }
+                }
+            }
+        }
+    }
+    let med = |ds: &[Drain], f: fn(&Drain) -> f64| median(ds.iter().map(f).collect());
+    println!(
+        "speed, medians of {rounds} round(s), {jobs} noop jobs, to queue empty from ready (backlog) or from the insert (burst):\n\
+         {:<36} {:>7} {:>13} {:>13} {:>9} {:>12}",
+        "system", "jobs/s", "worker us/job", "server us/job", "WAL B/job", "insert B/job"
+    );
+    for (name, _, ds) in &runs {
+        println!(
+            "{name:<36} {:>7.0} {:>13.1} {:>13.1} {:>9.0} {:>12.0}",
+            med(ds, |d| d.rate),
+            med(ds, |d| d.worker_us),
+            med(ds, |d| d.server_us),
+            med(ds, |d| d.wal),
+            med(ds, |d| d.insert_wal),
+        );
+    }
+    if graphile.is_some() {
+        let rate = |name: &str| med(&runs.iter().find(|r| r.0 == name).unwrap().2, |d| d.rate);
+        for label in ["backlog", "burst"] {
+            println!(
+                "{label}: jobd / graphile-worker jobs/s: 1 process {:.2}, 2 processes {:.2} (target >= 2)",
+                rate(&format!("{label}: jobd x1")) / rate(&format!("{label}: {}", gw_name(1))),
+                rate(&format!("{label}: jobd x2")) / rate(&format!("{label}: {}", gw_name(2))),
+            );
+        }
+    }
+    let db = Database::postgres("speed_pickup");
+    let daemon = ready_daemon(dir, &db, 39);
+    let observed = db.pickup(PICKUPS, None);
+    stop(vec![daemon]);
+    let line = |name: &str, observed: &[f64]| {
+        println!(
+            "{name:<36} pickup, {PICKUPS} jobs 20 ms apart: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            percentile(observed, 0.5),
+            percentile(observed, 0.99),
+            observed[observed.len() - 1]
+        )
+    };
+    line("jobd (target 1 / 3 ms)", &observed);
+    if let Some(g) = &graphile {
+        line(&gw_name(1), &g.pickup(dir, PICKUPS));
+    }
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     // JOBD_BENCH=keys or flows: only those figures.
     match std::env::var("JOBD_BENCH").as_deref() {
         Ok("keys") => return keyed_figures(&dir),
         Ok("flows") => return flow_figures(&dir),
+        Ok("speed") => return speed_figures(&dir),
         _ => {}
     }
     for n in 1..=3 {
@@ -532,4 +1082,5 @@ fn main() {
     }
     keyed_figures(&dir);
     flow_figures(&dir);
+    speed_figures(&dir);
 }
