@@ -7,8 +7,8 @@
 //! ([`keyed_figures`]), flows ([`flow_figures`]), and jobd against
 //! graphile-worker on PostgreSQL ([`speed_figures`]: jobs/s with one and
 //! two processes, CPU and WAL per job, pickup; graphile-worker only when
-//! `npm` is found). `JOBD_BENCH=keys`, `JOBD_BENCH=flows` or
-//! `JOBD_BENCH=speed` runs only those; `JOBD_BENCH=speed
+//! `npm` is found). `JOBD_BENCH=keys`, `JOBD_BENCH=flows`,
+//! `JOBD_BENCH=pickup` or `JOBD_BENCH=speed` runs only those; `JOBD_BENCH=speed
 //! JOBD_SPEED_ROUNDS=1` is the quick comparison.
 //!
 //! `cargo bench --bench postgres` (needs the machine's server at
@@ -1043,6 +1043,28 @@ fn speed_figures(dir: &tempfile::TempDir) {
     }
 }
 
+/// Pickup on an idle daemon of either backend: 300 jobs inserted 20 ms
+/// apart, each watched until it leaves `queued` (`JOBD_BENCH=pickup`
+/// runs only this).
+fn pickup_figures(dir: &tempfile::TempDir) {
+    for db in [
+        Database::sqlite(dir, "pickup"),
+        Database::postgres("pickup"),
+    ] {
+        let (child, log) = daemon(dir, &db, 9, "");
+        wait_started(&log);
+        let observed = db.pickup(PICKUPS, None);
+        stop(vec![(child, log)]);
+        println!(
+            "{:<10} pickup, {PICKUPS} jobs 20 ms apart: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            db.name(),
+            percentile(&observed, 0.5),
+            percentile(&observed, 0.99),
+            observed[observed.len() - 1]
+        );
+    }
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     // JOBD_BENCH=keys or flows: only those figures.
@@ -1050,6 +1072,7 @@ fn main() {
         Ok("keys") => return keyed_figures(&dir),
         Ok("flows") => return flow_figures(&dir),
         Ok("speed") => return speed_figures(&dir),
+        Ok("pickup") => return pickup_figures(&dir),
         _ => {}
     }
     for n in 1..=3 {
@@ -1064,22 +1087,7 @@ fn main() {
             );
         }
     }
-    for db in [
-        Database::sqlite(&dir, "pickup"),
-        Database::postgres("pickup"),
-    ] {
-        let (child, log) = daemon(&dir, &db, 9, "");
-        wait_started(&log);
-        let observed = db.pickup(PICKUPS, None);
-        stop(vec![(child, log)]);
-        println!(
-            "{:<10} pickup, {PICKUPS} jobs 20 ms apart: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            db.name(),
-            percentile(&observed, 0.5),
-            percentile(&observed, 0.99),
-            observed[observed.len() - 1]
-        );
-    }
+    pickup_figures(&dir);
     keyed_figures(&dir);
     flow_figures(&dir);
     speed_figures(&dir);
