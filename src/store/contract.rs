@@ -509,6 +509,14 @@ pub trait Queue {
     /// place (a new SQLite file has no `-wal` before its first write).
     fn watch_commits(&self, queues: Option<&[String]>) -> Option<Receiver<()>>;
 
+    /// Whether each message of [`Queue::watch_commits`] is itself a
+    /// committed insert (PostgreSQL's NOTIFY is delivered only after the
+    /// commit), so the daemon claims at once without asking the change
+    /// counter first. SQLite's `-wal` event comes before the commit shows.
+    fn wakes_are_commits(&self) -> bool {
+        false
+    }
+
     /// Extends the leases of `ids` held by `worker`; returns how many were.
     fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize>;
 
