@@ -125,7 +125,8 @@ fn main() {
     if wants_explicitly("bisect") {
         // Jobs per second of CPU time (this thread's): steadier than the
         // wall clock on a machine other work shares.
-        let steps = common::bare::steps();
+        let mut steps = common::bare::steps();
+        steps.push(common::bare::version_15());
         let mut rates = vec![Vec::new(); steps.len() + 1];
         for _ in 0..3 {
             for (i, step) in steps.iter().enumerate() {
@@ -137,7 +138,11 @@ fn main() {
             common::claim_complete(&mut store, 100_000);
             rates[steps.len()].push(100_000.0 / (common::bare::thread_cpu() - cpu).as_secs_f64());
         }
-        let medians: Vec<f64> = rates.iter().map(|r| median(r.clone())).collect();
+        let mut medians: Vec<f64> = rates.iter().map(|r| median(r.clone())).collect();
+        // Version 15 off the path, shown after the store loop.
+        let v15 = steps.pop().unwrap();
+        let v15_rates = rates.remove(steps.len());
+        medians.remove(steps.len());
         let (first, last) = (medians[0], medians[medians.len() - 1]);
         // The gap in time per job, so the shares add up.
         let gap = 1.0 / last - 1.0 / first;
@@ -163,6 +168,13 @@ fn main() {
                 medians[i], rates[i]
             );
         }
+        let at15 = median(v15_rates.clone());
+        println!(
+            "     {:<52} {at15:>7.0}  against step {}: {:+.1} % of the gap   {v15_rates:.0?}",
+            v15.name,
+            steps.len() - 1,
+            (1.0 / at15 - 1.0 / medians[steps.len() - 1]) / gap * 100.0
+        );
     }
 
     if wants("throughput") {

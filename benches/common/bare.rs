@@ -337,6 +337,8 @@ enum Table {
     Bare,
     Wide,
     Jobd,
+    /// jobd's schema as a given version left it, whole.
+    JobdAt(i64),
 }
 
 /// jobd's indexes on `jobs` besides the ready index.
@@ -458,6 +460,19 @@ pub fn steps() -> Vec<Step> {
     ]
 }
 
+/// Off the path: jobd's schema at version 15, whose six triggers on a
+/// change of state version 16 made five small ones; compare with the last
+/// step.
+pub fn version_15() -> Step {
+    Step {
+        name: "   jobd's schema at version 15 (six state triggers)",
+        keep: &["*"],
+        table: Table::JobdAt(15),
+        claim: JOBD_CLAIM,
+        complete: Complete::Jobd,
+    }
+}
+
 /// Runs `step` over `count` jobs on a fresh `path`; jobs/s.
 pub fn run_step(step: &Step, path: &Path, count: usize) -> Rate {
     let mut conn = match step.table {
@@ -473,6 +488,18 @@ pub fn run_step(step: &Step, path: &Path, count: usize) -> Rate {
             conn
         }
         Table::Jobd => jobd_file(path, step.keep),
+        Table::JobdAt(version) => {
+            drop(connect(path));
+            let mut store = jobd::store::SqliteStore::open(
+                path,
+                std::time::Duration::from_secs(5),
+                jobd::store::OpenMode::Create,
+            )
+            .unwrap();
+            store.migrate_to(version).unwrap();
+            drop(store);
+            connect_existing(path)
+        }
     };
     fill(&conn, count);
     drive(&mut conn, step.claim, step.complete, count)
