@@ -29,7 +29,8 @@
 //! `BENCH_ONLY=bisect` (never in the default run) measures the steps from
 //! the bare loop to jobd's store, each adding one of jobd's pieces (its
 //! columns, CHECKs, indexes, triggers, statements), alternated, median of
-//! three, with each step's share of the gap.
+//! three (`BENCH_REPS`), in jobs per second of the loop thread's CPU time,
+//! with each step's share of the gap.
 //!
 //! Figures vary with the machine's load; compare within one run.
 
@@ -127,8 +128,12 @@ fn main() {
         // wall clock on a machine other work shares.
         let mut steps = common::bare::steps();
         steps.push(common::bare::version_15());
+        let reps: usize = std::env::var("BENCH_REPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
         let mut rates = vec![Vec::new(); steps.len() + 1];
-        for _ in 0..3 {
+        for _ in 0..reps {
             for (i, step) in steps.iter().enumerate() {
                 rates[i].push(common::bare::run_step(step, &dir.join("step.db"), 100_000).cpu);
             }
@@ -147,7 +152,7 @@ fn main() {
         // The gap in time per job, so the shares add up.
         let gap = 1.0 / last - 1.0 / first;
         println!(
-            "bisect, bare loop → jobd's store loop (jobs per CPU second, median of 3; \
+            "bisect, bare loop → jobd's store loop (jobs per CPU second, median of {reps}; \
              share of the gap in CPU time per job):"
         );
         let names = steps
