@@ -2,11 +2,22 @@
 //! SQLite file, measured from the outside.
 //!
 //! `cargo bench --bench daemon` prints:
-//! - the raw store limit (claim 64 + complete 64 in a tight loop), measured
-//!   in the same run as the yardstick;
+//! - `bare`: the yardstick, a bare claim-64 + complete-64 loop in Rust
+//!   (rusqlite, a fresh file, WAL, `synchronous = NORMAL` and
+//!   `temp_store = MEMORY` as jobd sets them; a minimal `jobs` table with
+//!   the contract's columns and the ready index
+//!   `(queue, priority DESC, run_at, id) WHERE state = 'queued'`, a
+//!   `job_runs` table, no triggers; each batch one transaction claiming 64
+//!   with one `UPDATE … WHERE id IN (SELECT … LIMIT 64) RETURNING`, then one
+//!   completing them, a fenced `UPDATE` by id, state, worker and attempts
+//!   and a `job_runs` insert each), over 100 000 jobs (see common/bare.rs);
+//! - `raw`: jobd's own store loop, the same through `SqliteStore::claim` and
+//!   `complete` on jobd's schema, and its share of `bare`; the two
+//!   alternate, three times each, and their medians are shown;
 //! - end-to-end `noop` throughput with `pool.threads = 8`: 100 000 jobs
 //!   inserted before start, first `started_at` to last `finished_at`, with
-//!   `log.level = "info"` (a line per job, to a file) and `"warn"`;
+//!   `log.level = "info"` (a line per job, to a file) and `"warn"`, and
+//!   their shares of `bare` and `raw`;
 //! - the same with 1 000 000 queued against 10 000 queued;
 //! - `http`: 1 000 jobs against a local server answering after 50 ms with
 //!   64 threads, and 10 000 against 200 ms with 1 000 threads;
@@ -14,6 +25,12 @@
 //! - idle cost over `BENCH_IDLE_SECS` (default 60) seconds: CPU and RSS;
 //! - pickup latency after that idle time: 500 jobs inserted by this process
 //!   20 ms apart, each watched until it leaves `queued`.
+//!
+//! `BENCH_ONLY=bisect` (never in the default run) measures the steps from
+//! the bare loop to jobd's store, each adding one of jobd's pieces (its
+//! columns, CHECKs, indexes, triggers, statements), alternated, median of
+//! three (`BENCH_REPS`), in jobs per second of the loop thread's CPU time,
+//! with each step's share of the gap.
 //!
 //! Figures vary with the machine's load; compare within one run.
 
@@ -71,44 +88,121 @@ fn main() {
         return;
     }
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let wants = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
+    let wants_explicitly = |name: &str| only.split(',').any(|o| o == name);
+    let wants = |name: &str| only.is_empty() || wants_explicitly(name);
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
 
-    if wants("raw") {
+    // The yardstick and jobd's store loop, alternated.
+    let (mut bare_rates, mut raw_rates) = (Vec::new(), Vec::new());
+    if wants("bare") || wants("raw") {
         let pragmas = std::env::var("BENCH_PRAGMAS").unwrap_or_default();
-        let rates: Vec<f64> = (0..3)
-            .map(|_| {
+        for _ in 0..3 {
+            if wants("bare") {
+                bare_rates.push(common::bare::bare(&dir.join("bare.db"), 100_000).wall);
+            }
+            if wants("raw") {
                 let mut store = fresh(dir);
                 store.connection().execute_batch(&pragmas).unwrap();
                 common::fill(&mut store, 100_000);
                 let (total, claims, completes) = common::claim_complete(&mut store, 100_000);
-                println!("  claims alone {claims:.0}/s, completions alone {completes:.0}/s");
-                total
-            })
-            .collect();
+                println!("  raw: claims alone {claims:.0}/s, completions alone {completes:.0}/s");
+                raw_rates.push(total);
+            }
+        }
+    }
+    let bare = (!bare_rates.is_empty()).then(|| median(bare_rates.clone()));
+    let raw = (!raw_rates.is_empty()).then(|| median(raw_rates.clone()));
+    if let Some(bare) = bare {
+        println!("bare loop (the yardstick): {bare:>7.0} jobs/s (median of {bare_rates:.0?})");
+    }
+    if let Some(raw) = raw {
+        let share = bare.map_or(String::new(), |b| {
+            format!("; raw/bare {:.0} %", raw / b * 100.0)
+        });
+        println!("raw store limit (jobd's store loop): {raw:>7.0} jobs/s (median of {raw_rates:.0?}{share})");
+    }
+
+    if wants_explicitly("bisect") {
+        // Jobs per second of CPU time (this thread's): steadier than the
+        // wall clock on a machine other work shares.
+        let mut steps = common::bare::steps();
+        steps.push(common::bare::version_15());
+        let reps: usize = std::env::var("BENCH_REPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        let mut rates = vec![Vec::new(); steps.len() + 1];
+        for _ in 0..reps {
+            for (i, step) in steps.iter().enumerate() {
+                rates[i].push(common::bare::run_step(step, &dir.join("step.db"), 100_000).cpu);
+            }
+            let mut store = fresh(dir);
+            common::fill(&mut store, 100_000);
+            let cpu = common::bare::thread_cpu();
+            common::claim_complete(&mut store, 100_000);
+            rates[steps.len()].push(100_000.0 / (common::bare::thread_cpu() - cpu).as_secs_f64());
+        }
+        let mut medians: Vec<f64> = rates.iter().map(|r| median(r.clone())).collect();
+        // Version 15 off the path, shown after the store loop.
+        let v15 = steps.pop().unwrap();
+        let v15_rates = rates.remove(steps.len());
+        medians.remove(steps.len());
+        let (first, last) = (medians[0], medians[medians.len() - 1]);
+        // The gap in time per job, so the shares add up.
+        let gap = 1.0 / last - 1.0 / first;
         println!(
-            "raw store limit: {:.0} jobs/s (median of {rates:.0?})",
-            median(rates.clone())
+            "bisect, bare loop → jobd's store loop (jobs per CPU second, median of {reps}; \
+             share of the gap in CPU time per job):"
+        );
+        let names = steps
+            .iter()
+            .map(|s| s.name)
+            .chain(["+ jobd's store code (SqliteStore::claim, complete)"]);
+        for (i, name) in names.enumerate() {
+            let share = if i == 0 {
+                String::new()
+            } else {
+                format!(
+                    "{:>5.1} %",
+                    (1.0 / medians[i] - 1.0 / medians[i - 1]) / gap * 100.0
+                )
+            };
+            println!(
+                "  {i:>2} {name:<52} {:>7.0}  {share:>7}   {:.0?}",
+                medians[i], rates[i]
+            );
+        }
+        let at15 = median(v15_rates.clone());
+        println!(
+            "     {:<52} {at15:>7.0}  against step {}: {:+.1} % of the gap   {v15_rates:.0?}",
+            v15.name,
+            steps.len() - 1,
+            (1.0 / at15 - 1.0 / medians[steps.len() - 1]) / gap * 100.0
         );
     }
 
     if wants("throughput") {
-        let mut store = fresh(dir);
-        common::fill(&mut store, 100_000);
-        let (raw, _, _) = common::claim_complete(&mut store, 100_000);
-        println!(
-            "raw store limit (claim 64 + complete 64, one thread, no pool): {raw:>7.0} jobs/s"
-        );
-        drop(store);
+        let raw = raw.unwrap_or_else(|| {
+            let mut store = fresh(dir);
+            common::fill(&mut store, 100_000);
+            let (raw, _, _) = common::claim_complete(&mut store, 100_000);
+            println!(
+                "raw store limit (claim 64 + complete 64, one thread, no pool): {raw:>7.0} jobs/s"
+            );
+            raw
+        });
         for level in ["info", "warn"] {
             let rates: Vec<f64> = (0..3)
                 .map(|_| drain(dir, 100_000, 0, 100_000, &format!("level = \"{level}\"\n")))
                 .collect();
             let rate = median(rates.clone());
+            let of_bare = bare.map_or(String::new(), |b| {
+                format!(", end-to-end/bare {:.0} %", rate / b * 100.0)
+            });
             println!(
                 "end-to-end noop, 100 000 pre-inserted, pool.threads = 8, log.level = {level}: {rate:>7.0} jobs/s \
-                 (median of {rates:.0?}; {:.0} % of the raw limit)",
+                 (median of {rates:.0?}; end-to-end/raw {:.0} %{of_bare})",
                 rate / raw * 100.0
             );
         }

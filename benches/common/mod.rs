@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each benchmark uses a different part
 
+pub mod bare;
+
 use jobd::store::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
