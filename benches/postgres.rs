@@ -54,6 +54,14 @@ fn psql(sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The daemon the figures are of: this build's, or `JOBD_BENCH_BIN` (an
+/// earlier build, to compare two builds in alternating runs).
+fn jobd_program() -> PathBuf {
+    std::env::var_os("JOBD_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_jobd").into())
+}
+
 /// One database of either backend, fresh for one measurement.
 enum Database {
     Sqlite(PathBuf),
@@ -241,7 +249,7 @@ fn daemon_at(
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_jobd"))
+    let child = Command::new(jobd_program())
         .arg("--config")
         .arg(&config)
         .arg("run")
@@ -1047,10 +1055,15 @@ fn speed_figures(dir: &tempfile::TempDir) {
 /// apart, each watched until it leaves `queued` (`JOBD_BENCH=pickup`
 /// runs only this).
 fn pickup_figures(dir: &tempfile::TempDir) {
+    // JOBD_BENCH_BACKEND=postgres (or sqlite): that backend only.
+    let only = std::env::var("JOBD_BENCH_BACKEND").unwrap_or_default();
     for db in [
-        Database::sqlite(dir, "pickup"),
-        Database::postgres("pickup"),
-    ] {
+        (only != "postgres").then(|| Database::sqlite(dir, "pickup")),
+        (only != "sqlite").then(|| Database::postgres("pickup")),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let (child, log) = daemon(dir, &db, 9, "");
         wait_started(&log);
         let observed = db.pickup(PICKUPS, None);
