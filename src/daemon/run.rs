@@ -152,6 +152,7 @@ fn run_on(
     let now = now_ms();
     let backlog = crate::store::active_backlog(store.as_mut(), config.daemon.named_queues(), now)
         .unwrap_or_default();
+    store.serve_dispatcher()?;
     let mut dispatcher = Dispatcher::new(DispatcherSetup {
         store,
         config,

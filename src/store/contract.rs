@@ -509,6 +509,17 @@ pub trait Queue {
     /// place (a new SQLite file has no `-wal` before its first write).
     fn watch_commits(&self, queues: Option<&[String]>) -> Option<Receiver<()>>;
 
+    /// This connection now serves a daemon's dispatcher. PostgreSQL then
+    /// commits what it writes without waiting for the WAL flush (claims,
+    /// lease renewals, progress, cron's enqueues), except outcomes, which
+    /// always wait: a write a server crash undoes is a job that runs again
+    /// or a lease that ends sooner, which at-least-once delivery allows
+    /// (as SQLite's `synchronous=NORMAL` does), and an outcome's flush
+    /// makes every earlier write of the session durable first.
+    fn serve_dispatcher(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether each message of [`Queue::watch_commits`] is itself a
     /// committed insert (PostgreSQL's NOTIFY is delivered only after the
     /// commit), so the daemon claims at once without asking the change

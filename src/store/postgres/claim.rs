@@ -371,7 +371,57 @@ pub(super) fn claim_in(
             jobs
         }
     };
-    crate::store::flows::attach_parents(&mut jobs, |ids| {
+    attach_flows(tx, &mut jobs)?;
+    Ok(jobs)
+}
+
+/// A claim that needs no transaction of its own: no `[keys]`, no fair or
+/// fleet-limited queue, no key known to be closed. Each of its statements
+/// (one per queue and pool) is then atomic alone and commits alone, which
+/// spares the round trips of `BEGIN` and `COMMIT` between an insert and
+/// its pickup. `None`: the claim needs [`claim_in`].
+pub(super) fn claim_plain(
+    client: &mut postgres::Client,
+    statements: &mut Statements,
+    claim: &Claim<'_>,
+    seen: &crate::store::keyed::KeysSeen,
+) -> Option<std::result::Result<Vec<Claimed>, postgres::Error>> {
+    let plain = claim.keys.is_empty()
+        && seen.none_closed(claim.now)
+        && claim
+            .requests
+            .iter()
+            .all(|r| r.fair_after.is_none() && r.fleet.is_none());
+    if !plain {
+        return None;
+    }
+    Some((|| {
+        let mut jobs = crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
+            let statement = statements.get(client, &claim_sql(pool))?;
+            let rows = client.query(
+                &statement,
+                &[
+                    &claim.now,
+                    &claim.lease_until,
+                    &claim.worker,
+                    &queue,
+                    &(limit as i64),
+                ],
+            )?;
+            Ok(rows.iter().map(claimed_from_pg_row).collect())
+        })?;
+        attach_flows(client, &mut jobs)?;
+        Ok(jobs)
+    })())
+}
+
+/// What a claimed job of a flow is given: its parents' outcomes and its
+/// batch's counts (read after the claim; both only grow towards final).
+fn attach_flows(
+    tx: &mut impl postgres::GenericClient,
+    jobs: &mut [Claimed],
+) -> std::result::Result<(), postgres::Error> {
+    crate::store::flows::attach_parents(jobs, |ids| {
         Ok(tx
             .query(
                 "SELECT id, kind, state, result::text, last_error FROM jobs WHERE id = ANY($1)",
@@ -389,7 +439,7 @@ pub(super) fn claim_in(
             })
             .collect())
     })?;
-    crate::store::flows::attach_batches(&mut jobs, |name| {
+    crate::store::flows::attach_batches(jobs, |name| {
         Ok(tx
             .query_opt(
                 "SELECT name, total, succeeded, dead, cancelled FROM batches WHERE name = $1",
@@ -402,8 +452,7 @@ pub(super) fn claim_in(
                 dead: r.get(3),
                 cancelled: r.get(4),
             }))
-    })?;
-    Ok(jobs)
+    })
 }
 
 /// [`claim_in`] once the fleet-wide queue limits are applied.

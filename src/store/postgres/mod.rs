@@ -204,7 +204,19 @@ pub struct PgStore {
     outcomes: Option<Box<OutcomeWriter>>,
     /// When to try opening `outcomes` again after it could not be opened.
     outcomes_retry: Option<std::time::Instant>,
+    /// Whether this session serves a dispatcher (see
+    /// [`crate::store::contract::Queue::serve_dispatcher`]): its commits do
+    /// not wait for the WAL flush, except those that write outcomes.
+    dispatching: bool,
 }
+
+/// The dispatcher's session setting: commits return before their WAL is
+/// flushed (the server flushes it within `wal_writer_delay`).
+pub(crate) const UNFLUSHED: &str = "SET synchronous_commit = off";
+
+/// A transaction that writes outcomes on the dispatcher's session waits
+/// for the flush, as every outcome does.
+pub(crate) const FLUSHED: &str = "SET LOCAL synchronous_commit = on";
 
 /// A second session of the same store that only writes outcomes, so that
 /// one daemon keeps two server backends busy: one step's claim runs on the
@@ -298,6 +310,7 @@ impl PgStore {
             keys_seen: Default::default(),
             outcomes: None,
             outcomes_retry: None,
+            dispatching: false,
         })
     }
 
@@ -347,6 +360,11 @@ impl PgStore {
         }
         self.client = Self::session(&self.url, self.lock_timeout)?;
         self.statements = Statements::default();
+        if self.dispatching {
+            self.client
+                .batch_execute(UNFLUSHED)
+                .map_err(self.failing("connect"))?;
+        }
         Ok(())
     }
 

@@ -27,14 +27,12 @@ impl Queue for PgStore {
         // another claimer has locked are skipped, never waited for, so many
         // daemons claim side by side and never take the same attempt.
         let fail = self.failing("claim");
+        if let Some(jobs) =
+            claim::claim_plain(&mut self.client, &mut self.statements, claim, &self.keys_seen)
+        {
+            return jobs.map_err(&fail);
+        }
         let mut tx = self.client.transaction().map_err(&fail)?;
-        // A claim does not wait for its WAL to reach the disk: a claim
-        // a server crash undoes puts the job back in `queued` to run again,
-        // which at-least-once delivery allows (as SQLite's NORMAL does);
-        // its outcome's commit, which does wait, makes the claim durable
-        // first. Pickup no longer pays a disk flush.
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .map_err(&fail)?;
         let jobs =
             claim_in(&mut tx, &mut self.statements, claim, &self.keys_seen).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
@@ -51,6 +49,9 @@ impl Queue for PgStore {
         // with a `job_runs` row for each that applied.
         let fail = self.failing("complete");
         let mut tx = self.client.transaction().map_err(&fail)?;
+        if self.dispatching {
+            tx.batch_execute(FLUSHED).map_err(&fail)?;
+        }
         let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         if completions.iter().any(|c| c.block.is_some()) {
@@ -113,6 +114,15 @@ impl Queue for PgStore {
 
     fn wakes_are_commits(&self) -> bool {
         true
+    }
+
+    fn serve_dispatcher(&mut self) -> Result<()> {
+        self.revive()?;
+        self.dispatching = true;
+        let fail = self.failing("connect");
+        self.client
+            .batch_execute(UNFLUSHED)
+            .map_err(&fail)
     }
 
     fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize> {
@@ -260,6 +270,9 @@ impl PgStore {
         self.revive()?;
         let fail = self.failing("complete and claim");
         let mut tx = self.client.transaction().map_err(&fail)?;
+        if self.dispatching {
+            tx.batch_execute(FLUSHED).map_err(&fail)?;
+        }
         let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
         if completions.iter().any(|c| c.block.is_some()) {
             self.keys_seen.forget();
