@@ -210,7 +210,8 @@ fn claims_stay_bounded_while_outcomes_cannot_be_written() {
     let Some(schema) = Schema::create("outcomes_held") else {
         return;
     };
-    // Two threads: at most 2 + 2 × 15 jobs held, plus one batch claimed
+    // Two threads: at most 2 + 2 × 63 jobs held (PostgreSQL claims 63 ahead
+    // per thread for short jobs), plus one batch claimed
     // for the slots whose outcomes were being written when the write failed.
     let home = Home::new();
     let handlers = home.path().join("handlers");
@@ -294,7 +295,7 @@ fn claims_stay_bounded_while_outcomes_cannot_be_written() {
     );
     daemon.stop();
     assert!(
-        most <= 64,
+        most <= 256,
         "{most} jobs held while no outcome could be written"
     );
     assert!(most > 0, "nothing was claimed while the row was held");

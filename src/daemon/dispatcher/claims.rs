@@ -22,7 +22,12 @@ impl Dispatcher {
         let held_io = self.in_flight.len() - self.held_cpu;
         Free {
             cpu: self.cpu_size().saturating_sub(self.held_cpu),
-            io: slots(self.pool.size(), self.avg_duration).saturating_sub(held_io),
+            io: slots(
+                self.pool.size(),
+                self.avg_duration,
+                self.store.claim_ahead(),
+            )
+            .saturating_sub(held_io),
         }
     }
 

@@ -63,14 +63,6 @@ const ECHO_WINDOW: Duration = Duration::from_millis(2);
 /// daemon from sitting on work another daemon could start.
 pub const PREFETCH_WAIT: Duration = Duration::from_millis(5);
 
-/// The most jobs claimed ahead per thread. While jobs are short each
-/// thread's slot is joined by up to this many more, filled by the same claim
-/// and waiting in the pool's channel, so a pool of 8 claims up to 128 jobs
-/// per transaction instead of 8: measured on the store alone, 64 per
-/// transaction run at ~55 000 jobs/s and 128 at ~74 000, with no gain past
-/// that.
-pub const PREFETCH_PER_THREAD: usize = 15;
-
 /// A daemon serving a fair queue makes sure the index its fair claims
 /// scan exists (at start and on each reload): the first one builds it,
 /// logging `db.index_created`.
@@ -88,11 +80,11 @@ pub fn ensure_key_index(store: &mut dyn Store, config: &Config) -> crate::store:
 
 /// The slots of a pool of `threads` when attempts take `avg_duration`
 /// seconds on average: one per thread, plus as many prefetched jobs per
-/// thread as finish within [`PREFETCH_WAIT`], at most
-/// [`PREFETCH_PER_THREAD`].
-pub fn slots(threads: usize, avg_duration: f64) -> usize {
+/// thread as finish within [`PREFETCH_WAIT`], at most `ahead` (the
+/// store's [`crate::store::Queue::claim_ahead`]).
+pub fn slots(threads: usize, avg_duration: f64, ahead: usize) -> usize {
     let per_thread = (PREFETCH_WAIT.as_secs_f64() / avg_duration.max(1e-9)).floor();
-    threads + threads * (per_thread as usize).min(PREFETCH_PER_THREAD)
+    threads + threads * (per_thread as usize).min(ahead)
 }
 
 /// The weight of the newest attempt in the running average of durations.
@@ -446,11 +438,13 @@ mod tests {
 
     #[test]
     fn prefetch_shrinks_as_jobs_get_longer_and_stops_past_the_wait() {
-        assert_eq!(slots(8, f64::INFINITY), 8);
-        assert_eq!(slots(8, 0.010), 8);
-        assert_eq!(slots(8, 0.005), 16);
-        assert_eq!(slots(8, 0.001), 8 + 8 * 5);
-        assert_eq!(slots(8, 0.000_01), 8 + 8 * PREFETCH_PER_THREAD);
-        assert_eq!(slots(8, 0.0), 8 + 8 * PREFETCH_PER_THREAD);
+        let ahead = 15;
+        assert_eq!(slots(8, f64::INFINITY, ahead), 8);
+        assert_eq!(slots(8, 0.010, ahead), 8);
+        assert_eq!(slots(8, 0.005, ahead), 16);
+        assert_eq!(slots(8, 0.001, ahead), 8 + 8 * 5);
+        assert_eq!(slots(8, 0.000_01, ahead), 8 + 8 * ahead);
+        assert_eq!(slots(8, 0.0, ahead), 8 + 8 * ahead);
+        assert_eq!(slots(8, 0.0, 63), 8 * 64);
     }
 }

@@ -396,20 +396,21 @@ pub(super) fn claim_plain(
         return None;
     }
     Some((|| {
-        let mut jobs = crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
-            let statement = statements.get(client, &claim_sql(pool))?;
-            let rows = client.query(
-                &statement,
-                &[
-                    &claim.now,
-                    &claim.lease_until,
-                    &claim.worker,
-                    &queue,
-                    &(limit as i64),
-                ],
-            )?;
-            Ok(rows.iter().map(claimed_from_pg_row).collect())
-        })?;
+        let mut jobs =
+            crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
+                let statement = statements.get(client, &claim_sql(pool))?;
+                let rows = client.query(
+                    &statement,
+                    &[
+                        &claim.now,
+                        &claim.lease_until,
+                        &claim.worker,
+                        &queue,
+                        &(limit as i64),
+                    ],
+                )?;
+                Ok(rows.iter().map(claimed_from_pg_row).collect())
+            })?;
         attach_flows(client, &mut jobs)?;
         Ok(jobs)
     })())
