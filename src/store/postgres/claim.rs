@@ -396,21 +396,7 @@ pub(super) fn claim_plain(
         return None;
     }
     Some((|| {
-        let mut jobs =
-            crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
-                let statement = statements.get(client, &claim_sql(pool))?;
-                let rows = client.query(
-                    &statement,
-                    &[
-                        &claim.now,
-                        &claim.lease_until,
-                        &claim.worker,
-                        &queue,
-                        &(limit as i64),
-                    ],
-                )?;
-                Ok(rows.iter().map(claimed_from_pg_row).collect())
-            })?;
+        let mut jobs = claim_planned(client, statements, claim)?;
         attach_flows(client, &mut jobs)?;
         Ok(jobs)
     })())
@@ -471,9 +457,18 @@ fn claim_unlocked(
     if let Some(jobs) = crate::store::keyed::claim_keyed(&mut keyed, claim, seen)? {
         return Ok(jobs);
     }
+    claim_planned(tx, statements, claim)
+}
+
+/// The plain claim: [`claim_sql`] once per queue and pool the claim asks of.
+fn claim_planned(
+    client: &mut impl postgres::GenericClient,
+    statements: &mut Statements,
+    claim: &Claim<'_>,
+) -> std::result::Result<Vec<Claimed>, postgres::Error> {
     crate::store::shared::claim_by_plan(claim.requests, |queue, pool, limit| {
-        let statement = statements.get(tx, &claim_sql(pool))?;
-        let rows = tx.query(
+        let statement = statements.get(client, &claim_sql(pool))?;
+        let rows = client.query(
             &statement,
             &[
                 &claim.now,
