@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[&str] = &[
     V14_SNOOZES,
     V15_FLOW_RULES,
     V16_HANDLERS,
+    V17_AUTOVACUUM,
 ];
 
 /// The schema version this build writes and reads.
@@ -1138,3 +1139,43 @@ SELECT jobd_settle(array_agg(id), current_schema()) FROM jobs WHERE state = 'wai
 
 /// Version 16: `workers.handlers`, as SQLite's version 15.
 const V16_HANDLERS: &str = "ALTER TABLE workers ADD COLUMN handlers JSONB NULL;";
+
+/// Version 17: per-table autovacuum settings for the two tables every job
+/// churns through: in `jobs` an insert, two updates (never HOT: `state` is
+/// in the partial indexes' predicates) and the pruner's delete, three dead
+/// versions a job; in `job_runs` an insert and the pruner's delete. Measured
+/// with `cargo bench --bench soak` (docs/benchmarks.md, "No decay on
+/// PostgreSQL"), 3 000 jobs/s, `[retention]` 2 minutes, 3 000 000 finished
+/// jobs and runs kept besides (as days of retention keep them), 6 minutes:
+///
+/// - `autovacuum_vacuum_scale_factor = 0`, `autovacuum_vacuum_threshold =
+///   10000`: the trigger counts dead rows, not a fifth of a table whose size
+///   `[retention]` sets. With the defaults (50 + 0.2 × rows) `jobs` was
+///   vacuumed every second minute, after 0.96 and 1.08 million dead items,
+///   and `job_runs` once in 6 minutes; the heap grew 508 → 699 MiB and was
+///   still growing (+7.7 % from minute 3 to 6, `job_runs` +10.9 %). With
+///   these, both were vacuumed every minute (the server's
+///   `autovacuum_naptime`) after 0.18–0.54 million, and the heap settled
+///   at 639 MiB (81 745 pages at the last two vacuums; +2.1 % from minute
+///   3.5 to 6, `job_runs` +1.2 %).
+/// - `autovacuum_vacuum_cost_delay = 0`: a vacuum of `jobs` is not
+///   throttled: 0.17–1.31 s each, against 5.5 and 10.6 s with the default
+///   2 ms delay (`job_runs`: 0.47–0.86 s against 6.5 s), so it is done
+///   long before the next naptime and holds its snapshot briefly.
+///
+/// With 2 minutes of retention alone (0.5 million rows, 10 minutes) the
+/// defaults' trigger is below a minute of dead rows and both settings
+/// vacuumed each table every minute, bounded alike. `fillfactor` is left:
+/// it only shapes new pages, and no update here can be HOT.
+const V17_AUTOVACUUM: &str = "
+ALTER TABLE jobs SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 10000,
+    autovacuum_vacuum_cost_delay = 0
+);
+ALTER TABLE job_runs SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 10000,
+    autovacuum_vacuum_cost_delay = 0
+);
+";
