@@ -219,10 +219,12 @@ fn claims_stay_bounded_while_outcomes_cannot_be_written() {
     let hold = handlers.join("hold");
     std::fs::write(&hold, "#!/bin/sh\nexec sleep 30\n").unwrap();
     std::fs::set_permissions(&hold, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let port = common::free_port();
     let home = home_with(
         &schema.url(),
         &format!(
-            "[pool]\nthreads = 2\n[cpu]\nworkers = 1\n[exec]\ndir = \"{}\"\n",
+            "[pool]\nthreads = 2\n[cpu]\nworkers = 1\n[exec]\ndir = \"{}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{port}\"\n",
             handlers.display()
         ),
     );
@@ -270,8 +272,12 @@ fn claims_stay_bounded_while_outcomes_cannot_be_written() {
     daemon.wait_log("db.busy");
     // Watch the running jobs over a dozen retries of the write.
     let mut most = 0;
-    let watch = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while std::time::Instant::now() < watch {
+    // Over many retries of the write, until `/healthz` says the writes keep
+    // failing (after 5 s): a step whose claim went through must not end
+    // the failing streak.
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let mut health = (0, String::new());
+    let unhealthy = common::wait_for(common::PATIENCE, || {
         // New work keeps arriving, and tells the daemon so.
         schema
             .psql("INSERT INTO jobs(kind) VALUES ('noop');")
@@ -280,7 +286,13 @@ fn claims_stay_bounded_while_outcomes_cannot_be_written() {
             &schema,
             "SELECT count(*) FROM jobs WHERE state = 'running';",
         ));
-    }
+        health = match ureq::get(&healthz).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("GET {healthz}: {e}"),
+        };
+        (health.0 == 503 && health.1.contains("outcome writes have failed")).then_some(())
+    });
     common::pg::psql(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
@@ -299,6 +311,10 @@ fn claims_stay_bounded_while_outcomes_cannot_be_written() {
         "{most} jobs held while no outcome could be written"
     );
     assert!(most > 0, "nothing was claimed while the row was held");
+    assert!(
+        unhealthy.is_some(),
+        "/healthz never said the outcome writes keep failing: {health:?}"
+    );
     assert_eq!(number(&schema, "SELECT max(attempts) FROM jobs;"), 1);
 }
 

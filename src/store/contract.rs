@@ -510,11 +510,10 @@ pub trait Queue {
     fn watch_commits(&self, queues: Option<&[String]>) -> Option<Receiver<()>>;
 
     /// This connection now serves a daemon's dispatcher. PostgreSQL then
-    /// commits what it writes without waiting for the WAL flush (claims,
-    /// lease renewals, progress, cron's enqueues), except outcomes, which
-    /// always wait: a write a server crash undoes is a job that runs again
-    /// or a lease that ends sooner, which at-least-once delivery allows
-    /// (as SQLite's `synchronous=NORMAL` does), and an outcome's flush
+    /// commits claims, lease renewals and progress without waiting for the
+    /// WAL flush; outcomes and cron's slots still wait. A claim or renewal
+    /// a server crash undoes is a job that runs again or a lease that ends
+    /// sooner, which at-least-once delivery allows, and an outcome's flush
     /// makes every earlier write of the session durable first.
     fn serve_dispatcher(&mut self) -> Result<()> {
         Ok(())

@@ -136,6 +136,8 @@ impl Dispatcher {
             queues: &queues,
             held_back,
             claim_saw_outcomes: false,
+            claim_failed: claim_error.is_some(),
+            write_failed: write_error.is_some(),
         };
         self.wrote(applied, jobs, step, now, now_i);
         if let Some(e) = write_error {
@@ -164,16 +166,26 @@ impl Dispatcher {
             queues,
             held_back,
             claim_saw_outcomes,
+            claim_failed,
+            write_failed,
         } = step;
-        if self.state.failing_since.swap(0, Ordering::Relaxed) != 0 {
+        // A step whose other part failed does not end the trouble: the
+        // streak `/healthz` reports goes on, and a failing claim is logged
+        // once, not at every step.
+        if !claim_failed
+            && !write_failed
+            && self.state.failing_since.swap(0, Ordering::Relaxed) != 0
+        {
             // A failed claim may have committed with its reply
             // lost: look for such jobs now, not a lease later.
             self.next_renew = now_i;
         }
+        if !claim_failed {
+            self.claim_retry_at = None;
+        }
         self.last_write = Instant::now();
         self.writes += 1;
         self.claimed += jobs.len() as u64;
-        self.claim_retry_at = None;
         let applied_none = applied.is_empty();
         if !applied.is_empty() {
             for written in self.completer.written(&applied, &self.state.counters) {
@@ -331,6 +343,11 @@ struct Step<'a> {
     held_back: bool,
     /// Whether the claim ran after the outcomes, in their transaction.
     claim_saw_outcomes: bool,
+    /// Whether the claim failed while the outcomes were written (apart,
+    /// on PostgreSQL).
+    claim_failed: bool,
+    /// Whether the outcomes' write failed while the claim went through.
+    write_failed: bool,
 }
 
 impl<'a> Step<'a> {
@@ -340,6 +357,8 @@ impl<'a> Step<'a> {
             queues,
             held_back,
             claim_saw_outcomes: true,
+            claim_failed: false,
+            write_failed: false,
         }
     }
 }

@@ -214,16 +214,18 @@ pub struct PgStore {
 /// flushed (the server flushes it within `wal_writer_delay`).
 pub(crate) const UNFLUSHED: &str = "SET synchronous_commit = off";
 
-/// A transaction that writes outcomes on the dispatcher's session waits
-/// for the flush, as every outcome does.
-pub(crate) const FLUSHED: &str = "SET LOCAL synchronous_commit = on";
+/// A transaction that writes outcomes or cron's slots on the dispatcher's
+/// session commits as the server, role or URL says (`on` unless an
+/// operator chose otherwise), as every outcome does: an undone slot
+/// would never run again.
+pub(crate) const FLUSHED: &str = "SET LOCAL synchronous_commit TO DEFAULT";
 
 /// A second session of the same store that only writes outcomes, so that
 /// one daemon keeps two server backends busy: one step's claim runs on the
 /// first while its outcomes are written here. Alone, one backend was the
 /// limit of a daemon (about 80 % of a core, the daemon itself 13 %).
 struct OutcomeWriter {
-    client: Client,
+    pub(super) client: Client,
     statements: Statements,
     url: String,
     lock_timeout: std::time::Duration,
@@ -260,7 +262,7 @@ impl OutcomeWriter {
 
 /// How long a daemon writes outcomes and claims on one session after the
 /// second could not be opened, before it tries again.
-const OUTCOMES_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const OUTCOMES_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Prepared statements by their SQL, so that a statement run on every
 /// turn is parsed and planned by the server once per connection, not once

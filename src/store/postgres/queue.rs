@@ -84,7 +84,14 @@ impl Queue for PgStore {
             let claimed = self.claim(claim);
             (written.join(), claimed)
         });
-        self.outcomes = Some(writer);
+        // A session that is gone and could not be opened again is dropped:
+        // outcomes then share this session's step until a new one opens
+        // (every step would otherwise knock at a server refusing it).
+        if writer.client.is_closed() {
+            self.outcomes_retry = Some(std::time::Instant::now() + OUTCOMES_RETRY);
+        } else {
+            self.outcomes = Some(writer);
+        }
         let applied = applied.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         Stepped::Apart { applied, claimed }
     }

@@ -33,6 +33,11 @@ impl Schedules for PgStore {
         self.revive()?;
         let fail = self.schedules_and_reads_error("enqueue a periodic job");
         let mut tx = self.client.transaction().map_err(&fail)?;
+        if self.dispatching {
+            // A slot undone by a server crash would never run: the
+            // schedule has moved past it.
+            tx.batch_execute(FLUSHED).map_err(&fail)?;
+        }
         tx.execute(
             "INSERT INTO cron (name, last_slot) VALUES ($1, NULL) ON CONFLICT (name) DO NOTHING",
             &[&name],
