@@ -93,38 +93,6 @@ const BARE_RUN: &str = "INSERT INTO job_runs (job_id, attempt, worker, queue, ki
      finished_at, outcome, error, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'succeeded', \
      NULL, ?8)";
 
-/// jobd's completion statement for `rows` rows (`complete_sql` in
-/// src/store/sqlite/mod.rs), copied.
-fn jobd_complete(rows: usize) -> String {
-    let cancel = "(jobs.cancel_requested = 1 AND c.state <> 'succeeded')";
-    format!(
-        "WITH c(id, worker, attempt, state, finished_at, run_at, result, last_error, release, \
-           snooze) AS (VALUES {values}) \
-         UPDATE jobs SET state = CASE WHEN {cancel} THEN 'cancelled' ELSE c.state END, \
-           finished_at = CASE WHEN c.release AND NOT {cancel} THEN jobs.finished_at ELSE c.finished_at END, \
-           lease_until = NULL, \
-           run_at = CASE WHEN {cancel} THEN jobs.run_at ELSE COALESCE(c.run_at, jobs.run_at) END, \
-           result = CASE WHEN c.state = 'succeeded' THEN c.result ELSE jobs.result END, \
-           last_error = CASE WHEN {cancel} THEN 'cancelled by an operator while running' \
-             WHEN c.release THEN jobs.last_error ELSE c.last_error END, \
-           attempts = jobs.attempts - CASE WHEN {cancel} THEN 0 ELSE c.release END, \
-           snoozes = jobs.snoozes + CASE WHEN {cancel} THEN 0 ELSE c.snooze END \
-         FROM c WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.worker = c.worker \
-           AND jobs.attempts = c.attempt \
-         RETURNING jobs.id, jobs.worker, jobs.attempts, jobs.queue, jobs.kind, jobs.state",
-        values = values_list(rows, 10)
-    )
-}
-
-/// jobd's multi-row `job_runs` insert, copied.
-fn jobd_runs(rows: usize) -> String {
-    format!(
-        "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
-         outcome, error, duration_ms) VALUES {}",
-        values_list(rows, 10)
-    )
-}
-
 fn values_list(rows: usize, columns: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
     vec![row; rows].join(", ")
@@ -274,7 +242,7 @@ fn drive(conn: &mut Connection, claim: &str, complete: Complete, count: usize) -
                     ]);
                 }
                 let moved = tx
-                    .prepare_cached(&jobd_complete(jobs.len()))
+                    .prepare_cached(&jobd::store::sqlite::complete_sql(jobs.len()))
                     .unwrap()
                     .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0))
                     .unwrap()
@@ -295,7 +263,7 @@ fn drive(conn: &mut Connection, claim: &str, complete: Complete, count: usize) -
                         Value::Integer(finished - j.started_at),
                     ]);
                 }
-                tx.prepare_cached(&jobd_runs(jobs.len()))
+                tx.prepare_cached(&jobd::store::sqlite::insert_runs_sql(jobs.len()))
                     .unwrap()
                     .execute(rusqlite::params_from_iter(args))
                     .unwrap();

@@ -541,8 +541,9 @@ fn values_list(rows: usize, columns: usize) -> String {
 /// worker and attempt, so a late writer (its lease lapsed, someone rescued
 /// the job) matches nothing, and RETURNING says which rows moved. One
 /// statement per chunk instead of per job: statement set-up and tear-down
-/// were half the cost of a completion.
-fn complete_sql(rows: usize) -> String {
+/// were half the cost of a completion. Public, as PostgreSQL's
+/// `claim_sql` is, so that a benchmark measures the very statement.
+pub fn complete_sql(rows: usize) -> String {
     // A job an operator asked to cancel ends cancelled whatever its attempt
     // ended in, except a success (the work happened): the flag is read here,
     // in the fenced write, so a cancel that lands after the daemon last
@@ -602,7 +603,7 @@ fn completion_values(c: &Completion) -> [rusqlite::types::Value; 10] {
 }
 
 /// A multi-row insert of `rows` attempt records.
-fn insert_runs_sql(rows: usize) -> String {
+pub fn insert_runs_sql(rows: usize) -> String {
     format!(
         "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
          outcome, error, duration_ms) VALUES {}",
