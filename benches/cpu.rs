@@ -137,7 +137,6 @@ impl Bench {
             kind: Arc::clone(self.registry.get(kind).unwrap()),
             worker: Arc::from("bench"),
             started_at: 0,
-            deadline: Instant::now() + Duration::from_secs(600),
             timeout: Duration::from_secs(600),
             max_attempts: 1,
             retry: Arc::new(RetryConfig::default()),

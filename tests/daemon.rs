@@ -130,6 +130,34 @@ fn timeouts_are_retried_with_backoff_until_attempts_run_out() {
     assert!(log.contains("next_run_in="));
 }
 
+/// A job claimed ahead of a free thread waits for it without using its
+/// time: the deadline runs from when a thread starts the job. With one
+/// thread, quick jobs teach the daemon to claim many ahead; then 16 jobs
+/// of 100 ms with a 400 ms timeout arrive in one commit and are claimed
+/// together. Timed from the claim, the fifth and later would time out
+/// without having run a moment.
+#[test]
+fn a_jobs_timeout_runs_from_when_a_thread_starts_it_not_from_its_claim() {
+    for b in common::homes_with("deadline", "[pool]\nthreads = 1\n") {
+        let daemon = b.home.daemon();
+        let done = "SELECT count(*) FROM jobs WHERE state = 'succeeded'";
+        b.insert_many(20, "kind, payload", "'noop', '{}'");
+        b.wait_value(done, "20", "the quick jobs");
+        b.insert_many(
+            16,
+            "kind, payload, timeout_ms",
+            "'noop', '{\"sleep_ms\":100}', 400",
+        );
+        b.wait_value(done, "36", "the slower jobs");
+        let failed = b.value(
+            "SELECT count(*) || ' ' || coalesce(min(error), '') FROM job_runs \
+             WHERE outcome <> 'succeeded'",
+        );
+        assert_eq!(failed.trim(), "0", "{}: attempts that failed", b.name);
+        daemon.stop();
+    }
+}
+
 #[test]
 fn bad_jobs_go_dead_on_first_claim_naming_what_is_wrong() {
     let home = Home::with_config("[limits]\nmax_payload_bytes = \"100B\"\n");

@@ -33,6 +33,10 @@ pub struct Control {
     progress: std::sync::Mutex<Option<(f64, String)>>,
     /// Set by the first report.
     reports: std::sync::atomic::AtomicBool,
+    /// When a thread or worker process started the job. The deadline
+    /// runs from here, not from the claim: a job claimed ahead of a free
+    /// thread waits without using its time.
+    begun: std::sync::OnceLock<Instant>,
 }
 
 impl Control {
@@ -60,6 +64,17 @@ impl Control {
     /// A fresh control for a job that is about to run.
     pub fn new() -> Arc<Control> {
         Arc::new(Control::default())
+    }
+
+    /// Marks the job started now (the first call wins) and returns when
+    /// it started.
+    pub fn begin(&self) -> Instant {
+        *self.begun.get_or_init(Instant::now)
+    }
+
+    /// When the job was started, None while it waits for a thread.
+    pub fn begun(&self) -> Option<Instant> {
+        self.begun.get().copied()
     }
 
     /// The running thread claims the right to report; false when the
@@ -99,9 +114,8 @@ pub struct Task {
     pub worker: Arc<str>,
     /// When the attempt started (epoch ms), as the claim recorded it.
     pub started_at: i64,
-    /// The attempt's deadline.
-    pub deadline: Instant,
-    /// The attempt's timeout, for the message.
+    /// The attempt's timeout: its deadline is this long after a thread
+    /// or worker process starts it ([`Task::begin`]).
     pub timeout: Duration,
     /// The job's attempt limit in force.
     pub max_attempts: i64,
@@ -112,6 +126,11 @@ pub struct Task {
 }
 
 impl Task {
+    /// Marks the attempt started now and returns its deadline.
+    pub fn begin(&self) -> Instant {
+        self.control.begin() + self.timeout
+    }
+
     /// Who ran this attempt, ending now.
     pub fn attempt(&self, finished_at: i64) -> Attempt {
         Attempt::new(
@@ -156,7 +175,7 @@ pub fn execute(task: &Task) -> Completion {
         id: task.job.id,
         attempt: task.job.attempts,
         queue: &task.job.queue,
-        deadline: task.deadline,
+        deadline: task.begin(),
         cancel: &task.control.cancel,
         spawned: None,
         inputs: task.job.inputs.as_deref(),
@@ -272,7 +291,7 @@ fn key_of(job: &Claimed) -> Option<String> {
 }
 
 /// A task for unit tests: job `id` of `kind` with `payload`, on attempt
-/// `attempts` of `max_attempts`, a 250 ms timeout and a deadline far away.
+/// `attempts` of `max_attempts`, and a 250 ms timeout.
 #[cfg(test)]
 pub(crate) fn test_task(
     id: i64,
@@ -303,7 +322,6 @@ pub(crate) fn test_task(
         kind,
         worker: Arc::from("w"),
         started_at: 1_000,
-        deadline: Instant::now() + Duration::from_secs(60),
         timeout: Duration::from_millis(250),
         max_attempts,
         retry: Arc::new(RetryConfig {

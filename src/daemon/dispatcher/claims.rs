@@ -92,7 +92,6 @@ impl Dispatcher {
                 .for_kind(&job.kind)
                 .unwrap_or(self.config.timeouts.noop),
         };
-        let deadline = now_i + timeout;
         let max_attempts = job.effective_max_attempts(self.config.retry.max_attempts);
         self.hold(
             job.id,
@@ -102,7 +101,6 @@ impl Dispatcher {
                 kind: job.kind.clone(),
                 attempt: job.attempts,
                 started_at,
-                deadline,
                 timeout,
                 max_attempts,
                 control: Arc::clone(&control),
@@ -114,7 +112,6 @@ impl Dispatcher {
             kind,
             worker: Arc::clone(&self.worker),
             started_at,
-            deadline,
             timeout,
             max_attempts,
             retry: Arc::clone(&self.retry),

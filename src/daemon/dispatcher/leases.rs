@@ -21,7 +21,7 @@ impl Dispatcher {
     pub(super) fn check_overruns(&mut self, now: Instant) {
         let mut replaced = 0;
         for (&(id, _), entry) in self.in_flight.iter_mut() {
-            if entry.reported || now < overrun_at(entry) {
+            if entry.reported || now < overrun_at(entry, now) {
                 continue;
             }
             if !entry.control.abandon() {

@@ -163,7 +163,6 @@ struct InFlight {
     kind: String,
     attempt: i64,
     started_at: i64,
-    deadline: Instant,
     timeout: Duration,
     max_attempts: i64,
     control: Arc<Control>,
@@ -425,10 +424,14 @@ impl Dispatcher {
 
 /// When the dispatcher gives up on a job that has not reported. A CPU
 /// job's supervisor kills it at the deadline, which may take `KILL_GRACE`.
-fn overrun_at(entry: &InFlight) -> Instant {
+/// The deadline runs from when a thread started the job; one still
+/// waiting for a thread cannot overrun before `now` plus its timeout, the
+/// soonest the dispatcher needs to look again.
+fn overrun_at(entry: &InFlight, now: Instant) -> Instant {
+    let deadline = entry.control.begun().unwrap_or(now) + entry.timeout;
     match entry.pool {
-        Pool::Io => entry.deadline + OVERRUN_GRACE,
-        Pool::Cpu => entry.deadline + KILL_GRACE + OVERRUN_GRACE,
+        Pool::Io => deadline + OVERRUN_GRACE,
+        Pool::Cpu => deadline + KILL_GRACE + OVERRUN_GRACE,
     }
 }
 

@@ -121,7 +121,7 @@ impl Dispatcher {
             until = until.min(now + Duration::from_millis(ms));
         }
         for entry in self.in_flight.values().filter(|e| !e.reported) {
-            until = until.min(overrun_at(entry));
+            until = until.min(overrun_at(entry, now));
             // Reports are written every PROGRESS_EVERY while they come,
             // not only when something else wakes the loop.
             if entry.control.reports_progress() {

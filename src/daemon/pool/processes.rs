@@ -217,7 +217,7 @@ impl Common {
     /// there and one of them is not running a job; then it is handed to
     /// that one (None). With every host busy (with other jobs: the claims keep its
     /// own jobs within `instances`), `me` takes the handler up too rather
-    /// than let the job's deadline run out waiting for them.
+    /// than let the job wait for them.
     fn route(&self, me: usize, task: Box<Task>) -> Option<Box<Task>> {
         let Some((name, instances)) = capped(&self.settings(), &task) else {
             return Some(task);
@@ -677,9 +677,10 @@ fn supervise(common: &Common, me: usize, ready: Sender<()>) {
             continue;
         }
         let began = Instant::now();
+        let deadline = task.begin();
         let answer = match worker.take() {
             Some(w) => {
-                let (answer, after) = attempt(common, w, &task);
+                let (answer, after) = attempt(common, w, &task, deadline);
                 if let After::Keep(w) = after {
                     worker = Some(w);
                 }
@@ -716,6 +717,7 @@ fn attempt(
     common: &Common,
     mut worker: Worker,
     task: &Task,
+    deadline: Instant,
 ) -> (Result<Option<String>, JobError>, After) {
     let order = ToWorker::Run(Order {
         id: task.job.id,
@@ -749,11 +751,11 @@ fn attempt(
             return (Err(JobError::Cancelled), After::Gone);
         }
         let now = Instant::now();
-        if now >= task.deadline {
+        if now >= deadline {
             worker.kill(&common.pids);
             return (Err(JobError::TimedOut), After::Gone);
         }
-        let step = (task.deadline - now).min(CANCEL_CHECK);
+        let step = (deadline - now).min(CANCEL_CHECK);
         match worker.readable(step) {
             Ok(false) => continue,
             Ok(true) => {}
