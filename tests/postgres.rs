@@ -318,6 +318,124 @@ fn claims_stay_bounded_while_outcomes_cannot_be_written() {
     assert_eq!(number(&schema, "SELECT max(attempts) FROM jobs;"), 1);
 }
 
+/// Claims that keep failing while outcomes are written make one streak of
+/// trouble: one `db.busy op=claim` line, and `/healthz` says so after 5 s,
+/// however many outcomes are written meanwhile. A client holds the keys'
+/// advisory lock past `busy_timeout`, so every keyed claim fails, while
+/// eight long jobs started before it finish one by one, 1.5 s apart.
+#[test]
+fn claims_that_keep_failing_are_one_streak_while_outcomes_are_written() {
+    let Some(schema) = Schema::create("claims_fail") else {
+        return;
+    };
+    let port = common::free_port();
+    let home = home_with(
+        &schema.url(),
+        &format!(
+            "[pool]\nthreads = 10\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [keys.k]\nmatch = \"k:*\"\nconcurrency = 100\n"
+        ),
+    );
+    std::fs::write(
+        home.config(),
+        std::fs::read_to_string(home.config())
+            .unwrap()
+            .replace("[database]\n", "[database]\nbusy_timeout = \"200ms\"\n"),
+    )
+    .unwrap();
+    home.ok(&["migrate"]);
+    let daemon = home.daemon_logging_to("d.log");
+    schema
+        .psql(
+            "INSERT INTO jobs(kind, payload, timeout_ms) SELECT 'noop', \
+             json_build_object('sleep_ms', 1500 * i)::jsonb, 60000 FROM generate_series(1, 8) i;",
+        )
+        .unwrap();
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE state = 'running';",
+        "8",
+        "the long jobs started",
+    );
+    let mut client = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
+        .arg(format!(
+            "SET search_path = {}; BEGIN; \
+             SELECT pg_advisory_xact_lock(hashtext('jobd.limit_keys.' || current_schema())); \
+             SELECT pg_sleep(120); COMMIT;",
+            schema.name
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let holding = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+         AND query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
+        schema.name
+    );
+    common::wait_for(common::PATIENCE, || {
+        (common::pg::psql(&holding).as_deref() == Ok("1")).then_some(())
+    })
+    .expect("the client holds the keys' lock");
+    schema
+        .psql("INSERT INTO jobs(kind, limit_key) SELECT 'noop', 'k:1' FROM generate_series(1, 5);")
+        .unwrap();
+    daemon.wait_log("db.busy");
+    // While long jobs still run (and their outcomes are written as they
+    // end), the claims' trouble lasts past 5 s and `/healthz` says so.
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let mut health = (0, String::new());
+    let long_left = "SELECT count(*) FROM jobs WHERE limit_key IS NULL AND state = 'running';";
+    let unhealthy = common::wait_for(common::PATIENCE, || {
+        health = match ureq::get(&healthz).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("GET {healthz}: {e}"),
+        };
+        if health.0 == 503 {
+            return Some(true);
+        }
+        (number(&schema, long_left) == 0).then_some(false)
+    });
+    let written_before = number(
+        &schema,
+        "SELECT count(*) FROM jobs WHERE limit_key IS NULL AND state = 'succeeded';",
+    );
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE limit_key IS NULL AND state = 'succeeded';",
+        "8",
+        "the long jobs' outcomes were written while the claims failed",
+    );
+    let claim_lines = daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("db.busy") && l.contains("op=claim"))
+        .count();
+    common::pg::psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
+        schema.name
+    ))
+    .unwrap();
+    let _ = client.wait();
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE state <> 'succeeded';",
+        "0",
+        "the keyed jobs ran once the lock was let go",
+    );
+    daemon.stop();
+    assert_eq!(
+        unhealthy,
+        Some(true),
+        "/healthz did not say the claims keep failing while long jobs ran ({written_before} of 8 written): {health:?}"
+    );
+    assert!(health.1.contains("have failed"), "/healthz: {health:?}");
+    assert_eq!(
+        claim_lines, 1,
+        "one db.busy line for the claims' whole streak, not one per outcome written"
+    );
+}
+
 #[test]
 fn tls_verifies_the_servers_certificate_and_names_what_is_wrong() {
     let Some(schema) = Schema::create("tls") else {

@@ -86,6 +86,9 @@ impl Dispatcher {
         let held_back = claiming && queues.iter().any(|q| self.limits.allowance(q, now_i) == 0);
         if !flush && requests.is_empty() {
             if claiming {
+                // Nothing to claim now (limits): no claim is pending, so
+                // none is failing either.
+                self.claim_retry_at = None;
                 self.maybe_ready = false;
                 self.next_token = self.limits.next_token(&queues, now_i);
                 self.refresh_next_due(&queues, &Pool::ALL);
@@ -169,18 +172,10 @@ impl Dispatcher {
             claim_failed,
             write_failed,
         } = step;
-        // A step whose other part failed does not end the trouble: the
-        // streak `/healthz` reports goes on, and a failing claim is logged
-        // once, not at every step.
-        if !claim_failed
-            && !write_failed
-            && self.state.failing_since.swap(0, Ordering::Relaxed) != 0
-        {
-            // A failed claim may have committed with its reply
-            // lost: look for such jobs now, not a lease later.
-            self.next_renew = now_i;
-        }
-        if !claim_failed {
+        // The claims' trouble ends with a claim that went through (a step
+        // that claimed nothing says nothing about them), the writes' with
+        // outcomes written.
+        if !requests.is_empty() {
             self.claim_retry_at = None;
         }
         self.last_write = Instant::now();
@@ -227,6 +222,20 @@ impl Dispatcher {
         // (a flow's next job, a key's freed slot): the next one looks.
         if !claim_saw_outcomes && !applied_none {
             self.maybe_ready = true;
+        }
+        // The streak `/healthz` reports lasts while either part is in
+        // trouble: a step that only wrote outcomes, or only claimed, or
+        // whose other part failed, does not end it, and a failing claim
+        // is logged once per streak, not after every outcome written.
+        if !claim_failed
+            && !write_failed
+            && self.claim_retry_at.is_none()
+            && !self.completer.failing()
+            && self.state.failing_since.swap(0, Ordering::Relaxed) != 0
+        {
+            // A failed claim may have committed with its reply
+            // lost: look for such jobs now, not a lease later.
+            self.next_renew = now_i;
         }
     }
 
