@@ -572,5 +572,26 @@ mod postgres {
                 "the {pool:?} claim scans: {plan}"
             );
         }
+        // Both pools in one statement: two range scans of the same index.
+        let plan = schema
+            .psql(&format!(
+                "PREPARE b(bigint, bigint, text, text, bigint, bigint, bigint) AS {}; \
+                 EXPLAIN EXECUTE b(9000000000000, 9000000000000, 'w', 'default', 8, 64, 64);",
+                jobd::store::postgres::claim_both_sql()
+            ))
+            .unwrap();
+        assert_eq!(
+            plan.matches("Index Scan using jobs_ready").count(),
+            2,
+            "{plan}"
+        );
+        assert!(
+            !plan.contains("Sort"),
+            "the claim of both pools sorts: {plan}"
+        );
+        assert!(
+            !plan.contains("Seq Scan on jobs"),
+            "the claim of both pools scans: {plan}"
+        );
     }
 }

@@ -257,6 +257,72 @@ fn reopenable(tag: &str) -> Vec<(&'static str, Opener, Box<dyn std::any::Any>)> 
     out
 }
 
+/// Regression (PostgreSQL): a claim is all or nothing. The claim without
+/// a transaction ran one statement per pool, each committing alone: when
+/// the IO kinds' statement failed, the CPU job the first one took stayed
+/// `running` under a daemon that never got it (given back only by a later
+/// `job.orphaned` reconcile). A client's trigger here refuses to start
+/// `noop` jobs.
+#[test]
+fn a_claim_that_fails_part_way_claims_nothing() {
+    for (name, mut store, guard) in backends() {
+        let s = store.as_mut();
+        inserted(s, &[job("checksum"), job("noop")]);
+        // A first claim looks at the keys (none closed): the next one, at
+        // the same moment, needs no transaction for them.
+        assert!(claim(s, W1, NOW, "elsewhere", 1).is_empty());
+        let sql = |sql: &str| match guard.downcast_ref::<common::pg::Schema>() {
+            Some(schema) => schema.psql(sql).unwrap(),
+            None => {
+                let dir = guard.downcast_ref::<tempfile::TempDir>().unwrap();
+                common::sqlite3(&dir.path().join("jobd.db"), sql).succeeds()
+            }
+        };
+        match name {
+            "postgres" => sql(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF NEW.kind = 'noop' AND NEW.state = 'running' THEN RAISE EXCEPTION 'refused'; END IF; \
+                 RETURN NEW; END $$; \
+                 CREATE TRIGGER refuse BEFORE UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION refuse();",
+            ),
+            _ => sql(
+                "CREATE TRIGGER refuse BEFORE UPDATE OF state ON jobs \
+                 WHEN NEW.kind = 'noop' AND NEW.state = 'running' \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            ),
+        };
+        let claimed = s.claim(&Claim {
+            worker: W1,
+            now: NOW,
+            lease_until: NOW + 30_000,
+            keys: &jobd::keys::NO_KEYS,
+            requests: &[ClaimRequest::any("default", 10)],
+        });
+        assert!(
+            claimed.is_err(),
+            "{name}: the claim went through: {claimed:?}"
+        );
+        let running = sql("SELECT count(*) FROM jobs WHERE state <> 'queued';");
+        assert_eq!(
+            running.trim(),
+            "0",
+            "{name}: jobs left claimed by a failed claim"
+        );
+        // Without the trigger, the same claim takes CPU kinds first and
+        // keeps within the queue's allowance.
+        match name {
+            "postgres" => sql("DROP TRIGGER refuse ON jobs;"),
+            _ => sql("DROP TRIGGER refuse;"),
+        };
+        let mut one = ClaimRequest::any("default", 1);
+        one.io = 1;
+        one.cpu = 1;
+        let kinds = |jobs: Vec<Claimed>| jobs.into_iter().map(|j| j.kind).collect::<Vec<_>>();
+        assert_eq!(kinds(claim_with(s, W1, NOW, one)), ["checksum"], "{name}");
+        assert_eq!(kinds(claim(s, W1, NOW, "default", 10)), ["noop"], "{name}");
+    }
+}
+
 /// Regression (PostgreSQL, connections cut mid-write): a completion whose
 /// commit went through but whose reply was lost is sent again by the
 /// completer; it was taken for stale (`job.stale … taken back from this

@@ -375,28 +375,78 @@ pub(super) fn claim_in(
     Ok(jobs)
 }
 
-/// A claim that needs no transaction of its own: no `[keys]`, no fair or
-/// fleet-limited queue, no key known to be closed. Each of its statements
-/// (one per queue and pool) is then atomic alone and commits alone, which
-/// spares the round trips of `BEGIN` and `COMMIT` between an insert and
-/// its pickup. `None`: the claim needs [`claim_in`].
+/// A claim that needs no transaction of its own: one queue, no `[keys]`,
+/// no fair or fleet-limited queue, no key known to be closed. Its one
+/// statement (both pools together, [`claim_both_sql`]) then commits whole
+/// or not at all in autocommit, which spares the round trips of `BEGIN`
+/// and `COMMIT` between an insert and its pickup. Claims of several
+/// queues take a transaction: statements committed one by one could
+/// commit the first and fail the second, leaving jobs claimed that the
+/// daemon never got. `None`: the claim needs [`claim_in`].
 pub(super) fn claim_plain(
     client: &mut postgres::Client,
     statements: &mut Statements,
     claim: &Claim<'_>,
     seen: &crate::store::keyed::KeysSeen,
 ) -> Option<std::result::Result<Vec<Claimed>, postgres::Error>> {
+    let mut asked = claim
+        .requests
+        .iter()
+        .filter(|r| r.limit > 0 && (r.cpu > 0 || r.io > 0));
+    let request = asked.next();
     let plain = claim.keys.is_empty()
         && seen.none_closed(claim.now)
-        && claim
-            .requests
-            .iter()
-            .all(|r| r.fair_after.is_none() && r.fleet.is_none());
+        && asked.next().is_none()
+        && request.is_none_or(|r| r.fair_after.is_none() && r.fleet.is_none());
     if !plain {
         return None;
     }
+    let Some(request) = request else {
+        return Some(Ok(Vec::new()));
+    };
     Some((|| {
-        let mut jobs = claim_planned(client, statements, claim)?;
+        let (cpu, io) = (
+            request.cpu.min(request.limit),
+            request.io.min(request.limit),
+        );
+        let rows = if cpu == 0 || io == 0 {
+            let pool = if cpu > 0 { Pool::Cpu } else { Pool::Io };
+            let statement = statements.get(client, &claim_sql(pool))?;
+            let limit = cpu.max(io) as i64;
+            client.query(
+                &statement,
+                &[
+                    &claim.now,
+                    &claim.lease_until,
+                    &claim.worker,
+                    &request.queue,
+                    &limit,
+                ],
+            )?
+        } else {
+            let statement = statements.get(client, &claim_both_sql())?;
+            client.query(
+                &statement,
+                &[
+                    &claim.now,
+                    &claim.lease_until,
+                    &claim.worker,
+                    &request.queue,
+                    &(cpu as i64),
+                    &(io as i64),
+                    &(request.limit as i64),
+                ],
+            )?
+        };
+        let (mut jobs, mut io_jobs): (Vec<Claimed>, Vec<Claimed>) = rows
+            .iter()
+            .map(claimed_from_pg_row)
+            .partition(|j| Pool::of_kind(&j.kind) == Pool::Cpu);
+        crate::store::shared::in_claim_order(&mut jobs);
+        crate::store::shared::in_claim_order(&mut io_jobs);
+        jobs.append(&mut io_jobs);
+        // Read after the claim committed: a failure here is a reply lost
+        // after the commit, which `reconcile` takes care of.
         attach_flows(client, &mut jobs)?;
         Ok(jobs)
     })())

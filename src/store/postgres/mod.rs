@@ -661,6 +661,33 @@ pub fn claim_sql(pool: Pool) -> String {
     )
 }
 
+/// The claim of one queue's jobs of both pools in one statement, so that
+/// it commits whole in autocommit (see `claim::claim_plain`): CPU kinds
+/// first, up to `$5`, then IO kinds up to `$6` and what is left of `$7`,
+/// the queue's allowance, as the per-pool claims in turn do. Parameters:
+/// now, lease end, worker, queue, CPU limit, IO limit, total limit.
+pub fn claim_both_sql() -> String {
+    let pick = |pool: Pool, limit: &str| {
+        format!(
+            "SELECT id FROM jobs \
+               WHERE state = 'queued' AND queue = $4 AND {} AND run_at <= $1 \
+                 AND NOT EXISTS (SELECT 1 FROM queues WHERE name = $4 AND paused) \
+               ORDER BY priority DESC, run_at, id LIMIT {limit} \
+               FOR UPDATE SKIP LOCKED",
+            pool_test(pool)
+        )
+    };
+    format!(
+        "WITH cpu AS ({}), io AS ({}) \
+         UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
+             finished_at = NULL, lease_until = $2, worker = $3 \
+             WHERE id IN (SELECT id FROM cpu UNION ALL SELECT id FROM io) \
+             RETURNING {CLAIMED_COLUMNS}",
+        pick(Pool::Cpu, "$5"),
+        pick(Pool::Io, "LEAST($6, $7 - (SELECT count(*) FROM cpu))")
+    )
+}
+
 /// A claimed row ([`CLAIMED_COLUMNS`]).
 fn claimed_from_pg_row(r: &postgres::Row) -> Claimed {
     Claimed {
