@@ -536,6 +536,77 @@ mod postgres {
         );
     }
 
+    /// Regression: after an `ANALYZE` that saw no running job (autovacuum
+    /// at an idle moment), the completion of a batch drove its join from
+    /// `jobs_running`, taken for one row, and compared every outcome with
+    /// every running job: 512 × 512 twice per batch, 200 ms a batch. Each
+    /// outcome must find its job by key, in a generic and a custom plan.
+    #[test]
+    fn the_completion_finds_each_job_by_key_even_after_an_analyze_saw_none_running() {
+        let Some(schema) = Schema::create("complete_plan") else {
+            return;
+        };
+        let home = home_on(&schema.url());
+        home.ok(&["migrate"]);
+        schema
+            .psql(
+                "INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, 20000); \
+                 ANALYZE jobs; \
+                 UPDATE jobs SET state = 'running', worker = 'w', attempts = 1 WHERE id <= 512;",
+            )
+            .unwrap();
+        let ids = format!(
+            "'{{{}}}'",
+            (1..=512)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let fill = |value: &str, ty: &str| format!("array_fill({value}::{ty}, ARRAY[512])");
+        let args = [
+            ids,
+            fill("'w'", "text"),
+            fill("1", "bigint"),
+            fill("'succeeded'", "text"),
+            fill("1", "bigint"),
+            fill("NULL", "bigint"),
+            fill("NULL", "text"),
+            fill("NULL", "text"),
+            fill("false", "bool"),
+            fill("false", "bool"),
+        ]
+        .join(", ");
+        for mode in ["force_generic_plan", "force_custom_plan"] {
+            let plan = schema
+                .psql(&format!(
+                    "BEGIN; SET LOCAL plan_cache_mode = {mode}; \
+                     PREPARE d(bigint[], text[], bigint[], text[], bigint[], bigint[], text[], \
+                       text[], bool[], bool[]) AS {}; \
+                     EXPLAIN (ANALYZE, COSTS OFF) EXECUTE d({args}); ROLLBACK;",
+                    jobd::store::postgres::complete_sql()
+                ))
+                .unwrap();
+            assert!(
+                plan.contains("rows=512"),
+                "{mode}: the outcomes were not written: {plan}"
+            );
+            assert!(
+                !plan.contains("jobs_running"),
+                "{mode}: the completion scans the running jobs: {plan}"
+            );
+            let most_removed = plan
+                .lines()
+                .filter_map(|l| l.split("Rows Removed by Join Filter: ").nth(1))
+                .filter_map(|n| n.trim().parse::<u64>().ok())
+                .max()
+                .unwrap_or(0);
+            assert!(
+                most_removed < 1000,
+                "{mode}: a join compared {most_removed} pairs: {plan}"
+            );
+        }
+    }
+
     #[test]
     fn the_claim_of_either_pool_is_an_index_range_scan_however_many_are_queued() {
         use jobd::job::Pool;

@@ -288,12 +288,17 @@ impl KeyedRows for Keyed<'_, '_> {
             .split(", ")
             .map(|c| format!("jobs.{c}"))
             .collect();
+        // By id alone: these are candidates this transaction read `FOR
+        // UPDATE` as queued, so they still are. A `state = 'queued'` here
+        // would let the planner drive the join from a ready index, which
+        // an `ANALYZE` of an empty queue takes for one row: every queued
+        // job compared with every taken one (see `complete_sql`).
         let sql = format!(
             "UPDATE jobs SET state = 'running', attempts = jobs.attempts + 1, started_at = $1, \
              finished_at = NULL, lease_until = $2, worker = $3, \
              limit_key = COALESCE(k.key, jobs.limit_key) \
              FROM unnest($4::bigint[], $5::text[]) AS k(id, key) \
-             WHERE jobs.id = k.id AND jobs.state = 'queued' RETURNING {}",
+             WHERE jobs.id = k.id RETURNING {}",
             returning.join(", ")
         );
         let ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
@@ -308,12 +313,13 @@ impl KeyedRows for Keyed<'_, '_> {
             .collect())
     }
 
+    /// By id, as `take` (the jobs are this transaction's locked candidates).
     fn set_keys(&mut self, keyed: &[(i64, String)]) -> std::result::Result<(), postgres::Error> {
         let ids: Vec<i64> = keyed.iter().map(|(id, _)| *id).collect();
         let keys: Vec<&str> = keyed.iter().map(|(_, k)| k.as_str()).collect();
         self.query(
             "UPDATE jobs SET limit_key = k.key FROM unnest($1::bigint[], $2::text[]) AS k(id, key) \
-             WHERE jobs.id = k.id AND jobs.state = 'queued' AND jobs.limit_key IS NULL",
+             WHERE jobs.id = k.id AND jobs.limit_key IS NULL",
             &[&ids, &keys],
         )?;
         Ok(())
