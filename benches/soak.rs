@@ -43,13 +43,13 @@ const TICK: Duration = Duration::from_millis(10);
 /// verdict).
 const SHOWN: [&str; 8] = [
     "jobs",
-    "job_runs",
+    "job_attempts",
     "jobs_ready",
     "jobs_pkey",
     "jobs_running",
     "jobs_succeeded",
-    "job_runs_pkey",
-    "job_runs_job",
+    "jobs_run",
+    "job_attempts_pkey",
 ];
 
 fn env_num(name: &str) -> Option<f64> {
@@ -224,23 +224,21 @@ fn max_rate(dir: &tempfile::TempDir) -> f64 {
     JOBS as f64 / (span as f64 / 1000.0)
 }
 
-/// Inserts `n` succeeded jobs and their runs, finished a day from now so
+/// Inserts `n` succeeded jobs (each its own attempt record), finished a day from now so
 /// that no cut-off of the run reaches them: the bulk of a table that keeps
 /// days of finished jobs (`retention.succeeded` is 7 days by default),
 /// vacuumed and analyzed as an old table would be.
 fn retain(c: &mut postgres::Client, n: i64) {
     let t = Instant::now();
     c.batch_execute(&format!(
-        "INSERT INTO jobs(kind, state, attempts, started_at, finished_at) \
-           SELECT 'noop', 'succeeded', 1, t, t FROM generate_series(1, {n}), \
-             (SELECT (extract(epoch FROM now()) * 1000)::bigint + 86400000 AS t) day; \
-         INSERT INTO job_runs(job_id, attempt, worker, queue, kind, started_at, finished_at, \
-             outcome, duration_ms) \
-           SELECT id, 1, 'soak', queue, kind, started_at, finished_at, 'succeeded', 0 FROM jobs;"
+        "INSERT INTO jobs(kind, state, attempts, worker, started_at, finished_at, run_id) \
+           SELECT 'noop', 'succeeded', 1, 'soak', t, t, nextval('job_attempts_id_seq') \
+           FROM generate_series(1, {n}), \
+             (SELECT (extract(epoch FROM now()) * 1000)::bigint + 86400000 AS t) day;"
     ))
     .unwrap();
     c.batch_execute("VACUUM (ANALYZE) jobs").unwrap();
-    c.batch_execute("VACUUM (ANALYZE) job_runs").unwrap();
+    c.batch_execute("VACUUM (ANALYZE) job_attempts").unwrap();
     println!(
         "soak: {n} finished jobs retained for the whole run (inserted and vacuumed in {:.0} s)",
         t.elapsed().as_secs_f64()
@@ -308,9 +306,9 @@ fn sample(c: &mut postgres::Client, schema: &str, at: Duration, from: i64, to: i
         .query(
             "SELECT c.relname::text, pg_relation_size(c.oid) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND (c.relname IN ('jobs', 'job_runs') OR c.oid IN \
+             WHERE n.nspname = $1 AND (c.relname IN ('jobs', 'job_attempts') OR c.oid IN \
                (SELECT indexrelid FROM pg_index WHERE indrelid IN \
-                 ('jobs'::regclass, 'job_runs'::regclass)))",
+                 ('jobs'::regclass, 'job_attempts'::regclass)))",
             &[&schema],
         )
         .unwrap()
@@ -323,7 +321,7 @@ fn sample(c: &mut postgres::Client, schema: &str, at: Duration, from: i64, to: i
             "SELECT relname::text, n_dead_tup, autovacuum_count, \
                coalesce(to_char(last_autovacuum, 'HH24:MI:SS'), '-') \
              FROM pg_stat_user_tables WHERE schemaname = $1 \
-               AND relname IN ('jobs', 'job_runs') ORDER BY relname DESC",
+               AND relname IN ('jobs', 'job_attempts') ORDER BY relname DESC",
             &[&schema],
         )
         .unwrap()
@@ -444,7 +442,7 @@ fn main() {
     for r in c
         .query(
             "SELECT relname::text, coalesce(array_to_string(reloptions, ', '), 'defaults') \
-             FROM pg_class WHERE oid IN ('jobs'::regclass, 'job_runs'::regclass) ORDER BY 1 DESC",
+             FROM pg_class WHERE oid IN ('jobs'::regclass, 'job_attempts'::regclass) ORDER BY 1 DESC",
             &[],
         )
         .unwrap()

@@ -169,6 +169,99 @@ fn a_file_from_the_previous_schema_version_is_upgraded_in_place() {
     assert!(home.ok(&["migrate"]).contains("is at schema version"));
 }
 
+/// Rows of an older `job_runs` (one per attempt, successes included),
+/// inserted into an old schema: a job that failed once and then
+/// succeeded, and a dead one. (id, job, attempt, outcome.)
+const OLD_RUNS: [(i64, i64, i64, &str); 3] = [
+    (10, 1, 1, "retry"),
+    (11, 1, 2, "succeeded"),
+    (12, 2, 1, "dead"),
+];
+
+/// The SQL that writes [`OLD_RUNS`] and their jobs (the same on both
+/// backends' old schemas).
+fn old_history_sql() -> String {
+    let mut sql = String::from(
+        "INSERT INTO jobs (id, kind, state, attempts, worker, started_at, finished_at) VALUES \
+         (1, 'noop', 'succeeded', 2, 'w', 2000, 2050), (2, 'noop', 'dead', 1, 'w', 1000, 1010);",
+    );
+    for (id, job, attempt, outcome) in OLD_RUNS {
+        let (started, finished) = if attempt == 2 {
+            (2000, 2050)
+        } else {
+            (1000, 1010)
+        };
+        sql.push_str(&format!(
+            "INSERT INTO job_runs (id, job_id, attempt, worker, queue, kind, started_at, \
+             finished_at, outcome, error, duration_ms) VALUES ({id}, {job}, {attempt}, 'w', \
+             'default', 'noop', {started}, {finished}, '{outcome}', NULL, {});",
+            finished - started
+        ));
+    }
+    sql
+}
+
+/// What `job_runs` must show of [`OLD_RUNS`] after the upgrade.
+const OLD_RUNS_SHOWN: &str = "10|1|1|retry|10\n11|1|2|succeeded|50\n12|2|1|dead|10";
+
+const RUNS_IN_ORDER: &str =
+    "SELECT id || '|' || job_id || '|' || attempt || '|' || outcome || '|' || duration_ms \
+     FROM job_runs ORDER BY id;";
+
+/// Since schema version 17 a success is its job row: the upgrade keeps
+/// every attempt of the old `job_runs`, with its id, in the view of that
+/// name, and the next attempt continues the order.
+#[test]
+fn an_upgrade_keeps_every_attempt_and_its_place_when_successes_move_into_their_jobs() {
+    let home = Home::new();
+    {
+        let mut old =
+            SqliteStore::open(&home.db(), Duration::from_secs(5), OpenMode::Create).unwrap();
+        old.migrate_to(16).unwrap();
+    }
+    sqlite3(&home.db(), &old_history_sql()).succeeds();
+    home.ok(&["migrate"]);
+    assert_eq!(home.text(RUNS_IN_ORDER).trim(), OLD_RUNS_SHOWN);
+    assert_eq!(
+        home.query_i64("SELECT count(*) FROM job_attempts WHERE outcome = 'succeeded'"),
+        0
+    );
+    let shown = home.ok(&["show", "1"]);
+    assert!(
+        shown.contains("retry") && shown.contains("succeeded"),
+        "{shown}"
+    );
+    // The next attempt, a success, comes after the old ones.
+    let id = home.ok(&["enqueue", "noop"]).trim().parse::<i64>().unwrap();
+    let mut store = home.store();
+    let claimed = jobd::store::Queue::claim(
+        &mut store,
+        &jobd::store::Claim {
+            worker: "w2",
+            now: jobd::job::now_ms(),
+            lease_until: jobd::job::now_ms() + 60_000,
+            requests: &[jobd::store::ClaimRequest::any("default", 10)],
+            keys: &jobd::keys::NO_KEYS,
+        },
+    )
+    .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let done = jobd::job::Attempt::new(
+        id,
+        "w2",
+        1,
+        claimed[0].started_at,
+        claimed[0].started_at + 7,
+    )
+    .succeeded(None);
+    jobd::store::Queue::complete(&mut store, &[done]).unwrap();
+    assert_eq!(
+        home.text(&format!("SELECT id FROM job_runs WHERE job_id = {id};"))
+            .trim(),
+        "13"
+    );
+}
+
 #[test]
 fn journal_mode_is_wal_for_every_client() {
     let home = Home::new();
@@ -361,6 +454,70 @@ mod postgres {
         Home::on_postgres(url, "")
     }
 
+    /// The upgrade to version 18, as SQLite's to 17 (see there): the old
+    /// schema is built from the migrations before it.
+    #[test]
+    fn an_upgrade_keeps_every_attempt_and_its_place_when_successes_move_into_their_jobs() {
+        let Some(schema) = Schema::create("runs_upgrade") else {
+            return;
+        };
+        let old = &jobd::store::postgres::schema::MIGRATIONS[..17];
+        let mut sql = String::from(
+            "CREATE TABLE jobd_schema (version BIGINT NOT NULL); \
+             INSERT INTO jobd_schema VALUES (17);",
+        );
+        for step in old {
+            sql.push_str(step);
+            sql.push(';');
+        }
+        schema.psql(&sql).unwrap();
+        schema.psql(&super::old_history_sql()).unwrap();
+        schema
+            .psql("SELECT setval('job_runs_id_seq', 12); SELECT setval('jobs_id_seq', 2);")
+            .unwrap();
+        let home = home_on(&schema.url());
+        home.ok(&["migrate"]);
+        assert_eq!(
+            schema.psql(super::RUNS_IN_ORDER).unwrap().trim(),
+            super::OLD_RUNS_SHOWN
+        );
+        let shown = home.ok(&["show", "1"]);
+        assert!(
+            shown.contains("retry") && shown.contains("succeeded"),
+            "{shown}"
+        );
+        let id = home.ok(&["enqueue", "noop"]).trim().parse::<i64>().unwrap();
+        let mut store =
+            jobd::store::postgres::PgStore::connect(&schema.url(), Duration::from_secs(5)).unwrap();
+        let claimed = jobd::store::Queue::claim(
+            &mut store,
+            &jobd::store::Claim {
+                worker: "w2",
+                now: jobd::job::now_ms(),
+                lease_until: jobd::job::now_ms() + 60_000,
+                requests: &[jobd::store::ClaimRequest::any("default", 10)],
+                keys: &jobd::keys::NO_KEYS,
+            },
+        )
+        .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let done = jobd::job::Attempt::new(
+            id,
+            "w2",
+            1,
+            claimed[0].started_at,
+            claimed[0].started_at + 7,
+        )
+        .succeeded(None);
+        jobd::store::Queue::complete(&mut store, &[done]).unwrap();
+        assert_eq!(
+            schema
+                .psql(&format!("SELECT id FROM job_runs WHERE job_id = {id};"))
+                .unwrap(),
+            "13"
+        );
+    }
+
     #[test]
     fn migrate_creates_the_schema_once_and_says_so() {
         let Some(schema) = Schema::create("migrate") else {
@@ -385,7 +542,7 @@ mod postgres {
             .unwrap();
         assert_eq!(
             tables,
-            "batches,cron,imported_jobs,job_deps,job_runs,jobd_schema,jobs,limit_keys,meta,queues,sequences,workers"
+            "batches,cron,imported_jobs,job_attempts,job_deps,job_runs,jobd_schema,jobs,limit_keys,meta,queues,sequences,workers"
         );
         // A schema from a newer jobd is refused, not touched.
         schema.psql("UPDATE jobd_schema SET version = 99;").unwrap();

@@ -12,15 +12,78 @@ use crate::store::contract::{
     RetryResult, Stats, WorkerInfo,
 };
 
-/// The SQL of [`crate::store::Reads::tally_runs_after`], the same on both backends
-/// (`?1`/`$1` swapped in): a range scan of the primary key over the new rows.
-pub(crate) fn tally_runs_sql(after: &str) -> String {
-    format!(
-        "SELECT COALESCE(max(id), {after}), \
-           count(*) FILTER (WHERE outcome = 'succeeded'), \
-           count(*) FILTER (WHERE outcome IN ('retry', 'timeout', 'dead')) \
-         FROM job_runs WHERE id > {after}"
-    )
+/// SQL over the attempts in the order of `job_runs`, the same on both
+/// backends but for the name of the two-argument maximum (`max` on SQLite,
+/// `GREATEST` on PostgreSQL) and parameters (`?1`/`$1`). That order is
+/// two ranges: `job_attempts.id` (the attempts that did not succeed) and
+/// `jobs.run_id` (the successes, indexed by `jobs_run`). Readers that
+/// follow it read both ranges directly: the view `job_runs` joins them
+/// for everyone else, but a range or a `max()` through a union is not
+/// always pushed into both arms.
+pub(crate) struct RunOrder {
+    /// `max` or `GREATEST`.
+    pub(crate) greatest: &'static str,
+    /// A NULL of type text in a select list.
+    pub(crate) null_text: &'static str,
+}
+
+impl RunOrder {
+    /// The newest place in the order (0 when there is none).
+    pub(crate) fn last_sql(&self) -> String {
+        format!(
+            "SELECT {}(COALESCE((SELECT max(id) FROM job_attempts), 0), \
+               COALESCE((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0))",
+            self.greatest
+        )
+    }
+
+    /// The columns of a success as a `job_runs` row, from its job row.
+    pub(crate) fn success_columns(&self) -> String {
+        format!(
+            "run_id, id, queue, kind, attempts, worker, started_at, finished_at, \
+             'succeeded', {}, {}(finished_at - started_at, 0)",
+            self.null_text, self.greatest
+        )
+    }
+
+    /// The attempts after place `after`, in order, at most `limit`, as
+    /// rows of `columns` (the `job_runs` columns, in the store's order).
+    pub(crate) fn after_sql(&self, columns: &str, after: &str, limit: &str) -> String {
+        format!(
+            "SELECT * FROM (SELECT {columns} FROM job_attempts WHERE id > {after} \
+               ORDER BY id LIMIT {limit}) AS a \
+             UNION ALL \
+             SELECT * FROM (SELECT {} FROM jobs WHERE run_id > {after} \
+               ORDER BY run_id LIMIT {limit}) AS s \
+             ORDER BY 1 LIMIT {limit}",
+            self.success_columns()
+        )
+    }
+
+    /// [`crate::store::Reads::tally_runs_after`]: a range of each part.
+    pub(crate) fn tally_sql(&self, after: &str) -> String {
+        format!(
+            "SELECT COALESCE(max(id), {after}), \
+               count(*) FILTER (WHERE outcome = 'succeeded'), \
+               count(*) FILTER (WHERE outcome IN ('retry', 'timeout', 'dead')) \
+             FROM (SELECT id, outcome FROM job_attempts WHERE id > {after} \
+               UNION ALL SELECT run_id, 'succeeded' FROM jobs WHERE run_id > {after}) AS r"
+        )
+    }
+
+    /// The queue and duration of the newest `sample` attempts (by place)
+    /// that ended since `since`, for the percentiles of `stats`.
+    pub(crate) fn recent_durations_sql(&self, since: &str, sample: &str) -> String {
+        let last = self.last_sql();
+        format!(
+            "SELECT queue, duration_ms FROM job_attempts \
+               WHERE id > ({last}) - {sample} AND finished_at >= {since} \
+             UNION ALL \
+             SELECT queue, {}(finished_at - started_at, 0) FROM jobs \
+               WHERE run_id > ({last}) - {sample} AND finished_at >= {since}",
+            self.greatest
+        )
+    }
 }
 
 /// What a completion the fence turned away really was, from the attempt

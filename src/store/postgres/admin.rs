@@ -199,7 +199,17 @@ impl Admin for PgStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let runs = tx.execute("DELETE FROM job_runs WHERE job_id = ANY($1)", &[&deleted])?;
+            // A succeeded job's success is its own row: one attempt more.
+            let successes = if state == "succeeded" {
+                deleted.len() as u64
+            } else {
+                0
+            };
+            let runs = successes
+                + tx.execute(
+                    "DELETE FROM job_attempts WHERE job_id = ANY($1)",
+                    &[&deleted],
+                )?;
             Ok((
                 ids.len(),
                 Pruned {

@@ -604,7 +604,7 @@ fn insert_runs(
     }
     let statement = statements.get(
         tx,
-        "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
+        "INSERT INTO job_attempts (job_id, attempt, worker, queue, kind, started_at, finished_at, \
          outcome, error, duration_ms) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
            $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::bigint[])",
@@ -789,7 +789,9 @@ pub fn complete_sql() -> String {
            last_error = CASE WHEN m.cancel THEN '{CANCELLED_ERROR}' \
              WHEN m.release THEN jobs.last_error ELSE m.last_error END, \
            attempts = jobs.attempts - CASE WHEN m.release AND NOT m.cancel THEN 1 ELSE 0 END, \
-           snoozes = jobs.snoozes + CASE WHEN m.snooze AND NOT m.cancel THEN 1 ELSE 0 END \
+           snoozes = jobs.snoozes + CASE WHEN m.snooze AND NOT m.cancel THEN 1 ELSE 0 END, \
+           run_id = CASE WHEN m.state = 'succeeded' THEN nextval('job_attempts_id_seq') \
+             ELSE jobs.run_id END \
          FROM m WHERE jobs.id = m.id AND jobs.state = m.was AND jobs.worker = m.worker \
            AND jobs.attempts = m.attempt AND (SELECT count(*) FROM locked) >= 0 \
            AND (SELECT v FROM marked) = 'on' \
@@ -905,6 +907,11 @@ fn complete_in(
             continue;
         };
         let overridden = cancelled_instead(c, state);
+        // A success is its job row (`run_id`); the rest get rows.
+        if state == "succeeded" {
+            out.push(Applied::Done);
+            continue;
+        }
         runs.push(RunRow {
             job_id: c.id,
             attempt: c.attempt,
@@ -943,6 +950,12 @@ const CLAIMED_COLUMNS: &str = "id, queue, kind, payload::text, priority, run_at,
 /// The columns of an attempt record.
 const RUN_COLUMNS: &str =
     "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
+
+/// The order of `job_runs` in PostgreSQL's words.
+const RUN_ORDER: crate::store::shared::RunOrder = crate::store::shared::RunOrder {
+    greatest: "GREATEST",
+    null_text: "NULL::text",
+};
 
 /// How many dead jobs one `retry --dead` transaction takes.
 const BULK_RETRY_BATCH: i64 = crate::store::shared::BULK_RETRY_BATCH as i64;

@@ -259,7 +259,7 @@ impl Reads for PgStore {
         let fail = self.schedules_and_reads_error("read job runs");
         Ok(self
             .client
-            .query_one("SELECT COALESCE(max(id), 0) FROM job_runs", &[])
+            .query_one(&RUN_ORDER.last_sql(), &[])
             .map_err(&fail)?
             .get(0))
     }
@@ -269,10 +269,7 @@ impl Reads for PgStore {
         let fail = self.failing("read job runs");
         let statement = self
             .statements
-            .get(
-                &mut self.client,
-                &crate::store::shared::tally_runs_sql("$1"),
-            )
+            .get(&mut self.client, &RUN_ORDER.tally_sql("$1"))
             .map_err(&fail)?;
         let row = self
             .client
@@ -309,7 +306,7 @@ impl Reads for PgStore {
         Ok(self
             .client
             .query(
-                &format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE id > $1 ORDER BY id LIMIT $2"),
+                &RUN_ORDER.after_sql(RUN_COLUMNS, "$1", "$2"),
                 &[&after_id, &(limit as i64)],
             )
             .map_err(&fail)?
@@ -368,8 +365,7 @@ impl Reads for PgStore {
         }
         for r in tx
             .query(
-                "SELECT queue, duration_ms FROM job_runs \
-                 WHERE id > (SELECT COALESCE(max(id), 0) FROM job_runs) - $2 AND finished_at >= $1",
+                &RUN_ORDER.recent_durations_sql("$1", "$2"),
                 &[
                     &(now - hour),
                     &(crate::store::shared::PERCENTILE_SAMPLE as i64),

@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[&str] = &[
     V15_FLOW_RULES,
     V16_HANDLERS,
     V17_AUTOVACUUM,
+    V18_SUCCESS_IN_THE_JOB,
 ];
 
 /// The schema version this build writes and reads.
@@ -1178,4 +1179,28 @@ ALTER TABLE job_runs SET (
     autovacuum_vacuum_threshold = 10000,
     autovacuum_vacuum_cost_delay = 0
 );
+";
+
+/// Version 18: a success is described by its job row, as SQLite's
+/// version 17 (see there): `job_runs` becomes `job_attempts` (its id
+/// sequence too), a success takes its place in that id order as
+/// `jobs.run_id`, and `job_runs` is a view of both.
+const V18_SUCCESS_IN_THE_JOB: &str = "
+ALTER TABLE job_runs RENAME TO job_attempts;
+ALTER INDEX job_runs_job RENAME TO job_attempts_job;
+ALTER INDEX job_runs_pkey RENAME TO job_attempts_pkey;
+ALTER SEQUENCE job_runs_id_seq RENAME TO job_attempts_id_seq;
+ALTER TABLE jobs ADD COLUMN run_id BIGINT NULL;
+UPDATE jobs j SET run_id = a.id FROM job_attempts a
+    WHERE a.job_id = j.id AND a.attempt = j.attempts AND a.outcome = 'succeeded'
+    AND j.state = 'succeeded';
+DELETE FROM job_attempts WHERE outcome = 'succeeded';
+CREATE INDEX jobs_run ON jobs (run_id) WHERE run_id IS NOT NULL;
+CREATE VIEW job_runs AS
+    SELECT id, job_id, attempt, worker, queue, kind, started_at, finished_at, outcome, error,
+        duration_ms FROM job_attempts
+    UNION ALL
+    SELECT run_id, id, attempts, worker, queue, kind, started_at, finished_at,
+        'succeeded'::text, NULL::text, GREATEST(finished_at - started_at, 0) FROM jobs
+    WHERE state = 'succeeded';
 ";

@@ -80,13 +80,18 @@ impl Admin for SqliteStore {
                     ))?
                     .query_map(params![cutoff, left], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
-                let mut runs = tx.prepare_cached("DELETE FROM job_runs WHERE job_id = ?1")?;
+                let mut runs = tx.prepare_cached("DELETE FROM job_attempts WHERE job_id = ?1")?;
                 let mut jobs =
                     tx.prepare_cached("DELETE FROM jobs WHERE id = ?1 AND state = ?2")?;
                 let mut pruned = Pruned::default();
                 for id in &ids {
                     pruned.runs += runs.execute([id])? as u64;
-                    pruned.jobs += jobs.execute(params![id, state])? as u64;
+                    let gone = jobs.execute(params![id, state])? as u64;
+                    pruned.jobs += gone;
+                    // A succeeded job's success is its own row.
+                    if state == "succeeded" {
+                        pruned.runs += gone;
+                    }
                 }
                 Ok((ids.len(), pruned))
             })

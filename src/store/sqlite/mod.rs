@@ -57,6 +57,12 @@ const CLAIMED_COLUMNS: &str =
 const RUN_COLUMNS: &str =
     "id, job_id, queue, kind, attempt, worker, started_at, finished_at, outcome, error, duration_ms";
 
+/// The order of `job_runs` in SQLite's words.
+const RUN_ORDER: crate::store::shared::RunOrder = crate::store::shared::RunOrder {
+    greatest: "max",
+    null_text: "NULL",
+};
+
 impl SqliteStore {
     /// Makes `dead` the queued jobs of a queue whose name is not UTF-8. Jobs
     /// are claimed by queue name, and no name a daemon can hold matches
@@ -551,7 +557,7 @@ pub fn complete_sql(rows: usize) -> String {
     let cancel = "(jobs.cancel_requested = 1 AND c.state <> 'succeeded')";
     format!(
         "WITH c(id, worker, attempt, state, finished_at, run_at, result, last_error, release, \
-           snooze) AS (VALUES {values}) \
+           snooze, run_id) AS (VALUES {values}) \
          UPDATE jobs SET state = CASE WHEN {cancel} THEN 'cancelled' ELSE c.state END, \
            finished_at = CASE WHEN c.release AND NOT {cancel} THEN jobs.finished_at ELSE c.finished_at END, \
            lease_until = NULL, \
@@ -560,16 +566,18 @@ pub fn complete_sql(rows: usize) -> String {
            last_error = CASE WHEN {cancel} THEN '{CANCELLED_ERROR}' \
              WHEN c.release THEN jobs.last_error ELSE c.last_error END, \
            attempts = jobs.attempts - CASE WHEN {cancel} THEN 0 ELSE c.release END, \
-           snoozes = jobs.snoozes + CASE WHEN {cancel} THEN 0 ELSE c.snooze END \
+           snoozes = jobs.snoozes + CASE WHEN {cancel} THEN 0 ELSE c.snooze END, \
+           run_id = CASE WHEN c.state = 'succeeded' THEN c.run_id ELSE jobs.run_id END \
          FROM c WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.worker = c.worker \
            AND jobs.attempts = c.attempt \
          RETURNING jobs.id, jobs.worker, jobs.attempts, jobs.queue, jobs.kind, jobs.state",
-        values = values_list(rows, 10)
+        values = values_list(rows, 11)
     )
 }
 
-/// The ten values of one row of [`complete_sql`].
-fn completion_values(c: &Completion) -> [rusqlite::types::Value; 10] {
+/// The eleven values of one row of [`complete_sql`]; `run_id` is a
+/// success's place in the order of `job_runs` (see [`next_run_id`]).
+fn completion_values(c: &Completion, run_id: Option<i64>) -> [rusqlite::types::Value; 11] {
     use rusqlite::types::Value;
     let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
     let (state, run_at, result, release) = match &c.transition {
@@ -599,26 +607,44 @@ fn completion_values(c: &Completion) -> [rusqlite::types::Value; 10] {
         text(error),
         Value::Integer(release),
         Value::Integer(snooze),
+        run_id.map_or(Value::Null, Value::Integer),
     ]
 }
 
-/// A multi-row insert of `rows` attempt records.
+/// A multi-row insert of `rows` attempt records, ids given.
 pub fn insert_runs_sql(rows: usize) -> String {
     format!(
-        "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
-         outcome, error, duration_ms) VALUES {}",
-        values_list(rows, 10)
+        "INSERT INTO job_attempts (id, job_id, attempt, worker, queue, kind, started_at, \
+         finished_at, outcome, error, duration_ms) VALUES {}",
+        values_list(rows, 11)
     )
 }
 
+/// The next id in the order of `job_runs`, shared by the attempt rows and
+/// the successes (`jobs.run_id`), inside the write transaction that takes
+/// it: SQLite's one writer makes that order the order of the commits,
+/// which `tail` follows. Two index seeks.
+pub fn next_run_id(tx: &rusqlite::Connection) -> rusqlite::Result<i64> {
+    tx.prepare_cached(
+        "SELECT max(coalesce((SELECT max(id) FROM job_attempts), 0), \
+           coalesce((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0)) + 1",
+    )?
+    .query_row([], |r| r.get(0))
+}
+
 /// Writes attempt records with one multi-row insert per chunk; the single
-/// way jobd appends to `job_runs` (completions and rescues alike).
+/// way jobd appends to `job_attempts` (completions and rescues alike).
 fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite::Result<()> {
     use rusqlite::types::Value;
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let mut next = next_run_id(tx)?;
     for chunk in chunks(runs) {
-        let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 10);
+        let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 11);
         for run in chunk {
             args.extend([
+                Value::Integer(next),
                 Value::Integer(run.job_id),
                 Value::Integer(run.attempt),
                 Value::Text(run.worker.to_string()),
@@ -631,6 +657,7 @@ fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite:
                     .map_or(Value::Null, |e| Value::Text(e.to_string())),
                 Value::Integer((run.finished_at - run.started_at).max(0)),
             ]);
+            next += 1;
         }
         tx.prepare_cached(chunk_sql(&INSERT_RUNS_SQL, chunk.len()))?
             .execute(params_from_iter(args))?;
@@ -762,11 +789,25 @@ fn complete_in(
     // kind, state now).
     let mut moved: HashMap<i64, (String, i64, String, String, String)> =
         HashMap::with_capacity(completions.len());
+    // A success takes its place in the order of `job_runs` on the job row
+    // (a fenced-out one leaves a gap, which no reader minds).
+    let mut next_run = None;
     for chunk in chunks(completions) {
         let mut stmt = tx.prepare_cached(chunk_sql(&COMPLETE_SQL, chunk.len()))?;
-        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 9);
+        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 11);
         for c in chunk {
-            args.extend(completion_values(c));
+            let run_id = match c.transition {
+                Transition::Succeed { .. } => {
+                    let next = match next_run {
+                        Some(next) => next,
+                        None => next_run_id(tx)?,
+                    };
+                    next_run = Some(next + 1);
+                    Some(next)
+                }
+                _ => None,
+            };
+            args.extend(completion_values(c, run_id));
         }
         let mut rows = stmt.query(params_from_iter(args))?;
         while let Some(row) = rows.next()? {
@@ -803,7 +844,10 @@ fn complete_in(
         match applied.then(|| moved.remove(&c.id)).flatten() {
             Some((_, _, queue, kind, state)) => {
                 let overridden = cancelled_instead(c, &state);
-                runs.push((c, queue, kind, overridden));
+                // A success is its job row (`run_id`); the rest get rows.
+                if state != "succeeded" {
+                    runs.push((c, queue, kind, overridden));
+                }
                 out.push(if overridden {
                     Applied::Cancelled
                 } else {

@@ -205,18 +205,14 @@ impl Reads for SqliteStore {
     }
 
     fn last_run_id(&mut self) -> Result<i64> {
-        let result = self
-            .conn
-            .query_row("SELECT COALESCE(max(id), 0) FROM job_runs", [], |r| {
-                r.get(0)
-            });
+        let result = self.conn.query_row(&RUN_ORDER.last_sql(), [], |r| r.get(0));
         result.map_err(|e| self.err("read job runs", e))
     }
 
     fn tally_runs_after(&mut self, after_id: i64) -> Result<RunTally> {
         let result = self
             .conn
-            .prepare_cached(&crate::store::shared::tally_runs_sql("?1"))
+            .prepare_cached(&RUN_ORDER.tally_sql("?1"))
             .and_then(|mut s| {
                 s.query_row([after_id], |r| {
                     Ok(RunTally {
@@ -245,9 +241,7 @@ impl Reads for SqliteStore {
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
         let result: rusqlite::Result<Vec<JobRun>> = (|| {
             self.conn
-                .prepare_cached(&format!(
-                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE id > ?1 ORDER BY id LIMIT ?2"
-                ))?
+                .prepare_cached(&RUN_ORDER.after_sql(RUN_COLUMNS, "?1", "?2"))?
                 .query_map(params![after_id, limit as i64], run_from_row)?
                 .collect()
         })();
@@ -334,11 +328,7 @@ impl Reads for SqliteStore {
                 }
                 // The newest runs by rowid (the order they were written), a
                 // range on the primary key with no index to maintain.
-                let mut stmt = tx.prepare_cached(
-                    "SELECT queue, duration_ms FROM job_runs \
-                 WHERE id > (SELECT COALESCE(max(id), 0) FROM job_runs) - ?2 \
-                   AND finished_at >= ?1",
-                )?;
+                let mut stmt = tx.prepare_cached(&RUN_ORDER.recent_durations_sql("?1", "?2"))?;
                 let mut rows = stmt.query(params![now - hour, PERCENTILE_SAMPLE as i64])?;
                 while let Some(r) = rows.next()? {
                     stats.duration(text(r, 0)?, r.get(1)?);

@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[&str] = &[
     V14_FLOW_RULES,
     V15_HANDLERS,
     V16_LIGHTER_TRANSITIONS,
+    V17_SUCCESS_IN_THE_JOB,
 ];
 
 /// The schema version this build writes and reads.
@@ -1478,6 +1479,35 @@ pub fn ready_key_index() -> String {
         cpu_kind_test()
     )
 }
+
+/// Version 17: a success is described by its job row, not by a row of its
+/// own. The attempts that did not succeed (a retry, a timeout, a rescue, a
+/// death, a cancel…) stay rows, in `job_attempts` (the table `job_runs`
+/// was); a success gets `jobs.run_id`, its place in the same id order, so
+/// `tail` and the dashboard follow both. `job_runs` is now a view of the
+/// two, one row per attempt as before, for every reader and script.
+///
+/// Measured (one daemon draining 200 000 jobs, alternating with the build
+/// before): 72 600 → 78 900 jobs/s on SQLite (medians of 3); on
+/// PostgreSQL the outcomes' server time per job 17.5 → 13.7 µs and WAL
+/// per job 1 453 → 1 220 B (docs/benchmarks.md).
+const V17_SUCCESS_IN_THE_JOB: &str = "
+ALTER TABLE job_runs RENAME TO job_attempts;
+DROP INDEX job_runs_job;
+CREATE INDEX job_attempts_job ON job_attempts (job_id, attempt);
+ALTER TABLE jobs ADD COLUMN run_id INTEGER NULL;
+UPDATE jobs SET run_id = (SELECT max(a.id) FROM job_attempts a WHERE a.job_id = jobs.id
+    AND a.attempt = jobs.attempts AND a.outcome = 'succeeded') WHERE state = 'succeeded';
+DELETE FROM job_attempts WHERE outcome = 'succeeded';
+CREATE INDEX jobs_run ON jobs (run_id) WHERE run_id IS NOT NULL;
+CREATE VIEW job_runs (id, job_id, attempt, worker, queue, kind, started_at, finished_at,
+    outcome, error, duration_ms) AS
+    SELECT id, job_id, attempt, worker, queue, kind, started_at, finished_at, outcome, error,
+        duration_ms FROM job_attempts
+    UNION ALL
+    SELECT run_id, id, attempts, worker, queue, kind, started_at, finished_at, 'succeeded', NULL,
+        max(finished_at - started_at, 0) FROM jobs WHERE state = 'succeeded';
+";
 
 #[cfg(test)]
 mod tests {
