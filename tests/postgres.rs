@@ -158,6 +158,16 @@ fn a_daemon_rides_out_its_connections_being_cut() {
 }
 
 /// The number `sql` answers in `schema`.
+/// Makes `home`'s database operations give up on a lock after 200 ms.
+fn short_busy_timeout(home: &Home) {
+    let config = std::fs::read_to_string(home.config()).unwrap();
+    std::fs::write(
+        home.config(),
+        config.replace("[database]\n", "[database]\nbusy_timeout = \"200ms\"\n"),
+    )
+    .unwrap();
+}
+
 fn number(schema: &Schema, sql: &str) -> i64 {
     let text = schema.psql(sql).unwrap();
     text.parse()
@@ -228,13 +238,7 @@ fn claims_stay_bounded_while_outcomes_cannot_be_written() {
             handlers.display()
         ),
     );
-    std::fs::write(
-        home.config(),
-        std::fs::read_to_string(home.config())
-            .unwrap()
-            .replace("[database]\n", "[database]\nbusy_timeout = \"200ms\"\n"),
-    )
-    .unwrap();
+    short_busy_timeout(&home);
     home.ok(&["migrate"]);
     // The CPU worker is kept busy, so the only free slots are those of
     // outcomes written (or not) beside the claim.
@@ -247,27 +251,10 @@ fn claims_stay_bounded_while_outcomes_cannot_be_written() {
         .unwrap();
     // A client locks the batch's row: ending a member (which counts it on
     // that row) waits, and fails after the busy timeout; claiming does not.
-    let mut client = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
-        .arg(format!(
-            "SET search_path = {}; BEGIN; \
-             SELECT name FROM batches WHERE name = 'held' FOR UPDATE; \
-             SELECT pg_sleep(120); COMMIT;",
-            schema.name
-        ))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let holding = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
-         AND query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
-        schema.name
+    let client = schema.hold(
+        "SELECT name FROM batches WHERE name = 'held' FOR UPDATE",
+        "the batch's row",
     );
-    common::wait_for(common::PATIENCE, || {
-        (common::pg::psql(&holding).as_deref() == Ok("1")).then_some(())
-    })
-    .expect("the client holds the batch's row");
     let daemon = home.daemon_logging_to("d.log");
     daemon.wait_log("db.busy");
     // Watch the running jobs over a dozen retries of the write.
@@ -293,13 +280,7 @@ fn claims_stay_bounded_while_outcomes_cannot_be_written() {
         };
         (health.0 == 503 && health.1.contains("outcome writes have failed")).then_some(())
     });
-    common::pg::psql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
-        schema.name
-    ))
-    .unwrap();
-    let _ = client.wait();
+    client.release();
     schema.wait_value(
         "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running');",
         "0",
@@ -336,13 +317,7 @@ fn claims_that_keep_failing_are_one_streak_while_outcomes_are_written() {
              [keys.k]\nmatch = \"k:*\"\nconcurrency = 100\n"
         ),
     );
-    std::fs::write(
-        home.config(),
-        std::fs::read_to_string(home.config())
-            .unwrap()
-            .replace("[database]\n", "[database]\nbusy_timeout = \"200ms\"\n"),
-    )
-    .unwrap();
+    short_busy_timeout(&home);
     home.ok(&["migrate"]);
     let daemon = home.daemon_logging_to("d.log");
     schema
@@ -356,27 +331,10 @@ fn claims_that_keep_failing_are_one_streak_while_outcomes_are_written() {
         "8",
         "the long jobs started",
     );
-    let mut client = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
-        .arg(format!(
-            "SET search_path = {}; BEGIN; \
-             SELECT pg_advisory_xact_lock(hashtext('jobd.limit_keys.' || current_schema())); \
-             SELECT pg_sleep(120); COMMIT;",
-            schema.name
-        ))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let holding = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
-         AND query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
-        schema.name
+    let client = schema.hold(
+        "SELECT pg_advisory_xact_lock(hashtext('jobd.limit_keys.' || current_schema()))",
+        "the keys' lock",
     );
-    common::wait_for(common::PATIENCE, || {
-        (common::pg::psql(&holding).as_deref() == Ok("1")).then_some(())
-    })
-    .expect("the client holds the keys' lock");
     schema
         .psql("INSERT INTO jobs(kind, limit_key) SELECT 'noop', 'k:1' FROM generate_series(1, 5);")
         .unwrap();
@@ -411,13 +369,7 @@ fn claims_that_keep_failing_are_one_streak_while_outcomes_are_written() {
         .lines()
         .filter(|l| l.contains("db.busy") && l.contains("op=claim"))
         .count();
-    common::pg::psql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
-        schema.name
-    ))
-    .unwrap();
-    let _ = client.wait();
+    client.release();
     schema.wait_value(
         "SELECT count(*) FROM jobs WHERE state <> 'succeeded';",
         "0",

@@ -201,6 +201,24 @@ fn old_history_sql() -> String {
     sql
 }
 
+/// Claims the one queued job, `id`, and writes its success.
+fn run_to_success(store: &mut dyn jobd::store::Store, id: i64) {
+    let now = jobd::job::now_ms();
+    let claimed = store
+        .claim(&jobd::store::Claim {
+            worker: "w2",
+            now,
+            lease_until: now + 60_000,
+            requests: &[jobd::store::ClaimRequest::any("default", 10)],
+            keys: &jobd::keys::NO_KEYS,
+        })
+        .unwrap();
+    assert_eq!(claimed.iter().map(|j| j.id).collect::<Vec<_>>(), [id]);
+    let started = claimed[0].started_at;
+    let done = jobd::job::Attempt::new(id, "w2", 1, started, started + 7).succeeded(None);
+    store.complete(&[done]).unwrap();
+}
+
 /// What `job_runs` must show of [`OLD_RUNS`] after the upgrade.
 const OLD_RUNS_SHOWN: &str = "10|1|1|retry|10\n11|1|2|succeeded|50\n12|2|1|dead|10";
 
@@ -233,28 +251,7 @@ fn an_upgrade_keeps_every_attempt_and_its_place_when_successes_move_into_their_j
     );
     // The next attempt, a success, comes after the old ones.
     let id = home.ok(&["enqueue", "noop"]).trim().parse::<i64>().unwrap();
-    let mut store = home.store();
-    let claimed = jobd::store::Queue::claim(
-        &mut store,
-        &jobd::store::Claim {
-            worker: "w2",
-            now: jobd::job::now_ms(),
-            lease_until: jobd::job::now_ms() + 60_000,
-            requests: &[jobd::store::ClaimRequest::any("default", 10)],
-            keys: &jobd::keys::NO_KEYS,
-        },
-    )
-    .unwrap();
-    assert_eq!(claimed.len(), 1);
-    let done = jobd::job::Attempt::new(
-        id,
-        "w2",
-        1,
-        claimed[0].started_at,
-        claimed[0].started_at + 7,
-    )
-    .succeeded(None);
-    jobd::store::Queue::complete(&mut store, &[done]).unwrap();
+    run_to_success(&mut home.store(), id);
     assert_eq!(
         home.text(&format!("SELECT id FROM job_runs WHERE job_id = {id};"))
             .trim(),
@@ -487,29 +484,11 @@ mod postgres {
             "{shown}"
         );
         let id = home.ok(&["enqueue", "noop"]).trim().parse::<i64>().unwrap();
-        let mut store =
-            jobd::store::postgres::PgStore::connect(&schema.url(), Duration::from_secs(5)).unwrap();
-        let claimed = jobd::store::Queue::claim(
-            &mut store,
-            &jobd::store::Claim {
-                worker: "w2",
-                now: jobd::job::now_ms(),
-                lease_until: jobd::job::now_ms() + 60_000,
-                requests: &[jobd::store::ClaimRequest::any("default", 10)],
-                keys: &jobd::keys::NO_KEYS,
-            },
-        )
-        .unwrap();
-        assert_eq!(claimed.len(), 1);
-        let done = jobd::job::Attempt::new(
+        super::run_to_success(
+            &mut jobd::store::postgres::PgStore::connect(&schema.url(), Duration::from_secs(5))
+                .unwrap(),
             id,
-            "w2",
-            1,
-            claimed[0].started_at,
-            claimed[0].started_at + 7,
-        )
-        .succeeded(None);
-        jobd::store::Queue::complete(&mut store, &[done]).unwrap();
+        );
         assert_eq!(
             schema
                 .psql(&format!("SELECT id FROM job_runs WHERE job_id = {id};"))

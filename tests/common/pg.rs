@@ -1,5 +1,6 @@
 //! A PostgreSQL schema per test on the machine's server (every test that runs
 //! on both backends, and `tests/postgres.rs`).
+#![allow(dead_code)]
 
 pub const SERVER: &str = "postgres://root@127.0.0.1:5432/test";
 
@@ -49,6 +50,56 @@ impl Schema {
                 self.psql("SELECT state, count(*) FROM jobs GROUP BY state;")
             );
         }
+    }
+}
+
+/// A client (`psql`) inside a transaction in a schema, holding what its
+/// statements locked until [`Holder::release`] ends its session.
+pub struct Holder {
+    child: std::process::Child,
+    schema: String,
+}
+
+impl Schema {
+    /// Runs `sql` in a transaction on a client of its own, which then
+    /// sleeps holding its locks; returns once it sleeps.
+    pub fn hold(&self, sql: &str, what: &str) -> Holder {
+        let child = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
+            .arg(format!(
+                "SET search_path = {}; BEGIN; {sql}; SELECT pg_sleep(120); COMMIT;",
+                self.name
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let holding = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+             AND query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
+            self.name
+        );
+        super::wait_for(super::PATIENCE, || {
+            (psql(&holding).as_deref() == Ok("1")).then_some(())
+        })
+        .unwrap_or_else(|| panic!("the client never held {what}"));
+        Holder {
+            child,
+            schema: self.name.clone(),
+        }
+    }
+}
+
+impl Holder {
+    /// Ends the client's session, and with it its locks.
+    pub fn release(mut self) {
+        psql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query LIKE '%{}%pg_sleep(120)%' AND pid <> pg_backend_pid();",
+            self.schema
+        ))
+        .unwrap();
+        let _ = self.child.wait();
     }
 }
 
