@@ -44,15 +44,11 @@ use common::{fresh, median, percentile, pickup, query_i64, Daemon};
 use jobd::job::NewJob;
 use jobd::store::SqliteStore;
 
-/// The newest place in the order of `job_runs` (its `max(id)`), read from
-/// its two parts: a `max()` through the view reads every row.
-const LAST_RUN: &str = "SELECT max(coalesce((SELECT max(id) FROM job_attempts), 0), \
-     coalesce((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0))";
-
-/// Waits until `runs` attempts are written; polls cheaply (two seeks).
+/// Waits until `runs` attempts are written; polls cheaply (the store's
+/// newest place in the order of `job_runs`: two index seeks).
 fn wait_runs(store: &mut SqliteStore, runs: i64) {
     let deadline = Instant::now() + Duration::from_secs(600);
-    while query_i64(store, LAST_RUN) < runs {
+    while jobd::store::Reads::last_run_id(store).unwrap() < runs {
         assert!(Instant::now() < deadline, "the daemon stalled");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -235,7 +231,7 @@ fn main() {
             );
             let (mut max_threads, mut max_rss) = (0usize, 0u64);
             let deadline = Instant::now() + Duration::from_secs(600);
-            while query_i64(&mut store, LAST_RUN) < jobs as i64 {
+            while jobd::store::Reads::last_run_id(&mut store).unwrap() < jobs as i64 {
                 assert!(Instant::now() < deadline, "the daemon stalled");
                 let io_threads = std::fs::read_dir(format!("/proc/{pid}/task"))
                     .map(|tasks| {

@@ -21,29 +21,33 @@ use jobd::job::now_ms;
 
 use super::WORKER;
 
-/// The contract's columns, nothing else.
-const BARE_JOBS: &str = "CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY, queue TEXT NOT NULL DEFAULT 'default', kind TEXT NOT NULL,
+/// The contract's columns of `jobs`.
+macro_rules! contract_columns {
+    () => {
+        "id INTEGER PRIMARY KEY, queue TEXT NOT NULL DEFAULT 'default', kind TEXT NOT NULL,
     payload TEXT NOT NULL DEFAULT '{}', priority INTEGER NOT NULL DEFAULT 0,
     run_at INTEGER NOT NULL, max_attempts INTEGER, timeout_ms INTEGER, unique_key TEXT,
     state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER,
     lease_until INTEGER, worker TEXT, last_error TEXT, result TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0);";
+    cancel_requested INTEGER NOT NULL DEFAULT 0"
+    };
+}
+
+/// The contract's columns, nothing else.
+const BARE_JOBS: &str = concat!("CREATE TABLE jobs (", contract_columns!(), ");");
 
 /// The contract's columns and jobd's others (limit keys, flows, progress,
-/// snoozes), without their CHECK rules: the row width alone.
-const WIDE_JOBS: &str = "CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY, queue TEXT NOT NULL DEFAULT 'default', kind TEXT NOT NULL,
-    payload TEXT NOT NULL DEFAULT '{}', priority INTEGER NOT NULL DEFAULT 0,
-    run_at INTEGER NOT NULL, max_attempts INTEGER, timeout_ms INTEGER, unique_key TEXT,
-    state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER,
-    lease_until INTEGER, worker TEXT, last_error TEXT, result TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0, limit_key TEXT, parents TEXT,
+/// snoozes, a success's place), without their CHECK rules: the row width
+/// alone.
+const WIDE_JOBS: &str = concat!(
+    "CREATE TABLE jobs (",
+    contract_columns!(),
+    ", limit_key TEXT, parents TEXT,
     run_always INTEGER NOT NULL DEFAULT 0, waiting_for INTEGER NOT NULL DEFAULT 0,
     has_children INTEGER NOT NULL DEFAULT 0, batch TEXT, callback_for TEXT, sequence TEXT,
-    progress TEXT, snoozes INTEGER NOT NULL DEFAULT 0, seq_pos INTEGER);";
+    progress TEXT, snoozes INTEGER NOT NULL DEFAULT 0, seq_pos INTEGER, run_id INTEGER);"
+);
 
 const BARE_READY: &str =
     "CREATE INDEX jobs_ready ON jobs (queue, priority DESC, run_at, id) WHERE state = 'queued';";

@@ -481,7 +481,8 @@ pub trait Queue {
     fn claim(&mut self, claim: &Claim<'_>) -> Result<Vec<Claimed>>;
 
     /// Writes a batch of attempt outcomes in one transaction, each fenced by
-    /// state, worker and attempt, with a `job_runs` row for each that applied.
+    /// state, worker and attempt, with an attempt in `job_runs` for each
+    /// that applied (a success is its job row).
     fn complete(&mut self, completions: &[Completion]) -> Result<Vec<Applied>>;
 
     /// Writes outcomes and claims: the daemon's group commit, one turn of

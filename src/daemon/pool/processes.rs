@@ -677,10 +677,9 @@ fn supervise(common: &Common, me: usize, ready: Sender<()>) {
             continue;
         }
         let began = Instant::now();
-        let deadline = task.begin();
         let answer = match worker.take() {
             Some(w) => {
-                let (answer, after) = attempt(common, w, &task, deadline);
+                let (answer, after) = attempt(common, w, &task);
                 if let After::Keep(w) = after {
                     worker = Some(w);
                 }
@@ -717,8 +716,8 @@ fn attempt(
     common: &Common,
     mut worker: Worker,
     task: &Task,
-    deadline: Instant,
 ) -> (Result<Option<String>, JobError>, After) {
+    let deadline = task.begin();
     let order = ToWorker::Run(Order {
         id: task.job.id,
         attempt: task.job.attempts,

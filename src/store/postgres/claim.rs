@@ -415,23 +415,12 @@ pub(super) fn claim_plain(
             request.cpu.min(request.limit),
             request.io.min(request.limit),
         );
-        let rows = if cpu == 0 || io == 0 {
-            let pool = if cpu > 0 { Pool::Cpu } else { Pool::Io };
-            let statement = statements.get(client, &claim_sql(pool))?;
-            let limit = cpu.max(io) as i64;
-            client.query(
-                &statement,
-                &[
-                    &claim.now,
-                    &claim.lease_until,
-                    &claim.worker,
-                    &request.queue,
-                    &limit,
-                ],
-            )?
+        // One pool asked: one statement of `claim_planned` already.
+        let mut jobs = if cpu == 0 || io == 0 {
+            claim_planned(client, statements, claim)?
         } else {
-            let statement = statements.get(client, &claim_both_sql())?;
-            client.query(
+            let statement = statements.get(client, &CLAIM_BOTH_SQL)?;
+            let rows = client.query(
                 &statement,
                 &[
                     &claim.now,
@@ -442,15 +431,16 @@ pub(super) fn claim_plain(
                     &(io as i64),
                     &(request.limit as i64),
                 ],
-            )?
+            )?;
+            let (mut jobs, mut io_jobs): (Vec<Claimed>, Vec<Claimed>) = rows
+                .iter()
+                .map(claimed_from_pg_row)
+                .partition(|j| Pool::of_kind(&j.kind) == Pool::Cpu);
+            crate::store::shared::in_claim_order(&mut jobs);
+            crate::store::shared::in_claim_order(&mut io_jobs);
+            jobs.append(&mut io_jobs);
+            jobs
         };
-        let (mut jobs, mut io_jobs): (Vec<Claimed>, Vec<Claimed>) = rows
-            .iter()
-            .map(claimed_from_pg_row)
-            .partition(|j| Pool::of_kind(&j.kind) == Pool::Cpu);
-        crate::store::shared::in_claim_order(&mut jobs);
-        crate::store::shared::in_claim_order(&mut io_jobs);
-        jobs.append(&mut io_jobs);
         // Read after the claim committed: a failure here is a reply lost
         // after the commit, which `reconcile` takes care of.
         attach_flows(client, &mut jobs)?;

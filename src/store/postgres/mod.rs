@@ -593,7 +593,7 @@ fn import_in(
 }
 
 /// Writes attempt records with one `INSERT … SELECT unnest(…)`: the single
-/// way the PostgreSQL store appends to `job_runs` (completions and rescues).
+/// way the PostgreSQL store appends to `job_attempts` (completions and rescues).
 fn insert_runs(
     tx: &mut postgres::Transaction<'_>,
     statements: &mut Statements,
@@ -687,6 +687,13 @@ pub fn claim_both_sql() -> String {
         pick(Pool::Io, "LEAST($6, $7 - (SELECT count(*) FROM cpu))")
     )
 }
+
+/// [`claim_both_sql`], built once: it is asked for at every claim.
+pub(super) static CLAIM_BOTH_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(claim_both_sql);
+
+/// [`complete_sql`], built once: it is asked for at every batch.
+static COMPLETE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(complete_sql);
 
 /// A claimed row ([`CLAIMED_COLUMNS`]).
 fn claimed_from_pg_row(r: &postgres::Row) -> Claimed {
@@ -811,8 +818,9 @@ pub fn complete_sql() -> String {
 /// Writes a batch of outcomes inside an open transaction with two
 /// statements whatever its size: one fenced `UPDATE … FROM unnest(…)` (by
 /// state, worker and attempt; a late outcome after a rescue, or a second
-/// one for the same attempt, changes nothing) and one `INSERT … SELECT
-/// unnest(…)` of the `job_runs` rows of those that applied.
+/// one for the same attempt, changes nothing), which gives a success its
+/// place `run_id`, and one `INSERT … SELECT unnest(…)` of the
+/// `job_attempts` rows of the others that applied.
 // Long: the whole completion transaction (fenced updates, cancel checks, attempt rows) in one place, as the hot path is easier to reason about whole.
 fn complete_in(
     tx: &mut postgres::Transaction<'_>,
@@ -876,7 +884,7 @@ fn complete_in(
     // ended in, except a success (the work happened): the flag is read here,
     // in the fenced write, so a cancel that lands after the daemon last
     // looked is honoured too.
-    let statement = statements.get(tx, &complete_sql())?;
+    let statement = statements.get(tx, &COMPLETE_SQL)?;
     let moved = tx.query(
         &statement,
         &[

@@ -49,7 +49,7 @@ impl Queue for PgStore {
         }
         // Writes attempt outcomes in one transaction, each fenced by state,
         // worker and attempt (a late outcome after a rescue changes nothing),
-        // with a `job_runs` row for each that applied.
+        // with an attempt record for each that applied (see `complete_in`).
         let fail = self.failing("complete");
         let mut tx = self.client.transaction().map_err(&fail)?;
         if self.dispatching {

@@ -624,12 +624,13 @@ pub fn insert_runs_sql(rows: usize) -> String {
 /// the successes (`jobs.run_id`), inside the write transaction that takes
 /// it: SQLite's one writer makes that order the order of the commits,
 /// which `tail` follows. Two index seeks.
-pub fn next_run_id(tx: &rusqlite::Connection) -> rusqlite::Result<i64> {
-    tx.prepare_cached(
-        "SELECT max(coalesce((SELECT max(id) FROM job_attempts), 0), \
-           coalesce((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0)) + 1",
-    )?
-    .query_row([], |r| r.get(0))
+fn next_run_id(tx: &rusqlite::Connection) -> rusqlite::Result<i64> {
+    static LAST_RUN_SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| RUN_ORDER.last_sql());
+    let last: i64 = tx
+        .prepare_cached(&LAST_RUN_SQL)?
+        .query_row([], |r| r.get(0))?;
+    Ok(last + 1)
 }
 
 /// Writes attempt records with one multi-row insert per chunk; the single

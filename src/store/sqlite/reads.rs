@@ -326,8 +326,8 @@ impl Reads for SqliteStore {
                         stats.finished(state, text(r, 0)?, r.get(1)?, r.get(2)?);
                     }
                 }
-                // The newest runs by rowid (the order they were written), a
-                // range on the primary key with no index to maintain.
+                // The newest attempts by their place in the order of
+                // `job_runs`: a range of each of its two parts.
                 let mut stmt = tx.prepare_cached(&RUN_ORDER.recent_durations_sql("?1", "?2"))?;
                 let mut rows = stmt.query(params![now - hour, PERCENTILE_SAMPLE as i64])?;
                 while let Some(r) = rows.next()? {
