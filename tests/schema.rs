@@ -259,6 +259,58 @@ fn an_upgrade_keeps_every_attempt_and_its_place_when_successes_move_into_their_j
     );
 }
 
+/// A daemon of the version before (during a rolling upgrade, `jobd
+/// migrate` run while it works) and any script still write attempts into
+/// `job_runs` and prune through it: those writes land in the new layout,
+/// a success as its job's place, another attempt as a row, each with a
+/// place of its own.
+#[test]
+fn writes_through_job_runs_land_in_the_new_layout() {
+    for b in common::homes("runs_writes") {
+        b.home.ok(&["migrate"]);
+        b.value(
+            "INSERT INTO jobs (id, kind, state, attempts, worker, started_at, finished_at) VALUES \
+             (1, 'noop', 'succeeded', 1, 'w', 2000, 2050), (2, 'noop', 'dead', 1, 'w', 1000, 1010);",
+        );
+        b.value(
+            "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
+             outcome, error, duration_ms) VALUES \
+             (2, 1, 'w', 'default', 'noop', 1000, 1010, 'dead', 'boom', 10), \
+             (1, 1, 'w', 'default', 'noop', 2000, 2050, 'succeeded', NULL, 50);",
+        );
+        let shown = "SELECT job_id || '|' || outcome || '|' || duration_ms FROM job_runs \
+                     ORDER BY id;";
+        assert_eq!(
+            b.value(shown).trim(),
+            "2|dead|10\n1|succeeded|50",
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            b.value("SELECT count(DISTINCT id) FROM job_runs WHERE id IS NOT NULL;")
+                .trim(),
+            "2",
+            "{}: every attempt has a place of its own",
+            b.name
+        );
+        assert_eq!(
+            b.value("SELECT count(*) FROM job_attempts WHERE outcome = 'succeeded';")
+                .trim(),
+            "0",
+            "{}",
+            b.name
+        );
+        b.value("DELETE FROM job_runs WHERE job_id = 2;");
+        assert_eq!(
+            b.value("SELECT count(*) FROM job_attempts;").trim(),
+            "0",
+            "{}",
+            b.name
+        );
+        assert_eq!(b.value(shown).trim(), "1|succeeded|50", "{}", b.name);
+    }
+}
+
 #[test]
 fn journal_mode_is_wal_for_every_client() {
     let home = Home::new();

@@ -1184,7 +1184,8 @@ ALTER TABLE job_runs SET (
 /// Version 18: a success is described by its job row, as SQLite's
 /// version 17 (see there): `job_runs` becomes `job_attempts` (its id
 /// sequence too), a success takes its place in that id order as
-/// `jobs.run_id`, and `job_runs` is a view of both.
+/// `jobs.run_id`, and `job_runs` is a view of both, whose trigger takes
+/// the version before's writes through it.
 const V18_SUCCESS_IN_THE_JOB: &str = "
 ALTER TABLE job_runs RENAME TO job_attempts;
 ALTER INDEX job_runs_job RENAME TO job_attempts_job;
@@ -1203,4 +1204,23 @@ CREATE VIEW job_runs AS
     SELECT run_id, id, attempts, worker, queue, kind, started_at, finished_at,
         'succeeded'::text, NULL::text, GREATEST(finished_at - started_at, 0) FROM jobs
     WHERE state = 'succeeded';
+CREATE FUNCTION jobd_job_runs_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM job_attempts WHERE id = OLD.id;
+        RETURN OLD;
+    END IF;
+    IF NEW.outcome = 'succeeded' THEN
+        UPDATE jobs SET run_id = nextval('job_attempts_id_seq')
+            WHERE id = NEW.job_id AND state = 'succeeded' AND run_id IS NULL;
+    ELSE
+        INSERT INTO job_attempts (job_id, attempt, worker, queue, kind, started_at,
+                finished_at, outcome, error, duration_ms)
+            VALUES (NEW.job_id, NEW.attempt, NEW.worker, NEW.queue, NEW.kind, NEW.started_at,
+                NEW.finished_at, NEW.outcome, NEW.error, NEW.duration_ms);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER job_runs_write INSTEAD OF INSERT OR DELETE ON job_runs
+    FOR EACH ROW EXECUTE FUNCTION jobd_job_runs_write();
 ";

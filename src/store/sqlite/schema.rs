@@ -1485,7 +1485,11 @@ pub fn ready_key_index() -> String {
 /// death, a cancel…) stay rows, in `job_attempts` (the table `job_runs`
 /// was); a success gets `jobs.run_id`, its place in the same id order, so
 /// `tail` and the dashboard follow both. `job_runs` is now a view of the
-/// two, one row per attempt as before, for every reader and script.
+/// two, one row per attempt as before, for every reader and script; its
+/// triggers take the writes the version before made through it (a daemon
+/// still running it while `jobd migrate` runs, a script): an attempt goes
+/// into `job_attempts`, a success gives its job its place, and a delete
+/// (the old pruner's) deletes the attempt row.
 ///
 /// Measured (one daemon draining 200 000 jobs, alternating with the build
 /// before): 72 600 → 78 900 jobs/s on SQLite (medians of 3); on
@@ -1507,6 +1511,24 @@ CREATE VIEW job_runs (id, job_id, attempt, worker, queue, kind, started_at, fini
     UNION ALL
     SELECT run_id, id, attempts, worker, queue, kind, started_at, finished_at, 'succeeded', NULL,
         max(finished_at - started_at, 0) FROM jobs WHERE state = 'succeeded';
+CREATE TRIGGER job_runs_insert INSTEAD OF INSERT ON job_runs
+BEGIN
+    UPDATE jobs SET run_id = max(coalesce((SELECT max(id) FROM job_attempts), 0),
+            coalesce((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0)) + 1
+        WHERE NEW.outcome = 'succeeded' AND id = NEW.job_id AND state = 'succeeded'
+        AND run_id IS NULL;
+    INSERT INTO job_attempts (id, job_id, attempt, worker, queue, kind, started_at, finished_at,
+            outcome, error, duration_ms)
+        SELECT max(coalesce((SELECT max(id) FROM job_attempts), 0),
+                coalesce((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0)) + 1,
+            NEW.job_id, NEW.attempt, NEW.worker, NEW.queue, NEW.kind, NEW.started_at,
+            NEW.finished_at, NEW.outcome, NEW.error, NEW.duration_ms
+        WHERE NEW.outcome <> 'succeeded';
+END;
+CREATE TRIGGER job_runs_delete INSTEAD OF DELETE ON job_runs
+BEGIN
+    DELETE FROM job_attempts WHERE id = OLD.id;
+END;
 ";
 
 #[cfg(test)]
