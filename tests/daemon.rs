@@ -158,6 +158,40 @@ fn a_jobs_timeout_runs_from_when_a_thread_starts_it_not_from_its_claim() {
     }
 }
 
+/// An idle CPU pool starts no claim of its own: while IO jobs run one at a
+/// time, the daemon writes once per job (its outcome and the next claim in
+/// one step). Before, a claim that filled the IO pool but found no CPU job
+/// was followed at once by a claim for the CPU pool alone (and, on
+/// PostgreSQL, every step's outcomes by another claim): two or three
+/// writes per job, and an IO drain's batches of outcomes split in two.
+#[test]
+fn an_idle_cpu_pool_adds_no_claim_to_each_io_job() {
+    const JOBS: usize = 5;
+    for b in common::homes_with("idlecpu", "[pool]\nthreads = 1\n[cpu]\nworkers = 2\n") {
+        b.home.migrate();
+        b.insert_many(JOBS, "kind, payload", "'noop', '{\"sleep_ms\":100}'");
+        let daemon = b.home.daemon();
+        let done = "SELECT count(*) FROM jobs WHERE state = 'succeeded'";
+        b.wait_value(done, &JOBS.to_string(), "the jobs");
+        let log = daemon.stop();
+        let stopped = log
+            .lines()
+            .find(|l| l.contains("daemon.stopped"))
+            .unwrap_or_else(|| panic!("{}: no daemon.stopped line:\n{log}", b.name));
+        let writes: usize = (stopped.split_whitespace())
+            .find_map(|w| w.strip_prefix("writes="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no writes= in {stopped}", b.name));
+        // One step per job plus the first claim; one more for a commit
+        // of the daemon's own upkeep connection seen as a change.
+        assert!(
+            writes <= JOBS + 2,
+            "{}: {writes} write steps for {JOBS} jobs run one at a time: {stopped}",
+            b.name
+        );
+    }
+}
+
 #[test]
 fn bad_jobs_go_dead_on_first_claim_naming_what_is_wrong() {
     let home = Home::with_config("[limits]\nmax_payload_bytes = \"100B\"\n");

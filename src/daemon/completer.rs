@@ -64,6 +64,9 @@ pub struct Written {
     pub queue: String,
     /// Whether the fence held.
     pub applied: Applied,
+    /// The job went back to `queued` (a retry, a snooze, an attempt given
+    /// back): it is ready again now or later, and no watcher says so.
+    pub requeued: bool,
 }
 
 impl Completer {
@@ -221,6 +224,10 @@ impl Completer {
                 attempt: completion.attempt,
                 queue,
                 applied,
+                requeued: !matches!(
+                    completion.transition,
+                    Transition::Succeed { .. } | Transition::Dead | Transition::Cancel
+                ),
             });
         }
         out

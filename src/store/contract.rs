@@ -538,6 +538,16 @@ pub trait Queue {
         false
     }
 
+    /// Whether the jobs a flow releases when an outcome is written (a
+    /// dependent, a batch's callback, a sequence's next job) are announced
+    /// through [`Queue::watch_commits`] like inserts, to this daemon too:
+    /// PostgreSQL's flow triggers NOTIFY their queues. SQLite's watch does
+    /// not see the daemon's own commits, so after outcomes no claim of the
+    /// same transaction saw, the daemon looks itself.
+    fn announces_releases(&self) -> bool {
+        false
+    }
+
     /// Extends the leases of `ids` held by `worker`; returns how many were.
     fn renew_leases(&mut self, worker: &str, ids: &[i64], lease_until: i64) -> Result<usize>;
 

@@ -32,7 +32,21 @@ impl Dispatcher {
     }
 
     pub(super) fn can_claim(&self, now: Instant) -> bool {
-        self.free_slots().total() > 0 && self.can_claim_at(now)
+        self.claimable(self.free_slots()) > 0 && self.can_claim_at(now)
+    }
+
+    /// Of `slots`, those worth a claim: the slots of pools not known to be
+    /// dry ([`Dispatcher::dry`]).
+    pub(super) fn claimable(&self, slots: Free) -> usize {
+        let of = |dry: bool, n: usize| if dry { 0 } else { n };
+        of(self.dry.cpu, slots.cpu) + of(self.dry.io, slots.io)
+    }
+
+    /// Something may have made jobs ready for either pool (a wake, a due
+    /// time, a schedule, outcomes that release jobs): the next turn claims.
+    pub(super) fn look_again(&mut self) {
+        self.maybe_ready = true;
+        self.dry = Dry::default();
     }
 
     /// Not draining and not backing off after a failed claim.
@@ -105,6 +119,7 @@ impl Dispatcher {
                 max_attempts,
                 control: Arc::clone(&control),
                 reported: false,
+                keyed: job.limit_key.is_some(),
             },
         );
         self.unreported += 1;

@@ -81,7 +81,7 @@ impl Dispatcher {
         config.database = self.config.database.clone();
         config.daemon.queues = self.config.daemon.queues.clone();
         self.config = config;
-        self.maybe_ready = true;
+        self.look_again();
         event!(
             Info,
             "config.reloaded",

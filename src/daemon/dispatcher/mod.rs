@@ -168,6 +168,16 @@ struct InFlight {
     control: Arc<Control>,
     /// The outcome is with the completer (or the job never reached a thread).
     reported: bool,
+    /// It counts under a key: its end frees a slot of that key, which no
+    /// watcher announces.
+    keyed: bool,
+}
+
+/// Which pools are known to have no ready job ([`Dispatcher::dry`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Dry {
+    cpu: bool,
+    io: bool,
 }
 
 impl InFlight {
@@ -232,6 +242,13 @@ pub struct Dispatcher {
     data_version: i64,
     /// There may be ready jobs a claim would find.
     maybe_ready: bool,
+    /// Pools whose last claim came up short: as of that claim, none of
+    /// their jobs was ready. Their free slots alone start no claim until
+    /// something may have made jobs ready ([`Dispatcher::look_again`]);
+    /// a claim for the other pool still asks for them. (An idle CPU pool
+    /// otherwise added a claim to every turn of an IO drain, splitting
+    /// each batch of outcomes in two.)
+    dry: Dry,
     /// The earliest future `run_at` known (epoch ms).
     next_due: Option<i64>,
     /// When a rate-limited queue gets its next token.
@@ -292,6 +309,7 @@ impl Dispatcher {
             keys: setup.config.key_rules(),
             data_version: 0,
             maybe_ready: true,
+            dry: Dry::default(),
             next_due: None,
             next_token: None,
             check_cancels: true,
@@ -363,7 +381,7 @@ impl Dispatcher {
     fn run_cron(&mut self) {
         let now = now_ms();
         if self.cron.due(now) && self.cron.run_due(self.store.as_mut(), now) > 0 {
-            self.maybe_ready = true;
+            self.look_again();
         }
     }
 

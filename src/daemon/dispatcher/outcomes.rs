@@ -49,7 +49,7 @@ impl Dispatcher {
         let due = self.next_due.is_some_and(|t| now_ms() >= t)
             || self.next_token.is_some_and(|t| now_i >= t);
         if due {
-            self.maybe_ready = true;
+            self.look_again();
             self.next_due = None;
             self.next_token = None;
         }
@@ -68,7 +68,7 @@ impl Dispatcher {
                 }
             }
         }
-        let claiming = self.maybe_ready && slots.total() > 0 && self.can_claim_at(now_i);
+        let claiming = self.maybe_ready && self.claimable(slots) > 0 && self.can_claim_at(now_i);
         let mut queues = Vec::new();
         let mut requests = Vec::new();
         if claiming {
@@ -182,8 +182,14 @@ impl Dispatcher {
         self.writes += 1;
         self.claimed += jobs.len() as u64;
         let applied_none = applied.is_empty();
+        // Outcomes that made jobs ready which nobody announces: a retry,
+        // a key's freed slot.
+        let mut unannounced = false;
         if !applied.is_empty() {
             for written in self.completer.written(&applied, &self.state.counters) {
+                let keyed = (self.in_flight.get(&(written.id, written.attempt)))
+                    .is_some_and(|entry| entry.keyed);
+                unannounced |= written.requeued || keyed;
                 self.release(written.id, written.attempt);
                 self.limits.finished(&written.queue);
             }
@@ -193,8 +199,23 @@ impl Dispatcher {
             }
         }
         if !requests.is_empty() {
-            let full = claim_came_up_full(requests, &jobs);
-            self.maybe_ready = full || (!applied.is_empty() && held_back);
+            let got = pools_full(requests, &jobs);
+            for pool in Pool::ALL {
+                if requests.iter().any(|r| r.for_pool(pool) > 0) {
+                    let dry = !got.contains(&pool);
+                    match pool {
+                        Pool::Cpu => self.dry.cpu = dry,
+                        Pool::Io => self.dry.io = dry,
+                    }
+                }
+            }
+            let full = !got.is_empty();
+            self.maybe_ready = full;
+            // A queue its own limit held back may take the slots these
+            // outcomes freed, whichever pool came up short.
+            if !applied.is_empty() && held_back {
+                self.look_again();
+            }
             let served: Vec<(&str, &str)> = jobs
                 .iter()
                 .filter_map(|j| Some((j.queue.as_str(), j.limit_key.as_deref()?)))
@@ -218,10 +239,14 @@ impl Dispatcher {
                 self.refresh_next_due(queues, &asked);
             }
         }
-        // A claim beside the outcomes could not take what they released
-        // (a flow's next job, a key's freed slot): the next one looks.
-        if !claim_saw_outcomes && !applied_none {
-            self.maybe_ready = true;
+        // Outcomes no claim of theirs saw may have released jobs (a flow's
+        // next job, a key's freed slot, a retry): the next claim looks,
+        // for either pool. Where the store announces a flow's releases
+        // (PostgreSQL's NOTIFY), only what it does not announce counts:
+        // otherwise every turn of a drain claimed twice.
+        let seen = claim_saw_outcomes && !requests.is_empty();
+        if !applied_none && !seen && (unannounced || !self.store.announces_releases()) {
+            self.look_again();
         }
         // The streak `/healthz` reports lasts while either part is in
         // trouble: a step that only wrote outcomes, or only claimed, or
@@ -280,6 +305,7 @@ impl Dispatcher {
                 max_attempts: 0,
                 control,
                 reported: true,
+                keyed: job.limit_key.is_some(),
             },
         );
         self.completer.push(finished);
@@ -333,6 +359,7 @@ impl Dispatcher {
                     max_attempts: 0,
                     control: Control::new(),
                     reported: true,
+                    keyed: false,
                 },
             );
             self.completer.push(finished);
@@ -370,9 +397,10 @@ impl<'a> Step<'a> {
     }
 }
 
-/// Whether a claim got all it asked of a pool, or all its queue allows, for
-/// some queue: then it may have left ready jobs behind.
-fn claim_came_up_full(requests: &[ClaimRequest], jobs: &[Claimed]) -> bool {
+/// The pools for which a claim got all it asked, or all its queue allows,
+/// for some queue: it may have left ready jobs of theirs behind. A pool it
+/// asked of that is not among them came up short: none was ready.
+fn pools_full(requests: &[ClaimRequest], jobs: &[Claimed]) -> Vec<Pool> {
     // Per queue: jobs of each pool.
     let mut got: HashMap<&str, (usize, usize)> = HashMap::new();
     for job in jobs {
@@ -382,8 +410,16 @@ fn claim_came_up_full(requests: &[ClaimRequest], jobs: &[Claimed]) -> bool {
             Pool::Io => n.1 += 1,
         }
     }
-    requests.iter().any(|r| {
+    let mut full = Vec::new();
+    for r in requests {
         let (cpu, io) = got.get(r.queue.as_str()).copied().unwrap_or_default();
-        (r.cpu > 0 && cpu >= r.cpu) || (r.io > 0 && io >= r.io) || cpu + io >= r.limit
-    })
+        // The queue's allowance ran out: either pool may have more.
+        let capped = cpu + io >= r.limit;
+        for (pool, asked, took) in [(Pool::Cpu, r.cpu, cpu), (Pool::Io, r.io, io)] {
+            if asked > 0 && (took >= asked || capped) && !full.contains(&pool) {
+                full.push(pool);
+            }
+        }
+    }
+    full
 }

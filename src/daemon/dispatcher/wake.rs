@@ -29,7 +29,7 @@ impl Dispatcher {
         match self.store.change_counter() {
             Ok(v) if v != self.data_version => {
                 self.data_version = v;
-                self.maybe_ready = true;
+                self.look_again();
                 self.check_cancels = true;
                 true
             }
@@ -60,7 +60,7 @@ impl Dispatcher {
     pub(super) fn on_wake(&mut self) {
         if self.store.wakes_are_commits() {
             // A round trip less between an insert and its claim.
-            self.maybe_ready = true;
+            self.look_again();
             self.check_cancels = true;
             return;
         }

@@ -126,6 +126,10 @@ impl Queue for PgStore {
         true
     }
 
+    fn announces_releases(&self) -> bool {
+        true
+    }
+
     fn claim_ahead(&self) -> usize {
         // Each step costs round trips and a WAL flush, so bigger ones pay:
         // with 8 threads, 512 jobs per claim drained 1.2–2× faster than
