@@ -718,3 +718,65 @@ mod moving {
         );
     }
 }
+
+/// On PostgreSQL an attempt takes its place in the order (its id, from a
+/// sequence) before it commits, so attempts of two daemons, or of a
+/// daemon's outcomes and its rescues, can commit out of order. `jobd tail`
+/// prints an attempt that commits after a later one it already printed.
+#[test]
+fn tail_prints_an_attempt_that_commits_after_a_later_one() {
+    let Some(schema) = Schema::create("taillate") else {
+        return;
+    };
+    let home = home_on(&schema.url());
+    home.ok(&["migrate"]);
+    schema
+        .psql("INSERT INTO jobs (kind) SELECT 'noop' FROM generate_series(1, 3);")
+        .unwrap();
+    let attempt = |job: i64, error: &str| {
+        format!(
+            "INSERT INTO job_attempts (job_id, attempt, worker, queue, kind, started_at, \
+               finished_at, outcome, error, duration_ms) \
+             VALUES ({job}, 1, 'w', 'default', 'noop', 1, 2, 'retry', '{error}', 1)"
+        )
+    };
+    let mut child = home
+        .cmd(&["tail"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = common::lines(child.stdout.take().unwrap());
+    let printed = |needle: &str| {
+        common::wait_for(common::PATIENCE, || {
+            rx.recv_timeout(std::time::Duration::from_millis(100))
+                .ok()
+                .filter(|line| line.contains(needle))
+        })
+    };
+    // tail follows from its start: attempts until one shows.
+    let mut n = 0;
+    let shown = common::wait_for(common::PATIENCE, || {
+        n += 1;
+        schema.psql(&attempt(1, &format!("warm-up {n}"))).unwrap();
+        rx.recv_timeout(std::time::Duration::from_millis(300)).ok()
+    });
+    assert!(shown.is_some(), "tail printed nothing");
+    // The first takes its id and stays uncommitted while a later one
+    // commits and is printed.
+    let mut first = postgres::Client::connect(&schema.url(), postgres::NoTls).unwrap();
+    let mut tx = first.transaction().unwrap();
+    tx.batch_execute(&attempt(2, "committed-last")).unwrap();
+    schema.psql(&attempt(3, "committed-first")).unwrap();
+    assert!(
+        printed("committed-first").is_some(),
+        "tail never printed the later attempt"
+    );
+    tx.commit().unwrap();
+    let late = printed("committed-last");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        late.is_some_and(|l| l.contains("job=2")),
+        "tail never printed the attempt that committed after a later one"
+    );
+}

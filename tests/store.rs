@@ -807,7 +807,20 @@ fn tail_reads_runs_in_write_order() {
             (runs[0].kind.as_str(), runs[0].outcome),
             ("http", RunOutcome::Retry)
         );
-        assert_eq!(s.runs_after(0, 10).unwrap().len(), 2);
+        let all = s.runs_after(0, 10).unwrap();
+        assert_eq!(all.len(), 2);
+        // By place, whichever part holds it (the success is its job row,
+        // the retry a row of job_attempts); a place nobody took is absent.
+        let among = s.runs_among(&[all[1].id, 999_999, all[0].id]).unwrap();
+        let seen: Vec<(i64, RunOutcome)> = among.iter().map(|r| (r.id, r.outcome)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (all[0].id, RunOutcome::Succeeded),
+                (all[1].id, RunOutcome::Retry)
+            ]
+        );
+        assert!(s.runs_among(&[]).unwrap().is_empty());
     });
 }
 

@@ -451,7 +451,7 @@ pub fn progress_line(job: &crate::job::Job, fraction: f64, note: &str, at: i64) 
 
 /// Runs `jobd tail`: prints attempts written from now on, and each new
 /// progress report of a running job. The filter is applied here rather
-/// than in SQL so the cursor always moves past every row read, whatever
+/// than in SQL so that every attempt read moves the follower on, whatever
 /// matches.
 pub fn tail(
     redaction: &Redaction,
@@ -459,7 +459,7 @@ pub fn tail(
     args: TailArgs,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let mut cursor = store.last_run_id()?;
+    let mut follower = crate::store::RunFollower::from_now(store)?;
     // The progress last printed, by job: (attempt, fraction, note).
     let mut shown: std::collections::HashMap<i64, (i64, f64, String)> = Default::default();
     loop {
@@ -482,16 +482,13 @@ pub fn tail(
             still.insert(job.id, report);
         }
         shown = still;
-        let runs = store.runs_after(cursor, TAIL_BATCH)?;
+        let runs = follower.next(store, TAIL_BATCH)?;
         let wanted = runs.iter().filter(|run| wanted_job(&run.queue, &run.kind));
         for run in wanted {
             writeln!(out, "{}", run_line(run, redaction)).map_err(stdout_error)?;
         }
         out.flush().map_err(stdout_error)?;
-        if let Some(last) = runs.last() {
-            cursor = last.id;
-        }
-        if runs.len() < TAIL_BATCH {
+        if !follower.behind() {
             std::thread::sleep(TAIL_POLL);
         }
     }

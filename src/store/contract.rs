@@ -720,6 +720,10 @@ pub trait Reads {
     /// At most `limit` runs written after `after_id`, oldest first.
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>>;
 
+    /// The attempts whose places are among `ids`, in order (those written
+    /// since a follower saw a later place: see [`crate::store::RunFollower`]).
+    fn runs_among(&mut self, ids: &[i64]) -> Result<Vec<JobRun>>;
+
     /// The running jobs whose handler has reported progress (at most
     /// [`crate::store::PROGRESS_SHOWN`], by id), for `jobd tail`; see
     /// [`Job::running_progress`] for whether it is this attempt's.

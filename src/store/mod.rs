@@ -17,6 +17,7 @@
 mod contract;
 mod error;
 mod flows;
+mod follow;
 pub(crate) mod keyed;
 pub mod postgres;
 pub(crate) mod shared;
@@ -31,6 +32,7 @@ pub use contract::{
 };
 pub use error::{event_name, log_trouble, StoreError};
 pub use flows::{BatchCounts, ParentOutcome};
+pub use follow::RunFollower;
 
 /// The five role traits at once, for code that calls methods of several
 /// roles on one store (`use jobd::store::prelude::*`).

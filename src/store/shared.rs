@@ -60,6 +60,18 @@ impl RunOrder {
         )
     }
 
+    /// The attempts whose places pass the backend's tests `attempt_in` (of
+    /// `job_attempts.id`) and `success_in` (of `jobs.run_id`), in order.
+    pub(crate) fn among_sql(&self, columns: &str, attempt_in: &str, success_in: &str) -> String {
+        format!(
+            "SELECT {columns} FROM job_attempts WHERE {attempt_in} \
+             UNION ALL \
+             SELECT {} FROM jobs WHERE {success_in} \
+             ORDER BY 1",
+            self.success_columns()
+        )
+    }
+
     /// [`crate::store::Reads::tally_runs_after`]: a range of each part.
     pub(crate) fn tally_sql(&self, after: &str) -> String {
         format!(

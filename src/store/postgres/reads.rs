@@ -315,6 +315,21 @@ impl Reads for PgStore {
             .collect())
     }
 
+    fn runs_among(&mut self, ids: &[i64]) -> Result<Vec<JobRun>> {
+        self.revive()?;
+        let fail = self.schedules_and_reads_error("read job runs");
+        Ok(self
+            .client
+            .query(
+                &RUN_ORDER.among_sql(RUN_COLUMNS, "id = ANY($1)", "run_id = ANY($1)"),
+                &[&ids],
+            )
+            .map_err(&fail)?
+            .iter()
+            .map(run_from_row)
+            .collect())
+    }
+
     // Long: one query per part of the `stats` answer, in one read transaction so the parts agree.
     fn stats(&mut self, now: i64) -> Result<Stats> {
         self.revive()?;

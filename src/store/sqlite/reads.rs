@@ -248,6 +248,21 @@ impl Reads for SqliteStore {
         result.map_err(|e| self.err("read job runs", e))
     }
 
+    fn runs_among(&mut self, ids: &[i64]) -> Result<Vec<JobRun>> {
+        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+        let result: rusqlite::Result<Vec<JobRun>> = (|| {
+            self.conn
+                .prepare_cached(&RUN_ORDER.among_sql(
+                    RUN_COLUMNS,
+                    "id IN (SELECT value FROM json_each(?1))",
+                    "run_id IN (SELECT value FROM json_each(?1))",
+                ))?
+                .query_map(params![ids], run_from_row)?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read job runs", e))
+    }
+
     // Long: one query per part of the `stats` answer, in one read transaction so the parts agree.
     fn keys(&mut self, now: i64, count_ready: bool) -> Result<Vec<crate::keys::KeyActivity>> {
         let queues = if count_ready {
