@@ -167,7 +167,11 @@ fn a_jobs_timeout_runs_from_when_a_thread_starts_it_not_from_its_claim() {
 #[test]
 fn an_idle_cpu_pool_adds_no_claim_to_each_io_job() {
     const JOBS: usize = 5;
-    for b in common::homes_with("idlecpu", "[pool]\nthreads = 1\n[cpu]\nworkers = 2\n") {
+    // No poll during the test: each would be a change (the daemon's own
+    // writes, its upkeep's) and a claim.
+    let config = "[pool]\nthreads = 1\n[cpu]\nworkers = 2\n\
+                  [daemon]\npoll_interval = \"10s\"\nlease = \"60s\"\n";
+    for b in common::homes_with("idlecpu", config) {
         b.home.migrate();
         b.insert_many(JOBS, "kind, payload", "'noop', '{\"sleep_ms\":100}'");
         let daemon = b.home.daemon();
@@ -182,13 +186,78 @@ fn an_idle_cpu_pool_adds_no_claim_to_each_io_job() {
             .find_map(|w| w.strip_prefix("writes="))
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("{}: no writes= in {stopped}", b.name));
-        // One step per job plus the first claim; one more for a commit
-        // of the daemon's own upkeep connection seen as a change.
+        // One step per job plus the first claim; one more for the poll at
+        // start, one for a commit of the daemon's upkeep seen as a change.
         assert!(
-            writes <= JOBS + 2,
+            writes <= JOBS + 3,
             "{}: {writes} write steps for {JOBS} jobs run one at a time: {stopped}",
             b.name
         );
+    }
+}
+
+/// No poll during these tests (the longest allowed): what a daemon does
+/// must come from its wake-ups and due times, not from polling.
+const NO_POLL: &str = "[daemon]\npoll_interval = \"60s\"\nlease = \"180s\"\n\
+                       shutdown_grace = \"200ms\"\n";
+
+/// A queue at its concurrency limit takes its next jobs as its running
+/// ones end, with nothing else to wake the daemon: the ends of its own
+/// jobs are what frees the places (on PostgreSQL they were left to the
+/// next poll while the other queue's claim had found nothing).
+#[test]
+fn a_queue_at_its_concurrency_limit_goes_on_as_its_jobs_end() {
+    let config = format!(
+        "{NO_POLL}queues = [\"default\", \"mail\"]\n[pool]\nthreads = 4\n\
+         [queues.mail]\nconcurrency = 2\n"
+    );
+    for b in common::homes_with("qlimit", &config) {
+        b.home.migrate();
+        let daemon = b.home.daemon();
+        b.insert_many(
+            10,
+            "kind, payload, queue",
+            "'noop', '{\"sleep_ms\":20}', 'mail'",
+        );
+        let done = "SELECT count(*) FROM jobs WHERE state = 'succeeded'";
+        b.wait_value(done, "10", "the mail jobs, two at a time");
+        daemon.stop();
+    }
+}
+
+/// A job due later, claimed for while the CPU pool filled and the IO pool
+/// found nothing ready, starts when it is due, though no CPU slot comes
+/// free and nothing else wakes the daemon.
+#[test]
+fn a_job_due_later_starts_on_time_while_the_cpu_pool_is_busy() {
+    let config = format!("{NO_POLL}[pool]\nthreads = 2\n[cpu]\nworkers = 1\n");
+    for b in common::homes_with("duebusy", &config) {
+        let handlers = b.home.path().join("handlers");
+        std::fs::create_dir_all(&handlers).unwrap();
+        let hold = handlers.join("hold");
+        std::fs::write(&hold, "#!/bin/sh\nexec sleep 120\n").unwrap();
+        std::fs::set_permissions(&hold, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut text = std::fs::read_to_string(b.home.config()).unwrap();
+        text.push_str(&format!("[exec]\ndir = \"{}\"\n", handlers.display()));
+        std::fs::write(b.home.config(), text).unwrap();
+        b.home.migrate();
+        let daemon = b.home.daemon();
+        daemon.wait_log("daemon.started");
+        // One transaction: the claim it wakes fills the CPU pool and finds
+        // no IO job ready yet.
+        let due = jobd::job::now_ms() + 1_500;
+        b.value(&format!(
+            "INSERT INTO jobs (kind, payload, timeout_ms, run_at) VALUES \
+             ('exec', '{{\"handler\":\"hold\"}}', 120000, {}), \
+             ('noop', '{{}}', NULL, {due});",
+            jobd::job::now_ms()
+        ));
+        let done = "SELECT count(*) FROM jobs WHERE kind = 'noop' AND state = 'succeeded'";
+        b.wait_value(done, "1", "the job due 1.5 s after the insert");
+        let running = "SELECT count(*) FROM jobs WHERE kind = 'exec' AND state = 'running'";
+        assert_eq!(b.value(running), "1", "{}: the CPU job ended first", b.name);
+        daemon.stop();
     }
 }
 

@@ -722,7 +722,8 @@ mod moving {
 /// On PostgreSQL an attempt takes its place in the order (its id, from a
 /// sequence) before it commits, so attempts of two daemons, or of a
 /// daemon's outcomes and its rescues, can commit out of order. `jobd tail`
-/// prints an attempt that commits after a later one it already printed.
+/// prints an attempt that commits after a later one it already printed,
+/// or after a later one that was there when it started.
 #[test]
 fn tail_prints_an_attempt_that_commits_after_a_later_one() {
     let Some(schema) = Schema::create("taillate") else {
@@ -740,6 +741,14 @@ fn tail_prints_an_attempt_that_commits_after_a_later_one() {
              VALUES ({job}, 1, 'w', 'default', 'noop', 1, 2, 'retry', '{error}', 1)"
         )
     };
+    // Before tail starts: one attempt takes its id and stays uncommitted,
+    // a later one commits.
+    let mut early = postgres::Client::connect(&schema.url(), postgres::NoTls).unwrap();
+    let mut early_tx = early.transaction().unwrap();
+    early_tx
+        .batch_execute(&attempt(2, "held-since-before-start"))
+        .unwrap();
+    schema.psql(&attempt(3, "written-before-start")).unwrap();
     let mut child = home
         .cmd(&["tail"])
         .stdout(std::process::Stdio::piped())
@@ -761,6 +770,11 @@ fn tail_prints_an_attempt_that_commits_after_a_later_one() {
         rx.recv_timeout(std::time::Duration::from_millis(300)).ok()
     });
     assert!(shown.is_some(), "tail printed nothing");
+    early_tx.commit().unwrap();
+    assert!(
+        printed("held-since-before-start").is_some(),
+        "tail never printed the attempt that committed after it started"
+    );
     // The first takes its id and stays uncommitted while a later one
     // commits and is printed.
     let mut first = postgres::Client::connect(&schema.url(), postgres::NoTls).unwrap();

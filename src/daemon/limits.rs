@@ -157,6 +157,14 @@ impl QueueLimits {
         }
     }
 
+    /// Whether `queue` has a concurrency limit, here or across the fleet:
+    /// a job of it that ends frees a place no watcher announces.
+    pub fn limited(&self, queue: &str) -> bool {
+        self.queues
+            .get(queue)
+            .is_some_and(|s| s.concurrency.is_some() || s.fleet.is_some())
+    }
+
     /// How many more jobs `queue` may start now.
     pub fn allowance(&mut self, queue: &str, now: Instant) -> usize {
         let Some(state) = self.queues.get_mut(queue) else {

@@ -22,6 +22,11 @@ pub const LATE_FOR: Duration = Duration::from_secs(30);
 /// batch of outcomes leaves one per outcome).
 pub const SKIPPED_MAX: usize = 10_000;
 
+/// How far back from the newest place a follower that starts looks for
+/// places not yet written: a batch of outcomes in flight takes at most
+/// 512 places per daemon.
+pub const START_BACK: i64 = 4_096;
+
 /// Where a reader of the attempts stands: the newest place seen, and the
 /// places before it not seen yet, with when they were skipped.
 #[derive(Debug)]
@@ -33,9 +38,23 @@ pub struct RunFollower {
 }
 
 impl RunFollower {
-    /// Follows from now: attempts already written are not read.
+    /// Follows from now: attempts already written are not read, but the
+    /// places below the newest one that are still empty (taken by a
+    /// transaction that has not committed yet) are looked for.
     pub fn from_now(store: &mut dyn Store) -> Result<RunFollower> {
-        Ok(RunFollower::after(store.last_run_id()?))
+        let last = store.last_run_id()?;
+        let mut follower = RunFollower::after(last);
+        let from = (last - START_BACK).max(0);
+        let written: std::collections::HashSet<i64> = (store
+            .runs_after(from, START_BACK as usize)?)
+        .iter()
+        .map(|run| run.id)
+        .collect();
+        let now = Instant::now();
+        for id in (from + 1..last).filter(|id| !written.contains(id)) {
+            follower.skipped.insert(id, now);
+        }
+        Ok(follower)
     }
 
     /// Follows the attempts after place `last`.
@@ -65,14 +84,18 @@ impl RunFollower {
         }
         let after = store.runs_after(self.last, limit)?;
         for run in &after {
-            let from = (self.last + 1).max(run.id - SKIPPED_MAX as i64);
-            for id in from..run.id {
-                if self.skipped.len() >= SKIPPED_MAX {
-                    break;
-                }
-                self.skipped.insert(id, now);
+            // Nothing was written before the first place: a jump from 0
+            // (a new or emptied table on PostgreSQL, whose sequence goes
+            // on) skips nothing.
+            if self.last > 0 {
+                let from = (self.last + 1).max(run.id - SKIPPED_MAX as i64);
+                self.skipped.extend((from..run.id).map(|id| (id, now)));
             }
             self.last = run.id;
+        }
+        // The newest skipped places are the likeliest to be written yet.
+        while self.skipped.len() > SKIPPED_MAX {
+            self.skipped.pop_first();
         }
         self.behind = after.len() >= limit;
         runs.extend(after);

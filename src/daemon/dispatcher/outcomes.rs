@@ -183,13 +183,13 @@ impl Dispatcher {
         self.claimed += jobs.len() as u64;
         let applied_none = applied.is_empty();
         // Outcomes that made jobs ready which nobody announces: a retry,
-        // a key's freed slot.
+        // a freed place under a key's or a queue's concurrency limit.
         let mut unannounced = false;
         if !applied.is_empty() {
             for written in self.completer.written(&applied, &self.state.counters) {
                 let keyed = (self.in_flight.get(&(written.id, written.attempt)))
                     .is_some_and(|entry| entry.keyed);
-                unannounced |= written.requeued || keyed;
+                unannounced |= written.requeued || keyed || self.limits.limited(&written.queue);
                 self.release(written.id, written.attempt);
                 self.limits.finished(&written.queue);
             }
@@ -200,12 +200,17 @@ impl Dispatcher {
         }
         if !requests.is_empty() {
             let got = pools_full(requests, &jobs);
+            // The pools that came up short and were not dry before.
+            let mut dried = Vec::new();
             for pool in Pool::ALL {
                 if requests.iter().any(|r| r.for_pool(pool) > 0) {
                     let dry = !got.contains(&pool);
-                    match pool {
-                        Pool::Cpu => self.dry.cpu = dry,
-                        Pool::Io => self.dry.io = dry,
+                    let was = match pool {
+                        Pool::Cpu => std::mem::replace(&mut self.dry.cpu, dry),
+                        Pool::Io => std::mem::replace(&mut self.dry.io, dry),
+                    };
+                    if dry && !was {
+                        dried.push(pool);
                     }
                 }
             }
@@ -237,6 +242,18 @@ impl Dispatcher {
                     .filter(|&pool| requests.iter().any(|r| r.for_pool(pool) > 0))
                     .collect();
                 self.refresh_next_due(queues, &asked);
+            } else if !dried.is_empty() {
+                // The other pool came up full and claims again, but a
+                // dry pool claims only at a wake or a due time: its next
+                // job's time and its queues' next tokens, once per dry
+                // spell (not at every step of a drain).
+                let known = self.next_due;
+                self.refresh_next_due(queues, &dried);
+                self.next_due = match (known, self.next_due) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                self.next_token = self.limits.next_token(queues, now_i);
             }
         }
         // Outcomes no claim of theirs saw may have released jobs (a flow's

@@ -208,6 +208,11 @@ pub struct PgStore {
     /// [`crate::store::contract::Queue::serve_dispatcher`]): its commits do
     /// not wait for the WAL flush, except those that write outcomes.
     dispatching: bool,
+    /// Whether the LISTEN of [`Queue::watch_commits`] is connected now,
+    /// so that the flow triggers' NOTIFY reaches the daemon.
+    ///
+    /// [`Queue::watch_commits`]: crate::store::contract::Queue::watch_commits
+    listening: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The dispatcher's session setting: commits return before their WAL is
@@ -313,6 +318,7 @@ impl PgStore {
             outcomes: None,
             outcomes_retry: None,
             dispatching: false,
+            listening: Default::default(),
         })
     }
 

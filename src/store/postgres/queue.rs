@@ -109,7 +109,8 @@ impl Queue for PgStore {
     }
 
     fn watch_commits(&self, queues: Option<&[String]>) -> Option<crossbeam_channel::Receiver<()>> {
-        match wake::listen(&self.url, queues.map(<[String]>::to_vec)) {
+        let listening = std::sync::Arc::clone(&self.listening);
+        match wake::listen_flagged(&self.url, queues.map(<[String]>::to_vec), listening) {
             Ok(rx) => Some(rx),
             Err(e) => {
                 crate::store::error::log_trouble(
@@ -127,7 +128,8 @@ impl Queue for PgStore {
     }
 
     fn announces_releases(&self) -> bool {
-        true
+        // Not while the LISTEN connection is lost: NOTIFYs are not kept.
+        self.listening.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn claim_ahead(&self) -> usize {

@@ -1,6 +1,8 @@
 //! Noticing new work on PostgreSQL without busy polling: a connection of its
 //! own LISTENs for the insert trigger's NOTIFY.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -25,7 +27,18 @@ pub fn listen(
     url: &str,
     queues: Option<Vec<String>>,
 ) -> Result<Receiver<()>, crate::store::error::StoreError> {
+    listen_flagged(url, queues, Default::default())
+}
+
+/// [`listen`], keeping `connected` true while the LISTEN connection is up
+/// (false from when it is lost until it is back).
+pub(crate) fn listen_flagged(
+    url: &str,
+    queues: Option<Vec<String>>,
+    connected: Arc<AtomicBool>,
+) -> Result<Receiver<()>, crate::store::error::StoreError> {
     let client = listening(url)?;
+    connected.store(true, Ordering::Relaxed);
     let (tx, rx) = crossbeam_channel::bounded(1);
     let own_url = url.to_string();
     std::thread::Builder::new()
@@ -34,6 +47,7 @@ pub fn listen(
             let mut client = client;
             loop {
                 let lost = relay(&mut client, &tx, &own_url, queues.as_deref());
+                connected.store(false, Ordering::Relaxed);
                 let Some(error) = lost else {
                     return; // the daemon is gone
                 };
@@ -48,6 +62,7 @@ pub fn listen(
                         break client;
                     }
                 };
+                connected.store(true, Ordering::Relaxed);
                 event!(Info, "db.reconnected", op = "listen for new jobs");
                 if tx.try_send(()).is_err() && tx.is_empty() {
                     return;
