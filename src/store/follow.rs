@@ -58,7 +58,7 @@ impl RunFollower {
     }
 
     /// Follows the attempts after place `last`.
-    pub fn after(last: i64) -> RunFollower {
+    fn after(last: i64) -> RunFollower {
         RunFollower {
             last,
             skipped: BTreeMap::new(),

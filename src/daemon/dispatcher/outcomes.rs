@@ -199,19 +199,23 @@ impl Dispatcher {
             }
         }
         if !requests.is_empty() {
+            // The pools this claim asked of. A pool with no free slot was
+            // not asked; when its slots come free it claims.
+            let asked: Vec<Pool> = Pool::ALL
+                .into_iter()
+                .filter(|&pool| requests.iter().any(|r| r.for_pool(pool) > 0))
+                .collect();
             let got = pools_full(requests, &jobs);
             // The pools that came up short and were not dry before.
             let mut dried = Vec::new();
-            for pool in Pool::ALL {
-                if requests.iter().any(|r| r.for_pool(pool) > 0) {
-                    let dry = !got.contains(&pool);
-                    let was = match pool {
-                        Pool::Cpu => std::mem::replace(&mut self.dry.cpu, dry),
-                        Pool::Io => std::mem::replace(&mut self.dry.io, dry),
-                    };
-                    if dry && !was {
-                        dried.push(pool);
-                    }
+            for &pool in &asked {
+                let dry = !got.contains(&pool);
+                let was = match pool {
+                    Pool::Cpu => std::mem::replace(&mut self.dry.cpu, dry),
+                    Pool::Io => std::mem::replace(&mut self.dry.io, dry),
+                };
+                if dry && !was {
+                    dried.push(pool);
                 }
             }
             let full = !got.is_empty();
@@ -231,16 +235,11 @@ impl Dispatcher {
             }
             if !full {
                 self.next_token = self.limits.next_token(queues, now_i);
-                // Only the pools this claim asked of came up short.
-                // A pool with no free slot was not asked; when its
-                // slots come free it claims, and if that comes up
-                // short it looks ahead itself. (On PostgreSQL the IO
-                // look-ahead was a quarter of the server's work in a
-                // drain where only the idle CPU pool came up short.)
-                let asked: Vec<Pool> = Pool::ALL
-                    .into_iter()
-                    .filter(|&pool| requests.iter().any(|r| r.for_pool(pool) > 0))
-                    .collect();
+                // Only the pools this claim asked of came up short; one
+                // not asked looks ahead itself if its own claim comes up
+                // short. (On PostgreSQL the IO look-ahead was a quarter
+                // of the server's work in a drain where only the idle CPU
+                // pool came up short.)
                 self.refresh_next_due(queues, &asked);
             } else if !dried.is_empty() {
                 // The other pool came up full and claims again, but a
