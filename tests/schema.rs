@@ -503,6 +503,14 @@ mod postgres {
         Home::on_postgres(url, "")
     }
 
+    /// A schema of its own (see [`Schema::create`]) with jobd's tables,
+    /// made by `jobd migrate`.
+    fn migrated(tag: &str) -> Option<Schema> {
+        let schema = Schema::create(tag)?;
+        home_on(&schema.url()).ok(&["migrate"]);
+        Some(schema)
+    }
+
     /// The upgrade to version 18, as SQLite's to 17 (see there): the old
     /// schema is built from the migrations before it.
     #[test]
@@ -621,10 +629,9 @@ mod postgres {
 
     #[test]
     fn the_database_rejects_bad_inserts_and_fills_defaults() {
-        let Some(schema) = Schema::create("checks") else {
+        let Some(schema) = migrated("checks") else {
             return;
         };
-        home_on(&schema.url()).ok(&["migrate"]);
         for (insert, needle) in [
             (
                 "INSERT INTO jobs(kind, payload) VALUES ('noop', '{bad');",
@@ -683,11 +690,9 @@ mod postgres {
     fn the_reads_before_a_claim_seek_even_when_planned_while_the_table_was_empty() {
         use jobd::job::Pool;
         use jobd::store::postgres::{next_run_at_sql, queued_queues_sql};
-        let Some(schema) = Schema::create("loose_plan") else {
+        let Some(schema) = migrated("loose_plan") else {
             return;
         };
-        let home = home_on(&schema.url());
-        home.ok(&["migrate"]);
         // One session, as a daemon's: the statements are prepared and run
         // (more than the server's five custom plans) on an empty table,
         // then 20 000 jobs arrive and the cached plans run again.
@@ -731,11 +736,9 @@ mod postgres {
     /// outcome must find its job by key, in a generic and a custom plan.
     #[test]
     fn the_completion_finds_each_job_by_key_even_after_an_analyze_saw_none_running() {
-        let Some(schema) = Schema::create("complete_plan") else {
+        let Some(schema) = migrated("complete_plan") else {
             return;
         };
-        let home = home_on(&schema.url());
-        home.ok(&["migrate"]);
         schema
             .psql(
                 "INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, 20000); \
@@ -799,11 +802,9 @@ mod postgres {
     fn the_claim_of_either_pool_is_an_index_range_scan_however_many_are_queued() {
         use jobd::job::Pool;
         use jobd::store::postgres::claim_sql;
-        let Some(schema) = Schema::create("plan") else {
+        let Some(schema) = migrated("plan") else {
             return;
         };
-        let home = home_on(&schema.url());
-        home.ok(&["migrate"]);
         schema
             .psql(
                 "INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, 20000); \
