@@ -787,10 +787,29 @@ fn tail_prints_an_attempt_that_commits_after_a_later_one() {
     );
     tx.commit().unwrap();
     let late = printed("committed-last");
-    child.kill().unwrap();
-    child.wait().unwrap();
     assert!(
         late.is_some_and(|l| l.contains("job=2")),
         "tail never printed the attempt that committed after a later one"
+    );
+    // An id whose transaction rolls back (a daemon killed mid-write) stays
+    // empty: nothing is printed for it, and tail goes on.
+    let mut tx = first.transaction().unwrap();
+    tx.batch_execute(&attempt(2, "rolled-back")).unwrap();
+    tx.rollback().unwrap();
+    schema.psql(&attempt(3, "after-the-rollback")).unwrap();
+    let mut seen = Vec::new();
+    let after = common::wait_for(common::PATIENCE, || {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_millis(100))
+            .ok()?;
+        seen.push(line.clone());
+        line.contains("after-the-rollback").then_some(line)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(after.is_some(), "tail stopped after a rolled-back attempt");
+    assert!(
+        !seen.iter().any(|l| l.contains("rolled-back")),
+        "tail printed a rolled-back attempt: {seen:?}"
     );
 }
