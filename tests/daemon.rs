@@ -477,6 +477,100 @@ fn sighup_applies_a_new_pool_size_and_keeps_the_old_config_when_the_new_one_is_i
     assert!(log.contains("daemon.stopped requeued=3"), "{log}");
 }
 
+/// The write step runs on its own thread while the dispatcher hands out
+/// the jobs claimed before, so a reload or a stop may come while a step
+/// is away with the connection and a claim's jobs are held but not
+/// started. Reloads and a stop in the middle of a fast drain, then the
+/// rest after a restart: every job succeeds exactly once, an attempt is
+/// never written twice, and the stop gives back what it did not run.
+#[test]
+fn reloads_and_a_stop_in_the_middle_of_a_fast_drain_lose_no_job_and_run_none_twice() {
+    const JOBS: i64 = 100_000;
+    for backend in common::homes_with(
+        "midrain",
+        "[daemon]\nshutdown_grace = \"1h\"\n[pool]\nthreads = 8\n",
+    ) {
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        backend.insert_many(JOBS as usize, "kind, payload", "'noop', '{}'");
+        let succeeded = || backend.count("SELECT count(*) FROM jobs WHERE state = 'succeeded';");
+        let daemon = home.daemon();
+        wait_for(PATIENCE, || (succeeded() >= JOBS / 10).then_some(()))
+            .expect("the drain makes progress");
+        for n in 1..=3 {
+            let before = daemon.log().len();
+            daemon.signal(libc::SIGHUP);
+            daemon.wait_log_after(before, "config.reloaded");
+            assert!(
+                succeeded() < JOBS,
+                "{}: drained before reload {n}",
+                backend.name
+            );
+        }
+        // A stop and at once a second signal: no waiting for the drain.
+        daemon.signal(libc::SIGTERM);
+        daemon.signal(libc::SIGINT);
+        let (code, log) = daemon.wait_exit();
+        assert_eq!(code, 0, "{}: {log}", backend.name);
+        let stopped = log
+            .lines()
+            .find(|l| l.contains("daemon.stopped"))
+            .unwrap_or_else(|| panic!("{}: no daemon.stopped line: {log}", backend.name));
+        assert!(
+            stopped.contains("unwritten=0"),
+            "{}: {stopped}",
+            backend.name
+        );
+        assert!(
+            succeeded() < JOBS,
+            "{}: drained before the stop",
+            backend.name
+        );
+        // Nothing is left running, and what went back was not counted.
+        let count = |sql: &str| backend.count(sql);
+        assert_eq!(
+            count("SELECT count(*) FROM jobs WHERE state NOT IN ('queued', 'succeeded');"),
+            0,
+            "{}",
+            backend.name
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM jobs WHERE state = 'queued' AND attempts <> 0;"),
+            0,
+            "{}",
+            backend.name
+        );
+
+        let daemon = home.daemon_logging_to("second.log");
+        if wait_for(PATIENCE, || (succeeded() == JOBS).then_some(())).is_none() {
+            panic!(
+                "{}: not every job finished: {}",
+                backend.name,
+                backend.states()
+            );
+        }
+        daemon.stop();
+        assert_eq!(
+            count("SELECT count(*) FROM job_runs WHERE outcome = 'succeeded';"),
+            JOBS,
+            "{}: a job succeeded twice or not at all",
+            backend.name
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM (SELECT 1 FROM job_runs WHERE outcome <> 'interrupted' GROUP BY job_id, attempt HAVING count(*) > 1) t;"),
+            0,
+            "{}: an attempt was written twice",
+            backend.name
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM jobs WHERE attempts <> 1;"),
+            0,
+            "{}",
+            backend.name
+        );
+    }
+}
+
 /// Three daemons on one database, one killed with SIGKILL mid-run holding
 /// claimed jobs: every job succeeds exactly once, no attempt runs twice,
 /// and the others take back the killed one's jobs.

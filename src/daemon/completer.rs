@@ -36,6 +36,9 @@ pub struct Completer {
     pending: Vec<Completion>,
     /// (queue, kind) of each pending outcome, for the log and the limits.
     meta: Vec<(String, String)>,
+    /// (queue, kind) of the outcomes taken for a write that has not come
+    /// back yet ([`Completer::take`]).
+    sent: Vec<(String, String)>,
     /// When the oldest pending outcome arrived.
     first_at: Option<Instant>,
     failing_since: Option<Instant>,
@@ -133,14 +136,14 @@ impl Completer {
             .min()
     }
 
-    /// Outcomes waiting.
+    /// Outcomes waiting or being written.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.sent.len()
     }
 
-    /// True when nothing waits.
+    /// True when nothing waits and nothing is being written.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_empty() && self.sent.is_empty()
     }
 
     /// True while the last write of outcomes failed.
@@ -177,18 +180,28 @@ impl Completer {
         }
     }
 
-    /// The outcomes to write now.
-    pub fn batch(&self, now: Instant) -> &[Completion] {
-        if self.ready(now) {
-            &self.pending
-        } else {
-            &[]
+    /// Takes the outcomes to write now (none while a failed write backs
+    /// off). They come back through [`Completer::written`] or
+    /// [`Completer::failed`]; what arrives meanwhile waits for the next
+    /// write. One write at a time.
+    pub fn take(&mut self, now: Instant) -> Vec<Completion> {
+        debug_assert!(self.sent.is_empty(), "one write of outcomes at a time");
+        if !self.ready(now) {
+            return Vec::new();
         }
+        self.first_at = None;
+        self.sent = std::mem::take(&mut self.meta);
+        std::mem::take(&mut self.pending)
     }
 
-    /// Records that the batch was written with these results, logs each
-    /// job's event and empties the batch.
-    pub fn written(&mut self, applied: &[Applied], counters: &Counters) -> Vec<Written> {
+    /// Records that the outcomes taken were written with these results,
+    /// logs each job's event and forgets them.
+    pub fn written(
+        &mut self,
+        sent: Vec<Completion>,
+        applied: &[Applied],
+        counters: &Counters,
+    ) -> Vec<Written> {
         if let Some(since) = self.failing_since.take() {
             event!(
                 Info,
@@ -198,10 +211,10 @@ impl Completer {
             );
         }
         self.retry_at = None;
-        self.first_at = None;
+        debug_assert_eq!(sent.len(), applied.len(), "one result per outcome written");
         let mut out = Vec::with_capacity(applied.len());
         for ((completion, (queue, kind)), &applied) in
-            self.pending.drain(..).zip(self.meta.drain(..)).zip(applied)
+            sent.into_iter().zip(self.sent.drain(..)).zip(applied)
         {
             match applied {
                 Applied::Done => {
@@ -233,8 +246,17 @@ impl Completer {
         out
     }
 
-    /// Records a failed write: the outcomes stay and are tried again.
-    pub fn failed(&mut self, error: &StoreError, now: Instant) {
+    /// Records a failed write: the outcomes taken go back ahead of those
+    /// that came meanwhile, and are tried again.
+    pub fn failed(&mut self, sent: Vec<Completion>, error: &StoreError, now: Instant) {
+        if !sent.is_empty() {
+            let later = std::mem::replace(&mut self.pending, sent);
+            self.pending.extend(later);
+            let later = std::mem::take(&mut self.meta);
+            self.meta = std::mem::take(&mut self.sent);
+            self.meta.extend(later);
+            self.first_at = Some(self.first_at.map_or(now, |t| t.min(now)));
+        }
         let first = self.failing_since.is_none();
         self.failing_since.get_or_insert(now);
         self.retry_at = Some(now + WRITE_RETRY);

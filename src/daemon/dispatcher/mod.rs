@@ -16,16 +16,23 @@
 //! It never runs a job or does a job's IO itself; its only blocking calls are
 //! its own short transactions.
 //!
+//! The write step runs on a thread of its own (`stepper.rs`), which
+//! takes the connection with it: while one step writes and claims, the
+//! loop hands out the jobs the step before claimed. When jobs are short,
+//! a claim takes at most one batch ([`claim_batch`]) and the pool holds two,
+//! so there is always a batch to hand out while the next is claimed.
+//!
 //! Here: the loop ([`Dispatcher::run`]) and the state it keeps; `claims.rs`
 //! fills free slots, `outcomes.rs` writes finished attempts (the write
-//! step), `leases.rs` keeps the held jobs' deadlines, cancels and leases,
-//! `wake.rs` decides when the loop turns, `control.rs` answers stop and
-//! reload.
+//! step), `stepper.rs` is the step's thread, `leases.rs` keeps the held
+//! jobs' deadlines, cancels and leases, `wake.rs` decides when the loop
+//! turns, `control.rs` answers stop and reload.
 
 mod claims;
 mod control;
 mod leases;
 mod outcomes;
+mod stepper;
 mod wake;
 
 use std::collections::HashMap;
@@ -80,11 +87,19 @@ pub fn ensure_key_index(store: &mut dyn Store, config: &Config) -> crate::store:
 
 /// The slots of a pool of `threads` when attempts take `avg_duration`
 /// seconds on average: one per thread, plus as many prefetched jobs per
-/// thread as finish within [`PREFETCH_WAIT`], at most `ahead` (the
-/// store's [`crate::store::Queue::claim_ahead`]).
+/// thread as finish within [`PREFETCH_WAIT`], at most two claims' worth
+/// ([`claim_batch`]): one handed out while the next is claimed.
 pub fn slots(threads: usize, avg_duration: f64, ahead: usize) -> usize {
     let per_thread = (PREFETCH_WAIT.as_secs_f64() / avg_duration.max(1e-9)).floor();
-    threads + threads * (per_thread as usize).min(ahead)
+    threads + threads * (per_thread as usize).min(2 * ahead + 1)
+}
+
+/// The most one claim takes for a pool of `threads`: a job for each and
+/// `ahead` more each (the store's [`crate::store::Queue::claim_ahead`]).
+/// A claim of all free slots would leave the loop nothing to hand out
+/// while the next step runs.
+pub fn claim_batch(threads: usize, ahead: usize) -> usize {
+    threads * (1 + ahead)
 }
 
 /// The weight of the newest attempt in the running average of durations.
@@ -209,9 +224,30 @@ pub struct Summary {
     pub unwritten: usize,
 }
 
+/// What the step away was asked, for when it comes back.
+struct Away {
+    /// The queues its claim served.
+    queues: Vec<String>,
+    /// Whether a queue was held back by its own limit.
+    held_back: bool,
+}
+
 /// The loop's state.
 pub struct Dispatcher {
-    store: Box<dyn Store + Send>,
+    /// The connection, and the thread the write step runs on with it.
+    link: stepper::Stepper,
+    /// The store's [`crate::store::Queue::claim_ahead`].
+    ahead: usize,
+    /// The store's [`crate::store::Queue::wakes_are_commits`].
+    wakes_are_commits: bool,
+    /// The step away, if one is.
+    away: Option<Away>,
+    /// A wake-up came while the step was away (confirming it needs the
+    /// connection).
+    woke_away: bool,
+    /// Jobs claimed and held, not yet started: they start once the next
+    /// step is on its way.
+    stash: Vec<(Pool, crate::daemon::executor::Task)>,
     config: Config,
     worker: Arc<str>,
     registry: Registry,
@@ -237,7 +273,7 @@ pub struct Dispatcher {
     completer: Completer,
     limits: QueueLimits,
     /// The keyed limits, enforced by the store in each claim, fleet-wide.
-    keys: crate::keys::KeyRules,
+    keys: Arc<crate::keys::KeyRules>,
     /// The store's change counter when last read.
     data_version: i64,
     /// There may be ready jobs a claim would find.
@@ -287,9 +323,16 @@ impl Dispatcher {
         )?;
         let now = Instant::now();
         let limits = QueueLimits::new(&setup.config.queues, now);
+        let ahead = setup.store.claim_ahead();
+        let wakes_are_commits = setup.store.wakes_are_commits();
         Ok(Dispatcher {
             retry: Arc::new(setup.config.retry.clone()),
-            store: setup.store,
+            link: stepper::Stepper::new(setup.store)?,
+            ahead,
+            wakes_are_commits,
+            away: None,
+            woke_away: false,
+            stash: Vec::new(),
             worker: setup.worker,
             registry: setup.registry,
             pool,
@@ -306,7 +349,7 @@ impl Dispatcher {
             unreported: 0,
             completer: Completer::new(setup.metrics),
             limits,
-            keys: setup.config.key_rules(),
+            keys: Arc::new(setup.config.key_rules()),
             data_version: 0,
             maybe_ready: true,
             dry: Dry::default(),
@@ -335,23 +378,33 @@ impl Dispatcher {
         // A line per job would be a write per job; this thread's lines go
         // out once per turn instead, before it sleeps.
         crate::logging::batch_this_thread();
-        self.data_version = self.store.change_counter().unwrap_or(0);
+        self.data_version = self.link.store().change_counter().unwrap_or(0);
         loop {
             self.state
                 .last_turn
                 .store(now_ms().max(0) as u64, Ordering::Relaxed);
             self.collect();
+            if let Some(done) = self.link.try_back() {
+                self.step_back(done);
+            }
             let now = Instant::now();
             self.check_overruns(now);
-            if self.check_cancels {
-                self.apply_cancels();
+            // What needs the connection waits for the step that has it.
+            let home = !self.link.away();
+            if home {
+                if std::mem::take(&mut self.woke_away) {
+                    self.on_wake();
+                }
+                if self.check_cancels {
+                    self.apply_cancels();
+                }
+                if now >= self.next_renew {
+                    self.renew_leases(now);
+                }
+                self.write_progress(now);
             }
-            if now >= self.next_renew {
-                self.renew_leases(now);
-            }
-            self.write_progress(now);
             if let Some(until) = self.draining {
-                if self.in_flight.is_empty() {
+                if self.in_flight.is_empty() && home {
                     self.stop_cpu_pool();
                     return Summary {
                         writes: self.writes,
@@ -360,15 +413,24 @@ impl Dispatcher {
                     };
                 }
                 if self.stop_now || now >= until {
+                    if let Some(done) = self.link.wait_back() {
+                        self.step_back(done);
+                    }
+                    // Handed out only to be given back at once, uncounted.
+                    self.hand_out();
                     let summary = self.interrupt();
                     self.stop_cpu_pool();
                     return summary;
                 }
             }
-            if self.draining.is_none() {
-                self.run_cron();
+            if home {
+                if self.draining.is_none() {
+                    self.run_cron();
+                }
+                self.write_step(now);
             }
-            self.write_step(now);
+            // The next step is on its way: hand out what the last claimed.
+            self.hand_out();
             for key in self.completer.unblocked(now_ms()) {
                 crate::event!(Info, "key.unblocked", key = key);
             }
@@ -380,7 +442,7 @@ impl Dispatcher {
     /// Enqueues the periodic jobs that are due (one short transaction each).
     fn run_cron(&mut self) {
         let now = now_ms();
-        if self.cron.due(now) && self.cron.run_due(self.store.as_mut(), now) > 0 {
+        if self.cron.due(now) && self.cron.run_due(self.link.store(), now) > 0 {
             self.look_again();
         }
     }
@@ -436,7 +498,7 @@ impl Dispatcher {
 
     /// Gives the connection back (the daemon deregisters with it).
     pub fn into_store(self) -> Box<dyn Store + Send> {
-        self.store
+        self.link.into_store()
     }
 }
 
@@ -464,8 +526,11 @@ mod tests {
         assert_eq!(slots(8, 0.010, ahead), 8);
         assert_eq!(slots(8, 0.005, ahead), 16);
         assert_eq!(slots(8, 0.001, ahead), 8 + 8 * 5);
-        assert_eq!(slots(8, 0.000_01, ahead), 8 + 8 * ahead);
-        assert_eq!(slots(8, 0.0, ahead), 8 + 8 * ahead);
-        assert_eq!(slots(8, 0.0, 63), 8 * 64);
+        // Short jobs: two claims' worth, one handed out while the next is
+        // claimed.
+        assert_eq!(slots(8, 0.000_01, ahead), 2 * claim_batch(8, ahead));
+        assert_eq!(slots(8, 0.0, ahead), 2 * claim_batch(8, ahead));
+        assert_eq!(slots(8, 0.0, 63), 2 * 8 * 64);
+        assert_eq!(claim_batch(8, 63), 512);
     }
 }

@@ -6,8 +6,8 @@
 use crate::daemon::executor::Control;
 use crate::daemon::pool::threads::Finished;
 use crate::event;
-use crate::job::{now_ms, Attempt, Claimed, Pool};
-use crate::store::{Claim, Stepped, StoreError};
+use crate::job::{now_ms, Attempt, Claimed, Completion, Pool};
+use crate::store::{Stepped, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -43,8 +43,10 @@ impl Dispatcher {
         self.completer.push(finished);
     }
 
-    /// One transaction: write the waiting outcomes and claim for the free
-    /// slots, then hand the claimed jobs out.
+    /// Sends the next write step off (one transaction, or two side by
+    /// side on PostgreSQL): the waiting outcomes, and a claim for the free
+    /// slots. It comes back to [`Dispatcher::step_back`]. The connection
+    /// must be here.
     pub(super) fn write_step(&mut self, now_i: Instant) {
         let due = self.next_due.is_some_and(|t| now_ms() >= t)
             || self.next_token.is_some_and(|t| now_i >= t);
@@ -68,6 +70,7 @@ impl Dispatcher {
                 }
             }
         }
+        slots.io = slots.io.min(claim_batch(self.pool.size(), self.ahead));
         let claiming = self.maybe_ready && self.claimable(slots) > 0 && self.can_claim_at(now_i);
         let mut queues = Vec::new();
         let mut requests = Vec::new();
@@ -97,25 +100,38 @@ impl Dispatcher {
         }
         let now = now_ms();
         let lease = self.config.daemon.lease.as_millis() as i64;
-        let claim = Claim {
-            worker: &self.worker,
+        self.away = Some(Away { queues, held_back });
+        self.link.send(stepper::Order {
+            completions: self.completer.take(now_i),
+            worker: Arc::clone(&self.worker),
             now,
             lease_until: now + lease,
-            requests: &requests,
-            keys: &self.keys,
-        };
-        let stepped = self
-            .store
-            .complete_and_claim(self.completer.batch(now_i), &claim);
+            requests,
+            keys: Arc::clone(&self.keys),
+        });
+    }
+
+    /// A write step came back with the connection: takes in what it wrote
+    /// and claimed, or what failed.
+    pub(super) fn step_back(&mut self, done: stepper::Done) {
+        let Away { queues, held_back } = self.away.take().expect("a step came back that was sent");
+        let now_i = Instant::now();
+        let stepper::Done { order, stepped } = done;
+        let stepper::Order {
+            completions,
+            requests,
+            now,
+            ..
+        } = order;
         let (applied, claimed) = match stepped {
             Stepped::Together(Ok((applied, jobs))) => {
                 let step = Step::together(&requests, &queues, held_back);
-                return self.wrote(applied, jobs, step, now, now_i);
+                return self.wrote(completions, applied, jobs, step, now, now_i);
             }
             Stepped::Together(Err(e)) => {
                 self.store_failed(&e);
-                if self.completer.ready(now_i) {
-                    self.completer.failed(&e, now_i);
+                if !completions.is_empty() {
+                    self.completer.failed(completions, &e, now_i);
                 }
                 if !requests.is_empty() {
                     self.claim_failed(&e, now_i);
@@ -126,9 +142,9 @@ impl Dispatcher {
         };
         // Two transactions: what committed is taken first, then what
         // failed is noted (so `/healthz` keeps saying so).
-        let (applied, write_error) = match applied {
-            Ok(applied) => (applied, None),
-            Err(e) => (Vec::new(), Some(e)),
+        let (sent, applied, write_error) = match applied {
+            Ok(applied) => (completions, applied, None),
+            Err(e) => (Vec::new(), Vec::new(), Some((e, completions))),
         };
         let (jobs, claim_error, asked) = match claimed {
             Ok(jobs) => (jobs, None, &requests[..]),
@@ -142,10 +158,10 @@ impl Dispatcher {
             claim_failed: claim_error.is_some(),
             write_failed: write_error.is_some(),
         };
-        self.wrote(applied, jobs, step, now, now_i);
-        if let Some(e) = write_error {
+        self.wrote(sent, applied, jobs, step, now, now_i);
+        if let Some((e, completions)) = write_error {
             self.store_failed(&e);
-            self.completer.failed(&e, now_i);
+            self.completer.failed(completions, &e, now_i);
         }
         if let Some(e) = claim_error {
             self.store_failed(&e);
@@ -154,10 +170,11 @@ impl Dispatcher {
     }
 
     /// After a write step committed: frees the written outcomes' slots,
-    /// hands out the claimed jobs, and notes whether ready jobs may be left
-    /// behind (look again at once) or when to look next.
+    /// keeps the claimed jobs to hand out, and notes whether ready jobs may
+    /// be left behind (look again at once) or when to look next.
     fn wrote(
         &mut self,
+        sent: Vec<Completion>,
         applied: Vec<Applied>,
         jobs: Vec<Claimed>,
         step: Step<'_>,
@@ -185,8 +202,8 @@ impl Dispatcher {
         // Outcomes that made jobs ready which nobody announces: a retry,
         // a freed place under a key's or a queue's concurrency limit.
         let mut unannounced = false;
-        if !applied.is_empty() {
-            for written in self.completer.written(&applied, &self.state.counters) {
+        if !sent.is_empty() || !applied.is_empty() {
+            for written in self.completer.written(sent, &applied, &self.state.counters) {
                 let keyed = (self.in_flight.get(&(written.id, written.attempt)))
                     .is_some_and(|entry| entry.keyed);
                 unannounced |= written.requeued || keyed || self.limits.limited(&written.queue);
@@ -230,9 +247,7 @@ impl Dispatcher {
                 .filter_map(|j| Some((j.queue.as_str(), j.limit_key.as_deref()?)))
                 .collect();
             self.limits.served(&served);
-            for job in jobs {
-                self.dispatch(job, now, now_i);
-            }
+            self.take_claimed(jobs, now, now_i);
             if !full {
                 self.next_token = self.limits.next_token(queues, now_i);
                 // Only the pools this claim asked of came up short; one
@@ -261,7 +276,7 @@ impl Dispatcher {
         // (PostgreSQL's NOTIFY), only what it does not announce counts:
         // otherwise every turn of a drain claimed twice.
         let seen = claim_saw_outcomes && !requests.is_empty();
-        if !applied_none && !seen && (unannounced || !self.store.announces_releases()) {
+        if !applied_none && !seen && (unannounced || !self.link.store().announces_releases()) {
             self.look_again();
         }
         // The streak `/healthz` reports lasts while either part is in
@@ -332,7 +347,7 @@ impl Dispatcher {
     /// its reply was lost with the connection. Left alone such a job would
     /// wait out its lease under a live daemon and lose that attempt.
     pub(super) fn reconcile(&mut self) {
-        let held = match self.store.held_by(&self.worker) {
+        let held = match self.link.store().held_by(&self.worker) {
             Ok(held) => held,
             Err(e) => {
                 self.store_failed(&e);

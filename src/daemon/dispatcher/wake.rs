@@ -10,7 +10,7 @@ use crate::daemon::dispatcher::*;
 
 impl Dispatcher {
     pub(super) fn refresh_next_due(&mut self, queues: &[String], pools: &[Pool]) {
-        match self.store.next_run_at(Some(queues), pools, now_ms()) {
+        match self.link.store().next_run_at(Some(queues), pools, now_ms()) {
             Ok(next) => self.next_due = next,
             Err(e) => {
                 crate::store::log_trouble(
@@ -26,7 +26,7 @@ impl Dispatcher {
     /// Reads the change counter; true (and work to look for) when another
     /// connection committed.
     pub(super) fn changed(&mut self) -> bool {
-        match self.store.change_counter() {
+        match self.link.store().change_counter() {
             Ok(v) if v != self.data_version => {
                 self.data_version = v;
                 self.look_again();
@@ -58,10 +58,15 @@ impl Dispatcher {
     /// A commit file changed: confirm the commit, which becomes visible a
     /// little after the write that woke us.
     pub(super) fn on_wake(&mut self) {
-        if self.store.wakes_are_commits() {
+        if self.wakes_are_commits {
             // A round trip less between an insert and its claim.
             self.look_again();
             self.check_cancels = true;
+            return;
+        }
+        if self.link.away() {
+            // Confirmed when the step is back with the connection.
+            self.woke_away = true;
             return;
         }
         if self.changed() {
@@ -91,13 +96,74 @@ impl Dispatcher {
         // Pinged from this loop, so a loop that stops turning stops the
         // pings and systemd restarts the service.
         let next_ping = self.state.notifier.watchdog(now);
+        let until = if self.link.away() {
+            self.until_back(now)
+        } else {
+            match self.until_home(now) {
+                Some(until) => until,
+                None => return,
+            }
+        };
+        let until = next_ping.map_or(until, |ping| until.min(ping));
+        let timeout = until.saturating_duration_since(now);
+        crate::logging::flush();
+        select! {
+            recv(self.link.returns()) -> back => {
+                if let Ok(back) = back {
+                    let done = self.link.arrived(back);
+                    self.step_back(done);
+                }
+            }
+            recv(self.done) -> finished => {
+                if let Ok(finished) = finished {
+                    self.on_finished(finished);
+                }
+            }
+            recv(self.requests) -> request => match request {
+                Ok(request) => self.on_request(request),
+                // Nobody can ask any more: treat as a stop request.
+                Err(_) => {
+                    self.requests = crossbeam_channel::never();
+                    self.on_request(Request::Stop);
+                }
+            },
+            recv(self.wake) -> woke => match woke {
+                Ok(()) => self.on_wake(),
+                Err(_) => {
+                    // The watcher stopped: polling alone from now on.
+                    self.wake = crossbeam_channel::never();
+                    self.watched = false;
+                }
+            },
+            default(timeout) => {}
+        }
+    }
+
+    /// While a step has the connection, what needs it waits for the step's
+    /// return, which turns the loop; until then only what needs no
+    /// connection wakes it: an overrun, the drain's end, a key's block
+    /// ending.
+    fn until_back(&self, now: Instant) -> Instant {
+        let mut until = now + self.poll_period();
+        if let Some(end) = self.completer.next_unblock() {
+            let ms = (end - now_ms()).max(0) as u64;
+            until = until.min(now + Duration::from_millis(ms));
+        }
+        for entry in self.in_flight.values().filter(|e| !e.reported) {
+            until = until.min(overrun_at(entry, now));
+        }
+        self.draining.map_or(until, |end| until.min(end))
+    }
+
+    /// When to turn next with the connection here, or None for at once.
+    fn until_home(&mut self, now: Instant) -> Option<Instant> {
         if (self.maybe_ready && self.can_claim(now)) || self.flush_due(now) {
-            return;
+            return None;
         }
         if now >= self.next_poll {
             self.next_poll = now + self.poll_period();
             if self.changed() {
-                return;
+                return None;
             }
         }
         let mut until = self.next_poll.min(self.next_renew);
@@ -132,38 +198,12 @@ impl Dispatcher {
             self.completer.deadline(),
             self.claim_retry_at,
             self.draining,
-            next_ping,
         ]
         .into_iter()
         .flatten()
         {
             until = until.min(t);
         }
-        let timeout = until.saturating_duration_since(now);
-        crate::logging::flush();
-        select! {
-            recv(self.done) -> finished => {
-                if let Ok(finished) = finished {
-                    self.on_finished(finished);
-                }
-            }
-            recv(self.requests) -> request => match request {
-                Ok(request) => self.on_request(request),
-                // Nobody can ask any more: treat as a stop request.
-                Err(_) => {
-                    self.requests = crossbeam_channel::never();
-                    self.on_request(Request::Stop);
-                }
-            },
-            recv(self.wake) -> woke => match woke {
-                Ok(()) => self.on_wake(),
-                Err(_) => {
-                    // The watcher stopped: polling alone from now on.
-                    self.wake = crossbeam_channel::never();
-                    self.watched = false;
-                }
-            },
-            default(timeout) => {}
-        }
+        Some(until)
     }
 }
