@@ -54,14 +54,6 @@ fn psql(sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The daemon the figures are of: this build's, or `JOBD_BENCH_BIN` (an
-/// earlier build, to compare two builds in alternating runs).
-fn jobd_program() -> PathBuf {
-    std::env::var_os("JOBD_BENCH_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_jobd").into())
-}
-
 /// One database of either backend, fresh for one measurement.
 enum Database {
     Sqlite(PathBuf),
@@ -249,7 +241,7 @@ fn daemon_at(
         ),
     )
     .unwrap();
-    let child = Command::new(jobd_program())
+    let child = Command::new(common::jobd_program())
         .arg("--config")
         .arg(&config)
         .arg("run")

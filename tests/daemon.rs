@@ -225,6 +225,51 @@ fn a_queue_at_its_concurrency_limit_goes_on_as_its_jobs_end() {
     }
 }
 
+/// Jobs inserted one by one, each in its own transaction, in quick
+/// succession while the daemon is idle: each starts at its insert's wake,
+/// though wakes come while a write step is away with the connection and
+/// the claim it carries came up short. Polling is 60 s, so a wake lost
+/// shows as a stall.
+#[test]
+fn jobs_inserted_one_by_one_in_quick_succession_start_without_waiting_for_a_poll() {
+    const JOBS: usize = 10;
+    const ROUNDS: usize = 40;
+    let config = format!("{NO_POLL}[pool]\nthreads = 2\n");
+    for b in common::homes_with("onebyone", &config) {
+        b.home.migrate();
+        let daemon = b.home.daemon();
+        daemon.wait_log("daemon.started");
+        let insert = "INSERT INTO jobs (kind) VALUES ('noop')";
+        let mut insert_one: Box<dyn FnMut()> = match &b.schema {
+            Some(schema) => {
+                let mut client = postgres::Client::connect(&schema.url(), postgres::NoTls).unwrap();
+                Box::new(move || {
+                    client.execute(insert, &[]).unwrap();
+                })
+            }
+            None => {
+                let db = rusqlite::Connection::open(b.home.db()).unwrap();
+                db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+                Box::new(move || {
+                    db.execute(insert, []).unwrap();
+                })
+            }
+        };
+        // Each burst's last wake is the one that may be lost.
+        for burst in 1..=ROUNDS {
+            for _ in 0..JOBS {
+                insert_one();
+            }
+            let done = "SELECT count(*) FROM jobs WHERE state = 'succeeded'";
+            let want = (burst * JOBS).to_string();
+            if wait_for(PATIENCE / 6, || (b.value(done) == want).then_some(())).is_none() {
+                panic!("{}: burst {burst} stalled: {}", b.name, b.states());
+            }
+        }
+        daemon.stop();
+    }
+}
+
 /// A job due later, claimed for while the CPU pool filled and the IO pool
 /// found nothing ready, starts when it is due, though no CPU slot comes
 /// free and nothing else wakes the daemon.

@@ -16,6 +16,14 @@ use jobd::store::{Claim, ClaimRequest, OpenMode, SqliteStore, Store};
 pub const BATCH: usize = 64;
 pub const WORKER: &str = "bench:1:1";
 
+/// The daemon the figures are of: this build's, or `JOBD_BENCH_BIN` (an
+/// earlier build, to compare two builds in alternating runs).
+pub fn jobd_program() -> PathBuf {
+    std::env::var_os("JOBD_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_jobd").into())
+}
+
 pub fn open(path: &Path) -> SqliteStore {
     let mut s = SqliteStore::open(path, Duration::from_secs(5), OpenMode::Create).unwrap();
     s.migrate().unwrap();
@@ -202,7 +210,7 @@ impl Daemon {
             ),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_jobd"))
+        let child = Command::new(jobd_program())
             .arg("--config")
             .arg(&config)
             .arg("run")

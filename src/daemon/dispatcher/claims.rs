@@ -63,6 +63,9 @@ impl Dispatcher {
     pub(super) fn look_again(&mut self) {
         self.maybe_ready = true;
         self.dry = Dry::default();
+        // The step away may have claimed before what made them ready, and
+        // its return would say the pools came up short.
+        self.looked_away |= self.link.away();
     }
 
     /// Not draining and not backing off after a failed claim.

@@ -1,8 +1,8 @@
 //! The dispatcher: the one loop that owns the daemon's database connection.
 //!
-//! Each turn it collects finished attempts from the pool, writes them and
-//! claims new work in one short transaction ([`crate::store::Queue::complete_and_claim`],
-//! the group commit), and hands the claimed jobs to the pool. It claims no
+//! It collects finished attempts from the pool; its write step writes them
+//! and claims new work in one short transaction ([`crate::store::Queue::complete_and_claim`],
+//! the group commit), and it hands the claimed jobs to the pool. It claims no
 //! more than there are free slots, split fairly across the queues it serves
 //! and capped by their `concurrency` and `rate` ([`QueueLimits`]). A slot is
 //! free again only once its outcome is written, which bounds the backlog of
@@ -14,7 +14,8 @@
 //! rate token comes due, a lease needs renewing, or a job overruns.
 //!
 //! It never runs a job or does a job's IO itself; its only blocking calls are
-//! its own short transactions.
+//! its own short transactions and waiting for the step that has the
+//! connection when it needs it at once (a reload, a hard stop).
 //!
 //! The write step runs on a thread of its own (`stepper.rs`), which
 //! takes the connection with it: while one step writes and claims, the
@@ -245,6 +246,9 @@ pub struct Dispatcher {
     /// A wake-up came while the step was away (confirming it needs the
     /// connection).
     woke_away: bool,
+    /// Jobs may have become ready while the step was away: its return
+    /// looks again whatever its claim found.
+    looked_away: bool,
     /// Jobs claimed and held, not yet started: they start once the next
     /// step is on its way.
     stash: Vec<(Pool, crate::daemon::executor::Task)>,
@@ -332,6 +336,7 @@ impl Dispatcher {
             wakes_are_commits,
             away: None,
             woke_away: false,
+            looked_away: false,
             stash: Vec::new(),
             worker: setup.worker,
             registry: setup.registry,
@@ -393,7 +398,7 @@ impl Dispatcher {
             let home = !self.link.away();
             if home {
                 if std::mem::take(&mut self.woke_away) {
-                    self.on_wake();
+                    self.woke_while_away();
                 }
                 if self.check_cancels {
                     self.apply_cancels();
@@ -416,8 +421,8 @@ impl Dispatcher {
                     if let Some(done) = self.link.wait_back() {
                         self.step_back(done);
                     }
-                    // Handed out only to be given back at once, uncounted.
-                    self.hand_out();
+                    // Never started: given back uncounted with the rest.
+                    self.stash.clear();
                     let summary = self.interrupt();
                     self.stop_cpu_pool();
                     return summary;

@@ -94,7 +94,7 @@ impl Dispatcher {
                 self.claim_retry_at = None;
                 self.maybe_ready = false;
                 self.next_token = self.limits.next_token(&queues, now_i);
-                self.refresh_next_due(&queues, &Pool::ALL);
+                self.refresh_next_due(&queues, &Pool::ALL, now_ms());
             }
             return;
         }
@@ -116,6 +116,19 @@ impl Dispatcher {
     pub(super) fn step_back(&mut self, done: stepper::Done) {
         let Away { queues, held_back } = self.away.take().expect("a step came back that was sent");
         let now_i = Instant::now();
+        self.took_in(done, queues, held_back, now_i);
+        if std::mem::take(&mut self.looked_away) {
+            self.look_again();
+        }
+    }
+
+    fn took_in(
+        &mut self,
+        done: stepper::Done,
+        queues: Vec<String>,
+        held_back: bool,
+        now_i: Instant,
+    ) {
         let stepper::Done { order, stepped } = done;
         let stepper::Order {
             completions,
@@ -255,14 +268,14 @@ impl Dispatcher {
                 // short. (On PostgreSQL the IO look-ahead was a quarter
                 // of the server's work in a drain where only the idle CPU
                 // pool came up short.)
-                self.refresh_next_due(queues, &asked);
+                self.refresh_next_due(queues, &asked, now);
             } else if !dried.is_empty() {
                 // The other pool came up full and claims again, but a
                 // dry pool claims only at a wake or a due time: its next
                 // job's time and its queues' next tokens, once per dry
                 // spell (not at every step of a drain).
                 let known = self.next_due;
-                self.refresh_next_due(queues, &dried);
+                self.refresh_next_due(queues, &dried, now);
                 self.next_due = match (known, self.next_due) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use crate::daemon::dispatcher::*;
 
 impl Dispatcher {
-    pub(super) fn refresh_next_due(&mut self, queues: &[String], pools: &[Pool]) {
-        match self.link.store().next_run_at(Some(queues), pools, now_ms()) {
+    /// The earliest `run_at` after `now` (the claim's clock: a job due
+    /// since is one the claim did not see) among `pools`' jobs.
+    pub(super) fn refresh_next_due(&mut self, queues: &[String], pools: &[Pool], now: i64) {
+        match self.link.store().next_run_at(Some(queues), pools, now) {
             Ok(next) => self.next_due = next,
             Err(e) => {
                 crate::store::log_trouble(
@@ -90,6 +92,15 @@ impl Dispatcher {
         }
     }
 
+    /// A wake-up that came while the step was away: by its return the
+    /// commit that woke us shows, so one look at the change counter tells.
+    pub(super) fn woke_while_away(&mut self) {
+        if !self.changed() {
+            let recheck = Instant::now() + self.config.daemon.poll_interval;
+            self.next_poll = self.next_poll.min(recheck);
+        }
+    }
+
     /// Sleeps until the next thing to do.
     pub(super) fn wait(&mut self) {
         let now = Instant::now();
@@ -109,10 +120,9 @@ impl Dispatcher {
         crate::logging::flush();
         select! {
             recv(self.link.returns()) -> back => {
-                if let Ok(back) = back {
-                    let done = self.link.arrived(back);
-                    self.step_back(done);
-                }
+                let back = back.expect("the write step's thread ended with the connection");
+                let done = self.link.arrived(back);
+                self.step_back(done);
             }
             recv(self.done) -> finished => {
                 if let Ok(finished) = finished {

@@ -1,8 +1,9 @@
 //! The IO thread pool: exactly `pool.threads` OS threads taking [`Task`]s
 //! from one crossbeam channel and sending [`Finished`] attempts back.
 //!
-//! The dispatcher never hands out more tasks than there are threads, so the
-//! channel never holds a backlog and a task always finds a thread. Resizing
+//! The dispatcher hands out no more tasks than its slots (a thread each,
+//! plus what short jobs finish within the prefetch wait), so the channel's
+//! backlog stays a few milliseconds of work. Resizing
 //! spawns threads or sends retire messages that an idle thread takes; a
 //! running job is never interrupted. A thread whose job overran its deadline
 //! is given up on by the dispatcher, which asks for a replacement here so the
