@@ -35,11 +35,11 @@
 //!   `http`, `email`, `file` on threads; `checksum`, `compress`, `exec` in
 //!   worker processes). [`metrics`]: the Prometheus collectors.
 //! - [`daemon`]: `jobd run`, a producer → executor → completer pipeline on
-//!   plain threads. The [`daemon::dispatcher`] owns one connection: its
-//!   write step writes finished outcomes ([`daemon::completer`]) and claims
+//!   plain threads. The [`daemon::dispatcher`] owns one connection: each
+//!   turn it writes finished outcomes ([`daemon::completer`]) and claims
 //!   jobs for the free slots in the same short transaction, within the
-//!   queues' [`daemon::limits`], while it hands the jobs the step before
-//!   claimed to the [`daemon::pool`] their kind runs on. There the [`daemon::executor`] runs one attempt
+//!   queues' [`daemon::limits`], and hands them to the [`daemon::pool`]
+//!   their kind runs on. There the [`daemon::executor`] runs one attempt
 //!   with its deadline and cancel flag, catches panics and settles the
 //!   outcome (success, a retry after the [`daemon::retry`] backoff, or
 //!   `dead`). [`daemon::maintenance`] runs beside it on its own connection

@@ -227,9 +227,9 @@ fn a_queue_at_its_concurrency_limit_goes_on_as_its_jobs_end() {
 
 /// Jobs inserted one by one, each in its own transaction, in quick
 /// succession while the daemon is idle: each starts at its insert's wake,
-/// though wakes come while a write step is away with the connection and
-/// the claim it carries came up short. Polling is 60 s, so a wake lost
-/// shows as a stall.
+/// though wakes come while the daemon is in the middle of a write step
+/// whose claim came up short. Polling is 60 s, so a wake lost shows as a
+/// stall.
 #[test]
 fn jobs_inserted_one_by_one_in_quick_succession_start_without_waiting_for_a_poll() {
     const JOBS: usize = 10;
@@ -522,12 +522,10 @@ fn sighup_applies_a_new_pool_size_and_keeps_the_old_config_when_the_new_one_is_i
     assert!(log.contains("daemon.stopped requeued=3"), "{log}");
 }
 
-/// The write step runs on its own thread while the dispatcher hands out
-/// the jobs claimed before, so a reload or a stop may come while a step
-/// is away with the connection and a claim's jobs are held but not
-/// started. Reloads and a stop in the middle of a fast drain, then the
-/// rest after a restart: every job succeeds exactly once, an attempt is
-/// never written twice, and the stop gives back what it did not run.
+/// Reloads and a stop (with a second signal at once) in the middle of a
+/// fast drain, with claimed jobs waiting for a thread, then the rest
+/// after a restart: every job succeeds exactly once, an attempt is never
+/// written twice, and the stop gives back what it did not run.
 #[test]
 fn reloads_and_a_stop_in_the_middle_of_a_fast_drain_lose_no_job_and_run_none_twice() {
     const JOBS: i64 = 100_000;

@@ -36,9 +36,6 @@ pub struct Completer {
     pending: Vec<Completion>,
     /// (queue, kind) of each pending outcome, for the log and the limits.
     meta: Vec<(String, String)>,
-    /// (queue, kind) of the outcomes taken for a write that has not come
-    /// back yet ([`Completer::take`]).
-    sent: Vec<(String, String)>,
     /// When the oldest pending outcome arrived.
     first_at: Option<Instant>,
     failing_since: Option<Instant>,
@@ -136,14 +133,14 @@ impl Completer {
             .min()
     }
 
-    /// Outcomes waiting or being written.
+    /// Outcomes waiting.
     pub fn len(&self) -> usize {
-        self.pending.len() + self.sent.len()
+        self.pending.len()
     }
 
-    /// True when nothing waits and nothing is being written.
+    /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.sent.is_empty()
+        self.pending.is_empty()
     }
 
     /// True while the last write of outcomes failed.
@@ -180,28 +177,18 @@ impl Completer {
         }
     }
 
-    /// Takes the outcomes to write now (none while a failed write backs
-    /// off). They come back through [`Completer::written`] or
-    /// [`Completer::failed`]; what arrives meanwhile waits for the next
-    /// write. One write at a time.
-    pub fn take(&mut self, now: Instant) -> Vec<Completion> {
-        debug_assert!(self.sent.is_empty(), "one write of outcomes at a time");
-        if !self.ready(now) {
-            return Vec::new();
+    /// The outcomes to write now.
+    pub fn batch(&self, now: Instant) -> &[Completion] {
+        if self.ready(now) {
+            &self.pending
+        } else {
+            &[]
         }
-        self.first_at = None;
-        self.sent = std::mem::take(&mut self.meta);
-        std::mem::take(&mut self.pending)
     }
 
-    /// Records that the outcomes taken were written with these results,
-    /// logs each job's event and forgets them.
-    pub fn written(
-        &mut self,
-        sent: Vec<Completion>,
-        applied: &[Applied],
-        counters: &Counters,
-    ) -> Vec<Written> {
+    /// Records that the batch was written with these results, logs each
+    /// job's event and empties the batch.
+    pub fn written(&mut self, applied: &[Applied], counters: &Counters) -> Vec<Written> {
         if let Some(since) = self.failing_since.take() {
             event!(
                 Info,
@@ -211,10 +198,10 @@ impl Completer {
             );
         }
         self.retry_at = None;
-        debug_assert_eq!(sent.len(), applied.len(), "one result per outcome written");
+        self.first_at = None;
         let mut out = Vec::with_capacity(applied.len());
         for ((completion, (queue, kind)), &applied) in
-            sent.into_iter().zip(self.sent.drain(..)).zip(applied)
+            self.pending.drain(..).zip(self.meta.drain(..)).zip(applied)
         {
             match applied {
                 Applied::Done => {
@@ -246,17 +233,8 @@ impl Completer {
         out
     }
 
-    /// Records a failed write: the outcomes taken go back ahead of those
-    /// that came meanwhile, and are tried again.
-    pub fn failed(&mut self, sent: Vec<Completion>, error: &StoreError, now: Instant) {
-        if !sent.is_empty() {
-            let later = std::mem::replace(&mut self.pending, sent);
-            self.pending.extend(later);
-            let later = std::mem::take(&mut self.meta);
-            self.meta = std::mem::take(&mut self.sent);
-            self.meta.extend(later);
-            self.first_at = Some(self.first_at.map_or(now, |t| t.min(now)));
-        }
+    /// Records a failed write: the outcomes stay and are tried again.
+    pub fn failed(&mut self, error: &StoreError, now: Instant) {
         let first = self.failing_since.is_none();
         self.failing_since.get_or_insert(now);
         self.retry_at = Some(now + WRITE_RETRY);

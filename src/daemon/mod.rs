@@ -3,11 +3,10 @@
 //!
 //! - [`run`](mod@run) starts and stops it: opens the store, registers the daemon,
 //!   rescues what died on this host, starts the other parts, drains on stop.
-//! - [`dispatcher`] is the loop: its write step (on a thread of its own)
-//!   writes finished outcomes ([`completer`]) and claims jobs for the free
-//!   slots in one short transaction, within the queues' [`limits`], while
-//!   the loop hands the jobs the step before claimed to the [`pool`] their
-//!   kind runs on (threads for IO, worker processes for CPU).
+//! - [`dispatcher`] is the loop: each turn it writes finished outcomes
+//!   ([`completer`]) and claims jobs for the free slots in one short
+//!   transaction, within the queues' [`limits`], and hands them to the
+//!   [`pool`] their kind runs on (threads for IO, worker processes for CPU).
 //! - [`executor`] runs one attempt of a kind with its deadline and cancel
 //!   flag and settles the outcome, with the [`retry`] backoff.
 //! - [`maintenance`] runs on its own connection: heartbeat, lease rescue,

@@ -522,8 +522,7 @@ pub trait Queue {
 
     /// How many jobs per pool thread a claim may take ahead of free threads
     /// while jobs are short enough to start within the daemon's prefetch
-    /// wait (the pool holds up to two such claims: one handed out while
-    /// the next is claimed). On SQLite 15: a pool of 8 then claims up to 128 jobs per
+    /// wait. On SQLite 15: a pool of 8 then claims up to 128 jobs per
     /// transaction instead of 8 (measured on the store alone, 64 per
     /// transaction ran at ~55 000 jobs/s and 128 at ~74 000, with no gain
     /// past that, and longer write transactions would hold up SQL clients).

@@ -22,28 +22,12 @@ impl Dispatcher {
         let held_io = self.in_flight.len() - self.held_cpu;
         Free {
             cpu: self.cpu_size().saturating_sub(self.held_cpu),
-            io: slots(self.pool.size(), self.avg_duration, self.ahead).saturating_sub(held_io),
-        }
-    }
-
-    /// Takes the jobs a step claimed: held from now (their slots, leases,
-    /// cancels and queue limits count them), started once the next step is
-    /// on its way ([`Dispatcher::hand_out`]).
-    pub(super) fn take_claimed(&mut self, jobs: Vec<Claimed>, now: i64, now_i: Instant) {
-        for job in jobs {
-            if let Some(task) = self.prepare(job, now, now_i) {
-                self.stash.push(task);
-            }
-        }
-    }
-
-    /// Starts the jobs taken.
-    pub(super) fn hand_out(&mut self) {
-        for (pool, task) in std::mem::take(&mut self.stash) {
-            match (pool, &self.cpu) {
-                (Pool::Cpu, Some(cpu)) => cpu.submit(task),
-                _ => self.pool.submit(task),
-            }
+            io: slots(
+                self.pool.size(),
+                self.avg_duration,
+                self.store.claim_ahead(),
+            )
+            .saturating_sub(held_io),
         }
     }
 
@@ -63,9 +47,6 @@ impl Dispatcher {
     pub(super) fn look_again(&mut self) {
         self.maybe_ready = true;
         self.dry = Dry::default();
-        // The step away may have claimed before what made them ready, and
-        // its return would say the pools came up short.
-        self.looked_away |= self.link.away();
     }
 
     /// Not draining and not backing off after a failed claim.
@@ -77,13 +58,12 @@ impl Dispatcher {
     pub(super) fn queues_to_serve(&mut self) -> Result<Vec<String>, StoreError> {
         match self.config.daemon.named_queues() {
             Some(named) => Ok(named.to_vec()),
-            None => self.link.store().queued_queues(),
+            None => self.store.queued_queues(),
         }
     }
 
-    /// Holds one claimed job and answers the task that runs it, or settles
-    /// it at once when it cannot run.
-    fn prepare(&mut self, job: Claimed, now: i64, now_i: Instant) -> Option<(Pool, Task)> {
+    /// Starts one claimed job, or settles it at once when it cannot run.
+    pub(super) fn dispatch(&mut self, job: Claimed, now: i64, now_i: Instant) {
         self.limits.started(&job.queue, 1, now_i);
         let started_at = job.started_at;
         let control = Control::new();
@@ -97,8 +77,7 @@ impl Dispatcher {
         let pool = Pool::of_kind(&job.kind);
         if let Some(fault) = &job.undecodable {
             let finished = reject(fault.clone());
-            self.settled(job, control, finished);
-            return None;
+            return self.settled(job, control, finished);
         }
         let kind = match self.registry.get(&job.kind) {
             Some(kind) => Arc::clone(kind),
@@ -108,8 +87,7 @@ impl Dispatcher {
                     job.kind,
                     self.registry.names().join(", ")
                 ));
-                self.settled(job, control, finished);
-                return None;
+                return self.settled(job, control, finished);
             }
         };
         let max_bytes = self.config.limits.max_payload_bytes;
@@ -118,8 +96,7 @@ impl Dispatcher {
                 "payload is {} bytes, over limits.max_payload_bytes ({max_bytes})",
                 job.payload.len()
             ));
-            self.settled(job, control, finished);
-            return None;
+            return self.settled(job, control, finished);
         }
         let timeout = match job.timeout_ms {
             Some(ms) => Duration::from_millis(ms.max(1) as u64),
@@ -156,6 +133,9 @@ impl Dispatcher {
             control,
             job,
         };
-        Some((pool, task))
+        match (pool, &self.cpu) {
+            (Pool::Cpu, Some(cpu)) => cpu.submit(task),
+            _ => self.pool.submit(task),
+        }
     }
 }

@@ -66,11 +66,7 @@ impl Dispatcher {
                 event!(Error, "pool.error", pool = "cpu", error:% = e, action = "keeping the old pool size");
             }
         }
-        // The connection comes back from its step first.
-        if let Some(done) = self.link.wait_back() {
-            self.step_back(done);
-        }
-        if let Err(e) = ensure_key_index(self.link.store(), &config) {
+        if let Err(e) = ensure_key_index(self.store.as_mut(), &config) {
             crate::store::log_trouble(
                 "build the key index",
                 &e,
@@ -78,7 +74,7 @@ impl Dispatcher {
             );
         }
         self.limits.reload(&config.queues, Instant::now());
-        self.keys = Arc::new(config.key_rules());
+        self.keys = config.key_rules();
         // Schedules added start, removed ones stop (their rows stay).
         self.cron = crate::daemon::cron::Cron::new(crate::daemon::cron::schedules(&config));
         self.retry = Arc::new(config.retry.clone());

@@ -62,7 +62,7 @@ impl Dispatcher {
         if self.in_flight.values().all(|e| e.reported) {
             return;
         }
-        match self.link.store().cancel_requests(&self.worker) {
+        match self.store.cancel_requests(&self.worker) {
             Ok(ids) => {
                 for id in ids {
                     for (_, entry) in self.in_flight.iter().filter(|((held, _), _)| *held == id) {
@@ -94,7 +94,7 @@ impl Dispatcher {
                 Some((id, entry.attempt, fraction, note))
             })
             .collect();
-        if let Err(e) = self.link.store().set_progress(&self.worker, &reports) {
+        if let Err(e) = self.store.set_progress(&self.worker, &reports) {
             crate::store::log_trouble("write progress", &e, "writing the next reports");
         }
     }
@@ -112,7 +112,7 @@ impl Dispatcher {
             return;
         }
         let until = now_ms() + lease.as_millis() as i64;
-        match self.link.store().renew_leases(&self.worker, &ids, until) {
+        match self.store.renew_leases(&self.worker, &ids, until) {
             Ok(renewed) if renewed < ids.len() => {
                 self.next_renew_failed = None;
                 event!(
@@ -170,17 +170,15 @@ impl Dispatcher {
                 requests: &[],
                 keys: &crate::keys::NO_KEYS,
             };
-            let sent = self.completer.take(now_i);
             match self
-                .link
-                .store()
-                .complete_and_claim(&sent, &claim)
+                .store
+                .complete_and_claim(self.completer.batch(now_i), &claim)
                 .outcomes()
             {
                 Ok(applied) => {
-                    self.completer.written(sent, &applied, &self.state.counters);
+                    self.completer.written(&applied, &self.state.counters);
                 }
-                Err(e) => self.completer.failed(sent, &e, now_i),
+                Err(e) => self.completer.failed(&e, now_i),
             }
         }
         Summary {

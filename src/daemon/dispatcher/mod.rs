@@ -1,8 +1,8 @@
 //! The dispatcher: the one loop that owns the daemon's database connection.
 //!
-//! It collects finished attempts from the pool; its write step writes them
-//! and claims new work in one short transaction ([`crate::store::Queue::complete_and_claim`],
-//! the group commit), and it hands the claimed jobs to the pool. It claims no
+//! Each turn it collects finished attempts from the pool, writes them and
+//! claims new work in one short transaction ([`crate::store::Queue::complete_and_claim`],
+//! the group commit), and hands the claimed jobs to the pool. It claims no
 //! more than there are free slots, split fairly across the queues it serves
 //! and capped by their `concurrency` and `rate` ([`QueueLimits`]). A slot is
 //! free again only once its outcome is written, which bounds the backlog of
@@ -14,26 +14,18 @@
 //! rate token comes due, a lease needs renewing, or a job overruns.
 //!
 //! It never runs a job or does a job's IO itself; its only blocking calls are
-//! its own short transactions and waiting for the step that has the
-//! connection when it needs it at once (a reload, a hard stop).
-//!
-//! The write step runs on a thread of its own (`stepper.rs`), which
-//! takes the connection with it: while one step writes and claims, the
-//! loop hands out the jobs the step before claimed. When jobs are short,
-//! a claim takes at most one batch ([`claim_batch`]) and the pool holds two,
-//! so there is always a batch to hand out while the next is claimed.
+//! its own short transactions.
 //!
 //! Here: the loop ([`Dispatcher::run`]) and the state it keeps; `claims.rs`
 //! fills free slots, `outcomes.rs` writes finished attempts (the write
-//! step), `stepper.rs` is the step's thread, `leases.rs` keeps the held
-//! jobs' deadlines, cancels and leases, `wake.rs` decides when the loop
-//! turns, `control.rs` answers stop and reload.
+//! step), `leases.rs` keeps the held jobs' deadlines, cancels and leases,
+//! `wake.rs` decides when the loop turns, `control.rs` answers stop and
+//! reload.
 
 mod claims;
 mod control;
 mod leases;
 mod outcomes;
-mod stepper;
 mod wake;
 
 use std::collections::HashMap;
@@ -88,19 +80,11 @@ pub fn ensure_key_index(store: &mut dyn Store, config: &Config) -> crate::store:
 
 /// The slots of a pool of `threads` when attempts take `avg_duration`
 /// seconds on average: one per thread, plus as many prefetched jobs per
-/// thread as finish within [`PREFETCH_WAIT`], at most two claims' worth
-/// ([`claim_batch`]): one handed out while the next is claimed.
+/// thread as finish within [`PREFETCH_WAIT`], at most `ahead` (the
+/// store's [`crate::store::Queue::claim_ahead`]).
 pub fn slots(threads: usize, avg_duration: f64, ahead: usize) -> usize {
     let per_thread = (PREFETCH_WAIT.as_secs_f64() / avg_duration.max(1e-9)).floor();
-    threads + threads * (per_thread as usize).min(2 * ahead + 1)
-}
-
-/// The most one claim takes for a pool of `threads`: a job for each and
-/// `ahead` more each (the store's [`crate::store::Queue::claim_ahead`]).
-/// A claim of all free slots would leave the loop nothing to hand out
-/// while the next step runs.
-pub fn claim_batch(threads: usize, ahead: usize) -> usize {
-    threads * (1 + ahead)
+    threads + threads * (per_thread as usize).min(ahead)
 }
 
 /// The weight of the newest attempt in the running average of durations.
@@ -225,33 +209,9 @@ pub struct Summary {
     pub unwritten: usize,
 }
 
-/// What the step away was asked, for when it comes back.
-struct Away {
-    /// The queues its claim served.
-    queues: Vec<String>,
-    /// Whether a queue was held back by its own limit.
-    held_back: bool,
-}
-
 /// The loop's state.
 pub struct Dispatcher {
-    /// The connection, and the thread the write step runs on with it.
-    link: stepper::Stepper,
-    /// The store's [`crate::store::Queue::claim_ahead`].
-    ahead: usize,
-    /// The store's [`crate::store::Queue::wakes_are_commits`].
-    wakes_are_commits: bool,
-    /// The step away, if one is.
-    away: Option<Away>,
-    /// A wake-up came while the step was away (confirming it needs the
-    /// connection).
-    woke_away: bool,
-    /// Jobs may have become ready while the step was away: its return
-    /// looks again whatever its claim found.
-    looked_away: bool,
-    /// Jobs claimed and held, not yet started: they start once the next
-    /// step is on its way.
-    stash: Vec<(Pool, crate::daemon::executor::Task)>,
+    store: Box<dyn Store + Send>,
     config: Config,
     worker: Arc<str>,
     registry: Registry,
@@ -277,7 +237,7 @@ pub struct Dispatcher {
     completer: Completer,
     limits: QueueLimits,
     /// The keyed limits, enforced by the store in each claim, fleet-wide.
-    keys: Arc<crate::keys::KeyRules>,
+    keys: crate::keys::KeyRules,
     /// The store's change counter when last read.
     data_version: i64,
     /// There may be ready jobs a claim would find.
@@ -327,17 +287,9 @@ impl Dispatcher {
         )?;
         let now = Instant::now();
         let limits = QueueLimits::new(&setup.config.queues, now);
-        let ahead = setup.store.claim_ahead();
-        let wakes_are_commits = setup.store.wakes_are_commits();
         Ok(Dispatcher {
             retry: Arc::new(setup.config.retry.clone()),
-            link: stepper::Stepper::new(setup.store)?,
-            ahead,
-            wakes_are_commits,
-            away: None,
-            woke_away: false,
-            looked_away: false,
-            stash: Vec::new(),
+            store: setup.store,
             worker: setup.worker,
             registry: setup.registry,
             pool,
@@ -354,7 +306,7 @@ impl Dispatcher {
             unreported: 0,
             completer: Completer::new(setup.metrics),
             limits,
-            keys: Arc::new(setup.config.key_rules()),
+            keys: setup.config.key_rules(),
             data_version: 0,
             maybe_ready: true,
             dry: Dry::default(),
@@ -383,33 +335,23 @@ impl Dispatcher {
         // A line per job would be a write per job; this thread's lines go
         // out once per turn instead, before it sleeps.
         crate::logging::batch_this_thread();
-        self.data_version = self.link.store().change_counter().unwrap_or(0);
+        self.data_version = self.store.change_counter().unwrap_or(0);
         loop {
             self.state
                 .last_turn
                 .store(now_ms().max(0) as u64, Ordering::Relaxed);
             self.collect();
-            if let Some(done) = self.link.try_back() {
-                self.step_back(done);
-            }
             let now = Instant::now();
             self.check_overruns(now);
-            // What needs the connection waits for the step that has it.
-            let home = !self.link.away();
-            if home {
-                if std::mem::take(&mut self.woke_away) {
-                    self.woke_while_away();
-                }
-                if self.check_cancels {
-                    self.apply_cancels();
-                }
-                if now >= self.next_renew {
-                    self.renew_leases(now);
-                }
-                self.write_progress(now);
+            if self.check_cancels {
+                self.apply_cancels();
             }
+            if now >= self.next_renew {
+                self.renew_leases(now);
+            }
+            self.write_progress(now);
             if let Some(until) = self.draining {
-                if self.in_flight.is_empty() && home {
+                if self.in_flight.is_empty() {
                     self.stop_cpu_pool();
                     return Summary {
                         writes: self.writes,
@@ -418,24 +360,15 @@ impl Dispatcher {
                     };
                 }
                 if self.stop_now || now >= until {
-                    if let Some(done) = self.link.wait_back() {
-                        self.step_back(done);
-                    }
-                    // Never started: given back uncounted with the rest.
-                    self.stash.clear();
                     let summary = self.interrupt();
                     self.stop_cpu_pool();
                     return summary;
                 }
             }
-            if home {
-                if self.draining.is_none() {
-                    self.run_cron();
-                }
-                self.write_step(now);
+            if self.draining.is_none() {
+                self.run_cron();
             }
-            // The next step is on its way: hand out what the last claimed.
-            self.hand_out();
+            self.write_step(now);
             for key in self.completer.unblocked(now_ms()) {
                 crate::event!(Info, "key.unblocked", key = key);
             }
@@ -447,7 +380,7 @@ impl Dispatcher {
     /// Enqueues the periodic jobs that are due (one short transaction each).
     fn run_cron(&mut self) {
         let now = now_ms();
-        if self.cron.due(now) && self.cron.run_due(self.link.store(), now) > 0 {
+        if self.cron.due(now) && self.cron.run_due(self.store.as_mut(), now) > 0 {
             self.look_again();
         }
     }
@@ -503,7 +436,7 @@ impl Dispatcher {
 
     /// Gives the connection back (the daemon deregisters with it).
     pub fn into_store(self) -> Box<dyn Store + Send> {
-        self.link.into_store()
+        self.store
     }
 }
 
@@ -531,11 +464,8 @@ mod tests {
         assert_eq!(slots(8, 0.010, ahead), 8);
         assert_eq!(slots(8, 0.005, ahead), 16);
         assert_eq!(slots(8, 0.001, ahead), 8 + 8 * 5);
-        // Short jobs: two claims' worth, one handed out while the next is
-        // claimed.
-        assert_eq!(slots(8, 0.000_01, ahead), 2 * claim_batch(8, ahead));
-        assert_eq!(slots(8, 0.0, ahead), 2 * claim_batch(8, ahead));
-        assert_eq!(slots(8, 0.0, 63), 2 * 8 * 64);
-        assert_eq!(claim_batch(8, 63), 512);
+        assert_eq!(slots(8, 0.000_01, ahead), 8 + 8 * ahead);
+        assert_eq!(slots(8, 0.0, ahead), 8 + 8 * ahead);
+        assert_eq!(slots(8, 0.0, 63), 8 * 64);
     }
 }

@@ -6,8 +6,8 @@
 use crate::daemon::executor::Control;
 use crate::daemon::pool::threads::Finished;
 use crate::event;
-use crate::job::{now_ms, Attempt, Claimed, Completion, Pool};
-use crate::store::{Stepped, StoreError};
+use crate::job::{now_ms, Attempt, Claimed, Pool};
+use crate::store::{Claim, Stepped, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -43,10 +43,8 @@ impl Dispatcher {
         self.completer.push(finished);
     }
 
-    /// Sends the next write step off (one transaction, or two side by
-    /// side on PostgreSQL): the waiting outcomes, and a claim for the free
-    /// slots. It comes back to [`Dispatcher::step_back`]. The connection
-    /// must be here.
+    /// One transaction: write the waiting outcomes and claim for the free
+    /// slots, then hand the claimed jobs out.
     pub(super) fn write_step(&mut self, now_i: Instant) {
         let due = self.next_due.is_some_and(|t| now_ms() >= t)
             || self.next_token.is_some_and(|t| now_i >= t);
@@ -70,7 +68,6 @@ impl Dispatcher {
                 }
             }
         }
-        slots.io = slots.io.min(claim_batch(self.pool.size(), self.ahead));
         let claiming = self.maybe_ready && self.claimable(slots) > 0 && self.can_claim_at(now_i);
         let mut queues = Vec::new();
         let mut requests = Vec::new();
@@ -94,57 +91,31 @@ impl Dispatcher {
                 self.claim_retry_at = None;
                 self.maybe_ready = false;
                 self.next_token = self.limits.next_token(&queues, now_i);
-                self.refresh_next_due(&queues, &Pool::ALL, now_ms());
+                self.refresh_next_due(&queues, &Pool::ALL);
             }
             return;
         }
         let now = now_ms();
         let lease = self.config.daemon.lease.as_millis() as i64;
-        self.away = Some(Away { queues, held_back });
-        self.link.send(stepper::Order {
-            completions: self.completer.take(now_i),
-            worker: Arc::clone(&self.worker),
+        let claim = Claim {
+            worker: &self.worker,
             now,
             lease_until: now + lease,
-            requests,
-            keys: Arc::clone(&self.keys),
-        });
-    }
-
-    /// A write step came back with the connection: takes in what it wrote
-    /// and claimed, or what failed.
-    pub(super) fn step_back(&mut self, done: stepper::Done) {
-        let Away { queues, held_back } = self.away.take().expect("a step came back that was sent");
-        let now_i = Instant::now();
-        self.took_in(done, queues, held_back, now_i);
-        if std::mem::take(&mut self.looked_away) {
-            self.look_again();
-        }
-    }
-
-    fn took_in(
-        &mut self,
-        done: stepper::Done,
-        queues: Vec<String>,
-        held_back: bool,
-        now_i: Instant,
-    ) {
-        let stepper::Done { order, stepped } = done;
-        let stepper::Order {
-            completions,
-            requests,
-            now,
-            ..
-        } = order;
+            requests: &requests,
+            keys: &self.keys,
+        };
+        let stepped = self
+            .store
+            .complete_and_claim(self.completer.batch(now_i), &claim);
         let (applied, claimed) = match stepped {
             Stepped::Together(Ok((applied, jobs))) => {
                 let step = Step::together(&requests, &queues, held_back);
-                return self.wrote(completions, applied, jobs, step, now, now_i);
+                return self.wrote(applied, jobs, step, now, now_i);
             }
             Stepped::Together(Err(e)) => {
                 self.store_failed(&e);
-                if !completions.is_empty() {
-                    self.completer.failed(completions, &e, now_i);
+                if self.completer.ready(now_i) {
+                    self.completer.failed(&e, now_i);
                 }
                 if !requests.is_empty() {
                     self.claim_failed(&e, now_i);
@@ -155,9 +126,9 @@ impl Dispatcher {
         };
         // Two transactions: what committed is taken first, then what
         // failed is noted (so `/healthz` keeps saying so).
-        let (sent, applied, write_error) = match applied {
-            Ok(applied) => (completions, applied, None),
-            Err(e) => (Vec::new(), Vec::new(), Some((e, completions))),
+        let (applied, write_error) = match applied {
+            Ok(applied) => (applied, None),
+            Err(e) => (Vec::new(), Some(e)),
         };
         let (jobs, claim_error, asked) = match claimed {
             Ok(jobs) => (jobs, None, &requests[..]),
@@ -171,10 +142,10 @@ impl Dispatcher {
             claim_failed: claim_error.is_some(),
             write_failed: write_error.is_some(),
         };
-        self.wrote(sent, applied, jobs, step, now, now_i);
-        if let Some((e, completions)) = write_error {
+        self.wrote(applied, jobs, step, now, now_i);
+        if let Some(e) = write_error {
             self.store_failed(&e);
-            self.completer.failed(completions, &e, now_i);
+            self.completer.failed(&e, now_i);
         }
         if let Some(e) = claim_error {
             self.store_failed(&e);
@@ -183,11 +154,10 @@ impl Dispatcher {
     }
 
     /// After a write step committed: frees the written outcomes' slots,
-    /// keeps the claimed jobs to hand out, and notes whether ready jobs may
-    /// be left behind (look again at once) or when to look next.
+    /// hands out the claimed jobs, and notes whether ready jobs may be left
+    /// behind (look again at once) or when to look next.
     fn wrote(
         &mut self,
-        sent: Vec<Completion>,
         applied: Vec<Applied>,
         jobs: Vec<Claimed>,
         step: Step<'_>,
@@ -215,8 +185,8 @@ impl Dispatcher {
         // Outcomes that made jobs ready which nobody announces: a retry,
         // a freed place under a key's or a queue's concurrency limit.
         let mut unannounced = false;
-        if !sent.is_empty() || !applied.is_empty() {
-            for written in self.completer.written(sent, &applied, &self.state.counters) {
+        if !applied.is_empty() {
+            for written in self.completer.written(&applied, &self.state.counters) {
                 let keyed = (self.in_flight.get(&(written.id, written.attempt)))
                     .is_some_and(|entry| entry.keyed);
                 unannounced |= written.requeued || keyed || self.limits.limited(&written.queue);
@@ -260,7 +230,9 @@ impl Dispatcher {
                 .filter_map(|j| Some((j.queue.as_str(), j.limit_key.as_deref()?)))
                 .collect();
             self.limits.served(&served);
-            self.take_claimed(jobs, now, now_i);
+            for job in jobs {
+                self.dispatch(job, now, now_i);
+            }
             if !full {
                 self.next_token = self.limits.next_token(queues, now_i);
                 // Only the pools this claim asked of came up short; one
@@ -268,14 +240,14 @@ impl Dispatcher {
                 // short. (On PostgreSQL the IO look-ahead was a quarter
                 // of the server's work in a drain where only the idle CPU
                 // pool came up short.)
-                self.refresh_next_due(queues, &asked, now);
+                self.refresh_next_due(queues, &asked);
             } else if !dried.is_empty() {
                 // The other pool came up full and claims again, but a
                 // dry pool claims only at a wake or a due time: its next
                 // job's time and its queues' next tokens, once per dry
                 // spell (not at every step of a drain).
                 let known = self.next_due;
-                self.refresh_next_due(queues, &dried, now);
+                self.refresh_next_due(queues, &dried);
                 self.next_due = match (known, self.next_due) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -289,7 +261,7 @@ impl Dispatcher {
         // (PostgreSQL's NOTIFY), only what it does not announce counts:
         // otherwise every turn of a drain claimed twice.
         let seen = claim_saw_outcomes && !requests.is_empty();
-        if !applied_none && !seen && (unannounced || !self.link.store().announces_releases()) {
+        if !applied_none && !seen && (unannounced || !self.store.announces_releases()) {
             self.look_again();
         }
         // The streak `/healthz` reports lasts while either part is in
@@ -360,7 +332,7 @@ impl Dispatcher {
     /// its reply was lost with the connection. Left alone such a job would
     /// wait out its lease under a live daemon and lose that attempt.
     pub(super) fn reconcile(&mut self) {
-        let held = match self.link.store().held_by(&self.worker) {
+        let held = match self.store.held_by(&self.worker) {
             Ok(held) => held,
             Err(e) => {
                 self.store_failed(&e);

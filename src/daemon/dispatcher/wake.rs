@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 use crate::daemon::dispatcher::*;
 
 impl Dispatcher {
-    /// The earliest `run_at` after `now` (the claim's clock: a job due
-    /// since is one the claim did not see) among `pools`' jobs.
-    pub(super) fn refresh_next_due(&mut self, queues: &[String], pools: &[Pool], now: i64) {
-        match self.link.store().next_run_at(Some(queues), pools, now) {
+    pub(super) fn refresh_next_due(&mut self, queues: &[String], pools: &[Pool]) {
+        match self.store.next_run_at(Some(queues), pools, now_ms()) {
             Ok(next) => self.next_due = next,
             Err(e) => {
                 crate::store::log_trouble(
@@ -28,7 +26,7 @@ impl Dispatcher {
     /// Reads the change counter; true (and work to look for) when another
     /// connection committed.
     pub(super) fn changed(&mut self) -> bool {
-        match self.link.store().change_counter() {
+        match self.store.change_counter() {
             Ok(v) if v != self.data_version => {
                 self.data_version = v;
                 self.look_again();
@@ -60,15 +58,10 @@ impl Dispatcher {
     /// A commit file changed: confirm the commit, which becomes visible a
     /// little after the write that woke us.
     pub(super) fn on_wake(&mut self) {
-        if self.wakes_are_commits {
+        if self.store.wakes_are_commits() {
             // A round trip less between an insert and its claim.
             self.look_again();
             self.check_cancels = true;
-            return;
-        }
-        if self.link.away() {
-            // Confirmed when the step is back with the connection.
-            self.woke_away = true;
             return;
         }
         if self.changed() {
@@ -92,88 +85,19 @@ impl Dispatcher {
         }
     }
 
-    /// A wake-up that came while the step was away: by its return the
-    /// commit that woke us shows, so one look at the change counter tells.
-    pub(super) fn woke_while_away(&mut self) {
-        if !self.changed() {
-            let recheck = Instant::now() + self.config.daemon.poll_interval;
-            self.next_poll = self.next_poll.min(recheck);
-        }
-    }
-
     /// Sleeps until the next thing to do.
     pub(super) fn wait(&mut self) {
         let now = Instant::now();
         // Pinged from this loop, so a loop that stops turning stops the
         // pings and systemd restarts the service.
         let next_ping = self.state.notifier.watchdog(now);
-        let until = if self.link.away() {
-            self.until_back(now)
-        } else {
-            match self.until_home(now) {
-                Some(until) => until,
-                None => return,
-            }
-        };
-        let until = next_ping.map_or(until, |ping| until.min(ping));
-        let timeout = until.saturating_duration_since(now);
-        crate::logging::flush();
-        select! {
-            recv(self.link.returns()) -> back => {
-                let back = back.expect("the write step's thread ended with the connection");
-                let done = self.link.arrived(back);
-                self.step_back(done);
-            }
-            recv(self.done) -> finished => {
-                if let Ok(finished) = finished {
-                    self.on_finished(finished);
-                }
-            }
-            recv(self.requests) -> request => match request {
-                Ok(request) => self.on_request(request),
-                // Nobody can ask any more: treat as a stop request.
-                Err(_) => {
-                    self.requests = crossbeam_channel::never();
-                    self.on_request(Request::Stop);
-                }
-            },
-            recv(self.wake) -> woke => match woke {
-                Ok(()) => self.on_wake(),
-                Err(_) => {
-                    // The watcher stopped: polling alone from now on.
-                    self.wake = crossbeam_channel::never();
-                    self.watched = false;
-                }
-            },
-            default(timeout) => {}
-        }
-    }
-
-    /// While a step has the connection, what needs it waits for the step's
-    /// return, which turns the loop; until then only what needs no
-    /// connection wakes it: an overrun, the drain's end, a key's block
-    /// ending.
-    fn until_back(&self, now: Instant) -> Instant {
-        let mut until = now + self.poll_period();
-        if let Some(end) = self.completer.next_unblock() {
-            let ms = (end - now_ms()).max(0) as u64;
-            until = until.min(now + Duration::from_millis(ms));
-        }
-        for entry in self.in_flight.values().filter(|e| !e.reported) {
-            until = until.min(overrun_at(entry, now));
-        }
-        self.draining.map_or(until, |end| until.min(end))
-    }
-
-    /// When to turn next with the connection here, or None for at once.
-    fn until_home(&mut self, now: Instant) -> Option<Instant> {
         if (self.maybe_ready && self.can_claim(now)) || self.flush_due(now) {
-            return None;
+            return;
         }
         if now >= self.next_poll {
             self.next_poll = now + self.poll_period();
             if self.changed() {
-                return None;
+                return;
             }
         }
         let mut until = self.next_poll.min(self.next_renew);
@@ -208,12 +132,38 @@ impl Dispatcher {
             self.completer.deadline(),
             self.claim_retry_at,
             self.draining,
+            next_ping,
         ]
         .into_iter()
         .flatten()
         {
             until = until.min(t);
         }
-        Some(until)
+        let timeout = until.saturating_duration_since(now);
+        crate::logging::flush();
+        select! {
+            recv(self.done) -> finished => {
+                if let Ok(finished) = finished {
+                    self.on_finished(finished);
+                }
+            }
+            recv(self.requests) -> request => match request {
+                Ok(request) => self.on_request(request),
+                // Nobody can ask any more: treat as a stop request.
+                Err(_) => {
+                    self.requests = crossbeam_channel::never();
+                    self.on_request(Request::Stop);
+                }
+            },
+            recv(self.wake) -> woke => match woke {
+                Ok(()) => self.on_wake(),
+                Err(_) => {
+                    // The watcher stopped: polling alone from now on.
+                    self.wake = crossbeam_channel::never();
+                    self.watched = false;
+                }
+            },
+            default(timeout) => {}
+        }
     }
 }
