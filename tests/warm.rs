@@ -481,6 +481,26 @@ fn cancelling_a_running_job_kills_its_warm_handler_and_the_next_job_gets_a_fresh
     assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), before);
 }
 
+/// A cancel reads what the worker sent before it, for an answer already
+/// there, but only so far: a handler that floods progress reports is
+/// still stopped.
+#[test]
+fn a_cancel_stops_a_warm_handler_that_floods_progress_reports() {
+    let home = warm_home("[exec.handlers.flood]\nmode = \"persistent\"\n");
+    add_handler(
+        &home,
+        "flood",
+        "#!/usr/bin/env python3\nimport json, sys\nfor line in sys.stdin:\n    while True:\n        \
+         print(json.dumps({\"progress\": 0.5, \"note\": \"flooding\"}), flush=True)\n",
+    );
+    let _daemon = home.daemon();
+    let id = home.insert_job("exec", r#"{"handler":"flood"}"#, "1", "NULL");
+    home.wait_state(id, "running");
+    home.ok(&["cancel", &id.to_string()]);
+    let (state, detail) = finish(&home, id);
+    assert_eq!(state, "cancelled", "{detail}");
+}
+
 #[test]
 fn a_snooze_uses_no_attempt_and_is_bounded_by_max_snoozes() {
     let home = warm_home("[retry]\nmax_snoozes = 3\n");

@@ -746,6 +746,21 @@ fn attempt(
     }
     loop {
         if task.control.cancel.load(Ordering::Relaxed) {
+            // What the worker sent before the cancel is read first: an
+            // answer already there is the attempt's (the job still ends
+            // cancelled), and the worker lives on. A bounded look, so a
+            // handler flooding progress reports is still stopped.
+            for _ in 0..CANCEL_READ_AHEAD {
+                if !worker.readable(Duration::ZERO).unwrap_or(false) {
+                    break;
+                }
+                worker = match next_frame(common, worker, task) {
+                    Ok(worker) => worker,
+                    Err(answered @ (_, After::Keep(_))) => return answered,
+                    // It died meanwhile (and is reaped): cancelled all the same.
+                    Err(_) => return (Err(JobError::Cancelled), After::Gone),
+                };
+            }
             worker.kill(&common.pids);
             return (Err(JobError::Cancelled), After::Gone);
         }
@@ -760,33 +775,50 @@ fn attempt(
             Ok(true) => {}
             Err(_) => return died(common, worker),
         }
-        match frame::read::<FromWorker>(&mut worker.stdout) {
-            Ok(Some(FromWorker::Spawned { pgid })) => worker.group = Pid::from_raw(pgid),
-            Ok(Some(FromWorker::Done(answer))) => {
-                worker.group = None;
-                worker.jobs += 1;
-                return (answer, After::Keep(worker));
-            }
-            Ok(Some(FromWorker::Ready)) => {}
-            Ok(Some(FromWorker::Warm(handlers))) => common
-                .pids
-                .set_warm(worker.pid.as_raw_pid() as u32, handlers),
-            Ok(Some(FromWorker::Report(report))) => match report {
-                crate::kinds::Report::Progress { fraction, note } => {
-                    task.control.report_progress(fraction, note)
-                }
-                crate::kinds::Report::Log(line) => event!(
-                    Info,
-                    "job.log",
-                    id = task.job.id,
-                    attempt = task.job.attempts,
-                    kind = task.job.kind.as_str(),
-                    line = line
-                ),
-            },
-            Ok(None) | Err(_) => return died(common, worker),
-        }
+        worker = match next_frame(common, worker, task) {
+            Ok(worker) => worker,
+            Err(ended) => return ended,
+        };
     }
+}
+
+/// How many frames a cancel reads ahead for an answer already sent.
+const CANCEL_READ_AHEAD: usize = 64;
+
+/// Reads and handles one frame from a worker running `task`: Ok with the
+/// worker while the attempt goes on, Err with the attempt's end.
+fn next_frame(
+    common: &Common,
+    mut worker: Worker,
+    task: &Task,
+) -> Result<Worker, (Result<Option<String>, JobError>, After)> {
+    match frame::read::<FromWorker>(&mut worker.stdout) {
+        Ok(Some(FromWorker::Spawned { pgid })) => worker.group = Pid::from_raw(pgid),
+        Ok(Some(FromWorker::Done(answer))) => {
+            worker.group = None;
+            worker.jobs += 1;
+            return Err((answer, After::Keep(worker)));
+        }
+        Ok(Some(FromWorker::Ready)) => {}
+        Ok(Some(FromWorker::Warm(handlers))) => common
+            .pids
+            .set_warm(worker.pid.as_raw_pid() as u32, handlers),
+        Ok(Some(FromWorker::Report(report))) => match report {
+            crate::kinds::Report::Progress { fraction, note } => {
+                task.control.report_progress(fraction, note)
+            }
+            crate::kinds::Report::Log(line) => event!(
+                Info,
+                "job.log",
+                id = task.job.id,
+                attempt = task.job.attempts,
+                kind = task.job.kind.as_str(),
+                line = line
+            ),
+        },
+        Ok(None) | Err(_) => return Err(died(common, worker)),
+    }
+    Ok(worker)
 }
 
 /// The worker stopped answering in the middle of a job: it crashed or was
