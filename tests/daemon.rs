@@ -528,14 +528,16 @@ fn sighup_applies_a_new_pool_size_and_keeps_the_old_config_when_the_new_one_is_i
 /// written twice, and the stop gives back what it did not run.
 #[test]
 fn reloads_and_a_stop_in_the_middle_of_a_fast_drain_lose_no_job_and_run_none_twice() {
-    const JOBS: i64 = 100_000;
+    // Jobs of 1 ms on 8 threads: a drain of a few seconds on any machine,
+    // with jobs claimed ahead waiting for a thread.
+    const JOBS: i64 = 20_000;
     for backend in common::homes_with(
         "midrain",
         "[daemon]\nshutdown_grace = \"1h\"\n[pool]\nthreads = 8\n",
     ) {
         let home = &backend.home;
         home.ok(&["migrate"]);
-        backend.insert_many(JOBS as usize, "kind, payload", "'noop', '{}'");
+        backend.insert_many(JOBS as usize, "kind, payload", "'noop', '{\"sleep_ms\":1}'");
         let succeeded = || backend.count("SELECT count(*) FROM jobs WHERE state = 'succeeded';");
         let daemon = home.daemon();
         wait_for(PATIENCE, || (succeeded() >= JOBS / 10).then_some(()))
