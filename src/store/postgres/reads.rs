@@ -301,33 +301,17 @@ impl Reads for PgStore {
     }
 
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
-        self.revive()?;
-        let fail = self.schedules_and_reads_error("read job runs");
-        Ok(self
-            .client
-            .query(
-                &RUN_ORDER.after_sql(RUN_COLUMNS, "$1", "$2"),
-                &[&after_id, &(limit as i64)],
-            )
-            .map_err(&fail)?
-            .iter()
-            .map(run_from_row)
-            .collect())
+        self.query_runs(
+            &RUN_ORDER.after_sql(RUN_COLUMNS, "$1", "$2"),
+            &[&after_id, &(limit as i64)],
+        )
     }
 
     fn runs_among(&mut self, ids: &[i64]) -> Result<Vec<JobRun>> {
-        self.revive()?;
-        let fail = self.schedules_and_reads_error("read job runs");
-        Ok(self
-            .client
-            .query(
-                &RUN_ORDER.among_sql(RUN_COLUMNS, "id = ANY($1)", "run_id = ANY($1)"),
-                &[&ids],
-            )
-            .map_err(&fail)?
-            .iter()
-            .map(run_from_row)
-            .collect())
+        self.query_runs(
+            &RUN_ORDER.among_sql(RUN_COLUMNS, "id = ANY($1)", "run_id = ANY($1)"),
+            &[&ids],
+        )
     }
 
     // Long: one query per part of the `stats` answer, in one read transaction so the parts agree.
@@ -398,5 +382,25 @@ impl Reads for PgStore {
         }
         tx.commit().map_err(&fail)?;
         Ok(stats.finish(self.workers()?))
+    }
+}
+
+impl PgStore {
+    /// The attempts a query of [`RUN_ORDER`] answers, for `runs_after` and
+    /// `runs_among`.
+    fn query_runs(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<JobRun>> {
+        self.revive()?;
+        let fail = self.schedules_and_reads_error("read job runs");
+        Ok(self
+            .client
+            .query(sql, params)
+            .map_err(&fail)?
+            .iter()
+            .map(run_from_row)
+            .collect())
     }
 }

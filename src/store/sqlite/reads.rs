@@ -239,28 +239,22 @@ impl Reads for SqliteStore {
     }
 
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>> {
-        let result: rusqlite::Result<Vec<JobRun>> = (|| {
-            self.conn
-                .prepare_cached(&RUN_ORDER.after_sql(RUN_COLUMNS, "?1", "?2"))?
-                .query_map(params![after_id, limit as i64], run_from_row)?
-                .collect()
-        })();
-        result.map_err(|e| self.err("read job runs", e))
+        self.query_runs(
+            &RUN_ORDER.after_sql(RUN_COLUMNS, "?1", "?2"),
+            params![after_id, limit as i64],
+        )
     }
 
     fn runs_among(&mut self, ids: &[i64]) -> Result<Vec<JobRun>> {
         let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-        let result: rusqlite::Result<Vec<JobRun>> = (|| {
-            self.conn
-                .prepare_cached(&RUN_ORDER.among_sql(
-                    RUN_COLUMNS,
-                    "id IN (SELECT value FROM json_each(?1))",
-                    "run_id IN (SELECT value FROM json_each(?1))",
-                ))?
-                .query_map(params![ids], run_from_row)?
-                .collect()
-        })();
-        result.map_err(|e| self.err("read job runs", e))
+        self.query_runs(
+            &RUN_ORDER.among_sql(
+                RUN_COLUMNS,
+                "id IN (SELECT value FROM json_each(?1))",
+                "run_id IN (SELECT value FROM json_each(?1))",
+            ),
+            params![ids],
+        )
     }
 
     // Long: one query per part of the `stats` answer, in one read transaction so the parts agree.
@@ -367,5 +361,19 @@ impl Reads for SqliteStore {
             Ok(stats.finish(workers))
         })();
         result.map_err(|e| self.err("read stats", e))
+    }
+}
+
+impl SqliteStore {
+    /// The attempts a query of [`RUN_ORDER`] answers, for `runs_after` and
+    /// `runs_among`.
+    fn query_runs(&mut self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<JobRun>> {
+        let result: rusqlite::Result<Vec<JobRun>> = (|| {
+            self.conn
+                .prepare_cached(sql)?
+                .query_map(params, run_from_row)?
+                .collect()
+        })();
+        result.map_err(|e| self.err("read job runs", e))
     }
 }
