@@ -492,6 +492,86 @@ fn the_dashboard_charts_every_daemons_attempts() {
     }
 }
 
+/// The attempts chart's figures from the overview: (attempts, failed)
+/// summed over its bars, from their titles; None before its first bar.
+fn charted(port: u16) -> Option<(u64, u64)> {
+    let page = ureq::get(&format!("http://127.0.0.1:{port}/"))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    let svg = page.split("<svg").nth(1)?.split("</svg>").next()?;
+    let mut bars = 0;
+    let (mut attempts, mut failed) = (0, 0);
+    for title in svg.split("<title>").skip(1) {
+        // "14:05 UTC: 3 attempts, 1 failed"
+        let figures = title.split("</title>").next()?.split(": ").nth(1)?;
+        let mut words = figures.split(' ');
+        attempts += words.next()?.parse::<u64>().ok()?;
+        failed += words.nth(1)?.parse::<u64>().ok()?;
+        bars += 1;
+    }
+    (bars > 0).then_some((attempts, failed))
+}
+
+/// On PostgreSQL an attempt takes its place (from a sequence) before its
+/// transaction commits. The chart counts one that commits after a later
+/// attempt was counted, once, and never a place whose transaction rolled
+/// back. (SQLite takes places in commit order.)
+#[test]
+fn the_chart_counts_an_attempt_that_commits_after_a_later_one() {
+    let port = free_port();
+    for backend in common::homes_with(
+        "latechart",
+        &format!(
+            "[daemon]\nqueues = [\"a\"]\nlease = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    ) {
+        let Some(schema) = &backend.schema else {
+            continue;
+        };
+        backend.home.ok(&["migrate"]);
+        // Jobs of a queue the daemon does not serve: the attempts below are
+        // written by SQL clients, as by other daemons.
+        schema
+            .psql("INSERT INTO jobs (kind, queue) SELECT 'noop', 'b' FROM generate_series(1, 3);")
+            .unwrap();
+        let attempt = |job: i64, error: &str| {
+            format!(
+                "INSERT INTO job_attempts (job_id, attempt, worker, queue, kind, started_at, \
+                   finished_at, outcome, error, duration_ms) \
+                 VALUES ({job}, 1, 'w', 'b', 'noop', 1, 2, 'retry', '{error}', 1)"
+            )
+        };
+        let daemon = backend.home.daemon_logging_to("d.log");
+        let shows = |want: (u64, u64), what: &str| {
+            wait_for(PATIENCE, || charted(port).filter(|got| *got == want)).unwrap_or_else(|| {
+                panic!("{what}: the chart shows {:?}, not {want:?}", charted(port))
+            });
+        };
+        shows((0, 0), "before any attempt");
+        schema.psql(&attempt(1, "first")).unwrap();
+        shows((1, 1), "one attempt");
+        // The late one takes its place, then a later one commits and is
+        // counted, then the late one commits.
+        let mut client = postgres::Client::connect(&schema.url(), postgres::NoTls).unwrap();
+        let mut late = client.transaction().unwrap();
+        late.batch_execute(&attempt(2, "late")).unwrap();
+        schema.psql(&attempt(3, "later")).unwrap();
+        shows((2, 2), "the later attempt");
+        late.commit().unwrap();
+        shows((3, 3), "the attempt that committed after a later one");
+        // A place whose transaction rolls back stays empty: nothing is
+        // counted for it, and what follows is counted once.
+        let mut gone = client.transaction().unwrap();
+        gone.batch_execute(&attempt(2, "rolled back")).unwrap();
+        gone.rollback().unwrap();
+        schema.psql(&attempt(3, "after the rollback")).unwrap();
+        shows((4, 4), "after a rolled-back attempt");
+        daemon.stop();
+    }
+}
+
 #[test]
 fn a_job_page_shows_its_flow_as_a_tree_and_a_batch_page_its_progress() {
     let d = dash("", "");

@@ -628,7 +628,8 @@ fn runs_are_tallied_by_outcome_after_an_id() {
             jobd::store::RunTally {
                 last_id: start,
                 succeeded: 0,
-                failed: 0
+                failed: 0,
+                places: 0
             }
         );
         inserted(s, &(0..5).map(|_| job("noop")).collect::<Vec<_>>());
@@ -646,7 +647,52 @@ fn runs_are_tallied_by_outcome_after_an_id() {
         s.complete(&[attempt(&got[4], W1, NOW + 2).dead("y".into())])
             .unwrap();
         let next = s.tally_runs_after(tally.last_id).unwrap();
-        assert_eq!((next.succeeded, next.failed), (0, 1));
+        assert_eq!((next.succeeded, next.failed, next.places), (0, 1, 1));
+    });
+}
+
+/// A place between two taken ones that holds no attempt (on PostgreSQL a
+/// transaction not yet committed, or rolled back; here a pruned success) is
+/// found, so the dashboard's count can look for it again.
+#[test]
+fn the_empty_places_between_attempts_are_listed() {
+    each(|s| {
+        let start = s.last_run_id().unwrap();
+        inserted(s, &(0..4).map(|_| job("noop")).collect::<Vec<_>>());
+        let got = claim(s, W1, NOW, "default", 4);
+        // Each its own write, so each takes the next place.
+        for (job, finished_at) in got.iter().zip([NOW + 10, NOW + 1, NOW + 2, NOW + 10]) {
+            s.complete(&[attempt(job, W1, finished_at).succeeded(None)])
+                .unwrap();
+        }
+        let last = s.last_run_id().unwrap();
+        assert!(s.empty_places(start, last).unwrap().is_empty());
+        let old = PruneCutoffs {
+            succeeded: Some(NOW + 5),
+            dead: None,
+            cancelled: None,
+        };
+        assert_eq!(s.prune_batch(&old, 10).unwrap().jobs, 2);
+        // The second and third places are empty now, and only they.
+        let tally = s.tally_runs_after(start).unwrap();
+        assert_eq!((tally.last_id, tally.places), (last, 2));
+        let runs = s.runs_after(start, 10).unwrap();
+        let first = runs[0].id;
+        assert_eq!(runs[1].id, last);
+        assert_eq!(
+            s.empty_places(start, last).unwrap(),
+            vec![(first + 1, last - 1)]
+        );
+        assert_eq!(s.empty_places(first, last - 1).unwrap(), vec![]);
+        // An empty place right after `after` counts too.
+        assert_eq!(
+            s.empty_places(first, last).unwrap(),
+            vec![(first + 1, last - 1)]
+        );
+        assert_eq!(
+            s.empty_places(first + 1, last).unwrap(),
+            vec![(first + 2, last - 1)]
+        );
     });
 }
 

@@ -17,7 +17,7 @@ use crate::daemon::state::DaemonState;
 use crate::event;
 use crate::job::now_ms;
 use crate::os::procfs;
-use crate::store::{PruneCutoffs, Pruned, RescueScope, Rescued, Store, StoreError};
+use crate::store::{PruneCutoffs, Pruned, RescueScope, Rescued, RunCounter, Store, StoreError};
 
 /// How often a daemon refreshes its `workers` row ("every few seconds").
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -113,19 +113,10 @@ pub fn rescue_dead_neighbours(
     Ok(rescued)
 }
 
-/// Attempts by every daemon since this one started, tallied from
-/// `job_runs` at each beat for the dashboard's throughput chart. On
-/// PostgreSQL a run id taken by a transaction that commits after a higher
-/// one was counted is missed: a rare undercount of one, never a double.
-#[derive(Debug, Default)]
-struct Fleet {
-    /// The newest run id counted (None until first read).
-    after: Option<i64>,
-    /// Attempts that succeeded.
-    done: u64,
-    /// Attempts that failed.
-    failed: u64,
-}
+/// Attempts by every daemon since this one started, counted from
+/// `job_runs` at each beat for the dashboard's throughput chart (None
+/// until the database first answers).
+type Fleet = Option<RunCounter>;
 
 /// The maintenance thread's state.
 pub struct Maintenance {
@@ -158,10 +149,7 @@ impl Maintenance {
             done: 0,
             failed: 0,
         };
-        let mut fleet = Fleet {
-            after: self.store.last_run_id().ok(),
-            ..Fleet::default()
-        };
+        let mut fleet: Fleet = RunCounter::from_now(self.store.as_mut()).ok();
         loop {
             let until = next_beat.min(next_prune).min(next_stats);
             match self.stop.recv_deadline(until) {
@@ -261,25 +249,21 @@ impl Maintenance {
     /// an hour's worth. Attempts are counted from `job_runs`, so the chart
     /// shows every daemon's work, not only this one's.
     fn record(&mut self, fleet: &mut Fleet, now: i64, lag_ms: i64) {
-        let after = match fleet.after {
-            Some(after) => Some(after),
-            None => self.store.last_run_id().ok(),
-        };
-        if let Some(after) = after {
-            // A failed read leaves the totals as they were: a flat step.
-            match self.store.tally_runs_after(after) {
-                Ok(tally) => {
-                    fleet.after = Some(tally.last_id);
-                    fleet.done += tally.succeeded;
-                    fleet.failed += tally.failed;
-                }
-                Err(_) => fleet.after = Some(after),
-            }
+        if fleet.is_none() {
+            *fleet = RunCounter::from_now(self.store.as_mut()).ok();
         }
+        // A failed read leaves the totals as they were: a flat step.
+        let (done, failed) = match fleet {
+            Some(counter) => {
+                let _ = counter.count(self.store.as_mut());
+                (counter.succeeded, counter.failed)
+            }
+            None => (0, 0),
+        };
         let sample = crate::daemon::state::Sample {
             at: now,
-            done: fleet.done,
-            failed: fleet.failed,
+            done,
+            failed,
             lag_ms,
         };
         if let Ok(mut history) = self.state.history.lock() {

@@ -23,6 +23,9 @@ pub struct RunTally {
     pub succeeded: u64,
     /// Attempts that failed: retried, timed out or dead.
     pub failed: u64,
+    /// Attempts of any outcome (places taken after `after_id`, up to
+    /// `last_id`: fewer than the places between means some are empty).
+    pub places: u64,
 }
 
 /// Where one moved job went (`jobd migrate --from`).
@@ -716,6 +719,11 @@ pub trait Reads {
     /// succeeded and how many failed (`retry`, `timeout`, `dead`), and the
     /// newest id, to count from next time.
     fn tally_runs_after(&mut self, after_id: i64) -> Result<RunTally>;
+
+    /// The places after `after_id` and up to `upto` that hold no attempt
+    /// (taken by a transaction not yet committed or rolled back), as
+    /// ranges of first and last place, in order.
+    fn empty_places(&mut self, after_id: i64, upto: i64) -> Result<Vec<(i64, i64)>>;
 
     /// At most `limit` runs written after `after_id`, oldest first.
     fn runs_after(&mut self, after_id: i64, limit: usize) -> Result<Vec<JobRun>>;

@@ -32,7 +32,7 @@ pub use contract::{
 };
 pub use error::{event_name, log_trouble, StoreError};
 pub use flows::{BatchCounts, ParentOutcome};
-pub use follow::RunFollower;
+pub use follow::{RunCounter, RunFollower};
 
 /// The five role traits at once, for code that calls methods of several
 /// roles on one store (`use jobd::store::prelude::*`).

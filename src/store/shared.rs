@@ -77,9 +77,23 @@ impl RunOrder {
         format!(
             "SELECT COALESCE(max(id), {after}), \
                count(*) FILTER (WHERE outcome = 'succeeded'), \
-               count(*) FILTER (WHERE outcome IN ('retry', 'timeout', 'dead')) \
+               count(*) FILTER (WHERE outcome IN ('retry', 'timeout', 'dead')), \
+               count(*) \
              FROM (SELECT id, outcome FROM job_attempts WHERE id > {after} \
                UNION ALL SELECT run_id, 'succeeded' FROM jobs WHERE run_id > {after}) AS r"
+        )
+    }
+
+    /// [`crate::store::Reads::empty_places`]: each run of places between
+    /// two taken ones (or `after` and the first), as its first and last.
+    pub(crate) fn empty_sql(&self, after: &str, upto: &str) -> String {
+        format!(
+            "SELECT prev + 1, id - 1 FROM \
+               (SELECT id, lag(id, 1, {after}) OVER (ORDER BY id) AS prev FROM \
+                 (SELECT id FROM job_attempts WHERE id > {after} AND id <= {upto} \
+                  UNION ALL SELECT run_id FROM jobs WHERE run_id > {after} AND run_id <= {upto}) \
+                 AS r) AS g \
+             WHERE id > prev + 1 ORDER BY 1"
         )
     }
 

@@ -290,6 +290,7 @@ pub fn overview(
         &last_hour(&per_minute(history), stats.now, |a, b| a + b),
         |m| m.1 + m.2,
         Some(|m: &(i64, u64, u64)| m.2),
+        |m| format!("{} attempts, {} failed", m.1 + m.2, m.2),
     ));
     let lags: Vec<(i64, u64, u64)> = history
         .iter()
@@ -300,6 +301,7 @@ pub fn overview(
         &last_hour(&lags, stats.now, u64::max),
         |m| m.1,
         None,
+        |m| format!("lag up to {} ms", m.1),
     ));
     b.push_str("</div>");
 
@@ -419,12 +421,14 @@ fn last_hour(
 }
 
 /// A bar chart as inline SVG: one slot per point, a bar `total` high where
-/// there is data, the part `red` of it drawn red.
+/// there is data, the part `red` of it drawn red, and each bar titled with
+/// its minute and `figures` (shown on hover, and read by tests).
 fn chart<F: Fn(&(i64, u64, u64)) -> u64>(
     caption: &str,
     points: &[Option<(i64, u64, u64)>],
     total: impl Fn(&(i64, u64, u64)) -> u64,
     red: Option<F>,
+    figures: impl Fn(&(i64, u64, u64)) -> String,
 ) -> String {
     const W: f64 = 480.0;
     const H: f64 = 120.0;
@@ -443,9 +447,12 @@ fn chart<F: Fn(&(i64, u64, u64)) -> u64>(
         let h = total(p) as f64 / max * H;
         let _ = write!(
             bars,
-            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"#3d7bd9\"/>",
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"#3d7bd9\">\
+             <title>{}: {}</title></rect>",
             H - h,
-            (width - 1.0).max(1.0)
+            (width - 1.0).max(1.0),
+            escape(minute(p.0).as_str()),
+            escape(&figures(p))
         );
         if let Some(red) = &red {
             let r = red(p) as f64 / max * H;
@@ -465,6 +472,15 @@ fn chart<F: Fn(&(i64, u64, u64)) -> u64>(
         escape(caption),
         max as u64
     )
+}
+
+/// The minute starting at `ms`, as `14:05 UTC`.
+fn minute(ms: i64) -> String {
+    let t = time(ms);
+    match (t.get(11..16), t.get(23..)) {
+        (Some(hh_mm), Some(zone)) => format!("{hh_mm}{zone}"),
+        _ => t,
+    }
 }
 
 /// What the job list shows.

@@ -279,7 +279,24 @@ impl Reads for PgStore {
             last_id: row.get(0),
             succeeded: row.get::<_, i64>(1) as u64,
             failed: row.get::<_, i64>(2) as u64,
+            places: row.get::<_, i64>(3) as u64,
         })
+    }
+
+    fn empty_places(&mut self, after_id: i64, upto: i64) -> Result<Vec<(i64, i64)>> {
+        self.revive()?;
+        let fail = self.failing("read job runs");
+        let statement = self
+            .statements
+            .get(&mut self.client, &RUN_ORDER.empty_sql("$1", "$2"))
+            .map_err(&fail)?;
+        Ok(self
+            .client
+            .query(&statement, &[&after_id, &upto])
+            .map_err(&fail)?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
     }
 
     fn running_with_progress(&mut self) -> Result<Vec<Job>> {

@@ -219,9 +219,20 @@ impl Reads for SqliteStore {
                         last_id: r.get(0)?,
                         succeeded: r.get::<_, i64>(1)? as u64,
                         failed: r.get::<_, i64>(2)? as u64,
+                        places: r.get::<_, i64>(3)? as u64,
                     })
                 })
             });
+        result.map_err(|e| self.err("read job runs", e))
+    }
+
+    fn empty_places(&mut self, after_id: i64, upto: i64) -> Result<Vec<(i64, i64)>> {
+        let result: rusqlite::Result<Vec<(i64, i64)>> = (|| {
+            self.conn
+                .prepare_cached(&RUN_ORDER.empty_sql("?1", "?2"))?
+                .query_map([after_id, upto], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })();
         result.map_err(|e| self.err("read job runs", e))
     }
 
