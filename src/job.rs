@@ -639,6 +639,13 @@ impl Attempt {
         transition: Transition,
         error: Option<String>,
     ) -> Completion {
+        let transition = match transition {
+            Transition::Succeed { result } => Transition::Succeed {
+                result: result.map(storable_json),
+            },
+            other => other,
+        };
+        let error = error.map(storable);
         Completion {
             id: self.id,
             worker: self.worker,
@@ -707,6 +714,50 @@ impl Attempt {
             Transition::Release,
             Some("interrupted by daemon shutdown; will run again".to_string()),
         )
+    }
+}
+
+/// Text as both backends store it: PostgreSQL's `text` and `jsonb` cannot
+/// hold the character NUL (a response body or a handler's stderr may, and
+/// one refused outcome failed its whole batch, again and again), so it
+/// becomes U+FFFD, on SQLite too, so that both keep the same.
+pub fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
+/// JSON text whose strings hold no NUL (written `\u0000`), as
+/// [`storable`]: the rare result that has one is parsed, mended and
+/// written again; any other is left as it is.
+pub fn storable_json(json: String) -> String {
+    fn mend(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(s) if s.contains('\0') => {
+                *s = storable(std::mem::take(s));
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(mend),
+            serde_json::Value::Object(fields) => {
+                for (key, mut item) in std::mem::take(fields) {
+                    mend(&mut item);
+                    fields.insert(storable(key), item);
+                }
+            }
+            _ => {}
+        }
+    }
+    let json = storable(json);
+    if !json.contains("\\u0000") {
+        return json;
+    }
+    match serde_json::from_str::<serde_json::Value>(&json) {
+        Ok(mut value) => {
+            mend(&mut value);
+            serde_json::to_string(&value).unwrap_or(json)
+        }
+        Err(_) => json,
     }
 }
 

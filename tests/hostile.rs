@@ -648,3 +648,81 @@ fn credentials_are_redacted_everywhere() {
     assert!(last_error.contains("answered 500"), "{last_error}");
     daemon.stop();
 }
+
+/// A remote server whose body holds NUL characters, and handlers whose
+/// stdout or stderr do. PostgreSQL's `text` and `jsonb` cannot hold NUL:
+/// one such outcome failed its whole batch of outcomes, retried forever,
+/// so the daemon stalled. Each is stored with U+FFFD in its place, on
+/// both backends alike, and the jobs after them run.
+#[test]
+fn nul_characters_in_a_response_or_a_handlers_output_are_stored_and_nothing_stalls() {
+    let server = HttpServer::start(|_, _| Reply::new(200, "before\0after"));
+    let handlers = std::env::temp_dir().join(format!("jobd-nul-handlers-{}", std::process::id()));
+    std::fs::create_dir_all(&handlers).unwrap();
+    let handler = |name: &str, script: &str| {
+        let path = handlers.join(name);
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    };
+    handler(
+        "nul-result",
+        "#!/bin/sh\nprintf '{\"text\": \"a\\\\u0000b\", \"kept\": \"c\\\\\\\\u0000d\"}'\n",
+    );
+    handler(
+        "nul-error",
+        "#!/bin/sh\nprintf 'bad\\000byte' >&2\nexit 1\n",
+    );
+    for backend in common::homes_with(
+        "nulout",
+        &format!("[exec]\ndir = \"{}\"\n", handlers.display()),
+    ) {
+        let home = &backend.home;
+        home.migrate();
+        let http = home.ok(&[
+            "enqueue",
+            "http",
+            &format!(r#"{{"url": "{}/nul"}}"#, server.base),
+        ]);
+        let result = home.ok(&["enqueue", "exec", r#"{"handler": "nul-result"}"#]);
+        let error = home.ok(&[
+            "enqueue",
+            "exec",
+            r#"{"handler": "nul-error"}"#,
+            "--max-attempts",
+            "1",
+        ]);
+        let daemon = home.daemon_logging_to("d.log");
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'dead');",
+            "3",
+            "the jobs with NUL in their outcomes ended",
+        );
+        // And the daemon goes on.
+        home.ok(&["enqueue", "noop", "{}"]);
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "3",
+            "a job after them ran",
+        );
+        daemon.stop();
+        let shown = |id: &str| home.ok(&["show", id.trim(), "--json"]);
+        let http = shown(&http);
+        assert!(
+            http.contains("before\u{FFFD}after"),
+            "{}: {http}",
+            backend.name
+        );
+        let result = shown(&result);
+        assert!(result.contains("a\u{FFFD}b"), "{}: {result}", backend.name);
+        // An escaped backslash before `u0000` is text, not a NUL: kept.
+        assert!(result.contains(r"c\\u0000d"), "{}: {result}", backend.name);
+        let error = shown(&error);
+        assert!(
+            error.contains("bad\u{FFFD}byte"),
+            "{}: {error}",
+            backend.name
+        );
+    }
+    let _ = std::fs::remove_dir_all(&handlers);
+}

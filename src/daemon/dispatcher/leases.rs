@@ -91,7 +91,8 @@ impl Dispatcher {
             .filter(|(_, entry)| !entry.reported)
             .filter_map(|(&(id, _), entry)| {
                 let (fraction, note) = entry.control.take_progress()?;
-                Some((id, entry.attempt, fraction, note))
+                // A NUL would fail every report of the write on PostgreSQL.
+                Some((id, entry.attempt, fraction, crate::job::storable(note)))
             })
             .collect();
         if let Err(e) = self.store.set_progress(&self.worker, &reports) {
