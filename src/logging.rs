@@ -60,6 +60,12 @@ pub fn log_panics() {
             location = location.as_str();
             "panic"
         );
+        // A thread that batches its lines (the dispatcher) may not get to
+        // flush them when its panic ends the daemon: out now, unless this
+        // thread panicked inside the sink itself.
+        if let Some(Ok(mut dest)) = SINK.get().map(|sink| sink.inner.try_lock()) {
+            let _ = dest.drain();
+        }
     }));
 }
 

@@ -159,6 +159,53 @@ fn a_daemon_rides_out_its_connections_being_cut() {
 
 /// The number `sql` answers in `schema`.
 /// Makes `home`'s database operations give up on a lock after 200 ms.
+/// A row the driver cannot read as a claimed job (`parents` with two
+/// dimensions, which the parents trigger lets through, as `unnest` and
+/// `ANY` flatten it) panicked the dispatcher: the daemon died, and every
+/// daemon that claimed the row after it. It ends `dead` naming the column,
+/// and the daemon goes on.
+#[test]
+fn a_claimed_row_that_cannot_be_read_goes_dead_and_the_daemon_goes_on() {
+    let Some(schema) = Schema::create("unreadable") else {
+        return;
+    };
+    let home = home_on(&schema.url());
+    home.ok(&["migrate"]);
+    let daemon = home.daemon_logging_to("d.log");
+    schema
+        .psql("INSERT INTO jobs(kind) VALUES ('noop');")
+        .unwrap();
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+        "1",
+        "the parent never succeeded",
+    );
+    schema
+        .psql("INSERT INTO jobs(kind, parents) VALUES ('noop', '{{1}}');")
+        .unwrap();
+    schema.wait_value(
+        "SELECT state FROM jobs WHERE id = 2;",
+        "dead",
+        "the unreadable job never ended dead",
+    );
+    let error = schema
+        .psql("SELECT last_error FROM jobs WHERE id = 2;")
+        .unwrap();
+    assert!(
+        error.contains("the job's parents cannot be read") && error.contains("dimensions"),
+        "{error}"
+    );
+    schema
+        .psql("INSERT INTO jobs(kind) VALUES ('noop');")
+        .unwrap();
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+        "2",
+        "the daemon stopped running jobs",
+    );
+    daemon.stop();
+}
+
 fn short_busy_timeout(home: &Home) {
     let config = std::fs::read_to_string(home.config()).unwrap();
     std::fs::write(

@@ -701,23 +701,52 @@ pub(super) static CLAIM_BOTH_SQL: std::sync::LazyLock<String> =
 /// [`complete_sql`], built once: it is asked for at every batch.
 static COMPLETE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(complete_sql);
 
-/// A claimed row ([`CLAIMED_COLUMNS`]).
+/// A claimed row ([`CLAIMED_COLUMNS`]). A column the driver cannot read
+/// (text that is not UTF-8, on a database whose encoding is `SQL_ASCII`;
+/// `parents` with two dimensions, which the parents trigger lets through
+/// as `unnest` and `ANY` flatten it) is named in `undecodable`, so the
+/// dispatcher settles the job `dead` and goes on: a panic here stopped
+/// the daemon, and every daemon that claimed the row after it.
 fn claimed_from_pg_row(r: &postgres::Row) -> Claimed {
+    let mut undecodable: Option<String> = None;
+    let mut fault = |column: &str, e: postgres::Error| {
+        let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        undecodable.get_or_insert_with(|| format!("the job's {column} cannot be read: {why}"));
+    };
+    let mut text = |index: usize, column: &str| -> String {
+        r.try_get(index).unwrap_or_else(|e| {
+            fault(column, e);
+            "(unreadable)".to_string()
+        })
+    };
+    let queue = text(1, "queue");
+    let kind = text(2, "kind");
+    let payload = text(3, "payload");
+    let limit_key = r.try_get(10).unwrap_or_else(|e| {
+        fault("limit_key", e);
+        None
+    });
+    let parents = r
+        .try_get::<_, Option<Vec<i64>>>(11)
+        .unwrap_or_else(|e| {
+            fault("parents", e);
+            None
+        })
+        .unwrap_or_default();
     Claimed {
         id: r.get(0),
-        queue: r.get(1),
-        kind: r.get(2),
-        payload: r.get(3),
+        queue,
+        kind,
+        payload,
         priority: r.get(4),
         run_at: r.get(5),
         max_attempts: r.get(6),
         timeout_ms: r.get(7),
         attempts: r.get(8),
         started_at: r.get(9),
-        limit_key: r.get(10),
-        // The server refuses text that is not UTF-8 at insert.
-        undecodable: None,
-        parents: r.get::<_, Option<Vec<i64>>>(11).unwrap_or_default(),
+        limit_key,
+        undecodable,
+        parents,
         callback_for: r.get(12),
         snoozes: r.get(13),
         inputs: None,
