@@ -1,5 +1,6 @@
-//! Rows a client stored that jobd cannot read as text: one of them must
-//! never stall the other queues nor break a reader.
+//! Rows a client stored that jobd cannot read as text, or whose numbers
+//! are at the edge of their range: one of them must never stall the
+//! other queues nor break a reader.
 //!
 //! SQLite stores whatever bytes a client casts to TEXT
 //! (`CAST(x'…' AS TEXT)` passes `json_valid`), so these run on SQLite;
@@ -8,6 +9,34 @@
 mod common;
 
 use common::{Home, NOW};
+
+/// Regression: a row a client wrote with `attempts` at the largest
+/// integer made `attempts + 1` fail every claim that met it (out of range
+/// on PostgreSQL, a REAL refused by SQLite's STRICT table), so the jobs
+/// behind it never ran, on any daemon. The claim leaves that count as it is.
+#[test]
+fn a_row_with_the_largest_attempt_count_stalls_no_claim() {
+    for backend in common::homes("maxattempts") {
+        let home = &backend.home;
+        home.migrate();
+        backend.value(
+            "INSERT INTO jobs (kind, attempts, priority, max_attempts) \
+             VALUES ('noop', 9223372036854775807, 5, 1);",
+        );
+        backend.value("INSERT INTO jobs (kind) VALUES ('noop');");
+        let daemon = home.daemon_logging_to("d.log");
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "2",
+            "both jobs ran",
+        );
+        daemon.stop();
+        assert_eq!(
+            backend.value("SELECT attempts FROM jobs WHERE priority = 5;"),
+            "9223372036854775807"
+        );
+    }
+}
 
 /// Drops the schema's UTF-8 guards, if it has any, so these rows can be
 /// stored as a file made before the guards (or a client that removed

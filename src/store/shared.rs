@@ -12,6 +12,12 @@ use crate::store::contract::{
     RetryResult, Stats, WorkerInfo,
 };
 
+/// A claim's new attempt count. A client may write any `attempts` ≥ 0:
+/// at the largest integer `attempts + 1` failed every claim that met the
+/// row (out of range on PostgreSQL, a REAL refused by SQLite's STRICT
+/// table), so one row stopped its queue on every daemon. It stays there.
+pub(crate) const NEXT_ATTEMPT: &str =
+    "CASE WHEN jobs.attempts < 9223372036854775807 THEN jobs.attempts + 1 ELSE jobs.attempts END";
 /// SQL over the attempts in the order of `job_runs`, the same on both
 /// backends but for the name of the two-argument maximum (`max` on SQLite,
 /// `GREATEST` on PostgreSQL) and parameters (`?1`/`$1`). That order is

@@ -14,6 +14,7 @@ use crate::store::keyed::{
     parse_starts, starts_text, Candidate, KeyHints, KeyState, KeyedRows, RateWrite,
 };
 use crate::store::postgres::*;
+use crate::store::shared::NEXT_ATTEMPT;
 
 /// A keyed claim's view of one PostgreSQL transaction.
 pub(super) struct Keyed<'a, 'c> {
@@ -294,7 +295,7 @@ impl KeyedRows for Keyed<'_, '_> {
         // an `ANALYZE` of an empty queue takes for one row: every queued
         // job compared with every taken one (see `complete_sql`).
         let sql = format!(
-            "UPDATE jobs SET state = 'running', attempts = jobs.attempts + 1, started_at = $1, \
+            "UPDATE jobs SET state = 'running', attempts = {NEXT_ATTEMPT}, started_at = $1, \
              finished_at = NULL, lease_until = $2, worker = $3, \
              limit_key = COALESCE(k.key, jobs.limit_key) \
              FROM unnest($4::bigint[], $5::text[]) AS k(id, key) \

@@ -38,7 +38,7 @@ use postgres::Client;
 use crate::job::{Claimed, Completion, Job, JobState, NewJob, Pool, RunOutcome, Transition};
 use crate::store::contract::{Applied, CronRow, Enqueued, JobRun, Moved, Result};
 use crate::store::error::StoreError;
-use crate::store::shared::{cancelled_instead, RunRow, CANCELLED_ERROR};
+use crate::store::shared::{cancelled_instead, RunRow, CANCELLED_ERROR, NEXT_ATTEMPT};
 
 /// Moves a batch of queued jobs in, and marks them imported, in one
 /// statement; rows imported before come back with what they became.
@@ -654,7 +654,7 @@ pub fn next_run_at_sql(pool: Pool) -> String {
 /// very statement the store runs.
 pub fn claim_sql(pool: Pool) -> String {
     format!(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
+        "UPDATE jobs SET state = 'running', attempts = {NEXT_ATTEMPT}, started_at = $1, \
              finished_at = NULL, lease_until = $2, worker = $3 \
              WHERE id IN ( \
                  SELECT id FROM jobs \
@@ -685,7 +685,7 @@ pub fn claim_both_sql() -> String {
     };
     format!(
         "WITH cpu AS ({}), io AS ({}) \
-         UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = $1, \
+         UPDATE jobs SET state = 'running', attempts = {NEXT_ATTEMPT}, started_at = $1, \
              finished_at = NULL, lease_until = $2, worker = $3 \
              WHERE id IN (SELECT id FROM cpu UNION ALL SELECT id FROM io) \
              RETURNING {CLAIMED_COLUMNS}",

@@ -13,6 +13,7 @@ use crate::store::contract::Claim;
 use crate::store::keyed::{
     parse_starts, starts_text, Candidate, KeyHints, KeyState, KeyedRows, RateWrite,
 };
+use crate::store::shared::NEXT_ATTEMPT;
 use crate::store::sqlite::*;
 use schema::cpu_kind_test;
 
@@ -273,7 +274,7 @@ impl KeyedRows for Keyed<'_, '_> {
         let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
         self.0
             .prepare_cached(&format!(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
+                "UPDATE jobs SET state = 'running', attempts = {NEXT_ATTEMPT}, started_at = ?1, \
                  finished_at = NULL, lease_until = ?2, worker = ?3 \
                  WHERE id IN (SELECT value FROM json_each(?4)) AND state = 'queued' \
                  RETURNING {CLAIMED_COLUMNS}"

@@ -29,7 +29,7 @@ use crate::store::contract::{
     handlers_from_json, Applied, Claim, Enqueued, JobRun, Moved, OpenMode, Result, WorkerInfo,
 };
 use crate::store::error::StoreError;
-use crate::store::shared::{cancelled_instead, RunRow, CANCELLED_ERROR};
+use crate::store::shared::{cancelled_instead, RunRow, CANCELLED_ERROR, NEXT_ATTEMPT};
 use schema::cpu_kind_test;
 use schema::{MIGRATIONS, SCHEMA_VERSION};
 
@@ -680,7 +680,7 @@ fn claim_pool(
     // keeps one statement per pool and limit in use. The pool test is the
     // claim index's expression, word for word, so the index serves it.
     let mut stmt = tx.prepare_cached(&format!(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?1, \
+        "UPDATE jobs SET state = 'running', attempts = {NEXT_ATTEMPT}, started_at = ?1, \
          finished_at = NULL, lease_until = ?2, worker = ?3 \
          WHERE state = 'queued' AND id IN ( \
              SELECT id FROM jobs \
