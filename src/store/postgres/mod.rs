@@ -259,6 +259,10 @@ impl OutcomeWriter {
             self.statements = Statements::default();
         }
         let mut tx = self.client.transaction().map_err(&fail)?;
+        // As on the dispatcher's session: behind a pooler that hands out
+        // server sessions per transaction, that session's `UNFLUSHED` may
+        // have been left on this one.
+        tx.batch_execute(FLUSHED).map_err(&fail)?;
         let applied = complete_in(&mut tx, &mut self.statements, completions).map_err(&fail)?;
         tx.commit().map_err(&fail)?;
         Ok(applied)
@@ -333,13 +337,25 @@ impl PgStore {
             return None;
         }
         match OutcomeWriter::session(&self.url, self.lock_timeout) {
-            Ok(client) => Some(Box::new(OutcomeWriter {
-                client,
-                statements: Statements::default(),
-                url: self.url.clone(),
-                lock_timeout: self.lock_timeout,
-            })),
-            Err(_) => {
+            Ok(client) => {
+                self.outcomes_retry = None;
+                Some(Box::new(OutcomeWriter {
+                    client,
+                    statements: Statements::default(),
+                    url: self.url.clone(),
+                    lock_timeout: self.lock_timeout,
+                }))
+            }
+            Err(e) => {
+                // Said once a streak: the daemon goes on at about half
+                // its speed (a connection limit reached, say).
+                if self.outcomes_retry.is_none() {
+                    crate::store::log_trouble(
+                        "open a second session for outcomes",
+                        &e,
+                        "writing outcomes with the claims on one session, and trying again every 5s",
+                    );
+                }
                 self.outcomes_retry = Some(now + OUTCOMES_RETRY);
                 None
             }
