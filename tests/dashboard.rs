@@ -536,13 +536,7 @@ fn the_chart_counts_an_attempt_that_commits_after_a_later_one() {
         schema
             .psql("INSERT INTO jobs (kind, queue) SELECT 'noop', 'b' FROM generate_series(1, 3);")
             .unwrap();
-        let attempt = |job: i64, error: &str| {
-            format!(
-                "INSERT INTO job_attempts (job_id, attempt, worker, queue, kind, started_at, \
-                   finished_at, outcome, error, duration_ms) \
-                 VALUES ({job}, 1, 'w', 'b', 'noop', 1, 2, 'retry', '{error}', 1)"
-            )
-        };
+        let attempt = |job: i64, error: &str| common::pg::failed_attempt(job, "b", error);
         let daemon = backend.home.daemon_logging_to("d.log");
         let shows = |want: (u64, u64), what: &str| {
             wait_for(PATIENCE, || charted(port).filter(|got| *got == want)).unwrap_or_else(|| {

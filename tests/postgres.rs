@@ -19,6 +19,14 @@ fn home_on(url: &str) -> Home {
     home_with(url, "")
 }
 
+/// A schema of its own for test `tag`, and a home on it, migrated.
+fn migrated(tag: &str) -> Option<(Schema, Home)> {
+    let schema = Schema::create(tag)?;
+    let home = home_on(&schema.url());
+    home.ok(&["migrate"]);
+    Some((schema, home))
+}
+
 /// A home whose config uses the database at `url`, plus `extra` TOML.
 fn home_with(url: &str, extra: &str) -> Home {
     Home::on_postgres(url, extra)
@@ -157,55 +165,7 @@ fn a_daemon_rides_out_its_connections_being_cut() {
     );
 }
 
-/// The number `sql` answers in `schema`.
 /// Makes `home`'s database operations give up on a lock after 200 ms.
-/// A row the driver cannot read as a claimed job (`parents` with two
-/// dimensions, which the parents trigger lets through, as `unnest` and
-/// `ANY` flatten it) panicked the dispatcher: the daemon died, and every
-/// daemon that claimed the row after it. It ends `dead` naming the column,
-/// and the daemon goes on.
-#[test]
-fn a_claimed_row_that_cannot_be_read_goes_dead_and_the_daemon_goes_on() {
-    let Some(schema) = Schema::create("unreadable") else {
-        return;
-    };
-    let home = home_on(&schema.url());
-    home.ok(&["migrate"]);
-    let daemon = home.daemon_logging_to("d.log");
-    schema
-        .psql("INSERT INTO jobs(kind) VALUES ('noop');")
-        .unwrap();
-    schema.wait_value(
-        "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
-        "1",
-        "the parent never succeeded",
-    );
-    schema
-        .psql("INSERT INTO jobs(kind, parents) VALUES ('noop', '{{1}}');")
-        .unwrap();
-    schema.wait_value(
-        "SELECT state FROM jobs WHERE id = 2;",
-        "dead",
-        "the unreadable job never ended dead",
-    );
-    let error = schema
-        .psql("SELECT last_error FROM jobs WHERE id = 2;")
-        .unwrap();
-    assert!(
-        error.contains("the job's parents cannot be read") && error.contains("dimensions"),
-        "{error}"
-    );
-    schema
-        .psql("INSERT INTO jobs(kind) VALUES ('noop');")
-        .unwrap();
-    schema.wait_value(
-        "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
-        "2",
-        "the daemon stopped running jobs",
-    );
-    daemon.stop();
-}
-
 fn short_busy_timeout(home: &Home) {
     let config = std::fs::read_to_string(home.config()).unwrap();
     std::fs::write(
@@ -215,6 +175,7 @@ fn short_busy_timeout(home: &Home) {
     .unwrap();
 }
 
+/// The number `sql` answers in `schema`.
 fn number(schema: &Schema, sql: &str) -> i64 {
     let text = schema.psql(sql).unwrap();
     text.parse()
@@ -773,21 +734,13 @@ mod moving {
 /// or after a later one that was there when it started.
 #[test]
 fn tail_prints_an_attempt_that_commits_after_a_later_one() {
-    let Some(schema) = Schema::create("taillate") else {
+    let Some((schema, home)) = migrated("taillate") else {
         return;
     };
-    let home = home_on(&schema.url());
-    home.ok(&["migrate"]);
     schema
         .psql("INSERT INTO jobs (kind) SELECT 'noop' FROM generate_series(1, 3);")
         .unwrap();
-    let attempt = |job: i64, error: &str| {
-        format!(
-            "INSERT INTO job_attempts (job_id, attempt, worker, queue, kind, started_at, \
-               finished_at, outcome, error, duration_ms) \
-             VALUES ({job}, 1, 'w', 'default', 'noop', 1, 2, 'retry', '{error}', 1)"
-        )
-    };
+    let attempt = |job: i64, error: &str| common::pg::failed_attempt(job, "default", error);
     // Before tail starts: one attempt takes its id and stays uncommitted,
     // a later one commits.
     let mut early = postgres::Client::connect(&schema.url(), postgres::NoTls).unwrap();
@@ -859,4 +812,49 @@ fn tail_prints_an_attempt_that_commits_after_a_later_one() {
         !seen.iter().any(|l| l.contains("rolled-back")),
         "tail printed a rolled-back attempt: {seen:?}"
     );
+}
+
+/// A row the driver cannot read as a claimed job (`parents` with two
+/// dimensions, which the parents trigger lets through, as `unnest` and
+/// `ANY` flatten it) panicked the dispatcher: the daemon died, and every
+/// daemon that claimed the row after it. It ends `dead` naming the column,
+/// and the daemon goes on.
+#[test]
+fn a_claimed_row_that_cannot_be_read_goes_dead_and_the_daemon_goes_on() {
+    let Some((schema, home)) = migrated("unreadable") else {
+        return;
+    };
+    let daemon = home.daemon_logging_to("d.log");
+    schema
+        .psql("INSERT INTO jobs(kind) VALUES ('noop');")
+        .unwrap();
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+        "1",
+        "the parent never succeeded",
+    );
+    schema
+        .psql("INSERT INTO jobs(kind, parents) VALUES ('noop', '{{1}}');")
+        .unwrap();
+    schema.wait_value(
+        "SELECT state FROM jobs WHERE id = 2;",
+        "dead",
+        "the unreadable job never ended dead",
+    );
+    let error = schema
+        .psql("SELECT last_error FROM jobs WHERE id = 2;")
+        .unwrap();
+    assert!(
+        error.contains("the job's parents cannot be read") && error.contains("dimensions"),
+        "{error}"
+    );
+    schema
+        .psql("INSERT INTO jobs(kind) VALUES ('noop');")
+        .unwrap();
+    schema.wait_value(
+        "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+        "2",
+        "the daemon stopped running jobs",
+    );
+    daemon.stop();
 }

@@ -130,3 +130,15 @@ pub fn psql(sql: &str) -> Result<String, String> {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }
+
+/// The SQL of a client writing a failed attempt (`retry`, error `error`)
+/// of job `job` in `queue` straight into `job_attempts`, as a daemon's
+/// outcome would: it takes its place when the statement runs, before its
+/// transaction commits.
+pub fn failed_attempt(job: i64, queue: &str, error: &str) -> String {
+    format!(
+        "INSERT INTO job_attempts (job_id, attempt, worker, queue, kind, started_at, \
+           finished_at, outcome, error, duration_ms) \
+         VALUES ({job}, 1, 'w', '{queue}', 'noop', 1, 2, 'retry', '{error}', 1)"
+    )
+}
