@@ -172,10 +172,14 @@ fn a_file_from_the_previous_schema_version_is_upgraded_in_place() {
 /// Rows of an older `job_runs` (one per attempt, successes included),
 /// inserted into an old schema: a job that failed once and then
 /// succeeded, and a dead one. (id, job, attempt, outcome.)
-const OLD_RUNS: [(i64, i64, i64, &str); 3] = [
+/// Job 3 succeeded, was queued again by SQL and then died: its success
+/// is no longer its job row's, and stays a row of its own.
+const OLD_RUNS: [(i64, i64, i64, &str); 5] = [
     (10, 1, 1, "retry"),
     (11, 1, 2, "succeeded"),
     (12, 2, 1, "dead"),
+    (13, 3, 1, "succeeded"),
+    (14, 3, 2, "dead"),
 ];
 
 /// The SQL that writes [`OLD_RUNS`] and their jobs (the same on both
@@ -183,7 +187,8 @@ const OLD_RUNS: [(i64, i64, i64, &str); 3] = [
 fn old_history_sql() -> String {
     let mut sql = String::from(
         "INSERT INTO jobs (id, kind, state, attempts, worker, started_at, finished_at) VALUES \
-         (1, 'noop', 'succeeded', 2, 'w', 2000, 2050), (2, 'noop', 'dead', 1, 'w', 1000, 1010);",
+         (1, 'noop', 'succeeded', 2, 'w', 2000, 2050), (2, 'noop', 'dead', 1, 'w', 1000, 1010), \
+         (3, 'noop', 'dead', 2, 'w', 2000, 2050);",
     );
     for (id, job, attempt, outcome) in OLD_RUNS {
         let (started, finished) = if attempt == 2 {
@@ -220,7 +225,8 @@ fn run_to_success(store: &mut dyn jobd::store::Store, id: i64) {
 }
 
 /// What `job_runs` must show of [`OLD_RUNS`] after the upgrade.
-const OLD_RUNS_SHOWN: &str = "10|1|1|retry|10\n11|1|2|succeeded|50\n12|2|1|dead|10";
+const OLD_RUNS_SHOWN: &str =
+    "10|1|1|retry|10\n11|1|2|succeeded|50\n12|2|1|dead|10\n13|3|1|succeeded|10\n14|3|2|dead|50";
 
 const RUNS_IN_ORDER: &str =
     "SELECT id || '|' || job_id || '|' || attempt || '|' || outcome || '|' || duration_ms \
@@ -242,7 +248,8 @@ fn an_upgrade_keeps_every_attempt_and_its_place_when_successes_move_into_their_j
     assert_eq!(home.text(RUNS_IN_ORDER).trim(), OLD_RUNS_SHOWN);
     assert_eq!(
         home.query_i64("SELECT count(*) FROM job_attempts WHERE outcome = 'succeeded'"),
-        0
+        1,
+        "only job 3's success, which its job row no longer holds, stays a row"
     );
     let shown = home.ok(&["show", "1"]);
     assert!(
@@ -255,7 +262,7 @@ fn an_upgrade_keeps_every_attempt_and_its_place_when_successes_move_into_their_j
     assert_eq!(
         home.text(&format!("SELECT id FROM job_runs WHERE job_id = {id};"))
             .trim(),
-        "13"
+        "15"
     );
 }
 
@@ -530,7 +537,7 @@ mod postgres {
         schema.psql(&sql).unwrap();
         schema.psql(&super::old_history_sql()).unwrap();
         schema
-            .psql("SELECT setval('job_runs_id_seq', 12); SELECT setval('jobs_id_seq', 2);")
+            .psql("SELECT setval('job_runs_id_seq', 14); SELECT setval('jobs_id_seq', 3);")
             .unwrap();
         let home = home_on(&schema.url());
         home.ok(&["migrate"]);
@@ -553,7 +560,7 @@ mod postgres {
             schema
                 .psql(&format!("SELECT id FROM job_runs WHERE job_id = {id};"))
                 .unwrap(),
-            "13"
+            "15"
         );
     }
 

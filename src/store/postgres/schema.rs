@@ -1195,7 +1195,8 @@ ALTER TABLE jobs ADD COLUMN run_id BIGINT NULL;
 UPDATE jobs j SET run_id = a.id FROM job_attempts a
     WHERE a.job_id = j.id AND a.attempt = j.attempts AND a.outcome = 'succeeded'
     AND j.state = 'succeeded';
-DELETE FROM job_attempts WHERE outcome = 'succeeded';
+DELETE FROM job_attempts WHERE outcome = 'succeeded'
+    AND id IN (SELECT run_id FROM jobs WHERE run_id IS NOT NULL);
 CREATE INDEX jobs_run ON jobs (run_id) WHERE run_id IS NOT NULL;
 CREATE VIEW job_runs AS
     SELECT id, job_id, attempt, worker, queue, kind, started_at, finished_at, outcome, error,

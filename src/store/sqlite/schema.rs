@@ -1502,7 +1502,8 @@ CREATE INDEX job_attempts_job ON job_attempts (job_id, attempt);
 ALTER TABLE jobs ADD COLUMN run_id INTEGER NULL;
 UPDATE jobs SET run_id = (SELECT max(a.id) FROM job_attempts a WHERE a.job_id = jobs.id
     AND a.attempt = jobs.attempts AND a.outcome = 'succeeded') WHERE state = 'succeeded';
-DELETE FROM job_attempts WHERE outcome = 'succeeded';
+DELETE FROM job_attempts WHERE outcome = 'succeeded'
+    AND id IN (SELECT run_id FROM jobs WHERE run_id IS NOT NULL);
 CREATE INDEX jobs_run ON jobs (run_id) WHERE run_id IS NOT NULL;
 CREATE VIEW job_runs (id, job_id, attempt, worker, queue, kind, started_at, finished_at,
     outcome, error, duration_ms) AS
