@@ -347,6 +347,60 @@ fn list_filters_and_prints_json() {
         .fails(2, "unknown job state \"done\"");
 }
 
+/// Jobs an operator moved by hand, which no daemon ran to that end: one
+/// marked `succeeded` by SQL has no place among the attempts, and one
+/// that succeeded and was queued again by SQL is running again. `show`
+/// (and `tail`'s reads) failed on SQLite and panicked on PostgreSQL on the
+/// NULLs of such rows; they show the attempts there are.
+#[test]
+fn show_reads_jobs_an_operator_moved_by_sql() {
+    for backend in common::homes("handmoved") {
+        let home = &backend.home;
+        home.migrate();
+        backend.value("INSERT INTO jobs (kind) VALUES ('noop');");
+        backend.value("UPDATE jobs SET state = 'succeeded' WHERE id = 1;");
+        let shown = home.ok(&["show", "1"]);
+        assert!(shown.contains("succeeded"), "{}: {shown}", backend.name);
+        // A success queued again, and claimed (no end time yet).
+        let id = home.ok(&["enqueue", "noop"]).trim().parse::<i64>().unwrap();
+        let mut store: Box<dyn jobd::store::Store> = match &backend.schema {
+            Some(schema) => Box::new(
+                jobd::store::postgres::PgStore::connect(&schema.url(), Duration::from_secs(5))
+                    .unwrap(),
+            ),
+            None => Box::new(home.store()),
+        };
+        let now = jobd::job::now_ms();
+        let claim = |store: &mut Box<dyn jobd::store::Store>| {
+            store
+                .claim(&Claim {
+                    worker: "w",
+                    now,
+                    lease_until: now + 60_000,
+                    requests: &[ClaimRequest::any("default", 10)],
+                    keys: &jobd::keys::NO_KEYS,
+                })
+                .unwrap()
+        };
+        let got = claim(&mut store);
+        store
+            .complete(&[Attempt::new(id, "w", 1, got[0].started_at, now + 5).succeeded(None)])
+            .unwrap();
+        backend.value(&format!(
+            "UPDATE jobs SET state = 'queued' WHERE id = {id};"
+        ));
+        assert_eq!(claim(&mut store).len(), 1);
+        let shown = home.ok(&["show", &id.to_string()]);
+        assert!(shown.contains("running"), "{}: {shown}", backend.name);
+        let runs = store.runs_after(0, 10).unwrap();
+        assert!(
+            runs.iter().all(|r| r.job_id != id),
+            "{}: a running job shows as a success: {runs:?}",
+            backend.name
+        );
+    }
+}
+
 #[test]
 fn show_prints_payload_result_and_history() {
     let home = Home::new();

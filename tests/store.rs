@@ -696,6 +696,31 @@ fn the_empty_places_between_attempts_are_listed() {
     });
 }
 
+/// A success whose commit went through but whose reply was lost is sent
+/// again; when the same attempt number was snoozed before on the same
+/// worker (a snooze does not count), the resend found the snooze's record
+/// first and was reported stale (no `job.succeeded`, not counted).
+#[test]
+fn a_resent_success_after_a_snooze_of_the_same_attempt_is_written_not_stale() {
+    each(|s| {
+        let id = inserted(s, &[job("noop")])[0];
+        let first = claim(s, W1, NOW, "default", 1);
+        assert_eq!(
+            s.complete(&[attempt(&first[0], W1, NOW + 1).snoozed(NOW + 2, "later".into())])
+                .unwrap(),
+            vec![Applied::Done]
+        );
+        let again = claim(s, W1, NOW + 3, "default", 1);
+        assert_eq!((again[0].id, again[0].attempts), (id, first[0].attempts));
+        let success = attempt(&again[0], W1, NOW + 4).succeeded(None);
+        assert_eq!(
+            s.complete(std::slice::from_ref(&success)).unwrap(),
+            vec![Applied::Done]
+        );
+        assert_eq!(s.complete(&[success]).unwrap(), vec![Applied::Done]);
+    });
+}
+
 #[test]
 fn prune_deletes_old_final_jobs_and_their_runs_in_batches() {
     each(|s| {

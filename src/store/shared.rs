@@ -54,13 +54,17 @@ impl RunOrder {
 
     /// The attempts after place `after`, in order, at most `limit`, as
     /// rows of `columns` (the `job_runs` columns, in the store's order).
+    /// A job keeps its `run_id` when SQL moves it out of `succeeded`: only
+    /// a succeeded job's place is an attempt (here, in `among_sql` and in
+    /// `empty_sql`; `tally_sql` counts new places, each taken by the very
+    /// statement that writes the success).
     pub(crate) fn after_sql(&self, columns: &str, after: &str, limit: &str) -> String {
         format!(
             "SELECT * FROM (SELECT {columns} FROM job_attempts WHERE id > {after} \
                ORDER BY id LIMIT {limit}) AS a \
              UNION ALL \
              SELECT * FROM (SELECT {} FROM jobs WHERE run_id > {after} \
-               ORDER BY run_id LIMIT {limit}) AS s \
+               AND state = 'succeeded' ORDER BY run_id LIMIT {limit}) AS s \
              ORDER BY 1 LIMIT {limit}",
             self.success_columns()
         )
@@ -72,7 +76,7 @@ impl RunOrder {
         format!(
             "SELECT {columns} FROM job_attempts WHERE {attempt_in} \
              UNION ALL \
-             SELECT {} FROM jobs WHERE {success_in} \
+             SELECT {} FROM jobs WHERE {success_in} AND state = 'succeeded' \
              ORDER BY 1",
             self.success_columns()
         )
@@ -97,7 +101,8 @@ impl RunOrder {
             "SELECT prev + 1, id - 1 FROM \
                (SELECT id, lag(id, 1, {after}) OVER (ORDER BY id) AS prev FROM \
                  (SELECT id FROM job_attempts WHERE id > {after} AND id <= {upto} \
-                  UNION ALL SELECT run_id FROM jobs WHERE run_id > {after} AND run_id <= {upto}) \
+                  UNION ALL SELECT run_id FROM jobs WHERE run_id > {after} AND run_id <= {upto} \
+                    AND state = 'succeeded') \
                  AS r) AS g \
              WHERE id > prev + 1 ORDER BY 1"
         )

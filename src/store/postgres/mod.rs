@@ -955,11 +955,14 @@ fn complete_in(
         let Some((queue, kind, state)) = applied else {
             // Read before this batch's records go in, so a second outcome
             // for one attempt within the batch stays stale.
+            // An attempt number recurs (a snooze or an interrupted attempt does
+            // not count): this very outcome's record first, then a cancel's.
             let recorded: Option<String> = tx
                 .query_opt(
                     "SELECT outcome FROM job_runs WHERE job_id = $1 AND attempt = $2 \
-                     AND worker = $3 AND outcome <> 'rescued' LIMIT 1",
-                    &[&c.id, &c.attempt, &c.worker],
+                     AND worker = $3 AND outcome <> 'rescued' \
+                         ORDER BY outcome = $4 DESC, outcome = 'cancelled' DESC LIMIT 1",
+                    &[&c.id, &c.attempt, &c.worker, &c.outcome.as_str()],
                 )?
                 .map(|r| r.get(0));
             out.push(crate::store::shared::recorded_as(c, recorded.as_deref()));
@@ -1063,19 +1066,21 @@ fn job_from_row(r: &postgres::Row) -> Job {
 
 fn run_from_row(r: &postgres::Row) -> JobRun {
     let outcome: String = r.get(8);
+    let started_at = r.get::<_, Option<i64>>(6).unwrap_or(0);
     JobRun {
         id: r.get(0),
         job_id: r.get(1),
         queue: r.get(2),
         kind: r.get(3),
         attempt: r.get(4),
-        worker: r.get(5),
-        started_at: r.get(6),
-        finished_at: r.get(7),
+        // A succeeded job row an operator wrote by hand may lack these.
+        worker: r.get::<_, Option<String>>(5).unwrap_or_default(),
+        started_at,
+        finished_at: r.get::<_, Option<i64>>(7).unwrap_or(started_at),
         // The CHECK rule admits only the known outcomes.
         outcome: outcome.parse().unwrap_or(RunOutcome::Dead),
         error: r.get(9),
-        duration_ms: r.get(10),
+        duration_ms: r.get::<_, Option<i64>>(10).unwrap_or(0),
     }
 }
 

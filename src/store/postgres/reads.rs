@@ -129,7 +129,9 @@ impl Reads for PgStore {
             .client
             .query(
                 &format!(
-                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE job_id = $1 ORDER BY attempt, id"
+                    // A job marked succeeded by hand has no place: not an attempt.
+                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE job_id = $1 AND id IS NOT NULL \
+                     ORDER BY attempt, id"
                 ),
                 &[&job_id],
             )

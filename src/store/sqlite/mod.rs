@@ -461,20 +461,22 @@ fn claimed_from_row(row: &Row<'_>) -> rusqlite::Result<Claimed> {
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<JobRun> {
     let outcome: String = row.get(8)?;
+    let started_at = row.get::<_, Option<i64>>(6)?.unwrap_or(0);
     Ok(JobRun {
         id: row.get(0)?,
         job_id: row.get(1)?,
         queue: text(row, 2)?,
         kind: text(row, 3)?,
         attempt: row.get(4)?,
-        worker: text(row, 5)?,
-        started_at: row.get(6)?,
-        finished_at: row.get(7)?,
+        // A succeeded job row an operator wrote by hand may lack these.
+        worker: opt_text(row, 5)?.unwrap_or_default(),
+        started_at,
+        finished_at: row.get::<_, Option<i64>>(7)?.unwrap_or(started_at),
         outcome: outcome.parse().map_err(|e: String| {
             rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, e.into())
         })?,
         error: opt_text(row, 9)?,
-        duration_ms: row.get(10)?,
+        duration_ms: row.get::<_, Option<i64>>(10)?.unwrap_or(0),
     })
 }
 
@@ -858,12 +860,18 @@ fn complete_in(
             None => {
                 // Read before this batch's records go in, so a second
                 // outcome for one attempt within the batch stays stale.
+                // An attempt number recurs (a snooze or an interrupted attempt does
+                // not count): this very outcome's record first, then a cancel's.
                 let recorded: Option<String> = tx
                     .prepare_cached(
                         "SELECT outcome FROM job_runs WHERE job_id = ?1 AND attempt = ?2 \
-                         AND worker = ?3 AND outcome <> 'rescued' LIMIT 1",
+                         AND worker = ?3 AND outcome <> 'rescued' \
+                         ORDER BY outcome = ?4 DESC, outcome = 'cancelled' DESC LIMIT 1",
                     )?
-                    .query_row(params![c.id, c.attempt, c.worker], |r| r.get(0))
+                    .query_row(
+                        params![c.id, c.attempt, c.worker, c.outcome.as_str()],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 out.push(crate::store::shared::recorded_as(c, recorded.as_deref()));
             }

@@ -80,7 +80,9 @@ impl Reads for SqliteStore {
         let result: rusqlite::Result<Vec<JobRun>> = (|| {
             self.conn
                 .prepare_cached(&format!(
-                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE job_id = ?1 ORDER BY attempt, id"
+                    // A job marked succeeded by hand has no place: not an attempt.
+                    "SELECT {RUN_COLUMNS} FROM job_runs WHERE job_id = ?1 AND id IS NOT NULL \
+                     ORDER BY attempt, id"
                 ))?
                 .query_map([job_id], run_from_row)?
                 .collect()
