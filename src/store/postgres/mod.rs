@@ -350,7 +350,7 @@ impl PgStore {
                 // Said once a streak: the daemon goes on at about half
                 // its speed (a connection limit reached, say).
                 if self.outcomes_retry.is_none() {
-                    crate::store::log_trouble(
+                    crate::store::error::log_trouble(
                         "open a second session for outcomes",
                         &e,
                         "writing outcomes with the claims on one session, and trying again every 5s",
