@@ -79,11 +79,20 @@ impl Queue for PgStore {
         // The outcomes go out on the second session while this one claims:
         // each part is a fenced transaction of its own, the outcomes still
         // one group commit.
-        let (applied, claimed) = std::thread::scope(|scope| {
-            let written = scope.spawn(|| writer.complete(completions));
+        let step = std::thread::scope(|scope| {
+            let written = std::thread::Builder::new()
+                .name("jobd-outcomes".into())
+                .spawn_scoped(scope, || writer.complete(completions))
+                .ok()?;
             let claimed = self.claim(claim);
-            (written.join(), claimed)
+            Some((written.join(), claimed))
         });
+        let Some((applied, claimed)) = step else {
+            // No thread to be had (a tasks limit reached): this step on
+            // one session, as one transaction, rather than a panic.
+            self.outcomes = Some(writer);
+            return Stepped::Together(self.together(completions, claim));
+        };
         // A session that is gone and could not be opened again is dropped:
         // outcomes then share this session's step until a new one opens
         // (every step would otherwise knock at a server refusing it).
