@@ -657,8 +657,9 @@ fn credentials_are_redacted_everywhere() {
 #[test]
 fn nul_characters_in_a_response_or_a_handlers_output_are_stored_and_nothing_stalls() {
     let server = HttpServer::start(|_, _| Reply::new(200, "before\0after"));
-    let handlers = std::env::temp_dir().join(format!("jobd-nul-handlers-{}", std::process::id()));
-    std::fs::create_dir_all(&handlers).unwrap();
+    // Removed when the test ends, passed or not.
+    let folder = tempfile::tempdir().unwrap();
+    let handlers = folder.path().to_path_buf();
     let handler = |name: &str, script: &str| {
         let path = handlers.join(name);
         std::fs::write(&path, script).unwrap();
@@ -724,5 +725,4 @@ fn nul_characters_in_a_response_or_a_handlers_output_are_stored_and_nothing_stal
             backend.name
         );
     }
-    let _ = std::fs::remove_dir_all(&handlers);
 }
