@@ -721,6 +721,36 @@ fn a_resent_success_after_a_snooze_of_the_same_attempt_is_written_not_stale() {
     });
 }
 
+/// A release gives the attempt number back, so the same worker can hold
+/// the same attempt of a job again. A release whose reply was lost, sent
+/// again after that new claim, passed the fence and queued the running
+/// job (which could then run twice at once). The claim's start fences it.
+#[test]
+fn a_resent_release_does_not_move_the_next_claim_of_the_same_attempt() {
+    each(|s| {
+        let id = inserted(s, &[job("noop")])[0];
+        let first = claim(s, W1, NOW, "default", 1);
+        let release = attempt(&first[0], W1, NOW + 1).interrupted();
+        assert_eq!(
+            s.complete(std::slice::from_ref(&release)).unwrap(),
+            vec![Applied::Done]
+        );
+        let again = claim(s, W1, NOW + 10, "default", 1);
+        assert_eq!((again[0].id, again[0].attempts), (id, first[0].attempts));
+        // The resend changes nothing: it was written before.
+        assert_eq!(s.complete(&[release]).unwrap(), vec![Applied::Done]);
+        let job = s.job(id).unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.started_at),
+            (JobState::Running, Some(NOW + 10))
+        );
+        // The new hold's own outcome still lands.
+        let done = attempt(&again[0], W1, NOW + 11).succeeded(None);
+        assert_eq!(s.complete(&[done]).unwrap(), vec![Applied::Done]);
+        assert_eq!(s.job(id).unwrap().unwrap().state, JobState::Succeeded);
+    });
+}
+
 #[test]
 fn prune_deletes_old_final_jobs_and_their_runs_in_batches() {
     each(|s| {

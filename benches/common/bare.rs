@@ -232,7 +232,7 @@ fn drive(conn: &mut Connection, claim: &str, complete: Complete, count: usize) -
                 // jobd's completion: a success is its job row (`run_id`),
                 // no attempt row.
                 use rusqlite::types::Value;
-                let mut args = Vec::with_capacity(jobs.len() * 11);
+                let mut args = Vec::with_capacity(jobs.len() * 12);
                 for j in &jobs {
                     args.extend([
                         Value::Integer(j.id),
@@ -246,6 +246,7 @@ fn drive(conn: &mut Connection, claim: &str, complete: Complete, count: usize) -
                         Value::Integer(0),
                         Value::Integer(0),
                         Value::Integer(j.id),
+                        Value::Integer(j.started_at),
                     ]);
                 }
                 let moved = tx

@@ -823,16 +823,18 @@ pub fn complete_sql() -> String {
     format!(
             "WITH c AS ( \
            SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], \
-             $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bool[], $10::bool[]) \
+             $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bool[], $10::bool[], \
+             $11::bigint[]) \
              WITH ORDINALITY AS c(id, worker, attempt, state, finished_at, run_at, result, \
-               last_error, release, snooze, n)), \
+               last_error, release, snooze, started_at, n)), \
          m AS ( \
            SELECT DISTINCT ON (c.id) c.*, j.state AS was, \
              (j.cancel_requested AND c.state <> 'succeeded') AS cancel, j.batch \
              FROM c CROSS JOIN LATERAL ( \
-               SELECT state, worker, attempts, cancel_requested, batch FROM jobs \
+               SELECT state, worker, attempts, started_at, cancel_requested, batch FROM jobs \
                WHERE jobs.id = c.id OFFSET 0) j \
              WHERE j.state = 'running' AND j.worker = c.worker AND j.attempts = c.attempt \
+               AND j.started_at = c.started_at \
            ORDER BY c.id, c.n), \
          locked AS ( \
            SELECT 1 FROM batches WHERE name IN (SELECT m.batch FROM m WHERE m.batch IS NOT NULL) \
@@ -851,7 +853,8 @@ pub fn complete_sql() -> String {
            run_id = CASE WHEN m.state = 'succeeded' THEN nextval('job_attempts_id_seq') \
              ELSE jobs.run_id END \
          FROM m WHERE jobs.id = m.id AND jobs.state = m.was AND jobs.worker = m.worker \
-           AND jobs.attempts = m.attempt AND (SELECT count(*) FROM locked) >= 0 \
+           AND jobs.attempts = m.attempt AND jobs.started_at = m.started_at \
+           AND (SELECT count(*) FROM locked) >= 0 \
            AND (SELECT v FROM marked) = 'on' \
          RETURNING m.n, jobs.queue, jobs.kind, jobs.state, jobs.batch), \
          counted AS ( \
@@ -868,7 +871,8 @@ pub fn complete_sql() -> String {
 
 /// Writes a batch of outcomes inside an open transaction with two
 /// statements whatever its size: one fenced `UPDATE … FROM unnest(…)` (by
-/// state, worker and attempt; a late outcome after a rescue, or a second
+/// state, worker, attempt and the claim's start, since a release or a
+/// snooze gives the attempt number back; a late outcome after a rescue, or a second
 /// one for the same attempt, changes nothing), which gives a success its
 /// place `run_id`, and one `INSERT … SELECT unnest(…)` of the
 /// `job_attempts` rows of the others that applied.
@@ -889,6 +893,7 @@ fn complete_in(
         Vec::with_capacity(n),
     );
     let mut snoozes = Vec::with_capacity(n);
+    let mut starts = Vec::with_capacity(n);
     let (mut finished, mut run_ats, mut results, mut errors, mut releases) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -918,6 +923,7 @@ fn complete_in(
         });
         releases.push(release);
         snoozes.push(matches!(c.transition, Transition::Snooze { .. }));
+        starts.push(c.started_at);
     }
     // One row per job even if the batch holds two outcomes for it: of
     // those that pass the fence, the first in the batch is written; the
@@ -940,7 +946,7 @@ fn complete_in(
         &statement,
         &[
             &ids, &workers, &attempts, &states, &finished, &run_ats, &results, &errors, &releases,
-            &snoozes,
+            &snoozes, &starts,
         ],
     )?;
     // Ordinalities count from 1.

@@ -546,7 +546,9 @@ fn values_list(rows: usize, columns: usize) -> String {
 }
 
 /// One statement completes a whole chunk: every row is fenced by state,
-/// worker and attempt, so a late writer (its lease lapsed, someone rescued
+/// worker, attempt and start (a release or a snooze gives the attempt
+/// number back, so the same worker may hold the same attempt again; the
+/// claim's start tells its holds apart), so a late writer (its lease lapsed, someone rescued
 /// the job) matches nothing, and RETURNING says which rows moved. One
 /// statement per chunk instead of per job: statement set-up and tear-down
 /// were half the cost of a completion. Public, as PostgreSQL's
@@ -559,7 +561,7 @@ pub fn complete_sql(rows: usize) -> String {
     let cancel = "(jobs.cancel_requested = 1 AND c.state <> 'succeeded')";
     format!(
         "WITH c(id, worker, attempt, state, finished_at, run_at, result, last_error, release, \
-           snooze, run_id) AS (VALUES {values}) \
+           snooze, run_id, started_at) AS (VALUES {values}) \
          UPDATE jobs SET state = CASE WHEN {cancel} THEN 'cancelled' ELSE c.state END, \
            finished_at = CASE WHEN c.release AND NOT {cancel} THEN jobs.finished_at ELSE c.finished_at END, \
            lease_until = NULL, \
@@ -571,15 +573,15 @@ pub fn complete_sql(rows: usize) -> String {
            snoozes = jobs.snoozes + CASE WHEN {cancel} THEN 0 ELSE c.snooze END, \
            run_id = CASE WHEN c.state = 'succeeded' THEN c.run_id ELSE jobs.run_id END \
          FROM c WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.worker = c.worker \
-           AND jobs.attempts = c.attempt \
+           AND jobs.attempts = c.attempt AND jobs.started_at = c.started_at \
          RETURNING jobs.id, jobs.worker, jobs.attempts, jobs.queue, jobs.kind, jobs.state",
-        values = values_list(rows, 11)
+        values = values_list(rows, 12)
     )
 }
 
-/// The eleven values of one row of [`complete_sql`]; `run_id` is a
+/// The twelve values of one row of [`complete_sql`]; `run_id` is a
 /// success's place in the order of `job_runs` (see [`next_run_id`]).
-fn completion_values(c: &Completion, run_id: Option<i64>) -> [rusqlite::types::Value; 11] {
+fn completion_values(c: &Completion, run_id: Option<i64>) -> [rusqlite::types::Value; 12] {
     use rusqlite::types::Value;
     let text = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
     let (state, run_at, result, release) = match &c.transition {
@@ -610,6 +612,7 @@ fn completion_values(c: &Completion, run_id: Option<i64>) -> [rusqlite::types::V
         Value::Integer(release),
         Value::Integer(snooze),
         run_id.map_or(Value::Null, Value::Integer),
+        Value::Integer(c.started_at),
     ]
 }
 
@@ -797,7 +800,7 @@ fn complete_in(
     let mut next_run = None;
     for chunk in chunks(completions) {
         let mut stmt = tx.prepare_cached(chunk_sql(&COMPLETE_SQL, chunk.len()))?;
-        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 11);
+        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() * 12);
         for c in chunk {
             let run_id = match c.transition {
                 Transition::Succeed { .. } => {
