@@ -750,7 +750,8 @@ mod postgres {
             .psql(
                 "INSERT INTO jobs(kind) SELECT 'noop' FROM generate_series(1, 20000); \
                  ANALYZE jobs; \
-                 UPDATE jobs SET state = 'running', worker = 'w', attempts = 1 WHERE id <= 512;",
+                 UPDATE jobs SET state = 'running', worker = 'w', attempts = 1, started_at = 1 \
+                 WHERE id <= 512;",
             )
             .unwrap();
         let ids = format!(
@@ -772,6 +773,7 @@ mod postgres {
             fill("NULL", "text"),
             fill("false", "bool"),
             fill("false", "bool"),
+            fill("1", "bigint"),
         ]
         .join(", ");
         for mode in ["force_generic_plan", "force_custom_plan"] {
@@ -779,7 +781,7 @@ mod postgres {
                 .psql(&format!(
                     "BEGIN; SET LOCAL plan_cache_mode = {mode}; \
                      PREPARE d(bigint[], text[], bigint[], text[], bigint[], bigint[], text[], \
-                       text[], bool[], bool[]) AS {}; \
+                       text[], bool[], bool[], bigint[]) AS {}; \
                      EXPLAIN (ANALYZE, COSTS OFF) EXECUTE d({args}); ROLLBACK;",
                     jobd::store::postgres::complete_sql()
                 ))
