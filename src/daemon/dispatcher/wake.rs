@@ -67,8 +67,12 @@ impl Dispatcher {
         if self.changed() {
             return;
         }
-        // Whatever the write was, look once more a poll interval from now.
-        let recheck = Instant::now() + self.config.daemon.poll_interval;
+        // Whatever the write was, look once more soon: a commit that shows
+        // later than the confirmation below, or one taken for the echo of
+        // this daemon's own, would otherwise wait a whole poll interval
+        // (with polling at a minute, bursts of inserts waited for the
+        // heartbeat's write, 5 s, to be seen).
+        let recheck = Instant::now() + self.config.daemon.poll_interval.min(WAKE_RECHECK);
         self.next_poll = self.next_poll.min(recheck);
         if self.last_write.elapsed() < ECHO_WINDOW {
             return;
