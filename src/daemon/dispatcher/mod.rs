@@ -91,7 +91,7 @@ pub fn slots(threads: usize, avg_duration: f64, ahead: usize) -> usize {
 const DURATION_WEIGHT: f64 = 0.1;
 
 /// When to look once more after a wake-up that no commit confirmed (see
-/// [`Dispatcher::on_wake`]): one read of the change counter.
+/// `Dispatcher::on_wake`): one read of the change counter.
 pub const WAKE_RECHECK: Duration = Duration::from_millis(20);
 
 /// How often to re-read `data_version` after a wake-up. Short enough that
