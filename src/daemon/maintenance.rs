@@ -149,7 +149,9 @@ impl Maintenance {
             done: 0,
             failed: 0,
         };
-        let mut fleet: Fleet = RunCounter::from_now(self.store.as_mut()).ok();
+        // Made at the first sample (`record`): a daemon without a
+        // dashboard never reads the attempts.
+        let mut fleet: Fleet = None;
         loop {
             let until = next_beat.min(next_prune).min(next_stats);
             match self.stop.recv_deadline(until) {
