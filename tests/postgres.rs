@@ -117,6 +117,47 @@ fn an_insert_from_any_client_notifies_its_schemas_listeners_with_its_queue() {
     wake.recv_timeout(common::PATIENCE).expect("mail wakes it");
 }
 
+/// The listener keeps listening while wake-ups come faster than they are
+/// taken: a full channel is not a daemon gone. (It took a wake-up taken
+/// between its failed send and its look at the channel for the end of the
+/// daemon, and stopped: the daemon then polled, at a minute in a test
+/// where ten jobs waited for it.)
+#[test]
+fn the_listener_outlasts_a_flood_of_wake_ups_taken_as_they_come() {
+    let Some(schema) = Schema::create("flood") else {
+        return;
+    };
+    home_on(&schema.url()).ok(&["migrate"]);
+    let wake = jobd::store::postgres::wake::listen(&schema.url(), None).unwrap();
+    let channel = jobd::store::postgres::channel(&schema.name);
+    // One transaction: its notifications arrive together, as fast as the
+    // listener can pass them on, while this thread takes them as fast.
+    let notify = |n: usize| {
+        format!("SELECT count(pg_notify('{channel}', i::text)) FROM generate_series(1, {n}) i;")
+    };
+    let flood = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| schema.psql(&notify(200_000)).unwrap());
+        let mut taken = 0u64;
+        while !sender.is_finished() || !wake.is_empty() {
+            if wake.try_recv().is_ok() {
+                taken += 1;
+            }
+        }
+        sender.join().unwrap();
+        taken
+    });
+    assert!(flood > 0, "no wake-up came during the flood");
+    // Whatever is left of the flood is taken; one more notification must
+    // still wake.
+    while wake
+        .recv_timeout(std::time::Duration::from_millis(200))
+        .is_ok()
+    {}
+    schema.psql(&notify(1)).unwrap();
+    wake.recv_timeout(common::PATIENCE)
+        .expect("the listener stopped during the flood: no wake-up after it");
+}
+
 #[test]
 fn a_daemon_rides_out_its_connections_being_cut() {
     let Some(schema) = Schema::create("cut") else {

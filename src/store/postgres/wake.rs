@@ -64,13 +64,25 @@ pub(crate) fn listen_flagged(
                 };
                 connected.store(true, Ordering::Relaxed);
                 event!(Info, "db.reconnected", op = "listen for new jobs");
-                if tx.try_send(()).is_err() && tx.is_empty() {
+                if !pass_on(&tx) {
                     return;
                 }
             }
         })
         .map_err(|e| postgres_error(url, "listen for new jobs", e.to_string()))?;
     Ok(rx)
+}
+
+/// Passes a wake-up on; false once the daemon is gone. A full channel
+/// already holds one. (Its emptiness is no sign of the daemon's end: the
+/// daemon may take the wake-up just after a send found the channel full,
+/// and a listener that took that for the end stopped, leaving the daemon
+/// to its poll.)
+fn pass_on(tx: &Sender<()>) -> bool {
+    !matches!(
+        tx.try_send(()),
+        Err(crossbeam_channel::TrySendError::Disconnected(()))
+    )
 }
 
 /// How long the listener waits between attempts to reconnect.
@@ -107,9 +119,8 @@ fn relay(
         match incoming.next() {
             Ok(Some(note))
                 if queues.is_some_and(|q| !q.iter().any(|name| name == note.payload())) => {}
-            // A full channel already holds a wake-up.
             Ok(Some(_)) => {
-                if tx.try_send(()).is_err() && tx.is_empty() {
+                if !pass_on(tx) {
                     return None;
                 }
             }
