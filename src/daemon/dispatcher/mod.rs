@@ -90,8 +90,13 @@ pub fn slots(threads: usize, avg_duration: f64, ahead: usize) -> usize {
 /// The weight of the newest attempt in the running average of durations.
 const DURATION_WEIGHT: f64 = 0.1;
 
-/// When to look once more after a wake-up that no commit confirmed (see
-/// `Dispatcher::on_wake`): one read of the change counter.
+/// When to look first, once more, after a wake-up that no commit
+/// confirmed (see `Dispatcher::on_wake`): one read of the change counter.
+/// Later looks come at twice the previous gap, up to [`WATCHED_POLL`]: a
+/// writer with `synchronous = FULL` appends its frames (the wake-up), then
+/// waits for its fsync before the commit shows, and an fsync on a busy
+/// disk takes tens of milliseconds, more than any fixed wait worth
+/// spinning for.
 pub const WAKE_RECHECK: Duration = Duration::from_millis(20);
 
 /// How often to re-read `data_version` after a wake-up. Short enough that
@@ -261,6 +266,9 @@ pub struct Dispatcher {
     check_cancels: bool,
     last_write: Instant,
     next_poll: Instant,
+    /// A wake-up no commit confirmed yet: when to read the change counter
+    /// again, and the gap before the look after that.
+    recheck: Option<(Instant, Duration)>,
     next_renew: Instant,
     /// When the handlers' progress is written next.
     next_progress: Instant,
@@ -319,6 +327,7 @@ impl Dispatcher {
             check_cancels: true,
             last_write: now,
             next_poll: now,
+            recheck: None,
             next_renew: now + setup.config.daemon.lease / 3,
             next_progress: now,
             claim_retry_at: None,

@@ -64,16 +64,18 @@ impl Dispatcher {
             self.check_cancels = true;
             return;
         }
+        // Whatever the write was, look again soon and then less and less
+        // often, even if a commit shows now: the commit that shows may be
+        // an earlier writer's, and the one that woke us (its writer still
+        // in its fsync), or one taken for the echo of this daemon's own,
+        // would otherwise wait a whole poll interval (with polling at a
+        // minute, bursts of inserts waited for the heartbeat's write, 5 s,
+        // to be seen).
+        let first = self.config.daemon.poll_interval.min(WAKE_RECHECK);
+        self.recheck = Some((Instant::now() + first, first));
         if self.changed() {
             return;
         }
-        // Whatever the write was, look once more soon: a commit that shows
-        // later than the confirmation below, or one taken for the echo of
-        // this daemon's own, would otherwise wait a whole poll interval
-        // (with polling at a minute, bursts of inserts waited for the
-        // heartbeat's write, 5 s, to be seen).
-        let recheck = Instant::now() + self.config.daemon.poll_interval.min(WAKE_RECHECK);
-        self.next_poll = self.next_poll.min(recheck);
         if self.last_write.elapsed() < ECHO_WINDOW {
             return;
         }
@@ -104,7 +106,20 @@ impl Dispatcher {
                 return;
             }
         }
+        if let Some((at, gap)) = self.recheck {
+            if now >= at {
+                let gap = gap * 2;
+                self.recheck =
+                    (gap <= WATCHED_POLL.min(self.poll_period())).then(|| (now + gap, gap));
+                if self.changed() {
+                    return;
+                }
+            }
+        }
         let mut until = self.next_poll.min(self.next_renew);
+        if let Some((at, _)) = self.recheck {
+            until = until.min(at);
+        }
         if self.draining.is_none() && self.free_slots().total() > 0 {
             if let Some(due) = self.next_due {
                 let ms = (due - now_ms()).max(0) as u64;
