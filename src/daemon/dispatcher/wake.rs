@@ -180,6 +180,11 @@ impl Dispatcher {
                     // The watcher stopped: polling alone from now on.
                     self.wake = crossbeam_channel::never();
                     self.watched = false;
+                    crate::event!(
+                        Warn,
+                        "pickup.fallback",
+                        detail = "the commit watcher stopped; new work is noticed by polling"
+                    );
                 }
             },
             default(timeout) => {}
