@@ -318,6 +318,134 @@ fn writes_through_job_runs_land_in_the_new_layout() {
     }
 }
 
+/// A succeeded job that SQL queues again (to run it once more) keeps its
+/// success in the history: `job_runs` and `jobd show` tell of both runs,
+/// each at a place of its own, the first where it was. (The success was
+/// its job row alone, and vanished with the state.)
+#[test]
+fn a_success_queued_again_by_sql_stays_in_the_history() {
+    for b in common::homes("success_kept") {
+        b.home.migrate();
+        let daemon = b.home.daemon();
+        b.value("INSERT INTO jobs (kind) VALUES ('noop');");
+        let first = "SELECT count(*) FROM job_runs WHERE job_id = 1 AND outcome = 'succeeded'";
+        b.wait_value(first, "1", "the first run");
+        daemon.stop();
+        let place = b.value("SELECT run_id FROM jobs WHERE id = 1;");
+        b.value("UPDATE jobs SET state = 'queued', run_at = 0 WHERE id = 1;");
+        assert_eq!(
+            b.value(
+                "SELECT id || '|' || attempt || '|' || outcome FROM job_runs WHERE job_id = 1;"
+            )
+            .trim(),
+            format!("{}|1|succeeded", place.trim()),
+            "{}: the first success left the history when its job was queued again",
+            b.name
+        );
+        let daemon = b.home.daemon();
+        b.wait_value(first, "2", "the second run");
+        daemon.stop();
+        let runs = b.value(
+            "SELECT id || '|' || attempt || '|' || outcome FROM job_runs WHERE job_id = 1 ORDER BY id;",
+        );
+        let runs: Vec<&str> = runs.trim().lines().collect();
+        assert_eq!(runs.len(), 2, "{}: {runs:?}", b.name);
+        assert_eq!(
+            runs[0],
+            format!("{}|1|succeeded", place.trim()),
+            "{}",
+            b.name
+        );
+        assert!(runs[1].ends_with("|2|succeeded"), "{}: {runs:?}", b.name);
+        let shown = b.home.ok(&["show", "1"]);
+        assert_eq!(
+            shown.matches("succeeded").count(),
+            3,
+            "{}: the job and two attempts:\n{shown}",
+            b.name
+        );
+    }
+}
+
+/// A success written through `job_runs` that no job can hold (its job is
+/// not `succeeded`, or already holds its success) is kept as an attempt
+/// row at a place of its own, not dropped without a word.
+#[test]
+fn a_success_written_through_job_runs_that_no_job_can_hold_is_kept() {
+    for b in common::homes("success_row") {
+        b.home.ok(&["migrate"]);
+        b.value(
+            "INSERT INTO jobs (id, kind, state, attempts, worker, started_at, finished_at) VALUES \
+             (1, 'noop', 'succeeded', 1, 'w', 2000, 2050), (2, 'noop', 'queued', 0, NULL, NULL, NULL);",
+        );
+        let success = |job: i64| {
+            format!(
+                "INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, \
+                 finished_at, outcome, error, duration_ms) VALUES \
+                 ({job}, 1, 'w', 'default', 'noop', 2000, 2050, 'succeeded', NULL, 50);"
+            )
+        };
+        // Its job's own success, then the same again, then one for a job
+        // that has not run.
+        b.value(&success(1));
+        b.value(&success(1));
+        b.value(&success(2));
+        assert_eq!(
+            b.value("SELECT job_id || '|' || outcome FROM job_runs ORDER BY id;")
+                .trim(),
+            "1|succeeded\n1|succeeded\n2|succeeded",
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            b.value("SELECT count(DISTINCT id) FROM job_runs WHERE id IS NOT NULL;")
+                .trim(),
+            "3",
+            "{}: every attempt has a place of its own",
+            b.name
+        );
+    }
+}
+
+/// The pruner may delete the newest attempts (every finished job past its
+/// retention): the next attempt still takes a place after every place
+/// handed out before, so a `jobd tail` that showed them sees it.
+#[test]
+fn places_are_never_handed_out_twice_when_the_newest_are_pruned() {
+    for b in common::homes("places_pruned") {
+        b.home.migrate();
+        b.value("INSERT INTO jobs (kind) VALUES ('noop');");
+        let daemon = b.home.daemon();
+        let done = "SELECT count(*) FROM jobs WHERE state = 'succeeded'";
+        b.wait_value(done, "1", "the first job");
+        let first: i64 = b
+            .value("SELECT max(id) FROM job_runs;")
+            .trim()
+            .parse()
+            .unwrap();
+        b.home.ok(&["prune", "--older-than", "0s"]);
+        assert_eq!(
+            b.value("SELECT count(*) FROM job_runs;").trim(),
+            "0",
+            "{}",
+            b.name
+        );
+        b.value("INSERT INTO jobs (kind) VALUES ('noop');");
+        b.wait_value(done, "1", "the second job");
+        daemon.stop();
+        let next: i64 = b
+            .value("SELECT max(id) FROM job_runs;")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            next > first,
+            "{}: the place {first} was handed out again ({next})",
+            b.name
+        );
+    }
+}
+
 #[test]
 fn journal_mode_is_wal_for_every_client() {
     let home = Home::new();

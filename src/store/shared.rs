@@ -31,15 +31,19 @@ pub(crate) struct RunOrder {
     pub(crate) greatest: &'static str,
     /// A NULL of type text in a select list.
     pub(crate) null_text: &'static str,
+    /// The newest place the pruner has deleted, as SQL (`0` where places
+    /// come from a sequence, which never goes back).
+    pub(crate) pruned: &'static str,
 }
 
 impl RunOrder {
-    /// The newest place in the order (0 when there is none).
+    /// The newest place in the order (0 when there is none), counting
+    /// those the pruner deleted: the next attempt takes a place after it.
     pub(crate) fn last_sql(&self) -> String {
         format!(
             "SELECT {}(COALESCE((SELECT max(id) FROM job_attempts), 0), \
-               COALESCE((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0))",
-            self.greatest
+               COALESCE((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0), {})",
+            self.greatest, self.pruned
         )
     }
 
@@ -54,10 +58,11 @@ impl RunOrder {
 
     /// The attempts after place `after`, in order, at most `limit`, as
     /// rows of `columns` (the `job_runs` columns, in the store's order).
-    /// A job keeps its `run_id` when SQL moves it out of `succeeded`: only
-    /// a succeeded job's place is an attempt (here, in `among_sql` and in
-    /// `empty_sql`; `tally_sql` counts new places, each taken by the very
-    /// statement that writes the success).
+    /// Only a succeeded job's place is an attempt (here, in `among_sql`
+    /// and in `empty_sql`; `tally_sql` counts new places, each taken by the
+    /// very statement that writes the success): a job that SQL moved out of
+    /// `succeeded` before the schema's `jobs_success_kept` trigger (which
+    /// now moves such a success into `job_attempts`) kept its `run_id`.
     pub(crate) fn after_sql(&self, columns: &str, after: &str, limit: &str) -> String {
         format!(
             "SELECT * FROM (SELECT {columns} FROM job_attempts WHERE id > {after} \

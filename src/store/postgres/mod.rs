@@ -1023,6 +1023,7 @@ const RUN_COLUMNS: &str =
 const RUN_ORDER: crate::store::shared::RunOrder = crate::store::shared::RunOrder {
     greatest: "GREATEST",
     null_text: "NULL::text",
+    pruned: "0",
 };
 
 /// How many dead jobs one `retry --dead` transaction takes.

@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[&str] = &[
     V16_HANDLERS,
     V17_AUTOVACUUM,
     V18_SUCCESS_IN_THE_JOB,
+    V19_SUCCESS_KEPT,
 ];
 
 /// The schema version this build writes and reads.
@@ -1224,4 +1225,47 @@ BEGIN
 END $$;
 CREATE TRIGGER job_runs_write INSTEAD OF INSERT OR DELETE ON job_runs
     FOR EACH ROW EXECUTE FUNCTION jobd_job_runs_write();
+";
+
+/// Version 19: nothing a success was is lost when it stops being one, as
+/// SQLite's version 18 (see there): a succeeded job moved out of
+/// `succeeded` by SQL keeps its success as an attempt row with its place
+/// (and gives up its `run_id`), and a success written through `job_runs`
+/// that no job can hold becomes an attempt row instead of vanishing.
+/// Places come from the sequence, which never goes back, so the pruner
+/// needs no mark here.
+const V19_SUCCESS_KEPT: &str = "
+CREATE OR REPLACE FUNCTION jobd_job_runs_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM job_attempts WHERE id = OLD.id;
+        RETURN OLD;
+    END IF;
+    IF NEW.outcome = 'succeeded' THEN
+        UPDATE jobs SET run_id = nextval('job_attempts_id_seq')
+            WHERE id = NEW.job_id AND state = 'succeeded' AND run_id IS NULL;
+        IF FOUND THEN
+            RETURN NEW;
+        END IF;
+    END IF;
+    INSERT INTO job_attempts (job_id, attempt, worker, queue, kind, started_at,
+            finished_at, outcome, error, duration_ms)
+        VALUES (NEW.job_id, NEW.attempt, NEW.worker, NEW.queue, NEW.kind, NEW.started_at,
+            NEW.finished_at, NEW.outcome, NEW.error, NEW.duration_ms);
+    RETURN NEW;
+END $$;
+CREATE FUNCTION jobd_success_kept() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO job_attempts (id, job_id, attempt, worker, queue, kind, started_at,
+            finished_at, outcome, error, duration_ms)
+        VALUES (OLD.run_id, OLD.id, OLD.attempts, COALESCE(OLD.worker, ''), OLD.queue, OLD.kind,
+            COALESCE(OLD.started_at, OLD.finished_at, 0),
+            COALESCE(OLD.finished_at, OLD.started_at, 0), 'succeeded', NULL,
+            GREATEST(COALESCE(OLD.finished_at - OLD.started_at, 0), 0));
+    NEW.run_id := NULL;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER jobs_success_kept BEFORE UPDATE OF state ON jobs FOR EACH ROW
+    WHEN (OLD.run_id IS NOT NULL AND OLD.state = 'succeeded' AND NEW.state <> 'succeeded')
+    EXECUTE FUNCTION jobd_success_kept();
 ";

@@ -80,6 +80,19 @@ impl Admin for SqliteStore {
                     ))?
                     .query_map(params![cutoff, left], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
+                if !ids.is_empty() {
+                    // The newest place stays taken, pruned or not: places
+                    // are the newest plus one (see `PLACES_PRUNED`).
+                    static MARK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                        format!(
+                            "INSERT INTO meta (key, value) VALUES ('{}', CAST(({}) AS TEXT)) \
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            crate::store::sqlite::schema::PLACES_PRUNED,
+                            super::RUN_ORDER.last_sql()
+                        )
+                    });
+                    tx.prepare_cached(&MARK)?.execute([])?;
+                }
                 let mut runs = tx.prepare_cached("DELETE FROM job_attempts WHERE job_id = ?1")?;
                 let mut jobs =
                     tx.prepare_cached("DELETE FROM jobs WHERE id = ?1 AND state = ?2")?;

@@ -61,6 +61,7 @@ const RUN_COLUMNS: &str =
 const RUN_ORDER: crate::store::shared::RunOrder = crate::store::shared::RunOrder {
     greatest: "max",
     null_text: "NULL",
+    pruned: "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'places_pruned'), 0)",
 };
 
 impl SqliteStore {

@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[&str] = &[
     V15_HANDLERS,
     V16_LIGHTER_TRANSITIONS,
     V17_SUCCESS_IN_THE_JOB,
+    V18_SUCCESS_KEPT,
 ];
 
 /// The schema version this build writes and reads.
@@ -1531,6 +1532,70 @@ BEGIN
     DELETE FROM job_attempts WHERE id = OLD.id;
 END;
 ";
+
+/// The next place in the order of `job_runs` as the triggers of version
+/// 18 take it: after every attempt row, every success, and every place
+/// the pruner has deleted ([`PLACES_PRUNED`]).
+macro_rules! next_place {
+    () => {
+        "max(coalesce((SELECT max(id) FROM job_attempts), 0), \
+             coalesce((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0), \
+             coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'places_pruned'), 0)) + 1"
+    };
+}
+
+/// The `meta` key under which the pruner keeps the newest place it has
+/// seen before deleting: places are `max + 1`, so without it a pruner
+/// that deleted the newest attempts would let the next ones take their
+/// places again, behind a `jobd tail` that had shown them.
+pub const PLACES_PRUNED: &str = "places_pruned";
+
+/// Version 18: nothing a success was is lost when it stops being one.
+/// - A succeeded job moved out of `succeeded` by SQL (queued again to run
+///   once more) keeps its success in the history: the trigger writes it as
+///   an attempt row with its place, and the job gives up its `run_id`, so
+///   its next success takes a new place. (It vanished from `job_runs`,
+///   and `jobd show` no longer told of the attempt.)
+/// - A success written through `job_runs` that no job can hold (its job is
+///   not `succeeded`, or already holds a success) becomes an attempt row;
+///   it was dropped without a word.
+/// - Both triggers take places after those the pruner deleted.
+///
+/// The new trigger fires only where a job leaves `succeeded`, which no
+/// write of jobd's does; its `WHEN` is read on each update of `state`
+/// (measured in docs/benchmarks.md).
+const V18_SUCCESS_KEPT: &str = concat!(
+    "
+DROP TRIGGER job_runs_insert;
+CREATE TRIGGER job_runs_insert INSTEAD OF INSERT ON job_runs
+BEGIN
+    INSERT INTO job_attempts (id, job_id, attempt, worker, queue, kind, started_at, finished_at,
+            outcome, error, duration_ms)
+        SELECT ",
+    next_place!(),
+    ", NEW.job_id, NEW.attempt, NEW.worker, NEW.queue, NEW.kind, NEW.started_at,
+            NEW.finished_at, NEW.outcome, NEW.error, NEW.duration_ms
+        WHERE NEW.outcome <> 'succeeded' OR NOT EXISTS (SELECT 1 FROM jobs
+            WHERE id = NEW.job_id AND state = 'succeeded' AND run_id IS NULL);
+    UPDATE jobs SET run_id = ",
+    next_place!(),
+    "
+        WHERE NEW.outcome = 'succeeded' AND id = NEW.job_id AND state = 'succeeded'
+        AND run_id IS NULL;
+END;
+CREATE TRIGGER jobs_success_kept AFTER UPDATE OF state ON jobs
+    WHEN OLD.run_id IS NOT NULL AND OLD.state = 'succeeded' AND NEW.state <> 'succeeded'
+BEGIN
+    INSERT INTO job_attempts (id, job_id, attempt, worker, queue, kind, started_at, finished_at,
+            outcome, error, duration_ms)
+        VALUES (OLD.run_id, OLD.id, OLD.attempts, coalesce(OLD.worker, ''), OLD.queue, OLD.kind,
+            coalesce(OLD.started_at, OLD.finished_at, 0),
+            coalesce(OLD.finished_at, OLD.started_at, 0), 'succeeded', NULL,
+            max(coalesce(OLD.finished_at - OLD.started_at, 0), 0));
+    UPDATE jobs SET run_id = NULL WHERE id = OLD.id;
+END;
+"
+);
 
 #[cfg(test)]
 mod tests {
