@@ -90,9 +90,10 @@ pub fn slots(threads: usize, avg_duration: f64, ahead: usize) -> usize {
 /// The weight of the newest attempt in the running average of durations.
 const DURATION_WEIGHT: f64 = 0.1;
 
-/// When to look first, once more, after a wake-up that no commit
-/// confirmed (see `Dispatcher::on_wake`): one read of the change counter.
-/// Later looks come at twice the previous gap, up to [`WATCHED_POLL`]: a
+/// When to look first, once more, after a wake-up, confirmed or not (see
+/// `Dispatcher::on_wake`; `daemon.poll_interval` if that is shorter): one
+/// read of the change counter. Later looks come at twice the previous
+/// gap, until the gap would pass [`WATCHED_POLL`]: a
 /// writer with `synchronous = FULL` appends its frames (the wake-up), then
 /// waits for its fsync before the commit shows, and an fsync on a busy
 /// disk takes tens of milliseconds, more than any fixed wait worth
@@ -110,9 +111,8 @@ pub const CONFIRM_WINDOW: Duration = Duration::from_millis(3);
 
 /// The poll period while the commit watcher runs. Every commit to a WAL
 /// database appends to the `-wal` file, so the watcher sees them all and
-/// each wake-up that is not confirmed at once gets a poll one
-/// `daemon.poll_interval` later; this slower poll is only a safety net, and
-/// it keeps an idle daemon's CPU near zero.
+/// each wake-up gets its looks again ([`WAKE_RECHECK`]); this slower poll
+/// is only a safety net, and it keeps an idle daemon's CPU near zero.
 pub const WATCHED_POLL: Duration = Duration::from_secs(1);
 
 /// How long to wait before claiming again after a claim failed.
@@ -266,8 +266,8 @@ pub struct Dispatcher {
     check_cancels: bool,
     last_write: Instant,
     next_poll: Instant,
-    /// A wake-up no commit confirmed yet: when to read the change counter
-    /// again, and the gap before the look after that.
+    /// After a wake-up: when to read the change counter again, and the
+    /// gap before the look after that ([`WAKE_RECHECK`]).
     recheck: Option<(Instant, Duration)>,
     next_renew: Instant,
     /// When the handlers' progress is written next.
