@@ -21,7 +21,13 @@ fn main() -> ExitCode {
         };
     }
     let cli = jobd::commands::cli::Cli::parse();
-    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let env = match environment() {
+        Ok(env) => env,
+        Err(name) => {
+            eprintln!("jobd: the environment variable {name} is not valid UTF-8");
+            return ExitCode::FAILURE;
+        }
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match jobd::commands::run(cli, &env, &mut out) {
@@ -32,4 +38,25 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// The environment as text. A variable that is not UTF-8 is left out,
+/// unless it is jobd's own (`JOBD_*`), which is refused by name: another
+/// program's variable (a locale's, a path in another encoding) made every
+/// command panic.
+fn environment() -> Result<std::collections::HashMap<String, String>, String> {
+    let mut env = std::collections::HashMap::new();
+    for (name, value) in std::env::vars_os() {
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => {
+                env.insert(name, value);
+            }
+            (Ok(name), Err(_)) if name.starts_with("JOBD_") => return Err(name),
+            (Err(name), _) if name.to_string_lossy().starts_with("JOBD_") => {
+                return Err(format!("{:?}", name.to_string_lossy()))
+            }
+            _ => {}
+        }
+    }
+    Ok(env)
 }

@@ -894,3 +894,50 @@ fn every_command(backend: &common::BackendHome) {
         .fails(1, "ended dead: payload field sleep_ms: invalid type");
     daemon.stop();
 }
+
+/// A variable of the environment that is not UTF-8 stops no command
+/// unless it is jobd's own, which is refused by name. (Any such variable,
+/// another program's too, made every command panic.)
+#[test]
+fn an_environment_variable_that_is_not_utf8_is_left_out_unless_it_is_jobds() {
+    use std::os::unix::ffi::OsStrExt;
+    let home = Home::new();
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let out = home
+        .cmd(&["check-config"])
+        .env("LANG_OLD", latin1)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = home
+        .cmd(&["check-config"])
+        .env("JOBD_POOL__THREADS", latin1)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert_eq!(
+        said.trim(),
+        "jobd: the environment variable JOBD_POOL__THREADS is not valid UTF-8"
+    );
+}
+
+/// `prune --older-than` takes an age of at most 100 years: one past the
+/// millisecond arithmetic's limit wrapped the cutoff into the future and
+/// deleted every finished job, the one that had just ended too.
+#[test]
+fn prune_refuses_an_age_it_cannot_count_and_deletes_nothing() {
+    let home = Home::new();
+    home.migrate();
+    let id = id_of(&home.ok(&["enqueue", "noop"]));
+    work(&home, |a| a.succeeded(None));
+    for age in ["10000000000000000s", "9223372036854776s"] {
+        home.jobd(&["prune", "--older-than", age])
+            .fails(2, "is longer than 100 years");
+    }
+    assert_eq!(home.state(id), "succeeded");
+    assert!(home
+        .ok(&["prune", "--older-than", "1d"])
+        .contains("pruned 0 jobs"));
+    assert_eq!(home.state(id), "succeeded");
+}

@@ -58,6 +58,20 @@ fn url_and_path_together_or_a_wrong_url_are_refused_naming_the_keys() {
         shown.contains("postgres://jobd:(redacted)@127.0.0.1/test"),
         "{shown}"
     );
+    // Nor as a parameter of the query: in check-config, and in the error
+    // of a connection the server refuses (it was printed whole in both).
+    let in_query = "postgres://postgres@127.0.0.1/no_such_db_4e1f?password=pw-q-secret";
+    std::fs::write(home.config(), format!("[database]\nurl = \"{in_query}\"\n")).unwrap();
+    let shown = home.ok(&["check-config"]);
+    assert!(!shown.contains("pw-q-secret"), "{shown}");
+    assert!(shown.contains("password=(redacted)"), "{shown}");
+    let out = home.cmd(&["migrate"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("no_such_db_4e1f") && !said.contains("pw-q-secret"),
+        "{said}"
+    );
     // Or the whole URL from the environment, kept out of the file.
     std::fs::write(home.config(), "[database]\n").unwrap();
     let out = home

@@ -91,7 +91,8 @@ pub fn prune(
     let now = now_ms();
     let cutoffs = match args.older_than {
         Some(age) => {
-            let cutoff = Some(now - age.as_millis() as i64);
+            // The age is at most 100 years (`--older-than`'s parser).
+            let cutoff = Some(now.saturating_sub(age.as_millis() as i64));
             PruneCutoffs {
                 succeeded: cutoff,
                 dead: cutoff,

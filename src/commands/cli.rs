@@ -241,7 +241,7 @@ pub struct CancelArgs {
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     /// Delete finished jobs older than this (e.g. 7d) [default: the retention section].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_age)]
     pub older_than: Option<Duration>,
 }
 
@@ -297,6 +297,20 @@ fn parse_delay(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(delay)
+}
+
+/// An age to prune at: at most 100 years, like a delay. (An age past the
+/// millisecond arithmetic's limit wrapped the cutoff into the future, and
+/// `prune` deleted every finished job, those that had just ended too.)
+fn parse_age(s: &str) -> Result<Duration, String> {
+    if s.trim_start().starts_with('-') {
+        return Err("an age cannot be negative (e.g. 7d)".into());
+    }
+    let age = parse_duration(s)?;
+    if age > MAX_DELAY {
+        return Err(format!("is longer than 100 years (got {s:?})"));
+    }
+    Ok(age)
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {

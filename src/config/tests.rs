@@ -355,6 +355,28 @@ fn passwords_never_reach_messages() {
         redact_url("postgres://jobd@127.0.0.1/test"),
         "postgres://jobd@127.0.0.1/test"
     );
+    // In the query, however spelled, beside other parameters.
+    assert_eq!(
+        redact_url("postgres://jobd@db/test?application_name=x&password=s3cret&sslmode=require"),
+        "postgres://jobd@db/test?application_name=x&password=(redacted)&sslmode=require"
+    );
+    assert_eq!(
+        redact_url("postgresql://db/test?PASSWORD=s3cret@x"),
+        "postgresql://db/test?PASSWORD=(redacted)"
+    );
+    assert_eq!(
+        redact_url("postgres://db/test?pass%77ord=s3cret"),
+        "postgres://db/test?pass%77ord=(redacted)"
+    );
+    // A key=value connection string, quoted values too.
+    assert_eq!(
+        redact_url("host=db password='s3 c\\'ret' dbname=test"),
+        "host=db password=(redacted) dbname=test"
+    );
+    assert_eq!(
+        redact_url("host=db password=s3cret"),
+        "host=db password=(redacted)"
+    );
 }
 
 #[test]
