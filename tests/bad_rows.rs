@@ -3,8 +3,9 @@
 //! other queues nor break a reader.
 //!
 //! SQLite stores whatever bytes a client casts to TEXT
-//! (`CAST(x'…' AS TEXT)` passes `json_valid`), so these run on SQLite;
-//! PostgreSQL refuses such text at insert.
+//! (`CAST(x'…' AS TEXT)` passes `json_valid`), so the tests of text run
+//! on SQLite (PostgreSQL refuses such text at insert); those of numbers
+//! run on both.
 
 mod common;
 
@@ -177,4 +178,87 @@ fn human_output_escapes_control_characters() {
         "{}",
         outputs[3].1
     );
+}
+
+/// Numbers at the edges of their range that a client wrote (a `run_at`,
+/// the times of a success, a daemon's heartbeat, a batch's counters)
+/// break no reader and no daemon: `stats` panicked on the lag and on the
+/// daemon's age, `show` and `tail` failed on the success's duration (a
+/// REAL on SQLite, out of range on PostgreSQL; `tail` stopped following),
+/// `batch` panicked adding the counters, and the daemon's maintenance
+/// thread panicked forgetting the daemon that never beat.
+#[test]
+fn numbers_at_the_edges_break_no_reader_and_no_daemon() {
+    const MIN: i64 = i64::MIN;
+    const MAX: i64 = i64::MAX;
+    for b in common::homes("edges") {
+        let home = &b.home;
+        home.migrate();
+        b.value(&format!(
+            "INSERT INTO jobs (id, kind, queue, run_at) VALUES (1, 'noop', 'far', {MIN}); \
+             INSERT INTO workers (id, host, pid, version, started_at, heartbeat_at, queues) \
+             VALUES ('ghost:1:1', 'ghost', 1, '0', {MIN}, {MIN}, '*'); \
+             INSERT INTO batches (name, total, succeeded, dead, cancelled) \
+             VALUES ('b', {MAX}, {MAX}, {MAX}, {MAX});"
+        ));
+        let mut tail = home
+            .cmd(&["tail"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = common::lines(tail.stdout.take().unwrap());
+        // A success with the most extreme times, placed through job_runs.
+        b.value(&format!(
+            "INSERT INTO jobs (id, kind, state, attempts, worker, started_at, finished_at) \
+             VALUES (2, 'noop', 'succeeded', 1, 'w', {MIN}, {MAX}); \
+             INSERT INTO job_runs (job_id, attempt, worker, queue, kind, started_at, finished_at, \
+             outcome, error, duration_ms) VALUES (2, 1, 'w', 'default', 'noop', {MIN}, {MAX}, \
+             'succeeded', NULL, 0);"
+        ));
+        for args in [
+            &["stats"][..],
+            &["stats", "--json"],
+            &["show", "2"],
+            &["show", "2", "--json"],
+            &["list"],
+            &["batch", "b"],
+        ] {
+            let out = home.cmd(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: jobd {args:?}: {}",
+                b.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let shown = home.ok(&["show", "2", "--json"]);
+        assert!(shown.contains(&MAX.to_string()), "{}: {shown}", b.name);
+        // The daemon forgets the daemon that never beat and runs jobs;
+        // tail shows the extreme success and what comes after it.
+        let daemon = home.daemon_logging_to("d.log");
+        daemon.wait_log("worker.forgotten");
+        b.value("INSERT INTO jobs (id, kind) VALUES (3, 'noop');");
+        b.wait_value(
+            "SELECT state FROM jobs WHERE id = 3",
+            "succeeded",
+            "the job after them",
+        );
+        let mut seen = Vec::new();
+        let after = common::wait_for(common::PATIENCE, || {
+            let line = lines
+                .recv_timeout(std::time::Duration::from_millis(200))
+                .ok()?;
+            seen.push(line.clone());
+            line.contains("job=3").then_some(())
+        });
+        tail.kill().unwrap();
+        tail.wait().unwrap();
+        assert!(after.is_some(), "{}: tail printed {seen:?}", b.name);
+        assert!(
+            seen.iter().any(|l| l.contains("job=2")),
+            "{}: {seen:?}",
+            b.name
+        );
+        daemon.stop();
+    }
 }

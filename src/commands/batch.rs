@@ -22,8 +22,12 @@ pub fn batch(store: &mut dyn Store, args: BatchArgs, out: &mut dyn Write) -> Res
         return writeln!(out).map_err(stdout_error);
     }
     let c = &info.counts;
-    let jobs: i64 = info.states.values().sum();
-    let ended = c.succeeded + c.dead + c.cancelled;
+    // Saturating: the counters are rows a client may have written.
+    let jobs: i64 = info.states.values().fold(0, |a, &n| a.saturating_add(n));
+    let ended = c
+        .succeeded
+        .saturating_add(c.dead)
+        .saturating_add(c.cancelled);
     let open: Vec<String> = ["waiting", "queued", "running"]
         .iter()
         .filter_map(|s| info.states.get(*s).map(|n| format!("{n} {s}")))

@@ -380,8 +380,8 @@ fn stats_table(stats: &Stats, out: &mut dyn Write) -> Result<()> {
             w.version.clone(),
             w.queues.clone(),
             w.running.to_string(),
-            millis(stats.now - w.started_at),
-            format!("{} ago", millis(stats.now - w.heartbeat_at)),
+            millis(stats.now.saturating_sub(w.started_at)),
+            format!("{} ago", millis(stats.now.saturating_sub(w.heartbeat_at))),
         ]);
     }
     table(out, &rows)

@@ -75,14 +75,14 @@ fn move_from_sqlite(config: &Config, source: &Path, url: &str, out: &mut dyn Wri
     if let Some(w) = from
         .workers()?
         .into_iter()
-        .find(|w| now - w.heartbeat_at < stale)
+        .find(|w| now.saturating_sub(w.heartbeat_at) < stale)
     {
         return Err(Error::Failed(format!(
             "{} is in use by the daemon {} (last heartbeat {}s ago): stop it first (its shutdown \
              puts its running jobs back to queued), then run this again",
             source.display(),
             w.id,
-            (now - w.heartbeat_at) / 1000
+            now.saturating_sub(w.heartbeat_at) / 1000
         )));
     }
     let rescued = rescued

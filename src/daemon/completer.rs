@@ -276,7 +276,7 @@ fn short_duration(ms: u64) -> String {
 /// attempt asked for. Counted and logged as a cancel (as a cancel noticed
 /// while running is), with what the attempt itself ended in.
 fn log_cancelled_instead(c: &Completion, queue: &str, kind: &str, metrics: Option<&Metrics>) {
-    let duration_ms = c.finished_at - c.started_at;
+    let duration_ms = c.finished_at.saturating_sub(c.started_at);
     if let Some(metrics) = metrics {
         metrics.attempt(
             kind,
@@ -313,7 +313,7 @@ fn log_outcome(
     counters: &Counters,
     metrics: Option<&Metrics>,
 ) {
-    let duration_ms = c.finished_at - c.started_at;
+    let duration_ms = c.finished_at.saturating_sub(c.started_at);
     if let Some(metrics) = metrics {
         metrics.attempt(kind, c.outcome.as_str(), duration_ms.max(0) as f64 / 1000.0);
     }

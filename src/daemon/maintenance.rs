@@ -240,7 +240,7 @@ impl Maintenance {
                         Info,
                         "worker.forgotten",
                         worker = w.id.as_str(),
-                        last_heartbeat_ms_ago = now - w.heartbeat_at
+                        last_heartbeat_ms_ago = now.saturating_sub(w.heartbeat_at)
                     );
                 }
             }

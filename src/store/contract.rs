@@ -428,7 +428,8 @@ pub struct Backlog {
 impl Backlog {
     /// `now - oldest ready run_at`, 0 when nothing is ready.
     pub fn lag_ms(&self, now: i64) -> i64 {
-        self.oldest_ready.map_or(0, |t| (now - t).max(0))
+        self.oldest_ready
+            .map_or(0, |t| now.saturating_sub(t).max(0))
     }
 }
 

@@ -34,6 +34,12 @@ pub(crate) struct RunOrder {
     /// The newest place the pruner has deleted, as SQL (`0` where places
     /// come from a sequence, which never goes back).
     pub(crate) pruned: &'static str,
+    /// A succeeded job's duration, `finished_at - started_at` but never
+    /// below 0 and never past the largest integer, whatever a client wrote
+    /// into the two (on SQLite the difference of two extremes became a
+    /// REAL no reader could take; on PostgreSQL it failed the whole read,
+    /// and `tail` stopped).
+    pub(crate) duration: &'static str,
 }
 
 impl RunOrder {
@@ -51,8 +57,8 @@ impl RunOrder {
     pub(crate) fn success_columns(&self) -> String {
         format!(
             "run_id, id, queue, kind, attempts, worker, started_at, finished_at, \
-             'succeeded', {}, {}(finished_at - started_at, 0)",
-            self.null_text, self.greatest
+             'succeeded', {}, {}",
+            self.null_text, self.duration
         )
     }
 
@@ -121,9 +127,9 @@ impl RunOrder {
             "SELECT queue, duration_ms FROM job_attempts \
                WHERE id > ({last}) - {sample} AND finished_at >= {since} \
              UNION ALL \
-             SELECT queue, {}(finished_at - started_at, 0) FROM jobs \
+             SELECT queue, {} FROM jobs \
                WHERE run_id > ({last}) - {sample} AND finished_at >= {since}",
-            self.greatest
+            self.duration
         )
     }
 }
@@ -496,7 +502,7 @@ impl StatsBuilder {
         let q = self.queue(name);
         q.ready = ready as u64;
         q.scheduled = scheduled as u64;
-        q.lag_ms = oldest.map_or(0, |oldest| (now - oldest).max(0));
+        q.lag_ms = oldest.map_or(0, |oldest| now.saturating_sub(oldest).max(0));
     }
 
     /// A queue's running jobs.

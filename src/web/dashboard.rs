@@ -323,7 +323,7 @@ pub fn overview(
                 escape(&job.queue),
                 escape(&job.kind),
                 time(started),
-                millis(stats.now - started),
+                millis(stats.now.saturating_sub(started)),
                 escape(job.worker.as_deref().unwrap_or("-")),
                 id = job.id,
             );
@@ -333,7 +333,7 @@ pub fn overview(
 
     b.push_str("<h2>Daemons</h2><table id=\"daemons\"><tr><th>worker</th><th>version</th><th>queues</th><th>running</th><th>heartbeat</th><th>up since</th></tr>");
     for w in &stats.workers {
-        let age = stats.now - w.heartbeat_at;
+        let age = stats.now.saturating_sub(w.heartbeat_at);
         let _ = write!(
             b,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n{}\">{} ago</td><td>{}</td></tr>",

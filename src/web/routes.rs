@@ -508,7 +508,10 @@ fn get_page(
                     .map_err(|e| e.to_string())?;
                 let long: Vec<_> = running
                     .into_iter()
-                    .filter(|j| j.started_at.is_some_and(|t| now - t > threshold))
+                    .filter(|j| {
+                        j.started_at
+                            .is_some_and(|t| now.saturating_sub(t) > threshold)
+                    })
                     .collect();
                 Ok((stats, long))
             });

@@ -643,7 +643,7 @@ fn insert_runs(
             &column(runs, |r| r.finished_at),
             &column(runs, |r| r.outcome.as_str()),
             &column(runs, |r| r.error),
-            &column(runs, |r| (r.finished_at - r.started_at).max(0)),
+            &column(runs, |r| r.finished_at.saturating_sub(r.started_at).max(0)),
         ],
     )?;
     Ok(())
@@ -1024,6 +1024,7 @@ const RUN_ORDER: crate::store::shared::RunOrder = crate::store::shared::RunOrder
     greatest: "GREATEST",
     null_text: "NULL::text",
     pruned: "0",
+    duration: "LEAST(GREATEST(finished_at::numeric - started_at, 0), 9223372036854775807)::bigint",
 };
 
 /// How many dead jobs one `retry --dead` transaction takes.

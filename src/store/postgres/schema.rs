@@ -1233,8 +1233,17 @@ CREATE TRIGGER job_runs_write INSTEAD OF INSERT OR DELETE ON job_runs
 /// (and gives up its `run_id`), and a success written through `job_runs`
 /// that no job can hold becomes an attempt row instead of vanishing.
 /// Places come from the sequence, which never goes back, so the pruner
-/// needs no mark here.
+/// needs no mark here. A success's duration in the view no longer fails
+/// the read (bigint out of range) when a client wrote extreme times.
 const V19_SUCCESS_KEPT: &str = "
+CREATE OR REPLACE VIEW job_runs AS
+    SELECT id, job_id, attempt, worker, queue, kind, started_at, finished_at, outcome, error,
+        duration_ms FROM job_attempts
+    UNION ALL
+    SELECT run_id, id, attempts, worker, queue, kind, started_at, finished_at,
+        'succeeded'::text, NULL::text,
+        LEAST(GREATEST(finished_at::numeric - started_at, 0), 9223372036854775807)::bigint
+    FROM jobs WHERE state = 'succeeded';
 CREATE OR REPLACE FUNCTION jobd_job_runs_write() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
@@ -1261,7 +1270,8 @@ BEGIN
         VALUES (OLD.run_id, OLD.id, OLD.attempts, COALESCE(OLD.worker, ''), OLD.queue, OLD.kind,
             COALESCE(OLD.started_at, OLD.finished_at, 0),
             COALESCE(OLD.finished_at, OLD.started_at, 0), 'succeeded', NULL,
-            GREATEST(COALESCE(OLD.finished_at - OLD.started_at, 0), 0));
+            COALESCE(LEAST(GREATEST(OLD.finished_at::numeric - OLD.started_at, 0),
+                9223372036854775807)::bigint, 0));
     NEW.run_id := NULL;
     RETURN NEW;
 END $$;

@@ -62,6 +62,9 @@ const RUN_ORDER: crate::store::shared::RunOrder = crate::store::shared::RunOrder
     greatest: "max",
     null_text: "NULL",
     pruned: "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'places_pruned'), 0)",
+    // A difference past the largest integer is a REAL, which the cast
+    // brings back to the largest integer.
+    duration: "CAST(max(finished_at - started_at, 0) AS INTEGER)",
 };
 
 impl SqliteStore {
@@ -662,7 +665,7 @@ fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[RunRow<'_>]) -> rusqlite:
                 Value::Text(run.outcome.as_str().to_string()),
                 run.error
                     .map_or(Value::Null, |e| Value::Text(e.to_string())),
-                Value::Integer((run.finished_at - run.started_at).max(0)),
+                Value::Integer(run.finished_at.saturating_sub(run.started_at).max(0)),
             ]);
             next += 1;
         }

@@ -1560,13 +1560,27 @@ pub const PLACES_PRUNED: &str = "places_pruned";
 ///   not `succeeded`, or already holds a success) becomes an attempt row;
 ///   it was dropped without a word.
 /// - Both triggers take places after those the pruner deleted.
+/// - The view's duration of a success stays an integer whatever a client
+///   wrote into its times (the difference of two extremes was a REAL,
+///   which no reader could take).
 ///
 /// The new trigger fires only where a job leaves `succeeded`, which no
 /// write of jobd's does; its `WHEN` is read on each update of `state`
 /// (measured in docs/benchmarks.md).
 const V18_SUCCESS_KEPT: &str = concat!(
     "
-DROP TRIGGER job_runs_insert;
+DROP VIEW job_runs;
+CREATE VIEW job_runs (id, job_id, attempt, worker, queue, kind, started_at, finished_at,
+    outcome, error, duration_ms) AS
+    SELECT id, job_id, attempt, worker, queue, kind, started_at, finished_at, outcome, error,
+        duration_ms FROM job_attempts
+    UNION ALL
+    SELECT run_id, id, attempts, worker, queue, kind, started_at, finished_at, 'succeeded', NULL,
+        CAST(max(finished_at - started_at, 0) AS INTEGER) FROM jobs WHERE state = 'succeeded';
+CREATE TRIGGER job_runs_delete INSTEAD OF DELETE ON job_runs
+BEGIN
+    DELETE FROM job_attempts WHERE id = OLD.id;
+END;
 CREATE TRIGGER job_runs_insert INSTEAD OF INSERT ON job_runs
 BEGIN
     INSERT INTO job_attempts (id, job_id, attempt, worker, queue, kind, started_at, finished_at,
@@ -1591,7 +1605,7 @@ BEGIN
         VALUES (OLD.run_id, OLD.id, OLD.attempts, coalesce(OLD.worker, ''), OLD.queue, OLD.kind,
             coalesce(OLD.started_at, OLD.finished_at, 0),
             coalesce(OLD.finished_at, OLD.started_at, 0), 'succeeded', NULL,
-            max(coalesce(OLD.finished_at - OLD.started_at, 0), 0));
+            coalesce(CAST(max(OLD.finished_at - OLD.started_at, 0) AS INTEGER), 0));
     UPDATE jobs SET run_id = NULL WHERE id = OLD.id;
 END;
 "
