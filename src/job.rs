@@ -428,7 +428,51 @@ impl NewJob {
         if self.queue.is_empty() {
             return Err("queue must not be empty".into());
         }
+        // What the database would refuse at insert, said here by field, so
+        // that a bulk import refuses the file before writing any of it.
+        for (field, value) in [
+            ("batch", &self.batch),
+            ("callback_for", &self.callback_for),
+            ("sequence", &self.sequence),
+        ] {
+            if value.as_deref() == Some("") {
+                return Err(format!("{field} must not be empty (leave it out for none)"));
+            }
+        }
+        if let Some(batch) = &self.callback_for {
+            if !self.parents.is_empty() {
+                return Err(format!(
+                    "the callback of batch {batch:?} takes no parents (it runs once the batch has ended)"
+                ));
+            }
+            if self.batch.as_ref() == Some(batch) {
+                return Err(format!(
+                    "the callback of batch {batch:?} cannot be a member of it"
+                ));
+            }
+        }
+        for (field, value) in [
+            ("kind", Some(&self.kind)),
+            ("queue", Some(&self.queue)),
+            ("unique_key", self.unique_key.as_ref()),
+            ("limit_key", self.limit_key.as_ref()),
+            ("batch", self.batch.as_ref()),
+            ("callback_for", self.callback_for.as_ref()),
+            ("sequence", self.sequence.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.contains('\0')) {
+                return Err(format!(
+                    "{field} contains a NUL character, which cannot be stored"
+                ));
+            }
+        }
         match serde_json::from_str::<serde_json::Value>(&self.payload) {
+            Ok(serde_json::Value::Object(ref fields)) if has_nul(fields) => {
+                return Err(
+                    "payload contains a NUL character (\\u0000), which PostgreSQL cannot store"
+                        .into(),
+                )
+            }
             Ok(serde_json::Value::Object(_)) => {}
             Ok(_) => {
                 return Err(format!(
@@ -468,6 +512,19 @@ impl NewJob {
         }
         Ok(())
     }
+}
+
+/// Whether a JSON object holds a NUL character in a key or a string.
+fn has_nul(fields: &serde_json::Map<String, serde_json::Value>) -> bool {
+    fn value(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(value),
+            serde_json::Value::Object(fields) => has_nul(fields),
+            _ => false,
+        }
+    }
+    fields.iter().any(|(k, v)| k.contains('\0') || value(v))
 }
 
 /// What one attempt ended in, as written to `job_runs.outcome`.

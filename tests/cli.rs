@@ -308,6 +308,58 @@ fn bulk_import_with_a_bad_line_imports_nothing_and_names_the_line() {
         .fails(1, "cannot open /nonexistent/jobs.jsonl");
 }
 
+/// Lines only the database would refuse are refused before anything is
+/// written too, named by line, on both backends: a parent that does not
+/// exist, a batch sealed in the database or by a callback earlier in the
+/// file, an empty batch name, a NUL character. (The first 2 000 lines of
+/// such a file were imported before the database refused the batch with
+/// the bad line, which it did not name.)
+#[test]
+fn a_bulk_line_the_database_would_refuse_is_named_before_anything_is_written() {
+    for b in common::homes("bulk_db") {
+        let home = &b.home;
+        home.migrate();
+        // A sealed batch: its callback is in.
+        home.ok(&["enqueue", "noop", "--batch", "done"]);
+        home.ok(&["enqueue", "noop", "--batch-callback", "done"]);
+        let before = b.count("SELECT count(*) FROM jobs");
+        let good = "{\"kind\":\"noop\"}\n".repeat(2_500);
+        let path = home.path().join("jobs.jsonl");
+        let bad_lines = [
+            r#"{"kind":"noop","parents":[999999]}"#,
+            r#"{"kind":"noop","batch":"done"}"#,
+            r#"{"kind":"noop","callback_for":"open"}"#,
+            r#"{"kind":"noop","batch":"open"}"#,
+            r#"{"kind":"noop","batch":""}"#,
+            r#"{"kind":"noop","payload":{"a":"x\u0000y"}}"#,
+        ];
+        std::fs::write(&path, format!("{good}{}\n", bad_lines.join("\n"))).unwrap();
+        let err = home
+            .jobd(&["enqueue", "--file", path.to_str().unwrap()])
+            .fails(1, "has 5 bad line(s), nothing was imported");
+        for needle in [
+            "line 2501: parent job 999999 does not exist",
+            "line 2502: batch \"done\" is sealed",
+            "line 2504: batch \"open\" is sealed by its callback on line 2503",
+            "line 2505: batch must not be empty",
+            "line 2506: payload contains a NUL character",
+        ] {
+            assert!(
+                err.contains(needle),
+                "{}: {needle:?} missing from: {err}",
+                b.name
+            );
+        }
+        // In the file's order, though found in two passes.
+        assert!(
+            err.find("line 2501").unwrap() < err.find("line 2504").unwrap(),
+            "{}: {err}",
+            b.name
+        );
+        assert_eq!(b.count("SELECT count(*) FROM jobs"), before, "{}", b.name);
+    }
+}
+
 #[test]
 fn list_filters_and_prints_json() {
     let home = Home::new();

@@ -1,10 +1,13 @@
 //! `jobd enqueue`: one job from the arguments, or many from a JSON-lines file.
 //!
-//! A bulk import reads and checks every line before it writes anything, so a
-//! bad line 90 000 does not leave 89 999 jobs behind; then it inserts in
+//! A bulk import reads and checks every line before it writes anything
+//! (what the database would refuse too: parents that do not exist, sealed
+//! batches), so a bad line 90 000 does not leave 89 999 jobs behind; then
+//! it inserts in
 //! short transactions of [`BULK_BATCH`] rows, so a running daemon and other
 //! clients keep getting the write lock between batches.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -117,6 +120,109 @@ fn check(config: &Config, job: &NewJob) -> Result<(), String> {
     Ok(())
 }
 
+/// The bad lines of a bulk file, found in two passes (the file's own
+/// checks, then the database's): how many, and the first few by line.
+#[derive(Default)]
+struct BadLines {
+    found: Vec<(usize, String)>,
+    count: usize,
+}
+
+impl BadLines {
+    fn add(&mut self, line: usize, fault: String) {
+        self.count += 1;
+        // Enough to show the first few of either pass, in order.
+        if self.found.len() < 2 * BAD_LINES_SHOWN {
+            self.found.push((line, fault));
+        }
+    }
+
+    /// The first few, in the file's order.
+    fn shown(mut self) -> (Vec<String>, usize) {
+        self.found.sort_by_key(|(line, _)| *line);
+        let shown = (self.found.into_iter().take(BAD_LINES_SHOWN))
+            .map(|(line, fault)| format!("line {line}: {fault}"))
+            .collect();
+        (shown, self.count)
+    }
+}
+
+/// A line that joins, or gives a second callback to, a batch whose
+/// callback an earlier line of the same file inserts (which seals it).
+fn sealed_in_file(
+    job: &NewJob,
+    line: usize,
+    sealed: &mut HashMap<String, usize>,
+) -> Result<(), String> {
+    if let Some(batch) = &job.batch {
+        if let Some(at) = sealed.get(batch) {
+            return Err(format!(
+                "batch {batch:?} is sealed by its callback on line {at}: no job joins it after that"
+            ));
+        }
+    }
+    if let Some(batch) = &job.callback_for {
+        if let Some(at) = sealed.insert(batch.clone(), line) {
+            return Err(format!(
+                "batch {batch:?} already has its callback, on line {at}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What only the database knows, read before anything is written: the
+/// parents must exist, and a batch a line joins or gives its callback to
+/// must not be sealed. (The database refused such a line at insert, after
+/// the batches before it had been imported.)
+fn check_against_the_database(
+    store: &mut dyn Store,
+    jobs: &[NewJob],
+    lines: &[usize],
+    bad: &mut BadLines,
+) -> Result<()> {
+    let mut parents: HashMap<i64, bool> = HashMap::new();
+    let mut sealed: HashMap<String, bool> = HashMap::new();
+    for (job, &line) in jobs.iter().zip(lines) {
+        for &parent in &job.parents {
+            let exists = match parents.get(&parent) {
+                Some(&exists) => exists,
+                None => {
+                    let exists = store.job(parent)?.is_some();
+                    parents.insert(parent, exists);
+                    exists
+                }
+            };
+            if !exists {
+                bad.add(line, format!("parent job {parent} does not exist"));
+            }
+        }
+        for (batch, callback) in [(&job.batch, false), (&job.callback_for, true)] {
+            let Some(batch) = batch else { continue };
+            let is_sealed = match sealed.get(batch) {
+                Some(&s) => s,
+                None => {
+                    let s = store.batch(batch)?.is_some_and(|b| b.sealed);
+                    sealed.insert(batch.clone(), s);
+                    s
+                }
+            };
+            if is_sealed && callback {
+                bad.add(
+                    line,
+                    format!("batch {batch:?} already has its callback (it is sealed)"),
+                );
+            } else if is_sealed {
+                bad.add(
+                    line,
+                    format!("batch {batch:?} is sealed: no job joins it any more"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Follows a job until it is final; Ok only if it succeeded.
 fn wait(store: &mut dyn Store, id: i64, out: &mut dyn Write) -> Result<()> {
     loop {
@@ -159,11 +265,15 @@ fn bulk(config: &Config, path: &std::path::Path, out: &mut dyn Write) -> Result<
         Box::new(BufReader::with_capacity(1 << 20, file))
     };
     let mut jobs = Vec::new();
-    let mut bad: Vec<String> = Vec::new();
-    let mut bad_count = 0usize;
+    // The line of each job, for messages.
+    let mut lines = Vec::new();
+    let mut bad = BadLines::default();
+    // Batches a callback in this file seals, with its line.
+    let mut sealed_here: HashMap<String, usize> = HashMap::new();
     for (index, line) in reader.lines().enumerate() {
+        let number = index + 1;
         let line = line.map_err(|source| Error::Io {
-            what: format!("cannot read {name} at line {}", index + 1),
+            what: format!("cannot read {name} at line {number}"),
             source,
         })?;
         if line.trim().is_empty() {
@@ -171,18 +281,20 @@ fn bulk(config: &Config, path: &std::path::Path, out: &mut dyn Write) -> Result<
         }
         let parsed = serde_json::from_str::<NewJob>(&line)
             .map_err(|e| e.to_string())
-            .and_then(|job| check(config, &job).map(|()| job));
+            .and_then(|job| check(config, &job).map(|()| job))
+            .and_then(|job| sealed_in_file(&job, number, &mut sealed_here).map(|()| job));
         match parsed {
-            Ok(job) => jobs.push(job),
-            Err(e) => {
-                bad_count += 1;
-                if bad.len() < BAD_LINES_SHOWN {
-                    bad.push(format!("line {}: {e}", index + 1));
-                }
+            Ok(job) => {
+                jobs.push(job);
+                lines.push(number);
             }
+            Err(e) => bad.add(number, e),
         }
     }
-    if bad_count > 0 {
+    let mut store = open(config)?;
+    check_against_the_database(store.as_mut(), &jobs, &lines, &mut bad)?;
+    if bad.count > 0 {
+        let (bad, bad_count) = bad.shown();
         let more = bad_count.saturating_sub(bad.len());
         let more = if more > 0 {
             format!("; and {more} more")
@@ -195,7 +307,6 @@ fn bulk(config: &Config, path: &std::path::Path, out: &mut dyn Write) -> Result<
         )));
     }
 
-    let mut store = open(config)?;
     let progress = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(jobs.len() as u64);
         bar.set_style(
@@ -209,11 +320,16 @@ fn bulk(config: &Config, path: &std::path::Path, out: &mut dyn Write) -> Result<
         None
     };
     let (mut inserted, mut duplicates) = (0u64, 0u64);
-    for batch in jobs.chunks(BULK_BATCH) {
+    for (batch, numbers) in jobs.chunks(BULK_BATCH).zip(lines.chunks(BULK_BATCH)) {
+        // What the checks above could not see coming (a parent pruned or a
+        // batch sealed meanwhile): said with the lines it concerns.
         let results = store.enqueue(batch, now_ms()).map_err(|e| {
             Error::Failed(format!(
-                "{e} (after {inserted} of {} jobs were imported; the rest were not)",
-                jobs.len()
+                "{name}, lines {} to {}: {e}; the jobs of the lines before them ({inserted} of {}) were imported, those from line {} on were not",
+                numbers[0],
+                numbers[numbers.len() - 1],
+                jobs.len(),
+                numbers[0],
             ))
         })?;
         for r in results {
