@@ -1165,3 +1165,33 @@ fn a_handler_whose_file_changed_is_replaced_by_the_new_version_at_its_next_job()
     assert_ne!(result["pid"].as_i64(), Some(first), "a fresh process");
     daemon.stop();
 }
+
+/// A one-shot handler that runs on a worker with warm handlers is not
+/// theirs to sweep: the reaper that retires idle warm handlers (and kills
+/// and reaps what they left) killed, or reaped before its own wait, the
+/// one-shot handler running at that moment, which failed with "cannot
+/// wait for it: No child processes". Both run on the one CPU worker.
+#[test]
+fn the_warm_handlers_reaper_leaves_a_running_one_shot_handler_alone() {
+    let home = warm_home("idle_timeout = \"300ms\"\n");
+    // Exits at once, its background child reaped by the worker meanwhile.
+    add_handler(
+        &home,
+        "slow",
+        "#!/bin/sh\nsleep 0.1 &\nsleep 2.5\necho '{\"ok\":1}'\n",
+    );
+    let _daemon = home.daemon();
+    assert!(pid_of(&home, job(&home, "{}", "NULL")) > 0);
+    // The warm handler idles out while the one-shot job runs (the reaper
+    // looks every second).
+    let ids: Vec<i64> = (0..2)
+        .map(|_| home.insert_job("exec", r#"{"handler":"slow"}"#, "1", "NULL"))
+        .collect();
+    for id in ids {
+        let (state, detail) = finish(&home, id);
+        assert_eq!(
+            (state.as_str(), detail.as_str()),
+            ("succeeded", "{\"ok\":1}")
+        );
+    }
+}

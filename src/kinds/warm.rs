@@ -269,6 +269,11 @@ impl Warm {
                 let Some(processes) = processes.upgrade() else {
                     return;
                 };
+                // Not while a job runs in this worker, warm or one-shot:
+                // its processes are this worker's children too.
+                let Some(_between) = crate::os::confine::between_jobs() else {
+                    continue;
+                };
                 let Ok(mut processes) = processes.try_lock() else {
                     // A job is running on one of them.
                     continue;

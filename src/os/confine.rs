@@ -80,6 +80,28 @@ pub fn become_subreaper() -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
+/// Held by a CPU worker while it runs a job (see [`running_job`]).
+static JOB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by a CPU worker while it runs a job: the job's handler and what it
+/// starts are the job's own children then, which no sweep beside it (the
+/// warm handlers' reaper, [`between_jobs`]) may kill or reap. (The reaper
+/// killed a one-shot handler running on the same worker, or reaped it
+/// before its own wait, and the job failed.)
+pub fn running_job() -> std::sync::MutexGuard<'static, ()> {
+    JOB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held while no job runs in this process, for a sweep of its children;
+/// None while one runs.
+pub fn between_jobs() -> Option<std::sync::MutexGuard<'static, ()>> {
+    match JOB.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// Whether this process is a CPU worker, which alone may treat every
 /// child of its own as a handler's leftover ([`become_subreaper`]).
 pub fn is_worker() -> bool {

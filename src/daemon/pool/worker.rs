@@ -42,7 +42,10 @@ pub fn run() -> io::Result<()> {
         let ToWorker::Run(order) = message else {
             continue;
         };
-        let answer = run_order(&registry, &order, &mut output);
+        let answer = {
+            let _job = crate::os::confine::running_job();
+            run_order(&registry, &order, &mut output)
+        };
         frame::write(&mut output, &FromWorker::Warm(registry.warm_handlers()))?;
         frame::write(&mut output, &FromWorker::Done(answer))?;
     }
