@@ -784,3 +784,48 @@ fn handlers_run_as_exec_user() {
         "exec.user names no-such-user-here, who is not a user of this system",
     );
 }
+
+/// A job too large for the worker's message limit (its payload, once
+/// escaped for the message, is over 64 MiB) goes dead at once, naming
+/// why, and the worker that was to take it lives on. (It was taken for a
+/// worker that died while idle: each attempt killed two healthy workers
+/// and failed again, until attempts ran out.)
+#[test]
+fn a_job_too_large_for_a_worker_goes_dead_and_the_worker_lives_on() {
+    let cpu = setup("[cpu]\nworkers = 1\n[limits]\nmax_payload_bytes = \"100MiB\"\n");
+    cpu.handler("ok", "#!/bin/sh\ncat > /dev/null\necho '{\"ok\":1}'\n");
+    let daemon = cpu.home.daemon();
+    let before = cpu.wait_workers(&daemon, 1);
+    // 17 million escaped quotes: 34 MB of payload, 68 MB once escaped
+    // again for the message.
+    let payload = format!(
+        "{{\"handler\":\"ok\",\"args\":\"{}\"}}",
+        "\\\"".repeat(17_000_000)
+    );
+    let db = rusqlite::Connection::open(cpu.home.db()).unwrap();
+    db.execute(
+        "INSERT INTO jobs (kind, payload, max_attempts) VALUES ('exec', ?1, 3)",
+        [&payload],
+    )
+    .unwrap();
+    let id = db.last_insert_rowid();
+    drop(payload);
+    let (state, detail) = cpu.finish(id);
+    assert_eq!(state, "dead", "{detail}");
+    assert!(
+        detail.contains("too large to hand to a CPU worker"),
+        "{detail}"
+    );
+    assert_eq!(
+        cpu.home
+            .text(&format!("SELECT attempts FROM jobs WHERE id = {id};"))
+            .trim(),
+        "1"
+    );
+    assert_eq!(cpu.ok("exec", r#"{"handler":"ok"}"#)["ok"], 1);
+    assert_eq!(
+        cpu.wait_workers(&daemon, 1),
+        before,
+        "the worker was replaced"
+    );
+}

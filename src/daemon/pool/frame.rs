@@ -82,6 +82,13 @@ pub enum FromWorker {
 
 /// Writes one frame and flushes it.
 pub fn write<T: Serialize>(out: &mut impl Write, message: &T) -> io::Result<()> {
+    let frame = encode(message)?;
+    send(out, &frame)
+}
+
+/// One frame, ready to send: Err if the message is over [`MAX_FRAME`]
+/// (which the other side would refuse), before anything is sent.
+pub fn encode<T: Serialize>(message: &T) -> io::Result<Vec<u8>> {
     let body = serde_json::to_vec(message).map_err(io::Error::other)?;
     if body.len() > MAX_FRAME {
         return Err(io::Error::other(format!(
@@ -92,7 +99,12 @@ pub fn write<T: Serialize>(out: &mut impl Write, message: &T) -> io::Result<()> 
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
-    out.write_all(&frame)?;
+    Ok(frame)
+}
+
+/// Sends a frame made by [`encode`] and flushes it.
+pub fn send(out: &mut impl Write, frame: &[u8]) -> io::Result<()> {
+    out.write_all(frame)?;
     out.flush()
 }
 

@@ -727,7 +727,18 @@ fn attempt(
         timeout_ms: task.timeout.as_millis() as u64,
         inputs: task.job.inputs.clone(),
     });
-    if frame::write(&mut worker.stdin, &order).is_err() {
+    // Too big for a worker to take: the job can never run on one, and the
+    // worker is not at fault. (Taken for a worker that died while idle,
+    // it cost two healthy workers an attempt, every attempt.)
+    let order = match frame::encode(&order) {
+        Ok(frame) => frame,
+        Err(e) => {
+            let message =
+                format!("the job's payload and inputs are too large to hand to a CPU worker ({e})");
+            return (Err(JobError::permanent(message)), After::Keep(worker));
+        }
+    };
+    if frame::send(&mut worker.stdin, &order).is_err() {
         // It died while idle: the job has not started, so a fresh worker
         // takes it.
         worker.kill(&common.pids);
@@ -738,7 +749,7 @@ fn attempt(
                 return (Err(JobError::transient(message)), After::Gone);
             }
         }
-        if let Err(e) = frame::write(&mut worker.stdin, &order) {
+        if let Err(e) = frame::send(&mut worker.stdin, &order) {
             let (pid, _) = worker.kill(&common.pids);
             let message = format!("{} could not be sent the job: {e}", worker_name(&pid));
             return (Err(JobError::transient(message)), After::Gone);
