@@ -829,3 +829,33 @@ fn a_job_too_large_for_a_worker_goes_dead_and_the_worker_lives_on() {
         "the worker was replaced"
     );
 }
+
+/// A compress killed at its deadline leaves its partial temporary file,
+/// but the next attempt of the job removes it: at most one is left, not
+/// one per attempt (a large file timing out on each of its attempts
+/// filled the disk with them).
+#[test]
+fn attempts_killed_mid_compress_leave_at_most_one_temporary_file() {
+    let cpu = setup("[cpu]\nworkers = 1\n");
+    std::fs::write(cpu.root.join("big.bin"), sample(40 << 20)).unwrap();
+    let _daemon = cpu.home.daemon();
+    let id = cpu.insert(
+        "compress",
+        r#"{"from":"big.bin","to":"big.bin.zst","format":"zstd","level":19}"#,
+        3,
+        "400",
+    );
+    let (state, detail) = cpu.finish(id);
+    assert_eq!(state, "dead", "{detail}");
+    assert!(detail.contains("timed out"), "{detail}");
+    let attempts = cpu
+        .home
+        .text(&format!("SELECT attempts FROM jobs WHERE id = {id};"));
+    assert_eq!(attempts.trim(), "3");
+    let left: Vec<String> = std::fs::read_dir(&cpu.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(left.len() <= 1, "temporary files left: {left:?}");
+}

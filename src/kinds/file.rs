@@ -245,7 +245,7 @@ impl FileKind {
         let target = self.locate(field, Some(raw))?;
         let dir = target.parent()?;
         let name = target.name()?;
-        let tmp = temporary_name(ctx, name);
+        let tmp = attempt_temporary(dir.as_fd(), ctx, name);
         replace_atomically_with(dir.as_fd(), name, &tmp, true, fill).map_err(|e| match e {
             // `fill` stopped for a reason of the job's own (its deadline).
             ReplaceError::Write(e) if e.get_ref().is_some_and(|i| i.is::<JobError>()) => e
@@ -260,13 +260,23 @@ impl FileKind {
 
 /// The temporary name beside `name` for an attempt: hidden, and distinct
 /// per job and attempt so two attempts never share one.
-fn temporary_name(ctx: &Context<'_>, name: &std::ffi::OsStr) -> String {
-    format!(
-        ".{}.jobd-{}-{}.tmp",
-        name.to_string_lossy(),
-        ctx.id,
-        ctx.attempt
-    )
+fn temporary_name(name: &std::ffi::OsStr, id: i64, attempt: i64) -> String {
+    format!(".{}.jobd-{id}-{attempt}.tmp", name.to_string_lossy())
+}
+
+/// How many earlier attempts' temporary files an attempt looks for.
+const EARLIER_TEMPORARIES: i64 = 64;
+
+/// This attempt's temporary name in `dir`, once the temporary files of
+/// the job's earlier attempts are gone: an attempt killed at its deadline
+/// or cancelled (a CPU job's whole worker) leaves its partial file, and
+/// each retry left one more (a 300 MB compress timing out 20 times).
+fn attempt_temporary(dir: BorrowedFd<'_>, ctx: &Context<'_>, name: &std::ffi::OsStr) -> String {
+    let first = ctx.attempt.saturating_sub(EARLIER_TEMPORARIES).max(1);
+    for attempt in first..ctx.attempt {
+        let _ = rustix::fs::unlinkat(dir, temporary_name(name, ctx.id, attempt), AtFlags::empty());
+    }
+    temporary_name(name, ctx.id, ctx.attempt)
 }
 
 impl Located {
@@ -644,7 +654,7 @@ fn write_atomic(
             target.raw
         )));
     }
-    let tmp = temporary_name(ctx, name);
+    let tmp = attempt_temporary(dir.as_fd(), ctx, name);
     replace_atomically(dir.as_fd(), name, &tmp, content, overwrite).map_err(|e| match e {
         ReplaceError::Write(e) => io("write", &target.raw, e),
         ReplaceError::At(what, errno) => target.error(what, errno),
@@ -675,7 +685,7 @@ impl FileKind {
                 to.raw
             )));
         }
-        let tmp = temporary_name(ctx, name);
+        let tmp = attempt_temporary(dir.as_fd(), ctx, name);
         replace_atomically_with(dir.as_fd(), name, &tmp, overwrite, |file| {
             copy_stream(ctx, source, len, file)
         })
