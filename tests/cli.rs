@@ -993,3 +993,59 @@ fn prune_refuses_an_age_it_cannot_count_and_deletes_nothing() {
         .contains("pruned 0 jobs"));
     assert_eq!(home.state(id), "succeeded");
 }
+
+/// Inputs without an end, or that are not files, are refused with a
+/// sentence instead of read until memory runs out or waited on forever:
+/// a bulk file or a payload from `/dev/zero`, a config or a secret file
+/// that is a device or a FIFO.
+#[test]
+fn endless_inputs_and_files_that_are_not_files_are_refused() {
+    let home = Home::with_config("[limits]\nmax_payload_bytes = \"1KiB\"\n");
+    home.migrate();
+    home.jobd(&["enqueue", "--file", "/dev/zero"])
+        .fails(1, "line 1 is longer than 1049600 bytes");
+    let zero = std::fs::File::open("/dev/zero").unwrap();
+    let out = home
+        .cmd(&["enqueue", "noop", "-"])
+        .stdin(zero)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the payload on stdin is larger than limits.max_payload_bytes (1024 bytes)"),
+        "{said}"
+    );
+    let out = home
+        .bare(&["--config", "/dev/zero", "check-config"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("/dev/zero: cannot be read: it is not a regular file"),
+        "{said}"
+    );
+    let fifo = home.path().join("config.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let out = home
+        .bare(&["--config", fifo.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("it is not a regular file"), "{said}");
+    std::fs::write(
+        home.config(),
+        "[metrics]\nlisten = \"127.0.0.1:0\"\ndashboard_token_file = \"/dev/zero\"\n",
+    )
+    .unwrap();
+    home.jobd(&["check-config"]).fails(
+        1,
+        "/dev/zero, which cannot be read: it is not a regular file",
+    );
+}

@@ -39,13 +39,22 @@ pub fn enqueue(config: &Config, args: EnqueueArgs, out: &mut dyn Write) -> Resul
     let payload = match args.payload.as_deref() {
         None => "{}".to_string(),
         Some("-") => {
+            // No more than a payload may be: an endless stdin (`/dev/zero`)
+            // grew until the allocation failed.
+            let limit = config.limits.max_payload_bytes;
             let mut text = String::new();
             std::io::stdin()
+                .take(limit + 1)
                 .read_to_string(&mut text)
                 .map_err(|source| Error::Io {
                     what: "cannot read the payload from stdin".into(),
                     source,
                 })?;
+            if text.len() as u64 > limit {
+                return Err(Error::Failed(format!(
+                    "the payload on stdin is larger than limits.max_payload_bytes ({limit} bytes)"
+                )));
+            }
             text
         }
         Some(text) => text.to_string(),
@@ -118,6 +127,27 @@ fn check(config: &Config, job: &NewJob) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What a bulk line may hold beyond its payload (its other fields).
+const MAX_LINE_EXTRA: u64 = 1 << 20;
+
+/// The next line of `reader` without its line end, read no further than
+/// `limit` + 1 bytes (a longer line comes back that long, for the caller
+/// to refuse); None at the end.
+fn read_line(reader: &mut dyn BufRead, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let read = reader.take(limit + 1).read_until(b'\n', &mut line)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    Ok(Some(line))
 }
 
 /// The bad lines of a bulk file, found in two passes (the file's own
@@ -270,12 +300,31 @@ fn bulk(config: &Config, path: &std::path::Path, out: &mut dyn Write) -> Result<
     let mut bad = BadLines::default();
     // Batches a callback in this file seals, with its line.
     let mut sealed_here: HashMap<String, usize> = HashMap::new();
-    for (index, line) in reader.lines().enumerate() {
-        let number = index + 1;
-        let line = line.map_err(|source| Error::Io {
+    // A line holds one job: its payload and a little more. A longer one
+    // (an endless `/dev/zero` has no line end) ends the reading there.
+    let max_line = config
+        .limits
+        .max_payload_bytes
+        .saturating_add(MAX_LINE_EXTRA);
+    let mut reader = reader;
+    for number in 1.. {
+        let Some(line) = read_line(&mut reader, max_line).map_err(|source| Error::Io {
             what: format!("cannot read {name} at line {number}"),
             source,
-        })?;
+        })?
+        else {
+            break;
+        };
+        let Ok(line) = String::from_utf8(line) else {
+            bad.add(number, "it is not UTF-8 text".into());
+            continue;
+        };
+        if line.len() as u64 > max_line {
+            return Err(Error::Failed(format!(
+                "{name}: line {number} is longer than {max_line} bytes \
+                 (limits.max_payload_bytes and {MAX_LINE_EXTRA} for the other fields); nothing was imported"
+            )));
+        }
         if line.trim().is_empty() {
             continue;
         }

@@ -74,6 +74,10 @@ fn unknown_key_hint(key: &str) -> String {
 /// A check the layers above run on a loaded config: `Err(KeyError::new(key, why))`.
 pub type SectionCheck = dyn Fn(&Config) -> Result<(), KeyError>;
 
+/// The largest config file read: far beyond any real one (a long list of
+/// cron schedules is a few KiB), and a cap on what a mistyped path costs.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// A configuration problem, naming the key and the source that set it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -294,7 +298,7 @@ impl Config {
         check: &SectionCheck,
     ) -> Result<Config, ConfigError> {
         let path = source.path;
-        let text = match std::fs::read_to_string(path) {
+        let text = match crate::os::bounded::read_to_string(path, MAX_CONFIG_BYTES) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => String::new(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -49,7 +49,8 @@ pub(crate) fn read_secret(
                 format!("names the environment variable {var}, which is not set"),
             )),
         },
-        (true, false) => match std::fs::read_to_string(file) {
+        // A secret is a line; a MiB is already far more.
+        (true, false) => match crate::os::bounded::read_to_string(file, 1 << 20) {
             // A trailing newline is how editors save a one-line file.
             Ok(value) if !value.trim_end_matches(['\r', '\n']).is_empty() => Ok(Some(Secret(
                 value.trim_end_matches(['\r', '\n']).to_string(),

@@ -1,8 +1,10 @@
 //! What jobd asks of the operating system, apart from files and sockets:
 //! process facts from `/proc` ([`procfs`]), confinement of the daemon and its
-//! workers ([`confine`]), signals turned into requests ([`signals`]) and
-//! systemd's notification socket ([`notify`]). Nothing here knows of jobs.
+//! workers ([`confine`]), signals turned into requests ([`signals`]),
+//! systemd's notification socket ([`notify`]), and the capped read of a
+//! file an operator names ([`bounded`]). Nothing here knows of jobs.
 
+pub mod bounded;
 pub mod confine;
 pub mod notify;
 pub mod procfs;

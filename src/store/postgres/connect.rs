@@ -95,7 +95,7 @@ fn tls_connector(
     let mut store = rustls::RootCertStore::empty();
     match roots {
         Some(path) => {
-            let pem = std::fs::read(path)
+            let pem = crate::os::bounded::read(path, 16 << 20)
                 .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
             let mut found = 0;
             use rustls::pki_types::pem::PemObject as _;
