@@ -1195,3 +1195,52 @@ fn the_warm_handlers_reaper_leaves_a_running_one_shot_handler_alone() {
         );
     }
 }
+
+/// A worker that stops taking input (here its own warm handler stops it
+/// with SIGSTOP once idle) holds no job past its deadline: the hand-over
+/// of a job larger than a pipe's buffer waited on the write for good, so
+/// the job stayed `running` (its lease renewed) until the daemon stopped,
+/// and the CPU slot was lost. Now the job times out, the worker is
+/// replaced, and the next job runs.
+#[test]
+fn a_stopped_worker_holds_no_job_past_its_deadline() {
+    let home = warm_home("[exec.handlers.stopper]\nmode = \"persistent\"\n");
+    add_handler(
+        &home,
+        "stopper",
+        "#!/bin/sh\nwhile IFS= read -r job; do\n\
+         id=$(printf '%s' \"$job\" | sed 's/.*\"id\":\\([0-9]*\\).*/\\1/')\n\
+         printf '{\"id\": %s, \"result\": {}}\\n' \"$id\"\n\
+         (sleep 0.3; kill -STOP $PPID) &\ndone\n",
+    );
+    add_handler(
+        &home,
+        "ok",
+        "#!/bin/sh\ncat > /dev/null\necho '{\"ok\":1}'\n",
+    );
+    let daemon = home.daemon();
+    let id = home.insert_job("exec", "{\"handler\":\"stopper\"}", "1", "NULL");
+    assert_eq!(finish(&home, id).0, "succeeded");
+    let stopped = |pid: &i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+    };
+    wait_for(PATIENCE, || {
+        common::procs::workers(daemon.pid())
+            .iter()
+            .any(stopped)
+            .then_some(())
+    })
+    .expect("the handler stopped its worker");
+    let big = format!(
+        "{{\"handler\":\"ok\",\"args\":\"{}\"}}",
+        "x".repeat(200_000)
+    );
+    let id = home.insert_job("exec", &big, "1", "1000");
+    let (state, detail) = finish(&home, id);
+    assert_eq!(state, "dead", "{detail}");
+    assert!(detail.contains("timed out"), "{detail}");
+    let id = home.insert_job("exec", "{\"handler\":\"ok\"}", "1", "NULL");
+    assert_eq!(finish(&home, id), ("succeeded".into(), "{\"ok\":1}".into()));
+}

@@ -456,6 +456,13 @@ impl Worker {
             return Err(io::Error::other("the worker's pipes were not set up"));
         };
         let pid = Pid::from_child(&child);
+        // Writes to the worker never block: each waits with a deadline
+        // (see `Worker::send`).
+        if let Err(e) = rustix::io::ioctl_fionbio(&stdin, true) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e.into());
+        }
         let mut worker = Worker {
             child,
             stdin,
@@ -467,10 +474,16 @@ impl Worker {
         };
         pids.add(pid.as_raw_pid() as u32);
         let ready = (|| {
-            frame::write(
-                &mut worker.stdin,
-                &ToWorker::Setup(worker.settings.setup.clone()),
-            )?;
+            let setup = frame::encode(&ToWorker::Setup(worker.settings.setup.clone()))?;
+            let never = std::sync::atomic::AtomicBool::new(false);
+            worker
+                .send(&setup, Instant::now() + START_TIMEOUT, &never)
+                .map_err(|e| match e {
+                    Sent::Failed(e) => e,
+                    Sent::Late | Sent::Cancelled => io::Error::other(format!(
+                        "it did not take its setup within {START_TIMEOUT:?}"
+                    )),
+                })?;
             if !worker.readable(START_TIMEOUT)? {
                 return Err(io::Error::other(format!(
                     "it did not say it was ready within {START_TIMEOUT:?}"
@@ -494,6 +507,50 @@ impl Worker {
                 )))
             }
         }
+    }
+
+    /// Sends a frame made by [`frame::encode`], waiting for the worker to
+    /// take it until `deadline` at most, and no longer once `cancel` is
+    /// set. (A blocking write to a worker that stopped reading, stopped
+    /// by a signal or stuck, held its supervisor, and the job it was
+    /// handing over stayed `running` until the daemon stopped.)
+    fn send(
+        &mut self,
+        frame: &[u8],
+        deadline: Instant,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), Sent> {
+        let mut sent = 0;
+        while sent < frame.len() {
+            match rustix::io::write(&self.stdin, &frame[sent..]) {
+                Ok(n) => sent += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(Sent::Cancelled);
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Sent::Late);
+                    }
+                    let step = (deadline - now).min(CANCEL_CHECK);
+                    let mut fds = [rustix::event::PollFd::new(
+                        &self.stdin,
+                        rustix::event::PollFlags::OUT,
+                    )];
+                    let step = rustix::event::Timespec {
+                        tv_sec: step.as_secs() as i64,
+                        tv_nsec: i64::from(step.subsec_nanos()),
+                    };
+                    match rustix::event::poll(&mut fds, Some(&step)) {
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => return Err(Sent::Failed(e.into())),
+                    }
+                }
+                Err(e) => return Err(Sent::Failed(e.into())),
+            }
+        }
+        Ok(())
     }
 
     /// Waits up to `timeout` for the worker to write (or close) its stdout.
@@ -710,6 +767,16 @@ fn supervise(common: &Common, me: usize, ready: Sender<()>) {
     }
 }
 
+/// Why [`Worker::send`] did not hand a frame over.
+enum Sent {
+    /// The write failed: the worker is gone.
+    Failed(io::Error),
+    /// The worker did not take it before the deadline.
+    Late,
+    /// The job was cancelled meanwhile.
+    Cancelled,
+}
+
 /// Runs one attempt on `worker`; returns its answer and the worker if it
 /// can go on.
 fn attempt(
@@ -738,21 +805,38 @@ fn attempt(
             return (Err(JobError::permanent(message)), After::Keep(worker));
         }
     };
-    if frame::send(&mut worker.stdin, &order).is_err() {
-        // It died while idle: the job has not started, so a fresh worker
-        // takes it.
-        worker.kill(&common.pids);
-        match Worker::start(common.settings(), &common.pids) {
-            Ok(fresh) => worker = fresh,
-            Err(e) => {
-                let message = format!("no CPU worker process could be started: {e}");
+    let cancel = &task.control.cancel;
+    match worker.send(&order, deadline, cancel) {
+        Ok(()) => {}
+        Err(Sent::Late) => {
+            worker.kill(&common.pids);
+            return (Err(JobError::TimedOut), After::Gone);
+        }
+        Err(Sent::Cancelled) => {
+            worker.kill(&common.pids);
+            return (Err(JobError::Cancelled), After::Gone);
+        }
+        Err(Sent::Failed(_)) => {
+            // It died while idle: the job has not started, so a fresh worker
+            // takes it.
+            worker.kill(&common.pids);
+            match Worker::start(common.settings(), &common.pids) {
+                Ok(fresh) => worker = fresh,
+                Err(e) => {
+                    let message = format!("no CPU worker process could be started: {e}");
+                    return (Err(JobError::transient(message)), After::Gone);
+                }
+            }
+            if let Err(e) = worker.send(&order, deadline, cancel) {
+                let (pid, _) = worker.kill(&common.pids);
+                let e = match e {
+                    Sent::Cancelled => return (Err(JobError::Cancelled), After::Gone),
+                    Sent::Late => return (Err(JobError::TimedOut), After::Gone),
+                    Sent::Failed(e) => e,
+                };
+                let message = format!("{} could not be sent the job: {e}", worker_name(&pid));
                 return (Err(JobError::transient(message)), After::Gone);
             }
-        }
-        if let Err(e) = frame::send(&mut worker.stdin, &order) {
-            let (pid, _) = worker.kill(&common.pids);
-            let message = format!("{} could not be sent the job: {e}", worker_name(&pid));
-            return (Err(JobError::transient(message)), After::Gone);
         }
     }
     loop {
