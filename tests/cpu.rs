@@ -859,3 +859,46 @@ fn attempts_killed_mid_compress_leave_at_most_one_temporary_file() {
         .collect();
     assert!(left.len() <= 1, "temporary files left: {left:?}");
 }
+
+/// A worker that dies on its own (here `kill -9` from outside; the OOM
+/// killer and an abort past `cpu.memory_limit` do the same) takes with it
+/// what its job's handler started in a session of its own: with the
+/// worker gone nothing held those processes, which init adopted and which
+/// outlived the job and the daemon.
+#[test]
+fn what_a_handler_started_goes_when_its_worker_dies() {
+    let cpu = setup("[cpu]\nworkers = 1\n");
+    let pidfile = cpu.home.path().join("escaped.pid");
+    cpu.handler(
+        "escape",
+        &format!(
+            "#!/bin/sh\nsetsid sleep 301 >/dev/null 2>&1 </dev/null &\necho $! > {}\nsleep 300\n",
+            pidfile.display()
+        ),
+    );
+    let daemon = cpu.home.daemon();
+    let worker = cpu.wait_workers(&daemon, 1)[0];
+    let id = cpu.insert("exec", r#"{"handler":"escape"}"#, 1, "NULL");
+    let escaped = wait_for(PATIENCE, || {
+        let text = std::fs::read_to_string(&pidfile).ok()?;
+        text.trim().parse::<i32>().ok()
+    })
+    .expect("the handler started its child");
+    // The setsid child is running (not just forked) before the kill.
+    wait_for(PATIENCE, || {
+        let cmd = std::fs::read(format!("/proc/{escaped}/cmdline")).unwrap_or_default();
+        cmd.starts_with(b"sleep").then_some(())
+    })
+    .expect("the child runs sleep");
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &worker.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let (state, detail) = cpu.finish(id);
+    assert_eq!(state, "dead", "{detail}");
+    wait_gone(escaped, "the setsid child of a job whose worker died");
+    // A new worker serves the next job.
+    cpu.handler("ok", "#!/bin/sh\necho '{\"ok\":1}'\n");
+    assert_eq!(cpu.ok("exec", r#"{"handler":"ok"}"#)["ok"], 1);
+}

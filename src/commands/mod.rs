@@ -144,6 +144,13 @@ fn run_daemon(
         worker_program: program,
         notifier,
     };
+    // What a CPU worker that dies on its own leaves is the daemon's to end
+    // (the process's, not the library's: a daemon run inside another
+    // program must not take that program's orphans).
+    crate::os::confine::adopt_orphans().map_err(|source| Error::Io {
+        what: "cannot become the reaper of the CPU workers' processes".into(),
+        source,
+    })?;
     crate::daemon::run(config, registry, process)?;
     Ok(())
 }

@@ -102,10 +102,46 @@ pub fn between_jobs() -> Option<std::sync::MutexGuard<'static, ()>> {
     }
 }
 
+/// Set in a CPU worker ([`become_worker`]).
+static WORKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set in a daemon that adopts what its dead workers left ([`adopt_orphans`]).
+static ADOPTER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process a CPU worker: the reaper of its handlers' orphans
+/// ([`become_subreaper`]), and the one process whose every other child is
+/// a handler's leftover ([`kill_leftovers`]).
+pub fn become_worker() -> std::io::Result<()> {
+    become_subreaper()?;
+    WORKER.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 /// Whether this process is a CPU worker, which alone may treat every
-/// child of its own as a handler's leftover ([`become_subreaper`]).
+/// child of its own as a handler's leftover ([`become_worker`]).
 pub fn is_worker() -> bool {
-    rustix::process::child_subreaper().is_ok_and(|p| p.is_some())
+    WORKER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Makes the daemon the reaper of what a CPU worker leaves when it dies on
+/// its own (the OOM killer, an abort past its memory limit, a `kill -9`):
+/// a handler's processes in a session of their own then become the
+/// daemon's children, which [`kill_adopted`] ends, instead of init's,
+/// which outlived the job and the daemon.
+pub fn adopt_orphans() -> std::io::Result<()> {
+    become_subreaper()?;
+    ADOPTER.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// In a daemon that adopts orphans: kills and reaps its children but
+/// `keep` (its live CPU workers), for at most `within`. Elsewhere (a test
+/// running a pool in its own process) nothing: those children are not
+/// the pool's.
+pub fn kill_adopted(within: Duration, keep: &[i32]) {
+    if ADOPTER.load(std::sync::atomic::Ordering::Relaxed) {
+        sweep(within, keep);
+    }
 }
 
 /// Kills and reaps every child of this process but `keep`, and the
@@ -114,9 +150,14 @@ pub fn is_worker() -> bool {
 /// a CPU worker: a kind run anywhere else (the daemon's registry, a test)
 /// must not kill the children of the process it runs in.
 pub fn kill_leftovers(within: Duration, keep: &[i32]) {
-    if !is_worker() {
-        return;
+    if is_worker() {
+        sweep(within, keep);
     }
+}
+
+/// Kills and reaps every child of this process but `keep`, and what they
+/// leave in turn, for at most `within`.
+fn sweep(within: Duration, keep: &[i32]) {
     let me = std::process::id() as i32;
     let deadline = Instant::now() + within;
     loop {

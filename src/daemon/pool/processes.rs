@@ -140,10 +140,23 @@ impl WorkerPids {
             .unwrap_or_default()
     }
 
-    fn add(&self, pid: u32) {
-        if let Ok(mut p) = self.0.lock() {
-            p.insert(pid);
-        }
+    /// Starts a worker with `spawn` and counts it in, as one step that no
+    /// sweep of orphans ([`WorkerPids::kill_orphans`]) comes between: a
+    /// worker just started is not an orphan.
+    fn spawned(&self, spawn: impl FnOnce() -> io::Result<Child>) -> io::Result<Child> {
+        let mut pids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let child = spawn()?;
+        pids.insert(child.id());
+        Ok(child)
+    }
+
+    /// Kills and reaps what dead workers left to the daemon (see
+    /// [`crate::os::confine::adopt_orphans`]): every child of its but the
+    /// live workers.
+    fn kill_orphans(&self) {
+        let pids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let keep: Vec<i32> = pids.iter().map(|&pid| pid as i32).collect();
+        crate::os::confine::kill_adopted(KILL_GRACE, &keep);
     }
 
     fn remove(&self, pid: u32) {
@@ -438,21 +451,24 @@ fn describe(status: Option<ExitStatus>) -> String {
 
 impl Worker {
     fn start(settings: Arc<Settings>, pids: &WorkerPids) -> io::Result<Worker> {
-        let mut child = Command::new(&settings.program)
-            .arg(WORKER_COMMAND)
-            // Nothing of the daemon's environment (secrets included) reaches
-            // a worker or the handlers it starts.
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // Its own group: a kill reaches what it started, and a Ctrl-C in
-            // the daemon's terminal does not reach it.
-            .process_group(0)
-            .spawn()?;
+        let mut child = pids.spawned(|| {
+            Command::new(&settings.program)
+                .arg(WORKER_COMMAND)
+                // Nothing of the daemon's environment (secrets included)
+                // reaches a worker or the handlers it starts.
+                .env_clear()
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                // Its own group: a kill reaches what it started, and a
+                // Ctrl-C in the daemon's terminal does not reach it.
+                .process_group(0)
+                .spawn()
+        })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             let _ = child.wait();
+            pids.remove(child.id());
             return Err(io::Error::other("the worker's pipes were not set up"));
         };
         let pid = Pid::from_child(&child);
@@ -461,6 +477,7 @@ impl Worker {
         if let Err(e) = rustix::io::ioctl_fionbio(&stdin, true) {
             let _ = child.kill();
             let _ = child.wait();
+            pids.remove(child.id());
             return Err(e.into());
         }
         let mut worker = Worker {
@@ -472,7 +489,6 @@ impl Worker {
             jobs: 0,
             settings,
         };
-        pids.add(pid.as_raw_pid() as u32);
         let ready = (|| {
             let setup = frame::encode(&ToWorker::Setup(worker.settings.setup.clone()))?;
             let never = std::sync::atomic::AtomicBool::new(false);
@@ -606,6 +622,9 @@ impl Worker {
         let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
         let status = self.child.wait().ok();
         pids.remove(self.pid.as_raw_pid() as u32);
+        // A worker that died on its own left what was below it to the
+        // daemon (nothing above finds it through the worker any more).
+        pids.kill_orphans();
         (self.pid, status)
     }
 

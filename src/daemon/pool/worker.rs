@@ -28,7 +28,7 @@ pub fn run() -> io::Result<()> {
     // children become ours when it exits, to be killed with its job; and
     // a handler cannot read this process's memory.
     crate::os::confine::close_inherited_descriptors();
-    crate::os::confine::become_subreaper()?;
+    crate::os::confine::become_worker()?;
     crate::os::confine::not_dumpable()?;
     let mut input = io::stdin().lock();
     let mut output = io::stdout().lock();
