@@ -53,6 +53,7 @@ const LIST_KEYS: &[&str] = &[
     "http.deny_networks",
     "http.redact_headers",
     "http.redact_query",
+    "http.block_on",
     "file.roots",
     "metrics.allowed_hosts",
 ];
@@ -241,6 +242,46 @@ fn env_overrides(env: &HashMap<String, String>) -> HashMap<String, String> {
         .collect()
 }
 
+/// Refuses a variable that names a section of the file in another case
+/// (`JOBD_QUEUES__MAIL__…` for `[queues.Mail]`): names are case-sensitive
+/// and a variable's are read in lower case, so it made a second section,
+/// `mail`, and left the file's as it was, without a word.
+fn named_in_another_case(
+    text: &str,
+    overrides: &HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    let Ok(file) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    for name in overrides.keys() {
+        let key = name.to_lowercase().replace(ENV_SEPARATOR, ".");
+        let parts: Vec<&str> = key.split('.').collect();
+        let (table, section) = match parts.as_slice() {
+            ["exec", "handlers", section, ..] => {
+                (file.get("exec").and_then(|e| e.get("handlers")), *section)
+            }
+            [top @ ("queues" | "cron" | "keys"), section, ..] => (file.get(*top), *section),
+            _ => continue,
+        };
+        let Some(toml::Value::Table(table)) = table else {
+            continue;
+        };
+        if table.contains_key(section) {
+            continue;
+        }
+        if let Some(other) = table.keys().find(|k| k.to_lowercase() == section) {
+            return Err(ConfigError::Invalid {
+                source_name: format!("{ENV_PREFIX}{name}"),
+                key: key.clone(),
+                detail: format!(
+                    "names {section:?}, but the file's section is {other:?}: names are case-sensitive and a variable's are read in lower case; set it in the file"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Names the environment variable that set `key` (or a parent of it), else
 /// the file.
 fn source_of(key: &str, path: &Path, overrides: &HashMap<String, String>) -> String {
@@ -249,7 +290,10 @@ fn source_of(key: &str, path: &Path, overrides: &HashMap<String, String>) -> Str
         .keys()
         .find(|k| {
             let k = env_name(k);
-            key == k || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
+            key == k
+                || key.starts_with(&format!("{k}."))
+                || key.starts_with(&format!("{k}["))
+                || k.starts_with(&format!("{key}."))
         })
         .map(|k| format!("{ENV_PREFIX}{k}"))
         .unwrap_or_else(|| path.display().to_string())
@@ -330,22 +374,33 @@ impl Config {
             });
         }
         let overrides = env_overrides(source.env);
-        let environment = LIST_KEYS.iter().fold(
-            config::Environment::default()
-                .source(Some(overrides.clone()))
-                .separator(ENV_SEPARATOR)
-                .try_parsing(true)
-                .list_separator(","),
-            |env, key| env.with_list_parse_key(key),
-        );
-        let built = config::Config::builder()
-            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
-            .add_source(environment)
-            .build()
-            .map_err(|e| ConfigError::Unreadable {
-                path: path.to_path_buf(),
-                detail: format!("is not valid TOML: {e}"),
+        named_in_another_case(&text, &overrides)?;
+        // Each variable overrides its key as text, read like the file's
+        // values by their key's type (the `config` crate's own parsing
+        // rounded `8.5` to 9 and wrapped a number too large); a list is
+        // split at commas.
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        for (name, value) in &overrides {
+            let key = name.to_lowercase().replace(ENV_SEPARATOR, ".");
+            let set = if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = (value.split(',').map(str::to_string))
+                    .filter(|item| !item.is_empty())
+                    .collect();
+                builder.set_override(&key, items)
+            } else {
+                builder.set_override(&key, value.clone())
+            };
+            builder = set.map_err(|e| ConfigError::Invalid {
+                source_name: format!("{ENV_PREFIX}{name}"),
+                key: key.clone(),
+                detail: format!("cannot be set: {e}"),
             })?;
+        }
+        let built = builder.build().map_err(|e| ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            detail: format!("is not valid TOML: {e}"),
+        })?;
         let origin = |key: &str| source_of(key, path, &overrides);
         // database.path has a default; only one written out conflicts with url.
         let path_set = built.get_string("database.path").is_ok();

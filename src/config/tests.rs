@@ -319,6 +319,58 @@ fn environment_overrides_the_file_and_is_named_in_errors() {
     );
 }
 
+/// A variable's value is read by its key's type as the file's is: a
+/// fraction or a number too large for an integer key is refused, not
+/// rounded (8.5 threads made 9) or wrapped; every list key takes commas
+/// (`http.block_on` was refused); an error in a list names the variable;
+/// and a variable that names a file's section in another case is refused
+/// (it made a second section beside the file's).
+#[test]
+fn a_variable_is_read_by_its_keys_type_and_never_rounded_or_misplaced() {
+    for (name, value) in [
+        ("JOBD_POOL__THREADS", "8.5"),
+        ("JOBD_RETRY__MAX_ATTEMPTS", "99999999999999999999"),
+        ("JOBD_EMAIL__SMTP__PORT", "1.7"),
+    ] {
+        let e = load("", &[(name, value)]).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{name}: ")) && e.contains(&format!("{value:?}")),
+            "{name}={value}: {e}"
+        );
+    }
+    let c = load(
+        "",
+        &[
+            ("JOBD_HTTP__BLOCK_ON", "429,503"),
+            ("JOBD_HTTP__ALLOW_HOSTS", ""),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.http.block_on, [429, 503]);
+    assert!(c.http.allow_hosts.is_empty());
+    let e = load("", &[("JOBD_HTTP__DENY_NETWORKS", "10.0.0.0/33")]).unwrap_err();
+    assert!(
+        e.starts_with("JOBD_HTTP__DENY_NETWORKS: http.deny_networks"),
+        "{e}"
+    );
+    let e = load(
+        "[queues.Mail]\nconcurrency = 2",
+        &[("JOBD_QUEUES__MAIL__CONCURRENCY", "9")],
+    )
+    .unwrap_err();
+    assert!(
+        e.starts_with("JOBD_QUEUES__MAIL__CONCURRENCY: ")
+            && e.contains("the file's section is \"Mail\""),
+        "{e}"
+    );
+    let c = load(
+        "[queues.mail]\nconcurrency = 2",
+        &[("JOBD_QUEUES__MAIL__CONCURRENCY", "9")],
+    )
+    .unwrap();
+    assert_eq!(c.queues["mail"].concurrency, Some(9));
+}
+
 #[test]
 fn secrets_come_from_the_environment_and_never_print() {
     let c = load(
