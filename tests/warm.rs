@@ -1244,3 +1244,29 @@ fn a_stopped_worker_holds_no_job_past_its_deadline() {
     let id = home.insert_job("exec", "{\"handler\":\"ok\"}", "1", "NULL");
     assert_eq!(finish(&home, id), ("succeeded".into(), "{\"ok\":1}".into()));
 }
+
+/// A handler that fails a job with an `error` outcome has the end of what
+/// it wrote to stderr during the job in `last_error`, as one that fails it
+/// by exiting does (the traceback was dropped).
+#[test]
+fn an_error_outcome_carries_the_handlers_stderr() {
+    let home = warm_home("[exec.handlers.fails]\nmode = \"persistent\"\n");
+    add_handler(
+        &home,
+        "fails",
+        "#!/bin/sh\nwhile IFS= read -r job; do\n\
+         id=$(printf '%s' \"$job\" | sed 's/.*\"id\":\\([0-9]*\\).*/\\1/')\n\
+         echo \"Traceback: resize.py line 7: no such image\" >&2\n\
+         sleep 0.2\n\
+         printf '{\"id\": %s, \"error\": \"resize failed\", \"retry\": false}\\n' \"$id\"\n\
+         done\n",
+    );
+    let _daemon = home.daemon();
+    let id = home.insert_job("exec", "{\"handler\":\"fails\"}", "1", "NULL");
+    let (state, detail) = finish(&home, id);
+    assert_eq!(state, "dead", "{detail}");
+    assert!(
+        detail.contains("resize failed; stderr: Traceback: resize.py line 7: no such image"),
+        "{detail}"
+    );
+}

@@ -566,7 +566,9 @@ fn feed(
         match message(&text, ctx.id) {
             Ok(Message::Result(result)) => return Ok(Some(result.to_string())),
             Ok(Message::Error { message, retry }) => {
-                let message = format!("exec handler {name}: {message}");
+                // As for a handler that fails a job by exiting: what it
+                // wrote to stderr during the job says why (a traceback).
+                let message = format!("exec handler {name}: {message}{}", process.stderr_note());
                 return Err(Fault::of_job(if retry {
                     JobError::transient(message)
                 } else {
