@@ -626,21 +626,25 @@ fn a_late_second_answer_naming_an_earlier_job_replaces_the_handler_and_fails_not
     assert_ne!(pid_of(&home, job(&home, "{}", "NULL")), pid);
 }
 
+/// A persistent shell handler that runs `body` for each job, with the
+/// job's line in `$job` and its id in `$id`; `body` answers.
+fn sh_handler(body: &str) -> String {
+    format!(
+        "#!/bin/sh\nwhile IFS= read -r job; do\n  \
+         id=$(printf '%s' \"$job\" | sed 's/.*\"id\":\\([0-9]*\\).*/\\1/')\n{body}\ndone\n"
+    )
+}
+
 /// A persistent shell handler that starts a long-lived child in its process
 /// group at each job and writes "HANDLER_PID CHILD_PID" to `pids-JOB_ID`
 /// in `folder` before answering.
 fn forker(folder: &std::path::Path) -> String {
-    format!(
-        r#"#!/bin/sh
-while IFS= read -r job; do
-  id=$(printf '%s' "$job" | sed 's/.*"id":\([0-9]*\).*/\1/')
-  sleep 1000 >/dev/null 2>&1 </dev/null &
-  echo "$$ $!" > "{}/pids-$id"
-  printf '{{"id": %s, "result": {{}}}}\n' "$id"
-done
-"#,
+    sh_handler(&format!(
+        "  sleep 1000 >/dev/null 2>&1 </dev/null &\n  \
+         echo \"$$ $!\" > \"{}/pids-$id\"\n  \
+         printf '{{\"id\": %s, \"result\": {{}}}}\\n' \"$id\"",
         folder.display()
-    )
+    ))
 }
 
 /// True once `pid` has left the process table: not running, and not a
@@ -1210,10 +1214,9 @@ fn a_stopped_worker_holds_no_job_past_its_deadline() {
     add_handler(
         &home,
         "stopper",
-        "#!/bin/sh\nwhile IFS= read -r job; do\n\
-         id=$(printf '%s' \"$job\" | sed 's/.*\"id\":\\([0-9]*\\).*/\\1/')\n\
-         printf '{\"id\": %s, \"result\": {}}\\n' \"$id\"\n\
-         (sleep 0.3; kill -STOP $PPID) &\ndone\n",
+        &sh_handler(
+            "  printf '{\"id\": %s, \"result\": {}}\\n' \"$id\"\n  (sleep 0.3; kill -STOP $PPID) &",
+        ),
     );
     add_handler(
         &home,
@@ -1256,12 +1259,10 @@ fn an_error_outcome_carries_the_handlers_stderr() {
     add_handler(
         &home,
         "fails",
-        "#!/bin/sh\nwhile IFS= read -r job; do\n\
-         id=$(printf '%s' \"$job\" | sed 's/.*\"id\":\\([0-9]*\\).*/\\1/')\n\
-         echo \"Traceback: resize.py line 7: no such image\" >&2\n\
-         sleep 0.2\n\
-         printf '{\"id\": %s, \"error\": \"resize failed\", \"retry\": false}\\n' \"$id\"\n\
-         done\n",
+        &sh_handler(
+            "  echo \"Traceback: resize.py line 7: no such image\" >&2\n  sleep 0.2\n  \
+             printf '{\"id\": %s, \"error\": \"resize failed\", \"retry\": false}\\n' \"$id\"",
+        ),
     );
     let _daemon = home.daemon();
     let id = home.insert_job("exec", "{\"handler\":\"fails\"}", "1", "NULL");

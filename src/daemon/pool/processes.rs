@@ -550,18 +550,8 @@ impl Worker {
                         return Err(Sent::Late);
                     }
                     let step = (deadline - now).min(CANCEL_CHECK);
-                    let mut fds = [rustix::event::PollFd::new(
-                        &self.stdin,
-                        rustix::event::PollFlags::OUT,
-                    )];
-                    let step = rustix::event::Timespec {
-                        tv_sec: step.as_secs() as i64,
-                        tv_nsec: i64::from(step.subsec_nanos()),
-                    };
-                    match rustix::event::poll(&mut fds, Some(&step)) {
-                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                        Err(e) => return Err(Sent::Failed(e.into())),
-                    }
+                    let flags = rustix::event::PollFlags::OUT;
+                    wait_for_pipe(&self.stdin, flags, step).map_err(Sent::Failed)?;
                 }
                 Err(e) => return Err(Sent::Failed(e.into())),
             }
@@ -571,19 +561,7 @@ impl Worker {
 
     /// Waits up to `timeout` for the worker to write (or close) its stdout.
     fn readable(&self, timeout: Duration) -> io::Result<bool> {
-        let mut fds = [rustix::event::PollFd::new(
-            &self.stdout,
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::event::Timespec {
-            tv_sec: timeout.as_secs() as i64,
-            tv_nsec: i64::from(timeout.subsec_nanos()),
-        };
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(n) => Ok(n > 0),
-            Err(rustix::io::Errno::INTR) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        wait_for_pipe(&self.stdout, rustix::event::PollFlags::IN, timeout)
     }
 
     /// Kills the job's process group and the worker's (SIGTERM, then
@@ -783,6 +761,25 @@ fn supervise(common: &Common, me: usize, ready: Sender<()>) {
         if let Some(w) = retiring {
             w.retire(&common.pids);
         }
+    }
+}
+
+/// Waits up to `timeout` until `pipe` is ready for `flags`: true if it
+/// is (or was closed), false at the timeout or on a signal.
+fn wait_for_pipe(
+    pipe: &impl std::os::fd::AsFd,
+    flags: rustix::event::PollFlags,
+    timeout: Duration,
+) -> io::Result<bool> {
+    let mut fds = [rustix::event::PollFd::new(pipe, flags)];
+    let timeout = rustix::event::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    match rustix::event::poll(&mut fds, Some(&timeout)) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
