@@ -1049,3 +1049,54 @@ fn endless_inputs_and_files_that_are_not_files_are_refused() {
         "/dev/zero, which cannot be read: it is not a regular file",
     );
 }
+
+/// The small things a hostile review found in the operator commands:
+/// `resume` of a name no queue has is refused like `pause` (it wrote a
+/// row and said "resumed"), names with control characters are printed
+/// escaped by `pause`, `resume` and `batch`, a section no job can name
+/// (empty, or a path as a handler's name) is refused, and a command
+/// failing for thousands of ids says so in one short line.
+#[test]
+fn operator_commands_hold_names_to_what_jobs_can_name_and_stay_short() {
+    let home = Home::new();
+    home.migrate();
+    home.jobd(&["resume", "nosuch"])
+        .fails(2, "queue nosuch is not paused");
+    assert_eq!(home.query_i64("SELECT count(*) FROM queues"), 0);
+    let odd = "q\u{1b}]0;x\u{7}";
+    let paused = home.ok(&["pause", "--create", odd]);
+    assert!(
+        !paused.contains('\u{1b}') && paused.contains(r"\u{001b}"),
+        "{paused:?}"
+    );
+    let resumed = home.ok(&["resume", odd]);
+    assert!(!resumed.contains('\u{1b}'), "{resumed:?}");
+    home.ok(&["enqueue", "noop", "--batch", odd]);
+    let batch = home.ok(&["batch", odd]);
+    assert!(
+        !batch.contains('\u{1b}') && batch.contains(r"\u{001b}"),
+        "{batch:?}"
+    );
+    let ids: Vec<String> = (1_000_000..1_050_000).map(|i| i.to_string()).collect();
+    let mut args = vec!["cancel"];
+    args.extend(ids.iter().map(String::as_str));
+    let err = home.jobd(&args).fails(1, "; and 49990 more");
+    assert!(err.len() < 2_000, "{} bytes", err.len());
+    for (section, needle) in [
+        (
+            "[queues.\"\"]\nconcurrency = 1\n",
+            "queues.\"\" is a section with an empty name",
+        ),
+        (
+            "[cron.\"\"]\nschedule = \"@every 1m\"\nkind = \"noop\"\n",
+            "cron.\"\" is a section",
+        ),
+        (
+            "[exec.handlers.\"../../bin/sh\"]\nmode = \"persistent\"\n",
+            "is not a handler's name",
+        ),
+    ] {
+        std::fs::write(home.config(), section).unwrap();
+        home.jobd(&["check-config"]).fails(1, needle);
+    }
+}

@@ -14,9 +14,17 @@ use crate::store::{CancelResult, PruneCutoffs, RetryResult, Store};
 /// Turns a list of per-id failures into the command's error (exit 1), after
 /// the successes were printed.
 fn failures(failed: Vec<String>) -> Result<()> {
+    // The first few, and how many more: 50 000 unknown ids made one line
+    // of 1.35 MB.
+    const SHOWN: usize = 10;
     match failed.len() {
         0 => Ok(()),
-        _ => Err(Error::Failed(failed.join("; "))),
+        n if n <= SHOWN => Err(Error::Failed(failed.join("; "))),
+        n => Err(Error::Failed(format!(
+            "{}; and {} more",
+            failed[..SHOWN].join("; "),
+            n - SHOWN
+        ))),
     }
 }
 
@@ -27,7 +35,7 @@ pub fn retry(store: &mut dyn Store, args: RetryArgs, out: &mut dyn Write) -> Res
         let done = store.retry_dead(args.queue.as_deref(), now)?;
         let scope = args
             .queue
-            .map(|q| format!(" of queue {q}"))
+            .map(|q| format!(" of queue {}", crate::fmt::terminal_safe(&q)))
             .unwrap_or_default();
         writeln!(out, "queued {} dead jobs{scope} again", done.queued).map_err(stdout_error)?;
         if done.skipped_unique > 0 {
@@ -119,8 +127,10 @@ pub fn set_paused(
         return Err(Error::Usage(format!("queue name {q:?} is empty")));
     }
     // A paused queue stays on the dashboard and in stats until resumed: a
-    // typo would leave a phantom one there and the real queue running.
-    if paused && !args.create {
+    // typo would leave a phantom one there and the real queue running. A
+    // resume is held to the same names (it wrote a row for any name, and
+    // said "resumed" of a queue that never was).
+    if !args.create {
         let already = store.paused_queues()?;
         for q in &args.queues {
             let named = config.daemon.queues.contains(q)
@@ -135,9 +145,15 @@ pub fn set_paused(
                         ..Default::default()
                     })?
                     .is_empty();
-            if !known {
+            if !known && paused {
                 return Err(Error::Usage(format!(
                     "queue {} has no jobs and the config does not name it; check the name, or pass --create to pause it before its first job",
+                    crate::fmt::terminal_safe(q)
+                )));
+            }
+            if !known {
+                return Err(Error::Usage(format!(
+                    "queue {} is not paused, has no jobs and the config does not name it; check the name",
                     crate::fmt::terminal_safe(q)
                 )));
             }
@@ -146,7 +162,7 @@ pub fn set_paused(
     store.set_paused(&args.queues, paused, now_ms())?;
     let verb = if paused { "paused" } else { "resumed" };
     for q in &args.queues {
-        writeln!(out, "{verb} queue {q}").map_err(stdout_error)?;
+        writeln!(out, "{verb} queue {}", crate::fmt::terminal_safe(q)).map_err(stdout_error)?;
     }
     Ok(())
 }

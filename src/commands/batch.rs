@@ -11,11 +11,17 @@ use crate::store::Store;
 /// Runs `jobd batch`.
 pub fn batch(store: &mut dyn Store, args: BatchArgs, out: &mut dyn Write) -> Result<()> {
     if args.seal && !store.seal_batch(&args.name)? {
-        eprintln!("batch {} was sealed already", args.name);
+        eprintln!(
+            "batch {} was sealed already",
+            crate::fmt::terminal_safe(&args.name)
+        );
     }
-    let info = store
-        .batch(&args.name)?
-        .ok_or_else(|| Error::Failed(format!("no job names batch {}", args.name)))?;
+    let info = store.batch(&args.name)?.ok_or_else(|| {
+        Error::Failed(format!(
+            "no job names batch {}",
+            crate::fmt::terminal_safe(&args.name)
+        ))
+    })?;
     if args.json {
         let value = serde_json::to_value(&info).unwrap_or_default();
         serde_json::to_writer_pretty(&mut *out, &value).map_err(|e| stdout_error(e.into()))?;
@@ -35,7 +41,7 @@ pub fn batch(store: &mut dyn Store, args: BatchArgs, out: &mut dyn Write) -> Res
     let w = |out: &mut dyn Write, key: &str, value: String| {
         writeln!(out, "  {key:<12}{value}").map_err(stdout_error)
     };
-    writeln!(out, "batch {}", c.name).map_err(stdout_error)?;
+    writeln!(out, "batch {}", crate::fmt::terminal_safe(&c.name)).map_err(stdout_error)?;
     w(
         out,
         "sealed",

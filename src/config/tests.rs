@@ -255,22 +255,22 @@ fn handler_sections_name_their_faults() {
     );
     // `instances` limits the handler's derived key, `handler:NAME`.
     let c = load(
-        "[exec.handlers.\"re*size\"]\nmode = \"persistent\"\ninstances = 2",
+        "[exec.handlers.resize]\nmode = \"persistent\"\ninstances = 2",
         &[],
     )
     .unwrap();
     let rules = c.key_rules();
     assert_eq!(
-        rules.derived_key("exec", Some("re*size")).as_deref(),
-        Some("handler:re*size")
+        rules.derived_key("exec", Some("resize")).as_deref(),
+        Some("handler:resize")
     );
     assert_eq!(rules.derived_key("exec", Some("other")), None);
-    let limit = rules.limit_of("handler:re*size").unwrap();
+    let limit = rules.limit_of("handler:resize").unwrap();
     assert_eq!(limit.concurrency, Some(2));
-    assert!(
-        rules.limit_of("handler:resize").is_none(),
-        "the name is literal"
-    );
+    // A name no job can name (a glob, a path) is refused, so a handler's
+    // key is always literal.
+    let e = load("[exec.handlers.\"re*size\"]\nmode = \"persistent\"", &[]).unwrap_err();
+    assert!(e.contains("is not a handler's name"), "{e}");
 }
 
 #[test]

@@ -101,6 +101,33 @@ impl Config {
             );
         }
         at_least("cpu.max_jobs_per_worker", self.cpu.max_jobs_per_worker, 1)?;
+        // A section's name is what jobs name: one no job can name (empty,
+        // or a path for a handler, whose name is a plain file name) is a
+        // mistake, not a setting.
+        let plain = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if let Some(name) = self.exec.handlers.keys().find(|n| !plain(n)) {
+            return fail(
+                &format!("exec.handlers.{name:?}"),
+                "is not a handler's name: a plain file name of letters, digits, _ and -",
+            );
+        }
+        for (section, empty) in [
+            ("queues", self.queues.contains_key("")),
+            ("cron", self.cron.contains_key("")),
+            ("keys", self.keys.contains_key("")),
+        ] {
+            if empty {
+                return fail(
+                    &format!("{section}.\"\""),
+                    "is a section with an empty name",
+                );
+            }
+        }
         for (name, h) in &self.exec.handlers {
             at_least(&format!("exec.handlers.{name}.max_jobs"), h.max_jobs, 1)?;
             if let Some(n) = h.instances {
