@@ -1335,3 +1335,32 @@ fn a_cancelled_http_job_is_not_retried_after_a_503() {
         daemon.stop();
     }
 }
+
+/// A daemon started from the default `./config.toml` keeps its running
+/// configuration when a reload finds that file gone (a tool rewriting it
+/// at that moment): the defaults apply only to a daemon that started
+/// without a file. (The reload took the built-in defaults, resized the
+/// pools to them and stopped every schedule.)
+#[test]
+fn a_reload_while_the_default_config_file_is_gone_keeps_the_running_configuration() {
+    let home = Home::with_config("[pool]\nthreads = 3\n");
+    home.migrate();
+    let log = home.path().join("d.log");
+    let daemon = home.spawn_daemon(home.bare(&["run"]), &log, &log);
+    std::fs::rename(home.config(), home.path().join("config.toml.bak")).unwrap();
+    let before = daemon.log().len();
+    daemon.signal(libc::SIGHUP);
+    let line = wait_for(PATIENCE, || {
+        let text = daemon.log();
+        let new = &text[before..];
+        new.lines()
+            .find(|l| l.contains("config.invalid") || l.contains("config.reloaded"))
+            .map(str::to_string)
+    })
+    .expect("the reload was logged");
+    assert!(
+        line.contains("config.invalid") && line.contains("does not exist"),
+        "{line}"
+    );
+    daemon.stop();
+}

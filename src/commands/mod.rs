@@ -117,6 +117,11 @@ fn run_daemon(
     })?;
     let path = path.to_path_buf();
     let env = env.clone();
+    // A file the daemon started from must still be there at a reload: the
+    // defaults apply only to a daemon that started without one. (A reload
+    // while the default ./config.toml was gone, being rewritten, resized
+    // the pools to the defaults and stopped every schedule.)
+    let explicit = explicit || path.exists();
     let reload: crate::daemon::dispatcher::Reload = Box::new(move || {
         let config = Config::load_checked(
             &ConfigSource {
