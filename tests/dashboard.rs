@@ -327,6 +327,19 @@ fn actions_need_the_token_and_a_session_needs_its_csrf_token() {
     );
     let (status, _, _, _) = post(&url("/queues/mail/resume"), Some(&bearer), None, &[]);
     assert_eq!(status, 303);
+    // A name no job could have is refused, and nothing is written (the
+    // dashboard paused a NUL, control bytes, 3 000 characters).
+    let before = d.home.query_i64("SELECT count(*) FROM queues");
+    for name in ["%00", "a%01b", &"x".repeat(3_000)] {
+        let (status, _, _, _) = post(
+            &url(&format!("/queues/{name}/pause")),
+            Some(&bearer),
+            None,
+            &[],
+        );
+        assert_eq!(status, 400, "{}", &name[..name.len().min(20)]);
+    }
+    assert_eq!(d.home.query_i64("SELECT count(*) FROM queues"), before);
     assert_eq!(
         d.home
             .query_i64("SELECT paused FROM queues WHERE name = 'mail'"),

@@ -439,6 +439,16 @@ fn post(
                 .map(|(_, v)| v)
                 .unwrap_or_default();
             let paused = *action == "pause";
+            // A name a job can have, that the CLI would take: it paused
+            // an empty name (which nothing could resume), one with a NUL
+            // or control bytes (written raw into the page), and 3 000
+            // characters.
+            if queue.is_empty()
+                || queue.len() > MAX_QUEUE_NAME
+                || queue.chars().any(crate::fmt::needs_escape)
+            {
+                return message(400, "Bad request", "That is not a queue's name.");
+            }
             db.with(|s| {
                 s.set_paused(std::slice::from_ref(&queue), paused, now)
                     .map_err(|e| e.to_string())
@@ -460,6 +470,10 @@ fn post(
         Err(e) => message(503, "Unavailable", &e),
     }
 }
+
+/// The longest queue name the dashboard acts on (a job's may be longer,
+/// but no operator types such a name to pause it).
+const MAX_QUEUE_NAME: usize = 256;
 
 /// `/jobs/ID/payload`, `/jobs/ID/result`, `/jobs/ID/error`: a whole value
 /// as a download.
