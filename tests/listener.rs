@@ -354,6 +354,31 @@ fn with_a_token_every_page_needs_the_login_and_logins_are_limited() {
     assert!(line.contains("client=127.0.0.1"), "{line}");
     assert_eq!(s.daemon.log().matches("dashboard.login_failed").count(), 5);
     s.daemon.wait_log("dashboard.login_limited");
+    // A bearer token is held to the same limit: refused from an address
+    // that is held back, the right one too (wrong ones went uncounted, so
+    // a script could guess on past the login page's limit).
+    assert_eq!(
+        status(&get(&s.addr, "/", "Authorization: Bearer s3cret\r\n")),
+        429
+    );
+}
+
+/// Wrong bearer tokens count as failed logins, logged, up to the limit.
+#[test]
+fn wrong_bearer_tokens_are_failed_logins_and_limited() {
+    let s = served_with("dashboard_token_env = \"DASH_TOKEN\"\n", |home| {
+        let log = home.path().join("daemon.log");
+        home.daemon_with_env(&log, &log, &[("DASH_TOKEN", "s3cret")])
+    });
+    for _ in 0..5 {
+        let answer = get(&s.addr, "/", "Authorization: Bearer guess\r\n");
+        assert_eq!(status(&answer), 303, "{answer:?}");
+    }
+    let limited = get(&s.addr, "/", "Authorization: Bearer guess\r\n");
+    assert_eq!(status(&limited), 429, "{limited:?}");
+    let line = s.daemon.wait_log("dashboard.login_failed");
+    assert!(line.contains("via=bearer"), "{line}");
+    assert_eq!(s.daemon.log().matches("dashboard.login_failed").count(), 5);
 }
 
 #[test]

@@ -193,12 +193,26 @@ impl Pages {
         }
         let now = now_ms();
         let cookie = request.header("cookie");
+        // A bearer token is a login too: it counts toward the same limit
+        // per address, and is refused while that address is held back
+        // (wrong ones were neither counted nor logged, so a script could
+        // guess the token past the login page's limit).
+        let bearer = (request.header("authorization"))
+            .is_some_and(|a| a.starts_with("Bearer ") && self.token.is_some());
+        if bearer {
+            if let Some(refused) = self.held_back(request.peer, now) {
+                return refused;
+            }
+        }
         let caller = self.sessions.caller(
             self.token.as_deref(),
             request.header("authorization"),
             cookie,
             now,
         );
+        if bearer && caller != Caller::Bearer {
+            self.login_failed(request.peer, now, "bearer");
+        }
         match (request.method.as_str(), path) {
             ("GET", "/login") => match caller {
                 Caller::ReadOnly => read_only(),
@@ -236,6 +250,50 @@ impl Pages {
         }
     }
 
+    /// The 429 for an address with [`LOGIN_TRIES`] failed logins (form or
+    /// bearer token) in the last minute; None while it may try.
+    fn held_back(&mut self, peer: std::net::IpAddr, now: i64) -> Option<Reply> {
+        self.failed_logins
+            .retain(|_, times| times.iter().any(|t| now - t < LOGIN_WINDOW_MS));
+        let failures = self.failed_logins.get_mut(&peer)?;
+        failures.retain(|t| now - t < LOGIN_WINDOW_MS);
+        if failures.len() < LOGIN_TRIES {
+            return None;
+        }
+        event!(Warn, "dashboard.login_limited", client:% = peer);
+        let mut reply = message(
+            429,
+            "Too many tries",
+            &format!("{LOGIN_TRIES} logins failed from this address within a minute; wait a minute and try again."),
+        );
+        reply.headers.push(("Retry-After", "60".to_string()));
+        Some(reply)
+    }
+
+    /// Counts and logs a failed login from `peer` (`via` the login form or
+    /// a bearer token), keeping at most [`LOGIN_CLIENTS`] addresses.
+    fn login_failed(&mut self, peer: std::net::IpAddr, now: i64, via: &str) {
+        let failures = self.failed_logins.entry(peer).or_default();
+        failures.push(now);
+        event!(
+            Warn,
+            "dashboard.login_failed",
+            client:% = peer,
+            via = via,
+            failures = failures.len()
+        );
+        if self.failed_logins.len() > LOGIN_CLIENTS {
+            if let Some(oldest) = self
+                .failed_logins
+                .iter()
+                .min_by_key(|(_, t)| t.last().copied().unwrap_or(0))
+                .map(|(ip, _)| *ip)
+            {
+                self.failed_logins.remove(&oldest);
+            }
+        }
+    }
+
     /// `POST /login`: at most [`LOGIN_TRIES`] failures a minute per client
     /// address, each one logged.
     fn login(
@@ -244,42 +302,15 @@ impl Pages {
         peer: std::net::IpAddr,
         now: i64,
     ) -> Reply {
-        let Some(token) = self.token.as_deref() else {
+        let Some(token) = self.token.clone() else {
             return read_only();
         };
-        self.failed_logins
-            .retain(|_, times| times.iter().any(|t| now - t < LOGIN_WINDOW_MS));
-        let failures = self.failed_logins.entry(peer).or_default();
-        failures.retain(|t| now - t < LOGIN_WINDOW_MS);
-        if failures.len() >= LOGIN_TRIES {
-            event!(Warn, "dashboard.login_limited", client:% = peer);
-            let mut reply = message(
-                429,
-                "Too many tries",
-                &format!("{LOGIN_TRIES} logins failed from this address within a minute; wait a minute and try again."),
-            );
-            reply.headers.push(("Retry-After", "60".to_string()));
-            return reply;
+        if let Some(refused) = self.held_back(peer, now) {
+            return refused;
         }
         let given = form.get("token").map(String::as_str).unwrap_or("");
-        if !auth::same(given, token) {
-            failures.push(now);
-            event!(
-                Warn,
-                "dashboard.login_failed",
-                client:% = peer,
-                failures = failures.len()
-            );
-            if self.failed_logins.len() > LOGIN_CLIENTS {
-                if let Some(oldest) = self
-                    .failed_logins
-                    .iter()
-                    .min_by_key(|(_, t)| t.last().copied().unwrap_or(0))
-                    .map(|(ip, _)| *ip)
-                {
-                    self.failed_logins.remove(&oldest);
-                }
-            }
+        if !auth::same(given, &token) {
+            self.login_failed(peer, now, "form");
             return html(403, crate::web::dashboard::login(true));
         }
         self.failed_logins.remove(&peer);
