@@ -438,3 +438,39 @@ fn a_huge_payload_shows_its_first_64_kib_and_downloads_whole() {
     );
     assert_eq!(status(&get(&s.addr, "/jobs/999/payload", "")), 404);
 }
+
+/// HEAD is answered as GET without a body (health checkers and load
+/// balancers probe with it; it got 405 everywhere and 404 on `/healthz`),
+/// and a 405 says what is allowed.
+#[test]
+fn head_is_get_without_a_body_and_a_405_names_the_allowed_methods() {
+    let s = served("");
+    for path in ["/healthz", "/metrics", "/"] {
+        let answer = raw(
+            &s.addr,
+            format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(status(&answer), 200, "{path}: {answer:?}");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        assert!(body.is_empty(), "{path}: a body came with HEAD: {body:?}");
+    }
+    let answer = raw(
+        &s.addr,
+        b"OPTIONS / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&answer), 405, "{answer:?}");
+    assert!(
+        answer.to_lowercase().contains("allow: get, head, post"),
+        "{answer}"
+    );
+    let answer = raw(
+        &s.addr,
+        b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status(&answer), 405, "{answer:?}");
+    assert!(
+        answer.to_lowercase().contains("allow: get, head\r\n"),
+        "{answer}"
+    );
+}

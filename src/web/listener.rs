@@ -373,7 +373,7 @@ async fn answer(
             )))
         }
     };
-    if method == "GET" && path == "/healthz" {
+    if (method == "GET" || method == "HEAD") && path == "/healthz" {
         return respond(health(shared).await);
     }
     let request = Request {

@@ -213,7 +213,13 @@ impl Pages {
         if bearer && caller != Caller::Bearer {
             self.login_failed(request.peer, now, "bearer");
         }
-        match (request.method.as_str(), path) {
+        // HEAD is GET without the body (the listener sends none for it):
+        // health checkers and load balancers probe with it.
+        let method = match request.method.as_str() {
+            "HEAD" => "GET",
+            other => other,
+        };
+        match (method, path) {
             ("GET", "/login") => match caller {
                 Caller::ReadOnly => read_only(),
                 _ => html(200, crate::web::dashboard::login(false)),
@@ -233,7 +239,11 @@ impl Pages {
                 &self.state,
                 &caller,
             ),
-            ("POST", "/metrics" | "/healthz") => Reply::text(405, "only GET is served here\n"),
+            ("POST", "/metrics" | "/healthz") => {
+                let mut reply = Reply::text(405, "only GET is served here\n");
+                reply.headers.push(("Allow", "GET, HEAD".to_string()));
+                reply
+            }
             ("POST", _) => {
                 let form = form(&request.body);
                 post(
@@ -246,7 +256,12 @@ impl Pages {
                     now,
                 )
             }
-            _ => Reply::text(405, "only GET and POST are served here\n"),
+            _ => {
+                let mut reply = Reply::text(405, "only GET and POST are served here\n");
+                let allow = if open { "GET, HEAD" } else { "GET, HEAD, POST" };
+                reply.headers.push(("Allow", allow.to_string()));
+                reply
+            }
         }
     }
 
