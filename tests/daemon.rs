@@ -1364,3 +1364,30 @@ fn a_reload_while_the_default_config_file_is_gone_keeps_the_running_configuratio
     );
     daemon.stop();
 }
+
+/// A reload that changes what only a restart applies (the listen address,
+/// the queues served) says so and keeps them; the rest applies. (A new
+/// listen address was logged as reloaded while the old one went on.)
+#[test]
+fn a_reload_says_which_changed_keys_wait_for_a_restart() {
+    let port = common::free_port();
+    let home = Home::with_config(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[pool]\nthreads = 1\n"
+    ));
+    home.migrate();
+    let daemon = home.daemon();
+    let other = common::free_port();
+    home.write_config(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{other}\"\n[daemon]\nqueues = [\"mail\"]\n[pool]\nthreads = 2\n"
+    ));
+    let before = daemon.log().len();
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_log_after(before, "config.restart_needed");
+    assert!(line.contains("keys=daemon.queues,metrics.listen"), "{line}");
+    let line = daemon.wait_log_after(before, "config.reloaded");
+    assert!(line.contains("threads=2"), "{line}");
+    // The old address still serves.
+    let health = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(health.is_ok(), "the listener moved or stopped");
+    daemon.stop();
+}

@@ -78,8 +78,37 @@ impl Dispatcher {
         // Schedules added start, removed ones stop (their rows stay).
         self.cron = crate::daemon::cron::Cron::new(crate::daemon::cron::schedules(&config));
         self.retry = Arc::new(config.retry.clone());
+        // What only a restart applies keeps its value from the start, and
+        // a change to it is said (a new listen address was taken in
+        // silence while the old one went on serving).
+        let old = &self.config;
+        let kept: Vec<&str> = [
+            (
+                "database",
+                config.database.url != old.database.url
+                    || config.database.path != old.database.path,
+            ),
+            ("daemon.queues", config.daemon.queues != old.daemon.queues),
+            (
+                "metrics.listen",
+                config.metrics.listen != old.metrics.listen,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        if !kept.is_empty() {
+            event!(
+                Warn,
+                "config.restart_needed",
+                keys = kept.join(","),
+                detail =
+                    "changed in the file, kept as they were at start until the daemon restarts"
+            );
+        }
         config.database = self.config.database.clone();
         config.daemon.queues = self.config.daemon.queues.clone();
+        config.metrics.listen = self.config.metrics.listen;
         self.config = config;
         self.look_again();
         event!(
