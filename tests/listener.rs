@@ -473,4 +473,10 @@ fn head_is_get_without_a_body_and_a_405_names_the_allowed_methods() {
         answer.to_lowercase().contains("allow: get, head\r\n"),
         "{answer}"
     );
+    // A job list's filter that means nothing is said, not dropped.
+    for query in ["state=nonsense", "before=-1", "before=99999999999999999999"] {
+        let answer = get(&s.addr, &format!("/jobs?{query}"), "");
+        assert_eq!(status(&answer), 400, "{query}: {answer:?}");
+    }
+    assert_eq!(status(&get(&s.addr, "/jobs?state=&before=", "")), 200);
 }

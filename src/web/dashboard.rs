@@ -497,19 +497,35 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    /// From a URL's query string; unknown keys and bad values are ignored.
-    pub fn parse(query: &str) -> ListQuery {
+    /// From a URL's query string; unknown keys are ignored, an empty
+    /// value is no filter, and a bad value is said (`state=nonsense` listed
+    /// every job as if it were a filter).
+    pub fn parse(query: &str) -> Result<ListQuery, String> {
         let mut q = ListQuery::default();
         for (key, value) in form_pairs(query) {
             match key.as_str() {
-                "state" => q.state = value.parse().ok(),
+                "state" if !value.is_empty() => {
+                    q.state = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("state {value:?} is none of a job's states"))?,
+                    )
+                }
                 "queue" if !value.is_empty() => q.queue = Some(value),
                 "kind" if !value.is_empty() => q.kind = Some(value),
-                "before" => q.before = value.parse().ok(),
+                "before" if !value.is_empty() => {
+                    q.before = Some(
+                        value
+                            .parse()
+                            .ok()
+                            .filter(|&b: &i64| b > 0)
+                            .ok_or_else(|| format!("before {value:?} is not a job id"))?,
+                    )
+                }
                 _ => {}
             }
         }
-        q
+        Ok(q)
     }
 
     fn link(&self, before: Option<i64>) -> String {
@@ -869,7 +885,9 @@ mod tests {
 
     #[test]
     fn queries_decode_and_links_encode() {
-        let q = ListQuery::parse("state=dead&queue=a%20b%26c&kind=&before=40&x=1");
+        assert!(ListQuery::parse("state=nonsense").is_err());
+        assert!(ListQuery::parse("before=-1").is_err());
+        let q = ListQuery::parse("state=dead&queue=a%20b%26c&kind=&before=40&x=1").unwrap();
         assert_eq!(q.state, Some(JobState::Dead));
         assert_eq!(q.queue.as_deref(), Some("a b&c"));
         assert_eq!(q.kind, None);

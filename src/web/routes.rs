@@ -617,7 +617,10 @@ fn get_page(
             }
         }
         "/jobs" => {
-            let q = crate::web::dashboard::ListQuery::parse(query);
+            let q = match crate::web::dashboard::ListQuery::parse(query) {
+                Ok(q) => q,
+                Err(why) => return message(400, "Bad request", &format!("The job list's {why}.")),
+            };
             let read = db.with(|s| {
                 s.list(&crate::store::ListFilter {
                     state: q.state,
