@@ -203,6 +203,22 @@ fn risky_settings_are_warned_about_naming_the_key() {
         "{w:?}"
     );
     assert!(keys("[exec]\ndir = \"/var/lib/jobd/jobs\"").is_empty());
+    // A folder that is a file, and headers shown whole (neither was said).
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().display();
+    let w = keys(&format!(
+        "[file]\nroots = [\"{path}\"]\n[email]\ndir = \"{path}\"\n[http]\nredact_headers = []"
+    ));
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(
+        w[0].starts_with(&format!("file.roots names {path}, which is a file")),
+        "{w:?}"
+    );
+    assert!(
+        w[1].starts_with(&format!("email.dir names {path}, which is a file")),
+        "{w:?}"
+    );
+    assert!(w[2].starts_with("http.redact_headers is empty"), "{w:?}");
 }
 
 #[test]

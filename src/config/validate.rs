@@ -316,6 +316,34 @@ impl Config {
                 format!("is {folder}, a system folder: every program in it becomes a handler any job can run with arguments of its choosing"),
             ));
         }
+        // Folders that are files: every job that uses them would fail
+        // (a daemon started without a word about it).
+        let mut folders: Vec<(&str, &std::path::Path)> = self
+            .file
+            .roots
+            .iter()
+            .map(|r| ("file.roots", r.as_path()))
+            .collect();
+        if self.email.transport == crate::config::EmailTransport::File {
+            folders.push(("email.dir", self.email.dir.as_path()));
+        }
+        for (key, folder) in folders {
+            if folder.is_file() {
+                warnings.push((
+                    key.to_string(),
+                    format!(
+                        "names {}, which is a file, not a folder: the jobs that use it fail",
+                        folder.display()
+                    ),
+                ));
+            }
+        }
+        if self.http.redact_headers.is_empty() {
+            warnings.push((
+                "http.redact_headers".to_string(),
+                "is empty: every header of an http job, credentials included, is shown whole by jobd show and the dashboard".to_string(),
+            ));
+        }
         warnings
     }
 }
