@@ -313,6 +313,16 @@ pub const KIND_NAMES: [&str; KINDS.len()] = {
     names
 };
 
+/// Whether `name` can name an `exec` handler: a plain file name in the
+/// handlers folder (letters, digits, `_` and `-`), never a path. What a
+/// job's payload and a config's `[exec.handlers.NAME]` are both held to.
+pub fn is_handler_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 const fn cpu_kind_count() -> usize {
     let (mut n, mut i) = (0, 0);
     while i < KINDS.len() {

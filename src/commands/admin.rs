@@ -145,17 +145,13 @@ pub fn set_paused(
                         ..Default::default()
                     })?
                     .is_empty();
-            if !known && paused {
-                return Err(Error::Usage(format!(
-                    "queue {} has no jobs and the config does not name it; check the name, or pass --create to pause it before its first job",
-                    crate::fmt::terminal_safe(q)
-                )));
-            }
             if !known {
-                return Err(Error::Usage(format!(
-                    "queue {} is not paused, has no jobs and the config does not name it; check the name",
-                    crate::fmt::terminal_safe(q)
-                )));
+                let q = crate::fmt::terminal_safe(q);
+                return Err(Error::Usage(if paused {
+                    format!("queue {q} has no jobs and the config does not name it; check the name, or pass --create to pause it before its first job")
+                } else {
+                    format!("queue {q} is not paused, has no jobs and the config does not name it; check the name")
+                }));
             }
         }
     }

@@ -285,7 +285,7 @@ fn wait(store: &mut dyn Store, id: i64, out: &mut dyn Write) -> Result<()> {
 fn bulk(config: &Config, path: &std::path::Path, out: &mut dyn Write) -> Result<()> {
     let started = Instant::now();
     let name = path.display().to_string();
-    let reader: Box<dyn BufRead> = if name == "-" {
+    let mut reader: Box<dyn BufRead> = if name == "-" {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
         let file = std::fs::File::open(path).map_err(|source| Error::Io {
@@ -306,7 +306,6 @@ fn bulk(config: &Config, path: &std::path::Path, out: &mut dyn Write) -> Result<
         .limits
         .max_payload_bytes
         .saturating_add(MAX_LINE_EXTRA);
-    let mut reader = reader;
     for number in 1.. {
         let Some(line) = read_line(&mut reader, max_line).map_err(|source| Error::Io {
             what: format!("cannot read {name} at line {number}"),

@@ -242,6 +242,12 @@ fn env_overrides(env: &HashMap<String, String>) -> HashMap<String, String> {
         .collect()
 }
 
+/// The config key a `JOBD_SECTION__KEY` variable (prefix removed) sets:
+/// `section.key`, in lower case.
+fn env_key(name: &str) -> String {
+    name.to_lowercase().replace(ENV_SEPARATOR, ".")
+}
+
 /// Refuses a variable that names a section of the file in another case
 /// (`JOBD_QUEUES__MAIL__…` for `[queues.Mail]`): names are case-sensitive
 /// and a variable's are read in lower case, so it made a second section,
@@ -254,7 +260,7 @@ fn named_in_another_case(
         return Ok(());
     };
     for name in overrides.keys() {
-        let key = name.to_lowercase().replace(ENV_SEPARATOR, ".");
+        let key = env_key(name);
         let parts: Vec<&str> = key.split('.').collect();
         let (table, section) = match parts.as_slice() {
             ["exec", "handlers", section, ..] => {
@@ -285,11 +291,10 @@ fn named_in_another_case(
 /// Names the environment variable that set `key` (or a parent of it), else
 /// the file.
 fn source_of(key: &str, path: &Path, overrides: &HashMap<String, String>) -> String {
-    let env_name = |k: &str| k.to_lowercase().replace(ENV_SEPARATOR, ".");
     overrides
         .keys()
         .find(|k| {
-            let k = env_name(k);
+            let k = env_key(k);
             key == k
                 || key.starts_with(&format!("{k}."))
                 || key.starts_with(&format!("{k}["))
@@ -382,7 +387,7 @@ impl Config {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(&text, config::FileFormat::Toml));
         for (name, value) in &overrides {
-            let key = name.to_lowercase().replace(ENV_SEPARATOR, ".");
+            let key = env_key(name);
             let set = if LIST_KEYS.contains(&key.as_str()) {
                 let items: Vec<String> = (value.split(',').map(str::to_string))
                     .filter(|item| !item.is_empty())

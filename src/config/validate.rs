@@ -104,13 +104,7 @@ impl Config {
         // A section's name is what jobs name: one no job can name (empty,
         // or a path for a handler, whose name is a plain file name) is a
         // mistake, not a setting.
-        let plain = |name: &str| {
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
-        if let Some(name) = self.exec.handlers.keys().find(|n| !plain(n)) {
+        if let Some(name) = (self.exec.handlers.keys()).find(|n| !crate::job::is_handler_name(n)) {
             return fail(
                 &format!("exec.handlers.{name:?}"),
                 "is not a handler's name: a plain file name of letters, digits, _ and -",

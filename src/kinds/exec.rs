@@ -133,11 +133,7 @@ impl Exec {
     /// The handler's file, checked: a plain name, a regular file directly
     /// in the folder, executable.
     fn handler(&self, name: &str) -> Result<PathBuf, JobError> {
-        let plain = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !plain {
+        if !crate::job::is_handler_name(name) {
             return Err(JobError::permanent(format!(
                 "payload field handler: {name:?} is not a handler name (letters, digits, _ and - only; no path)"
             )));

@@ -793,6 +793,19 @@ enum Sent {
     Cancelled,
 }
 
+impl Sent {
+    /// A job that could not be handed over (its worker killed): Ok with
+    /// the error when the worker died, to try a fresh one; Err with the
+    /// attempt's end when its deadline or a cancel came first.
+    fn died(self) -> Result<io::Error, (Result<Option<String>, JobError>, After)> {
+        match self {
+            Sent::Failed(e) => Ok(e),
+            Sent::Late => Err((Err(JobError::TimedOut), After::Gone)),
+            Sent::Cancelled => Err((Err(JobError::Cancelled), After::Gone)),
+        }
+    }
+}
+
 /// Runs one attempt on `worker`; returns its answer and the worker if it
 /// can go on.
 fn attempt(
@@ -822,37 +835,28 @@ fn attempt(
         }
     };
     let cancel = &task.control.cancel;
-    match worker.send(&order, deadline, cancel) {
-        Ok(()) => {}
-        Err(Sent::Late) => {
-            worker.kill(&common.pids);
-            return (Err(JobError::TimedOut), After::Gone);
+    if let Err(e) = worker.send(&order, deadline, cancel) {
+        worker.kill(&common.pids);
+        if let Err(ended) = e.died() {
+            return ended;
         }
-        Err(Sent::Cancelled) => {
-            worker.kill(&common.pids);
-            return (Err(JobError::Cancelled), After::Gone);
-        }
-        Err(Sent::Failed(_)) => {
-            // It died while idle: the job has not started, so a fresh worker
-            // takes it.
-            worker.kill(&common.pids);
-            match Worker::start(common.settings(), &common.pids) {
-                Ok(fresh) => worker = fresh,
-                Err(e) => {
-                    let message = format!("no CPU worker process could be started: {e}");
-                    return (Err(JobError::transient(message)), After::Gone);
-                }
-            }
-            if let Err(e) = worker.send(&order, deadline, cancel) {
-                let (pid, _) = worker.kill(&common.pids);
-                let e = match e {
-                    Sent::Cancelled => return (Err(JobError::Cancelled), After::Gone),
-                    Sent::Late => return (Err(JobError::TimedOut), After::Gone),
-                    Sent::Failed(e) => e,
-                };
-                let message = format!("{} could not be sent the job: {e}", worker_name(&pid));
+        // It died while idle: the job has not started, so a fresh worker
+        // takes it.
+        match Worker::start(common.settings(), &common.pids) {
+            Ok(fresh) => worker = fresh,
+            Err(e) => {
+                let message = format!("no CPU worker process could be started: {e}");
                 return (Err(JobError::transient(message)), After::Gone);
             }
+        }
+        if let Err(e) = worker.send(&order, deadline, cancel) {
+            let (pid, _) = worker.kill(&common.pids);
+            let e = match e.died() {
+                Ok(e) => e,
+                Err(ended) => return ended,
+            };
+            let message = format!("{} could not be sent the job: {e}", worker_name(&pid));
+            return (Err(JobError::transient(message)), After::Gone);
         }
     }
     loop {

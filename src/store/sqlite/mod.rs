@@ -61,7 +61,7 @@ const RUN_COLUMNS: &str =
 const RUN_ORDER: crate::store::shared::RunOrder = crate::store::shared::RunOrder {
     greatest: "max",
     null_text: "NULL",
-    pruned: "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'places_pruned'), 0)",
+    pruned: schema::places_pruned!(),
     // A difference past the largest integer is a REAL, which the cast
     // brings back to the largest integer.
     duration: "CAST(max(finished_at - started_at, 0) AS INTEGER)",

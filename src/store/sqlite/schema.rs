@@ -1538,11 +1538,23 @@ END;
 /// the pruner has deleted ([`PLACES_PRUNED`]).
 macro_rules! next_place {
     () => {
-        "max(coalesce((SELECT max(id) FROM job_attempts), 0), \
-             coalesce((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0), \
-             coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'places_pruned'), 0)) + 1"
+        concat!(
+            "max(coalesce((SELECT max(id) FROM job_attempts), 0), \
+                 coalesce((SELECT max(run_id) FROM jobs WHERE run_id IS NOT NULL), 0), ",
+            places_pruned!(),
+            ") + 1"
+        )
     };
 }
+
+/// The newest place the pruner has deleted ([`PLACES_PRUNED`]), 0 before
+/// it has deleted any: SQL, as the triggers and `RUN_ORDER` read it.
+macro_rules! places_pruned {
+    () => {
+        "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'places_pruned'), 0)"
+    };
+}
+pub(crate) use places_pruned;
 
 /// The `meta` key under which the pruner keeps the newest place it has
 /// seen before deleting: places are `max + 1`, so without it a pruner
