@@ -304,6 +304,23 @@ fn bulk_import_with_a_bad_line_imports_nothing_and_names_the_line() {
     assert!(err.contains("line 4:"), "{err}");
     assert!(err.contains("line 5: unknown kind \"nope\""), "{err}");
     assert_eq!(home.query_i64("SELECT count(*) FROM jobs"), 0);
+    // The first bad lines by line, though the database's check (a parent
+    // that does not exist) finds line 1 after the file's own found 11.
+    std::fs::write(
+        &path,
+        format!(
+            "{{\"kind\":\"noop\",\"parents\":[999999]}}\n{}",
+            "not json\n".repeat(11)
+        ),
+    )
+    .unwrap();
+    let err = home
+        .jobd(&["enqueue", "--file", path.to_str().unwrap()])
+        .fails(
+            1,
+            "has 12 bad line(s), nothing was imported: line 1: parent job 999999",
+        );
+    assert!(err.contains("; and 7 more"), "{err}");
     home.jobd(&["enqueue", "--file", "/nonexistent/jobs.jsonl"])
         .fails(1, "cannot open /nonexistent/jobs.jsonl");
 }

@@ -161,16 +161,20 @@ struct BadLines {
 impl BadLines {
     fn add(&mut self, line: usize, fault: String) {
         self.count += 1;
-        // Enough to show the first few of either pass, in order.
-        if self.found.len() < 2 * BAD_LINES_SHOWN {
-            self.found.push((line, fault));
+        // The first few by line, whichever pass found them (a cap on how
+        // many were kept dropped the database's finds when the file's own
+        // had filled it, though their lines came first).
+        self.found.push((line, fault));
+        if self.found.len() > BAD_LINES_SHOWN {
+            self.found.sort_by_key(|(line, _)| *line);
+            self.found.truncate(BAD_LINES_SHOWN);
         }
     }
 
     /// The first few, in the file's order.
     fn shown(mut self) -> (Vec<String>, usize) {
         self.found.sort_by_key(|(line, _)| *line);
-        let shown = (self.found.into_iter().take(BAD_LINES_SHOWN))
+        let shown = (self.found.into_iter())
             .map(|(line, fault)| format!("line {line}: {fault}"))
             .collect();
         (shown, self.count)
