@@ -204,11 +204,8 @@ fn numbers_at_the_edges_break_no_reader_and_no_daemon() {
         // The daemon forgets the daemon that never beat, and runs jobs.
         let daemon = home.daemon_logging_to("d.log");
         daemon.wait_log("worker.forgotten");
-        let mut tail = home
-            .cmd(&["tail"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut tail =
+            common::Spawned::start(home.cmd(&["tail"]).stdout(std::process::Stdio::piped()));
         let lines = common::lines(tail.stdout.take().unwrap());
         let mut seen = Vec::new();
         let mut tail_shows = |id: i64, within: std::time::Duration| {

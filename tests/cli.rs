@@ -538,11 +538,8 @@ fn tail_follows_attempts_as_they_finish() {
     let home = Home::new();
     home.migrate();
     home.ok(&["enqueue", "noop"]);
-    let mut child = home
-        .cmd(&["tail", "--kind", "noop"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        common::Spawned::start(home.cmd(&["tail", "--kind", "noop"]).stdout(Stdio::piped()));
     let rx = common::lines(child.stdout.take().unwrap());
     // tail starts from "now": give it a moment by finishing jobs until a line shows.
     let line = wait_for(Duration::from_secs(10), || {
@@ -936,11 +933,10 @@ fn every_command(backend: &common::BackendHome) {
     // With a daemon: --wait follows a job to its end, tail follows attempts.
     home.ok(&["pause", "hooks"]);
     let daemon = home.daemon_logging_to("d.log");
-    let mut tail = home
-        .cmd(&["tail", "--kind", "noop"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut tail = common::Spawned::start(
+        home.cmd(&["tail", "--kind", "noop"])
+            .stdout(std::process::Stdio::piped()),
+    );
     let rx = common::lines(tail.stdout.take().unwrap());
     let line = common::wait_for(common::PATIENCE, || {
         // Exits 0 only once the job succeeded.

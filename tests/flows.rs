@@ -823,17 +823,17 @@ fn a_client_adding_to_a_batch_in_an_open_transaction_does_not_stall_the_batch_on
         b.home.migrate();
         let first = b.home.ok(&["enqueue", "noop", "--batch", "open"]);
         // Another client adds a member and keeps its transaction open.
-        let mut client = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
-            .arg(format!(
-                "SET search_path = {}; BEGIN; \
+        let mut client = common::Spawned::start(
+            std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
+                .arg(format!(
+                    "SET search_path = {}; BEGIN; \
                  INSERT INTO jobs(kind, batch) VALUES ('noop', 'open'); \
                  SELECT pg_sleep(120); COMMIT;",
-                schema.name
-            ))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+                    schema.name
+                ))
+                .stderr(std::process::Stdio::null()),
+        );
         common::wait_for(common::PATIENCE, || {
             (common::pg::psql(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \

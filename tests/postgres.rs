@@ -803,11 +803,8 @@ fn tail_prints_an_attempt_that_commits_after_a_later_one() {
         .batch_execute(&attempt(2, "held-since-before-start"))
         .unwrap();
     schema.psql(&attempt(3, "written-before-start")).unwrap();
-    let mut child = home
-        .cmd(&["tail"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        common::Spawned::start(home.cmd(&["tail"]).stdout(std::process::Stdio::piped()));
     let rx = common::lines(child.stdout.take().unwrap());
     let printed = |needle: &str| {
         common::wait_for(common::PATIENCE, || {

@@ -255,11 +255,10 @@ fn a_handler_past_its_memory_limit_or_max_jobs_is_replaced() {
 #[test]
 fn progress_reaches_jobd_show_and_tail_while_the_job_runs_and_log_lines_the_daemon_log() {
     let home = warm_home("");
-    let mut tail = home
-        .cmd(&["tail", "--kind", "exec"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut tail = common::Spawned::start(
+        home.cmd(&["tail", "--kind", "exec"])
+            .stdout(std::process::Stdio::piped()),
+    );
     let tailed = common::lines(tail.stdout.take().unwrap());
     let daemon = home.daemon();
     let file = home.path().join("go");

@@ -17,6 +17,7 @@ mod http;
 pub mod pg;
 pub mod procs;
 mod smtp;
+mod spawned;
 
 // Each test binary uses some of these; the rest would warn as unused.
 #[allow(unused_imports)]
@@ -27,6 +28,8 @@ pub use home::*;
 pub use http::*;
 #[allow(unused_imports)]
 pub use smtp::*;
+#[allow(unused_imports)]
+pub use spawned::Spawned;
 
 /// libfaketime (Debian's `faketime` package), preloaded to freeze a
 /// command's clock at a chosen instant (`FAKETIME=@2026-10-25 01:20:00`).
