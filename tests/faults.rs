@@ -528,3 +528,62 @@ fn a_database_on_a_read_only_file_system_stops_the_daemon_untouched() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(std::fs::read(&db).unwrap(), before);
 }
+
+/// CPU ticks (1/100 s) the process `pid` has used, its threads included.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Outcome writes that fail at once (a full disk, an immutable file; here
+/// a trigger that refuses them) while every slot holds an unwritten
+/// outcome: the daemon retries every 250 ms and otherwise sleeps. It spun
+/// a core: the back-off of a claim that had failed with them stayed in
+/// the past and woke the loop at once, forever.
+#[test]
+fn outcome_writes_that_fail_at_once_do_not_spin_the_daemon() {
+    for backend in common::homes_with("failfast", "[pool]\nthreads = 2\n") {
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        let refuse = match &backend.schema {
+            None => "CREATE TRIGGER refuse BEFORE UPDATE OF state ON jobs \
+                     WHEN NEW.state = 'succeeded' BEGIN SELECT RAISE(ABORT, 'refused'); END;"
+                .to_string(),
+            Some(_) => "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                        $$ BEGIN RAISE EXCEPTION 'refused'; END $$; \
+                        CREATE TRIGGER refuse BEFORE UPDATE OF state ON jobs FOR EACH ROW \
+                        WHEN (NEW.state = 'succeeded') EXECUTE FUNCTION refuse();"
+                .to_string(),
+        };
+        backend.value(&refuse);
+        // Jobs long enough that the pool's two slots are all it claims:
+        // once their outcomes are refused, no slot is free to claim with.
+        backend.insert_many(6, "kind, payload", "'noop', '{\"sleep_ms\":100}'");
+        let daemon = home.daemon_logging_to("d.log");
+        let line = daemon.wait_log("op=\"write outcomes\"");
+        assert!(line.contains("refused"), "{}: {line}", backend.name);
+        // Two seconds of refused writes: a few retries, not a busy loop.
+        let before = cpu_ticks(daemon.pid());
+        // A window to measure over, not a wait for something to happen.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let used = cpu_ticks(daemon.pid()) - before;
+        assert!(
+            used < 60,
+            "{}: the daemon used {used} ticks of CPU in 2 s while its writes failed",
+            backend.name
+        );
+        backend.value(match backend.schema {
+            None => "DROP TRIGGER refuse;",
+            Some(_) => "DROP TRIGGER refuse ON jobs;",
+        });
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded';",
+            "6",
+            "the outcomes were written once the writes went through",
+        );
+        daemon.stop();
+    }
+}

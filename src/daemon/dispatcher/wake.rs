@@ -147,9 +147,14 @@ impl Dispatcher {
                 until = until.min(self.next_progress.max(now));
             }
         }
+        // A claim's back-off matters until it ends; once past, a claim that
+        // could go would have made this turn return above, and one that
+        // cannot (every slot holds an outcome the store refuses) must not
+        // wake the loop at once, forever.
+        let claim_retry = self.claim_retry_at.filter(|&t| t > now);
         for t in [
             self.completer.deadline(),
-            self.claim_retry_at,
+            claim_retry,
             self.draining,
             next_ping,
         ]
