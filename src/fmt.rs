@@ -38,11 +38,15 @@ pub fn millis(ms: i64) -> String {
 /// Cuts `text` to `max` characters on one line, marking the cut with `…`.
 pub fn clip(text: &str, max: usize) -> String {
     let one_line = text.replace(['\n', '\r'], " ");
-    let one_line = terminal_safe(&one_line);
-    if one_line.chars().count() <= max {
-        return one_line.into_owned();
+    cut(&terminal_safe(&one_line), max)
+}
+
+/// Cuts `text` to `max` characters, marking the cut with `…`.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
     }
-    let mut cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
     cut
 }

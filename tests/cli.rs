@@ -1113,3 +1113,26 @@ fn operator_commands_hold_names_to_what_jobs_can_name_and_stay_short() {
         home.jobd(&["check-config"]).fails(1, needle);
     }
 }
+
+/// A queue name or kind of tens of thousands of characters (SQL accepts
+/// them) breaks no table: `list` and `stats` print it cut, `--json`
+/// whole. Padding a cell that wide panicked ("Formatting argument out of
+/// range").
+#[test]
+fn tables_print_cells_of_any_width() {
+    let home = Home::new();
+    home.migrate();
+    let queue = "q".repeat(70_000);
+    home.ok(&["enqueue", "noop", "--queue", &queue]);
+    home.text(&format!(
+        "INSERT INTO jobs(kind) VALUES ('{}');",
+        "k".repeat(1_000_000)
+    ));
+    for verb in [&["list"][..], &["stats"]] {
+        let out = home.ok(verb);
+        assert!(out.contains(&format!("{}…", "q".repeat(20))), "{verb:?}");
+        assert!(out.len() < 10_000, "{verb:?} printed {} bytes", out.len());
+    }
+    let json = home.ok(&["list", "--json"]);
+    assert!(json.contains(&queue));
+}

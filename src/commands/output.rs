@@ -10,10 +10,17 @@ pub use crate::fmt::{clip, millis, opt_time, terminal_safe, time};
 /// row is the header. Cells come from the database (queue names, errors),
 /// so control characters are escaped: a value cannot forge a row or drive
 /// the terminal.
+/// A cell longer than [`MAX_CELL`] characters is cut (`…`): SQL may
+/// write a queue name or a kind of a megabyte, and every row would be
+/// padded to it; `--json` prints it whole.
 pub fn table(out: &mut dyn Write, rows: &[Vec<String>]) -> Result<()> {
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|row| row.iter().map(|c| terminal_safe(c).into_owned()).collect())
+        .map(|row| {
+            row.iter()
+                .map(|c| crate::fmt::cut(&terminal_safe(c), MAX_CELL))
+                .collect()
+        })
         .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0; columns];
@@ -28,13 +35,18 @@ pub fn table(out: &mut dyn Write, rows: &[Vec<String>]) -> Result<()> {
             if i + 1 == row.len() {
                 line.push_str(cell);
             } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+                line.push_str(cell);
+                let pad = widths[i] - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
             }
         }
         writeln!(out, "{}", line.trim_end()).map_err(stdout_error)?;
     }
     Ok(())
 }
+
+/// The widest cell a table prints whole.
+const MAX_CELL: usize = 200;
 
 /// Maps a failed write to the output.
 pub(crate) fn stdout_error(source: std::io::Error) -> Error {
