@@ -39,6 +39,31 @@ fn a_row_with_the_largest_attempt_count_stalls_no_claim() {
     }
 }
 
+/// Regression: a row whose `attempts` a client set below zero (SQLite
+/// stores it with `PRAGMA ignore_check_constraints`) made the claim's
+/// `attempts + 1` fail its CHECK, so every claim failed and every queue
+/// stalled. The claim counts such a job's attempt as its first.
+#[test]
+fn a_row_with_a_negative_attempt_count_stalls_no_claim() {
+    let home = Home::new();
+    home.migrate();
+    home.text(
+        "PRAGMA ignore_check_constraints = 1; \
+         INSERT INTO jobs (kind, attempts, priority) VALUES ('noop', -5, 5); \
+         INSERT INTO jobs (kind, queue) VALUES ('noop', 'other');",
+    );
+    let daemon = home.daemon_logging_to("d.log");
+    let ran = common::wait_for(common::PATIENCE, || {
+        (home.text("SELECT count(*) FROM jobs WHERE state = 'succeeded';") == "2").then_some(())
+    });
+    let log = daemon.stop();
+    assert!(ran.is_some(), "{log}");
+    assert_eq!(
+        home.text("SELECT attempts FROM jobs WHERE priority = 5;"),
+        "1"
+    );
+}
+
 /// Drops the schema's UTF-8 guards, if it has any, so these rows can be
 /// stored as a file made before the guards (or a client that removed
 /// them) would hold them.

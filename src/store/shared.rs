@@ -16,8 +16,11 @@ use crate::store::contract::{
 /// at the largest integer `attempts + 1` failed every claim that met the
 /// row (out of range on PostgreSQL, a REAL refused by SQLite's STRICT
 /// table), so one row stopped its queue on every daemon. It stays there.
-pub(crate) const NEXT_ATTEMPT: &str =
-    "CASE WHEN jobs.attempts < 9223372036854775807 THEN jobs.attempts + 1 ELSE jobs.attempts END";
+/// Below zero (SQLite stores it under `PRAGMA ignore_check_constraints`)
+/// `attempts + 1` failed the claim's CHECK the same way: the attempt is
+/// counted as the first.
+pub(crate) const NEXT_ATTEMPT: &str = "CASE WHEN jobs.attempts < 0 THEN 1 \
+     WHEN jobs.attempts < 9223372036854775807 THEN jobs.attempts + 1 ELSE jobs.attempts END";
 /// SQL over the attempts in the order of `job_runs`, the same on both
 /// backends but for the name of the two-argument maximum (`max` on SQLite,
 /// `GREATEST` on PostgreSQL) and parameters (`?1`/`$1`). That order is
