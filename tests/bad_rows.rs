@@ -64,6 +64,51 @@ fn a_row_with_a_negative_attempt_count_stalls_no_claim() {
     );
 }
 
+/// Regression: jobs a client marked `running` by SQL stayed running for
+/// good. With no lease (`lease_until` NULL) the rescue, which looks for
+/// a lease in the past, never took them back, and `cancel`/`retry`
+/// could not either; on PostgreSQL a rescued row without a worker
+/// panicked the maintenance thread. One marked with the live daemon's
+/// own id but no start time was given back and fenced out at every lease
+/// renewal, forever (`job.orphaned` then `job.stale`). Each is taken
+/// back as lost and runs.
+#[test]
+fn jobs_marked_running_by_hand_are_taken_back() {
+    for backend in common::homes_with("handrunning", "[daemon]\nlease = \"2s\"\n") {
+        let home = &backend.home;
+        home.migrate();
+        backend.value(
+            "INSERT INTO jobs (id, kind, state) VALUES (1, 'noop', 'running'); \
+             INSERT INTO jobs (id, kind, state, lease_until) VALUES (2, 'noop', 'running', 0); \
+             INSERT INTO jobs (id, kind, queue) VALUES (3, 'noop', 'later');",
+        );
+        home.ok(&["pause", "later"]);
+        let daemon = home.daemon_logging_to("d.log");
+        backend.wait_value(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded' AND id IN (1, 2);",
+            "2",
+            "the jobs without a lease or a worker ran",
+        );
+        // Job 3 as if this daemon held it, but with no start time.
+        let me = backend.value("SELECT id FROM workers;");
+        backend.value(&format!(
+            "UPDATE jobs SET state = 'running', worker = '{me}', attempts = 1, \
+             lease_until = {}, started_at = NULL WHERE id = 3;",
+            jobd::job::now_ms() + 600_000
+        ));
+        home.ok(&["resume", "later"]);
+        backend.wait_value(
+            "SELECT state FROM jobs WHERE id = 3;",
+            "succeeded",
+            "the job marked as this daemon's ran",
+        );
+        let log = daemon.stop();
+        assert!(!log.contains("panicked"), "{}: {log}", backend.name);
+        let show = home.ok(&["show", "1"]);
+        assert!(show.contains("rescued"), "{}: {show}", backend.name);
+    }
+}
+
 /// Drops the schema's UTF-8 guards, if it has any, so these rows can be
 /// stored as a file made before the guards (or a client that removed
 /// them) would hold them.

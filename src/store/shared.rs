@@ -21,6 +21,16 @@ use crate::store::contract::{
 /// counted as the first.
 pub(crate) const NEXT_ATTEMPT: &str = "CASE WHEN jobs.attempts < 0 THEN 1 \
      WHEN jobs.attempts < 9223372036854775807 THEN jobs.attempts + 1 ELSE jobs.attempts END";
+/// A running row no claim wrote: a claim sets a lease and a start, a
+/// client writing `state = 'running'` by hand may not. The rescue takes
+/// such a row back whoever it names (a lease that never expires would
+/// hold it for good, and a holder cannot fence an outcome on a start it
+/// does not have), and a daemon does not count it among the jobs it holds.
+pub(crate) const NO_CLAIM: &str = "lease_until IS NULL OR started_at IS NULL";
+
+/// The worker a rescue names: a hand-written running row may have none.
+pub(crate) const RESCUED_WORKER: &str = "COALESCE(worker, '(none)')";
+
 /// SQL over the attempts in the order of `job_runs`, the same on both
 /// backends but for the name of the two-argument maximum (`max` on SQLite,
 /// `GREATEST` on PostgreSQL) and parameters (`?1`/`$1`). That order is

@@ -6,6 +6,7 @@ use crate::store::contract::{
     handlers_from_json, handlers_json, RescueScope, Rescued, Result, WorkerInfo,
 };
 use crate::store::postgres::*;
+use crate::store::shared::{NO_CLAIM, RESCUED_WORKER as WORKER};
 
 impl Fleet for PgStore {
     fn rescue(
@@ -19,12 +20,12 @@ impl Fleet for PgStore {
         // when no attempts are left, with a `rescued` attempt record naming the
         // lost worker. Rows another transaction holds are left for next time.
         let filter = match scope {
-            RescueScope::ExpiredLeases => "lease_until < $3",
+            RescueScope::ExpiredLeases => format!("(lease_until < $3 OR {NO_CLAIM})"),
             RescueScope::ExpiredLeasesOfOthers(_) => {
-                "lease_until < $3 AND worker IS DISTINCT FROM $4"
+                format!("((lease_until < $3 AND worker IS DISTINCT FROM $4) OR {NO_CLAIM})")
             }
             RescueScope::Workers([]) => return Ok(Vec::new()),
-            RescueScope::Workers(_) => "worker = ANY($3)",
+            RescueScope::Workers(_) => "worker = ANY($3)".to_string(),
         };
         let reason = scope.reason();
         let workers: Vec<String> = match scope {
@@ -37,9 +38,9 @@ impl Fleet for PgStore {
             "UPDATE jobs SET \
                state = CASE WHEN attempts >= COALESCE(max_attempts, $2) THEN 'dead' ELSE 'queued' END, \
                finished_at = $1, lease_until = NULL, \
-               last_error = 'attempt ' || attempts || ' was lost: worker ' || worker || ' {reason}' \
+               last_error = 'attempt ' || attempts || ' was lost: worker ' || {WORKER} || ' {reason}' \
              WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND {filter} FOR UPDATE SKIP LOCKED) \
-             RETURNING id, kind, queue, attempts, worker, state, COALESCE(started_at, $1)"
+             RETURNING id, kind, queue, attempts, {WORKER}, state, COALESCE(started_at, $1)"
         );
         let max = i64::from(default_max_attempts);
         let rows = match scope {

@@ -220,7 +220,7 @@ impl Queue for PgStore {
             .client
             .query(
                 "SELECT id, attempts, queue, kind, started_at FROM jobs \
-                 WHERE state = 'running' AND worker = $1",
+                 WHERE state = 'running' AND worker = $1 AND started_at IS NOT NULL AND lease_until IS NOT NULL",
                 &[&worker],
             )
             .map_err(&fail)?

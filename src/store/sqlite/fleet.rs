@@ -4,6 +4,7 @@ use crate::job::HandlerProcess;
 use crate::job::JobState;
 use crate::store::contract::Fleet;
 use crate::store::contract::{handlers_json, RescueScope, Rescued, Result, WorkerInfo};
+use crate::store::shared::{NO_CLAIM, RESCUED_WORKER as WORKER};
 use crate::store::sqlite::*;
 use rusqlite::{params, params_from_iter};
 
@@ -17,11 +18,11 @@ impl Fleet for SqliteStore {
         self.write("rescue", |tx| {
             let (filter, args): (String, Vec<rusqlite::types::Value>) = match scope {
                 RescueScope::ExpiredLeases => (
-                    "lease_until < ?3".to_string(),
+                    format!("(lease_until < ?3 OR {NO_CLAIM})"),
                     vec![rusqlite::types::Value::Integer(now)],
                 ),
                 RescueScope::ExpiredLeasesOfOthers(me) => (
-                    "lease_until < ?3 AND worker IS NOT ?4".to_string(),
+                    format!("((lease_until < ?3 AND worker IS NOT ?4) OR {NO_CLAIM})"),
                     vec![
                         rusqlite::types::Value::Integer(now),
                         rusqlite::types::Value::Text(me.to_string()),
@@ -47,9 +48,9 @@ impl Fleet for SqliteStore {
                 "UPDATE jobs SET \
                    state = CASE WHEN attempts >= COALESCE(max_attempts, ?2) THEN 'dead' ELSE 'queued' END, \
                    finished_at = ?1, lease_until = NULL, \
-                   last_error = 'attempt ' || attempts || ' was lost: worker ' || worker || ' {reason}' \
+                   last_error = 'attempt ' || attempts || ' was lost: worker ' || {WORKER} || ' {reason}' \
                  WHERE state = 'running' AND {filter} \
-                 RETURNING id, kind, queue, attempts, worker, state, started_at"
+                 RETURNING id, kind, queue, attempts, {WORKER}, state, started_at"
             );
             let mut all: Vec<rusqlite::types::Value> = vec![
                 rusqlite::types::Value::Integer(now),

@@ -93,7 +93,7 @@ impl Queue for SqliteStore {
             self.conn
                 .prepare_cached(
                     "SELECT id, attempts, queue, kind, started_at FROM jobs INDEXED BY jobs_running \
-                     WHERE state = 'running' AND worker = ?1",
+                     WHERE state = 'running' AND worker = ?1 AND started_at IS NOT NULL AND lease_until IS NOT NULL",
                 )?
                 .query_map([worker], |r| {
                     Ok(Held {
