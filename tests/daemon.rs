@@ -448,6 +448,33 @@ fn jobs_of_a_daemon_killed_with_sigkill_run_again_right_after_a_restart() {
     second.stop();
 }
 
+/// Regression: a client that deleted a running daemon's `workers` row
+/// (`DELETE FROM workers`) left it unregistered for good (the heartbeat
+/// only updated the row), so `stats` showed no daemon and, after a crash,
+/// the restart did not know the jobs' holder was gone: they waited out
+/// their lease. The next beat writes the row again and says so.
+#[test]
+fn a_daemon_whose_row_was_deleted_registers_again_and_its_crash_is_rescued_at_once() {
+    let home = Home::with_config("[daemon]\nlease = \"10m\"\nshutdown_grace = \"100ms\"\n");
+    home.migrate();
+    let id = home.insert(&noop(60_000))[0];
+    let first = home.daemon_logging_to("first.log");
+    home.wait_state(id, "running");
+    home.sqlite3("DELETE FROM workers;").succeeds();
+    let line = first.wait_log("worker.restored");
+    assert!(line.contains("detail="), "{line}");
+    home.wait_count("SELECT count(*) FROM workers", 1);
+    first.kill9();
+    let second = home.daemon_logging_to("second.log");
+    home.wait_count(
+        &format!(
+            "SELECT count(*) FROM jobs WHERE id = {id} AND state = 'running' AND attempts = 2"
+        ),
+        1,
+    );
+    second.stop();
+}
+
 #[test]
 fn sigterm_drains_then_requeues_unfinished_jobs_without_counting_the_attempt() {
     let home = Home::with_config("[daemon]\nshutdown_grace = \"300ms\"\n");

@@ -880,13 +880,17 @@ fn workers_register_heartbeat_and_leave() {
             rss_bytes: 31 << 20,
             started_at: NOW - 60_000,
         };
-        s.heartbeat(W1, NOW + 5_000, 3, std::slice::from_ref(&warm))
-            .unwrap();
+        assert!(s
+            .heartbeat(W1, NOW + 5_000, 3, std::slice::from_ref(&warm))
+            .unwrap());
         let all = s.workers().unwrap();
         // running is counted from the jobs it holds (none), not the beat's.
         assert_eq!((all[0].heartbeat_at, all[0].running), (NOW + 5_000, 0));
         assert_eq!(all[0].handlers, vec![warm]);
         s.deregister_worker(W1).unwrap();
+        assert!(s.workers().unwrap().is_empty());
+        // A beat of a daemon without a row says so, and writes none.
+        assert!(!s.heartbeat(W1, NOW + 6_000, 0, &[]).unwrap());
         assert!(s.workers().unwrap().is_empty());
     });
 }
@@ -1092,7 +1096,7 @@ fn a_daemons_running_count_is_the_queues_running_count() {
         inserted(s, &(0..5).map(|_| job("noop")).collect::<Vec<_>>());
         let got = claim(s, W1, NOW, "default", 3);
         // The heartbeat's own figure is stale on purpose.
-        s.heartbeat(W1, NOW, 128, &[]).unwrap();
+        assert!(s.heartbeat(W1, NOW, 128, &[]).unwrap());
         let stats = s.stats(NOW).unwrap();
         let queued_running: u64 = stats.queues.iter().map(|q| q.running).sum();
         assert_eq!(queued_running, 3);

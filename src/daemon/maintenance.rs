@@ -17,7 +17,9 @@ use crate::daemon::state::DaemonState;
 use crate::event;
 use crate::job::now_ms;
 use crate::os::procfs;
-use crate::store::{PruneCutoffs, Pruned, RescueScope, Rescued, RunCounter, Store, StoreError};
+use crate::store::{
+    PruneCutoffs, Pruned, RescueScope, Rescued, RunCounter, Store, StoreError, WorkerInfo,
+};
 
 /// How often a daemon refreshes its `workers` row ("every few seconds").
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -126,6 +128,9 @@ pub struct Maintenance {
     pub config: Config,
     /// This daemon's worker id.
     pub worker: Arc<str>,
+    /// Its row in `workers` as registered at start, written again if a
+    /// client deletes it.
+    pub registration: WorkerInfo,
     /// What the daemon shows of itself: counters, pools, history.
     pub state: Arc<DaemonState>,
     /// Closed or sent to when the daemon stops.
@@ -214,8 +219,32 @@ impl Maintenance {
             }
         }
         let handlers = self.state.cpu_pids.warm_handlers();
-        if let Err(e) = self.store.heartbeat(&self.worker, now, running, &handlers) {
-            crate::store::log_trouble("heartbeat", &e, "trying again at the next beat");
+        match self.store.heartbeat(&self.worker, now, running, &handlers) {
+            Ok(true) => {}
+            // Without its row no other daemon sees this one, and after a
+            // crash the restart would not know its jobs' holder is gone.
+            Ok(false) => {
+                let row = WorkerInfo {
+                    heartbeat_at: now,
+                    running,
+                    handlers,
+                    ..self.registration.clone()
+                };
+                match self.store.register_worker(&row) {
+                    Ok(()) => event!(
+                        Warn,
+                        "worker.restored",
+                        worker = &*self.worker,
+                        detail = "this daemon's row in workers was gone (deleted by a client); written again"
+                    ),
+                    Err(e) => crate::store::log_trouble(
+                        "register",
+                        &e,
+                        "trying again at the next beat",
+                    ),
+                }
+            }
+            Err(e) => crate::store::log_trouble("heartbeat", &e, "trying again at the next beat"),
         }
         match self.store.rescue(
             RescueScope::ExpiredLeasesOfOthers(&self.worker),

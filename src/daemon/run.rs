@@ -110,7 +110,7 @@ fn run_on(
     let started_at = now_ms();
     let worker: Arc<str> = Arc::from(format!("{host}:{pid}:{started_at}"));
     let queues = config.daemon.queues.join(",");
-    store.register_worker(&WorkerInfo {
+    let registration = WorkerInfo {
         id: worker.to_string(),
         host: host.clone(),
         pid,
@@ -120,7 +120,8 @@ fn run_on(
         queues: queues.clone(),
         running: 0,
         handlers: Vec::new(),
-    })?;
+    };
+    store.register_worker(&registration)?;
     let max_attempts = config.retry.max_attempts;
     let rescued =
         maintenance::rescue_dead_neighbours(store.as_mut(), &host, &worker, max_attempts)?;
@@ -134,6 +135,7 @@ fn run_on(
         store: crate::store::open(&config.database, OpenMode::Existing)?,
         config: config.clone(),
         worker: Arc::clone(&worker),
+        registration,
         state: Arc::clone(&state),
         stop: maintenance_stop,
         file_gone: false,

@@ -621,14 +621,15 @@ pub trait Fleet {
     /// Records a daemon in `workers` (replacing a row with the same id).
     fn register_worker(&mut self, worker: &WorkerInfo) -> Result<()>;
 
-    /// Refreshes a daemon's heartbeat and running count.
+    /// Refreshes a daemon's heartbeat and running count; false when the
+    /// daemon has no row (a client deleted it), which it then writes again.
     fn heartbeat(
         &mut self,
         worker: &str,
         now: i64,
         running: i64,
         handlers: &[HandlerProcess],
-    ) -> Result<()>;
+    ) -> Result<bool>;
 
     /// Removes a daemon's row.
     fn deregister_worker(&mut self, worker: &str) -> Result<()>;

@@ -99,19 +99,20 @@ impl Fleet for PgStore {
         now: i64,
         running: i64,
         handlers: &[HandlerProcess],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.revive()?;
         // A daemon's heartbeat.
         let fail = self.failing("heartbeat");
         let handlers = handlers_json(handlers);
-        self.client
+        let updated = self
+            .client
             .execute(
                 "UPDATE workers SET heartbeat_at = $2, running = $3, handlers = $4::text::jsonb \
                  WHERE id = $1",
                 &[&worker, &now, &running, &handlers],
             )
             .map_err(&fail)?;
-        Ok(())
+        Ok(updated > 0)
     }
 
     fn deregister_worker(&mut self, worker: &str) -> Result<()> {

@@ -112,14 +112,15 @@ impl Fleet for SqliteStore {
         now: i64,
         running: i64,
         handlers: &[HandlerProcess],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let handlers = handlers_json(handlers);
         self.write("heartbeat", |tx| {
-            tx.prepare_cached(
-                "UPDATE workers SET heartbeat_at = ?2, running = ?3, handlers = ?4 WHERE id = ?1",
-            )?
-            .execute(params![worker, now, running, handlers])?;
-            Ok(())
+            let updated = tx
+                .prepare_cached(
+                    "UPDATE workers SET heartbeat_at = ?2, running = ?3, handlers = ?4 WHERE id = ?1",
+                )?
+                .execute(params![worker, now, running, handlers])?;
+            Ok(updated > 0)
         })
     }
 
