@@ -587,3 +587,76 @@ fn outcome_writes_that_fail_at_once_do_not_spin_the_daemon() {
         daemon.stop();
     }
 }
+
+/// Regression: a restore moved over `jobd.db` under a running daemon left
+/// it writing to the file it had opened, through the log and index SQLite
+/// finds by name, which the new file now shared: a client opening the new
+/// file read the old file's frames ("database disk image is malformed",
+/// "no such table"), and the daemon's own writes kept landing there. The
+/// daemon stops at once, empties its log into the old file first, and the
+/// new file is read as it was restored; a new daemon rescues the job.
+#[test]
+fn a_database_file_replaced_under_the_daemon_stops_it_and_the_new_file_stays_whole() {
+    let home = Home::with_config("[daemon]\nlease = \"10m\"\nshutdown_grace = \"100ms\"\n");
+    home.migrate();
+    let held = home.insert_job("noop", r#"{"sleep_ms": 60000}"#, "NULL", "NULL");
+    let daemon = home.daemon_logging_to("d.log");
+    home.wait_state(held, "running");
+    let restored = home.path().join("restored.db");
+    common::sqlite3(&home.db(), &format!(".backup '{}'", restored.display())).succeeds();
+    // Written to the old file only, after the copy was taken.
+    let later = home.insert_job("noop", "{}", "NULL", "NULL");
+    home.wait_state(later, "succeeded");
+    std::fs::rename(&restored, home.db()).unwrap();
+    let (code, log) = daemon.wait_exit();
+    assert_eq!(code, 1, "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("db.replaced"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("the database file")
+            && line.contains("was replaced under the daemon")
+            && line.contains("jobd stops now"),
+        "{log}"
+    );
+    // The restored file, not the old one's frames.
+    assert_eq!(home.text("PRAGMA integrity_check;"), "ok");
+    assert_eq!(
+        home.text(&format!("SELECT count(*) FROM jobs WHERE id = {later};")),
+        "0"
+    );
+    let second = home.daemon_logging_to("second.log");
+    home.wait_count(
+        &format!("SELECT count(*) FROM jobs WHERE id = {held} AND attempts = 2"),
+        1,
+    );
+    second.stop();
+}
+
+/// Regression: `rm jobd.db-wal jobd.db-shm` under a running daemon went
+/// unnoticed: the daemon committed to the deleted log, clients to a new
+/// one, each blind to the other, and at its stop the daemon wrote its log
+/// over the file and deleted the clients' (their jobs were lost). It stops
+/// at once without closing the database.
+#[test]
+fn a_write_ahead_log_deleted_under_the_daemon_stops_it() {
+    let home = Home::new();
+    home.migrate();
+    let daemon = home.daemon_logging_to("d.log");
+    let id = home.insert_job("noop", "{}", "NULL", "NULL");
+    home.wait_state(id, "succeeded");
+    for suffix in ["-wal", "-shm"] {
+        let mut name = home.db().as_os_str().to_owned();
+        name.push(suffix);
+        std::fs::remove_file(std::path::PathBuf::from(name)).unwrap();
+    }
+    let (code, log) = daemon.wait_exit();
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains("db.replaced")
+            && log.contains("write-ahead log file")
+            && log.contains("was deleted under the daemon"),
+        "{log}"
+    );
+}

@@ -5,6 +5,8 @@
 //!
 //! The start-up rescue of same-host daemons that died lives here too
 //! ([`rescue_dead_neighbours`]); the daemon calls it once before it claims.
+//! So does the watch on the SQLite file ([`guard_file`]), on a thread of
+//! its own that nothing else can hold up.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use crate::daemon::state::DaemonState;
 use crate::event;
 use crate::job::now_ms;
 use crate::os::procfs;
+use crate::store::sqlite::guard::{FileGuard, Part};
 use crate::store::{
     PruneCutoffs, Pruned, RescueScope, Rescued, RunCounter, Store, StoreError, WorkerInfo,
 };
@@ -135,8 +138,6 @@ pub struct Maintenance {
     pub state: Arc<DaemonState>,
     /// Closed or sent to when the daemon stops.
     pub stop: Receiver<()>,
-    /// The database file was found deleted or replaced (logged once).
-    pub file_gone: bool,
 }
 
 impl Maintenance {
@@ -183,13 +184,6 @@ impl Maintenance {
     /// systemd status line.
     fn beat(&mut self, fleet: &mut Fleet) {
         let now = now_ms();
-        let file = self
-            .state
-            .database_file_unchanged(&self.config.database.path);
-        if let (Err(detail), false) = (&file, self.file_gone) {
-            event!(Error, "db.replaced", detail = detail.as_str());
-        }
-        self.file_gone = file.is_err();
         let running = self.state.running.load(Ordering::Relaxed) as i64;
         let notify = self.state.notifier.enabled();
         let sample = self.config.metrics.listen.is_some();
@@ -358,4 +352,49 @@ struct LastStats {
     usage: procfs::Usage,
     done: u64,
     failed: u64,
+}
+
+/// How often the SQLite file and its companions are looked at: a write
+/// the daemon makes after one of them was replaced may harm the file now
+/// at the path, so the window stays short (three `stat` calls a turn).
+const FILE_CHECK: Duration = Duration::from_millis(100);
+
+/// Watches the SQLite file the daemon opened until `stop` fires. When the
+/// file, its log or its index is deleted or replaced, the daemon stops at
+/// once with status 1, without closing the database (a close writes the
+/// log into the file and deletes the log by name, which may be the new
+/// file's): its jobs are rescued when it starts again on the file the path
+/// names, as after a `kill -9`. For a replaced file the log it wrote is
+/// first emptied into the old file, so the new one does not read it.
+pub fn guard_file(guard: FileGuard, stop: Receiver<()>) {
+    loop {
+        match stop.recv_timeout(FILE_CHECK) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let Some(changed) = guard.check() else {
+            continue;
+        };
+        let emptied = match changed.part {
+            Part::Database => guard.empty_log().err(),
+            Part::Companion => None,
+        };
+        event!(
+            Error,
+            "db.replaced",
+            detail = format!(
+                "{}; jobd stops now without writing to it again and is rescued when it starts on the file the path names",
+                changed.detail
+            )
+        );
+        if let Some(e) = emptied {
+            event!(
+                Error,
+                "db.replaced",
+                detail = format!("the old file's write-ahead log could not be emptied ({e}); delete it before jobd starts again")
+            );
+        }
+        crate::logging::flush();
+        std::process::exit(1);
+    }
 }

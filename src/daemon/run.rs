@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::os::notify::{status_line, Notifier};
 use crate::os::procfs;
 use crate::os::signals::Request;
+use crate::store::sqlite::guard::FileGuard;
 use crate::store::{OpenMode, RescueScope, Store, WorkerInfo};
 
 /// What the daemon takes from the process it runs in.
@@ -89,7 +90,6 @@ fn run_on(
     };
     let state = Arc::new(DaemonState {
         notifier,
-        database_file: store.file().and_then(procfs::file_identity),
         ..DaemonState::default()
     });
     // Healthy from the start; the dispatcher keeps it so once it runs.
@@ -122,6 +122,11 @@ fn run_on(
         handlers: Vec::new(),
     };
     store.register_worker(&registration)?;
+    // After the first write, so that the log and its index exist.
+    let guard = match store.file() {
+        Some(file) => Some(FileGuard::open(file, config.database.busy_timeout)?),
+        None => None,
+    };
     let max_attempts = config.retry.max_attempts;
     let rescued =
         maintenance::rescue_dead_neighbours(store.as_mut(), &host, &worker, max_attempts)?;
@@ -138,7 +143,19 @@ fn run_on(
         registration,
         state: Arc::clone(&state),
         stop: maintenance_stop,
-        file_gone: false,
+    };
+    let (stop_guard, guard_stop) = crossbeam_channel::bounded::<()>(1);
+    let guard = match guard {
+        Some(guard) => Some(
+            std::thread::Builder::new()
+                .name("jobd-file-guard".into())
+                .spawn(move || maintenance::guard_file(guard, guard_stop))
+                .map_err(|source| Error::Io {
+                    what: "cannot start the database file's watch".into(),
+                    source,
+                })?,
+        ),
+        None => None,
     };
     let maintenance = std::thread::Builder::new()
         .name("jobd-maintenance".into())
@@ -186,6 +203,12 @@ fn run_on(
     ours.notifier
         .ready(&status_line(0, backlog.ready, backlog.lag_ms(now)));
     let summary = dispatcher.run();
+
+    // Before any connection closes: the last close deletes the log.
+    drop(stop_guard);
+    if let Some(guard) = guard {
+        let _ = guard.join();
+    }
 
     drop(stop_maintenance);
     let _ = maintenance.join();

@@ -4,13 +4,11 @@
 //! daemon only through this.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use crate::daemon::pool::processes::WorkerPids;
 use crate::os::notify::Notifier;
-use crate::os::procfs::{file_identity, FileIdentity};
 
 /// What the running daemon shows of itself: the dispatcher and the pools
 /// write it, maintenance reads it for the heartbeat and the `stats` line
@@ -33,9 +31,6 @@ pub struct DaemonState {
     pub failing_since: AtomicU64,
     /// The latest store failure, one sentence.
     pub last_failure: Mutex<String>,
-    /// The SQLite file the daemon opened (device and inode), so that a file
-    /// deleted or replaced under it is noticed (None on PostgreSQL).
-    pub database_file: Option<FileIdentity>,
     /// The CPU workers' pids, for resource figures, and the warm handler
     /// processes each keeps (`jobd handlers`).
     pub cpu_pids: Arc<WorkerPids>,
@@ -57,27 +52,7 @@ pub struct DaemonState {
 /// Heartbeat samples kept for the dashboard: an hour at one per 5 s.
 pub const HISTORY: usize = 720;
 
-impl DaemonState {
-    /// Whether `path` (`database.path`) still names the file the daemon opened. A file
-    /// deleted or replaced under a running daemon (a restore copied over it,
-    /// an `rm jobd.db*`) leaves the daemon working on the file it holds open,
-    /// which no client reaches any more: unhealthy until it is restarted.
-    pub fn database_file_unchanged(&self, path: &Path) -> Result<(), String> {
-        let Some(opened) = self.database_file else {
-            return Ok(());
-        };
-        let shown = path.display();
-        match file_identity(path) {
-            None => Err(format!(
-                "the database file {shown} was deleted under the daemon, which still runs the jobs of the deleted file; restart it (systemctl restart jobd) once the right file is in place"
-            )),
-            Some(now) if now != opened => Err(format!(
-                "the database file {shown} was replaced under the daemon, which still runs the jobs of the file it opened; restart it (systemctl restart jobd) to serve the new one"
-            )),
-            Some(_) => Ok(()),
-        }
-    }
-}
+impl DaemonState {}
 
 /// Outcome counts since the daemon started, for the `stats` line (which
 /// reports the difference from its previous line), the dashboard's history

@@ -9,6 +9,7 @@
 mod admin;
 mod claim;
 mod fleet;
+pub mod guard;
 mod queue;
 mod reads;
 mod schedules;
