@@ -183,11 +183,10 @@ fn a_write_lock_held_by_another_process_delays_outcomes_but_loses_none() {
             "every job finished once the lock was gone",
         );
         let log = daemon.stop();
-        // Outcomes held back by the lock are written once it is gone, and
-        // say so; a lock that caught only claims holds back no outcome.
-        if log.contains("op=\"write outcomes\"") {
-            assert!(log.contains("db.recovered"), "{}: {log}", backend.name);
-        }
+        // Whatever the lock caught (outcomes, claims, the heartbeat),
+        // its end is said: it used to be said only for outcomes.
+        assert!(log.contains("db.recovered"), "{}: {log}", backend.name);
+        assert!(busy.contains("WARN  db.busy"), "{busy}");
         // Every job ran once: nothing lost, no attempt counted twice.
         assert_eq!(backend.count("SELECT count(*) FROM job_runs;"), JOBS as i64);
         assert_eq!(backend.count("SELECT max(attempts) FROM jobs;"), 1);
@@ -565,6 +564,8 @@ fn outcome_writes_that_fail_at_once_do_not_spin_the_daemon() {
         let daemon = home.daemon_logging_to("d.log");
         let line = daemon.wait_log("op=\"write outcomes\"");
         assert!(line.contains("refused"), "{}: {line}", backend.name);
+        // A failed statement is an error to whoever alerts on errors.
+        assert!(line.contains("ERROR db.error"), "{}: {line}", backend.name);
         // Two seconds of refused writes: a few retries, not a busy loop.
         let before = cpu_ticks(daemon.pid());
         // A window to measure over, not a wait for something to happen.
@@ -659,4 +660,43 @@ fn a_write_ahead_log_deleted_under_the_daemon_stops_it() {
             && log.contains("was deleted under the daemon"),
         "{log}"
     );
+}
+
+/// Regression: trouble outside outcome writes (an idle daemon's heartbeat
+/// and lease rescue, its claims) was logged at every beat while a lock
+/// lasted and never said to be over: `db.recovered` came only for
+/// outcomes. Each streak is now logged when it starts and when it ends.
+#[test]
+fn the_end_of_trouble_is_said_whatever_operation_met_it() {
+    for backend in common::homes_with("recovered", "[daemon]\nlease = \"1500ms\"\n") {
+        let home = &backend.home;
+        home.ok(&["migrate"]);
+        let log = home.path().join("daemon.log");
+        let daemon = home.daemon_with_env(&log, &log, &[("JOBD_DATABASE__BUSY_TIMEOUT", "200ms")]);
+        let mut locker = hold_the_write_lock(&backend, 3);
+        // The heartbeat on SQLite; on PostgreSQL (only `jobs` is locked)
+        // the rescue of expired leases.
+        let op = match backend.schema {
+            None => "op=heartbeat",
+            Some(_) => "op=\"rescue expired leases\"",
+        };
+        let busy = daemon.wait_log(op);
+        assert!(busy.contains("db.busy"), "{}: {busy}", backend.name);
+        assert!(locker.wait().unwrap().success());
+        let recovered = wait_for(PATIENCE, || {
+            let log = daemon.log();
+            let said = log
+                .lines()
+                .any(|l| l.contains("db.recovered") && l.contains(op));
+            said.then_some(())
+        });
+        assert!(recovered.is_some(), "{}: {}", backend.name, daemon.log());
+        let log = daemon.stop();
+        assert_eq!(
+            log.matches(op).count(),
+            2,
+            "{}: one line when it starts, one when it ends: {log}",
+            backend.name
+        );
+    }
 }

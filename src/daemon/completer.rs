@@ -241,7 +241,7 @@ impl Completer {
         // One line when trouble starts, then one per retry only at debug,
         // so a locked database does not flood the journal.
         let level = if first {
-            log::Level::Warn
+            crate::store::event_level(error)
         } else {
             log::Level::Debug
         };

@@ -8,6 +8,7 @@
 //! So does the watch on the SQLite file ([`guard_file`]), on a thread of
 //! its own that nothing else can hold up.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,10 +135,38 @@ pub struct Maintenance {
     /// Its row in `workers` as registered at start, written again if a
     /// client deletes it.
     pub registration: WorkerInfo,
+    /// Its operations that are failing now.
+    pub streaks: Streaks,
     /// What the daemon shows of itself: counters, pools, history.
     pub state: Arc<DaemonState>,
     /// Closed or sent to when the daemon stops.
     pub stop: Receiver<()>,
+}
+
+/// This thread's database operations that are failing, and since when:
+/// a streak is logged when it starts (`db.busy`/`db.error`) and when it
+/// ends (`db.recovered`), not at every beat while an outage lasts.
+#[derive(Default)]
+pub struct Streaks(HashMap<&'static str, Instant>);
+
+impl Streaks {
+    fn failed(&mut self, op: &'static str, e: &StoreError, action: &str) {
+        if let std::collections::hash_map::Entry::Vacant(v) = self.0.entry(op) {
+            crate::store::log_trouble(op, e, action);
+            v.insert(Instant::now());
+        }
+    }
+
+    fn ok(&mut self, op: &'static str) {
+        if let Some(since) = self.0.remove(op) {
+            event!(
+                Info,
+                "db.recovered",
+                op = op,
+                failing_for_ms = since.elapsed().as_millis() as u64
+            );
+        }
+    }
 }
 
 impl Maintenance {
@@ -213,7 +242,11 @@ impl Maintenance {
             }
         }
         let handlers = self.state.cpu_pids.warm_handlers();
-        match self.store.heartbeat(&self.worker, now, running, &handlers) {
+        let beat = self.store.heartbeat(&self.worker, now, running, &handlers);
+        if beat.is_ok() {
+            self.streaks.ok("heartbeat");
+        }
+        match beat {
             Ok(true) => {}
             // Without its row no other daemon sees this one, and after a
             // crash the restart would not know its jobs' holder is gone.
@@ -225,32 +258,37 @@ impl Maintenance {
                     ..self.registration.clone()
                 };
                 match self.store.register_worker(&row) {
-                    Ok(()) => event!(
-                        Warn,
-                        "worker.restored",
-                        worker = &*self.worker,
-                        detail = "this daemon's row in workers was gone (deleted by a client); written again"
-                    ),
-                    Err(e) => crate::store::log_trouble(
-                        "register",
-                        &e,
-                        "trying again at the next beat",
-                    ),
+                    Ok(()) => {
+                        self.streaks.ok("register");
+                        event!(
+                            Warn,
+                            "worker.restored",
+                            worker = &*self.worker,
+                            detail = "this daemon's row in workers was gone (deleted by a client); written again"
+                        )
+                    }
+                    Err(e) => self
+                        .streaks
+                        .failed("register", &e, "trying again at the next beat"),
                 }
             }
-            Err(e) => crate::store::log_trouble("heartbeat", &e, "trying again at the next beat"),
+            Err(e) => self
+                .streaks
+                .failed("heartbeat", &e, "trying again at the next beat"),
         }
         match self.store.rescue(
             RescueScope::ExpiredLeasesOfOthers(&self.worker),
             now,
             self.config.retry.max_attempts,
         ) {
-            Ok(rescued) => log_rescued(&rescued),
-            Err(e) => crate::store::log_trouble(
-                "rescue expired leases",
-                &e,
-                "trying again at the next beat",
-            ),
+            Ok(rescued) => {
+                self.streaks.ok("rescue expired leases");
+                log_rescued(&rescued)
+            }
+            Err(e) => {
+                self.streaks
+                    .failed("rescue expired leases", &e, "trying again at the next beat")
+            }
         }
         let cutoff = now - stale_after(self.config.daemon.lease).as_millis() as i64;
         if let Ok(workers) = self.store.workers() {

@@ -141,6 +141,7 @@ fn run_on(
         config: config.clone(),
         worker: Arc::clone(&worker),
         registration,
+        streaks: Default::default(),
         state: Arc::clone(&state),
         stop: maintenance_stop,
     };

@@ -115,12 +115,23 @@ pub fn log_trouble(op: &str, error: &StoreError, action: &str) {
     let name = event_name(error);
     log::log!(
         target: crate::logging::TARGET,
-        log::Level::Warn,
+        event_level(error),
         op = op,
         error:% = error,
         action = action;
         "{}", name
     );
+}
+
+/// The level of that event: a lock that outlasted the wait (`db.busy`)
+/// is a warning; a failed statement (`db.error`: a full disk, a lost
+/// server) is an error, which an alert on errors must catch.
+pub fn event_level(error: &StoreError) -> log::Level {
+    if error.is_busy() {
+        log::Level::Warn
+    } else {
+        log::Level::Error
+    }
 }
 
 /// The event name for a store error: `db.busy` or `db.error`.

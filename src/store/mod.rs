@@ -30,7 +30,7 @@ pub use contract::{
     QueueStats, Reads, Relatives, RescueScope, Rescued, Result, RetryResult, RunTally, Schedules,
     Stats, Stepped, Store, WorkerInfo, PROGRESS_SHOWN, RELATIVES_SHOWN,
 };
-pub use error::{event_name, log_trouble, StoreError};
+pub use error::{event_level, event_name, log_trouble, StoreError};
 pub use flows::{BatchCounts, ParentOutcome};
 pub use follow::{RunCounter, RunFollower};
 

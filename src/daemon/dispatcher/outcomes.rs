@@ -182,6 +182,8 @@ impl Dispatcher {
         self.writes += 1;
         self.claimed += jobs.len() as u64;
         let applied_none = applied.is_empty();
+        // The completer says `db.recovered` itself for outcomes it held.
+        let recovery_said = !applied_none && self.completer.failing();
         // Outcomes that made jobs ready which nobody announces: a retry,
         // a freed place under a key's or a queue's concurrency limit.
         let mut unannounced = false;
@@ -272,11 +274,20 @@ impl Dispatcher {
             && !write_failed
             && self.claim_retry_at.is_none()
             && !self.completer.failing()
-            && self.state.failing_since.swap(0, Ordering::Relaxed) != 0
         {
-            // A failed claim may have committed with its reply
-            // lost: look for such jobs now, not a lease later.
-            self.next_renew = now_i;
+            let since = self.state.failing_since.swap(0, Ordering::Relaxed);
+            if since != 0 {
+                // A failed claim may have committed with its reply
+                // lost: look for such jobs now, not a lease later.
+                self.next_renew = now_i;
+                if !recovery_said {
+                    crate::event!(
+                        Info,
+                        "db.recovered",
+                        failing_for_ms = (now as u64).saturating_sub(since)
+                    );
+                }
+            }
         }
     }
 
