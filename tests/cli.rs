@@ -1136,3 +1136,42 @@ fn tables_print_cells_of_any_width() {
     let json = home.ok(&["list", "--json"]);
     assert!(json.contains(&queue));
 }
+
+/// Regression: `enqueue --file` stopped by Ctrl-C or SIGTERM part-way
+/// exited without a word, its batches so far committed: run again, it
+/// imported them twice. It finishes the batch in hand and says which
+/// lines were imported.
+#[test]
+fn an_interrupted_bulk_import_says_what_it_imported() {
+    let home = Home::new();
+    home.migrate();
+    let lines = 400_000;
+    let file = home.path().join("many.jsonl");
+    std::fs::write(&file, "{\"kind\":\"noop\"}\n".repeat(lines)).unwrap();
+    let child = home
+        .cmd(&["enqueue", "--file", file.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    common::wait_for(common::PATIENCE, || {
+        (home.query_i64("SELECT count(*) FROM jobs") > 0).then_some(())
+    })
+    .expect("the import started");
+    // SAFETY: a plain kill(2) of the child this test started.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let imported = home.query_i64("SELECT count(*) FROM jobs");
+    assert!(
+        imported < lines as i64,
+        "the import ended before the signal"
+    );
+    assert!(
+        stderr.contains("interrupted")
+            && stderr.contains(&format!("({imported} of {lines}) were imported")),
+        "{stderr}"
+    );
+}

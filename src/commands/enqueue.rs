@@ -372,7 +372,26 @@ fn bulk(config: &Config, path: &std::path::Path, out: &mut dyn Write) -> Result<
         None
     };
     let (mut inserted, mut duplicates) = (0u64, 0u64);
+    // Ctrl-C or SIGTERM from here on ends the import between batches, said
+    // with what was imported: killed mid-way, it left batches committed
+    // without a word, and running it again imported them twice.
+    let interrupted = crate::os::signals::interrupt_flag().map_err(|source| Error::Io {
+        what: "cannot watch for Ctrl-C".into(),
+        source,
+    })?;
     for (batch, numbers) in jobs.chunks(BULK_BATCH).zip(lines.chunks(BULK_BATCH)) {
+        if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(bar) = &progress {
+                bar.abandon();
+            }
+            return Err(Error::Failed(format!(
+                "{name}: interrupted; the jobs of the lines before line {} ({} of {}) were imported, those from line {} on were not",
+                numbers[0],
+                inserted + duplicates,
+                jobs.len(),
+                numbers[0],
+            )));
+        }
         // What the checks above could not see coming (a parent pruned or a
         // batch sealed meanwhile): said with the lines it concerns.
         let results = store.enqueue(batch, now_ms()).map_err(|e| {

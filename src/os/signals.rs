@@ -58,3 +58,14 @@ pub fn signal_name(signal: i32) -> &'static str {
         _ => "a signal",
     }
 }
+
+/// For a command that must not stop half-way (a bulk import between two
+/// batches): from now on SIGINT and SIGTERM only set the flag returned,
+/// which the command reads at its next safe point.
+pub fn interrupt_flag() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}
