@@ -909,3 +909,36 @@ fn a_claimed_row_that_cannot_be_read_goes_dead_and_the_daemon_goes_on() {
     );
     daemon.stop();
 }
+
+/// Regression: `jobd migrate` run by several at once on an empty schema
+/// (daemons started together) each said "migrated from schema version 0":
+/// the version was read before the lock the migration takes. One did the
+/// work; the others say they found it done.
+#[test]
+fn concurrent_migrations_say_which_one_migrated() {
+    let Some(schema) = Schema::create("migrate_race") else {
+        return;
+    };
+    let home = home_on(&schema.url());
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            home.cmd(&["migrate"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let said: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    let migrated = said
+        .iter()
+        .filter(|s| s.contains("migrated from schema version 0"))
+        .count();
+    assert_eq!(migrated, 1, "{said:?}");
+}

@@ -42,7 +42,9 @@ impl Admin for PgStore {
                 .map_err(&fail)?;
         }
         tx.commit().map_err(&fail)?;
-        Ok((before, SCHEMA_VERSION))
+        // What this call found under the lock: a daemon that waited for
+        // another's migration found it done, and says so.
+        Ok((current.min(SCHEMA_VERSION), SCHEMA_VERSION))
     }
 
     fn database_id(&mut self) -> Result<String> {
