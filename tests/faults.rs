@@ -700,3 +700,22 @@ fn the_end_of_trouble_is_said_whatever_operation_met_it() {
         );
     }
 }
+
+/// Regression: a database whose `user_version` a client set back (a
+/// current schema saying 7) was changed by `jobd migrate` and `run`: the
+/// step to 8 committed, the next failed ("no such table: main.jobs"),
+/// and the file was left at version 8, half-migrated. The migration is
+/// one transaction: it fails whole and the file stays as it was.
+#[test]
+fn a_migration_that_fails_part_way_leaves_the_file_as_it_was() {
+    let home = Home::new();
+    home.migrate();
+    home.text("PRAGMA user_version = 7;");
+    let schema = || home.text("SELECT group_concat(sql, ';') FROM sqlite_master;");
+    let before = schema();
+    let run = home.jobd(&["migrate"]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert_eq!(run.stderr().lines().count(), 1, "{}", run.stderr());
+    assert_eq!(home.text("PRAGMA user_version;"), "7");
+    assert!(schema() == before, "the schema changed");
+}

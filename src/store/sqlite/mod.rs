@@ -184,20 +184,23 @@ impl SqliteStore {
     /// from older files; the daemon always uses [`crate::store::Admin::migrate`].
     pub fn migrate_to(&mut self, version: i64) -> Result<(i64, i64)> {
         let target = version.clamp(0, SCHEMA_VERSION);
-        let before = self.user_version()?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().take(target as usize) {
-            let step = i as i64 + 1;
-            self.write("migrate", |tx| {
-                let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-                if current >= step {
-                    return Ok(());
+        // Every step in one transaction: a step that fails (a file whose
+        // version a client set back, so a step meets the tables it makes)
+        // leaves the file as it was, not half-migrated. The version is
+        // read inside it, so of two processes migrating at once one does
+        // the work and the other finds it done.
+        self.write("migrate", |tx| {
+            let before: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            for (i, sql) in MIGRATIONS.iter().enumerate().take(target as usize) {
+                let step = i as i64 + 1;
+                if before >= step {
+                    continue;
                 }
                 tx.execute_batch(sql)?;
                 tx.execute_batch(&format!("PRAGMA user_version = {step}"))?;
-                Ok(())
-            })?;
-        }
-        Ok((before, self.user_version()?))
+            }
+            Ok((before, before.max(target)))
+        })
     }
 
     /// Up to `limit` queued jobs with ids above `after`, in id order: what
