@@ -942,3 +942,34 @@ fn concurrent_migrations_say_which_one_migrated() {
         .count();
     assert_eq!(migrated, 1, "{said:?}");
 }
+
+/// Regression: while the database could not be read (`jobs` locked past
+/// the wait), the `stats` line said `ready=0 lag_ms=0`, an all-clear with
+/// thousands of jobs queued. It says the backlog is unknown, and why.
+#[test]
+fn the_stats_line_says_when_the_backlog_cannot_be_read() {
+    let Some(schema) = Schema::create("stats_unknown") else {
+        return;
+    };
+    let home = Home::on_postgres(&schema.url(), "[daemon]\nstats_interval = \"1s\"\n");
+    home.ok(&["migrate"]);
+    home.ok(&["pause", "default", "--create"]);
+    home.ok(&["enqueue", "noop"]);
+    let log = home.path().join("d.log");
+    let daemon = home.daemon_with_env(&log, &log, &[("JOBD_DATABASE__BUSY_TIMEOUT", "200ms")]);
+    let _lock = common::Spawned::start(
+        std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-d", "test", "-qAt", "-c"])
+            .arg(format!(
+                "SET search_path = {}; BEGIN; LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE; \
+                 SELECT pg_sleep(4); COMMIT;",
+                schema.name
+            ))
+            .stdout(std::process::Stdio::null()),
+    );
+    let line = daemon.wait_log("backlog_unknown=");
+    assert!(
+        line.contains("INFO  stats") && !line.contains("ready=0"),
+        "{line}"
+    );
+}

@@ -352,8 +352,7 @@ impl Maintenance {
             self.store.as_mut(),
             self.config.daemon.named_queues(),
             now,
-        )
-        .unwrap_or_default();
+        );
         let usage = procfs::usage("self").unwrap_or_default();
         let wall = last.at.elapsed().as_secs_f64().max(1e-3);
         let cpu_pct = (usage.cpu.saturating_sub(last.usage.cpu)).as_secs_f64() / wall * 100.0;
@@ -361,19 +360,39 @@ impl Maintenance {
         let done = counters.done.load(Ordering::Relaxed);
         let failed = counters.failed.load(Ordering::Relaxed);
         let workers_rss = procfs::rss_with_children(&self.state.cpu_pids.list());
-        event!(
-            Info,
-            "stats",
-            ready = backlog.ready,
-            running = self.state.running.load(Ordering::Relaxed),
-            lag_ms = backlog.lag_ms(now),
-            done = done - last.done,
-            failed = failed - last.failed,
-            rss_mib:% = format!("{:.1}", usage.rss_bytes as f64 / (1 << 20) as f64),
-            cpu_pct:% = format!("{cpu_pct:.2}"),
-            threads = usage.threads,
-            cpu_workers_rss_mib:% = format!("{:.1}", workers_rss as f64 / (1 << 20) as f64)
-        );
+        let rss_mib = format!("{:.1}", usage.rss_bytes as f64 / (1 << 20) as f64);
+        let cpu_pct = format!("{cpu_pct:.2}");
+        let workers_rss_mib = format!("{:.1}", workers_rss as f64 / (1 << 20) as f64);
+        let running = self.state.running.load(Ordering::Relaxed);
+        match backlog {
+            Ok(backlog) => event!(
+                Info,
+                "stats",
+                ready = backlog.ready,
+                running = running,
+                lag_ms = backlog.lag_ms(now),
+                done = done - last.done,
+                failed = failed - last.failed,
+                rss_mib:% = rss_mib,
+                cpu_pct:% = cpu_pct,
+                threads = usage.threads,
+                cpu_workers_rss_mib:% = workers_rss_mib
+            ),
+            // Not `ready=0 lag_ms=0`: an all-clear while the database
+            // cannot be read (its own line says why).
+            Err(e) => event!(
+                Info,
+                "stats",
+                backlog_unknown = e.to_string(),
+                running = running,
+                done = done - last.done,
+                failed = failed - last.failed,
+                rss_mib:% = rss_mib,
+                cpu_pct:% = cpu_pct,
+                threads = usage.threads,
+                cpu_workers_rss_mib:% = workers_rss_mib
+            ),
+        }
         LastStats {
             at: Instant::now(),
             usage,
